@@ -1,0 +1,161 @@
+"""Deployments: one row per model, naming its URL and its serving generation."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from db.errors import translated
+from db.pool import Executor
+
+_COLUMNS = """model_id, name, status, active_generation, last_generation, config, created_at,
+    updated_at"""
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    model_id: UUID
+    name: str
+    status: str
+    active_generation: int | None
+    last_generation: int
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a gateway needs to send traffic to a deployment."""
+
+    model_id: UUID
+    name: str
+    identifier: str
+    generation: int
+    access_level: str
+    replicas: list[tuple[UUID, str]]
+
+
+def _deployment(row: Any) -> Deployment | None:
+    return Deployment(**dict(row)) if row is not None else None
+
+
+async def get(db: Executor, model_id: UUID) -> Deployment | None:
+    async with translated():
+        return _deployment(await db.fetchrow(
+            f"SELECT {_COLUMNS} FROM deployments WHERE model_id = $1", model_id
+        ))
+
+
+async def get_by_name(db: Executor, name: str) -> Deployment | None:
+    async with translated():
+        return _deployment(await db.fetchrow(
+            f"SELECT {_COLUMNS} FROM deployments WHERE name = $1", name
+        ))
+
+
+async def begin_generation(db: Executor, model_id: UUID, name: str) -> tuple[Deployment, int]:
+    """Create the deployment if new and allocate the next generation number (never reused)."""
+    async with translated():
+        row = await db.fetchrow(
+            f"""INSERT INTO deployments (model_id, name, status, last_generation)
+                VALUES ($1, $2, 'starting', 1)
+                ON CONFLICT (model_id) DO UPDATE SET
+                    last_generation = deployments.last_generation + 1,
+                    status = CASE WHEN deployments.active_generation IS NULL THEN 'starting'
+                                  ELSE 'in_progress' END,
+                    updated_at = now()
+                RETURNING {_COLUMNS}""",
+            model_id, name,
+        )
+    deployment = _deployment(row)
+    assert deployment is not None
+    return deployment, deployment.last_generation
+
+
+async def switch(db: Executor, model_id: UUID, generation: int, name: str,
+                 config: dict[str, Any]) -> list[UUID]:
+    """Make `generation` the serving one; its replicas ready, every older live one draining.
+
+    Returns the ids of the replicas now draining. Call inside a transaction.
+    """
+    async with translated():
+        await db.execute(
+            """UPDATE deployments SET active_generation = $2, status = 'complete', name = $3,
+                   config = $4, updated_at = now() WHERE model_id = $1""",
+            model_id, generation, name, config,
+        )
+        await db.execute(
+            """UPDATE replicas SET state = 'ready', updated_at = now()
+               WHERE model_id = $1 AND generation = $2 AND state = 'starting'""",
+            model_id, generation,
+        )
+        rows = await db.fetch(
+            """UPDATE replicas SET state = 'draining', updated_at = now()
+               WHERE model_id = $1 AND generation <> $2 AND state IN ('starting', 'ready')
+               RETURNING id""",
+            model_id, generation,
+        )
+    return [r["id"] for r in rows]
+
+
+async def set_status(db: Executor, model_id: UUID, status: str) -> None:
+    async with translated():
+        await db.execute(
+            "UPDATE deployments SET status = $2, updated_at = now() WHERE model_id = $1",
+            model_id, status,
+        )
+
+
+async def restore_after_failure(db: Executor, model_id: UUID) -> str:
+    """After a failed rollout: `complete` if a generation still serves, else `failed`."""
+    async with translated():
+        status: str = await db.fetchval(
+            """UPDATE deployments SET updated_at = now(),
+                   status = CASE WHEN active_generation IS NULL THEN 'failed' ELSE 'complete' END
+               WHERE model_id = $1 RETURNING status""",
+            model_id,
+        )
+    return status
+
+
+async def stop(db: Executor, model_id: UUID) -> list[UUID]:
+    """Take the deployment out of service; returns the replicas now draining."""
+    async with translated():
+        await db.execute(
+            """UPDATE deployments SET status = 'stopped', active_generation = NULL,
+                   updated_at = now() WHERE model_id = $1""",
+            model_id,
+        )
+        rows = await db.fetch(
+            """UPDATE replicas SET state = 'draining', updated_at = now()
+               WHERE model_id = $1 AND state IN ('starting', 'ready') RETURNING id""",
+            model_id,
+        )
+    return [r["id"] for r in rows]
+
+
+async def routes(db: Executor) -> list[Route]:
+    """Every serving deployment with the ready replicas of its active generation."""
+    async with translated():
+        rows = await db.fetch(
+            """SELECT d.model_id, d.name, u.username || '/' || m.name AS identifier,
+                      d.active_generation AS generation, m.access_level,
+                      coalesce(array_agg(r.id ORDER BY r.created_at)
+                               FILTER (WHERE r.id IS NOT NULL), '{}') AS ids,
+                      coalesce(array_agg(r.endpoint ORDER BY r.created_at)
+                               FILTER (WHERE r.id IS NOT NULL), '{}') AS endpoints
+               FROM deployments d
+               JOIN models m ON m.id = d.model_id
+               JOIN users u ON u.id = m.owner_id
+               LEFT JOIN replicas r ON r.model_id = d.model_id
+                    AND r.generation = d.active_generation AND r.state = 'ready'
+               WHERE d.active_generation IS NOT NULL
+               GROUP BY d.model_id, d.name, u.username, m.name, d.active_generation,
+                        m.access_level"""
+        )
+    return [
+        Route(r["model_id"], r["name"], r["identifier"], r["generation"], r["access_level"],
+              list(zip(r["ids"], r["endpoints"], strict=True)))
+        for r in rows
+    ]

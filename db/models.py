@@ -1,0 +1,81 @@
+"""The model registry: a model is named by its uuid or by `owner/name`."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from db.errors import translated
+from db.pool import Executor
+
+_SELECT = """SELECT m.id, m.owner_id, u.username AS owner, m.name, m.source, m.dimension,
+    m.train_status, m.access_level, m.default_permission, m.parent_id, m.metadata, m.created_at
+    FROM models m JOIN users u ON u.id = m.owner_id"""
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    id: UUID
+    owner_id: int
+    owner: str
+    name: str
+    source: dict[str, Any]
+    dimension: int | None
+    train_status: str
+    access_level: str
+    default_permission: str
+    parent_id: UUID | None
+    metadata: dict[str, Any]
+    created_at: datetime
+
+    @property
+    def identifier(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+def _model(row: Any) -> Model | None:
+    return Model(**dict(row)) if row is not None else None
+
+
+def _as_uuid(ref: str) -> UUID | None:
+    try:
+        return UUID(ref)
+    except ValueError:
+        return None
+
+
+async def find(db: Executor, ref: str) -> Model | None:
+    """Look a model up by uuid or by `owner/name`."""
+    model_id = _as_uuid(ref)
+    async with translated():
+        if model_id is not None:
+            return _model(await db.fetchrow(f"{_SELECT} WHERE m.id = $1", model_id))
+        owner, sep, name = ref.partition("/")
+        if not sep:
+            return None
+        return _model(await db.fetchrow(
+            f"{_SELECT} WHERE u.username = $1 AND m.name = $2", owner, name
+        ))
+
+
+async def get(db: Executor, model_id: UUID) -> Model | None:
+    async with translated():
+        return _model(await db.fetchrow(f"{_SELECT} WHERE m.id = $1", model_id))
+
+
+async def create(db: Executor, *, model_id: UUID, owner_id: int, name: str,
+                 source: dict[str, Any], dimension: int | None = None,
+                 access_level: str = "private", default_permission: str = "read",
+                 train_status: str = "complete", parent_id: UUID | None = None) -> Model:
+    """Insert a model; UniqueViolation(models_owner_name_key) if the owner has that name."""
+    async with translated():
+        await db.execute(
+            """INSERT INTO models (id, owner_id, name, source, dimension, access_level,
+                                   default_permission, train_status, parent_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+            model_id, owner_id, name, source, dimension, access_level, default_permission,
+            train_status, parent_id,
+        )
+    model = await get(db, model_id)
+    assert model is not None
+    return model

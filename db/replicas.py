@@ -1,0 +1,89 @@
+"""Replicas: one row per model-server instance a runtime started."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from db.errors import translated
+from db.pool import Executor
+
+_COLUMNS = """id, model_id, generation, task_id, runtime, runtime_ref, endpoint, state,
+    reported_status, created_at, updated_at"""
+LIVE_STATES = ("starting", "ready", "draining")
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    id: UUID
+    model_id: UUID
+    generation: int
+    task_id: UUID | None
+    runtime: str
+    runtime_ref: str | None
+    endpoint: str | None
+    state: str
+    reported_status: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def _replicas(rows: list[Any]) -> list[Replica]:
+    return [Replica(**dict(r)) for r in rows]
+
+
+async def insert(db: Executor, *, replica_id: UUID, model_id: UUID, generation: int,
+                 task_id: UUID | None, runtime: str) -> None:
+    """Record a replica before it is started, so a crash cannot leave an unknown one."""
+    async with translated():
+        await db.execute(
+            """INSERT INTO replicas (id, model_id, generation, task_id, runtime)
+               VALUES ($1, $2, $3, $4, $5)""",
+            replica_id, model_id, generation, task_id, runtime,
+        )
+
+
+async def set_started(db: Executor, replica_id: UUID, runtime_ref: str, endpoint: str) -> None:
+    async with translated():
+        await db.execute(
+            """UPDATE replicas SET runtime_ref = $2, endpoint = $3, updated_at = now()
+               WHERE id = $1""",
+            replica_id, runtime_ref, endpoint,
+        )
+
+
+async def set_state(db: Executor, replica_ids: list[UUID], state: str,
+                    reported_status: str | None = None) -> None:
+    async with translated():
+        await db.execute(
+            """UPDATE replicas SET state = $2, updated_at = now(),
+                   reported_status = coalesce($3, reported_status)
+               WHERE id = ANY($1::uuid[])""",
+            replica_ids, state, reported_status,
+        )
+
+
+async def get_many(db: Executor, replica_ids: list[UUID]) -> list[Replica]:
+    async with translated():
+        return _replicas(await db.fetch(
+            f"SELECT {_COLUMNS} FROM replicas WHERE id = ANY($1::uuid[]) ORDER BY created_at",
+            replica_ids,
+        ))
+
+
+async def list_for_model(db: Executor, model_id: UUID, *,
+                         live_only: bool = True) -> list[Replica]:
+    async with translated():
+        return _replicas(await db.fetch(
+            f"""SELECT {_COLUMNS} FROM replicas WHERE model_id = $1
+                  AND (NOT $2 OR state = ANY($3::text[])) ORDER BY generation, created_at""",
+            model_id, live_only, list(LIVE_STATES),
+        ))
+
+
+async def list_live(db: Executor) -> list[Replica]:
+    async with translated():
+        return _replicas(await db.fetch(
+            f"SELECT {_COLUMNS} FROM replicas WHERE state = ANY($1::text[]) ORDER BY created_at",
+            list(LIVE_STATES),
+        ))

@@ -1,0 +1,209 @@
+"""Tasks: the outbox rows of every deploy, delete and scale (DESIGN.md §4)."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from db.errors import translated
+from db.pool import Executor
+
+_COLUMNS = """id, kind, model_id, status, phase, request, request_hash, metadata, detail,
+    attempts, idempotency_key, enqueued_at, lease_until, worker_id, created_by, started_at,
+    created_at,
+    updated_at, finished_at"""
+_SELECT = f"SELECT {_COLUMNS} FROM tasks"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: UUID
+    kind: str
+    model_id: UUID
+    status: str
+    phase: str | None
+    request: dict[str, Any]
+    request_hash: str
+    metadata: dict[str, Any]
+    detail: str | None
+    attempts: int
+    idempotency_key: str | None
+    enqueued_at: datetime | None
+    lease_until: datetime | None
+    worker_id: str | None
+    created_by: int | None
+    started_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+def _task(row: Any) -> Task | None:
+    return Task(**dict(row)) if row is not None else None
+
+
+async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
+                 request: dict[str, Any], request_hash: str, idempotency_key: str | None,
+                 created_by: int | None, metadata: dict[str, Any]) -> Task:
+    """Insert a pending task and cancel the model's older pending tasks (one transaction)."""
+    async with translated():
+        row = await db.fetchrow(
+            f"""
+            WITH superseded AS (
+                UPDATE tasks SET status = 'canceled', detail = 'superseded by ' || $1::text,
+                       updated_at = now(), finished_at = now()
+                WHERE model_id = $3 AND status = 'pending'
+            )
+            INSERT INTO tasks (id, kind, model_id, request, request_hash, idempotency_key,
+                               created_by, metadata)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}
+            """,
+            task_id, kind, model_id, request, request_hash, idempotency_key, created_by,
+            metadata,
+        )
+    task = _task(row)
+    assert task is not None
+    return task
+
+
+async def get(db: Executor, task_id: UUID, kind: str | None = None) -> Task | None:
+    async with translated():
+        row = await db.fetchrow(
+            f"{_SELECT} WHERE id = $1 AND ($2::text IS NULL OR kind = $2)", task_id, kind
+        )
+    return _task(row)
+
+
+async def get_by_idempotency_key(db: Executor, key: str) -> Task | None:
+    async with translated():
+        return _task(await db.fetchrow(f"{_SELECT} WHERE idempotency_key = $1", key))
+
+
+async def latest_for_model(db: Executor, model_id: UUID, kind: str) -> Task | None:
+    async with translated():
+        row = await db.fetchrow(
+            f"{_SELECT} WHERE model_id = $1 AND kind = $2 ORDER BY created_at DESC LIMIT 1",
+            model_id, kind,
+        )
+    return _task(row)
+
+
+async def mark_enqueued(db: Executor, task_id: UUID) -> None:
+    async with translated():
+        await db.execute("UPDATE tasks SET enqueued_at = now() WHERE id = $1", task_id)
+
+
+async def claim(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> Task | None:
+    """pending → processing for this worker; None if another delivery already took it.
+
+    Raises UniqueViolation(tasks_one_processing_per_model) while another task of the
+    same model is processing.
+    """
+    async with translated():
+        row = await db.fetchrow(
+            f"""UPDATE tasks SET status = 'processing', attempts = attempts + 1,
+                   worker_id = $2, lease_until = now() + make_interval(secs => $3),
+                   started_at = coalesce(started_at, now()), updated_at = now()
+               WHERE id = $1 AND status = 'pending' RETURNING {_COLUMNS}""",
+            task_id, worker_id, lease_s,
+        )
+    return _task(row)
+
+
+async def renew_lease(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> bool:
+    """Extend the lease; False when this worker no longer holds the task."""
+    async with translated():
+        result = await db.execute(
+            """UPDATE tasks SET lease_until = now() + make_interval(secs => $3)
+               WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
+            task_id, worker_id, lease_s,
+        )
+    return result.endswith(" 1")
+
+
+async def set_phase(db: Executor, task_id: UUID, worker_id: str, phase: str | None,
+                    metadata: dict[str, Any] | None = None) -> bool:
+    """Record progress; metadata is merged into the task's metadata."""
+    async with translated():
+        result = await db.execute(
+            """UPDATE tasks SET phase = $3, metadata = metadata || $4, updated_at = now()
+               WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
+            task_id, worker_id, phase, metadata or {},
+        )
+    return result.endswith(" 1")
+
+
+async def finish(db: Executor, task_id: UUID, worker_id: str, status: str,
+                 detail: str | None = None, metadata: dict[str, Any] | None = None) -> bool:
+    """processing → a terminal status, only by the worker that holds it."""
+    async with translated():
+        result = await db.execute(
+            """UPDATE tasks SET status = $3, detail = $4, metadata = metadata || $5,
+                   lease_until = NULL, updated_at = now(), finished_at = now()
+               WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
+            task_id, worker_id, status, detail, metadata or {},
+        )
+    return result.endswith(" 1")
+
+
+async def finish_pending(db: Executor, task_id: UUID, status: str, detail: str) -> bool:
+    """pending → a terminal status (refused before any work, or canceled)."""
+    async with translated():
+        result = await db.execute(
+            """UPDATE tasks SET status = $2, detail = $3, updated_at = now(), finished_at = now()
+               WHERE id = $1 AND status = 'pending'""",
+            task_id, status, detail,
+        )
+    return result.endswith(" 1")
+
+
+async def list_unenqueued(db: Executor, older_than_s: float, limit: int = 500) -> list[UUID]:
+    """Pending tasks that never reached Redis, or reached it long ago (maybe lost there)."""
+    async with translated():
+        rows = await db.fetch(
+            """SELECT id FROM tasks WHERE status = 'pending'
+                 AND (enqueued_at IS NULL
+                      OR enqueued_at < now() - make_interval(secs => $1))
+               ORDER BY created_at LIMIT $2""",
+            older_than_s, limit,
+        )
+    return [r["id"] for r in rows]
+
+
+async def list_expired_leases(db: Executor, limit: int = 100) -> list[Task]:
+    async with translated():
+        rows = await db.fetch(
+            f"""{_SELECT} WHERE status = 'processing' AND lease_until < now()
+                ORDER BY lease_until LIMIT $1""",
+            limit,
+        )
+    return [Task(**dict(r)) for r in rows]
+
+
+async def release_expired(db: Executor, task_id: UUID, worker_id: str | None,
+                          max_attempts: int, detail: str) -> str | None:
+    """A dead worker's task: back to pending while attempts remain, else failed.
+
+    Conditional on the lease still being expired and held by `worker_id`, so many
+    reconcilers can race safely. Returns the new status, or None if another won.
+    """
+    async with translated():
+        return await db.fetchval(
+            """UPDATE tasks SET
+                   status = CASE WHEN attempts < $3 THEN 'pending' ELSE 'failed' END,
+                   detail = CASE WHEN attempts < $3 THEN NULL ELSE $4 END,
+                   finished_at = CASE WHEN attempts < $3 THEN NULL ELSE now() END,
+                   phase = NULL, lease_until = NULL, enqueued_at = NULL, updated_at = now()
+               WHERE id = $1 AND status = 'processing' AND worker_id IS NOT DISTINCT FROM $2
+                 AND lease_until < now()
+               RETURNING status""",
+            task_id, worker_id, max_attempts, detail,
+        )
+
+
+async def has_open_task(db: Executor, model_id: UUID) -> bool:
+    async with translated():
+        return bool(await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE model_id = $1 "
+            "AND status IN ('pending', 'processing'))", model_id,
+        ))

@@ -1,0 +1,29 @@
+"""Model registry shapes: where a model's weights come from."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelSource(BaseModel):
+    """How a replica loads the model (DESIGN.md §7)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["sentence-transformers", "hashing"] = "sentence-transformers"
+    location: str | None = Field(default=None, description="model directory or package:NAME")
+    dimension: int | None = Field(default=None, ge=1, le=8192)
+    # Test knob of the hashing backend: seconds before the replica reports healthy.
+    startup_delay_s: float | None = Field(default=None, ge=0)
+    # Docker image for this model; the runtime's default when empty.
+    image: str | None = None
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    source: ModelSource = Field(default_factory=ModelSource)
+    access_level: Literal["private", "protected", "public"] = "private"
+    default_permission: Literal["read", "write"] = "read"
+    dependencies: list[str] = Field(default_factory=list)

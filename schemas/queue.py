@@ -1,0 +1,17 @@
+"""Names the API, the workers and the gateways agree on in Redis (queue, channels, keys)."""
+
+QUEUE_NAME = "greenroom:queue"
+JOB_RUN_TASK = "run_task"
+# Published with a model id whenever a deployment's serving generation changes.
+ROUTES_CHANNEL = "greenroom:routes"
+# greenroom:gateway:<id> → JSON {"generations": {model: gen}, "inflight": {replica: n}}
+GATEWAY_KEY_PREFIX = "greenroom:gateway:"
+GATEWAY_TTL_S = 10
+# greenroom:worker:<id> → JSON heartbeat of a live worker
+WORKER_KEY_PREFIX = "greenroom:worker:"
+WORKER_TTL_S = 15
+
+
+def retry_job_id(task_id: str, attempt: int) -> str:
+    """Job id of a retried task: arq refuses a job id it still holds from the dead attempt."""
+    return f"{task_id}:retry{attempt}"

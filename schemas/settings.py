@@ -1,0 +1,53 @@
+"""One settings object for every Greenroom process (DESIGN.md §11), env prefix GREENROOM_."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RuntimeName = Literal["process", "docker", "swarm"]
+
+
+class Settings(BaseSettings):
+    """Configuration read from GREENROOM_* environment variables; no secret has a default."""
+
+    model_config = SettingsConfigDict(env_prefix="GREENROOM_", extra="ignore")
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+
+    runtime: RuntimeName = "process"
+    state_dir: Path = Path(".greenroom")
+    # Image the docker runtime starts when a model names none.
+    docker_image: str = "greenroom/model-server:local"
+    docker_url: str | None = None
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # Address replicas are published on and reached at; loopback by default.
+    replica_host: str = "127.0.0.1"
+
+    deploy_timeout_s: float = 180.0
+    drain_timeout_s: float = 30.0
+    stop_grace_s: float = 10.0
+    lease_s: float = 30.0
+    max_attempts: int = 3
+    worker_max_jobs: int = 8
+    reconcile_interval_s: float = 5.0
+    routes_poll_s: float = 2.0
+    max_body_bytes: int = 1024 * 1024
+
+    log_level: str = "info"
+    log_json: bool | None = None
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("GREENROOM_DATABASE_URL is not set")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("GREENROOM_REDIS_URL is not set")
+        return self.redis_url

@@ -1,0 +1,106 @@
+"""Task API models (seed 002) and the deployment settings they carry."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+MAX_REPLICAS = 16
+
+
+class TaskKind(StrEnum):
+    deploy = "deploy"
+    delete = "delete"
+    scale = "scale"
+
+
+class TaskStatus(StrEnum):
+    pending = "pending"
+    processing = "processing"
+    done = "done"
+    failed = "failed"
+    canceled = "canceled"
+    refused = "refused"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (TaskStatus.pending, TaskStatus.processing)
+
+
+class Phase(StrEnum):
+    starting_replicas = "starting_replicas"
+    health_checking = "health_checking"
+    switching = "switching"
+    draining = "draining"
+    removing = "removing"
+
+
+class DeploymentConfig(BaseModel):
+    """Deployment settings (seed 001's deploy body, seed 002's `config`); all optional."""
+
+    model_config = ConfigDict(extra="allow")
+
+    deployment_name: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        validation_alias=AliasChoices("deployment_name", "name"),
+    )
+    memory: int | None = Field(default=None, ge=128, le=65536, description="MB per replica")
+    autoscaling_enabled: bool = False
+    autoscaling_min: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    autoscaling_max: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    env: dict[str, str] = Field(default_factory=dict)
+    deploy_timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="health-check deadline for this rollout")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "DeploymentConfig":
+        if self.autoscaling_max is not None and self.autoscaling_max < self.autoscaling_min:
+            raise ValueError("autoscaling_min must not exceed autoscaling_max")
+        return self
+
+    @property
+    def replica_count(self) -> int:
+        return self.replicas or self.autoscaling_min
+
+    @property
+    def ignored_keys(self) -> list[str]:
+        return sorted((self.model_extra or {}).keys())
+
+
+class TaskRequest(BaseModel):
+    """Body of POST /deploy and POST /delete (seed 002)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str | None = Field(default=None, min_length=1, max_length=200,
+                           description="Caller's idempotency key")
+    embedding_model_id: str = Field(
+        min_length=1, max_length=300,
+        validation_alias=AliasChoices("embedding_model_id", "model_id"),
+    )
+    config: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+
+class TaskResponse(BaseModel):
+    """ModelDeploymentResponse / ModelDeletionResponse of seed 002."""
+
+    task_id: UUID
+    kind: TaskKind
+    status: TaskStatus
+    phase: Phase | None
+    created_at: datetime
+    updated_at: datetime
+    embedding_model_id: str
+    metadata: dict[str, Any]
+    detail: str | None
+
+
+class ErrorBody(BaseModel):
+    """The one error shape on every surface (DESIGN.md §10)."""
+
+    status_code: int
+    message: str
+    detail: Any = None

@@ -1,0 +1,49 @@
+"""The aiohttp application factory: resources in cleanup contexts, routes per surface."""
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
+
+from db.pool import create_pool as create_pg_pool
+from schemas.queue import QUEUE_NAME
+from schemas.settings import Settings
+from service import routes_gateway, routes_health, routes_tasks
+from service.errors import error_middleware
+from service.gateway import Gateway
+from service.keys import GATEWAY, PG, REDIS, SETTINGS
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    app[PG] = await create_pg_pool(app[SETTINGS].require_database_url(), max_size=20)
+    yield
+    await app[PG].close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    # Connect lazily (no start-up ping): the API accepts tasks while Redis is down.
+    connections = ConnectionPool.from_url(app[SETTINGS].require_redis_url(),
+                                          socket_connect_timeout=1, socket_timeout=5)
+    app[REDIS] = ArqRedis(connections, default_queue_name=QUEUE_NAME)
+    yield
+    await app[REDIS].aclose()
+
+
+async def _gateway(app: web.Application) -> AsyncIterator[None]:
+    gateway = Gateway(app[PG], app[REDIS], app[SETTINGS].routes_poll_s)
+    await gateway.start()
+    app[GATEWAY] = gateway
+    yield
+    await gateway.close()
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings()
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([_postgres, _redis, _gateway])
+    routes_tasks.setup(app)
+    routes_gateway.setup(app)
+    routes_health.setup(app)
+    return app

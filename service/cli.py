@@ -1,0 +1,92 @@
+"""`greenroom` command line: api, worker, migrate, up, models, image."""
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from schemas.logs import configure_logging
+from schemas.models import ModelSource
+from schemas.settings import Settings
+
+
+def _exec_module(module: str, *args: str) -> None:
+    """Run another package's entry point in this process (service never imports worker)."""
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])
+
+
+def cmd_api(settings: Settings, _: argparse.Namespace) -> None:
+    from service.app import create_app
+
+    web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port,
+                print=None, access_log=None)
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
+    from db.migrate import apply_migrations
+
+    applied = asyncio.run(apply_migrations(settings.require_database_url()))
+    print("applied: " + (", ".join(applied) if applied else "nothing, schema is current"))
+
+
+async def _register(settings: Settings, args: argparse.Namespace) -> str:
+    from db.pool import create_pool
+    from service.registry import register
+
+    source = ModelSource(backend=args.backend, location=args.location, dimension=args.dimension)
+    pool = await create_pool(settings.require_database_url(), max_size=2)
+    try:
+        model = await register(pool, args.owner, args.name, source, args.access_level)
+    finally:
+        await pool.close()
+    return str(model.id)
+
+
+def cmd_models_register(settings: Settings, args: argparse.Namespace) -> None:
+    print(asyncio.run(_register(settings, args)))
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
+    from service.up import run_up
+
+    sys.exit(run_up(settings, once=args.once))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="greenroom", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("api", help="run the API and gateway").set_defaults(fn=cmd_api)
+    sub.add_parser("worker", help="run a worker").set_defaults(
+        fn=lambda s, a: _exec_module("worker"))
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+    up = sub.add_parser("up", help="everything on this machine, with the bundled model deployed")
+    up.add_argument("--once", action="store_true", help="print the example, then shut down")
+    up.set_defaults(fn=cmd_up)
+    models = sub.add_parser("models", help="model registry").add_subparsers(
+        dest="action", required=True)
+    reg = models.add_parser("register", help="register a model; prints its id")
+    reg.add_argument("--owner", required=True)
+    reg.add_argument("--name", required=True)
+    reg.add_argument("--backend", default="sentence-transformers",
+                     choices=["sentence-transformers", "hashing"])
+    reg.add_argument("--location", help="model directory or package:NAME")
+    reg.add_argument("--dimension", type=int)
+    reg.add_argument("--access-level", default="private",
+                     choices=["private", "protected", "public"])
+    reg.set_defaults(fn=cmd_models_register)
+    image = sub.add_parser("image", help="model-server images").add_subparsers(
+        dest="action", required=True)
+    build = image.add_parser("build", help="build the model-server image offline")
+    build.add_argument("rest", nargs=argparse.REMAINDER)
+    build.set_defaults(fn=lambda s, a: _exec_module("worker.image", "build", *a.rest))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    args.fn(settings, args)

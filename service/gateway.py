@@ -1,0 +1,160 @@
+"""The gateway (DESIGN.md §8): routes inference to ready replicas of the active generation.
+
+The routing table is rebuilt from Postgres when a worker publishes a change (and by
+polling, should a message be lost) and swapped in one assignment. In-flight requests are
+counted per replica and reported to Redis, so a draining worker knows when old replicas
+are idle.
+"""
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from db import deployments
+from db.deployments import Route
+from db.errors import DatabaseError
+from schemas.queue import GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
+from service.errors import ApiError
+
+log = structlog.get_logger(__name__)
+HEARTBEAT_S = 2.0
+MAX_ATTEMPTS = 3
+_FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """An immutable snapshot of every route, by deployment name and by owner/name."""
+
+    by_key: dict[str, Route]
+    generations: dict[str, int]
+    active: frozenset[UUID]
+
+    @classmethod
+    def build(cls, routes: list[Route]) -> "Table":
+        by_key = {r.name: r for r in routes} | {r.identifier: r for r in routes}
+        by_key |= {str(r.model_id): r for r in routes}
+        return cls(by_key, {str(r.model_id): r.generation for r in routes},
+                   frozenset(rid for r in routes for rid, _ in r.replicas))
+
+
+class Gateway:
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, poll_s: float,
+                 timeout_s: float = 60.0) -> None:
+        self.id = uuid4().hex
+        self._pool, self._redis, self._poll_s = pool, redis, poll_s
+        self._table = Table({}, {}, frozenset())
+        self.inflight: Counter[UUID] = Counter()
+        self._report_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=2),
+            auto_decompress=False,
+        )
+
+    async def start(self) -> None:
+        with contextlib.suppress(DatabaseError):
+            await self.reload()
+        self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._report())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(GATEWAY_KEY_PREFIX + self.id)
+        await self._http.close()
+
+    async def reload(self) -> None:
+        self._table = Table.build(await deployments.routes(self._pool))
+        self._report_now.set()
+
+    def lookup(self, key: str) -> Route | None:
+        return self._table.by_key.get(key)
+
+    def _pick(self, key: str, tried: set[UUID]) -> tuple[UUID, str]:
+        route = self.lookup(key)
+        if route is None:
+            raise ApiError(404, f"deployment {key!r} not found or not serving")
+        candidates = [(rid, ep) for rid, ep in route.replicas if rid not in tried]
+        if not candidates:
+            raise ApiError(503, f"deployment {key!r} has no ready replica; retry shortly")
+        return min(candidates, key=lambda c: self.inflight[c[0]])
+
+    async def forward(self, key: str, path: str, body: bytes,
+                      headers: dict[str, str]) -> web.Response:
+        """Send the request to the least busy replica; retry elsewhere if it cannot connect."""
+        tried: set[UUID] = set()
+        forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
+        for _ in range(MAX_ATTEMPTS):
+            replica_id, endpoint = self._pick(key, tried)
+            self.inflight[replica_id] += 1
+            try:
+                async with self._http.post(endpoint + path, data=body,
+                                           headers=forward_headers) as resp:
+                    payload = await resp.read()
+                    return web.Response(body=payload, status=resp.status,
+                                        content_type=resp.content_type,
+                                        headers={"X-Greenroom-Replica": str(replica_id)})
+            except aiohttp.ClientConnectionError as exc:
+                log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
+                tried.add(replica_id)
+            finally:
+                self._release(replica_id)
+        raise ApiError(502, f"no replica of deployment {key!r} could be reached")
+
+    def _release(self, replica_id: UUID) -> None:
+        self.inflight[replica_id] -= 1
+        if self.inflight[replica_id] <= 0:
+            del self.inflight[replica_id]
+            if replica_id not in self._table.active:
+                self._report_now.set()
+
+    async def _watch(self) -> None:
+        """Reload on every published change, and at least every poll interval."""
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(ROUTES_CHANNEL)
+                    while True:
+                        await pubsub.get_message(ignore_subscribe_messages=True,
+                                                 timeout=self._poll_s)
+                        await self._reload_quietly()
+            except (RedisError, OSError) as exc:
+                log.warning("routes_channel_unavailable", error=str(exc))
+                await asyncio.sleep(self._poll_s)
+                await self._reload_quietly()
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.reload()
+        except DatabaseError as exc:
+            log.warning("routes_reload_failed", error=str(exc))
+
+    def report(self) -> dict[str, Any]:
+        return {"generations": self._table.generations,
+                "inflight": {str(k): v for k, v in self.inflight.items() if v > 0}}
+
+    async def _report(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEARTBEAT_S):
+                    await self._report_now.wait()
+            self._report_now.clear()
+            try:
+                await self._redis.set(GATEWAY_KEY_PREFIX + self.id, json.dumps(self.report()),
+                                      ex=GATEWAY_TTL_S)
+            except (RedisError, OSError) as exc:
+                log.warning("gateway_report_failed", error=str(exc))

@@ -1,0 +1,13 @@
+"""Typed application keys for what the API process holds for its lifetime."""
+
+import asyncpg
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from schemas.settings import Settings
+from service.gateway import Gateway
+
+SETTINGS = web.AppKey("settings", Settings)
+PG = web.AppKey("pg", asyncpg.Pool)
+REDIS = web.AppKey("redis", ArqRedis)
+GATEWAY = web.AppKey("gateway", Gateway)

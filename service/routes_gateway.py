@@ -1,0 +1,31 @@
+"""Data plane: OpenAI-style and TEI passthrough embeddings through the gateway."""
+
+from aiohttp import web
+
+from service.errors import ApiError
+from service.keys import GATEWAY
+from service.parsing import read_json
+
+
+async def openai_embeddings(request: web.Request) -> web.Response:
+    """POST /v1/embeddings: `model` names the deployment (its name or owner/name)."""
+    body = await read_json(request)
+    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(model, str) or not model:
+        raise ApiError(422, "invalid request: model: a deployment name or owner/name is required")
+    raw = await request.read()
+    return await request.app[GATEWAY].forward(model, "/v1/embeddings", raw, dict(request.headers))
+
+
+async def serve_embed(request: web.Request) -> web.Response:
+    """POST /serve/{name}/embed: the TEI /embed contract, passed through."""
+    raw = await request.read()
+    if not raw:
+        raise ApiError(400, "request body is empty; expected a JSON object")
+    name = request.match_info["name"]
+    return await request.app[GATEWAY].forward(name, "/embed", raw, dict(request.headers))
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/embeddings", openai_embeddings)
+    app.router.add_post("/serve/{name}/embed", serve_embed)

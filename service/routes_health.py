@@ -1,0 +1,59 @@
+"""Liveness, readiness and metrics of the API process."""
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from schemas.queue import WORKER_KEY_PREFIX
+from service.keys import GATEWAY, PG, REDIS
+
+PROBE_TIMEOUT_S = 1.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _probe_pg(request: web.Request) -> bool:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            return bool(await request.app[PG].fetchval("SELECT 1") == 1)
+    return False
+
+
+async def _probe_redis(request: web.Request) -> tuple[bool, int]:
+    redis = request.app[REDIS]
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await redis.ping()
+            workers = [k async for k in redis.scan_iter(match=WORKER_KEY_PREFIX + "*")]
+            return True, len(workers)
+    return False, 0
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when Postgres and Redis answer; lists live workers (DESIGN.md §10)."""
+    pg_ok = await _probe_pg(request)
+    redis_ok, workers = await _probe_redis(request)
+    ok = pg_ok and redis_ok
+    body = {"status": "ok" if ok else "unavailable", "postgres": pg_ok, "redis": redis_ok,
+            "workers": workers}
+    if not ok:
+        body |= {"status_code": 503, "message": "a dependency is unavailable"}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    lines = ["# TYPE greenroom_gateway_inflight gauge"]
+    lines += [f'greenroom_gateway_inflight{{replica="{rid}"}} {n}'
+              for rid, n in gateway.inflight.items()]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

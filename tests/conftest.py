@@ -1,0 +1,186 @@
+"""Fixtures: a fresh database per session, Redis, settings, the API and worker processes."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from db.migrate import apply_migrations
+from db.pool import create_pool
+from schemas.models import ModelSource
+from schemas.settings import Settings
+from service.registry import register
+from tests import services
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="greenroom-test-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+def backing(session_tmp: Path) -> Iterator[dict[str, str]]:
+    keep: list[Any] = []
+    urls = {"pg": services.postgres_admin_dsn(session_tmp, keep),
+            "redis": services.redis_url(session_tmp, keep)}
+    yield urls
+    for item in keep:
+        if isinstance(item, subprocess.Popen):
+            item.terminate()
+
+
+@pytest.fixture(scope="session")
+async def database_url(backing: dict[str, str]) -> AsyncIterator[str]:
+    name = f"greenroom_test_{os.getpid()}"
+    admin = await asyncpg.connect(backing["pg"])
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = services.with_database(backing["pg"], name)
+    await apply_migrations(dsn)
+    yield dsn
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def clean(pool: asyncpg.Pool, backing: dict[str, str]) -> AsyncIterator[None]:
+    """Empty tables and Redis before a test."""
+    await pool.execute("TRUNCATE users, models, tasks, deployments, replicas, "
+                       "deployment_events, feedback, api_keys CASCADE")
+    redis = Redis.from_url(backing["redis"])
+    await redis.flushdb()
+    await redis.aclose()
+    yield
+
+
+@pytest.fixture
+def settings(database_url: str, backing: dict[str, str], tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url, redis_url=backing["redis"], state_dir=tmp_path / "state",
+        runtime="process", deploy_timeout_s=60, drain_timeout_s=5, lease_s=6,
+        reconcile_interval_s=0.5, routes_poll_s=0.5, stop_grace_s=5, log_level="info",
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in settings.model_dump(exclude_none=True).items():
+        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        env[f"GREENROOM_{key.upper()}"] = str(raw)
+    env["GREENROOM_LOG_JSON"] = "true"
+    return env
+
+
+class Proc:
+    """A Greenroom process started by a test (api or worker), with its log file."""
+
+    def __init__(self, module: str, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.popen = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=REPO,
+                                      stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(sig)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+@pytest.fixture
+def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start `service` (the API) or `worker` processes with the test's settings."""
+    started: list[Proc] = []
+
+    def _spawn(module: str, **overrides: Any) -> Proc:
+        env = settings_env(settings.model_copy(update=overrides))
+        proc = Proc(module, env, tmp_path / f"{module}-{len(started)}.log")
+        started.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def wait_for_http(http: aiohttp.ClientSession, url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(url)
+
+
+@pytest.fixture
+async def api(spawn: Callable[..., Proc], settings: Settings, http: aiohttp.ClientSession,
+              clean: None) -> str:
+    """A running API process; returns its base URL."""
+    from worker.runtimes.process import free_port
+
+    port = free_port("127.0.0.1")
+    spawn("service", api_port=port)
+    base = f"http://127.0.0.1:{port}"
+    await wait_for_http(http, base + "/healthz")
+    return base
+
+
+async def wait_task(http: aiohttp.ClientSession, base: str, kind: str, task_id: str,
+                    timeout_s: float = 90) -> dict[str, Any]:
+    """Poll a task until it is terminal; returns it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with http.get(f"{base}/{kind}/{task_id}") as resp:
+            task: dict[str, Any] = await resp.json()
+        if task["status"] not in ("pending", "processing"):
+            return task
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{kind} task {task_id} still {task['status']}")
+
+
+@pytest.fixture
+def hashing_model(pool: asyncpg.Pool) -> Callable[..., Any]:
+    """Factory: register a model served by the hashing test backend."""
+
+    async def _make(name: str = "hash-model", **source: Any) -> UUID:
+        model = await register(pool, "alice", name,
+                               ModelSource(backend="hashing", dimension=384, **source), "public")
+        return model.id
+
+    return _make

@@ -1,0 +1,1 @@
+"""Greenroom workers: arq jobs, the green rollout, runtimes and the reconciler."""

@@ -1,0 +1,3 @@
+from worker.settings import main
+
+main()

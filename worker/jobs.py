@@ -1,0 +1,56 @@
+"""The arq job: claim a task, run it under a lease, record how it ended."""
+
+from typing import Any
+from uuid import UUID
+
+import structlog
+from arq import Retry
+
+from db import tasks
+from db.errors import UniqueViolation
+from schemas.tasks import TaskKind, TaskStatus
+from worker import rollout
+from worker.context import WorkerContext
+from worker.lease import LeaseLost, held_lease
+
+log = structlog.get_logger(__name__)
+# Another task of the same model is processing: look again after this long.
+BUSY_RETRY_S = 0.5
+
+
+async def run_task(ctx: dict[str, Any], task_id: str) -> str:
+    """arq entry point; duplicate deliveries find nothing to claim and return at once."""
+    app: WorkerContext = ctx["app"]
+    try:
+        task = await tasks.claim(app.pool, UUID(task_id.split(":")[0]), app.worker_id,
+                                 app.settings.lease_s)
+    except UniqueViolation as exc:
+        raise Retry(defer=BUSY_RETRY_S) from exc
+    if task is None:
+        log.info("task_not_claimable", task=task_id)
+        return "skipped"
+    structlog.contextvars.bind_contextvars(task_id=str(task.id), model_id=str(task.model_id))
+    try:
+        async with held_lease(app, task.id):
+            await _dispatch(app, task)
+    except LeaseLost:
+        log.error("task_abandoned_lease_lost", task=task_id)
+        return "lease_lost"
+    except Exception as exc:
+        log.exception("task_crashed", task=task_id)
+        await tasks.finish(app.pool, task.id, app.worker_id, TaskStatus.failed,
+                           f"internal error: {type(exc).__name__}: {exc}")
+        return "crashed"
+    finally:
+        structlog.contextvars.unbind_contextvars("task_id", "model_id")
+    return "ran"
+
+
+async def _dispatch(app: WorkerContext, task: tasks.Task) -> None:
+    if task.kind == TaskKind.deploy:
+        await rollout.deploy(app, task)
+    elif task.kind == TaskKind.delete:
+        await rollout.delete(app, task)
+    else:
+        await tasks.finish(app.pool, task.id, app.worker_id, TaskStatus.refused,
+                           f"task kind {task.kind!r} is not supported by this worker")

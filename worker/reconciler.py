@@ -1,0 +1,86 @@
+"""The reconciler loop (DESIGN.md §4.5): Postgres is the truth, Redis and runtimes follow it.
+
+Every step is safe with many reconcilers running at once: each write is conditional.
+"""
+
+import asyncio
+import json
+import time
+
+import structlog
+from redis.exceptions import RedisError
+
+from db import events, replicas, tasks
+from db.errors import DatabaseError
+from schemas.queue import JOB_RUN_TASK, WORKER_KEY_PREFIX, WORKER_TTL_S, retry_job_id
+from worker.context import WorkerContext
+from worker.rollout import remove_replicas
+
+log = structlog.get_logger(__name__)
+# A pending task enqueued this long ago is offered to Redis again (a no-op if it is there).
+REENQUEUE_AFTER_S = 10.0
+
+
+async def enqueue_pending(ctx: WorkerContext) -> int:
+    """Enqueue pending tasks that never reached Redis or may have been lost from it."""
+    count = 0
+    for task_id in await tasks.list_unenqueued(ctx.pool, REENQUEUE_AFTER_S):
+        task = await tasks.get(ctx.pool, task_id)
+        if task is None or task.status != "pending":
+            continue
+        job_id = str(task_id) if task.attempts == 0 else retry_job_id(str(task_id), task.attempts)
+        await ctx.redis.enqueue_job(JOB_RUN_TASK, job_id, _job_id=job_id)
+        await tasks.mark_enqueued(ctx.pool, task_id)
+        count += 1
+    return count
+
+
+async def release_expired(ctx: WorkerContext) -> int:
+    """Processing tasks whose worker died: remove their half-made generation, retry or fail."""
+    count = 0
+    for task in await tasks.list_expired_leases(ctx.pool):
+        status = await tasks.release_expired(
+            ctx.pool, task.id, task.worker_id, ctx.settings.max_attempts,
+            f"worker {task.worker_id} stopped responding {task.attempts} time(s); giving up",
+        )
+        if status is None:
+            continue
+        await _remove_task_replicas(ctx, task)
+        await events.add(ctx.pool, task.model_id, "warning",
+                         f"worker {task.worker_id} lost task {task.id}; task is now {status}",
+                         task_id=task.id)
+        log.warning("task_lease_expired", task=str(task.id), new_status=status)
+        count += 1
+    return count
+
+
+async def _remove_task_replicas(ctx: WorkerContext, task: tasks.Task) -> None:
+    """Remove the replicas a dead task started, unless they already serve."""
+    live = await replicas.list_for_model(ctx.pool, task.model_id)
+    mine = [r.id for r in live if r.task_id == task.id and r.state == "starting"]
+    if mine:
+        await remove_replicas(ctx, mine, "failed", grace_s=0)
+
+
+async def heartbeat(ctx: WorkerContext) -> None:
+    """Tell the API this worker is alive (GET /readyz counts these keys)."""
+    beat = json.dumps({"worker": ctx.worker_id, "runtime": ctx.runtime.name, "at": time.time()})
+    await ctx.redis.set(WORKER_KEY_PREFIX + ctx.worker_id, beat, ex=WORKER_TTL_S)
+
+
+async def reconcile_once(ctx: WorkerContext) -> None:
+    await heartbeat(ctx)
+    await release_expired(ctx)
+    await enqueue_pending(ctx)
+
+
+async def run_forever(ctx: WorkerContext) -> None:
+    """Reconcile every interval until cancelled; a failing step is logged, never fatal."""
+    while True:
+        try:
+            await reconcile_once(ctx)
+        except (DatabaseError, RedisError, OSError) as exc:
+            log.warning("reconcile_failed", error=str(exc))
+        except Exception:
+            log.exception("reconcile_crashed")
+        await asyncio.sleep(ctx.settings.reconcile_interval_s)

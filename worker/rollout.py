@@ -1,0 +1,213 @@
+"""The green rollout (DESIGN.md §5) and deletion, for one claimed task."""
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID, uuid4
+
+import structlog
+
+from db import deployments, events, models, replicas, tasks
+from db.errors import UniqueViolation
+from db.models import Model
+from db.tasks import Task
+from schemas.queue import ROUTES_CHANNEL
+from schemas.tasks import DeploymentConfig, Phase, TaskStatus
+from worker.context import WorkerContext
+from worker.drain import wait_drained
+from worker.health import ReplicaFailed, wait_all_ready
+from worker.runtimes.base import ReplicaSpec, RuntimeError_, StartedReplica
+
+log = structlog.get_logger(__name__)
+LOG_TAIL_LINES = 20
+
+
+class RolloutFailed(Exception):
+    """The new generation could not be brought up; the message becomes the task's detail."""
+
+
+@dataclass
+class Progress:
+    """Phase bookkeeping for one task: records phases and their timings on the task row."""
+
+    ctx: WorkerContext
+    task: Task
+    timings: dict[str, float] = field(default_factory=dict)
+    _phase: str | None = None
+    _since: float = field(default_factory=time.monotonic)
+
+    async def enter(self, phase: Phase | None, **metadata: Any) -> None:
+        now = time.monotonic()
+        if self._phase is not None:
+            self.timings[self._phase] = round(now - self._since, 3)
+        self._phase, self._since = (phase.value if phase else None), now
+        await tasks.set_phase(self.ctx.pool, self.task.id, self.ctx.worker_id, self._phase,
+                              {**metadata, "timings": self.timings})
+
+    async def event(self, level: str, message: str, generation: int | None = None) -> None:
+        await events.add(self.ctx.pool, self.task.model_id, level, message,
+                         task_id=self.task.id, generation=generation)
+
+
+def default_deployment_name(model: Model) -> str:
+    """A URL-safe name from the model's name."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", model.name.lower()).strip("-")
+    return slug[:63] or f"model-{str(model.id)[:8]}"
+
+
+async def publish_routes(ctx: WorkerContext, model_id: UUID) -> None:
+    """Tell gateways to reload; they also poll, so a lost message only delays the swap."""
+    with contextlib.suppress(Exception):
+        await ctx.redis.publish(ROUTES_CHANNEL, str(model_id))
+
+
+async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generation: int,
+                          config: DeploymentConfig) -> list[StartedReplica]:
+    started: list[StartedReplica] = []
+    for _ in range(config.replica_count):
+        spec = ReplicaSpec(
+            replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
+            generation=generation, task_id=task.id, source=model.source,
+            memory_mb=config.memory, env=dict(config.env),
+        )
+        await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
+                              generation=generation, task_id=task.id, runtime=ctx.runtime.name)
+        try:
+            replica = await ctx.runtime.start(spec)
+        except RuntimeError_ as exc:
+            await replicas.set_state(ctx.pool, [spec.replica_id], "failed", str(exc))
+            raise RolloutFailed(f"could not start replica: {exc}") from exc
+        await replicas.set_started(ctx.pool, spec.replica_id, replica.runtime_ref,
+                                   replica.endpoint)
+        started.append(replica)
+    return started
+
+
+async def _log_tail(ctx: WorkerContext, runtime_ref: str) -> str:
+    try:
+        stdout, stderr = await ctx.runtime.logs(runtime_ref, LOG_TAIL_LINES)
+    except RuntimeError_:
+        return ""
+    return (stderr or stdout).strip()
+
+
+async def remove_replicas(ctx: WorkerContext, replica_ids: list[UUID], state: str,
+                          grace_s: float) -> None:
+    """Stop and remove replicas, then record them as `state` (stopped or failed)."""
+    rows = await replicas.get_many(ctx.pool, replica_ids)
+    async with asyncio.TaskGroup() as group:
+        for row in rows:
+            if row.runtime_ref:
+                group.create_task(_stop_and_remove(ctx, row.runtime_ref, grace_s))
+    await replicas.set_state(ctx.pool, replica_ids, state)
+
+
+async def _stop_and_remove(ctx: WorkerContext, runtime_ref: str, grace_s: float) -> None:
+    try:
+        await ctx.runtime.stop(runtime_ref, grace_s)
+        await ctx.runtime.remove(runtime_ref)
+    except RuntimeError_ as exc:
+        log.warning("replica_remove_failed", ref=runtime_ref, error=str(exc))
+
+
+async def _bring_up(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
+                    config: DeploymentConfig) -> list[StartedReplica]:
+    await progress.enter(Phase.starting_replicas, generation=generation)
+    started = await _start_replicas(ctx, progress.task, model, generation, config)
+    await progress.enter(Phase.health_checking, generation=generation)
+    try:
+        timeout = config.deploy_timeout_s or ctx.settings.deploy_timeout_s
+        await wait_all_ready(ctx.runtime, ctx.http, started, timeout)
+    except* ReplicaFailed as group:
+        first = group.exceptions[0]
+        assert isinstance(first, ReplicaFailed)
+        tail = await _log_tail(ctx, first.runtime_ref)
+        raise RolloutFailed(f"{first}" + (f"; last log lines:\n{tail}" if tail else "")) from None
+    return started
+
+
+async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason: str) -> None:
+    task = progress.task
+    green = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
+             if r.generation == generation]
+    await remove_replicas(ctx, green, "failed", grace_s=0)
+    status = await deployments.restore_after_failure(ctx.pool, task.model_id)
+    await progress.event("error", f"generation {generation} failed: {reason}", generation)
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason,
+                       {"generation": generation, "deployment_status": status,
+                        "timings": progress.timings})
+    log.warning("rollout_failed", task=str(task.id), generation=generation, reason=reason)
+
+
+async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
+                  config: DeploymentConfig) -> list[UUID]:
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        old = await deployments.switch(conn, model.id, generation, name,
+                                       config.model_dump(exclude={"env"}))
+    await publish_routes(ctx, model.id)
+    return old
+
+
+async def _drain_and_remove(ctx: WorkerContext, progress: Progress, generation: int | None,
+                            old: list[UUID]) -> None:
+    await progress.enter(Phase.draining)
+    drained = await wait_drained(ctx.redis, progress.task.model_id, generation, old,
+                                 ctx.settings.drain_timeout_s)
+    if not drained:
+        await progress.event("warning", "drain timed out; removing replicas with requests "
+                             "in flight", generation)
+    await progress.enter(Phase.removing)
+    await remove_replicas(ctx, old, "stopped", ctx.settings.stop_grace_s)
+
+
+async def deploy(ctx: WorkerContext, task: Task) -> None:
+    """Bring up a new generation beside the old, switch, drain and remove the old."""
+    model = await models.get(ctx.pool, task.model_id)
+    assert model is not None  # tasks reference models; a deleted model cascades its tasks
+    config = DeploymentConfig.model_validate(task.request.get("config") or {})
+    name = config.deployment_name or default_deployment_name(model)
+    try:
+        _, generation = await deployments.begin_generation(ctx.pool, model.id, name)
+    except UniqueViolation:
+        await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed,
+                           f"deployment name {name!r} is taken by another model")
+        return
+    progress = Progress(ctx, task)
+    await progress.event("info", f"starting generation {generation}", generation)
+    try:
+        started = await _bring_up(ctx, progress, model, generation, config)
+        await progress.enter(Phase.switching, generation=generation)
+        old = await _switch(ctx, model, generation, name, config)
+    except (RolloutFailed, UniqueViolation) as exc:
+        reason = (f"deployment name {name!r} is taken by another model"
+                  if isinstance(exc, UniqueViolation) else str(exc))
+        await _fail(ctx, progress, generation, reason)
+        return
+    await progress.event("info", f"generation {generation} is serving", generation)
+    await _drain_and_remove(ctx, progress, generation, old)
+    await progress.enter(None)
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, {
+        "generation": generation, "deployment_name": name,
+        "endpoint": f"/serve/{name}/embed", "replicas": [r.endpoint for r in started],
+        "timings": progress.timings,
+    })
+    log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)
+
+
+async def delete(ctx: WorkerContext, task: Task) -> None:
+    """Take the route away, drain, and stop and remove every replica of the model."""
+    progress = Progress(ctx, task)
+    await progress.enter(Phase.switching)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        old = await deployments.stop(conn, task.model_id)
+    await publish_routes(ctx, task.model_id)
+    leftovers = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)]
+    await _drain_and_remove(ctx, progress, None, sorted(set(old) | set(leftovers)))
+    await progress.event("info", "deployment stopped")
+    await progress.enter(None)
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
+                       {"removed_replicas": len(set(old) | set(leftovers)),
+                        "timings": progress.timings})

@@ -1,0 +1,20 @@
+"""Runtimes start, stop and inspect model-server replicas (DESIGN.md §6)."""
+
+from schemas.settings import Settings
+from worker.runtimes.base import Runtime, RuntimeError_
+
+
+def create_runtime(settings: Settings) -> Runtime:
+    """The runtime the settings name."""
+    if settings.runtime == "process":
+        from worker.runtimes.process import ProcessRuntime
+
+        return ProcessRuntime(settings)
+    if settings.runtime == "docker":
+        from worker.runtimes.docker import DockerRuntime
+
+        return DockerRuntime(settings)
+    raise RuntimeError_(f"runtime {settings.runtime!r} is not available in this build")
+
+
+__all__ = ["Runtime", "RuntimeError_", "create_runtime"]

@@ -1,0 +1,127 @@
+"""The small interface every runtime implements, and the replica's environment contract."""
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
+
+# Labels every runtime attaches to a replica, so `list()` can find what Greenroom owns.
+LABEL_PREFIX = "io.greenroom."
+LABEL_MODEL = LABEL_PREFIX + "model"
+LABEL_GENERATION = LABEL_PREFIX + "generation"
+LABEL_TASK = LABEL_PREFIX + "task"
+LABEL_REPLICA = LABEL_PREFIX + "replica"
+
+
+class RuntimeError_(Exception):  # trailing _ keeps clear of the builtin RuntimeError
+    """Root of every runtime error; the message is shown to users in task details."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSpec:
+    """What to start: one model-server replica of one generation."""
+
+    replica_id: UUID
+    model_id: UUID
+    model_identifier: str
+    generation: int
+    task_id: UUID | None
+    source: dict[str, Any]
+    memory_mb: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_MODEL: str(self.model_id),
+            LABEL_GENERATION: str(self.generation),
+            LABEL_TASK: str(self.task_id or ""),
+            LABEL_REPLICA: str(self.replica_id),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StartedReplica:
+    runtime_ref: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    """What a runtime sees of a replica it started."""
+
+    runtime_ref: str
+    replica_id: UUID
+    model_id: UUID
+    generation: int
+    running: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+    endpoint: str | None = None
+
+    def describe_exit(self) -> str:
+        if self.oom_killed:
+            return "was OOM-killed (memory limit too small for the model)"
+        if self.exit_code is None:
+            return "exited"
+        return f"exited with code {self.exit_code}"
+
+
+def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
+    """The MODEL_SERVER_* environment the model server reads (model_server/config.py)."""
+    source = spec.source
+    env = {
+        "MODEL_SERVER_BACKEND": source.get("backend") or "sentence-transformers",
+        "MODEL_SERVER_MODEL_ID": spec.model_identifier,
+        "MODEL_SERVER_HOST": host,
+        "MODEL_SERVER_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    if source.get("location"):
+        env["MODEL_SERVER_MODEL"] = str(source["location"])
+    if source.get("dimension"):
+        env["MODEL_SERVER_DIMENSION"] = str(source["dimension"])
+    if source.get("startup_delay_s") is not None:
+        env["MODEL_SERVER_STARTUP_DELAY_S"] = str(source["startup_delay_s"])
+    return {**spec.env, **env}
+
+
+def parse_labels(labels: dict[str, str]) -> tuple[UUID, UUID, int] | None:
+    """(replica id, model id, generation) from a replica's labels, or None if not ours."""
+    try:
+        return (UUID(labels[LABEL_REPLICA]), UUID(labels[LABEL_MODEL]),
+                int(labels[LABEL_GENERATION]))
+    except (KeyError, ValueError):
+        return None
+
+
+class Runtime(Protocol):
+    """Start, stop, remove, read logs of, and list replicas."""
+
+    name: str
+
+    async def start(self, spec: ReplicaSpec) -> StartedReplica:
+        """Start a replica; returns at once, readiness is checked over HTTP by the caller."""
+        ...
+
+    async def inspect(self, runtime_ref: str) -> ReplicaInfo | None:
+        """The replica's state, or None if the runtime no longer knows it."""
+        ...
+
+    async def stop(self, runtime_ref: str, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after `grace_s`; no error if already gone."""
+        ...
+
+    async def remove(self, runtime_ref: str) -> None:
+        """Forget the replica and free what it held; no error if already gone."""
+        ...
+
+    async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
+        """The last `tail` lines of (stdout, stderr)."""
+        ...
+
+    async def list(self) -> list[ReplicaInfo]:
+        """Every replica this runtime holds that carries Greenroom's labels."""
+        ...
+
+    async def close(self) -> None:
+        ...

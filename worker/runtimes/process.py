@@ -1,0 +1,178 @@
+"""The `process` runtime: each replica a local `python -m model_server` on a loopback port.
+
+Replicas run in their own session so a worker crash does not take them down; each keeps
+a folder under `<state_dir>/replicas/<id>/` (meta.json, stdout.log, stderr.log, exit_code)
+so any worker on this host can list, inspect, stop and read logs of them after a restart.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from schemas.settings import Settings
+from worker.runtimes.base import (
+    ReplicaInfo,
+    ReplicaSpec,
+    RuntimeError_,
+    StartedReplica,
+    model_server_env,
+    parse_labels,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _pid_alive(pid: int, ref: str) -> bool:
+    """True if `pid` runs and is still replica `ref` (guards against pid reuse)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
+    return not zombie and f"GREENROOM_REPLICA_ID={ref}".encode() in environ
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open(errors="replace") as fh:
+            return "".join(deque(fh, maxlen=lines))
+    except FileNotFoundError:
+        return ""
+
+
+class ProcessRuntime:
+    """Replicas as local subprocesses; the embedded default where no engine is reachable."""
+
+    name = "process"
+
+    def __init__(self, settings: Settings) -> None:
+        self._root = (settings.state_dir / "replicas").resolve()
+        self._host = settings.replica_host
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+        self._reapers: set[asyncio.Task[None]] = set()
+
+    def _dir(self, ref: str) -> Path:
+        return self._root / ref
+
+    async def start(self, spec: ReplicaSpec) -> StartedReplica:
+        ref = str(spec.replica_id)
+        folder = self._dir(ref)
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port(self._host)
+        env = {**os.environ, **model_server_env(spec, self._host, port),
+               "GREENROOM_REPLICA_ID": ref}
+        with (folder / "stdout.log").open("ab") as out, (folder / "stderr.log").open("ab") as err:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "model_server", stdout=out, stderr=err, env=env,
+                    start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
+                )
+            except OSError as exc:
+                raise RuntimeError_(f"could not start model server: {exc}") from exc
+        endpoint = f"http://{self._host}:{port}"
+        meta = {"pid": proc.pid, "endpoint": endpoint, "labels": spec.labels()}
+        (folder / "meta.json").write_text(json.dumps(meta))
+        self._children[ref] = proc
+        reaper = asyncio.create_task(self._reap(ref, proc))
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
+        log.info("replica_started", runtime="process", replica=ref, pid=proc.pid, endpoint=endpoint)
+        return StartedReplica(runtime_ref=ref, endpoint=endpoint)
+
+    async def _reap(self, ref: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        with contextlib.suppress(OSError):
+            (self._dir(ref) / "exit_code").write_text(str(code))
+        self._children.pop(ref, None)
+
+    def _meta(self, ref: str) -> dict[str, Any] | None:
+        try:
+            meta: dict[str, Any] = json.loads((self._dir(ref) / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return meta
+
+    def _info(self, ref: str, meta: dict[str, Any]) -> ReplicaInfo | None:
+        parsed = parse_labels(meta.get("labels", {}))
+        if parsed is None:
+            return None
+        replica_id, model_id, generation = parsed
+        running = _pid_alive(int(meta["pid"]), ref)
+        code_file = self._dir(ref) / "exit_code"
+        exit_code = None
+        if not running and code_file.exists():
+            with contextlib.suppress(ValueError):
+                exit_code = int(code_file.read_text())
+        return ReplicaInfo(runtime_ref=ref, replica_id=replica_id, model_id=model_id,
+                           generation=generation, running=running, exit_code=exit_code,
+                           endpoint=meta.get("endpoint"))
+
+    async def inspect(self, runtime_ref: str) -> ReplicaInfo | None:
+        meta = self._meta(runtime_ref)
+        return self._info(runtime_ref, meta) if meta else None
+
+    async def stop(self, runtime_ref: str, grace_s: float) -> None:
+        meta = self._meta(runtime_ref)
+        if meta is None:
+            return
+        pid = int(meta["pid"])
+        self._signal(pid, runtime_ref, signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while _pid_alive(pid, runtime_ref):
+            if asyncio.get_running_loop().time() > deadline:
+                self._signal(pid, runtime_ref, signal.SIGKILL)
+                break
+            await asyncio.sleep(0.05)
+        child = self._children.get(runtime_ref)
+        if child is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await child.wait()
+
+    def _signal(self, pid: int, ref: str, sig: signal.Signals) -> None:
+        if not _pid_alive(pid, ref):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    async def remove(self, runtime_ref: str) -> None:
+        await self.stop(runtime_ref, grace_s=0)
+        shutil.rmtree(self._dir(runtime_ref), ignore_errors=True)
+
+    async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
+        folder = self._dir(runtime_ref)
+        if not folder.exists():
+            raise RuntimeError_(f"replica {runtime_ref} is gone")
+        return _tail(folder / "stdout.log", tail), _tail(folder / "stderr.log", tail)
+
+    async def list(self) -> list[ReplicaInfo]:
+        if not self._root.exists():
+            return []
+        found = []
+        for folder in sorted(self._root.iterdir()):
+            meta = self._meta(folder.name)
+            info = self._info(folder.name, meta) if meta else None
+            if info is not None:
+                found.append(info)
+        return found
+
+    async def close(self) -> None:
+        for reaper in list(self._reapers):
+            reaper.cancel()

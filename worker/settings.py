@@ -1,0 +1,88 @@
+"""arq WorkerSettings: start-up and shutdown of a worker's shared resources."""
+
+import asyncio
+import contextlib
+import os
+import socket
+from typing import Any
+from uuid import uuid4
+
+import aiohttp
+import structlog
+from arq import func
+from arq.connections import RedisSettings
+from arq.worker import Worker
+from redis.exceptions import RedisError
+
+from db.pool import create_pool as create_pg_pool
+from schemas.logs import configure_logging
+from schemas.queue import QUEUE_NAME
+from schemas.settings import Settings
+from worker import reconciler
+from worker.context import WorkerContext
+from worker.jobs import run_task
+from worker.runtimes import create_runtime
+
+log = structlog.get_logger(__name__)
+REDIS_RETRY_S = 1.0
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx.get("settings") or Settings()
+    pool = await create_pg_pool(settings.require_database_url(),
+                                max_size=settings.worker_max_jobs + 4)
+    app = WorkerContext(
+        settings=settings, pool=pool, redis=ctx["redis"], runtime=create_runtime(settings),
+        http=aiohttp.ClientSession(), worker_id=f"{socket.gethostname()}:{os.getpid()}:"
+        f"{uuid4().hex[:6]}",
+    )
+    ctx["app"] = app
+    ctx["reconciler"] = asyncio.create_task(reconciler.run_forever(app))
+    log.info("worker_started", worker=app.worker_id, runtime=app.runtime.name)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    app: WorkerContext | None = ctx.get("app")
+    task: asyncio.Task[None] | None = ctx.get("reconciler")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if app is not None:
+        await app.http.close()
+        await app.runtime.close()
+        await app.pool.close()
+        log.info("worker_stopped", worker=app.worker_id)
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for arq.Worker built from Greenroom settings."""
+    job_timeout = settings.deploy_timeout_s + settings.drain_timeout_s + 120
+    return {
+        "functions": [func(run_task, name="run_task", max_tries=100_000, timeout=job_timeout)],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "redis_settings": RedisSettings.from_dsn(settings.require_redis_url()),
+        "queue_name": QUEUE_NAME,
+        "max_jobs": settings.worker_max_jobs,
+        "keep_result": 0,
+        "handle_signals": True,
+        "ctx": {"settings": settings},
+    }
+
+
+class ResilientWorker(Worker):
+    """arq's worker, but a Redis outage pauses polling instead of ending the process."""
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("redis_unavailable_polling_paused", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(REDIS_RETRY_S)
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    ResilientWorker(**worker_settings(settings)).run()
