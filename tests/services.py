@@ -48,6 +48,6 @@ def with_database(dsn: str, name: str) -> str:
     return f"{root}/{name}" + (f"?{query}" if query else "")
 
 
-def private_redis(folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
+def private_redis(folder: Path, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
     """A Redis of the test's own, to stop and start without disturbing other tests."""
-    return start_redis(folder)
+    return start_redis(folder, port)
