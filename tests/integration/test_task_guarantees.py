@@ -27,7 +27,8 @@ async def _post(http: aiohttp.ClientSession, base: str, path: str,
         return result
 
 
-async def _wait_status(pool: asyncpg.Pool, task_id: str, status: str, timeout_s: float = 30) -> None:
+async def _wait_status(pool: asyncpg.Pool, task_id: str, status: str,
+                       timeout_s: float = 30) -> None:
     for _ in range(int(timeout_s * 20)):
         task = await tasks.get(pool, UUID(task_id))
         if task is not None and task.status == status:

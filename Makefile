@@ -1,0 +1,35 @@
+# Greenroom: `make up` runs the service, `make test` runs the tests. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test lint bench docker-image clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first, so sentence-transformers does not pull a CUDA one.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[model,embedded,dev]'
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/greenroom up
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy db schemas service worker model_server
+
+bench: $(STAMP)
+	$(BIN)/python bench/control_plane.py
+	$(BIN)/python bench/model_server.py
+
+docker-image: $(STAMP)
+	$(BIN)/greenroom image build
+
+clean:
+	rm -rf $(VENV) .greenroom

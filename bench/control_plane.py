@@ -1,0 +1,157 @@
+"""Control-plane benchmark: POST /deploy throughput and GET /deploy/{id} latency.
+
+Each figure is printed next to its limit measured in the same run on the same pools:
+the same INSERT + enqueue (and the same SELECT) done in-process with no HTTP in between.
+The API runs in this process (so the pools are shared), the client too; the ratio is
+what the HTTP layer, validation and model lookup cost.
+
+    .venv/bin/python bench/control_plane.py [--requests 2000] [--concurrency 32]
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from db import tasks  # noqa: E402
+from db.migrate import apply_migrations  # noqa: E402
+from schemas.models import ModelSource  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
+from service import task_service  # noqa: E402
+from service.app import create_app  # noqa: E402
+from service.keys import PG, REDIS  # noqa: E402
+from service.registry import register  # noqa: E402
+from tests import services  # noqa: E402
+from worker.runtimes.process import free_port  # noqa: E402
+
+MODELS = 100
+
+
+async def _run(n: int, concurrency: int, op: Callable[[int], Awaitable[Any]]) -> list[float]:
+    """Run op(0..n-1) with `concurrency` in flight; returns each call's latency (s)."""
+    latencies: list[float] = []
+    counter = iter(range(n))
+
+    async def client() -> None:
+        for i in counter:
+            start = time.perf_counter()
+            await op(i)
+            latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
+
+
+async def _fresh_database(admin_dsn: str) -> str:
+    name = f"greenroom_bench_{os.getpid()}"
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    dsn = services.with_database(admin_dsn, name)
+    await apply_migrations(dsn)
+    return dsn
+
+
+async def _drop_database(admin_dsn: str, dsn: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1].split("?")[0]}" '
+                       "WITH (FORCE)")
+    await conn.close()
+
+
+async def _raw_insert(app: web.Application, model_ids: list[UUID], i: int) -> None:
+    """The limit: what POST /deploy does to Postgres and Redis, with no HTTP."""
+    task = await tasks.insert(
+        app[PG], task_id=uuid4(), kind="deploy", model_id=model_ids[i % MODELS],
+        request={"embedding_model_id": str(model_ids[i % MODELS])}, request_hash="x",
+        idempotency_key=None, created_by=None, metadata={},
+    )
+    await task_service.enqueue(app[REDIS], app[PG], task.id)
+
+
+async def _bench(args: argparse.Namespace, settings: Settings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port("127.0.0.1")
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    model_ids = [(await register(app[PG], "bench", f"m{i}", ModelSource(backend="hashing"),
+                                 "public")).id for i in range(MODELS)]
+    await app[REDIS].flushdb()
+    n, c = args.requests, args.concurrency
+    connector = aiohttp.TCPConnector(limit=c)
+    async with aiohttp.ClientSession(base, connector=connector) as http:
+        created: list[str] = []
+
+        async def post(i: int) -> None:
+            async with http.post("/deploy",
+                                 json={"embedding_model_id": str(model_ids[i % MODELS])}) as r:
+                assert r.status == 202, await r.text()
+                created.append((await r.json())["task_id"])
+
+        async def get(i: int) -> None:
+            async with http.get(f"/deploy/{created[i % len(created)]}") as r:
+                assert r.status == 200
+                await r.read()
+
+        await _run(200, c, post)  # warm-up: connections, prepared statements
+        await _run(200, c, lambda i: _raw_insert(app, model_ids, i))
+        t0 = time.perf_counter()
+        await _run(n, c, lambda i: _raw_insert(app, model_ids, i))
+        raw_rate = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await _run(n, c, post)
+        api_rate = n / (time.perf_counter() - t0)
+        ids = [UUID(t) for t in created]
+        raw_get = await _run(n, 8, lambda i: tasks.get(app[PG], ids[i % len(ids)], "deploy"))
+        api_get = await _run(n, 8, get)
+    await runner.cleanup()
+    print(f"control plane, {n} requests, concurrency {c} (POST) / 8 (GET), one process")
+    print(f"POST /deploy        {api_rate:8.0f} tasks/s   limit (INSERT+enqueue in-process) "
+          f"{raw_rate:8.0f}/s   ratio {api_rate / raw_rate:.2f}")
+    print(f"GET /deploy/{{id}}    p50 {_pct(api_get, 50):6.2f} ms  p99 {_pct(api_get, 99):6.2f} ms"
+          f"   limit (SELECT in-process) p50 {_pct(raw_get, 50):6.2f} ms  p99 "
+          f"{_pct(raw_get, 99):6.2f} ms   ratio p50 {_pct(raw_get, 50) / _pct(api_get, 50):.2f}"
+          f"  p99 {_pct(raw_get, 99) / _pct(api_get, 99):.2f}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    keep: list[Any] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        admin = services.postgres_admin_dsn(Path(tmp), keep)
+        redis_url = services.redis_url(Path(tmp), keep)
+        dsn = await _fresh_database(admin)
+        try:
+            await _bench(args, Settings(database_url=dsn, redis_url=redis_url,
+                                        log_level="warning"))
+        finally:
+            await _drop_database(admin, dsn)
+
+
+if __name__ == "__main__":
+    from schemas.logs import configure_logging
+
+    configure_logging("warning")
+    asyncio.run(main())
