@@ -90,3 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     args.fn(settings, args)
+
+
+if __name__ == "__main__":
+    main()

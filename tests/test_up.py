@@ -1,0 +1,55 @@
+"""`greenroom up` on a machine with nothing configured prints a curl that returns an embedding."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from worker.runtimes.process import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_up_once_with_embedded_services_prints_a_working_curl(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"),
+            "GREENROOM_API_PORT": str(free_port("127.0.0.1"))}
+    done = subprocess.run([sys.executable, "-m", "service.cli", "up", "--once"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "embedded Postgres" in out and "embedded Redis" in out
+    command = re.search(r"^\s+(curl -s .*)$", out, re.MULTILINE)
+    assert command, out
+    # The printed curl answered while the service ran; its output follows the command.
+    body = out[command.end():].strip().splitlines()[0]
+    assert body.startswith('{"object": "list"')
+    assert "task done" in out.split("undeploying")[1], "the bundled model was undeployed"
+    numbers = re.findall(r"-?\d+\.\d+(?:e-?\d+)?", body)
+    assert len(numbers) >= 10
+
+
+def test_up_curl_output_is_a_384_number_embedding(tmp_path: Path) -> None:
+    """Runs the service, then the printed curl itself, and counts the numbers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    port = free_port("127.0.0.1")
+    env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"), "GREENROOM_API_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        command = None
+        for line in proc.stdout:
+            if line.strip().startswith("curl -s"):
+                command = line.strip()
+                break
+        assert command, "up printed no curl"
+        result = subprocess.run(command, shell=True, capture_output=True, text=True,
+                                timeout=60, check=True)
+        embedding = json.loads(result.stdout)["data"][0]["embedding"]
+        assert len(embedding) == 384 and all(isinstance(x, float) for x in embedding)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
