@@ -159,3 +159,10 @@ async def routes(db: Executor) -> list[Route]:
               list(zip(r["ids"], r["endpoints"], strict=True)))
         for r in rows
     ]
+
+
+async def active_generations(db: Executor) -> dict[UUID, int | None]:
+    """Every deployment's serving generation (None while none serves)."""
+    async with translated():
+        rows = await db.fetch("SELECT model_id, active_generation FROM deployments")
+    return {r["model_id"]: r["active_generation"] for r in rows}

@@ -87,3 +87,26 @@ async def list_live(db: Executor) -> list[Replica]:
             f"SELECT {_COLUMNS} FROM replicas WHERE state = ANY($1::text[]) ORDER BY created_at",
             list(LIVE_STATES),
         ))
+
+
+async def transition(db: Executor, replica_id: UUID, from_state: str, to_state: str,
+                     reported_status: str | None = None) -> bool:
+    """Move one replica between states only if it is still in `from_state` (races are safe)."""
+    async with translated():
+        result = await db.execute(
+            """UPDATE replicas SET state = $3, updated_at = now(),
+                   reported_status = coalesce($4, reported_status)
+               WHERE id = $1 AND state = $2""",
+            replica_id, from_state, to_state, reported_status,
+        )
+    return result.endswith(" 1")
+
+
+async def list_serving(db: Executor) -> list[Replica]:
+    """Ready replicas of every deployment's active generation."""
+    async with translated():
+        return _replicas(await db.fetch(
+            f"""SELECT {", ".join("r." + c.strip() for c in _COLUMNS.split(","))}
+                FROM replicas r JOIN deployments d ON d.model_id = r.model_id
+                WHERE r.state = 'ready' AND r.generation = d.active_generation"""
+        ))

@@ -207,3 +207,21 @@ async def has_open_task(db: Executor, model_id: UUID) -> bool:
             "SELECT EXISTS (SELECT 1 FROM tasks WHERE model_id = $1 "
             "AND status IN ('pending', 'processing'))", model_id,
         ))
+
+
+async def models_with_processing_task(db: Executor) -> set[UUID]:
+    async with translated():
+        rows = await db.fetch("SELECT model_id FROM tasks WHERE status = 'processing'")
+    return {r["model_id"] for r in rows}
+
+
+async def hand_back(db: Executor, task_id: UUID, worker_id: str) -> bool:
+    """processing → pending by the worker that holds it (shutting down); retried later."""
+    async with translated():
+        result = await db.execute(
+            """UPDATE tasks SET status = 'pending', phase = NULL, lease_until = NULL,
+                   enqueued_at = NULL, worker_id = NULL, updated_at = now()
+               WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
+            task_id, worker_id,
+        )
+    return result.endswith(" 1")

@@ -32,10 +32,12 @@ class Settings(BaseSettings):
     deploy_timeout_s: float = 180.0
     drain_timeout_s: float = 30.0
     stop_grace_s: float = 10.0
+    # A stopping worker waits this long for its jobs before handing them back.
+    shutdown_grace_s: float = 10.0
     lease_s: float = 30.0
     max_attempts: int = 3
     worker_max_jobs: int = 8
-    reconcile_interval_s: float = 5.0
+    reconcile_interval_s: float = 2.0
     routes_poll_s: float = 2.0
     max_body_bytes: int = 1024 * 1024
 

@@ -1,17 +1,20 @@
 """The arq job: claim a task, run it under a lease, record how it ended."""
 
+import asyncio
+import contextlib
 from typing import Any
 from uuid import UUID
 
 import structlog
 from arq import Retry
 
-from db import tasks
+from db import replicas, tasks
 from db.errors import UniqueViolation
 from schemas.tasks import TaskKind, TaskStatus
 from worker import rollout
 from worker.context import WorkerContext
 from worker.lease import LeaseLost, held_lease
+from worker.runtimes.base import RuntimeError_
 
 log = structlog.get_logger(__name__)
 # Another task of the same model is processing: look again after this long.
@@ -33,6 +36,9 @@ async def run_task(ctx: dict[str, Any], task_id: str) -> str:
     try:
         async with held_lease(app, task.id):
             await _dispatch(app, task)
+    except asyncio.CancelledError:
+        await asyncio.shield(_hand_back(app, task))
+        raise
     except LeaseLost:
         log.error("task_abandoned_lease_lost", task=task_id)
         return "lease_lost"
@@ -44,6 +50,26 @@ async def run_task(ctx: dict[str, Any], task_id: str) -> str:
     finally:
         structlog.contextvars.unbind_contextvars("task_id", "model_id")
     return "ran"
+
+
+async def _hand_back(app: WorkerContext, task: tasks.Task) -> None:
+    current = await tasks.get(app.pool, task.id)
+    outcome = await rollout.hand_back(app, task, current.phase if current else None)
+    log.warning("task_interrupted", task=str(task.id), outcome=outcome)
+
+
+async def replica_logs(ctx: dict[str, Any], model_id: str, tail: int = 100) -> list[dict[str, Any]]:
+    """The last `tail` lines of each live replica of a model; a gone replica gives empty text."""
+    app: WorkerContext = ctx["app"]
+    found = []
+    for replica in await replicas.list_for_model(app.pool, UUID(model_id)):
+        stdout, stderr = "", ""
+        if replica.runtime_ref:
+            with contextlib.suppress(RuntimeError_):
+                stdout, stderr = await app.runtime.logs(replica.runtime_ref, tail)
+        found.append({"replica_id": str(replica.id), "generation": replica.generation,
+                      "state": replica.state, "stdout": stdout, "stderr": stderr})
+    return found
 
 
 async def _dispatch(app: WorkerContext, task: tasks.Task) -> None:

@@ -4,17 +4,22 @@ Every step is safe with many reconcilers running at once: each write is conditio
 """
 
 import asyncio
+import contextlib
 import json
 import time
+from uuid import UUID
 
 import structlog
 from redis.exceptions import RedisError
 
-from db import events, replicas, tasks
+from db import deployments, events, replicas, tasks
 from db.errors import DatabaseError
+from db.replicas import Replica
 from schemas.queue import JOB_RUN_TASK, WORKER_KEY_PREFIX, WORKER_TTL_S, retry_job_id
 from worker.context import WorkerContext
+from worker.repair import replace_crashed
 from worker.rollout import remove_replicas
+from worker.runtimes.base import RuntimeError_
 
 log = structlog.get_logger(__name__)
 # A pending task enqueued this long ago is offered to Redis again (a no-op if it is there).
@@ -62,6 +67,39 @@ async def _remove_task_replicas(ctx: WorkerContext, task: tasks.Task) -> None:
         await remove_replicas(ctx, mine, "failed", grace_s=0)
 
 
+def _orphaned(row: Replica | None, busy: set[UUID], active: dict[UUID, int | None]) -> bool:
+    """Nobody owns this replica: no row, a finished row, or a generation no task is making."""
+    if row is None or row.state in ("stopped", "failed"):
+        return True
+    if row.model_id in busy:
+        return False  # a task is working on this model; it owns its replicas
+    return row.generation != active.get(row.model_id)
+
+
+async def remove_orphans(ctx: WorkerContext) -> int:
+    """Remove replicas that no serving generation and no processing task owns.
+
+    Never touches the active generation; a replica is only judged while no task of its
+    model is processing (a crash mid-switch leaves both generations: the old one goes).
+    """
+    found = await ctx.runtime.list()
+    if not found:
+        return 0
+    busy = await tasks.models_with_processing_task(ctx.pool)
+    rows = {r.id: r for r in await replicas.get_many(ctx.pool, [i.replica_id for i in found])}
+    active = await deployments.active_generations(ctx.pool)
+    orphans = [i for i in found if _orphaned(rows.get(i.replica_id), busy, active)]
+    for info in orphans:
+        log.warning("orphan_replica_removed", replica=str(info.replica_id),
+                    generation=info.generation)
+        with contextlib.suppress(RuntimeError_):
+            await ctx.runtime.stop(info.runtime_ref, ctx.settings.stop_grace_s)
+            await ctx.runtime.remove(info.runtime_ref)
+        if info.replica_id in rows:
+            await replicas.set_state(ctx.pool, [info.replica_id], "stopped")
+    return len(orphans)
+
+
 async def heartbeat(ctx: WorkerContext) -> None:
     """Tell the API this worker is alive (GET /readyz counts these keys)."""
     beat = json.dumps({"worker": ctx.worker_id, "runtime": ctx.runtime.name, "at": time.time()})
@@ -69,8 +107,12 @@ async def heartbeat(ctx: WorkerContext) -> None:
 
 
 async def reconcile_once(ctx: WorkerContext) -> None:
-    await heartbeat(ctx)
+    """One pass; Postgres-only steps first, so a Redis outage does not stop them."""
     await release_expired(ctx)
+    busy = await tasks.models_with_processing_task(ctx.pool)
+    await replace_crashed(ctx, busy)
+    await remove_orphans(ctx)
+    await heartbeat(ctx)
     await enqueue_pending(ctx)
 
 

@@ -146,7 +146,7 @@ async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
                   config: DeploymentConfig) -> list[UUID]:
     async with ctx.pool.acquire() as conn, conn.transaction():
         old = await deployments.switch(conn, model.id, generation, name,
-                                       config.model_dump(exclude={"env"}))
+                                       config.model_dump(mode="json"))
     await publish_routes(ctx, model.id)
     return old
 
@@ -195,6 +195,26 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
         "timings": progress.timings,
     })
     log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)
+
+
+async def hand_back(ctx: WorkerContext, task: Task, phase: str | None) -> str:
+    """The worker is stopping mid-task: leave the model as it was, or finish what is safe.
+
+    Past the switch the new generation already serves; the drain is left to the
+    reconciler and the task is done. Before it, the green replicas are removed and the
+    task goes back to pending for another worker.
+    """
+    if phase in (Phase.draining, Phase.removing):
+        await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
+                           {"note": "worker stopped while draining; reconciler removes the rest"})
+        return "done"
+    mine = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
+            if r.task_id == task.id and r.state == "starting"]
+    await remove_replicas(ctx, mine, "failed", grace_s=0)
+    if task.kind == "deploy":
+        await deployments.restore_after_failure(ctx.pool, task.model_id)
+    await tasks.hand_back(ctx.pool, task.id, ctx.worker_id)
+    return "handed_back"
 
 
 async def delete(ctx: WorkerContext, task: Task) -> None:

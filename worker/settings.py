@@ -20,7 +20,7 @@ from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
 from worker import reconciler
 from worker.context import WorkerContext
-from worker.jobs import run_task
+from worker.jobs import replica_logs, run_task
 from worker.runtimes import create_runtime
 
 log = structlog.get_logger(__name__)
@@ -59,7 +59,10 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for arq.Worker built from Greenroom settings."""
     job_timeout = settings.deploy_timeout_s + settings.drain_timeout_s + 120
     return {
-        "functions": [func(run_task, name="run_task", max_tries=100_000, timeout=job_timeout)],
+        "functions": [
+            func(run_task, name="run_task", max_tries=100_000, timeout=job_timeout),
+            func(replica_logs, name="replica_logs", max_tries=1, timeout=10, keep_result=60),
+        ],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.require_redis_url()),
@@ -67,6 +70,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "max_jobs": settings.worker_max_jobs,
         "keep_result": 0,
         "handle_signals": True,
+        # SIGTERM: stop taking jobs, give running ones this long, then cancel (hand back).
+        "job_completion_wait": int(settings.shutdown_grace_s),
         "ctx": {"settings": settings},
     }
 

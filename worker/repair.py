@@ -1,0 +1,102 @@
+"""Replace a crashed replica of a serving generation (DESIGN.md §4.5).
+
+Only one reconciler wins the ready → failed transition of a replica, so only one
+replaces it. The deployment shows `degraded` with an event until the replacement is
+healthy; a rollout that starts meanwhile supersedes the replacement.
+"""
+
+import asyncio
+from uuid import UUID, uuid4
+
+import structlog
+
+from db import deployments, events, models, replicas
+from db.replicas import Replica
+from schemas.tasks import DeploymentConfig
+from worker.context import WorkerContext
+from worker.health import ReplicaFailed, wait_ready
+from worker.rollout import publish_routes, remove_replicas
+from worker.runtimes.base import ReplicaInfo, ReplicaSpec, RuntimeError_
+
+log = structlog.get_logger(__name__)
+
+
+async def _crashed(ctx: WorkerContext, replica: Replica) -> ReplicaInfo | None:
+    """The runtime's view of a replica that should be serving but is not, else None."""
+    if not replica.runtime_ref:
+        return None
+    info = await ctx.runtime.inspect(replica.runtime_ref)
+    if info is not None and info.running:
+        return None
+    return info or ReplicaInfo(runtime_ref=replica.runtime_ref, replica_id=replica.id,
+                               model_id=replica.model_id, generation=replica.generation,
+                               running=False)
+
+
+async def replace_crashed(ctx: WorkerContext, busy: set[UUID]) -> int:
+    """Find serving replicas that died and replace each; returns how many were replaced."""
+    replaced = 0
+    for replica in await replicas.list_serving(ctx.pool):
+        if replica.model_id in busy:
+            continue
+        info = await _crashed(ctx, replica)
+        if info is None:
+            continue
+        reason = info.describe_exit()
+        if not await replicas.transition(ctx.pool, replica.id, "ready", "failed", reason):
+            continue  # another reconciler, or a rollout, got there first
+        await _announce(ctx, replica, reason)
+        if await _start_replacement(ctx, replica):
+            replaced += 1
+    return replaced
+
+
+async def _announce(ctx: WorkerContext, replica: Replica, reason: str) -> None:
+    await publish_routes(ctx, replica.model_id)
+    await deployments.set_status(ctx.pool, replica.model_id, "degraded")
+    await events.add(ctx.pool, replica.model_id, "warning",
+                     f"replica {replica.id} {reason}; starting a replacement",
+                     generation=replica.generation)
+    log.warning("replica_crashed", replica=str(replica.id), reason=reason)
+    if replica.runtime_ref:
+        await remove_replicas(ctx, [replica.id], "failed", grace_s=0)
+
+
+async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
+    model = await models.get(ctx.pool, dead.model_id)
+    deployment = await deployments.get(ctx.pool, dead.model_id)
+    if model is None or deployment is None or deployment.active_generation != dead.generation:
+        return False
+    config = DeploymentConfig.model_validate(deployment.config)
+    spec = ReplicaSpec(replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
+                       generation=dead.generation, task_id=dead.task_id, source=model.source,
+                       memory_mb=config.memory, env=dict(config.env))
+    await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
+                          generation=dead.generation, task_id=dead.task_id,
+                          runtime=ctx.runtime.name)
+    try:
+        started = await ctx.runtime.start(spec)
+        await replicas.set_started(ctx.pool, spec.replica_id, started.runtime_ref,
+                                   started.endpoint)
+        deadline = asyncio.get_running_loop().time() + ctx.settings.deploy_timeout_s
+        await wait_ready(ctx.runtime, ctx.http, started, deadline)
+    except (RuntimeError_, ReplicaFailed) as exc:
+        await remove_replicas(ctx, [spec.replica_id], "failed", grace_s=0)
+        await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
+                         generation=dead.generation)
+        return False
+    return await _put_in_service(ctx, dead, spec.replica_id)
+
+
+async def _put_in_service(ctx: WorkerContext, dead: Replica, new_id: UUID) -> bool:
+    if not await replicas.transition(ctx.pool, new_id, "starting", "ready"):
+        await remove_replicas(ctx, [new_id], "stopped", grace_s=0)  # a rollout moved on
+        return False
+    await publish_routes(ctx, dead.model_id)
+    deployment = await deployments.get(ctx.pool, dead.model_id)
+    if deployment is not None and deployment.status == "degraded":
+        await deployments.set_status(ctx.pool, dead.model_id, "complete")
+    await events.add(ctx.pool, dead.model_id, "info",
+                     f"replica {new_id} replaced crashed replica {dead.id}",
+                     generation=dead.generation)
+    return True
