@@ -166,3 +166,36 @@ async def active_generations(db: Executor) -> dict[UUID, int | None]:
     async with translated():
         rows = await db.fetch("SELECT model_id, active_generation FROM deployments")
     return {r["model_id"]: r["active_generation"] for r in rows}
+
+
+async def store_secrets(db: Executor, model_id: UUID, placeholder_name: str,
+                        blob: bytes) -> None:
+    """Keep encrypted secrets for the model's next rollouts, creating the row if new.
+
+    A new row gets `placeholder_name` (unique per model); the rollout names it properly.
+    """
+    async with translated():
+        await db.execute(
+            """INSERT INTO deployments (model_id, name, status, secrets)
+               VALUES ($1, $2, 'not_started', $3)
+               ON CONFLICT (model_id) DO UPDATE SET secrets = EXCLUDED.secrets,
+                   updated_at = now()""",
+            model_id, placeholder_name, blob,
+        )
+
+
+async def get_secrets(db: Executor, model_id: UUID) -> bytes | None:
+    async with translated():
+        blob: bytes | None = await db.fetchval(
+            "SELECT secrets FROM deployments WHERE model_id = $1", model_id)
+    return blob
+
+
+async def generation_is_live(db: Executor, model_id: UUID, generation: int) -> bool:
+    """True while a replica of that generation is starting, ready or draining."""
+    async with translated():
+        return bool(await db.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM replicas WHERE model_id = $1 AND generation = $2
+                              AND state IN ('starting', 'ready', 'draining'))""",
+            model_id, generation,
+        ))

@@ -48,3 +48,17 @@ async def list_recent(db: Executor, model_id: UUID, limit: int = 100) -> list[Ev
             model_id, limit,
         )
     return [Event(**dict(r)) for r in reversed(rows)]
+
+
+async def list_since(db: Executor, model_id: UUID, since: datetime | None,
+                     limit: int = 200) -> list[Event]:
+    """The model's events from `since` on (all of them when None), oldest first."""
+    async with translated():
+        rows: list[Any] = await db.fetch(
+            """SELECT id, model_id, task_id, generation, level, message, created_at
+               FROM deployment_events
+               WHERE model_id = $1 AND ($2::timestamptz IS NULL OR created_at >= $2)
+               ORDER BY id DESC LIMIT $3""",
+            model_id, since, limit,
+        )
+    return [Event(**dict(r)) for r in reversed(rows)]

@@ -85,3 +85,30 @@ async def update_source(db: Executor, model_id: UUID, source: dict[str, Any]) ->
     """Point the model at other weights; the next deploy uses them."""
     async with translated():
         await db.execute("UPDATE models SET source = $2 WHERE id = $1", model_id, source)
+
+
+async def list_visible(db: Executor, user_id: int | None, is_admin: bool) -> list[Model]:
+    """Models the user can at least read: all for an admin; else own, granted, public or
+    protected ones (protected: any signed-in user)."""
+    async with translated():
+        rows = await db.fetch(
+            f"""{_SELECT} WHERE $2 OR m.owner_id = $1 OR m.access_level IN ('public', 'protected')
+                OR EXISTS (SELECT 1 FROM model_permissions p
+                           WHERE p.model_id = m.id AND p.user_id = $1
+                             AND (p.expires_at IS NULL OR p.expires_at > now()))
+                ORDER BY u.username, m.name""",
+            user_id, is_admin,
+        )
+    return [Model(**dict(r)) for r in rows]
+
+
+async def merge_metadata(db: Executor, model_id: UUID, metadata: dict[str, Any]) -> None:
+    async with translated():
+        await db.execute("UPDATE models SET metadata = metadata || $2 WHERE id = $1",
+                         model_id, metadata)
+
+
+async def set_train_status(db: Executor, model_id: UUID, train_status: str) -> None:
+    async with translated():
+        await db.execute("UPDATE models SET train_status = $2 WHERE id = $1",
+                         model_id, train_status)

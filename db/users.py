@@ -41,3 +41,49 @@ async def get_by_name(db: Executor, username: str) -> User | None:
             "SELECT id, username, email, is_admin, created_at FROM users WHERE username = $1",
             username,
         ))
+
+
+_USER_COLUMNS = "id, username, email, is_admin, created_at"
+
+
+async def create(db: Executor, *, username: str, password_hash: str, email: str | None = None,
+                 is_admin: bool = False) -> User:
+    """Insert a user; UniqueViolation(users_username_key) if the name is taken."""
+    async with translated():
+        row = await db.fetchrow(
+            f"""INSERT INTO users (username, password_hash, email, is_admin)
+                VALUES ($1, $2, $3, $4) RETURNING {_USER_COLUMNS}""",
+            username, password_hash, email, is_admin,
+        )
+    user = _user(row)
+    assert user is not None
+    return user
+
+
+async def get(db: Executor, user_id: int) -> User | None:
+    async with translated():
+        return _user(await db.fetchrow(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id))
+
+
+async def password_hash(db: Executor, username: str) -> tuple[User, str | None] | None:
+    """The user and their stored argon2 hash (None for accounts without a password)."""
+    async with translated():
+        row = await db.fetchrow(
+            f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE username = $1", username)
+    if row is None:
+        return None
+    values = dict(row)
+    stored = values.pop("password_hash")
+    return User(**values), stored
+
+
+async def set_password_hash(db: Executor, user_id: int, new_hash: str) -> None:
+    async with translated():
+        await db.execute("UPDATE users SET password_hash = $2 WHERE id = $1", user_id, new_hash)
+
+
+async def list_all(db: Executor) -> list[User]:
+    async with translated():
+        rows = await db.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY id")
+    return [User(**dict(r)) for r in rows]

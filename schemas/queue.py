@@ -15,3 +15,6 @@ WORKER_TTL_S = 15
 def retry_job_id(task_id: str, attempt: int) -> str:
     """Job id of a retried task: arq refuses a job id it still holds from the dead attempt."""
     return f"{task_id}:retry{attempt}"
+# arq job run by a worker for the API: (model_id: str, tail: int) →
+# [{"replica_id", "generation", "stdout", "stderr"}]; needs a kept result (keep_result ≥ 10).
+JOB_REPLICA_LOGS = "replica_logs"

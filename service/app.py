@@ -9,7 +9,16 @@ from redis.asyncio import ConnectionPool
 from db.pool import create_pool as create_pg_pool
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
-from service import routes_gateway, routes_health, routes_tasks
+from service import (
+    routes_feedback,
+    routes_gateway,
+    routes_health,
+    routes_registry,
+    routes_tasks,
+    routes_v1,
+    routes_v2_deploy,
+)
+from service.auth import register, require_secret
 from service.errors import error_middleware
 from service.gateway import Gateway
 from service.keys import GATEWAY, PG, REDIS, SETTINGS
@@ -40,10 +49,13 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
+    require_secret(settings)  # fail at start, not at the first login
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([_postgres, _redis, _gateway])
     routes_tasks.setup(app)
     routes_gateway.setup(app)
     routes_health.setup(app)
+    for surface in (routes_registry, routes_v2_deploy, routes_v1, routes_feedback):
+        register(app, surface.ROUTES)
     return app

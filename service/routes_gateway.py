@@ -1,7 +1,10 @@
 """Data plane: OpenAI-style and TEI passthrough embeddings through the gateway."""
 
+from typing import Any
+
 from aiohttp import web
 
+from service.auth import RouteSpec, register
 from service.errors import ApiError
 from service.keys import GATEWAY
 from service.parsing import read_json
@@ -26,6 +29,24 @@ async def serve_embed(request: web.Request) -> web.Response:
     return await request.app[GATEWAY].forward(name, "/embed", raw, dict(request.headers))
 
 
+async def _body_model(request: web.Request, body: Any) -> str:
+    """Where /v1/embeddings names its deployment (validated again by the handler)."""
+    data = await read_json(request)
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else ""
+
+
+async def _path_name(request: web.Request, body: Any) -> str:
+    return request.match_info["name"]
+
+
+ROUTES = [
+    RouteSpec("POST", "/v1/embeddings", openai_embeddings, "inference", locate=_body_model,
+              summary="OpenAI-style embeddings"),
+    RouteSpec("POST", "/serve/{name}/embed", serve_embed, "inference", locate=_path_name,
+              summary="TEI /embed passthrough"),
+]
+
+
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/embeddings", openai_embeddings)
-    app.router.add_post("/serve/{name}/embed", serve_embed)
+    register(app, ROUTES)

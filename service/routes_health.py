@@ -7,6 +7,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from schemas.queue import WORKER_KEY_PREFIX
+from service.auth import RouteSpec, register
 from service.keys import GATEWAY, PG, REDIS
 
 PROBE_TIMEOUT_S = 1.0
@@ -53,7 +54,12 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
+ROUTES = [
+    RouteSpec("GET", "/healthz", healthz, "public", summary="Liveness"),
+    RouteSpec("GET", "/readyz", readyz, "public", summary="Readiness"),
+    RouteSpec("GET", "/metrics", metrics, "public", summary="Metrics"),
+]
+
+
 def setup(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    register(app, ROUTES)

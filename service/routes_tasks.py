@@ -2,10 +2,10 @@
 
 from aiohttp import web
 
-from schemas.tasks import TaskKind, TaskRequest
+from schemas.tasks import TaskKind, TaskRequest, TaskResponse
 from service import task_service
+from service.auth import Locator, RouteSpec, body_field, call_of, path_param, register
 from service.keys import PG, REDIS
-from service.parsing import parse_body
 
 
 def _json(task: task_service.Task, status: int = 200) -> web.Response:
@@ -14,9 +14,10 @@ def _json(task: task_service.Task, status: int = 200) -> web.Response:
 
 
 async def _create(request: web.Request, kind: TaskKind) -> web.Response:
-    body = await parse_body(request, TaskRequest)
+    call = call_of(request)
     task, created = await task_service.accept(
-        request.app[PG], request.app[REDIS], kind, body, request.headers.get("Idempotency-Key")
+        request.app[PG], request.app[REDIS], kind, call.body,
+        request.headers.get("Idempotency-Key"), call.principal.user_id,
     )
     return _json(task, 202 if created else 200)
 
@@ -53,10 +54,32 @@ async def get_delete_status(request: web.Request) -> web.Response:
     return _json(task)
 
 
+def task_model(kind: TaskKind) -> Locator:
+    """The model of the task in the path: reading a task needs read access to its model."""
+    async def locate(request: web.Request, body: object) -> str:
+        task = await task_service.get(request.app[PG], kind, request.match_info["task_id"])
+        return str(task.model_id)
+    return locate
+
+
+MODEL_REF = "{embedding_model_id:.+}"
+ROUTES = [
+    RouteSpec("POST", "/deploy", post_deploy, "owner", TaskRequest, TaskResponse,
+              body_field("embedding_model_id"), 202, summary="Create a deploy task"),
+    RouteSpec("GET", "/deploy/{task_id}", get_deploy_task, "read", None, TaskResponse,
+              task_model(TaskKind.deploy), summary="A deploy task"),
+    RouteSpec("GET", f"/deploy-status/{MODEL_REF}", get_deploy_status, "read", None,
+              TaskResponse, path_param("embedding_model_id"),
+              summary="The model's latest deploy task"),
+    RouteSpec("POST", "/delete", post_delete, "owner", TaskRequest, TaskResponse,
+              body_field("embedding_model_id"), 202, summary="Create a delete task"),
+    RouteSpec("GET", "/delete/{task_id}", get_delete_task, "read", None, TaskResponse,
+              task_model(TaskKind.delete), summary="A delete task"),
+    RouteSpec("GET", f"/delete-status/{MODEL_REF}", get_delete_status, "read", None,
+              TaskResponse, path_param("embedding_model_id"),
+              summary="The model's latest delete task"),
+]
+
+
 def setup(app: web.Application) -> None:
-    app.router.add_post("/deploy", post_deploy)
-    app.router.add_get("/deploy/{task_id}", get_deploy_task)
-    app.router.add_get("/deploy-status/{embedding_model_id:.+}", get_deploy_status)
-    app.router.add_post("/delete", post_delete)
-    app.router.add_get("/delete/{task_id}", get_delete_task)
-    app.router.add_get("/delete-status/{embedding_model_id:.+}", get_delete_status)
+    register(app, ROUTES)

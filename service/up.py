@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pydantic import SecretStr
 
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from schemas.models import ModelSource
 from schemas.settings import Settings
+from schemas.tokens import issue_user_token
 from service.embedded import start_postgres, start_redis
 from service.registry import register
 
@@ -65,18 +67,27 @@ async def _wait_http(base: str, path: str, timeout_s: float) -> None:
     raise TimeoutError(f"{base}{path} did not answer within {timeout_s:.0f}s")
 
 
-async def _deploy_bundled(settings: Settings, base: str) -> str:
+def _owner_headers(settings: Settings, owner_id: int) -> dict[str, str]:
+    """A bearer token of the bundled model's owner, signed with the children's secret."""
+    assert settings.secret_key is not None
+    token = issue_user_token(settings.secret_key.get_secret_value(), owner_id)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str, str]]:
     pool = await create_pool(settings.require_database_url(), max_size=2)
     try:
         model = await register(pool, BUNDLED_OWNER, BUNDLED_NAME, BUNDLED_SOURCE, "public")
     finally:
         await pool.close()
-    async with aiohttp.ClientSession() as http:
+    headers = _owner_headers(settings, model.owner_id)
+    async with aiohttp.ClientSession(headers=headers) as http:
         async with http.post(f"{base}/deploy",
                              json={"embedding_model_id": model.identifier}) as resp:
             task = await resp.json()
         _say(f"deploy task {task['task_id']} accepted ({resp.status})")
-        return await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
+        name = await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
+        return name, headers
 
 
 async def _follow(http: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
@@ -120,20 +131,21 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
             child.kill()
 
 
-async def _demo(settings: Settings, base: str) -> None:
+async def _demo(settings: Settings, base: str) -> dict[str, str]:
     await _wait_http(base, "/healthz", 30)
-    name = await _deploy_bundled(settings, base)
+    name, headers = await _deploy_bundled(settings, base)
     command = _example(base, name)
     proc = await asyncio.create_subprocess_shell(command, stdout=asyncio.subprocess.PIPE)
     output = (await proc.communicate())[0].decode()
     _say("serving. Try it:\n\n    " + command + "\n")
     print(output[:300] + (" ..." if len(output) > 300 else ""), flush=True)
+    return headers
 
 
-async def _undeploy(base: str) -> None:
+async def _undeploy(base: str, headers: dict[str, str]) -> None:
     ref = f"{BUNDLED_OWNER}/{BUNDLED_NAME}"
     _say(f"undeploying {ref} before stopping")
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=headers) as http:
         async with http.post(f"{base}/delete", json={"embedding_model_id": ref}) as resp:
             task = await resp.json()
         with contextlib.suppress(RuntimeError, TimeoutError, KeyError):
@@ -146,19 +158,20 @@ def run_up(settings: Settings, once: bool = False) -> int:
     env = _environment(settings, keep)
     settings = Settings(database_url=env["GREENROOM_DATABASE_URL"],
                         redis_url=env["GREENROOM_REDIS_URL"], state_dir=settings.state_dir,
-                        api_host=settings.api_host, api_port=settings.api_port)
+                        api_host=settings.api_host, api_port=settings.api_port,
+                        secret_key=SecretStr(env["GREENROOM_SECRET_KEY"]))
     applied = asyncio.run(apply_migrations(settings.require_database_url()))
     _say(f"migrations applied: {', '.join(applied) or 'none needed'}")
     logs = settings.state_dir / "logs"
     children = [_spawn("service", env, logs), _spawn("worker", env, logs)]
     base = f"http://{settings.api_host}:{settings.api_port}"
     try:
-        asyncio.run(_demo(settings, base))
+        headers = asyncio.run(_demo(settings, base))
         if not once:
             _say("running; Ctrl-C stops everything")
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        asyncio.run(_undeploy(base))
+        asyncio.run(_undeploy(base, headers))
         return 0
     except (RuntimeError, TimeoutError, OSError) as exc:
         _say(f"failed: {exc}")

@@ -16,12 +16,16 @@ from uuid import UUID
 import aiohttp
 import asyncpg
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from db import users
 from db.migrate import apply_migrations
 from db.pool import create_pool
+from db.users import User
 from schemas.models import ModelSource
 from schemas.settings import Settings
+from schemas.tokens import issue_user_token
 from service.registry import register
 from tests import services
 
@@ -82,7 +86,31 @@ def settings(database_url: str, backing: dict[str, str], tmp_path: Path) -> Sett
         database_url=database_url, redis_url=backing["redis"], state_dir=tmp_path / "state",
         runtime="process", deploy_timeout_s=60, drain_timeout_s=5, lease_s=6,
         reconcile_interval_s=0.5, routes_poll_s=0.5, stop_grace_s=5, log_level="info",
+        secret_key=SecretStr(TEST_SECRET_KEY),
     )
+
+
+TEST_SECRET_KEY = "greenroom-test-secret-key-0123456789"
+ADMIN_PASSWORD = "admin-password-123"
+
+
+@pytest.fixture
+async def admin_user(pool: asyncpg.Pool, clean: None) -> User:
+    """An administrator (username `admin`, password ADMIN_PASSWORD) in the clean database."""
+    from service.accounts import hash_password
+
+    return await users.create(pool, username="admin", password_hash=hash_password(ADMIN_PASSWORD),
+                              is_admin=True)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def admin_headers(admin_user: User) -> dict[str, str]:
+    """Authorization headers of the administrator: every route accepts them."""
+    return bearer(issue_user_token(TEST_SECRET_KEY, admin_user.id))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -14,8 +14,10 @@ from db import deployments, events, models, replicas, tasks
 from db.errors import UniqueViolation
 from db.models import Model
 from db.tasks import Task
+from schemas import secrets as deployment_secrets
 from schemas.queue import ROUTES_CHANNEL
 from schemas.tasks import DeploymentConfig, Phase, TaskStatus
+from schemas.tokens import issue_job_token
 from worker.context import WorkerContext
 from worker.drain import wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
@@ -64,14 +66,33 @@ async def publish_routes(ctx: WorkerContext, model_id: UUID) -> None:
         await ctx.redis.publish(ROUTES_CHANNEL, str(model_id))
 
 
+async def replica_env(ctx: WorkerContext, model: Model, generation: int,
+                      config: DeploymentConfig) -> dict[str, str]:
+    """The config's env, the model's decrypted secrets and a job token for this generation."""
+    env = dict(config.env)
+    if ctx.settings.secret_key is None:
+        return env
+    key = ctx.settings.secret_key.get_secret_value()
+    blob = await deployments.get_secrets(ctx.pool, model.id)
+    if blob is not None:
+        try:
+            env |= deployment_secrets.as_env(deployment_secrets.decrypt(key, blob))
+        except deployment_secrets.SecretsUnreadable as exc:
+            raise RolloutFailed(f"{exc} (was GREENROOM_SECRET_KEY changed?)") from None
+    env["GREENROOM_MODEL_ID"] = str(model.id)
+    env["GREENROOM_JOB_TOKEN"] = issue_job_token(key, model.id, generation)
+    return env
+
+
 async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generation: int,
                           config: DeploymentConfig) -> list[StartedReplica]:
     started: list[StartedReplica] = []
+    env = await replica_env(ctx, model, generation, config)
     for _ in range(config.replica_count):
         spec = ReplicaSpec(
             replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
             generation=generation, task_id=task.id, source=model.source,
-            memory_mb=config.memory, env=dict(config.env),
+            memory_mb=config.memory, env=dict(env),
         )
         await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                               generation=generation, task_id=task.id, runtime=ctx.runtime.name)

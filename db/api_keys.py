@@ -1,0 +1,69 @@
+"""API keys: stored as a SHA-256 of the key (the key itself is shown once, never stored)."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from db.errors import translated
+from db.pool import Executor
+from db.users import User
+
+_COLUMNS = "id, user_id, name, expires_at, revoked_at, created_at"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: int
+    user_id: int
+    name: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+def _key(row: Any) -> ApiKey | None:
+    return ApiKey(**dict(row)) if row is not None else None
+
+
+async def insert(db: Executor, *, user_id: int, key_hash: str, name: str,
+                 expires_at: datetime | None) -> ApiKey:
+    async with translated():
+        row = await db.fetchrow(
+            f"""INSERT INTO api_keys (user_id, key_hash, name, expires_at)
+                VALUES ($1, $2, $3, $4) RETURNING {_COLUMNS}""",
+            user_id, key_hash, name, expires_at,
+        )
+    key = _key(row)
+    assert key is not None
+    return key
+
+
+async def user_for_key(db: Executor, key_hash: str) -> User | None:
+    """The owner of an unrevoked, unexpired key with this hash."""
+    async with translated():
+        row = await db.fetchrow(
+            """SELECT u.id, u.username, u.email, u.is_admin, u.created_at
+               FROM api_keys k JOIN users u ON u.id = k.user_id
+               WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+                 AND (k.expires_at IS NULL OR k.expires_at > now())""",
+            key_hash,
+        )
+    return User(**dict(row)) if row is not None else None
+
+
+async def list_for_user(db: Executor, user_id: int) -> list[ApiKey]:
+    async with translated():
+        rows = await db.fetch(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY id", user_id)
+    return [ApiKey(**dict(r)) for r in rows]
+
+
+async def revoke(db: Executor, key_id: int, user_id: int | None) -> bool:
+    """Revoke a key (of `user_id`, or of anyone when None); False if there is no such key."""
+    async with translated():
+        result = await db.execute(
+            """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+               WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)""",
+            key_id, user_id,
+        )
+    return result.endswith(" 1")

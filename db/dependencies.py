@@ -1,0 +1,48 @@
+"""Workflow dependencies: a model that uses other models (model_dependencies)."""
+
+from uuid import UUID
+
+from db.errors import translated
+from db.pool import Executor
+
+# A deployment in one of these states serves, or is about to.
+ACTIVE_STATES = ("starting", "in_progress", "complete", "degraded")
+
+
+async def add(db: Executor, model_id: UUID, dependency_ids: list[UUID]) -> None:
+    async with translated():
+        await db.executemany(
+            """INSERT INTO model_dependencies (model_id, dependency_id) VALUES ($1, $2)
+               ON CONFLICT DO NOTHING""",
+            [(model_id, dep) for dep in dependency_ids],
+        )
+
+
+async def list_for_model(db: Executor, model_id: UUID) -> list[UUID]:
+    async with translated():
+        rows = await db.fetch(
+            "SELECT dependency_id FROM model_dependencies WHERE model_id = $1 "
+            "ORDER BY dependency_id", model_id)
+    return [r["dependency_id"] for r in rows]
+
+
+async def identifiers_for_model(db: Executor, model_id: UUID) -> list[str]:
+    """The dependencies as owner/name."""
+    async with translated():
+        rows = await db.fetch(
+            """SELECT u.username || '/' || m.name AS identifier
+               FROM model_dependencies d JOIN models m ON m.id = d.dependency_id
+               JOIN users u ON u.id = m.owner_id WHERE d.model_id = $1 ORDER BY 1""",
+            model_id)
+    return [r["identifier"] for r in rows]
+
+
+async def active_dependents(db: Executor, model_id: UUID) -> list[UUID]:
+    """Models with an active deployment that depend on `model_id`."""
+    async with translated():
+        rows = await db.fetch(
+            """SELECT d.model_id FROM model_dependencies d
+               JOIN deployments dep ON dep.model_id = d.model_id
+               WHERE d.dependency_id = $1 AND dep.status = ANY($2::text[])""",
+            model_id, list(ACTIVE_STATES))
+    return [r["model_id"] for r in rows]
