@@ -180,23 +180,33 @@ async def list_expired_leases(db: Executor, limit: int = 100) -> list[Task]:
     return [Task(**dict(r)) for r in rows]
 
 
+_NEWER_TASK = """(SELECT n.id FROM tasks n WHERE n.model_id = tasks.model_id
+                    AND n.created_at > tasks.created_at ORDER BY n.created_at DESC LIMIT 1)"""
+
+
 async def release_expired(db: Executor, task_id: UUID, worker_id: str | None,
                           max_attempts: int, detail: str) -> str | None:
     """A dead worker's task: back to pending while attempts remain, else failed.
 
-    Conditional on the lease still being expired and held by `worker_id`, so many
-    reconcilers can race safely. Returns the new status, or None if another won.
+    A task with a newer task of the same model is canceled instead: running it now
+    would undo the newer one. Conditional on the lease still being expired and held by
+    `worker_id`, so many reconcilers can race safely. Returns the new status, or None if
+    another won.
     """
     async with translated():
         return await db.fetchval(
-            """UPDATE tasks SET
-                   status = CASE WHEN attempts < $3 THEN 'pending' ELSE 'failed' END,
-                   detail = CASE WHEN attempts < $3 THEN NULL ELSE $4 END,
-                   finished_at = CASE WHEN attempts < $3 THEN NULL ELSE now() END,
+            f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
+               UPDATE tasks SET
+                   status = CASE WHEN t.newer IS NOT NULL THEN 'canceled'
+                                 WHEN attempts < $3 THEN 'pending' ELSE 'failed' END,
+                   detail = CASE WHEN t.newer IS NOT NULL THEN 'superseded by ' || t.newer
+                                 WHEN attempts < $3 THEN NULL ELSE $4 END,
+                   finished_at = CASE WHEN t.newer IS NULL AND attempts < $3 THEN NULL
+                                      ELSE now() END,
                    phase = NULL, lease_until = NULL, enqueued_at = NULL, updated_at = now()
-               WHERE id = $1 AND status = 'processing' AND worker_id IS NOT DISTINCT FROM $2
-                 AND lease_until < now()
-               RETURNING status""",
+               FROM t WHERE tasks.id = t.id AND status = 'processing'
+                 AND worker_id IS NOT DISTINCT FROM $2 AND lease_until < now()
+               RETURNING tasks.status""",
             task_id, worker_id, max_attempts, detail,
         )
 
@@ -215,13 +225,20 @@ async def models_with_processing_task(db: Executor) -> set[UUID]:
     return {r["model_id"] for r in rows}
 
 
-async def hand_back(db: Executor, task_id: UUID, worker_id: str) -> bool:
-    """processing → pending by the worker that holds it (shutting down); retried later."""
+async def hand_back(db: Executor, task_id: UUID, worker_id: str) -> str | None:
+    """processing → pending by the worker that holds it (shutting down), to be retried;
+    canceled instead if a newer task of the model exists. Returns the new status."""
     async with translated():
-        result = await db.execute(
-            """UPDATE tasks SET status = 'pending', phase = NULL, lease_until = NULL,
-                   enqueued_at = NULL, worker_id = NULL, updated_at = now()
-               WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
+        return await db.fetchval(
+            f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
+               UPDATE tasks SET
+                   status = CASE WHEN t.newer IS NULL THEN 'pending' ELSE 'canceled' END,
+                   detail = CASE WHEN t.newer IS NULL THEN NULL
+                                 ELSE 'superseded by ' || t.newer END,
+                   finished_at = CASE WHEN t.newer IS NULL THEN NULL ELSE now() END,
+                   phase = NULL, lease_until = NULL, enqueued_at = NULL, worker_id = NULL,
+                   updated_at = now()
+               FROM t WHERE tasks.id = t.id AND worker_id = $2 AND status = 'processing'
+               RETURNING tasks.status""",
             task_id, worker_id,
         )
-    return result.endswith(" 1")

@@ -10,7 +10,6 @@ from typing import Any
 from service.embedded import start_postgres, start_redis
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/9"
 
 
 def reachable(host: str, port: int) -> bool:
@@ -31,11 +30,11 @@ def postgres_admin_dsn(tmp: Path, keep: list[Any]) -> str:
 
 
 def redis_url(tmp: Path, keep: list[Any]) -> str:
+    """A real redis-server of this test session's own (queues and channels are global to a
+    server, so sessions running side by side must not share one)."""
     url = os.environ.get("GREENROOM_TEST_REDIS_URL")
     if url:
         return url
-    if reachable("127.0.0.1", 6379):
-        return DEFAULT_REDIS
     url, proc = start_redis(tmp / "redis")
     keep.append(proc)
     return url

@@ -34,7 +34,13 @@ async def enqueue_pending(ctx: WorkerContext) -> int:
         if task is None or task.status != "pending":
             continue
         job_id = str(task_id) if task.attempts == 0 else retry_job_id(str(task_id), task.attempts)
-        await ctx.redis.enqueue_job(JOB_RUN_TASK, job_id, _job_id=job_id)
+        if await ctx.redis.enqueue_job(JOB_RUN_TASK, job_id, _job_id=job_id) is None \
+                and task.enqueued_at is not None:
+            # The job id is taken: queued behind others, or held by a worker that died
+            # before claiming (arq frees it only after the job timeout). A second delivery
+            # is harmless, since the claim is conditional.
+            fresh = retry_job_id(str(task_id), int(time.time()))
+            await ctx.redis.enqueue_job(JOB_RUN_TASK, fresh, _job_id=fresh)
         await tasks.mark_enqueued(ctx.pool, task_id)
         count += 1
     return count

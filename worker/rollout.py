@@ -234,8 +234,7 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None) -> str:
     await remove_replicas(ctx, mine, "failed", grace_s=0)
     if task.kind == "deploy":
         await deployments.restore_after_failure(ctx.pool, task.model_id)
-    await tasks.hand_back(ctx.pool, task.id, ctx.worker_id)
-    return "handed_back"
+    return await tasks.hand_back(ctx.pool, task.id, ctx.worker_id) or "lost"
 
 
 async def delete(ctx: WorkerContext, task: Task) -> None:
