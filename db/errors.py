@@ -29,6 +29,9 @@ async def translated() -> AsyncIterator[None]:
         yield
     except asyncpg.UniqueViolationError as exc:
         raise UniqueViolation(exc.constraint_name) from exc
-    except (OSError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
-            asyncpg.ConnectionDoesNotExistError) as exc:
+    except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.exceptions.OperatorInterventionError) as exc:
+        # Server gone, restarting (57P01 admin shutdown, 57P03 cannot connect now) or
+        # the connection broke mid-query: all mean "try again shortly".
         raise Unavailable(str(exc) or type(exc).__name__) from exc

@@ -1,9 +1,13 @@
 """The asyncpg pool, with jsonb decoded to Python objects."""
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+
+from db.errors import translated
 
 Executor = asyncpg.Pool | asyncpg.Connection
 
@@ -21,3 +25,10 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection inside a transaction, with driver errors translated."""
+    async with translated(), pool.acquire() as conn, conn.transaction():
+        yield conn

@@ -13,6 +13,7 @@ import structlog
 from db import deployments, events, models, replicas, tasks
 from db.errors import UniqueViolation
 from db.models import Model
+from db.pool import transaction
 from db.tasks import Task
 from schemas import secrets as deployment_secrets
 from schemas.queue import ROUTES_CHANNEL
@@ -165,7 +166,7 @@ async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason:
 
 async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
                   config: DeploymentConfig) -> list[UUID]:
-    async with ctx.pool.acquire() as conn, conn.transaction():
+    async with transaction(ctx.pool) as conn:
         old = await deployments.switch(conn, model.id, generation, name,
                                        config.model_dump(mode="json"))
     await publish_routes(ctx, model.id)
@@ -241,7 +242,7 @@ async def delete(ctx: WorkerContext, task: Task) -> None:
     """Take the route away, drain, and stop and remove every replica of the model."""
     progress = Progress(ctx, task)
     await progress.enter(Phase.switching)
-    async with ctx.pool.acquire() as conn, conn.transaction():
+    async with transaction(ctx.pool) as conn:
         old = await deployments.stop(conn, task.model_id)
     await publish_routes(ctx, task.model_id)
     leftovers = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)]
