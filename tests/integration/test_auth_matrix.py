@@ -1,0 +1,349 @@
+"""The authorisation matrix: every route of the route table x every kind of caller.
+
+Generated from the app's route table (service.auth.ROUTE_TABLE): a route added to any
+surface without a sample request here fails the test, and so does a route registered
+on the router outside the table. Expected answers follow DESIGN.md §9: 401 for no, a
+malformed or an expired token; 403 for too little permission; 2xx otherwise.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from arq import func
+from arq.connections import RedisSettings
+from arq.worker import Worker
+from redis.asyncio import Redis
+
+from db import deployments, permissions, replicas
+from schemas.queue import JOB_REPLICA_LOGS, QUEUE_NAME, ROUTES_CHANNEL
+from schemas.settings import Settings
+from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
+from service.app import create_app
+from service.auth import ROUTE_TABLE, RouteSpec
+from tests.conftest import TEST_SECRET_KEY, bearer
+from tests.integration.accounts import call, eventually, make_user
+from worker.runtimes.process import free_port
+
+SERVED_NAME = "private-app"
+OK = "2xx"
+ANON = ("none", "malformed", "expired")
+
+
+@dataclass
+class World:
+    api: str
+    pool: asyncpg.Pool
+    model: UUID
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    deploy_task: str = ""
+    delete_task: str = ""
+
+
+Sample = Callable[[World, str], Awaitable[tuple[str, dict[str, Any]]]]
+
+
+def fixed(path: str, **kw: Any) -> Sample:
+    async def sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
+        return path.format(m=world.model, name=SERVED_NAME, dt=world.deploy_task,
+                           lt=world.delete_task), dict(kw)
+    return sample
+
+
+def unique_body(make: Callable[[], dict[str, Any]], path: str) -> Sample:
+    async def sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
+        return path.format(m=world.model), {"json": make()}
+    return sample
+
+
+async def _revoke_sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
+    """The caller's own key when it can make one; else some key of alice's."""
+    async with aiohttp.ClientSession(headers=world.headers[who]) as http:
+        status, body = await call(http, "POST", world.api + "/api/v2/auth/api-keys",
+                                  json={"name": "to-revoke"})
+    if status != 201:
+        async with aiohttp.ClientSession(headers=world.headers["owner"]) as http:
+            _, body = await call(http, "POST", world.api + "/api/v2/auth/api-keys",
+                                 json={"name": "alices"})
+    return f"/api/v2/auth/api-keys/{body['id']}", {}
+
+
+async def _revoke_grant_sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
+    eve = await world.pool.fetchval("SELECT id FROM users WHERE username = 'eve'")
+    await permissions.upsert(world.pool, world.model, eve, "read", None)
+    return f"/api/v2/models/{world.model}/permissions/eve", {}
+
+
+M = {"embedding_model_id": "{m}"}
+SAMPLES: dict[tuple[str, str], Sample] = {
+    ("GET", "/healthz"): fixed("/healthz"),
+    ("GET", "/readyz"): fixed("/readyz"),
+    ("GET", "/metrics"): fixed("/metrics"),
+    ("POST", "/deploy"): fixed("/deploy", json=M),
+    ("GET", "/deploy/{task_id}"): fixed("/deploy/{dt}"),
+    ("GET", "/deploy-status/{embedding_model_id}"): fixed("/deploy-status/{m}"),
+    ("POST", "/delete"): fixed("/delete", json=M),
+    ("GET", "/delete/{task_id}"): fixed("/delete/{lt}"),
+    ("GET", "/delete-status/{embedding_model_id}"): fixed("/delete-status/{m}"),
+    ("POST", "/v1/embeddings"): fixed("/v1/embeddings",
+                                      json={"model": SERVED_NAME, "input": "hello"}),
+    ("POST", "/serve/{name}/embed"): fixed("/serve/{name}/embed", json={"inputs": "hello"}),
+    ("POST", "/serve/{name}/feedback"): fixed("/serve/{name}/feedback",
+                                              json={"event": "upvote", "query": "q"}),
+    ("POST", "/api/v2/auth/login"): fixed("/api/v2/auth/login",
+                                          json={"username": "alice", "password": "alice-pass-1"}),
+    ("POST", "/api/v2/users"): unique_body(
+        lambda: {"username": f"u{uuid4().hex[:10]}", "password": "password-123"},
+        "/api/v2/users"),
+    ("GET", "/api/v2/users"): fixed("/api/v2/users"),
+    ("GET", "/api/v2/users/me"): fixed("/api/v2/users/me"),
+    ("POST", "/api/v2/auth/api-keys"): fixed("/api/v2/auth/api-keys", json={"name": "k"}),
+    ("GET", "/api/v2/auth/api-keys"): fixed("/api/v2/auth/api-keys"),
+    ("DELETE", "/api/v2/auth/api-keys/{key_id}"): _revoke_sample,
+    ("POST", "/api/v2/models"): unique_body(
+        lambda: {"name": f"m{uuid4().hex[:10]}", "source": {"backend": "hashing"}},
+        "/api/v2/models"),
+    ("GET", "/api/v2/models"): fixed("/api/v2/models"),
+    ("GET", "/api/v2/models/{model_id}/permissions"): fixed("/api/v2/models/{m}/permissions"),
+    ("PUT", "/api/v2/models/{model_id}/permissions"): fixed(
+        "/api/v2/models/{m}/permissions", json={"username": "eve", "permission": "read"}),
+    ("DELETE", "/api/v2/models/{model_id}/permissions/{username}"): _revoke_grant_sample,
+    ("GET", "/api/v2/models/{model_id}"): fixed("/api/v2/models/{m}"),
+    ("POST", "/api/v2/deploy/update-status"): fixed("/api/v2/deploy/update-status",
+                                                    json={"status": "complete"}),
+    ("POST", "/api/v2/deploy/log"): fixed("/api/v2/deploy/log",
+                                          json={"level": "info", "message": "hello"}),
+    ("GET", "/api/v2/deploy/log"): fixed("/api/v2/deploy/log",
+                                         json={"level": "info", "message": "hello"}),
+    ("POST", "/api/v2/train/update-status"): fixed("/api/v2/train/update-status",
+                                                   json={"status": "complete"}),
+    ("GET", "/api/v2/deploy/{model_id}/status"): fixed("/api/v2/deploy/{m}/status"),
+    ("GET", "/api/v2/deploy/{model_id}/status-internal"): fixed(
+        "/api/v2/deploy/{m}/status-internal"),
+    ("GET", "/api/v2/deploy/{model_id}/logs"): fixed("/api/v2/deploy/{m}/logs"),
+    ("POST", "/api/v2/deploy/{model_id}/save"): unique_body(
+        lambda: {"model_name": f"saved-{uuid4().hex[:8]}"}, "/api/v2/deploy/{m}/save"),
+    ("POST", "/api/v2/deploy/{model_id}"): fixed("/api/v2/deploy/{m}", json={}),
+    ("DELETE", "/api/v2/deploy/{model_id}"): fixed("/api/v2/deploy/{m}"),
+    ("GET", "/api/v1/deploy/permissions/{model_id}"): fixed("/api/v1/deploy/permissions/{m}"),
+    ("POST", "/api/v1/deploy/run"): fixed("/api/v1/deploy/run",
+                                          json={"model_identifier": "{m}"}),
+    ("GET", "/api/v1/deploy/feedbacks"): fixed("/api/v1/deploy/feedbacks?model_identifier={m}"),
+    ("GET", "/api/v1/deploy/status"): fixed("/api/v1/deploy/status?model_identifier={m}"),
+    ("POST", "/api/v1/deploy/stop"): fixed("/api/v1/deploy/stop",
+                                           json={"model_identifier": "{m}"}),
+    ("GET", "/api/v1/deploy/logs"): fixed("/api/v1/deploy/logs?model_identifier={m}"),
+}
+
+# Callers: the nine of the issue, plus the model's own job and update tokens so the
+# job-only routes show their 2xx too.
+PRINCIPALS = ["none", "malformed", "expired", "other_user", "reader", "expired_grant",
+              "owner", "admin", "foreign_job", "own_job", "own_update"]
+ALLOWED: dict[str, set[str]] = {
+    "user": {"other_user", "reader", "expired_grant", "owner", "admin"},
+    "admin": {"admin"},
+    "read": {"reader", "owner", "admin", "own_job"},
+    "inference": {"reader", "owner", "admin", "own_job"},
+    "write": {"owner", "admin"},
+    "owner": {"owner", "admin"},
+    "job": {"foreign_job", "own_job"},  # a job token acts on its own model only
+    "job_model": {"own_job"},
+    "update": {"own_update"},
+}
+
+
+def expected(auth: str, who: str) -> str:
+    if auth in ("public", "optional"):
+        return OK  # optional: a bad token counts as none (seed 000's no-throw check)
+    if who in ANON:
+        return "401"
+    return OK if who in ALLOWED[auth] else "403"
+
+
+def _template(spec: RouteSpec) -> str:
+    """The route's path with regex parts dropped: /x/{model_id:...}/y → /x/{model_id}/y."""
+    out, depth, skipping = [], 0, False
+    for ch in spec.path:
+        if ch == "{":
+            depth += 1
+            if depth == 1:
+                skipping = False
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                skipping = False
+        elif ch == ":" and depth == 1:
+            skipping = True
+            continue
+        if not skipping or (ch == "}" and depth == 0):
+            out.append(ch)
+    return "".join(out)
+
+
+def route_table(settings: Settings) -> list[RouteSpec]:
+    app = create_app(settings)
+    table: list[RouteSpec] = app[ROUTE_TABLE]
+    registered = {(r.method, r.resource.canonical if r.resource else "")
+                  for r in app.router.routes()}
+    assert len(registered) == len(table), "every route is registered through the table"
+    return table
+
+
+def test_every_route_has_a_sample_and_an_auth_rule(settings: Settings) -> None:
+    table = route_table(settings)
+    keys = {(spec.method, _template(spec)) for spec in table}
+    assert keys == set(SAMPLES), f"missing samples: {keys - set(SAMPLES)}; " \
+                                 f"stale: {set(SAMPLES) - keys}"
+    for spec in table:
+        assert spec.auth in ("public", "optional") or spec.auth in ALLOWED, spec
+
+
+@contextlib.asynccontextmanager
+async def stub_replica() -> AsyncIterator[str]:
+    """A stand-in model server the gateway can route to (no worker runs in this test)."""
+    async def embed(request: web.Request) -> web.Response:
+        return web.json_response([[0.0, 1.0]])
+
+    async def openai(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    app = web.Application()
+    app.router.add_post("/embed", embed)
+    app.router.add_post("/v1/embeddings", openai)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port("127.0.0.1")
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def logs_worker(redis_url: str) -> AsyncIterator[None]:
+    """An arq worker answering replica_logs only, so the logs routes can show their 2xx."""
+    async def replica_logs(ctx: dict[str, Any], model_id: str, tail: int) -> list[Any]:
+        return [{"replica_id": "r", "generation": 1, "stdout": "out", "stderr": "err"}]
+
+    worker = Worker(functions=[func(replica_logs, name=JOB_REPLICA_LOGS, keep_result=60)],
+                    queue_name=QUEUE_NAME, redis_settings=RedisSettings.from_dsn(redis_url),
+                    poll_delay=0.05, handle_signals=False)
+    running = asyncio.create_task(worker.async_run())
+    try:
+        yield
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await worker.close()
+
+
+async def _serve_model(pool: asyncpg.Pool, model_id: UUID, endpoint: str) -> int:
+    """Make the private model `serving` at the stub, as a finished rollout would."""
+    _, generation = await deployments.begin_generation(pool, model_id, SERVED_NAME)
+    replica_id = uuid4()
+    await replicas.insert(pool, replica_id=replica_id, model_id=model_id,
+                          generation=generation, task_id=None, runtime="process")
+    await replicas.set_started(pool, replica_id, "stub", endpoint)
+    await deployments.switch(pool, model_id, generation, SERVED_NAME, {})
+    return generation
+
+
+async def _principals(world: World, pool: asyncpg.Pool, admin: dict[str, str],
+                      model: UUID, generation: int, hashing_model: Any) -> None:
+    alice, owner = await make_user(pool, "alice", password="alice-pass-1")
+    _, other = await make_user(pool, "bob")
+    reader, reader_h = await make_user(pool, "carol")
+    stale, stale_h = await make_user(pool, "dave")
+    await make_user(pool, "eve")
+    now = datetime.now(UTC)
+    await permissions.upsert(pool, model, reader.id, "read", now + timedelta(days=1))
+    await permissions.upsert(pool, model, stale.id, "read", now - timedelta(minutes=1))
+    foreign = await hashing_model("foreign")
+    await replicas.insert(pool, replica_id=uuid4(), model_id=foreign, generation=1,
+                          task_id=None, runtime="process")
+    world.headers = {
+        "none": {}, "malformed": {"Authorization": "Bearer not-a-token"},
+        "expired": bearer(issue_user_token(TEST_SECRET_KEY, alice.id, timedelta(seconds=-5))),
+        "other_user": other, "reader": reader_h, "expired_grant": stale_h, "owner": owner,
+        "admin": admin,
+        "foreign_job": bearer(issue_job_token(TEST_SECRET_KEY, foreign, 1)),
+        "own_job": bearer(issue_job_token(TEST_SECRET_KEY, model, generation)),
+        "own_update": bearer(issue_update_token(TEST_SECRET_KEY, model)),
+    }
+
+
+def _outcome(status: int) -> str:
+    return OK if 200 <= status < 300 else str(status)
+
+
+@pytest.mark.timeout(240)
+async def test_authorisation_matrix(api: str, pool: asyncpg.Pool, settings: Settings,
+                                    anon_http: aiohttp.ClientSession, hashing_model: Any,
+                                    admin_headers: dict[str, str]) -> None:
+    await make_user(pool, "alice", password="alice-pass-1")
+    model = await hashing_model("private-one")
+    await pool.execute("UPDATE models SET access_level = 'private' WHERE id = $1", model)
+    world = World(api, pool, model)
+    async with stub_replica() as endpoint, logs_worker(settings.require_redis_url()):
+        generation = await _serve_model(pool, model, endpoint)
+        await _principals(world, pool, admin_headers, model, generation, hashing_model)
+        await _announce_and_wait(world, anon_http, settings.require_redis_url())
+        for kind in ("deploy", "delete"):
+            _, task = await call(anon_http, "POST", f"{api}/{kind}", headers=admin_headers,
+                                 json={"embedding_model_id": str(model)})
+            setattr(world, f"{kind}_task", task["task_id"])
+        mismatches = await _run_matrix(world, anon_http, route_table(settings))
+    assert not mismatches, "\n".join(mismatches)
+
+
+async def _announce_and_wait(world: World, http: aiohttp.ClientSession,
+                             redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    await redis.publish(ROUTES_CHANNEL, str(world.model))
+    await redis.aclose()
+
+    async def serving() -> bool:
+        async with http.post(f"{world.api}/serve/{SERVED_NAME}/embed", json={"inputs": "x"},
+                             headers=world.headers["admin"]) as resp:
+            return resp.status == 200
+    await eventually(serving, 10, "the gateway routes to the stub")
+
+
+async def _run_matrix(world: World, http: aiohttp.ClientSession,
+                      table: list[RouteSpec]) -> list[str]:
+    mismatches, rows = [], 0
+    for spec in table:
+        sample = SAMPLES[(spec.method, _template(spec))]
+        for who in PRINCIPALS:
+            path, kw = await sample(world, who)
+            kw = _fill(kw, world)
+            async with http.request(spec.method, world.api + path,
+                                    headers=world.headers[who], **kw) as resp:
+                got, body = _outcome(resp.status), await resp.text()
+            want = expected(spec.auth, who)
+            rows += 1
+            if got != want:
+                mismatches.append(f"{spec.method} {path} as {who}: {got}, want {want}: "
+                                  f"{body[:160]}")
+    assert rows == len(table) * len(PRINCIPALS)
+    print(f"authorisation matrix: {len(table)} routes x {len(PRINCIPALS)} callers = {rows} "
+          f"requests, {len(mismatches)} unexpected")
+    return mismatches
+
+
+def _fill(kw: dict[str, Any], world: World) -> dict[str, Any]:
+    body = kw.get("json")
+    if isinstance(body, dict):
+        kw = {**kw, "json": {k: (v.format(m=world.model) if isinstance(v, str) else v)
+                             for k, v in body.items()}}
+    return kw
