@@ -49,6 +49,37 @@ def cmd_models_register(settings: Settings, args: argparse.Namespace) -> None:
     print(asyncio.run(_register(settings, args)))
 
 
+async def _create_user(settings: Settings, args: argparse.Namespace, password: str) -> str:
+    from db.pool import create_pool
+    from schemas.auth import UserCreate
+    from service.accounts import create_user
+    from service.errors import ApiError
+
+    body = UserCreate(username=args.username, password=password, email=args.email,
+                      is_admin=args.admin)
+    pool = await create_pool(settings.require_database_url(), max_size=2)
+    try:
+        user = await create_user(pool, body)
+    except ApiError as exc:
+        sys.exit(f"greenroom users create: {exc.message}")
+    finally:
+        await pool.close()
+    return f"{user.id} {user.username}{' (admin)' if user.is_admin else ''}"
+
+
+def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
+    """Create a user; the password comes from GREENROOM_NEW_PASSWORD or a prompt."""
+    import getpass
+
+    from pydantic import ValidationError
+
+    password = os.environ.get("GREENROOM_NEW_PASSWORD") or getpass.getpass("password: ")
+    try:
+        print(asyncio.run(_create_user(settings, args, password)))
+    except ValidationError as exc:
+        sys.exit(f"greenroom users create: {exc.errors()[0]['msg']}")
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
     from service.up import run_up
 
@@ -77,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--access-level", default="private",
                      choices=["private", "protected", "public"])
     reg.set_defaults(fn=cmd_models_register)
+    users = sub.add_parser("users", help="accounts").add_subparsers(dest="action",
+                                                                    required=True)
+    create = users.add_parser("create", help="create a user (the first admin: --admin)")
+    create.add_argument("username")
+    create.add_argument("--email")
+    create.add_argument("--admin", action="store_true", help="make the user an administrator")
+    create.set_defaults(fn=cmd_users_create)
     image = sub.add_parser("image", help="model-server images").add_subparsers(
         dest="action", required=True)
     build = image.add_parser("build", help="build the model-server image offline")
