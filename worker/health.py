@@ -26,8 +26,11 @@ async def _healthy(http: aiohttp.ClientSession, endpoint: str) -> bool:
 
 
 async def wait_ready(runtime: Runtime, http: aiohttp.ClientSession, replica: StartedReplica,
-                     deadline: float) -> None:
-    """Return once `replica` is healthy; raise ReplicaFailed if it exits or `deadline` passes."""
+                     deadline: float, timeout_s: float | None = None) -> None:
+    """Return once `replica` is healthy; raise ReplicaFailed if it exits or `deadline` passes.
+
+    `timeout_s`, the deadline's length, only goes into the message.
+    """
     loop = asyncio.get_running_loop()
     while not await _healthy(http, replica.endpoint):
         info = await runtime.inspect(replica.runtime_ref)
@@ -35,8 +38,9 @@ async def wait_ready(runtime: Runtime, http: aiohttp.ClientSession, replica: Sta
             reason = info.describe_exit() if info else "disappeared"
             raise ReplicaFailed(f"replica {reason} before becoming healthy", replica.runtime_ref)
         if loop.time() > deadline:
-            raise ReplicaFailed("replica did not become healthy before the deploy deadline",
-                                replica.runtime_ref)
+            within = f" ({timeout_s:g}s)" if timeout_s else ""
+            raise ReplicaFailed(f"replica did not become healthy before the deploy deadline"
+                                f"{within}", replica.runtime_ref)
         await asyncio.sleep(POLL_S)
 
 
@@ -45,4 +49,4 @@ async def wait_all_ready(runtime: Runtime, http: aiohttp.ClientSession,
     deadline = asyncio.get_running_loop().time() + timeout_s
     async with asyncio.TaskGroup() as group:
         for replica in replicas:
-            group.create_task(wait_ready(runtime, http, replica, deadline))
+            group.create_task(wait_ready(runtime, http, replica, deadline, timeout_s))

@@ -8,20 +8,23 @@ start an engine with `.ci/docker-engine.sh`.
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
 import aiodocker
 import aiohttp
+import asyncpg
 import pytest
 
 from schemas.settings import Settings
+from tests.conftest import wait_task
 from worker import image
-from worker.runtimes.base import ReplicaSpec
+from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, ReplicaSpec
 from worker.runtimes.docker import DockerRuntime
 
 NO_ENGINE = "no Docker Engine answers `docker info` (start one: .ci/docker-engine.sh)"
@@ -114,3 +117,99 @@ async def wait_exit(runtime: DockerRuntime, ref: str, timeout_s: float = 30) -> 
         await asyncio.sleep(0.2)
     raise TimeoutError(f"container {ref[:12]} still running after {timeout_s}s")
 
+
+
+# ---------------------------------------------------------------- the API and a docker worker
+
+# A model whose weights need far more memory than the smallest limit a deploy accepts
+# (128 MB): the test image, but loading "weights" of 512 MB before starting the server.
+HOG_TAG = "greenroom/model-server:test-hog"
+HOG_MB = 512
+_HOG_CODE = (f"print('loading model weights: {HOG_MB} MB', flush=True); import time; "
+             f"time.sleep(0.5); weights = b'x' * ({HOG_MB} * 2**20); import runpy; "
+             "runpy.run_module('model_server', run_name='__main__')")
+
+
+@pytest.fixture
+def control_headers(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The administrator's authorization headers where the API has accounts, else none."""
+    try:
+        headers: dict[str, str] = request.getfixturevalue("admin_headers")
+    except pytest.FixtureLookupError:
+        return {}
+    return headers
+
+
+@pytest.fixture
+async def http(control_headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientSession]:
+    """The control-plane client (inference on public models needs no token)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     headers=control_headers) as session:
+        yield session
+
+
+async def containers_of(docker_api: aiodocker.Docker, model_id: UUID,
+                        generation: int | None = None) -> list[dict[str, Any]]:
+    """Inspect answers of every container (running or not) labelled with the model."""
+    wanted = [f"{LABEL_MODEL}={model_id}"]
+    if generation is not None:
+        wanted.append(f"{LABEL_GENERATION}={generation}")
+    found = await docker_api.containers.list(all=True, filters=json.dumps({"label": wanted}))
+    return [await c.show() for c in found]
+
+
+async def _remove_containers_of(docker_api: aiodocker.Docker, model_ids: list[UUID]) -> int:
+    removed = 0
+    for model_id in model_ids:
+        for data in await containers_of(docker_api, model_id):
+            with contextlib.suppress(aiodocker.DockerError):
+                await docker_api.containers.container(data["Id"]).delete(force=True)
+                removed += 1
+    return removed
+
+
+@pytest.fixture
+async def docker_stack(api: str, spawn: Callable[..., Any], docker_image: str,
+                       docker_api: aiodocker.Docker, pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """The API and one worker on the docker runtime; returns the API's base URL.
+
+    Afterwards the worker is stopped first, then any container of this test's models that
+    a failing test left behind is removed (other sessions' containers are not touched).
+    """
+    worker = spawn("worker", runtime="docker", docker_image=docker_image)
+    yield api
+    worker.stop()
+    rows = await pool.fetch("SELECT id FROM models")
+    await _remove_containers_of(docker_api, [r["id"] for r in rows])
+
+
+@pytest.fixture(scope="session")
+def hog_image(docker_image: str) -> Iterator[str]:
+    """The test image with a model too big for a 128 MB limit (see HOG_MB)."""
+    created = subprocess.run(["docker", "create", docker_image], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    try:
+        cmd = json.dumps(["python", "-c", _HOG_CODE])
+        subprocess.run(["docker", "commit", "--change", f"CMD {cmd}", created, HOG_TAG],
+                       capture_output=True, check=True)
+    finally:
+        subprocess.run(["docker", "rm", "-f", created], capture_output=True, check=False)
+    yield HOG_TAG
+    subprocess.run(["docker", "image", "rm", HOG_TAG], capture_output=True, check=False)
+
+
+async def deploy(http: aiohttp.ClientSession, base: str, model: str,
+                 config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """POST /deploy and wait for the task to end; returns the finished task."""
+    body = {"embedding_model_id": model, "config": config or {}}
+    async with http.post(f"{base}/deploy", json=body) as resp:
+        assert resp.status == 202, await resp.text()
+        task = await resp.json()
+    return await wait_task(http, base, "deploy", task["task_id"])
+
+
+async def embed(http: aiohttp.ClientSession, base: str, name: str) -> tuple[int, str]:
+    """One TEI request through the gateway: (status, replica id that answered)."""
+    async with http.post(f"{base}/serve/{name}/embed", json={"inputs": "hello"}) as resp:
+        await resp.read()
+        return resp.status, resp.headers.get("X-Greenroom-Replica", "")

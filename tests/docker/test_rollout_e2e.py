@@ -1,0 +1,181 @@
+"""Issue 5: green rollouts on a real Docker Engine through the API and a docker worker.
+
+Deploy, redeploy and delete leave exactly the containers they should; a redeploy under a
+steady load through the gateway drops no request.
+"""
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import aiodocker
+import aiohttp
+import asyncpg
+import pytest
+
+from db import deployments, replicas
+from tests.conftest import wait_task
+from tests.docker.conftest import containers_of, deploy, embed, skip_without_engine
+from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, LABEL_REPLICA, LABEL_TASK
+
+skip_without_engine()
+pytestmark = pytest.mark.docker
+
+MB = 2**20
+
+
+def _check_container(data: dict[str, Any], model_id: UUID, generation: int, task_id: str,
+                     memory_mb: int) -> None:
+    labels = data["Config"]["Labels"]
+    assert labels[LABEL_MODEL] == str(model_id)
+    assert labels[LABEL_GENERATION] == str(generation)
+    assert labels[LABEL_TASK] == task_id
+    assert data["State"]["Running"], data["State"]
+    host = data["HostConfig"]
+    assert host["Memory"] == host["MemorySwap"] == memory_mb * MB
+    (binding,) = data["NetworkSettings"]["Ports"]["8080/tcp"]
+    assert binding["HostIp"] == "127.0.0.1"
+
+
+async def _gone(docker_api: aiodocker.Docker, container_id: str) -> bool:
+    try:
+        await docker_api.containers.container(container_id).show()
+    except aiodocker.DockerError as exc:
+        return exc.status == 404
+    return False
+
+
+async def test_deploy_redeploy_delete_on_docker(
+        docker_stack: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        docker_api: aiodocker.Docker, hashing_model: Any) -> None:
+    api = docker_stack
+    model_id = await hashing_model("docker-loop")
+
+    first = await deploy(http, api, "alice/docker-loop", {"memory": 256})
+    assert first["status"] == "done", first
+    (c1,) = await containers_of(docker_api, model_id)
+    _check_container(c1, model_id, 1, first["task_id"], 256)
+    (r1,) = await replicas.list_for_model(pool, model_id)
+    assert (r1.runtime, r1.runtime_ref, r1.state) == ("docker", c1["Id"], "ready")
+    assert c1["Config"]["Labels"][LABEL_REPLICA] == str(r1.id)
+    assert await embed(http, api, "docker-loop") == (200, str(r1.id))
+
+    second = await deploy(http, api, str(model_id), {"memory": 384, "replicas": 2})
+    assert second["status"] == "done", second
+    assert second["metadata"]["generation"] == 2
+    gen2 = await containers_of(docker_api, model_id)
+    assert len(gen2) == 2
+    for data in gen2:
+        _check_container(data, model_id, 2, second["task_id"], 384)
+    assert await _gone(docker_api, c1["Id"]), "generation 1's container was not removed"
+    gen2_ids = {d["Config"]["Labels"][LABEL_REPLICA] for d in gen2}
+    served = {await embed(http, api, "docker-loop") for _ in range(6)}
+    assert {status for status, _ in served} == {200}
+    assert {replica for _, replica in served} <= gen2_ids
+
+    async with http.post(f"{api}/delete", json={"model_id": "alice/docker-loop"}) as resp:
+        assert resp.status == 202, await resp.text()
+        deletion = await resp.json()
+    done = await wait_task(http, api, "delete", deletion["task_id"])
+    assert done["status"] == "done", done
+    assert await containers_of(docker_api, model_id) == []
+    assert (await embed(http, api, "docker-loop"))[0] in (404, 503)
+    assert await replicas.list_for_model(pool, model_id) == []
+
+
+# ---------------------------------------------------------------- zero downtime under load
+
+RATE = 60  # requests per second, paced (open loop) so a stall shows up as late requests
+DURATION_S = 22
+CONCURRENCY = 32
+REQUEST_TIMEOUT_S = 10
+
+
+@dataclass
+class Load:
+    """What a load run saw: each answer's replica, and every failure in words."""
+
+    replicas: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def sent(self) -> int:
+        return sum(self.replicas.values()) + len(self.failures)
+
+
+async def _one(http: aiohttp.ClientSession, url: str, i: int, load: Load) -> None:
+    started = time.perf_counter()
+    try:
+        async with http.post(url, json={"inputs": f"request number {i}"}) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                load.failures.append(f"#{i}: HTTP {resp.status} {body[:200]!r}")
+                return
+            load.replicas[resp.headers.get("X-Greenroom-Replica", "?")] += 1
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        load.failures.append(f"#{i}: {type(exc).__name__}: {exc}")
+        return
+    load.latencies.append(time.perf_counter() - started)
+
+
+async def run_load(url: str, rate: float, duration_s: float, concurrency: int) -> Load:
+    """Send `rate * duration_s` requests, one every 1/rate s, at most `concurrency` at once."""
+    load = Load()
+    limit = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+
+    async def paced(i: int) -> None:
+        async with limit:
+            await _one(http, url, i, load)
+
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+        start = loop.time()
+        pending = []
+        for i in range(int(rate * duration_s)):
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            pending.append(asyncio.create_task(paced(i)))
+        await asyncio.gather(*pending)
+        load.elapsed_s = loop.time() - start
+    return load
+
+
+async def test_redeploys_under_load_drop_no_request(
+        docker_stack: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        docker_api: aiodocker.Docker, hashing_model: Any) -> None:
+    api = docker_stack
+    model_id = await hashing_model("under-load")
+    assert (await deploy(http, api, "alice/under-load"))["status"] == "done"
+
+    load_task = asyncio.create_task(
+        run_load(f"{api}/serve/under-load/embed", RATE, DURATION_S, CONCURRENCY))
+    rollouts = []
+    for pause in (3.0, 2.0):
+        await asyncio.sleep(pause)
+        rollouts.append(await deploy(http, api, "alice/under-load"))
+    assert not load_task.done(), "the load ended before the rollouts did: lengthen DURATION_S"
+    load = await load_task
+
+    assert [r["status"] for r in rollouts] == ["done", "done"], rollouts
+    assert load.failures == [], f"{len(load.failures)} of {load.sent} failed: {load.failures[:5]}"
+    assert load.sent == RATE * DURATION_S and load.elapsed_s >= 20
+    assert load.sent / load.elapsed_s >= 50
+    rows = await replicas.get_many(pool, [UUID(r) for r in load.replicas])
+    served = Counter[int]()
+    for row in rows:
+        served[row.generation] += load.replicas[str(row.id)]
+    assert set(served) == {1, 2, 3}, served
+    deployment = await deployments.get(pool, model_id)
+    assert deployment is not None and deployment.active_generation == 3
+    live = await containers_of(docker_api, model_id)
+    assert [d["Config"]["Labels"][LABEL_GENERATION] for d in live] == ["3"]
+    latencies = sorted(load.latencies)
+    print(f"\nload: {load.sent} requests in {load.elapsed_s:.1f}s, 0 failed, by generation "
+          f"{dict(sorted(served.items()))}, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"max {latencies[-1] * 1000:.1f} ms")
