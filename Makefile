@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench docker-image clean
+.PHONY: up test lint bench fuzz docker-image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/model_server.py
+
+# schemathesis against /openapi.json with an admin token: no 5xx, no schema violation.
+fuzz: $(STAMP)
+	GREENROOM_FUZZ_EXAMPLES=100 $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+		tests/fuzz/test_openapi.py -k schemathesis
 
 docker-image: $(STAMP)
 	$(BIN)/greenroom image build

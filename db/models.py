@@ -46,6 +46,8 @@ def _as_uuid(ref: str) -> UUID | None:
 
 async def find(db: Executor, ref: str) -> Model | None:
     """Look a model up by uuid or by `owner/name`."""
+    if "\x00" in ref:
+        return None  # no name holds NUL, and Postgres text cannot carry it
     model_id = _as_uuid(ref)
     async with translated():
         if model_id is not None:

@@ -57,6 +57,8 @@ class RouteSpec:
     status: int = 200
     summary: str = ""
     body_optional: bool = False
+    # Query parameters, for the OpenAPI document: (name, required).
+    query: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

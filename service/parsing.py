@@ -24,9 +24,23 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "request body is not valid JSON", str(exc)) from None
+    if b"u0000" in raw and _has_nul(data):
+        raise ApiError(422, "invalid request: strings must not contain the NUL character")
+    return data
+
+
+def _has_nul(value: Any) -> bool:
+    """Postgres text and jsonb cannot hold U+0000; refuse it at the door."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def validate(model: type[M], data: Any) -> M:

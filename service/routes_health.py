@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 from schemas.queue import WORKER_KEY_PREFIX
 from service.auth import RouteSpec, register
 from service.keys import GATEWAY, PG, REDIS
+from service.openapi import openapi_json
 
 PROBE_TIMEOUT_S = 1.0
 
@@ -58,6 +59,7 @@ ROUTES = [
     RouteSpec("GET", "/healthz", healthz, "public", summary="Liveness"),
     RouteSpec("GET", "/readyz", readyz, "public", summary="Readiness"),
     RouteSpec("GET", "/metrics", metrics, "public", summary="Metrics"),
+    RouteSpec("GET", "/openapi.json", openapi_json, "public", summary="OpenAPI document"),
 ]
 
 

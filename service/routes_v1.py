@@ -7,6 +7,7 @@ from aiohttp import web
 from schemas.auth import Permission
 from schemas.bazaar import (
     AssociateOut,
+    Envelope,
     FeedbacksData,
     PermissionsData,
     RunData,
@@ -129,16 +130,19 @@ async def logs(request: web.Request) -> web.Response:
 
 ROUTES = [
     RouteSpec("GET", PREFIX + "/permissions/{model_id:[^/]+(?:/[^/]+)?}", get_permissions,
-              "optional", None, PermissionsData, path_param("model_id"),
+              "optional", None, Envelope[PermissionsData], path_param("model_id"),
               summary="Caller's permissions on a model"),
-    RouteSpec("POST", PREFIX + "/run", run, "owner", RunRequest, RunData,
+    RouteSpec("POST", PREFIX + "/run", run, "owner", RunRequest, Envelope[RunData],
               body_field("model_identifier"), 202, summary="Deploy a model"),
-    RouteSpec("GET", PREFIX + "/feedbacks", feedbacks, "owner", None, FeedbacksData,
-              query_param("model_identifier"), summary="Recent feedback"),
-    RouteSpec("GET", PREFIX + "/status", status, "read", None, StatusData,
-              query_param("model_identifier"), summary="Deployment status"),
-    RouteSpec("POST", PREFIX + "/stop", stop, "owner", StopRequest, StopData,
+    RouteSpec("GET", PREFIX + "/feedbacks", feedbacks, "owner", None, Envelope[FeedbacksData],
+              query_param("model_identifier"), summary="Recent feedback",
+              query=(("model_identifier", True), ("per_event_count", False))),
+    RouteSpec("GET", PREFIX + "/status", status, "read", None, Envelope[StatusData],
+              query_param("model_identifier"), summary="Deployment status",
+              query=(("model_identifier", True),)),
+    RouteSpec("POST", PREFIX + "/stop", stop, "owner", StopRequest, Envelope[StopData],
               body_field("model_identifier"), 202, summary="Stop a deployment"),
-    RouteSpec("GET", PREFIX + "/logs", logs, "read", None, list[str],
-              query_param("model_identifier"), summary="Deployment logs"),
+    RouteSpec("GET", PREFIX + "/logs", logs, "read", None, Envelope[list[str]],
+              query_param("model_identifier"), summary="Deployment logs",
+              query=(("model_identifier", True),)),
 ]

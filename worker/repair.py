@@ -15,7 +15,7 @@ from db.replicas import Replica
 from schemas.tasks import DeploymentConfig
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
-from worker.rollout import publish_routes, remove_replicas
+from worker.rollout import RolloutFailed, publish_routes, remove_replicas, replica_env
 from worker.runtimes.base import ReplicaInfo, ReplicaSpec, RuntimeError_
 
 log = structlog.get_logger(__name__)
@@ -68,9 +68,15 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
     if model is None or deployment is None or deployment.active_generation != dead.generation:
         return False
     config = DeploymentConfig.model_validate(deployment.config)
+    try:
+        env = await replica_env(ctx, model, dead.generation, config)
+    except RolloutFailed as exc:
+        await events.add(ctx.pool, model.id, "error", f"cannot replace replica: {exc}",
+                         generation=dead.generation)
+        return False
     spec = ReplicaSpec(replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
                        generation=dead.generation, task_id=dead.task_id, source=model.source,
-                       memory_mb=config.memory, env=dict(config.env))
+                       memory_mb=config.memory, env=env)
     await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                           generation=dead.generation, task_id=dead.task_id,
                           runtime=ctx.runtime.name)

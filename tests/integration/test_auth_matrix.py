@@ -87,6 +87,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/healthz"): fixed("/healthz"),
     ("GET", "/readyz"): fixed("/readyz"),
     ("GET", "/metrics"): fixed("/metrics"),
+    ("GET", "/openapi.json"): fixed("/openapi.json"),
     ("POST", "/deploy"): fixed("/deploy", json=M),
     ("GET", "/deploy/{task_id}"): fixed("/deploy/{dt}"),
     ("GET", "/deploy-status/{embedding_model_id}"): fixed("/deploy-status/{m}"),

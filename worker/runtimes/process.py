@@ -7,6 +7,7 @@ so any worker on this host can list, inspect, stop and read logs of them after a
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -126,7 +127,17 @@ class ProcessRuntime:
 
     async def inspect(self, runtime_ref: str) -> ReplicaInfo | None:
         meta = self._meta(runtime_ref)
-        return self._info(runtime_ref, meta) if meta else None
+        if meta is None:
+            return None
+        info = self._info(runtime_ref, meta)
+        child = self._children.get(runtime_ref)
+        if info is not None and not info.running and info.exit_code is None and child:
+            # Our own child just died: its reaper may not have recorded the code yet.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    code = await child.wait()
+                return dataclasses.replace(info, exit_code=code)
+        return info
 
     async def stop(self, runtime_ref: str, grace_s: float) -> None:
         meta = self._meta(runtime_ref)
