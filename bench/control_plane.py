@@ -11,6 +11,7 @@ what the HTTP layer, validation and model lookup cost.
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -23,19 +24,21 @@ from uuid import UUID, uuid4
 import aiohttp
 import asyncpg
 from aiohttp import web
+from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from db import tasks  # noqa: E402
-from db.migrate import apply_migrations  # noqa: E402
-from schemas.models import ModelSource  # noqa: E402
-from schemas.settings import Settings  # noqa: E402
-from service import task_service  # noqa: E402
-from service.app import create_app  # noqa: E402
-from service.keys import PG, REDIS  # noqa: E402
-from service.registry import register  # noqa: E402
-from tests import services  # noqa: E402
-from worker.runtimes.process import free_port  # noqa: E402
+from db import tasks, users
+from db.migrate import apply_migrations
+from schemas.models import ModelSource
+from schemas.settings import Settings
+from schemas.tokens import issue_user_token
+from service import task_service
+from service.app import create_app
+from service.keys import PG, REDIS
+from service.registry import register
+from tests import services
+from worker.runtimes.process import free_port
 
 MODELS = 100
 
@@ -95,10 +98,14 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     base = f"http://127.0.0.1:{port}"
     model_ids = [(await register(app[PG], "bench", f"m{i}", ModelSource(backend="hashing"),
                                  "public")).id for i in range(MODELS)]
+    owner = await users.ensure(app[PG], "bench")
+    assert settings.secret_key is not None
+    token = issue_user_token(settings.secret_key.get_secret_value(), owner.id)
     await app[REDIS].flushdb()
     n, c = args.requests, args.concurrency
     connector = aiohttp.TCPConnector(limit=c)
-    async with aiohttp.ClientSession(base, connector=connector) as http:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(base, connector=connector, headers=headers) as http:
         created: list[str] = []
 
         async def post(i: int) -> None:
@@ -145,6 +152,7 @@ async def main() -> None:
         dsn = await _fresh_database(admin)
         try:
             await _bench(args, Settings(database_url=dsn, redis_url=redis_url,
+                                        secret_key=SecretStr(secrets.token_urlsafe(32)),
                                         log_level="warning"))
         finally:
             await _drop_database(admin, dsn)
