@@ -1,14 +1,33 @@
-"""Wait until every live gateway has stopped routing to, and finished its requests on, replicas."""
+"""Wait until every live gateway has stopped routing to, and finished its requests on, replicas.
+
+Gateways report through Redis; one that cannot (its Redis is not ours, or unreachable)
+is invisible here, but still reloads its routes from Postgres every `routes_poll_s`.
+So the wait also lasts at least that long (`min_wait_s`), or replicas such a gateway
+still routes to would be removed under it. While Redis cannot be read nothing is known,
+and the wait runs to its bound.
+"""
 
 import asyncio
 import json
 from uuid import UUID
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from schemas.queue import GATEWAY_KEY_PREFIX
 
+log = structlog.get_logger(__name__)
 POLL_S = 0.1
+READ_TIMEOUT_S = 2.0
+# A gateway whose Redis is unreachable spends up to its connect timeout (1 s) before it
+# falls back to polling Postgres; allow that on top of its poll interval.
+RELOAD_MARGIN_S = 1.0
+
+
+def min_wait_for(routes_poll_s: float) -> float:
+    """How long a gateway that cannot report may take to find a switch by polling."""
+    return routes_poll_s + RELOAD_MARGIN_S
 
 
 async def _gateway_reports(redis: Redis) -> list[dict[str, dict[str, int]]]:
@@ -28,15 +47,35 @@ def _settled(report: dict[str, dict[str, int]], model_id: str, generation: int |
     return all(inflight.get(r, 0) == 0 for r in replica_ids)
 
 
+async def _all_settled(redis: Redis, model_id: str, generation: int | None,
+                       replica_ids: set[str]) -> bool | None:
+    """Every reporting gateway has settled; None when the reports cannot be read."""
+    try:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            reports = await _gateway_reports(redis)
+    except (RedisError, OSError, TimeoutError):
+        return None
+    return all(_settled(r, model_id, generation, replica_ids) for r in reports)
+
+
 async def wait_drained(redis: Redis, model_id: UUID, generation: int | None,
-                       replica_ids: list[UUID], timeout_s: float) -> bool:
-    """True once drained; False if `timeout_s` passed first (the caller removes them anyway)."""
+                       replica_ids: list[UUID], timeout_s: float,
+                       min_wait_s: float = 0.0) -> bool:
+    """True once drained, not before `min_wait_s`; False if `timeout_s` passed first (the
+    caller removes them anyway). Nothing to drain returns at once."""
+    if not replica_ids:
+        return True
     wanted = {str(r) for r in replica_ids}
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    loop = asyncio.get_running_loop()
+    earliest, deadline = loop.time() + min_wait_s, loop.time() + timeout_s
+    warned = False
     while True:
-        reports = await _gateway_reports(redis)
-        if all(_settled(r, str(model_id), generation, wanted) for r in reports):
+        settled = await _all_settled(redis, str(model_id), generation, wanted)
+        if settled is None and not warned:
+            log.warning("drain_reports_unreadable", model=str(model_id), timeout_s=timeout_s)
+            warned = True
+        if settled and loop.time() >= earliest:
             return True
-        if asyncio.get_running_loop().time() > deadline:
+        if not settled and loop.time() > deadline:
             return False
         await asyncio.sleep(POLL_S)

@@ -20,7 +20,7 @@ from schemas.queue import ROUTES_CHANNEL
 from schemas.tasks import DeploymentConfig, Phase, TaskStatus
 from schemas.tokens import issue_job_token
 from worker.context import WorkerContext
-from worker.drain import wait_drained
+from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
 from worker.runtimes.base import ReplicaSpec, RuntimeError_, StartedReplica
 
@@ -177,7 +177,8 @@ async def _drain_and_remove(ctx: WorkerContext, progress: Progress, generation: 
                             old: list[UUID]) -> None:
     await progress.enter(Phase.draining)
     drained = await wait_drained(ctx.redis, progress.task.model_id, generation, old,
-                                 ctx.settings.drain_timeout_s)
+                                 ctx.settings.drain_timeout_s,
+                                 min_wait_for(ctx.settings.routes_poll_s))
     if not drained:
         await progress.event("warning", "drain timed out; removing replicas with requests "
                              "in flight", generation)

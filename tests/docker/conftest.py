@@ -118,7 +118,6 @@ async def wait_exit(runtime: DockerRuntime, ref: str, timeout_s: float = 30) -> 
     raise TimeoutError(f"container {ref[:12]} still running after {timeout_s}s")
 
 
-
 # ---------------------------------------------------------------- the API and a docker worker
 
 # A model whose weights need far more memory than the smallest limit a deploy accepts
@@ -158,14 +157,12 @@ async def containers_of(docker_api: aiodocker.Docker, model_id: UUID,
     return [await c.show() for c in found]
 
 
-async def _remove_containers_of(docker_api: aiodocker.Docker, model_ids: list[UUID]) -> int:
-    removed = 0
-    for model_id in model_ids:
-        for data in await containers_of(docker_api, model_id):
+async def remove_test_containers(pool: asyncpg.Pool, docker_api: aiodocker.Docker) -> None:
+    """Remove every container of this session's models (other sessions' are not touched)."""
+    for row in await pool.fetch("SELECT id FROM models"):
+        for data in await containers_of(docker_api, row["id"]):
             with contextlib.suppress(aiodocker.DockerError):
                 await docker_api.containers.container(data["Id"]).delete(force=True)
-                removed += 1
-    return removed
 
 
 @pytest.fixture
@@ -179,8 +176,7 @@ async def docker_stack(api: str, spawn: Callable[..., Any], docker_image: str,
     worker = spawn("worker", runtime="docker", docker_image=docker_image)
     yield api
     worker.stop()
-    rows = await pool.fetch("SELECT id FROM models")
-    await _remove_containers_of(docker_api, [r["id"] for r in rows])
+    await remove_test_containers(pool, docker_api)
 
 
 @pytest.fixture(scope="session")

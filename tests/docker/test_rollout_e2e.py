@@ -7,7 +7,9 @@ steady load through the gateway drops no request.
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -17,9 +19,16 @@ import asyncpg
 import pytest
 
 from db import deployments, replicas
-from tests.conftest import wait_task
-from tests.docker.conftest import containers_of, deploy, embed, skip_without_engine
+from tests import services
+from tests.conftest import Proc, wait_for_http, wait_task
+from tests.docker.conftest import (
+    containers_of,
+    deploy,
+    embed,
+    skip_without_engine,
+)
 from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, LABEL_REPLICA, LABEL_TASK
+from worker.runtimes.process import free_port
 
 skip_without_engine()
 pytestmark = pytest.mark.docker
@@ -179,3 +188,32 @@ async def test_redeploys_under_load_drop_no_request(
     print(f"\nload: {load.sent} requests in {load.elapsed_s:.1f}s, 0 failed, by generation "
           f"{dict(sorted(served.items()))}, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"max {latencies[-1] * 1000:.1f} ms")
+
+
+async def test_gateway_that_cannot_report_drops_nothing(
+        docker_stack: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        hashing_model: Any, tmp_path: Path) -> None:
+    """A second API whose Redis is not the workers': they see no report from its gateway
+    and publish nothing to it, so it finds each switch only by polling Postgres."""
+    api = docker_stack
+    isolated, redis_proc = services.private_redis(tmp_path / "isolated-redis")
+    port = free_port("127.0.0.1")
+    spawn("service", api_port=port, redis_url=isolated)
+    unreported = f"http://127.0.0.1:{port}"
+    try:
+        await wait_for_http(http, unreported + "/healthz", timeout_s=60)
+        await hashing_model("unreported")
+        assert (await deploy(http, api, "alice/unreported"))["status"] == "done"
+        for _ in range(50):  # until its poll finds generation 1
+            if (await embed(http, unreported, "unreported"))[0] == 200:
+                break
+            await asyncio.sleep(0.1)
+        load_task = asyncio.create_task(
+            run_load(f"{unreported}/serve/unreported/embed", RATE, 6, CONCURRENCY))
+        await asyncio.sleep(1)
+        assert (await deploy(http, api, "alice/unreported"))["status"] == "done"
+        load = await load_task
+    finally:
+        redis_proc.terminate()
+    assert load.failures == [], f"{len(load.failures)} of {load.sent} failed: {load.failures}"
+    assert len(load.replicas) == 2, "both generations should have answered"

@@ -1,0 +1,61 @@
+"""The drain wait (worker/drain.py) against a real Redis, and against none."""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from uuid import uuid4
+
+import pytest
+from redis.asyncio import Redis
+
+from schemas.queue import GATEWAY_KEY_PREFIX
+from worker.drain import wait_drained
+from worker.runtimes.process import free_port
+
+MODEL, OLD = uuid4(), uuid4()
+
+
+@pytest.fixture
+async def redis(backing: dict[str, str], clean: None) -> AsyncIterator[Redis]:
+    client = Redis.from_url(backing["redis"])
+    yield client
+    await client.aclose()
+
+
+async def _report(redis: Redis, generation: int, inflight: int) -> None:
+    report = {"generations": {str(MODEL): generation},
+              "inflight": {str(OLD): inflight} if inflight else {}}
+    await redis.set(GATEWAY_KEY_PREFIX + "g1", json.dumps(report), ex=10)
+
+
+async def test_waits_for_the_new_generation_and_no_request_in_flight(redis: Redis) -> None:
+    await _report(redis, generation=1, inflight=0)
+    waiter = asyncio.create_task(wait_drained(redis, MODEL, 2, [OLD], timeout_s=10))
+    await asyncio.sleep(0.3)
+    assert not waiter.done(), "the gateway still routes to generation 1"
+    await _report(redis, generation=2, inflight=3)
+    await asyncio.sleep(0.3)
+    assert not waiter.done(), "three requests are still in flight on the old replica"
+    await _report(redis, generation=2, inflight=0)
+    assert await asyncio.wait_for(waiter, 2) is True
+
+
+async def test_never_shorter_than_a_silent_gateway_needs_to_poll(redis: Redis) -> None:
+    started = time.monotonic()
+    assert await wait_drained(redis, MODEL, 2, [OLD], timeout_s=10, min_wait_s=0.5) is True
+    assert time.monotonic() - started >= 0.5
+    started = time.monotonic()
+    assert await wait_drained(redis, MODEL, 2, [], timeout_s=10, min_wait_s=5) is True
+    assert time.monotonic() - started < 0.1, "nothing to drain: no wait"
+
+
+async def test_unreadable_reports_wait_to_the_bound_instead_of_failing() -> None:
+    nobody = Redis.from_url(f"redis://127.0.0.1:{free_port('127.0.0.1')}/0",
+                            socket_connect_timeout=0.2)
+    started = time.monotonic()
+    try:
+        assert await wait_drained(nobody, MODEL, 2, [OLD], timeout_s=0.6) is False
+    finally:
+        await nobody.aclose()
+    assert time.monotonic() - started >= 0.6
