@@ -27,6 +27,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/model_server.py
+	# Rollout and data plane on a Docker Engine, with Debian's nginx as the proxy peer.
+	bash .ci/docker-engine.sh
+	command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx; }
+	$(BIN)/python bench/rollout.py
 
 # schemathesis against /openapi.json with an admin token: no 5xx, no schema violation.
 fuzz: $(STAMP)

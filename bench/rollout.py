@@ -1,0 +1,465 @@
+"""Rollout and data-plane benchmark on the docker runtime, with the hashing test image.
+
+Rollout: time from POST /deploy to the first embedding the new generation serves through
+the gateway, against its limit measured in the same run: the same container started
+straight through the Engine (DockerRuntime.start) until its /health answers 200.
+
+Data plane: p50/p99 latency and throughput of TEI POST /embed at a fixed concurrency,
+(a) to the replica directly, (b) through the gateway, (c) through nginx proxying to the
+same replica with a keepalive upstream, as a peer side by side.
+
+The API (gateway) and a worker run as their own processes; the load client runs here,
+so the three paths share one client, one replica and this machine's cores. A fresh
+database is created and dropped; the model's containers are removed at the end.
+
+    .venv/bin/python bench/rollout.py [--rollouts 3] [--requests 3000] [--concurrency 16]
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+from pydantic import SecretStr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from db import replicas, tasks  # noqa: E402
+from db.migrate import apply_migrations  # noqa: E402
+from db.pool import create_pool  # noqa: E402
+from schemas.models import ModelSource  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
+from service.registry import register  # noqa: E402
+from tests import services  # noqa: E402
+from worker import image  # noqa: E402
+from worker.runtimes.base import ReplicaSpec  # noqa: E402
+from worker.runtimes.docker import DockerRuntime  # noqa: E402
+from worker.runtimes.process import free_port  # noqa: E402
+
+HOST = "127.0.0.1"
+NAME = "bench-rollout"
+BODY = {"inputs": "a short sentence to embed, as a search query would be"}
+POLL_S = 0.01  # how often both the rollout and its limit look for the first answer
+WARMUP = 200
+# Phases of a rollout before the first answer of the new generation can come.
+ROLLOUT_STEPS = ("starting_replicas", "health_checking", "switching")
+NGINX_CONF = """worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream replica {{
+        server {upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen {host}:{port};
+        location / {{
+            proxy_pass http://replica;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+# ---------------------------------------------------------------- processes and database
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    pool: asyncpg.Pool
+    api: str
+    headers: dict[str, str]
+    tmp: Path
+    model_id: UUID
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in settings.model_dump(exclude_none=True).items():
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        env[f"GREENROOM_{key.upper()}"] = str(raw)
+    return env
+
+
+@contextlib.contextmanager
+def _processes(settings: Settings, tmp: Path) -> Iterator[None]:
+    """The API and one worker as their own processes, logging to files in `tmp`."""
+    procs = []
+    for module in ("service", "worker"):
+        with (tmp / f"{module}.log").open("ab") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
+                                          env=_env(settings), stdout=log,
+                                          stderr=subprocess.STDOUT))
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def _fresh_database(admin_dsn: str) -> str:
+    name = f"greenroom_bench_rollout_{os.getpid()}"
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    dsn = services.with_database(admin_dsn, name)
+    await apply_migrations(dsn)
+    return dsn
+
+
+async def _drop_database(admin_dsn: str, dsn: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    name = dsn.rsplit("/", 1)[1].split("?")[0]
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+def _owner_headers(settings: Settings, user_id: int) -> dict[str, str]:
+    """A bearer token of the model's owner, where the API has accounts."""
+    try:
+        from schemas.tokens import issue_user_token
+    except ImportError:  # an API without accounts takes anonymous deploys
+        return {}
+    assert settings.secret_key is not None
+    token = issue_user_token(settings.secret_key.get_secret_value(), user_id)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _wait_http(http: aiohttp.ClientSession, url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(POLL_S)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:g}s")
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp: Path) -> AsyncIterator[Stack]:
+    """Fresh database, the API and a docker worker; torn down on the way out."""
+    keep: list[Any] = []
+    admin = services.postgres_admin_dsn(tmp, keep)
+    dsn = await _fresh_database(admin)
+    port = free_port(HOST)
+    settings = Settings(database_url=dsn, redis_url=services.redis_url(tmp, keep),
+                        secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="docker",
+                        docker_image=image.TEST_TAG, state_dir=tmp / "state", api_port=port,
+                        log_level="warning", drain_timeout_s=10, stop_grace_s=5)
+    pool = await create_pool(dsn, max_size=4)
+    try:
+        model = await register(pool, "bench", NAME, ModelSource(backend="hashing",
+                                                                dimension=384), "public")
+        with _processes(settings, tmp):
+            api = f"http://{HOST}:{port}"
+            async with aiohttp.ClientSession() as http:
+                await _wait_http(http, api + "/healthz")
+            yield Stack(settings, pool, api, _owner_headers(settings, model.owner_id), tmp,
+                        model.id)
+    finally:
+        await pool.close()
+        await _drop_database(admin, dsn)
+        for item in keep:
+            if isinstance(item, subprocess.Popen):
+                item.terminate()
+
+
+# ---------------------------------------------------------------- rollout
+
+
+async def _post_task(http: aiohttp.ClientSession, s: Stack, kind: str) -> str:
+    async with http.post(f"{s.api}/{kind}", json={"embedding_model_id": f"bench/{NAME}"},
+                         headers=s.headers) as resp:
+        assert resp.status == 202, await resp.text()
+        task_id: str = (await resp.json())["task_id"]
+    return task_id
+
+
+async def _wait_task(http: aiohttp.ClientSession, s: Stack, kind: str, task_id: str) -> None:
+    for _ in range(6000):
+        async with http.get(f"{s.api}/{kind}/{task_id}", headers=s.headers) as resp:
+            task = await resp.json()
+        if task["status"] not in ("pending", "processing"):
+            assert task["status"] == "done", task
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{kind} task {task_id} did not finish")
+
+
+async def _first_new_answer(http: aiohttp.ClientSession, s: Stack, old: set[str]) -> None:
+    """Return once the gateway answers from a replica not in `old`."""
+    url = f"{s.api}/serve/{NAME}/embed"
+    for _ in range(int(300 / POLL_S)):
+        async with http.post(url, json=BODY) as resp:
+            await resp.read()
+            if resp.status == 200 and resp.headers["X-Greenroom-Replica"] not in old:
+                return
+        await asyncio.sleep(POLL_S)
+    raise TimeoutError("the new generation never answered")
+
+
+async def _serving_ids(s: Stack) -> set[str]:
+    return {str(r.id) for r in await replicas.list_for_model(s.pool, s.model_id)}
+
+
+@dataclass
+class Rollout:
+    """One deploy: POST → first new answer, and where the task spent that time."""
+
+    first_answer_s: float
+    claim_s: float
+    phases: dict[str, float]
+
+    def breakdown(self) -> str:
+        steps = {"queued+claimed": self.claim_s} | {
+            p: self.phases.get(p, 0.0) for p in ROLLOUT_STEPS}
+        steps["gateway swap -> first answer"] = self.first_answer_s - sum(steps.values())
+        return ", ".join(f"{k} {v:.2f}" for k, v in steps.items())
+
+
+async def _task_story(s: Stack, task_id: str, first_answer_s: float) -> Rollout:
+    task = await tasks.get(s.pool, UUID(task_id))
+    assert task is not None and task.started_at is not None
+    claim_s = (task.started_at - task.created_at).total_seconds()
+    return Rollout(first_answer_s, claim_s, task.metadata.get("timings", {}))
+
+
+async def time_rollouts(s: Stack, count: int) -> list[Rollout]:
+    """POST /deploy → first embedding from the new generation, for `count` deploys.
+
+    The first is the first deploy (nothing served before); each waits for its task to
+    end (drain and removal of the old generation) before the next begins.
+    """
+    found = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(count):
+            old = await _serving_ids(s)
+            started = time.perf_counter()
+            task_id = await _post_task(http, s, "deploy")
+            await _first_new_answer(http, s, old)
+            first_answer_s = time.perf_counter() - started
+            await _wait_task(http, s, "deploy", task_id)
+            found.append(await _task_story(s, task_id, first_answer_s))
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _probing(s: Stack) -> AsyncIterator[None]:
+    """Probe the gateway as `_first_new_answer` does, so the limit runs under the same load."""
+
+    async def probe() -> None:
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.post(f"{s.api}/serve/{NAME}/embed", json=BODY) as resp:
+                    await resp.read()
+                await asyncio.sleep(POLL_S)
+
+    task = asyncio.create_task(probe())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def time_raw_starts(s: Stack, count: int) -> list[float]:
+    """The limit: the same container started through the Engine until /health is 200.
+
+    Measured while the gateway is probed at the rollout's pace, as the rollouts were.
+    """
+    runtime = DockerRuntime(s.settings)
+    times = []
+    try:
+        async with aiohttp.ClientSession() as http, _probing(s):
+            for _ in range(count):
+                spec = ReplicaSpec(replica_id=uuid4(), model_id=uuid4(),
+                                   model_identifier=f"bench/{NAME}", generation=1,
+                                   task_id=None, source={"backend": "hashing", "dimension": 384})
+                started = time.perf_counter()
+                replica = await runtime.start(spec)
+                await _wait_http(http, replica.endpoint + "/health")
+                times.append(time.perf_counter() - started)
+                await runtime.remove(replica.runtime_ref)
+    finally:
+        await runtime.close()
+    return times
+
+
+# ---------------------------------------------------------------- data plane
+
+
+@dataclass
+class Run:
+    latencies: list[float]
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def pct(self, q: int) -> float:
+        return statistics.quantiles(self.latencies, n=100)[q - 1] * 1000
+
+
+async def drive(url: str, requests: int, concurrency: int) -> Run:
+    """`requests` POSTs of BODY to `url` with `concurrency` in flight; every one must be 200."""
+    latencies: list[float] = []
+    counter = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def client() -> None:
+            for _ in counter:
+                start = time.perf_counter()
+                async with http.post(url, json=BODY) as resp:
+                    await resp.read()
+                    assert resp.status == 200, resp.status
+                latencies.append(time.perf_counter() - start)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        seconds = time.perf_counter() - t0
+    return Run(latencies, seconds)
+
+
+@contextlib.contextmanager
+def nginx(upstream: str, tmp: Path) -> Iterator[str]:
+    """nginx proxying to `upstream` (host:port); yields its base URL."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        raise SystemExit("nginx not found: apt-get install -y nginx")
+    folder = tmp / "nginx"
+    folder.mkdir()
+    port = free_port(HOST)
+    conf = folder / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=folder, upstream=upstream, host=HOST, port=port))
+    proc = subprocess.Popen([binary, "-p", str(folder), "-e", str(folder / "error.log"),
+                             "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://{HOST}:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def _measure(url: str, requests: int, concurrency: int) -> Run:
+    await drive(url, WARMUP, concurrency)
+    return await drive(url, requests, concurrency)
+
+
+async def data_plane(s: Stack, args: argparse.Namespace) -> dict[str, Run]:
+    (replica,) = await replicas.list_for_model(s.pool, s.model_id)
+    assert replica.endpoint is not None
+    upstream = replica.endpoint.removeprefix("http://")
+    runs = {}
+    with nginx(upstream, s.tmp) as proxy:
+        async with aiohttp.ClientSession() as http:
+            await _wait_http(http, proxy + "/health")
+        paths = {"direct": replica.endpoint + "/embed",
+                 "gateway": f"{s.api}/serve/{NAME}/embed", "nginx": proxy + "/embed"}
+        for name, url in paths.items():
+            runs[name] = await _measure(url, args.requests, args.concurrency)
+    return runs
+
+
+# ---------------------------------------------------------------- report
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def print_rollout(rollouts: list[Rollout], limits: list[float]) -> None:
+    times = [r.first_answer_s for r in rollouts]
+    redeploys = times[1:]
+    limit = _median(limits)
+    median = sorted(rollouts[1:], key=lambda r: r.first_answer_s)[len(redeploys) // 2]
+    print(f"rollout, docker runtime, image {image.TEST_TAG} (hashing backend), 1 replica; "
+          "ratio = measured / limit")
+    print(f"  first deploy   POST /deploy -> first embedding          {times[0]:6.2f} s"
+          f"   limit {limit:5.2f} s   ratio {times[0] / limit:5.2f}")
+    print(f"  redeploy       POST /deploy -> first embedding, new gen {_median(redeploys):6.2f} s"
+          f"   limit {limit:5.2f} s   ratio {_median(redeploys) / limit:5.2f}   (median of "
+          f"{len(redeploys)}: {', '.join(f'{t:.2f}' for t in redeploys)})")
+    print(f"  limit          container start -> /health 200, same image  median of {len(limits)}:"
+          f" {', '.join(f'{t:.2f}' for t in limits)} s")
+    print(f"  first deploy, s:    {rollouts[0].breakdown()}")
+    print(f"  median redeploy, s: {median.breakdown()}")
+
+
+def print_data_plane(runs: dict[str, Run], args: argparse.Namespace) -> None:
+    direct, nginx_run = runs["direct"], runs["nginx"]
+    print(f"data plane, POST /embed to one replica, {args.requests} requests per path, "
+          f"concurrency {args.concurrency}, client on this machine; ratio = path / reference")
+    for name, run in runs.items():
+        line = (f"  {name:8} p50 {run.pct(50):6.2f} ms  p99 {run.pct(99):6.2f} ms  "
+                f"{run.rate:7.0f} req/s")
+        for ref_name, ref in (("direct", direct), ("nginx", nginx_run)):
+            if ref is not run and not (name == "direct" and ref_name == "nginx"):
+                line += (f"   vs {ref_name}: p50 x{run.pct(50) / ref.pct(50):.2f} "
+                         f"p99 x{run.pct(99) / ref.pct(99):.2f} rate x{run.rate / ref.rate:.2f}")
+        print(line)
+
+
+async def _bench(args: argparse.Namespace, tmp: Path) -> None:
+    image.build(image.TEST_TAG, with_model=False)
+    async with stack(tmp) as s:
+        times = await time_rollouts(s, 1 + args.rollouts)
+        limits = await time_raw_starts(s, args.rollouts)
+        runs = await data_plane(s, args)
+        async with aiohttp.ClientSession() as http:
+            await _wait_task(http, s, "delete", await _post_task(http, s, "delete"))
+    print_rollout(times, limits)
+    print_data_plane(runs, args)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rollouts", type=int, default=3, help="redeploys timed")
+    parser.add_argument("--requests", type=int, default=3000, help="per data-plane path")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
+        await _bench(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    from schemas.logs import configure_logging
+
+    configure_logging("warning")
+    asyncio.run(main())
