@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -157,6 +158,18 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield _spawn
     for proc in started:
         proc.stop()
+    _remove_replicas(settings)
+
+
+def _remove_replicas(settings: Settings) -> None:
+    """Kill every replica process this test's workers left (deployments outlive the test)."""
+    root = settings.state_dir / "replicas"
+    for folder in root.glob("*") if root.exists() else []:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            pid = int(json.loads((folder / "meta.json").read_text())["pid"])
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            if f"GREENROOM_REPLICA_ID={folder.name}".encode() in environ:
+                os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture

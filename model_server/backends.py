@@ -1,0 +1,202 @@
+"""Embedding backends: the real sentence-transformers model and a hashing test backend."""
+
+import asyncio
+import functools
+import hashlib
+import importlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from model_server.config import PACKAGE_PREFIX, Settings
+from model_server.errors import BackendLoadError
+
+Vectors = npt.NDArray[np.float32]
+
+HASHING_MAX_INPUT_LENGTH = 512
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Raw (not normalized) vectors, one row per input, with each input's token count."""
+
+    vectors: Vectors
+    token_counts: list[int]
+
+    def __len__(self) -> int:
+        return len(self.token_counts)
+
+    def slice(self, start: int, stop: int) -> "Embeddings":
+        return Embeddings(self.vectors[start:stop], self.token_counts[start:stop])
+
+    @classmethod
+    def concat(cls, parts: list["Embeddings"]) -> "Embeddings":
+        if len(parts) == 1:
+            return parts[0]
+        counts = [count for part in parts for count in part.token_counts]
+        return cls(np.concatenate([part.vectors for part in parts]), counts)
+
+
+class Embedder(Protocol):
+    """What the server needs from a backend. ``embed`` runs on the compute thread."""
+
+    name: ClassVar[str]
+    dimension: int
+    max_input_length: int
+    dtype: str
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        """Embed ``texts``, each truncated to ``max_input_length`` tokens."""
+        ...
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's length in tokens, without truncation."""
+        ...
+
+
+class HashingEmbedder:
+    """Test backend, not a semantic model: signed feature hashing of lower-cased words.
+
+    Each word is hashed with blake2b (stable across processes, unlike ``hash()``) into one
+    of ``dimension`` buckets with a sign. Fast and dependency-free; texts sharing words get
+    similar vectors, and that is all it knows about meaning.
+    """
+
+    name: ClassVar[str] = "hashing"
+    dtype = "float32"
+
+    def __init__(self, dimension: int, max_input_length: int = HASHING_MAX_INPUT_LENGTH) -> None:
+        self.dimension = dimension
+        self.max_input_length = max_input_length
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        counts = []
+        for row, text in enumerate(texts):
+            words = _words(text)[: self.max_input_length]
+            counts.append(len(words))
+            for word in words:
+                bucket, sign = _hashed(word, self.dimension)
+                vectors[row, bucket] += sign
+        return Embeddings(vectors, counts)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(_words(text)) for text in texts]
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@functools.lru_cache(maxsize=65536)
+def _hashed(word: str, dimension: int) -> tuple[int, float]:
+    value = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+    sign = 1.0 if value >> 63 else -1.0
+    return value % dimension, sign
+
+
+class SentenceTransformerBackend:
+    """A sentence-transformers model from a local directory, run with torch on the CPU."""
+
+    name: ClassVar[str] = "sentence-transformers"
+
+    def __init__(self, model: Any, max_input_length: int | None) -> None:
+        import torch
+
+        self._torch = torch
+        self._model = model
+        model_max = model.max_seq_length or 512
+        self.max_input_length = min(max_input_length or model_max, model_max)
+        model.max_seq_length = self.max_input_length
+        self.dimension = int(_embedding_dimension(model))
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        # Normalization is per request (``normalize``), so the model's own is skipped.
+        self._modules = [m for m in model if type(m).__name__ != "Normalize"]
+        self._preprocess = getattr(model, "preprocess", None) or model.tokenize
+
+    @classmethod
+    def load(
+        cls, model_dir: Path, max_input_length: int | None, num_threads: int
+    ) -> "SentenceTransformerBackend":
+        """Load the model offline; any failure becomes a BackendLoadError."""
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise BackendLoadError(
+                f"the sentence-transformers backend needs torch and sentence-transformers: {exc}"
+            ) from exc
+        torch.set_num_threads(num_threads)
+        try:
+            model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+            model.eval()
+            return cls(model, max_input_length)
+        except Exception as exc:
+            raise BackendLoadError(f"cannot load model from {model_dir}: {exc}") from exc
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        with self._torch.inference_mode():
+            features = self._preprocess(texts)
+            counts = features["attention_mask"].sum(dim=1).tolist()
+            for module in self._modules:
+                features = module(features)
+            vectors = features["sentence_embedding"].float().numpy()
+        return Embeddings(vectors, counts)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        encoded = self._model.tokenizer(texts, add_special_tokens=True, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+
+def _embedding_dimension(model: Any) -> int:
+    getter = getattr(model, "get_embedding_dimension", None)
+    if getter is None:
+        getter = model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+def resolve_model_dir(location: str) -> Path:
+    """A model location: a directory, or ``package:NAME`` for a package's bundled model."""
+    if location.startswith(PACKAGE_PREFIX):
+        path = _package_model_dir(location.removeprefix(PACKAGE_PREFIX))
+    else:
+        path = Path(location).expanduser()
+    if not path.is_dir():
+        raise BackendLoadError(f"model directory not found: {path}")
+    if not any((path / name).is_file() for name in ("modules.json", "config.json")):
+        raise BackendLoadError(f"no model in {path} (neither modules.json nor config.json)")
+    return path
+
+
+def _package_model_dir(package: str) -> Path:
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise BackendLoadError(f"model package {package!r} is not installed: {exc}") from exc
+    getter = getattr(module, "get_model_path", None)
+    if callable(getter):
+        return Path(getter())
+    return Path(str(module.__file__)).parent / "model"
+
+
+async def load_backend(settings: Settings) -> Embedder:
+    """Load the configured backend without blocking the event loop."""
+    if settings.backend == "hashing":
+        await asyncio.sleep(settings.startup_delay_s)
+        length = settings.max_input_length or HASHING_MAX_INPUT_LENGTH
+        return HashingEmbedder(settings.dimension, length)
+    model_dir = resolve_model_dir(settings.model)
+    return await asyncio.to_thread(
+        SentenceTransformerBackend.load,
+        model_dir,
+        settings.max_input_length,
+        settings.num_threads,
+    )

@@ -1,0 +1,161 @@
+"""Dynamic batching: concurrent requests share forward passes on one compute thread."""
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from model_server.backends import Embeddings
+from model_server.errors import QueueFull, ShuttingDown
+from model_server.metrics import Metrics
+
+EmbedFn = Callable[[list[str]], Embeddings]
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future[Embeddings]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Gathers queued inputs into batches and computes them one at a time off the loop.
+
+    A batch is taken once it holds ``max_batch_size`` inputs or its oldest input has
+    waited ``max_wait_s``, and only when the compute thread is free, so that inputs
+    arriving while a batch computes are gathered into the next one.
+    """
+
+    def __init__(
+        self,
+        embed: EmbedFn,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        queue_limit: int,
+        metrics: Metrics,
+    ) -> None:
+        self._embed = embed
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_s
+        self._queue_limit = queue_limit
+        self._metrics = metrics
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0
+        self._has_work = asyncio.Event()
+        self._full = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="batcher")
+
+    async def close(self) -> None:
+        """Refuse new work, stop the loop, fail what is still queued, free the thread."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        _fail(list(self._jobs), ShuttingDown("the server is shutting down"))
+        self._jobs.clear()
+        self._set_queued(0)
+        await asyncio.to_thread(self._executor.shutdown)
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """Queue ``texts`` and wait for their embeddings, in order."""
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")
+        if self._queued + len(texts) > self._queue_limit:
+            raise QueueFull(
+                "too many inputs queued; retry later",
+                {"queued": self._queued, "queue_limit": self._queue_limit},
+            )
+        job = _Job(texts, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._set_queued(self._queued + len(texts))
+        return await job.future
+
+    def _set_queued(self, queued: int) -> None:
+        self._queued = queued
+        self._metrics.queue_depth.set(queued)
+        if queued:
+            self._has_work.set()
+        else:
+            self._has_work.clear()
+        if queued >= self._max_batch_size:
+            self._full.set()
+        else:
+            self._full.clear()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._has_work.wait()
+            await self._wait_to_fill()
+            jobs = self._take()
+            if jobs:
+                await self._compute(loop, jobs)
+
+    async def _wait_to_fill(self) -> None:
+        """Wait until a full batch is queued or the oldest input has waited long enough."""
+        remaining = self._jobs[0].enqueued_at + self._max_wait_s - time.monotonic()
+        if remaining > 0 and not self._full.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), remaining)
+
+    def _take(self) -> list[_Job]:
+        """Pop jobs for one batch: whole requests, up to ``max_batch_size`` inputs."""
+        jobs: list[_Job] = []
+        size = 0
+        while self._jobs:
+            job = self._jobs[0]
+            if jobs and size + len(job.texts) > self._max_batch_size:
+                break
+            self._jobs.popleft()
+            if not job.future.done():  # a cancelled request needs no compute
+                jobs.append(job)
+                size += len(job.texts)
+        self._set_queued(sum(len(job.texts) for job in self._jobs))
+        return jobs
+
+    async def _compute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        texts = [text for job in jobs for text in job.texts]
+        self._metrics.batch_size.observe(len(texts))
+        try:
+            result = await loop.run_in_executor(self._executor, self._embed_chunked, texts)
+        except asyncio.CancelledError:
+            _fail(jobs, ShuttingDown("the server is shutting down"))
+            raise
+        except Exception as exc:
+            _fail(jobs, exc)
+            return
+        self._metrics.embeddings.inc(len(texts))
+        _deliver(jobs, result)
+
+    def _embed_chunked(self, texts: list[str]) -> Embeddings:
+        """Runs on the compute thread; one request may exceed a batch, so chunk it."""
+        size = self._max_batch_size
+        return Embeddings.concat(
+            [self._embed(texts[i : i + size]) for i in range(0, len(texts), size)]
+        )
+
+
+def _deliver(jobs: list[_Job], result: Embeddings) -> None:
+    start = 0
+    for job in jobs:
+        stop = start + len(job.texts)
+        if not job.future.done():
+            job.future.set_result(result.slice(start, stop))
+        start = stop
+
+
+def _fail(jobs: list[_Job], exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)

@@ -1,0 +1,54 @@
+"""The model server's exceptions; each HTTP-facing one carries its status code."""
+
+from typing import Any
+
+
+class ModelServerError(Exception):
+    """Root of every error the model server raises on purpose."""
+
+    status = 500
+
+    def __init__(self, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class BackendLoadError(ModelServerError):
+    """The configured backend could not be loaded; the process must exit."""
+
+
+class MalformedRequest(ModelServerError):
+    """The body is not valid JSON."""
+
+    status = 400
+
+
+class InvalidRequest(ModelServerError):
+    """The JSON does not match the route's schema."""
+
+    status = 422
+
+
+class PayloadTooLarge(ModelServerError):
+    """Too many inputs, an input too long, or a body too big."""
+
+    status = 413
+
+
+class QueueFull(ModelServerError):
+    """More inputs are queued than the queue limit allows; the client should retry."""
+
+    status = 429
+
+
+class NotReady(ModelServerError):
+    """The model is still loading (or failed to load)."""
+
+    status = 503
+
+
+class ShuttingDown(ModelServerError):
+    """The server no longer takes new work."""
+
+    status = 503

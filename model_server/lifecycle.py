@@ -1,0 +1,81 @@
+"""The model's life in one server: background load, warm-up, readiness, close."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from model_server.backends import Embedder
+from model_server.batcher import Batcher
+from model_server.config import Settings
+from model_server.errors import NotReady
+from model_server.metrics import Metrics
+
+Loader = Callable[[Settings], Awaitable[Embedder]]
+WARM_UP_TEXT = "Warm-up pass of the model server."
+
+log = structlog.get_logger("model_server")
+
+
+@dataclass
+class ModelState:
+    """Where the model stands; handlers ask it for the backend and batcher."""
+
+    settings: Settings
+    metrics: Metrics
+    backend: Embedder | None = None
+    batcher: Batcher | None = None
+    ready: bool = False
+    failure: str | None = None
+    failed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def require_ready(self) -> tuple[Embedder, Batcher]:
+        if not self.ready or self.backend is None or self.batcher is None:
+            raise NotReady(self.failure or "the model is loading")
+        return self.backend, self.batcher
+
+    async def close(self) -> None:
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.close()
+
+
+async def load_and_warm(state: ModelState, loader: Loader) -> None:
+    """Load the backend, run one warm-up batch, then mark the state ready.
+
+    A failure is recorded and signalled so the server can exit non-zero.
+    """
+    settings = state.settings
+    log.info("model_loading", backend=settings.backend, model=settings.model)
+    try:
+        state.backend = await loader(settings)
+        state.batcher = _start_batcher(state.backend, settings, state.metrics)
+        await state.batcher.embed([WARM_UP_TEXT] * settings.max_batch_size)
+    except Exception as exc:
+        state.failure = f"model failed to load: {exc}"
+        log.error(
+            "model_load_failed", backend=settings.backend, model=settings.model, error=str(exc)
+        )
+        state.failed.set()
+        return
+    state.ready = True
+    log.info(
+        "model_ready",
+        model_id=settings.served_model_id,
+        backend=state.backend.name,
+        dimension=state.backend.dimension,
+        max_input_length=state.backend.max_input_length,
+    )
+
+
+def _start_batcher(backend: Embedder, settings: Settings, metrics: Metrics) -> Batcher:
+    batcher = Batcher(
+        backend.embed,
+        max_batch_size=settings.max_batch_size,
+        max_wait_s=settings.max_batch_wait_ms / 1000,
+        queue_limit=settings.queue_limit,
+        metrics=metrics,
+    )
+    batcher.start()
+    return batcher

@@ -1,0 +1,47 @@
+"""Prometheus metrics, kept in one registry per app (never the global one)."""
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Metrics:
+    """The server's metrics and the registry that renders them."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "model_server_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "model_server_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "model_server_requests_in_flight", "HTTP requests being handled", registry=r
+        )
+        self.batch_size = Histogram(
+            "model_server_batch_size",
+            "Inputs per computed batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "model_server_queue_depth", "Inputs waiting for a batch", registry=r
+        )
+        self.embeddings = Counter("model_server_embeddings", "Inputs embedded", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

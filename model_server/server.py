@@ -1,0 +1,78 @@
+"""Run the app until SIGTERM/SIGINT (graceful) or a failed model load (exit 1)."""
+
+import asyncio
+import signal
+import sys
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from model_server.app import STATE, create_app
+from model_server.config import Settings
+from model_server.logs import configure_logging
+
+SHUTDOWN_TIMEOUT_S = 30.0
+EXIT_OK, EXIT_LOAD_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+log = structlog.get_logger("model_server")
+
+
+def main() -> int:
+    """Entry point of ``python -m model_server``; returns the exit status."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        configure_logging("INFO")
+        log.error("invalid_configuration", error=str(exc).replace("\n", " "))
+        return EXIT_BAD_CONFIG
+    configure_logging(settings.log_level)
+    return asyncio.run(serve(settings))
+
+
+async def serve(settings: Settings) -> int:
+    """Listen, load the model in the background, and shut down gracefully."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:
+        log.error("listen_failed", host=settings.host, port=settings.port, error=str(exc))
+        await runner.cleanup()
+        return EXIT_LOAD_FAILED
+    log.info(
+        "server_started",
+        host=settings.host,
+        port=settings.port,
+        backend=settings.backend,
+        model=settings.model,
+        model_id=settings.served_model_id,
+    )
+    reason = await _until_stopped(app[STATE].failed)
+    log.info("shutdown_started", reason=reason)
+    await runner.cleanup()
+    log.info("shutdown_complete", reason=reason)
+    return EXIT_LOAD_FAILED if reason == "model_load_failed" else EXIT_OK
+
+
+async def _until_stopped(failed: asyncio.Event) -> str:
+    """Wait for a stop signal or a failed model load; say which."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stopped.set)
+    waiters = [asyncio.create_task(stopped.wait()), asyncio.create_task(failed.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return "signal" if stopped.is_set() else "model_load_failed"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
