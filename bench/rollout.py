@@ -44,6 +44,7 @@ from db.migrate import apply_migrations  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
+from schemas.tokens import issue_user_token  # noqa: E402
 from service.registry import register  # noqa: E402
 from tests import services  # noqa: E402
 from worker import image  # noqa: E402
@@ -56,6 +57,7 @@ NAME = "bench-rollout"
 BODY = {"inputs": "a short sentence to embed, as a search query would be"}
 POLL_S = 0.01  # how often both the rollout and its limit look for the first answer
 WARMUP = 200
+ROUNDS = 3
 # Phases of a rollout before the first answer of the new generation can come.
 ROLLOUT_STEPS = ("starting_replicas", "health_checking", "switching")
 NGINX_CONF = """worker_processes 1;
@@ -146,11 +148,7 @@ async def _drop_database(admin_dsn: str, dsn: str) -> None:
 
 
 def _owner_headers(settings: Settings, user_id: int) -> dict[str, str]:
-    """A bearer token of the model's owner, where the API has accounts."""
-    try:
-        from schemas.tokens import issue_user_token
-    except ImportError:  # an API without accounts takes anonymous deploys
-        return {}
+    """A bearer token of the model's owner: deploying needs owner permission."""
     assert settings.secret_key is not None
     token = issue_user_token(settings.secret_key.get_secret_value(), user_id)
     return {"Authorization": f"Bearer {token}"}
@@ -376,24 +374,29 @@ def nginx(upstream: str, tmp: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-async def _measure(url: str, requests: int, concurrency: int) -> Run:
-    await drive(url, WARMUP, concurrency)
-    return await drive(url, requests, concurrency)
+async def _measure(paths: dict[str, str], requests: int, concurrency: int) -> dict[str, Run]:
+    """Each path in turn, in ROUNDS rounds, so drift on a shared machine hits all alike."""
+    for url in paths.values():
+        await drive(url, WARMUP, concurrency)
+    runs = {name: Run([], 0.0) for name in paths}
+    for _ in range(ROUNDS):
+        for name, url in paths.items():
+            run = await drive(url, requests // ROUNDS, concurrency)
+            runs[name].latencies += run.latencies
+            runs[name].seconds += run.seconds
+    return runs
 
 
 async def data_plane(s: Stack, args: argparse.Namespace) -> dict[str, Run]:
     (replica,) = await replicas.list_for_model(s.pool, s.model_id)
     assert replica.endpoint is not None
     upstream = replica.endpoint.removeprefix("http://")
-    runs = {}
     with nginx(upstream, s.tmp) as proxy:
         async with aiohttp.ClientSession() as http:
             await _wait_http(http, proxy + "/health")
         paths = {"direct": replica.endpoint + "/embed",
                  "gateway": f"{s.api}/serve/{NAME}/embed", "nginx": proxy + "/embed"}
-        for name, url in paths.items():
-            runs[name] = await _measure(url, args.requests, args.concurrency)
-    return runs
+        return await _measure(paths, args.requests, args.concurrency)
 
 
 # ---------------------------------------------------------------- report
@@ -423,8 +426,9 @@ def print_rollout(rollouts: list[Rollout], limits: list[float]) -> None:
 
 def print_data_plane(runs: dict[str, Run], args: argparse.Namespace) -> None:
     direct, nginx_run = runs["direct"], runs["nginx"]
-    print(f"data plane, POST /embed to one replica, {args.requests} requests per path, "
-          f"concurrency {args.concurrency}, client on this machine; ratio = path / reference")
+    print(f"data plane, POST /embed to one replica, {args.requests} requests per path in "
+          f"{ROUNDS} interleaved rounds, concurrency {args.concurrency}, client on this "
+          "machine; ratio = path / reference")
     for name, run in runs.items():
         line = (f"  {name:8} p50 {run.pct(50):6.2f} ms  p99 {run.pct(99):6.2f} ms  "
                 f"{run.rate:7.0f} req/s")

@@ -122,7 +122,8 @@ async def wait_exit(runtime: DockerRuntime, ref: str, timeout_s: float = 30) -> 
 
 # A model whose weights need far more memory than the smallest limit a deploy accepts
 # (128 MB): the test image, but loading "weights" of 512 MB before starting the server.
-HOG_TAG = "greenroom/model-server:test-hog"
+# Tagged per test session: one session's cleanup must not remove another's image.
+HOG_TAG = f"greenroom/model-server:test-hog-{os.getpid()}"
 HOG_MB = 512
 _HOG_CODE = (f"print('loading model weights: {HOG_MB} MB', flush=True); import time; "
              f"time.sleep(0.5); weights = b'x' * ({HOG_MB} * 2**20); import runpy; "
@@ -130,20 +131,10 @@ _HOG_CODE = (f"print('loading model weights: {HOG_MB} MB', flush=True); import t
 
 
 @pytest.fixture
-def control_headers(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The administrator's authorization headers where the API has accounts, else none."""
-    try:
-        headers: dict[str, str] = request.getfixturevalue("admin_headers")
-    except pytest.FixtureLookupError:
-        return {}
-    return headers
-
-
-@pytest.fixture
-async def http(control_headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientSession]:
-    """The control-plane client (inference on public models needs no token)."""
+async def http(admin_headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientSession]:
+    """The control-plane client, as the administrator (public inference needs no token)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                     headers=control_headers) as session:
+                                     headers=admin_headers) as session:
         yield session
 
 
