@@ -180,7 +180,8 @@ def resolve(principal: Principal, model: Model, grant: Grant | None,
 async def permission_on(pool: asyncpg.Pool, principal: Principal,
                         model: Model) -> tuple[Permission, datetime | None]:
     grant = None
-    if principal.kind == "user" and principal.user_id is not None:
+    owner_or_admin = principal.is_admin or principal.user_id == model.owner_id
+    if principal.kind == "user" and principal.user_id is not None and not owner_or_admin:
         grant = await permissions.get(pool, model.id, principal.user_id)
     return resolve(principal, model, grant)
 

@@ -7,6 +7,8 @@ from service import task_service
 from service.auth import Locator, RouteSpec, body_field, call_of, path_param, register
 from service.keys import PG, REDIS
 
+_LOCATED_TASK = web.RequestKey("located_task", task_service.Task)
+
 
 def _json(task: task_service.Task, status: int = 200) -> web.Response:
     body = task_service.to_response(task).model_dump_json()
@@ -17,7 +19,7 @@ async def _create(request: web.Request, kind: TaskKind) -> web.Response:
     call = call_of(request)
     task, created = await task_service.accept(
         request.app[PG], request.app[REDIS], kind, call.body,
-        request.headers.get("Idempotency-Key"), call.principal.user_id,
+        request.headers.get("Idempotency-Key"), call.principal.user_id, call.model,
     )
     return _json(task, 202 if created else 200)
 
@@ -33,13 +35,11 @@ async def post_delete(request: web.Request) -> web.Response:
 
 
 async def get_deploy_task(request: web.Request) -> web.Response:
-    task = await task_service.get(request.app[PG], TaskKind.deploy, request.match_info["task_id"])
-    return _json(task)
+    return _json(request[_LOCATED_TASK])
 
 
 async def get_delete_task(request: web.Request) -> web.Response:
-    task = await task_service.get(request.app[PG], TaskKind.delete, request.match_info["task_id"])
-    return _json(task)
+    return _json(request[_LOCATED_TASK])
 
 
 async def get_deploy_status(request: web.Request) -> web.Response:
@@ -58,6 +58,7 @@ def task_model(kind: TaskKind) -> Locator:
     """The model of the task in the path: reading a task needs read access to its model."""
     async def locate(request: web.Request, body: object) -> str:
         task = await task_service.get(request.app[PG], kind, request.match_info["task_id"])
+        request[_LOCATED_TASK] = task  # the handler answers with it; no second read
         return str(task.model_id)
     return locate
 

@@ -77,13 +77,17 @@ async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:
 
 
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
-                 idempotency_key: str | None, created_by: int | None = None) -> tuple[Task, bool]:
-    """Insert (or find, for a repeated idempotency key) the task; True when created now."""
+                 idempotency_key: str | None, created_by: int | None = None,
+                 model: Model | None = None) -> tuple[Task, bool]:
+    """Insert (or find, for a repeated idempotency key) the task; True when created now.
+
+    `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup.
+    """
     key = req.id or idempotency_key
     digest = request_hash(kind, req)
     if key and (existing := await tasks.get_by_idempotency_key(pool, key)):
         return _same_request(existing, digest), False
-    model = await resolve_model(pool, req.embedding_model_id)
+    model = model or await resolve_model(pool, req.embedding_model_id)
     if kind == TaskKind.deploy:
         await _check_deployable(pool, model, req)
     metadata: dict[str, Any] = {}
