@@ -22,14 +22,12 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from db import tasks, users
-from db.migrate import apply_migrations
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
@@ -60,23 +58,6 @@ async def _run(n: int, concurrency: int, op: Callable[[int], Awaitable[Any]]) ->
 
 def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
-
-
-async def _fresh_database(admin_dsn: str) -> str:
-    name = f"greenroom_bench_{os.getpid()}"
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    dsn = services.with_database(admin_dsn, name)
-    await apply_migrations(dsn)
-    return dsn
-
-
-async def _drop_database(admin_dsn: str, dsn: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1].split("?")[0]}" '
-                       "WITH (FORCE)")
-    await conn.close()
 
 
 async def _raw_insert(app: web.Application, model_ids: list[UUID], i: int) -> None:
@@ -149,13 +130,13 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         admin = services.postgres_admin_dsn(Path(tmp), keep)
         redis_url = services.redis_url(Path(tmp), keep)
-        dsn = await _fresh_database(admin)
+        dsn = await services.create_database(admin, f"greenroom_bench_{os.getpid()}")
         try:
             await _bench(args, Settings(database_url=dsn, redis_url=redis_url,
                                         secret_key=SecretStr(secrets.token_urlsafe(32)),
                                         log_level="warning"))
         finally:
-            await _drop_database(admin, dsn)
+            await services.drop_database(admin, dsn)
 
 
 if __name__ == "__main__":

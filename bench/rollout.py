@@ -40,7 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from db import replicas, tasks  # noqa: E402
-from db.migrate import apply_migrations  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
@@ -129,24 +128,6 @@ def _processes(settings: Settings, tmp: Path) -> Iterator[None]:
                 proc.kill()
 
 
-async def _fresh_database(admin_dsn: str) -> str:
-    name = f"greenroom_bench_rollout_{os.getpid()}"
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    dsn = services.with_database(admin_dsn, name)
-    await apply_migrations(dsn)
-    return dsn
-
-
-async def _drop_database(admin_dsn: str, dsn: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    name = dsn.rsplit("/", 1)[1].split("?")[0]
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
-
-
 def _owner_headers(settings: Settings, user_id: int) -> dict[str, str]:
     """A bearer token of the model's owner: deploying needs owner permission."""
     assert settings.secret_key is not None
@@ -154,23 +135,12 @@ def _owner_headers(settings: Settings, user_id: int) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def _wait_http(http: aiohttp.ClientSession, url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(url) as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(POLL_S)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:g}s")
-
-
 @contextlib.asynccontextmanager
 async def stack(tmp: Path) -> AsyncIterator[Stack]:
     """Fresh database, the API and a docker worker; torn down on the way out."""
     keep: list[Any] = []
     admin = services.postgres_admin_dsn(tmp, keep)
-    dsn = await _fresh_database(admin)
+    dsn = await services.create_database(admin, f"greenroom_bench_rollout_{os.getpid()}")
     port = free_port(HOST)
     settings = Settings(database_url=dsn, redis_url=services.redis_url(tmp, keep),
                         secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="docker",
@@ -183,12 +153,12 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
         with _processes(settings, tmp):
             api = f"http://{HOST}:{port}"
             async with aiohttp.ClientSession() as http:
-                await _wait_http(http, api + "/healthz")
+                await services.wait_for_http(http, api + "/healthz")
             yield Stack(settings, pool, api, _owner_headers(settings, model.owner_id), tmp,
                         model.id)
     finally:
         await pool.close()
-        await _drop_database(admin, dsn)
+        await services.drop_database(admin, dsn)
         for item in keep:
             if isinstance(item, subprocess.Popen):
                 item.terminate()
@@ -308,7 +278,7 @@ async def time_raw_starts(s: Stack, count: int) -> list[float]:
                                    task_id=None, source={"backend": "hashing", "dimension": 384})
                 started = time.perf_counter()
                 replica = await runtime.start(spec)
-                await _wait_http(http, replica.endpoint + "/health")
+                await services.wait_for_http(http, replica.endpoint + "/health")
                 times.append(time.perf_counter() - started)
                 await runtime.remove(replica.runtime_ref)
     finally:
@@ -393,7 +363,7 @@ async def data_plane(s: Stack, args: argparse.Namespace) -> dict[str, Run]:
     upstream = replica.endpoint.removeprefix("http://")
     with nginx(upstream, s.tmp) as proxy:
         async with aiohttp.ClientSession() as http:
-            await _wait_http(http, proxy + "/health")
+            await services.wait_for_http(http, proxy + "/health")
         paths = {"direct": replica.endpoint + "/embed",
                  "gateway": f"{s.api}/serve/{NAME}/embed", "nginx": proxy + "/embed"}
         return await _measure(paths, args.requests, args.concurrency)

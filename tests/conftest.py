@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,6 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from db import users
-from db.migrate import apply_migrations
 from db.pool import create_pool
 from db.users import User
 from schemas.models import ModelSource
@@ -29,6 +27,7 @@ from schemas.settings import Settings
 from schemas.tokens import issue_user_token
 from service.registry import register
 from tests import services
+from tests.services import wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,14 +52,9 @@ def backing(session_tmp: Path) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 async def database_url(backing: dict[str, str]) -> AsyncIterator[str]:
     name = f"greenroom_test_{os.getpid()}"
-    admin = await asyncpg.connect(backing["pg"])
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = services.with_database(backing["pg"], name)
-    await apply_migrations(dsn)
+    dsn = await services.create_database(backing["pg"], name)
     yield dsn
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    await services.drop_database(backing["pg"], dsn)
 
 
 @pytest.fixture(scope="session")
@@ -163,30 +157,15 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
 def _remove_replicas(settings: Settings) -> None:
     """Kill every replica process this test's workers left (deployments outlive the test)."""
-    root = settings.state_dir / "replicas"
-    for folder in root.glob("*") if root.exists() else []:
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            pid = int(json.loads((folder / "meta.json").read_text())["pid"])
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-            if f"GREENROOM_REPLICA_ID={folder.name}".encode() in environ:
-                os.killpg(pid, signal.SIGKILL)
+    for pid in services.replica_processes(settings.state_dir):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
-
-
-async def wait_for_http(http: aiohttp.ClientSession, url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(url) as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(url)
 
 
 @pytest.fixture

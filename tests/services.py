@@ -1,12 +1,18 @@
 """Real Postgres and Redis for the tests: the machine's if reachable, else embedded ones."""
 
+import asyncio
 import contextlib
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import asyncpg
+
+from db.migrate import apply_migrations
 from service.embedded import start_postgres, start_redis
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -50,3 +56,54 @@ def with_database(dsn: str, name: str) -> str:
 def private_redis(folder: Path, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
     """A Redis of the test's own, to stop and start without disturbing other tests."""
     return start_redis(folder, port)
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    """A fresh, migrated database on the server of `admin_dsn`; returns its DSN."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = with_database(admin_dsn, name)
+    await apply_migrations(dsn)
+    return dsn
+
+
+async def drop_database(admin_dsn: str, dsn: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        name = dsn.partition("?")[0].rsplit("/", 1)[1]
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def wait_for_http(http: aiohttp.ClientSession, url: str, timeout_s: float = 30) -> None:
+    """Until `url` answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:g}s")
+
+
+def replica_processes(state_dir: Path) -> dict[int, bytes]:
+    """pid → raw environment of every live replica process started under `state_dir`."""
+    root = state_dir / "replicas"
+    refs = {p.name for p in root.glob("*")} if root.exists() else set()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            raw = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(f"GREENROOM_REPLICA_ID={ref}".encode() in raw for ref in refs):
+            found[int(proc.name)] = raw
+    return found

@@ -18,7 +18,8 @@ from db.migrate import apply_migrations
 from db.pool import create_pool
 from schemas.settings import Settings
 from service.embedded import start_postgres
-from tests.conftest import Proc, wait_for_http
+from tests.conftest import Proc
+from tests.services import wait_for_http
 from worker.runtimes.process import free_port
 
 MODELS = 20
@@ -122,7 +123,9 @@ async def test_postgres_restart_during_load(
     spawn("worker", database_url=dsn)
     base = f"http://127.0.0.1:{port}"
     await wait_for_http(http, base + "/healthz")
-    stop, accepted, statuses = asyncio.Event(), [], []
+    stop = asyncio.Event()
+    accepted: list[str] = []
+    statuses: list[int] = []
     loader = asyncio.create_task(_load(http, base, admin_headers, stop, accepted, statuses))
     await asyncio.sleep(2)
     before = len(statuses)

@@ -21,8 +21,9 @@ import pytest
 
 from db import deployments, replicas
 from tests import services
-from tests.conftest import Proc, wait_for_http, wait_task
+from tests.conftest import Proc, wait_task
 from tests.docker.conftest import containers_of, deploy, embed, skip_without_engine
+from tests.services import wait_for_http
 from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, LABEL_REPLICA, LABEL_TASK
 from worker.runtimes.process import free_port
 

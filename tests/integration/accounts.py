@@ -12,6 +12,7 @@ import asyncpg
 from db import users
 from db.users import User
 from schemas.tokens import issue_user_token
+from tests import services
 from tests.conftest import TEST_SECRET_KEY, bearer
 
 
@@ -39,18 +40,10 @@ async def call(http: aiohttp.ClientSession, method: str, url: str,
 
 def replica_environs(state_dir: Path) -> list[dict[str, str]]:
     """The environment of every live model-server process started under `state_dir`."""
-    refs = {p.name for p in (state_dir / "replicas").glob("*")} if state_dir.exists() else set()
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            raw = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if any(f"GREENROOM_REPLICA_ID={ref}".encode() in raw for ref in refs):
-            pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
-            found.append({k.decode(): v.decode(errors="replace") for k, _, v in pairs})
+    for raw in services.replica_processes(state_dir).values():
+        pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+        found.append({k.decode(): v.decode(errors="replace") for k, _, v in pairs})
     return found
 
 

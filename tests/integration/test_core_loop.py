@@ -9,6 +9,7 @@ import asyncpg
 
 from db import replicas
 from schemas.settings import Settings
+from tests import services
 from tests.conftest import Proc, wait_task
 from worker.runtimes.process import ProcessRuntime
 
@@ -29,19 +30,7 @@ async def _deploy(http: aiohttp.ClientSession, base: str, model: str) -> dict[st
 
 
 def _model_server_pids(state_dir: Path) -> list[int]:
-    """Live processes that are replicas of this test (found by their replica env marker)."""
-    refs = {p.name for p in (state_dir / "replicas").glob("*")} if state_dir.exists() else set()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if any(f"GREENROOM_REPLICA_ID={ref}".encode() in environ for ref in refs):
-            found.append(int(proc.name))
-    return found
+    return list(services.replica_processes(state_dir))
 
 
 async def test_deploy_serve_redeploy_delete(api: str, spawn: Callable[..., Proc],

@@ -15,7 +15,8 @@ from db import deployments, events, models, replicas, tasks
 from schemas.queue import JOB_RUN_TASK, QUEUE_NAME
 from schemas.settings import Settings
 from tests import services
-from tests.conftest import Proc, wait_for_http, wait_task
+from tests.conftest import Proc, wait_task
+from tests.services import wait_for_http
 from worker.runtimes.process import free_port
 
 
