@@ -157,17 +157,17 @@ async def finish_pending(db: Executor, task_id: UUID, status: str, detail: str) 
     return result.endswith(" 1")
 
 
-async def list_unenqueued(db: Executor, older_than_s: float, limit: int = 500) -> list[UUID]:
+async def list_unenqueued(db: Executor, older_than_s: float, limit: int = 500) -> list[Task]:
     """Pending tasks that never reached Redis, or reached it long ago (maybe lost there)."""
     async with translated():
         rows = await db.fetch(
-            """SELECT id FROM tasks WHERE status = 'pending'
+            f"""{_SELECT} WHERE status = 'pending'
                  AND (enqueued_at IS NULL
                       OR enqueued_at < now() - make_interval(secs => $1))
                ORDER BY created_at LIMIT $2""",
             older_than_s, limit,
         )
-    return [r["id"] for r in rows]
+    return [Task(**dict(r)) for r in rows]
 
 
 async def list_expired_leases(db: Executor, limit: int = 100) -> list[Task]:

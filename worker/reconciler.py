@@ -29,10 +29,8 @@ REENQUEUE_AFTER_S = 10.0
 async def enqueue_pending(ctx: WorkerContext) -> int:
     """Enqueue pending tasks that never reached Redis or may have been lost from it."""
     count = 0
-    for task_id in await tasks.list_unenqueued(ctx.pool, REENQUEUE_AFTER_S):
-        task = await tasks.get(ctx.pool, task_id)
-        if task is None or task.status != "pending":
-            continue
+    for task in await tasks.list_unenqueued(ctx.pool, REENQUEUE_AFTER_S):
+        task_id = task.id
         job_id = str(task_id) if task.attempts == 0 else retry_job_id(str(task_id), task.attempts)
         if await ctx.redis.enqueue_job(JOB_RUN_TASK, job_id, _job_id=job_id) is None \
                 and task.enqueued_at is not None:

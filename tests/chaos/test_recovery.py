@@ -54,12 +54,13 @@ async def test_killed_replica_is_replaced_within_10s(
         deployment = await deployments.get(pool, model_id)
         saw_degraded |= deployment is not None and deployment.status == "degraded"
         live = [r for r in await replicas.list_for_model(pool, model_id) if r.state == "ready"]
-        if len(live) == 2 and victim.id not in {r.id for r in live}:
+        messages = [e.message for e in await events.list_recent(pool, model_id)]
+        recorded = any("replaced crashed replica" in m for m in messages)
+        if len(live) == 2 and victim.id not in {r.id for r in live} and recorded:
             break
         await asyncio.sleep(0.1)
     replaced_in = time.monotonic() - killed_at
     assert replaced_in < 10, "no replacement within 10 s"
-    messages = [e.message for e in await events.list_recent(pool, model_id)]
     assert any(str(victim.id) in m and "replacement" in m for m in messages), messages
     assert any("replaced crashed replica" in m for m in messages), messages
     print(f"\nreplica killed → replacement ready in {replaced_in:.2f} s "
