@@ -17,6 +17,9 @@ class User:
     created_at: datetime
 
 
+_USER_COLUMNS = "id, username, email, is_admin, created_at"
+
+
 def _user(row: Any) -> User | None:
     return User(**dict(row)) if row is not None else None
 
@@ -25,9 +28,9 @@ async def ensure(db: Executor, username: str, *, is_admin: bool = False) -> User
     """The user with this name, created (without a password) if missing."""
     async with translated():
         row = await db.fetchrow(
-            """INSERT INTO users (username, is_admin) VALUES ($1, $2)
+            f"""INSERT INTO users (username, is_admin) VALUES ($1, $2)
                ON CONFLICT (username) DO UPDATE SET username = EXCLUDED.username
-               RETURNING id, username, email, is_admin, created_at""",
+               RETURNING {_USER_COLUMNS}""",
             username, is_admin,
         )
     user = _user(row)
@@ -38,12 +41,10 @@ async def ensure(db: Executor, username: str, *, is_admin: bool = False) -> User
 async def get_by_name(db: Executor, username: str) -> User | None:
     async with translated():
         return _user(await db.fetchrow(
-            "SELECT id, username, email, is_admin, created_at FROM users WHERE username = $1",
+            f"SELECT {_USER_COLUMNS} FROM users WHERE username = $1",
             username,
         ))
 
-
-_USER_COLUMNS = "id, username, email, is_admin, created_at"
 
 
 async def create(db: Executor, *, username: str, password_hash: str, email: str | None = None,

@@ -52,7 +52,7 @@ async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model
         assert dep is not None
         await _deploy_dependencies(pool, redis, dep, user_id, depth + 1)
         req = TaskRequest(embedding_model_id=str(dep.id))
-        await task_service.accept(pool, redis, TaskKind.deploy, req, None, user_id)
+        await task_service.accept(pool, redis, TaskKind.deploy, req, None, user_id, dep)
         log.info("dependency_deploy_accepted", model=str(model.id), dependency=str(dep.id))
 
 
@@ -69,7 +69,7 @@ async def deploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model, config: Depl
     await _deploy_dependencies(pool, redis, model, user_id)
     req = TaskRequest(embedding_model_id=str(model.id), config=config)
     task, _ = await task_service.accept(pool, redis, TaskKind.deploy, req, idempotency_key,
-                                        user_id)
+                                        user_id, model)
     return task
 
 
@@ -80,7 +80,7 @@ async def undeploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
         raise ApiError(400, f"Unable to stop deployment for model {model.identifier} since it "
                        "is used by other active workflows.")
     req = TaskRequest(embedding_model_id=str(model.id))
-    task, _ = await task_service.accept(pool, redis, TaskKind.delete, req, None, user_id)
+    task, _ = await task_service.accept(pool, redis, TaskKind.delete, req, None, user_id, model)
     return task
 
 

@@ -89,6 +89,8 @@ async def remove_orphans(ctx: WorkerContext) -> int:
     found = await ctx.runtime.list()
     if not found:
         return 0
+    # Read after listing: a task claimed in between is seen as busy, so its new replicas
+    # (absent from `found` or not) are never judged orphans.
     busy = await tasks.models_with_processing_task(ctx.pool)
     rows = {r.id: r for r in await replicas.get_many(ctx.pool, [i.replica_id for i in found])}
     active = await deployments.active_generations(ctx.pool)
