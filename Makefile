@@ -26,6 +26,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py
+	# The model server is driven by wrk (C): a Python client would share the two cores.
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python bench/model_server.py
 	# Rollout and data plane on a Docker Engine, with Debian's nginx as the proxy peer.
 	bash .ci/docker-engine.sh

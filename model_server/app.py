@@ -17,7 +17,6 @@ from model_server.embedding import (
     OpenAIEmbeddingRequest,
     as_texts,
     embed_texts,
-    normalize_rows,
     openai_body,
     parse_body,
     tei_body,
@@ -38,7 +37,7 @@ def create_app(settings: Settings, loader: Loader = load_backend) -> web.Applica
     """The app; the model loads in the background once the app starts."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=[http_middleware],
     )
     app[STATE] = ModelState(settings=settings, metrics=Metrics())
     app[LOADER] = loader
@@ -72,7 +71,7 @@ async def embed(request: web.Request) -> web.Response:
     texts = as_texts(body.inputs, "inputs", settings.max_client_batch_size)
     backend, batcher = state.require_ready()
     result = await embed_texts(backend, batcher, texts, truncate=body.truncate)
-    vectors = normalize_rows(result.vectors) if body.normalize else result.vectors
+    vectors = result.unit_vectors() if body.normalize else result.vectors
     return _json(tei_body(vectors))
 
 
@@ -83,7 +82,7 @@ async def openai_embeddings(request: web.Request) -> web.Response:
     texts = as_texts(body.input, "input", settings.max_client_batch_size)
     backend, batcher = state.require_ready()
     result = await embed_texts(backend, batcher, texts, truncate=True)
-    vectors = normalize_rows(result.vectors)
+    vectors = result.unit_vectors()
     model_id = settings.served_model_id
     return _json(openai_body(result, vectors, model_id, body.encoding_format))
 
@@ -118,8 +117,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
-def _json(text: str) -> web.Response:
-    return web.Response(text=text, content_type="application/json")
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 def error_response(status: int, message: str, detail: Any = None) -> web.Response:
@@ -129,8 +128,21 @@ def error_response(status: int, message: str, detail: Any = None) -> web.Respons
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every failure to a JSON error body; never a stack trace."""
+async def http_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request, and map every failure to a JSON error body, never a
+    stack trace. One middleware rather than two: each layer costs the event loop."""
+    metrics = request.app[STATE].metrics
+    started = time.perf_counter()
+    metrics.in_flight.inc()
+    try:
+        response = await _answer(request, handler)
+    finally:
+        metrics.in_flight.dec()
+    metrics.observe_request(_route_label(request), response.status, time.perf_counter() - started)
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ModelServerError as exc:
@@ -152,24 +164,6 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 413:
         return f"request body too large: {exc.text}"
     return exc.reason
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count requests by route and status and time them."""
-    registry = request.app[STATE].metrics
-    route = _route_label(request)
-    started = time.perf_counter()
-    registry.in_flight.inc()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        registry.in_flight.dec()
-        registry.requests.labels(route=route, status=str(status)).inc()
-        registry.request_latency.labels(route=route).observe(time.perf_counter() - started)
 
 
 def _route_label(request: web.Request) -> str:

@@ -6,7 +6,7 @@ import hashlib
 import importlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -24,16 +24,27 @@ _WORD = re.compile(r"\w+")
 
 @dataclass(frozen=True)
 class Embeddings:
-    """Raw (not normalized) vectors, one row per input, with each input's token count."""
+    """Raw (not normalized) vectors, one row per input, with each input's token count,
+    and their unit vectors once ``normalized`` has computed them for a whole batch."""
 
     vectors: Vectors
     token_counts: list[int]
+    unit: Vectors | None = None
 
     def __len__(self) -> int:
         return len(self.token_counts)
 
     def slice(self, start: int, stop: int) -> "Embeddings":
-        return Embeddings(self.vectors[start:stop], self.token_counts[start:stop])
+        unit = None if self.unit is None else self.unit[start:stop]
+        return Embeddings(self.vectors[start:stop], self.token_counts[start:stop], unit)
+
+    def normalized(self) -> "Embeddings":
+        """The same rows with their unit vectors: one numpy pass per batch on the compute
+        thread, instead of one per request on the event loop."""
+        return replace(self, unit=normalize_rows(self.vectors))
+
+    def unit_vectors(self) -> Vectors:
+        return self.unit if self.unit is not None else normalize_rows(self.vectors)
 
     @classmethod
     def concat(cls, parts: list["Embeddings"]) -> "Embeddings":
@@ -41,6 +52,12 @@ class Embeddings:
             return parts[0]
         counts = [count for part in parts for count in part.token_counts]
         return cls(np.concatenate([part.vectors for part in parts]), counts)
+
+
+def normalize_rows(vectors: Vectors) -> Vectors:
+    """L2-normalize each row; an all-zero row stays zero."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 class Embedder(Protocol):

@@ -25,9 +25,17 @@ class _Job:
 class Batcher:
     """Gathers queued inputs into batches and computes them one at a time off the loop.
 
-    A batch is taken once it holds ``max_batch_size`` inputs or its oldest input has
-    waited ``max_wait_s``, and only when the compute thread is free, so that inputs
-    arriving while a batch computes are gathered into the next one.
+    A batch is taken only when the compute thread is free, so inputs arriving while a
+    batch computes are gathered into the next one. It is taken at once when the queue
+    holds as many inputs as recent demand promises (the most inputs in the server at
+    once since the last batch was taken, at most ``max_batch_size``), otherwise after
+    waiting up to ``max_wait_s`` for the rest.
+
+    Why the demand target: with N clients in a closed loop, taking whatever is queued
+    the moment the thread frees up settles into two alternating half batches (the first
+    answer's client returns before the others), and a half batch costs the model more
+    per input. Waiting for the clients just answered restores whole batches; one lone
+    client never waits, and demand seen only before an idle spell is forgotten.
     """
 
     def __init__(
@@ -46,8 +54,12 @@ class Batcher:
         self._metrics = metrics
         self._jobs: deque[_Job] = deque()
         self._queued = 0
+        self._computing = 0  # inputs in the batch on the compute thread
+        self._demand = 0  # the most inputs in the server at once since the last take
+        self._target = max_batch_size  # queued inputs that end the wait for a batch
+        self._free_since = time.monotonic()  # when the compute thread last became free
         self._has_work = asyncio.Event()
-        self._full = asyncio.Event()
+        self._filled = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -79,6 +91,7 @@ class Batcher:
         job = _Job(texts, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._set_queued(self._queued + len(texts))
+        self._demand = max(self._demand, self._queued + self._computing)
         return await job.future
 
     def _set_queued(self, queued: int) -> None:
@@ -88,10 +101,10 @@ class Batcher:
             self._has_work.set()
         else:
             self._has_work.clear()
-        if queued >= self._max_batch_size:
-            self._full.set()
+        if queued >= self._target:
+            self._filled.set()
         else:
-            self._full.clear()
+            self._filled.clear()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,11 +116,17 @@ class Batcher:
                 await self._compute(loop, jobs)
 
     async def _wait_to_fill(self) -> None:
-        """Wait until a full batch is queued or the oldest input has waited long enough."""
-        remaining = self._jobs[0].enqueued_at + self._max_wait_s - time.monotonic()
-        if remaining > 0 and not self._full.is_set():
+        """Wait until the demand target is queued or ``max_wait_s`` has passed since the
+        compute thread became free (or the oldest input arrived, if later)."""
+        oldest = self._jobs[0].enqueued_at
+        if oldest - self._free_since > self._max_wait_s:
+            self._demand = self._queued  # the thread sat idle: earlier demand is stale
+        self._target = max(1, min(self._max_batch_size, self._demand))
+        self._set_queued(self._queued)
+        remaining = max(oldest, self._free_since) + self._max_wait_s - time.monotonic()
+        if remaining > 0 and not self._filled.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), remaining)
+                await asyncio.wait_for(self._filled.wait(), remaining)
 
     def _take(self) -> list[_Job]:
         """Pop jobs for one batch: whole requests, up to ``max_batch_size`` inputs."""
@@ -121,7 +140,9 @@ class Batcher:
             if not job.future.done():  # a cancelled request needs no compute
                 jobs.append(job)
                 size += len(job.texts)
+        self._computing = size
         self._set_queued(sum(len(job.texts) for job in self._jobs))
+        self._demand = self._queued + self._computing
         return jobs
 
     async def _compute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
@@ -135,6 +156,9 @@ class Batcher:
         except Exception as exc:
             _fail(jobs, exc)
             return
+        finally:
+            self._computing = 0
+            self._free_since = time.monotonic()
         self._metrics.embeddings.inc(len(texts))
         _deliver(jobs, result)
 
@@ -143,7 +167,7 @@ class Batcher:
         size = self._max_batch_size
         return Embeddings.concat(
             [self._embed(texts[i : i + size]) for i in range(0, len(texts), size)]
-        )
+        ).normalized()
 
 
 def _deliver(jobs: list[_Job], result: Embeddings) -> None:

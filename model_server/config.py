@@ -27,9 +27,10 @@ class Settings(BaseSettings):
     dimension: int = Field(default=384, gt=0, le=65536)
     startup_delay_s: float = Field(default=0.0, ge=0)
     max_batch_size: int = Field(default=32, gt=0)
-    # 0: a batch is whatever queued while the compute thread was busy. Measured: waiting
-    # adds latency when idle and never grew batches under load (pipelining gathers them).
-    max_batch_wait_ms: float = Field(default=0.0, ge=0)
+    # How long a free compute thread waits for the batch that recent demand promises
+    # (see Batcher). A lone client never waits; N clients in a closed loop get whole
+    # batches instead of two alternating half batches. 0: take whatever is queued.
+    max_batch_wait_ms: float = Field(default=10.0, ge=0)
     queue_limit: int = Field(default=2048, gt=0)
     max_client_batch_size: int = Field(default=256, gt=0)
     max_input_length: int | None = Field(default=None, gt=0)

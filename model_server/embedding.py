@@ -2,10 +2,10 @@
 
 import asyncio
 import base64
-import json
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import orjson
 from aiohttp import web
 from pydantic import (
     BaseModel,
@@ -75,8 +75,8 @@ async def parse_body(request: web.Request, model: type[Model], max_bytes: int) -
         )
     raw = await request.read()
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
     try:
         return model.model_validate(data)
@@ -127,22 +127,21 @@ async def _check_lengths(backend: Embedder, texts: list[str]) -> None:
             )
 
 
-def normalize_rows(vectors: Vectors) -> Vectors:
-    """L2-normalize each row; an all-zero row stays zero."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-
-
-def tei_body(vectors: Vectors) -> str:
-    return json.dumps(vectors.tolist())
+def tei_body(vectors: Vectors) -> bytes:
+    """A JSON list of lists. orjson writes float32 rows straight from the array, each
+    number in its shortest round-trip form: a third of the event loop's time went to
+    ``json.dumps(vectors.tolist())`` at 32 concurrent clients."""
+    return orjson.dumps(np.ascontiguousarray(vectors), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def openai_body(
     embeddings: Embeddings, vectors: Vectors, model_id: str, encoding: Literal["float", "base64"]
-) -> str:
-    rows: list[Any] = vectors.tolist() if encoding == "float" else _base64_rows(vectors)
+) -> bytes:
+    rows: list[Any] = (
+        list(np.ascontiguousarray(vectors)) if encoding == "float" else _base64_rows(vectors)
+    )
     tokens = sum(embeddings.token_counts)
-    return json.dumps(
+    return orjson.dumps(
         {
             "object": "list",
             "data": [
@@ -151,7 +150,8 @@ def openai_body(
             ],
             "model": model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
 
 

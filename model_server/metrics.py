@@ -1,6 +1,7 @@
 """Prometheus metrics, kept in one registry per app (never the global one)."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -42,6 +43,20 @@ class Metrics:
             "model_server_queue_depth", "Inputs waiting for a batch", registry=r
         )
         self.embeddings = Counter("model_server_embeddings", "Inputs embedded", registry=r)
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._latencies: dict[str, Any] = {}
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and time it. The labelled children are cached: the
+        ``labels()`` lookups were a tenth of the event loop's time per request."""
+        counter = self._counters.get((route, status))
+        if counter is None:
+            counter = self._counters[route, status] = self.requests.labels(route, str(status))
+        latency = self._latencies.get(route)
+        if latency is None:
+            latency = self._latencies[route] = self.request_latency.labels(route)
+        counter.inc()
+        latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,7 +8,7 @@ import pytest
 
 from model_server.backends import HashingEmbedder, resolve_model_dir
 from model_server.config import Settings
-from model_server.embedding import normalize_rows
+from model_server.backends import normalize_rows
 from model_server.errors import BackendLoadError
 
 from .conftest import REPO_ROOT

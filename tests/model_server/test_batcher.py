@@ -1,12 +1,13 @@
 """The dynamic batcher: ordering, batching, pipelining, back-pressure, close."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
-from model_server.backends import HashingEmbedder
+from model_server.backends import Embeddings, HashingEmbedder
 from model_server.batcher import Batcher
 from model_server.errors import QueueFull, ShuttingDown
 from model_server.metrics import Metrics
@@ -118,3 +119,68 @@ async def test_close_fails_queued_requests_and_refuses_new_ones(
             await task
     with pytest.raises(ShuttingDown):
         await batcher.embed(["after close"])
+
+
+class SlowEmbedder(HashingEmbedder):
+    """A hashing embedder that takes ``seconds`` per batch, like a model, and records sizes."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(dimension=32)
+        self.seconds = seconds
+        self.calls: list[int] = []
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        self.calls.append(len(texts))
+        time.sleep(self.seconds)
+        return super().embed(texts)
+
+
+async def _closed_loop(batcher: Batcher, clients: int, requests: int) -> None:
+    """``clients`` that each send their next request a little after their answer: client
+    ``i`` after ``i`` half-milliseconds, as answers written one by one over HTTP arrive."""
+
+    async def client(index: int) -> None:
+        for n in range(requests):
+            await batcher.embed([f"client {index} request {n}"])
+            await asyncio.sleep(index * 0.0005)
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+
+
+@pytest.mark.parametrize(("max_wait_s", "whole"), [(0.05, True), (0.0, False)])
+async def test_a_closed_loop_of_clients_gets_whole_batches_with_a_wait(
+    max_wait_s: float, whole: bool
+) -> None:
+    """With a wait, 16 clients form batches of 16; without one they split into smaller
+    alternating batches (the first client back starts a batch alone). The second case
+    shows the first measures the wait, not the test's timing."""
+    embedder = SlowEmbedder(seconds=0.02)
+    batcher = _batcher(embedder, max_batch_size=16, max_wait_s=max_wait_s)
+    batcher.start()
+    try:
+        await _closed_loop(batcher, clients=16, requests=6)
+    finally:
+        await batcher.close()
+    steady = embedder.calls[1:-1]  # the first batch forms before demand is known
+    mean = sum(steady) / len(steady)
+    if whole:
+        assert mean >= 15, embedder.calls
+    else:
+        assert mean <= 12, embedder.calls
+
+
+async def test_a_lone_client_never_waits_and_an_idle_spell_forgets_earlier_demand() -> None:
+    embedder = SlowEmbedder(seconds=0.0)
+    batcher = _batcher(embedder, max_batch_size=16, max_wait_s=0.5)
+    batcher.start()
+    try:
+        await asyncio.gather(*(batcher.embed([f"burst {i}"]) for i in range(8)))
+        await asyncio.sleep(0.6)  # longer than the wait: the burst's demand is stale
+        started = time.monotonic()
+        for n in range(5):
+            await batcher.embed([f"alone {n}"])
+        elapsed = time.monotonic() - started
+    finally:
+        await batcher.close()
+    assert elapsed < 0.25, f"5 lone requests took {elapsed:.3f} s; the wait is 0.5 s"
+    assert embedder.calls[-5:] == [1, 1, 1, 1, 1]
