@@ -133,11 +133,11 @@ async def http_middleware(request: web.Request, handler: Handler) -> web.StreamR
     stack trace. One middleware rather than two: each layer costs the event loop."""
     metrics = request.app[STATE].metrics
     started = time.perf_counter()
-    metrics.in_flight.inc()
+    metrics.handling += 1
     try:
         response = await _answer(request, handler)
     finally:
-        metrics.in_flight.dec()
+        metrics.handling -= 1
     metrics.observe_request(_route_label(request), response.status, time.perf_counter() - started)
     return response
 

@@ -63,6 +63,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        metrics.queue_depth.set_function(lambda: self._queued)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batcher")
@@ -96,7 +97,6 @@ class Batcher:
 
     def _set_queued(self, queued: int) -> None:
         self._queued = queued
-        self._metrics.queue_depth.set(queued)
         if queued:
             self._has_work.set()
         else:
@@ -148,6 +148,7 @@ class Batcher:
     async def _compute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         texts = [text for job in jobs for text in job.texts]
         self._metrics.batch_size.observe(len(texts))
+        started = time.perf_counter()
         try:
             result = await loop.run_in_executor(self._executor, self._embed_chunked, texts)
         except asyncio.CancelledError:
@@ -159,6 +160,7 @@ class Batcher:
         finally:
             self._computing = 0
             self._free_since = time.monotonic()
+            self._metrics.batch_seconds.observe(time.perf_counter() - started)
         self._metrics.embeddings.inc(len(texts))
         _deliver(jobs, result)
 

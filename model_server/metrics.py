@@ -39,12 +39,21 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.batch_seconds = Histogram(
+            "model_server_batch_duration_seconds",
+            "Compute time per batch (tokenize and forward pass)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "model_server_queue_depth", "Inputs waiting for a batch", registry=r
         )
         self.embeddings = Counter("model_server_embeddings", "Inputs embedded", registry=r)
         self._counters: dict[tuple[str, int], Any] = {}
         self._latencies: dict[str, Any] = {}
+        # Gauges read at scrape time: a locked set per request would cost every request.
+        self.handling = 0
+        self.in_flight.set_function(lambda: self.handling)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and time it. The labelled children are cached: the

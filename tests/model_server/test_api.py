@@ -80,6 +80,8 @@ async def test_metrics_count_requests_batches_and_embeddings(app_client: AppClie
     assert 'model_server_requests_total{route="/embed",status="200"} 1.0' in text
     assert 'model_server_requests_total{route="/embed",status="422"} 1.0' in text
     assert "model_server_batch_size_count" in text
+    batches = [line for line in text.splitlines() if "batch_duration_seconds_count" in line]
+    assert batches and float(batches[0].split()[-1]) >= 2  # warm-up and this request
     assert "model_server_queue_depth 0.0" in text
     assert "model_server_request_duration_seconds_bucket" in text
     embedded = [line for line in text.splitlines() if line.startswith("model_server_embeddings_")]
