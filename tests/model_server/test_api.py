@@ -114,8 +114,17 @@ async def test_openai_route_validates_too(app_client: AppClient) -> None:
     await _error(await app_client.post("/v1/embeddings", json=bad_format), 422)
 
 
-async def test_malformed_json_is_400(app_client: AppClient) -> None:
-    response = await app_client.post("/embed", data=b'{"inputs": ["unterminated"')
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"inputs": ["unterminated"',
+        b'{"inputs": NaN}',  # not JSON, though Python's json module reads it
+        b'{"inputs": "\\ud800"}',  # a lone surrogate: no text a tokenizer can take
+        b'{"inputs": "\xff"}',  # not UTF-8
+    ],
+)
+async def test_malformed_json_is_400(app_client: AppClient, raw: bytes) -> None:
+    response = await app_client.post("/embed", data=raw)
     error = await _error(response, 400)
     assert "not valid JSON" in error["message"]
 
