@@ -20,9 +20,14 @@ class Settings(BaseSettings):
 
     runtime: RuntimeName = "process"
     state_dir: Path = Path(".greenroom")
+    # Where uploaded models and exported variants live; `<state_dir>/models` when unset.
+    model_store: Path | None = None
     # Image the docker runtime starts when a model names none.
     docker_image: str = "greenroom/model-server:local"
     docker_url: str | None = None
+    # Name of this Greenroom installation: the Docker runtime labels its containers with it
+    # and lists only its own, so two installations (or test sessions) can share one engine.
+    cluster: str = "greenroom"
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -43,6 +48,10 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     log_json: bool | None = None
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.model_store if self.model_store is not None else self.state_dir / "models"
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -81,11 +81,14 @@ def settings(database_url: str, backing: dict[str, str], tmp_path: Path) -> Sett
         database_url=database_url, redis_url=backing["redis"], state_dir=tmp_path / "state",
         runtime="process", deploy_timeout_s=60, drain_timeout_s=5, lease_s=6,
         reconcile_interval_s=0.5, routes_poll_s=0.5, stop_grace_s=5, log_level="info",
-        secret_key=SecretStr(TEST_SECRET_KEY),
+        secret_key=SecretStr(TEST_SECRET_KEY), cluster=TEST_CLUSTER,
     )
 
 
 TEST_SECRET_KEY = "greenroom-test-secret-key-0123456789"
+# Each test session's Docker containers carry their own cluster label, so sessions running
+# side by side on one engine never list (or reap) each other's replicas.
+TEST_CLUSTER = f"test-{os.getpid()}"
 ADMIN_PASSWORD = "admin-password-123"
 
 

@@ -8,6 +8,7 @@ start an engine with `.ci/docker-engine.sh`.
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ import asyncpg
 import pytest
 
 from schemas.settings import Settings
-from tests.conftest import wait_task
+from tests.conftest import TEST_CLUSTER, wait_task
 from worker import image
 from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, ReplicaSpec
 from worker.runtimes.docker import DockerRuntime
@@ -51,13 +52,16 @@ def docker_image() -> str:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set but {NO_ENGINE}", pytrace=False)
         pytest.skip(NO_ENGINE)
-    image.build(image.TEST_TAG, with_model=False)
-    return image.TEST_TAG
+    # One tag per checkout: two checkouts testing side by side build different sources.
+    tag = f"{image.TEST_TAG}-{hashlib.sha1(str(image.REPO_ROOT).encode()).hexdigest()[:8]}"
+    image.build(tag, with_model=False)
+    return tag
 
 
 @pytest.fixture
 async def runtime(docker_image: str) -> AsyncIterator[DockerRuntime]:
-    rt = DockerRuntime(Settings(runtime="docker", docker_image=docker_image))
+    rt = DockerRuntime(Settings(runtime="docker", docker_image=docker_image,
+                                cluster=TEST_CLUSTER))
     yield rt
     await rt.close()
 

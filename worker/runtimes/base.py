@@ -10,6 +10,7 @@ LABEL_MODEL = LABEL_PREFIX + "model"
 LABEL_GENERATION = LABEL_PREFIX + "generation"
 LABEL_TASK = LABEL_PREFIX + "task"
 LABEL_REPLICA = LABEL_PREFIX + "replica"
+LABEL_CLUSTER = LABEL_PREFIX + "cluster"
 
 
 class RuntimeError_(Exception):  # trailing _ keeps clear of the builtin RuntimeError

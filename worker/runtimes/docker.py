@@ -14,6 +14,7 @@ from aiodocker.containers import DockerContainer
 
 from schemas.settings import Settings
 from worker.runtimes.base import (
+    LABEL_CLUSTER,
     LABEL_REPLICA,
     ReplicaInfo,
     ReplicaSpec,
@@ -96,7 +97,7 @@ class DockerRuntime:
         return {
             "Image": spec.source.get("image") or self._settings.docker_image,
             "Env": [f"{k}={v}" for k, v in env.items()],
-            "Labels": spec.labels(),
+            "Labels": {**spec.labels(), LABEL_CLUSTER: self._settings.cluster},
             "ExposedPorts": {PORT_KEY: {}},
             "HostConfig": host_config,
         }
@@ -211,7 +212,8 @@ class DockerRuntime:
         return _tail(out, tail), _tail(err, tail)
 
     async def list(self) -> list[ReplicaInfo]:
-        filters = json.dumps({"label": [LABEL_REPLICA]})
+        filters = json.dumps({"label": [LABEL_REPLICA,
+                                        f"{LABEL_CLUSTER}={self._settings.cluster}"]})
         async with _engine("list containers"):
             found = await self._client().containers.list(all=True, filters=filters)
         # The list answer has neither exit codes nor OOM flags: inspect each container.
