@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     # Address replicas are published on and reached at; loopback by default.
     replica_host: str = "127.0.0.1"
 
+    # Memory of a replica whose deployment sets none (MB): Docker always sets a limit, the
+    # process runtime does where it can make a cgroup. And the most processes a container holds.
+    replica_memory_mb: int = 4096
+    replica_pids_limit: int = 1024
+
     deploy_timeout_s: float = 180.0
     drain_timeout_s: float = 30.0
     stop_grace_s: float = 10.0

@@ -163,6 +163,7 @@ def _remove_replicas(settings: Settings) -> None:
     for pid in services.replica_processes(settings.state_dir):
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+    services.release_replica_cgroups(settings.state_dir)
 
 
 @pytest.fixture

@@ -107,3 +107,23 @@ def replica_processes(state_dir: Path) -> dict[int, bytes]:
         if any(f"GREENROOM_REPLICA_ID={ref}".encode() in raw for ref in refs):
             found[int(proc.name)] = raw
     return found
+
+
+def release_replica_cgroups(state_dir: Path, timeout_s: float = 5) -> None:
+    """Remove the memory cgroups of replicas killed under `state_dir` (once they are empty)."""
+    import json
+
+    for meta_file in (state_dir / "replicas").glob("*/meta.json"):
+        with contextlib.suppress(OSError, ValueError):
+            cgroup = (json.loads(meta_file.read_text()).get("memory") or {}).get("cgroup")
+            if cgroup:
+                _rmdir_when_empty(Path(cgroup), timeout_s)
+
+
+def _rmdir_when_empty(folder: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while folder.exists() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+            return
+        time.sleep(0.05)

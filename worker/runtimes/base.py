@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
+from worker.runtimes.environment import replica_env
+
 # Labels every runtime attaches to a replica, so `list()` can find what Greenroom owns.
 LABEL_PREFIX = "io.greenroom."
 LABEL_MODEL = LABEL_PREFIX + "model"
@@ -67,15 +69,15 @@ class ReplicaInfo:
 
 
 def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
-    """The MODEL_SERVER_* environment the model server reads (model_server/config.py)."""
+    """The replica's whole environment bar host basics: MODEL_SERVER_* settings the model
+    server reads (model_server/config.py) over the deployment's env, from an allowlist
+    (worker/runtimes/environment.py)."""
     source = spec.source
     env = {
         "MODEL_SERVER_BACKEND": source.get("backend") or "sentence-transformers",
         "MODEL_SERVER_MODEL_ID": spec.model_identifier,
         "MODEL_SERVER_HOST": host,
         "MODEL_SERVER_PORT": str(port),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
     }
     if source.get("location"):
         env["MODEL_SERVER_MODEL"] = str(source["location"])
@@ -83,7 +85,7 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
         env["MODEL_SERVER_DIMENSION"] = str(source["dimension"])
     if source.get("startup_delay_s") is not None:
         env["MODEL_SERVER_STARTUP_DELAY_S"] = str(source["startup_delay_s"])
-    return {**spec.env, **env}
+    return replica_env(env, spec.env)
 
 
 def parse_labels(labels: dict[str, str]) -> tuple[UUID, UUID, int] | None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections import deque
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import structlog
 
 from schemas.settings import Settings
+from worker.runtimes import memory_limit
 from worker.runtimes.base import (
     ReplicaInfo,
     ReplicaSpec,
@@ -29,6 +31,7 @@ from worker.runtimes.base import (
     model_server_env,
     parse_labels,
 )
+from worker.runtimes.environment import host_env
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +69,7 @@ class ProcessRuntime:
     def __init__(self, settings: Settings) -> None:
         self._root = (settings.state_dir / "replicas").resolve()
         self._host = settings.replica_host
+        self._default_memory_mb = settings.replica_memory_mb
         self._children: dict[str, asyncio.subprocess.Process] = {}
         self._reapers: set[asyncio.Task[None]] = set()
 
@@ -77,25 +81,48 @@ class ProcessRuntime:
         folder = self._dir(ref)
         folder.mkdir(parents=True, exist_ok=True)
         port = free_port(self._host)
-        env = {**os.environ, **model_server_env(spec, self._host, port),
+        # Never the worker's environment: it holds the secret key and database URL.
+        env = {**host_env(home=folder), **model_server_env(spec, self._host, port),
                "GREENROOM_REPLICA_ID": ref}
-        with (folder / "stdout.log").open("ab") as out, (folder / "stderr.log").open("ab") as err:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "model_server", stdout=out, stderr=err, env=env,
-                    start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
-                )
-            except OSError as exc:
-                raise RuntimeError_(f"could not start model server: {exc}") from exc
+        limit = self._memory_limit(ref, spec)
+        proc = await self._spawn(folder, env, limit)
         endpoint = f"http://{self._host}:{port}"
-        meta = {"pid": proc.pid, "endpoint": endpoint, "labels": spec.labels()}
+        memory = None if limit is None else {
+            "kind": limit.kind, "limit_mb": limit.limit_bytes // 2**20,
+            "cgroup": str(limit.cgroup) if limit.cgroup else None}
+        meta = {"pid": proc.pid, "endpoint": endpoint, "labels": spec.labels(), "memory": memory}
         (folder / "meta.json").write_text(json.dumps(meta))
         self._children[ref] = proc
         reaper = asyncio.create_task(self._reap(ref, proc))
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
-        log.info("replica_started", runtime="process", replica=ref, pid=proc.pid, endpoint=endpoint)
+        log.info("replica_started", runtime="process", replica=ref, pid=proc.pid,
+                 endpoint=endpoint, memory=memory)
         return StartedReplica(runtime_ref=ref, endpoint=endpoint)
+
+    def _memory_limit(self, ref: str, spec: ReplicaSpec) -> memory_limit.Limit | None:
+        """The deployment's memory (or the default) as a cgroup; RLIMIT_AS, which counts
+        virtual memory, only when the deployment asked for a limit itself."""
+        limit = memory_limit.prepare(ref, spec.memory_mb or self._default_memory_mb)
+        if limit.kind == "rlimit" and not spec.memory_mb:
+            return None
+        return limit
+
+    async def _spawn(self, folder: Path, env: dict[str, str],
+                     limit: memory_limit.Limit | None) -> asyncio.subprocess.Process:
+        """`python -m model_server` in its own session (and so process group), working
+        directory `folder`, inside its memory limit."""
+        with (folder / "stdout.log").open("ab") as out, (folder / "stderr.log").open("ab") as err:
+            try:
+                return await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "model_server", stdout=out, stderr=err, env=env,
+                    cwd=folder, start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
+                    preexec_fn=limit.preexec() if limit else None,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                if limit is not None:
+                    memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
+                raise RuntimeError_(f"could not start model server: {exc}") from exc
 
     async def _reap(self, ref: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -123,7 +150,15 @@ class ProcessRuntime:
                 exit_code = int(code_file.read_text())
         return ReplicaInfo(runtime_ref=ref, replica_id=replica_id, model_id=model_id,
                            generation=generation, running=running, exit_code=exit_code,
+                           oom_killed=not running and self._over_memory(ref, meta),
                            endpoint=meta.get("endpoint"))
+
+    def _over_memory(self, ref: str, meta: dict[str, Any]) -> bool:
+        memory = meta.get("memory") or {}
+        if not memory:
+            return False
+        stderr = _tail(self._dir(ref) / "stderr.log", 20) if memory["kind"] == "rlimit" else ""
+        return memory_limit.oom_killed(memory["kind"], memory.get("cgroup"), stderr)
 
     async def inspect(self, runtime_ref: str) -> ReplicaInfo | None:
         meta = self._meta(runtime_ref)
@@ -165,6 +200,8 @@ class ProcessRuntime:
 
     async def remove(self, runtime_ref: str) -> None:
         await self.stop(runtime_ref, grace_s=0)
+        memory = (self._meta(runtime_ref) or {}).get("memory") or {}
+        memory_limit.release(memory.get("cgroup"))
         shutil.rmtree(self._dir(runtime_ref), ignore_errors=True)
 
     async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:

@@ -1,0 +1,127 @@
+"""Memory limits for process replicas: a cgroup where this host lets us make one, else
+RLIMIT_AS.
+
+A cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`) limits resident memory and the
+kernel's OOM killer ends the replica when it goes over, which is what the Docker runtime
+gives too. RLIMIT_AS is the fallback where no cgroup is writable: it limits *virtual*
+memory, which torch maps a lot of, so a limit that fits the model's resident size may be
+too small for it; an allocation over it fails with MemoryError instead of a kill.
+"""
+
+import contextlib
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+Kind = Literal["cgroup-v2", "cgroup-v1", "rlimit"]
+# What an interpreter prints when an allocation fails under RLIMIT_AS.
+_OUT_OF_MEMORY_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One replica's limit: how it is enforced and, for a cgroup, where."""
+
+    kind: Kind
+    limit_bytes: int
+    cgroup: Path | None = None
+
+    def preexec(self) -> Callable[[], None]:
+        """Runs in the child between fork and exec: join the cgroup, or set RLIMIT_AS."""
+        cgroup, limit = self.cgroup, self.limit_bytes
+
+        def enter() -> None:
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+            else:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        return enter
+
+
+def _own_cgroup(controller: str, lines: list[str]) -> tuple[Kind, Path] | None:
+    """This process's cgroup folder that holds `controller`, v2 preferred."""
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and _v2_has(controller):
+            return "cgroup-v2", CGROUP_ROOT / path.lstrip("/")
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return "cgroup-v1", CGROUP_ROOT / controller / path.lstrip("/")
+    return None
+
+
+def _v2_has(controller: str) -> bool:
+    try:
+        return controller in (CGROUP_ROOT / "cgroup.controllers").read_text().split()
+    except OSError:
+        return False
+
+
+def _try_cgroup(kind: Kind, parent: Path, name: str, limit_bytes: int) -> Path | None:
+    folder = parent / name
+    try:
+        if kind == "cgroup-v2":
+            with contextlib.suppress(OSError):  # busy if the parent holds processes
+                (parent / "cgroup.subtree_control").write_text("+memory")
+        folder.mkdir(exist_ok=True)
+        if kind == "cgroup-v2":
+            (folder / "memory.max").write_text(str(limit_bytes))
+            with contextlib.suppress(OSError):
+                (folder / "memory.swap.max").write_text("0")
+        else:
+            (folder / "memory.limit_in_bytes").write_text(str(limit_bytes))
+            with contextlib.suppress(OSError):  # no swap accounting on this kernel
+                (folder / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
+    except OSError as exc:
+        log.info("cgroup_unavailable", folder=str(folder), error=str(exc))
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        return None
+    return folder
+
+
+def prepare(name: str, limit_mb: int) -> Limit:
+    """A limit for the replica `name`: its own cgroup if possible, else RLIMIT_AS."""
+    limit_bytes = limit_mb * 2**20
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    found = _own_cgroup("memory", [line for line in lines if line.count(":") >= 2])
+    if found is not None:
+        kind, parent = found
+        folder = _try_cgroup(kind, parent, f"greenroom-{name}", limit_bytes)
+        if folder is not None:
+            return Limit(kind, limit_bytes, folder)
+    return Limit("rlimit", limit_bytes)
+
+
+def oom_killed(kind: str, cgroup: str | None, stderr_tail: str) -> bool:
+    """Did the replica die of its memory limit?"""
+    if kind == "rlimit":
+        return any(mark in stderr_tail for mark in _OUT_OF_MEMORY_MARKS)
+    if cgroup is None:
+        return False
+    events = "memory.events" if kind == "cgroup-v2" else "memory.oom_control"
+    try:
+        text = (Path(cgroup) / events).read_text()
+    except OSError:
+        return False
+    counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+    return int(counts.get("oom_kill", "0")) > 0
+
+
+def release(cgroup: str | None) -> None:
+    """Remove the replica's cgroup once its processes are gone."""
+    if cgroup is not None:
+        with contextlib.suppress(OSError):
+            Path(cgroup).rmdir()
