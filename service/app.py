@@ -21,7 +21,8 @@ from service import (
 from service.auth import register, require_secret
 from service.errors import error_middleware
 from service.gateway import Gateway
-from service.keys import GATEWAY, PG, REDIS, SETTINGS
+from service.keys import GATEWAY, LOGIN_THROTTLE, PG, REDIS, SETTINGS
+from service.login_throttle import LoginThrottle
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     require_secret(settings)  # fail at start, not at the first login
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[LOGIN_THROTTLE] = LoginThrottle(settings.login_max_failures_per_user,
+                                        settings.login_max_failures_per_address,
+                                        settings.login_window_s)
     app.cleanup_ctx.extend([_postgres, _redis, _gateway])
     routes_tasks.setup(app)
     routes_gateway.setup(app)

@@ -9,6 +9,8 @@ from db.errors import UniqueViolation
 from db.models import Model
 from schemas.auth import GrantRequest, ModelOut
 from schemas.models import ModelCreate
+from schemas.settings import Settings
+from service import model_sources
 from service.errors import ApiError
 
 
@@ -22,8 +24,10 @@ async def _dependency_ids(pool: asyncpg.Pool, refs: list[str]) -> list[UUID]:
     return ids
 
 
-async def register(pool: asyncpg.Pool, owner_id: int, body: ModelCreate) -> Model:
-    """Create a model owned by `owner_id`, with its dependencies."""
+async def register(pool: asyncpg.Pool, settings: Settings, owner_id: int, is_admin: bool,
+                   body: ModelCreate) -> Model:
+    """Create a model owned by `owner_id`, with its dependencies, if its source is allowed."""
+    await model_sources.check(pool, settings, body.source, owner_id, is_admin)
     dep_ids = await _dependency_ids(pool, body.dependencies)
     try:
         async with pool.acquire() as conn, conn.transaction():

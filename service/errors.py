@@ -18,11 +18,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """A client-visible error: raised below the handlers, rendered by the middleware."""
 
-    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+    def __init__(self, status: int, message: str, detail: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.detail = detail
+        self.headers = headers or {}
 
 
 def error_response(status: int, message: str, detail: Any = None) -> web.Response:
@@ -55,6 +57,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.message, exc.detail)
+        response.headers.update(exc.headers)
     except web.HTTPException as exc:
         response = _from_http_exception(exc)
     except Unavailable:

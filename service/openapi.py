@@ -17,7 +17,8 @@ _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _REF = "#/components/schemas/{model}"
 _ERRORS = {"400": "malformed request", "401": "missing, malformed or expired token",
            "403": "not allowed", "404": "not found", "409": "conflict",
-           "413": "body too large", "422": "invalid request", "503": "dependency unavailable"}
+           "413": "body too large", "422": "invalid request", "429": "too many attempts",
+           "503": "dependency unavailable"}
 
 
 def _schema(model: Any, defs: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from schemas.models import ModelCreate
 from service import accounts, catalog
 from service.auth import RouteSpec, call_of, path_param, require_secret
 from service.errors import ApiError
-from service.keys import PG, SETTINGS
+from service.keys import LOGIN_THROTTLE, PG, SETTINGS
 from service.responses import json_response
 
 MODEL = "{model_id:[^/]+(?:/[^/]+)?}"
@@ -41,8 +41,16 @@ def _key_out(key: ApiKey) -> ApiKeyOut:
 async def login(request: web.Request) -> web.Response:
     """Exchange a username and password for a bearer token."""
     body: LoginRequest = call_of(request).body
-    user, token, expires_at = await accounts.login(
-        request.app[PG], require_secret(request.app[SETTINGS]), body.username, body.password)
+    throttle, address = request.app[LOGIN_THROTTLE], request.remote or "unknown"
+    throttle.check(body.username, address)
+    try:
+        user, token, expires_at = await accounts.login(
+            request.app[PG], require_secret(request.app[SETTINGS]), body.username, body.password)
+    except ApiError as exc:
+        if exc.status == 401:
+            throttle.failed(body.username, address)
+        raise
+    throttle.succeeded(body.username)
     return json_response(LoginResponse(access_token=token, expires_at=expires_at,
                                        user=_user_out(user)))
 
@@ -96,7 +104,8 @@ async def register_model(request: web.Request) -> web.Response:
     """Register a model owned by the caller."""
     call = call_of(request)
     assert call.principal.user_id is not None
-    model = await catalog.register(request.app[PG], call.principal.user_id, call.body)
+    model = await catalog.register(request.app[PG], request.app[SETTINGS],
+                                   call.principal.user_id, call.principal.is_admin, call.body)
     return json_response(await catalog.describe(request.app[PG], model), 201)
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -115,6 +116,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for key, value in settings.model_dump(exclude_none=True).items():
         raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        if isinstance(raw, set | list | dict):
+            raw = json.dumps(sorted(raw) if isinstance(raw, set) else raw)
         env[f"GREENROOM_{key.upper()}"] = str(raw)
     env["GREENROOM_LOG_JSON"] = "true"
     return env

@@ -60,18 +60,28 @@ async def test_stop_then_remove_leaves_nothing(
 
 
 async def test_crashing_replica_reports_exit_code(
-    runtime: DockerRuntime, make_spec: Callable[..., ReplicaSpec]
+    runtime: DockerRuntime, make_spec: Callable[..., ReplicaSpec], tmp_path: Path
 ) -> None:
-    # The test image has no sentence-transformers; the delay lets start() see it running.
-    spec = make_spec(source={"backend": "sentence-transformers", "location": "/nonexistent",
-                             "startup_delay_s": 1})
+    # The test image has no sentence-transformers, and the folder no model; the delay lets
+    # start() see it running.
+    (tmp_path / "nonexistent").mkdir()
+    spec = make_spec(source={"backend": "sentence-transformers",
+                             "location": str(tmp_path / "nonexistent"), "startup_delay_s": 1})
     started = await runtime.start(spec)
 
     info = await wait_exit(runtime, started.runtime_ref)
     assert info is not None and not info.running
     assert info.exit_code not in (None, 0) and not info.oom_killed
     stdout, stderr = await runtime.logs(started.runtime_ref)
-    assert "nonexistent" in stdout + stderr
+    assert "/model" in stdout + stderr, "the mount point of the model's folder"
+
+
+async def test_a_model_folder_missing_on_this_host_is_a_start_error(
+    runtime: DockerRuntime, make_spec: Callable[..., ReplicaSpec]
+) -> None:
+    spec = make_spec(source={"backend": "sentence-transformers", "location": "/nonexistent"})
+    with pytest.raises(RuntimeError_, match="not on this host"):
+        await runtime.start(spec)
 
 
 async def test_tiny_memory_limit_is_oom_killed(

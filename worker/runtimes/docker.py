@@ -5,6 +5,7 @@ import json
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -30,6 +31,9 @@ CONTAINER_PORT = 8080
 PORT_KEY = f"{CONTAINER_PORT}/tcp"
 # Bound on one Engine API call; stop adds the grace period on top.
 CALL_TIMEOUT_S = 30.0
+# Room for what the model server and its libraries write (temp files, caches).
+TMPFS_MB = 256
+MODEL_MOUNT = "/model"
 BUILD_HINT = "build it with `python -m worker.image build`"
 
 
@@ -45,6 +49,32 @@ async def _engine(what: str, timeout_s: float = CALL_TIMEOUT_S) -> AsyncIterator
         raise RuntimeError_(f"{what}: {exc.message}") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise RuntimeError_(f"{what}: cannot reach the Docker Engine ({exc})") from exc
+
+
+def hardening(settings: Settings) -> dict[str, Any]:
+    """HostConfig that keeps a replica's code in its box: a model may bring any code."""
+    return {
+        "Privileged": False,
+        "NetworkMode": "bridge",  # never "host": the control plane listens on loopback
+        "ReadonlyRootfs": True,
+        "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMPFS_MB}m"},
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges:true"],
+        "PidsLimit": settings.replica_pids_limit,
+    }
+
+
+def model_mount(spec: ReplicaSpec) -> tuple[list[str], dict[str, str]]:
+    """A model directory on this host (the model store's, or an admin's path) bind-mounted
+    read-only at MODEL_MOUNT, and the env that points the server there. The only bind a
+    replica gets: never the Docker socket, never the rest of the store."""
+    location = str(spec.source.get("location") or "")
+    if not location.startswith("/"):
+        return [], {}  # package:NAME or the image's own default
+    folder = Path(location)
+    if not folder.is_dir():
+        raise RuntimeError_(f"model directory {location} is not on this host")
+    return [f"{folder.resolve()}:{MODEL_MOUNT}:ro"], {"MODEL_SERVER_MODEL": MODEL_MOUNT}
 
 
 def container_name(spec: ReplicaSpec) -> str:
@@ -83,17 +113,22 @@ class DockerRuntime:
 
     def container_config(self, spec: ReplicaSpec) -> dict[str, Any]:
         """The Engine's create-container body for `spec`."""
-        env = model_server_env(spec, host="0.0.0.0", port=CONTAINER_PORT)
+        # HOME on the tmpfs: the root filesystem is read-only.
+        binds, mount_env = model_mount(spec)
+        env = {**model_server_env(spec, host="0.0.0.0", port=CONTAINER_PORT), "HOME": "/tmp",
+               **mount_env}
+        memory = (spec.memory_mb or self._settings.replica_memory_mb) * 2**20
         host_config: dict[str, Any] = {
             "PortBindings": {PORT_KEY: [{"HostIp": self._settings.replica_host,
                                          "HostPort": ""}]},
             # Not "on-failure": a restart loop would hide a crash from the rollout's
             # fail-fast check; the reconciler replaces crashed replicas instead.
             "RestartPolicy": {"Name": "no"},
-        }
-        if spec.memory_mb:
             # MemorySwap equal to Memory: no swap, so the limit is the limit.
-            host_config["Memory"] = host_config["MemorySwap"] = spec.memory_mb * 2**20
+            "Memory": memory, "MemorySwap": memory,
+            **hardening(self._settings),
+            "Binds": binds,
+        }
         return {
             "Image": spec.source.get("image") or self._settings.docker_image,
             "Env": [f"{k}={v}" for k, v in env.items()],
