@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 2.0
     routes_poll_s: float = 2.0
     max_body_bytes: int = 1024 * 1024
+    # Model uploads (POST /api/v2/models/{model}/upload): archive size, files in it, unpacked size.
+    max_upload_mb: int = 2048
+    upload_max_files: int = 10000
+    upload_max_unpacked_mb: int = 8192
 
     # Failed logins allowed per username and per client address within the window (then 429).
     login_max_failures_per_user: int = 10

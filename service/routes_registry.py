@@ -19,7 +19,7 @@ from schemas.auth import (
 )
 from schemas.bazaar import Empty
 from schemas.models import ModelCreate
-from service import accounts, catalog
+from service import accounts, catalog, model_upload
 from service.auth import RouteSpec, call_of, path_param, require_secret
 from service.errors import ApiError
 from service.keys import LOGIN_THROTTLE, PG, SETTINGS
@@ -109,6 +109,19 @@ async def register_model(request: web.Request) -> web.Response:
     return json_response(await catalog.describe(request.app[PG], model), 201)
 
 
+async def upload_model(request: web.Request) -> web.Response:
+    """Upload the model's weights: a tar.gz or zip of a sentence-transformers folder."""
+    call = call_of(request)
+    assert call.model is not None
+    allow_pickle = request.query.get("allow_pickle", "").lower() in ("1", "true", "yes")
+    if allow_pickle and not call.principal.is_admin:
+        raise ApiError(403, "only administrators may allow pickled weights")
+    model = await model_upload.upload(request.app[PG], request.app[SETTINGS], call.model,
+                                      request.content.iter_chunked(model_upload.CHUNK),
+                                      allow_pickle)
+    return json_response(await catalog.describe(request.app[PG], model))
+
+
 async def list_models(request: web.Request) -> web.Response:
     """Every model the caller can read."""
     principal = call_of(request).principal
@@ -173,6 +186,9 @@ ROUTES = [
               GrantOut, path_param("model_id"), summary="Grant a permission"),
     RouteSpec("DELETE", f"/api/v2/models/{MODEL}/permissions/{{username}}", revoke, "owner",
               None, Empty, path_param("model_id"), summary="Revoke a grant"),
+    RouteSpec("POST", f"/api/v2/models/{MODEL}/upload", upload_model, "owner", None, ModelOut,
+              path_param("model_id"), query=(("allow_pickle", False),),
+              summary="Upload a model (tar.gz or zip of a sentence-transformers folder)"),
     RouteSpec("GET", f"/api/v2/models/{MODEL}", show_model, "read", None, ModelOut,
               path_param("model_id"), summary="Show a model"),
 ]

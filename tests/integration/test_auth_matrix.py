@@ -8,6 +8,8 @@ malformed or an expired token; 403 for too little permission; 2xx otherwise.
 
 import asyncio
 import contextlib
+import io
+import tarfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -82,6 +84,17 @@ async def _revoke_grant_sample(world: World, who: str) -> tuple[str, dict[str, A
     return f"/api/v2/models/{world.model}/permissions/eve", {}
 
 
+def tiny_model_archive() -> bytes:
+    """A tar.gz the upload accepts: config.json and a (fake, unloadable) safetensors file."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in (("config.json", b"{}"), ("model.safetensors", b"not weights")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
 M = {"embedding_model_id": "{m}"}
 SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/healthz"): fixed("/healthz"),
@@ -118,6 +131,8 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         "/api/v2/models/{m}/permissions", json={"username": "eve", "permission": "read"}),
     ("DELETE", "/api/v2/models/{model_id}/permissions/{username}"): _revoke_grant_sample,
     ("GET", "/api/v2/models/{model_id}"): fixed("/api/v2/models/{m}"),
+    ("POST", "/api/v2/models/{model_id}/upload"): fixed("/api/v2/models/{m}/upload",
+                                                        data=tiny_model_archive()),
     ("POST", "/api/v2/deploy/update-status"): fixed("/api/v2/deploy/update-status",
                                                     json={"status": "complete"}),
     ("POST", "/api/v2/deploy/log"): fixed("/api/v2/deploy/log",
