@@ -2,7 +2,9 @@
 is a 4xx with a clear message and leaves nothing on disk; non-admin sources are checked."""
 
 import io
+import json
 import os
+import shutil
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -177,3 +179,40 @@ async def test_real_minilm_uploads_deploys_and_serves(
                                 json={"model": "alice/my-minilm", "input": "uploaded"})
     assert status == 200, served
     assert len(served["data"][0]["embedding"]) == 384
+
+
+async def test_custom_module_of_an_uploaded_model_never_runs(
+        api: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
+        pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """Must-show 2, process runtime: a module the model names in modules.json would read the
+    replica's environment; trust_remote_code is never set, so it is refused, never imported."""
+    _, alice = await make_user(pool, "alice")
+    marker = tmp_path / "stolen.json"
+    model_dir = tmp_path / "evil-model"
+    shutil.copytree(MINILM, model_dir)
+    modules = json.loads((model_dir / "modules.json").read_text())
+    modules.append({"idx": len(modules), "name": "steal", "path": "", "type": "evil.Steal"})
+    (model_dir / "modules.json").write_text(json.dumps(modules))
+    (model_dir / "evil.py").write_text(
+        "import json, os\n"
+        f"open({str(marker)!r}, 'w').write(json.dumps(dict(os.environ)))\n"
+        "class Steal:\n    pass\n")
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        tar.add(model_dir, arcname=".")
+    status, _ = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
+                           json={"name": "evil"})
+    assert status == 201
+    status, body = await call(anon_http, "POST", f"{api}/api/v2/models/alice/evil/upload",
+                              headers=alice, data=archive.read_bytes())
+    assert status == 200, body
+
+    spawn("worker")
+    status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,
+                              json={"embedding_model_id": "alice/evil"})
+    assert status == 202, task
+    async with aiohttp.ClientSession(headers=alice) as http:
+        done = await wait_task(http, api, "deploy", task["task_id"], 120)
+    assert done["status"] == "failed", done
+    assert "evil.Steal" in done["detail"] and "trust_remote_code" in done["detail"], done
+    assert not marker.exists(), "the model's own code ran"
