@@ -7,6 +7,7 @@ container of the failed generation is left behind.
 """
 
 import re
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -60,13 +61,15 @@ async def _failing_redeploy(http: aiohttp.ClientSession, api: str, pool: asyncpg
 
 async def test_replica_crashing_at_start_fails_the_rollout(
         docker_stack: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
-        docker_api: aiodocker.Docker, hashing_model: Any) -> None:
-    # The test image has no sentence-transformers: the server exits while loading.
+        docker_api: aiodocker.Docker, hashing_model: Any, tmp_path: Path) -> None:
+    # The test image has no sentence-transformers and the folder no model: the server exits
+    # while loading the folder mounted at /model.
+    (tmp_path / "empty-model").mkdir()
     detail = await _failing_redeploy(
         http, docker_stack, pool, docker_api, hashing_model, "crashing",
-        {"backend": "sentence-transformers", "location": "/nonexistent/model"}, {})
+        {"backend": "sentence-transformers", "location": str(tmp_path / "empty-model")}, {})
     assert re.search(r"exited with code [1-9]\d*", detail), detail
-    assert "/nonexistent/model" in detail, "the last log lines name the cause"
+    assert "/model" in detail, "the last log lines name the cause"
 
 
 async def test_oom_killed_replica_fails_the_rollout(
