@@ -142,3 +142,31 @@ async def test_hostile_image_finds_no_secret_and_its_forged_tokens_are_refused(
         async with aiohttp.ClientSession() as anon, anon.get(
                 f"{docker_stack}/api/v2/users", headers=bearer(forged)) as resp:
             assert resp.status == 401, await resp.text()
+
+
+async def test_model_folder_is_mounted_read_only_at_slash_model(
+        runtime: DockerRuntime, make_spec: Callable[..., ReplicaSpec],
+        docker_api: aiodocker.Docker, tmp_path: Path) -> None:
+    """An uploaded model's store folder reaches the container, and nothing can change it."""
+    folder = tmp_path / "models" / str(uuid4())
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"uploaded": true}')
+    spec = make_spec(source={"backend": "hashing", "dimension": 16, "location": str(folder)})
+    started = await runtime.start(spec)
+    assert await wait_health(started.endpoint) == 200
+    probe = ("import os, json\n"
+             "print(json.dumps({'env': os.environ['MODEL_SERVER_MODEL'],"
+             " 'config': open('/model/config.json').read()}))\n"
+             "for path in ('/model/new', '/app/new', '/etc/new'):\n"
+             "    try:\n        open(path, 'w')\n        print('WROTE', path)\n"
+             "    except OSError as exc:\n        print('REFUSED', path, exc.errno)\n")
+    container = docker_api.containers.container(started.runtime_ref)
+    run = await container.exec(cmd=["python", "-c", probe], stdout=True, stderr=True)
+    output = ""
+    async with run.start(detach=False) as stream:
+        while (message := await stream.read_out()) is not None:
+            output += message.data.decode()
+    first = json.loads(output.splitlines()[0])
+    assert first == {"env": "/model", "config": '{"uploaded": true}'}, output
+    assert "WROTE" not in output and output.count("REFUSED") == 3, output
+    assert not (folder / "new").exists()
