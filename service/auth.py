@@ -59,6 +59,8 @@ class RouteSpec:
     body_optional: bool = False
     # Query parameters, for the OpenAPI document: (name, required).
     query: tuple[tuple[str, bool], ...] = ()
+    # A body the handler streams itself (no request_model): its media types, for the document.
+    raw_body: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

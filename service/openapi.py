@@ -17,7 +17,8 @@ _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _REF = "#/components/schemas/{model}"
 _ERRORS = {"400": "malformed request", "401": "missing, malformed or expired token",
            "403": "not allowed", "404": "not found", "409": "conflict",
-           "413": "body too large", "422": "invalid request", "429": "too many attempts",
+           "413": "body too large", "422": "invalid request", "415": "unsupported media type",
+           "429": "too many attempts",
            "503": "dependency unavailable"}
 
 
@@ -60,6 +61,9 @@ def _operation(spec: RouteSpec, defs: dict[str, Any]) -> dict[str, Any]:
     if spec.request_model is not None:
         op["requestBody"] = {"required": not spec.body_optional, "content": {
             "application/json": {"schema": _request_schema(spec.request_model, defs)}}}
+    elif spec.raw_body:
+        op["requestBody"] = {"required": True, "content": {
+            media: {"schema": {"type": "string", "format": "binary"}} for media in spec.raw_body}}
     return op
 
 

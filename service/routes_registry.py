@@ -188,6 +188,7 @@ ROUTES = [
               None, Empty, path_param("model_id"), summary="Revoke a grant"),
     RouteSpec("POST", f"/api/v2/models/{MODEL}/upload", upload_model, "owner", None, ModelOut,
               path_param("model_id"), query=(("allow_pickle", False),),
+              raw_body=("application/gzip", "application/zip", "application/octet-stream"),
               summary="Upload a model (tar.gz or zip of a sentence-transformers folder)"),
     RouteSpec("GET", f"/api/v2/models/{MODEL}", show_model, "read", None, ModelOut,
               path_param("model_id"), summary="Show a model"),
