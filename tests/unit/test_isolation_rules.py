@@ -1,0 +1,56 @@
+"""Replica environment allowlist, login throttle and memory-limit helpers, without processes."""
+
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from service.errors import ApiError
+from service.login_throttle import LoginThrottle
+from worker.runtimes import memory_limit
+from worker.runtimes.base import ReplicaSpec, model_server_env
+from worker.runtimes.environment import host_env
+
+
+def _spec(env: dict[str, str]) -> ReplicaSpec:
+    return ReplicaSpec(replica_id=uuid4(), model_id=uuid4(), model_identifier="a/m",
+                       generation=1, task_id=None, source={"backend": "hashing"}, env=env)
+
+
+def test_deployment_env_cannot_smuggle_greenroom_settings_or_override_the_server() -> None:
+    env = model_server_env(_spec({"GREENROOM_JOB_TOKEN": "t", "GREENROOM_SECRET_KEY": "k",
+                                  "GREENROOM_DATABASE_URL": "db", "MODEL_SERVER_PORT": "1",
+                                  "OPENAI_KEY": "mine"}), "127.0.0.1", 9000)
+    assert env["GREENROOM_JOB_TOKEN"] == "t" and env["OPENAI_KEY"] == "mine"
+    assert "GREENROOM_SECRET_KEY" not in env and "GREENROOM_DATABASE_URL" not in env
+    assert env["MODEL_SERVER_PORT"] == "9000" and env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_host_env_keeps_only_what_a_python_process_needs(tmp_path: Path) -> None:
+    worker = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "2", "HOME": "/root",
+              "GREENROOM_SECRET_KEY": "k", "AWS_SECRET_ACCESS_KEY": "a", "PGPASSWORD": "p"}
+    env = host_env(tmp_path, worker)
+    assert {k: env[k] for k in ("PATH", "LANG", "OMP_NUM_THREADS")} == {
+        "PATH": "/usr/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "2"}
+    assert env["HOME"] == str(tmp_path)
+    assert not {"GREENROOM_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD"} & set(env)
+
+
+def test_throttle_bounds_an_address_across_usernames_and_forgets_after_the_window() -> None:
+    throttle = LoginThrottle(max_per_user=100, max_per_address=3, window_s=0.3)
+    for i in range(3):
+        throttle.check(f"user{i}", "10.0.0.1")
+        throttle.failed(f"user{i}", "10.0.0.1")
+    with pytest.raises(ApiError) as refused:
+        throttle.check("someone-else", "10.0.0.1")
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "1"
+    throttle.check("someone-else", "10.0.0.2")  # another address is not affected
+    time.sleep(0.35)
+    throttle.check("someone-else", "10.0.0.1")
+
+
+def test_rlimit_over_memory_is_read_from_the_error_a_process_prints() -> None:
+    assert memory_limit.oom_killed("rlimit", None, "...\nMemoryError\n")
+    assert not memory_limit.oom_killed("rlimit", None, "ValueError: bad config")
+    assert not memory_limit.oom_killed("cgroup-v1", "/nonexistent/cgroup", "")
