@@ -107,7 +107,7 @@ def _ms(text: str) -> float:
 def wrk(url: str, concurrency: int, seconds: float, script: Path) -> tuple[int, float, float,
                                                                           float]:
     """(requests, seconds, p50 ms, p99 ms) of one wrk run; any non-2xx answer fails it."""
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True,
                          timeout=seconds + 30).stdout
     if "Non-2xx" in out or "Socket errors" in out:

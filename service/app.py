@@ -19,6 +19,7 @@ from service import (
 from service.auth import register, require_secret
 from service.errors import error_middleware
 from service.keys import PG, REDIS, SETTINGS
+from service.principal_cache import principal_cache_ctx
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
@@ -42,7 +43,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     # Inference is the gateway's (service/gateway_app.py), a process of its own.
-    app.cleanup_ctx.extend([_postgres, _redis])
+    app.cleanup_ctx.extend([_postgres, _redis,
+                            principal_cache_ctx(REDIS, settings.access_cache_ttl_s)])
     routes_tasks.setup(app)
     routes_health.setup(app)
     for surface in (routes_registry, routes_v2_deploy, routes_v1):

@@ -30,6 +30,7 @@ from service.errors import ApiError
 from service.gateway import Gateway
 from service.keys import GATEWAY, PG, SETTINGS
 from service.openapi import openapi_json
+from service.principal_cache import principal_cache_ctx
 
 log = structlog.get_logger(__name__)
 ACCESS = web.AppKey("access", AccessCache)
@@ -194,6 +195,7 @@ def create_gateway_app(settings: Settings | None = None) -> web.Application:
     app[ACCESS] = AccessCache(settings.access_cache_ttl_s)
     app[ROUTE_TABLE] = []
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(principal_cache_ctx(GATEWAY_REDIS, settings.access_cache_ttl_s))
     register(app, routes_feedback.ROUTES)  # before /serve/{name}/{op} would shadow it
     _register_unguarded(app, _data_plane_specs())
     register(app, OWN_ROUTES)

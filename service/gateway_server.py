@@ -5,6 +5,7 @@ on the same port (SO_REUSEPORT: the kernel spreads connections over them), and s
 them when it stops.
 """
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -35,9 +36,18 @@ def _stop(peers: list[subprocess.Popen[bytes]]) -> None:
             peer.kill()
 
 
+def _fast_loop() -> None:
+    """uvloop's event loop where installed: the gateway is all socket I/O."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def serve(settings: Settings, processes: int | None = None) -> None:
     from service.gateway_app import create_gateway_app
 
+    _fast_loop()
     count = max(1, processes or settings.gateway_processes)
     peers = _start_peers(settings, count - 1) if count > 1 else []
     try:
