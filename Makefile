@@ -33,6 +33,8 @@ bench: $(STAMP)
 	bash .ci/docker-engine.sh
 	command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx; }
 	$(BIN)/python bench/rollout.py
+	# The data plane alone: direct vs nginx vs the gateway, by wrk, hashing and MiniLM.
+	$(BIN)/python bench/gateway.py
 
 # schemathesis against /openapi.json with an admin token: no 5xx, no schema violation.
 fuzz: $(STAMP)

@@ -8,7 +8,7 @@ Data plane: p50/p99 latency and throughput of TEI POST /embed at a fixed concurr
 (a) to the replica directly, (b) through the gateway, (c) through nginx proxying to the
 same replica with a keepalive upstream, as a peer side by side.
 
-The API (gateway) and a worker run as their own processes; the load client runs here,
+The API, the gateway and a worker run as their own processes; the load client runs here,
 so the three paths share one client, one replica and this machine's cores. A fresh
 database is created and dropped; the model's containers are removed at the end.
 
@@ -94,6 +94,7 @@ class Stack:
     settings: Settings
     pool: asyncpg.Pool
     api: str
+    gateway: str
     headers: dict[str, str]
     tmp: Path
     model_id: UUID
@@ -109,9 +110,9 @@ def _env(settings: Settings) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _processes(settings: Settings, tmp: Path) -> Iterator[None]:
-    """The API and one worker as their own processes, logging to files in `tmp`."""
+    """The API, a gateway and one worker as their own processes, logging to files in `tmp`."""
     procs = []
-    for module in ("service", "worker"):
+    for module in ("service", "service.gateway_server", "worker"):
         with (tmp / f"{module}.log").open("ab") as log:
             procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
                                           env=_env(settings), stdout=log,
@@ -141,21 +142,23 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
     keep: list[Any] = []
     admin = services.postgres_admin_dsn(tmp, keep)
     dsn = await services.create_database(admin, f"greenroom_bench_rollout_{os.getpid()}")
-    port = free_port(HOST)
+    port, gateway_port = free_port(HOST), free_port(HOST)
     settings = Settings(database_url=dsn, redis_url=services.redis_url(tmp, keep),
                         secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="docker",
                         docker_image=image.TEST_TAG, state_dir=tmp / "state", api_port=port,
+                        gateway_port=gateway_port,
                         log_level="warning", drain_timeout_s=10, stop_grace_s=5)
     pool = await create_pool(dsn, max_size=4)
     try:
         model = await register(pool, "bench", NAME, ModelSource(backend="hashing",
                                                                 dimension=384), "public")
         with _processes(settings, tmp):
-            api = f"http://{HOST}:{port}"
+            api, gateway = f"http://{HOST}:{port}", f"http://{HOST}:{gateway_port}"
             async with aiohttp.ClientSession() as http:
                 await services.wait_for_http(http, api + "/healthz")
-            yield Stack(settings, pool, api, _owner_headers(settings, model.owner_id), tmp,
-                        model.id)
+                await services.wait_for_http(http, gateway + "/healthz")
+            yield Stack(settings, pool, api, gateway, _owner_headers(settings, model.owner_id),
+                        tmp, model.id)
     finally:
         await pool.close()
         await services.drop_database(admin, dsn)
@@ -188,7 +191,7 @@ async def _wait_task(http: aiohttp.ClientSession, s: Stack, kind: str, task_id: 
 
 async def _first_new_answer(http: aiohttp.ClientSession, s: Stack, old: set[str]) -> None:
     """Return once the gateway answers from a replica not in `old`."""
-    url = f"{s.api}/serve/{NAME}/embed"
+    url = f"{s.gateway}/serve/{NAME}/embed"
     for _ in range(int(300 / POLL_S)):
         async with http.post(url, json=BODY) as resp:
             await resp.read()
@@ -250,7 +253,7 @@ async def _probing(s: Stack) -> AsyncIterator[None]:
     async def probe() -> None:
         async with aiohttp.ClientSession() as http:
             while True:
-                async with http.post(f"{s.api}/serve/{NAME}/embed", json=BODY) as resp:
+                async with http.post(f"{s.gateway}/serve/{NAME}/embed", json=BODY) as resp:
                     await resp.read()
                 await asyncio.sleep(POLL_S)
 
@@ -365,7 +368,7 @@ async def data_plane(s: Stack, args: argparse.Namespace) -> dict[str, Run]:
         async with aiohttp.ClientSession() as http:
             await services.wait_for_http(http, proxy + "/health")
         paths = {"direct": replica.endpoint + "/embed",
-                 "gateway": f"{s.api}/serve/{NAME}/embed", "nginx": proxy + "/embed"}
+                 "gateway": f"{s.gateway}/serve/{NAME}/embed", "nginx": proxy + "/embed"}
         return await _measure(paths, args.requests, args.concurrency)
 
 

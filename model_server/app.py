@@ -6,24 +6,40 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import numpy as np
+import orjson
 import structlog
 from aiohttp import web
 
 from model_server import __version__
-from model_server.backends import load_backend
+from model_server.backends import Embedder, load_backend, normalize_rows
 from model_server.config import Settings
 from model_server.embedding import (
+    DecodeRequest,
+    EmbedAllRequest,
     EmbedRequest,
     OpenAIEmbeddingRequest,
+    TeiInputs,
+    TokenizeRequest,
+    as_inputs,
     as_texts,
     embed_texts,
     openai_body,
     parse_body,
     tei_body,
 )
-from model_server.errors import ModelServerError
+from model_server.errors import (
+    InvalidRequest,
+    MalformedRequest,
+    ModelServerError,
+    NotReady,
+    PayloadTooLarge,
+    QueueFull,
+    ShuttingDown,
+)
 from model_server.lifecycle import Loader, ModelState, load_and_warm
 from model_server.metrics import Metrics
+from model_server.tokens import check_ids, texts_from, token_vectors, tokenizer_for
 
 STATE = web.AppKey("state", ModelState)
 LOADER: web.AppKey[Loader] = web.AppKey("loader")
@@ -47,7 +63,12 @@ def create_app(settings: Settings, loader: Loader = load_backend) -> web.Applica
 
 
 def setup_routes(app: web.Application) -> None:
+    """TEI's HTTP surface for embedding models."""
+    app.router.add_post("/", embed)  # TEI's compatibility route: an embedding model embeds
     app.router.add_post("/embed", embed)
+    app.router.add_post("/embed_all", embed_all)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/decode", decode)
     app.router.add_post("/v1/embeddings", openai_embeddings)
     app.router.add_get("/health", health)
     app.router.add_get("/info", info)
@@ -64,25 +85,101 @@ async def _model_context(app: web.Application) -> AsyncIterator[None]:
     await state.close()
 
 
+def _tei_options(body: TeiInputs) -> None:
+    """What TEI accepts and this server cannot do is a 422, not silently ignored."""
+    if body.truncation_direction.lower() != "right":
+        raise InvalidRequest("truncation_direction `left` is not supported; use `right`")
+    if body.prompt_name is not None:
+        raise InvalidRequest(f"prompt_name {body.prompt_name!r}: this model has no prompts")
+
+
 async def embed(request: web.Request) -> web.Response:
+    """TEI's POST /embed (and POST /): one pooled vector per input."""
     state = request.app[STATE]
     settings = state.settings
     body = await parse_body(request, EmbedRequest, settings.max_body_bytes)
-    texts = as_texts(body.inputs, "inputs", settings.max_client_batch_size)
+    _tei_options(body)
+    inputs = as_inputs(body.inputs, "inputs", settings.max_client_batch_size)
     backend, batcher = state.require_ready()
-    result = await embed_texts(backend, batcher, texts, truncate=body.truncate)
+    texts = texts_from(backend, inputs, "inputs")
+    result = await embed_texts(backend, batcher, texts, truncate=body.truncate is not False)
     vectors = result.unit_vectors() if body.normalize else result.vectors
     return _json(tei_body(vectors))
 
 
+async def embed_all(request: web.Request) -> web.Response:
+    """TEI's POST /embed_all: every token's vector, per input."""
+    state = request.app[STATE]
+    settings = state.settings
+    body = await parse_body(request, EmbedAllRequest, settings.max_body_bytes)
+    _tei_options(body)
+    inputs = as_inputs(body.inputs, "inputs", settings.max_client_batch_size)
+    backend, _ = state.require_ready()
+    texts = texts_from(backend, inputs, "inputs")
+    if body.truncate is False:
+        await _refuse_over_long(backend, texts)
+    rows = await asyncio.to_thread(token_vectors, backend, texts)
+    return _json(orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+async def _refuse_over_long(backend: Embedder, texts: list[str]) -> None:
+    counts = await asyncio.to_thread(backend.count_tokens, texts)
+    for index, count in enumerate(counts):
+        if count > backend.max_input_length:
+            raise PayloadTooLarge(
+                f"input {index} is {count} tokens long, more than the maximum of "
+                f"{backend.max_input_length}; send truncate=true to truncate it",
+                {"index": index, "tokens": count, "max_input_length": backend.max_input_length})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """TEI's POST /tokenize: each input's tokens with their ids and character offsets."""
+    state = request.app[STATE]
+    settings = state.settings
+    body = await parse_body(request, TokenizeRequest, settings.max_body_bytes)
+    if body.prompt_name is not None:
+        raise InvalidRequest(f"prompt_name {body.prompt_name!r}: this model has no prompts")
+    texts = as_texts(body.inputs, "inputs", settings.max_client_batch_size)
+    backend, _ = state.require_ready()
+    tokenizer = tokenizer_for(backend)
+    rows = [[token.as_json() for token in tokenizer.tokenize(text, body.add_special_tokens)]
+            for text in texts]
+    return _json(orjson.dumps(rows))
+
+
+async def decode(request: web.Request) -> web.Response:
+    """TEI's POST /decode: token ids back to text, one string per list of ids."""
+    state = request.app[STATE]
+    settings = state.settings
+    body = await parse_body(request, DecodeRequest, settings.max_body_bytes)
+    batch: list[list[int]] = (body.ids if isinstance(body.ids[0], list)
+                              else [body.ids])
+    batch = as_texts(batch, "ids", settings.max_client_batch_size)
+    backend, _ = state.require_ready()
+    tokenizer = tokenizer_for(backend)
+    for index, ids in enumerate(batch):
+        check_ids(tokenizer, ids, f"ids.{index}")
+    texts = [tokenizer.decode(ids, body.skip_special_tokens) for ids in batch]
+    return _json(orjson.dumps(texts))
+
+
 async def openai_embeddings(request: web.Request) -> web.Response:
+    """OpenAI's POST /v1/embeddings, as TEI serves it, with `dimensions`."""
     state = request.app[STATE]
     settings = state.settings
     body = await parse_body(request, OpenAIEmbeddingRequest, settings.max_body_bytes)
-    texts = as_texts(body.input, "input", settings.max_client_batch_size)
+    inputs = as_inputs(body.input, "input", settings.max_client_batch_size)
     backend, batcher = state.require_ready()
+    if body.dimensions is not None and body.dimensions > backend.dimension:
+        raise InvalidRequest(
+            f"`dimensions` {body.dimensions} is more than the model's {backend.dimension}",
+            {"dimensions": body.dimensions, "model_dimension": backend.dimension})
+    texts = texts_from(backend, inputs, "input")
     result = await embed_texts(backend, batcher, texts, truncate=True)
     vectors = result.unit_vectors()
+    if body.dimensions is not None and body.dimensions < backend.dimension:
+        # Matryoshka-style: the first `dimensions` components, renormalised.
+        vectors = normalize_rows(np.ascontiguousarray(vectors[:, : body.dimensions]))
     model_id = settings.served_model_id
     return _json(openai_body(result, vectors, model_id, body.encoding_format))
 
@@ -121,10 +218,34 @@ def _json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def error_response(status: int, message: str, detail: Any = None) -> web.Response:
-    """Every error's body: ``{"status_code", "message", "detail"}``."""
-    body = {"status_code": status, "message": message, "detail": detail}
+def error_response(status: int, message: str, detail: Any = None, path: str = "",
+                   error_type: str | None = None) -> web.Response:
+    """Every error's body: ``{"status_code", "message", "detail"}``, plus the fields of the
+    surface's own shape: TEI's ``error``/``error_type``, or on /v1/embeddings the OpenAI
+    error TEI serves, ``message``/``code``/``type``."""
+    body: dict[str, Any] = {"status_code": status, "message": message, "detail": detail}
+    kind = error_type or _error_type(status)
+    if path == "/v1/embeddings":
+        body |= {"code": status, "type": kind}
+    elif path:
+        body |= {"error": message, "error_type": kind}
     return web.json_response(body, status=status)
+
+
+_ERROR_TYPES: dict[type[ModelServerError], str] = {
+    QueueFull: "Overloaded", NotReady: "Unhealthy", ShuttingDown: "Unhealthy",
+    MalformedRequest: "Validation", InvalidRequest: "Validation",
+    PayloadTooLarge: "Validation",
+}
+
+
+def _error_type(status: int) -> str:
+    """TEI's ErrorType for a status without a more precise one."""
+    if status == 429:
+        return "Overloaded"
+    if status == 503:
+        return "Unhealthy"
+    return "Backend" if status >= 500 else "Validation"
 
 
 @web.middleware
@@ -146,14 +267,15 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ModelServerError as exc:
-        return error_response(exc.status, exc.message, exc.detail)
+        return error_response(exc.status, exc.message, exc.detail, request.path,
+                              _ERROR_TYPES.get(type(exc)))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, _http_message(request, exc))
+        return error_response(exc.status, _http_message(request, exc), path=request.path)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
-        return error_response(500, "internal server error")
+        return error_response(500, "internal server error", path=request.path)
 
 
 def _http_message(request: web.Request, exc: web.HTTPException) -> str:

@@ -10,7 +10,9 @@ from aiohttp import web
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationError,
     field_validator,
@@ -23,14 +25,47 @@ from model_server.errors import InvalidRequest, MalformedRequest, PayloadTooLarg
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class EmbedRequest(BaseModel):
-    """TEI's ``POST /embed`` body."""
+Inputs = str | list[StrictInt] | list[str | list[StrictInt]]
+Ids = list[StrictInt] | list[list[StrictInt]]
+TruncationDirection = Literal["right", "left", "Right", "Left"]
+
+
+class TeiInputs(BaseModel):
+    """Fields TEI's embedding routes share: `inputs` texts or token ids, one or a batch."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: Inputs
+    # None: the server's auto-truncate, which is on (inputs longer than the model's
+    # maximum are truncated); false refuses an over-long input with a 413.
+    truncate: StrictBool | None = None
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: StrictStr | None = None
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs(cls, value: Any) -> Any:
+        return _texts_or_ids(value)
+
+
+class EmbedRequest(TeiInputs):
+    """TEI's ``POST /embed`` (and ``POST /``) body."""
+
+    normalize: StrictBool = True
+
+
+class EmbedAllRequest(TeiInputs):
+    """TEI's ``POST /embed_all`` body: one vector per token."""
+
+
+class TokenizeRequest(BaseModel):
+    """TEI's ``POST /tokenize`` body."""
 
     model_config = ConfigDict(extra="ignore")
 
     inputs: str | list[str]
-    normalize: StrictBool = True
-    truncate: StrictBool = True
+    add_special_tokens: StrictBool = True
+    prompt_name: StrictStr | None = None
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -38,19 +73,75 @@ class EmbedRequest(BaseModel):
         return _texts_only(value)
 
 
-class OpenAIEmbeddingRequest(BaseModel):
-    """OpenAI's ``POST /v1/embeddings`` body (token-id inputs are not supported)."""
+class DecodeRequest(BaseModel):
+    """TEI's ``POST /decode`` body."""
 
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str]
+    ids: Ids
+    skip_special_tokens: StrictBool = True
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be a non-empty list of token ids or of lists of them")
+        if all(isinstance(item, list) for item in value):
+            for index, item in enumerate(value):
+                _check_id_list(item, f"item {index}")
+            return value
+        _check_id_list(value, "list")
+        return value
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """OpenAI's ``POST /v1/embeddings`` body: `input` a string, a list of strings, a list
+    of token ids or a list of lists of token ids."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Inputs
     model: StrictStr | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(default=None, gt=0)
+    user: StrictStr | None = None
 
     @field_validator("input", mode="before")
     @classmethod
-    def _texts(cls, value: Any) -> Any:
-        return _texts_only(value)
+    def _inputs(cls, value: Any) -> Any:
+        return _texts_or_ids(value)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_id_list(value: Any, what: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{what} must be a non-empty list of token ids")
+    for index, item in enumerate(value):
+        if not _is_id(item) or item < 0:
+            raise ValueError(f"{what}: token {index} must be a non-negative integer")
+
+
+def _texts_or_ids(value: Any) -> Any:
+    """A string, a list of token ids, or a list whose items are each a string or a list
+    of token ids; anything else is refused with one clear message."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError(
+            f"must be a string, a list of strings or token ids, not {type(value).__name__}")
+    if value and _is_id(value[0]):
+        _check_id_list(value, "a token id list")
+        return value
+    for index, item in enumerate(value):
+        if isinstance(item, list):
+            _check_id_list(item, f"item {index}")
+        elif not isinstance(item, str):
+            raise ValueError(f"item {index} must be a string or a list of token ids, "
+                             f"not {type(item).__name__}")
+    return value
 
 
 def _texts_only(value: Any) -> Any:
@@ -63,6 +154,15 @@ def _texts_only(value: Any) -> Any:
         if not isinstance(item, str):
             raise ValueError(f"item {index} must be a string, not {type(item).__name__}")
     return value
+
+
+def as_inputs(inputs: Inputs, field: str, max_client_batch_size: int) -> list[str | list[int]]:
+    """The inputs as a non-empty batch: a lone string or token-id list is a batch of one."""
+    if isinstance(inputs, str) or (inputs and _is_id(inputs[0])):
+        batch: list[Any] = [inputs]
+    else:
+        batch = list(inputs)
+    return as_texts(batch, field, max_client_batch_size)
 
 
 async def parse_body(request: web.Request, model: type[Model], max_bytes: int) -> Model:
@@ -93,7 +193,7 @@ def _describe(errors: list[Any]) -> str:
     return f"invalid request body: `{where}` {message}{more}"
 
 
-def as_texts(inputs: str | list[str], field: str, max_client_batch_size: int) -> list[str]:
+def as_texts(inputs: str | list[Any], field: str, max_client_batch_size: int) -> list[Any]:
     """The inputs as a non-empty list no longer than the client batch limit."""
     texts = [inputs] if isinstance(inputs, str) else inputs
     if not texts:

@@ -4,9 +4,12 @@ QUEUE_NAME = "greenroom:queue"
 JOB_RUN_TASK = "run_task"
 # Published with a model id whenever a deployment's serving generation changes.
 ROUTES_CHANNEL = "greenroom:routes"
-# greenroom:gateway:<id> → JSON {"generations": {model: gen}, "inflight": {replica: n}}
+# greenroom:gateway:<id> → a schemas.gateway.GatewayReport as JSON, about every second
 GATEWAY_KEY_PREFIX = "greenroom:gateway:"
 GATEWAY_TTL_S = 10
+# Published whenever a key is revoked or a grant or access level changes: gateways and the
+# API drop their cached access decisions at once (they also expire within a second).
+AUTH_CHANNEL = "greenroom:auth"
 # greenroom:worker:<id> → JSON heartbeat of a live worker
 WORKER_KEY_PREFIX = "greenroom:worker:"
 WORKER_TTL_S = 15

@@ -35,6 +35,14 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # The gateway (data plane), its own process: `greenroom gateway`.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8001
+    # Gateway processes sharing the port (SO_REUSEPORT); each reports its own in-flight counts.
+    gateway_processes: int = 1
+    # How long the gateway and the API trust a cached access decision (a revoke is also
+    # announced on Redis, which clears the caches at once).
+    access_cache_ttl_s: float = 1.0
     # Address replicas are published on and reached at; loopback by default.
     replica_host: str = "127.0.0.1"
 

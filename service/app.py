@@ -10,8 +10,6 @@ from db.pool import create_pool as create_pg_pool
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
 from service import (
-    routes_feedback,
-    routes_gateway,
     routes_health,
     routes_registry,
     routes_tasks,
@@ -20,9 +18,9 @@ from service import (
 )
 from service.auth import register, require_secret
 from service.errors import error_middleware
-from service.gateway import Gateway
-from service.keys import GATEWAY, LOGIN_THROTTLE, PG, REDIS, SETTINGS
+from service.keys import LOGIN_THROTTLE, PG, REDIS, SETTINGS
 from service.login_throttle import LoginThrottle
+from service.principal_cache import principal_cache_ctx
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
@@ -40,14 +38,6 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
-async def _gateway(app: web.Application) -> AsyncIterator[None]:
-    gateway = Gateway(app[PG], app[REDIS], app[SETTINGS].routes_poll_s)
-    await gateway.start()
-    app[GATEWAY] = gateway
-    yield
-    await gateway.close()
-
-
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     require_secret(settings)  # fail at start, not at the first login
@@ -56,10 +46,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[LOGIN_THROTTLE] = LoginThrottle(settings.login_max_failures_per_user,
                                         settings.login_max_failures_per_address,
                                         settings.login_window_s)
-    app.cleanup_ctx.extend([_postgres, _redis, _gateway])
+    # Inference is the gateway's (service/gateway_app.py), a process of its own.
+    app.cleanup_ctx.extend([_postgres, _redis,
+                            principal_cache_ctx(REDIS, settings.access_cache_ttl_s)])
     routes_tasks.setup(app)
-    routes_gateway.setup(app)
     routes_health.setup(app)
-    for surface in (routes_registry, routes_v2_deploy, routes_v1, routes_feedback):
+    for surface in (routes_registry, routes_v2_deploy, routes_v1):
         register(app, surface.ROUTES)
     return app

@@ -28,6 +28,7 @@ from schemas.tokens import Claims, InvalidToken, decode
 from service.errors import ApiError
 from service.keys import GATEWAY, PG, SETTINGS
 from service.parsing import parse_body
+from service.principal_cache import PRINCIPALS
 
 API_KEY_PREFIX = "gr_"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,6 +77,10 @@ class Call:
 
 ROUTE_TABLE = web.AppKey("route_table", list)
 _CALL = "greenroom.call"
+# Set before a route's locator runs, so it can fetch the caller's access with what it locates.
+CALLER = web.RequestKey("caller", Principal)
+# A locator that read the model and the caller's grant with its own row leaves them here.
+LOCATED_ACCESS = web.RequestKey("located_access", tuple)
 
 
 def require_secret(settings: Settings) -> str:
@@ -136,10 +141,21 @@ async def _from_claims(pool: asyncpg.Pool, claims: Claims) -> Principal:
 
 
 async def authenticate(request: web.Request) -> Principal:
-    """The caller named by the bearer token; ANONYMOUS without one; 401 for a bad one."""
+    """The caller named by the bearer token; ANONYMOUS without one; 401 for a bad one.
+    A user's token is looked up at most once a second (service/principal_cache.py)."""
     token = _bearer(request)
     if token is None:
         return ANONYMOUS
+    cache = request.app.get(PRINCIPALS)
+    if cache is not None and (known := cache.get(token)) is not None:
+        return known
+    principal = await _resolve_token(request, token)
+    if cache is not None:
+        cache.put(token, principal)
+    return principal
+
+
+async def _resolve_token(request: web.Request, token: str) -> Principal:
     pool = request.app[PG]
     if token.startswith(API_KEY_PREFIX):
         return await _from_api_key(pool, token)
@@ -269,12 +285,18 @@ async def _model_call(request: web.Request, spec: RouteSpec, principal: Principa
         model = await _token_model(pool, principal)
         return Call(principal, model, body, Permission.read)
     assert spec.locate is not None, f"{spec.method} {spec.path} names no model"
-    model = await find_model(pool, await spec.locate(request, body))
+    request[CALLER] = principal
+    ref = await spec.locate(request, body)
+    located: tuple[Model, Grant | None] | None = request.get(LOCATED_ACCESS)
+    model = located[0] if located is not None else await find_model(pool, ref)
     if spec.auth == "job_model":
         if principal.model_id != model.id:
             raise forbidden("this job token belongs to another model")
         return Call(principal, model, body, Permission.read)
-    level, expires = await permission_on(pool, principal, model)
+    if located is not None:
+        level, expires = resolve(principal, model, located[1])
+    else:
+        level, expires = await permission_on(pool, principal, model)
     needed = MODEL_LEVELS.get(spec.auth, Permission.none)
     if level < needed:
         raise forbidden(f"{needed.name} permission on {model.identifier} is required")

@@ -1,4 +1,4 @@
-"""`greenroom` command line: api, worker, migrate, up, models, image."""
+"""`greenroom` command line: api, gateway, worker, migrate, up, models, image."""
 
 import argparse
 import asyncio
@@ -23,6 +23,12 @@ def cmd_api(settings: Settings, _: argparse.Namespace) -> None:
 
     web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port,
                 print=None, access_log=None)
+
+
+def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
+    from service.gateway_server import serve
+
+    serve(settings, processes=args.processes)
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
@@ -89,7 +95,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="greenroom", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("api", help="run the API and gateway").set_defaults(fn=cmd_api)
+    sub.add_parser("api", help="run the API (control plane)").set_defaults(fn=cmd_api)
+    gateway = sub.add_parser("gateway", help="run the gateway (data plane); any number of copies")
+    gateway.add_argument("--processes", type=int,
+                         help="processes sharing the port (default GREENROOM_GATEWAY_PROCESSES)")
+    gateway.set_defaults(fn=cmd_gateway)
     sub.add_parser("worker", help="run a worker").set_defaults(
         fn=lambda s, a: _exec_module("worker"))
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)

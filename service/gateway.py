@@ -1,17 +1,18 @@
-"""The gateway (DESIGN.md §8): routes inference to ready replicas of the active generation.
+"""The gateway's routing core (DESIGN.md §8): which replica gets a request, and the counts.
 
 The routing table is rebuilt from Postgres when a worker publishes a change (and by
-polling, should a message be lost) and swapped in one assignment. In-flight requests are
-counted per replica and reported to Redis, so a draining worker knows when old replicas
-are idle.
+polling, should a message be lost) and swapped in one assignment. In-flight and finished
+requests are counted per replica and reported to Redis as a `GatewayReport`, so a
+draining worker knows when old replicas are idle and the autoscaler sees the load.
+Every gateway process has its own id and report.
 """
 
 import asyncio
 import contextlib
-import json
+import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID, uuid4
 
 import aiohttp
@@ -24,13 +25,15 @@ from redis.exceptions import RedisError
 from db import deployments
 from db.deployments import Route
 from db.errors import DatabaseError
-from schemas.queue import GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
+from schemas.gateway import GatewayReport
+from schemas.queue import AUTH_CHANNEL, GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
 from service.errors import ApiError
 
 log = structlog.get_logger(__name__)
-HEARTBEAT_S = 2.0
+HEARTBEAT_S = 1.0
 MAX_ATTEMPTS = 3
 _FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
+_ROUTES, _AUTH = ROUTES_CHANNEL.encode(), AUTH_CHANNEL.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +59,16 @@ class Gateway:
         self._pool, self._redis, self._poll_s = pool, redis, poll_s
         self._table = Table({}, {}, frozenset())
         self.inflight: Counter[UUID] = Counter()
+        self.served: Counter[UUID] = Counter()
+        # Called on every message of the auth channel (an access cache clears itself).
+        self.on_auth_change: list[Callable[[], None]] = []
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30,
+                                           enable_cleanup_closed=False),
             timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=2),
-            auto_decompress=False,
+            auto_decompress=False, skip_auto_headers=("User-Agent",),
         )
 
     async def start(self) -> None:
@@ -78,44 +85,62 @@ class Gateway:
         await self._http.close()
 
     async def reload(self) -> None:
-        self._table = Table.build(await deployments.routes(self._pool))
+        self._table = table = Table.build(await deployments.routes(self._pool))
+        stale = [rid for rid in self.served if rid not in table.active and rid not in self.inflight]
+        for rid in stale:
+            del self.served[rid]
         self._report_now.set()
 
     def lookup(self, key: str) -> Route | None:
         return self._table.by_key.get(key)
 
-    def _pick(self, key: str, tried: set[UUID]) -> tuple[UUID, str]:
-        route = self.lookup(key)
+    def route(self, key: str) -> Route:
+        route = self._table.by_key.get(key)
         if route is None:
             raise ApiError(404, f"deployment {key!r} not found or not serving")
-        candidates = [(rid, ep) for rid, ep in route.replicas if rid not in tried]
-        if not candidates:
-            raise ApiError(503, f"deployment {key!r} has no ready replica; retry shortly")
-        return min(candidates, key=lambda c: self.inflight[c[0]])
+        return route
 
-    async def forward(self, key: str, path: str, body: bytes,
-                      headers: dict[str, str]) -> web.Response:
+    def _pick(self, route: Route, tried: set[UUID]) -> tuple[UUID, str]:
+        inflight = self.inflight
+        best: tuple[UUID, str] | None = None
+        least = -1
+        for rid, endpoint in route.replicas:
+            if rid in tried:
+                continue
+            n = inflight[rid]
+            if best is None or n < least:
+                best, least = (rid, endpoint), n
+        if best is None:
+            raise ApiError(503, f"deployment {route.name!r} has no ready replica; retry shortly")
+        return best
+
+    async def forward(self, route: Route, method: str, path: str, body: bytes | None,
+                      headers: Mapping[str, str]) -> web.Response:
         """Send the request to the least busy replica; retry elsewhere if it cannot connect."""
         tried: set[UUID] = set()
         forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
         for _ in range(MAX_ATTEMPTS):
-            replica_id, endpoint = self._pick(key, tried)
+            replica_id, endpoint = self._pick(route, tried)
             self.inflight[replica_id] += 1
             try:
-                async with self._http.post(endpoint + path, data=body,
-                                           headers=forward_headers) as resp:
+                async with self._http.request(method, endpoint + path, data=body,
+                                              headers=forward_headers) as resp:
                     payload = await resp.read()
-                    return web.Response(body=payload, status=resp.status,
-                                        content_type=resp.content_type,
-                                        headers={"X-Greenroom-Replica": str(replica_id)})
+                    out = web.Response(body=payload, status=resp.status,
+                                       headers={"X-Greenroom-Replica": str(replica_id)})
+                    content_type = resp.headers.get("Content-Type")
+                    if content_type:
+                        out.headers["Content-Type"] = content_type
+                    return out
             except aiohttp.ClientConnectionError as exc:
                 log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
                 tried.add(replica_id)
             finally:
                 self._release(replica_id)
-        raise ApiError(502, f"no replica of deployment {key!r} could be reached")
+        raise ApiError(502, f"no replica of deployment {route.name!r} could be reached")
 
     def _release(self, replica_id: UUID) -> None:
+        self.served[replica_id] += 1
         self.inflight[replica_id] -= 1
         if self.inflight[replica_id] <= 0:
             del self.inflight[replica_id]
@@ -127,15 +152,23 @@ class Gateway:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(ROUTES_CHANNEL)
+                    await pubsub.subscribe(ROUTES_CHANNEL, AUTH_CHANNEL)
                     while True:
-                        await pubsub.get_message(ignore_subscribe_messages=True,
-                                                 timeout=self._poll_s)
+                        message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                           timeout=self._poll_s)
+                        if message is not None and message.get("channel") in (_AUTH,
+                                                                              AUTH_CHANNEL):
+                            self._auth_changed()
+                            continue
                         await self._reload_quietly()
             except (RedisError, OSError) as exc:
                 log.warning("routes_channel_unavailable", error=str(exc))
                 await asyncio.sleep(self._poll_s)
                 await self._reload_quietly()
+
+    def _auth_changed(self) -> None:
+        for callback in self.on_auth_change:
+            callback()
 
     async def _reload_quietly(self) -> None:
         try:
@@ -143,9 +176,11 @@ class Gateway:
         except DatabaseError as exc:
             log.warning("routes_reload_failed", error=str(exc))
 
-    def report(self) -> dict[str, Any]:
-        return {"generations": self._table.generations,
-                "inflight": {str(k): v for k, v in self.inflight.items() if v > 0}}
+    def report(self) -> GatewayReport:
+        return GatewayReport(
+            gateway_id=self.id, at=time.time(), generations=dict(self._table.generations),
+            inflight={str(k): v for k, v in self.inflight.items() if v > 0},
+            requests={str(k): v for k, v in self.served.items()})
 
     async def _report(self) -> None:
         while True:
@@ -154,7 +189,7 @@ class Gateway:
                     await self._report_now.wait()
             self._report_now.clear()
             try:
-                await self._redis.set(GATEWAY_KEY_PREFIX + self.id, json.dumps(self.report()),
-                                      ex=GATEWAY_TTL_S)
+                await self._redis.set(GATEWAY_KEY_PREFIX + self.id,
+                                      self.report().model_dump_json(), ex=GATEWAY_TTL_S)
             except (RedisError, OSError) as exc:
                 log.warning("gateway_report_failed", error=str(exc))

@@ -21,6 +21,7 @@ from schemas.bazaar import Empty
 from schemas.models import ModelCreate
 from service import accounts, catalog, model_upload
 from service.auth import RouteSpec, call_of, path_param, require_secret
+from service.auth_events import announce_access_change
 from service.errors import ApiError
 from service.keys import LOGIN_THROTTLE, PG, SETTINGS
 from service.responses import json_response
@@ -97,6 +98,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError(404, "API key not found") from None
     await accounts.revoke_api_key(request.app[PG], key_id, principal.user_id, principal.is_admin)
+    await announce_access_change(request.app, "api_key")
     return json_response(Empty())
 
 
@@ -151,6 +153,7 @@ async def grant(request: web.Request) -> web.Response:
     assert call.model is not None
     body: GrantRequest = call.body
     await catalog.grant(request.app[PG], call.model, body)
+    await announce_access_change(request.app, "grant")
     return json_response(GrantOut(model_id=call.model.id, username=body.username,
                                   permission=body.permission, expires_at=body.expires_at))
 
@@ -159,6 +162,7 @@ async def revoke(request: web.Request) -> web.Response:
     model = call_of(request).model
     assert model is not None
     await catalog.revoke(request.app[PG], model, request.match_info["username"])
+    await announce_access_change(request.app, "grant")
     return json_response(Empty())
 
 

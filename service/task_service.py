@@ -11,9 +11,10 @@ import structlog
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from db import deployments, models, tasks
+from db import deployments, models, task_access, tasks
 from db.errors import UniqueViolation
 from db.models import Model
+from db.permissions import Grant
 from db.tasks import Task
 from schemas.queue import JOB_RUN_TASK
 from schemas.tasks import Phase, TaskKind, TaskRequest, TaskResponse, TaskStatus
@@ -120,6 +121,19 @@ async def get(pool: asyncpg.Pool, kind: TaskKind, task_id: str) -> Task:
     if task is None:
         raise ApiError(404, f"{kind.value} task {task_id!r} not found")
     return task
+
+
+async def get_with_access(pool: asyncpg.Pool, kind: TaskKind, task_id: str,
+                          user_id: int | None) -> tuple[Task, Model, Grant | None]:
+    """The task, its model and `user_id`'s grant on it, in one round trip; 404 if none."""
+    try:
+        parsed = UUID(task_id)
+    except ValueError:
+        raise ApiError(404, f"{kind.value} task {task_id!r} not found") from None
+    found = await task_access.get_with_access(pool, parsed, kind.value, user_id)
+    if found is None:
+        raise ApiError(404, f"{kind.value} task {task_id!r} not found")
+    return found
 
 
 async def latest_for_model(pool: asyncpg.Pool, kind: TaskKind, model_ref: str) -> Task:

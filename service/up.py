@@ -1,7 +1,7 @@
 """`greenroom up`: a working service on this machine in one command.
 
-Embedded Postgres and Redis when none is configured, migrations, the API and one worker
-as child processes, the bundled all-MiniLM-L6-v2 registered and deployed, and a curl
+Embedded Postgres and Redis when none is configured, migrations, the API, the gateway and
+one worker as child processes, the bundled all-MiniLM-L6-v2 registered and deployed, and a curl
 that returns a real embedding.
 """
 
@@ -111,10 +111,13 @@ def _example(base: str, name: str) -> str:
     return f"curl -s {base}/v1/embeddings -H 'Content-Type: application/json' -d '{body}'"
 
 
+_LABELS = {"service": "api", "service.gateway_server": "gateway"}
+
+
 def _spawn(module: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"{module}.log"
-    _say(f"{'api' if module == 'service' else module} logs: {log_file}")
+    _say(f"{_LABELS.get(module, module)} logs: {log_file}")
     # Own session: a Ctrl-C reaches `up` alone, which then shuts the children down in order.
     return subprocess.Popen([sys.executable, "-m", module], env=env, start_new_session=True,
                             stdout=log_file.open("ab"), stderr=subprocess.STDOUT)
@@ -131,10 +134,11 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
             child.kill()
 
 
-async def _demo(settings: Settings, base: str) -> dict[str, str]:
+async def _demo(settings: Settings, base: str, gateway: str) -> dict[str, str]:
     await _wait_http(base, "/healthz", 30)
+    await _wait_http(gateway, "/healthz", 30)
     name, headers = await _deploy_bundled(settings, base)
-    command = _example(base, name)
+    command = _example(gateway, name)
     proc = await asyncio.create_subprocess_shell(command, stdout=asyncio.subprocess.PIPE)
     output = (await proc.communicate())[0].decode()
     _say("serving. Try it:\n\n    " + command + "\n")
@@ -159,14 +163,17 @@ def run_up(settings: Settings, once: bool = False) -> int:
     settings = Settings(database_url=env["GREENROOM_DATABASE_URL"],
                         redis_url=env["GREENROOM_REDIS_URL"], state_dir=settings.state_dir,
                         api_host=settings.api_host, api_port=settings.api_port,
+                        gateway_host=settings.gateway_host, gateway_port=settings.gateway_port,
                         secret_key=SecretStr(env["GREENROOM_SECRET_KEY"]))
     applied = asyncio.run(apply_migrations(settings.require_database_url()))
     _say(f"migrations applied: {', '.join(applied) or 'none needed'}")
     logs = settings.state_dir / "logs"
-    children = [_spawn("service", env, logs), _spawn("worker", env, logs)]
+    children = [_spawn("service", env, logs), _spawn("service.gateway_server", env, logs),
+                _spawn("worker", env, logs)]
     base = f"http://{settings.api_host}:{settings.api_port}"
+    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:
-        headers = asyncio.run(_demo(settings, base))
+        headers = asyncio.run(_demo(settings, base, gateway))
         if not once:
             _say("running; Ctrl-C stops everything")
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -146,7 +146,8 @@ class Proc:
 
 @pytest.fixture
 def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """Start `service` (the API) or `worker` processes with the test's settings."""
+    """Start `service` (the API), `service.gateway_server` or `worker` processes with the
+    test's settings."""
     started: list[Proc] = []
 
     def _spawn(module: str, **overrides: Any) -> Proc:
@@ -183,6 +184,24 @@ async def api(spawn: Callable[..., Proc], settings: Settings, http: aiohttp.Clie
 
     port = free_port("127.0.0.1")
     spawn("service", api_port=port)
+    base = f"http://127.0.0.1:{port}"
+    await wait_for_http(http, base + "/healthz")
+    return base
+
+
+@pytest.fixture
+async def gateway(spawn: Callable[..., Proc], http: aiohttp.ClientSession, clean: None) -> str:
+    """A running gateway process (the data plane); returns its base URL."""
+    return await start_gateway(spawn, http)
+
+
+async def start_gateway(spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+                        **overrides: Any) -> str:
+    """Start one more gateway process (`greenroom gateway`); returns its base URL."""
+    from worker.runtimes.process import free_port
+
+    port = free_port("127.0.0.1")
+    spawn("service.gateway_server", gateway_port=port, **overrides)
     base = f"http://127.0.0.1:{port}"
     await wait_for_http(http, base + "/healthz")
     return base

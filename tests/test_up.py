@@ -14,8 +14,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_up_once_with_embedded_services_prints_a_working_curl(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    gateway_port = free_port("127.0.0.1")
     env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"),
-            "GREENROOM_API_PORT": str(free_port("127.0.0.1"))}
+            "GREENROOM_API_PORT": str(free_port("127.0.0.1")),
+            "GREENROOM_GATEWAY_PORT": str(gateway_port)}
     done = subprocess.run([sys.executable, "-m", "service.cli", "up", "--once"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     out = done.stdout
@@ -23,6 +25,8 @@ def test_up_once_with_embedded_services_prints_a_working_curl(tmp_path: Path) ->
     assert "embedded Postgres" in out and "embedded Redis" in out
     command = re.search(r"^\s+(curl -s .*)$", out, re.MULTILINE)
     assert command, out
+    assert f"http://127.0.0.1:{gateway_port}/v1/embeddings" in command.group(1), \
+        "the example goes through the gateway, not the API"
     # The printed curl answered while the service ran; its output follows the command.
     # up prints the start of the answer only, so it is read as text, not parsed as JSON.
     body = out[command.end():].strip().splitlines()[0]
@@ -36,7 +40,8 @@ def test_up_curl_output_is_a_384_number_embedding(tmp_path: Path) -> None:
     """Runs the service, then the printed curl itself, and counts the numbers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     port = free_port("127.0.0.1")
-    env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"), "GREENROOM_API_PORT": str(port)}
+    env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"), "GREENROOM_API_PORT": str(port),
+            "GREENROOM_GATEWAY_PORT": str(free_port("127.0.0.1"))}
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -8,13 +8,14 @@ and the wait runs to its bound.
 """
 
 import asyncio
-import json
 from uuid import UUID
 
 import structlog
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from schemas.gateway import GatewayReport
 from schemas.queue import GATEWAY_KEY_PREFIX
 
 log = structlog.get_logger(__name__)
@@ -30,21 +31,28 @@ def min_wait_for(routes_poll_s: float) -> float:
     return routes_poll_s + RELOAD_MARGIN_S
 
 
-async def _gateway_reports(redis: Redis) -> list[dict[str, dict[str, int]]]:
+async def gateway_reports(redis: Redis) -> list[GatewayReport]:
+    """Every live gateway process's latest report (one that cannot be read is skipped)."""
     keys = [k async for k in redis.scan_iter(match=GATEWAY_KEY_PREFIX + "*", count=100)]
     if not keys:
         return []
-    values = await redis.mget(keys)
-    return [json.loads(v) for v in values if v]
+    reports = []
+    for value in await redis.mget(keys):
+        if not value:
+            continue  # expired between SCAN and MGET
+        try:
+            reports.append(GatewayReport.model_validate_json(value))
+        except ValidationError:
+            log.warning("gateway_report_unreadable")
+    return reports
 
 
-def _settled(report: dict[str, dict[str, int]], model_id: str, generation: int | None,
+def _settled(report: GatewayReport, model_id: str, generation: int | None,
              replica_ids: set[str]) -> bool:
     """This gateway routes `model_id` to `generation` (None: not at all) and has 0 in flight."""
-    if report.get("generations", {}).get(model_id) != generation:
+    if report.generations.get(model_id) != generation:
         return False
-    inflight = report.get("inflight", {})
-    return all(inflight.get(r, 0) == 0 for r in replica_ids)
+    return all(report.inflight.get(r, 0) == 0 for r in replica_ids)
 
 
 async def _all_settled(redis: Redis, model_id: str, generation: int | None,
@@ -52,7 +60,7 @@ async def _all_settled(redis: Redis, model_id: str, generation: int | None,
     """Every reporting gateway has settled; None when the reports cannot be read."""
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
-            reports = await _gateway_reports(redis)
+            reports = await gateway_reports(redis)
     except (RedisError, OSError, TimeoutError):
         return None
     return all(_settled(r, model_id, generation, replica_ids) for r in reports)

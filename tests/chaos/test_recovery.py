@@ -36,7 +36,8 @@ async def _finished(pool: asyncpg.Pool, task_id: str, timeout_s: float = 60) -> 
 
 
 async def test_killed_replica_is_replaced_within_10s(
-        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        pool: asyncpg.Pool,
         settings: Settings, hashing_model: Any, admin_headers: dict[str, str]) -> None:
     model_id = await hashing_model("victim")
     spawn("worker")
@@ -65,7 +66,7 @@ async def test_killed_replica_is_replaced_within_10s(
     assert any("replaced crashed replica" in m for m in messages), messages
     print(f"\nreplica killed → replacement ready in {replaced_in:.2f} s "
           f"(degraded seen: {saw_degraded})")
-    async with http.post(f"{api}/serve/victim/embed", json={"inputs": "ok"}) as resp:
+    async with http.post(f"{gateway}/serve/victim/embed", json={"inputs": "ok"}) as resp:
         assert resp.status == 200
 
 

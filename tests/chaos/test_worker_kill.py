@@ -77,7 +77,7 @@ async def _post_deploy(http: aiohttp.ClientSession, api: str, ref: str,
 
 
 @pytest.mark.slow
-async def test_kill_9_workers_mid_rollout(api: str, spawn: Callable[..., Proc],
+async def test_kill_9_workers_mid_rollout(api: str, gateway: str, spawn: Callable[..., Proc],
                                           http: aiohttp.ClientSession, pool: asyncpg.Pool,
                                           settings: Settings, hashing_model: Any,
                                           admin_headers: dict[str, str]) -> None:
@@ -97,7 +97,7 @@ async def test_kill_9_workers_mid_rollout(api: str, spawn: Callable[..., Proc],
     spawn("worker", **fast)
     rows = await _all_terminal(pool, model_id, timeout_s=90)
     generation, running = await _settled(pool, settings, model_id, timeout_s=30)
-    async with http.post(f"{api}/serve/chaos/embed", json={"inputs": "alive"}) as resp:
+    async with http.post(f"{gateway}/serve/chaos/embed", json={"inputs": "alive"}) as resp:
         assert resp.status == 200
         serving = resp.headers["X-Greenroom-Replica"]
     assert serving in {str(r.replica_id) for r in running}

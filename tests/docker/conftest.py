@@ -161,9 +161,10 @@ async def remove_test_containers(pool: asyncpg.Pool, docker_api: aiodocker.Docke
 
 
 @pytest.fixture
-async def docker_stack(api: str, spawn: Callable[..., Any], docker_image: str,
+async def docker_stack(api: str, gateway: str, spawn: Callable[..., Any], docker_image: str,
                        docker_api: aiodocker.Docker, pool: asyncpg.Pool) -> AsyncIterator[str]:
-    """The API and one worker on the docker runtime; returns the API's base URL.
+    """The API, a gateway (the `gateway` fixture) and one worker on the docker runtime;
+    returns the API's base URL.
 
     Afterwards the worker is stopped first, then any container of this test's models that
     a failing test left behind is removed (other sessions' containers are not touched).

@@ -1,15 +1,13 @@
 """Issue 5: green rollouts on a real Docker Engine through the API and a docker worker.
 
 Deploy, redeploy and delete leave exactly the containers they should; redeploys under a
-steady load through the gateway drop no request, also through a gateway the workers
+steady load through a gateway process drop no request, also through a gateway the workers
 cannot hear from (it finds the switch by polling Postgres, and the drain waits for that).
 """
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -21,11 +19,10 @@ import pytest
 
 from db import deployments, replicas
 from tests import services
-from tests.conftest import Proc, wait_task
+from tests.conftest import Proc, start_gateway, wait_task
 from tests.docker.conftest import containers_of, deploy, embed, skip_without_engine
-from tests.services import wait_for_http
+from tests.load import run_load
 from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, LABEL_REPLICA, LABEL_TASK
-from worker.runtimes.process import free_port
 
 skip_without_engine()
 pytestmark = pytest.mark.docker
@@ -55,7 +52,7 @@ async def _gone(docker_api: aiodocker.Docker, container_id: str) -> bool:
 
 
 async def test_deploy_redeploy_delete_on_docker(
-        docker_stack: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
         docker_api: aiodocker.Docker, hashing_model: Any) -> None:
     api = docker_stack
     model_id = await hashing_model("docker-loop")
@@ -67,7 +64,7 @@ async def test_deploy_redeploy_delete_on_docker(
     (r1,) = await replicas.list_for_model(pool, model_id)
     assert (r1.runtime, r1.runtime_ref, r1.state) == ("docker", c1["Id"], "ready")
     assert c1["Config"]["Labels"][LABEL_REPLICA] == str(r1.id)
-    assert await embed(http, api, "docker-loop") == (200, str(r1.id))
+    assert await embed(http, gateway, "docker-loop") == (200, str(r1.id))
 
     second = await deploy(http, api, str(model_id), {"memory": 384, "replicas": 2})
     assert second["status"] == "done", second
@@ -78,7 +75,7 @@ async def test_deploy_redeploy_delete_on_docker(
         _check_container(data, model_id, 2, second["task_id"], 384)
     assert await _gone(docker_api, c1["Id"]), "generation 1's container was not removed"
     gen2_ids = {d["Config"]["Labels"][LABEL_REPLICA] for d in gen2}
-    served = {await embed(http, api, "docker-loop") for _ in range(6)}
+    served = {await embed(http, gateway, "docker-loop") for _ in range(6)}
     assert {status for status, _ in served} == {200}
     assert {replica for _, replica in served} <= gen2_ids
 
@@ -88,7 +85,7 @@ async def test_deploy_redeploy_delete_on_docker(
     done = await wait_task(http, api, "delete", deletion["task_id"])
     assert done["status"] == "done", done
     assert await containers_of(docker_api, model_id) == []
-    assert (await embed(http, api, "docker-loop"))[0] in (404, 503)
+    assert (await embed(http, gateway, "docker-loop"))[0] in (404, 503)
     assert await replicas.list_for_model(pool, model_id) == []
 
 
@@ -97,70 +94,17 @@ async def test_deploy_redeploy_delete_on_docker(
 RATE = 60  # requests per second, paced (open loop) so a stall shows up as late requests
 DURATION_S = 22
 CONCURRENCY = 32
-REQUEST_TIMEOUT_S = 10
-
-
-@dataclass
-class Load:
-    """What a load run saw: each answer's replica, and every failure in words."""
-
-    replicas: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    @property
-    def sent(self) -> int:
-        return sum(self.replicas.values()) + len(self.failures)
-
-
-async def _one(http: aiohttp.ClientSession, url: str, i: int, load: Load) -> None:
-    started = time.perf_counter()
-    try:
-        async with http.post(url, json={"inputs": f"request number {i}"}) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                load.failures.append(f"#{i}: HTTP {resp.status} {body[:200]!r}")
-                return
-            load.replicas[resp.headers.get("X-Greenroom-Replica", "?")] += 1
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        load.failures.append(f"#{i}: {type(exc).__name__}: {exc}")
-        return
-    load.latencies.append(time.perf_counter() - started)
-
-
-async def run_load(url: str, rate: float, duration_s: float, concurrency: int) -> Load:
-    """Send `rate * duration_s` requests, one every 1/rate s, at most `concurrency` at once."""
-    load = Load()
-    limit = asyncio.Semaphore(concurrency)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-
-    async def paced(i: int) -> None:
-        async with limit:
-            await _one(http, url, i, load)
-
-    loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
-        start = loop.time()
-        pending = []
-        for i in range(int(rate * duration_s)):
-            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
-            pending.append(asyncio.create_task(paced(i)))
-        await asyncio.gather(*pending)
-        load.elapsed_s = loop.time() - start
-    return load
 
 
 async def test_redeploys_under_load_drop_no_request(
-        docker_stack: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
         docker_api: aiodocker.Docker, hashing_model: Any) -> None:
     api = docker_stack
     model_id = await hashing_model("under-load")
     assert (await deploy(http, api, "alice/under-load"))["status"] == "done"
 
     load_task = asyncio.create_task(
-        run_load(f"{api}/serve/under-load/embed", RATE, DURATION_S, CONCURRENCY))
+        run_load(f"{gateway}/serve/under-load/embed", RATE, DURATION_S, CONCURRENCY))
     rollouts = []
     for pause in (3.0, 2.0):  # generation 1, then 2, then 3 serve the load
         await asyncio.sleep(pause)
@@ -190,15 +134,12 @@ async def test_redeploys_under_load_drop_no_request(
 async def test_gateway_that_cannot_report_drops_nothing(
         docker_stack: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         hashing_model: Any, tmp_path: Path) -> None:
-    """A second API whose Redis is not the workers': they see no report from its gateway
-    and publish nothing to it, so it finds each switch only by polling Postgres."""
+    """A second gateway whose Redis is not the workers': they see no report from it and
+    publish nothing to it, so it finds each switch only by polling Postgres."""
     api = docker_stack
     isolated, redis_proc = services.private_redis(tmp_path / "isolated-redis")
-    port = free_port("127.0.0.1")
-    spawn("service", api_port=port, redis_url=isolated)
-    unreported = f"http://127.0.0.1:{port}"
     try:
-        await wait_for_http(http, unreported + "/healthz", timeout_s=60)
+        unreported = await start_gateway(spawn, http, redis_url=isolated)
         await hashing_model("unreported")
         assert (await deploy(http, api, "alice/unreported"))["status"] == "done"
         for _ in range(50):  # until its poll finds generation 1

@@ -23,30 +23,31 @@ skip_without_engine()
 pytestmark = pytest.mark.docker
 
 
-async def _serving(http: aiohttp.ClientSession, api: str, hashing_model: Any,
+async def _serving(http: aiohttp.ClientSession, api: str, gateway: str, hashing_model: Any,
                    name: str) -> tuple[UUID, str]:
     """A model whose generation 1 serves; returns its id and the replica that answers."""
     model_id = await hashing_model(name)
     first = await deploy(http, api, f"alice/{name}")
     assert first["status"] == "done", first
-    status, replica = await embed(http, api, name)
+    status, replica = await embed(http, gateway, name)
     assert status == 200
     return model_id, replica
 
 
-async def _failing_redeploy(http: aiohttp.ClientSession, api: str, pool: asyncpg.Pool,
+async def _failing_redeploy(http: aiohttp.ClientSession, api: str, gateway: str,
+                            pool: asyncpg.Pool,
                             docker_api: aiodocker.Docker, hashing_model: Any, name: str,
                             source: dict[str, Any], config: dict[str, Any]) -> str:
     """Serve generation 1, redeploy with `source` and `config`; returns the task's detail
     after checking that generation 1 still serves and generation 2 left nothing behind."""
-    model_id, replica = await _serving(http, api, hashing_model, name)
+    model_id, replica = await _serving(http, api, gateway, hashing_model, name)
     await models.update_source(pool, model_id, source)
 
     failed = await deploy(http, api, f"alice/{name}", config)
 
     assert failed["status"] == "failed", failed
     assert failed["metadata"]["generation"] == 2
-    assert await embed(http, api, name) == (200, replica), "generation 1 stopped serving"
+    assert await embed(http, gateway, name) == (200, replica), "generation 1 stopped serving"
     deployment = await deployments.get(pool, model_id)
     assert deployment is not None
     assert (deployment.status, deployment.active_generation) == ("complete", 1)
@@ -60,33 +61,33 @@ async def _failing_redeploy(http: aiohttp.ClientSession, api: str, pool: asyncpg
 
 
 async def test_replica_crashing_at_start_fails_the_rollout(
-        docker_stack: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
         docker_api: aiodocker.Docker, hashing_model: Any, tmp_path: Path) -> None:
     # The test image has no sentence-transformers and the folder no model: the server exits
     # while loading the folder mounted at /model.
     (tmp_path / "empty-model").mkdir()
     detail = await _failing_redeploy(
-        http, docker_stack, pool, docker_api, hashing_model, "crashing",
+        http, docker_stack, gateway, pool, docker_api, hashing_model, "crashing",
         {"backend": "sentence-transformers", "location": str(tmp_path / "empty-model")}, {})
     assert re.search(r"exited with code [1-9]\d*", detail), detail
     assert "/model" in detail, "the last log lines name the cause"
 
 
 async def test_oom_killed_replica_fails_the_rollout(
-        docker_stack: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
         docker_api: aiodocker.Docker, hashing_model: Any, hog_image: str) -> None:
     detail = await _failing_redeploy(
-        http, docker_stack, pool, docker_api, hashing_model, "too-big",
+        http, docker_stack, gateway, pool, docker_api, hashing_model, "too-big",
         {"backend": "hashing", "dimension": 384, "image": hog_image}, {"memory": 128})
     assert "OOM-killed" in detail and "memory limit" in detail, detail
     assert f"loading model weights: {HOG_MB} MB" in detail, "the last log lines are shown"
 
 
 async def test_replica_never_healthy_fails_at_the_deadline(
-        docker_stack: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
         docker_api: aiodocker.Docker, hashing_model: Any) -> None:
     detail = await _failing_redeploy(
-        http, docker_stack, pool, docker_api, hashing_model, "sleepy",
+        http, docker_stack, gateway, pool, docker_api, hashing_model, "sleepy",
         {"backend": "hashing", "dimension": 384, "startup_delay_s": 600},
         {"deploy_timeout_s": 3})
     assert "did not become healthy before the deploy deadline (3s)" in detail, detail

@@ -1,9 +1,10 @@
 """The authorisation matrix: every route of the route table x every kind of caller.
 
-Generated from the app's route table (service.auth.ROUTE_TABLE): a route added to any
-surface without a sample request here fails the test, and so does a route registered
-on the router outside the table. Expected answers follow DESIGN.md §9: 401 for no, a
-malformed or an expired token; 403 for too little permission; 2xx otherwise.
+Generated from the route tables of the API app and the gateway app
+(service.auth.ROUTE_TABLE): a route added to any surface without a sample request here
+fails the test, and so does a route registered on the router outside the table.
+Expected answers follow DESIGN.md §9: 401 for no, a malformed or an expired token; 403
+for too little permission; 2xx otherwise.
 """
 
 import asyncio
@@ -31,7 +32,8 @@ from schemas.settings import Settings
 from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
 from service.app import create_app
 from service.auth import ROUTE_TABLE, RouteSpec
-from tests.conftest import TEST_SECRET_KEY, bearer
+from service.gateway_app import create_gateway_app
+from tests.conftest import TEST_SECRET_KEY, bearer, start_gateway
 from tests.integration.accounts import call, eventually, make_user
 from worker.runtimes.process import free_port
 
@@ -43,6 +45,7 @@ ANON = ("none", "malformed", "expired")
 @dataclass
 class World:
     api: str
+    gateway: str
     pool: asyncpg.Pool
     model: UUID
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -110,6 +113,16 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("POST", "/v1/embeddings"): fixed("/v1/embeddings",
                                       json={"model": SERVED_NAME, "input": "hello"}),
     ("POST", "/serve/{name}/embed"): fixed("/serve/{name}/embed", json={"inputs": "hello"}),
+    ("POST", "/serve/{name}"): fixed("/serve/{name}", json={"inputs": "hello"}),
+    ("POST", "/serve/{name}/"): fixed("/serve/{name}/", json={"inputs": "hello"}),
+    ("POST", "/serve/{name}/embed_all"): fixed("/serve/{name}/embed_all", json={"inputs": "a"}),
+    ("POST", "/serve/{name}/tokenize"): fixed("/serve/{name}/tokenize", json={"inputs": "a"}),
+    ("POST", "/serve/{name}/decode"): fixed("/serve/{name}/decode", json={"ids": [1, 2]}),
+    ("POST", "/serve/{name}/v1/embeddings"): fixed("/serve/{name}/v1/embeddings",
+                                                   json={"input": "hello"}),
+    ("GET", "/serve/{name}/health"): fixed("/serve/{name}/health"),
+    ("GET", "/serve/{name}/info"): fixed("/serve/{name}/info"),
+    ("GET", "/serve/{name}/metrics"): fixed("/serve/{name}/metrics"),
     ("POST", "/serve/{name}/feedback"): fixed("/serve/{name}/feedback",
                                               json={"event": "upvote", "query": "q"}),
     ("POST", "/api/v2/auth/login"): fixed("/api/v2/auth/login",
@@ -204,13 +217,22 @@ def _template(spec: RouteSpec) -> str:
     return "".join(out)
 
 
-def route_table(settings: Settings) -> list[RouteSpec]:
-    app = create_app(settings)
+def _app_table(app: web.Application) -> list[RouteSpec]:
     table: list[RouteSpec] = app[ROUTE_TABLE]
     registered = {(r.method, r.resource.canonical if r.resource else "")
                   for r in app.router.routes()}
     assert len(registered) == len(table), "every route is registered through the table"
     return table
+
+
+def route_tables(settings: Settings) -> dict[str, list[RouteSpec]]:
+    """Each process's routes: the API's and the gateway's."""
+    return {"api": _app_table(create_app(settings)),
+            "gateway": _app_table(create_gateway_app(settings))}
+
+
+def route_table(settings: Settings) -> list[RouteSpec]:
+    return [spec for table in route_tables(settings).values() for spec in table]
 
 
 def test_every_route_has_a_sample_and_an_auth_rule(settings: Settings) -> None:
@@ -231,9 +253,17 @@ async def stub_replica() -> AsyncIterator[str]:
     async def openai(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
     app = web.Application()
     app.router.add_post("/embed", embed)
+    app.router.add_post("/", embed)
     app.router.add_post("/v1/embeddings", openai)
+    for path in ("/embed_all", "/tokenize", "/decode"):
+        app.router.add_post(path, ok)
+    for path in ("/health", "/info", "/metrics"):
+        app.router.add_get(path, ok)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port("127.0.0.1")
@@ -305,11 +335,12 @@ def _outcome(status: int) -> str:
 @pytest.mark.timeout(240)
 async def test_authorisation_matrix(api: str, pool: asyncpg.Pool, settings: Settings,
                                     anon_http: aiohttp.ClientSession, hashing_model: Any,
-                                    admin_headers: dict[str, str]) -> None:
+                                    admin_headers: dict[str, str], spawn: Any,
+                                    http: aiohttp.ClientSession) -> None:
     await make_user(pool, "alice", password="alice-pass-1")
     model = await hashing_model("private-one")
     await pool.execute("UPDATE models SET access_level = 'private' WHERE id = $1", model)
-    world = World(api, pool, model)
+    world = World(api, await start_gateway(spawn, http), pool, model)
     async with stub_replica() as endpoint, logs_worker(settings.require_redis_url()):
         generation = await _serve_model(pool, model, endpoint)
         await _principals(world, pool, admin_headers, model, generation, hashing_model)
@@ -318,7 +349,7 @@ async def test_authorisation_matrix(api: str, pool: asyncpg.Pool, settings: Sett
             _, task = await call(anon_http, "POST", f"{api}/{kind}", headers=admin_headers,
                                  json={"embedding_model_id": str(model)})
             setattr(world, f"{kind}_task", task["task_id"])
-        mismatches = await _run_matrix(world, anon_http, route_table(settings))
+        mismatches = await _run_matrix(world, anon_http, route_tables(settings))
     assert not mismatches, "\n".join(mismatches)
 
 
@@ -329,21 +360,23 @@ async def _announce_and_wait(world: World, http: aiohttp.ClientSession,
     await redis.aclose()
 
     async def serving() -> bool:
-        async with http.post(f"{world.api}/serve/{SERVED_NAME}/embed", json={"inputs": "x"},
+        async with http.post(f"{world.gateway}/serve/{SERVED_NAME}/embed", json={"inputs": "x"},
                              headers=world.headers["admin"]) as resp:
             return resp.status == 200
     await eventually(serving, 10, "the gateway routes to the stub")
 
 
 async def _run_matrix(world: World, http: aiohttp.ClientSession,
-                      table: list[RouteSpec]) -> list[str]:
+                      tables: dict[str, list[RouteSpec]]) -> list[str]:
     mismatches, rows = [], 0
-    for spec in table:
+    table = [(spec, world.api if process == "api" else world.gateway)
+             for process, specs in tables.items() for spec in specs]
+    for spec, base in table:
         sample = SAMPLES[(spec.method, _template(spec))]
         for who in PRINCIPALS:
             path, kw = await sample(world, who)
             kw = _fill(kw, world)
-            async with http.request(spec.method, world.api + path,
+            async with http.request(spec.method, base + path,
                                     headers=world.headers[who], **kw) as resp:
                 got, body = _outcome(resp.status), await resp.text()
             want = expected(spec.auth, who)

@@ -33,7 +33,7 @@ def _model_server_pids(state_dir: Path) -> list[int]:
     return list(services.replica_processes(state_dir))
 
 
-async def test_deploy_serve_redeploy_delete(api: str, spawn: Callable[..., Proc],
+async def test_deploy_serve_redeploy_delete(api: str, gateway: str, spawn: Callable[..., Proc],
                                             http: aiohttp.ClientSession, pool: asyncpg.Pool,
                                             settings: Settings, hashing_model: Any) -> None:
     model_id = await hashing_model("core-loop")
@@ -43,7 +43,7 @@ async def test_deploy_serve_redeploy_delete(api: str, spawn: Callable[..., Proc]
     assert first["status"] == "done", first
     assert first["metadata"]["generation"] == 1
     assert set(first["metadata"]["timings"]) >= ROLLOUT_PHASES
-    status, body, replica_1 = await _embed(http, api, "core-loop")
+    status, body, replica_1 = await _embed(http, gateway, "core-loop")
     assert status == 200, body
     assert len(body["data"][0]["embedding"]) == 384
     gen1 = [r for r in await replicas.list_for_model(pool, model_id) if r.generation == 1]
@@ -53,7 +53,7 @@ async def test_deploy_serve_redeploy_delete(api: str, spawn: Callable[..., Proc]
     second = await _deploy(http, api, str(model_id))
     assert second["status"] == "done", second
     assert second["metadata"]["generation"] == 2
-    status, body, replica_2 = await _embed(http, api, "alice/core-loop")
+    status, body, replica_2 = await _embed(http, gateway, "alice/core-loop")
     assert status == 200 and replica_2 != replica_1
     assert not any(Path(f"/proc/{pid}").exists() for pid in gen1_pids), "generation 1 lives"
     live = await replicas.list_for_model(pool, model_id)
@@ -64,7 +64,7 @@ async def test_deploy_serve_redeploy_delete(api: str, spawn: Callable[..., Proc]
         deletion = await resp.json()
     done = await wait_task(http, api, "delete", deletion["task_id"])
     assert done["status"] == "done", done
-    status, body, _ = await _embed(http, api, "core-loop")
+    status, body, _ = await _embed(http, gateway, "core-loop")
     assert status in (404, 503) and body["status_code"] == status and body["message"]
     assert _model_server_pids(settings.state_dir) == []
     assert [r for r in await ProcessRuntime(settings).list() if r.running] == []

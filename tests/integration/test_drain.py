@@ -1,7 +1,6 @@
 """The drain wait (worker/drain.py) against a real Redis, and against none."""
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from uuid import uuid4
@@ -9,6 +8,7 @@ from uuid import uuid4
 import pytest
 from redis.asyncio import Redis
 
+from schemas.gateway import GatewayReport
 from schemas.queue import GATEWAY_KEY_PREFIX
 from worker.drain import wait_drained
 from worker.runtimes.process import free_port
@@ -23,10 +23,11 @@ async def redis(backing: dict[str, str], clean: None) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def _report(redis: Redis, generation: int, inflight: int) -> None:
-    report = {"generations": {str(MODEL): generation},
-              "inflight": {str(OLD): inflight} if inflight else {}}
-    await redis.set(GATEWAY_KEY_PREFIX + "g1", json.dumps(report), ex=10)
+async def _report(redis: Redis, generation: int, inflight: int, gateway: str = "g1") -> None:
+    report = GatewayReport(gateway_id=gateway, at=time.time(),
+                           generations={str(MODEL): generation},
+                           inflight={str(OLD): inflight} if inflight else {})
+    await redis.set(GATEWAY_KEY_PREFIX + gateway, report.model_dump_json(), ex=10)
 
 
 async def test_waits_for_the_new_generation_and_no_request_in_flight(redis: Redis) -> None:
@@ -38,6 +39,18 @@ async def test_waits_for_the_new_generation_and_no_request_in_flight(redis: Redi
     await asyncio.sleep(0.3)
     assert not waiter.done(), "three requests are still in flight on the old replica"
     await _report(redis, generation=2, inflight=0)
+    assert await asyncio.wait_for(waiter, 2) is True
+
+
+async def test_waits_for_every_gateway(redis: Redis) -> None:
+    """Two gateway processes: one idle on the new generation does not end the wait while the
+    other still has a request in flight on the old replica."""
+    await _report(redis, generation=2, inflight=0, gateway="g1")
+    await _report(redis, generation=2, inflight=1, gateway="g2")
+    waiter = asyncio.create_task(wait_drained(redis, MODEL, 2, [OLD], timeout_s=10))
+    await asyncio.sleep(0.3)
+    assert not waiter.done(), "the second gateway still has a request in flight"
+    await _report(redis, generation=2, inflight=0, gateway="g2")
     assert await asyncio.wait_for(waiter, 2) is True
 
 

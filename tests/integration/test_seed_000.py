@@ -59,7 +59,7 @@ async def test_get_model_permissions(api: str, anon_http: aiohttp.ClientSession,
 
 
 async def test_seed_000_run_feedbacks_status_logs_stop(
-        api: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
+        api: str, gateway: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
         pool: asyncpg.Pool, hashing_model: Any) -> None:
     _, alice = await make_user(pool, "alice")
     model_id = str(await hashing_model("model_123"))
@@ -77,14 +77,14 @@ async def test_seed_000_run_feedbacks_status_logs_stop(
 
     # Feedback recorded through the gateway, read back newest first.
     for i in range(7):
-        status, _ = await call(http, "POST", f"{api}/serve/model-123/feedback", json={
+        status, _ = await call(http, "POST", f"{gateway}/serve/model-123/feedback", json={
             "event": "upvote", "query": f"Sample query {i}",
             "reference_text": "Sample result upvoted", "reference_id": 15})
         assert status == 201
-    status, _ = await call(http, "POST", f"{api}/serve/model-123/feedback", json={
+    status, _ = await call(http, "POST", f"{gateway}/serve/model-123/feedback", json={
         "event": "associate", "source": "Sample source text", "target": "Sample target text"})
     assert status == 201
-    await call(http, "POST", f"{api}/serve/model-123/feedback",
+    await call(http, "POST", f"{gateway}/serve/model-123/feedback",
                json={"event": "implicit_upvote", "query": "not listed"})
 
     # Get Feedbacks

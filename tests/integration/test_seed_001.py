@@ -31,7 +31,7 @@ async def _finished(http: aiohttp.ClientSession, api: str, kind: str, model_id: 
     assert done["status"] == "done", done
 
 
-async def test_seed_001_samples(api: str, spawn: Callable[..., Proc], anon_http:
+async def test_seed_001_samples(api: str, gateway: str, spawn: Callable[..., Proc], anon_http:
                                 aiohttp.ClientSession, pool: asyncpg.Pool, settings: Settings,
                                 hashing_model: Any) -> None:
     _, alice = await make_user(pool, "alice")
@@ -44,7 +44,7 @@ async def test_seed_001_samples(api: str, spawn: Callable[..., Proc], anon_http:
                               headers=alice)
     assert (status, body) == (200, {})
     await _finished(http, api, "deploy", model_id, alice)
-    async with http.post(f"{api}/serve/my-app/embed", json={"inputs": "hi"}) as resp:
+    async with http.post(f"{gateway}/serve/my-app/embed", json={"inputs": "hi"}) as resp:
         assert resp.status == 200  # deployment_name became the URL name
 
     # Get Deployment Status: {status, errors, warnings}.

@@ -105,11 +105,11 @@ async def test_idempotency_key_and_id(api: str, http: aiohttp.ClientSession,
     assert status == 200 and repeat["task_id"] == by_header["task_id"]
 
 
-async def test_gateway_errors_are_json(api: str, http: aiohttp.ClientSession) -> None:
-    status, body = await _call(http, "POST", f"{api}/v1/embeddings",
+async def test_gateway_errors_are_json(gateway: str, http: aiohttp.ClientSession) -> None:
+    status, body = await _call(http, "POST", f"{gateway}/v1/embeddings",
                                json={"model": "nothing", "input": "x"})
     assert status == 404 and _is_error(body, 404)
-    status, body = await _call(http, "POST", f"{api}/v1/embeddings", json={"input": "x"})
+    status, body = await _call(http, "POST", f"{gateway}/v1/embeddings", json={"input": "x"})
     assert status == 422 and _is_error(body, 422)
-    status, body = await _call(http, "POST", f"{api}/serve/nothing/embed", json={"inputs": "x"})
+    status, body = await _call(http, "POST", f"{gateway}/serve/nothing/embed", json={"inputs": "x"})
     assert status == 404 and _is_error(body, 404)

@@ -127,16 +127,16 @@ async def _embed_replica(http: aiohttp.ClientSession, base: str, name: str) -> s
         return resp.headers["X-Greenroom-Replica"]
 
 
-async def _failing_redeploy(http: aiohttp.ClientSession, api: str, pool: asyncpg.Pool,
-                            model_id: UUID, source: dict[str, Any],
+async def _failing_redeploy(http: aiohttp.ClientSession, api: str, gateway: str,
+                            pool: asyncpg.Pool, model_id: UUID, source: dict[str, Any],
                             config: dict[str, Any]) -> dict[str, Any]:
-    serving = await _embed_replica(http, api, "fragile")
+    serving = await _embed_replica(http, gateway, "fragile")
     await models.update_source(pool, model_id, source)
     task = await _post(http, api, "/deploy",
                        {"embedding_model_id": "alice/fragile", "config": config})
     failed = await wait_task(http, api, "deploy", task["task_id"])
     assert failed["status"] == "failed"
-    assert await _embed_replica(http, api, "fragile") == serving
+    assert await _embed_replica(http, gateway, "fragile") == serving
     deployment = await deployments.get(pool, model_id)
     assert deployment and deployment.status == "complete" and deployment.active_generation == 1
     live = await replicas.list_for_model(pool, model_id)
@@ -145,7 +145,8 @@ async def _failing_redeploy(http: aiohttp.ClientSession, api: str, pool: asyncpg
 
 
 async def test_failed_rollouts_leave_the_old_generation_serving(
-        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        pool: asyncpg.Pool,
         hashing_model: Any) -> None:
     model_id = await hashing_model("fragile")
     spawn("worker")
@@ -153,12 +154,12 @@ async def test_failed_rollouts_leave_the_old_generation_serving(
     assert (await wait_task(http, api, "deploy", first["task_id"]))["status"] == "done"
 
     never_healthy = await _failing_redeploy(
-        http, api, pool, model_id, {"backend": "hashing", "startup_delay_s": 600},
+        http, api, gateway, pool, model_id, {"backend": "hashing", "startup_delay_s": 600},
         {"deploy_timeout_s": 2})
     assert "did not become healthy before the deploy deadline" in never_healthy["detail"]
 
     crashing = await _failing_redeploy(
-        http, api, pool, model_id,
+        http, api, gateway, pool, model_id,
         {"backend": "sentence-transformers", "location": "/nonexistent/model"}, {})
     assert "exited with code" in crashing["detail"]
     assert "/nonexistent/model" in crashing["detail"], "the log tail names the cause"

@@ -1,0 +1,24 @@
+"""What a gateway reports to Redis about its traffic: the drain and the autoscaler read it.
+
+Each gateway process writes one `GatewayReport` under `GATEWAY_KEY_PREFIX + gateway_id`
+about every second (at once when a draining replica goes idle), with a TTL: a gateway
+that stops reporting disappears. Several gateways (and several processes of one) each
+write their own; a reader sums or checks them all.
+"""
+
+from pydantic import BaseModel, Field
+
+
+class GatewayReport(BaseModel):
+    """One gateway process's view of the routes it serves and the traffic it carries."""
+
+    gateway_id: str
+    # Unix time the report was written; readers ignore reports much older than the TTL.
+    at: float
+    # model id → the generation this gateway routes to (absent: it routes nowhere).
+    generations: dict[str, int] = Field(default_factory=dict)
+    # replica id → requests in flight to it now (absent: none).
+    inflight: dict[str, int] = Field(default_factory=dict)
+    # replica id → requests this gateway has finished on it since it started (a counter:
+    # the autoscaler takes differences between two reports for a request rate).
+    requests: dict[str, int] = Field(default_factory=dict)
