@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
+from worker.onnx_variant import onnx_env
+
 # Labels every runtime attaches to a replica, so `list()` can find what Greenroom owns.
 LABEL_PREFIX = "io.greenroom."
 LABEL_MODEL = LABEL_PREFIX + "model"
@@ -83,6 +85,7 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
         env["MODEL_SERVER_DIMENSION"] = str(source["dimension"])
     if source.get("startup_delay_s") is not None:
         env["MODEL_SERVER_STARTUP_DELAY_S"] = str(source["startup_delay_s"])
+    env |= onnx_env(source)
     return {**spec.env, **env}
 
 

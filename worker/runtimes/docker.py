@@ -63,6 +63,12 @@ def _tail(chunks: list[str], lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
 
 
+def export_binds(spec: ReplicaSpec) -> list[str]:
+    """The onnx backend's export cache, read-write at the same path (worker/onnx_variant.py)."""
+    exports = spec.source.get("export_dir")
+    return [f"{exports}:{exports}:rw"] if exports else []
+
+
 class DockerRuntime:
     """Replicas as containers on one Docker Engine, published on the replica host."""
 
@@ -94,6 +100,8 @@ class DockerRuntime:
         if spec.memory_mb:
             # MemorySwap equal to Memory: no swap, so the limit is the limit.
             host_config["Memory"] = host_config["MemorySwap"] = spec.memory_mb * 2**20
+        if binds := export_binds(spec):
+            host_config.setdefault("Binds", []).extend(binds)
         return {
             "Image": spec.source.get("image") or self._settings.docker_image,
             "Env": [f"{k}={v}" for k, v in env.items()],
