@@ -46,6 +46,12 @@ class Embeddings:
     def unit_vectors(self) -> Vectors:
         return self.unit if self.unit is not None else normalize_rows(self.vectors)
 
+    def reordered(self, order: list[int]) -> "Embeddings":
+        """Rows computed in ``order`` (row i is input ``order[i]``) put back in input order."""
+        inverse = np.empty(len(order), dtype=np.intp)
+        inverse[np.asarray(order, dtype=np.intp)] = np.arange(len(order))
+        return Embeddings(self.vectors[inverse], [self.token_counts[i] for i in inverse])
+
     @classmethod
     def concat(cls, parts: list["Embeddings"]) -> "Embeddings":
         if len(parts) == 1:

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # (see Batcher). A lone client never waits; N clients in a closed loop get whole
     # batches instead of two alternating half batches. 0: take whatever is queued.
     max_batch_wait_ms: float = Field(default=10.0, ge=0)
+    # Padded tokens per forward pass (inputs x the longest): a batch is computed as passes
+    # of inputs of similar length, so one long input does not pad every short one beside
+    # it (see README). Unset: one pass per max_batch_size inputs, in arrival order.
+    max_batch_tokens: int | None = Field(default=4096, gt=0)
     queue_limit: int = Field(default=2048, gt=0)
     max_client_batch_size: int = Field(default=256, gt=0)
     max_input_length: int | None = Field(default=None, gt=0)
