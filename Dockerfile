@@ -24,7 +24,7 @@ COPY db ./db
 COPY service ./service
 COPY worker ./worker
 COPY model_server ./model_server
-RUN pip install ".[model]" \
+RUN pip install ".[model,onnx]" \
     && useradd --create-home --uid 10001 greenroom
 
 USER greenroom

@@ -1,13 +1,16 @@
 """Throughput of ``python -m model_server`` against the model's own in-process limit.
 
-Starts the real server (all-MiniLM-L6-v2) on 127.0.0.1 and drives it with wrk at 1, 8 and
-32 connections, one short sentence per request (closed loop: each connection sends its
-next request when the last is answered, so connections = concurrent clients). Around
-each round, with the server idle, it measures the in-process batched encode of the same
-model over the same sentences (same batch size, same torch threads): the limit. Prints
-embeddings/s and the ratio, and splits the ratio into the share of time the server's model
-computes and its speed against the limit. Bounded: 3 rounds of 4 s per level (7 at 32);
-about two and a half minutes on two cores.
+For each backend (torch: sentence-transformers; onnx fp32; onnx int8, its agreement with
+torch printed beside it), starts the real server (all-MiniLM-L6-v2) on 127.0.0.1 and drives
+it with wrk at 1, 8 and 32 connections, one short sentence per request (closed loop: each
+connection sends its next request when the last is answered, so connections = concurrent
+clients). Around each round, with the server idle, it measures the in-process batched
+encode of the same model over the same sentences (same batch size, same torch threads):
+the limit. Prints embeddings/s and the ratio, and splits the ratio into the share of time
+the server's model computes and its speed against the limit. Bounded: 3 rounds of 4 s per
+level (7 at 32); about two and a half minutes per backend on two cores (``--backends``
+picks them). The limit is always torch's: the onnx rows say how far past the model's own
+library they go.
 
 wrk (C, one thread) is the load generator because it shares the machine's cores with the
 server: the aiohttp client this bench used before spent 0.37 ms of CPU per request, wrk
@@ -15,6 +18,7 @@ about 0.04 ms. Needs ``wrk`` on PATH (Debian: ``apt-get install wrk``; ``make be
 installs it).
 
     .venv/bin/python bench/model_server.py [--batch-size N] [--threads N] [--wait-ms MS]
+        [--backends torch onnx-fp32 onnx-int8] [--levels 1 8 32]
 """
 
 import argparse
@@ -33,6 +37,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -57,6 +62,14 @@ LIMIT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limit")
 SUBJECTS = ["the cat", "a search engine", "our team", "the river", "this model", "my friend"]
 VERBS = ["likes", "indexes", "ships", "crosses", "embeds", "reads"]
 OBJECTS = ["short sentences", "the old bridge", "every document", "a new release"]
+# Each backend the bench can start, as the server's MODEL_SERVER_* settings.
+BACKENDS = {
+    "torch": {"MODEL_SERVER_BACKEND": "sentence-transformers"},
+    "onnx-fp32": {"MODEL_SERVER_BACKEND": "onnx", "MODEL_SERVER_ONNX_QUANTIZE": "none"},
+    "onnx-int8": {"MODEL_SERVER_BACKEND": "onnx", "MODEL_SERVER_ONNX_QUANTIZE": "int8"},
+}
+# Exports are made once and reused by later runs (the first start exports and measures).
+EXPORT_DIR = REPO_ROOT / ".greenroom" / "bench-exports"
 
 
 def sentences(count: int) -> list[str]:
@@ -72,8 +85,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    env = os.environ | {
+def start_server(port: int, args: argparse.Namespace, backend: str) -> subprocess.Popen[bytes]:
+    env = os.environ | BACKENDS[backend] | {
+        "MODEL_SERVER_EXPORT_DIR": str(EXPORT_DIR),
         "PYTHONPATH": str(REPO_ROOT),
         "MODEL_SERVER_PORT": str(port),
         "MODEL_SERVER_HOST": HOST,
@@ -213,41 +227,80 @@ def _wrk_p50_ms(output: str) -> float:
     return float(match[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match[2]]
 
 
+@dataclass(frozen=True)
+class Level:
+    """One backend at one concurrency: the medians the goals are read from."""
+
+    rate: float
+    ratio: float
+    p50_ms: float
+
+
 async def run(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk; make bench does)")
+    limit_backend = SentenceTransformerBackend.load(
+        resolve_model_dir(DEFAULT_MODEL), None, args.threads)
+    print(
+        f"model all-MiniLM-L6-v2; threads {args.threads}; cpus {os.cpu_count()}; "
+        f"max batch {args.batch_size}; max wait {args.wait_ms} ms; one short sentence per request;"
+        f" wrk, 3 rounds of {ROUND_SECONDS} s per level (7 at 32), medians shown; "
+        f"limit: torch in-process; load average before: {os.getloadavg()[0]:.1f}"
+    )
+    results: dict[str, dict[int, Level]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "embed.lua"
+        script.write_text(WRK_SCRIPT)
+        for backend in args.backends:
+            results[backend] = await run_backend(backend, script, limit_backend, args)
+    print_goals(results)
+
+
+async def run_backend(backend: str, script: Path, limit_backend: SentenceTransformerBackend,
+                      args: argparse.Namespace) -> dict[int, Level]:
     port = free_port()
     url = f"http://{HOST}:{port}"
-    server = start_server(port, args)
+    server = start_server(port, args, backend)
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            script = Path(folder) / "embed.lua"
-            script.write_text(WRK_SCRIPT)
-            async with aiohttp.ClientSession() as session:
-                await wait_healthy(session, url)
-                await report(session, url, script, args)
+        async with aiohttp.ClientSession() as session:
+            await wait_healthy(session, url, within_s=600)
+            async with session.get(f"{url}/info") as response:
+                info = await response.json()
+            return await report(session, url, script, args, backend, info, limit_backend)
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
+def describe(backend: str, info: dict[str, Any]) -> str:
+    agreement = info.get("agreement")
+    if not agreement:
+        return f"backend {backend} ({info['backend']})"
+    return (f"backend {backend} ({agreement['variant']}); agreement with torch: mean cosine "
+            f"{agreement['mean_cosine']:.4f}, min {agreement['min_cosine']:.4f}, top-1 "
+            f"{agreement['top1_agreement']:.3f} ({agreement['sentences']} sentences, "
+            f"{agreement['queries']} queries)")
+
+
 async def report(
-    session: aiohttp.ClientSession, url: str, script: Path, args: argparse.Namespace
-) -> None:
-    backend = SentenceTransformerBackend.load(resolve_model_dir(DEFAULT_MODEL), None, args.threads)
-    print(
-        f"model all-MiniLM-L6-v2; torch threads {args.threads}; cpus {os.cpu_count()}; "
-        f"max batch {args.batch_size}; max wait {args.wait_ms} ms; one short sentence per request;"
-        f" wrk, 3 rounds of {ROUND_SECONDS} s per level (7 at 32), medians shown"
-    )
+    session: aiohttp.ClientSession, url: str, script: Path, args: argparse.Namespace,
+    backend: str, info: dict[str, Any], limit_backend: SentenceTransformerBackend,
+) -> dict[int, Level]:
+    print(describe(backend, info))
     await drive(session, url, script, 8)  # warm the connections and the server
     print(
         f"{'concurrency':>11} {'requests':>8} {'server emb/s':>12} {'limit emb/s':>11}"
         f" {'ratio':>5} {'busy':>5} {'compute emb/s':>13} {'/limit':>6} {'mean batch':>10}"
         f" {'limit@batch=c':>13} {'ratio':>5} {'p50 ms':>6} {'wrk cores':>9}"
     )
+    levels = {}
     for concurrency in args.levels:
-        await report_level(session, url, script, concurrency, backend, args.batch_size)
+        levels[concurrency] = await report_level(
+            session, url, script, concurrency, limit_backend, args.batch_size)
+    return levels
+
+
+def print_goals(results: dict[str, dict[int, Level]]) -> None:
     print(
         "limit: in-process encode of the same model over the same sentences, batches of max "
         "batch, same threads, measured just before and after each round while the server is "
@@ -259,6 +312,13 @@ async def report(
         "in-process limit at the largest batch c clients can form, min(c, max batch). wrk "
         "cores: the load generator's CPU use, taken from the same cores."
     )
+    int8, torch = results.get("onnx-int8", {}), results.get("torch", {})
+    if 32 in int8:
+        print(f"goal 1: onnx int8 at concurrency 32 / torch in-process limit = "
+              f"{int8[32].ratio:.2f} (goal >= 2)")
+    if 1 in int8 and 1 in torch:
+        print(f"goal 2: p50 at concurrency 1: onnx int8 {int8[1].p50_ms:.1f} ms, torch "
+              f"{torch[1].p50_ms:.1f} ms (goal: below torch's)")
 
 
 async def report_level(
@@ -268,7 +328,7 @@ async def report_level(
     concurrency: int,
     backend: SentenceTransformerBackend,
     batch: int,
-) -> None:
+) -> Level:
     """Rounds of limit / server / limit, so a burst of other load skews one round only."""
     own = min(concurrency, batch)
     rounds: list[Round] = []
@@ -294,6 +354,8 @@ async def report_level(
     )
     each = " ".join(f"{r.rate:.0f}/{r.limit:.0f}" for r in rounds)
     print(f"{'':>11} each round, server/limit emb/s: {each}")
+    return Level(_median(r.rate for r in rounds), _median(r.rate / r.limit for r in rounds),
+                 _median(r.p50_ms for r in rounds))
 
 
 def _median(values: Iterable[float]) -> float:
@@ -333,6 +395,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=defaults.num_threads)
     parser.add_argument("--wait-ms", type=float, default=defaults.max_batch_wait_ms)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
     started = time.perf_counter()
     asyncio.run(run(parser.parse_args()))
     print(f"bench took {time.perf_counter() - started:.0f} s")

@@ -204,6 +204,8 @@ async def info(request: web.Request) -> web.Response:
             "max_client_batch_size": settings.max_client_batch_size,
             "queue_limit": settings.queue_limit,
             "backend": backend.name,
+            "quantization": backend.quantization,
+            "agreement": backend.agreement and backend.agreement.as_dict(),
             "version": __version__,
         }
     )

@@ -46,6 +46,12 @@ class Embeddings:
     def unit_vectors(self) -> Vectors:
         return self.unit if self.unit is not None else normalize_rows(self.vectors)
 
+    def reordered(self, order: list[int]) -> "Embeddings":
+        """Rows computed in ``order`` (row i is input ``order[i]``) put back in input order."""
+        inverse = np.empty(len(order), dtype=np.intp)
+        inverse[np.asarray(order, dtype=np.intp)] = np.arange(len(order))
+        return Embeddings(self.vectors[inverse], [self.token_counts[i] for i in inverse])
+
     @classmethod
     def concat(cls, parts: list["Embeddings"]) -> "Embeddings":
         if len(parts) == 1:
@@ -67,6 +73,10 @@ class Embedder(Protocol):
     dimension: int
     max_input_length: int
     dtype: str
+    # Reported by /info: "int8" for a quantised variant, and its recorded agreement
+    # with the reference backend (model_server/agreement.py).
+    quantization: str | None
+    agreement: Any
 
     def embed(self, texts: list[str]) -> Embeddings:
         """Embed ``texts``, each truncated to ``max_input_length`` tokens."""
@@ -87,6 +97,8 @@ class HashingEmbedder:
 
     name: ClassVar[str] = "hashing"
     dtype = "float32"
+    quantization: str | None = None
+    agreement = None
 
     def __init__(self, dimension: int, max_input_length: int = HASHING_MAX_INPUT_LENGTH) -> None:
         self.dimension = dimension
@@ -122,6 +134,8 @@ class SentenceTransformerBackend:
     """A sentence-transformers model from a local directory, run with torch on the CPU."""
 
     name: ClassVar[str] = "sentence-transformers"
+    quantization: str | None = None
+    agreement = None
 
     def __init__(self, model: Any, max_input_length: int | None) -> None:
         import torch
@@ -158,6 +172,11 @@ class SentenceTransformerBackend:
             return cls(model, max_input_length)
         except Exception as exc:
             raise BackendLoadError(f"cannot load model from {model_dir}: {exc}") from exc
+
+    @property
+    def model(self) -> Any:
+        """The SentenceTransformer itself (the onnx backend exports its transformer)."""
+        return self._model
 
     def embed(self, texts: list[str]) -> Embeddings:
         with self._torch.inference_mode():
@@ -211,6 +230,10 @@ async def load_backend(settings: Settings) -> Embedder:
         length = settings.max_input_length or HASHING_MAX_INPUT_LENGTH
         return HashingEmbedder(settings.dimension, length)
     model_dir = resolve_model_dir(settings.model)
+    if settings.backend == "onnx":
+        from model_server.onnx_backend import load_onnx  # imports this module
+
+        return await asyncio.to_thread(load_onnx, model_dir, settings)
     return await asyncio.to_thread(
         SentenceTransformerBackend.load,
         model_dir,

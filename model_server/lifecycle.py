@@ -1,6 +1,7 @@
 """The model's life in one server: background load, warm-up, readiness, close."""
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -76,6 +77,14 @@ def _start_batcher(backend: Embedder, settings: Settings, metrics: Metrics) -> B
         max_wait_s=settings.max_batch_wait_ms / 1000,
         queue_limit=settings.queue_limit,
         metrics=metrics,
+        max_batch_tokens=settings.max_batch_tokens,
+        lengths=functools.partial(_truncated_lengths, backend),
     )
     batcher.start()
     return batcher
+
+
+def _truncated_lengths(backend: Embedder, texts: list[str]) -> list[int]:
+    """Each input's tokens as the model will see them (counted on the compute thread)."""
+    limit = backend.max_input_length
+    return [min(count, limit) for count in backend.count_tokens(texts)]

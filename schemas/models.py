@@ -12,7 +12,7 @@ class ModelSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["sentence-transformers", "hashing"] = "sentence-transformers"
+    backend: Literal["sentence-transformers", "onnx", "hashing"] = "sentence-transformers"
     location: str | None = Field(default=None, description="model directory or package:NAME")
     dimension: int | None = Field(default=None, ge=1, le=8192)
     # Test knob of the hashing backend: seconds before the replica reports healthy.

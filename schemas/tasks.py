@@ -2,7 +2,7 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +37,23 @@ class Phase(StrEnum):
     removing = "removing"
 
 
+class OnnxOptions(BaseModel):
+    """`config.onnx`: the variant an `onnx`-backend model runs (model_server/config.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quantize: Literal["none", "int8"] = Field(
+        default="none", description="int8: dynamic int8 quantisation of the MatMuls")
+    optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ONNX Runtime graph optimisation level")
+    isa: Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64"] = Field(
+        default="auto", description="int8 weight layout; auto reads the replica's CPU")
+    min_mean_cosine: float | None = Field(
+        default=None, ge=0, le=1, description="refuse a variant below this mean cosine to torch")
+    min_top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="refuse a variant below this top-1 agreement")
+
+
 class DeploymentConfig(BaseModel):
     """Deployment settings (seed 001's deploy body, seed 002's `config`); all optional."""
 
@@ -54,6 +71,8 @@ class DeploymentConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     deploy_timeout_s: float | None = Field(
         default=None, gt=0, le=3600, description="health-check deadline for this rollout")
+    onnx: OnnxOptions | None = Field(
+        default=None, description="variant options for a model whose source.backend is onnx")
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "DeploymentConfig":

@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--owner", required=True)
     reg.add_argument("--name", required=True)
     reg.add_argument("--backend", default="sentence-transformers",
-                     choices=["sentence-transformers", "hashing"])
+                     choices=["sentence-transformers", "onnx", "hashing"])
     reg.add_argument("--location", help="model directory or package:NAME")
     reg.add_argument("--dimension", type=int)
     reg.add_argument("--access-level", default="private",

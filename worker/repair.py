@@ -15,6 +15,7 @@ from db.replicas import Replica
 from schemas.tasks import DeploymentConfig
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
+from worker.onnx_variant import replica_source
 from worker.rollout import RolloutFailed, publish_routes, remove_replicas, replica_env
 from worker.runtimes.base import ReplicaInfo, ReplicaSpec, RuntimeError_
 
@@ -75,7 +76,8 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
                          generation=dead.generation)
         return False
     spec = ReplicaSpec(replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
-                       generation=dead.generation, task_id=dead.task_id, source=model.source,
+                       generation=dead.generation, task_id=dead.task_id,
+                       source=replica_source(ctx.settings, model.source, config),
                        memory_mb=config.memory, env=env)
     await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                           generation=dead.generation, task_id=dead.task_id,

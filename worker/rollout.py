@@ -22,6 +22,7 @@ from schemas.tokens import issue_job_token
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
+from worker.onnx_variant import record_agreement, replica_source
 from worker.runtimes.base import ReplicaSpec, RuntimeError_, StartedReplica
 
 log = structlog.get_logger(__name__)
@@ -92,7 +93,8 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
     for _ in range(config.replica_count):
         spec = ReplicaSpec(
             replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
-            generation=generation, task_id=task.id, source=model.source,
+            generation=generation, task_id=task.id,
+            source=replica_source(ctx.settings, model.source, config),
             memory_mb=config.memory, env=dict(env),
         )
         await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
@@ -148,6 +150,8 @@ async def _bring_up(ctx: WorkerContext, progress: Progress, model: Model, genera
         assert isinstance(first, ReplicaFailed)
         tail = await _log_tail(ctx, first.runtime_ref)
         raise RolloutFailed(f"{first}" + (f"; last log lines:\n{tail}" if tail else "")) from None
+    await record_agreement(ctx.pool, ctx.http, model.id, model.source, started[0].endpoint,
+                           generation)
     return started
 
 

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
+from worker.onnx_variant import onnx_env
 from worker.runtimes.environment import replica_env
 
 # Labels every runtime attaches to a replica, so `list()` can find what Greenroom owns.
@@ -85,6 +86,7 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
         env["MODEL_SERVER_DIMENSION"] = str(source["dimension"])
     if source.get("startup_delay_s") is not None:
         env["MODEL_SERVER_STARTUP_DELAY_S"] = str(source["startup_delay_s"])
+    env |= onnx_env(source)
     return replica_env(env, spec.env)
 
 

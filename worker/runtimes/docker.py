@@ -93,6 +93,12 @@ def _tail(chunks: list[str], lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
 
 
+def export_binds(spec: ReplicaSpec) -> list[str]:
+    """The onnx backend's export cache, read-write at the same path (worker/onnx_variant.py)."""
+    exports = spec.source.get("export_dir")
+    return [f"{exports}:{exports}:rw"] if exports else []
+
+
 class DockerRuntime:
     """Replicas as containers on one Docker Engine, published on the replica host."""
 
@@ -127,7 +133,7 @@ class DockerRuntime:
             # MemorySwap equal to Memory: no swap, so the limit is the limit.
             "Memory": memory, "MemorySwap": memory,
             **hardening(self._settings),
-            "Binds": binds,
+            "Binds": binds + export_binds(spec),
         }
         return {
             "Image": spec.source.get("image") or self._settings.docker_image,

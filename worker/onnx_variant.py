@@ -1,0 +1,73 @@
+"""What a replica of an `onnx`-backend model is told, and what it reports back.
+
+The deployment's `config.onnx` and the model store's `exports/` directory travel in the
+replica's source (not its env, which carries the caller's variables) and become
+MODEL_SERVER_* settings in `model_server_env`. Once the replicas are healthy, the
+agreement the server measured (or read from its record) is copied into the model's
+metadata in the registry.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from db import models
+from schemas.settings import Settings
+from schemas.tasks import DeploymentConfig, OnnxOptions
+
+log = structlog.get_logger(__name__)
+
+ONNX_BACKEND = "onnx"
+INFO_TIMEOUT_S = 5.0
+_ENV_NAMES = {
+    "quantize": "MODEL_SERVER_ONNX_QUANTIZE",
+    "optimization_level": "MODEL_SERVER_ONNX_OPTIMIZATION_LEVEL",
+    "isa": "MODEL_SERVER_ONNX_ISA",
+    "min_mean_cosine": "MODEL_SERVER_ONNX_MIN_MEAN_COSINE",
+    "min_top1_agreement": "MODEL_SERVER_ONNX_MIN_TOP1_AGREEMENT",
+}
+
+
+def export_dir(settings: Settings) -> Path:
+    """`<model store>/exports`, absolute: replicas run in another directory or container."""
+    return (settings.model_store_dir / "exports").resolve()
+
+
+def replica_source(settings: Settings, source: dict[str, Any],
+                   config: DeploymentConfig) -> dict[str, Any]:
+    """The model's source, plus the export cache and the deployment's ONNX options."""
+    if source.get("backend") != ONNX_BACKEND:
+        return source
+    exports = export_dir(settings)
+    exports.mkdir(parents=True, exist_ok=True)
+    options = (config.onnx or OnnxOptions()).model_dump(exclude_none=True)
+    return {**source, "export_dir": str(exports), "onnx": options}
+
+
+def onnx_env(source: dict[str, Any]) -> dict[str, str]:
+    """MODEL_SERVER_* settings for the options `replica_source` added."""
+    env = {_ENV_NAMES[key]: str(value) for key, value in (source.get("onnx") or {}).items()
+           if key in _ENV_NAMES}
+    if source.get("export_dir"):
+        env["MODEL_SERVER_EXPORT_DIR"] = str(source["export_dir"])
+    return env
+
+
+async def record_agreement(pool: Any, http: aiohttp.ClientSession, model_id: Any,
+                           source: dict[str, Any], endpoint: str, generation: int) -> None:
+    """Copy a healthy onnx replica's variant and agreement into the model's metadata."""
+    if source.get("backend") != ONNX_BACKEND:
+        return
+    try:
+        timeout = aiohttp.ClientTimeout(total=INFO_TIMEOUT_S)
+        async with http.get(f"{endpoint}/info", timeout=timeout) as response:
+            info = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        log.warning("onnx_info_unreadable", endpoint=endpoint, error=str(exc))
+        return
+    await models.merge_metadata(pool, model_id, {"onnx": {
+        "quantization": info.get("quantization"), "agreement": info.get("agreement"),
+        "generation": generation,
+    }})
