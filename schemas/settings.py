@@ -31,6 +31,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # A worker serves Prometheus metrics on this port (off when unset); `up` picks one.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
     # Address replicas are published on and reached at; loopback by default.
     replica_host: str = "127.0.0.1"
 

@@ -21,7 +21,8 @@ from service import (
 from service.auth import register, require_secret
 from service.errors import error_middleware
 from service.gateway import Gateway
-from service.keys import GATEWAY, PG, REDIS, SETTINGS
+from service.keys import GATEWAY, METRICS, PG, REDIS, SETTINGS
+from service.metrics import ApiMetrics
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
@@ -50,8 +51,11 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     require_secret(settings)  # fail at start, not at the first login
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    metrics = ApiMetrics()
+    app = web.Application(middlewares=[metrics.middleware(), error_middleware],
+                          client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app.cleanup_ctx.extend([_postgres, _redis, _gateway])
     routes_tasks.setup(app)
     routes_gateway.setup(app)

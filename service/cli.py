@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -101,8 +102,15 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
     sys.exit(run_up(settings, once=args.once))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and `--help` still shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="greenroom", description=__doc__)
+    parser = _Parser(prog="greenroom", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("api", help="run the API and gateway").set_defaults(fn=cmd_api)
     sub.add_parser("worker", help="run a worker").set_defaults(

@@ -9,6 +9,7 @@ are idle.
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from db.deployments import Route
 from db.errors import DatabaseError
 from schemas.queue import GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
 from service.errors import ApiError
+from service.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_S = 2.0
@@ -56,6 +58,7 @@ class Gateway:
         self._pool, self._redis, self._poll_s = pool, redis, poll_s
         self._table = Table({}, {}, frozenset())
         self.inflight: Counter[UUID] = Counter()
+        self.metrics = GatewayMetrics(self.inflight)
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http = aiohttp.ClientSession(
@@ -98,21 +101,27 @@ class Gateway:
         """Send the request to the least busy replica; retry elsewhere if it cannot connect."""
         tried: set[UUID] = set()
         forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
+        started, metrics, deployment = time.perf_counter(), self.metrics, ""
         for _ in range(MAX_ATTEMPTS):
             replica_id, endpoint = self._pick(key, tried)
+            deployment = self._table.by_key[key].name
             self.inflight[replica_id] += 1
             try:
                 async with self._http.post(endpoint + path, data=body,
                                            headers=forward_headers) as resp:
                     payload = await resp.read()
+                    metrics.requests.labels(deployment, str(resp.status)).inc()
+                    metrics.latency.labels(deployment).observe(time.perf_counter() - started)
                     return web.Response(body=payload, status=resp.status,
                                         content_type=resp.content_type,
                                         headers={"X-Greenroom-Replica": str(replica_id)})
             except aiohttp.ClientConnectionError as exc:
                 log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
+                metrics.upstream_errors.labels(deployment).inc()
                 tried.add(replica_id)
             finally:
                 self._release(replica_id)
+        metrics.requests.labels(deployment, "502").inc()
         raise ApiError(502, f"no replica of deployment {key!r} could be reached")
 
     def _release(self, replica_id: UUID) -> None:

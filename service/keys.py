@@ -6,8 +6,10 @@ from arq.connections import ArqRedis
 
 from schemas.settings import Settings
 from service.gateway import Gateway
+from service.metrics import ApiMetrics
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
 REDIS = web.AppKey("redis", ArqRedis)
 GATEWAY = web.AppKey("gateway", Gateway)
+METRICS = web.AppKey("metrics", ApiMetrics)

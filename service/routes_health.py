@@ -4,11 +4,13 @@ import asyncio
 import contextlib
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from schemas.queue import WORKER_KEY_PREFIX
 from service.auth import RouteSpec, register
-from service.keys import GATEWAY, PG, REDIS
+from service.keys import GATEWAY, METRICS, PG, REDIS
+from service.metrics import exposition
 from service.openapi import openapi_json
 
 PROBE_TIMEOUT_S = 1.0
@@ -48,11 +50,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
-    lines = ["# TYPE greenroom_gateway_inflight gauge"]
-    lines += [f'greenroom_gateway_inflight{{replica="{rid}"}} {n}'
-              for rid, n in gateway.inflight.items()]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    """Prometheus text format: the API's requests and the gateway's (service/metrics.py)."""
+    body = exposition(request.app[METRICS].registry, request.app[GATEWAY].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 ROUTES = [

@@ -46,6 +46,8 @@ class Progress:
         now = time.monotonic()
         if self._phase is not None:
             self.timings[self._phase] = round(now - self._since, 3)
+            self.ctx.metrics.phase_duration.labels(self.task.kind, self._phase).observe(
+                now - self._since)
         self._phase, self._since = (phase.value if phase else None), now
         await tasks.set_phase(self.ctx.pool, self.task.id, self.ctx.worker_id, self._phase,
                               {**metadata, "timings": self.timings})
