@@ -58,7 +58,7 @@ class Gateway:
         self._pool, self._redis, self._poll_s = pool, redis, poll_s
         self._table = Table({}, {}, frozenset())
         self.inflight: Counter[UUID] = Counter()
-        self.metrics = GatewayMetrics(self.inflight)
+        self.metrics = GatewayMetrics(self.inflight_by_replica)
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http = aiohttp.ClientSession(
@@ -110,8 +110,7 @@ class Gateway:
                 async with self._http.post(endpoint + path, data=body,
                                            headers=forward_headers) as resp:
                     payload = await resp.read()
-                    metrics.requests.labels(deployment, str(resp.status)).inc()
-                    metrics.latency.labels(deployment).observe(time.perf_counter() - started)
+                    metrics.observe(deployment, resp.status, time.perf_counter() - started)
                     return web.Response(body=payload, status=resp.status,
                                         content_type=resp.content_type,
                                         headers={"X-Greenroom-Replica": str(replica_id)})
@@ -123,6 +122,10 @@ class Gateway:
                 self._release(replica_id)
         metrics.requests.labels(deployment, "502").inc()
         raise ApiError(502, f"no replica of deployment {key!r} could be reached")
+
+    def inflight_by_replica(self) -> dict[UUID, int]:
+        """Requests in flight on every routed replica (zero included) and on draining ones."""
+        return dict.fromkeys(self._table.active, 0) | dict(self.inflight)
 
     def _release(self, replica_id: UUID) -> None:
         self.inflight[replica_id] -= 1

@@ -5,8 +5,8 @@ do not share series. Names follow Prometheus' conventions: base units, `_total` 
 """
 
 import time
-from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 from uuid import UUID
 
 from aiohttp import web
@@ -33,6 +33,17 @@ class ApiMetrics:
         self.latency = Histogram(
             "greenroom_api_request_duration_seconds", "Time to answer an HTTP request",
             ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        # Labelled children cached: `labels()` takes a lock and builds a key per call.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        children = self._children.get((method, route, status))
+        if children is None:
+            children = (self.requests.labels(method, route, str(status)),
+                        self.latency.labels(method, route))
+            self._children[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def middleware(self) -> Middleware:
         @web.middleware
@@ -47,10 +58,8 @@ class ApiMetrics:
                 status = exc.status
                 raise
             finally:
-                route = _route_template(request)
-                self.requests.labels(request.method, route, str(status)).inc()
-                self.latency.labels(request.method, route).observe(
-                    time.perf_counter() - started)
+                self.observe(request.method, _route_template(request), status,
+                             time.perf_counter() - started)
         return measure
 
 
@@ -61,16 +70,16 @@ def _route_template(request: web.Request) -> str:
 
 
 class _InflightCollector(Collector):
-    """Requests in flight per replica, read from the gateway's tally at scrape time."""
+    """Requests in flight per replica, read from the gateway at scrape time."""
 
-    def __init__(self, inflight: Tally[UUID]) -> None:
+    def __init__(self, inflight: Callable[[], dict[UUID, int]]) -> None:
         self._inflight = inflight
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("greenroom_gateway_inflight_requests",
                                    "Requests the gateway has in flight, per replica",
                                    labels=["replica"])
-        for replica, count in list(self._inflight.items()):
+        for replica, count in self._inflight().items():
             family.add_metric([str(replica)], count)
         yield family
 
@@ -81,7 +90,8 @@ class _InflightCollector(Collector):
 class GatewayMetrics:
     """Inference the gateway forwarded, per deployment, and in flight per replica."""
 
-    def __init__(self, inflight: Tally[UUID]) -> None:
+    def __init__(self, inflight: Callable[[], dict[UUID, int]]) -> None:
+        """`inflight`: requests in flight by replica, every routed replica included."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "greenroom_gateway_requests", "Inference requests forwarded, by upstream status",
@@ -95,6 +105,16 @@ class GatewayMetrics:
             "Replicas that could not be reached (each retried on another replica)",
             ["deployment"], registry=self.registry)
         self.registry.register(_InflightCollector(inflight))
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def observe(self, deployment: str, status: int, seconds: float) -> None:
+        children = self._children.get((deployment, status))
+        if children is None:
+            children = (self.requests.labels(deployment, str(status)),
+                        self.latency.labels(deployment))
+            self._children[(deployment, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def exposition(*registries: CollectorRegistry) -> bytes:

@@ -10,6 +10,7 @@
 import json
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,13 @@ class Stack:
     database_url: str
     redis_url: str
     redis_port: int | None = None
+    worker_metrics_port: int | None = None
 
     def save(self, state_dir: Path) -> None:
         write_private(state_dir / STACK_FILE, json.dumps({
             "api_url": self.api_url, "database_url": self.database_url,
-            "redis_url": self.redis_url, "redis_port": self.redis_port}, indent=2) + "\n")
+            "redis_url": self.redis_url, "redis_port": self.redis_port,
+            "worker_metrics_port": self.worker_metrics_port}, indent=2) + "\n")
 
 
 def load_stack(state_dir: Path) -> Stack | None:
@@ -65,9 +68,22 @@ def load_stack(state_dir: Path) -> Stack | None:
     try:
         data = json.loads(path.read_text())
         return Stack(api_url=data["api_url"], database_url=data["database_url"],
-                     redis_url=data["redis_url"], redis_port=data.get("redis_port"))
+                     redis_url=data["redis_url"], redis_port=data.get("redis_port"),
+                     worker_metrics_port=data.get("worker_metrics_port"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def port_for(previous: int | None) -> int:
+    """The port used last time if it is free again, else a free loopback port."""
+    for port in ([previous] if previous else []) + [0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free loopback port")
 
 
 def settings_with_stack(settings: Settings) -> Settings:

@@ -53,6 +53,10 @@ def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
         keep.append(proc)
         env["GREENROOM_REDIS_URL"] = url
         _say(f"embedded Redis at {url}")
+    if settings.worker_metrics_port is None:
+        port = stack_state.port_for(previous.worker_metrics_port if previous else None)
+        env["GREENROOM_WORKER_METRICS_PORT"] = str(port)
+        _say(f"worker metrics at http://127.0.0.1:{port}/metrics")
     if not settings.secret_key:
         # Drawn once and kept under the state folder: tokens outlive a restart.
         env["GREENROOM_SECRET_KEY"] = stack_state.secret_key(state)

@@ -15,9 +15,11 @@ async def remember_stack(settings: Settings, env: dict[str, str], base: str) -> 
     state = settings.state_dir
     redis_url = env["GREENROOM_REDIS_URL"]
     port = redis_url.rsplit(":", 1)[-1].split("/")[0]
+    metrics_port = env.get("GREENROOM_WORKER_METRICS_PORT", "")
     stack_state.Stack(api_url=base, database_url=env["GREENROOM_DATABASE_URL"],
-                      redis_url=redis_url,
-                      redis_port=int(port) if port.isdigit() else None).save(state)
+                      redis_url=redis_url, redis_port=int(port) if port.isdigit() else None,
+                      worker_metrics_port=int(metrics_port) if metrics_port.isdigit() else None
+                      ).save(state)
     _, created = await stack_state.ensure_admin(env["GREENROOM_DATABASE_URL"], state)
     if created:
         _say(f"created the admin account {stack_state.ADMIN_USERNAME!r}; its password is in "
