@@ -10,6 +10,7 @@ from db.pool import create_pool as create_pg_pool
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
 from service import (
+    routes_docs,
     routes_feedback,
     routes_gateway,
     routes_health,
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     routes_tasks.setup(app)
     routes_gateway.setup(app)
     routes_health.setup(app)
+    routes_docs.setup(app)
     for surface in (routes_registry, routes_v2_deploy, routes_v1, routes_feedback):
         register(app, surface.ROUTES)
     return app

