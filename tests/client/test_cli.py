@@ -130,3 +130,16 @@ async def test_without_a_token_or_an_api_one_clear_line(greenroom: Any) -> None:
     assert done.stderr.strip().splitlines() == [
         f"greenroom deploy: cannot reach the API at {nowhere}: is `greenroom up` (or the API) "
         "running?"]
+
+
+def test_local_commands_without_a_stack_give_one_clear_line(tmp_path: Path) -> None:
+    """The issue's first stumble: `users create` in a folder with no running stack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    env |= {"GREENROOM_NEW_PASSWORD": "password-123"}
+    for args in (["users", "create", "alice", "--admin"], ["migrate"]):
+        done = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1
+        [line] = done.stderr.strip().splitlines()
+        assert "GREENROOM_DATABASE_URL is not set; run it in the folder where `greenroom up` " \
+            "runs" in line, line
