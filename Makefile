@@ -22,7 +22,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy db schemas service worker model_server
+	$(BIN)/mypy db schemas service worker model_server greenroom_client
 
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py

@@ -110,3 +110,12 @@ async def list_serving(db: Executor) -> list[Replica]:
                 FROM replicas r JOIN deployments d ON d.model_id = r.model_id
                 WHERE r.state = 'ready' AND r.generation = d.active_generation"""
         ))
+
+
+async def count_live_by_state(db: Executor) -> dict[str, int]:
+    """How many replicas are starting, ready and draining, over every model."""
+    async with translated():
+        rows = await db.fetch(
+            "SELECT state, count(*) AS n FROM replicas WHERE state = ANY($1::text[]) "
+            "GROUP BY state", list(LIVE_STATES))
+    return {state: 0 for state in LIVE_STATES} | {r["state"]: int(r["n"]) for r in rows}

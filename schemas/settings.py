@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # How long the gateway and the API trust a cached access decision (a revoke is also
     # announced on Redis, which clears the caches at once).
     access_cache_ttl_s: float = 1.0
+
+    # A worker serves Prometheus metrics on this port (off when unset); `up` picks one.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
     # Address replicas are published on and reached at; loopback by default.
     replica_host: str = "127.0.0.1"
 

@@ -10,6 +10,7 @@ from db.pool import create_pool as create_pg_pool
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
 from service import (
+    routes_docs,
     routes_health,
     routes_registry,
     routes_tasks,
@@ -18,8 +19,9 @@ from service import (
 )
 from service.auth import register, require_secret
 from service.errors import error_middleware
-from service.keys import LOGIN_THROTTLE, PG, REDIS, SETTINGS
+from service.keys import LOGIN_THROTTLE, METRICS, PG, REDIS, SETTINGS
 from service.login_throttle import LoginThrottle
+from service.metrics import ApiMetrics
 from service.principal_cache import principal_cache_ctx
 
 
@@ -41,7 +43,9 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     require_secret(settings)  # fail at start, not at the first login
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    metrics = ApiMetrics()
+    app = web.Application(middlewares=[metrics.middleware(), error_middleware],
+                          client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[LOGIN_THROTTLE] = LoginThrottle(settings.login_max_failures_per_user,
                                         settings.login_max_failures_per_address,
@@ -49,8 +53,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
     # Inference is the gateway's (service/gateway_app.py), a process of its own.
     app.cleanup_ctx.extend([_postgres, _redis,
                             principal_cache_ctx(REDIS, settings.access_cache_ttl_s)])
+    app[METRICS] = metrics
     routes_tasks.setup(app)
     routes_health.setup(app)
+    routes_docs.setup(app)
     for surface in (routes_registry, routes_v2_deploy, routes_v1):
         register(app, surface.ROUTES)
     return app

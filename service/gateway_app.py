@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 
 from db.deployments import Route
@@ -29,6 +30,7 @@ from service.auth import ROUTE_TABLE, RouteSpec, register, require_secret
 from service.errors import ApiError
 from service.gateway import Gateway
 from service.keys import GATEWAY, PG, SETTINGS
+from service.metrics import exposition
 from service.openapi import openapi_json
 from service.principal_cache import principal_cache_ctx
 
@@ -145,19 +147,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
-    lines = ["# TYPE greenroom_gateway_inflight gauge"]
-    lines += [f'greenroom_gateway_inflight{{replica="{rid}"}} {n}'
-              for rid, n in gateway.inflight.items()]
-    lines += ["# TYPE greenroom_gateway_requests_total counter"]
-    lines += [f'greenroom_gateway_requests_total{{replica="{rid}"}} {n}'
-              for rid, n in gateway.served.items()]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    """Prometheus text format: requests, latency and upstream errors per deployment, in flight
+    per replica (service/metrics.py)."""
+    body = exposition(request.app[GATEWAY].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 OWN_ROUTES = [
     RouteSpec("GET", "/healthz", healthz, "public", summary="Liveness of this gateway"),
-    RouteSpec("GET", "/metrics", metrics, "public", summary="This gateway's in-flight counts"),
+    RouteSpec("GET", "/metrics", metrics, "public", summary="This gateway's Prometheus metrics"),
     RouteSpec("GET", "/openapi.json", openapi_json, "public", summary="OpenAPI document"),
 ]
 

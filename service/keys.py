@@ -7,9 +7,11 @@ from arq.connections import ArqRedis
 from schemas.settings import Settings
 from service.gateway import Gateway
 from service.login_throttle import LoginThrottle
+from service.metrics import ApiMetrics
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
 REDIS = web.AppKey("redis", ArqRedis)
 GATEWAY = web.AppKey("gateway", Gateway)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+METRICS = web.AppKey("metrics", ApiMetrics)

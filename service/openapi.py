@@ -12,6 +12,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from schemas.tasks import ErrorBody
 from service.auth import ROUTE_TABLE, RouteSpec
+from service.openapi_examples import add_examples
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _REF = "#/components/schemas/{model}"
@@ -73,7 +74,9 @@ def build(routes: list[RouteSpec]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for spec in routes:
         path = _PARAM.sub(r"{\1}", spec.path)
-        paths.setdefault(path, {})[spec.method.lower()] = _operation(spec, defs)
+        operation = _operation(spec, defs)
+        add_examples(operation, spec.method, path)
+        paths.setdefault(path, {})[spec.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "Greenroom", "version": "0.1.0",

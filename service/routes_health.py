@@ -4,11 +4,13 @@ import asyncio
 import contextlib
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from schemas.queue import WORKER_KEY_PREFIX
 from service.auth import RouteSpec, register
-from service.keys import PG, REDIS
+from service.keys import METRICS, PG, REDIS
+from service.metrics import exposition
 from service.openapi import openapi_json
 
 PROBE_TIMEOUT_S = 1.0
@@ -48,9 +50,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """The API's metrics (in-flight inference counts are on each gateway's /metrics)."""
-    lines = ["# TYPE greenroom_api_up gauge", "greenroom_api_up 1"]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    """Prometheus text format: the API's requests (service/metrics.py); inference is counted
+    on each gateway's /metrics."""
+    body = exposition(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 ROUTES = [

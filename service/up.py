@@ -8,7 +8,6 @@ that returns a real embedding.
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -24,8 +23,10 @@ from db.pool import create_pool
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
+from service import stack_state
 from service.embedded import start_postgres, start_redis
 from service.registry import register
+from service.up_guide import print_next_steps, remember_stack
 
 BUNDLED_OWNER, BUNDLED_NAME = "greenroom", "all-minilm-l6-v2"
 BUNDLED_REF = f"{BUNDLED_OWNER}/{BUNDLED_NAME}"
@@ -41,18 +42,24 @@ def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
     """GREENROOM_* for the children: configured services, else embedded ones."""
     env = dict(os.environ)
     state = settings.state_dir
+    previous = stack_state.load_stack(state)
     if not settings.database_url:
         dsn, server = start_postgres(state / "postgres")
         keep.append(server)
         env["GREENROOM_DATABASE_URL"] = dsn
         _say(f"embedded Postgres at {state / 'postgres'}")
     if not settings.redis_url:
-        url, proc = start_redis(state / "redis")
+        url, proc = start_redis(state / "redis", previous.redis_port if previous else None)
         keep.append(proc)
         env["GREENROOM_REDIS_URL"] = url
         _say(f"embedded Redis at {url}")
+    if settings.worker_metrics_port is None:
+        port = stack_state.port_for(previous.worker_metrics_port if previous else None)
+        env["GREENROOM_WORKER_METRICS_PORT"] = str(port)
+        _say(f"worker metrics at http://127.0.0.1:{port}/metrics")
     if not settings.secret_key:
-        env["GREENROOM_SECRET_KEY"] = secrets.token_urlsafe(32)
+        # Drawn once and kept under the state folder: tokens outlive a restart.
+        env["GREENROOM_SECRET_KEY"] = stack_state.secret_key(state)
     return env
 
 
@@ -143,6 +150,7 @@ async def _demo(settings: Settings, base: str, gateway: str) -> dict[str, str]:
     output = (await proc.communicate())[0].decode()
     _say("serving. Try it:\n\n    " + command + "\n")
     print(output[:300] + (" ..." if len(output) > 300 else ""), flush=True)
+    print_next_steps(settings.state_dir, base)
     return headers
 
 
@@ -167,10 +175,11 @@ def run_up(settings: Settings, once: bool = False) -> int:
                         secret_key=SecretStr(env["GREENROOM_SECRET_KEY"]))
     applied = asyncio.run(apply_migrations(settings.require_database_url()))
     _say(f"migrations applied: {', '.join(applied) or 'none needed'}")
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    asyncio.run(remember_stack(settings, env, base))
     logs = settings.state_dir / "logs"
     children = [_spawn("service", env, logs), _spawn("service.gateway_server", env, logs),
                 _spawn("worker", env, logs)]
-    base = f"http://{settings.api_host}:{settings.api_port}"
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:
         headers = asyncio.run(_demo(settings, base, gateway))

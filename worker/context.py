@@ -1,12 +1,13 @@
 """What every job and loop of a worker process shares."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import asyncpg
 from arq.connections import ArqRedis
 
 from schemas.settings import Settings
+from worker.metrics import WorkerMetrics
 from worker.runtimes.base import Runtime
 
 
@@ -18,3 +19,4 @@ class WorkerContext:
     runtime: Runtime
     http: aiohttp.ClientSession
     worker_id: str
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -45,8 +46,16 @@ async def wait_ready(runtime: Runtime, http: aiohttp.ClientSession, replica: Sta
 
 
 async def wait_all_ready(runtime: Runtime, http: aiohttp.ClientSession,
-                         replicas: list[StartedReplica], timeout_s: float) -> None:
+                         replicas: list[StartedReplica], timeout_s: float,
+                         on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Wait for every replica; `on_ready` runs as each one becomes healthy."""
     deadline = asyncio.get_running_loop().time() + timeout_s
+
+    async def one(replica: StartedReplica) -> None:
+        await wait_ready(runtime, http, replica, deadline, timeout_s)
+        if on_ready is not None:
+            await on_ready()
+
     async with asyncio.TaskGroup() as group:
         for replica in replicas:
-            group.create_task(wait_ready(runtime, http, replica, deadline, timeout_s))
+            group.create_task(one(replica))

@@ -32,22 +32,29 @@ async def run_task(ctx: dict[str, Any], task_id: str) -> str:
     if task is None:
         log.info("task_not_claimable", task=task_id)
         return "skipped"
+    app.metrics.picked_up(task.created_at)
     structlog.contextvars.bind_contextvars(task_id=str(task.id), model_id=str(task.model_id))
+    outcome = "interrupted"
     try:
         async with held_lease(app, task.id):
             await _dispatch(app, task)
+        ended = await tasks.get(app.pool, task.id)
+        outcome = str(ended.status) if ended is not None else "gone"
     except asyncio.CancelledError:
         await asyncio.shield(_hand_back(app, task))
         raise
     except LeaseLost:
         log.error("task_abandoned_lease_lost", task=task_id)
+        outcome = "lease_lost"
         return "lease_lost"
     except Exception as exc:
         log.exception("task_crashed", task=task_id)
         await tasks.finish(app.pool, task.id, app.worker_id, TaskStatus.failed,
                            f"internal error: {type(exc).__name__}: {exc}")
+        outcome = "crashed"
         return "crashed"
     finally:
+        app.metrics.tasks.labels(str(task.kind), outcome).inc()
         structlog.contextvars.unbind_contextvars("task_id", "model_id")
     return "ran"
 

@@ -15,7 +15,13 @@ from redis.exceptions import RedisError
 from db import deployments, events, replicas, tasks
 from db.errors import DatabaseError
 from db.replicas import Replica
-from schemas.queue import JOB_RUN_TASK, WORKER_KEY_PREFIX, WORKER_TTL_S, retry_job_id
+from schemas.queue import (
+    JOB_RUN_TASK,
+    QUEUE_NAME,
+    WORKER_KEY_PREFIX,
+    WORKER_TTL_S,
+    retry_job_id,
+)
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
 from worker.rollout import remove_replicas
@@ -114,12 +120,16 @@ async def heartbeat(ctx: WorkerContext) -> None:
 
 async def reconcile_once(ctx: WorkerContext) -> None:
     """One pass; Postgres-only steps first, so a Redis outage does not stop them."""
-    await release_expired(ctx)
+    actions = ctx.metrics.reconciler_actions
+    actions.labels("release_expired_task").inc(await release_expired(ctx))
     busy = await tasks.models_with_processing_task(ctx.pool)
-    await replace_crashed(ctx, busy)
-    await remove_orphans(ctx)
+    actions.labels("replace_crashed_replica").inc(await replace_crashed(ctx, busy))
+    actions.labels("remove_orphan_replica").inc(await remove_orphans(ctx))
+    for state, count in (await replicas.count_live_by_state(ctx.pool)).items():
+        ctx.metrics.replicas.labels(state).set(count)
     await heartbeat(ctx)
-    await enqueue_pending(ctx)
+    ctx.metrics.queue_depth.set(await ctx.redis.zcard(QUEUE_NAME))
+    actions.labels("enqueue_pending_task").inc(await enqueue_pending(ctx))
 
 
 async def run_forever(ctx: WorkerContext) -> None:

