@@ -46,6 +46,21 @@ class Settings(BaseSettings):
     routes_poll_s: float = 2.0
     max_body_bytes: int = 1024 * 1024
 
+    # Quotas per user (issue 19); an administrator overrides them per user with
+    # PUT /api/v2/users/{user}/quotas. Administrators themselves are not held to them.
+    quota_models: int = 50
+    quota_deployments: int = 5
+    quota_replicas: int = 8
+    quota_memory_mb: int = 8192
+    # Memory a replica is counted with when its deploy sets none (MB).
+    replica_memory_mb: int = 1024
+    # What this worker's runtime may place, in MB; unset: `capacity_share` of the machine's
+    # memory for the process runtime, the engine's memory for Docker.
+    capacity_memory_mb: int | None = None
+    capacity_share: float = 0.5
+    # Rollouts of one owner's models processing at once; the rest wait their turn.
+    rollouts_per_user: int = 2
+
     log_level: str = "info"
     log_json: bool | None = None
 

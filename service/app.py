@@ -13,6 +13,7 @@ from service import (
     routes_feedback,
     routes_gateway,
     routes_health,
+    routes_quotas,
     routes_registry,
     routes_tasks,
     routes_v1,
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     routes_tasks.setup(app)
     routes_gateway.setup(app)
     routes_health.setup(app)
-    for surface in (routes_registry, routes_v2_deploy, routes_v1, routes_feedback):
+    for surface in (routes_registry, routes_quotas, routes_v2_deploy, routes_v1,
+                    routes_feedback):
         register(app, surface.ROUTES)
     return app

@@ -39,7 +39,8 @@ async def deploy(request: web.Request) -> web.Response:
     assert call.model is not None
     config: DeployRequest = call.body
     await bazaar.deploy(request.app[PG], request.app[REDIS], call.model, config,
-                        call.principal.user_id, request.headers.get("Idempotency-Key"))
+                        call.principal.user_id, request.app[SETTINGS],
+                        request.headers.get("Idempotency-Key"))
     return json_response(EMPTY)
 
 
@@ -48,7 +49,7 @@ async def undeploy(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     await bazaar.undeploy(request.app[PG], request.app[REDIS], call.model,
-                          call.principal.user_id)
+                          call.principal.user_id, request.app[SETTINGS])
     return json_response(EMPTY)
 
 
