@@ -8,6 +8,7 @@ start more than the limit allows.
 
 from uuid import UUID
 
+from db import events
 from db import quotas as quota_rows
 from db.models import Model
 from schemas import quotas
@@ -53,3 +54,15 @@ async def replicas_allowed(ctx: WorkerContext, model: Model, config: DeploymentC
     per_replica = quotas.replica_memory_mb(config.memory, model.source.get("backend"),
                                            ctx.settings.replica_memory_mb)
     return quotas.replicas_allowed(limits, others, wanted, per_replica)
+
+
+async def clamp_scale(ctx: WorkerContext, model: Model, config: DeploymentConfig,
+                      wanted: int, generation: int | None = None) -> int:
+    """The autoscaler's entry point: `wanted` clamped to the owner's quota, with a warning
+    event on the deployment when the quota held it back."""
+    allowed = await replicas_allowed(ctx, model, config, wanted)
+    if allowed < wanted:
+        await events.add(ctx.pool, model.id, "warning",
+                         f"autoscaler wanted {wanted} replicas; the owner's quota allows "
+                         f"{allowed}", generation=generation)
+    return allowed

@@ -174,8 +174,9 @@ async def test_autoscaler_clamp_stays_within_the_replica_and_memory_quota(
     """The autoscaler (issue 14) is not built yet; this is the function it is to call."""
     import aiohttp as _aiohttp
 
+    from db import events
     from worker.context import WorkerContext
-    from worker.quotas import replicas_allowed
+    from worker.quotas import clamp_scale, replicas_allowed
 
     a = await models.get(pool, await hashing_model("a"))
     b = await models.get(pool, await hashing_model("b"))
@@ -193,3 +194,9 @@ async def test_autoscaler_clamp_stays_within_the_replica_and_memory_quota(
         assert await replicas_allowed(ctx, b, config, 2) == 2
         big = DeploymentConfig(memory=30000)
         assert await replicas_allowed(ctx, b, big, 16) == 3  # (100,000 - 3 * 128) // 30,000
+        # What the autoscaler calls: clamped, and the deployment's events say so.
+        assert await clamp_scale(ctx, b, config, 12, generation=1) == 5
+        warnings = [e.message for e in await events.list_recent(pool, b.id)]
+        assert warnings == ["autoscaler wanted 12 replicas; the owner's quota allows 5"]
+        assert await clamp_scale(ctx, b, config, 4) == 4
+        assert len(await events.list_recent(pool, b.id)) == 1, "no event when not clamped"
