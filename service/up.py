@@ -172,5 +172,7 @@ def run_up(settings: Settings, once: bool = False) -> int:
     except (RuntimeError, TimeoutError, OSError) as exc:
         _say(f"failed: {exc}")
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before "running": stop all the same
+        return 130
     finally:
         stop_everything(children, env, keep, _say)
