@@ -110,6 +110,10 @@ async def test_models_quota_refuses_the_next_registration(
                               json={"name": "two", "source": source})
     assert status == 403 and body["detail"] == {
         "quota": "models", "current": 1, "requested": 1, "limit": 1}, body
+    # Seed 001's save makes a model too.
+    status, body = await call(anon_http, "POST", f"{api}{V2}/bob/one/save", headers=bob,
+                              json={"model_name": "copy"})
+    assert status == 403 and body["detail"]["quota"] == "models", body
 
 
 async def test_usage_follows_deploys_and_deletes(
