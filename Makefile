@@ -36,7 +36,8 @@ bench: $(STAMP)
 	# The data plane alone: direct vs nginx vs the gateway, by wrk, hashing and MiniLM.
 	$(BIN)/python bench/gateway.py
 
-# schemathesis against /openapi.json with an admin token: no 5xx, no schema violation.
+# schemathesis against /openapi.json, with an admin token and with a non-admin one (which
+# must end with no replica running): no 5xx, no schema violation.
 fuzz: $(STAMP)
 	GREENROOM_FUZZ_EXAMPLES=100 $(BIN)/python -m pytest -q -s -p no:cacheprovider \
 		tests/fuzz/test_openapi.py -k schemathesis

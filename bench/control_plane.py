@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from db import tasks, users
+from db import quotas, tasks, users
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
@@ -80,6 +80,9 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     model_ids = [(await register(app[PG], "bench", f"m{i}", ModelSource(backend="hashing"),
                                  "public")).id for i in range(MODELS)]
     owner = await users.ensure(app[PG], "bench")
+    # Every model gets deploys; the bench measures the API, not the default quotas.
+    await quotas.set_overrides(app[PG], owner.id, {
+        "max_deployments": MODELS, "max_replicas": MODELS, "max_memory_mb": MODELS * 1024})
     assert settings.secret_key is not None
     token = issue_user_token(settings.secret_key.get_secret_value(), owner.id)
     await app[REDIS].flushdb()

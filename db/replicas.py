@@ -9,7 +9,7 @@ from db.errors import translated
 from db.pool import Executor
 
 _COLUMNS = """id, model_id, generation, task_id, runtime, runtime_ref, endpoint, state,
-    reported_status, created_at, updated_at"""
+    reported_status, created_at, updated_at, memory_mb"""
 LIVE_STATES = ("starting", "ready", "draining")
 
 
@@ -26,6 +26,7 @@ class Replica:
     reported_status: str | None
     created_at: datetime
     updated_at: datetime
+    memory_mb: int | None = None
 
 
 def _replicas(rows: list[Any]) -> list[Replica]:
@@ -33,13 +34,13 @@ def _replicas(rows: list[Any]) -> list[Replica]:
 
 
 async def insert(db: Executor, *, replica_id: UUID, model_id: UUID, generation: int,
-                 task_id: UUID | None, runtime: str) -> None:
+                 task_id: UUID | None, runtime: str, memory_mb: int | None = None) -> None:
     """Record a replica before it is started, so a crash cannot leave an unknown one."""
     async with translated():
         await db.execute(
-            """INSERT INTO replicas (id, model_id, generation, task_id, runtime)
-               VALUES ($1, $2, $3, $4, $5)""",
-            replica_id, model_id, generation, task_id, runtime,
+            """INSERT INTO replicas (id, model_id, generation, task_id, runtime, memory_mb)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            replica_id, model_id, generation, task_id, runtime, memory_mb,
         )
 
 

@@ -50,9 +50,7 @@ class Settings(BaseSettings):
     # Address replicas are published on and reached at; loopback by default.
     replica_host: str = "127.0.0.1"
 
-    # Memory of a replica whose deployment sets none (MB): Docker always sets a limit, the
-    # process runtime does where it can make a cgroup. And the most processes a container holds.
-    replica_memory_mb: int = 4096
+    # The most processes a replica's container holds.
     replica_pids_limit: int = 1024
 
     deploy_timeout_s: float = 180.0
@@ -75,6 +73,22 @@ class Settings(BaseSettings):
     login_max_failures_per_user: int = 10
     login_max_failures_per_address: int = 100
     login_window_s: float = 300.0
+
+    # Quotas per user (issue 19); an administrator overrides them per user with
+    # PUT /api/v2/users/{user}/quotas. Administrators themselves are not held to them.
+    quota_models: int = 50
+    quota_deployments: int = 5
+    quota_replicas: int = 8
+    quota_memory_mb: int = 8192
+    # Memory of a replica whose deploy sets none (MB): its limit (Docker always sets one, the
+    # process runtime where it can make a cgroup), and what quotas and capacity count it as.
+    replica_memory_mb: int = 1024
+    # What this worker's runtime may place, in MB; unset: `capacity_share` of the machine's
+    # memory for the process runtime, the engine's memory for Docker.
+    capacity_memory_mb: int | None = None
+    capacity_share: float = 0.5
+    # Rollouts of one owner's models processing at once; the rest wait their turn.
+    rollouts_per_user: int = 2
 
     log_level: str = "info"
     log_json: bool | None = None

@@ -12,6 +12,7 @@ from schemas.settings import Settings
 from service import (
     routes_docs,
     routes_health,
+    routes_quotas,
     routes_registry,
     routes_tasks,
     routes_v1,
@@ -57,6 +58,6 @@ def create_app(settings: Settings | None = None) -> web.Application:
     routes_tasks.setup(app)
     routes_health.setup(app)
     routes_docs.setup(app)
-    for surface in (routes_registry, routes_v2_deploy, routes_v1):
+    for surface in (routes_registry, routes_quotas, routes_v2_deploy, routes_v1):
         register(app, surface.ROUTES)
     return app

@@ -21,6 +21,7 @@ from db.models import Model
 from db.tasks import Task
 from schemas import secrets
 from schemas.queue import JOB_REPLICA_LOGS
+from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig, TaskKind, TaskRequest
 from service import task_service
 from service.errors import ApiError
@@ -40,7 +41,8 @@ class DeployStatus:
 
 
 async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
-                               user_id: int | None, depth: int = 0) -> None:
+                               user_id: int | None, settings: Settings,
+                               depth: int = 0) -> None:
     """Deploy every dependency that is not serving yet, deepest first."""
     if depth > MAX_DEPENDENCY_DEPTH:
         raise ApiError(422, f"dependencies of {model.identifier} are nested too deeply")
@@ -50,9 +52,10 @@ async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model
             continue
         dep = await models.get(pool, dep_id)
         assert dep is not None
-        await _deploy_dependencies(pool, redis, dep, user_id, depth + 1)
+        await _deploy_dependencies(pool, redis, dep, user_id, settings, depth + 1)
         req = TaskRequest(embedding_model_id=str(dep.id))
-        await task_service.accept(pool, redis, TaskKind.deploy, req, None, user_id, dep)
+        await task_service.accept(pool, redis, TaskKind.deploy, req, None, user_id, dep,
+                                  settings=settings)
         log.info("dependency_deploy_accepted", model=str(model.id), dependency=str(dep.id))
 
 
@@ -64,23 +67,25 @@ async def store_secrets(pool: asyncpg.Pool, secret_key: str, model: Model,
 
 
 async def deploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model, config: DeploymentConfig,
-                 user_id: int | None, idempotency_key: str | None = None) -> Task:
+                 user_id: int | None, settings: Settings,
+                 idempotency_key: str | None = None) -> Task:
     """Accept a deploy task for the model, after deploy tasks for its idle dependencies."""
-    await _deploy_dependencies(pool, redis, model, user_id)
+    await _deploy_dependencies(pool, redis, model, user_id, settings)
     req = TaskRequest(embedding_model_id=str(model.id), config=config)
     task, _ = await task_service.accept(pool, redis, TaskKind.deploy, req, idempotency_key,
-                                        user_id, model)
+                                        user_id, model, settings=settings)
     return task
 
 
 async def undeploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
-                   user_id: int | None) -> Task:
+                   user_id: int | None, settings: Settings) -> Task:
     """Accept a delete task, unless an active deployment depends on the model (400)."""
     if await dependencies.active_dependents(pool, model.id):
         raise ApiError(400, f"Unable to stop deployment for model {model.identifier} since it "
                        "is used by other active workflows.")
     req = TaskRequest(embedding_model_id=str(model.id))
-    task, _ = await task_service.accept(pool, redis, TaskKind.delete, req, None, user_id, model)
+    task, _ = await task_service.accept(pool, redis, TaskKind.delete, req, None, user_id, model,
+                                        settings=settings)
     return task
 
 

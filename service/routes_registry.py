@@ -19,7 +19,7 @@ from schemas.auth import (
 )
 from schemas.bazaar import Empty
 from schemas.models import ModelCreate
-from service import accounts, catalog, model_upload
+from service import accounts, catalog, model_upload, quotas
 from service.auth import RouteSpec, call_of, path_param, require_secret
 from service.auth_events import announce_access_change
 from service.errors import ApiError
@@ -106,6 +106,7 @@ async def register_model(request: web.Request) -> web.Response:
     """Register a model owned by the caller."""
     call = call_of(request)
     assert call.principal.user_id is not None
+    await quotas.check_new_model(request.app[PG], request.app[SETTINGS], call.principal.user_id)
     model = await catalog.register(request.app[PG], request.app[SETTINGS],
                                    call.principal.user_id, call.principal.is_admin, call.body)
     return json_response(await catalog.describe(request.app[PG], model), 201)

@@ -14,7 +14,7 @@ from service.auth import (
     path_param,
     register,
 )
-from service.keys import PG, REDIS
+from service.keys import PG, REDIS, SETTINGS
 
 _LOCATED_TASK = web.RequestKey("located_task", task_service.Task)
 
@@ -29,6 +29,7 @@ async def _create(request: web.Request, kind: TaskKind) -> web.Response:
     task, created = await task_service.accept(
         request.app[PG], request.app[REDIS], kind, call.body,
         request.headers.get("Idempotency-Key"), call.principal.user_id, call.model,
+        settings=request.app[SETTINGS],
     )
     return _json(task, 202 if created else 200)
 

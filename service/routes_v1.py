@@ -22,7 +22,8 @@ from service import bazaar, feedback
 from service.auth import RouteSpec, body_field, call_of, path_param, query_param, require_secret
 from service.errors import ApiError
 from service.keys import PG, REDIS, SETTINGS
-from service.responses import envelope
+from service.quotas import QuotaError
+from service.responses import envelope, json_response
 
 PREFIX = "/api/v1/deploy"
 MAX_PER_EVENT = 1000
@@ -50,6 +51,13 @@ def _config(body: RunRequest) -> DeploymentConfig:
         raise ApiError(422, f"invalid request: {exc}") from None
 
 
+def quota_envelope(exc: QuotaError) -> web.Response:
+    """Seed 000's envelope for a refused deploy: the figures are its data (and, as on
+    every surface, its detail)."""
+    return json_response({"status_code": exc.status, "message": exc.message,
+                          "data": exc.figures, "detail": exc.figures}, exc.status)
+
+
 async def run(request: web.Request) -> web.Response:
     """Deploy the model (owner only); genai_key is kept encrypted and given to replicas."""
     call = call_of(request)
@@ -60,7 +68,11 @@ async def run(request: web.Request) -> web.Response:
     if body.genai_key is not None:
         secret = require_secret(request.app[SETTINGS])
         await bazaar.store_secrets(pool, secret, call.model, {"genai_key": body.genai_key})
-    await bazaar.deploy(pool, request.app[REDIS], call.model, config, call.principal.user_id)
+    try:
+        await bazaar.deploy(pool, request.app[REDIS], call.model, config,
+                            call.principal.user_id, request.app[SETTINGS])
+    except QuotaError as exc:
+        return quota_envelope(exc)
     data = RunData(status="queued", model_identifier=body.model_identifier,
                    model_id=str(call.model.id))
     return envelope("Deployment is in-progress", data, 202)
@@ -113,7 +125,7 @@ async def stop(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     await bazaar.undeploy(request.app[PG], request.app[REDIS], call.model,
-                          call.principal.user_id)
+                          call.principal.user_id, request.app[SETTINGS])
     return envelope("Service is shutting down",
                     StopData(status="queued", model_id=str(call.model.id)), 202)
 

@@ -14,7 +14,7 @@ from schemas.bazaar import (
     UpdateStatusRequest,
 )
 from schemas.tokens import issue_update_token
-from service import bazaar
+from service import bazaar, quotas
 from service.auth import RouteSpec, call_of, path_param, require_secret
 from service.errors import ApiError
 from service.keys import PG, REDIS, SETTINGS
@@ -39,7 +39,8 @@ async def deploy(request: web.Request) -> web.Response:
     assert call.model is not None
     config: DeployRequest = call.body
     await bazaar.deploy(request.app[PG], request.app[REDIS], call.model, config,
-                        call.principal.user_id, request.headers.get("Idempotency-Key"))
+                        call.principal.user_id, request.app[SETTINGS],
+                        request.headers.get("Idempotency-Key"))
     return json_response(EMPTY)
 
 
@@ -48,7 +49,7 @@ async def undeploy(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     await bazaar.undeploy(request.app[PG], request.app[REDIS], call.model,
-                          call.principal.user_id)
+                          call.principal.user_id, request.app[SETTINGS])
     return json_response(EMPTY)
 
 
@@ -76,6 +77,7 @@ async def save(request: web.Request) -> web.Response:
     assert call.model is not None
     body: SaveRequest = call.body
     owner_id = call.principal.user_id or call.model.owner_id
+    await quotas.check_new_model(request.app[PG], request.app[SETTINGS], owner_id)
     saved = await bazaar.save_copy(request.app[PG], call.model, owner_id, body.model_name)
     token = issue_update_token(require_secret(request.app[SETTINGS]), saved.id)
     return json_response(SaveResponse(model_id=str(saved.id), update_token=token))

@@ -17,7 +17,9 @@ from db.models import Model
 from db.permissions import Grant
 from db.tasks import Task
 from schemas.queue import JOB_RUN_TASK
+from schemas.settings import Settings
 from schemas.tasks import Phase, TaskKind, TaskRequest, TaskResponse, TaskStatus
+from service import quotas
 from service.errors import ApiError
 
 log = structlog.get_logger(__name__)
@@ -79,10 +81,11 @@ async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:
 
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
                  idempotency_key: str | None, created_by: int | None = None,
-                 model: Model | None = None) -> tuple[Task, bool]:
+                 model: Model | None = None, *, settings: Settings) -> tuple[Task, bool]:
     """Insert (or find, for a repeated idempotency key) the task; True when created now.
 
     `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup.
+    A deploy that would take the model's owner past a quota is refused (403).
     """
     key = req.id or idempotency_key
     digest = request_hash(kind, req)
@@ -91,6 +94,7 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     model = model or await resolve_model(pool, req.embedding_model_id)
     if kind == TaskKind.deploy:
         await _check_deployable(pool, model, req)
+        await quotas.check_deploy(pool, settings, model, req.config)
     metadata: dict[str, Any] = {}
     if req.config.ignored_keys:
         metadata["ignored_config_keys"] = req.config.ignored_keys

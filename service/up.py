@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from schemas.tokens import issue_user_token
 from service import stack_state
 from service.embedded import start_postgres, start_redis
 from service.registry import register
+from service.restore import report_restored
+from service.shutdown import stop_everything
 from service.up_guide import print_next_steps, remember_stack
 
 BUNDLED_OWNER, BUNDLED_NAME = "greenroom", "all-minilm-l6-v2"
@@ -130,17 +133,6 @@ def _spawn(module: str, env: dict[str, str], logs: Path) -> subprocess.Popen[byt
                             stdout=log_file.open("ab"), stderr=subprocess.STDOUT)
 
 
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-
-
 async def _demo(settings: Settings, base: str, gateway: str) -> dict[str, str]:
     await _wait_http(base, "/healthz", 30)
     await _wait_http(gateway, "/healthz", 30)
@@ -166,6 +158,7 @@ async def _undeploy(base: str, headers: dict[str, str]) -> None:
 
 def run_up(settings: Settings, once: bool = False) -> int:
     """Run everything until interrupted (or, with `once`, until the example has run)."""
+    since = datetime.now(UTC)
     keep: list[Any] = []
     env = _environment(settings, keep)
     settings = Settings(database_url=env["GREENROOM_DATABASE_URL"],
@@ -183,17 +176,19 @@ def run_up(settings: Settings, once: bool = False) -> int:
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:
         headers = asyncio.run(_demo(settings, base, gateway))
+        asyncio.run(report_restored(settings.require_database_url(), since,
+                                    settings.deploy_timeout_s, _say))
         if not once:
             _say("running; Ctrl-C stops everything")
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        asyncio.run(_undeploy(base, headers))
+        else:
+            asyncio.run(_undeploy(base, headers))
         return 0
     except (RuntimeError, TimeoutError, OSError) as exc:
         _say(f"failed: {exc}")
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before "running": stop all the same
+        return 130
     finally:
-        _stop(children)
-        for proc in keep:
-            if isinstance(proc, subprocess.Popen):
-                proc.terminate()
+        stop_everything(children, env, keep, _say)

@@ -8,7 +8,7 @@ from uuid import UUID
 import structlog
 from arq import Retry
 
-from db import replicas, tasks
+from db import admission, replicas, tasks
 from db.errors import UniqueViolation
 from schemas.tasks import TaskKind, TaskStatus
 from worker import rollout
@@ -19,16 +19,23 @@ from worker.runtimes.base import RuntimeError_
 log = structlog.get_logger(__name__)
 # Another task of the same model is processing: look again after this long.
 BUSY_RETRY_S = 0.5
+# The owner has `rollouts_per_user` rollouts running or ahead in line: look again after this.
+TURN_RETRY_S = 0.5
 
 
 async def run_task(ctx: dict[str, Any], task_id: str) -> str:
     """arq entry point; duplicate deliveries find nothing to claim and return at once."""
     app: WorkerContext = ctx["app"]
     try:
-        task = await tasks.claim(app.pool, UUID(task_id.split(":")[0]), app.worker_id,
-                                 app.settings.lease_s)
+        task, wait_turn = await admission.claim(
+            app.pool, UUID(task_id.split(":")[0]), app.worker_id, app.settings.lease_s,
+            app.settings.rollouts_per_user)
     except UniqueViolation as exc:
         raise Retry(defer=BUSY_RETRY_S) from exc
+    if wait_turn:  # its owner's earlier rollouts go first; the job slot goes to others
+        # Still queued: the reconciler must not offer it again as if lost.
+        await tasks.mark_enqueued(app.pool, UUID(task_id.split(":")[0]))
+        raise Retry(defer=TURN_RETRY_S)
     if task is None:
         log.info("task_not_claimable", task=task_id)
         return "skipped"

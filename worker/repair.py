@@ -16,7 +16,13 @@ from schemas.tasks import DeploymentConfig
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
 from worker.onnx_variant import replica_source
-from worker.rollout import RolloutFailed, publish_routes, remove_replicas, replica_env
+from worker.rollout import (
+    RolloutFailed,
+    placed_memory_mb,
+    publish_routes,
+    remove_replicas,
+    replica_env,
+)
 from worker.runtimes.base import ReplicaInfo, ReplicaSpec, RuntimeError_
 
 log = structlog.get_logger(__name__)
@@ -81,7 +87,8 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
                        memory_mb=config.memory, env=env)
     await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                           generation=dead.generation, task_id=dead.task_id,
-                          runtime=ctx.runtime.name)
+                          runtime=ctx.runtime.name,
+                          memory_mb=dead.memory_mb or placed_memory_mb(ctx, model, config))
     try:
         started = await ctx.runtime.start(spec)
         await replicas.set_started(ctx.pool, spec.replica_id, started.runtime_ref,

@@ -17,8 +17,10 @@ from db.pool import transaction
 from db.tasks import Task
 from schemas import secrets as deployment_secrets
 from schemas.queue import ROUTES_CHANNEL
+from schemas.quotas import QuotaExceeded, replica_memory_mb
 from schemas.tasks import DeploymentConfig, Phase, TaskStatus
 from schemas.tokens import issue_job_token
+from worker import capacity, quotas
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
@@ -93,10 +95,17 @@ async def replica_env(ctx: WorkerContext, model: Model, generation: int,
     return env
 
 
+def placed_memory_mb(ctx: WorkerContext, model: Model, config: DeploymentConfig) -> int:
+    """The memory each replica of this deployment is counted with (quotas, capacity)."""
+    return replica_memory_mb(config.memory, model.source.get("backend"),
+                             ctx.settings.replica_memory_mb)
+
+
 async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generation: int,
                           config: DeploymentConfig) -> list[StartedReplica]:
     started: list[StartedReplica] = []
     env = await replica_env(ctx, model, generation, config)
+    memory_mb = placed_memory_mb(ctx, model, config)
     for _ in range(config.replica_count):
         spec = ReplicaSpec(
             replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
@@ -105,7 +114,8 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
             memory_mb=config.memory, env=dict(env),
         )
         await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
-                              generation=generation, task_id=task.id, runtime=ctx.runtime.name)
+                              generation=generation, task_id=task.id, runtime=ctx.runtime.name,
+                              memory_mb=memory_mb)
         try:
             replica = await ctx.runtime.start(spec)
         except RuntimeError_ as exc:
@@ -148,7 +158,12 @@ async def _bring_up(ctx: WorkerContext, progress: Progress, model: Model, genera
                     config: DeploymentConfig) -> list[StartedReplica]:
     await progress.enter(Phase.starting_replicas, generation=generation,
                          replicas_wanted=config.replica_count, replicas_ready=0)
-    started = await _start_replicas(ctx, progress.task, model, generation, config)
+    needed = config.replica_count * placed_memory_mb(ctx, model, config)
+    try:
+        async with capacity.placing(ctx, needed):
+            started = await _start_replicas(ctx, progress.task, model, generation, config)
+    except capacity.NoCapacity as exc:
+        raise RolloutFailed(f"not enough capacity on this worker: {exc}") from None
     await progress.enter(Phase.health_checking, generation=generation)
     ready = 0
 
@@ -211,6 +226,12 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     assert model is not None  # tasks reference models; a deleted model cascades its tasks
     config = DeploymentConfig.model_validate(task.request.get("config") or {})
     name = config.deployment_name or default_deployment_name(model)
+    try:
+        await quotas.check_rollout(ctx, model, config)
+    except QuotaExceeded as exc:
+        await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.refused, str(exc),
+                           {"quota": exc.figures})
+        return
     try:
         _, generation = await deployments.begin_generation(ctx.pool, model.id, name)
     except UniqueViolation:

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from db import deployments, replicas
+from db import deployments, quotas, replicas, users
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from schemas.settings import Settings
@@ -60,6 +60,10 @@ async def test_redis_flushed_while_200_tasks_are_in_flight(
         settings: Settings, hashing_model: Any, admin_headers: dict[str, str]) -> None:
     for i in range(MODELS):
         await hashing_model(f"m{i}")
+    owner = await users.get_by_name(pool, "alice")
+    assert owner is not None  # all MODELS deploy at once: above the default quota
+    await quotas.set_overrides(pool, owner.id, {
+        "max_deployments": MODELS, "max_replicas": MODELS, "max_memory_mb": MODELS * 1024})
     fast = {"reconcile_interval_s": 0.5}
     spawn("worker", **fast)
     spawn("worker", **fast)

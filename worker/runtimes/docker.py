@@ -262,6 +262,12 @@ class DockerRuntime:
         infos = (self._info(data) for data in shown if data is not None)
         return [info for info in infos if info is not None]
 
+    async def engine_memory_mb(self) -> int:
+        """The Engine's memory (`docker info` MemTotal), for the worker's capacity budget."""
+        async with _engine("read engine info"):
+            info = await self._client().system.info()
+        return int(info.get("MemTotal") or 0) // 2**20
+
     async def close(self) -> None:
         if self._docker is not None:
             docker, self._docker = self._docker, None

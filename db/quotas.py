@@ -1,0 +1,131 @@
+"""Quota overrides per user, and what each user holds or has asked for (issue 19)."""
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from db.errors import translated
+from db.pool import Executor
+
+LIMIT_COLUMNS = ("max_models", "max_deployments", "max_replicas", "max_memory_mb")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one of a user's models holds or is about to hold.
+
+    `task_kind` and `task_config` come from the model's newest open task (a deploy
+    replaces what serves, a delete frees it); `deployed_config` from the serving deployment.
+    """
+
+    model_id: UUID
+    backend: str | None
+    task_kind: str | None
+    task_config: dict[str, Any] | None
+    deployed_config: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveReplica:
+    model_id: UUID
+    memory_mb: int | None
+    backend: str | None
+    config_memory_mb: int | None
+
+
+async def overrides(db: Executor, user_id: int) -> dict[str, int | None]:
+    """The user's overrides (None: the setting's default applies)."""
+    async with translated():
+        row = await db.fetchrow(
+            f"SELECT {', '.join(LIMIT_COLUMNS)} FROM user_quotas WHERE user_id = $1", user_id)
+    return {c: (row[c] if row is not None else None) for c in LIMIT_COLUMNS}
+
+
+async def set_overrides(db: Executor, user_id: int, values: dict[str, int | None]) -> None:
+    """Replace the user's overrides; a None value goes back to the default."""
+    row = [values.get(c) for c in LIMIT_COLUMNS]
+    async with translated():
+        await db.execute(
+            """INSERT INTO user_quotas (user_id, max_models, max_deployments, max_replicas,
+                                        max_memory_mb)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (user_id) DO UPDATE SET max_models = EXCLUDED.max_models,
+                   max_deployments = EXCLUDED.max_deployments,
+                   max_replicas = EXCLUDED.max_replicas,
+                   max_memory_mb = EXCLUDED.max_memory_mb, updated_at = now()""",
+            user_id, *row,
+        )
+
+
+async def is_admin(db: Executor, user_id: int) -> bool:
+    async with translated():
+        return bool(await db.fetchval("SELECT is_admin FROM users WHERE id = $1", user_id))
+
+
+async def count_models(db: Executor, owner_id: int) -> int:
+    async with translated():
+        count: int = await db.fetchval("SELECT count(*) FROM models WHERE owner_id = $1",
+                                       owner_id)
+    return count
+
+
+async def claims(db: Executor, owner_id: int, exclude_model: UUID | None,
+                 task_statuses: list[str]) -> list[Claim]:
+    """Every model of the owner (but `exclude_model`) that serves or has an open task in
+    `task_statuses`, with the newest such task."""
+    async with translated():
+        rows = await db.fetch(
+            """WITH owned AS (
+                   SELECT id, source->>'backend' AS backend FROM models
+                   WHERE owner_id = $1 AND id IS DISTINCT FROM $2),
+               newest AS (
+                   SELECT DISTINCT ON (t.model_id) t.model_id, t.kind, t.request
+                   FROM tasks t JOIN owned o ON o.id = t.model_id
+                   WHERE t.status = ANY($3::text[])
+                   ORDER BY t.model_id, t.created_at DESC)
+               SELECT o.id AS model_id, o.backend, n.kind AS task_kind,
+                      n.request -> 'config' AS task_config,
+                      CASE WHEN d.active_generation IS NOT NULL THEN d.config END
+                          AS deployed_config
+               FROM owned o
+               LEFT JOIN newest n ON n.model_id = o.id
+               LEFT JOIN deployments d ON d.model_id = o.id
+               WHERE n.model_id IS NOT NULL OR d.active_generation IS NOT NULL""",
+            owner_id, exclude_model, task_statuses,
+        )
+    return [Claim(r["model_id"], r["backend"], r["task_kind"],
+                  r["task_config"] if r["task_kind"] else None, r["deployed_config"])
+            for r in rows]
+
+
+async def live_replicas(db: Executor, owner_id: int) -> list[LiveReplica]:
+    """Every starting, ready or draining replica of the owner's models."""
+    async with translated():
+        rows = await db.fetch(
+            """SELECT r.model_id, r.memory_mb, m.source->>'backend' AS backend,
+                      (d.config->>'memory')::int AS config_memory_mb
+               FROM replicas r JOIN models m ON m.id = r.model_id
+               LEFT JOIN deployments d ON d.model_id = r.model_id
+               WHERE m.owner_id = $1 AND r.state IN ('starting', 'ready', 'draining')""",
+            owner_id,
+        )
+    return [LiveReplica(r["model_id"], r["memory_mb"], r["backend"], r["config_memory_mb"])
+            for r in rows]
+
+
+async def count_serving(db: Executor, owner_id: int) -> int:
+    """The owner's deployments with a serving generation."""
+    async with translated():
+        count: int = await db.fetchval(
+            """SELECT count(*) FROM deployments d JOIN models m ON m.id = d.model_id
+               WHERE m.owner_id = $1 AND d.active_generation IS NOT NULL""",
+            owner_id,
+        )
+    return count
+
+
+async def owner_of(db: Executor, model_id: UUID) -> int | None:
+    async with translated():
+        owner: int | None = await db.fetchval("SELECT owner_id FROM models WHERE id = $1",
+                                              model_id)
+    return owner

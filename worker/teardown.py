@@ -1,0 +1,90 @@
+"""`python -m worker.teardown`: stop and remove every replica this host's runtime holds.
+
+`greenroom up` runs it on Ctrl-C, after its worker and API have stopped (so nothing
+replaces a replica as it goes, and no gateway sends it a request). The desired state is
+left in Postgres: rows of serving replicas stay `ready`, so the next worker's reconciler
+finds them gone and starts replacements (the crashed-replica path), and the deployments
+come back as they were. Rows of replicas that no longer served (a drain or a rollout that
+was interrupted) are marked stopped.
+
+A plain `greenroom worker` never runs this: a worker that stops leaves its replicas
+serving, and any worker on the host adopts them.
+
+Prints one JSON line: {"stopped": replicas that were running, "deployments": how many
+deployments they served, "removed": every replica removed}.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+
+from db import replicas
+from db.errors import DatabaseError
+from db.pool import create_pool
+from schemas.logs import configure_logging
+from schemas.settings import Settings
+from worker.runtimes import create_runtime
+from worker.runtimes.base import ReplicaInfo, Runtime, RuntimeError_
+
+log = structlog.get_logger(__name__)
+
+
+async def _stop_and_remove(runtime: Runtime, info: ReplicaInfo, grace_s: float) -> None:
+    try:
+        await runtime.stop(info.runtime_ref, grace_s)
+        await runtime.remove(info.runtime_ref)
+    except RuntimeError_ as exc:
+        log.warning("teardown_remove_failed", replica=str(info.replica_id), error=str(exc))
+
+
+async def _forget_unserving(settings: Settings, found: list[ReplicaInfo]) -> None:
+    """Rows of removed replicas that were not serving: stopped. `ready` rows stay."""
+    if not settings.database_url or not found:
+        return
+    try:
+        pool = await create_pool(settings.database_url, max_size=1)
+    except (OSError, DatabaseError) as exc:
+        log.warning("teardown_database_unreachable", error=str(exc))
+        return
+    try:
+        rows = await replicas.get_many(pool, [i.replica_id for i in found])
+        done = [r.id for r in rows if r.state in ("starting", "draining")]
+        await replicas.set_state(pool, done, "stopped")
+    finally:
+        await pool.close()
+
+
+async def teardown(settings: Settings, grace_s: float) -> dict[str, Any]:
+    """Stop (SIGTERM, SIGKILL after `grace_s`) and remove every replica the runtime lists."""
+    runtime = create_runtime(settings)
+    try:
+        found = await runtime.list()
+        async with asyncio.TaskGroup() as group:
+            for info in found:
+                group.create_task(_stop_and_remove(runtime, info, grace_s))
+    finally:
+        await runtime.close()
+    with contextlib.suppress(DatabaseError, OSError):
+        await _forget_unserving(settings, found)
+    running = [i for i in found if i.running]
+    return {"stopped": len(running), "deployments": len({i.model_id for i in running}),
+            "removed": len(found)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.teardown", description=__doc__)
+    parser.add_argument("--now", action="store_true",
+                        help="kill at once instead of giving each replica its stop grace")
+    args = parser.parse_args()
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    grace = 0.0 if args.now else settings.stop_grace_s
+    print(json.dumps(asyncio.run(teardown(settings, grace))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
