@@ -328,7 +328,8 @@ function taskView(taskId) {
         : null,
       errors.length ? h("section", {}, h("h2", {}, "Errors and warnings"),
         h("ol", { class: "events" }, errors.map((e) => h("li", { class: `event-${e.level}` },
-          badge(e.level), " ", h("span", { class: "msg" }, e.message))))) : null);
+          badge(e.level), " ", h("span", { class: "msg" },
+            tail ? e.message.split(TAIL_MARK)[0] : e.message))))) : null);
     drawChart();
   };
   const refresh = async () => {
