@@ -13,8 +13,8 @@ from typing import Any
 
 from playwright.async_api import expect
 
-from service.registry import register
 from schemas.models import ModelSource
+from service.registry import register
 from tests.console.conftest import Console, open_page, same_document
 
 SLOW_START = {"backend": "hashing", "dimension": 384, "startup_delay_s": 1.5}
