@@ -57,7 +57,8 @@ export function table(caption, headers, rows, empty = "None.") {
     h("table", {},
       h("caption", { class: "sr-only" }, caption),
       h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c)))))));
+      h("tbody", {}, rows.map((cells) => h("tr", {},
+        cells.map((c, i) => h("td", { "data-label": headers[i] }, c)))))));
 }
 
 export function field(label, input, hint) {
