@@ -194,3 +194,23 @@ async def test_change_stream_needs_a_token_and_sends_only_readable_changes(
     assert {"health_checking", "switching"} <= {c["phase"] for c in mine}
     assert {"deployment", "replica", "event"} <= {c["kind"] for c in seen["reader"]}
     assert seen["stranger"] == []
+
+
+async def test_pages_are_static_files_with_strict_headers(api: str,
+                                                          http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{api}/ui", allow_redirects=False) as resp:
+        assert resp.status == 302 and resp.headers["Location"] == "/ui/"
+    async with http.get(f"{api}/ui/") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        page = await resp.text()
+    assert "/ui/static/app.js" in page and "http" not in page.split("<body>")[0]
+    async with http.get(f"{api}/ui/static/app.js") as resp:
+        assert resp.status == 200 and resp.content_type == "text/javascript"
+    for path in ("/ui/static/missing.js", "/ui/static/%2e%2e/routes.py",
+                 "/ui/static/../../db/pool.py"):
+        async with http.get(api + path) as resp:
+            assert resp.status == 404, path
+            assert (await resp.json())["status_code"] == 404
