@@ -19,9 +19,7 @@ from service import (
     routes_v2_deploy,
 )
 from service.auth import register, require_secret
-from service.console import pages as console_pages
-from service.console import routes as console_routes
-from service.console.changes import feed_context
+from service.console import setup as setup_console
 from service.errors import error_middleware
 from service.gateway import Gateway
 from service.keys import GATEWAY, PG, REDIS, SETTINGS
@@ -55,12 +53,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     require_secret(settings)  # fail at start, not at the first login
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_postgres, _redis, _gateway, feed_context])
+    app.cleanup_ctx.extend([_postgres, _redis, _gateway])
     routes_tasks.setup(app)
     routes_gateway.setup(app)
     routes_health.setup(app)
-    for surface in (routes_registry, routes_v2_deploy, routes_v1, routes_feedback,
-                    console_routes):
+    for surface in (routes_registry, routes_v2_deploy, routes_v1, routes_feedback):
         register(app, surface.ROUTES)
-    console_pages.setup(app)
+    setup_console(app)
     return app

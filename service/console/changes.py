@@ -16,11 +16,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from schemas.console import CHANGES_CHANNEL, Change
+from service.keys import SETTINGS
 
 log = structlog.get_logger(__name__)
 QUEUE_SIZE = 256
 RECONNECT_S = 1.0
 RESYNC = "resync"
+CLOSING = "closing"
 
 
 class ChangeFeed:
@@ -49,6 +51,12 @@ class ChangeFeed:
             yield queue
         finally:
             self._queues.discard(queue)
+
+    def end_streams(self) -> None:
+        """Ask every open stream to end (the API is stopping; pages reconnect elsewhere)."""
+        for queue in list(self._queues):
+            _clear(queue)
+            queue.put_nowait(CLOSING)
 
     def _publish(self, item: Change | str) -> None:
         for queue in list(self._queues):
@@ -97,10 +105,14 @@ FEED = web.AppKey("console_feed", ChangeFeed)
 
 async def feed_context(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the process's change feed, connecting in the background."""
-    from service.keys import SETTINGS
-
     feed = ChangeFeed(app[SETTINGS].require_database_url())
     feed.start()
     app[FEED] = feed
     yield
     await feed.close()
+
+
+async def end_streams(app: web.Application) -> None:
+    """on_shutdown: open streams would otherwise hold the API's stop for its whole timeout."""
+    if FEED in app:
+        app[FEED].end_streams()

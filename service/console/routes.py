@@ -21,7 +21,7 @@ from schemas.console import (
 from service import bazaar
 from service.auth import RouteSpec, call_of, path_param
 from service.console import overview
-from service.console.changes import FEED, RESYNC
+from service.console.changes import CLOSING, FEED, RESYNC
 from service.errors import ApiError
 from service.keys import PG, REDIS
 from service.responses import json_response
@@ -126,6 +126,8 @@ async def changes(request: web.Request) -> web.StreamResponse:
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
+                if item == CLOSING:
+                    break
                 if item == RESYNC:
                     await response.write(b"event: resync\ndata: {}\n\n")
                 elif not isinstance(item, str) and await readable(item.model_id):

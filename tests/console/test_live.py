@@ -105,3 +105,25 @@ async def test_usable_by_keyboard_and_on_a_phone(browser: Any, console: Console,
     await expect(page.get_by_role("dialog")).to_have_count(0)
     await page.screenshot(path=artifacts / "31-phone-models.png", full_page=True)
     await page.context.close()
+
+
+async def test_api_stops_promptly_with_a_stream_open(
+        spawn: Any, http: aiohttp.ClientSession, pool: Any, clean: None) -> None:
+    from tests.integration.accounts import make_user
+    from tests.services import wait_for_http
+    from worker.runtimes.process import free_port
+
+    _, headers = await make_user(pool, "watcher")
+    port = free_port("127.0.0.1")
+    proc = spawn("service", api_port=port)
+    base = f"http://127.0.0.1:{port}"
+    await wait_for_http(http, base + "/healthz")
+    async with http.get(f"{base}/api/v2/changes", headers=headers) as resp:
+        assert resp.status == 200
+        assert (await resp.content.readline()).startswith(b"retry:")
+        started = time.monotonic()
+        proc.stop()  # SIGTERM, then waits
+        stopped_s = time.monotonic() - started
+    print(f"API stopped {stopped_s:.2f} s after SIGTERM with a change stream open")
+    assert proc.popen.returncode == 0
+    assert stopped_s < 5, "an open stream held the API's shutdown"
