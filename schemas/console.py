@@ -93,11 +93,13 @@ class TaskDetail(TaskResponse):
 
 
 class ReplicaLogOut(BaseModel):
-    replica_id: UUID
-    generation: int
-    state: str
-    stdout: str
-    stderr: str
+    """One replica's recent output, as the worker that read it reports it."""
+
+    replica_id: str
+    generation: int | None = None
+    state: str = ""
+    stdout: str = ""
+    stderr: str = ""
 
 
 class StreamInfo(BaseModel):

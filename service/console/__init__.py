@@ -10,5 +10,4 @@ def setup(app: web.Application) -> None:
     """Routes, pages and the change feed of the console."""
     app.cleanup_ctx.append(changes.feed_context)
     app.on_shutdown.append(changes.end_streams)
-    register(app, routes.ROUTES)
-    pages.setup(app)
+    register(app, routes.ROUTES + pages.ROUTES)

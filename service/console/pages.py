@@ -9,6 +9,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from service.auth import RouteSpec
+
 STATIC = Path(__file__).parent / "static"
 HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -42,18 +44,27 @@ def _serve(files: dict[str, tuple[bytes, str]], name: str) -> web.Response:
     return web.Response(body=body, content_type=kind, charset=charset, headers=HEADERS)
 
 
-def setup(app: web.Application) -> None:
-    files = _load()
+FILES = _load()
 
-    async def index(request: web.Request) -> web.Response:
-        return _serve(files, "index.html")
 
-    async def static(request: web.Request) -> web.Response:
-        return _serve(files, request.match_info["name"])
+async def index(request: web.Request) -> web.Response:
+    """The console's page."""
+    return _serve(FILES, "index.html")
 
-    async def slash(request: web.Request) -> web.Response:
-        raise web.HTTPFound("/ui/")
 
-    app.router.add_get("/ui", slash)
-    app.router.add_get("/ui/", index)
-    app.router.add_get("/ui/static/{name:.+}", static)
+async def static(request: web.Request) -> web.Response:
+    """A script, style sheet or image of the console."""
+    return _serve(FILES, request.match_info["name"])
+
+
+async def slash(request: web.Request) -> web.Response:
+    """/ui → /ui/, so the page's relative links resolve."""
+    raise web.HTTPFound("/ui/")
+
+
+ROUTES = [
+    RouteSpec("GET", "/ui", slash, "public", summary="The console (redirects to /ui/)"),
+    RouteSpec("GET", "/ui/", index, "public", summary="The console"),
+    RouteSpec("GET", "/ui/static/{name:.+}", static, "public",
+              summary="The console's static files"),
+]

@@ -100,8 +100,15 @@ class _Readable:
 
 
 def _stream_deadline(request: web.Request) -> float:
+    """Now + the caller's `timeout` (at most MAX_STREAM_S), cut at the token's expiry."""
+    try:
+        left = float(request.query.get("timeout", MAX_STREAM_S))
+    except ValueError:
+        left = -1
+    if not 0 < left <= MAX_STREAM_S:
+        raise ApiError(422, f"invalid request: timeout must be a number of seconds in "
+                       f"(0, {MAX_STREAM_S:g}]")
     expires = call_of(request).principal.expires_at
-    left = MAX_STREAM_S
     if expires is not None:
         left = min(left, (expires - datetime.now(UTC)).total_seconds())
     return time.monotonic() + max(left, 0)
@@ -110,11 +117,11 @@ def _stream_deadline(request: web.Request) -> float:
 async def changes(request: web.Request) -> web.StreamResponse:
     """Server-sent events: `change` for every row change the caller may read, `resync`
     when some may have been missed. Send the bearer token as for every route."""
+    readable, deadline = _Readable(request), _stream_deadline(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    readable, deadline = _Readable(request), _stream_deadline(request)
     try:
         with request.app[FEED].subscribe() as queue:
             live = "true" if request.app[FEED].connected.is_set() else "false"
@@ -149,5 +156,5 @@ ROUTES = [
     RouteSpec("GET", "/api/v2/tasks/{task_id}", show_task, "read", None, TaskDetail,
               _task_model, summary="A task of any kind, with its events"),
     RouteSpec("GET", "/api/v2/changes", changes, "user", None, StreamInfo,
-              summary="Live changes (text/event-stream)"),
+              query=(("timeout", False),), summary="Live changes (text/event-stream)"),
 ]

@@ -167,6 +167,13 @@ async def test_change_stream_needs_a_token_and_sends_only_readable_changes(
         assert resp.status == 401 and (await resp.json())["status_code"] == 401
     async with http.get(url, headers={"Authorization": "Bearer not-a-token"}) as resp:
         assert resp.status == 401
+    for bad in ("0", "301", "soon"):
+        async with http.get(f"{url}?timeout={bad}", headers=console.headers["reader"]) as resp:
+            assert resp.status == 422 and (await resp.json())["status_code"] == 422
+    started = time.monotonic()
+    async with http.get(f"{url}?timeout=0.5", headers=console.headers["reader"]) as resp:
+        assert b"event: hello" in await resp.read()
+    assert time.monotonic() - started < 5, "the stream ends at its timeout"
     await register(console.pool, "alice", "streamed", ModelSource(backend="hashing"), "private")
     await call(http, "PUT", f"{console.base}/api/v2/models/alice/streamed/permissions",
                json={"username": "reader", "permission": "read"},
