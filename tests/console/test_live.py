@@ -73,6 +73,7 @@ async def test_two_sessions_follow_one_rollout(browser: Any, console: Console,
 
 
 async def test_usable_by_keyboard_and_on_a_phone(browser: Any, console: Console,
+                                                 http: aiohttp.ClientSession,
                                                  artifacts: Path) -> None:
     await register(console.pool, "alice", "pocket", ModelSource(backend="hashing"), "private")
     page = await open_page(browser, console, None, width=390, height=844)
@@ -104,6 +105,21 @@ async def test_usable_by_keyboard_and_on_a_phone(browser: Any, console: Console,
     await page.keyboard.press("Escape")
     await expect(page.get_by_role("dialog")).to_have_count(0)
     await page.screenshot(path=artifacts / "31-phone-models.png", full_page=True)
+
+    # Register through the form, then grant a reader through the permissions panel.
+    await page.get_by_text("Register a model").click()
+    await page.get_by_label("Name", exact=True).fill("pocket-two")
+    await page.get_by_label("Backend").select_option("hashing")
+    await page.get_by_label("Access level").select_option("protected")
+    await page.get_by_role("button", name="Register").click()
+    await expect(page.get_by_role("cell", name="alice/pocket-two")).to_be_visible()
+    await page.get_by_role("button", name="Permissions of pocket-two").click()
+    await page.get_by_label("Username").fill("reader")
+    await page.get_by_role("button", name="Grant").click()
+    await expect(page.get_by_role("button", name="Revoke reader")).to_be_visible()
+    _, grants = await call(http, "GET", f"{console.base}/api/v2/models/alice/pocket-two/"
+                           "permissions", headers=console.headers["alice"])
+    assert [(g["username"], g["permission"]) for g in grants] == [("reader", "read")]
     await page.context.close()
 
 
