@@ -98,6 +98,9 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     await expect(page.locator("#active-generation")).to_have_text("2")
     await expect(page.get_by_text("2 / 2")).to_be_visible()
     await expect(page.locator("details[data-replica]")).to_have_count(2)
+    await page.get_by_role("link", name="Deployments").click()
+    await expect(page.get_by_role("row", name=re.compile("minilm-like"))).to_contain_text("2 / 2")
+    await page.screenshot(path=artifacts / "03b-deployments-serving.png", full_page=True)
 
     # A failing rollout shows why, with the replica's last log lines.
     await _deploy_from_models_page(page, "broken")

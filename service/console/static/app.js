@@ -48,9 +48,18 @@ function failure(err) {
     problem(err)));
 }
 
+// Live refreshes redraw whole regions: keep keyboard focus on the same control.
+const focusKey = (x) => `${x.tagName}|${x.getAttribute("href") || ""}|${x.textContent}`;
+
 function replace(el, ...children) {
+  const active = document.activeElement;
+  const key = active && active !== el && el.contains(active) ? focusKey(active) : null;
   el.replaceChildren();
   for (const child of children.flat()) if (child) el.append(child);
+  if (key) {
+    const again = [...el.querySelectorAll(active.tagName)].find((x) => focusKey(x) === key);
+    if (again) again.focus({ preventScroll: true });
+  }
 }
 
 const link = (href, text, attrs = {}) => h("a", { href, ...attrs }, text);
