@@ -3,7 +3,7 @@
 import { api, ApiError, get, login, post, ref, session } from "./api.js";
 import { badge, field, h, seconds, table, when } from "./dom.js";
 import { Live } from "./live.js";
-import { chart } from "./timeline.js";
+import { chart, generationsChart } from "./timeline.js";
 
 const view = document.getElementById("view");
 const liveEl = document.getElementById("live");
@@ -273,7 +273,8 @@ function deploymentView(identifier) {
       actions);
     const active = d.active_generation;
     replace(sections,
-      h("section", {}, h("h2", {}, "Generations"), table("Generations",
+      h("section", {}, h("h2", {}, "Generations"),
+        generationsChart(detail.generations, active, Date.now() / 1000), table("Generations",
         ["Generation", "Replicas", "States", "Started", "Last change", "Task"],
         detail.generations.map((g) => [
           h("span", {}, String(g.generation), g.generation === active ? [" ", badge("serving")] : null),

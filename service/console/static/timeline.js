@@ -72,3 +72,41 @@ export function chart(task, serverNow) {
   return h("figure", { class: "chart", id: "timeline" }, svg,
     h("figcaption", {}, "Phase timeline; the running phase grows live."));
 }
+
+// A deployment's generations over time: one bar per generation, from its first replica's
+// start to its last replica change (to now while it serves).
+export function generationsChart(generations, active, nowS) {
+  if (!generations.length) return null;
+  const rows = generations.slice().sort((a, b) => a.generation - b.generation).map((g) => {
+    const start = t(g.started_at);
+    const serving = g.generation === active;
+    const end = serving ? Math.max(nowS, t(g.last_change_at)) : t(g.last_change_at);
+    const state = serving ? "current" : (g.states.includes("failed") ? "failed" : "done");
+    return { g, start, end, state };
+  });
+  const origin = Math.min(...rows.map((r) => r.start));
+  const total = Math.max(0.001, ...rows.map((r) => r.end - origin));
+  const width = 720, labelW = 110, durW = 110, row = 26, top = 6;
+  const barW = width - labelW - durW;
+  const scale = (x) => labelW + (x / total) * barW;
+  const height = top * 2 + row * rows.length + 16;
+  const words = { current: "serving", failed: "failed", done: "retired" };
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", class: "timeline",
+    role: "img", "aria-label": "Generations over time: " + rows.map((r) =>
+      `generation ${r.g.generation} ${words[r.state]} for ${seconds(r.end - r.start)}`).join(", ") });
+  rows.forEach((r, i) => {
+    const y = top + i * row;
+    const x = scale(r.start - origin);
+    svg.append(s("g", { class: `seg seg-${r.state}`, "data-generation": r.g.generation },
+      s("text", { x: 0, y: y + 17, class: "seg-label" }, `generation ${r.g.generation}`),
+      s("rect", { x, y: y + 4, width: Math.max(2, scale(r.end - origin) - x), height: row - 10, rx: 3 }),
+      s("text", { x: width - durW + 8, y: y + 17, class: "seg-dur" },
+        `${words[r.state]} · ${seconds(r.end - r.start)}`)));
+  });
+  svg.append(s("text", { x: labelW, y: top + row * rows.length + 12, class: "axis" },
+    new Date(origin * 1000).toLocaleTimeString()),
+  s("text", { x: labelW + barW, y: top + row * rows.length + 12, class: "axis", "text-anchor": "end" },
+    `+${seconds(total)}`));
+  return h("figure", { class: "chart", id: "generations-chart" }, svg,
+    h("figcaption", {}, "Generations over time (newest at the bottom)."));
+}
