@@ -19,6 +19,7 @@ from service import (
     routes_v2_deploy,
 )
 from service.auth import register, require_secret
+from service.console import setup as setup_console
 from service.errors import error_middleware
 from service.keys import LOGIN_THROTTLE, METRICS, PG, REDIS, SETTINGS
 from service.login_throttle import LoginThrottle
@@ -60,4 +61,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
     routes_docs.setup(app)
     for surface in (routes_registry, routes_quotas, routes_v2_deploy, routes_v1):
         register(app, surface.ROUTES)
+    setup_console(app)
     return app

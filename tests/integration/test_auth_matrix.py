@@ -174,6 +174,15 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("POST", "/api/v1/deploy/stop"): fixed("/api/v1/deploy/stop",
                                            json={"model_identifier": "{m}"}),
     ("GET", "/api/v1/deploy/logs"): fixed("/api/v1/deploy/logs?model_identifier={m}"),
+    ("GET", "/api/v2/deployments"): fixed("/api/v2/deployments"),
+    ("GET", "/api/v2/deployments/{model_id}"): fixed("/api/v2/deployments/{m}"),
+    ("GET", "/api/v2/deployments/{model_id}/replica-logs"): fixed(
+        "/api/v2/deployments/{m}/replica-logs"),
+    ("GET", "/api/v2/tasks/{task_id}"): fixed("/api/v2/tasks/{dt}"),
+    ("GET", "/api/v2/changes"): fixed("/api/v2/changes?timeout=0.2"),
+    ("GET", "/ui"): fixed("/ui"),
+    ("GET", "/ui/"): fixed("/ui/"),
+    ("GET", "/ui/static/{name}"): fixed("/ui/static/app.js"),
 }
 
 # Callers: the nine of the issue, plus the model's own job and update tokens so the

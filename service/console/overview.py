@@ -1,0 +1,104 @@
+"""What the console shows, assembled from the repositories, filtered by the caller's access."""
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Literal, cast
+from uuid import UUID
+
+import asyncpg
+
+from db import events, models, overview, replicas
+from db.events import Event
+from db.models import Model
+from db.overview import DeploymentRow
+from db.tasks import Task
+from schemas.auth import Permission, Principal
+from schemas.console import (
+    DeploymentDetail,
+    DeploymentSummary,
+    EventOut,
+    GenerationOut,
+    ReplicaOut,
+    TaskDetail,
+)
+from schemas.tasks import DeploymentConfig
+from service import task_service
+from service.auth import permission_on
+from service.errors import ApiError
+
+Level = Literal["read", "write", "owner"]
+
+
+def _level(permission: Permission) -> Level:
+    return cast(Level, permission.name)
+
+
+def _config(raw: dict[str, object]) -> DeploymentConfig:
+    try:
+        return DeploymentConfig.model_validate(raw)
+    except ValueError:
+        return DeploymentConfig()
+
+
+def summary(row: DeploymentRow, model: Model, permission: Permission) -> DeploymentSummary:
+    d = row.deployment
+    config = _config(d.config)
+    return DeploymentSummary(
+        model_id=d.model_id, model=model.identifier, name=d.name, status=d.status,
+        active_generation=d.active_generation, replicas_ready=row.replicas_ready,
+        replicas_wanted=0 if d.active_generation is None else config.replica_count,
+        autoscaling_enabled=config.autoscaling_enabled, autoscaling_min=config.autoscaling_min,
+        autoscaling_max=config.autoscaling_max, memory=config.memory,
+        env_names=sorted(config.env), permission=_level(permission), updated_at=d.updated_at)
+
+
+async def list_deployments(pool: asyncpg.Pool, principal: Principal) -> list[DeploymentSummary]:
+    """Every deployment of a model the caller can read."""
+    visible = await models.list_visible(pool, principal.user_id, principal.is_admin)
+    by_id = {m.id: m for m in visible}
+    found = []
+    for row in await overview.deployments_of(pool, list(by_id)):
+        model = by_id[row.deployment.model_id]
+        permission, _ = await permission_on(pool, principal, model)
+        if permission >= Permission.read:
+            found.append(summary(row, model, permission))
+    return found
+
+
+def event_out(e: Event) -> EventOut:
+    return EventOut(id=e.id, task_id=e.task_id, generation=e.generation, level=e.level,
+                    message=e.message, created_at=e.created_at)
+
+
+async def deployment_detail(pool: asyncpg.Pool, model: Model,
+                            permission: Permission) -> DeploymentDetail:
+    rows = await overview.deployments_of(pool, [model.id])
+    if not rows:
+        raise ApiError(404, f"model {model.identifier} has never been deployed")
+    live = await replicas.list_for_model(pool, model.id)
+    return DeploymentDetail(
+        deployment=summary(rows[0], model, permission),
+        replicas=[ReplicaOut(id=r.id, generation=r.generation, state=r.state,
+                             endpoint=r.endpoint, reported_status=r.reported_status,
+                             created_at=r.created_at, updated_at=r.updated_at) for r in live],
+        generations=[GenerationOut(**dataclasses.asdict(g)) for g in
+                     await overview.generations(pool, model.id)],
+        events=[event_out(e) for e in await events.list_recent(pool, model.id, 50)],
+        tasks=[task_service.to_response(t) for t in await overview.recent_tasks(pool, model.id)],
+    )
+
+
+async def task_detail(pool: asyncpg.Pool, task: Task, permission: Permission) -> TaskDetail:
+    base = task_service.to_response(task)
+    return TaskDetail(**base.model_dump(), model_id=task.model_id, started_at=task.started_at,
+                      finished_at=task.finished_at, now=datetime.now(UTC),
+                      events=[event_out(e) for e in await events.list_for_task(pool, task.id)],
+                      permission=_level(permission))
+
+
+async def readable(pool: asyncpg.Pool, principal: Principal, model_id: UUID) -> bool:
+    model = await models.get(pool, model_id)
+    if model is None:
+        return False
+    permission, _ = await permission_on(pool, principal, model)
+    return permission >= Permission.read

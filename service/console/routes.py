@@ -1,0 +1,160 @@
+"""The JSON routes the console needs beyond the other surfaces, and its change stream.
+
+Thin handlers over db/ reads, guarded and documented like every other route.
+"""
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from uuid import UUID
+
+from aiohttp import web
+
+from db import tasks
+from schemas.console import (
+    DeploymentDetail,
+    DeploymentSummary,
+    ReplicaLogOut,
+    StreamInfo,
+    TaskDetail,
+)
+from service import bazaar
+from service.auth import RouteSpec, call_of, path_param
+from service.console import overview
+from service.console.changes import CLOSING, FEED, RESYNC
+from service.errors import ApiError
+from service.keys import PG, REDIS
+from service.responses import json_response
+
+MODEL = "{model_id:[^/]+(?:/[^/]+)?}"
+HEARTBEAT_S = 15.0
+# A stream ends after this long (or when the caller's token expires); the page reconnects.
+MAX_STREAM_S = 300.0
+PERMISSION_CACHE_S = 5.0
+_LOCATED_TASK = web.RequestKey("console_task", tasks.Task)
+
+
+async def list_deployments(request: web.Request) -> web.Response:
+    """Every deployment of a model the caller can read, with replicas ready and wanted."""
+    found = await overview.list_deployments(request.app[PG], call_of(request).principal)
+    return json_response(found)
+
+
+async def show_deployment(request: web.Request) -> web.Response:
+    """One deployment: replicas, generations, events and recent tasks."""
+    call = call_of(request)
+    assert call.model is not None
+    return json_response(await overview.deployment_detail(request.app[PG], call.model,
+                                                          call.permission))
+
+
+def _tail(request: web.Request) -> int:
+    try:
+        tail = int(request.query.get("tail", "200"))
+    except ValueError:
+        raise ApiError(422, "invalid request: tail must be an integer") from None
+    return max(1, min(tail, 2000))
+
+
+async def replica_logs(request: web.Request) -> web.Response:
+    """The newest log lines of each live replica, named by replica."""
+    model = call_of(request).model
+    assert model is not None
+    entries = await bazaar.replica_logs(request.app[REDIS], model.id, _tail(request))
+    return json_response([ReplicaLogOut.model_validate(e) for e in entries])
+
+
+async def show_task(request: web.Request) -> web.Response:
+    """A task of any kind with its timestamps and events."""
+    call = call_of(request)
+    return json_response(await overview.task_detail(request.app[PG], request[_LOCATED_TASK],
+                                                    call.permission))
+
+
+async def _task_model(request: web.Request, body: object) -> str:
+    try:
+        task = await tasks.get(request.app[PG], UUID(request.match_info["task_id"]))
+    except ValueError:
+        task = None
+    if task is None:
+        raise ApiError(404, f"task {request.match_info['task_id']!r} not found")
+    request[_LOCATED_TASK] = task
+    return str(task.model_id)
+
+
+class _Readable:
+    """The stream caller's read access per model, looked up at most every few seconds."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self._seen: dict[UUID, tuple[bool, float]] = {}
+
+    async def __call__(self, model_id: UUID) -> bool:
+        hit = self._seen.get(model_id)
+        if hit is not None and time.monotonic() - hit[1] < PERMISSION_CACHE_S:
+            return hit[0]
+        ok = await overview.readable(self._request.app[PG], call_of(self._request).principal,
+                                     model_id)
+        self._seen[model_id] = (ok, time.monotonic())
+        return ok
+
+
+def _stream_deadline(request: web.Request) -> float:
+    """Now + the caller's `timeout` (at most MAX_STREAM_S), cut at the token's expiry."""
+    try:
+        left = float(request.query.get("timeout", MAX_STREAM_S))
+    except ValueError:
+        left = -1
+    if not 0 < left <= MAX_STREAM_S:
+        raise ApiError(422, f"invalid request: timeout must be a number of seconds in "
+                       f"(0, {MAX_STREAM_S:g}]")
+    expires = call_of(request).principal.expires_at
+    if expires is not None:
+        left = min(left, (expires - datetime.now(UTC)).total_seconds())
+    return time.monotonic() + max(left, 0)
+
+
+async def changes(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: `change` for every row change the caller may read, `resync`
+    when some may have been missed. Send the bearer token as for every route."""
+    readable, deadline = _Readable(request), _stream_deadline(request)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    try:
+        with request.app[FEED].subscribe() as queue:
+            live = "true" if request.app[FEED].connected.is_set() else "false"
+            await response.write(f"retry: 2000\nevent: hello\ndata: {{\"live\": {live}}}\n\n"
+                                 .encode())
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    item = await asyncio.wait_for(queue.get(), min(HEARTBEAT_S, left))
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if item == CLOSING:
+                    break
+                if item == RESYNC:
+                    await response.write(b"event: resync\ndata: {}\n\n")
+                elif not isinstance(item, str) and await readable(item.model_id):
+                    await response.write(
+                        f"event: change\ndata: {item.model_dump_json()}\n\n".encode())
+    except ConnectionResetError:
+        pass  # the page went away
+    return response
+
+
+ROUTES = [
+    RouteSpec("GET", "/api/v2/deployments", list_deployments, "user", None,
+              list[DeploymentSummary], summary="List deployments the caller can read"),
+    RouteSpec("GET", f"/api/v2/deployments/{MODEL}/replica-logs", replica_logs, "read", None,
+              list[ReplicaLogOut], path_param("model_id"), query=(("tail", False),),
+              summary="Recent log lines of each live replica"),
+    RouteSpec("GET", f"/api/v2/deployments/{MODEL}", show_deployment, "read", None,
+              DeploymentDetail, path_param("model_id"), summary="One deployment in detail"),
+    RouteSpec("GET", "/api/v2/tasks/{task_id}", show_task, "read", None, TaskDetail,
+              _task_model, summary="A task of any kind, with its events"),
+    RouteSpec("GET", "/api/v2/changes", changes, "user", None, StreamInfo,
+              query=(("timeout", False),), summary="Live changes (text/event-stream)"),
+]

@@ -1,0 +1,137 @@
+"""Issue 17: the web console in a real browser (headless Debian Chromium via Playwright).
+
+Each test logs in through the form and drives the console as a person would; the worker
+runs real rollouts of hashing-backend replicas (a failing one uses a missing model
+directory, so its replica really exits). Screenshots of every page go to the artifacts
+folder the session prints.
+"""
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import expect
+
+from schemas.models import ModelSource
+from service.registry import register
+from tests.console.conftest import Console, open_page, same_document
+
+SLOW_START = {"backend": "hashing", "dimension": 384, "startup_delay_s": 1.5}
+
+
+_READ_TIMELINE = """() => [
+    [...document.querySelectorAll('#timeline g[data-state="current"]')].map((g) => g.dataset.phase),
+    (document.querySelector('#task-status') || {}).textContent || '']"""
+
+
+async def _phases_seen_until_done(page: Any, timeout_s: float = 90) -> list[str]:
+    """Watch the timeline until the task is terminal; the phases seen running, in order."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # One read of the DOM: the chart is redrawn four times a second.
+        running, status = await page.evaluate(_READ_TIMELINE)
+        seen += [phase for phase in running if phase not in seen]
+        if status in ("done", "failed", "canceled", "refused"):
+            return seen
+        await page.wait_for_timeout(100)
+    raise TimeoutError(f"task not terminal; phases seen {seen}")
+
+
+async def _deploy_from_models_page(page: Any, name: str, replicas: int | None = None) -> str:
+    await page.get_by_role("link", name="Models").click()
+    await page.get_by_role("button", name=f"Deploy {name}…").click()
+    dialog = page.get_by_role("dialog")
+    if replicas is not None:
+        await dialog.get_by_label("Replicas").fill(str(replicas))
+    await dialog.get_by_role("button", name="Deploy").click()
+    await page.wait_for_url(re.compile(r"#/tasks/"))
+    return str(page.url.rsplit("/", 1)[1])
+
+
+async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
+        browser: Any, console: Console, artifacts: Path) -> None:
+    await register(console.pool, "alice", "minilm-like", ModelSource(**SLOW_START), "private")
+    await register(console.pool, "alice", "broken",
+                   ModelSource(backend="sentence-transformers", location="/nonexistent/model"),
+                   "private")
+    page = await open_page(browser, console, None)
+    await page.screenshot(path=artifacts / "01-login.png")
+    await page.get_by_label("Username").fill("alice")
+    await page.get_by_label("Password").fill("wrong-password")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("alert").first).to_contain_text("password")
+    await page.get_by_label("Password").fill("alice-password-1")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_text("No deployments yet")).to_be_visible()
+    await page.evaluate("window.__sameDocument = true")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+    # Deploy: the timeline passes through its phases to done without a reload.
+    await _deploy_from_models_page(page, "minilm-like")
+    seen = await _phases_seen_until_done(page)
+    await expect(page.locator("#task-status")).to_have_text("done")
+    print(f"first rollout, phases seen running: {seen}")
+    assert "health_checking" in seen, seen
+    assert seen == sorted(seen, key=["queued", "starting_replicas", "health_checking",
+                                     "switching", "draining", "removing"].index)
+    assert await page.locator('#timeline g[data-state="done"]').count() >= 5
+    assert await same_document(page)
+    await page.screenshot(path=artifacts / "02-task-done.png", full_page=True)
+
+    # The deployment: generation 1 serving, its replica's log followed.
+    await page.get_by_role("link", name="alice/minilm-like").click()
+    await expect(page.locator("#active-generation")).to_have_text("1")
+    await expect(page.locator("details[data-replica] pre")).not_to_be_empty()
+    await page.screenshot(path=artifacts / "03-deployment.png", full_page=True)
+
+    # Redeploy with changed settings: generation 2, two replicas.
+    await page.get_by_role("button", name="Redeploy…").click()
+    await page.get_by_role("dialog").get_by_label("Replicas").fill("2")
+    await page.get_by_role("dialog").get_by_role("button", name="Deploy").click()
+    await page.wait_for_url(re.compile(r"#/tasks/"))
+    await _phases_seen_until_done(page)
+    await expect(page.locator("#task-status")).to_have_text("done")
+    await expect(page.locator("#task-generation")).to_have_text("2")
+    await page.get_by_role("link", name="alice/minilm-like").click()
+    await expect(page.locator("#active-generation")).to_have_text("2")
+    await expect(page.get_by_text("2 / 2")).to_be_visible()
+    await expect(page.locator("details[data-replica]")).to_have_count(2)
+    chart = page.locator("#generations-chart")
+    await expect(chart.locator('g[data-generation="2"].seg-current')).to_have_count(1)
+    await expect(chart.locator('g[data-generation="1"].seg-done')).to_have_count(1)
+    await page.get_by_role("link", name="Deployments").click()
+    await expect(page.get_by_role("row", name=re.compile("minilm-like"))).to_contain_text("2 / 2")
+    await page.screenshot(path=artifacts / "03b-deployments-serving.png", full_page=True)
+
+    # A failing rollout shows why, with the replica's last log lines.
+    await _deploy_from_models_page(page, "broken")
+    await _phases_seen_until_done(page)
+    await expect(page.locator("#task-status")).to_have_text("failed")
+    await expect(page.locator("#task-detail")).to_contain_text("exited with code")
+    await expect(page.locator("#log-tail")).to_contain_text("/nonexistent/model")
+    await expect(page.locator('#timeline g[data-state="failed"]')).to_have_count(1)
+    await page.screenshot(path=artifacts / "04-task-failed.png", full_page=True)
+
+    # Delete, with a confirmation step that a wrong name does not pass.
+    await page.goto(console.ui + "#/deployments/alice/minilm-like")
+    await page.get_by_role("button", name="Delete…").click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_label(re.compile("Type the deployment name")).fill("minilm")
+    await dialog.get_by_role("button", name="Delete deployment").click()
+    await expect(dialog.get_by_role("alert")).to_contain_text("does not match")
+    await page.screenshot(path=artifacts / "05-delete-confirm.png")
+    await dialog.get_by_label(re.compile("Type the deployment name")).fill("minilm-like")
+    await dialog.get_by_role("button", name="Delete deployment").click()
+    await page.wait_for_url(re.compile(r"#/tasks/"))
+    await _phases_seen_until_done(page)
+    await expect(page.locator("#task-status")).to_have_text("done")
+    await page.get_by_role("link", name="Deployments").click()
+    await expect(page.get_by_role("row", name=re.compile("minilm-like"))).to_contain_text(
+        "stopped")
+    await page.screenshot(path=artifacts / "06-deployments.png", full_page=True)
+    await page.get_by_role("link", name="Models").click()
+    await expect(page.get_by_role("button", name="Deploy broken…")).to_be_visible()
+    await page.screenshot(path=artifacts / "07-models.png", full_page=True)
+    await page.context.close()
