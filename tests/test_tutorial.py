@@ -130,15 +130,16 @@ def _checks() -> list[Callable[[subprocess.CompletedProcess[str]], None]]:
 
 @pytest.mark.timeout(900)
 def test_the_readme_tutorial_works_and_survives_a_restart(folder: Path) -> None:
-    port = free_port("127.0.0.1")
+    port, gateway_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
-    env |= {"GREENROOM_API_PORT": str(port)}
+    env |= {"GREENROOM_API_PORT": str(port), "GREENROOM_GATEWAY_PORT": str(gateway_port)}
     commands, checks = tutorial_commands(), _checks()
     assert len(commands) == len(checks), commands
     up, prelude = Up(folder, env), []
     try:
         for command, check in zip(commands, checks, strict=True):
-            command = command.replace("localhost:8000", f"localhost:{port}")
+            command = (command.replace("localhost:8000", f"localhost:{port}")
+                       .replace("localhost:8001", f"localhost:{gateway_port}"))
             if command == "make up":
                 up.stop()
                 restarted = up.start()

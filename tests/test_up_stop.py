@@ -138,11 +138,12 @@ def _interrupt(up: Up, times: int, timeout_s: float) -> float:
 def test_ctrl_c_stops_everything_and_the_next_up_restores_the_deployments(
         tmp_path: Path) -> None:
     state = tmp_path / "state"
-    port = free_port("127.0.0.1")
+    port, gateway_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     env |= {"GREENROOM_STATE_DIR": str(state), "GREENROOM_API_PORT": str(port),
+            "GREENROOM_GATEWAY_PORT": str(gateway_port),
             "GREENROOM_SECRET_KEY": SECRET, "GREENROOM_RECONCILE_INTERVAL_S": "0.5"}
-    base = f"http://127.0.0.1:{port}"
+    base, gateway = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{gateway_port}"
     runs: list[Up] = []
     try:
         up = Up(env)
@@ -165,7 +166,7 @@ def test_ctrl_c_stops_everything_and_the_next_up_restores_the_deployments(
         runs.append(again)
         again.until("restored 3 deployment(s), serving: h1, h2, h3", 240)
         again.until("running; Ctrl-C stops everything", 60)
-        asyncio.run(_all_serve(base))
+        asyncio.run(_all_serve(gateway))
 
         # A second Ctrl-C: no grace periods, but the replicas it knows are still killed.
         took = _interrupt(again, 2, 60)
