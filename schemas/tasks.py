@@ -5,7 +5,9 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas import replica_env
 
 MAX_REPLICAS = 16
 
@@ -54,6 +56,15 @@ class DeploymentConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     deploy_timeout_s: float | None = Field(
         default=None, gt=0, le=3600, description="health-check deadline for this rollout")
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        refused = {name: why for name in env if (why := replica_env.reserved(name))}
+        if refused:
+            raise ValueError("env may not set " + "; ".join(
+                f"{name} ({why})" for name, why in sorted(refused.items())))
+        return env
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "DeploymentConfig":

@@ -39,9 +39,13 @@ async def test_process_replica_env_is_an_allowlist_in_its_own_folder_and_group(
         api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         settings: Settings, hashing_model: Any) -> None:
     await hashing_model("isolated")
+    for name in ("GREENROOM_DATABASE_URL", "LD_PRELOAD", "PYTHONPATH", "MODEL_SERVER_MODEL"):
+        status, body = await call(http, "POST", f"{api}/deploy", json={
+            "embedding_model_id": "alice/isolated", "config": {"env": {name: "smuggled"}}})
+        assert status == 422 and name in body["message"], body
     spawn("worker")
-    done = await _deploy(http, api, "alice/isolated", {
-        "memory": 256, "env": {"MY_SETTING": "kept", "GREENROOM_DATABASE_URL": "smuggled"}})
+    done = await _deploy(http, api, "alice/isolated",
+                         {"memory": 256, "env": {"MY_SETTING": "kept"}})
     assert done["status"] == "done", done
 
     found = services.replica_processes(settings.state_dir)
