@@ -52,6 +52,9 @@ class Settings(BaseSettings):
 
     # The most processes a replica's container holds.
     replica_pids_limit: int = 1024
+    # Process runtime: limit memory with a cgroup per replica where the host allows it;
+    # false: RLIMIT_AS only (virtual memory; MiniLM needs about 1.6 GB of it for 0.55 GB RSS).
+    replica_cgroups: bool = True
 
     deploy_timeout_s: float = 180.0
     drain_timeout_s: float = 30.0

@@ -5,7 +5,9 @@ from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas import replica_env
 
 MAX_REPLICAS = 16
 
@@ -73,6 +75,15 @@ class DeploymentConfig(BaseModel):
         default=None, gt=0, le=3600, description="health-check deadline for this rollout")
     onnx: OnnxOptions | None = Field(
         default=None, description="variant options for a model whose source.backend is onnx")
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        refused = {name: why for name in env if (why := replica_env.reserved(name))}
+        if refused:
+            raise ValueError("env may not set " + "; ".join(
+                f"{name} ({why})" for name, why in sorted(refused.items())))
+        return env
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "DeploymentConfig":

@@ -147,9 +147,13 @@ def check_model(folder: Path, limits: Limits) -> list[str]:
 def install(folder: Path, target: Path) -> None:
     """Replace `target` with `folder` by renames (an old version is removed after)."""
     old = target.with_name(f"{target.name}.old-{uuid4().hex[:8]}")
-    if target.exists():
-        target.rename(old)
-    folder.rename(target)
+    try:
+        if target.exists():
+            target.rename(old)
+        folder.rename(target)
+    except OSError:  # another upload of this model got there between the two renames
+        raise ApiError(409, "another upload of this model finished at the same moment; "
+                            "upload again if yours should win") from None
     for path in [target, *target.rglob("*")]:
         with contextlib.suppress(OSError):  # readable by unprivileged replicas
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
@@ -170,12 +174,16 @@ def limits_of(settings: Settings, allow_pickled: bool) -> Limits:
 
 
 async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
-                 chunks: AsyncIterator[bytes], allow_pickled: bool) -> Model:
+                 chunks: AsyncIterator[bytes], allow_pickled: bool,
+                 declared_size: int | None = None) -> Model:
     """Receive, unpack, check and install the model's weights; train_status in_progress
     meanwhile, complete after (back to what it was if the archive is refused)."""
     store = settings.model_store_dir.resolve()
-    scratch = scratch_dir(store)
     limits = limits_of(settings, allow_pickled)
+    if declared_size is not None and declared_size > limits.max_upload_bytes:
+        raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
+                   "(GREENROOM_MAX_UPLOAD_MB)", 413)
+    scratch = scratch_dir(store)
     before = model.train_status
     await models.set_train_status(pool, model.id, "in_progress")
     try:

@@ -121,7 +121,7 @@ async def upload_model(request: web.Request) -> web.Response:
         raise ApiError(403, "only administrators may allow pickled weights")
     model = await model_upload.upload(request.app[PG], request.app[SETTINGS], call.model,
                                       request.content.iter_chunked(model_upload.CHUNK),
-                                      allow_pickle)
+                                      allow_pickle, request.content_length)
     return json_response(await catalog.describe(request.app[PG], model))
 
 

@@ -61,7 +61,7 @@ async def test_the_default_budget_is_the_engines_memory_less_running_replicas(
 
 
 async def test_a_rollout_past_the_budget_fails_fast_on_docker(
-        api: str, spawn: Callable[..., Any], docker_image: str, http: aiohttp.ClientSession,
+        api: str, gateway: str, spawn: Callable[..., Any], docker_image: str, http: aiohttp.ClientSession,
         pool: asyncpg.Pool, docker_api: aiodocker.Docker, hashing_model: Any,
         cleanup: None) -> None:
     spawn("worker", runtime="docker", docker_image=docker_image,
@@ -69,14 +69,14 @@ async def test_a_rollout_past_the_budget_fails_fast_on_docker(
     model_id = await hashing_model("roomy")
     first = await deploy(http, api, "alice/roomy", {"memory": 512})
     assert first["status"] == "done", first
-    status, replica = await embed(http, api, "roomy")
+    status, replica = await embed(http, gateway, "roomy")
     assert status == 200
 
     failed = await deploy(http, api, "alice/roomy", {"memory": 512})
     assert failed["status"] == "failed", failed
     assert failed["detail"] == ("not enough capacity on this worker: needs 512 MB, "
                                 "488 MB left of 1,000 MB budget"), failed
-    assert await embed(http, api, "roomy") == (200, replica), "generation 1 serves"
+    assert await embed(http, gateway, "roomy") == (200, replica), "generation 1 serves"
     assert await containers_of(docker_api, model_id, generation=failed["metadata"]
                                ["generation"]) == []
     deployment = await deployments.get(pool, model_id)

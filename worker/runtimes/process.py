@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 from collections import deque
 from pathlib import Path
@@ -70,6 +69,7 @@ class ProcessRuntime:
         self._root = (settings.state_dir / "replicas").resolve()
         self._host = settings.replica_host
         self._default_memory_mb = settings.replica_memory_mb
+        self._cgroups = settings.replica_cgroups
         self._children: dict[str, asyncio.subprocess.Process] = {}
         self._reapers: set[asyncio.Task[None]] = set()
 
@@ -103,7 +103,8 @@ class ProcessRuntime:
     def _memory_limit(self, ref: str, spec: ReplicaSpec) -> memory_limit.Limit | None:
         """The deployment's memory (or the default) as a cgroup; RLIMIT_AS, which counts
         virtual memory, only when the deployment asked for a limit itself."""
-        limit = memory_limit.prepare(ref, spec.memory_mb or self._default_memory_mb)
+        limit = memory_limit.prepare(ref, spec.memory_mb or self._default_memory_mb,
+                                     cgroups=self._cgroups)
         if limit.kind == "rlimit" and not spec.memory_mb:
             return None
         return limit
@@ -114,15 +115,24 @@ class ProcessRuntime:
         directory `folder`, inside its memory limit."""
         with (folder / "stdout.log").open("ab") as out, (folder / "stderr.log").open("ab") as err:
             try:
-                return await asyncio.create_subprocess_exec(
+                proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "model_server", stdout=out, stderr=err, env=env,
                     cwd=folder, start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
-                    preexec_fn=limit.preexec() if limit else None,
                 )
-            except (OSError, subprocess.SubprocessError) as exc:
+            except OSError as exc:
                 if limit is not None:
                     memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
                 raise RuntimeError_(f"could not start model server: {exc}") from exc
+        if limit is not None:
+            try:
+                limit.apply(proc.pid)
+            except OSError as exc:  # no limit is no start: kill it rather than run it unbounded
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
+                raise RuntimeError_(f"could not apply the memory limit: {exc}") from exc
+        return proc
 
     async def _reap(self, ref: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -201,7 +211,7 @@ class ProcessRuntime:
     async def remove(self, runtime_ref: str) -> None:
         await self.stop(runtime_ref, grace_s=0)
         memory = (self._meta(runtime_ref) or {}).get("memory") or {}
-        memory_limit.release(memory.get("cgroup"))
+        await memory_limit.release_when_empty(memory.get("cgroup"))
         shutil.rmtree(self._dir(runtime_ref), ignore_errors=True)
 
     async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
