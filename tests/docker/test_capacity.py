@@ -61,7 +61,8 @@ async def test_the_default_budget_is_the_engines_memory_less_running_replicas(
 
 
 async def test_a_rollout_past_the_budget_fails_fast_on_docker(
-        api: str, gateway: str, spawn: Callable[..., Any], docker_image: str, http: aiohttp.ClientSession,
+        api: str, gateway: str, spawn: Callable[..., Any], docker_image: str,
+        http: aiohttp.ClientSession,
         pool: asyncpg.Pool, docker_api: aiodocker.Docker, hashing_model: Any,
         cleanup: None) -> None:
     spawn("worker", runtime="docker", docker_image=docker_image,

@@ -65,4 +65,5 @@ async def test_a_rollout_that_does_not_fit_fails_fast_and_a_delete_frees_room(
 
     done = await _deploy(anon_http, api, alice, "alice/c1", memory=1024)
     assert done["status"] == "done", done
-    assert await _serving_generation(http, gateway, pool, "c1") == done["metadata"]["generation"] > 1
+    serving = await _serving_generation(http, gateway, pool, "c1")
+    assert serving == done["metadata"]["generation"] > 1
