@@ -9,6 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from service.auth import RouteSpec, register
+from service.static_files import StaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static" / "swagger-ui"
 STATIC_PREFIX = "/docs/static"
@@ -36,9 +37,18 @@ async def docs(request: web.Request) -> web.Response:
     return web.Response(text=_PAGE, content_type="text/html")
 
 
-ROUTES = [RouteSpec("GET", "/docs", docs, "public", summary="Browsable API reference")]
+FILES = StaticFiles(STATIC)
+
+
+async def static(request: web.Request) -> web.Response:
+    """Swagger UI's script and style sheet."""
+    return FILES.response(request.match_info["name"])
+
+
+ROUTES = [RouteSpec("GET", "/docs", docs, "public", summary="Browsable API reference"),
+          RouteSpec("GET", STATIC_PREFIX + "/{name:.+}", static, "public",
+                    summary="Swagger UI's files")]
 
 
 def setup(app: web.Application) -> None:
     register(app, ROUTES)
-    app.router.add_static(STATIC_PREFIX, STATIC, append_version=False)
