@@ -9,6 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from service.auth import RouteSpec, register
+from service.errors import ApiError
 
 STATIC = Path(__file__).resolve().parent / "static" / "swagger-ui"
 STATIC_PREFIX = "/docs/static"
@@ -31,14 +32,30 @@ _PAGE = f"""<!doctype html>
 """
 
 
+_FILES = {path.name: path for path in STATIC.iterdir() if path.suffix in (".js", ".css")}
+_TYPES = {".js": "text/javascript", ".css": "text/css"}
+
+
 async def docs(request: web.Request) -> web.Response:
     """The browsable API reference."""
     return web.Response(text=_PAGE, content_type="text/html")
 
 
-ROUTES = [RouteSpec("GET", "/docs", docs, "public", summary="Browsable API reference")]
+async def static_file(request: web.Request) -> web.FileResponse:
+    """Swagger UI's script and style sheet (only the shipped files, by name)."""
+    path = _FILES.get(request.match_info["name"])
+    if path is None:
+        raise ApiError(404, "no such file")
+    return web.FileResponse(path, headers={"Content-Type": _TYPES[path.suffix],
+                                           "Cache-Control": "public, max-age=86400"})
+
+
+ROUTES = [
+    RouteSpec("GET", "/docs", docs, "public", summary="Browsable API reference"),
+    RouteSpec("GET", STATIC_PREFIX + "/{name}", static_file, "public",
+              summary="Swagger UI's files"),
+]
 
 
 def setup(app: web.Application) -> None:
     register(app, ROUTES)
-    app.router.add_static(STATIC_PREFIX, STATIC, append_version=False)

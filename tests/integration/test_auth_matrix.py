@@ -89,6 +89,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/metrics"): fixed("/metrics"),
     ("GET", "/openapi.json"): fixed("/openapi.json"),
     ("GET", "/docs"): fixed("/docs"),
+    ("GET", "/docs/static/{name}"): fixed("/docs/static/swagger-ui.css"),
     ("POST", "/deploy"): fixed("/deploy", json=M),
     ("GET", "/deploy/{task_id}"): fixed("/deploy/{dt}"),
     ("GET", "/deploy-status/{embedding_model_id}"): fixed("/deploy-status/{m}"),
