@@ -250,19 +250,28 @@ def status(gr: Client, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _new_lines(before: list[str], now: list[str]) -> list[str]:
+    """The lines of `now` after what `before` ended with (the API sends a sliding tail)."""
+    if not before:
+        return now
+    for start in range(len(now), 0, -1):
+        if now[:start] == before[-start:]:
+            return now[start:]
+    return now
+
+
 def logs(gr: Client, args: argparse.Namespace, console: Console) -> int:
-    seen: dict[int, int] = {}
+    seen: dict[int, list[str]] = {}
     while True:
         found = gr.logs(args.model)
         if args.json and not args.follow:
             _print_json(found)
             return 0
         for index, replica in enumerate(found):
-            text = replica.stderr + replica.stdout
-            lines = text.splitlines()
-            for line in lines[seen.get(index, 0):]:
+            lines = (replica.stderr + replica.stdout).splitlines()
+            for line in _new_lines(seen.get(index, []), lines):
                 print(f"[replica {index}] {line}", flush=True)
-            seen[index] = len(lines)
+            seen[index] = lines
         if not args.follow:
             return 0
         time.sleep(LOG_POLL_S)

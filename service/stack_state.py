@@ -78,6 +78,8 @@ def port_for(previous: int | None) -> int:
     """The port used last time if it is free again, else a free loopback port."""
     for port in ([previous] if previous else []) + [0]:
         with socket.socket() as sock:
+            # As the servers bind: a port whose old connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:

@@ -52,7 +52,8 @@ def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
         env["GREENROOM_DATABASE_URL"] = dsn
         _say(f"embedded Postgres at {state / 'postgres'}")
     if not settings.redis_url:
-        url, proc = start_redis(state / "redis", previous.redis_port if previous else None)
+        url, proc = start_redis(state / "redis",
+                                stack_state.port_for(previous.redis_port if previous else None))
         keep.append(proc)
         env["GREENROOM_REDIS_URL"] = url
         _say(f"embedded Redis at {url}")

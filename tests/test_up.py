@@ -46,12 +46,13 @@ def test_up_curl_output_is_a_384_number_embedding(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
-        command = None
+        command, printed = None, []
         for line in proc.stdout:
+            printed.append(line)
             if line.strip().startswith("curl -s"):
                 command = line.strip()
                 break
-        assert command, "up printed no curl"
+        assert command, "up printed no curl:\n" + "".join(printed)
         result = subprocess.run(command, shell=True, capture_output=True, text=True,
                                 timeout=60, check=True)
         embedding = json.loads(result.stdout)["data"][0]["embedding"]

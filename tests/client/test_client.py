@@ -149,3 +149,12 @@ def test_retry_after_reads_seconds_and_dates() -> None:
     assert 3 <= wait({"Retry-After": formatdate(time.time() + 5, usegmt=True)}) <= 5
     assert wait({"Retry-After": "100000"}) == MAX_RETRY_WAIT_S
     assert wait({}, attempt=2) == 2.0, "backoff 0.5 * 2**attempt without the header"
+
+
+def test_logs_follow_prints_only_lines_past_the_sliding_tail() -> None:
+    from greenroom_client.cli import _new_lines
+
+    assert _new_lines([], ["a", "b"]) == ["a", "b"]
+    assert _new_lines(["a", "b", "c"], ["b", "c", "d", "e"]) == ["d", "e"]
+    assert _new_lines(["a", "b"], ["a", "b"]) == []
+    assert _new_lines(["x"], ["a", "b"]) == ["a", "b"], "a restarted replica: all of it"
