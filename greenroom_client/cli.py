@@ -165,8 +165,8 @@ def _endpoint(gr: Client, task: TaskResponse) -> str:
     name = task.metadata.get("deployment_name")
     if not name:
         return ""
-    return (f"served at {gr.base_url}{task.metadata.get('endpoint', f'/serve/{name}/embed')}"
-            f" and {gr.base_url}/v1/embeddings (model {name!r})")
+    return (f"served at {gr.gateway_url}{task.metadata.get('endpoint', f'/serve/{name}/embed')}"
+            f" and {gr.gateway_url}/v1/embeddings (model {name!r})")
 
 
 def _follow(gr: Client, task: TaskResponse, args: argparse.Namespace, console: Console) -> int:
@@ -391,7 +391,8 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     if not console.is_terminal:
         console = Console(highlight=False, width=160)
     try:
-        with Client(url, config.token(settings)) as gr:
+        with Client(url, config.token(settings),
+                    gateway_url=config.gateway_url(settings)) as gr:
             code = args.api(gr, args, console)
     except TaskFailed as exc:
         code = 1

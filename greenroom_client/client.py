@@ -25,6 +25,7 @@ T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 503})
 MAX_RETRY_WAIT_S = 30.0
 TERMINAL = frozenset({"done", "failed", "canceled", "refused"})
+DEFAULT_GATEWAY_PORT = 8001
 
 
 def retry_after(response: httpx.Response, attempt: int) -> float:
@@ -64,10 +65,23 @@ def _request_args(op: ops.Op[Any], token: str | None) -> dict[str, Any]:
     return args
 
 
+def _default_gateway(api_url: str) -> str:
+    """The API's URL with the gateway's default port (8001) in place of the API's."""
+    parsed = httpx.URL(api_url)
+    return str(parsed.copy_with(port=DEFAULT_GATEWAY_PORT)).rstrip("/")
+
+
+def _url(client: "_Common", op: ops.Op[Any]) -> str:
+    """Where `op` goes: a path on the API, or an absolute URL on the gateway."""
+    return client.gateway_url + op.path if op.plane == "gateway" else op.path
+
+
 class _Common:
     def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0,
-                 retries: int = 4) -> None:
+                 retries: int = 4, gateway_url: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        # Inference goes to the gateway; by default the API's host on the gateway's port.
+        self.gateway_url = (gateway_url or _default_gateway(self.base_url)).rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
         self.retries = retries
@@ -77,8 +91,10 @@ class Client(_Common):
     """Synchronous client: `with Client(url, token) as gr: gr.deploy("alice/minilm")`."""
 
     def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0,
-                 retries: int = 4, transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, token, timeout_s=timeout_s, retries=retries)
+                 retries: int = 4, transport: httpx.BaseTransport | None = None,
+                 gateway_url: str | None = None) -> None:
+        super().__init__(base_url, token, timeout_s=timeout_s, retries=retries,
+                         gateway_url=gateway_url)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, transport=transport)
 
     def __enter__(self) -> "Client":
@@ -94,7 +110,7 @@ class Client(_Common):
         """Send one operation, retrying 429/503 answers; its answer, parsed."""
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.request(op.method, op.path,
+                response = self._http.request(op.method, _url(self, op),
                                               **_request_args(op, self.token))
             except httpx.TransportError as exc:
                 raise Unreachable(f"cannot reach {self.base_url}: {exc}") from exc
@@ -181,8 +197,10 @@ class AsyncClient(_Common):
     """Asynchronous client: `async with AsyncClient(url, token) as gr: await gr.deploy(...)`."""
 
     def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0,
-                 retries: int = 4, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, token, timeout_s=timeout_s, retries=retries)
+                 retries: int = 4, transport: httpx.AsyncBaseTransport | None = None,
+                 gateway_url: str | None = None) -> None:
+        super().__init__(base_url, token, timeout_s=timeout_s, retries=retries,
+                         gateway_url=gateway_url)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
                                        transport=transport)
 
@@ -199,7 +217,7 @@ class AsyncClient(_Common):
         """Send one operation, retrying 429/503 answers; its answer, parsed."""
         for attempt in range(self.retries + 1):
             try:
-                response = await self._http.request(op.method, op.path,
+                response = await self._http.request(op.method, _url(self, op),
                                                     **_request_args(op, self.token))
             except httpx.TransportError as exc:
                 raise Unreachable(f"cannot reach {self.base_url}: {exc}") from exc

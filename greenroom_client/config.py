@@ -17,6 +17,17 @@ def api_url(settings: Settings) -> str:
     return f"http://{settings.api_host}:{settings.api_port}"
 
 
+def gateway_url(settings: Settings) -> str:
+    """GREENROOM_GATEWAY_URL, else the gateway of the stack in this folder, else
+    gateway_host:gateway_port."""
+    if os.environ.get("GREENROOM_GATEWAY_URL"):
+        return os.environ["GREENROOM_GATEWAY_URL"].rstrip("/")
+    stack = stack_state.load_stack(settings.state_dir)
+    if stack is not None and stack.gateway_url:
+        return stack.gateway_url
+    return f"http://{settings.gateway_host}:{settings.gateway_port}"
+
+
 def token_path(settings: Settings) -> Path:
     return settings.state_dir / stack_state.TOKEN_FILE
 

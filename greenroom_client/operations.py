@@ -34,6 +34,8 @@ class Op(Generic[T]):
     json: Any = None
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # "gateway": inference, which the gateway serves (its own process and port), not the API.
+    plane: str = "api"
 
     def parse(self, body: bytes) -> T:
         if self.answer is None:
@@ -127,4 +129,5 @@ def revoke_key(key_id: int) -> Op[None]:
 
 
 def embed(model: str, inputs: list[str]) -> Op[dict[str, Any]]:
-    return Op("POST", "/v1/embeddings", dict[str, Any], {"model": model, "input": inputs})
+    return Op("POST", "/v1/embeddings", dict[str, Any], {"model": model, "input": inputs},
+              plane="gateway")

@@ -54,12 +54,14 @@ class Stack:
     redis_url: str
     redis_port: int | None = None
     worker_metrics_port: int | None = None
+    gateway_url: str | None = None
 
     def save(self, state_dir: Path) -> None:
         write_private(state_dir / STACK_FILE, json.dumps({
             "api_url": self.api_url, "database_url": self.database_url,
             "redis_url": self.redis_url, "redis_port": self.redis_port,
-            "worker_metrics_port": self.worker_metrics_port}, indent=2) + "\n")
+            "worker_metrics_port": self.worker_metrics_port,
+            "gateway_url": self.gateway_url}, indent=2) + "\n")
 
 
 def load_stack(state_dir: Path) -> Stack | None:
@@ -69,7 +71,8 @@ def load_stack(state_dir: Path) -> Stack | None:
         data = json.loads(path.read_text())
         return Stack(api_url=data["api_url"], database_url=data["database_url"],
                      redis_url=data["redis_url"], redis_port=data.get("redis_port"),
-                     worker_metrics_port=data.get("worker_metrics_port"))
+                     worker_metrics_port=data.get("worker_metrics_port"),
+                     gateway_url=data.get("gateway_url"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

