@@ -96,3 +96,15 @@ async def test_replica_over_its_memory_limit_fails_readably_and_old_generation_s
     status, state = await call(http, "GET", f"{api}/api/v2/deploy/alice/minilm/status")
     assert status == 200 and state["status"] == "complete", state
     assert any("memory limit" in e for e in state["errors"]), state
+
+
+async def test_deploy_refuses_host_loader_and_server_names_and_unusable_names_with_422(
+        api: str, http: aiohttp.ClientSession, hashing_model: Any) -> None:
+    """Review finding 1: BROWSER (with PYTHONWARNINGS), GCONV_PATH, PATH, any MODEL_SERVER_*
+    and a name a process environment cannot hold are client errors, not a failed task."""
+    await hashing_model("isolated")
+    for name in ("BROWSER", "GCONV_PATH", "PATH", "HOME", "MODEL_SERVER_EXPORT_DIR", "A=B"):
+        status, body = await call(http, "POST", f"{api}/deploy", json={
+            "embedding_model_id": "alice/isolated", "config": {"env": {name: "smuggled"}}})
+        assert status == 422 and name in body["message"], (name, body)
+        assert body["status_code"] == 422

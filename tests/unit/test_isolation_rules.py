@@ -68,3 +68,32 @@ def test_rlimit_over_memory_is_read_from_the_error_a_process_prints() -> None:
     assert memory_limit.oom_killed("rlimit", None, "...\nMemoryError\n")
     assert not memory_limit.oom_killed("rlimit", None, "ValueError: bad config")
     assert not memory_limit.oom_killed("cgroup-v1", "/nonexistent/cgroup", "")
+
+
+# Review finding 1: every name that steers the server, the host's process basics or a
+# loader is refused (422 at the API), and so is any name a process environment cannot hold.
+SMUGGLED = ("GCONV_PATH", "OMP_TOOL_LIBRARIES", "MODEL_SERVER_EXPORT_DIR",
+            "MODEL_SERVER_QUEUE_LIMIT", "BROWSER", "PATH", "HOME", "HF_HOME",
+            "model_server_model", "A=B", "X\0Y", "1ABC", "")
+
+
+@pytest.mark.parametrize("name", SMUGGLED, ids=repr)
+def test_deploy_config_refuses_loader_host_and_server_names_and_bad_syntax(name: str) -> None:
+    from pydantic import ValidationError
+
+    from schemas.tasks import DeploymentConfig
+
+    with pytest.raises(ValidationError, match="env may not set"):
+        DeploymentConfig(env={name: "x"})
+    env = model_server_env(_spec({name: "/evil", "MINE": "kept"}), "127.0.0.1", 9000)
+    assert name not in env and env["MINE"] == "kept"
+
+
+def test_deploy_config_refuses_a_nul_in_a_value_and_the_worker_drops_it() -> None:
+    from pydantic import ValidationError
+
+    from schemas.tasks import DeploymentConfig
+
+    with pytest.raises(ValidationError, match="NUL"):
+        DeploymentConfig(env={"MINE": "a\0b"})
+    assert "MINE" not in model_server_env(_spec({"MINE": "a\0b"}), "127.0.0.1", 9000)

@@ -82,7 +82,8 @@ class ProcessRuntime:
         folder.mkdir(parents=True, exist_ok=True)
         port = free_port(self._host)
         # Never the worker's environment: it holds the secret key and database URL.
-        env = {**host_env(home=folder), **model_server_env(spec, self._host, port),
+        # Host values over the replica's env: the deployment's env never replaces them.
+        env = {**model_server_env(spec, self._host, port), **host_env(home=folder),
                "GREENROOM_REPLICA_ID": ref}
         limit = self._memory_limit(ref, spec)
         proc = await self._spawn(folder, env, limit)
