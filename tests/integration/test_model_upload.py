@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import tarfile
 import zipfile
 from collections.abc import AsyncIterator, Callable
@@ -57,7 +58,47 @@ def _zip_with_symlink() -> bytes:
     return out.getvalue()
 
 
+def _zip_patched(method: int | None = None, flags: int | None = None) -> bytes:
+    """A zip whose headers claim another compression method (9: deflate64) or encryption."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("model.safetensors", b"w" * 1000)
+    data = bytearray(out.getvalue())
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = 0
+        while (at := data.find(signature, at)) >= 0:
+            if method is not None:
+                data[at + method_at:at + method_at + 2] = struct.pack("<H", method)
+            if flags is not None:
+                data[at + flag_at:at + flag_at + 2] = struct.pack("<H", flags)
+            at += 4
+    return bytes(data)
+
+
+def _corrupt(mode: str, at: float) -> bytes:
+    """A tar.gz / tar.xz whose compressed stream is broken past its first blocks."""
+    out = io.BytesIO()
+    weights = b"".join(b"weights %d " % i for i in range(100000))
+    with tarfile.open(fileobj=out, mode=mode) as tar:
+        for name, content in (("config.json", b"{}"), ("model.safetensors", weights)):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    data = bytearray(out.getvalue())
+    start = int(len(data) * at)
+    data[start:start + 50] = b"\xff" * 50
+    return bytes(data)
+
+
+DAMAGED = "damaged, encrypted or uses an unsupported compression"
 HOSTILE = {
+    # Review finding 8: each of these was a 500 (zlib.error, NotImplementedError,
+    # RuntimeError, lzma.LZMAError).
+    "corrupt_deflate": (_corrupt("w:gz", 0.8), DAMAGED),
+    "corrupt_xz": (_corrupt("w:xz", 0.5), DAMAGED),
+    "deflate64_zip": (_zip_patched(method=9), DAMAGED),
+    "encrypted_zip": (_zip_patched(flags=1), DAMAGED),
     "absolute": (_tar([*GOOD, ("/tmp/evil.txt", b"x")]), "absolute path"),
     "dotdot": (_tar([*GOOD, ("../evil.txt", b"x")]), "'..'"),
     "symlink": (_tar([*GOOD, _special("weights.safetensors", tarfile.SYMTYPE, "/etc/passwd")]),
@@ -112,6 +153,7 @@ async def test_hostile_archive_is_a_4xx_and_leaves_nothing(
                               data=chunks() if case.endswith("_chunked") else archive)
     assert 400 <= status < 500, body
     assert body["status_code"] == status and message in body["message"], body
+    assert str(settings.model_store_dir.resolve()) not in json.dumps(body), "a server path"
     assert _files(settings.model_store_dir) == [], "a refused upload left files behind"
     assert not (settings.model_store_dir / model["id"]).exists()
     status, shown = await call(anon_http, "GET", f"{small_api}/api/v2/models/alice/mine",
