@@ -83,7 +83,7 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
         return False
     spec = ReplicaSpec(replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
                        generation=dead.generation, task_id=dead.task_id,
-                       source=replica_source(ctx.settings, model.source, config),
+                       source=replica_source(ctx.settings, model.source, config, model.id),
                        memory_mb=config.memory, env=env)
     await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                           generation=dead.generation, task_id=dead.task_id,

@@ -110,7 +110,7 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
         spec = ReplicaSpec(
             replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
             generation=generation, task_id=task.id,
-            source=replica_source(ctx.settings, model.source, config),
+            source=replica_source(ctx.settings, model.source, config, model.id),
             memory_mb=config.memory, env=dict(env),
         )
         await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,

