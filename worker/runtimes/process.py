@@ -106,7 +106,7 @@ class ProcessRuntime:
         virtual memory, only when the deployment asked for a limit itself."""
         limit = memory_limit.prepare(ref, spec.memory_mb or self._default_memory_mb,
                                      cgroups=self._cgroups)
-        if limit.kind == "rlimit" and not spec.memory_mb:
+        if limit.kind == "rlimit" and not (spec.memory_mb and spec.memory_requested):
             return None
         return limit
 
