@@ -54,8 +54,7 @@ def test_host_env_keeps_only_what_a_python_process_needs(tmp_path: Path) -> None
 def test_throttle_bounds_an_address_across_usernames_and_forgets_after_the_window() -> None:
     throttle = LoginThrottle(max_per_user=100, max_per_address=3, window_s=0.3)
     for i in range(3):
-        throttle.check(f"user{i}", "10.0.0.1")
-        throttle.failed(f"user{i}", "10.0.0.1")
+        throttle.attempt(f"user{i}", "10.0.0.1")
     with pytest.raises(ApiError) as refused:
         throttle.check("someone-else", "10.0.0.1")
     assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "1"
@@ -120,3 +119,26 @@ def test_onnx_export_cache_is_one_folder_per_model_and_only_it_is_mounted(
         assert model_server_env(spec, "0.0.0.0", 8080)["MODEL_SERVER_EXPORT_DIR"] == str(folder)
         binds += export_binds(spec)
     assert len(set(binds)) == 2
+
+
+def test_throttle_counts_an_attempt_before_its_verdict_and_a_success_takes_it_back() -> None:
+    """Review finding 7: concurrent guesses each see the ones still being verified."""
+    throttle = LoginThrottle(max_per_user=2, max_per_address=100, window_s=60)
+    first = throttle.attempt("admin", "10.0.0.1")
+    throttle.attempt("admin", "10.0.0.2")  # both in flight, neither answered yet
+    with pytest.raises(ApiError):
+        throttle.attempt("admin", "10.0.0.3")
+    throttle.succeeded("admin", "10.0.0.1", first)
+    throttle.attempt("admin", "10.0.0.3")
+    mark = throttle.attempt("other", "10.0.0.9")
+    throttle.release("other", "10.0.0.9", mark)  # ended without a verdict: not counted
+    assert ("user", "other") not in throttle._failures
+
+
+def test_throttle_table_is_bounded_and_forgets_the_oldest_first() -> None:
+    throttle = LoginThrottle(max_per_user=1, max_per_address=10**6, window_s=60, max_keys=50)
+    throttle.attempt("victim", "10.0.0.1")
+    for i in range(200):
+        throttle.attempt(f"invented{i}", "10.0.0.1")
+        assert len(throttle) <= 50
+    throttle.attempt("victim", "10.0.0.2")  # forgotten: the oldest entry went first
