@@ -79,7 +79,8 @@ class DeploymentConfig(BaseModel):
     @field_validator("env")
     @classmethod
     def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
-        refused = {name: why for name in env if (why := replica_env.reserved(name))}
+        refused = {name: why for name, value in env.items()
+                   if (why := replica_env.reserved(name) or replica_env.bad_value(value))}
         if refused:
             raise ValueError("env may not set " + "; ".join(
                 f"{name} ({why})" for name, why in sorted(refused.items())))

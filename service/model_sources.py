@@ -8,6 +8,7 @@ runs whatever its author put in it: administrators only, or one the settings all
 """
 
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -51,7 +52,8 @@ async def check(pool: asyncpg.Pool, settings: Settings, source: ModelSource, use
         raise ApiError(403, f"only administrators may choose a Docker image; "
                             f"allowed: {sorted(settings.allowed_images) or 'none'}")
     location = source.location
-    if is_admin or not location or source.backend == "hashing":
+    # Every backend: the runtime mounts or loads `location` whatever the backend reads.
+    if is_admin or not location:
         return
     if location.startswith(PACKAGE_PREFIX):
         package = location.removeprefix(PACKAGE_PREFIX)
@@ -67,3 +69,12 @@ async def check(pool: asyncpg.Pool, settings: Settings, source: ModelSource, use
     owner = await models.get(pool, model_id)
     if owner is None or owner.owner_id != user_id:
         raise _refused("is the folder of a model you do not own")
+
+
+async def check_stored(pool: asyncpg.Pool, settings: Settings, source: dict[str, Any],
+                       user_id: int, is_admin: bool) -> None:
+    """`check` for a source already stored (a copy of another model keeps it: seed 001's
+    save), as if `user_id` registered it now."""
+    await check(pool, settings, ModelSource.model_construct(
+        backend=source.get("backend") or "sentence-transformers",
+        location=source.get("location"), image=source.get("image")), user_id, is_admin)

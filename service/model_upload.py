@@ -10,11 +10,13 @@ scratch files are removed: a refused archive leaves nothing behind.
 
 import asyncio
 import contextlib
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -109,6 +111,17 @@ def _unpack_zip(archive: Path, into: Path, limits: Limits) -> None:
             zf.extract(info, into)  # reads at most file_size bytes of each member
 
 
+# What a damaged, encrypted (RuntimeError) or deflate64 (NotImplementedError) archive raises.
+DAMAGED = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError,
+           NotImplementedError, RuntimeError, ValueError)
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's kind and text, never a server path (the scratch folder, a file's name)."""
+    text = (exc.strerror or "") if isinstance(exc, OSError) else str(exc)
+    return type(exc).__name__ if not text or "/" in text else text
+
+
 def unpack(archive: Path, into: Path, limits: Limits) -> Path:
     """Unpack safely; returns the model folder (the archive's root, or its one top folder)."""
     into.mkdir()
@@ -119,8 +132,9 @@ def unpack(archive: Path, into: Path, limits: Limits) -> Path:
             _unpack_zip(archive, into, limits)
         else:
             raise _bad("the body is not a tar.gz, tar or zip archive", 415)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise _bad(f"the archive is damaged or unsafe ({type(exc).__name__}: {exc})") from None
+    except DAMAGED as exc:
+        raise _bad(f"the archive is damaged, encrypted or uses an unsupported compression "
+                   f"({_reason(exc)})") from None
     entries = [p for p in into.iterdir() if p.name not in ("__MACOSX",)]
     if len(entries) == 1 and entries[0].is_dir() and not (into / "config.json").exists():
         return entries[0]

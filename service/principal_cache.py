@@ -31,6 +31,8 @@ class PrincipalCache:
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[float, Principal]] = {}
+        # Told of every access change (long-lived streams re-check their caller).
+        self.listeners: set[Callable[[], None]] = set()
 
     def get(self, token: str) -> Principal | None:
         hit = self._entries.get(token)
@@ -56,6 +58,12 @@ class PrincipalCache:
     def clear(self) -> None:
         self._entries = {}
 
+    def access_changed(self) -> None:
+        """An auth-channel message (or messages possibly missed): forget, and tell."""
+        self.clear()
+        for listener in list(self.listeners):
+            listener()
+
 
 PRINCIPALS = web.AppKey("principals", PrincipalCache)
 
@@ -66,13 +74,13 @@ async def watch_auth_channel(redis: Redis, cache: PrincipalCache, retry_s: float
         try:
             async with redis.pubsub() as pubsub:
                 await pubsub.subscribe(AUTH_CHANNEL)
-                cache.clear()  # whatever was missed while unsubscribed
+                cache.access_changed()  # whatever was missed while unsubscribed
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        cache.clear()
+                        cache.access_changed()
         except (RedisError, OSError) as exc:
             log.warning("auth_channel_unavailable", error=str(exc))
-            cache.clear()
+            cache.access_changed()
             await asyncio.sleep(retry_s)
 
 

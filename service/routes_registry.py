@@ -43,15 +43,19 @@ async def login(request: web.Request) -> web.Response:
     """Exchange a username and password for a bearer token."""
     body: LoginRequest = call_of(request).body
     throttle, address = request.app[LOGIN_THROTTLE], request.remote or "unknown"
-    throttle.check(body.username, address)
+    # Counted as a failure from here (concurrent guesses see each other), until it succeeds.
+    mark = throttle.attempt(body.username, address)
     try:
         user, token, expires_at = await accounts.login(
             request.app[PG], require_secret(request.app[SETTINGS]), body.username, body.password)
     except ApiError as exc:
-        if exc.status == 401:
-            throttle.failed(body.username, address)
+        if exc.status != 401:
+            throttle.release(body.username, address, mark)
         raise
-    throttle.succeeded(body.username)
+    except BaseException:
+        throttle.release(body.username, address, mark)
+        raise
+    throttle.succeeded(body.username, address, mark)
     return json_response(LoginResponse(access_token=token, expires_at=expires_at,
                                        user=_user_out(user)))
 

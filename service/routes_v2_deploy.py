@@ -14,7 +14,7 @@ from schemas.bazaar import (
     UpdateStatusRequest,
 )
 from schemas.tokens import issue_update_token
-from service import bazaar, quotas
+from service import bazaar, model_sources, quotas
 from service.auth import RouteSpec, call_of, path_param, require_secret
 from service.errors import ApiError
 from service.keys import PG, REDIS, SETTINGS
@@ -77,6 +77,10 @@ async def save(request: web.Request) -> web.Response:
     assert call.model is not None
     body: SaveRequest = call.body
     owner_id = call.principal.user_id or call.model.owner_id
+    # The copy keeps the source: a new owner must be allowed to name its image and location.
+    if owner_id != call.model.owner_id:
+        await model_sources.check_stored(request.app[PG], request.app[SETTINGS],
+                                         call.model.source, owner_id, call.principal.is_admin)
     await quotas.check_new_model(request.app[PG], request.app[SETTINGS], owner_id)
     saved = await bazaar.save_copy(request.app[PG], call.model, owner_id, body.model_name)
     token = issue_update_token(require_secret(request.app[SETTINGS]), saved.id)

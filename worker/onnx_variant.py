@@ -1,6 +1,6 @@
 """What a replica of an `onnx`-backend model is told, and what it reports back.
 
-The deployment's `config.onnx` and the model store's `exports/` directory travel in the
+The deployment's `config.onnx` and the model's folder under the store's `exports/` travel in the
 replica's source (not its env, which carries the caller's variables) and become
 MODEL_SERVER_* settings in `model_server_env`. Once the replicas are healthy, the
 agreement the server measured (or read from its record) is copied into the model's
@@ -9,6 +9,7 @@ metadata in the registry.
 
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 import structlog
@@ -30,17 +31,19 @@ _ENV_NAMES = {
 }
 
 
-def export_dir(settings: Settings) -> Path:
-    """`<model store>/exports`, absolute: replicas run in another directory or container."""
-    return (settings.model_store_dir / "exports").resolve()
+def export_dir(settings: Settings, model_id: UUID) -> Path:
+    """`<model store>/exports/<model id>`, absolute (replicas run in another directory or
+    container): one cache per model, so a replica, which may write its own model's cache,
+    never reaches another tenant's exports or agreement records."""
+    return (settings.model_store_dir / "exports" / str(model_id)).resolve()
 
 
 def replica_source(settings: Settings, source: dict[str, Any],
-                   config: DeploymentConfig) -> dict[str, Any]:
-    """The model's source, plus the export cache and the deployment's ONNX options."""
+                   config: DeploymentConfig, model_id: UUID) -> dict[str, Any]:
+    """The model's source, plus its export cache and the deployment's ONNX options."""
     if source.get("backend") != ONNX_BACKEND:
         return source
-    exports = export_dir(settings)
+    exports = export_dir(settings, model_id)
     exports.mkdir(parents=True, exist_ok=True)
     options = (config.onnx or OnnxOptions()).model_dump(exclude_none=True)
     return {**source, "export_dir": str(exports), "onnx": options}

@@ -83,12 +83,12 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
         return False
     spec = ReplicaSpec(replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
                        generation=dead.generation, task_id=dead.task_id,
-                       source=replica_source(ctx.settings, model.source, config),
-                       memory_mb=config.memory, env=env)
+                       source=replica_source(ctx.settings, model.source, config, model.id),
+                       memory_mb=dead.memory_mb or placed_memory_mb(ctx, model, config),
+                       memory_requested=config.memory is not None, env=env)
     await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                           generation=dead.generation, task_id=dead.task_id,
-                          runtime=ctx.runtime.name,
-                          memory_mb=dead.memory_mb or placed_memory_mb(ctx, model, config))
+                          runtime=ctx.runtime.name, memory_mb=spec.memory_mb)
     try:
         started = await ctx.runtime.start(spec)
         await replicas.set_started(ctx.pool, spec.replica_id, started.runtime_ref,

@@ -110,8 +110,9 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
         spec = ReplicaSpec(
             replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
             generation=generation, task_id=task.id,
-            source=replica_source(ctx.settings, model.source, config),
-            memory_mb=config.memory, env=dict(env),
+            source=replica_source(ctx.settings, model.source, config, model.id),
+            # What quotas and capacity count is what the runtime enforces.
+            memory_mb=memory_mb, memory_requested=config.memory is not None, env=dict(env),
         )
         await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                               generation=generation, task_id=task.id, runtime=ctx.runtime.name,

@@ -5,13 +5,16 @@ Thin handlers over db/ reads, guarded and documented like every other route.
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
 from aiohttp import web
 
 from db import tasks
+from schemas.auth import Principal
 from schemas.console import (
+    Change,
     DeploymentDetail,
     DeploymentSummary,
     ReplicaLogOut,
@@ -19,18 +22,20 @@ from schemas.console import (
     TaskDetail,
 )
 from service import bazaar
-from service.auth import RouteSpec, call_of, path_param
+from service.auth import RouteSpec, authenticate, call_of, path_param
 from service.console import overview
 from service.console.changes import CLOSING, FEED, RESYNC
 from service.errors import ApiError
-from service.keys import PG, REDIS
+from service.keys import PG, REDIS, SETTINGS
+from service.principal_cache import PRINCIPALS
 from service.responses import json_response
 
 MODEL = "{model_id:[^/]+(?:/[^/]+)?}"
 HEARTBEAT_S = 15.0
 # A stream ends after this long (or when the caller's token expires); the page reconnects.
 MAX_STREAM_S = 300.0
-PERMISSION_CACHE_S = 5.0
+PERMISSION_CACHE_S = 5.0  # at most; never longer than access_cache_ttl_s
+ACCESS_CHANGED = "access_changed"
 _LOCATED_TASK = web.RequestKey("console_task", tasks.Task)
 
 
@@ -83,20 +88,48 @@ async def _task_model(request: web.Request, body: object) -> str:
 
 
 class _Readable:
-    """The stream caller's read access per model, looked up at most every few seconds."""
+    """The stream caller's read access per model, looked up at most every few seconds
+    (never longer than `access_cache_ttl_s`), forgotten when access changes."""
 
     def __init__(self, request: web.Request) -> None:
         self._request = request
+        self.principal: Principal = call_of(request).principal
+        self._ttl_s = min(PERMISSION_CACHE_S, request.app[SETTINGS].access_cache_ttl_s)
         self._seen: dict[UUID, tuple[bool, float]] = {}
 
     async def __call__(self, model_id: UUID) -> bool:
         hit = self._seen.get(model_id)
-        if hit is not None and time.monotonic() - hit[1] < PERMISSION_CACHE_S:
+        if hit is not None and time.monotonic() - hit[1] < self._ttl_s:
             return hit[0]
-        ok = await overview.readable(self._request.app[PG], call_of(self._request).principal,
-                                     model_id)
+        ok = await overview.readable(self._request.app[PG], self.principal, model_id)
         self._seen[model_id] = (ok, time.monotonic())
         return ok
+
+    async def recheck(self) -> bool:
+        """Access changed somewhere: is the caller's token still good? (Its principal and
+        per-model answers are looked up afresh.)"""
+        self._seen.clear()
+        try:
+            self.principal = await authenticate(self._request)
+        except ApiError:
+            return False
+        return self.principal.is_user
+
+
+def _tell_on_access_change(queue: "asyncio.Queue[Change | str]") -> Callable[[], None]:
+    def tell() -> None:
+        try:
+            queue.put_nowait(ACCESS_CHANGED)
+        except asyncio.QueueFull:  # the stream is behind anyway: resync after the check
+            _drain(queue)
+            queue.put_nowait(ACCESS_CHANGED)
+            queue.put_nowait(RESYNC)
+    return tell
+
+
+def _drain(queue: "asyncio.Queue[Change | str]") -> None:
+    while not queue.empty():
+        queue.get_nowait()
 
 
 def _stream_deadline(request: web.Request) -> float:
@@ -114,16 +147,39 @@ def _stream_deadline(request: web.Request) -> float:
     return time.monotonic() + max(left, 0)
 
 
+async def _send(response: web.StreamResponse, readable: _Readable,
+                item: Change | str) -> bool:
+    """Write what `item` calls for; False when the stream must end."""
+    if item == CLOSING:
+        return False
+    if item == ACCESS_CHANGED:
+        if not await readable.recheck():
+            await response.write(b"event: unauthorized\ndata: {}\n\n")
+            return False
+    elif item == RESYNC:
+        await response.write(b"event: resync\ndata: {}\n\n")
+    elif not isinstance(item, str) and await readable(item.model_id):
+        await response.write(f"event: change\ndata: {item.model_dump_json()}\n\n".encode())
+    return True
+
+
 async def changes(request: web.Request) -> web.StreamResponse:
     """Server-sent events: `change` for every row change the caller may read, `resync`
-    when some may have been missed. Send the bearer token as for every route."""
+    when some may have been missed, `unauthorized` (then the end) once the caller's token
+    is revoked. Send the bearer token as for every route."""
     readable, deadline = _Readable(request), _stream_deadline(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    principals = request.app.get(PRINCIPALS)
+    tell: Callable[[], None] | None = None
     try:
         with request.app[FEED].subscribe() as queue:
+            # A key revoked or a grant changed: the stream re-checks its caller at once.
+            tell = _tell_on_access_change(queue)
+            if principals is not None:
+                principals.listeners.add(tell)
             live = "true" if request.app[FEED].connected.is_set() else "false"
             await response.write(f"retry: 2000\nevent: hello\ndata: {{\"live\": {live}}}\n\n"
                                  .encode())
@@ -133,15 +189,13 @@ async def changes(request: web.Request) -> web.StreamResponse:
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                if item == CLOSING:
+                if not await _send(response, readable, item):
                     break
-                if item == RESYNC:
-                    await response.write(b"event: resync\ndata: {}\n\n")
-                elif not isinstance(item, str) and await readable(item.model_id):
-                    await response.write(
-                        f"event: change\ndata: {item.model_dump_json()}\n\n".encode())
     except ConnectionResetError:
         pass  # the page went away
+    finally:
+        if principals is not None and tell is not None:
+            principals.listeners.discard(tell)
     return response
 
 

@@ -203,6 +203,81 @@ async def test_change_stream_needs_a_token_and_sends_only_readable_changes(
     assert seen["stranger"] == []
 
 
+async def _read_events(resp: aiohttp.ClientResponse, out: list[tuple[str, str]],
+                       ready: asyncio.Event) -> None:
+    event = ""
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+            if event == "hello":
+                ready.set()
+        elif line.startswith("data: "):
+            out.append((event, line[6:]))
+
+
+async def test_change_stream_ends_when_its_key_is_revoked_and_drops_a_revoked_grant(
+        api: str, http: aiohttp.ClientSession, pool: Any) -> None:
+    """Review finding 6: the stream's caller is checked again on every access change: a
+    revoked API key's stream ends at once (not at its timeout), and a revoked grant stops
+    the changes of that model at once (not after a 5 s cache)."""
+    from tests.integration.accounts import make_user
+
+    _, alice = await make_user(pool, "alice")
+    _, reader = await make_user(pool, "reader")
+    await register(pool, "alice", "guarded", ModelSource(backend="hashing"), "private")
+    await call(http, "PUT", f"{api}/api/v2/models/alice/guarded/permissions",
+               json={"username": "reader", "permission": "read"}, headers=alice)
+    status, key = await call(http, "POST", f"{api}/api/v2/auth/api-keys", headers=reader,
+                             json={"name": "stream"})
+    assert status == 201, key
+    by_key = {"Authorization": f"Bearer {key['key']}"}
+    seen: dict[str, list[tuple[str, str]]] = {"key": [], "jwt": []}
+    ready = {who: asyncio.Event() for who in seen}
+    responses = {}
+    for who, headers in (("key", by_key), ("jwt", reader)):
+        responses[who] = await http.get(f"{api}/api/v2/changes?timeout=60", headers=headers)
+    readers = {who: asyncio.create_task(_read_events(resp, seen[who], ready[who]))
+               for who, resp in responses.items()}
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready.values())), 10)
+        status, _ = await call(http, "POST", f"{api}/deploy", headers=alice,
+                               json={"embedding_model_id": "alice/guarded"})
+        assert status == 202
+        for _ in range(200):  # at most 10 s
+            if any(e == "change" for e, _ in seen["jwt"]):
+                break
+            await asyncio.sleep(0.05)
+        assert any(e == "change" for e, _ in seen["jwt"]), seen
+
+        revoked_at = time.monotonic()
+        status, _ = await call(http, "DELETE", f"{api}/api/v2/auth/api-keys/{key['id']}",
+                               headers=reader)
+        assert status in (200, 204)
+        await asyncio.wait_for(readers["key"], 5)
+        ended_s = time.monotonic() - revoked_at
+        print(f"revoked key's stream ended {ended_s:.2f} s after the revocation (limit 5 s)")
+        assert seen["key"][-1][0] == "unauthorized", seen["key"]
+
+        status, _ = await call(http, "DELETE",
+                               f"{api}/api/v2/models/alice/guarded/permissions/reader",
+                               headers=alice)
+        assert status in (200, 204)
+        await asyncio.sleep(0.3)  # the auth message reaches the API
+        before = len(seen["jwt"])
+        status, _ = await call(http, "POST", f"{api}/delete", headers=alice,
+                               json={"embedding_model_id": "alice/guarded"})
+        assert status == 202
+        await asyncio.sleep(1.0)
+        assert [e for e, _ in seen["jwt"][before:] if e == "change"] == [], seen["jwt"][before:]
+    finally:
+        for task in readers.values():
+            task.cancel()
+        await asyncio.gather(*readers.values(), return_exceptions=True)
+        for resp in responses.values():
+            resp.close()
+
+
 async def test_pages_are_static_files_with_strict_headers(api: str,
                                                           http: aiohttp.ClientSession) -> None:
     async with http.get(f"{api}/ui", allow_redirects=False) as resp:

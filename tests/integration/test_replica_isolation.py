@@ -96,3 +96,40 @@ async def test_replica_over_its_memory_limit_fails_readably_and_old_generation_s
     status, state = await call(http, "GET", f"{api}/api/v2/deploy/alice/minilm/status")
     assert status == 200 and state["status"] == "complete", state
     assert any("memory limit" in e for e in state["errors"]), state
+
+
+async def test_deploy_refuses_host_loader_and_server_names_and_unusable_names_with_422(
+        api: str, http: aiohttp.ClientSession, hashing_model: Any) -> None:
+    """Review finding 1: BROWSER (with PYTHONWARNINGS), GCONV_PATH, PATH, any MODEL_SERVER_*
+    and a name a process environment cannot hold are client errors, not a failed task."""
+    await hashing_model("isolated")
+    for name in ("BROWSER", "GCONV_PATH", "PATH", "HOME", "MODEL_SERVER_EXPORT_DIR", "A=B"):
+        status, body = await call(http, "POST", f"{api}/deploy", json={
+            "embedding_model_id": "alice/isolated", "config": {"env": {name: "smuggled"}}})
+        assert status == 422 and name in body["message"], (name, body)
+        assert body["status_code"] == 422
+
+
+async def test_hashing_replica_is_limited_to_the_memory_quotas_count_it_with(
+        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        settings: Settings, pool: asyncpg.Pool, hashing_model: Any) -> None:
+    """Review finding 12: a hashing replica with no memory set is counted as
+    HASHING_MEMORY_MB; its cgroup holds it to that, not to the 1024 MB default."""
+    import json
+
+    from schemas.quotas import HASHING_MEMORY_MB
+
+    limit = memory_limit.prepare("probe", 256)
+    memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
+    if limit.kind == "rlimit":
+        pytest.skip("this host lets the worker make no memory cgroup")
+    model_id = await hashing_model("counted")
+    spawn("worker", replica_cgroups=True)
+    done = await _deploy(http, api, "alice/counted", {})
+    assert done["status"] == "done", done
+    rows = await pool.fetch("SELECT id, memory_mb FROM replicas WHERE model_id = $1", model_id)
+    assert [r["memory_mb"] for r in rows] == [HASHING_MEMORY_MB]
+    meta = json.loads((settings.state_dir / "replicas" / str(rows[0]["id"]) / "meta.json")
+                      .read_text())
+    assert meta["memory"]["limit_mb"] == HASHING_MEMORY_MB, meta
+    assert settings.replica_memory_mb != HASHING_MEMORY_MB

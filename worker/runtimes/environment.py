@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from schemas.replica_env import REPLICA_NAMES, reserved
+from schemas.replica_env import REPLICA_NAMES, bad_value, reserved
 
 # Host variables a local model-server process needs (interpreter, locale, thread counts).
 HOST_PASSTHROUGH = (
@@ -25,16 +25,17 @@ HOST_PASSTHROUGH = (
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-def allowed(name: str) -> bool:
-    """May a variable of this name, from the deployment's env, reach a replica? (The API
-    refuses reserved names with a 422; this drops any a stored deployment still holds.)"""
-    return name in REPLICA_NAMES or reserved(name) is None
+def allowed(name: str, value: str = "") -> bool:
+    """May this variable, from the deployment's env, reach a replica? (The API refuses
+    reserved names with a 422; this drops any a stored deployment still holds.)"""
+    return (name in REPLICA_NAMES or reserved(name) is None) and bad_value(value) is None
 
 
 def replica_env(server_env: Mapping[str, str], deployment_env: Mapping[str, str]) -> dict[str, str]:
     """What every runtime gives a replica: the deployment's env (reserved names dropped,
-    whoever put them there) under the MODEL_SERVER_* settings and the offline flags."""
-    env = {k: v for k, v in deployment_env.items() if allowed(k)}
+    whoever put them there) under the MODEL_SERVER_* settings and the offline flags; a
+    runtime puts its host variables over this too (the deployment's env never wins)."""
+    env = {k: v for k, v in deployment_env.items() if allowed(k, v)}
     return {**env, **OFFLINE, **server_env}
 
 

@@ -82,7 +82,8 @@ class ProcessRuntime:
         folder.mkdir(parents=True, exist_ok=True)
         port = free_port(self._host)
         # Never the worker's environment: it holds the secret key and database URL.
-        env = {**host_env(home=folder), **model_server_env(spec, self._host, port),
+        # Host values over the replica's env: the deployment's env never replaces them.
+        env = {**model_server_env(spec, self._host, port), **host_env(home=folder),
                "GREENROOM_REPLICA_ID": ref}
         limit = self._memory_limit(ref, spec)
         proc = await self._spawn(folder, env, limit)
@@ -105,7 +106,7 @@ class ProcessRuntime:
         virtual memory, only when the deployment asked for a limit itself."""
         limit = memory_limit.prepare(ref, spec.memory_mb or self._default_memory_mb,
                                      cgroups=self._cgroups)
-        if limit.kind == "rlimit" and not spec.memory_mb:
+        if limit.kind == "rlimit" and not (spec.memory_mb and spec.memory_requested):
             return None
         return limit
 
