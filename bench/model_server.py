@@ -197,7 +197,9 @@ async def drive(
 ) -> tuple[float, float, Counters, float, float]:
     """``concurrency`` wrk connections for ``ROUND_SECONDS``; any failed request ends the run.
     Returns the rate, the seconds, the server's counters, p50 latency and wrk's cores."""
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{ROUND_SECONDS}s", "--latency"]
+    # A generous timeout: on a loaded machine a 2 s default ends the run with socket errors.
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{ROUND_SECONDS}s", "--latency",
+               "--timeout", "30s"]
     command += ["-s", str(script), url]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     before = await counters(session, url)
