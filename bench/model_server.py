@@ -197,7 +197,9 @@ async def drive(
 ) -> tuple[float, float, Counters, float, float]:
     """``concurrency`` wrk connections for ``ROUND_SECONDS``; any failed request ends the run.
     Returns the rate, the seconds, the server's counters, p50 latency and wrk's cores."""
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{ROUND_SECONDS}s", "--latency"]
+    # A generous timeout: on a loaded machine a 2 s default ends the run with socket errors.
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{ROUND_SECONDS}s", "--latency",
+               "--timeout", "30s"]
     command += ["-s", str(script), url]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     before = await counters(session, url)
@@ -244,7 +246,8 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"model all-MiniLM-L6-v2; threads {args.threads}; cpus {os.cpu_count()}; "
         f"max batch {args.batch_size}; max wait {args.wait_ms} ms; one short sentence per request;"
-        f" wrk, 3 rounds of {ROUND_SECONDS} s per level (7 at 32), medians shown; "
+        f" wrk, {args.rounds or '3 (7 at 32)'} rounds of {ROUND_SECONDS} s per level, "
+        f"limit passes {args.limit_passes}, medians shown; "
         f"limit: torch in-process; load average before: {os.getloadavg()[0]:.1f}"
     )
     results: dict[str, dict[int, Level]] = {}
@@ -296,7 +299,7 @@ async def report(
     levels = {}
     for concurrency in args.levels:
         levels[concurrency] = await report_level(
-            session, url, script, concurrency, limit_backend, args.batch_size)
+            session, url, script, concurrency, limit_backend, args)
     return levels
 
 
@@ -327,15 +330,16 @@ async def report_level(
     script: Path,
     concurrency: int,
     backend: SentenceTransformerBackend,
-    batch: int,
+    args: argparse.Namespace,
 ) -> Level:
     """Rounds of limit / server / limit, so a burst of other load skews one round only."""
+    batch = args.batch_size
     own = min(concurrency, batch)
     rounds: list[Round] = []
-    for _ in range(ROUNDS.get(concurrency, 3)):
-        before = await idle_limit(backend, batch, LIMIT_PASSES)
+    for _ in range(args.rounds or ROUNDS.get(concurrency, 3)):
+        before = await idle_limit(backend, batch, args.limit_passes)
         rate, seconds, served, p50, cores = await drive(session, url, script, concurrency)
-        limit = (before + await idle_limit(backend, batch, LIMIT_PASSES)) / 2
+        limit = (before + await idle_limit(backend, batch, args.limit_passes)) / 2
         own_limit = limit if own == batch else await idle_limit(backend, own, 1)
         rounds.append(Round(rate, seconds, served, p50, cores, limit, own_limit))
     requests = sum(r.served.requests for r in rounds)
@@ -396,6 +400,9 @@ def main() -> None:
     parser.add_argument("--wait-ms", type=float, default=defaults.max_batch_wait_ms)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
+    # A shorter run on a busy machine: rounds per level, passes per limit measurement.
+    parser.add_argument("--rounds", type=int, help="rounds per level (default 3, 7 at 32)")
+    parser.add_argument("--limit-passes", type=int, default=LIMIT_PASSES)
     started = time.perf_counter()
     asyncio.run(run(parser.parse_args()))
     print(f"bench took {time.perf_counter() - started:.0f} s")

@@ -54,19 +54,24 @@ class ModelLayout:
             raise BackendLoadError(
                 f"the onnx backend runs Transformer, Pooling and Normalize modules; "
                 f"this model also has {sorted(kinds - SUPPORTED_MODULES)}")
-        pooling_path = next((m["path"] for m in modules if m["type"] == POOLING_TYPE), None)
-        pooling = _read_json(model_dir / pooling_path / "config.json", default={}) \
-            if pooling_path else {"pooling_mode_mean_tokens": True}
-        modes = [mode for mode in POOLING_MODES if pooling.get(mode)]
-        if len(modes) != 1 or any(v for k, v in pooling.items()
-                                  if k.startswith("pooling_mode") and k not in POOLING_MODES):
-            raise BackendLoadError(f"the onnx backend cannot reproduce pooling {pooling}")
         bert = _read_json(model_dir / "sentence_bert_config.json", default={})
         tokenizer = _read_json(model_dir / "tokenizer_config.json", default={})
         pad = tokenizer.get("pad_token") or "[PAD]"
-        return cls(modes[0].removeprefix("pooling_mode_"),
+        return cls(_pooling_mode(model_dir, modules),
                    int(bert.get("max_seq_length") or tokenizer.get("model_max_length") or 512),
                    pad["content"] if isinstance(pad, dict) else str(pad))
+
+
+def _pooling_mode(model_dir: Path, modules: list[dict[str, Any]]) -> str:
+    """mean_tokens, cls_token or max_tokens, from the Pooling module's config."""
+    path = next((m["path"] for m in modules if m["type"] == POOLING_TYPE), None)
+    if path is None:
+        return "mean_tokens"  # a bare transformer directory: sentence-transformers' default
+    pooling = _read_json(model_dir / path / "config.json", default={})
+    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise BackendLoadError(f"the onnx backend cannot reproduce pooling {pooling}")
+    return modes[0].removeprefix("pooling_mode_")
 
 
 def _read_json(path: Path, default: Any) -> Any:

@@ -36,6 +36,10 @@ def model_image() -> str:
     return tag
 
 
+# The full image is built when its inputs change (about 150 s here), and the session's
+# export (onnx_store) may be made first: more than the default 300 s in one setup.
+@pytest.mark.timeout(900)
+@pytest.mark.slow
 async def test_int8_onnx_deploys_in_a_container_and_serves_through_the_gateway(
     api: str, gateway: str, spawn: Callable[..., Any], http: aiohttp.ClientSession,
     pool: asyncpg.Pool,

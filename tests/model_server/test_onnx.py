@@ -15,7 +15,8 @@ from model_server.agreement import AgreementRefused, agreement_set, unit_vectors
 from model_server.app import create_app
 from model_server.backends import SentenceTransformerBackend, resolve_model_dir
 from model_server.config import Settings
-from model_server.onnx_backend import OnnxBackend, load_onnx
+from model_server.errors import BackendLoadError
+from model_server.onnx_backend import ModelLayout, OnnxBackend, load_onnx, pool
 from model_server.onnx_export import detect_isa
 
 from .conftest import HOST, AppClient, poll_health, start_server, wait_until_healthy
@@ -216,3 +217,20 @@ async def test_a_replica_from_the_cache_starts_without_exporting(
     events = {json.loads(line)["event"] for line in server.log().splitlines()
               if line.startswith("{")}
     assert "model_ready" in events and not EXPORT_EVENTS & events
+
+
+def test_pooling_modes() -> None:
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=np.int64)
+    assert np.allclose(pool(hidden, mask, "mean_tokens")[0], hidden[0, :2].mean(axis=0))
+    assert np.allclose(pool(hidden, mask, "cls_token"), hidden[:, 0])
+    assert np.allclose(pool(hidden, mask, "max_tokens")[0], hidden[0, :2].max(axis=0))
+
+
+def test_a_model_the_backend_cannot_reproduce_is_refused(tmp_path: Path) -> None:
+    modules = [{"path": "", "type": "sentence_transformers.models.Transformer"},
+               {"path": "2_Dense", "type": "sentence_transformers.models.Dense"}]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(BackendLoadError, match="also has \\['Dense'\\]"):
+        ModelLayout.read(tmp_path)

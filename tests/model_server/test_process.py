@@ -113,7 +113,7 @@ async def test_a_missing_model_directory_exits_1_with_a_clear_log_line(tmp_path:
 
 
 async def test_invalid_configuration_exits_2(tmp_path: Path) -> None:
-    server = start_server(tmp_path, MODEL_SERVER_BACKEND="onnx")
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="tensorflow")
     try:
         assert await _exit_code(server) == 2
     finally:
