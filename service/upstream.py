@@ -9,6 +9,8 @@ else (a chunked answer) is an UpstreamError, as is a connection that fails or cl
 """
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -41,6 +43,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # one write per request: nothing to gain from Nagle's delay
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
