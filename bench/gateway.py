@@ -290,7 +290,7 @@ async def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--processes", type=int, default=2,
+    parser.add_argument("--processes", type=int, default=1,
                         help="gateway processes (and nginx workers)")
     parser.add_argument("--no-minilm", action="store_true", help="skip the real-model part")
     args = parser.parse_args()
