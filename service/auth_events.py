@@ -10,8 +10,12 @@ from aiohttp import web
 
 from schemas.queue import AUTH_CHANNEL
 from service.keys import REDIS
+from service.principal_cache import PRINCIPALS
 
 
 async def announce_access_change(app: web.Application, what: str) -> None:
+    cache = app.get(PRINCIPALS)
+    if cache is not None:
+        cache.clear()  # this process at once, before its next request
     with contextlib.suppress(Exception):
         await app[REDIS].publish(AUTH_CHANNEL, what)

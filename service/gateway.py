@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
-import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
@@ -29,6 +28,7 @@ from schemas.gateway import GatewayReport
 from schemas.queue import AUTH_CHANNEL, GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
 from service.errors import ApiError
 from service.metrics import GatewayMetrics
+from service.upstream import Upstream, UpstreamError
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_S = 1.0
@@ -66,12 +66,7 @@ class Gateway:
         self.metrics = GatewayMetrics(self.inflight_by_replica)
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30,
-                                           enable_cleanup_closed=False),
-            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=2),
-            auto_decompress=False, skip_auto_headers=("User-Agent",),
-        )
+        self._upstream = Upstream(timeout_s)
 
     async def start(self) -> None:
         with contextlib.suppress(DatabaseError):
@@ -84,13 +79,14 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(GATEWAY_KEY_PREFIX + self.id)
-        await self._http.close()
+        self._upstream.close()
 
     async def reload(self) -> None:
         self._table = table = Table.build(await deployments.routes(self._pool))
         stale = [rid for rid in self.served if rid not in table.active and rid not in self.inflight]
         for rid in stale:
             del self.served[rid]
+        self._upstream.forget({ep for r in table.by_key.values() for _, ep in r.replicas})
         self._report_now.set()
 
     def lookup(self, key: str) -> Route | None:
@@ -127,22 +123,24 @@ class Gateway:
             deployment = route.name
             self.inflight[replica_id] += 1
             try:
-                async with self._http.request(method, endpoint + path, data=body,
-                                              headers=forward_headers) as resp:
-                    payload = await resp.read()
-                    metrics.observe(deployment, resp.status, time.perf_counter() - started)
-                    out = web.Response(body=payload, status=resp.status,
-                                       headers={"X-Greenroom-Replica": str(replica_id)})
-                    content_type = resp.headers.get("Content-Type")
-                    if content_type:
-                        out.headers["Content-Type"] = content_type
-                    return out
-            except aiohttp.ClientConnectionError as exc:
+                answer = await self._upstream.request(endpoint, method, path, body,
+                                                      forward_headers)
+            except UpstreamError as exc:
                 log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
                 metrics.upstream_errors.labels(deployment).inc()
                 tried.add(replica_id)
+                continue
+            except TimeoutError:
+                metrics.requests.labels(deployment, "504").inc()
+                raise ApiError(504, f"replica of {route.name!r} did not answer in time") from None
             finally:
                 self._release(replica_id)
+            metrics.observe(deployment, answer.status, time.perf_counter() - started)
+            out = web.Response(body=answer.body, status=answer.status,
+                               headers={"X-Greenroom-Replica": str(replica_id)})
+            if answer.content_type:
+                out.headers["Content-Type"] = answer.content_type
+            return out
         metrics.requests.labels(route.name, "502").inc()
         raise ApiError(502, f"no replica of deployment {route.name!r} could be reached")
 

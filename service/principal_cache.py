@@ -75,8 +75,12 @@ async def watch_auth_channel(redis: Redis, cache: PrincipalCache, retry_s: float
             async with redis.pubsub() as pubsub:
                 await pubsub.subscribe(AUTH_CHANNEL)
                 cache.access_changed()  # whatever was missed while unsubscribed
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while True:
+                    # A short read timeout: the connection's own socket timeout would
+                    # otherwise end a quiet subscription.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=1.0)
+                    if message is not None:
                         cache.access_changed()
         except (RedisError, OSError) as exc:
             log.warning("auth_channel_unavailable", error=str(exc))

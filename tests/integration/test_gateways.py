@@ -218,10 +218,13 @@ async def test_private_model_access_is_cached_yet_a_revoke_stops_it_within_a_sec
         assert await status_of(bob) == 403
         assert [await status_of(with_key) for _ in range(20)] == [200] * 20
 
+        me = f"{api}/api/v2/users/me"
+        assert (await call(http, "GET", me, headers=with_key))[0] == 200  # cached by the API
         status, _ = await call(http, "DELETE", f"{api}/api/v2/auth/api-keys/{key['id']}",
                                headers=alice)
         assert status == 200
         revoked_at = time.monotonic()
+        assert (await call(http, "GET", me, headers=with_key))[0] == 401
         await _until_status(status_of, with_key, 401, 1.0)
         print(f"\nrevoked key refused by the gateway after "
               f"{(time.monotonic() - revoked_at) * 1000:.0f} ms")

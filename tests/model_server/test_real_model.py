@@ -83,3 +83,29 @@ async def test_over_long_input_is_truncated_or_refused(real_client: AppClient) -
     assert refused.status == 413
     body = await refused.json()
     assert body["detail"] == {"index": 0, "tokens": 402, "max_input_length": 256}
+
+
+async def test_tokenize_decode_and_token_ids_with_the_real_tokenizer(
+        real_client: AppClient) -> None:
+    response = await real_client.post("/tokenize", json={"inputs": CAT})
+    assert response.status == 200, await response.text()
+    (tokens,) = await response.json()
+    assert tokens[0] == {"id": 101, "text": "[CLS]", "special": True, "start": None,
+                         "stop": None}
+    assert tokens[-1]["text"] == "[SEP]" and tokens[-1]["special"]
+    assert [t["text"] for t in tokens[1:-1]] == CAT.split()
+    assert (tokens[1]["start"], tokens[1]["stop"]) == (0, 1)
+    ids = [t["id"] for t in tokens]
+    decoded = await (await real_client.post("/decode", json={"ids": ids})).json()
+    assert decoded == [CAT]
+    # Token ids embed as the text they stand for.
+    from_ids = await _embed(real_client, {"inputs": [ids, CAT]})
+    assert np.allclose(from_ids[0], from_ids[1], atol=1e-5)
+
+
+async def test_embed_all_gives_one_vector_per_token(real_client: AppClient) -> None:
+    response = await real_client.post("/embed_all", json={"inputs": [CAT, REVENUE]})
+    assert response.status == 200, await response.text()
+    cat, revenue = await response.json()
+    assert np.array(cat).shape == (len(CAT.split()) + 2, 384)
+    assert np.array(revenue).shape[1] == 384

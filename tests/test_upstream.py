@@ -1,0 +1,60 @@
+"""The gateway's own client to replicas (service/upstream.py) against a real aiohttp server."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from service.upstream import Upstream, UpstreamError
+from worker.runtimes.process import free_port
+
+
+@pytest.fixture
+async def replica() -> AsyncIterator[str]:
+    """A stand-in replica whose server closes idle keep-alive connections after 0.2 s."""
+    async def embed(request: web.Request) -> web.Response:
+        return web.json_response({"got": (await request.read()).decode(),
+                                  "type": request.headers.get("Content-Type")})
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"part")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/embed", embed)
+    app.router.add_get("/chunked", chunked)
+    runner = web.AppRunner(app, keepalive_timeout=0.2)
+    await runner.setup()
+    port = free_port("127.0.0.1")
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_keep_alive_and_a_connection_the_replica_closed_idle(replica: str) -> None:
+    upstream = Upstream(timeout_s=5)
+    headers = {"Content-Type": "application/json"}
+    first = await upstream.request(replica, "POST", "/embed", b'{"inputs": "a"}', headers)
+    second = await upstream.request(replica, "POST", "/embed", b'{"inputs": "b"}', headers)
+    assert (first.status, second.status) == (200, 200)
+    assert b'"got": "{\\"inputs\\": \\"b\\"}"' in second.body
+    assert second.content_type is not None and second.content_type.startswith("application/json")
+    await asyncio.sleep(0.6)  # the replica has closed the idle kept-alive connection
+    third = await upstream.request(replica, "POST", "/embed", b"{}", headers)
+    assert third.status == 200
+    upstream.close()
+
+
+async def test_unreachable_and_unsupported_answers_are_upstream_errors(replica: str) -> None:
+    upstream = Upstream(timeout_s=5)
+    with pytest.raises(UpstreamError):
+        await upstream.request(f"http://127.0.0.1:{free_port('127.0.0.1')}", "GET", "/", None,
+                               {})
+    with pytest.raises(UpstreamError, match="chunked"):
+        await upstream.request(replica, "GET", "/chunked", None, {})
+    upstream.close()
