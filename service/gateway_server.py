@@ -18,9 +18,16 @@ from schemas.settings import Settings
 
 
 def _start_peers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
+    # The peers serve what this process serves, wherever its settings came from (the
+    # environment or the stack file of `up`'s folder).
     env = dict(os.environ, GREENROOM_GATEWAY_PROCESSES="1",
                GREENROOM_GATEWAY_HOST=settings.gateway_host,
                GREENROOM_GATEWAY_PORT=str(settings.gateway_port))
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+    for name, value in (("DATABASE_URL", settings.database_url),
+                        ("REDIS_URL", settings.redis_url), ("SECRET_KEY", secret)):
+        if value:
+            env[f"GREENROOM_{name}"] = value
     return [subprocess.Popen([sys.executable, "-m", "service.gateway_server"], env=env)
             for _ in range(count)]
 

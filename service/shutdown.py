@@ -11,6 +11,7 @@ replicas killed at once, but still found and removed.
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -53,8 +54,10 @@ class Stop:
                 break
         for proc in procs:
             if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                # Each child leads its own session: kill its whole group, so what it started
+                # (a gateway's peer processes) goes with it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(5)
 
