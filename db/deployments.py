@@ -9,7 +9,7 @@ from db.errors import translated
 from db.pool import Executor
 
 _COLUMNS = """model_id, name, status, active_generation, last_generation, config, created_at,
-    updated_at"""
+    updated_at, desired_replicas"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,7 @@ class Deployment:
     config: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    desired_replicas: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,8 @@ async def switch(db: Executor, model_id: UUID, generation: int, name: str,
     async with translated():
         await db.execute(
             """UPDATE deployments SET active_generation = $2, status = 'complete', name = $3,
-                   config = $4, updated_at = now() WHERE model_id = $1""",
+                   config = $4, desired_replicas = NULL, updated_at = now()
+               WHERE model_id = $1""",
             model_id, generation, name, config,
         )
         await db.execute(
@@ -199,3 +201,32 @@ async def generation_is_live(db: Executor, model_id: UUID, generation: int) -> b
                               AND state IN ('starting', 'ready', 'draining'))""",
             model_id, generation,
         ))
+
+
+async def serving(db: Executor) -> list[Deployment]:
+    """Every deployment with a serving generation (the autoscaler's list)."""
+    async with translated():
+        rows = await db.fetch(
+            f"SELECT {_COLUMNS} FROM deployments WHERE active_generation IS NOT NULL")
+    return [Deployment(**dict(r)) for r in rows]
+
+
+async def set_desired(db: Executor, model_id: UUID, desired: int) -> None:
+    """Record the replica count last asked for (by the autoscaler or the owner)."""
+    async with translated():
+        await db.execute(
+            """UPDATE deployments SET desired_replicas = $2, updated_at = now()
+               WHERE model_id = $1""", model_id, desired)
+
+
+async def set_scaled_count(db: Executor, model_id: UUID, generation: int,
+                           replicas: int | None) -> None:
+    """After a scale: the serving config's `replicas` is the count now running (quotas
+    count a deployment by it); None for zero (counted as one, what a cold start needs)."""
+    async with translated():
+        await db.execute(
+            """UPDATE deployments SET updated_at = now(), config = CASE WHEN $3::int IS NULL
+                       THEN config - 'replicas'
+                       ELSE jsonb_set(config, '{replicas}', to_jsonb($3::int)) END
+               WHERE model_id = $1 AND active_generation = $2""",
+            model_id, generation, replicas)

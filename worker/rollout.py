@@ -20,7 +20,7 @@ from schemas.queue import ROUTES_CHANNEL
 from schemas.quotas import QuotaExceeded, replica_memory_mb
 from schemas.tasks import DeploymentConfig, Phase, TaskStatus
 from schemas.tokens import issue_job_token
-from worker import capacity, quotas
+from worker import capacity, quotas, replica_count
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
@@ -225,6 +225,8 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     model = await models.get(ctx.pool, task.model_id)
     assert model is not None  # tasks reference models; a deleted model cascades its tasks
     config = DeploymentConfig.model_validate(task.request.get("config") or {})
+    config = replica_count.carried_over(
+        config, task, await replica_count.serving_count(ctx.pool, model.id))
     name = config.deployment_name or default_deployment_name(model)
     try:
         await quotas.check_rollout(ctx, model, config)
