@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     worker_max_jobs: int = 8
     reconcile_interval_s: float = 2.0
+    # The autoscaler's tick in every worker: read the gateways' reports, decide, renew leases.
+    autoscale_interval_s: float = 1.0
+    # One worker decides a deployment's scale under a Redis lease this long; after a kill -9
+    # another worker takes over within it.
+    autoscale_lease_s: float = 3.0
     routes_poll_s: float = 2.0
     max_body_bytes: int = 1024 * 1024
     # Model uploads (POST /api/v2/models/{model}/upload): archive size, files in it, unpacked size.
