@@ -35,6 +35,8 @@ class Route:
     generation: int
     access_level: str
     replicas: list[tuple[UUID, str]]
+    # Autoscaled with min 0: a gateway holds requests while it has no replica.
+    scales_to_zero: bool = False
 
 
 def _deployment(row: Any) -> Deployment | None:
@@ -146,7 +148,10 @@ async def routes(db: Executor) -> list[Route]:
                       coalesce(array_agg(r.id ORDER BY r.created_at)
                                FILTER (WHERE r.id IS NOT NULL), '{}') AS ids,
                       coalesce(array_agg(r.endpoint ORDER BY r.created_at)
-                               FILTER (WHERE r.id IS NOT NULL), '{}') AS endpoints
+                               FILTER (WHERE r.id IS NOT NULL), '{}') AS endpoints,
+                      coalesce((d.config->>'autoscaling_enabled')::boolean, false)
+                          AND coalesce((d.config->>'autoscaling_min')::int, 1) = 0
+                          AS scales_to_zero
                FROM deployments d
                JOIN models m ON m.id = d.model_id
                JOIN users u ON u.id = m.owner_id
@@ -154,11 +159,11 @@ async def routes(db: Executor) -> list[Route]:
                     AND r.generation = d.active_generation AND r.state = 'ready'
                WHERE d.active_generation IS NOT NULL
                GROUP BY d.model_id, d.name, u.username, m.name, d.active_generation,
-                        m.access_level"""
+                        m.access_level, d.config"""
         )
     return [
         Route(r["model_id"], r["name"], r["identifier"], r["generation"], r["access_level"],
-              list(zip(r["ids"], r["endpoints"], strict=True)))
+              list(zip(r["ids"], r["endpoints"], strict=True)), r["scales_to_zero"])
         for r in rows
     ]
 

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # How long the gateway and the API trust a cached access decision (a revoke is also
     # announced on Redis, which clears the caches at once).
     access_cache_ttl_s: float = 1.0
+    # A request for a deployment scaled to zero waits this long for its first replica (then
+    # 503 with Retry-After); at most `gateway_hold_max` wait per deployment and process.
+    gateway_hold_timeout_s: float = 30.0
+    gateway_hold_max: int = 100
 
     # A worker serves Prometheus metrics on this port (off when unset); `up` picks one.
     worker_metrics_port: int | None = None
