@@ -12,6 +12,8 @@ import asyncpg
 from db import events, replicas
 from tests.conftest import wait_task
 
+__all__ = ["wait_task"]
+
 SERVICE_TIME_MS, SLOTS = 100, 2
 # One replica serves SLOTS / service time requests a second (the model server's test knobs).
 CAPACITY = SLOTS / (SERVICE_TIME_MS / 1000)
