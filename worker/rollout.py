@@ -267,9 +267,10 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None) -> str:
 
     Past the switch the new generation already serves; the drain is left to the
     reconciler and the task is done. Before it, the green replicas are removed and the
-    task goes back to pending for another worker.
+    task goes back to pending for another worker. A scale always goes back: its retry
+    drains and stops the replicas it left draining.
     """
-    if phase in (Phase.draining, Phase.removing):
+    if phase in (Phase.draining, Phase.removing) and task.kind != "scale":
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
                            {"note": "worker stopped while draining; reconciler removes the rest"})
         return "done"

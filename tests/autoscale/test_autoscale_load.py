@@ -5,6 +5,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 import asyncpg
@@ -31,7 +32,14 @@ async def test_load_scales_up_without_failures_and_back_to_min_after_the_delay(
     spawn("worker")
     config = FAST_AUTOSCALING | {"autoscaling_min": 1, "autoscaling_max": 4}
     assert (await deploy(http, api, "alice/busy", config))["status"] == "done"
-    url = f"{gateway}/serve/busy/embed"
+    await scale_cycle(api, gateway, http, pool, model_id, "busy")
+
+
+async def scale_cycle(api: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+                      model_id: UUID, name: str) -> None:
+    """Must-show 1's steps on a deployment of `name` already serving one replica with
+    FAST_AUTOSCALING, min 1 and max 4 (the process and the Docker tests share them)."""
+    url = f"{gateway}/serve/{name}/embed"
 
     unloaded = await run_load(url, rate=5, duration_s=4, concurrency=8)
     assert unloaded.failures == []
@@ -74,6 +82,6 @@ async def test_load_scales_up_without_failures_and_back_to_min_after_the_delay(
     print(f"back to min 1 replica {down_s:.1f} s after the load; decisions: {log}")
     assert log[0].startswith("scaled 1 → ") and int(log[0].split()[3].rstrip(":")) >= 3
     assert any(m.endswith("→ 1") or " → 1:" in m for m in log[1:]), log
-    async with http.get(f"{api}/api/v2/deploy/alice/busy/status") as resp:
+    async with http.get(f"{api}/api/v2/deploy/alice/{name}/status") as resp:
         status = await resp.json()
     assert status["replicas_current"] == 1 and status["replicas_desired"] == 1, status

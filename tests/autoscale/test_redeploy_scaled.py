@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from db import events
 from tests.autoscale.helpers import CAPACITY, KNOB_ENV, deploy, ready_count, wait_task
 from tests.conftest import Proc
 from tests.load import run_load
@@ -39,3 +40,6 @@ async def test_redeploy_of_a_deployment_scaled_to_3_keeps_3_under_load(
           f"with {len(again['metadata']['replicas'])}; failed {len(heavy.failures)} of "
           f"{heavy.sent}")
     assert heavy.failures == [], heavy.failures[:5]
+    log = [e.message for e in await events.list_recent(pool, model_id)]
+    assert not [m for m in log if "in flight" in m], "autoscaling is off: no decision"
+    assert await ready_count(pool, model_id) == {2: 3}, "a fixed count stays fixed"
