@@ -10,6 +10,7 @@ from uuid import UUID
 import aiohttp
 import asyncpg
 
+from db import events
 from tests.autoscale.helpers import (
     CAPACITY,
     FAST_AUTOSCALING,
@@ -70,6 +71,8 @@ async def scale_cycle(api: str, gateway: str, http: aiohttp.ClientSession, pool:
         buckets.setdefault(int(s - t0), []).append(lat)
     print("p99 ms by second of the load:",
           {k: round(p99(v) * 1000) for k, v in sorted(buckets.items())})
+    if p99(late) >= 2 * base_p99:  # say why before failing
+        print("events:", [e.message[:160] for e in await events.list_recent(pool, model_id)])
     assert p99(late) < 2 * base_p99
 
     async def at_min() -> bool:
