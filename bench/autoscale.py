@@ -107,7 +107,11 @@ async def closed_loop(http: aiohttp.ClientSession, url: str, tally: Tally, clien
 
 async def replica_start_times(settings: Settings, count: int) -> tuple[list[float], float]:
     """A replica's own start-to-healthy (s) and one replica's throughput, straight to it."""
-    runtime, times, throughput = ProcessRuntime(settings), [], 0.0
+    # A folder and cluster of its own: the stack's reconciler would remove these replicas
+    # as orphans (they have no row).
+    own = settings.model_copy(update={"state_dir": settings.state_dir.parent / "own",
+                                      "cluster": settings.cluster + "-own"})
+    runtime, times, throughput = ProcessRuntime(own), [], 0.0
     async with aiohttp.ClientSession() as http:
         for i in range(count):
             spec = ReplicaSpec(replica_id=uuid4(), model_id=uuid4(), generation=1,
@@ -138,7 +142,8 @@ def _start(settings: Settings, tmp: Path) -> list[subprocess.Popen[bytes]]:
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp: Path) -> AsyncIterator[tuple[Settings, str, str, dict[str, str]]]:
+async def stack(tmp: Path, interval_s: float) -> AsyncIterator[
+        tuple[Settings, str, str, dict[str, str]]]:
     keep: list[Any] = []
     admin = services.postgres_admin_dsn(tmp, keep)
     dsn = await services.create_database(admin, f"greenroom_bench_autoscale_{os.getpid()}")
@@ -146,7 +151,8 @@ async def stack(tmp: Path) -> AsyncIterator[tuple[Settings, str, str, dict[str, 
                         secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="process",
                         state_dir=tmp / "state", api_port=free_port(HOST),
                         gateway_port=free_port(HOST), log_level="warning",
-                        drain_timeout_s=10, stop_grace_s=5, cluster=f"bench-{os.getpid()}")
+                        drain_timeout_s=10, stop_grace_s=5, cluster=f"bench-{os.getpid()}",
+                        autoscale_interval_s=interval_s)
     pool = await create_pool(dsn, max_size=2)
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -208,7 +214,7 @@ async def wait_ready(http: aiohttp.ClientSession, api: str, headers: dict[str, s
 
 
 async def bench(args: argparse.Namespace, tmp: Path) -> None:
-    async with stack(tmp) as (settings, api, gateway, headers):
+    async with stack(tmp, args.interval) as (settings, api, gateway, headers):
         starts, one_replica = await replica_start_times(settings, 3)
         own_start = statistics.median(starts)
         timeout = aiohttp.ClientTimeout(total=60)
@@ -225,6 +231,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
             reaction = min(added) - step if added else float("inf")
             await wait_ready(http, api, headers, args.max, 60)
             at_max = await closed_loop(http, url, tally, 4 * SLOTS * args.max, 8)
+    print(f"autoscale interval {args.interval:g} s, gateway report interval ~1 s")
     print(f"replica start-to-healthy (own, median of {len(starts)}): {own_start:.2f} s")
     print(f"reaction: load step → first added replica serving: {reaction:.2f} s; "
           f"ratio {reaction / own_start:.2f} (goal ≤ 1.2)")
@@ -239,6 +246,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max", type=int, default=3, help="autoscaling_max")
+    parser.add_argument("--interval", type=float, default=Settings().autoscale_interval_s,
+                        help="GREENROOM_AUTOSCALE_INTERVAL_S of the worker")
     parser.add_argument("--step-s", type=float, default=15, help="length of the load step")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
