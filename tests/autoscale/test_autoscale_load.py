@@ -83,7 +83,9 @@ async def scale_cycle(api: str, gateway: str, http: aiohttp.ClientSession, pool:
     trickle.cancel()
     log = await decisions(pool, model_id)
     print(f"back to min 1 replica {down_s:.1f} s after the load; decisions: {log}")
-    assert log[0].startswith("scaled 1 → ") and int(log[0].split()[3].rstrip(":")) >= 3
+    targets = [int(m.split()[3].rstrip(":")) for m in log]
+    assert log[0].startswith("scaled 1 → ") and max(targets) >= 3, log
+    assert targets[-1] == 1 and all(m.startswith("scaled ") for m in log)
     assert any(m.endswith("→ 1") or " → 1:" in m for m in log[1:]), log
     async with http.get(f"{api}/api/v2/deploy/alice/{name}/status") as resp:
         status = await resp.json()
