@@ -257,6 +257,7 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, {
         "generation": generation, "deployment_name": name,
         "endpoint": f"/serve/{name}/embed", "replicas": [r.endpoint for r in started],
+        "replicas_current": len(started), "replicas_desired": config.replica_count,
         "timings": progress.timings,
     })
     log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)

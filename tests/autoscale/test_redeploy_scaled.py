@@ -34,6 +34,7 @@ async def test_redeploy_of_a_deployment_scaled_to_3_keeps_3_under_load(
     again = await deploy(http, api, "alice/steady", config)
     assert again["status"] == "done", again
     assert again["metadata"]["generation"] == 2 and len(again["metadata"]["replicas"]) == 3
+    assert again["metadata"]["replicas_current"] == again["metadata"]["replicas_desired"] == 3
     assert await ready_count(pool, model_id) == {2: 3}
     heavy = await load
     print(f"\nredeploy at 3 replicas under {2.4 * CAPACITY:g} req/s: generation 2 started "
