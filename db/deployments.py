@@ -9,7 +9,7 @@ from db.errors import translated
 from db.pool import Executor
 
 _COLUMNS = """model_id, name, status, active_generation, last_generation, config, created_at,
-    updated_at"""
+    updated_at, desired_replicas"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,7 @@ class Deployment:
     config: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    desired_replicas: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class Route:
     generation: int
     access_level: str
     replicas: list[tuple[UUID, str]]
+    # Autoscaled with min 0: a gateway holds requests while it has no replica.
+    scales_to_zero: bool = False
 
 
 def _deployment(row: Any) -> Deployment | None:
@@ -82,7 +85,8 @@ async def switch(db: Executor, model_id: UUID, generation: int, name: str,
     async with translated():
         await db.execute(
             """UPDATE deployments SET active_generation = $2, status = 'complete', name = $3,
-                   config = $4, updated_at = now() WHERE model_id = $1""",
+                   config = $4, desired_replicas = NULL, updated_at = now()
+               WHERE model_id = $1""",
             model_id, generation, name, config,
         )
         await db.execute(
@@ -144,7 +148,10 @@ async def routes(db: Executor) -> list[Route]:
                       coalesce(array_agg(r.id ORDER BY r.created_at)
                                FILTER (WHERE r.id IS NOT NULL), '{}') AS ids,
                       coalesce(array_agg(r.endpoint ORDER BY r.created_at)
-                               FILTER (WHERE r.id IS NOT NULL), '{}') AS endpoints
+                               FILTER (WHERE r.id IS NOT NULL), '{}') AS endpoints,
+                      coalesce((d.config->>'autoscaling_enabled')::boolean, false)
+                          AND coalesce((d.config->>'autoscaling_min')::int, 1) = 0
+                          AS scales_to_zero
                FROM deployments d
                JOIN models m ON m.id = d.model_id
                JOIN users u ON u.id = m.owner_id
@@ -152,11 +159,11 @@ async def routes(db: Executor) -> list[Route]:
                     AND r.generation = d.active_generation AND r.state = 'ready'
                WHERE d.active_generation IS NOT NULL
                GROUP BY d.model_id, d.name, u.username, m.name, d.active_generation,
-                        m.access_level"""
+                        m.access_level, d.config"""
         )
     return [
         Route(r["model_id"], r["name"], r["identifier"], r["generation"], r["access_level"],
-              list(zip(r["ids"], r["endpoints"], strict=True)))
+              list(zip(r["ids"], r["endpoints"], strict=True)), r["scales_to_zero"])
         for r in rows
     ]
 
@@ -199,3 +206,32 @@ async def generation_is_live(db: Executor, model_id: UUID, generation: int) -> b
                               AND state IN ('starting', 'ready', 'draining'))""",
             model_id, generation,
         ))
+
+
+async def serving(db: Executor) -> list[Deployment]:
+    """Every deployment with a serving generation (the autoscaler's list)."""
+    async with translated():
+        rows = await db.fetch(
+            f"SELECT {_COLUMNS} FROM deployments WHERE active_generation IS NOT NULL")
+    return [Deployment(**dict(r)) for r in rows]
+
+
+async def set_desired(db: Executor, model_id: UUID, desired: int) -> None:
+    """Record the replica count last asked for (by the autoscaler or the owner)."""
+    async with translated():
+        await db.execute(
+            """UPDATE deployments SET desired_replicas = $2, updated_at = now()
+               WHERE model_id = $1""", model_id, desired)
+
+
+async def set_scaled_count(db: Executor, model_id: UUID, generation: int,
+                           replicas: int | None) -> None:
+    """After a scale: the serving config's `replicas` is the count now running (quotas
+    count a deployment by it); None for zero (counted as one, what a cold start needs)."""
+    async with translated():
+        await db.execute(
+            """UPDATE deployments SET updated_at = now(), config = CASE WHEN $3::int IS NULL
+                       THEN config - 'replicas'
+                       ELSE jsonb_set(config, '{replicas}', to_jsonb($3::int)) END
+               WHERE model_id = $1 AND active_generation = $2""",
+            model_id, generation, replicas)

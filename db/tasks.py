@@ -45,7 +45,8 @@ def _task(row: Any) -> Task | None:
 async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
                  request: dict[str, Any], request_hash: str, idempotency_key: str | None,
                  created_by: int | None, metadata: dict[str, Any]) -> Task:
-    """Insert a pending task and cancel the model's older pending tasks (one transaction)."""
+    """Insert a pending task and cancel the model's older pending tasks (one transaction);
+    a scale cancels only older pending scales."""
     async with translated():
         row = await db.fetchrow(
             f"""
@@ -53,6 +54,8 @@ async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
                 UPDATE tasks SET status = 'canceled', detail = 'superseded by ' || $1::uuid::text,
                        updated_at = now(), finished_at = now()
                 WHERE model_id = $3 AND status = 'pending'
+                  -- a scale replaces only an older pending scale, never a deploy or delete
+                  AND ($2 <> 'scale' OR kind = 'scale')
             )
             INSERT INTO tasks (id, kind, model_id, request, request_hash, idempotency_key,
                                created_by, metadata)

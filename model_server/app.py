@@ -11,7 +11,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from model_server import __version__
+from model_server import __version__, test_knobs
 from model_server.backends import Embedder, load_backend, normalize_rows
 from model_server.config import Settings
 from model_server.embedding import (
@@ -53,7 +53,7 @@ def create_app(settings: Settings, loader: Loader = load_backend) -> web.Applica
     """The app; the model loads in the background once the app starts."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[http_middleware],
+        middlewares=[http_middleware, *test_knobs.middlewares(settings)],
     )
     app[STATE] = ModelState(settings=settings, metrics=Metrics())
     app[LOADER] = loader

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     onnx_isa: Isa = "auto"
     onnx_min_mean_cosine: float = Field(default=0.98, ge=0, le=1)
     onnx_min_top1_agreement: float = Field(default=0.95, ge=0, le=1)
+    # Test knobs (issue 14), off by default: every embedding request takes this long more
+    # (asleep, not computing) and at most `test_concurrency` are served at once, the rest
+    # wait. One replica's capacity is then test_concurrency / service time whatever the
+    # machine, so more replicas give more throughput even on two cores.
+    test_service_time_ms: float = Field(default=0.0, ge=0, le=60_000)
+    test_concurrency: int | None = Field(default=None, gt=0, le=10_000)
 
     @model_validator(mode="after")
     def _queue_holds_one_request(self) -> Self:

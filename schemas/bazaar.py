@@ -34,6 +34,8 @@ class StatusResponse(BaseModel):
     status: DeployStatus
     errors: list[str]
     warnings: list[str]
+    replicas_current: int = Field(default=0, description="ready replicas serving now")
+    replicas_desired: int = Field(default=0, description="replicas the last scale asked for")
 
 
 class ReplicaLogs(BaseModel):
@@ -118,6 +120,8 @@ class StatusData(BaseModel):
     deploy_status: DeployStatus
     messages: list[str]
     model_id: str
+    replicas_current: int = 0
+    replicas_desired: int = 0
 
 
 class UpvoteOut(BaseModel):

@@ -22,3 +22,6 @@ class GatewayReport(BaseModel):
     # replica id → requests this gateway has finished on it since it started (a counter:
     # the autoscaler takes differences between two reports for a request rate).
     requests: dict[str, int] = Field(default_factory=dict)
+    # model id → requests held waiting for a first ready replica (a deployment scaled to
+    # zero): the autoscaler reads it as demand and starts one.
+    held: dict[str, int] = Field(default_factory=dict)

@@ -10,6 +10,9 @@ GATEWAY_TTL_S = 10
 # Published whenever a key is revoked or a grant or access level changes: gateways and the
 # API drop their cached access decisions at once (they also expire within a second).
 AUTH_CHANNEL = "greenroom:auth"
+# greenroom:autoscaler:<model id> → the worker id deciding that deployment's scale (a
+# lease: SET NX PX, renewed each tick; it expires by itself when its worker dies).
+AUTOSCALER_LEASE_PREFIX = "greenroom:autoscaler:"
 # greenroom:worker:<id> → JSON heartbeat of a live worker
 WORKER_KEY_PREFIX = "greenroom:worker:"
 WORKER_TTL_S = 15

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # How long the gateway and the API trust a cached access decision (a revoke is also
     # announced on Redis, which clears the caches at once).
     access_cache_ttl_s: float = 1.0
+    # A request for a deployment scaled to zero waits this long for its first replica (then
+    # 503 with Retry-After); at most `gateway_hold_max` wait per deployment and process.
+    gateway_hold_timeout_s: float = 30.0
+    gateway_hold_max: int = 100
 
     # A worker serves Prometheus metrics on this port (off when unset); `up` picks one.
     worker_metrics_port: int | None = None
@@ -65,6 +69,11 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     worker_max_jobs: int = 8
     reconcile_interval_s: float = 2.0
+    # The autoscaler's tick in every worker: read the gateways' reports, decide, renew leases.
+    autoscale_interval_s: float = 1.0
+    # One worker decides a deployment's scale under a Redis lease this long; after a kill -9
+    # another worker takes over within it.
+    autoscale_lease_s: float = 3.0
     routes_poll_s: float = 2.0
     max_body_bytes: int = 1024 * 1024
     # Model uploads (POST /api/v2/models/{model}/upload): archive size, files in it, unpacked size.

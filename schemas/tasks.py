@@ -10,6 +10,13 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from schemas import replica_env
 
 MAX_REPLICAS = 16
+# Autoscaler defaults (README "Autoscaling" says why each): one full batch of the model
+# server's dynamic batcher in flight per replica, 70 % of it as the aim.
+AUTOSCALE_DEFAULTS: dict[str, float] = {
+    "target_concurrency": 32, "target_utilization": 0.7, "stable_window_s": 60,
+    "panic_window_s": 6, "panic_threshold": 2.0, "scale_down_delay_s": 30,
+    "max_scale_down_rate": 2.0, "scale_to_zero_grace_s": 30,
+}
 
 
 class TaskKind(StrEnum):
@@ -67,9 +74,37 @@ class DeploymentConfig(BaseModel):
     )
     memory: int | None = Field(default=None, ge=128, le=65536, description="MB per replica")
     autoscaling_enabled: bool = False
-    autoscaling_min: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    autoscaling_min: int = Field(
+        default=1, ge=0, le=MAX_REPLICAS,
+        description="fewest replicas; 0 (with autoscaling) scales an idle deployment to zero")
     autoscaling_max: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
     replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    # The autoscaler's knobs (worker/kpa.py, README "Autoscaling"); read only while
+    # autoscaling_enabled. Defaults are for an embedding server batching up to 32 inputs.
+    autoscaling_target_concurrency: float = Field(
+        default=AUTOSCALE_DEFAULTS["target_concurrency"], gt=0, le=1024,
+        description="requests in flight per replica the autoscaler aims at")
+    autoscaling_target_utilization: float = Field(
+        default=AUTOSCALE_DEFAULTS["target_utilization"], gt=0, le=1,
+        description="share of the target to fill; the rest is headroom while replicas start")
+    autoscaling_stable_window_s: float = Field(
+        default=AUTOSCALE_DEFAULTS["stable_window_s"], ge=1, le=3600,
+        description="in-flight average over this window decides (and scales down)")
+    autoscaling_panic_window_s: float = Field(
+        default=AUTOSCALE_DEFAULTS["panic_window_s"], ge=0.5, le=600,
+        description="short window that scales up at once when load jumps")
+    autoscaling_panic_threshold: float = Field(
+        default=AUTOSCALE_DEFAULTS["panic_threshold"], ge=1, le=100,
+        description="panic when the short window wants this many times the replicas ready")
+    autoscaling_scale_down_delay_s: float = Field(
+        default=AUTOSCALE_DEFAULTS["scale_down_delay_s"], ge=0, le=3600,
+        description="scale down only to the highest count wanted over this long")
+    autoscaling_max_scale_down_rate: float = Field(
+        default=AUTOSCALE_DEFAULTS["max_scale_down_rate"], ge=1, le=100,
+        description="one decision keeps at least ready/rate replicas")
+    autoscaling_scale_to_zero_grace_s: float = Field(
+        default=AUTOSCALE_DEFAULTS["scale_to_zero_grace_s"], ge=0, le=3600,
+        description="with min 0: idle this long (no request in flight) before going to 0")
     env: dict[str, str] = Field(default_factory=dict)
     deploy_timeout_s: float | None = Field(
         default=None, gt=0, le=3600, description="health-check deadline for this rollout")
@@ -94,11 +129,24 @@ class DeploymentConfig(BaseModel):
 
     @property
     def replica_count(self) -> int:
-        return self.replicas or self.autoscaling_min
+        return self.replicas or max(1, self.autoscaling_min)
+
+    @property
+    def autoscaling_ceiling(self) -> int:
+        """The most replicas the autoscaler may run (no max given: the floor, at least 1)."""
+        return self.autoscaling_max or max(1, self.autoscaling_min)
 
     @property
     def ignored_keys(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
+
+
+class ScaleRequest(BaseModel):
+    """POST /api/v2/deploy/{model}/scale: the replica count for the serving generation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(ge=0, le=MAX_REPLICAS, description="replicas wanted (0: none)")
 
 
 class TaskRequest(BaseModel):

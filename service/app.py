@@ -14,6 +14,7 @@ from service import (
     routes_health,
     routes_quotas,
     routes_registry,
+    routes_scale,
     routes_tasks,
     routes_v1,
     routes_v2_deploy,
@@ -59,7 +60,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     routes_tasks.setup(app)
     routes_health.setup(app)
     routes_docs.setup(app)
-    for surface in (routes_registry, routes_quotas, routes_v2_deploy, routes_v1):
+    # routes_scale before routes_v2_deploy: POST {model}/scale is not a deploy of a model
+    # named `<model>/scale`.
+    for surface in (routes_registry, routes_quotas, routes_scale, routes_v2_deploy, routes_v1):
         register(app, surface.ROUTES)
     setup_console(app)
     return app

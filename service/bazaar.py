@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 from arq.connections import ArqRedis
 
-from db import dependencies, deployments, events, models, tasks
+from db import dependencies, deployments, events, models, replicas, tasks
 from db.deployments import Deployment
 from db.errors import UniqueViolation
 from db.models import Model
@@ -38,6 +38,8 @@ class DeployStatus:
     errors: list[str]
     warnings: list[str]
     messages: list[str]
+    replicas_current: int = 0
+    replicas_desired: int = 0
 
 
 async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
@@ -110,8 +112,20 @@ async def status(pool: asyncpg.Pool, model: Model) -> DeployStatus:
     warnings = [e.message for e in recent if e.level == "warning"]
     if deployment is not None and deployment.status == "degraded":
         warnings.append("deployment is degraded: not every replica is ready")
+    current, desired = await replica_counts(pool, deployment)
     return DeployStatus(_status_word(deployment, latest), errors, warnings,
-                        [e.message for e in recent])
+                        [e.message for e in recent], current, desired)
+
+
+async def replica_counts(pool: asyncpg.Pool, deployment: Deployment | None) -> tuple[int, int]:
+    """(ready replicas of the serving generation, the count last asked for by a scale)."""
+    if deployment is None or deployment.active_generation is None:
+        return 0, 0
+    rows = await replicas.list_for_model(pool, deployment.model_id)
+    current = sum(1 for r in rows
+                  if r.generation == deployment.active_generation and r.state == "ready")
+    desired = deployment.desired_replicas
+    return current, current if desired is None else desired
 
 
 async def replica_logs(redis: ArqRedis, model_id: UUID, tail: int) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from db.errors import DatabaseError
 from schemas.gateway import GatewayReport
 from schemas.queue import AUTH_CHANNEL, GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
 from service.errors import ApiError
+from service.gateway_hold import Holds
 from service.metrics import GatewayMetrics
 from service.upstream import Upstream, UpstreamError
 
@@ -64,6 +65,8 @@ class Gateway:
         # Called on every message of the auth channel (an access cache clears itself).
         self.on_auth_change: list[Callable[[], None]] = []
         self.metrics = GatewayMetrics(self.inflight_by_replica)
+        # Requests waiting for a deployment scaled to zero to get a replica.
+        self.holds = Holds()
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._upstream = Upstream(timeout_s)
@@ -88,6 +91,7 @@ class Gateway:
             del self.served[rid]
         self._upstream.forget({ep for r in table.by_key.values() for _, ep in r.replicas})
         self._report_now.set()
+        self.holds.wake(self.lookup)
 
     def lookup(self, key: str) -> Route | None:
         return self._table.by_key.get(key)
@@ -115,6 +119,8 @@ class Gateway:
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
                       headers: Mapping[str, str]) -> web.Response:
         """Send the request to the least busy replica; retry elsewhere if it cannot connect."""
+        if not route.replicas and route.scales_to_zero:
+            route = await self.holds.hold(route, self._report_now.set, self.lookup)
         tried: set[UUID] = set()
         forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
         started, metrics = time.perf_counter(), self.metrics
@@ -189,7 +195,7 @@ class Gateway:
         return GatewayReport(
             gateway_id=self.id, at=time.time(), generations=dict(self._table.generations),
             inflight={str(k): v for k, v in self.inflight.items() if v > 0},
-            requests={str(k): v for k, v in self.served.items()})
+            requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts())
 
     async def _report(self) -> None:
         while True:

@@ -29,6 +29,7 @@ from service.access import AccessCache
 from service.auth import ROUTE_TABLE, RouteSpec, register, require_secret
 from service.errors import ApiError
 from service.gateway import Gateway
+from service.gateway_hold import Holds
 from service.keys import GATEWAY, PG, SETTINGS
 from service.metrics import exposition
 from service.openapi import openapi_json
@@ -69,7 +70,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(request.path, exc.status, exc.message, exc.detail)
+        response = error_response(request.path, exc.status, exc.message, exc.detail)
+        response.headers.update(exc.headers)  # Retry-After of a request held too long
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -176,6 +179,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[GATEWAY_REDIS] = Redis.from_url(settings.require_redis_url(), socket_connect_timeout=1,
                                         socket_timeout=5)
     gateway = Gateway(app[PG], app[GATEWAY_REDIS], settings.routes_poll_s)
+    gateway.holds = Holds(settings.gateway_hold_timeout_s, settings.gateway_hold_max)
     gateway.on_auth_change.append(app[ACCESS].clear)
     await gateway.start()
     app[GATEWAY] = gateway

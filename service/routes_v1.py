@@ -116,7 +116,9 @@ async def status(request: web.Request) -> web.Response:
     assert model is not None
     current = await bazaar.status(request.app[PG], model)
     data = StatusData(deploy_status=current.status,  # type: ignore[arg-type]
-                      messages=current.messages, model_id=str(model.id))
+                      messages=current.messages, model_id=str(model.id),
+                      replicas_current=current.replicas_current,
+                      replicas_desired=current.replicas_desired)
     return envelope("Successfully got the deployment status", data)
 
 

@@ -59,7 +59,9 @@ async def status(request: web.Request) -> web.Response:
     assert model is not None
     current = await bazaar.status(request.app[PG], model)
     return json_response(StatusResponse(status=current.status,  # type: ignore[arg-type]
-                                        errors=current.errors, warnings=current.warnings))
+                                        errors=current.errors, warnings=current.warnings,
+                                        replicas_current=current.replicas_current,
+                                        replicas_desired=current.replicas_desired))
 
 
 async def logs(request: web.Request) -> web.Response:

@@ -81,11 +81,13 @@ async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:
 
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
                  idempotency_key: str | None, created_by: int | None = None,
-                 model: Model | None = None, *, settings: Settings) -> tuple[Task, bool]:
+                 model: Model | None = None, *, settings: Settings,
+                 extra: dict[str, Any] | None = None) -> tuple[Task, bool]:
     """Insert (or find, for a repeated idempotency key) the task; True when created now.
 
     `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup.
-    A deploy that would take the model's owner past a quota is refused (403).
+    A deploy that would take the model's owner past a quota is refused (403). `extra` is
+    stored in the task's request beside the body (a scale's replica count).
     """
     key = req.id or idempotency_key
     digest = request_hash(kind, req)
@@ -100,6 +102,7 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
         metadata["ignored_config_keys"] = req.config.ignored_keys
     request = req.model_dump(mode="json", exclude_unset=True, by_alias=False)
     request["embedding_model_id"] = req.embedding_model_id
+    request |= extra or {}
     try:
         task = await tasks.insert(
             pool, task_id=uuid4(), kind=kind.value, model_id=model.id, request=request,

@@ -17,6 +17,8 @@ class Load:
     replicas: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    # When each answered request was sent (perf_counter), beside its latency.
+    starts: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     @property
@@ -37,13 +39,15 @@ async def _one(http: aiohttp.ClientSession, url: str, i: int, load: Load) -> Non
         load.failures.append(f"#{i}: {type(exc).__name__}: {exc}")
         return
     load.latencies.append(time.perf_counter() - started)
+    load.starts.append(started)
 
 
-async def run_load(url: str, rate: float, duration_s: float, concurrency: int) -> Load:
+async def run_load(url: str, rate: float, duration_s: float, concurrency: int,
+                   timeout_s: float = REQUEST_TIMEOUT_S) -> Load:
     """Send `rate * duration_s` requests, one every 1/rate s, at most `concurrency` at once."""
     load = Load()
     limit = asyncio.Semaphore(concurrency)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=concurrency)
 
     async def paced(i: int) -> None:

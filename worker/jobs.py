@@ -11,7 +11,7 @@ from arq import Retry
 from db import admission, replicas, tasks
 from db.errors import UniqueViolation
 from schemas.tasks import TaskKind, TaskStatus
-from worker import rollout
+from worker import rollout, scale
 from worker.context import WorkerContext
 from worker.lease import LeaseLost, held_lease
 from worker.runtimes.base import RuntimeError_
@@ -91,6 +91,8 @@ async def _dispatch(app: WorkerContext, task: tasks.Task) -> None:
         await rollout.deploy(app, task)
     elif task.kind == TaskKind.delete:
         await rollout.delete(app, task)
+    elif task.kind == TaskKind.scale:
+        await scale.scale(app, task)
     else:
         await tasks.finish(app.pool, task.id, app.worker_id, TaskStatus.refused,
                            f"task kind {task.kind!r} is not supported by this worker")

@@ -20,7 +20,7 @@ from schemas.queue import ROUTES_CHANNEL
 from schemas.quotas import QuotaExceeded, replica_memory_mb
 from schemas.tasks import DeploymentConfig, Phase, TaskStatus
 from schemas.tokens import issue_job_token
-from worker import capacity, quotas
+from worker import capacity, quotas, replica_count
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
@@ -226,6 +226,8 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     model = await models.get(ctx.pool, task.model_id)
     assert model is not None  # tasks reference models; a deleted model cascades its tasks
     config = DeploymentConfig.model_validate(task.request.get("config") or {})
+    config = replica_count.carried_over(
+        config, task, await replica_count.serving_count(ctx.pool, model.id))
     name = config.deployment_name or default_deployment_name(model)
     try:
         await quotas.check_rollout(ctx, model, config)
@@ -256,6 +258,7 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, {
         "generation": generation, "deployment_name": name,
         "endpoint": f"/serve/{name}/embed", "replicas": [r.endpoint for r in started],
+        "replicas_current": len(started), "replicas_desired": config.replica_count,
         "timings": progress.timings,
     })
     log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)
@@ -266,9 +269,10 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None) -> str:
 
     Past the switch the new generation already serves; the drain is left to the
     reconciler and the task is done. Before it, the green replicas are removed and the
-    task goes back to pending for another worker.
+    task goes back to pending for another worker. A scale always goes back: its retry
+    drains and stops the replicas it left draining.
     """
-    if phase in (Phase.draining, Phase.removing):
+    if phase in (Phase.draining, Phase.removing) and task.kind != "scale":
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
                            {"note": "worker stopped while draining; reconciler removes the rest"})
         return "done"

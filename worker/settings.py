@@ -19,7 +19,7 @@ from db.pool import create_pool as create_pg_pool
 from schemas.logs import configure_logging
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
-from worker import metrics, reconciler
+from worker import autoscaler, metrics, reconciler
 from worker.context import WorkerContext
 from worker.jobs import replica_logs, run_task
 from worker.runtimes import create_runtime
@@ -45,16 +45,18 @@ async def startup(ctx: dict[str, Any]) -> None:
         ctx["metrics_server"] = await metrics.serve(app.metrics, settings.worker_metrics_host,
                                                     settings.worker_metrics_port)
     ctx["reconciler"] = asyncio.create_task(reconciler.run_forever(app))
+    ctx["autoscaler"] = asyncio.create_task(autoscaler.run_forever(app))
     log.info("worker_started", worker=app.worker_id, runtime=app.runtime.name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     app: WorkerContext | None = ctx.get("app")
-    task: asyncio.Task[None] | None = ctx.get("reconciler")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("autoscaler", "reconciler"):
+        task: asyncio.Task[None] | None = ctx.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     server: web.AppRunner | None = ctx.get("metrics_server")
     if server is not None:
         await server.cleanup()

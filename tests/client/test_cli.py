@@ -70,11 +70,11 @@ async def test_deploy_wait_prints_the_phases_of_a_real_rollout(
     assert key["key"].startswith("gr_")
     assert greenroom("keys", "revoke", str(key["id"])).returncode == 0
     assert json.loads(greenroom("keys", "list", "--json").stdout)[0]["revoked_at"]
-    scale = greenroom("scale", "admin/cli-model", "3")
-    assert scale.returncode == 1
-    assert scale.stderr.strip().splitlines() == [
-        "greenroom scale: scaling is not available on this server (it has no scale route); "
-        "redeploy with --replicas"]
+    scale = greenroom("scale", "admin/cli-model", "3", "--wait", "--json")
+    assert scale.returncode == 0, scale.stdout + scale.stderr
+    scaled = TaskResponse.model_validate_json(scale.stdout)
+    assert (scaled.kind, scaled.status) == ("scale", "done")
+    assert scaled.metadata["replicas_current"] == 3 and scaled.metadata["replicas_before"] == 2
     gone = greenroom("delete", "admin/cli-model", "--wait", "--json")
     assert gone.returncode == 0, gone.stderr
     assert TaskResponse.model_validate_json(gone.stdout).status == "done"

@@ -106,7 +106,9 @@ async def test_seed_000_run_feedbacks_status_logs_stop(
     status, body = await call(http, "GET", f"{api}{V1}/status", headers=alice,
                               params={"model_identifier": "alice/model_123"})
     data = _envelope(body, 200, "Successfully got the deployment status")
-    assert set(data) == {"deploy_status", "messages", "model_id"}
+    assert set(data) == {"deploy_status", "messages", "model_id", "replicas_current",
+                         "replicas_desired"}  # the replica counts: issue 14
+    assert data["replicas_current"] == data["replicas_desired"] == 1
     assert data["deploy_status"] == "complete" and data["model_id"] == model_id
     assert all(isinstance(m, str) for m in data["messages"]) and data["messages"]
 

@@ -18,7 +18,9 @@ STATUS_WORDS = {"not_started", "starting", "in_progress", "complete", "failed", 
 
 
 def _is_status(body: Any) -> bool:
-    return (set(body) == {"status", "errors", "warnings"} and body["status"] in STATUS_WORDS
+    # The seed's fields, and issue 14's replica counts beside them.
+    return (set(body) == {"status", "errors", "warnings", "replicas_current",
+                          "replicas_desired"} and body["status"] in STATUS_WORDS
             and all(isinstance(m, str) for m in body["errors"] + body["warnings"]))
 
 
@@ -50,7 +52,8 @@ async def test_seed_001_samples(api: str, gateway: str, spawn: Callable[..., Pro
     # Get Deployment Status: {status, errors, warnings}.
     status, body = await call(http, "GET", f"{api}{V2}/{model_id}/status", headers=alice)
     assert status == 200 and _is_status(body)
-    assert body == {"status": "complete", "errors": [], "warnings": []}
+    assert body == {"status": "complete", "errors": [], "warnings": [], "replicas_current": 1,
+                    "replicas_desired": 1}
 
     # The job token each replica got in its environment drives the internal routes.
     envs = replica_environs(settings.state_dir)
@@ -69,7 +72,8 @@ async def test_seed_001_samples(api: str, gateway: str, spawn: Callable[..., Pro
     status, body = await call(http, "GET", f"{api}{V2}/{model_id}/status-internal", headers=job)
     assert status == 200 and _is_status(body)
     assert body == {"status": "complete", "errors": ["this failed"],
-                    "warnings": ["a warning message"]}
+                    "warnings": ["a warning message"], "replicas_current": 1,
+                    "replicas_desired": 1}
 
     # Get Deployment Logs: one {stdout, stderr} per replica.
     status, body = await call(http, "GET", f"{api}{V2}/{model_id}/logs", headers=alice)

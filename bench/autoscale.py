@@ -1,0 +1,258 @@
+"""Autoscaling benchmark (issue 14) on the process runtime, with the hashing backend's test
+knobs giving one replica a known capacity (SLOTS / SERVICE_TIME requests a second).
+
+From one run it prints:
+- reaction time: a load step to 3x one replica's capacity → the first answer from an added
+  replica, next to a replica's own start-to-healthy time measured in the same run (the
+  same runtime starting the same replica until /health is 200), as a ratio (goal ≤ 1.2);
+- throughput through the gateway at max replicas against max x one replica's throughput
+  measured straight at one replica (goal ≥ 0.9);
+- failed requests over the whole run (goal 0).
+
+The API, a gateway and a worker run as their own processes on a fresh database (dropped
+at the end); the load client runs here. Traffic goes only to 127.0.0.1.
+
+    flock /tmp/greenroom-bench.lock .venv/bin/python bench/autoscale.py [--max 3]
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import aiohttp
+from pydantic import SecretStr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from db.pool import create_pool  # noqa: E402
+from schemas.models import ModelSource  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
+from schemas.tokens import issue_user_token  # noqa: E402
+from service.registry import register  # noqa: E402
+from tests import services  # noqa: E402
+from tests.conftest import settings_env  # noqa: E402
+from worker.runtimes.base import ReplicaSpec  # noqa: E402
+from worker.runtimes.process import ProcessRuntime, free_port  # noqa: E402
+
+HOST = "127.0.0.1"
+NAME = "bench-autoscale"
+SERVICE_TIME_MS, SLOTS = 100, 2
+CAPACITY = SLOTS / (SERVICE_TIME_MS / 1000)
+KNOBS = {"MODEL_SERVER_TEST_SERVICE_TIME_MS": str(SERVICE_TIME_MS),
+         "MODEL_SERVER_TEST_CONCURRENCY": str(SLOTS)}
+BODY = {"inputs": "a short sentence to embed"}
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+        self.by_replica: Counter[str] = Counter()
+        self.first_seen: dict[str, float] = {}
+
+    async def one(self, http: aiohttp.ClientSession, url: str) -> None:
+        try:
+            async with http.post(url, json=BODY) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    self.failed.append(f"HTTP {resp.status}")
+                    return
+                replica = resp.headers.get("X-Greenroom-Replica", "direct")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.failed.append(type(exc).__name__)
+            return
+        self.by_replica[replica] += 1
+        self.first_seen.setdefault(replica, time.perf_counter())
+
+
+async def open_loop(http: aiohttp.ClientSession, url: str, tally: Tally, rate: float,
+                    duration_s: float) -> None:
+    """One request every 1/rate s for duration_s, whatever the answers take (bounded)."""
+    loop, pending = asyncio.get_running_loop(), []
+    start = loop.time()
+    for i in range(int(rate * duration_s)):
+        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+        pending.append(asyncio.create_task(tally.one(http, url)))
+    await asyncio.gather(*pending)
+
+
+async def closed_loop(http: aiohttp.ClientSession, url: str, tally: Tally, clients: int,
+                      duration_s: float) -> float:
+    """`clients` back to back for duration_s; answers a second."""
+    deadline = time.perf_counter() + duration_s
+    done = 0
+
+    async def client() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await tally.one(http, url)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.perf_counter() - started)
+
+
+async def replica_start_times(settings: Settings, count: int) -> tuple[list[float], float]:
+    """A replica's own start-to-healthy (s) and one replica's throughput, straight to it."""
+    # A folder and cluster of its own: the stack's reconciler would remove these replicas
+    # as orphans (they have no row).
+    own = settings.model_copy(update={"state_dir": settings.state_dir.parent / "own",
+                                      "cluster": settings.cluster + "-own"})
+    runtime, times, throughput = ProcessRuntime(own), [], 0.0
+    async with aiohttp.ClientSession() as http:
+        for i in range(count):
+            spec = ReplicaSpec(replica_id=uuid4(), model_id=uuid4(), generation=1,
+                               model_identifier=f"bench/{NAME}", task_id=None,
+                               source={"backend": "hashing", "dimension": 384}, env=dict(KNOBS))
+            started = time.perf_counter()
+            replica = await runtime.start(spec)
+            await services.wait_for_http(http, replica.endpoint + "/health")
+            times.append(time.perf_counter() - started)
+            if i == 0:
+                throughput = await closed_loop(http, replica.endpoint + "/embed", Tally(),
+                                               4 * SLOTS, 5)
+            await runtime.stop(replica.runtime_ref, 2)
+            await runtime.remove(replica.runtime_ref)
+    await runtime.close()
+    return times, throughput
+
+
+def _start(settings: Settings, tmp: Path) -> list[subprocess.Popen[bytes]]:
+    """The API, a gateway and one worker as their own processes, logging into `tmp`."""
+    procs = []
+    for module in ("service", "service.gateway_server", "worker"):
+        with (tmp / f"{module}.log").open("ab") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
+                                          env=settings_env(settings), stdout=log,
+                                          stderr=subprocess.STDOUT))
+    return procs
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp: Path, interval_s: float) -> AsyncIterator[
+        tuple[Settings, str, str, dict[str, str]]]:
+    keep: list[Any] = []
+    admin = services.postgres_admin_dsn(tmp, keep)
+    dsn = await services.create_database(admin, f"greenroom_bench_autoscale_{os.getpid()}")
+    settings = Settings(database_url=dsn, redis_url=services.redis_url(tmp, keep),
+                        secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="process",
+                        state_dir=tmp / "state", api_port=free_port(HOST),
+                        gateway_port=free_port(HOST), log_level="warning",
+                        drain_timeout_s=10, stop_grace_s=5, cluster=f"bench-{os.getpid()}",
+                        autoscale_interval_s=interval_s)
+    pool = await create_pool(dsn, max_size=2)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        model = await register(pool, "bench", NAME, ModelSource(backend="hashing",
+                                                                dimension=384), "public")
+        assert settings.secret_key is not None
+        headers = {"Authorization": "Bearer " + issue_user_token(
+            settings.secret_key.get_secret_value(), model.owner_id)}
+        procs = _start(settings, tmp)
+        api = f"http://{HOST}:{settings.api_port}"
+        gateway = f"http://{HOST}:{settings.gateway_port}"
+        async with aiohttp.ClientSession() as http:
+            await services.wait_for_http(http, api + "/healthz")
+            await services.wait_for_http(http, gateway + "/healthz")
+        yield settings, api, gateway, headers
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+        await pool.close()
+        await services.drop_database(admin, dsn)
+        for pid in services.replica_processes(settings.state_dir):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, 9)
+        for item in keep:
+            if isinstance(item, subprocess.Popen):
+                item.terminate()
+
+
+async def deploy(http: aiohttp.ClientSession, api: str, headers: dict[str, str],
+                 maximum: int) -> None:
+    config = {"autoscaling_enabled": True, "autoscaling_min": 1, "autoscaling_max": maximum,
+              "autoscaling_target_concurrency": SLOTS, "autoscaling_target_utilization": 0.8,
+              "autoscaling_stable_window_s": 6, "autoscaling_panic_window_s": 2,
+              "autoscaling_scale_down_delay_s": 4, "env": KNOBS}
+    async with http.post(f"{api}/deploy", headers=headers,
+                         json={"embedding_model_id": f"bench/{NAME}", "config": config}) as r:
+        task = await r.json()
+    for _ in range(600):
+        async with http.get(f"{api}/deploy/{task['task_id']}", headers=headers) as r:
+            task = await r.json()
+        if task["status"] not in ("pending", "processing"):
+            break
+        await asyncio.sleep(0.1)
+    assert task["status"] == "done", task
+
+
+async def wait_ready(http: aiohttp.ClientSession, api: str, headers: dict[str, str],
+                     count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with http.get(f"{api}/api/v2/deploy/bench/{NAME}/status", headers=headers) as r:
+            if (await r.json()).get("replicas_current") == count:
+                return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{count} replicas not ready within {timeout_s:g} s")
+
+
+async def bench(args: argparse.Namespace, tmp: Path) -> None:
+    async with stack(tmp, args.interval) as (settings, api, gateway, headers):
+        starts, one_replica = await replica_start_times(settings, 3)
+        own_start = statistics.median(starts)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout,
+                                         connector=aiohttp.TCPConnector(limit=0)) as http:
+            await deploy(http, api, headers, args.max)
+            url = f"{gateway}/serve/{NAME}/embed"
+            tally = Tally()
+            await open_loop(http, url, tally, 2, 3)  # the first replica's id
+            first = set(tally.by_replica)
+            step = time.perf_counter()
+            await open_loop(http, url, tally, 3 * CAPACITY, args.step_s)
+            added = [t for r, t in tally.first_seen.items() if r not in first]
+            reaction = min(added) - step if added else float("inf")
+            await wait_ready(http, api, headers, args.max, 60)
+            at_max = await closed_loop(http, url, tally, 4 * SLOTS * args.max, 8)
+    print(f"autoscale interval {args.interval:g} s, gateway report interval ~1 s")
+    print(f"replica start-to-healthy (own, median of {len(starts)}): {own_start:.2f} s")
+    print(f"reaction: load step → first added replica serving: {reaction:.2f} s; "
+          f"ratio {reaction / own_start:.2f} (goal ≤ 1.2)")
+    print(f"throughput at max {args.max} replicas: {at_max:.1f} req/s vs {args.max} x "
+          f"{one_replica:.1f} (one replica, direct) = {args.max * one_replica:.1f}; ratio "
+          f"{at_max / (args.max * one_replica):.2f} (goal ≥ 0.9)")
+    sent = sum(tally.by_replica.values()) + len(tally.failed)
+    print(f"failed requests: {len(tally.failed)} of {sent} (goal 0) "
+          f"{Counter(tally.failed).most_common(3)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max", type=int, default=3, help="autoscaling_max")
+    parser.add_argument("--interval", type=float, default=Settings().autoscale_interval_s,
+                        help="GREENROOM_AUTOSCALE_INTERVAL_S of the worker")
+    parser.add_argument("--step-s", type=float, default=15, help="length of the load step")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
+        asyncio.run(bench(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()

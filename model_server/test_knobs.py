@@ -1,0 +1,38 @@
+"""Test knobs (MODEL_SERVER_TEST_SERVICE_TIME_MS, MODEL_SERVER_TEST_CONCURRENCY): a known
+per-replica capacity for the autoscaling tests and bench/autoscale.py. Not for production.
+
+Each embedding request holds one of `test_concurrency` slots (the rest queue) for the
+service time, asleep, before it is computed; so one replica serves at most
+concurrency / service time requests a second, and the sleep costs no CPU.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from model_server.config import Settings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EMBED_PATHS = frozenset({"/", "/embed", "/embed_all", "/v1/embeddings"})
+
+
+def middlewares(settings: Settings) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    """The knob's middleware when a knob is set, else none (no cost on a real server)."""
+    if not settings.test_service_time_ms and settings.test_concurrency is None:
+        return []
+    delay = settings.test_service_time_ms / 1000
+    slots = asyncio.Semaphore(settings.test_concurrency) if settings.test_concurrency else None
+
+    @web.middleware
+    async def service_time(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or request.path not in EMBED_PATHS:
+            return await handler(request)
+        if slots is None:
+            await asyncio.sleep(delay)
+            return await handler(request)
+        async with slots:
+            await asyncio.sleep(delay)
+            return await handler(request)
+
+    return [service_time]

@@ -1,0 +1,35 @@
+"""The test knobs give one replica a known capacity: concurrency / service time."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.model_server.conftest import hashing_settings, wait_until_healthy
+
+
+async def test_capacity_is_concurrency_over_service_time(make_client: Callable[..., Any]) -> None:
+    client = await make_client(hashing_settings(test_service_time_ms=100, test_concurrency=2))
+    await wait_until_healthy(client)
+
+    async def one() -> int:
+        resp = await client.post("/embed", json={"inputs": "hello world"})
+        await resp.read()
+        return resp.status
+
+    started = time.perf_counter()
+    statuses = await asyncio.gather(*(one() for _ in range(8)))
+    elapsed = time.perf_counter() - started
+    assert statuses == [200] * 8
+    # 8 requests, 2 at a time, 0.1 s each: four rounds.
+    assert 0.38 <= elapsed < 0.8, elapsed
+    health = await client.get("/health")
+    assert health.status == 200
+
+
+async def test_off_by_default(make_client: Callable[..., Any]) -> None:
+    client = await make_client(hashing_settings())
+    await wait_until_healthy(client)
+    started = time.perf_counter()
+    await asyncio.gather(*(client.post("/embed", json={"inputs": "x"}) for _ in range(8)))
+    assert time.perf_counter() - started < 0.3
