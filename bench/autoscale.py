@@ -51,8 +51,9 @@ HOST = "127.0.0.1"
 NAME = "bench-autoscale"
 SERVICE_TIME_MS, SLOTS = 100, 2
 CAPACITY = SLOTS / (SERVICE_TIME_MS / 1000)
-KNOBS = {"MODEL_SERVER_TEST_SERVICE_TIME_MS": str(SERVICE_TIME_MS),
-         "MODEL_SERVER_TEST_CONCURRENCY": str(SLOTS)}
+# The hashing backend's test knobs, carried by the model's source.
+KNOBS = {"test_service_time_ms": SERVICE_TIME_MS, "test_concurrency": SLOTS}
+SOURCE = {"backend": "hashing", "dimension": 384, **KNOBS}
 BODY = {"inputs": "a short sentence to embed"}
 
 
@@ -116,7 +117,7 @@ async def replica_start_times(settings: Settings, count: int) -> tuple[list[floa
         for i in range(count):
             spec = ReplicaSpec(replica_id=uuid4(), model_id=uuid4(), generation=1,
                                model_identifier=f"bench/{NAME}", task_id=None,
-                               source={"backend": "hashing", "dimension": 384}, env=dict(KNOBS))
+                               source=dict(SOURCE))
             started = time.perf_counter()
             replica = await runtime.start(spec)
             await services.wait_for_http(http, replica.endpoint + "/health")
@@ -156,8 +157,7 @@ async def stack(tmp: Path, interval_s: float) -> AsyncIterator[
     pool = await create_pool(dsn, max_size=2)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        model = await register(pool, "bench", NAME, ModelSource(backend="hashing",
-                                                                dimension=384), "public")
+        model = await register(pool, "bench", NAME, ModelSource(**SOURCE), "public")
         assert settings.secret_key is not None
         headers = {"Authorization": "Bearer " + issue_user_token(
             settings.secret_key.get_secret_value(), model.owner_id)}
@@ -189,7 +189,7 @@ async def deploy(http: aiohttp.ClientSession, api: str, headers: dict[str, str],
     config = {"autoscaling_enabled": True, "autoscaling_min": 1, "autoscaling_max": maximum,
               "autoscaling_target_concurrency": SLOTS, "autoscaling_target_utilization": 0.8,
               "autoscaling_stable_window_s": 6, "autoscaling_panic_window_s": 2,
-              "autoscaling_scale_down_delay_s": 4, "env": KNOBS}
+              "autoscaling_scale_down_delay_s": 4}
     async with http.post(f"{api}/deploy", headers=headers,
                          json={"embedding_model_id": f"bench/{NAME}", "config": config}) as r:
         task = await r.json()

@@ -17,6 +17,10 @@ class ModelSource(BaseModel):
     dimension: int | None = Field(default=None, ge=1, le=8192)
     # Test knob of the hashing backend: seconds before the replica reports healthy.
     startup_delay_s: float | None = Field(default=None, ge=0)
+    # Test knobs of the hashing backend: a service time per request (ms) and a cap on the
+    # requests one replica serves at once, so a replica's capacity is known.
+    test_service_time_ms: float | None = Field(default=None, ge=0, le=60_000)
+    test_concurrency: int | None = Field(default=None, ge=1, le=1024)
     # Docker image for this model; the runtime's default when empty.
     image: str | None = None
 

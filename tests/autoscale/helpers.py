@@ -17,14 +17,14 @@ __all__ = ["wait_task"]
 SERVICE_TIME_MS, SLOTS = 100, 2
 # One replica serves SLOTS / service time requests a second (the model server's test knobs).
 CAPACITY = SLOTS / (SERVICE_TIME_MS / 1000)
-KNOB_ENV = {"MODEL_SERVER_TEST_SERVICE_TIME_MS": str(SERVICE_TIME_MS),
-            "MODEL_SERVER_TEST_CONCURRENCY": str(SLOTS)}
+# The model's source carries them (a deployment's env may not set MODEL_SERVER_*).
+KNOBS = {"test_service_time_ms": SERVICE_TIME_MS, "test_concurrency": SLOTS}
 # Short windows so the suite stays fast; target = the replica's slots.
 FAST_AUTOSCALING = {
     "autoscaling_enabled": True, "autoscaling_target_concurrency": SLOTS,
     "autoscaling_target_utilization": 0.8, "autoscaling_stable_window_s": 6,
     "autoscaling_panic_window_s": 2, "autoscaling_scale_down_delay_s": 4,
-    "autoscaling_scale_to_zero_grace_s": 4, "env": KNOB_ENV,
+    "autoscaling_scale_to_zero_grace_s": 4,
 }
 
 

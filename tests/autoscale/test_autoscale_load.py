@@ -14,6 +14,7 @@ from db import events
 from tests.autoscale.helpers import (
     CAPACITY,
     FAST_AUTOSCALING,
+    KNOBS,
     decisions,
     deploy,
     p99,
@@ -29,7 +30,7 @@ LOAD_S = 30
 async def test_load_scales_up_without_failures_and_back_to_min_after_the_delay(
         api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         pool: asyncpg.Pool, hashing_model: Any) -> None:
-    model_id = await hashing_model("busy")
+    model_id = await hashing_model("busy", **KNOBS)
     spawn("worker")
     config = FAST_AUTOSCALING | {"autoscaling_min": 1, "autoscaling_max": 4}
     assert (await deploy(http, api, "alice/busy", config))["status"] == "done"

@@ -14,7 +14,14 @@ from redis.asyncio import Redis
 
 from schemas.queue import AUTOSCALER_LEASE_PREFIX, WORKER_KEY_PREFIX
 from schemas.settings import Settings
-from tests.autoscale.helpers import CAPACITY, FAST_AUTOSCALING, deploy, ready_count, wait_for
+from tests.autoscale.helpers import (
+    CAPACITY,
+    FAST_AUTOSCALING,
+    KNOBS,
+    deploy,
+    ready_count,
+    wait_for,
+)
 from tests.conftest import Proc
 from tests.load import run_load
 from worker.runtimes.process import ProcessRuntime
@@ -26,7 +33,7 @@ async def test_the_other_worker_finishes_a_scale_whose_decider_was_killed(
         api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         pool: asyncpg.Pool, settings: Settings, backing: dict[str, str],
         hashing_model: Any) -> None:
-    model_id = await hashing_model("contested", startup_delay_s=4)
+    model_id = await hashing_model("contested", startup_delay_s=4, **KNOBS)
     first = spawn("worker")
     config = FAST_AUTOSCALING | {"autoscaling_min": 1, "autoscaling_max": MAX}
     assert (await deploy(http, api, "alice/contested", config))["status"] == "done"

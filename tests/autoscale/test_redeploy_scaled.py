@@ -9,7 +9,7 @@ import aiohttp
 import asyncpg
 
 from db import events
-from tests.autoscale.helpers import CAPACITY, KNOB_ENV, deploy, ready_count, wait_task
+from tests.autoscale.helpers import CAPACITY, KNOBS, deploy, ready_count, wait_task
 from tests.conftest import Proc
 from tests.load import run_load
 
@@ -17,9 +17,9 @@ from tests.load import run_load
 async def test_redeploy_of_a_deployment_scaled_to_3_keeps_3_under_load(
         api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         pool: asyncpg.Pool, hashing_model: Any) -> None:
-    model_id = await hashing_model("steady")
+    model_id = await hashing_model("steady", **KNOBS)
     spawn("worker")
-    config = {"env": KNOB_ENV, "autoscaling_max": 4}
+    config = {"autoscaling_max": 4}
     assert (await deploy(http, api, "alice/steady", config))["status"] == "done"
     async with http.post(f"{api}/scale", json={"embedding_model_id": "alice/steady",
                                                "config": {"replicas": 3}}) as resp:

@@ -12,7 +12,7 @@ from db import replicas
 from tests.conftest import Proc, wait_task
 from tests.load import run_load
 
-HASH_ENV = {"MODEL_SERVER_TEST_SERVICE_TIME_MS": "20"}
+SERVICE_TIME = {"test_service_time_ms": 20}
 
 
 async def _deploy(http: aiohttp.ClientSession, api: str, model: str,
@@ -43,9 +43,9 @@ async def _ready(pool: asyncpg.Pool, model_id: Any) -> dict[int, int]:
 async def test_scale_up_and_down_under_load_then_redeploy_keeps_the_count(
         api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         pool: asyncpg.Pool, hashing_model: Any) -> None:
-    model_id = await hashing_model("scaled")
+    model_id = await hashing_model("scaled", **SERVICE_TIME)
     spawn("worker")
-    assert (await _deploy(http, api, "alice/scaled", {"env": HASH_ENV}))["status"] == "done"
+    assert (await _deploy(http, api, "alice/scaled", {}))["status"] == "done"
     url = f"{gateway}/serve/scaled/embed"
     load = run_load(url, rate=40, duration_s=12, concurrency=64)
     running = asyncio.create_task(load)
@@ -58,7 +58,7 @@ async def test_scale_up_and_down_under_load_then_redeploy_keeps_the_count(
     assert down["status"] == "done", down
     assert {"draining", "removing"} <= set(down["metadata"]["timings"])
     assert await _ready(pool, model_id) == {1: 2}
-    again = await _deploy(http, api, "alice/scaled", {"env": HASH_ENV})
+    again = await _deploy(http, api, "alice/scaled", {})
     assert again["status"] == "done", again
     assert await _ready(pool, model_id) == {2: 2}, "the redeploy keeps the scaled count"
     result = await running

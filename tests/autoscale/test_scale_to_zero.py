@@ -31,7 +31,7 @@ async def test_idle_goes_to_zero_then_a_held_request_is_served_after_a_cold_star
     gateway = await start_gateway(spawn, http, gateway_hold_timeout_s=HOLD_S,
                                   gateway_hold_max=HOLD_MAX)
     spawn("worker")
-    config = FAST_AUTOSCALING | {"autoscaling_min": 0, "autoscaling_max": 2, "env": {}}
+    config = FAST_AUTOSCALING | {"autoscaling_min": 0, "autoscaling_max": 2}
     assert (await deploy(http, api, "alice/sleepy", config))["status"] == "done"
     url = f"{gateway}/serve/sleepy/embed"
     status, _, _, _ = await _embed(url)

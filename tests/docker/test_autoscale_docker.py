@@ -6,7 +6,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.autoscale.helpers import FAST_AUTOSCALING
+from tests.autoscale.helpers import FAST_AUTOSCALING, KNOBS
 from tests.autoscale.test_autoscale_load import scale_cycle
 from tests.docker.conftest import deploy, skip_without_engine
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.docker
 async def test_load_scales_containers_up_and_back_to_min(
         docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
         hashing_model: Any) -> None:
-    model_id = await hashing_model("busy-docker")
+    model_id = await hashing_model("busy-docker", **KNOBS)
     config = FAST_AUTOSCALING | {"autoscaling_min": 1, "autoscaling_max": 4}
     assert (await deploy(http, docker_stack, "alice/busy-docker", config))["status"] == "done"
     await scale_cycle(docker_stack, gateway, http, pool, model_id, "busy-docker")

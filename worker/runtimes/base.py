@@ -88,6 +88,10 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
         env["MODEL_SERVER_DIMENSION"] = str(source["dimension"])
     if source.get("startup_delay_s") is not None:
         env["MODEL_SERVER_STARTUP_DELAY_S"] = str(source["startup_delay_s"])
+    if source.get("test_service_time_ms") is not None:
+        env["MODEL_SERVER_TEST_SERVICE_TIME_MS"] = str(source["test_service_time_ms"])
+    if source.get("test_concurrency") is not None:
+        env["MODEL_SERVER_TEST_CONCURRENCY"] = str(source["test_concurrency"])
     env |= onnx_env(source)
     return replica_env(env, spec.env)
 
