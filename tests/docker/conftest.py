@@ -58,6 +58,15 @@ def docker_image() -> str:
     return tag
 
 
+@pytest.fixture(scope="session")
+def model_image(docker_image: str) -> str:
+    """The full model-server image (torch, onnxruntime, the bundled model): built once per
+    checkout, and again only when its inputs change (about 150 s here)."""
+    tag = f"{image.TEST_TAG}-model-{hashlib.sha1(str(image.REPO_ROOT).encode()).hexdigest()[:8]}"
+    image.build(tag, with_model=True)
+    return tag
+
+
 @pytest.fixture
 async def runtime(docker_image: str) -> AsyncIterator[DockerRuntime]:
     rt = DockerRuntime(Settings(runtime="docker", docker_image=docker_image,

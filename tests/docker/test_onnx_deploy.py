@@ -6,7 +6,6 @@ The full image (torch, onnxruntime, the bundled model) is built once per checkou
 reused while its inputs are unchanged.
 """
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,9 @@ import pytest
 from db import models
 from schemas.models import ModelSource
 from service.registry import register
-from tests.docker.conftest import containers_of, deploy, engine_answers, skip_without_engine
-from worker import image
+from tests.docker.conftest import containers_of, deploy, skip_without_engine
 
 skip_without_engine()
-
-
-@pytest.fixture(scope="session")
-def model_image() -> str:
-    if not engine_answers():
-        pytest.skip("no Docker Engine")
-    checkout = hashlib.sha1(str(image.REPO_ROOT).encode()).hexdigest()[:8]
-    tag = f"greenroom/model-server:onnx-{checkout}"
-    image.build(tag, with_model=True)
-    return tag
 
 
 # The full image is built when its inputs change (about 150 s here), and the session's

@@ -3,10 +3,8 @@
 Builds the model-server image with torch and sentence-transformers (the real one, not the
 hashing-only test image), so it is marked slow."""
 
-import hashlib
-import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -21,19 +19,9 @@ from tests.conftest import wait_task
 from tests.docker.conftest import containers_of, remove_test_containers, skip_without_engine
 from tests.integration.accounts import call, make_user
 from tests.integration.test_model_upload import MINILM
-from worker import image
 
 skip_without_engine()
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def model_image() -> Iterator[str]:
-    tag = (f"greenroom/model-server:test-model-"
-           f"{hashlib.sha1(str(image.REPO_ROOT).encode()).hexdigest()[:8]}")
-    image.build(tag, with_model=True)
-    yield tag
-    subprocess.run(["docker", "image", "rm", tag], capture_output=True, check=False)
 
 
 @pytest.fixture
