@@ -166,3 +166,23 @@ def test_the_grafana_dashboard_reads_every_documented_metric() -> None:
     used = {re.sub(r"_(bucket|sum|count)$", "", m)
             for m in re.findall(r"\b((?:greenroom|model_server)_\w+)", exprs)}
     assert used == set(documented()), used ^ set(documented())
+
+
+async def test_invented_methods_and_paths_add_no_series(
+        api: str, http: aiohttp.ClientSession) -> None:
+    """Review finding 14: a method or path a client makes up is one label value each (the
+    HTTP parser refuses unknown tokens; these are methods it knows, WebDAV's and others)."""
+    api_url = f"{api}/metrics"
+    unusual = ("PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT",
+               "SEARCH", "PURGE")
+    for i, method in enumerate(unusual * 2):
+        async with http.request(method, f"{api}/deploy/x{i}") as resp:
+            assert 400 <= resp.status < 500
+    samples, _ = await scrape(http, api_url)
+    methods = {dict(labels)["method"] for (name, labels) in samples
+               if name == "greenroom_api_requests_total"}
+    routes = {dict(labels)["route"] for (name, labels) in samples
+              if name == "greenroom_api_requests_total" and dict(labels)["method"] == "other"}
+    assert not set(unusual) & methods, methods
+    assert "other" in methods and len(routes) <= 2, routes
+    assert value(samples, "greenroom_api_requests_total", method="other") == 20
