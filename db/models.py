@@ -110,6 +110,18 @@ async def merge_metadata(db: Executor, model_id: UUID, metadata: dict[str, Any])
                          model_id, metadata)
 
 
+async def claim_train_status(db: Executor, model_id: UUID, train_status: str) -> str | None:
+    """Set `train_status` unless it already is that; the status before, or None if it was
+    (one statement, so of two concurrent claims exactly one wins)."""
+    async with translated():
+        before: str | None = await db.fetchval(
+            """UPDATE models m SET train_status = $2
+               FROM (SELECT id, train_status FROM models WHERE id = $1 FOR UPDATE) old
+               WHERE m.id = old.id AND old.train_status <> $2
+               RETURNING old.train_status""", model_id, train_status)
+    return before
+
+
 async def set_train_status(db: Executor, model_id: UUID, train_status: str) -> None:
     async with translated():
         await db.execute("UPDATE models SET train_status = $2 WHERE id = $1",

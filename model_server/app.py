@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -114,11 +115,12 @@ async def embed_all(request: web.Request) -> web.Response:
     body = await parse_body(request, EmbedAllRequest, settings.max_body_bytes)
     _tei_options(body)
     inputs = as_inputs(body.inputs, "inputs", settings.max_client_batch_size)
-    backend, _ = state.require_ready()
+    backend, batcher = state.require_ready()
     texts = texts_from(backend, inputs, "inputs")
     if body.truncate is False:
         await _refuse_over_long(backend, texts)
-    rows = await asyncio.to_thread(token_vectors, backend, texts)
+    # On the batcher's compute thread, within its queue_limit (429 past it).
+    rows = await batcher.run_alone(len(texts), partial(token_vectors, backend, texts))
     return _json(orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
@@ -142,8 +144,12 @@ async def tokenize(request: web.Request) -> web.Response:
     texts = as_texts(body.inputs, "inputs", settings.max_client_batch_size)
     backend, _ = state.require_ready()
     tokenizer = tokenizer_for(backend)
-    rows = [[token.as_json() for token in tokenizer.tokenize(text, body.add_special_tokens)]
-            for text in texts]
+
+    def tokenize_all() -> list[list[dict[str, Any]]]:
+        return [[token.as_json() for token in tokenizer.tokenize(text, body.add_special_tokens)]
+                for text in texts]
+
+    rows = await asyncio.to_thread(tokenize_all)  # off the event loop
     return _json(orjson.dumps(rows))
 
 

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from model_server.backends import Embeddings
 from model_server.errors import QueueFull, ShuttingDown
@@ -14,6 +15,7 @@ from model_server.metrics import Metrics
 
 EmbedFn = Callable[[list[str]], Embeddings]
 LengthsFn = Callable[[list[str]], list[int]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Batcher:
         self._metrics = metrics
         self._jobs: deque[_Job] = deque()
         self._queued = 0
+        self._alone = 0  # inputs of passes outside the batches (run_alone), waiting or running
         self._computing = 0  # inputs in the batch on the compute thread
         self._demand = 0  # the most inputs in the server at once since the last take
         self._target = max_batch_size  # queued inputs that end the wait for a batch
@@ -89,16 +92,32 @@ class Batcher:
         """Queue ``texts`` and wait for their embeddings, in order."""
         if self._closed:
             raise ShuttingDown("the server is shutting down")
-        if self._queued + len(texts) > self._queue_limit:
-            raise QueueFull(
-                "too many inputs queued; retry later",
-                {"queued": self._queued, "queue_limit": self._queue_limit},
-            )
+        self._admit(len(texts))
         job = _Job(texts, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._set_queued(self._queued + len(texts))
         self._demand = max(self._demand, self._queued + self._computing)
         return await job.future
+
+    def _admit(self, count: int) -> None:
+        """QueueFull (429) if `count` more inputs would pass queue_limit."""
+        if self._queued + self._alone + count > self._queue_limit:
+            raise QueueFull(
+                "too many inputs queued; retry later",
+                {"queued": self._queued + self._alone, "queue_limit": self._queue_limit},
+            )
+
+    async def run_alone(self, count: int, compute: Callable[[], T]) -> T:
+        """A pass outside the batches (TEI's /embed_all) on the same compute thread, so it
+        waits its turn, admitted against the same queue_limit (`count` inputs)."""
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")
+        self._admit(count)
+        self._alone += count
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, compute)
+        finally:
+            self._alone -= count
 
     def _set_queued(self, queued: int) -> None:
         self._queued = queued

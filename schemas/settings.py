@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # A worker serves Prometheus metrics on this port (off when unset); `up` picks one.
     worker_metrics_port: int | None = None
     worker_metrics_host: str = "127.0.0.1"
+    # Bearer token a scraper sends for a gateway's /metrics (it names deployments); unset:
+    # only loopback callers may read it.
+    metrics_token: SecretStr | None = None
     # Address replicas are published on and reached at; loopback by default.
     replica_host: str = "127.0.0.1"
 

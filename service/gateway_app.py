@@ -24,7 +24,7 @@ from db.deployments import Route
 from db.errors import Unavailable
 from db.pool import create_pool as create_pg_pool
 from schemas.settings import Settings
-from service import routes_feedback
+from service import metrics_access, routes_feedback
 from service.access import AccessCache
 from service.auth import ROUTE_TABLE, RouteSpec, register, require_secret
 from service.errors import ApiError
@@ -151,7 +151,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format: requests, latency and upstream errors per deployment, in flight
-    per replica (service/metrics.py)."""
+    per replica (service/metrics.py). Loopback callers only, or GREENROOM_METRICS_TOKEN."""
+    metrics_access.check(request, request.app[SETTINGS])
     body = exposition(request.app[GATEWAY].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -20,6 +20,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0)
 UNMATCHED = "unmatched"  # a path no route matches: one label value, not one per path
+# Any other method a client invents is counted as OTHER_METHOD: one series, not one each.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 
 class ApiMetrics:
@@ -58,7 +61,8 @@ class ApiMetrics:
                 status = exc.status
                 raise
             finally:
-                self.observe(request.method, _route_template(request), status,
+                method = request.method if request.method in KNOWN_METHODS else OTHER_METHOD
+                self.observe(method, _route_template(request), status,
                              time.perf_counter() - started)
         return measure
 

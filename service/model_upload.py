@@ -197,9 +197,17 @@ async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
     if declared_size is not None and declared_size > limits.max_upload_bytes:
         raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
                    "(GREENROOM_MAX_UPLOAD_MB)", 413)
-    scratch = scratch_dir(store)
-    before = model.train_status
-    await models.set_train_status(pool, model.id, "in_progress")
+    # Claimed in the database: a second upload (or a save in progress) is refused, and the
+    # status to go back to is the one this upload found, never a stale snapshot.
+    before = await models.claim_train_status(pool, model.id, "in_progress")
+    if before is None:
+        raise ApiError(409, "this model is already being uploaded or trained "
+                            "(train_status in_progress); try again when it is done")
+    try:
+        scratch = scratch_dir(store)
+    except BaseException:
+        await models.set_train_status(pool, model.id, before)
+        raise
     try:
         archive = await receive(chunks, scratch, limits)
         folder = await asyncio.to_thread(unpack, archive, scratch / "unpacked", limits)

@@ -57,6 +57,17 @@ def onnx_store(session_tmp: Path) -> tuple[Path, list[str]]:
     return store, steps
 
 
+def seed_exports(store: Path, model_id: Any) -> None:
+    """Copy the session's ONNX exports into one model's own cache (`exports/<model id>`:
+    each model has its own), so its replicas load them instead of exporting again."""
+    import shutil
+
+    root = store / "exports"
+    for entry in root.iterdir():
+        if entry.is_dir() and len(entry.name) != 36:  # a fingerprint, not a model's folder
+            shutil.copytree(entry, root / str(model_id) / entry.name, dirs_exist_ok=True)
+
+
 @pytest.fixture(scope="session")
 def backing(session_tmp: Path) -> Iterator[dict[str, str]]:
     keep: list[Any] = []

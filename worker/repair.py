@@ -13,6 +13,7 @@ import structlog
 from db import deployments, events, models, replicas
 from db.replicas import Replica
 from schemas.tasks import DeploymentConfig
+from worker import capacity
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
 from worker.onnx_variant import replica_source
@@ -86,13 +87,26 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
                        source=replica_source(ctx.settings, model.source, config, model.id),
                        memory_mb=dead.memory_mb or placed_memory_mb(ctx, model, config),
                        memory_requested=config.memory is not None, env=env)
-    await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
-                          generation=dead.generation, task_id=dead.task_id,
-                          runtime=ctx.runtime.name, memory_mb=spec.memory_mb)
     try:
-        started = await ctx.runtime.start(spec)
-        await replicas.set_started(ctx.pool, spec.replica_id, started.runtime_ref,
-                                   started.endpoint)
+        # Under the capacity lock, like a rollout's starts: neither takes the other's room.
+        async with capacity.placing(ctx, spec.memory_mb or 0):
+            await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
+                                  generation=dead.generation, task_id=dead.task_id,
+                                  runtime=ctx.runtime.name, memory_mb=spec.memory_mb)
+            started = await ctx.runtime.start(spec)
+            await replicas.set_started(ctx.pool, spec.replica_id, started.runtime_ref,
+                                       started.endpoint)
+    except capacity.NoCapacity as exc:
+        await events.add(ctx.pool, model.id, "error",
+                         f"cannot replace replica: not enough capacity on this worker: {exc}",
+                         generation=dead.generation)
+        return False
+    except RuntimeError_ as exc:
+        await remove_replicas(ctx, [spec.replica_id], "failed", grace_s=0)
+        await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
+                         generation=dead.generation)
+        return False
+    try:
         deadline = asyncio.get_running_loop().time() + ctx.settings.deploy_timeout_s
         await wait_ready(ctx.runtime, ctx.http, started, deadline)
     except (RuntimeError_, ReplicaFailed) as exc:

@@ -67,3 +67,41 @@ async def test_a_rollout_that_does_not_fit_fails_fast_and_a_delete_frees_room(
     assert done["status"] == "done", done
     serving = await _serving_generation(http, gateway, pool, "c1")
     assert serving == done["metadata"]["generation"] > 1
+
+
+async def test_a_replacement_replica_is_placed_within_the_budget_too(
+        api: str, spawn: Callable[..., Proc], pool: asyncpg.Pool,
+        anon_http: aiohttp.ClientSession, settings: Any, hashing_model: Any) -> None:
+    """Review finding 21: a crashed replica's replacement goes through the capacity check
+    (and its lock) like a rollout's replicas. Three 128 MB replicas placed by a worker with
+    room; the worker that takes over has a 256 MB budget, which the two still running fill:
+    the third crashing is not replaced past the budget, and the refusal says why."""
+    import asyncio
+    import os
+    import signal
+
+    from tests import services
+
+    _, alice = await make_user(pool, "alice")
+    model_id = await hashing_model("refilled")
+    fast = {"lease_s": 2, "reconcile_interval_s": 0.3}
+    first = spawn("worker", capacity_memory_mb=1024, **fast)
+    done = await _deploy(anon_http, api, alice, "alice/refilled", replicas=3)
+    assert done["status"] == "done", done
+    first.kill(signal.SIGKILL)
+    first.popen.wait()
+    spawn("worker", capacity_memory_mb=256, **fast)
+    await asyncio.sleep(1.0)  # the new worker's first reconcile pass: all three healthy
+    pid = next(iter(services.replica_processes(settings.state_dir)))
+    os.kill(pid, signal.SIGKILL)
+
+    messages: list[str] = []
+    for _ in range(300):  # at most 30 s
+        messages = [r["message"] for r in await pool.fetch(
+            "SELECT message FROM deployment_events WHERE model_id = $1 ORDER BY id", model_id)]
+        if any("cannot replace" in m or "replaced crashed" in m for m in messages):
+            break
+        await asyncio.sleep(0.1)
+    assert any("not enough capacity on this worker: needs 128 MB, 0 MB left of 256 MB budget"
+               in m for m in messages), messages
+    assert not any("replaced crashed" in m for m in messages), messages

@@ -2,6 +2,7 @@
 deploy, an inference (one of them past a dead replica) and a failed rollout."""
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from db import models
@@ -166,3 +168,66 @@ def test_the_grafana_dashboard_reads_every_documented_metric() -> None:
     used = {re.sub(r"_(bucket|sum|count)$", "", m)
             for m in re.findall(r"\b((?:greenroom|model_server)_\w+)", exprs)}
     assert used == set(documented()), used ^ set(documented())
+
+
+async def test_invented_methods_and_paths_add_no_series(
+        api: str, http: aiohttp.ClientSession) -> None:
+    """Review finding 14: a method or path a client makes up is one label value each (the
+    HTTP parser refuses unknown tokens; these are methods it knows, WebDAV's and others)."""
+    api_url = f"{api}/metrics"
+    unusual = ("PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT",
+               "SEARCH", "PURGE")
+    for i, method in enumerate(unusual * 2):
+        async with http.request(method, f"{api}/deploy/x{i}") as resp:
+            assert 400 <= resp.status < 500
+    samples, _ = await scrape(http, api_url)
+    methods = {dict(labels)["method"] for (name, labels) in samples
+               if name == "greenroom_api_requests_total"}
+    routes = {dict(labels)["route"] for (name, labels) in samples
+              if name == "greenroom_api_requests_total" and dict(labels)["method"] == "other"}
+    assert not set(unusual) & methods, methods
+    assert "other" in methods and len(routes) <= 2, routes
+    assert value(samples, "greenroom_api_requests_total", method="other") == 20
+
+
+async def test_gateway_metrics_need_the_metrics_token_when_one_is_set(
+        spawn: Callable[..., Any], http: aiohttp.ClientSession, clean: None) -> None:
+    """Review finding 20: the gateway's series name private deployments; with
+    GREENROOM_METRICS_TOKEN set a scraper must send it."""
+    from tests.conftest import start_gateway
+
+    base = await start_gateway(spawn, http, metrics_token="scrape-token-5521")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-token-5521"}):
+        async with http.get(f"{base}/metrics", headers=headers) as resp:
+            body = await resp.json()
+            assert resp.status == 401 and body["status_code"] == 401, body
+            assert "scrape-token-5521" not in json.dumps(body)
+    async with http.get(f"{base}/metrics",
+                        headers={"Authorization": "Bearer scrape-token-5521"}) as resp:
+        assert resp.status == 200 and "greenroom_gateway" in await resp.text()
+
+
+@pytest.mark.parametrize(("remote", "allowed"), [
+    ("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.1.2.3", False), ("192.168.0.7", False), ("::ffff:10.1.2.3", False), (None, False)])
+def test_gateway_metrics_without_a_token_are_for_loopback_callers_only(
+        remote: str | None, allowed: bool) -> None:
+    """The rule itself, for callers a test on this host cannot be (a fake transport gives
+    the request its peer address)."""
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from schemas.settings import Settings
+    from service import metrics_access
+    from service.errors import ApiError
+
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = (remote, 40000) if remote else None
+    request = make_mocked_request("GET", "/metrics", transport=transport)
+    if allowed:
+        metrics_access.check(request, Settings())
+    else:
+        with pytest.raises(ApiError) as refused:
+            metrics_access.check(request, Settings())
+        assert refused.value.status == 403

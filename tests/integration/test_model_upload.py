@@ -10,6 +10,7 @@ import tarfile
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -236,6 +237,50 @@ async def test_save_checks_the_copied_source_for_its_new_owner(
     names = {m["name"] for m in (listed if isinstance(listed, list) else listed["models"])
              if m.get("owner") == "alice"}
     assert names == {"copy-of-pkg"}, listed
+
+
+async def test_a_second_upload_while_one_runs_is_409_and_the_status_ends_complete(
+        small_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
+    """Review finding 9: an upload that started while another was running saw
+    train_status in_progress; failing after the first finished, it put that back for
+    good. Now the second is refused at once, and the model ends complete."""
+    import asyncio
+
+    _, alice = await make_user(pool, "alice")
+    status, model = await call(anon_http, "POST", f"{small_api}/api/v2/models", headers=alice,
+                               json={"name": "raced"})
+    assert status == 201, model
+    url = f"{small_api}/api/v2/models/alice/raced/upload"
+    good = _tar(GOOD)
+    first_sending, first_done = asyncio.Event(), asyncio.Event()
+
+    async def slow_good() -> AsyncIterator[bytes]:
+        yield good[:10]
+        first_sending.set()
+        await asyncio.sleep(1.0)
+        yield good[10:]
+
+    async def garbage_after_the_first() -> AsyncIterator[bytes]:
+        yield b"not an"
+        await first_done.wait()
+        yield b" archive at all"
+
+    async def first() -> tuple[int, Any]:
+        try:
+            return await call(anon_http, "POST", url, headers=alice, data=slow_good())
+        finally:
+            first_done.set()
+
+    first_task = asyncio.create_task(first())
+    await first_sending.wait()
+    await asyncio.sleep(0.2)  # the first upload has claimed the model
+    second = await call(anon_http, "POST", url, headers=alice, data=garbage_after_the_first())
+    status, body = await first_task
+    assert status == 200, body
+    assert second[0] == 409 and second[1]["status_code"] == 409, second
+    status, shown = await call(anon_http, "GET", f"{small_api}/api/v2/models/alice/raced",
+                               headers=alice)
+    assert shown["train_status"] == "complete", shown
 
 
 async def test_real_minilm_uploads_deploys_and_serves(

