@@ -49,6 +49,18 @@ async def test_the_other_worker_finishes_a_scale_whose_decider_was_killed(
             peak = max(peak, live)
             await asyncio.sleep(0.1)
 
+    async def first_decides() -> bool:
+        holder = await redis.get(lease)
+        return holder is not None and f":{first.popen.pid}:" in holder
+
+    # The second worker is up before the load: killing the first then never races its start.
+    await wait_for(first_decides, 20, "the first worker holding the deployment's lease")
+    second = spawn("worker")
+
+    async def second_up() -> bool:
+        return len([k async for k in redis.scan_iter(WORKER_KEY_PREFIX + "*")]) == 2
+
+    await wait_for(second_up, 30, "the second worker's heartbeat")
     watcher = asyncio.create_task(watch())
     load = asyncio.create_task(run_load(f"{gateway}/serve/contested/embed", rate=3 * CAPACITY,
                                         duration_s=35, concurrency=2000, timeout_s=60))
@@ -59,14 +71,7 @@ async def test_the_other_worker_finishes_a_scale_whose_decider_was_killed(
                 "AND status = 'processing' AND phase = 'health_checking'", model_id))
 
         await wait_for(scaling, 20, "a scale task health-checking its new replicas")
-        decider = await redis.get(lease)
-        assert decider is not None and f":{first.popen.pid}:" in decider
-        second = spawn("worker")
-
-        async def second_up() -> bool:
-            return len([k async for k in redis.scan_iter(WORKER_KEY_PREFIX + "*")]) == 2
-
-        await wait_for(second_up, 20, "the second worker's heartbeat")
+        assert await first_decides(), "the first worker still decides"
         first.kill(signal.SIGKILL)
         killed_at = time.monotonic()
 
