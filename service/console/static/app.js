@@ -146,6 +146,19 @@ function deleteDialog(summary) {
   }, true);
 }
 
+function scaleDialog(summary) {
+  dialog(`Scale ${summary.name}`, h("div", { class: "stack" },
+    h("p", {}, "Starts or removes replicas of the serving generation; no new generation."),
+    field("Replicas", h("input", { name: "replicas", type: "number", inputmode: "numeric",
+      min: 0, max: 16, required: true, value: summary.replicas_ready }),
+      "0: none serving until scaled up again")),
+  "Scale", async (data) => {
+    const task = await post(`/api/v2/deploy/${ref(summary.model)}/scale`,
+      { replicas: Number(data.get("replicas")) });
+    location.hash = `#/tasks/${task.task_id}`;
+  });
+}
+
 // ---- views ----
 
 function loginView() {
@@ -258,6 +271,8 @@ function deploymentView(identifier) {
     const actions = canWrite(d.permission) ? h("div", { class: "actions" },
       h("button", { type: "button", class: "primary",
                     onclick: () => deployDialog(d.model, config, `Redeploy ${d.name}`) }, "Redeploy…"),
+      d.active_generation !== null && d.status !== "stopped" ? h("button", { type: "button",
+        onclick: () => scaleDialog(d) }, "Scale…") : null,
       d.status !== "stopped" ? h("button", { type: "button", class: "danger",
                                              onclick: () => deleteDialog(d) }, "Delete…") : null)
       : null;
@@ -425,6 +440,20 @@ function registerForm(onDone) {
   return form;
 }
 
+function uploadDialog(model, onDone) {
+  const file = h("input", { name: "archive", type: "file", required: true,
+                            accept: ".tar.gz,.tgz,.tar,.zip" });
+  dialog(`Upload files of ${model.identifier}`, h("div", { class: "stack" },
+    h("p", {}, "A sentence-transformers folder as tar.gz or zip. The model's source becomes ",
+      "the uploaded folder; redeploy to serve it."),
+    field("Archive", file, "tar.gz, tar or zip")),
+  "Upload", async () => {
+    const found = await post(`/api/v2/models/${ref(model.identifier)}/upload`, file.files[0]);
+    onDone(`Uploaded ${found.identifier}: backend ${found.source.backend}, ` +
+           `train status ${found.train_status}.`);
+  });
+}
+
 async function permissionOn(model) {
   const answer = await get(`/api/v1/deploy/permissions/${ref(model.identifier)}`);
   const p = answer.data;
@@ -433,6 +462,8 @@ async function permissionOn(model) {
 
 function modelsView() {
   const body = h("div", {}, h("p", {}, "Loading…"));
+  const result = h("p", { id: "upload-result", role: "status" });
+  const uploaded = (text) => { result.textContent = text; refresh(); };
   const refresh = async () => {
     try {
       const models = await get("/api/v2/models");
@@ -444,16 +475,18 @@ function modelsView() {
         canWrite(levels[i]) ? h("div", { class: "actions" },
           h("button", { type: "button", onclick: () => deployDialog(m.identifier, {}, `Deploy ${m.identifier}`) },
             `Deploy ${m.name}…`),
+          h("button", { type: "button", onclick: () => uploadDialog(m, uploaded) },
+            `Upload files of ${m.name}…`),
           h("button", { type: "button", onclick: (ev) => {
             ev.target.replaceWith(grantsPanel(m));
           } }, `Permissions of ${m.name}`)) : link(`#/deployments/${ref(m.identifier)}`, "deployment")]),
       "No models you can read."));
     } catch (err) { failure(err); }
   };
-  replace(view, h("h1", {}, "Models"), body,
+  replace(view, h("h1", {}, "Models"), result, body,
     h("details", { class: "card" }, h("summary", {}, "Register a model"), registerForm(refresh)),
-    h("p", { class: "note" }, "Uploading model files is not offered here: this server has no ",
-      "upload route."));
+    h("p", { class: "note" }, "Owners upload a model's files with its Upload button; ",
+      "register the model first."));
   refresh();
   return {};
 }
