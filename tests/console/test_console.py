@@ -6,19 +6,24 @@ directory, so its replica really exits). Screenshots of every page go to the art
 folder the session prints.
 """
 
+import asyncio
 import io
 import re
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from playwright.async_api import expect
 
 from db import models
 from schemas.models import ModelSource
 from service.registry import register
+from tests.conftest import Proc, start_gateway
 from tests.console.conftest import Console, open_page, same_document
+from tests.integration.accounts import call
 
 
 def _model_tar() -> bytes:
@@ -30,6 +35,22 @@ def _model_tar() -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+LOAD_RATE, LOAD_S = 20, 6
+
+
+async def _load(http: aiohttp.ClientSession, gateway: str, headers: dict[str, str]) -> int:
+    """LOAD_RATE embeddings a second for LOAD_S seconds through the gateway; how many
+    answered 200."""
+    ok = 0
+    for _ in range(LOAD_RATE * LOAD_S):
+        started = time.monotonic()
+        async with http.post(f"{gateway}/serve/minilm-like/embed", json={"inputs": "hi"},
+                             headers=headers) as resp:
+            ok += resp.status == 200
+        await asyncio.sleep(max(0.0, 1 / LOAD_RATE - (time.monotonic() - started)))
+    return ok
 
 
 SLOW_START = {"backend": "hashing", "dimension": 384, "startup_delay_s": 1.5}
@@ -66,7 +87,8 @@ async def _deploy_from_models_page(page: Any, name: str, replicas: int | None = 
 
 
 async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
-        browser: Any, console: Console, artifacts: Path) -> None:
+        browser: Any, console: Console, artifacts: Path, http: aiohttp.ClientSession,
+        spawn: Callable[..., Proc]) -> None:
     await register(console.pool, "alice", "minilm-like", ModelSource(**SLOW_START), "private")
     await register(console.pool, "alice", "broken",
                    ModelSource(backend="sentence-transformers", location="/nonexistent/model"),
@@ -131,7 +153,27 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     await expect(page.locator("#active-generation")).to_have_text("2")
     await expect(page.locator("details[data-replica]")).to_have_count(1)
     await expect(page.get_by_text("1 / 1")).to_be_visible()
+
+    # Requests per second from the gateway's reports: traffic shows, stops showing after,
+    # and nobody who may not read the deployment sees it.
+    gateway = await start_gateway(spawn, http)
     await page.get_by_role("link", name="Deployments").click()
+    rps = page.get_by_role("row", name=re.compile("minilm-like")).locator("[data-rps]")
+    load = asyncio.create_task(_load(http, gateway, console.headers["alice"]))
+    await expect(rps).to_have_attribute("data-rps", re.compile(r"^[0-9.]*[1-9][0-9.]*$"),
+                                        timeout=LOAD_S * 1000)
+    _, listed = await call(http, "GET", f"{console.base}/api/v2/deployments",
+                           headers=console.headers["alice"])
+    rate = next(d for d in listed if d["name"] == "minilm-like")["requests_per_s"]
+    print(f"requests/s the API computed under load: {rate} (sent about {LOAD_RATE}/s)")
+    assert 0 < rate <= 2 * LOAD_RATE
+    _, listed = await call(http, "GET", f"{console.base}/api/v2/deployments",
+                           headers=console.headers["stranger"])
+    assert listed == []
+    await page.screenshot(path=artifacts / "03d-deployments-traffic.png", full_page=True)
+    assert (await load) == LOAD_RATE * LOAD_S
+    await expect(rps).to_have_attribute("data-rps", re.compile(r"^0(\.0*)?$"), timeout=10_000)
+    assert await same_document(page)
     await expect(page.get_by_role("row", name=re.compile("minilm-like"))).to_contain_text("1 / 1")
     await page.screenshot(path=artifacts / "03b-deployments-serving.png", full_page=True)
 

@@ -189,23 +189,33 @@ function loginView() {
 function deploymentsView() {
   const body = h("div", { id: "deployments" }, h("p", {}, "Loading…"));
   replace(view, h("h1", {}, "Deployments"), body,
-    h("p", { class: "note" }, "Requests per second and latency are not shown: this API ",
-      "process does not measure them per deployment (the gateway's metrics are its own)."));
+    h("p", { class: "note", id: "rps-legend" }, "Requests/s: what the gateways report carrying ",
+      "to the deployment's live replicas (each gateway writes its request counters to Redis ",
+      "about every second; the rate is the difference between its last two reports), summed ",
+      "over gateways; — until a gateway has reported twice. Latency is not in the gateways' ",
+      "reports and is not shown."));
+  let timer = null;
+  let stopped = false;
   const refresh = async () => {
+    clearTimeout(timer);
     try {
       const rows = await get("/api/v2/deployments");
       replace(body, table("Deployments",
-        ["Name", "Model", "Status", "Generation", "Replicas ready / wanted", "Autoscaling"],
+        ["Name", "Model", "Status", "Generation", "Replicas ready / wanted", "Autoscaling",
+         "Requests/s"],
         rows.map((d) => [
           link(`#/deployments/${ref(d.model)}`, d.name), d.model, badge(d.status),
           d.active_generation ?? "—",
           h("span", { "data-ready": d.replicas_ready }, `${d.replicas_ready} / ${d.replicas_wanted}`),
           d.autoscaling_enabled ? `on (${d.autoscaling_min}–${d.autoscaling_max ?? "?"})` : "off",
+          h("span", { "data-rps": d.requests_per_s ?? "" },
+            d.requests_per_s === null ? "—" : d.requests_per_s.toFixed(1)),
         ]), "No deployments yet. Deploy a model from the Models page."));
-    } catch (err) { failure(err); }
+    } catch (err) { failure(err); return; }
+    if (!stopped) timer = setTimeout(refresh, 2000);  // rates change without a row change
   };
   refresh();
-  return { onChange: debounce(refresh) };
+  return { onChange: debounce(refresh), dispose() { stopped = true; clearTimeout(timer); } };
 }
 
 function logsPanel(identifier) {
@@ -281,6 +291,8 @@ function deploymentView(identifier) {
         h("dt", {}, "Model"), h("dd", {}, d.model),
         h("dt", {}, "Serving generation"), h("dd", { id: "active-generation" }, d.active_generation ?? "none"),
         h("dt", {}, "Replicas ready / wanted"), h("dd", {}, `${d.replicas_ready} / ${d.replicas_wanted}`),
+        h("dt", {}, "Requests per second"), h("dd", { id: "requests-per-s" },
+          d.requests_per_s === null ? "— (no gateway report yet)" : d.requests_per_s.toFixed(1)),
         h("dt", {}, "Autoscaling"), h("dd", {}, d.autoscaling_enabled ? `on, ${d.autoscaling_min}–${d.autoscaling_max ?? "?"}` : "off"),
         h("dt", {}, "Memory per replica"), h("dd", {}, d.memory ? `${d.memory} MB` : "runtime default"),
         h("dt", {}, "Environment"), h("dd", {}, d.env_names.length ? d.env_names.join(", ") + " (values hidden)" : "none"),
