@@ -71,6 +71,9 @@ class DeploymentSummary(BaseModel):
     env_names: list[str]
     permission: Literal["read", "write", "owner"]
     updated_at: datetime
+    # Requests per second the gateways carried to its live replicas between their last two
+    # reports that this API process read; None when no gateway has reported twice yet.
+    requests_per_s: float | None = None
 
 
 class DeploymentDetail(BaseModel):

@@ -3,11 +3,12 @@
 from aiohttp import web
 
 from service.auth import register
-from service.console import changes, pages, routes
+from service.console import changes, pages, routes, traffic
 
 
 def setup(app: web.Application) -> None:
     """Routes, pages and the change feed of the console."""
+    app[traffic.RATES] = traffic.Rates()
     app.cleanup_ctx.append(changes.feed_context)
     app.on_shutdown.append(changes.end_streams)
     register(app, routes.ROUTES + pages.ROUTES)

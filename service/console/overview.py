@@ -40,7 +40,20 @@ def _config(raw: dict[str, object]) -> DeploymentConfig:
         return DeploymentConfig()
 
 
-def summary(row: DeploymentRow, model: Model, permission: Permission) -> DeploymentSummary:
+Rates = dict[str, float] | None  # requests per second by replica id (None: unknown)
+
+
+async def _per_model(pool: asyncpg.Pool, rates: Rates) -> dict[UUID, float] | None:
+    if rates is None:
+        return None
+    found: dict[UUID, float] = {}
+    for r in await replicas.list_live(pool):
+        found[r.model_id] = found.get(r.model_id, 0.0) + rates.get(str(r.id), 0.0)
+    return found
+
+
+def summary(row: DeploymentRow, model: Model, permission: Permission,
+            per_model: dict[UUID, float] | None = None) -> DeploymentSummary:
     d = row.deployment
     config = _config(d.config)
     return DeploymentSummary(
@@ -49,11 +62,14 @@ def summary(row: DeploymentRow, model: Model, permission: Permission) -> Deploym
         replicas_wanted=0 if d.active_generation is None else config.replica_count,
         autoscaling_enabled=config.autoscaling_enabled, autoscaling_min=config.autoscaling_min,
         autoscaling_max=config.autoscaling_max, memory=config.memory,
-        env_names=sorted(config.env), permission=_level(permission), updated_at=d.updated_at)
+        env_names=sorted(config.env), permission=_level(permission), updated_at=d.updated_at,
+        requests_per_s=None if per_model is None else round(per_model.get(d.model_id, 0.0), 2))
 
 
-async def list_deployments(pool: asyncpg.Pool, principal: Principal) -> list[DeploymentSummary]:
+async def list_deployments(pool: asyncpg.Pool, principal: Principal,
+                           rates: Rates = None) -> list[DeploymentSummary]:
     """Every deployment of a model the caller can read."""
+    per_model = await _per_model(pool, rates)
     visible = await models.list_visible(pool, principal.user_id, principal.is_admin)
     by_id = {m.id: m for m in visible}
     found = []
@@ -61,7 +77,7 @@ async def list_deployments(pool: asyncpg.Pool, principal: Principal) -> list[Dep
         model = by_id[row.deployment.model_id]
         permission, _ = await permission_on(pool, principal, model)
         if permission >= Permission.read:
-            found.append(summary(row, model, permission))
+            found.append(summary(row, model, permission, per_model))
     return found
 
 
@@ -70,14 +86,14 @@ def event_out(e: Event) -> EventOut:
                     message=e.message, created_at=e.created_at)
 
 
-async def deployment_detail(pool: asyncpg.Pool, model: Model,
-                            permission: Permission) -> DeploymentDetail:
+async def deployment_detail(pool: asyncpg.Pool, model: Model, permission: Permission,
+                            rates: Rates = None) -> DeploymentDetail:
     rows = await overview.deployments_of(pool, [model.id])
     if not rows:
         raise ApiError(404, f"model {model.identifier} has never been deployed")
     live = await replicas.list_for_model(pool, model.id)
     return DeploymentDetail(
-        deployment=summary(rows[0], model, permission),
+        deployment=summary(rows[0], model, permission, await _per_model(pool, rates)),
         replicas=[ReplicaOut(id=r.id, generation=r.generation, state=r.state,
                              endpoint=r.endpoint, reported_status=r.reported_status,
                              created_at=r.created_at, updated_at=r.updated_at) for r in live],

@@ -23,7 +23,7 @@ from schemas.console import (
 )
 from service import bazaar
 from service.auth import RouteSpec, authenticate, call_of, path_param
-from service.console import overview
+from service.console import overview, traffic
 from service.console.changes import CLOSING, FEED, RESYNC
 from service.errors import ApiError
 from service.keys import PG, REDIS, SETTINGS
@@ -40,8 +40,10 @@ _LOCATED_TASK = web.RequestKey("console_task", tasks.Task)
 
 
 async def list_deployments(request: web.Request) -> web.Response:
-    """Every deployment of a model the caller can read, with replicas ready and wanted."""
-    found = await overview.list_deployments(request.app[PG], call_of(request).principal)
+    """Every deployment of a model the caller can read, with replicas ready and wanted and
+    the requests per second the gateways report carrying to it."""
+    rates = await traffic.current(request.app, request.app[REDIS])
+    found = await overview.list_deployments(request.app[PG], call_of(request).principal, rates)
     return json_response(found)
 
 
@@ -49,8 +51,9 @@ async def show_deployment(request: web.Request) -> web.Response:
     """One deployment: replicas, generations, events and recent tasks."""
     call = call_of(request)
     assert call.model is not None
+    rates = await traffic.current(request.app, request.app[REDIS])
     return json_response(await overview.deployment_detail(request.app[PG], call.model,
-                                                          call.permission))
+                                                          call.permission, rates))
 
 
 def _tail(request: web.Request) -> int:

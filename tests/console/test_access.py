@@ -74,6 +74,7 @@ async def _api_as(http: aiohttp.ClientSession, console: Console, who: str | None
         "logs": ("GET", "/api/v2/deployments/alice/private-model/replica-logs", None),
         "deploy": ("POST", "/deploy", {"embedding_model_id": "alice/private-model"}),
         "delete": ("POST", "/delete", {"embedding_model_id": "alice/private-model"}),
+        "scale": ("POST", "/api/v2/deploy/alice/private-model/scale", {"replicas": 2}),
     }
     found = {}
     for name, (method, path, body) in probes.items():
@@ -92,11 +93,14 @@ async def test_read_only_stranger_and_anonymous_see_only_what_they_may(
 
     # At the API: the reader reads but cannot write; others read nothing.
     assert await _api_as(http, console, "reader", task_id) == {
-        "list": 200, "show": 200, "task": 200, "logs": 200, "deploy": 403, "delete": 403}
+        "list": 200, "show": 200, "task": 200, "logs": 200,
+        "deploy": 403, "delete": 403, "scale": 403}
     assert await _api_as(http, console, "stranger", task_id) == {
-        "list": 200, "show": 403, "task": 403, "logs": 403, "deploy": 403, "delete": 403}
+        "list": 200, "show": 403, "task": 403, "logs": 403,
+        "deploy": 403, "delete": 403, "scale": 403}
     assert await _api_as(http, console, None, task_id) == {
-        "list": 401, "show": 401, "task": 401, "logs": 401, "deploy": 401, "delete": 401}
+        "list": 401, "show": 401, "task": 401, "logs": 401,
+        "deploy": 401, "delete": 401, "scale": 401}
     _, listed = await call(http, "GET", f"{console.base}/api/v2/deployments",
                            headers=console.headers["stranger"])
     assert listed == []
@@ -115,12 +119,14 @@ async def test_read_only_stranger_and_anonymous_see_only_what_they_may(
     await expect(page.locator("details[data-replica] pre")).not_to_be_empty()
     await expect(page.get_by_role("button", name="Redeploy…")).to_have_count(0)
     await expect(page.get_by_role("button", name="Delete…")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Scale…")).to_have_count(0)
     await page.screenshot(path=artifacts / "10-reader-deployment.png", full_page=True)
     assert not [s for s in secrets if s in await _page_text(page)]
     await page.get_by_role("link", name="Models").click()
     await expect(page.get_by_role("cell", name="alice/private-model")).to_be_visible()
     await expect(page.get_by_role("button", name="Deploy private-model…")).to_have_count(0)
     await expect(page.get_by_role("button", name="Permissions of private-model")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Upload files of private-model…")).to_have_count(0)
     await page.goto(f"{console.ui}#/tasks/{task_id}")
     await expect(page.locator("#task-status")).to_have_text("done")
     assert not [s for s in secrets if s in await _page_text(page)]

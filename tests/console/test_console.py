@@ -6,16 +6,52 @@ directory, so its replica really exits). Screenshots of every page go to the art
 folder the session prints.
 """
 
+import asyncio
+import io
 import re
+import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from playwright.async_api import expect
 
+from db import models
 from schemas.models import ModelSource
 from service.registry import register
+from tests.conftest import Proc, start_gateway
 from tests.console.conftest import Console, open_page, same_document
+from tests.integration.accounts import call
+
+
+def _model_tar() -> bytes:
+    """A folder the upload route accepts: a config and a safetensors file."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in (("config.json", b"{}"), ("model.safetensors", b"weights")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+LOAD_RATE, LOAD_S = 20, 6
+
+
+async def _load(http: aiohttp.ClientSession, gateway: str, headers: dict[str, str]) -> int:
+    """LOAD_RATE embeddings a second for LOAD_S seconds through the gateway; how many
+    answered 200."""
+    ok = 0
+    for _ in range(LOAD_RATE * LOAD_S):
+        started = time.monotonic()
+        async with http.post(f"{gateway}/serve/minilm-like/embed", json={"inputs": "hi"},
+                             headers=headers) as resp:
+            ok += resp.status == 200
+        await asyncio.sleep(max(0.0, 1 / LOAD_RATE - (time.monotonic() - started)))
+    return ok
+
 
 SLOW_START = {"backend": "hashing", "dimension": 384, "startup_delay_s": 1.5}
 
@@ -51,7 +87,8 @@ async def _deploy_from_models_page(page: Any, name: str, replicas: int | None = 
 
 
 async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
-        browser: Any, console: Console, artifacts: Path) -> None:
+        browser: Any, console: Console, artifacts: Path, http: aiohttp.ClientSession,
+        spawn: Callable[..., Proc]) -> None:
     await register(console.pool, "alice", "minilm-like", ModelSource(**SLOW_START), "private")
     await register(console.pool, "alice", "broken",
                    ModelSource(backend="sentence-transformers", location="/nonexistent/model"),
@@ -101,8 +138,43 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     chart = page.locator("#generations-chart")
     await expect(chart.locator('g[data-generation="2"].seg-current')).to_have_count(1)
     await expect(chart.locator('g[data-generation="1"].seg-done')).to_have_count(1)
+
+    # Scale the serving generation down to one replica: a scale task, same generation.
+    await page.get_by_role("button", name="Scale…").click()
+    await page.get_by_role("dialog").get_by_label("Replicas").fill("1")
+    await page.get_by_role("dialog").get_by_role("button", name="Scale").click()
+    await page.wait_for_url(re.compile(r"#/tasks/"))
+    await expect(page.get_by_role("heading", name=re.compile("^scale task"))).to_be_visible()
+    await _phases_seen_until_done(page)
+    await expect(page.locator("#task-status")).to_have_text("done")
+    assert await same_document(page)
+    await page.screenshot(path=artifacts / "03c-task-scaled.png", full_page=True)
+    await page.get_by_role("link", name="alice/minilm-like").click()
+    await expect(page.locator("#active-generation")).to_have_text("2")
+    await expect(page.locator("details[data-replica]")).to_have_count(1)
+    await expect(page.get_by_text("1 / 1")).to_be_visible()
+
+    # Requests per second from the gateway's reports: traffic shows, stops showing after,
+    # and nobody who may not read the deployment sees it.
+    gateway = await start_gateway(spawn, http)
     await page.get_by_role("link", name="Deployments").click()
-    await expect(page.get_by_role("row", name=re.compile("minilm-like"))).to_contain_text("2 / 2")
+    rps = page.get_by_role("row", name=re.compile("minilm-like")).locator("[data-rps]")
+    load = asyncio.create_task(_load(http, gateway, console.headers["alice"]))
+    await expect(rps).to_have_attribute("data-rps", re.compile(r"^[0-9.]*[1-9][0-9.]*$"),
+                                        timeout=LOAD_S * 1000)
+    _, listed = await call(http, "GET", f"{console.base}/api/v2/deployments",
+                           headers=console.headers["alice"])
+    rate = next(d for d in listed if d["name"] == "minilm-like")["requests_per_s"]
+    print(f"requests/s the API computed under load: {rate} (sent about {LOAD_RATE}/s)")
+    assert 0 < rate <= 2 * LOAD_RATE
+    _, listed = await call(http, "GET", f"{console.base}/api/v2/deployments",
+                           headers=console.headers["stranger"])
+    assert listed == []
+    await page.screenshot(path=artifacts / "03d-deployments-traffic.png", full_page=True)
+    assert (await load) == LOAD_RATE * LOAD_S
+    await expect(rps).to_have_attribute("data-rps", re.compile(r"^0(\.0*)?$"), timeout=10_000)
+    assert await same_document(page)
+    await expect(page.get_by_role("row", name=re.compile("minilm-like"))).to_contain_text("1 / 1")
     await page.screenshot(path=artifacts / "03b-deployments-serving.png", full_page=True)
 
     # A failing rollout shows why, with the replica's last log lines.
@@ -134,4 +206,24 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     await page.get_by_role("link", name="Models").click()
     await expect(page.get_by_role("button", name="Deploy broken…")).to_be_visible()
     await page.screenshot(path=artifacts / "07-models.png", full_page=True)
+
+    # Upload the broken model's files: a file that is no archive is refused with the
+    # route's message; a real tar.gz becomes its source.
+    await page.get_by_role("button", name="Upload files of broken…").click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_label("Archive").set_input_files(
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an archive"})
+    await dialog.get_by_role("button", name="Upload").click()
+    await expect(dialog.get_by_role("alert")).to_contain_text("not a tar.gz, tar or zip")
+    await dialog.get_by_label("Archive").set_input_files(
+        {"name": "broken.tar.gz", "mimeType": "application/gzip", "buffer": _model_tar()})
+    await dialog.get_by_role("button", name="Upload").click()
+    await expect(page.locator("#upload-result")).to_contain_text(
+        "Uploaded alice/broken: backend sentence-transformers, train status complete")
+    await expect(page.locator("tr", has_text="alice/broken")).to_contain_text(
+        "sentence-transformers")
+    await page.screenshot(path=artifacts / "08-models-uploaded.png", full_page=True)
+    uploaded = await models.find(console.pool, "alice/broken")
+    assert uploaded is not None and uploaded.source["location"] != "/nonexistent/model"
+    assert (Path(uploaded.source["location"]) / "model.safetensors").read_bytes() == b"weights"
     await page.context.close()

@@ -51,6 +51,7 @@ class World:
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
     deploy_task: str = ""
     delete_task: str = ""
+    scale_task: str = ""
 
 
 Sample = Callable[[World, str], Awaitable[tuple[str, dict[str, Any]]]]
@@ -59,7 +60,7 @@ Sample = Callable[[World, str], Awaitable[tuple[str, dict[str, Any]]]]
 def fixed(path: str, **kw: Any) -> Sample:
     async def sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
         return path.format(m=world.model, name=SERVED_NAME, dt=world.deploy_task,
-                           lt=world.delete_task), dict(kw)
+                           lt=world.delete_task, st=world.scale_task), dict(kw)
     return sample
 
 
@@ -112,6 +113,10 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("POST", "/delete"): fixed("/delete", json=M),
     ("GET", "/delete/{task_id}"): fixed("/delete/{lt}"),
     ("GET", "/delete-status/{embedding_model_id}"): fixed("/delete-status/{m}"),
+    ("POST", "/scale"): fixed("/scale", json={**M, "config": {"replicas": 1}}),
+    ("GET", "/scale/{task_id}"): fixed("/scale/{st}"),
+    ("POST", "/api/v2/deploy/{model_id}/scale"): fixed("/api/v2/deploy/{m}/scale",
+                                                       json={"replicas": 1}),
     ("POST", "/v1/embeddings"): fixed("/v1/embeddings",
                                       json={"model": SERVED_NAME, "input": "hello"}),
     ("POST", "/serve/{name}/embed"): fixed("/serve/{name}/embed", json={"inputs": "hello"}),
@@ -363,6 +368,9 @@ async def test_authorisation_matrix(api: str, pool: asyncpg.Pool, settings: Sett
             _, task = await call(anon_http, "POST", f"{api}/{kind}", headers=admin_headers,
                                  json={"embedding_model_id": str(model)})
             setattr(world, f"{kind}_task", task["task_id"])
+        _, task = await call(anon_http, "POST", f"{api}/api/v2/deploy/{model}/scale",
+                             headers=admin_headers, json={"replicas": 1})
+        world.scale_task = task["task_id"]
         mismatches = await _run_matrix(world, anon_http, route_tables(settings))
     assert not mismatches, "\n".join(mismatches)
 

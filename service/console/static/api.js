@@ -25,7 +25,10 @@ export function authHeaders() {
 export async function api(method, path, body) {
   const headers = { Accept: "application/json", ...authHeaders() };
   const init = { method, headers, cache: "no-store" };
-  if (body !== undefined) {
+  if (body instanceof Blob) {  // a file, sent as it is (the upload route takes a raw body)
+    headers["Content-Type"] = rawType(body.name || "");
+    init.body = body;
+  } else if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
@@ -37,6 +40,12 @@ export async function api(method, path, body) {
     throw new ApiError(resp.status, message, data && data.detail);
   }
   return data;
+}
+
+function rawType(name) {
+  if (/\.zip$/i.test(name)) return "application/zip";
+  if (/\.(tar\.gz|tgz)$/i.test(name)) return "application/gzip";
+  return "application/octet-stream";
 }
 
 export const get = (path) => api("GET", path);

@@ -146,6 +146,19 @@ function deleteDialog(summary) {
   }, true);
 }
 
+function scaleDialog(summary) {
+  dialog(`Scale ${summary.name}`, h("div", { class: "stack" },
+    h("p", {}, "Starts or removes replicas of the serving generation; no new generation."),
+    field("Replicas", h("input", { name: "replicas", type: "number", inputmode: "numeric",
+      min: 0, max: 16, required: true, value: summary.replicas_ready }),
+      "0: none serving until scaled up again")),
+  "Scale", async (data) => {
+    const task = await post(`/api/v2/deploy/${ref(summary.model)}/scale`,
+      { replicas: Number(data.get("replicas")) });
+    location.hash = `#/tasks/${task.task_id}`;
+  });
+}
+
 // ---- views ----
 
 function loginView() {
@@ -176,23 +189,33 @@ function loginView() {
 function deploymentsView() {
   const body = h("div", { id: "deployments" }, h("p", {}, "Loading…"));
   replace(view, h("h1", {}, "Deployments"), body,
-    h("p", { class: "note" }, "Requests per second and latency are not shown: this API ",
-      "process does not measure them per deployment (the gateway's metrics are its own)."));
+    h("p", { class: "note", id: "rps-legend" }, "Requests/s: what the gateways report carrying ",
+      "to the deployment's live replicas (each gateway writes its request counters to Redis ",
+      "about every second; the rate is the difference between its last two reports), summed ",
+      "over gateways; — until a gateway has reported twice. Latency is not in the gateways' ",
+      "reports and is not shown."));
+  let timer = null;
+  let stopped = false;
   const refresh = async () => {
+    clearTimeout(timer);
     try {
       const rows = await get("/api/v2/deployments");
       replace(body, table("Deployments",
-        ["Name", "Model", "Status", "Generation", "Replicas ready / wanted", "Autoscaling"],
+        ["Name", "Model", "Status", "Generation", "Replicas ready / wanted", "Autoscaling",
+         "Requests/s"],
         rows.map((d) => [
           link(`#/deployments/${ref(d.model)}`, d.name), d.model, badge(d.status),
           d.active_generation ?? "—",
           h("span", { "data-ready": d.replicas_ready }, `${d.replicas_ready} / ${d.replicas_wanted}`),
           d.autoscaling_enabled ? `on (${d.autoscaling_min}–${d.autoscaling_max ?? "?"})` : "off",
+          h("span", { "data-rps": d.requests_per_s ?? "" },
+            d.requests_per_s === null ? "—" : d.requests_per_s.toFixed(1)),
         ]), "No deployments yet. Deploy a model from the Models page."));
-    } catch (err) { failure(err); }
+    } catch (err) { failure(err); return; }
+    if (!stopped) timer = setTimeout(refresh, 2000);  // rates change without a row change
   };
   refresh();
-  return { onChange: debounce(refresh) };
+  return { onChange: debounce(refresh), dispose() { stopped = true; clearTimeout(timer); } };
 }
 
 function logsPanel(identifier) {
@@ -258,6 +281,8 @@ function deploymentView(identifier) {
     const actions = canWrite(d.permission) ? h("div", { class: "actions" },
       h("button", { type: "button", class: "primary",
                     onclick: () => deployDialog(d.model, config, `Redeploy ${d.name}`) }, "Redeploy…"),
+      d.active_generation !== null && d.status !== "stopped" ? h("button", { type: "button",
+        onclick: () => scaleDialog(d) }, "Scale…") : null,
       d.status !== "stopped" ? h("button", { type: "button", class: "danger",
                                              onclick: () => deleteDialog(d) }, "Delete…") : null)
       : null;
@@ -266,6 +291,8 @@ function deploymentView(identifier) {
         h("dt", {}, "Model"), h("dd", {}, d.model),
         h("dt", {}, "Serving generation"), h("dd", { id: "active-generation" }, d.active_generation ?? "none"),
         h("dt", {}, "Replicas ready / wanted"), h("dd", {}, `${d.replicas_ready} / ${d.replicas_wanted}`),
+        h("dt", {}, "Requests per second"), h("dd", { id: "requests-per-s" },
+          d.requests_per_s === null ? "— (no gateway report yet)" : d.requests_per_s.toFixed(1)),
         h("dt", {}, "Autoscaling"), h("dd", {}, d.autoscaling_enabled ? `on, ${d.autoscaling_min}–${d.autoscaling_max ?? "?"}` : "off"),
         h("dt", {}, "Memory per replica"), h("dd", {}, d.memory ? `${d.memory} MB` : "runtime default"),
         h("dt", {}, "Environment"), h("dd", {}, d.env_names.length ? d.env_names.join(", ") + " (values hidden)" : "none"),
@@ -425,6 +452,20 @@ function registerForm(onDone) {
   return form;
 }
 
+function uploadDialog(model, onDone) {
+  const file = h("input", { name: "archive", type: "file", required: true,
+                            accept: ".tar.gz,.tgz,.tar,.zip" });
+  dialog(`Upload files of ${model.identifier}`, h("div", { class: "stack" },
+    h("p", {}, "A sentence-transformers folder as tar.gz or zip. The model's source becomes ",
+      "the uploaded folder; redeploy to serve it."),
+    field("Archive", file, "tar.gz, tar or zip")),
+  "Upload", async () => {
+    const found = await post(`/api/v2/models/${ref(model.identifier)}/upload`, file.files[0]);
+    onDone(`Uploaded ${found.identifier}: backend ${found.source.backend}, ` +
+           `train status ${found.train_status}.`);
+  });
+}
+
 async function permissionOn(model) {
   const answer = await get(`/api/v1/deploy/permissions/${ref(model.identifier)}`);
   const p = answer.data;
@@ -433,6 +474,8 @@ async function permissionOn(model) {
 
 function modelsView() {
   const body = h("div", {}, h("p", {}, "Loading…"));
+  const result = h("p", { id: "upload-result", role: "status" });
+  const uploaded = (text) => { result.textContent = text; refresh(); };
   const refresh = async () => {
     try {
       const models = await get("/api/v2/models");
@@ -444,16 +487,18 @@ function modelsView() {
         canWrite(levels[i]) ? h("div", { class: "actions" },
           h("button", { type: "button", onclick: () => deployDialog(m.identifier, {}, `Deploy ${m.identifier}`) },
             `Deploy ${m.name}…`),
+          h("button", { type: "button", onclick: () => uploadDialog(m, uploaded) },
+            `Upload files of ${m.name}…`),
           h("button", { type: "button", onclick: (ev) => {
             ev.target.replaceWith(grantsPanel(m));
           } }, `Permissions of ${m.name}`)) : link(`#/deployments/${ref(m.identifier)}`, "deployment")]),
       "No models you can read."));
     } catch (err) { failure(err); }
   };
-  replace(view, h("h1", {}, "Models"), body,
+  replace(view, h("h1", {}, "Models"), result, body,
     h("details", { class: "card" }, h("summary", {}, "Register a model"), registerForm(refresh)),
-    h("p", { class: "note" }, "Uploading model files is not offered here: this server has no ",
-      "upload route."));
+    h("p", { class: "note" }, "Owners upload a model's files with its Upload button; ",
+      "register the model first."));
   refresh();
   return {};
 }
