@@ -26,7 +26,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.asyncio import Redis
 
-from db import deployments, permissions, replicas
+from db import deployments, models, permissions, replicas
 from schemas.queue import JOB_REPLICA_LOGS, QUEUE_NAME, ROUTES_CHANNEL
 from schemas.settings import Settings
 from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
@@ -86,6 +86,15 @@ async def _revoke_grant_sample(world: World, who: str) -> tuple[str, dict[str, A
     eve = await world.pool.fetchval("SELECT id FROM users WHERE username = 'eve'")
     await permissions.upsert(world.pool, world.model, eve, "read", None)
     return f"/api/v2/models/{world.model}/permissions/eve", {}
+
+
+async def _save_sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
+    """Save a copy of the model as it was registered: the upload sample may have moved its
+    source into the store, whose folder only its owner may name (tested in test_model_upload);
+    here the answer is about permission alone."""
+    await models.update_source(world.pool, world.model, {"backend": "hashing", "dimension": 384})
+    return f"/api/v2/deploy/{world.model}/save", {
+        "json": {"model_name": f"saved-{uuid4().hex[:8]}"}}
 
 
 def tiny_model_archive() -> bytes:
@@ -168,8 +177,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/api/v2/deploy/{model_id}/status-internal"): fixed(
         "/api/v2/deploy/{m}/status-internal"),
     ("GET", "/api/v2/deploy/{model_id}/logs"): fixed("/api/v2/deploy/{m}/logs"),
-    ("POST", "/api/v2/deploy/{model_id}/save"): unique_body(
-        lambda: {"model_name": f"saved-{uuid4().hex[:8]}"}, "/api/v2/deploy/{m}/save"),
+    ("POST", "/api/v2/deploy/{model_id}/save"): _save_sample,
     ("POST", "/api/v2/deploy/{model_id}"): fixed("/api/v2/deploy/{m}", json={}),
     ("DELETE", "/api/v2/deploy/{model_id}"): fixed("/api/v2/deploy/{m}"),
     ("GET", "/api/v1/deploy/permissions/{model_id}"): fixed("/api/v1/deploy/permissions/{m}"),
