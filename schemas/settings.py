@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     quota_memory_mb: int = 8192
     # Memory of a replica whose deploy sets none (MB): its limit (Docker always sets one, the
     # process runtime where it can make a cgroup), and what quotas and capacity count it as.
-    replica_memory_mb: int = 1024
+    # MiniLM on torch holds ~0.55 GB; an ONNX export and its agreement check peak near 1.5 GB.
+    replica_memory_mb: int = 2048
     # What this worker's runtime may place, in MB; unset: `capacity_share` of the machine's
     # memory for the process runtime, the engine's memory for Docker.
     capacity_memory_mb: int | None = None

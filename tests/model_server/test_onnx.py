@@ -104,10 +104,17 @@ def test_a_variant_under_the_floor_is_refused_with_its_figures(
     assert "min cosine" in message and "top-1 agreement" in message
 
 
+def _session_exports(store: Path, pattern: str) -> list[Path]:
+    """The session's own export files: not the copies deploy tests seed into a model's folder
+    (`exports/<model id>/`, see tests/conftest.py seed_exports)."""
+    root = store / "exports"
+    return [p for p in root.rglob(pattern) if len(p.relative_to(root).parts[0]) != 36]
+
+
 def test_export_happens_once_and_is_reused(model_dir: Path, onnx_store: Store) -> None:
     root, first_steps = onnx_store
     assert first_steps == EXPORT_STEPS
-    files = {p: p.stat().st_mtime_ns for p in (root / "exports").rglob("[!.]*.*")}
+    files = {p: p.stat().st_mtime_ns for p in _session_exports(root, "[!.]*.*")}
     assert sorted(p.suffix for p in files) == [".json", ".json", ".npy", ".onnx", ".onnx"]
     for quantize in ("none", "int8"):
         assert _load(model_dir, onnx_store, onnx_quantize=quantize).steps == []
@@ -115,7 +122,7 @@ def test_export_happens_once_and_is_reused(model_dir: Path, onnx_store: Store) -
 
 
 def test_the_agreement_record_sits_next_to_the_export(onnx_store: Store) -> None:
-    records = sorted((onnx_store[0] / "exports").rglob("agreement-*.json"))
+    records = sorted(_session_exports(onnx_store[0], "agreement-*.json"))
     assert [r.name for r in records] == [
         "agreement-fp32-opt-all-len256.json", f"agreement-int8-{detect_isa()}-opt-all-len256.json"]
     body = json.loads(records[1].read_text())
