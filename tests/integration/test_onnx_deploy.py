@@ -48,7 +48,7 @@ async def test_int8_onnx_deploys_and_serves_through_the_gateway(
         vectors = np.array([d["embedding"] for d in (await resp.json())["data"]])
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
-    async with http.post(f"{api}{task['metadata']['endpoint']}",
+    async with http.post(f"{gateway}{task['metadata']['endpoint']}",
                          json={"inputs": texts[0]}) as resp:
         assert resp.status == 200 and len((await resp.json())[0]) == 384
 
