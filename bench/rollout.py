@@ -39,6 +39,7 @@ from pydantic import SecretStr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.gateway import NGINX_CONF  # noqa: E402
 from db import replicas, tasks  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
@@ -59,31 +60,6 @@ WARMUP = 200
 ROUNDS = 3
 # Phases of a rollout before the first answer of the new generation can come.
 ROLLOUT_STEPS = ("starting_replicas", "health_checking", "switching")
-NGINX_CONF = """worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream replica {{
-        server {upstream};
-        keepalive 64;
-    }}
-    server {{
-        listen {host}:{port};
-        location / {{
-            proxy_pass http://replica;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
 
 
 # ---------------------------------------------------------------- processes and database
@@ -336,7 +312,8 @@ def nginx(upstream: str, tmp: Path) -> Iterator[str]:
     folder.mkdir()
     port = free_port(HOST)
     conf = folder / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=folder, upstream=upstream, host=HOST, port=port))
+    conf.write_text(NGINX_CONF.format(workers=1, tmp=folder, upstream=upstream, host=HOST,
+                                      port=port))
     proc = subprocess.Popen([binary, "-p", str(folder), "-e", str(folder / "error.log"),
                              "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

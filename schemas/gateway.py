@@ -6,7 +6,13 @@ that stops reporting disappears. Several gateways (and several processes of one)
 write their own; a reader sums or checks them all.
 """
 
-from pydantic import BaseModel, Field
+import structlog
+from pydantic import BaseModel, Field, ValidationError
+from redis.asyncio import Redis
+
+from schemas.queue import GATEWAY_KEY_PREFIX
+
+log = structlog.get_logger(__name__)
 
 
 class GatewayReport(BaseModel):
@@ -25,3 +31,19 @@ class GatewayReport(BaseModel):
     # model id → requests held waiting for a first ready replica (a deployment scaled to
     # zero): the autoscaler reads it as demand and starts one.
     held: dict[str, int] = Field(default_factory=dict)
+
+
+async def read_reports(redis: Redis) -> list[GatewayReport]:
+    """Every live gateway process's latest report (one that cannot be read is skipped)."""
+    keys = [k async for k in redis.scan_iter(match=GATEWAY_KEY_PREFIX + "*", count=100)]
+    if not keys:
+        return []
+    reports = []
+    for value in await redis.mget(keys):
+        if not value:
+            continue  # expired between SCAN and MGET
+        try:
+            reports.append(GatewayReport.model_validate_json(value))
+        except ValidationError:
+            log.warning("gateway_report_unreadable")
+    return reports

@@ -11,12 +11,10 @@ import asyncio
 from uuid import UUID
 
 import structlog
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from schemas.gateway import GatewayReport
-from schemas.queue import GATEWAY_KEY_PREFIX
+from schemas.gateway import GatewayReport, read_reports
 
 log = structlog.get_logger(__name__)
 POLL_S = 0.1
@@ -32,19 +30,8 @@ def min_wait_for(routes_poll_s: float) -> float:
 
 
 async def gateway_reports(redis: Redis) -> list[GatewayReport]:
-    """Every live gateway process's latest report (one that cannot be read is skipped)."""
-    keys = [k async for k in redis.scan_iter(match=GATEWAY_KEY_PREFIX + "*", count=100)]
-    if not keys:
-        return []
-    reports = []
-    for value in await redis.mget(keys):
-        if not value:
-            continue  # expired between SCAN and MGET
-        try:
-            reports.append(GatewayReport.model_validate_json(value))
-        except ValidationError:
-            log.warning("gateway_report_unreadable")
-    return reports
+    """Every live gateway process's latest report (schemas/gateway.py)."""
+    return await read_reports(redis)
 
 
 def _settled(report: GatewayReport, model_id: str, generation: int | None,

@@ -12,28 +12,13 @@ import time
 
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from schemas.gateway import GatewayReport
-from schemas.queue import GATEWAY_KEY_PREFIX, GATEWAY_TTL_S
+from schemas.gateway import GatewayReport, read_reports
+from schemas.queue import GATEWAY_TTL_S
 
 log = structlog.get_logger()
-
-
-async def read_reports(redis: Redis) -> list[GatewayReport]:
-    """Every live gateway process's latest report (one that cannot be read is skipped)."""
-    keys = [k async for k in redis.scan_iter(match=GATEWAY_KEY_PREFIX + "*", count=100)]
-    reports = []
-    for value in await redis.mget(keys) if keys else []:
-        if not value:
-            continue  # expired between SCAN and MGET
-        try:
-            reports.append(GatewayReport.model_validate_json(value))
-        except ValidationError:
-            log.warning("gateway_report_unreadable")
-    return reports
 
 
 class Rates:
