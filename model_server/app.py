@@ -5,7 +5,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -14,6 +14,7 @@ from aiohttp import web
 
 from model_server import __version__, test_knobs
 from model_server.backends import Embedder, load_backend, normalize_rows
+from model_server.batcher import Batcher
 from model_server.config import Settings
 from model_server.embedding import (
     DecodeRequest,
@@ -43,6 +44,7 @@ from model_server.metrics import Metrics
 from model_server.tokens import check_ids, texts_from, token_vectors, tokenizer_for
 
 STATE = web.AppKey("state", ModelState)
+Tei = TypeVar("Tei", bound=TeiInputs)
 LOADER: web.AppKey[Loader] = web.AppKey("loader")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -94,15 +96,21 @@ def _tei_options(body: TeiInputs) -> None:
         raise InvalidRequest(f"prompt_name {body.prompt_name!r}: this model has no prompts")
 
 
-async def embed(request: web.Request) -> web.Response:
-    """TEI's POST /embed (and POST /): one pooled vector per input."""
-    state = request.app[STATE]
-    settings = state.settings
-    body = await parse_body(request, EmbedRequest, settings.max_body_bytes)
+async def _tei_texts(request: web.Request,
+                     model: type[Tei]) -> tuple[Tei, Embedder, Batcher, list[str]]:
+    """What /embed and /embed_all share: the body, its TEI options checked, the ready
+    backend and batcher, and the inputs as texts."""
+    settings = request.app[STATE].settings
+    body = await parse_body(request, model, settings.max_body_bytes)
     _tei_options(body)
     inputs = as_inputs(body.inputs, "inputs", settings.max_client_batch_size)
-    backend, batcher = state.require_ready()
-    texts = texts_from(backend, inputs, "inputs")
+    backend, batcher = request.app[STATE].require_ready()
+    return body, backend, batcher, texts_from(backend, inputs, "inputs")
+
+
+async def embed(request: web.Request) -> web.Response:
+    """TEI's POST /embed (and POST /): one pooled vector per input."""
+    body, backend, batcher, texts = await _tei_texts(request, EmbedRequest)
     result = await embed_texts(backend, batcher, texts, truncate=body.truncate is not False)
     vectors = result.unit_vectors() if body.normalize else result.vectors
     return _json(tei_body(vectors))
@@ -110,13 +118,7 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embed_all(request: web.Request) -> web.Response:
     """TEI's POST /embed_all: every token's vector, per input."""
-    state = request.app[STATE]
-    settings = state.settings
-    body = await parse_body(request, EmbedAllRequest, settings.max_body_bytes)
-    _tei_options(body)
-    inputs = as_inputs(body.inputs, "inputs", settings.max_client_batch_size)
-    backend, batcher = state.require_ready()
-    texts = texts_from(backend, inputs, "inputs")
+    body, backend, batcher, texts = await _tei_texts(request, EmbedAllRequest)
     if body.truncate is False:
         await _refuse_over_long(backend, texts)
     # On the batcher's compute thread, within its queue_limit (429 past it).
