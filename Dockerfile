@@ -1,6 +1,6 @@
 # Greenroom image for users with a registry: the model server by default; the same image
 # runs the API (`greenroom api`) and workers (`greenroom worker`) with another command.
-# Offline machines build an equivalent model-server image with `python -m worker.image build`.
+# Offline machines build an equivalent model-server image with `python -m launch.image build`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

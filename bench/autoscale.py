@@ -41,7 +41,7 @@ from db.pool import create_pool  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from schemas.tokens import issue_user_token  # noqa: E402
-from service.registry import register  # noqa: E402
+from service.domain.registration import register  # noqa: E402
 from tests import services  # noqa: E402
 from tests.conftest import settings_env  # noqa: E402
 from worker.runtimes.base import ReplicaSpec  # noqa: E402
@@ -134,7 +134,7 @@ async def replica_start_times(settings: Settings, count: int) -> tuple[list[floa
 def _start(settings: Settings, tmp: Path) -> list[subprocess.Popen[bytes]]:
     """The API, a gateway and one worker as their own processes, logging into `tmp`."""
     procs = []
-    for module in ("service", "service.gateway_server", "worker"):
+    for module in ("service", "gateway.server", "worker"):
         with (tmp / f"{module}.log").open("ab") as log:
             procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
                                           env=settings_env(settings), stdout=log,

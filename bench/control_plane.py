@@ -31,10 +31,10 @@ from db import quotas, tasks, users
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
-from service import task_service
 from service.app import create_app
+from service.domain import tasks as task_service
+from service.domain.registration import register
 from service.keys import PG, REDIS
-from service.registry import register
 from tests import services
 from worker.runtimes.process import free_port
 

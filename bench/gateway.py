@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from db import deployments, replicas  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
-from service.registry import register  # noqa: E402
+from service.domain.registration import register  # noqa: E402
 from tests import services  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
 
@@ -180,7 +180,7 @@ async def gateway(tmp: Path, processes: int) -> AsyncIterator[tuple[str, Any]]:
                GREENROOM_LOG_LEVEL="warning", GREENROOM_ROUTES_POLL_S="0.5")
     pool = await create_pool(dsn, max_size=2)
     try:
-        with _process([sys.executable, "-m", "service.gateway_server"], env,
+        with _process([sys.executable, "-m", "gateway.server"], env,
                       tmp / "gateway.log"):
             base = f"http://{HOST}:{port}"
             async with aiohttp.ClientSession() as http:

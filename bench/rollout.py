@@ -42,12 +42,12 @@ sys.path.insert(0, str(REPO))
 from bench.gateway import NGINX_CONF  # noqa: E402
 from db import replicas, tasks  # noqa: E402
 from db.pool import create_pool  # noqa: E402
+from launch import image  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from schemas.tokens import issue_user_token  # noqa: E402
-from service.registry import register  # noqa: E402
+from service.domain.registration import register  # noqa: E402
 from tests import services  # noqa: E402
-from worker import image  # noqa: E402
 from worker.runtimes.base import ReplicaSpec  # noqa: E402
 from worker.runtimes.docker import DockerRuntime  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
@@ -88,7 +88,7 @@ def _env(settings: Settings) -> dict[str, str]:
 def _processes(settings: Settings, tmp: Path) -> Iterator[None]:
     """The API, a gateway and one worker as their own processes, logging to files in `tmp`."""
     procs = []
-    for module in ("service", "service.gateway_server", "worker"):
+    for module in ("service", "gateway.server", "worker"):
         with (tmp / f"{module}.log").open("ab") as log:
             procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
                                           env=_env(settings), stdout=log,

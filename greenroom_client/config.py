@@ -3,8 +3,8 @@
 import os
 from pathlib import Path
 
+from launch import stack_state
 from schemas.settings import Settings
-from service import stack_state
 
 
 def api_url(settings: Settings) -> str:

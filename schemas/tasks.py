@@ -79,7 +79,7 @@ class DeploymentConfig(BaseModel):
         description="fewest replicas; 0 (with autoscaling) scales an idle deployment to zero")
     autoscaling_max: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
     replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
-    # The autoscaler's knobs (worker/kpa.py, README "Autoscaling"); read only while
+    # The autoscaler's knobs (worker/scaling/kpa.py, README "Autoscaling"); read only while
     # autoscaling_enabled. Defaults are for an embedding server batching up to 32 inputs.
     autoscaling_target_concurrency: float = Field(
         default=AUTOSCALE_DEFAULTS["target_concurrency"], gt=0, le=1024,

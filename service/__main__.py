@@ -1,3 +1,3 @@
-from service.cli import main
+from launch.cli import main
 
 main(["api"])

@@ -6,30 +6,21 @@ from aiohttp import web
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
-from db.pool import create_pool as create_pg_pool
+from db.pool import create_pool
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
-from service import (
-    routes_docs,
-    routes_health,
-    routes_quotas,
-    routes_registry,
-    routes_scale,
-    routes_tasks,
-    routes_v1,
-    routes_v2_deploy,
-)
-from service.auth import register, require_secret
+from service.api import bazaar_v1, bazaar_v2, docs, health, quotas, registry, scale, tasks
+from service.auth.guard import register, require_secret
+from service.auth.login_throttle import LoginThrottle
+from service.auth.principal_cache import principal_cache_ctx
 from service.console import setup as setup_console
-from service.errors import error_middleware
 from service.keys import LOGIN_THROTTLE, METRICS, PG, REDIS, SETTINGS
-from service.login_throttle import LoginThrottle
 from service.metrics import ApiMetrics
-from service.principal_cache import principal_cache_ctx
+from service.web.errors import error_middleware
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
-    app[PG] = await create_pg_pool(app[SETTINGS].require_database_url(), max_size=20)
+    app[PG] = await create_pool(app[SETTINGS].require_database_url(), max_size=20)
     yield
     await app[PG].close()
 
@@ -53,16 +44,16 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[LOGIN_THROTTLE] = LoginThrottle(settings.login_max_failures_per_user,
                                         settings.login_max_failures_per_address,
                                         settings.login_window_s)
-    # Inference is the gateway's (service/gateway_app.py), a process of its own.
+    # Inference is the gateway's (gateway/app.py), a process of its own.
     app.cleanup_ctx.extend([_postgres, _redis,
                             principal_cache_ctx(REDIS, settings.access_cache_ttl_s)])
     app[METRICS] = metrics
-    routes_tasks.setup(app)
-    routes_health.setup(app)
-    routes_docs.setup(app)
-    # routes_scale before routes_v2_deploy: POST {model}/scale is not a deploy of a model
+    tasks.setup(app)
+    health.setup(app)
+    docs.setup(app)
+    # scale before bazaar_v2: POST {model}/scale is not a deploy of a model
     # named `<model>/scale`.
-    for surface in (routes_registry, routes_quotas, routes_scale, routes_v2_deploy, routes_v1):
+    for surface in (registry, quotas, scale, bazaar_v2, bazaar_v1):
         register(app, surface.ROUTES)
     setup_console(app)
     return app

@@ -4,9 +4,9 @@ import asyncpg
 from aiohttp import web
 from arq.connections import ArqRedis
 
+from gateway.routing import Gateway
 from schemas.settings import Settings
-from service.gateway import Gateway
-from service.login_throttle import LoginThrottle
+from service.auth.login_throttle import LoginThrottle
 from service.metrics import ApiMetrics
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -26,7 +26,7 @@ from db.users import User
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
-from service.registry import register
+from service.domain.registration import register
 from tests import services
 from tests.services import wait_for_http
 
@@ -125,7 +125,7 @@ ADMIN_PASSWORD = "admin-password-123"
 @pytest.fixture
 async def admin_user(pool: asyncpg.Pool, clean: None) -> User:
     """An administrator (username `admin`, password ADMIN_PASSWORD) in the clean database."""
-    from service.accounts import hash_password
+    from service.domain.accounts import hash_password
 
     return await users.create(pool, username="admin", password_hash=hash_password(ADMIN_PASSWORD),
                               is_admin=True)
@@ -175,7 +175,7 @@ class Proc:
 
 @pytest.fixture
 def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """Start `service` (the API), `service.gateway_server` or `worker` processes with the
+    """Start `service` (the API), `gateway.server` or `worker` processes with the
     test's settings."""
     started: list[Proc] = []
 
@@ -230,7 +230,7 @@ async def start_gateway(spawn: Callable[..., Proc], http: aiohttp.ClientSession,
     from worker.runtimes.process import free_port
 
     port = free_port("127.0.0.1")
-    spawn("service.gateway_server", gateway_port=port, **overrides)
+    spawn("gateway.server", gateway_port=port, **overrides)
     base = f"http://127.0.0.1:{port}"
     await wait_for_http(http, base + "/healthz")
     return base

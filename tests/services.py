@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 
 from db.migrate import apply_migrations
-from service.embedded import start_postgres, start_redis
+from launch.embedded import start_postgres, start_redis
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

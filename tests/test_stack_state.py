@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from launch import stack_state
 from schemas.settings import Settings
-from service import stack_state
 
 
 def test_secret_key_is_drawn_once_and_private(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def test_up_once_with_embedded_services_prints_a_working_curl(tmp_path: Path) ->
     env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"),
             "GREENROOM_API_PORT": str(free_port("127.0.0.1")),
             "GREENROOM_GATEWAY_PORT": str(gateway_port)}
-    done = subprocess.run([sys.executable, "-m", "service.cli", "up", "--once"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "launch.cli", "up", "--once"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
@@ -42,7 +42,7 @@ def test_up_curl_output_is_a_384_number_embedding(tmp_path: Path) -> None:
     port = free_port("127.0.0.1")
     env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"), "GREENROOM_API_PORT": str(port),
             "GREENROOM_GATEWAY_PORT": str(free_port("127.0.0.1"))}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "up"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None

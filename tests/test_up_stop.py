@@ -31,7 +31,7 @@ class Up:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "up"], cwd=REPO, env=env, text=True,
+            [sys.executable, "-m", "launch.cli", "up"], cwd=REPO, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()

@@ -1,4 +1,4 @@
-"""The gateway's own client to replicas (service/upstream.py) against a real aiohttp server."""
+"""The gateway's own client to replicas (gateway/upstream.py) against a real aiohttp server."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from service.upstream import Upstream, UpstreamError
+from gateway.upstream import Upstream, UpstreamError
 from worker.runtimes.process import free_port
 
 

@@ -11,10 +11,11 @@ from arq import Retry
 from db import admission, replicas, tasks
 from db.errors import UniqueViolation
 from schemas.tasks import TaskKind, TaskStatus
-from worker import rollout, scale
+from worker import rollout
 from worker.context import WorkerContext
 from worker.lease import LeaseLost, held_lease
 from worker.runtimes.base import RuntimeError_
+from worker.scaling import scale_task
 
 log = structlog.get_logger(__name__)
 # Another task of the same model is processing: look again after this long.
@@ -92,7 +93,7 @@ async def _dispatch(app: WorkerContext, task: tasks.Task) -> None:
     elif task.kind == TaskKind.delete:
         await rollout.delete(app, task)
     elif task.kind == TaskKind.scale:
-        await scale.scale(app, task)
+        await scale_task.scale(app, task)
     else:
         await tasks.finish(app.pool, task.id, app.worker_id, TaskStatus.refused,
                            f"task kind {task.kind!r} is not supported by this worker")

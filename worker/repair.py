@@ -13,7 +13,7 @@ import structlog
 from db import deployments, events, models, replicas
 from db.replicas import Replica
 from schemas.tasks import DeploymentConfig
-from worker import capacity
+from worker.admission import capacity
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
 from worker.onnx_variant import replica_source

@@ -20,12 +20,13 @@ from schemas.queue import ROUTES_CHANNEL
 from schemas.quotas import QuotaExceeded, replica_memory_mb
 from schemas.tasks import DeploymentConfig, Phase, TaskStatus
 from schemas.tokens import issue_job_token
-from worker import capacity, quotas, replica_count
+from worker.admission import capacity, quotas
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
 from worker.onnx_variant import record_agreement, replica_source
 from worker.runtimes.base import ReplicaSpec, RuntimeError_, StartedReplica
+from worker.scaling import replica_count
 
 log = structlog.get_logger(__name__)
 LOG_TAIL_LINES = 20

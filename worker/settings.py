@@ -15,14 +15,15 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from db.pool import create_pool as create_pg_pool
+from db.pool import create_pool
 from schemas.logs import configure_logging
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
-from worker import autoscaler, metrics, reconciler
+from worker import metrics, reconciler
 from worker.context import WorkerContext
 from worker.jobs import replica_logs, run_task
 from worker.runtimes import create_runtime
+from worker.scaling import autoscaler
 
 log = structlog.get_logger(__name__)
 REDIS_RETRY_S = 1.0
@@ -33,7 +34,7 @@ QUEUE_POLL_S = 0.1
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or Settings()
-    pool = await create_pg_pool(settings.require_database_url(),
+    pool = await create_pool(settings.require_database_url(),
                                 max_size=settings.worker_max_jobs + 4)
     app = WorkerContext(
         settings=settings, pool=pool, redis=ctx["redis"], runtime=create_runtime(settings),

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from service.auth import register
+from service.auth.guard import register
 from service.console import changes, pages, routes, traffic
 
 

@@ -22,9 +22,9 @@ from schemas.console import (
     TaskDetail,
 )
 from schemas.tasks import DeploymentConfig
-from service import task_service
-from service.auth import permission_on
-from service.errors import ApiError
+from service.auth.guard import permission_on
+from service.domain import tasks as task_service
+from service.web.errors import ApiError
 
 Level = Literal["read", "write", "owner"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.auth import RouteSpec
-from service.static_files import StaticFiles
+from service.auth.guard import RouteSpec
+from service.web.static_files import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
 HEADERS = {

@@ -21,14 +21,14 @@ from schemas.console import (
     StreamInfo,
     TaskDetail,
 )
-from service import bazaar
-from service.auth import RouteSpec, authenticate, call_of, path_param
+from service.auth.guard import RouteSpec, authenticate, call_of, path_param
+from service.auth.principal_cache import PRINCIPALS
 from service.console import overview, traffic
 from service.console.changes import CLOSING, FEED, RESYNC
-from service.errors import ApiError
+from service.domain import bazaar
 from service.keys import PG, REDIS, SETTINGS
-from service.principal_cache import PRINCIPALS
-from service.responses import json_response
+from service.web.errors import ApiError
+from service.web.responses import json_response
 
 MODEL = "{model_id:[^/]+(?:/[^/]+)?}"
 HEARTBEAT_S = 15.0

@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from db import deployments, quotas, replicas, users
 from db.migrate import apply_migrations
 from db.pool import create_pool
+from launch.embedded import start_postgres
 from schemas.settings import Settings
-from service.embedded import start_postgres
 from tests.conftest import Proc
 from tests.services import wait_for_http
 from worker.runtimes.process import free_port

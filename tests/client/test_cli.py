@@ -26,7 +26,7 @@ def greenroom(stack: str, gateway: str, tmp_path: Path) -> Any:
             "GREENROOM_STATE_DIR": str(tmp_path / "cli")}
 
     def run(*args: str, api_url: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path,
                               env=env | ({"GREENROOM_API_URL": api_url} if api_url else {}),
                               capture_output=True, text=True, timeout=120, check=False)
     return run
@@ -138,7 +138,7 @@ def test_local_commands_without_a_stack_give_one_clear_line(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     env |= {"GREENROOM_NEW_PASSWORD": "password-123"}
     for args in (["users", "create", "alice", "--admin"], ["migrate"]):
-        done = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=tmp_path,
+        done = subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 1
         [line] = done.stderr.strip().splitlines()

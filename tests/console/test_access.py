@@ -16,7 +16,7 @@ from playwright.async_api import expect
 
 from schemas.models import ModelSource
 from schemas.settings import Settings
-from service.registry import register
+from service.domain.registration import register
 from tests.console.conftest import Console, open_page
 from tests.integration.accounts import call, replica_environs
 

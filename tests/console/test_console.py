@@ -20,7 +20,7 @@ from playwright.async_api import expect
 
 from db import models
 from schemas.models import ModelSource
-from service.registry import register
+from service.domain.registration import register
 from tests.conftest import Proc, start_gateway
 from tests.console.conftest import Console, open_page, same_document
 from tests.integration.accounts import call

@@ -16,7 +16,7 @@ import aiohttp
 from playwright.async_api import expect
 
 from schemas.models import ModelSource
-from service.registry import register
+from service.domain.registration import register
 from tests.console.conftest import Console, open_page, same_document
 from tests.console.test_console import _phases_seen_until_done
 from tests.integration.accounts import call

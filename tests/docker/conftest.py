@@ -22,9 +22,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from launch import image
 from schemas.settings import Settings
 from tests.conftest import TEST_CLUSTER, wait_task
-from worker import image
 from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, ReplicaSpec
 from worker.runtimes.docker import DockerRuntime
 

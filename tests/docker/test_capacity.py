@@ -21,7 +21,7 @@ from tests.docker.conftest import (
     remove_test_containers,
     skip_without_engine,
 )
-from worker import capacity
+from worker.admission import capacity
 from worker.context import WorkerContext
 from worker.runtimes.docker import DockerRuntime
 

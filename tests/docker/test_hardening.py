@@ -15,7 +15,7 @@ import pytest
 
 from schemas.models import ModelSource
 from schemas.settings import Settings
-from service.registry import register
+from service.domain.registration import register
 from tests.conftest import TEST_SECRET_KEY, bearer
 from tests.docker.conftest import containers_of, deploy, skip_without_engine, wait_health
 from worker.runtimes.base import ReplicaSpec

@@ -18,7 +18,7 @@ import pytest
 
 from db import models
 from schemas.models import ModelSource
-from service.registry import register
+from service.domain.registration import register
 from tests.docker.conftest import containers_of, deploy, skip_without_engine
 
 skip_without_engine()

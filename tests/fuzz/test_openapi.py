@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from schemas.settings import Settings
-from service.auth import ROUTE_TABLE
-from service.openapi import build
+from service.auth.guard import ROUTE_TABLE
+from service.web.openapi import build
 from tests.conftest import Proc, wait_task
 
 MIN_REQUESTS = 1000

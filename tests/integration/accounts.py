@@ -21,7 +21,7 @@ async def make_user(pool: asyncpg.Pool, username: str, *, admin: bool = False,
     """A user (with a password if given) and the headers of a token of theirs."""
     hashed = None
     if password is not None:
-        from service.accounts import hash_password
+        from service.domain.accounts import hash_password
 
         hashed = hash_password(password)
     existing = await users.get_by_name(pool, username)

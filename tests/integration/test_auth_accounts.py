@@ -29,7 +29,7 @@ async def test_first_admin_from_the_cli_then_users_and_login(
         api: str, anon_http: aiohttp.ClientSession, settings: Settings) -> None:
     env = settings_env(settings) | {"GREENROOM_NEW_PASSWORD": "root-password-1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "users", "create", "root", "--admin", cwd=REPO,
+        sys.executable, "-m", "launch.cli", "users", "create", "root", "--admin", cwd=REPO,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = (b.decode() for b in await asyncio.wait_for(proc.communicate(), 60))
     assert proc.returncode == 0, err

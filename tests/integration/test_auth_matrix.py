@@ -1,7 +1,7 @@
 """The authorisation matrix: every route of the route table x every kind of caller.
 
 Generated from the route tables of the API app and the gateway app
-(service.auth.ROUTE_TABLE): a route added to any surface without a sample request here
+(service.auth.guard.ROUTE_TABLE): a route added to any surface without a sample request here
 fails the test, and so does a route registered on the router outside the table.
 Expected answers follow DESIGN.md §9: 401 for no, a malformed or an expired token; 403
 for too little permission; 2xx otherwise.
@@ -27,12 +27,12 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from db import deployments, models, permissions, replicas
+from gateway.app import create_gateway_app
 from schemas.queue import JOB_REPLICA_LOGS, QUEUE_NAME, ROUTES_CHANNEL
 from schemas.settings import Settings
 from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
 from service.app import create_app
-from service.auth import ROUTE_TABLE, RouteSpec
-from service.gateway_app import create_gateway_app
+from service.auth.guard import ROUTE_TABLE, RouteSpec
 from tests.conftest import TEST_SECRET_KEY, bearer, start_gateway
 from tests.integration.accounts import call, eventually, make_user
 from worker.runtimes.process import free_port

@@ -11,7 +11,7 @@ import pytest
 
 from db import quotas
 from schemas.models import ModelSource
-from service.registry import register
+from service.domain.registration import register
 from tests.conftest import Proc, wait_task
 from tests.integration.accounts import call, eventually, make_user
 

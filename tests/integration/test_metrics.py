@@ -219,9 +219,9 @@ def test_gateway_metrics_without_a_token_are_for_loopback_callers_only(
 
     from aiohttp.test_utils import make_mocked_request
 
+    from gateway import metrics_access
     from schemas.settings import Settings
-    from service import metrics_access
-    from service.errors import ApiError
+    from service.web.errors import ApiError
 
     transport = mock.Mock()
     transport.get_extra_info.return_value = (remote, 40000) if remote else None

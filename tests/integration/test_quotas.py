@@ -179,8 +179,8 @@ async def test_autoscaler_clamp_stays_within_the_replica_and_memory_quota(
     import aiohttp as _aiohttp
 
     from db import events
+    from worker.admission.quotas import clamp_scale, replicas_allowed
     from worker.context import WorkerContext
-    from worker.quotas import clamp_scale, replicas_allowed
 
     a = await models.get(pool, await hashing_model("a"))
     b = await models.get(pool, await hashing_model("b"))

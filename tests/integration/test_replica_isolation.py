@@ -13,7 +13,7 @@ import pytest
 
 from schemas.models import ModelSource
 from schemas.settings import Settings
-from service.registry import register
+from service.domain.registration import register
 from tests import services
 from tests.conftest import TEST_SECRET_KEY, Proc, wait_task
 from tests.integration.accounts import call

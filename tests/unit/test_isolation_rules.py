@@ -6,8 +6,8 @@ from uuid import uuid4
 
 import pytest
 
-from service.errors import ApiError
-from service.login_throttle import LoginThrottle
+from service.auth.login_throttle import LoginThrottle
+from service.web.errors import ApiError
 from worker.runtimes import memory_limit
 from worker.runtimes.base import ReplicaSpec, model_server_env
 from worker.runtimes.environment import host_env

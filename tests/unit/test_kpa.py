@@ -1,7 +1,7 @@
-"""The KPA-like decision (worker/kpa.py), on a fake clock: pure arithmetic, no processes."""
+"""The KPA-like decision (worker/scaling/kpa.py), on a fake clock: pure arithmetic, no processes."""
 
 from schemas.tasks import DeploymentConfig
-from worker.kpa import Knobs, Scaler
+from worker.scaling.kpa import Knobs, Scaler
 
 
 def _scaler(**config: object) -> Scaler:

@@ -34,7 +34,7 @@ CALL_TIMEOUT_S = 30.0
 # Room for what the model server and its libraries write (temp files, caches).
 TMPFS_MB = 256
 MODEL_MOUNT = "/model"
-BUILD_HINT = "build it with `python -m worker.image build`"
+BUILD_HINT = "build it with `python -m launch.image build`"
 
 
 @asynccontextmanager

@@ -1,0 +1,1 @@
+"""The data plane: `greenroom gateway`, routing table, upstream pool, access cache."""

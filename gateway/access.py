@@ -1,0 +1,69 @@
+"""Inference access through the gateway (DESIGN.md §9), decided once a second per caller.
+
+Public models need no token; others need read permission. A decision (allowed, or the
+401/403 it came to) is cached per Authorization header and model for `ttl_s` (1 s by
+default), so a busy caller costs the database one lookup a second instead of one a
+request; a message on the auth channel (a key revoked, a grant changed) clears the cache
+at once, and the TTL bounds how long a lost message can leave a revoked key working.
+"""
+
+import time
+from uuid import UUID
+
+from aiohttp import web
+
+from db import models
+from schemas.auth import Permission
+from service.auth.guard import authenticate, permission_on, unauthorized
+from service.keys import PG
+from service.web.errors import ApiError
+
+MAX_ENTRIES = 10_000
+_Entry = tuple[float, ApiError | None]
+
+
+class AccessCache:
+    def __init__(self, ttl_s: float = 1.0) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[tuple[str, UUID], _Entry] = {}
+
+    def clear(self) -> None:
+        self._entries = {}
+
+    async def check(self, request: web.Request, model_id: UUID, access_level: str) -> None:
+        """Return if the caller may use the model; raise its 401/403 otherwise."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            if access_level == "public":
+                return
+            raise unauthorized()
+        key = (header, model_id)
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is None or hit[0] <= now:
+            hit = (now + self.ttl_s, await _decision(request, model_id, access_level))
+            if len(self._entries) >= MAX_ENTRIES:
+                self.clear()
+            self._entries[key] = hit
+        if hit[1] is not None:
+            error = hit[1]
+            raise ApiError(error.status, error.message, error.detail)
+
+
+async def _decision(request: web.Request, model_id: UUID, access_level: str) -> ApiError | None:
+    """None if allowed, else the client error; anything else (a database outage) raises."""
+    try:
+        principal = await authenticate(request)
+        if access_level == "public":
+            return None
+        model = await models.get(request.app[PG], model_id)
+        if model is None:
+            return ApiError(404, "model not found")
+        level, _ = await permission_on(request.app[PG], principal, model)
+        if level < Permission.read:
+            return ApiError(403, f"read permission on {model.identifier} is required")
+        return None
+    except ApiError as exc:
+        if exc.status >= 500:
+            raise
+        return exc

@@ -1,0 +1,205 @@
+"""The gateway's aiohttp app (DESIGN.md §8): the data plane, apart from the API process.
+
+Stateless: routes come from Postgres (reloaded on the workers' pub/sub message, polled
+as a fallback), in-flight counts go to Redis. Any number of copies may run behind any
+load balancer; `greenroom gateway --processes N` runs N on one port (SO_REUSEPORT).
+
+The hot routes skip the API's guard: a body on `/serve/{name}/...` is passed through
+unread, `/v1/embeddings` reads only its `model` field, and access decisions are cached
+(gateway/access.py). Errors keep the one error body and add the fields of the surface's
+own shape: TEI's `error`/`error_type` under /serve, OpenAI's (as TEI serves it)
+`code`/`type` on /v1/embeddings.
+"""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
+
+from db.deployments import Route
+from db.errors import Unavailable
+from db.pool import create_pool
+from gateway import feedback, metrics_access
+from gateway.access import AccessCache
+from gateway.hold import Holds
+from gateway.routing import Gateway
+from schemas.settings import Settings
+from service.auth.guard import ROUTE_TABLE, RouteSpec, register, require_secret
+from service.auth.principal_cache import principal_cache_ctx
+from service.keys import GATEWAY, PG, SETTINGS
+from service.metrics import exposition
+from service.web.errors import ApiError
+from service.web.openapi import openapi_json
+
+log = structlog.get_logger(__name__)
+ACCESS = web.AppKey("access", AccessCache)
+GATEWAY_REDIS = web.AppKey("gateway_redis", Redis)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# TEI's routes for embedding models, as a replica serves them: (method, path at the replica).
+TEI_POST = ("embed", "embed_all", "tokenize", "decode", "v1/embeddings")
+TEI_GET = ("health", "info", "metrics")
+
+
+# ---- errors in each surface's shape ----
+
+def _error_type(status: int) -> str:
+    if status == 429:
+        return "Overloaded"
+    if status == 503:
+        return "Unhealthy"
+    return "Backend" if status >= 500 else "Validation"
+
+
+def error_response(path: str, status: int, message: str, detail: Any = None) -> web.Response:
+    body: dict[str, Any] = {"status_code": status, "message": message, "detail": detail}
+    if path.startswith("/serve/"):
+        body |= {"error": message, "error_type": _error_type(status)}
+    elif path == "/v1/embeddings":
+        body |= {"code": status, "type": _error_type(status)}
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as the JSON error body; lighter than the API's (no per-request id)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = error_response(request.path, exc.status, exc.message, exc.detail)
+        response.headers.update(exc.headers)  # Retry-After of a request held too long
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = "request body is too large" if exc.status == 413 else exc.reason
+        return error_response(request.path, exc.status, message)
+    except Unavailable:
+        return error_response(request.path, 503, "database unavailable, try again shortly")
+    except Exception:
+        log.exception("gateway_error", path=request.path, method=request.method)
+        return error_response(request.path, 500, "internal error")
+
+
+# ---- the data-plane routes ----
+
+async def _allowed(request: web.Request, key: str) -> Route:
+    route = request.app[GATEWAY].route(key)
+    if route.access_level != "public" or "Authorization" in request.headers:
+        await request.app[ACCESS].check(request, route.model_id, route.access_level)
+    return route
+
+
+def _model_of(raw: bytes) -> str:
+    """The `model` field of an OpenAI body; the replica validates the rest."""
+    if not raw:
+        raise ApiError(400, "request body is empty; expected a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "request body is not valid JSON", str(exc)) from None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not model:
+        raise ApiError(422, "invalid request: model: a deployment name or owner/name is required")
+    return model
+
+
+async def openai_embeddings(request: web.Request) -> web.Response:
+    """POST /v1/embeddings: `model` names the deployment (its name or owner/name)."""
+    raw = await request.read()
+    route = await _allowed(request, _model_of(raw))
+    return await request.app[GATEWAY].forward(route, "POST", "/v1/embeddings", raw,
+                                              request.headers)
+
+
+def _passthrough(method: str, path: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        route = await _allowed(request, request.match_info["name"])
+        body = await request.read() if method == "POST" else None
+        return await request.app[GATEWAY].forward(route, method, path, body, request.headers)
+
+    name = path.strip("/").replace("/", "_") or "compat"
+    handler.__name__ = f"serve_{name}" if method == "POST" else f"serve_{name}_get"
+    handler.__doc__ = f"{method} /serve/{{name}}/{path.lstrip('/')}: TEI's {path}, passed through."
+    return handler
+
+
+def _data_plane_specs() -> list[RouteSpec]:
+    by_name = _passthrough("POST", "/")
+    specs = [
+        RouteSpec("POST", "/v1/embeddings", openai_embeddings, "inference",
+                  summary="OpenAI-style embeddings"),
+        RouteSpec("POST", "/serve/{name}", by_name, "inference",
+                  summary="TEI's compatibility route (POST /), passed through"),
+        RouteSpec("POST", "/serve/{name}/", by_name, "inference",
+                  summary="TEI's compatibility route, for clients whose base URL is /serve/{name}"),
+    ]
+    specs += [RouteSpec("POST", f"/serve/{{name}}/{op}", _passthrough("POST", f"/{op}"),
+                        "inference", summary=f"TEI /{op}, passed through") for op in TEI_POST]
+    specs += [RouteSpec("GET", f"/serve/{{name}}/{op}", _passthrough("GET", f"/{op}"),
+                        "inference", summary=f"TEI /{op} of the deployment") for op in TEI_GET]
+    return specs
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "gateway": request.app[GATEWAY].id})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: requests, latency and upstream errors per deployment, in flight
+    per replica (service/metrics.py). Loopback callers only, or GREENROOM_METRICS_TOKEN."""
+    metrics_access.check(request, request.app[SETTINGS])
+    body = exposition(request.app[GATEWAY].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+OWN_ROUTES = [
+    RouteSpec("GET", "/healthz", healthz, "public", summary="Liveness of this gateway"),
+    RouteSpec("GET", "/metrics", metrics, "public", summary="This gateway's Prometheus metrics"),
+    RouteSpec("GET", "/openapi.json", openapi_json, "public", summary="OpenAPI document"),
+]
+
+
+def _register_unguarded(app: web.Application, specs: list[RouteSpec]) -> None:
+    """Routes that check access themselves (cached), in the route table for the docs and the
+    authorisation matrix."""
+    for spec in specs:
+        app.router.add_route(spec.method, spec.path, spec.handler)
+        app[ROUTE_TABLE].append(spec)
+
+
+# ---- resources ----
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[PG] = await create_pool(settings.require_database_url(), max_size=10)
+    app[GATEWAY_REDIS] = Redis.from_url(settings.require_redis_url(), socket_connect_timeout=1,
+                                        socket_timeout=5)
+    gateway = Gateway(app[PG], app[GATEWAY_REDIS], settings.routes_poll_s)
+    gateway.holds = Holds(settings.gateway_hold_timeout_s, settings.gateway_hold_max)
+    gateway.on_auth_change.append(app[ACCESS].clear)
+    await gateway.start()
+    app[GATEWAY] = gateway
+    yield
+    await gateway.close()
+    await app[GATEWAY_REDIS].aclose()
+    await app[PG].close()
+
+
+def create_gateway_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings()
+    require_secret(settings)  # it verifies the same tokens the API signs
+    app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[ACCESS] = AccessCache(settings.access_cache_ttl_s)
+    app[ROUTE_TABLE] = []
+    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(principal_cache_ctx(GATEWAY_REDIS, settings.access_cache_ttl_s))
+    register(app, feedback.ROUTES)  # before /serve/{name}/{op} would shadow it
+    _register_unguarded(app, _data_plane_specs())
+    register(app, OWN_ROUTES)
+    return app

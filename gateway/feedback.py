@@ -1,0 +1,29 @@
+"""POST /serve/{name}/feedback: upvotes, implicit upvotes and associations from users."""
+
+from datetime import UTC
+
+from aiohttp import web
+
+from schemas.bazaar import FeedbackRecorded, FeedbackRequest
+from service.auth.guard import RouteSpec, call_of, path_param
+from service.domain import feedback
+from service.keys import GATEWAY, PG
+from service.web.errors import ApiError
+from service.web.responses import json_response
+
+
+async def record(request: web.Request) -> web.Response:
+    """Record one feedback event for a serving deployment (public ones need no token)."""
+    name = request.match_info["name"]
+    route = request.app[GATEWAY].lookup(name)
+    if route is None:
+        raise ApiError(404, f"deployment {name!r} not found or not serving")
+    row = await feedback.record(request.app[PG], route.model_id, call_of(request).body)
+    stamp = row.created_at.astimezone(UTC).isoformat()
+    return json_response(FeedbackRecorded(id=row.id, event=row.event, timestamp=stamp), 201)
+
+
+ROUTES = [
+    RouteSpec("POST", "/serve/{name}/feedback", record, "inference", FeedbackRequest,
+              FeedbackRecorded, path_param("name"), 201, summary="Record feedback"),
+]

@@ -1,0 +1,74 @@
+"""`greenroom gateway` (and `python -m gateway.server`): run the data plane.
+
+With `processes` > 1 this process serves too and starts the others, each its own gateway
+on the same port (SO_REUSEPORT: the kernel spreads connections over them), and stops
+them when it stops.
+"""
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+
+from aiohttp import web
+
+from schemas.logs import configure_logging
+from schemas.settings import Settings
+
+
+def _start_peers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
+    # The peers serve what this process serves, wherever its settings came from (the
+    # environment or the stack file of `up`'s folder).
+    env = dict(os.environ, GREENROOM_GATEWAY_PROCESSES="1",
+               GREENROOM_GATEWAY_HOST=settings.gateway_host,
+               GREENROOM_GATEWAY_PORT=str(settings.gateway_port))
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+    for name, value in (("DATABASE_URL", settings.database_url),
+                        ("REDIS_URL", settings.redis_url), ("SECRET_KEY", secret)):
+        if value:
+            env[f"GREENROOM_{name}"] = value
+    return [subprocess.Popen([sys.executable, "-m", "gateway.server"], env=env)
+            for _ in range(count)]
+
+
+def _stop(peers: list[subprocess.Popen[bytes]]) -> None:
+    for peer in peers:
+        with contextlib.suppress(ProcessLookupError):
+            peer.terminate()
+    for peer in peers:
+        try:
+            peer.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            peer.kill()
+
+
+def _fast_loop() -> None:
+    """uvloop's event loop where installed: the gateway is all socket I/O."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve(settings: Settings, processes: int | None = None) -> None:
+    from gateway.app import create_gateway_app
+
+    _fast_loop()
+    count = max(1, processes or settings.gateway_processes)
+    peers = _start_peers(settings, count - 1) if count > 1 else []
+    try:
+        web.run_app(create_gateway_app(settings), host=settings.gateway_host,
+                    port=settings.gateway_port, reuse_port=True, print=None, access_log=None)
+    finally:
+        _stop(peers)
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    serve(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Launch tooling: the `greenroom` command, `greenroom up`, embedded servers, images."""

@@ -1,0 +1,1 @@
+"""The API's surfaces, one module per surface; handlers only."""

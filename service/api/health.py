@@ -1,0 +1,68 @@
+"""Liveness, readiness and metrics of the API process."""
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+
+from schemas.queue import WORKER_KEY_PREFIX
+from service.auth.guard import RouteSpec, register
+from service.keys import METRICS, PG, REDIS
+from service.metrics import exposition
+from service.web.openapi import openapi_json
+
+PROBE_TIMEOUT_S = 1.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _probe_pg(request: web.Request) -> bool:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            return bool(await request.app[PG].fetchval("SELECT 1") == 1)
+    return False
+
+
+async def _probe_redis(request: web.Request) -> tuple[bool, int]:
+    redis = request.app[REDIS]
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await redis.ping()
+            workers = [k async for k in redis.scan_iter(match=WORKER_KEY_PREFIX + "*")]
+            return True, len(workers)
+    return False, 0
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when Postgres and Redis answer; lists live workers (DESIGN.md §10)."""
+    pg_ok = await _probe_pg(request)
+    redis_ok, workers = await _probe_redis(request)
+    ok = pg_ok and redis_ok
+    body = {"status": "ok" if ok else "unavailable", "postgres": pg_ok, "redis": redis_ok,
+            "workers": workers}
+    if not ok:
+        body |= {"status_code": 503, "message": "a dependency is unavailable"}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: the API's requests (service/metrics.py); inference is counted
+    on each gateway's /metrics."""
+    body = exposition(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+ROUTES = [
+    RouteSpec("GET", "/healthz", healthz, "public", summary="Liveness"),
+    RouteSpec("GET", "/readyz", readyz, "public", summary="Readiness"),
+    RouteSpec("GET", "/metrics", metrics, "public", summary="Metrics"),
+    RouteSpec("GET", "/openapi.json", openapi_json, "public", summary="OpenAPI document"),
+]
+
+
+def setup(app: web.Application) -> None:
+    register(app, ROUTES)

@@ -1,0 +1,204 @@
+"""Accounts and the model registry under /api/v2: users, login, API keys, models, grants."""
+
+from aiohttp import web
+
+from db import api_keys, models, permissions, users
+from db.api_keys import ApiKey
+from db.users import User
+from schemas.auth import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    GrantOut,
+    GrantRequest,
+    LoginRequest,
+    LoginResponse,
+    ModelOut,
+    UserCreate,
+    UserOut,
+)
+from schemas.bazaar import Empty
+from schemas.models import ModelCreate
+from service.auth.events import announce_access_change
+from service.auth.guard import RouteSpec, call_of, path_param, require_secret
+from service.domain import accounts, catalog, model_upload, quotas
+from service.keys import LOGIN_THROTTLE, PG, SETTINGS
+from service.web.errors import ApiError
+from service.web.responses import json_response
+
+MODEL = "{model_id:[^/]+(?:/[^/]+)?}"
+
+
+def _user_out(user: User) -> UserOut:
+    return UserOut(id=user.id, username=user.username, email=user.email,
+                   is_admin=user.is_admin, created_at=user.created_at)
+
+
+def _key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(id=key.id, name=key.name, expires_at=key.expires_at,
+                     revoked_at=key.revoked_at, created_at=key.created_at)
+
+
+async def login(request: web.Request) -> web.Response:
+    """Exchange a username and password for a bearer token."""
+    body: LoginRequest = call_of(request).body
+    throttle, address = request.app[LOGIN_THROTTLE], request.remote or "unknown"
+    # Counted as a failure from here (concurrent guesses see each other), until it succeeds.
+    mark = throttle.attempt(body.username, address)
+    try:
+        user, token, expires_at = await accounts.login(
+            request.app[PG], require_secret(request.app[SETTINGS]), body.username, body.password)
+    except ApiError as exc:
+        if exc.status != 401:
+            throttle.release(body.username, address, mark)
+        raise
+    except BaseException:
+        throttle.release(body.username, address, mark)
+        raise
+    throttle.succeeded(body.username, address, mark)
+    return json_response(LoginResponse(access_token=token, expires_at=expires_at,
+                                       user=_user_out(user)))
+
+
+async def create_user(request: web.Request) -> web.Response:
+    """Create a user (administrators only)."""
+    user = await accounts.create_user(request.app[PG], call_of(request).body)
+    return json_response(_user_out(user), 201)
+
+
+async def list_users(request: web.Request) -> web.Response:
+    return json_response([_user_out(u) for u in await users.list_all(request.app[PG])])
+
+
+async def me(request: web.Request) -> web.Response:
+    user_id = call_of(request).principal.user_id
+    assert user_id is not None
+    user = await users.get(request.app[PG], user_id)
+    assert user is not None
+    return json_response(_user_out(user))
+
+
+async def create_api_key(request: web.Request) -> web.Response:
+    """A new API key for the caller; the key is in this response only."""
+    call = call_of(request)
+    assert call.principal.user_id is not None
+    row, key = await accounts.create_api_key(request.app[PG], call.principal.user_id, call.body)
+    return json_response(ApiKeyCreated(**_key_out(row).model_dump(), key=key), 201)
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    user_id = call_of(request).principal.user_id
+    assert user_id is not None
+    return json_response([_key_out(k) for k in await api_keys.list_for_user(request.app[PG],
+                                                                           user_id)])
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    """Revoke one of the caller's keys (an administrator: anyone's)."""
+    principal = call_of(request).principal
+    assert principal.user_id is not None
+    try:
+        key_id = int(request.match_info["key_id"])
+    except ValueError:
+        raise ApiError(404, "API key not found") from None
+    await accounts.revoke_api_key(request.app[PG], key_id, principal.user_id, principal.is_admin)
+    await announce_access_change(request.app, "api_key")
+    return json_response(Empty())
+
+
+async def register_model(request: web.Request) -> web.Response:
+    """Register a model owned by the caller."""
+    call = call_of(request)
+    assert call.principal.user_id is not None
+    await quotas.check_new_model(request.app[PG], request.app[SETTINGS], call.principal.user_id)
+    model = await catalog.register(request.app[PG], request.app[SETTINGS],
+                                   call.principal.user_id, call.principal.is_admin, call.body)
+    return json_response(await catalog.describe(request.app[PG], model), 201)
+
+
+async def upload_model(request: web.Request) -> web.Response:
+    """Upload the model's weights: a tar.gz or zip of a sentence-transformers folder."""
+    call = call_of(request)
+    assert call.model is not None
+    allow_pickle = request.query.get("allow_pickle", "").lower() in ("1", "true", "yes")
+    if allow_pickle and not call.principal.is_admin:
+        raise ApiError(403, "only administrators may allow pickled weights")
+    model = await model_upload.upload(request.app[PG], request.app[SETTINGS], call.model,
+                                      request.content.iter_chunked(model_upload.CHUNK),
+                                      allow_pickle, request.content_length)
+    return json_response(await catalog.describe(request.app[PG], model))
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """Every model the caller can read."""
+    principal = call_of(request).principal
+    pool = request.app[PG]
+    found = await models.list_visible(pool, principal.user_id, principal.is_admin)
+    return json_response([await catalog.describe(pool, m) for m in found])
+
+
+async def show_model(request: web.Request) -> web.Response:
+    model = call_of(request).model
+    assert model is not None
+    return json_response(await catalog.describe(request.app[PG], model))
+
+
+async def list_grants(request: web.Request) -> web.Response:
+    model = call_of(request).model
+    assert model is not None
+    grants = await permissions.list_for_model(request.app[PG], model.id)
+    return json_response([GrantOut(model_id=g.model_id, username=g.username,
+                                   permission=g.permission, expires_at=g.expires_at)
+                          for g in grants])
+
+
+async def grant(request: web.Request) -> web.Response:
+    """Give a user read, write or owner permission on the model, optionally until a time."""
+    call = call_of(request)
+    assert call.model is not None
+    body: GrantRequest = call.body
+    await catalog.grant(request.app[PG], call.model, body)
+    await announce_access_change(request.app, "grant")
+    return json_response(GrantOut(model_id=call.model.id, username=body.username,
+                                  permission=body.permission, expires_at=body.expires_at))
+
+
+async def revoke(request: web.Request) -> web.Response:
+    model = call_of(request).model
+    assert model is not None
+    await catalog.revoke(request.app[PG], model, request.match_info["username"])
+    await announce_access_change(request.app, "grant")
+    return json_response(Empty())
+
+
+ROUTES = [
+    RouteSpec("POST", "/api/v2/auth/login", login, "public", LoginRequest, LoginResponse,
+              summary="Log in"),
+    RouteSpec("POST", "/api/v2/users", create_user, "admin", UserCreate, UserOut, status=201,
+              summary="Create a user"),
+    RouteSpec("GET", "/api/v2/users", list_users, "admin", None, list[UserOut],
+              summary="List users"),
+    RouteSpec("GET", "/api/v2/users/me", me, "user", None, UserOut, summary="The caller"),
+    RouteSpec("POST", "/api/v2/auth/api-keys", create_api_key, "user", ApiKeyCreate,
+              ApiKeyCreated, status=201, summary="Create an API key"),
+    RouteSpec("GET", "/api/v2/auth/api-keys", list_api_keys, "user", None, list[ApiKeyOut],
+              summary="List the caller's API keys"),
+    RouteSpec("DELETE", "/api/v2/auth/api-keys/{key_id}", revoke_api_key, "user", None, Empty,
+              summary="Revoke an API key"),
+    RouteSpec("POST", "/api/v2/models", register_model, "user", ModelCreate, ModelOut,
+              status=201, summary="Register a model"),
+    RouteSpec("GET", "/api/v2/models", list_models, "user", None, list[ModelOut],
+              summary="List readable models"),
+    RouteSpec("GET", f"/api/v2/models/{MODEL}/permissions", list_grants, "owner", None,
+              list[GrantOut], path_param("model_id"), summary="List grants"),
+    RouteSpec("PUT", f"/api/v2/models/{MODEL}/permissions", grant, "owner", GrantRequest,
+              GrantOut, path_param("model_id"), summary="Grant a permission"),
+    RouteSpec("DELETE", f"/api/v2/models/{MODEL}/permissions/{{username}}", revoke, "owner",
+              None, Empty, path_param("model_id"), summary="Revoke a grant"),
+    RouteSpec("POST", f"/api/v2/models/{MODEL}/upload", upload_model, "owner", None, ModelOut,
+              path_param("model_id"), query=(("allow_pickle", False),),
+              raw_body=("application/gzip", "application/zip", "application/octet-stream"),
+              summary="Upload a model (tar.gz or zip of a sentence-transformers folder)"),
+    RouteSpec("GET", f"/api/v2/models/{MODEL}", show_model, "read", None, ModelOut,
+              path_param("model_id"), summary="Show a model"),
+]

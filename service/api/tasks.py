@@ -1,0 +1,99 @@
+"""Seed 002: the task API at the root — deploy and delete tasks, by id and by model."""
+
+from aiohttp import web
+
+from schemas.tasks import TaskKind, TaskRequest, TaskResponse
+from service.auth.guard import (
+    CALLER,
+    LOCATED_ACCESS,
+    Locator,
+    RouteSpec,
+    body_field,
+    call_of,
+    path_param,
+    register,
+)
+from service.domain import tasks as task_service
+from service.keys import PG, REDIS, SETTINGS
+
+_LOCATED_TASK = web.RequestKey("located_task", task_service.Task)
+
+
+def _json(task: task_service.Task, status: int = 200) -> web.Response:
+    body = task_service.to_response(task).model_dump_json()
+    return web.Response(text=body, status=status, content_type="application/json")
+
+
+async def _create(request: web.Request, kind: TaskKind) -> web.Response:
+    call = call_of(request)
+    task, created = await task_service.accept(
+        request.app[PG], request.app[REDIS], kind, call.body,
+        request.headers.get("Idempotency-Key"), call.principal.user_id, call.model,
+        settings=request.app[SETTINGS],
+    )
+    return _json(task, 202 if created else 200)
+
+
+async def post_deploy(request: web.Request) -> web.Response:
+    """Create a deploy task: 202 with the pending task."""
+    return await _create(request, TaskKind.deploy)
+
+
+async def post_delete(request: web.Request) -> web.Response:
+    """Create a delete task: 202 with the pending task."""
+    return await _create(request, TaskKind.delete)
+
+
+async def get_deploy_task(request: web.Request) -> web.Response:
+    return _json(request[_LOCATED_TASK])
+
+
+async def get_delete_task(request: web.Request) -> web.Response:
+    return _json(request[_LOCATED_TASK])
+
+
+async def get_deploy_status(request: web.Request) -> web.Response:
+    task = await task_service.latest_for_model(
+        request.app[PG], TaskKind.deploy, request.match_info["embedding_model_id"])
+    return _json(task)
+
+
+async def get_delete_status(request: web.Request) -> web.Response:
+    task = await task_service.latest_for_model(
+        request.app[PG], TaskKind.delete, request.match_info["embedding_model_id"])
+    return _json(task)
+
+
+def task_model(kind: TaskKind) -> Locator:
+    """The model of the task in the path: reading a task needs read access to its model.
+    The task, its model and the caller's grant come in one query (the polling hot path)."""
+    async def locate(request: web.Request, body: object) -> str:
+        task, model, grant = await task_service.get_with_access(
+            request.app[PG], kind, request.match_info["task_id"], request[CALLER].user_id)
+        request[_LOCATED_TASK] = task  # the handler answers with it; no second read
+        request[LOCATED_ACCESS] = (model, grant)
+        return str(task.model_id)
+    return locate
+
+
+MODEL_REF = "{embedding_model_id:.+}"
+ROUTES = [
+    RouteSpec("POST", "/deploy", post_deploy, "owner", TaskRequest, TaskResponse,
+              body_field("embedding_model_id"), 202, summary="Create a deploy task"),
+    RouteSpec("GET", "/deploy/{task_id}", get_deploy_task, "read", None, TaskResponse,
+              task_model(TaskKind.deploy), summary="A deploy task"),
+    RouteSpec("GET", f"/deploy-status/{MODEL_REF}", get_deploy_status, "read", None,
+              TaskResponse, path_param("embedding_model_id"),
+              summary="The model's latest deploy task"),
+    RouteSpec("POST", "/delete", post_delete, "owner", TaskRequest, TaskResponse,
+              body_field("embedding_model_id"), 202, summary="Create a delete task"),
+    RouteSpec("GET", "/delete/{task_id}", get_delete_task, "read", None, TaskResponse,
+              task_model(TaskKind.delete), summary="A delete task"),
+    RouteSpec("GET", f"/delete-status/{MODEL_REF}", get_delete_status, "read", None,
+              TaskResponse, path_param("embedding_model_id"),
+              summary="The model's latest delete task"),
+]
+
+
+def setup(app: web.Application) -> None:
+    register(app, ROUTES)

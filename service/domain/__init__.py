@@ -1,0 +1,1 @@
+"""What the API's surfaces do below their handlers; no HTTP here."""

@@ -1,0 +1,228 @@
+"""Bring your own model: a tar.gz or zip of a sentence-transformers folder, into the store.
+
+The archive is streamed to disk under a size bound, unpacked into a scratch folder with every
+member checked (no absolute paths, no `..`, no links, no devices, bounded count and size;
+tarfile's "data" filter as a second layer), the result checked for a model (config.json and
+safetensors weights; pickled weights, which run code when loaded, only if an administrator
+allows them), then moved into `<store>/<model id>/` in one rename. Whatever goes wrong, the
+scratch files are removed: a refused archive leaves nothing behind.
+"""
+
+import asyncio
+import contextlib
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from uuid import uuid4
+
+import asyncpg
+
+from db import models
+from db.models import Model
+from schemas.settings import Settings
+from service.web.errors import ApiError
+
+CHUNK = 1 << 20
+INCOMING = ".incoming"
+PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_upload_bytes: int
+    max_files: int
+    max_unpacked_bytes: int
+    allow_pickled: bool
+
+
+def _bad(message: str, status: int = 422) -> ApiError:
+    return ApiError(status, f"upload refused: {message}")
+
+
+async def receive(chunks: AsyncIterator[bytes], scratch: Path, limits: Limits) -> Path:
+    """Stream the body to `scratch/archive`; 413 past the bound."""
+    target = scratch / "archive"
+    size = 0
+    with target.open("wb") as out:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limits.max_upload_bytes:
+                raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
+                           "(GREENROOM_MAX_UPLOAD_MB)", 413)
+            out.write(chunk)
+    if size == 0:
+        raise _bad("the request body is empty; send a tar.gz or zip archive", 400)
+    return target
+
+
+def _member_path(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith(("/", "\\")):
+        raise _bad(f"member {name!r} has an absolute path")
+    if ".." in path.parts:
+        raise _bad(f"member {name!r} escapes the folder with '..'")
+    return path
+
+
+def _count(total: list[int], size: int, limits: Limits) -> None:
+    total[0] += 1
+    total[1] += size
+    if total[0] > limits.max_files:
+        raise _bad(f"archive holds more than {limits.max_files} files")
+    if total[1] > limits.max_unpacked_bytes:
+        raise _bad(f"archive unpacks to more than {limits.max_unpacked_bytes // 2**20} MB")
+
+
+def _unpack_tar(archive: Path, into: Path, limits: Limits) -> None:
+    total = [0, 0]
+    with tarfile.open(archive) as tar:
+        members = []
+        for member in tar:
+            _member_path(member.name)
+            if member.issym() or member.islnk():
+                raise _bad(f"member {member.name!r} is a link; links are not accepted")
+            if not (member.isfile() or member.isdir()):
+                raise _bad(f"member {member.name!r} is a device, FIFO or other special file")
+            _count(total, member.size, limits)
+            members.append(member)
+        tar.extractall(into, members=members, filter="data")
+
+
+def _unpack_zip(archive: Path, into: Path, limits: Limits) -> None:
+    total = [0, 0]
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _member_path(info.filename)
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded
+            if kind == stat.S_IFLNK:
+                raise _bad(f"member {info.filename!r} is a link; links are not accepted")
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise _bad(f"member {info.filename!r} is a device, FIFO or other special file")
+            _count(total, info.file_size, limits)
+        for info in infos:
+            zf.extract(info, into)  # reads at most file_size bytes of each member
+
+
+# What a damaged, encrypted (RuntimeError) or deflate64 (NotImplementedError) archive raises.
+DAMAGED = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError,
+           NotImplementedError, RuntimeError, ValueError)
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's kind and text, never a server path (the scratch folder, a file's name)."""
+    text = (exc.strerror or "") if isinstance(exc, OSError) else str(exc)
+    return type(exc).__name__ if not text or "/" in text else text
+
+
+def unpack(archive: Path, into: Path, limits: Limits) -> Path:
+    """Unpack safely; returns the model folder (the archive's root, or its one top folder)."""
+    into.mkdir()
+    try:
+        if tarfile.is_tarfile(archive):
+            _unpack_tar(archive, into, limits)
+        elif zipfile.is_zipfile(archive):
+            _unpack_zip(archive, into, limits)
+        else:
+            raise _bad("the body is not a tar.gz, tar or zip archive", 415)
+    except DAMAGED as exc:
+        raise _bad(f"the archive is damaged, encrypted or uses an unsupported compression "
+                   f"({_reason(exc)})") from None
+    entries = [p for p in into.iterdir() if p.name not in ("__MACOSX",)]
+    if len(entries) == 1 and entries[0].is_dir() and not (into / "config.json").exists():
+        return entries[0]
+    return into
+
+
+def check_model(folder: Path, limits: Limits) -> list[str]:
+    """The weight files, if the folder is a loadable sentence-transformers model; else 422."""
+    if not (folder / "config.json").is_file():
+        raise _bad("no config.json at the top of the model folder")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    safe = [p for p in files if p.suffix == ".safetensors"]
+    pickled = [p for p in files if p.suffix in PICKLED]
+    if pickled and not limits.allow_pickled:
+        names = ", ".join(sorted(p.name for p in pickled))
+        raise _bad(f"pickled weights ({names}) can run code when loaded; convert them to "
+                   "safetensors (an administrator may allow them with ?allow_pickle=true)")
+    weights = safe + pickled
+    if not weights:
+        raise _bad("no weights (model.safetensors) in the model folder")
+    return sorted(str(p.relative_to(folder)) for p in weights)
+
+
+def install(folder: Path, target: Path) -> None:
+    """Replace `target` with `folder` by renames (an old version is removed after)."""
+    old = target.with_name(f"{target.name}.old-{uuid4().hex[:8]}")
+    try:
+        if target.exists():
+            target.rename(old)
+        folder.rename(target)
+    except OSError:  # another upload of this model got there between the two renames
+        raise ApiError(409, "another upload of this model finished at the same moment; "
+                            "upload again if yours should win") from None
+    for path in [target, *target.rglob("*")]:
+        with contextlib.suppress(OSError):  # readable by unprivileged replicas
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def scratch_dir(store: Path) -> Path:
+    folder = store / INCOMING / uuid4().hex
+    folder.mkdir(parents=True)
+    return folder
+
+
+def limits_of(settings: Settings, allow_pickled: bool) -> Limits:
+    return Limits(max_upload_bytes=settings.max_upload_mb * 2**20,
+                  max_files=settings.upload_max_files,
+                  max_unpacked_bytes=settings.upload_max_unpacked_mb * 2**20,
+                  allow_pickled=allow_pickled)
+
+
+async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
+                 chunks: AsyncIterator[bytes], allow_pickled: bool,
+                 declared_size: int | None = None) -> Model:
+    """Receive, unpack, check and install the model's weights; train_status in_progress
+    meanwhile, complete after (back to what it was if the archive is refused)."""
+    store = settings.model_store_dir.resolve()
+    limits = limits_of(settings, allow_pickled)
+    if declared_size is not None and declared_size > limits.max_upload_bytes:
+        raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
+                   "(GREENROOM_MAX_UPLOAD_MB)", 413)
+    # Claimed in the database: a second upload (or a save in progress) is refused, and the
+    # status to go back to is the one this upload found, never a stale snapshot.
+    before = await models.claim_train_status(pool, model.id, "in_progress")
+    if before is None:
+        raise ApiError(409, "this model is already being uploaded or trained "
+                            "(train_status in_progress); try again when it is done")
+    try:
+        scratch = scratch_dir(store)
+    except BaseException:
+        await models.set_train_status(pool, model.id, before)
+        raise
+    try:
+        archive = await receive(chunks, scratch, limits)
+        folder = await asyncio.to_thread(unpack, archive, scratch / "unpacked", limits)
+        weights = check_model(folder, limits)
+        target = store / str(model.id)
+        await asyncio.to_thread(install, folder, target)
+    except BaseException:
+        await models.set_train_status(pool, model.id, before)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    source = {**model.source, "backend": "sentence-transformers", "location": str(target)}
+    await models.update_source(pool, model.id, source)
+    await models.merge_metadata(pool, model.id, {"uploaded_weights": weights})
+    await models.set_train_status(pool, model.id, "complete")
+    found = await models.get(pool, model.id)
+    assert found is not None
+    return found

@@ -1,0 +1,106 @@
+"""Quotas at the API (issue 19): refuse what would take an owner past a limit, show use."""
+
+import asyncpg
+
+from db import quotas as quota_rows
+from db import users
+from db.models import Model
+from schemas import quotas
+from schemas.quotas import QuotaExceeded, QuotaFigures, QuotaLimits, UsageResponse, Use
+from schemas.settings import Settings
+from schemas.tasks import DeploymentConfig
+from service.web.errors import ApiError
+
+QUOTA_STATUS = 403
+# A deploy accepted now counts every open task of the owner's other models: they were
+# accepted against the same quota and will run.
+OPEN = ["pending", "processing"]
+
+
+class QuotaError(ApiError):
+    """A refused request, with the figures as the error's detail (seed 000: its data)."""
+
+    def __init__(self, exc: QuotaExceeded) -> None:
+        super().__init__(QUOTA_STATUS, str(exc), exc.figures)
+        self.figures = exc.figures
+
+
+async def limits_of(pool: asyncpg.Pool, settings: Settings,
+                    user_id: int) -> tuple[Use, QuotaLimits]:
+    """The user's limits (defaults with the admin's overrides) and the overrides alone."""
+    stored = await quota_rows.overrides(pool, user_id)
+    overrides = QuotaLimits(**{name: stored[f"max_{name}"] for name in quotas.QUOTA_NAMES})
+    return quotas.limits_with(quotas.defaults(settings), stored), overrides
+
+
+async def committed(pool: asyncpg.Pool, settings: Settings, owner_id: int,
+                    exclude: Model | None, statuses: list[str]) -> Use:
+    """What the owner's models (but `exclude`) hold or have open tasks for."""
+    rows = await quota_rows.claims(pool, owner_id, exclude.id if exclude else None, statuses)
+    return quotas.total(
+        quotas.claimed(r.task_kind, r.task_config, r.deployed_config, r.backend,
+                       settings.replica_memory_mb) for r in rows)
+
+
+async def check_deploy(pool: asyncpg.Pool, settings: Settings, model: Model,
+                       config: DeploymentConfig) -> None:
+    """403 if deploying `model` with `config` takes its owner past a quota."""
+    if await quota_rows.is_admin(pool, model.owner_id):
+        return
+    limits, _ = await limits_of(pool, settings, model.owner_id)
+    current = await committed(pool, settings, model.owner_id, model, OPEN)
+    wanted = quotas.demand(config, model.source.get("backend"), settings.replica_memory_mb)
+    try:
+        quotas.check(limits, current, wanted)
+    except QuotaExceeded as exc:
+        raise QuotaError(exc) from None
+
+
+async def check_new_model(pool: asyncpg.Pool, settings: Settings, owner_id: int) -> None:
+    """403 if the owner already has as many models as the models quota allows."""
+    if await quota_rows.is_admin(pool, owner_id):
+        return
+    limits, _ = await limits_of(pool, settings, owner_id)
+    held = Use(models=await quota_rows.count_models(pool, owner_id))
+    try:
+        quotas.check(limits, held, Use(models=1))
+    except QuotaExceeded as exc:
+        raise QuotaError(exc) from None
+
+
+async def actual_use(pool: asyncpg.Pool, settings: Settings, owner_id: int) -> Use:
+    """What runs now: models, serving deployments, live replicas and their memory."""
+    live = await quota_rows.live_replicas(pool, owner_id)
+    memory = sum(r.memory_mb or quotas.replica_memory_mb(r.config_memory_mb, r.backend,
+                                                         settings.replica_memory_mb)
+                 for r in live)
+    return Use(models=await quota_rows.count_models(pool, owner_id),
+               deployments=await quota_rows.count_serving(pool, owner_id),
+               replicas=len(live), memory_mb=memory)
+
+
+async def usage(pool: asyncpg.Pool, settings: Settings, user_id: int) -> UsageResponse:
+    user = await users.get(pool, user_id)
+    if user is None:
+        raise ApiError(404, "user not found")
+    limits, overrides = await limits_of(pool, settings, user_id)
+    use = await actual_use(pool, settings, user_id)
+    return UsageResponse(username=user.username, unlimited=user.is_admin,
+                         usage=QuotaFigures(**use.as_dict()),
+                         limits=QuotaFigures(**limits.as_dict()), overrides=overrides)
+
+
+async def user_id_of(pool: asyncpg.Pool, username: str) -> int:
+    user = await users.get_by_name(pool, username)
+    if user is None:
+        raise ApiError(404, f"user {username!r} not found")
+    return user.id
+
+
+async def set_limits(pool: asyncpg.Pool, settings: Settings, username: str,
+                     body: QuotaLimits) -> UsageResponse:
+    """Replace a user's overrides (null or omitted: back to the default)."""
+    user_id = await user_id_of(pool, username)
+    await quota_rows.set_overrides(
+        pool, user_id, {f"max_{n}": v for n, v in body.model_dump().items()})
+    return await usage(pool, settings, user_id)

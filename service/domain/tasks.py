@@ -1,0 +1,151 @@
+"""Accepting and reading tasks (DESIGN.md §4.1, §4.4): the outbox insert, then the enqueue."""
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import structlog
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+
+from db import deployments, models, task_access, tasks
+from db.errors import UniqueViolation
+from db.models import Model
+from db.permissions import Grant
+from db.tasks import Task
+from schemas.queue import JOB_RUN_TASK
+from schemas.settings import Settings
+from schemas.tasks import Phase, TaskKind, TaskRequest, TaskResponse, TaskStatus
+from service.domain import quotas
+from service.web.errors import ApiError
+
+log = structlog.get_logger(__name__)
+ENQUEUE_TIMEOUT_S = 2.0
+
+
+def request_hash(kind: TaskKind, req: TaskRequest) -> str:
+    body = {"kind": kind.value, "model": req.embedding_model_id,
+            "config": req.config.model_dump(mode="json", exclude_unset=True)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def to_response(task: Task) -> TaskResponse:
+    return TaskResponse(
+        task_id=task.id, kind=TaskKind(task.kind), status=TaskStatus(task.status),
+        phase=Phase(task.phase) if task.phase else None,
+        created_at=task.created_at, updated_at=task.updated_at,
+        embedding_model_id=task.request.get("embedding_model_id", str(task.model_id)),
+        metadata=task.metadata, detail=task.detail,
+    )
+
+
+async def resolve_model(pool: asyncpg.Pool, ref: str) -> Model:
+    model = await models.find(pool, ref)
+    if model is None:
+        raise ApiError(404, f"model {ref!r} not found", {"embedding_model_id": ref})
+    return model
+
+
+def _same_request(existing: Task, digest: str) -> Task:
+    if existing.request_hash != digest:
+        raise ApiError(422, "idempotency key was already used with a different request",
+                       {"task_id": str(existing.id)})
+    return existing
+
+
+async def _check_deployable(pool: asyncpg.Pool, model: Model, req: TaskRequest) -> None:
+    if model.train_status != "complete":
+        raise ApiError(409, f"model {model.identifier} cannot be deployed while its train "
+                       f"status is {model.train_status}")
+    name = req.config.deployment_name
+    if name:
+        taken = await deployments.get_by_name(pool, name)
+        if taken is not None and taken.model_id != model.id:
+            raise ApiError(409, f"deployment name {name!r} is taken by another model")
+
+
+async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:
+    """Hand the task to arq; on failure the row stays unenqueued for the reconciler."""
+    try:
+        async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
+            await redis.enqueue_job(JOB_RUN_TASK, str(task_id), _job_id=str(task_id))
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("enqueue_deferred", task=str(task_id), error=str(exc) or type(exc).__name__)
+        return False
+    await tasks.mark_enqueued(pool, task_id)
+    return True
+
+
+async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
+                 idempotency_key: str | None, created_by: int | None = None,
+                 model: Model | None = None, *, settings: Settings,
+                 extra: dict[str, Any] | None = None) -> tuple[Task, bool]:
+    """Insert (or find, for a repeated idempotency key) the task; True when created now.
+
+    `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup.
+    A deploy that would take the model's owner past a quota is refused (403). `extra` is
+    stored in the task's request beside the body (a scale's replica count).
+    """
+    key = req.id or idempotency_key
+    digest = request_hash(kind, req)
+    if key and (existing := await tasks.get_by_idempotency_key(pool, key)):
+        return _same_request(existing, digest), False
+    model = model or await resolve_model(pool, req.embedding_model_id)
+    if kind == TaskKind.deploy:
+        await _check_deployable(pool, model, req)
+        await quotas.check_deploy(pool, settings, model, req.config)
+    metadata: dict[str, Any] = {}
+    if req.config.ignored_keys:
+        metadata["ignored_config_keys"] = req.config.ignored_keys
+    request = req.model_dump(mode="json", exclude_unset=True, by_alias=False)
+    request["embedding_model_id"] = req.embedding_model_id
+    request |= extra or {}
+    try:
+        task = await tasks.insert(
+            pool, task_id=uuid4(), kind=kind.value, model_id=model.id, request=request,
+            request_hash=digest, idempotency_key=key, created_by=created_by, metadata=metadata,
+        )
+    except UniqueViolation as exc:
+        if key and exc.constraint == "tasks_idempotency_key":
+            existing = await tasks.get_by_idempotency_key(pool, key)
+            if existing is not None:
+                return _same_request(existing, digest), False
+        raise
+    log.info("task_accepted", task=str(task.id), kind=kind.value, model=str(model.id))
+    await enqueue(redis, pool, task.id)
+    return task, True
+
+
+async def get(pool: asyncpg.Pool, kind: TaskKind, task_id: str) -> Task:
+    try:
+        parsed = UUID(task_id)
+    except ValueError:
+        raise ApiError(404, f"{kind.value} task {task_id!r} not found") from None
+    task = await tasks.get(pool, parsed, kind.value)
+    if task is None:
+        raise ApiError(404, f"{kind.value} task {task_id!r} not found")
+    return task
+
+
+async def get_with_access(pool: asyncpg.Pool, kind: TaskKind, task_id: str,
+                          user_id: int | None) -> tuple[Task, Model, Grant | None]:
+    """The task, its model and `user_id`'s grant on it, in one round trip; 404 if none."""
+    try:
+        parsed = UUID(task_id)
+    except ValueError:
+        raise ApiError(404, f"{kind.value} task {task_id!r} not found") from None
+    found = await task_access.get_with_access(pool, parsed, kind.value, user_id)
+    if found is None:
+        raise ApiError(404, f"{kind.value} task {task_id!r} not found")
+    return found
+
+
+async def latest_for_model(pool: asyncpg.Pool, kind: TaskKind, model_ref: str) -> Task:
+    model = await resolve_model(pool, model_ref)
+    task = await tasks.latest_for_model(pool, model.id, kind.value)
+    if task is None:
+        raise ApiError(404, f"no {kind.value} task for model {model_ref!r}")
+    return task

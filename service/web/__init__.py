@@ -1,0 +1,1 @@
+"""The HTTP layer both processes share: error shape, parsing, OpenAPI, static files."""

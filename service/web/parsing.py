@@ -1,0 +1,61 @@
+"""Turn request bodies into pydantic models, and their failures into 400/422 errors."""
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from service.web.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _problems(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON; 400 if it is not JSON, 413 if it is too large."""
+    raw = await request.read()
+    if not raw:
+        raise ApiError(400, "request body is empty; expected a JSON object")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "request body is not valid JSON", str(exc)) from None
+    if b"u0000" in raw and _has_nul(data):
+        raise ApiError(422, "invalid request: strings must not contain the NUL character")
+    return data
+
+
+def _has_nul(value: Any) -> bool:
+    """Postgres text and jsonb cannot hold U+0000; refuse it at the door."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        first = problems[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(422, f"invalid request: {where}: {first['msg']}", problems) from None
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """Read and validate the body; errors are the JSON error body, never a 5xx."""
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise ApiError(422, "request body must be a JSON object")
+    return validate(model, data)

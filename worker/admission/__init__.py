@@ -1,0 +1,1 @@
+"""Admission at the worker: quotas and host capacity."""

@@ -1,0 +1,135 @@
+"""A `scale` task (issue 14): change the serving generation's replica count; not a rollout.
+
+Up: new replicas start beside the serving ones and join the routing table only once
+healthy. Down: the replicas leaving are taken out of the table first, drained, then
+stopped. The task names a target count, not a step, so a retry after a dead worker
+(whose half-started replicas the reconciler removes) lands on the same count: no
+double scale. Replicas a dead scale left draining are finished off by the next one.
+"""
+
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from db import deployments, models, replicas, tasks
+from db.models import Model
+from db.replicas import Replica
+from db.tasks import Task
+from schemas.tasks import DeploymentConfig, Phase, TaskStatus
+from worker.admission import quotas
+from worker.context import WorkerContext
+from worker.rollout import (
+    Progress,
+    RolloutFailed,
+    _bring_up,
+    _drain_and_remove,
+    publish_routes,
+    remove_replicas,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def wanted_count(task: Task) -> int:
+    """The replica count a scale task asks for (route body, or seed 002's config.replicas)."""
+    request = task.request
+    if "replicas" in request:
+        return int(request["replicas"])
+    return int((request.get("config") or {}).get("replicas", 1))
+
+
+def _serving(rows: list[Replica], generation: int) -> tuple[list[Replica], list[Replica]]:
+    """(ready, draining) replicas of the serving generation, oldest first."""
+    mine = [r for r in rows if r.generation == generation]
+    return ([r for r in mine if r.state == "ready"], [r for r in mine if r.state == "draining"])
+
+
+async def _refuse(ctx: WorkerContext, task: Task, reason: str) -> None:
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.refused, reason)
+
+
+async def scale(ctx: WorkerContext, task: Task) -> None:
+    """Bring the serving generation to the task's replica count."""
+    deployment = await deployments.get(ctx.pool, task.model_id)
+    model = await models.get(ctx.pool, task.model_id)
+    if deployment is None or deployment.active_generation is None or model is None:
+        await _refuse(ctx, task, "the model has no serving deployment to scale")
+        return
+    generation = deployment.active_generation
+    config = DeploymentConfig.model_validate(deployment.config)
+    wanted = wanted_count(task)
+    if wanted > 0:
+        allowed = await quotas.clamp_scale(ctx, model, config, wanted, generation)
+        if allowed < wanted and not task.request.get("autoscaler"):
+            await _refuse(ctx, task, f"the owner's quota allows {allowed} replicas, not {wanted}")
+            return
+        wanted = max(1, allowed)
+    ready, leftover = _serving(await replicas.list_for_model(ctx.pool, task.model_id),
+                               generation)
+    progress = Progress(ctx, task)
+    before = len(ready)
+    await progress.enter(None, generation=generation, replicas_current=before,
+                         replicas_desired=wanted)
+    try:
+        if wanted > before:
+            await _add(ctx, progress, model, generation, config, wanted - before)
+        await _remove(ctx, progress, generation, ready[wanted:] if wanted < before else [],
+                      [r.id for r in leftover])
+    except RolloutFailed as exc:
+        await _fail(ctx, progress, generation, str(exc))
+        return
+    await _finish(ctx, progress, generation, before, wanted)
+
+
+async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
+               config: DeploymentConfig, count: int) -> None:
+    """Start `count` replicas; each joins the routing table once all are healthy."""
+    started = await _bring_up(ctx, progress, model, generation,
+                              config.model_copy(update={"replicas": count}))
+    await progress.enter(Phase.switching, generation=generation)
+    mine = [r for r in await replicas.list_for_model(ctx.pool, model.id)
+            if r.task_id == progress.task.id and r.state == "starting"]
+    for row in mine:
+        await replicas.transition(ctx.pool, row.id, "starting", "ready")
+    await publish_routes(ctx, model.id)
+    log.info("scaled_up", model=str(model.id), added=len(started))
+
+
+async def _remove(ctx: WorkerContext, progress: Progress, generation: int,
+                  leaving: list[Replica], leftover: list[UUID]) -> None:
+    """Out of the routing table first, then drained, then stopped."""
+    ids = [r.id for r in leaving if await replicas.transition(ctx.pool, r.id, "ready",
+                                                                "draining")]
+    ids += leftover
+    if not ids:
+        return
+    await publish_routes(ctx, progress.task.model_id)
+    await _drain_and_remove(ctx, progress, generation, ids)
+
+
+async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason: str) -> None:
+    task = progress.task
+    mine = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
+            if r.task_id == task.id and r.state == "starting"]
+    await remove_replicas(ctx, mine, "failed", grace_s=0)
+    await progress.event("error", f"scaling failed: {reason}", generation)
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason,
+                       {"generation": generation, "timings": progress.timings})
+
+
+async def _finish(ctx: WorkerContext, progress: Progress, generation: int, before: int,
+                  wanted: int) -> None:
+    task = progress.task
+    ready, _ = _serving(await replicas.list_for_model(ctx.pool, task.model_id), generation)
+    await deployments.set_scaled_count(ctx.pool, task.model_id, generation, len(ready) or None)
+    await deployments.set_desired(ctx.pool, task.model_id, wanted)
+    if not task.request.get("autoscaler") and before != len(ready):
+        await progress.event("info", f"scaled {before} → {len(ready)} (by the owner)",
+                             generation)
+    await progress.enter(None)
+    metadata: dict[str, Any] = {"generation": generation, "replicas_current": len(ready),
+                                "replicas_desired": wanted, "replicas_before": before,
+                                "timings": progress.timings}
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, metadata)
+    log.info("scale_done", task=str(task.id), before=before, after=len(ready))
