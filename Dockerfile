@@ -22,6 +22,9 @@ COPY pyproject.toml ./
 COPY schemas ./schemas
 COPY db ./db
 COPY service ./service
+COPY gateway ./gateway
+COPY launch ./launch
+COPY greenroom_client ./greenroom_client
 COPY worker ./worker
 COPY model_server ./model_server
 RUN pip install ".[model,onnx]" \
