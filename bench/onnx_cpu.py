@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The tokenizer's own thread pool would do its work off the measured thread.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(REPO_ROOT))  # `import model_server` is the package, not bench/'s
 
 from model_server.backends import SentenceTransformerBackend, resolve_model_dir  # noqa: E402
