@@ -27,12 +27,13 @@ from gateway import feedback, metrics_access
 from gateway.access import AccessCache
 from gateway.hold import Holds
 from gateway.routing import Gateway
+from schemas.errors import GreenroomError, Invalid, Malformed
 from schemas.settings import Settings
 from service.auth.guard import ROUTE_TABLE, RouteSpec, register, require_secret
 from service.auth.principal_cache import principal_cache_ctx
 from service.keys import GATEWAY, PG, SETTINGS
 from service.metrics import exposition
-from service.web.errors import ApiError
+from service.web.errors import ApiError, as_api_error
 from service.web.openapi import openapi_json
 
 log = structlog.get_logger(__name__)
@@ -69,9 +70,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as the JSON error body; lighter than the API's (no per-request id)."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        response = error_response(request.path, exc.status, exc.message, exc.detail)
-        response.headers.update(exc.headers)  # Retry-After of a request held too long
+    except (ApiError, GreenroomError) as exc:
+        error = as_api_error(exc) if isinstance(exc, GreenroomError) else exc
+        response = error_response(request.path, error.status, error.message, error.detail)
+        response.headers.update(error.headers)  # Retry-After of a request held too long
         return response
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -97,14 +99,14 @@ async def _allowed(request: web.Request, key: str) -> Route:
 def _model_of(raw: bytes) -> str:
     """The `model` field of an OpenAI body; the replica validates the rest."""
     if not raw:
-        raise ApiError(400, "request body is empty; expected a JSON object")
+        raise Malformed("request body is empty; expected a JSON object")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "request body is not valid JSON", str(exc)) from None
+        raise Malformed("request body is not valid JSON", str(exc)) from None
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, str) or not model:
-        raise ApiError(422, "invalid request: model: a deployment name or owner/name is required")
+        raise Invalid("invalid request: model: a deployment name or owner/name is required")
     return model
 
 

@@ -5,10 +5,10 @@ from datetime import UTC
 from aiohttp import web
 
 from schemas.bazaar import FeedbackRecorded, FeedbackRequest
+from schemas.errors import NotFound
 from service.auth.guard import RouteSpec, call_of, path_param
 from service.domain import feedback
 from service.keys import GATEWAY, PG
-from service.web.errors import ApiError
 from service.web.responses import json_response
 
 
@@ -17,7 +17,7 @@ async def record(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     route = request.app[GATEWAY].lookup(name)
     if route is None:
-        raise ApiError(404, f"deployment {name!r} not found or not serving")
+        raise NotFound(f"deployment {name!r} not found or not serving")
     row = await feedback.record(request.app[PG], route.model_id, call_of(request).body)
     stamp = row.created_at.astimezone(UTC).isoformat()
     return json_response(FeedbackRecorded(id=row.id, event=row.event, timestamp=stamp), 201)

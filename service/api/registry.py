@@ -18,6 +18,7 @@ from schemas.auth import (
     UserOut,
 )
 from schemas.bazaar import Empty
+from schemas.errors import Unauthorized
 from schemas.models import ModelCreate
 from service.auth.events import announce_access_change
 from service.auth.guard import RouteSpec, call_of, path_param, require_secret
@@ -48,10 +49,8 @@ async def login(request: web.Request) -> web.Response:
     try:
         user, token, expires_at = await accounts.login(
             request.app[PG], require_secret(request.app[SETTINGS]), body.username, body.password)
-    except ApiError as exc:
-        if exc.status != 401:
-            throttle.release(body.username, address, mark)
-        raise
+    except Unauthorized:
+        raise  # a wrong password stays counted
     except BaseException:
         throttle.release(body.username, address, mark)
         raise

@@ -23,11 +23,11 @@ from db import api_keys, deployments, models, permissions, users
 from db.models import Model
 from db.permissions import Grant
 from schemas.auth import ANONYMOUS, Permission, Principal
+from schemas.errors import Forbidden, Invalid, NotFound, Unauthorized
 from schemas.settings import Settings
 from schemas.tokens import Claims, InvalidToken, decode
 from service.auth.principal_cache import PRINCIPALS
 from service.keys import GATEWAY, PG, SETTINGS
-from service.web.errors import ApiError
 from service.web.parsing import parse_body
 
 API_KEY_PREFIX = "gr_"
@@ -96,14 +96,6 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def unauthorized(message: str = "a valid bearer token is required") -> ApiError:
-    return ApiError(401, message)
-
-
-def forbidden(message: str) -> ApiError:
-    return ApiError(403, message)
-
-
 # ---- authentication ----
 
 def _bearer(request: web.Request) -> str | None:
@@ -112,14 +104,14 @@ def _bearer(request: web.Request) -> str | None:
         return None
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise unauthorized("malformed Authorization header; expected 'Bearer <token>'")
+        raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
     return token.strip()
 
 
 async def _from_api_key(pool: asyncpg.Pool, key: str) -> Principal:
     user = await api_keys.user_for_key(pool, hash_api_key(key))
     if user is None:
-        raise unauthorized("API key is unknown, revoked or expired")
+        raise Unauthorized("API key is unknown, revoked or expired")
     return Principal(kind="user", user_id=user.id, username=user.username,
                      is_admin=user.is_admin, via="api_key")
 
@@ -128,14 +120,14 @@ async def _from_claims(pool: asyncpg.Pool, claims: Claims) -> Principal:
     if claims.typ == "user":
         user = await users.get(pool, int(claims.sub))
         if user is None:
-            raise unauthorized("the token's user no longer exists")
+            raise Unauthorized("the token's user no longer exists")
         return Principal(kind="user", user_id=user.id, username=user.username,
                          is_admin=user.is_admin, expires_at=claims.exp, via="jwt")
     model_id = UUID(claims.sub)
     if claims.typ == "job":
         assert claims.gen is not None
         if not await deployments.generation_is_live(pool, model_id, claims.gen):
-            raise unauthorized("job token of a stopped generation")
+            raise Unauthorized("job token of a stopped generation")
     return Principal(kind=claims.typ, model_id=model_id, generation=claims.gen,
                      expires_at=claims.exp, via="jwt")
 
@@ -162,13 +154,13 @@ async def _resolve_token(request: web.Request, token: str) -> Principal:
     try:
         claims = decode(require_secret(request.app[SETTINGS]), token)
     except InvalidToken:
-        raise unauthorized("bearer token is invalid or expired") from None
+        raise Unauthorized("bearer token is invalid or expired") from None
     if claims.typ == "job" and claims.gen is None:
-        raise unauthorized("job token without a generation")
+        raise Unauthorized("job token without a generation")
     try:
         return await _from_claims(pool, claims)
     except ValueError:
-        raise unauthorized("bearer token is invalid") from None
+        raise Unauthorized("bearer token is invalid") from None
 
 
 # ---- permissions ----
@@ -216,9 +208,9 @@ def query_param(name: str) -> Locator:
     async def locate(request: web.Request, body: Any) -> str:
         value = request.query.get(name)
         if not value:
-            raise ApiError(422, f"invalid request: query parameter {name} is required",
-                           [{"loc": ["query", name], "msg": "Field required",
-                             "type": "missing"}])
+            raise Invalid(f"invalid request: query parameter {name} is required",
+                          [{"loc": ["query", name], "msg": "Field required",
+                            "type": "missing"}])
         return value
     return locate
 
@@ -232,7 +224,7 @@ def body_field(name: str) -> Locator:
 async def find_model(pool: asyncpg.Pool, ref: str) -> Model:
     model = await models.find(pool, ref)
     if model is None:
-        raise ApiError(404, f"model {ref!r} not found", {"model": ref})
+        raise NotFound(f"model {ref!r} not found", {"model": ref})
     return model
 
 
@@ -245,15 +237,15 @@ def call_of(request: web.Request) -> Call:
 
 def _check_signed_in(principal: Principal, auth: Auth) -> None:
     if principal.kind == "anonymous":
-        raise unauthorized()
+        raise Unauthorized()
     if auth in ("user", "admin") and not principal.is_user:
-        raise forbidden("this route needs a user's token or API key")
+        raise Forbidden("this route needs a user's token or API key")
     if auth == "admin" and not principal.is_admin:
-        raise forbidden("this route is for administrators")
+        raise Forbidden("this route is for administrators")
     if auth in ("job", "job_model") and principal.kind != "job":
-        raise forbidden("this route needs a deployment job token")
+        raise Forbidden("this route needs a deployment job token")
     if auth == "update" and principal.kind != "update":
-        raise forbidden("this route needs an update token")
+        raise Forbidden("this route needs an update token")
 
 
 async def _principal(request: web.Request, auth: Auth) -> Principal:
@@ -262,7 +254,7 @@ async def _principal(request: web.Request, auth: Auth) -> Principal:
     if auth == "optional":
         try:
             return await authenticate(request)
-        except ApiError:
+        except Unauthorized:
             return ANONYMOUS
     principal = await authenticate(request)
     if auth != "inference":
@@ -274,7 +266,7 @@ async def _token_model(pool: asyncpg.Pool, principal: Principal) -> Model:
     assert principal.model_id is not None
     model = await models.get(pool, principal.model_id)
     if model is None:
-        raise unauthorized("the token's model no longer exists")
+        raise Unauthorized("the token's model no longer exists")
     return model
 
 
@@ -291,7 +283,7 @@ async def _model_call(request: web.Request, spec: RouteSpec, principal: Principa
     model = located[0] if located is not None else await find_model(pool, ref)
     if spec.auth == "job_model":
         if principal.model_id != model.id:
-            raise forbidden("this job token belongs to another model")
+            raise Forbidden("this job token belongs to another model")
         return Call(principal, model, body, Permission.read)
     if located is not None:
         level, expires = resolve(principal, model, located[1])
@@ -299,7 +291,7 @@ async def _model_call(request: web.Request, spec: RouteSpec, principal: Principa
         level, expires = await permission_on(pool, principal, model)
     needed = MODEL_LEVELS.get(spec.auth, Permission.none)
     if level < needed:
-        raise forbidden(f"{needed.name} permission on {model.identifier} is required")
+        raise Forbidden(f"{needed.name} permission on {model.identifier} is required")
     return Call(principal, model, body, level, expires)
 
 
@@ -311,13 +303,13 @@ async def _inference_call(request: web.Request, spec: RouteSpec, principal: Prin
     if route is None or route.access_level == "public":
         return Call(principal, None, body)  # the gateway answers 404 for a missing route
     if principal.kind == "anonymous":
-        raise unauthorized()
+        raise Unauthorized()
     model = await models.get(request.app[PG], route.model_id)
     if model is None:
-        raise ApiError(404, "model not found")
+        raise NotFound("model not found")
     level, _ = await permission_on(request.app[PG], principal, model)
     if level < Permission.read:
-        raise forbidden(f"read permission on {model.identifier} is required")
+        raise Forbidden(f"read permission on {model.identifier} is required")
     return Call(principal, model, body, level)
 
 

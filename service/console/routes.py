@@ -21,6 +21,7 @@ from schemas.console import (
     StreamInfo,
     TaskDetail,
 )
+from schemas.errors import Unauthorized
 from service.auth.guard import RouteSpec, authenticate, call_of, path_param
 from service.auth.principal_cache import PRINCIPALS
 from service.console import overview, traffic
@@ -114,7 +115,7 @@ class _Readable:
         self._seen.clear()
         try:
             self.principal = await authenticate(self._request)
-        except ApiError:
+        except Unauthorized:
             return False
         return self.principal.is_user
 

@@ -20,11 +20,11 @@ from db.errors import UniqueViolation
 from db.models import Model
 from db.tasks import Task
 from schemas import secrets
+from schemas.errors import Conflict, Invalid, Malformed, Unavailable
 from schemas.queue import JOB_REPLICA_LOGS
 from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig, TaskKind, TaskRequest
 from service.domain import tasks as task_service
-from service.web.errors import ApiError
 
 log = structlog.get_logger(__name__)
 LOGS_TIMEOUT_S = 5.0
@@ -47,7 +47,7 @@ async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model
                                depth: int = 0) -> None:
     """Deploy every dependency that is not serving yet, deepest first."""
     if depth > MAX_DEPENDENCY_DEPTH:
-        raise ApiError(422, f"dependencies of {model.identifier} are nested too deeply")
+        raise Invalid(f"dependencies of {model.identifier} are nested too deeply")
     for dep_id in await dependencies.list_for_model(pool, model.id):
         deployment = await deployments.get(pool, dep_id)
         if deployment is not None and deployment.status in dependencies.ACTIVE_STATES:
@@ -83,8 +83,8 @@ async def undeploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
                    user_id: int | None, settings: Settings) -> Task:
     """Accept a delete task, unless an active deployment depends on the model (400)."""
     if await dependencies.active_dependents(pool, model.id):
-        raise ApiError(400, f"Unable to stop deployment for model {model.identifier} since it "
-                       "is used by other active workflows.")
+        raise Malformed(f"Unable to stop deployment for model {model.identifier} since it "
+                        "is used by other active workflows.")
     req = TaskRequest(embedding_model_id=str(model.id))
     task, _ = await task_service.accept(pool, redis, TaskKind.delete, req, None, user_id, model,
                                         settings=settings)
@@ -136,15 +136,15 @@ async def replica_logs(redis: ArqRedis, model_id: UUID, tail: int) -> list[dict[
             job = await redis.enqueue_job(JOB_REPLICA_LOGS, str(model_id), tail,
                                           _expires=timedelta(seconds=LOGS_TIMEOUT_S * 2))
             if job is None:
-                raise ApiError(503, "a logs request for this model is already running")
+                raise Unavailable("a logs request for this model is already running")
             result: list[dict[str, Any]] = await job.result(poll_delay=0.1)
     except TimeoutError:
-        raise ApiError(503, f"no worker answered for logs within {LOGS_TIMEOUT_S:.0f}s") from None
-    except ApiError:
+        raise Unavailable(f"no worker answered for logs within {LOGS_TIMEOUT_S:.0f}s") from None
+    except Unavailable:
         raise
     except Exception as exc:
         log.warning("replica_logs_failed", model=str(model_id), error=type(exc).__name__)
-        raise ApiError(503, "logs are unavailable right now; try again shortly") from None
+        raise Unavailable("logs are unavailable right now; try again shortly") from None
     return result
 
 
@@ -157,7 +157,7 @@ async def save_copy(pool: asyncpg.Pool, source_model: Model, owner_id: int,
             dimension=source_model.dimension, train_status="in_progress",
             parent_id=source_model.id)
     except UniqueViolation:
-        raise ApiError(409, f"a model named {name!r} already exists for this owner") from None
+        raise Conflict(f"a model named {name!r} already exists for this owner") from None
 
 
 async def update_deploy_status(pool: asyncpg.Pool, model: Model, new_status: str,
