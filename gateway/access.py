@@ -15,7 +15,8 @@ from aiohttp import web
 from db import models
 from schemas.auth import Permission
 from schemas.errors import Forbidden, GreenroomError, NotFound, Unauthorized
-from service.auth.guard import authenticate, permission_on
+from service.auth.authentication import authenticate
+from service.auth.permissions import permission_on
 from service.keys import PG
 
 MAX_ENTRIES = 10_000

@@ -29,10 +29,12 @@ from gateway.hold import Holds
 from gateway.routing import Gateway
 from schemas.errors import GreenroomError, Invalid, Malformed
 from schemas.settings import Settings
-from service.auth.guard import ROUTE_TABLE, RouteSpec, register, require_secret
+from service.auth.authentication import require_secret
 from service.auth.principal_cache import principal_cache_ctx
+from service.auth.rules import INFERENCE, PUBLIC
 from service.keys import GATEWAY, PG, SETTINGS
 from service.metrics import exposition
+from service.routes import ROUTE_TABLE, RouteSpec, register
 from service.web.errors import ApiError, as_api_error
 from service.web.openapi import openapi_json
 
@@ -133,17 +135,17 @@ def _passthrough(method: str, path: str) -> Handler:
 def _data_plane_specs() -> list[RouteSpec]:
     by_name = _passthrough("POST", "/")
     specs = [
-        RouteSpec("POST", "/v1/embeddings", openai_embeddings, "inference",
+        RouteSpec("POST", "/v1/embeddings", openai_embeddings, INFERENCE,
                   summary="OpenAI-style embeddings"),
-        RouteSpec("POST", "/serve/{name}", by_name, "inference",
+        RouteSpec("POST", "/serve/{name}", by_name, INFERENCE,
                   summary="TEI's compatibility route (POST /), passed through"),
-        RouteSpec("POST", "/serve/{name}/", by_name, "inference",
+        RouteSpec("POST", "/serve/{name}/", by_name, INFERENCE,
                   summary="TEI's compatibility route, for clients whose base URL is /serve/{name}"),
     ]
     specs += [RouteSpec("POST", f"/serve/{{name}}/{op}", _passthrough("POST", f"/{op}"),
-                        "inference", summary=f"TEI /{op}, passed through") for op in TEI_POST]
+                        INFERENCE, summary=f"TEI /{op}, passed through") for op in TEI_POST]
     specs += [RouteSpec("GET", f"/serve/{{name}}/{op}", _passthrough("GET", f"/{op}"),
-                        "inference", summary=f"TEI /{op} of the deployment") for op in TEI_GET]
+                        INFERENCE, summary=f"TEI /{op} of the deployment") for op in TEI_GET]
     return specs
 
 
@@ -160,9 +162,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 OWN_ROUTES = [
-    RouteSpec("GET", "/healthz", healthz, "public", summary="Liveness of this gateway"),
-    RouteSpec("GET", "/metrics", metrics, "public", summary="This gateway's Prometheus metrics"),
-    RouteSpec("GET", "/openapi.json", openapi_json, "public", summary="OpenAPI document"),
+    RouteSpec("GET", "/healthz", healthz, PUBLIC, summary="Liveness of this gateway"),
+    RouteSpec("GET", "/metrics", metrics, PUBLIC, summary="This gateway's Prometheus metrics"),
+    RouteSpec("GET", "/openapi.json", openapi_json, PUBLIC, summary="OpenAPI document"),
 ]
 
 

@@ -6,9 +6,12 @@ from aiohttp import web
 
 from schemas.bazaar import FeedbackRecorded, FeedbackRequest
 from schemas.errors import NotFound
-from service.auth.guard import RouteSpec, call_of, path_param
+from service.auth.guard import call_of
+from service.auth.locators import path_param
+from service.auth.rules import INFERENCE
 from service.domain import feedback
 from service.keys import GATEWAY, PG
+from service.routes import RouteSpec
 from service.web.responses import json_response
 
 
@@ -24,6 +27,6 @@ async def record(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    RouteSpec("POST", "/serve/{name}/feedback", record, "inference", FeedbackRequest,
+    RouteSpec("POST", "/serve/{name}/feedback", record, INFERENCE, FeedbackRequest,
               FeedbackRecorded, path_param("name"), 201, summary="Record feedback"),
 ]

@@ -5,9 +5,12 @@ from aiohttp import web
 from schemas.tasks import ScaleRequest, TaskKind, TaskRequest, TaskResponse
 from service.api.bazaar_v2 import MODEL, PREFIX
 from service.api.tasks import _LOCATED_TASK, _json, task_model
-from service.auth.guard import RouteSpec, body_field, call_of, path_param
+from service.auth.guard import call_of
+from service.auth.locators import body_field, path_param
+from service.auth.rules import OWNER, READ
 from service.domain import scaling
 from service.keys import PG, REDIS, SETTINGS
+from service.routes import RouteSpec
 from service.web.errors import ApiError
 
 
@@ -40,11 +43,11 @@ async def get_scale_task(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    RouteSpec("POST", "/scale", post_scale, "owner", TaskRequest, TaskResponse,
+    RouteSpec("POST", "/scale", post_scale, OWNER, TaskRequest, TaskResponse,
               body_field("embedding_model_id"), 202, summary="Create a scale task"),
-    RouteSpec("GET", "/scale/{task_id}", get_scale_task, "read", None, TaskResponse,
+    RouteSpec("GET", "/scale/{task_id}", get_scale_task, READ, None, TaskResponse,
               task_model(TaskKind.scale), summary="A scale task"),
-    RouteSpec("POST", f"{PREFIX}/{MODEL}/scale", post_v2_scale, "owner", ScaleRequest,
+    RouteSpec("POST", f"{PREFIX}/{MODEL}/scale", post_v2_scale, OWNER, ScaleRequest,
               TaskResponse, path_param("model_id"), 202,
               summary="Scale the serving generation to a replica count"),
 ]

@@ -23,7 +23,7 @@ from schemas.console import (
 )
 from schemas.errors import NotFound
 from schemas.tasks import DeploymentConfig
-from service.auth.guard import permission_on
+from service.auth.permissions import permission_on
 from service.domain import tasks as task_service
 
 Level = Literal["read", "write", "owner"]

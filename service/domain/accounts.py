@@ -14,7 +14,7 @@ from db.users import User
 from schemas.auth import ApiKeyCreate, UserCreate
 from schemas.errors import Conflict, Invalid, NotFound, Unauthorized
 from schemas.tokens import USER_TOKEN_TTL, issue_user_token
-from service.auth.guard import API_KEY_PREFIX, hash_api_key
+from service.auth.authentication import API_KEY_PREFIX, hash_api_key
 
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so timing does not reveal usernames.

@@ -27,27 +27,39 @@ def _is_http_exception(name: str) -> bool:
     return name.startswith("HTTP") and name[4:5].isupper()
 
 
+def _import_uses(node: ast.ImportFrom | ast.Import) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [f"line {node.lineno}: imports {alias.name}" for alias in node.names
+                if alias.name in (HTTP_ERROR_MODULE, "aiohttp.web_exceptions")]
+    names = [alias.name for alias in node.names]
+    found = []
+    if node.module == HTTP_ERROR_MODULE and "ApiError" in names:
+        found.append(f"line {node.lineno}: imports ApiError")
+    if node.module == "service.web" and "errors" in names:
+        found.append(f"line {node.lineno}: imports service.web.errors")
+    if node.module in AIOHTTP_WEB and any(map(_is_http_exception, names)):
+        found.append(f"line {node.lineno}: imports an aiohttp HTTP exception")
+    return found
+
+
+def _attribute_uses(node: ast.Attribute) -> list[str]:
+    if not _is_http_exception(node.attr):
+        return []
+    if isinstance(node.value, ast.Name) and node.value.id == "web":
+        return [f"line {node.lineno}: uses web.{node.attr}"]
+    if isinstance(node.value, ast.Attribute) and node.value.attr == "web":
+        return [f"line {node.lineno}: uses aiohttp.web.{node.attr}"]
+    return []
+
+
 def http_error_uses(source: str) -> list[str]:
     """What in `source` names the HTTP error type or an aiohttp web HTTP exception."""
     found: list[str] = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module is not None:
-            names = [alias.name for alias in node.names]
-            if node.module == HTTP_ERROR_MODULE and "ApiError" in names:
-                found.append(f"line {node.lineno}: imports ApiError")
-            if node.module == "service.web" and "errors" in names:
-                found.append(f"line {node.lineno}: imports service.web.errors")
-            if node.module in AIOHTTP_WEB and any(map(_is_http_exception, names)):
-                found.append(f"line {node.lineno}: imports an aiohttp HTTP exception")
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name in (HTTP_ERROR_MODULE, "aiohttp.web_exceptions"):
-                    found.append(f"line {node.lineno}: imports {alias.name}")
-        elif isinstance(node, ast.Attribute) and _is_http_exception(node.attr):
-            if isinstance(node.value, ast.Name) and node.value.id == "web":
-                found.append(f"line {node.lineno}: uses web.{node.attr}")
-            if isinstance(node.value, ast.Attribute) and node.value.attr == "web":
-                found.append(f"line {node.lineno}: uses aiohttp.web.{node.attr}")
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            found += _import_uses(node)
+        elif isinstance(node, ast.Attribute):
+            found += _attribute_uses(node)
     return found
 
 
