@@ -38,6 +38,35 @@ class TaskStatus(StrEnum):
         return self not in (TaskStatus.pending, TaskStatus.processing)
 
 
+class DeploymentStatus(StrEnum):
+    """A deployment's state (deployments.status); `degraded` still serves, short a replica."""
+
+    not_started = "not_started"
+    starting = "starting"
+    in_progress = "in_progress"
+    complete = "complete"
+    degraded = "degraded"
+    failed = "failed"
+    stopped = "stopped"
+
+
+class ReplicaState(StrEnum):
+    """A replica's life (replicas.state): starting → ready → draining → stopped, or failed."""
+
+    starting = "starting"
+    ready = "ready"
+    draining = "draining"
+    stopped = "stopped"
+    failed = "failed"
+
+
+# A replica in these states may still run on its runtime.
+LIVE_REPLICA_STATES = (ReplicaState.starting, ReplicaState.ready, ReplicaState.draining)
+# A deployment in these states serves or is about to.
+ACTIVE_DEPLOYMENT_STATES = (DeploymentStatus.starting, DeploymentStatus.in_progress,
+                            DeploymentStatus.complete, DeploymentStatus.degraded)
+
+
 class Phase(StrEnum):
     starting_replicas = "starting_replicas"
     health_checking = "health_checking"

@@ -22,6 +22,7 @@ from schemas.queue import (
     WORKER_TTL_S,
     retry_job_id,
 )
+from schemas.tasks import ReplicaState
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
 from worker.rollout import remove_replicas
@@ -72,14 +73,14 @@ async def release_expired(ctx: WorkerContext) -> int:
 async def _remove_task_replicas(ctx: WorkerContext, task: tasks.Task) -> None:
     """Remove the replicas a dead task started, unless they already serve."""
     live = await replicas.list_for_model(ctx.pool, task.model_id)
-    mine = [r.id for r in live if r.task_id == task.id and r.state == "starting"]
+    mine = [r.id for r in live if r.task_id == task.id and r.state == ReplicaState.starting]
     if mine:
-        await remove_replicas(ctx, mine, "failed", grace_s=0)
+        await remove_replicas(ctx, mine, ReplicaState.failed, grace_s=0)
 
 
 def _orphaned(row: Replica | None, busy: set[UUID], active: dict[UUID, int | None]) -> bool:
     """Nobody owns this replica: no row, a finished row, or a generation no task is making."""
-    if row is None or row.state in ("stopped", "failed"):
+    if row is None or row.state in (ReplicaState.stopped, ReplicaState.failed):
         return True
     if row.model_id in busy:
         return False  # a task is working on this model; it owns its replicas
@@ -108,7 +109,7 @@ async def remove_orphans(ctx: WorkerContext) -> int:
             await ctx.runtime.stop(info.runtime_ref, ctx.settings.stop_grace_s)
             await ctx.runtime.remove(info.runtime_ref)
         if info.replica_id in rows:
-            await replicas.set_state(ctx.pool, [info.replica_id], "stopped")
+            await replicas.set_state(ctx.pool, [info.replica_id], ReplicaState.stopped)
     return len(orphans)
 
 

@@ -12,7 +12,7 @@ import structlog
 
 from db import deployments, events, models, replicas
 from db.replicas import Replica
-from schemas.tasks import DeploymentConfig
+from schemas.tasks import DeploymentConfig, DeploymentStatus, ReplicaState
 from worker.admission import capacity
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
@@ -51,7 +51,8 @@ async def replace_crashed(ctx: WorkerContext, busy: set[UUID]) -> int:
         if info is None:
             continue
         reason = info.describe_exit()
-        if not await replicas.transition(ctx.pool, replica.id, "ready", "failed", reason):
+        if not await replicas.transition(ctx.pool, replica.id, ReplicaState.ready,
+                                          ReplicaState.failed, reason):
             continue  # another reconciler, or a rollout, got there first
         await _announce(ctx, replica, reason)
         if await _start_replacement(ctx, replica):
@@ -61,13 +62,13 @@ async def replace_crashed(ctx: WorkerContext, busy: set[UUID]) -> int:
 
 async def _announce(ctx: WorkerContext, replica: Replica, reason: str) -> None:
     await publish_routes(ctx, replica.model_id)
-    await deployments.set_status(ctx.pool, replica.model_id, "degraded")
+    await deployments.set_status(ctx.pool, replica.model_id, DeploymentStatus.degraded)
     await events.add(ctx.pool, replica.model_id, "warning",
                      f"replica {replica.id} {reason}; starting a replacement",
                      generation=replica.generation)
     log.warning("replica_crashed", replica=str(replica.id), reason=reason)
     if replica.runtime_ref:
-        await remove_replicas(ctx, [replica.id], "failed", grace_s=0)
+        await remove_replicas(ctx, [replica.id], ReplicaState.failed, grace_s=0)
 
 
 async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
@@ -102,7 +103,7 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
                          generation=dead.generation)
         return False
     except RuntimeError_ as exc:
-        await remove_replicas(ctx, [spec.replica_id], "failed", grace_s=0)
+        await remove_replicas(ctx, [spec.replica_id], ReplicaState.failed, grace_s=0)
         await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
                          generation=dead.generation)
         return False
@@ -110,7 +111,7 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
         deadline = asyncio.get_running_loop().time() + ctx.settings.deploy_timeout_s
         await wait_ready(ctx.runtime, ctx.http, started, deadline)
     except (RuntimeError_, ReplicaFailed) as exc:
-        await remove_replicas(ctx, [spec.replica_id], "failed", grace_s=0)
+        await remove_replicas(ctx, [spec.replica_id], ReplicaState.failed, grace_s=0)
         await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
                          generation=dead.generation)
         return False
@@ -118,13 +119,14 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
 
 
 async def _put_in_service(ctx: WorkerContext, dead: Replica, new_id: UUID) -> bool:
-    if not await replicas.transition(ctx.pool, new_id, "starting", "ready"):
-        await remove_replicas(ctx, [new_id], "stopped", grace_s=0)  # a rollout moved on
+    if not await replicas.transition(ctx.pool, new_id, ReplicaState.starting,
+                                      ReplicaState.ready):
+        await remove_replicas(ctx, [new_id], ReplicaState.stopped, grace_s=0)  # a rollout moved on
         return False
     await publish_routes(ctx, dead.model_id)
     deployment = await deployments.get(ctx.pool, dead.model_id)
-    if deployment is not None and deployment.status == "degraded":
-        await deployments.set_status(ctx.pool, dead.model_id, "complete")
+    if deployment is not None and deployment.status == DeploymentStatus.degraded:
+        await deployments.set_status(ctx.pool, dead.model_id, DeploymentStatus.complete)
     await events.add(ctx.pool, dead.model_id, "info",
                      f"replica {new_id} replaced crashed replica {dead.id}",
                      generation=dead.generation)

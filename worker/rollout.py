@@ -18,7 +18,7 @@ from db.tasks import Task
 from schemas import secrets as deployment_secrets
 from schemas.queue import ROUTES_CHANNEL
 from schemas.quotas import QuotaExceeded, replica_memory_mb
-from schemas.tasks import DeploymentConfig, Phase, TaskStatus
+from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskKind, TaskStatus
 from schemas.tokens import issue_job_token
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
@@ -121,7 +121,7 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
         try:
             replica = await ctx.runtime.start(spec)
         except RuntimeError_ as exc:
-            await replicas.set_state(ctx.pool, [spec.replica_id], "failed", str(exc))
+            await replicas.set_state(ctx.pool, [spec.replica_id], ReplicaState.failed, str(exc))
             raise RolloutFailed(f"could not start replica: {exc}") from exc
         await replicas.set_started(ctx.pool, spec.replica_id, replica.runtime_ref,
                                    replica.endpoint)
@@ -137,7 +137,7 @@ async def _log_tail(ctx: WorkerContext, runtime_ref: str) -> str:
     return (stderr or stdout).strip()
 
 
-async def remove_replicas(ctx: WorkerContext, replica_ids: list[UUID], state: str,
+async def remove_replicas(ctx: WorkerContext, replica_ids: list[UUID], state: ReplicaState,
                           grace_s: float) -> None:
     """Stop and remove replicas, then record them as `state` (stopped or failed)."""
     rows = await replicas.get_many(ctx.pool, replica_ids)
@@ -191,7 +191,7 @@ async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason:
     task = progress.task
     green = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
              if r.generation == generation]
-    await remove_replicas(ctx, green, "failed", grace_s=0)
+    await remove_replicas(ctx, green, ReplicaState.failed, grace_s=0)
     status = await deployments.restore_after_failure(ctx.pool, task.model_id)
     await progress.event("error", f"generation {generation} failed: {reason}", generation)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason,
@@ -219,7 +219,7 @@ async def _drain_and_remove(ctx: WorkerContext, progress: Progress, generation: 
         await progress.event("warning", "drain timed out; removing replicas with requests "
                              "in flight", generation)
     await progress.enter(Phase.removing)
-    await remove_replicas(ctx, old, "stopped", ctx.settings.stop_grace_s)
+    await remove_replicas(ctx, old, ReplicaState.stopped, ctx.settings.stop_grace_s)
 
 
 async def deploy(ctx: WorkerContext, task: Task) -> None:
@@ -273,14 +273,14 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None) -> str:
     task goes back to pending for another worker. A scale always goes back: its retry
     drains and stops the replicas it left draining.
     """
-    if phase in (Phase.draining, Phase.removing) and task.kind != "scale":
+    if phase in (Phase.draining, Phase.removing) and task.kind != TaskKind.scale:
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
                            {"note": "worker stopped while draining; reconciler removes the rest"})
         return "done"
     mine = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
-            if r.task_id == task.id and r.state == "starting"]
-    await remove_replicas(ctx, mine, "failed", grace_s=0)
-    if task.kind == "deploy":
+            if r.task_id == task.id and r.state == ReplicaState.starting]
+    await remove_replicas(ctx, mine, ReplicaState.failed, grace_s=0)
+    if task.kind == TaskKind.deploy:
         await deployments.restore_after_failure(ctx.pool, task.model_id)
     return await tasks.hand_back(ctx.pool, task.id, ctx.worker_id) or "lost"
 

@@ -26,7 +26,7 @@ from service.domain import bazaar, feedback
 from service.domain.quotas import QuotaError
 from service.keys import PG, REDIS, SETTINGS
 from service.routes import RouteSpec
-from service.web.errors import ApiError
+from service.web.errors import ApiError, as_api_error
 from service.web.responses import envelope, json_response
 
 PREFIX = "/api/v1/deploy"
@@ -58,8 +58,9 @@ def _config(body: RunRequest) -> DeploymentConfig:
 def quota_envelope(exc: QuotaError) -> web.Response:
     """Seed 000's envelope for a refused deploy: the figures are its data (and, as on
     every surface, its detail)."""
-    return json_response({"status_code": exc.status, "message": exc.message,
-                          "data": exc.figures, "detail": exc.figures}, exc.status)
+    status = as_api_error(exc).status
+    return json_response({"status_code": status, "message": exc.message,
+                          "data": exc.figures, "detail": exc.figures}, status)
 
 
 async def run(request: web.Request) -> web.Response:
@@ -119,7 +120,7 @@ async def status(request: web.Request) -> web.Response:
     model = call_of(request).model
     assert model is not None
     current = await bazaar.status(request.app[PG], model)
-    data = StatusData(deploy_status=current.status,  # type: ignore[arg-type]
+    data = StatusData(deploy_status=current.status,
                       messages=current.messages, model_id=str(model.id),
                       replicas_current=current.replicas_current,
                       replicas_desired=current.replicas_desired)

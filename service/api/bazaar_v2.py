@@ -62,7 +62,7 @@ async def status(request: web.Request) -> web.Response:
     model = call_of(request).model
     assert model is not None
     current = await bazaar.status(request.app[PG], model)
-    return json_response(StatusResponse(status=current.status,  # type: ignore[arg-type]
+    return json_response(StatusResponse(status=current.status,
                                         errors=current.errors, warnings=current.warnings,
                                         replicas_current=current.replicas_current,
                                         replicas_desired=current.replicas_desired))
