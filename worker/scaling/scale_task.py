@@ -17,16 +17,11 @@ from db.models import Model
 from db.replicas import Replica
 from db.tasks import Task
 from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskStatus
+from worker import replicas as lifecycle
 from worker.admission import quotas
 from worker.context import WorkerContext
-from worker.rollout import (
-    Progress,
-    RolloutFailed,
-    _bring_up,
-    _drain_and_remove,
-    publish_routes,
-    remove_replicas,
-)
+from worker.publish import publish_routes
+from worker.rollout import Progress, RolloutFailed, bring_up, drain_and_remove
 
 log = structlog.get_logger(__name__)
 
@@ -86,13 +81,12 @@ async def scale(ctx: WorkerContext, task: Task) -> None:
 async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
                config: DeploymentConfig, count: int) -> None:
     """Start `count` replicas; each joins the routing table once all are healthy."""
-    started = await _bring_up(ctx, progress, model, generation,
+    started = await bring_up(ctx, progress, model, generation,
                               config.model_copy(update={"replicas": count}))
     await progress.enter(Phase.switching, generation=generation)
-    mine = [r for r in await replicas.list_for_model(ctx.pool, model.id)
-            if r.task_id == progress.task.id and r.state == ReplicaState.starting]
-    for row in mine:
-        await replicas.transition(ctx.pool, row.id, ReplicaState.starting, ReplicaState.ready)
+    for replica_id in await lifecycle.starting_of_task(ctx, model.id, progress.task.id):
+        await replicas.transition(ctx.pool, replica_id, ReplicaState.starting,
+                                  ReplicaState.ready)
     await publish_routes(ctx, model.id)
     log.info("scaled_up", model=str(model.id), added=len(started))
 
@@ -106,14 +100,13 @@ async def _remove(ctx: WorkerContext, progress: Progress, generation: int,
     if not ids:
         return
     await publish_routes(ctx, progress.task.model_id)
-    await _drain_and_remove(ctx, progress, generation, ids)
+    await drain_and_remove(ctx, progress, generation, ids)
 
 
 async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason: str) -> None:
     task = progress.task
-    mine = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
-            if r.task_id == task.id and r.state == ReplicaState.starting]
-    await remove_replicas(ctx, mine, ReplicaState.failed, grace_s=0)
+    mine = await lifecycle.starting_of_task(ctx, task.model_id, task.id)
+    await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
     await progress.event("error", f"scaling failed: {reason}", generation)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason,
                        {"generation": generation, "timings": progress.timings})
