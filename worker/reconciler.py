@@ -8,7 +8,6 @@ Every step is safe with many reconcilers running at once: each write is conditio
 """
 
 import asyncio
-import json
 import time
 from uuid import UUID
 
@@ -23,6 +22,7 @@ from schemas.queue import (
     QUEUE_NAME,
     WORKER_KEY_PREFIX,
     WORKER_TTL_S,
+    WorkerHeartbeat,
     retry_job_id,
 )
 from schemas.tasks import ReplicaState
@@ -114,8 +114,8 @@ async def remove_orphans(ctx: WorkerContext) -> int:
 
 async def heartbeat(ctx: WorkerContext) -> None:
     """Tell the API this worker is alive (GET /readyz counts these keys)."""
-    beat = json.dumps({"worker": ctx.worker_id, "runtime": ctx.runtime.name, "at": time.time()})
-    await ctx.redis.set(WORKER_KEY_PREFIX + ctx.worker_id, beat, ex=WORKER_TTL_S)
+    beat = WorkerHeartbeat(ctx.worker_id, ctx.runtime.name, time.time())
+    await ctx.redis.set(WORKER_KEY_PREFIX + ctx.worker_id, beat.encode(), ex=WORKER_TTL_S)
 
 
 async def reconcile_once(ctx: WorkerContext) -> None:

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from db.pool import create_pool
 from schemas.logs import configure_logging
-from schemas.queue import QUEUE_NAME
+from schemas.queue import JOB_REPLICA_LOGS, JOB_RUN_TASK, QUEUE_NAME
 from schemas.settings import Settings
 from worker import metrics, reconciler
 from worker.context import WorkerContext
@@ -73,8 +73,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     job_timeout = settings.deploy_timeout_s + settings.drain_timeout_s + 120
     return {
         "functions": [
-            func(run_task, name="run_task", max_tries=100_000, timeout=job_timeout),
-            func(replica_logs, name="replica_logs", max_tries=1, timeout=10, keep_result=60),
+            func(run_task, name=JOB_RUN_TASK, max_tries=100_000, timeout=job_timeout),
+            func(replica_logs, name=JOB_REPLICA_LOGS, max_tries=1, timeout=10, keep_result=60),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

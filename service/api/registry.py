@@ -20,6 +20,7 @@ from schemas.auth import (
 from schemas.bazaar import Empty
 from schemas.errors import Unauthorized
 from schemas.models import ModelCreate
+from schemas.queue import AccessChange
 from service.auth.authentication import require_secret
 from service.auth.events import announce_access_change
 from service.auth.guard import call_of
@@ -105,7 +106,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError(404, "API key not found") from None
     await accounts.revoke_api_key(request.app[PG], key_id, principal.user_id, principal.is_admin)
-    await announce_access_change(request.app, "api_key")
+    await announce_access_change(request.app, AccessChange.api_key)
     return json_response(Empty())
 
 
@@ -161,7 +162,7 @@ async def grant(request: web.Request) -> web.Response:
     assert call.model is not None
     body: GrantRequest = call.body
     await catalog.grant(request.app[PG], call.model, body)
-    await announce_access_change(request.app, "grant")
+    await announce_access_change(request.app, AccessChange.grant)
     return json_response(GrantOut(model_id=call.model.id, username=body.username,
                                   permission=body.permission, expires_at=body.expires_at))
 
@@ -170,7 +171,7 @@ async def revoke(request: web.Request) -> web.Response:
     model = call_of(request).model
     assert model is not None
     await catalog.revoke(request.app[PG], model, request.match_info["username"])
-    await announce_access_change(request.app, "grant")
+    await announce_access_change(request.app, AccessChange.grant)
     return json_response(Empty())
 
 
