@@ -99,3 +99,14 @@ def test_the_check_sees_each_way_of_naming_an_http_error(source: str) -> None:
 def test_the_check_leaves_domain_errors_and_plain_aiohttp_alone() -> None:
     assert http_error_uses("from schemas.errors import NotFound\nfrom aiohttp import web\n"
                            "x: web.Request\nraise NotFound('m')\n") == []
+
+
+def test_the_benchmarks_import_nothing_from_the_tests() -> None:
+    importers = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "tests" or name.startswith("tests.") for name in names):
+                importers.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert importers == [], "move what bench needs into a package (launch/backing.py)"
