@@ -167,7 +167,29 @@ class DeploymentConfig(BaseModel):
 
     @property
     def ignored_keys(self) -> list[str]:
+        """Keys no field of the config has (seed 002 accepts them; the task names them)."""
         return sorted((self.model_extra or {}).keys())
+
+    def unused_keys(self, kind: TaskKind, backend: str | None) -> list[str]:
+        """The keys given (other than at their defaults) that a task of `kind` will not act
+        on, unknown ones included: all
+        of a delete's, all but `replicas` of a scale's, and for a deploy the autoscaler's
+        knobs while autoscaling is off and `onnx` for a model whose backend is not onnx."""
+        fields = type(self).model_fields
+        given = {key for key in self.model_fields_set if key not in fields
+                 or getattr(self, key) != fields[key].get_default(call_default_factory=True)}
+        if kind == TaskKind.delete:
+            unused = given
+        elif kind == TaskKind.scale:
+            unused = given - {"replicas"}
+        else:
+            unused = set(self.ignored_keys)
+            if not self.autoscaling_enabled:
+                unused |= {key for key in given if key.startswith("autoscaling_")} - {
+                    "autoscaling_enabled", "autoscaling_min"}  # min also sets the count
+            if self.onnx is not None and backend != "onnx":
+                unused.add("onnx")
+        return sorted(unused)
 
 
 class ScaleRequest(BaseModel):

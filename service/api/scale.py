@@ -29,6 +29,10 @@ async def post_scale(request: web.Request) -> web.Response:
     if body.config.replicas is None:
         raise ApiError(422, "invalid request: config.replicas is required",
                        {"field": "config.replicas"})
+    if unused := body.config.unused_keys(TaskKind.scale, None):
+        raise ApiError(422, "invalid request: a scale task takes config.replicas only; "
+                       f"{', '.join(f'config.{key}' for key in unused)} would have no effect",
+                       {"fields": [f"config.{key}" for key in unused]})
     return await _answer(request, body.config.replicas)
 
 

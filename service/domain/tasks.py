@@ -98,8 +98,9 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
         await _check_deployable(pool, model, req)
         await quotas.check_deploy(pool, settings, model, req.config)
     metadata: dict[str, Any] = {}
-    if req.config.ignored_keys:
-        metadata["ignored_config_keys"] = req.config.ignored_keys
+    # Accepted but without effect: said in the task's answer, never silently dropped.
+    if unused := req.config.unused_keys(kind, model.source.get("backend")):
+        metadata["ignored_config_keys"] = unused
     request = req.model_dump(mode="json", exclude_unset=True, by_alias=False)
     request["embedding_model_id"] = req.embedding_model_id
     request |= extra or {}
