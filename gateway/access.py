@@ -1,4 +1,4 @@
-"""Inference access through the gateway (DESIGN.md §9), decided once a second per caller.
+"""Inference access through the gateway, decided once a second per caller.
 
 Public models need no token; others need read permission. A decision (allowed, or the
 401/403 it came to) is cached per Authorization header and model for `ttl_s` (1 s by

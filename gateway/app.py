@@ -1,4 +1,4 @@
-"""The gateway's aiohttp app (DESIGN.md §8): the data plane, apart from the API process.
+"""The gateway's aiohttp app: the data plane, a process apart from the API.
 
 Stateless: routes come from Postgres (reloaded on the workers' pub/sub message, polled
 as a fallback), in-flight counts go to Redis. Any number of copies may run behind any

@@ -1,4 +1,4 @@
-"""The gateway's routing core (DESIGN.md §8): which replica gets a request, and the counts.
+"""The gateway's routing core: which replica gets a request, and the counts.
 
 The routing table is rebuilt from Postgres when a worker publishes a change (and by
 polling, should a message be lost) and swapped in one assignment. In-flight and finished

@@ -229,7 +229,7 @@ class TaskResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """The one error shape on every surface (DESIGN.md §10)."""
+    """The one error shape on every surface: status code, message and detail."""
 
     status_code: int
     message: str

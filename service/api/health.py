@@ -39,7 +39,7 @@ async def _probe_redis(request: web.Request) -> tuple[bool, int]:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when Postgres and Redis answer; lists live workers (DESIGN.md §10)."""
+    """200 when Postgres and Redis answer (else 503); counts the live workers."""
     pg_ok = await _probe_pg(request)
     redis_ok, workers = await _probe_redis(request)
     ok = pg_ok and redis_ok

@@ -1,4 +1,4 @@
-"""Users, passwords, logins and API keys (DESIGN.md §9)."""
+"""Users, passwords, logins and API keys."""
 
 import secrets
 from datetime import UTC, datetime, timedelta

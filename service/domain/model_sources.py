@@ -1,4 +1,4 @@
-"""Where a model's weights may come from, by who registers it (DESIGN.md §7).
+"""Where a model's weights may come from, by who registers it.
 
 A replica loads whatever its `source.location` names from the worker's host, so a user
 who could name any path could load another user's model, or any file the worker can read.

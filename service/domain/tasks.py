@@ -1,4 +1,4 @@
-"""Accepting and reading tasks (DESIGN.md §4.1, §4.4): the outbox insert, then the enqueue."""
+"""Accepting and reading tasks: the outbox insert (idempotent by key), then the enqueue."""
 
 import asyncio
 import hashlib

@@ -3,7 +3,7 @@
 Generated from the route tables of the API app and the gateway app
 (service.routes.ROUTE_TABLE): a route added to any surface without a sample request here
 fails the test, and so does a route registered on the router outside the table.
-Expected answers follow DESIGN.md §9: 401 for no, a malformed or an expired token; 403
+Expected answers: 401 for no, a malformed or an expired token; 403
 for too little permission; 2xx otherwise.
 """
 
