@@ -16,6 +16,9 @@ In the parallel phase tests of one xdist group run on one worker, one after anot
   marker): one worker builds the test images, and the containers of two rollouts do not
   compete for the cores;
 - `browser`: the tests that drive the session's Chromium (the `browser` fixture);
+- `onnx`: every test of a module where one uses `onnx_store` (the bundled model's ONNX
+  export, minutes of CPU, made once per run): the worker that exports runs them all, so
+  no other worker sits waiting for the export;
 - a module's own group (its path) when one of its fixtures is module-scoped: a model
   loaded once per module is loaded by one worker, not by each.
 """
@@ -32,24 +35,40 @@ DOCKER_FIXTURES = {"docker_image", "model_image"}
 
 def assign(items: list[pytest.Item]) -> None:
     """Mark the `serial` tests and put the parallel ones that must share a worker in groups."""
+    by_module: dict[str, list[pytest.Item]] = {}
     for item in items:
-        if _relative(item).startswith(SERIAL_DIRS):
+        by_module.setdefault(_module(item), []).append(item)
+        if _module(item).startswith(SERIAL_DIRS):
             item.add_marker(pytest.mark.serial)
-        group = group_of(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    for module, tests in by_module.items():
+        shared = _module_group(module, tests)
+        for item in tests:
+            group = _own_group(item) or shared
+            if group is not None:
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
-def group_of(item: pytest.Item) -> str | None:
-    """The xdist group the test belongs to, None if it may run on any worker."""
-    names = set(getattr(item, "fixturenames", ()))
+def _own_group(item: pytest.Item) -> str | None:
+    """The group a test needs for itself: the Docker Engine's or the browser's."""
+    names = _fixtures(item)
     if names & DOCKER_FIXTURES or item.get_closest_marker("docker"):
         return "docker"
     if "browser" in names:
         return "browser"
-    if _has_module_fixture(item):
-        return _relative(item).split("::", 1)[0]
     return None
+
+
+def _module_group(module: str, tests: list[pytest.Item]) -> str | None:
+    """The group every other test of a module joins: `onnx`, or the module's own."""
+    if any("onnx_store" in _fixtures(item) for item in tests):
+        return "onnx"
+    if any(_has_module_fixture(item) for item in tests):
+        return module
+    return None
+
+
+def _fixtures(item: pytest.Item) -> set[str]:
+    return set(getattr(item, "fixturenames", ()))
 
 
 def _has_module_fixture(item: pytest.Item) -> bool:
@@ -59,5 +78,5 @@ def _has_module_fixture(item: pytest.Item) -> bool:
     return any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
 
 
-def _relative(item: pytest.Item) -> str:
-    return Path(item.path).resolve().relative_to(REPO).as_posix() + "::" + item.name
+def _module(item: pytest.Item) -> str:
+    return Path(item.path).resolve().relative_to(REPO).as_posix()
