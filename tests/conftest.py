@@ -33,10 +33,20 @@ from tests.services import wait_for_http
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The run's ONNX export (onnx_store) is made in the setup of the first test that asks for
+# it: minutes of CPU, past the default 300 s timeout on a loaded machine.
+EXPORT_TIMEOUT_S = 900
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Which phase of `make test` runs each test, and which share a worker (tests/scheduling.py)."""
+    """Which phase of `make test` runs each test, and which share a worker (tests/scheduling.py);
+    a test that may make the ONNX export gets EXPORT_TIMEOUT_S unless it sets its own."""
     scheduling.assign(items)
+    for item in items:
+        if "onnx_store" in getattr(item, "fixturenames", ()) \
+                and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(EXPORT_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")

@@ -19,11 +19,12 @@ from .conftest import HOST, ServerProcess, poll_health, start_server
 async def real_replica(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[ServerProcess, list[int]]]:
-    """The real model in a subprocess, with the /health statuses seen while it started."""
+    """The real model in a subprocess, with the /health statuses seen while it started
+    (torch loads it in seconds alone, in minutes on a machine whose cores are all busy)."""
     server = start_server(tmp_path_factory.mktemp("replica"))
     try:
         async with aiohttp.ClientSession() as session:
-            seen = await poll_health(session, server)
+            seen = await poll_health(session, server, within_s=180)
         yield server, seen
     finally:
         server.stop()
