@@ -443,7 +443,8 @@ class SwarmRuntime(DockerRuntime):
         return f"http://{addr}:{_published_port(task)}"
 
     async def _task_info(self, task: dict[str, Any], service_labels: dict[str, str]) -> ReplicaInfo:
-        labels = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+        labels = service_labels if LABEL_MODEL in service_labels else \
+            ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
         replica_id, _ = _owner(service_labels, int(task.get("Slot") or 0))
         status = task.get("Status") or {}
         running = not _dead(task)
