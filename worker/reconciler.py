@@ -106,9 +106,11 @@ async def remove_orphans(ctx: WorkerContext) -> int:
     for info in orphans:
         log.warning("orphan_replica_removed", replica=str(info.replica_id),
                     generation=info.generation)
-        await lifecycle.stop_and_remove(ctx, info.runtime_ref, ctx.settings.stop_grace_s)
-        if info.replica_id in rows:
-            await replicas.set_state(ctx.pool, [info.replica_id], ReplicaState.stopped)
+    if orphans:
+        await lifecycle.stop_and_remove(ctx, [i.runtime_ref for i in orphans],
+                                        ctx.settings.stop_grace_s)
+        await replicas.set_state(ctx.pool, [i.replica_id for i in orphans
+                                            if i.replica_id in rows], ReplicaState.stopped)
     return len(orphans)
 
 

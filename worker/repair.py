@@ -82,7 +82,8 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
         # Under the capacity lock, like a rollout's starts: neither takes the other's room.
         async with capacity.placing(ctx, memory_mb):
             new_id, started = await lifecycle.start(ctx, model, dead.generation, dead.task_id,
-                                                    config, env, memory_mb)
+                                                    config, env, memory_mb,
+                                                    replaces=dead.runtime_ref)
     except capacity.NoCapacity as exc:
         await events.add(ctx.pool, model.id, "error",
                          f"cannot replace replica: not enough capacity on this worker: {exc}",
