@@ -16,12 +16,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's reset query (RESET ALL, UNLISTEN *, CLOSE ALL,
+    advisory unlock): one round trip per release on the hot paths, for session state our
+    code never leaves on a pooled connection (advisory locks are transaction-scoped, LISTEN
+    and the migration lock use connections of their own). An open transaction is still
+    rolled back by asyncpg before this runs."""
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: Any
 ) -> asyncpg.Pool:
     """Open a pool whose connections read and write jsonb as Python values."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        reset=_keep_session, **kw
     )
     assert pool is not None
     return pool
