@@ -23,8 +23,8 @@ _OWNER_QUOTA = web.RequestKey("owner_quota", OwnerQuota)
 
 
 def _json(task: Task, status: int = 200) -> web.Response:
-    body = task_service.to_response(task).model_dump_json()
-    return web.Response(text=body, status=status, content_type="application/json")
+    return web.Response(body=task_service.response_json(task), status=status,
+                        content_type="application/json")
 
 
 async def _create(request: web.Request, kind: TaskKind) -> web.Response:
