@@ -46,10 +46,11 @@ def to_response(task: Task) -> TaskResponse:
 
 def response_json(task: Task) -> bytes:
     """`to_response(task).model_dump_json()`, byte for byte, without building the model:
-    the polling hot path. orjson writes UUIDs, UTC datetimes (with `Z`) and jsonb values
-    as pydantic does; tests/unit/test_task_json.py holds the two to the same bytes."""
+    the polling hot path. orjson writes UTC datetimes (with `Z`) and jsonb values as
+    pydantic does (asyncpg's UUID, a subclass orjson refuses, goes as its string);
+    tests/unit/test_task_json.py holds the two to the same bytes."""
     return orjson.dumps({
-        "task_id": task.id, "kind": task.kind, "status": task.status, "phase": task.phase,
+        "task_id": str(task.id), "kind": task.kind, "status": task.status, "phase": task.phase,
         "created_at": task.created_at, "updated_at": task.updated_at,
         "embedding_model_id": task.request.get("embedding_model_id", str(task.model_id)),
         "metadata": task.metadata, "detail": task.detail,

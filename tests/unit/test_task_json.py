@@ -6,6 +6,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from asyncpg.pgproto import pgproto
 
 from db.tasks import Task
 from service.domain.tasks import response_json, to_response
@@ -14,7 +15,9 @@ from service.domain.tasks import response_json, to_response
 def _task(**fields: Any) -> Task:
     now = datetime(2026, 12, 1, 11, 0, 0, 123456, tzinfo=UTC)
     base: dict[str, Any] = dict(
-        id=uuid4(), kind="deploy", model_id=uuid4(), status="pending", phase=None,
+        # asyncpg's own UUID type, as rows carry it
+        id=pgproto.UUID(str(uuid4())), kind="deploy", model_id=pgproto.UUID(str(uuid4())),
+        status="pending", phase=None,
         request={"embedding_model_id": "alice/m"}, request_hash="x", metadata={},
         detail=None, attempts=0, idempotency_key=None, enqueued_at=None, lease_until=None,
         worker_id=None, created_by=None, started_at=None, created_at=now, updated_at=now,
