@@ -36,7 +36,9 @@ class Latency(BaseModel):
         if self.count < before.count:
             return None
         buckets: list[int] = []
-        if len(self.buckets) == len(before.buckets):
+        if not before.count and not before.buckets:
+            buckets = list(self.buckets)  # nothing before (a model new to this gateway)
+        elif len(self.buckets) == len(before.buckets):
             buckets = [a - b for a, b in zip(self.buckets, before.buckets, strict=True)]
             if any(b < 0 for b in buckets):
                 return None
