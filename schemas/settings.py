@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Backends HAProxy declares for deployments' generations (2.6 cannot add any at run
     # time); a deployment past them is served by the Python gateway.
     haproxy_slots: int = 64
+    # Servers each of those backends declares: the most replicas of one generation HAProxy
+    # serves directly (a deployment with more is served by the Python gateway).
+    haproxy_slot_servers: int = 16
     # HAProxy's threads; unset: one per CPU.
     haproxy_threads: int | None = None
     # How long the gateway and the API trust a cached access decision (a revoke is also

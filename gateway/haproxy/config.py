@@ -1,12 +1,12 @@
 """The HAProxy configuration the controller starts it with: written once, never reloaded.
 
 Backends cannot be created at run time in HAProxy 2.6, so the configuration declares a
-fixed pool of `slots` empty backends (`slot0`…). The controller gives each served
-generation of a public deployment a slot, adds its replicas there as dynamic servers
-(`add server`), and points the deployment's names at it in the `direct` map; one
-`set map` moves a name to a new generation. Everything the map does not name (private
-models, `/v1/embeddings`, feedback, requests carrying a token, unknown names) goes to
-the `python` backend: the Python gateway processes the controller also runs.
+fixed pool of `slots` backends (`slot0`…), each with `servers_per_slot` servers in
+maintenance. The controller gives each served generation of a public deployment a slot,
+points servers of it at its replicas, and points the deployment's names at it in the
+`direct` map; one `set map` moves a name to a new generation. Everything the map does
+not name (private models, `/v1/embeddings`, feedback, requests carrying a token,
+unknown names) goes to the `python` backend: the Python gateway processes the controller also runs.
 
 Why a fixed pool rather than reloads: after a reload, the old worker keeps serving its
 in-flight requests but the new worker's `scur` no longer counts them, so the drain
@@ -43,6 +43,7 @@ class Layout:
     stats_port: int
     gateways: list[int]  # ports of the Python gateway processes behind it
     slots: int
+    servers_per_slot: int = 16
     threads: int | None = None
     timeout_s: float = 60.0
 
@@ -62,6 +63,15 @@ class Layout:
     def direct_map(self) -> Path:
         return self.folder / "direct.map"
 
+    @property
+    def replicas_map(self) -> Path:
+        return self.folder / "replicas.map"
+
+
+def server_names(index: int, layout: Layout) -> list[str]:
+    """The servers slot `index` declares (`server-template s<index>_ 1-N`)."""
+    return [f"s{index}_{j}" for j in range(1, layout.servers_per_slot + 1)]
+
 
 def render(layout: Layout) -> str:
     """The whole configuration; see the module docstring for its shape."""
@@ -72,11 +82,11 @@ def render(layout: Layout) -> str:
     master-worker
     stats socket {layout.admin_socket} mode 600 level admin expose-fd listeners
     stats timeout 10s
-{threads}    log stderr format short local0 notice
+{threads}    # HAProxy's own notices (servers changing state) on stderr; no per-request log lines.
+    log stderr format short local0 notice
 
 defaults
     mode http
-    log global
     option http-keep-alive
     option http-buffer-request
     timeout connect 2s
@@ -114,7 +124,8 @@ backend python
         text += f"""
 backend {slot_name(index)}
     balance leastconn
-    http-response set-header X-Greenroom-Replica %[srv_name]
+    server-template s{index}_ 1-{layout.servers_per_slot} 127.0.0.1:9 disabled
+    http-response set-header X-Greenroom-Replica %[srv_name,map({layout.replicas_map})]
 """
         text += _json_error(502, "replica answered badly or closed the connection", "Backend")
         text += _json_error(503, "no replica of the deployment could take the request",
@@ -134,4 +145,5 @@ frontend stats
 def write(layout: Layout) -> None:
     layout.folder.mkdir(parents=True, exist_ok=True)
     layout.direct_map.write_text("")
+    layout.replicas_map.write_text("")
     layout.config.write_text(render(layout))

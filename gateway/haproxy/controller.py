@@ -101,9 +101,10 @@ class Controller:
         gateways = [_free_port() for _ in range(max(1, settings.gateway_processes))]
         self.layout = Layout(_folder(settings), settings.gateway_host, settings.gateway_port,
                              settings.haproxy_stats_port or _free_port(), gateways,
-                             settings.haproxy_slots, settings.haproxy_threads)
+                             settings.haproxy_slots, settings.haproxy_slot_servers,
+                             settings.haproxy_threads)
         self.api = RuntimeApi(self.layout.admin_socket)
-        self.programmer = Programmer(self.api, self.layout.direct_map, settings.haproxy_slots)
+        self.programmer = Programmer(self.api, self.layout)
         self._changed = asyncio.Event()
         self._procs: list[asyncio.subprocess.Process] = []
         self._haproxy: asyncio.subprocess.Process | None = None
@@ -199,12 +200,11 @@ class Controller:
         return await deployments.routes(pool)
 
     def report(self, stats: list[ServerStat]) -> GatewayReport:
-        slots = self.programmer.slot_backends()
-        mine = [s for s in stats if s.backend in slots]
+        carried = self.programmer.carried(stats)
         return GatewayReport(
             gateway_id=self.id, at=time.time(), generations=dict(self.programmer.generations),
-            inflight={s.server: s.current for s in mine if s.current > 0},
-            requests={s.server: s.total for s in mine})
+            inflight={str(c.replica_id): c.current for c in carried if c.current > 0},
+            requests={str(c.replica_id): c.total for c in carried})
 
     async def _report(self, redis: Redis, stats: list[ServerStat], force: bool) -> None:
         report = self.report(stats)
