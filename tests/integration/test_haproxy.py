@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import aiohttp
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from db import deployments, replicas
 from gateway.haproxy.controller import find_haproxy
 from schemas.queue import ROUTES_CHANNEL
 from schemas.settings import Settings
@@ -128,3 +130,32 @@ async def test_unknown_names_feedback_and_openai_go_to_the_python_gateway(
         assert (await resp.json())["type"] == "Validation"
     async with http.get(f"{base}/healthz") as resp:
         assert resp.status == 200 and (await resp.json())["status"] == "ok"
+
+
+async def test_a_replica_that_refuses_connections_is_retried_on_another(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """`retry-on conn-failure` and `option redispatch`: one of two replicas is a closed port."""
+    model_id = await hashing_model("half")
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing", MODEL_SERVER_DIMENSION="8")
+    try:
+        await poll_health(http, server)
+        _, generation = await deployments.begin_generation(pool, model_id, "half")
+        live, dead = uuid4(), uuid4()
+        for replica_id, endpoint in ((live, server.url),
+                                     (dead, f"http://127.0.0.1:{free_port('127.0.0.1')}")):
+            await replicas.insert(pool, replica_id=replica_id, model_id=model_id,
+                                  generation=generation, task_id=None, runtime="process")
+            await replicas.set_started(pool, replica_id, "test", endpoint)
+        await deployments.switch(pool, model_id, generation, "half", {})
+        base, stats = await start_haproxy(spawn, http)
+
+        async def both_servers() -> bool:
+            async with http.get(f"{stats}/stats;csv") as resp:
+                rows = [row.split(",") for row in (await resp.text()).splitlines()]
+            return sum(r[0].startswith("slot") and r[17] == "no check" for r in rows) == 2
+        await _until(both_servers, 10, "HAProxy never served both replicas")
+        answers = [await _post(http, f"{base}/serve/half/embed") for _ in range(20)]
+        assert [(status, replica) for status, replica, _ in answers] == [(200, str(live))] * 20
+    finally:
+        server.stop()
