@@ -91,6 +91,9 @@ class Run:
     p99: list[float] = field(default_factory=list)
     proxy_cpu_s: float = 0.0  # the proxy's process tree (none for the direct path)
     replica_cpu_s: float = 0.0
+    # HAProxy's own processes, in the haproxy path's tree (the rest of it is the
+    # controller and the idle Python gateway behind it: their work is per second).
+    haproxy_cpu_s: float = 0.0
 
     def per_request_us(self, seconds: float) -> float:
         return seconds / self.requests * 1e6 if self.requests else 0.0
@@ -142,25 +145,26 @@ PIDS: dict[str, int] = {}
 _TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by `pid` and every process below it."""
+def cpu_s(pid: int, only: str | None = None) -> float:
+    """CPU seconds (user + system) used so far by `pid` and every process below it (with
+    `only`, by those of them whose command name is `only`)."""
     parents: dict[int, int] = {}
     used: dict[int, float] = {}
+    names: dict[int, str] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            head, _, rest = stat.read_text().rpartition(")")
         except OSError:
             continue
+        fields = rest.split()
         child = int(stat.parent.name)
-        parents[child] = int(fields[1])
+        parents[child], names[child] = int(fields[1]), head.partition("(")[2]
         used[child] = (int(fields[11]) + int(fields[12])) * _TICK_S
-    tree, total = {pid}, 0.0
+    tree = {pid}
     for child in sorted(parents):  # a child's pid is almost always above its parent's
         if parents[child] in tree:
             tree.add(child)
-    for member in tree:
-        total += used.get(member, 0.0)
-    return total
+    return sum(used.get(m, 0.0) for m in tree if only is None or names.get(m) == only)
 
 
 def _owner(url: str) -> int | None:
@@ -325,9 +329,9 @@ def measure(paths: dict[str, str], levels: list[int], seconds: float, rounds: in
         for level in levels:
             for name, url in paths.items():
                 proxy_pid = _owner(url) if name != "direct" else None
-                before = [cpu_s(p) if p else 0.0 for p in (proxy_pid, replica_pid)]
+                before = _cpu(proxy_pid, replica_pid)
                 requests, elapsed, p50, p99 = wrk(url, level, seconds, script)
-                after = [cpu_s(p) if p else 0.0 for p in (proxy_pid, replica_pid)]
+                after = _cpu(proxy_pid, replica_pid)
                 run = runs.setdefault((name, level), Run())
                 run.requests += requests
                 run.seconds += elapsed
@@ -335,7 +339,14 @@ def measure(paths: dict[str, str], levels: list[int], seconds: float, rounds: in
                 run.p99.append(p99)
                 run.proxy_cpu_s += after[0] - before[0]
                 run.replica_cpu_s += after[1] - before[1]
+                run.haproxy_cpu_s += after[2] - before[2]
     return runs
+
+
+def _cpu(proxy_pid: int | None, replica_pid: int | None) -> tuple[float, float, float]:
+    """CPU so far of the proxy's tree, the replica, and the HAProxy processes in the tree."""
+    return (cpu_s(proxy_pid) if proxy_pid else 0.0, cpu_s(replica_pid) if replica_pid else 0.0,
+            cpu_s(proxy_pid, "haproxy") if proxy_pid else 0.0)
 
 
 # ---------------------------------------------------------------- report
@@ -351,7 +362,9 @@ def report(title: str, runs: dict[tuple[str, int], Run], levels: list[int]) -> N
             print(f"  c={level:<3} {name:8} {run.rate:8.0f} req/s   p50 {run.p50_ms:6.2f} ms"
                   f"   p99 {run.p99_ms:6.2f} ms   CPU/request: proxy "
                   f"{run.per_request_us(run.proxy_cpu_s):5.0f} us, replica "
-                  f"{run.per_request_us(run.replica_cpu_s):5.0f} us")
+                  f"{run.per_request_us(run.replica_cpu_s):5.0f} us" +
+                  (f" (HAProxy itself {run.per_request_us(run.haproxy_cpu_s):.0f} us)"
+                   if name == "haproxy" else ""))
         for name in planes:
             ours = runs[(name, level)]
             print(f"  c={level:<3} {name}/nginx throughput {ours.rate / peer.rate:5.2f} "
