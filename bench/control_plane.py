@@ -28,6 +28,7 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from db import quotas, tasks, users
+from launch import backing
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
@@ -35,7 +36,6 @@ from service.app import create_app
 from service.domain import tasks as task_service
 from service.domain.registration import register
 from service.keys import PG, REDIS
-from tests import services
 from worker.runtimes.process import free_port
 
 MODELS = 100
@@ -131,15 +131,15 @@ async def main() -> None:
     args = parser.parse_args()
     keep: list[Any] = []
     with tempfile.TemporaryDirectory() as tmp:
-        admin = services.postgres_admin_dsn(Path(tmp), keep)
-        redis_url = services.redis_url(Path(tmp), keep)
-        dsn = await services.create_database(admin, f"greenroom_bench_{os.getpid()}")
+        admin = backing.postgres_admin_dsn(Path(tmp), keep)
+        redis_url = backing.redis_url(Path(tmp), keep)
+        dsn = await backing.create_database(admin, f"greenroom_bench_{os.getpid()}")
         try:
             await _bench(args, Settings(database_url=dsn, redis_url=redis_url,
                                         secret_key=SecretStr(secrets.token_urlsafe(32)),
                                         log_level="warning"))
         finally:
-            await services.drop_database(admin, dsn)
+            await backing.drop_database(admin, dsn)
 
 
 if __name__ == "__main__":

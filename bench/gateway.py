@@ -41,10 +41,10 @@ sys.path.insert(0, str(REPO))
 from db import deployments, replicas  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from gateway.haproxy.controller import find_haproxy  # noqa: E402
+from launch import backing  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from service.domain.registration import register  # noqa: E402
-from tests import services  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -232,11 +232,11 @@ class Planes:
 async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterator[Planes]:
     """A fresh database and Redis, a Python gateway and (`with_haproxy`) an HAProxy one."""
     keep: list[Any] = []
-    admin = services.postgres_admin_dsn(tmp, keep)
-    dsn = await services.create_database(admin, f"greenroom_bench_gateway_{os.getpid()}")
+    admin = backing.postgres_admin_dsn(tmp, keep)
+    dsn = await backing.create_database(admin, f"greenroom_bench_gateway_{os.getpid()}")
     port = free_port(HOST)
     env = dict(os.environ, GREENROOM_DATABASE_URL=dsn,
-               GREENROOM_REDIS_URL=services.redis_url(tmp, keep),
+               GREENROOM_REDIS_URL=backing.redis_url(tmp, keep),
                GREENROOM_SECRET_KEY=secrets.token_urlsafe(32), GREENROOM_GATEWAY_HOST=HOST,
                GREENROOM_GATEWAY_PORT=str(port), GREENROOM_GATEWAY_PROCESSES=str(processes),
                GREENROOM_LOG_LEVEL="warning", GREENROOM_ROUTES_POLL_S="0.5")
@@ -259,13 +259,13 @@ async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterato
                 planes.haproxy = f"http://{HOST}:{hport}"
                 planes.haproxy_stats = f"http://{HOST}:{stats}"
             async with aiohttp.ClientSession() as http:
-                await services.wait_for_http(http, planes.gateway + "/healthz")
+                await backing.wait_for_http(http, planes.gateway + "/healthz")
                 if planes.haproxy:
-                    await services.wait_for_http(http, planes.haproxy + "/healthz")
+                    await backing.wait_for_http(http, planes.haproxy + "/healthz")
             yield planes
     finally:
         await pool.close()
-        await services.drop_database(admin, dsn)
+        await backing.drop_database(admin, dsn)
         for item in keep:
             if isinstance(item, subprocess.Popen):
                 item.terminate()
@@ -382,7 +382,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
     async with gateway(tmp, args.processes, with_haproxy) as planes:
         with replica(tmp, "hashing", free_port(HOST)) as hashing:
             async with aiohttp.ClientSession() as http:
-                await services.wait_for_http(http, hashing + "/health", 60)
+                await backing.wait_for_http(http, hashing + "/health", 60)
             await route(planes.pool, "hashing", hashing)
             await _until_routed(f"{planes.gateway}/serve/hashing/embed")
             await _until_direct(planes, 1)
@@ -398,7 +398,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
             return
         with replica(tmp, "sentence-transformers", free_port(HOST)) as minilm:
             async with aiohttp.ClientSession() as http:
-                await services.wait_for_http(http, minilm + "/health", 300)
+                await backing.wait_for_http(http, minilm + "/health", 300)
             await route(planes.pool, "minilm", minilm)
             await _until_routed(f"{planes.gateway}/serve/minilm/embed")
             await _until_direct(planes, 2)

@@ -1,4 +1,4 @@
-"""Tasks: the outbox rows of every deploy, delete and scale (DESIGN.md §4)."""
+"""Tasks: the outbox rows of every deploy, delete and scale; one worker claims each."""
 
 from dataclasses import dataclass
 from datetime import datetime

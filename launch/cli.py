@@ -76,15 +76,15 @@ def cmd_models_register(settings: Settings, args: argparse.Namespace) -> None:
 async def _create_user(settings: Settings, args: argparse.Namespace, password: str) -> str:
     from db.pool import create_pool
     from schemas.auth import UserCreate
+    from schemas.errors import Conflict
     from service.domain.accounts import create_user
-    from service.web.errors import ApiError
 
     body = UserCreate(username=args.username, password=password, email=args.email,
                       is_admin=args.admin)
     pool = await create_pool(settings.require_database_url(), max_size=2)
     try:
         user = await create_user(pool, body)
-    except ApiError as exc:
+    except Conflict as exc:
         sys.exit(f"greenroom users create: {exc.message}")
     finally:
         await pool.close()

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from schemas.settings import Settings
 from schemas.tokens import issue_user_token
 from service.domain.registration import register
 from tests import services
-from tests.services import wait_for_http
+from tests.services import settings_env, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,17 +138,6 @@ def bearer(token: str) -> dict[str, str]:
 async def admin_headers(admin_user: User) -> dict[str, str]:
     """Authorization headers of the administrator: every route accepts them."""
     return bearer(issue_user_token(TEST_SECRET_KEY, admin_user.id))
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in settings.model_dump(exclude_none=True).items():
-        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        if isinstance(raw, set | list | dict):
-            raw = json.dumps(sorted(raw) if isinstance(raw, set) else raw)
-        env[f"GREENROOM_{key.upper()}"] = str(raw)
-    env["GREENROOM_LOG_JSON"] = "true"
-    return env
 
 
 class Proc:

@@ -3,18 +3,12 @@
 from aiohttp import web
 
 from schemas.tasks import TaskKind, TaskRequest, TaskResponse
-from service.auth.guard import (
-    CALLER,
-    LOCATED_ACCESS,
-    Locator,
-    RouteSpec,
-    body_field,
-    call_of,
-    path_param,
-    register,
-)
+from service.auth.guard import call_of
+from service.auth.locators import CALLER, LOCATED_ACCESS, Locator, body_field, path_param
+from service.auth.rules import OWNER, READ
 from service.domain import tasks as task_service
 from service.keys import PG, REDIS, SETTINGS
+from service.routes import RouteSpec, register
 
 _LOCATED_TASK = web.RequestKey("located_task", task_service.Task)
 
@@ -78,18 +72,18 @@ def task_model(kind: TaskKind) -> Locator:
 
 MODEL_REF = "{embedding_model_id:.+}"
 ROUTES = [
-    RouteSpec("POST", "/deploy", post_deploy, "owner", TaskRequest, TaskResponse,
+    RouteSpec("POST", "/deploy", post_deploy, OWNER, TaskRequest, TaskResponse,
               body_field("embedding_model_id"), 202, summary="Create a deploy task"),
-    RouteSpec("GET", "/deploy/{task_id}", get_deploy_task, "read", None, TaskResponse,
+    RouteSpec("GET", "/deploy/{task_id}", get_deploy_task, READ, None, TaskResponse,
               task_model(TaskKind.deploy), summary="A deploy task"),
-    RouteSpec("GET", f"/deploy-status/{MODEL_REF}", get_deploy_status, "read", None,
+    RouteSpec("GET", f"/deploy-status/{MODEL_REF}", get_deploy_status, READ, None,
               TaskResponse, path_param("embedding_model_id"),
               summary="The model's latest deploy task"),
-    RouteSpec("POST", "/delete", post_delete, "owner", TaskRequest, TaskResponse,
+    RouteSpec("POST", "/delete", post_delete, OWNER, TaskRequest, TaskResponse,
               body_field("embedding_model_id"), 202, summary="Create a delete task"),
-    RouteSpec("GET", "/delete/{task_id}", get_delete_task, "read", None, TaskResponse,
+    RouteSpec("GET", "/delete/{task_id}", get_delete_task, READ, None, TaskResponse,
               task_model(TaskKind.delete), summary="A delete task"),
-    RouteSpec("GET", f"/delete-status/{MODEL_REF}", get_delete_status, "read", None,
+    RouteSpec("GET", f"/delete-status/{MODEL_REF}", get_delete_status, READ, None,
               TaskResponse, path_param("embedding_model_id"),
               summary="The model's latest delete task"),
 ]

@@ -21,10 +21,10 @@ from schemas.console import (
     ReplicaOut,
     TaskDetail,
 )
+from schemas.errors import NotFound
 from schemas.tasks import DeploymentConfig
-from service.auth.guard import permission_on
+from service.auth.permissions import permission_on
 from service.domain import tasks as task_service
-from service.web.errors import ApiError
 
 Level = Literal["read", "write", "owner"]
 
@@ -90,7 +90,7 @@ async def deployment_detail(pool: asyncpg.Pool, model: Model, permission: Permis
                             rates: Rates = None) -> DeploymentDetail:
     rows = await overview.deployments_of(pool, [model.id])
     if not rows:
-        raise ApiError(404, f"model {model.identifier} has never been deployed")
+        raise NotFound(f"model {model.identifier} has never been deployed")
     live = await replicas.list_for_model(pool, model.id)
     return DeploymentDetail(
         deployment=summary(rows[0], model, permission, await _per_model(pool, rates)),

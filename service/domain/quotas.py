@@ -6,22 +6,21 @@ from db import quotas as quota_rows
 from db import users
 from db.models import Model
 from schemas import quotas
+from schemas.errors import Forbidden, NotFound
 from schemas.quotas import QuotaExceeded, QuotaFigures, QuotaLimits, UsageResponse, Use
 from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig
-from service.web.errors import ApiError
 
-QUOTA_STATUS = 403
 # A deploy accepted now counts every open task of the owner's other models: they were
 # accepted against the same quota and will run.
 OPEN = ["pending", "processing"]
 
 
-class QuotaError(ApiError):
-    """A refused request, with the figures as the error's detail (seed 000: its data)."""
+class QuotaError(Forbidden):
+    """A refused request (403), with the figures as the error's detail (seed 000: its data)."""
 
     def __init__(self, exc: QuotaExceeded) -> None:
-        super().__init__(QUOTA_STATUS, str(exc), exc.figures)
+        super().__init__(str(exc), exc.figures)
         self.figures = exc.figures
 
 
@@ -82,7 +81,7 @@ async def actual_use(pool: asyncpg.Pool, settings: Settings, owner_id: int) -> U
 async def usage(pool: asyncpg.Pool, settings: Settings, user_id: int) -> UsageResponse:
     user = await users.get(pool, user_id)
     if user is None:
-        raise ApiError(404, "user not found")
+        raise NotFound("user not found")
     limits, overrides = await limits_of(pool, settings, user_id)
     use = await actual_use(pool, settings, user_id)
     return UsageResponse(username=user.username, unlimited=user.is_admin,
@@ -93,7 +92,7 @@ async def usage(pool: asyncpg.Pool, settings: Settings, user_id: int) -> UsageRe
 async def user_id_of(pool: asyncpg.Pool, username: str) -> int:
     user = await users.get_by_name(pool, username)
     if user is None:
-        raise ApiError(404, f"user {username!r} not found")
+        raise NotFound(f"user {username!r} not found")
     return user.id
 
 

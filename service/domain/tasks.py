@@ -1,4 +1,4 @@
-"""Accepting and reading tasks (DESIGN.md §4.1, §4.4): the outbox insert, then the enqueue."""
+"""Accepting and reading tasks: the outbox insert (idempotent by key), then the enqueue."""
 
 import asyncio
 import hashlib
@@ -16,11 +16,11 @@ from db.errors import UniqueViolation
 from db.models import Model
 from db.permissions import Grant
 from db.tasks import Task
+from schemas.errors import Conflict, Invalid, NotFound
 from schemas.queue import JOB_RUN_TASK
 from schemas.settings import Settings
 from schemas.tasks import Phase, TaskKind, TaskRequest, TaskResponse, TaskStatus
 from service.domain import quotas
-from service.web.errors import ApiError
 
 log = structlog.get_logger(__name__)
 ENQUEUE_TIMEOUT_S = 2.0
@@ -45,26 +45,26 @@ def to_response(task: Task) -> TaskResponse:
 async def resolve_model(pool: asyncpg.Pool, ref: str) -> Model:
     model = await models.find(pool, ref)
     if model is None:
-        raise ApiError(404, f"model {ref!r} not found", {"embedding_model_id": ref})
+        raise NotFound(f"model {ref!r} not found", {"embedding_model_id": ref})
     return model
 
 
 def _same_request(existing: Task, digest: str) -> Task:
     if existing.request_hash != digest:
-        raise ApiError(422, "idempotency key was already used with a different request",
-                       {"task_id": str(existing.id)})
+        raise Invalid("idempotency key was already used with a different request",
+                      {"task_id": str(existing.id)})
     return existing
 
 
 async def _check_deployable(pool: asyncpg.Pool, model: Model, req: TaskRequest) -> None:
     if model.train_status != "complete":
-        raise ApiError(409, f"model {model.identifier} cannot be deployed while its train "
+        raise Conflict(f"model {model.identifier} cannot be deployed while its train "
                        f"status is {model.train_status}")
     name = req.config.deployment_name
     if name:
         taken = await deployments.get_by_name(pool, name)
         if taken is not None and taken.model_id != model.id:
-            raise ApiError(409, f"deployment name {name!r} is taken by another model")
+            raise Conflict(f"deployment name {name!r} is taken by another model")
 
 
 async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:
@@ -98,8 +98,9 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
         await _check_deployable(pool, model, req)
         await quotas.check_deploy(pool, settings, model, req.config)
     metadata: dict[str, Any] = {}
-    if req.config.ignored_keys:
-        metadata["ignored_config_keys"] = req.config.ignored_keys
+    # Accepted but without effect: said in the task's answer, never silently dropped.
+    if unused := req.config.unused_keys(kind, model.source.get("backend")):
+        metadata["ignored_config_keys"] = unused
     request = req.model_dump(mode="json", exclude_unset=True, by_alias=False)
     request["embedding_model_id"] = req.embedding_model_id
     request |= extra or {}
@@ -123,10 +124,10 @@ async def get(pool: asyncpg.Pool, kind: TaskKind, task_id: str) -> Task:
     try:
         parsed = UUID(task_id)
     except ValueError:
-        raise ApiError(404, f"{kind.value} task {task_id!r} not found") from None
+        raise NotFound(f"{kind.value} task {task_id!r} not found") from None
     task = await tasks.get(pool, parsed, kind.value)
     if task is None:
-        raise ApiError(404, f"{kind.value} task {task_id!r} not found")
+        raise NotFound(f"{kind.value} task {task_id!r} not found")
     return task
 
 
@@ -136,10 +137,10 @@ async def get_with_access(pool: asyncpg.Pool, kind: TaskKind, task_id: str,
     try:
         parsed = UUID(task_id)
     except ValueError:
-        raise ApiError(404, f"{kind.value} task {task_id!r} not found") from None
+        raise NotFound(f"{kind.value} task {task_id!r} not found") from None
     found = await task_access.get_with_access(pool, parsed, kind.value, user_id)
     if found is None:
-        raise ApiError(404, f"{kind.value} task {task_id!r} not found")
+        raise NotFound(f"{kind.value} task {task_id!r} not found")
     return found
 
 
@@ -147,5 +148,5 @@ async def latest_for_model(pool: asyncpg.Pool, kind: TaskKind, model_ref: str) -
     model = await resolve_model(pool, model_ref)
     task = await tasks.latest_for_model(pool, model.id, kind.value)
     if task is None:
-        raise ApiError(404, f"no {kind.value} task for model {model_ref!r}")
+        raise NotFound(f"no {kind.value} task for model {model_ref!r}")
     return task
