@@ -39,7 +39,7 @@ async def start_haproxy(spawn: Callable[..., Proc], http: aiohttp.ClientSession,
 
 
 async def _post(http: aiohttp.ClientSession, url: str,
-                headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, Any]]:
+                headers: dict[str, str] | None = None) -> tuple[int, str, Any]:
     async with http.post(url, json={"inputs": "x"}, headers=headers or {}) as resp:
         body = await resp.json(content_type=None)
         return resp.status, resp.headers.get("X-Greenroom-Replica", ""), body
