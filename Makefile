@@ -20,9 +20,12 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# What CI runs (.ci/run): ruff, and mypy --strict on every package.
+PACKAGES := db schemas service gateway launch worker model_server greenroom_client
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy db schemas service worker model_server greenroom_client
+	$(BIN)/mypy --strict $(PACKAGES)
 
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py

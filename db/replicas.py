@@ -95,7 +95,7 @@ async def transition(db: Executor, replica_id: UUID, from_state: ReplicaState,
                      to_state: ReplicaState, reported_status: str | None = None) -> bool:
     """Move one replica between states only if it is still in `from_state` (races are safe)."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE replicas SET state = $3, updated_at = now(),
                    reported_status = coalesce($4, reported_status)
                WHERE id = $1 AND state = $2""",

@@ -116,7 +116,7 @@ async def claim(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> 
 async def renew_lease(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> bool:
     """Extend the lease; False when this worker no longer holds the task."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE tasks SET lease_until = now() + make_interval(secs => $3)
                WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
             task_id, worker_id, lease_s,
@@ -128,7 +128,7 @@ async def set_phase(db: Executor, task_id: UUID, worker_id: str, phase: str | No
                     metadata: dict[str, Any] | None = None) -> bool:
     """Record progress; metadata is merged into the task's metadata."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE tasks SET phase = $3, metadata = metadata || $4, updated_at = now()
                WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
             task_id, worker_id, phase, metadata or {},
@@ -140,7 +140,7 @@ async def finish(db: Executor, task_id: UUID, worker_id: str, status: str,
                  detail: str | None = None, metadata: dict[str, Any] | None = None) -> bool:
     """processing → a terminal status, only by the worker that holds it."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE tasks SET status = $3, detail = $4, metadata = metadata || $5,
                    lease_until = NULL, updated_at = now(), finished_at = now()
                WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
@@ -152,7 +152,7 @@ async def finish(db: Executor, task_id: UUID, worker_id: str, status: str,
 async def finish_pending(db: Executor, task_id: UUID, status: str, detail: str) -> bool:
     """pending → a terminal status (refused before any work, or canceled)."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE tasks SET status = $2, detail = $3, updated_at = now(), finished_at = now()
                WHERE id = $1 AND status = 'pending'""",
             task_id, status, detail,
@@ -197,7 +197,7 @@ async def release_expired(db: Executor, task_id: UUID, worker_id: str | None,
     another won.
     """
     async with translated():
-        return await db.fetchval(
+        status: str | None = await db.fetchval(
             f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
                UPDATE tasks SET
                    status = CASE WHEN t.newer IS NOT NULL THEN 'canceled'
@@ -212,6 +212,7 @@ async def release_expired(db: Executor, task_id: UUID, worker_id: str | None,
                RETURNING tasks.status""",
             task_id, worker_id, max_attempts, detail,
         )
+    return status
 
 
 async def has_open_task(db: Executor, model_id: UUID) -> bool:
@@ -232,7 +233,7 @@ async def hand_back(db: Executor, task_id: UUID, worker_id: str) -> str | None:
     """processing → pending by the worker that holds it (shutting down), to be retried;
     canceled instead if a newer task of the model exists. Returns the new status."""
     async with translated():
-        return await db.fetchval(
+        status: str | None = await db.fetchval(
             f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
                UPDATE tasks SET
                    status = CASE WHEN t.newer IS NULL THEN 'pending' ELSE 'canceled' END,
@@ -245,3 +246,4 @@ async def hand_back(db: Executor, task_id: UUID, worker_id: str) -> str | None:
                RETURNING tasks.status""",
             task_id, worker_id,
         )
+    return status

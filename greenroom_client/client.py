@@ -32,7 +32,7 @@ def retry_after(response: httpx.Response, attempt: int) -> float:
     """Seconds to wait before retrying: the Retry-After header (seconds or a date), else
     an exponential backoff; never more than MAX_RETRY_WAIT_S."""
     header = response.headers.get("Retry-After", "").strip()
-    wait = 0.5 * 2 ** attempt
+    wait: float = 0.5 * 2 ** attempt
     if header.isdigit():
         wait = float(header)
     elif header:

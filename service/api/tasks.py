@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from db.tasks import Task
 from schemas.tasks import TaskKind, TaskRequest, TaskResponse
 from service.auth.guard import call_of
 from service.auth.locators import CALLER, LOCATED_ACCESS, Locator, body_field, path_param
@@ -10,10 +11,10 @@ from service.domain import tasks as task_service
 from service.keys import PG, REDIS, SETTINGS
 from service.routes import RouteSpec, register
 
-_LOCATED_TASK = web.RequestKey("located_task", task_service.Task)
+_LOCATED_TASK = web.RequestKey("located_task", Task)
 
 
-def _json(task: task_service.Task, status: int = 200) -> web.Response:
+def _json(task: Task, status: int = 200) -> web.Response:
     body = task_service.to_response(task).model_dump_json()
     return web.Response(text=body, status=status, content_type="application/json")
 
