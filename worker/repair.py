@@ -24,7 +24,7 @@ from worker.rollout import (
     remove_replicas,
     replica_env,
 )
-from worker.runtimes.base import ReplicaInfo, ReplicaSpec, RuntimeError_
+from worker.runtimes.base import ReplicaInfo, ReplicaSpec, RuntimeError_, manages
 
 log = structlog.get_logger(__name__)
 
@@ -45,8 +45,8 @@ async def replace_crashed(ctx: WorkerContext, busy: set[UUID]) -> int:
     """Find serving replicas that died and replace each; returns how many were replaced."""
     replaced = 0
     for replica in await replicas.list_serving(ctx.pool):
-        if replica.model_id in busy:
-            continue
+        if replica.model_id in busy or not manages(ctx.runtime, replica.endpoint):
+            continue  # a task owns it, or it lives on another host (that host's workers')
         info = await _crashed(ctx, replica)
         if info is None:
             continue
