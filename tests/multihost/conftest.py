@@ -1,0 +1,138 @@
+"""Fixtures of the multi-host test bed (tests/multihost/netbed.py): the bed itself, and a
+control plane spread over its hosts.
+
+Hosts of the `plane` fixture, each its own network namespace and address:
+`data` (Postgres and Redis), `api`, `w1` and `w2` (a worker each, process runtime, their
+replicas in the same namespace), `gw` (a gateway), and `client`, where the test process
+itself opens its sockets. Nothing is sent to any other address.
+"""
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from db.pool import create_pool
+from schemas.settings import Settings
+from tests.conftest import REPO, TEST_SECRET_KEY, settings_env
+from tests.multihost.backing import missing_backing, start_postgres, start_redis
+from tests.multihost.netbed import Host, NetBed, missing_requirement
+from tests.services import create_database, wait_for_http
+
+API_PORT = 8000
+GATEWAY_PORT = 8001
+
+
+@pytest.fixture(scope="module")
+def netbed() -> Iterator[NetBed]:
+    """A fresh bridge for this module's hosts; everything on it is removed after."""
+    reason = missing_requirement() or missing_backing()
+    if reason:
+        pytest.skip(reason)
+    bed = NetBed()
+    try:
+        yield bed
+    finally:
+        bed.close()
+
+
+@pytest.fixture(scope="module")
+def bed_tmp() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="greenroom-multihost-") as tmp:
+        Path(tmp).chmod(0o711)  # Postgres runs as its own user, below this folder
+        yield Path(tmp)
+
+
+@dataclass
+class Plane:
+    """The control plane across the bed's hosts; `settings[name]` is each process's."""
+
+    bed: NetBed
+    hosts: dict[str, Host]
+    folder: Path
+    base: Settings
+    api: str
+    gateway: str
+    pool: asyncpg.Pool
+    settings: dict[str, Settings] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, module: str, host: str, **overrides: Any) -> None:
+        """`python -m module` as process `name` in host `host`, with the plane's settings."""
+        settings = self.base.model_copy(update=overrides)
+        self.settings[name] = settings
+        env = settings_env(settings)
+        self.procs[name] = self.bed.popen(self.hosts[host], [sys.executable, "-m", module],
+                                          env=env, cwd=REPO, log=self.folder / f"{name}.log")
+
+    def start_worker(self, name: str) -> None:
+        """Worker `name` in host `name`: its replicas listen and are advertised there. `w1`
+        binds every address and advertises its own; the others bind their address."""
+        host = self.hosts[name]
+        bind = ({"replica_host": "0.0.0.0", "replica_advertise_host": host.address}
+                if name == "w1" else {"replica_host": host.address})
+        self.start(name, "worker", name, state_dir=self.folder / name / "state", **bind)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        proc.wait(timeout=20)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        text = (self.folder / f"{name}.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+async def plane(netbed: NetBed, bed_tmp: Path) -> AsyncIterator[Plane]:
+    """Postgres and Redis in `data`, the API in `api`, workers in `w1` and `w2`, a gateway
+    in `gw`; the test's own sockets open in `client` for the module's duration."""
+    hosts = {name: netbed.add_host(name) for name in ("data", "api", "w1", "w2", "gw", "client")}
+    admin_dsn = start_postgres(netbed, hosts["data"], bed_tmp / "postgres")
+    redis_url = start_redis(netbed, hosts["data"], bed_tmp / "redis")
+    with netbed.inside(hosts["client"]):
+        dsn = await create_database(admin_dsn, "greenroom")  # migrated
+        pool = await create_pool(dsn, max_size=5)
+        base = Settings(
+            database_url=dsn, redis_url=redis_url, runtime="process",
+            secret_key=SecretStr(TEST_SECRET_KEY), cluster="multihost",
+            deploy_timeout_s=60, drain_timeout_s=5, lease_s=2, reconcile_interval_s=0.3,
+            routes_poll_s=0.5, stop_grace_s=2, replica_cgroups=False,
+            # Each worker takes at most 3 tasks at once, so 5 at once need both.
+            worker_max_jobs=3, rollouts_per_user=10, capacity_memory_mb=100_000,
+            quota_deployments=50, quota_replicas=100, quota_memory_mb=1_000_000,
+        )
+        plane = Plane(bed=netbed, hosts=hosts, folder=bed_tmp, base=base, pool=pool,
+                      api=f"http://{hosts['api'].address}:{API_PORT}",
+                      gateway=f"http://{hosts['gw'].address}:{GATEWAY_PORT}")
+        try:
+            plane.start("api", "service", "api", api_host=hosts["api"].address,
+                        api_port=API_PORT)
+            plane.start("gateway", "gateway.server", "gw", gateway_host=hosts["gw"].address,
+                        gateway_port=GATEWAY_PORT)
+            plane.start_worker("w1")
+            plane.start_worker("w2")
+            async with aiohttp.ClientSession() as http:
+                await wait_for_http(http, plane.api + "/healthz")
+                await wait_for_http(http, plane.gateway + "/healthz")
+            yield plane
+        finally:
+            for proc in plane.procs.values():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+            for proc in plane.procs.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(proc.wait, 15)
+            await pool.close()
