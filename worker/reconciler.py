@@ -104,11 +104,12 @@ async def remove_orphans(ctx: WorkerContext) -> int:
     for info in orphans:
         log.warning("orphan_replica_removed", replica=str(info.replica_id),
                     generation=info.generation)
+    if orphans:
         with contextlib.suppress(RuntimeError_):
-            await ctx.runtime.stop(info.runtime_ref, ctx.settings.stop_grace_s)
-            await ctx.runtime.remove(info.runtime_ref)
-        if info.replica_id in rows:
-            await replicas.set_state(ctx.pool, [info.replica_id], "stopped")
+            await ctx.runtime.remove_many([i.runtime_ref for i in orphans],
+                                          ctx.settings.stop_grace_s)
+        await replicas.set_state(ctx.pool, [i.replica_id for i in orphans
+                                            if i.replica_id in rows], "stopped")
     return len(orphans)
 
 

@@ -86,7 +86,8 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
                        generation=dead.generation, task_id=dead.task_id,
                        source=replica_source(ctx.settings, model.source, config, model.id),
                        memory_mb=dead.memory_mb or placed_memory_mb(ctx, model, config),
-                       memory_requested=config.memory is not None, env=env)
+                       memory_requested=config.memory is not None, env=env,
+                       replaces=dead.runtime_ref)
     try:
         # Under the capacity lock, like a rollout's starts: neither takes the other's room.
         async with capacity.placing(ctx, spec.memory_mb or 0):

@@ -1,6 +1,5 @@
 """The green rollout (DESIGN.md §5) and deletion, for one claimed task."""
 
-import asyncio
 import contextlib
 import re
 import time
@@ -141,19 +140,12 @@ async def remove_replicas(ctx: WorkerContext, replica_ids: list[UUID], state: st
                           grace_s: float) -> None:
     """Stop and remove replicas, then record them as `state` (stopped or failed)."""
     rows = await replicas.get_many(ctx.pool, replica_ids)
-    async with asyncio.TaskGroup() as group:
-        for row in rows:
-            if row.runtime_ref:
-                group.create_task(_stop_and_remove(ctx, row.runtime_ref, grace_s))
-    await replicas.set_state(ctx.pool, replica_ids, state)
-
-
-async def _stop_and_remove(ctx: WorkerContext, runtime_ref: str, grace_s: float) -> None:
+    refs = [row.runtime_ref for row in rows if row.runtime_ref]
     try:
-        await ctx.runtime.stop(runtime_ref, grace_s)
-        await ctx.runtime.remove(runtime_ref)
+        await ctx.runtime.remove_many(refs, grace_s)
     except RuntimeError_ as exc:
-        log.warning("replica_remove_failed", ref=runtime_ref, error=str(exc))
+        log.warning("replica_remove_failed", refs=refs, error=str(exc))
+    await replicas.set_state(ctx.pool, replica_ids, state)
 
 
 async def _bring_up(ctx: WorkerContext, progress: Progress, model: Model, generation: int,

@@ -24,6 +24,7 @@ from worker.runtimes.base import (
     endpoint_url,
     model_server_env,
     parse_labels,
+    stop_and_remove_each,
 )
 
 log = structlog.get_logger(__name__)
@@ -254,6 +255,9 @@ class DockerRuntime:
                 raise RuntimeError_(f"container {runtime_ref[:12]} is gone; no logs") from cause
             raise
         return _tail(out, tail), _tail(err, tail)
+
+    async def remove_many(self, runtime_refs: list[str], grace_s: float) -> None:
+        await stop_and_remove_each(self, runtime_refs, grace_s)
 
     async def list(self) -> list[ReplicaInfo]:
         filters = json.dumps({"label": [LABEL_REPLICA,
