@@ -1,39 +1,42 @@
 """Swarm runtime: one Docker Swarm service per generation, each replica one of its tasks.
 
-How a service per generation maps onto the per-replica runtime interface:
+How a service per generation maps onto the per-replica runtime interface (rollout,
+repair, scaling and the reconciler stay runtime-agnostic):
 
 - `start(spec)` adds one task to the service of the spec's generation, creating the
   service (replicas 1) for the generation's first replica and raising `replicas` by one
-  for each next one; a generation of N replicas is a service of `replicas` N. Swarm fills
-  the lowest slot that has no live task, and the service keeps which replica owns which
-  slot in a label (`io.greenroom.slot.<N>` = replica id). `start` returns once the new
-  task runs and its host port is known. The rollout, the repair of a crashed replica and
-  a scale-up all call `start` as on any runtime: a replacement refills the dead slot.
-- A replica's `runtime_ref` is its task id; `inspect`, `logs` read the task, its
-  endpoint is its node's address (`Status.Addr`) and the host port Swarm published for it
-  (`Status.PortStatus`).
-- `remove_many(refs)` removes replicas together: when they are every live task of their
-  service (a generation going away) the service is deleted (Swarm stops each task with
-  SIGTERM, then SIGKILL after the stop grace); when they are some of them (a scale-down)
-  each task's container is stopped and `replicas` lowered to what is left. `stop` and
-  `remove` are the same steps for one task.
+  for each next one: a generation of N replicas is one service of `replicas` N. Swarm
+  fills the lowest free slot; the service keeps which replica owns which slot in a label
+  (`io.greenroom.slot.<N>` = `<replica id>/<task id>`). `start` returns once the new task
+  runs and has its host port.
+- A replica's `runtime_ref` is its task id. `inspect` and `logs` read the task (logs come
+  through the manager from whichever node ran it); its endpoint is its node's address
+  (`Status.Addr`) and the host port Swarm published for it (`Status.PortStatus`).
+- `remove_many(refs)` removes replicas together: when they hold every slot that still
+  runs or restarts (a generation going away: a switch, a failed rollout, a delete) the
+  service is deleted and Swarm stops its tasks (SIGTERM, SIGKILL after the stop grace);
+  when they are some of them (a scale-down) each task's container is stopped and
+  `replicas` lowered to what is left. `stop` and `remove` are the same for one task.
 
-Restart policy: condition `none`. A task that exits or is OOM-killed stays dead with its
-exit code, error and logs, exactly like a Docker container with restart policy `no`: the
-rollout's fail-fast check sees it and reports the exit code and log tail, and for a
-serving generation the reconciler's repair marks the replica failed, raises an event and
-starts a replacement (a service update that refills the slot; the scheduler places it on
-any node with room). `on-failure` would let Swarm restart a crashing replica in a loop
-under the same slot, hiding the crash from the rollout and from the deployment's events.
-A node that is drained or goes down has its tasks shut down by Swarm; the repair replaces
-them the same way, on the nodes that are left.
+Restart policy: `on-failure` (delay 1 s, no attempt limit). A task that exits non-zero or
+is OOM-killed is a dead task with its exit code, error and logs, so the rollout's
+fail-fast check reports it (exit code, OOM, log tail) as on the Docker runtime, and fails
+the rollout, which deletes the service. For a serving generation the reconciler's repair
+sees the replica's task dead, marks it failed with an event and starts a replacement; the
+replacement (`spec.replaces` = the dead task) takes over the task Swarm restarted in the
+same slot instead of adding one, so the service keeps `replicas` tasks and the routing
+table gets the new endpoint. A drained or lost node's tasks are rescheduled by Swarm on
+the nodes left and taken over the same way. Condition `none` was rejected: Swarm counts a
+dead task's slot as filled for good, so a replacement could only come from scaling down
+(where Swarm, not Greenroom, picks the slot to drop) and up again.
 
-Limits: one task of a service can only be stopped on its own when it runs on the node of
-the engine this worker talks to (through the container API); a scale-down that would stop
-a task on another node is refused with a clear error (the whole generation can always be
-removed). Host-mode ports listen on every address of the node, not on one. Swarm services
-cannot set `no-new-privileges` or `MemorySwap` through this Engine's API (1.41): memory
-swap follows the node's defaults.
+Limits: one task of a service can only be stopped on its own (a scale-down) when it runs
+on the node of the engine this worker talks to; elsewhere that is refused with a clear
+error (a whole generation can always be removed). Host-mode ports listen on every address
+of the node. This Engine API (1.41) cannot set `no-new-privileges` or `MemorySwap` on a
+service: swap follows the node's defaults. Every node must hold the image (no registry:
+`docker save | docker load`), and a model folder from the store must exist at the same
+path on every node.
 """
 
 import asyncio
@@ -445,7 +448,8 @@ class SwarmRuntime(DockerRuntime):
         return f"http://{addr}:{_published_port(task)}"
 
     async def _task_info(self, task: dict[str, Any], service_labels: dict[str, str]) -> ReplicaInfo:
-        labels = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+        labels = service_labels if LABEL_MODEL in service_labels else \
+            ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
         replica_id, _ = _owner(service_labels, int(task.get("Slot") or 0))
         status = task.get("Status") or {}
         running = not _dead(task)
