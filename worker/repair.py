@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import structlog
 
 from db import deployments, events, models, replicas
-from db.replicas import Replica
+from db.replicas import Replica, ReplicaBrief
 from schemas.tasks import DeploymentConfig
 from worker.admission import capacity
 from worker.context import WorkerContext
@@ -29,7 +29,7 @@ from worker.runtimes.base import ReplicaInfo, ReplicaSpec, RuntimeError_, manage
 log = structlog.get_logger(__name__)
 
 
-async def _crashed(ctx: WorkerContext, replica: Replica) -> ReplicaInfo | None:
+async def _crashed(ctx: WorkerContext, replica: ReplicaBrief) -> ReplicaInfo | None:
     """The runtime's view of a replica that should be serving but is not, else None."""
     if not replica.runtime_ref:
         return None
@@ -44,12 +44,16 @@ async def _crashed(ctx: WorkerContext, replica: Replica) -> ReplicaInfo | None:
 async def replace_crashed(ctx: WorkerContext, busy: set[UUID]) -> int:
     """Find serving replicas that died and replace each; returns how many were replaced."""
     replaced = 0
-    for replica in await replicas.list_serving(ctx.pool):
-        if replica.model_id in busy or not manages(ctx.runtime, replica.endpoint):
+    for brief in await replicas.list_serving_brief(ctx.pool):
+        if brief.model_id in busy or not manages(ctx.runtime, brief.endpoint):
             continue  # a task owns it, or it lives on another host (that host's workers')
-        info = await _crashed(ctx, replica)
+        info = await _crashed(ctx, brief)
         if info is None:
             continue
+        found = await replicas.get_many(ctx.pool, [brief.id])
+        if not found:
+            continue
+        replica = found[0]
         reason = info.describe_exit()
         if not await replicas.transition(ctx.pool, replica.id, "ready", "failed", reason):
             continue  # another reconciler, or a rollout, got there first
