@@ -43,6 +43,7 @@ from db.deployments import Route
 from db.pool import Executor, create_pool
 from gateway.routing import Gateway, Table
 from schemas.settings import Settings
+from schemas.tasks import ReplicaState
 from tests import services
 from worker.context import WorkerContext
 from worker.reconciler import enqueue_pending, reconcile_once, release_expired, remove_orphans
@@ -110,7 +111,7 @@ async def _seed_one(pool: Executor, owner_id: int, i: int, per: int,
                 generation=generation, running=True, endpoint=endpoint)
         draining = await deployments.switch(pool, model.id, generation, name, {})
         if draining:
-            await replicas.set_state(pool, draining, "stopped")
+            await replicas.set_state(pool, draining, ReplicaState.stopped)
             for rid in draining:
                 runtime.replicas.pop(str(rid), None)
 

@@ -1,4 +1,4 @@
-"""One settings object for every Greenroom process (DESIGN.md §11), env prefix GREENROOM_."""
+"""One settings object for every Greenroom process, env prefix GREENROOM_."""
 
 from pathlib import Path
 from typing import Literal
@@ -42,6 +42,23 @@ class Settings(BaseSettings):
     gateway_port: int = 8001
     # Gateway processes sharing the port (SO_REUSEPORT); each reports its own in-flight counts.
     gateway_processes: int = 1
+    # The data plane's engine: `python` (the gateway processes alone) or `haproxy` (Debian's
+    # HAProxy serves public models' /serve routes straight to replicas, programmed from the
+    # routing table; everything else goes on to `gateway_processes` Python gateways).
+    gateway_engine: Literal["python", "haproxy"] = "python"
+    # The HAProxy binary (`haproxy` on PATH, else /usr/sbin/haproxy, where Debian puts it).
+    haproxy_binary: str = "haproxy"
+    # HAProxy's stats page (/stats) and Prometheus exporter (/metrics), on loopback; unset:
+    # a free port, logged at start.
+    haproxy_stats_port: int | None = None
+    # Backends HAProxy declares for deployments' generations (2.6 cannot add any at run
+    # time); a deployment past them is served by the Python gateway.
+    haproxy_slots: int = 64
+    # Servers each of those backends declares: the most replicas of one generation HAProxy
+    # serves directly (a deployment with more is served by the Python gateway).
+    haproxy_slot_servers: int = 16
+    # HAProxy's threads; unset: one per CPU.
+    haproxy_threads: int | None = None
     # How long the gateway and the API trust a cached access decision (a revoke is also
     # announced on Redis, which clears the caches at once).
     access_cache_ttl_s: float = 1.0

@@ -27,6 +27,7 @@ from db.errors import DatabaseError
 from db.pool import create_pool
 from schemas.logs import configure_logging
 from schemas.settings import Settings
+from schemas.tasks import ReplicaState
 from worker.runtimes import create_runtime
 from worker.runtimes.base import ReplicaInfo, RuntimeError_
 
@@ -44,8 +45,8 @@ async def _forget_unserving(settings: Settings, found: list[ReplicaInfo]) -> Non
         return
     try:
         rows = await replicas.get_many(pool, [i.replica_id for i in found])
-        done = [r.id for r in rows if r.state in ("starting", "draining")]
-        await replicas.set_state(pool, done, "stopped")
+        done = [r.id for r in rows if r.state in (ReplicaState.starting, ReplicaState.draining)]
+        await replicas.set_state(pool, done, ReplicaState.stopped)
     finally:
         await pool.close()
 

@@ -27,12 +27,12 @@ from pydantic import SecretStr
 
 from db.pool import create_pool
 from schemas.settings import Settings
-from tests.conftest import REPO, TEST_SECRET_KEY, settings_env
+from tests.conftest import REPO, TEST_SECRET_KEY
 from tests.docker import conftest as docker_fixtures
 from tests.multihost.backing import missing_backing, start_postgres, start_redis
 from tests.multihost.netbed import Host, NetBed, missing_requirement
 from tests.multihost.swarm_bed import Dockerd, form_swarm, load_image, start_dockerd, stop_dockerd
-from tests.services import create_database, wait_for_http
+from tests.services import create_database, settings_env, wait_for_http
 
 API_PORT = 8000
 GATEWAY_PORT = 8001

@@ -32,7 +32,8 @@ from tests.multihost.conftest import Plane, SwarmPlane
 REPLICAS = 4
 RATE = 60.0
 LOAD_S = 20.0
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
+# serial: paced load, asserting its rate and that no request failed (tests/scheduling.py).
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(600)]
 
 
 async def _deploy(http: aiohttp.ClientSession, plane: Plane, headers: dict[str, str],

@@ -1,4 +1,4 @@
-"""Runtimes start, stop and inspect model-server replicas: process, docker, swarm."""
+"""Runtimes start, stop and inspect model-server replicas; one module per runtime here."""
 
 from schemas.settings import Settings
 from worker.runtimes.base import Runtime, RuntimeError_
@@ -14,10 +14,6 @@ def create_runtime(settings: Settings) -> Runtime:
         from worker.runtimes.docker import DockerRuntime
 
         return DockerRuntime(settings)
-    if settings.runtime == "swarm":
-        from worker.runtimes.swarm import SwarmRuntime
-
-        return SwarmRuntime(settings)
     raise RuntimeError_(f"runtime {settings.runtime!r} is not available in this build")
 
 

@@ -1,4 +1,4 @@
-"""Docker runtime: one container per replica, through aiodocker (DESIGN.md §6)."""
+"""Docker runtime: one container per replica, through aiodocker."""
 
 import asyncio
 import json
