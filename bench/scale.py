@@ -42,9 +42,9 @@ from db import deployments, models, replicas, users
 from db.deployments import Route
 from db.pool import Executor, create_pool
 from gateway.routing import Gateway, Table
+from launch import backing as services
 from schemas.settings import Settings
 from schemas.tasks import ReplicaState
-from tests import services
 from worker.context import WorkerContext
 from worker.reconciler import enqueue_pending, reconcile_once, release_expired, remove_orphans
 from worker.repair import replace_crashed
