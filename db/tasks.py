@@ -44,9 +44,11 @@ def _task(row: Any) -> Task | None:
 
 async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
                  request: dict[str, Any], request_hash: str, idempotency_key: str | None,
-                 created_by: int | None, metadata: dict[str, Any]) -> Task:
+                 created_by: int | None, metadata: dict[str, Any],
+                 enqueued: bool = False) -> Task:
     """Insert a pending task and cancel the model's older pending tasks (one transaction);
-    a scale cancels only older pending scales."""
+    a scale cancels only older pending scales. `enqueued` sets `enqueued_at` now, for a
+    caller that enqueues right after and clears it (`mark_unenqueued`) if that fails."""
     async with translated():
         row = await db.fetchrow(
             f"""
@@ -58,11 +60,12 @@ async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
                   AND ($2 <> 'scale' OR kind = 'scale')
             )
             INSERT INTO tasks (id, kind, model_id, request, request_hash, idempotency_key,
-                               created_by, metadata)
-            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}
+                               created_by, metadata, enqueued_at)
+            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN now() END)
+            RETURNING {_COLUMNS}
             """,
             task_id, kind, model_id, request, request_hash, idempotency_key, created_by,
-            metadata,
+            metadata, enqueued,
         )
     task = _task(row)
     assert task is not None
@@ -94,6 +97,12 @@ async def latest_for_model(db: Executor, model_id: UUID, kind: str) -> Task | No
 async def mark_enqueued(db: Executor, task_id: UUID) -> None:
     async with translated():
         await db.execute("UPDATE tasks SET enqueued_at = now() WHERE id = $1", task_id)
+
+
+async def mark_unenqueued(db: Executor, task_id: UUID) -> None:
+    """The enqueue after an optimistic `insert(enqueued=True)` failed: the reconciler's now."""
+    async with translated():
+        await db.execute("UPDATE tasks SET enqueued_at = NULL WHERE id = $1", task_id)
 
 
 async def claim(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> Task | None:

@@ -25,6 +25,7 @@ from db import deployments
 from db.deployments import Route
 from db.errors import DatabaseError
 from gateway.hold import Holds
+from gateway.latency import LatencyTally
 from gateway.upstream import Upstream, UpstreamError
 from schemas.errors import NotFound, Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
@@ -62,6 +63,7 @@ class Gateway:
         self._table = Table({}, {}, frozenset())
         self.inflight: Counter[UUID] = Counter()
         self.served: Counter[UUID] = Counter()
+        self.latency = LatencyTally()  # per model, for the console
         # Called on every message of the auth channel (an access cache clears itself).
         self.on_auth_change: list[Callable[[], None]] = []
         self.metrics = GatewayMetrics(self.inflight_by_replica)
@@ -141,7 +143,9 @@ class Gateway:
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
             finally:
                 self._release(replica_id)
-            metrics.observe(deployment, answer.status, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.observe(deployment, answer.status, elapsed)
+            self.latency.observe(route.model_id, elapsed)
             out = web.Response(body=answer.body, status=answer.status,
                                headers={"X-Greenroom-Replica": str(replica_id)})
             if answer.content_type:
@@ -195,7 +199,8 @@ class Gateway:
         return GatewayReport(
             gateway_id=self.id, at=time.time(), generations=dict(self._table.generations),
             inflight={str(k): v for k, v in self.inflight.items() if v > 0},
-            requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts())
+            requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts(),
+            latency=self.latency.report())
 
     async def _report(self) -> None:
         while True:

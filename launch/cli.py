@@ -3,6 +3,7 @@ and the API commands (login, models, deploy, delete, status, tasks, logs, scale,
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -27,6 +28,12 @@ def _exec_module(module: str, *args: str) -> None:
 def cmd_api(settings: Settings, _: argparse.Namespace) -> None:
     from service.app import create_app
 
+    # uvloop's event loop where installed (a base dependency): the control plane's hot
+    # paths (task polling, accepts) are socket I/O to clients, Postgres and Redis.
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port,
                 print=None, access_log=None)
 

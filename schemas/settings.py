@@ -3,10 +3,12 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RuntimeName = Literal["process", "docker", "swarm"]
+# Bind-all addresses: a replica may listen there, but nobody can dial them.
+UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 class Settings(BaseSettings):
@@ -71,8 +73,14 @@ class Settings(BaseSettings):
     # Bearer token a scraper sends for a gateway's /metrics (it names deployments); unset:
     # only loopback callers may read it.
     metrics_token: SecretStr | None = None
-    # Address replicas are published on and reached at; loopback by default.
+    # Address replicas listen on (process runtime) or are published on (docker); also the
+    # address their endpoints name unless `replica_advertise_host` is set. 0.0.0.0 (every
+    # address) needs an advertise address.
     replica_host: str = "127.0.0.1"
+    # Address gateways and workers on other hosts reach this host's replicas at (written into
+    # each replica's endpoint); unset: `replica_host`, so loopback by default. Set it when
+    # replicas bind 0.0.0.0 or sit behind NAT.
+    replica_advertise_host: str | None = None
 
     # The most processes a replica's container holds.
     replica_pids_limit: int = 1024
@@ -125,6 +133,22 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     log_json: bool | None = None
+
+    @model_validator(mode="after")
+    def _replicas_reachable(self) -> "Settings":
+        if self.replica_advertise_host is None and self.replica_host in UNSPECIFIED_HOSTS:
+            raise ValueError(f"GREENROOM_REPLICA_HOST={self.replica_host} binds every address "
+                             "but names none to reach replicas at: set "
+                             "GREENROOM_REPLICA_ADVERTISE_HOST to this host's routable address")
+        if self.replica_advertise_host in UNSPECIFIED_HOSTS:
+            raise ValueError("GREENROOM_REPLICA_ADVERTISE_HOST must be an address others can "
+                             f"reach, not {self.replica_advertise_host}")
+        return self
+
+    @property
+    def replica_endpoint_host(self) -> str:
+        """The host part of this host's replica endpoints (advertise address, else bind)."""
+        return self.replica_advertise_host or self.replica_host
 
     @property
     def model_store_dir(self) -> Path:

@@ -6,7 +6,6 @@ runtime refuses leaves the row `failed`. The rollout, the scale task, the repair
 crashed replica and the reconciler all start and remove replicas through here.
 """
 
-import asyncio
 from uuid import UUID, uuid4
 
 import structlog
@@ -53,10 +52,11 @@ def placed_memory_mb(ctx: WorkerContext, model: Model, config: DeploymentConfig)
 
 
 async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID | None,
-                config: DeploymentConfig, env: dict[str, str],
-                memory_mb: int) -> tuple[UUID, StartedReplica]:
+                config: DeploymentConfig, env: dict[str, str], memory_mb: int,
+                replaces: str | None = None) -> tuple[UUID, StartedReplica]:
     """Record, start and record the endpoint of one replica (state `starting`); its id and
-    what the runtime started.
+    what the runtime started. `replaces`: the runtime_ref of the crashed replica this one
+    replaces (a runtime that restarts replicas itself takes that restart over).
 
     Raises the runtime's `RuntimeError_` after marking the row `failed` with its reason.
     """
@@ -66,6 +66,7 @@ async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID
         source=replica_source(ctx.settings, model.source, config, model.id),
         # What quotas and capacity count is what the runtime enforces.
         memory_mb=memory_mb, memory_requested=config.memory is not None, env=dict(env),
+        replaces=replaces,
     )
     await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                           generation=generation, task_id=task_id, runtime=ctx.runtime.name,
@@ -89,17 +90,16 @@ async def remove(ctx: WorkerContext, replica_ids: list[UUID], state: ReplicaStat
                  grace_s: float) -> None:
     """Stop and remove replicas, then record them as `state` (stopped or failed)."""
     rows = await replicas.get_many(ctx.pool, replica_ids)
-    async with asyncio.TaskGroup() as group:
-        for row in rows:
-            if row.runtime_ref:
-                group.create_task(stop_and_remove(ctx, row.runtime_ref, grace_s))
+    await stop_and_remove(ctx, [row.runtime_ref for row in rows if row.runtime_ref], grace_s)
     await replicas.set_state(ctx.pool, replica_ids, state)
 
 
-async def stop_and_remove(ctx: WorkerContext, runtime_ref: str, grace_s: float) -> None:
-    """Stop one replica on the runtime (`grace_s` to finish what it is doing), then remove it."""
+async def stop_and_remove(ctx: WorkerContext, runtime_refs: list[str], grace_s: float) -> None:
+    """Stop replicas on the runtime (`grace_s` to finish what they are doing), then remove
+    them, together: the swarm runtime removes a whole generation as its service."""
+    if not runtime_refs:
+        return
     try:
-        await ctx.runtime.stop(runtime_ref, grace_s)
-        await ctx.runtime.remove(runtime_ref)
+        await ctx.runtime.remove_many(runtime_refs, grace_s)
     except RuntimeError_ as exc:
-        log.warning("replica_remove_failed", ref=runtime_ref, error=str(exc))
+        log.warning("replica_remove_failed", refs=runtime_refs, error=str(exc))

@@ -46,9 +46,10 @@ _LOCATED_TASK = web.RequestKey("console_task", tasks.Task)
 
 async def list_deployments(request: web.Request) -> web.Response:
     """Every deployment of a model the caller can read, with replicas ready and wanted and
-    the requests per second the gateways report carrying to it."""
+    the requests per second and latency the gateways report carrying to it."""
     rates = await traffic.current(request.app, request.app[REDIS])
-    found = await overview.list_deployments(request.app[PG], call_of(request).principal, rates)
+    found = await overview.list_deployments(request.app[PG], call_of(request).principal, rates,
+                                            request.app[traffic.RATES].latency_per_model())
     return json_response(found)
 
 
@@ -57,8 +58,9 @@ async def show_deployment(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     rates = await traffic.current(request.app, request.app[REDIS])
-    return json_response(await overview.deployment_detail(request.app[PG], call.model,
-                                                          call.permission, rates))
+    return json_response(await overview.deployment_detail(
+        request.app[PG], call.model, call.permission, rates,
+        request.app[traffic.RATES].latency_per_model()))
 
 
 def _tail(request: web.Request) -> int:

@@ -7,20 +7,22 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+import orjson
 import structlog
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from db import deployments, models, task_access, tasks
+from db import deploy_access, deployments, models, task_access, tasks
 from db.errors import UniqueViolation
 from db.models import Model
 from db.permissions import Grant
+from db.quotas import OwnerQuota
 from db.tasks import Task
 from schemas.errors import Conflict, Invalid, NotFound
 from schemas.queue import JOB_RUN_TASK
 from schemas.settings import Settings
 from schemas.tasks import Phase, TaskKind, TaskRequest, TaskResponse, TaskStatus
-from service.domain import quotas
+from service.domain import job_queue, quotas
 
 log = structlog.get_logger(__name__)
 ENQUEUE_TIMEOUT_S = 2.0
@@ -40,6 +42,19 @@ def to_response(task: Task) -> TaskResponse:
         embedding_model_id=task.request.get("embedding_model_id", str(task.model_id)),
         metadata=task.metadata, detail=task.detail,
     )
+
+
+def response_json(task: Task) -> bytes:
+    """`to_response(task).model_dump_json()`, byte for byte, without building the model:
+    the polling hot path. orjson writes UTC datetimes (with `Z`) and jsonb values as
+    pydantic does (asyncpg's UUID, a subclass orjson refuses, goes as its string);
+    tests/unit/test_task_json.py holds the two to the same bytes."""
+    return orjson.dumps({
+        "task_id": str(task.id), "kind": task.kind, "status": task.status, "phase": task.phase,
+        "created_at": task.created_at, "updated_at": task.updated_at,
+        "embedding_model_id": task.request.get("embedding_model_id", str(task.model_id)),
+        "metadata": task.metadata, "detail": task.detail,
+    }, option=orjson.OPT_UTC_Z)
 
 
 async def resolve_model(pool: asyncpg.Pool, ref: str) -> Model:
@@ -68,26 +83,33 @@ async def _check_deployable(pool: asyncpg.Pool, model: Model, req: TaskRequest) 
 
 
 async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:
-    """Hand the task to arq; on failure the row stays unenqueued for the reconciler."""
+    """Hand a task inserted with `enqueued=True` to arq in one round trip; on failure
+    clear its `enqueued_at`, so the reconciler enqueues it as soon as Redis is back.
+
+    A process that dies between the insert and this leaves `enqueued_at` set: the
+    reconciler offers such a task again after `REENQUEUE_AFTER_S` (worker/reconciler.py).
+    """
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-            await redis.enqueue_job(JOB_RUN_TASK, str(task_id), _job_id=str(task_id))
+            await job_queue.enqueue(redis, JOB_RUN_TASK, str(task_id), str(task_id))
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("enqueue_deferred", task=str(task_id), error=str(exc) or type(exc).__name__)
+        await tasks.mark_unenqueued(pool, task_id)
         return False
-    await tasks.mark_enqueued(pool, task_id)
     return True
 
 
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
                  idempotency_key: str | None, created_by: int | None = None,
                  model: Model | None = None, *, settings: Settings,
-                 extra: dict[str, Any] | None = None) -> tuple[Task, bool]:
+                 extra: dict[str, Any] | None = None,
+                 owner_quota: OwnerQuota | None = None) -> tuple[Task, bool]:
     """Insert (or find, for a repeated idempotency key) the task; True when created now.
 
-    `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup.
-    A deploy that would take the model's owner past a quota is refused (403). `extra` is
-    stored in the task's request beside the body (a scale's replica count).
+    `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup,
+    and `owner_quota` (`locate_for_deploy`) another. A deploy that would take the model's
+    owner past a quota is refused (403). `extra` is stored in the task's request beside
+    the body (a scale's replica count). Round trips: the insert, the enqueue.
     """
     key = req.id or idempotency_key
     digest = request_hash(kind, req)
@@ -96,7 +118,7 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     model = model or await resolve_model(pool, req.embedding_model_id)
     if kind == TaskKind.deploy:
         await _check_deployable(pool, model, req)
-        await quotas.check_deploy(pool, settings, model, req.config)
+        await quotas.check_deploy(pool, settings, model, req.config, owner_quota)
     metadata: dict[str, Any] = {}
     # Accepted but without effect: said in the task's answer, never silently dropped.
     if unused := req.config.unused_keys(kind, model.source.get("backend")):
@@ -108,6 +130,7 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
         task = await tasks.insert(
             pool, task_id=uuid4(), kind=kind.value, model_id=model.id, request=request,
             request_hash=digest, idempotency_key=key, created_by=created_by, metadata=metadata,
+            enqueued=True,
         )
     except UniqueViolation as exc:
         if key and exc.constraint == "tasks_idempotency_key":
@@ -118,6 +141,13 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     log.info("task_accepted", task=str(task.id), kind=kind.value, model=str(model.id))
     await enqueue(redis, pool, task.id)
     return task, True
+
+
+async def locate_for_deploy(pool: asyncpg.Pool, ref: str, user_id: int | None
+                            ) -> tuple[Model, Grant | None, OwnerQuota] | None:
+    """The model a deploy names, the caller's grant on it and what its owner's quota
+    check needs, in one round trip; None if there is no such model."""
+    return await deploy_access.model_for_deploy(pool, ref, user_id, quotas.OPEN)
 
 
 async def get(pool: asyncpg.Pool, kind: TaskKind, task_id: str) -> Task:

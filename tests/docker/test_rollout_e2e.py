@@ -98,6 +98,7 @@ DURATION_S = 22
 CONCURRENCY = 32
 
 
+@pytest.mark.serial  # paced load: asserts the rate it reached and that no request timed out
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_redeploys_under_load_drop_no_request(
         docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
@@ -139,6 +140,7 @@ async def test_redeploys_under_load_drop_no_request(
           f"max {latencies[-1] * 1000:.1f} ms")
 
 
+@pytest.mark.serial  # paced load: no request may time out
 async def test_gateway_that_cannot_report_drops_nothing(
         docker_stack: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         hashing_model: Any, tmp_path: Path) -> None:
