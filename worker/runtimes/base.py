@@ -1,11 +1,18 @@
 """The small interface every runtime implements, and the replica's environment contract."""
 
+import asyncio
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 from uuid import UUID
+
+import structlog
 
 from worker.onnx_variant import onnx_env
 from worker.runtimes.environment import replica_env
+
+log = structlog.get_logger(__name__)
 
 # Labels every runtime attaches to a replica, so `list()` can find what Greenroom owns.
 LABEL_PREFIX = "io.greenroom."
@@ -34,6 +41,10 @@ class ReplicaSpec:
     env: dict[str, str] = field(default_factory=dict)
     # Did the deployment set memory_mb itself (else it is what quotas and capacity count)?
     memory_requested: bool = True
+    # The runtime_ref of the crashed replica this one replaces (the reconciler's repair):
+    # a runtime that restarts replicas itself (swarm) takes over that restart instead of
+    # adding one; the others ignore it.
+    replaces: str | None = None
 
     def labels(self) -> dict[str, str]:
         return {
@@ -62,10 +73,17 @@ class ReplicaInfo:
     exit_code: int | None = None
     oom_killed: bool = False
     endpoint: str | None = None
+    # Why a replica never ran its server or was stopped from outside (a node rejected its
+    # task, its node was drained); None when it simply exited.
+    error: str | None = None
 
     def describe_exit(self) -> str:
         if self.oom_killed:
             return "was OOM-killed (memory limit too small for the model)"
+        if self.error:
+            return self.error
+        if self.exit_code == 137:
+            return "was killed (exit code 137: SIGKILL, often the memory limit)"
         if self.exit_code is None:
             return "exited"
         return f"exited with code {self.exit_code}"
@@ -96,6 +114,25 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
     return replica_env(env, spec.env)
 
 
+def endpoint_url(host: str, port: int) -> str:
+    """A replica's endpoint, `http://host:port`; an IPv6 address goes in brackets."""
+    try:
+        bracketed = ip_address(host).version == 6
+    except ValueError:
+        bracketed = False
+    return f"http://[{host}]:{port}" if bracketed else f"http://{host}:{port}"
+
+
+def manages(runtime: "Runtime", endpoint: str | None) -> bool:
+    """Whether `runtime` can inspect and stop the replica at `endpoint`: one bound to a host
+    (process, docker) only the replicas advertised on that host's address; one spanning
+    nodes (`local_host` None: swarm) every replica. A replica not started yet (no endpoint)
+    belongs to whoever is starting it, so it counts as managed."""
+    if runtime.local_host is None or endpoint is None:
+        return True
+    return urlsplit(endpoint).hostname == runtime.local_host.strip("[]")
+
+
 def parse_labels(labels: dict[str, str]) -> tuple[UUID, UUID, int] | None:
     """(replica id, model id, generation) from a replica's labels, or None if not ours."""
     try:
@@ -105,10 +142,29 @@ def parse_labels(labels: dict[str, str]) -> tuple[UUID, UUID, int] | None:
         return None
 
 
+async def stop_and_remove_each(runtime: "Runtime", runtime_refs: list[str],
+                               grace_s: float) -> None:
+    """`remove_many` for runtimes with one unit per replica: stop and remove each, side by
+    side; one that fails is logged and the others still go."""
+
+    async def one(ref: str) -> None:
+        try:
+            await runtime.stop(ref, grace_s)
+            await runtime.remove(ref)
+        except RuntimeError_ as exc:
+            log.warning("replica_remove_failed", ref=ref, error=str(exc))
+
+    await asyncio.gather(*(one(ref) for ref in runtime_refs))
+
+
 class Runtime(Protocol):
     """Start, stop, remove, read logs of, and list replicas."""
 
     name: str
+    # The advertised address of the one host whose replicas this runtime can inspect and
+    # stop (process and docker: this worker's host); None when it reaches replicas on every
+    # node (swarm). Workers on other hosts leave a host's replicas to that host's workers.
+    local_host: str | None
 
     async def start(self, spec: ReplicaSpec) -> StartedReplica:
         """Start a replica; returns at once, readiness is checked over HTTP by the caller."""
@@ -128,6 +184,12 @@ class Runtime(Protocol):
 
     async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
         """The last `tail` lines of (stdout, stderr)."""
+        ...
+
+    async def remove_many(self, runtime_refs: list[str], grace_s: float) -> None:
+        """Stop and remove these replicas together (a generation, or some of one); no
+        error for ones already gone. Runtimes of one unit per replica do each in turn
+        (`stop_and_remove_each`); the swarm runtime removes a generation's service."""
         ...
 
     async def list(self) -> list[ReplicaInfo]:

@@ -1,4 +1,4 @@
-"""Docker runtime: one container per replica, through aiodocker (DESIGN.md §6)."""
+"""Docker runtime: one container per replica, through aiodocker."""
 
 import asyncio
 import json
@@ -21,8 +21,10 @@ from worker.runtimes.base import (
     ReplicaSpec,
     RuntimeError_,
     StartedReplica,
+    endpoint_url,
     model_server_env,
     parse_labels,
+    stop_and_remove_each,
 )
 
 log = structlog.get_logger(__name__)
@@ -107,6 +109,8 @@ class DockerRuntime:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._docker: aiodocker.Docker | None = None
+        # Published on replica_host; endpoints name the advertised address.
+        self.local_host: str | None = settings.replica_endpoint_host
 
     def _client(self) -> aiodocker.Docker:
         # Created lazily: aiodocker binds its aiohttp session to the running loop.
@@ -184,7 +188,7 @@ class DockerRuntime:
         return RuntimeError_(f"{message}:\n{stderr}" if stderr else message)
 
     def _endpoint(self, port: int) -> str:
-        return f"http://{self._settings.replica_host}:{port}"
+        return endpoint_url(self._settings.replica_endpoint_host, port)
 
     def _info(self, data: dict[str, Any]) -> ReplicaInfo | None:
         ids = parse_labels((data.get("Config") or {}).get("Labels") or {})
@@ -251,6 +255,9 @@ class DockerRuntime:
                 raise RuntimeError_(f"container {runtime_ref[:12]} is gone; no logs") from cause
             raise
         return _tail(out, tail), _tail(err, tail)
+
+    async def remove_many(self, runtime_refs: list[str], grace_s: float) -> None:
+        await stop_and_remove_each(self, runtime_refs, grace_s)
 
     async def list(self) -> list[ReplicaInfo]:
         filters = json.dumps({"label": [LABEL_REPLICA,
