@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from db.pool import create_pool
 from schemas.settings import Settings
-from tests.conftest import REPO, TEST_SECRET_KEY
+from tests.conftest import REPO, START_TIMEOUT_S, TEST_SECRET_KEY
 from tests.docker import conftest as docker_fixtures
 from tests.multihost.backing import missing_backing, start_postgres, start_redis
 from tests.multihost.netbed import Host, NetBed, missing_requirement
@@ -146,8 +146,8 @@ async def running_plane(bed: NetBed, folder: Path, more_hosts: tuple[str, ...],
             plane.start("gateway", "gateway.server", "gw", gateway_host=hosts["gw"].address,
                         gateway_port=GATEWAY_PORT)
             async with aiohttp.ClientSession() as http:
-                await wait_for_http(http, plane.api + "/healthz")
-                await wait_for_http(http, plane.gateway + "/healthz")
+                await wait_for_http(http, plane.api + "/healthz", timeout_s=START_TIMEOUT_S)
+                await wait_for_http(http, plane.gateway + "/healthz", timeout_s=START_TIMEOUT_S)
             yield plane
         finally:
             await plane.stop_all()
