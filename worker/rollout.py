@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
@@ -157,7 +158,11 @@ async def _stop_and_remove(ctx: WorkerContext, runtime_ref: str, grace_s: float)
 
 
 async def _bring_up(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
-                    config: DeploymentConfig) -> list[StartedReplica]:
+                    config: DeploymentConfig,
+                    on_ready: Callable[[StartedReplica], Awaitable[None]] | None = None,
+                    ) -> list[StartedReplica]:
+    """Start the replicas and wait until all are healthy; `on_ready` runs with each one
+    as it becomes healthy (a scale routes to it then)."""
     await progress.enter(Phase.starting_replicas, generation=generation,
                          replicas_wanted=config.replica_count, replicas_ready=0)
     needed = config.replica_count * placed_memory_mb(ctx, model, config)
@@ -169,10 +174,12 @@ async def _bring_up(ctx: WorkerContext, progress: Progress, model: Model, genera
     await progress.enter(Phase.health_checking, generation=generation)
     ready = 0
 
-    async def one_ready() -> None:
+    async def one_ready(replica: StartedReplica) -> None:
         nonlocal ready
         ready += 1
         await progress.note(replicas_ready=ready)
+        if on_ready is not None:
+            await on_ready(replica)
 
     try:
         timeout = config.deploy_timeout_s or ctx.settings.deploy_timeout_s

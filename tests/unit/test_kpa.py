@@ -75,3 +75,22 @@ def test_zero_only_after_the_grace_and_demand_wakes_it() -> None:
     assert (d := s.decide(t, ready=1)) is not None and d.desired == 0
     s.observe(t, 1.0)  # a held request: demand with no replica
     assert (d := s.decide(t, ready=0)) is not None and d.desired == 1 and d.panicking
+
+
+def test_the_first_sample_over_the_threshold_panics_without_waiting_for_the_window() -> None:
+    s = _scaler()
+    t = _feed(s, 0, 10, 1.0)
+    s.observe(t, 9.0, periodic=False)  # a gateway announced a jump between two ticks
+    d = s.decide(t, ready=1)
+    assert d is not None and d.panicking and d.desired == 5  # ceil(9 / 2), not the mean's 2
+    assert d.describe(s.knobs).startswith("scaled 1 → 5: 9.0 in flight in the latest sample")
+
+
+def test_samples_between_ticks_do_not_weigh_the_stable_mean() -> None:
+    s = _scaler(autoscaling_panic_threshold=100)  # never panics: only the stable window
+    t = _feed(s, 0, 10.5, 2.0)
+    for i in range(20):  # twenty announced samples of a spike, between two ticks
+        s.observe(t + i / 100, 40.0, periodic=False)
+    s.observe(t + 0.5, 2.0)
+    d = s.decide(t + 0.5, ready=1)
+    assert d is not None and not d.panicking and d.desired == 1, "mean stays 2 / 2"
