@@ -1,9 +1,11 @@
 """The scaling decision for one deployment, after Knative's KPA (concurrency-based).
 
 desired = ceil(mean in-flight over the stable window / (target * utilisation)). A short
-panic window reacts at once when load jumps: its value is the higher of its mean and the
-latest sample, so the first sample over the threshold counts, not only a window's worth
-of them. Once it wants `panic_threshold` times the replicas ready, the decision follows
+panic window reacts at once when load jumps: once the last two samples are both over the
+threshold, its value is the higher of its mean and the latest sample, so a load step
+counts at once, not after a window's worth of samples (one sample alone may be noise; and
+the first seen of a step, taken as its queue starts growing, says too little of its
+size: the latest says more). Once it wants `panic_threshold` times the replicas ready, the decision follows
 it, and while panicking it never goes down; panic
 ends after a whole stable window without the trigger. Going down, the count is the
 highest wanted over the scale-down delay, one decision keeps at least ready/rate
@@ -62,7 +64,7 @@ class Decision:
 
     def describe(self, knobs: Knobs) -> str:
         mode = ", panic" if self.panicking else ""
-        basis = f"over {self.window_s:g} s" if self.window_s else "in the latest sample"
+        basis = f"over {self.window_s:g} s" if self.window_s else "in the latest samples"
         return (f"scaled {self.ready} → {self.desired}: {self.average:.1f} in flight {basis}, "
                 f"target {knobs.target:g} at {knobs.utilization:.0%}{mode}")
 
@@ -79,6 +81,7 @@ class Scaler:
     panic_since: float | None = None
     panic_floor: int = 0
     latest: float = 0.0
+    before_latest: float = 0.0
 
     def observe(self, now: float, inflight: float, periodic: bool = True) -> None:
         """One sample of requests in flight (and held) across every gateway; `periodic`
@@ -86,7 +89,7 @@ class Scaler:
         self.first_at = now if self.first_at is None else self.first_at
         if inflight > 0 or self.last_busy is None:
             self.last_busy = now
-        self.latest = inflight
+        self.before_latest, self.latest = self.latest, inflight
         if not periodic:
             return
         self.samples.append((now, inflight))
@@ -105,10 +108,12 @@ class Scaler:
         per_replica = k.target * k.utilization
         stable, panic = self._mean(now, k.stable_window_s), self._mean(now, k.panic_window_s)
         panic_window = k.panic_window_s
-        if self.latest > panic:
+        trigger = k.panic_threshold * max(1, ready)
+        confirmed = math.ceil(min(self.latest, self.before_latest) / per_replica) >= trigger
+        if (confirmed or ready == 0) and self.latest > panic:  # at zero, any demand
             panic, panic_window = self.latest, 0.0
         want_stable, want_panic = math.ceil(stable / per_replica), math.ceil(panic / per_replica)
-        if want_panic >= k.panic_threshold * max(1, ready) or (ready == 0 and panic > 0):
+        if want_panic >= trigger or (ready == 0 and panic > 0):
             if self.panic_since is None:
                 self.panic_floor = ready
             self.panic_since = now
