@@ -15,9 +15,11 @@ from tests.autoscale.helpers import (
     CAPACITY,
     FAST_AUTOSCALING,
     KNOBS,
+    SLOTS,
     decisions,
     deploy,
     p99,
+    queue_gone_at,
     ready_count,
     wait_for,
 )
@@ -45,9 +47,10 @@ async def scale_cycle(api: str, gateway: str, http: aiohttp.ClientSession, pool:
     url = f"{gateway}/serve/{name}/embed"
 
     # A warm-up (first connections, a container's first requests), then the unloaded p99
-    # from about fifty requests (one at a time: 8/s, each 100 ms), not the max of a few.
+    # from fifty requests at half one replica's capacity (none waits for a slot), not the
+    # max of a few.
     assert (await run_load(url, rate=5, duration_s=1, concurrency=8)).failures == []
-    unloaded = await run_load(url, rate=8, duration_s=6, concurrency=8)
+    unloaded = await run_load(url, rate=CAPACITY / 2, duration_s=100 / CAPACITY, concurrency=8)
     assert unloaded.failures == []
     base_p99 = p99(unloaded.latencies)
 
@@ -74,18 +77,18 @@ async def scale_cycle(api: str, gateway: str, http: aiohttp.ClientSession, pool:
     finally:
         watcher.cancel()
     assert heavy.failures == [], heavy.failures[:5]
-    # "Once scaled": the last replica added under the load serves, and every request sent
-    # before it joined (the backlog the first replica queued until help came) has been
-    # answered. What is measured is every request sent after that, for at least 10 s.
+    # "Once scaled": the last replica added under the load serves, and the queue built up
+    # before (the backlog the first replica took until help came) is gone: no more
+    # requests outstanding than the replicas' slots. What is measured is every request
+    # sent after that, for at least 10 s of the load.
     during = [(at, n) for at, n in counts if at <= t0 + load_s]
     peak = max(n for _, n in during)
     full_at = next(at for at, n in during if n == peak)
-    caught_up = max(s + lat for lat, s in zip(heavy.latencies, heavy.starts, strict=True)
-                    if s < full_at)
+    caught_up = queue_gone_at(heavy.starts, heavy.latencies, full_at, peak * SLOTS)
     late = [lat for lat, s in zip(heavy.latencies, heavy.starts, strict=True) if s >= caught_up]
     print(f"\n3x load ({3 * CAPACITY:g} req/s for {load_s:g} s, {heavy.sent} requests): 3 "
-          f"replicas after {reaction:.1f} s, {peak} after {full_at - t0:.1f} s, backlog "
-          f"answered at {caught_up - t0:.1f} s; p99 unloaded {base_p99 * 1000:.0f} ms "
+          f"replicas after {reaction:.1f} s, {peak} after {full_at - t0:.1f} s, queue "
+          f"gone at {caught_up - t0:.1f} s; p99 unloaded {base_p99 * 1000:.0f} ms "
           f"({len(unloaded.latencies)} requests), once scaled {p99(late) * 1000:.0f} ms over "
           f"{len(late)} requests (limit 2x = {2 * base_p99 * 1000:.0f} ms); failed "
           f"{len(heavy.failures)}")
