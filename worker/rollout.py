@@ -50,7 +50,9 @@ class Progress:
     async def enter(self, phase: Phase | None, **metadata: Any) -> None:
         now = time.monotonic()
         if self._phase is not None:
-            self.timings[self._phase] = round(now - self._since, 3)
+            # A phase entered again (a scale starting replicas in turns) adds up.
+            self.timings[self._phase] = round(self.timings.get(self._phase, 0.0)
+                                              + now - self._since, 3)
             self.ctx.metrics.phase_duration.labels(self.task.kind, self._phase).observe(
                 now - self._since)
         self._phase, self._since = (phase.value if phase else None), now

@@ -5,9 +5,9 @@ panic window reacts at once when load jumps: once the last two samples are both 
 threshold, its value is the higher of its mean and the latest sample, so a load step
 counts at once, not after a window's worth of samples (one sample alone may be noise; and
 the first seen of a step, taken as its queue starts growing, says too little of its
-size: the latest says more). Once it wants `panic_threshold` times the replicas ready, the decision follows
-it, and while panicking it never goes down; panic
-ends after a whole stable window without the trigger. Going down, the count is the
+size: the latest says more). Once it wants `panic_threshold` times the replicas ready,
+the decision follows it, and while panicking it never goes down; panic ends after a
+whole stable window without the trigger. Going down, the count is the
 highest wanted over the scale-down delay, one decision keeps at least ready/rate
 replicas, and zero comes only after the scale-to-zero grace with nothing in flight.
 The result is clamped to [min, max]. Pure: the caller supplies samples and the clock.

@@ -96,8 +96,13 @@ async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation:
                                                          "ready"):
             await publish_routes(ctx, model.id)
 
-    started = await _bring_up(ctx, progress, model, generation,
-                              config.model_copy(update={"replicas": count}), join)
+    turn = ctx.settings.scale_start_concurrency
+    turn = turn if turn > 0 else count
+    started: list[StartedReplica] = []
+    while len(started) < count:  # in turns of `scale_start_concurrency` (0: all at once)
+        batch = min(turn, count - len(started))
+        started += await _bring_up(ctx, progress, model, generation,
+                                   config.model_copy(update={"replicas": batch}), join)
     await progress.enter(Phase.switching, generation=generation)
     mine = [r for r in await replicas.list_for_model(ctx.pool, model.id)
             if r.task_id == progress.task.id and r.state == "starting"]
