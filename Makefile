@@ -17,12 +17,19 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/greenroom up
 
+# Two phases: the parallel one on TEST_WORKERS pytest-xdist workers, then the timing-sensitive
+# tests one at a time (tests/run.sh; tests/scheduling.py says which test runs where).
+# TEST_WORKERS=0 runs without xdist; PYTEST_ARGS chooses a part of the suite.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	TEST_WORKERS=$(TEST_WORKERS) bash tests/run.sh $(PYTEST_ARGS)
+
+# What CI runs (.ci/run): ruff, and mypy --strict on every package.
+PACKAGES := db schemas service gateway launch worker model_server greenroom_client
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy db schemas service worker model_server greenroom_client
+	$(BIN)/mypy --strict $(PACKAGES)
 
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py

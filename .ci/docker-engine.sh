@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure a Docker Engine answers `docker info`; install and start one if not.
+# Make sure a Docker Engine answers `docker info`; install and start one if not; make it
+# a single-node swarm (for the swarm runtime's tests) if it is not part of one.
 #
 # For CI and sandboxes without systemd: installs Debian's docker.io when dockerd is
 # missing and starts dockerd in the background (it outlives this script). Idempotent.
@@ -15,7 +16,19 @@ WAIT_S=${DOCKER_ENGINE_WAIT_S:-60}
 
 engine_up() { docker info >/dev/null 2>&1; }
 
+# A single-node swarm advertised on 127.0.0.1: tasks publish host-mode ports there (the
+# ingress routing mesh is not used). Plain containers keep working on a swarm node.
+swarm_up() {
+    local state
+    state=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)
+    if [ "$state" = inactive ]; then
+        docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+        echo "docker-engine: single-node swarm initialised (advertise 127.0.0.1)"
+    fi
+}
+
 if engine_up; then
+    swarm_up
     exit 0
 fi
 
@@ -38,6 +51,7 @@ fi
 for _ in $(seq "$WAIT_S"); do
     if engine_up; then
         echo "docker-engine: up ($(docker version --format '{{.Server.Version}}'), $(docker info --format '{{.Driver}}'), log $LOG)"
+        swarm_up
         exit 0
     fi
     sleep 1

@@ -43,12 +43,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from db.pool import create_pool  # noqa: E402
+from launch import backing  # noqa: E402
+from launch.backing import settings_env  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from schemas.tokens import issue_user_token  # noqa: E402
 from service.domain.registration import register  # noqa: E402
-from tests import services  # noqa: E402
-from tests.conftest import settings_env  # noqa: E402
 from worker import health  # noqa: E402
 from worker.runtimes.base import ReplicaSpec  # noqa: E402
 from worker.runtimes.process import ProcessRuntime, free_port  # noqa: E402
@@ -157,9 +157,9 @@ def _start(settings: Settings, tmp: Path) -> list[subprocess.Popen[bytes]]:
 async def stack(tmp: Path, interval_s: float, start_concurrency: int) -> AsyncIterator[
         tuple[Settings, str, str, dict[str, str], asyncpg.Pool]]:
     keep: list[Any] = []
-    admin = services.postgres_admin_dsn(tmp, keep)
-    dsn = await services.create_database(admin, f"greenroom_bench_autoscale_{os.getpid()}")
-    settings = Settings(database_url=dsn, redis_url=services.redis_url(tmp, keep),
+    admin = backing.postgres_admin_dsn(tmp, keep)
+    dsn = await backing.create_database(admin, f"greenroom_bench_autoscale_{os.getpid()}")
+    settings = Settings(database_url=dsn, redis_url=backing.redis_url(tmp, keep),
                         secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="process",
                         state_dir=tmp / "state", api_port=free_port(HOST),
                         gateway_port=free_port(HOST), log_level="warning",
@@ -177,8 +177,8 @@ async def stack(tmp: Path, interval_s: float, start_concurrency: int) -> AsyncIt
         api = f"http://{HOST}:{settings.api_port}"
         gateway = f"http://{HOST}:{settings.gateway_port}"
         async with aiohttp.ClientSession() as http:
-            await services.wait_for_http(http, api + "/healthz")
-            await services.wait_for_http(http, gateway + "/healthz")
+            await backing.wait_for_http(http, api + "/healthz")
+            await backing.wait_for_http(http, gateway + "/healthz")
         yield settings, api, gateway, headers, pool
     finally:
         for proc in procs:
@@ -187,8 +187,8 @@ async def stack(tmp: Path, interval_s: float, start_concurrency: int) -> AsyncIt
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=20)
         await pool.close()
-        await services.drop_database(admin, dsn)
-        for pid in services.replica_processes(settings.state_dir):
+        await backing.drop_database(admin, dsn)
+        for pid in backing.replica_processes(settings.state_dir):
             with contextlib.suppress(OSError):
                 os.killpg(pid, 9)
         for item in keep:

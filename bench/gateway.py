@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 
 from db import deployments, replicas  # noqa: E402
 from db.pool import create_pool  # noqa: E402
+from launch import backing  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from service.domain.registration import register  # noqa: E402
-from tests import services  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -170,11 +170,11 @@ def nginx(upstream: str, tmp: Path, workers: int) -> Iterator[str]:
 async def gateway(tmp: Path, processes: int) -> AsyncIterator[tuple[str, Any]]:
     """A fresh database and Redis, and a gateway; yields its URL and the database pool."""
     keep: list[Any] = []
-    admin = services.postgres_admin_dsn(tmp, keep)
-    dsn = await services.create_database(admin, f"greenroom_bench_gateway_{os.getpid()}")
+    admin = backing.postgres_admin_dsn(tmp, keep)
+    dsn = await backing.create_database(admin, f"greenroom_bench_gateway_{os.getpid()}")
     port = free_port(HOST)
     env = dict(os.environ, GREENROOM_DATABASE_URL=dsn,
-               GREENROOM_REDIS_URL=services.redis_url(tmp, keep),
+               GREENROOM_REDIS_URL=backing.redis_url(tmp, keep),
                GREENROOM_SECRET_KEY=secrets.token_urlsafe(32), GREENROOM_GATEWAY_HOST=HOST,
                GREENROOM_GATEWAY_PORT=str(port), GREENROOM_GATEWAY_PROCESSES=str(processes),
                GREENROOM_LOG_LEVEL="warning", GREENROOM_ROUTES_POLL_S="0.5")
@@ -184,11 +184,11 @@ async def gateway(tmp: Path, processes: int) -> AsyncIterator[tuple[str, Any]]:
                       tmp / "gateway.log"):
             base = f"http://{HOST}:{port}"
             async with aiohttp.ClientSession() as http:
-                await services.wait_for_http(http, base + "/healthz")
+                await backing.wait_for_http(http, base + "/healthz")
             yield base, pool
     finally:
         await pool.close()
-        await services.drop_database(admin, dsn)
+        await backing.drop_database(admin, dsn)
         for item in keep:
             if isinstance(item, subprocess.Popen):
                 item.terminate()
@@ -255,7 +255,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
     async with gateway(tmp, args.processes) as (base, pool):
         with replica(tmp, "hashing", free_port(HOST)) as hashing:
             async with aiohttp.ClientSession() as http:
-                await services.wait_for_http(http, hashing + "/health", 60)
+                await backing.wait_for_http(http, hashing + "/health", 60)
             await route(pool, "hashing", hashing)
             await _until_routed(f"{base}/serve/hashing/embed")
             upstream = hashing.removeprefix("http://")
@@ -272,7 +272,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
             return
         with replica(tmp, "sentence-transformers", free_port(HOST)) as minilm:
             async with aiohttp.ClientSession() as http:
-                await services.wait_for_http(http, minilm + "/health", 300)
+                await backing.wait_for_http(http, minilm + "/health", 300)
             await route(pool, "minilm", minilm)
             await _until_routed(f"{base}/serve/minilm/embed")
             with nginx(minilm.removeprefix("http://"), tmp, args.processes) as proxy:

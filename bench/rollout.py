@@ -42,12 +42,11 @@ sys.path.insert(0, str(REPO))
 from bench.gateway import NGINX_CONF  # noqa: E402
 from db import replicas, tasks  # noqa: E402
 from db.pool import create_pool  # noqa: E402
-from launch import image  # noqa: E402
+from launch import backing, image  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from schemas.tokens import issue_user_token  # noqa: E402
 from service.domain.registration import register  # noqa: E402
-from tests import services  # noqa: E402
 from worker.runtimes.base import ReplicaSpec  # noqa: E402
 from worker.runtimes.docker import DockerRuntime  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
@@ -116,10 +115,10 @@ def _owner_headers(settings: Settings, user_id: int) -> dict[str, str]:
 async def stack(tmp: Path) -> AsyncIterator[Stack]:
     """Fresh database, the API and a docker worker; torn down on the way out."""
     keep: list[Any] = []
-    admin = services.postgres_admin_dsn(tmp, keep)
-    dsn = await services.create_database(admin, f"greenroom_bench_rollout_{os.getpid()}")
+    admin = backing.postgres_admin_dsn(tmp, keep)
+    dsn = await backing.create_database(admin, f"greenroom_bench_rollout_{os.getpid()}")
     port, gateway_port = free_port(HOST), free_port(HOST)
-    settings = Settings(database_url=dsn, redis_url=services.redis_url(tmp, keep),
+    settings = Settings(database_url=dsn, redis_url=backing.redis_url(tmp, keep),
                         secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="docker",
                         docker_image=image.TEST_TAG, state_dir=tmp / "state", api_port=port,
                         gateway_port=gateway_port,
@@ -131,13 +130,13 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
         with _processes(settings, tmp):
             api, gateway = f"http://{HOST}:{port}", f"http://{HOST}:{gateway_port}"
             async with aiohttp.ClientSession() as http:
-                await services.wait_for_http(http, api + "/healthz")
-                await services.wait_for_http(http, gateway + "/healthz")
+                await backing.wait_for_http(http, api + "/healthz")
+                await backing.wait_for_http(http, gateway + "/healthz")
             yield Stack(settings, pool, api, gateway, _owner_headers(settings, model.owner_id),
                         tmp, model.id)
     finally:
         await pool.close()
-        await services.drop_database(admin, dsn)
+        await backing.drop_database(admin, dsn)
         for item in keep:
             if isinstance(item, subprocess.Popen):
                 item.terminate()
@@ -257,7 +256,7 @@ async def time_raw_starts(s: Stack, count: int) -> list[float]:
                                    task_id=None, source={"backend": "hashing", "dimension": 384})
                 started = time.perf_counter()
                 replica = await runtime.start(spec)
-                await services.wait_for_http(http, replica.endpoint + "/health")
+                await backing.wait_for_http(http, replica.endpoint + "/health")
                 times.append(time.perf_counter() - started)
                 await runtime.remove(replica.runtime_ref)
     finally:
@@ -343,7 +342,7 @@ async def data_plane(s: Stack, args: argparse.Namespace) -> dict[str, Run]:
     upstream = replica.endpoint.removeprefix("http://")
     with nginx(upstream, s.tmp) as proxy:
         async with aiohttp.ClientSession() as http:
-            await services.wait_for_http(http, proxy + "/health")
+            await backing.wait_for_http(http, proxy + "/health")
         paths = {"direct": replica.endpoint + "/embed",
                  "gateway": f"{s.gateway}/serve/{NAME}/embed", "nginx": proxy + "/embed"}
         return await _measure(paths, args.requests, args.concurrency)

@@ -61,7 +61,7 @@ async def list_for_user(db: Executor, user_id: int) -> list[ApiKey]:
 async def revoke(db: Executor, key_id: int, user_id: int | None) -> bool:
     """Revoke a key (of `user_id`, or of anyone when None); False if there is no such key."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
                WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)""",
             key_id, user_id,

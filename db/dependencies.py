@@ -4,9 +4,10 @@ from uuid import UUID
 
 from db.errors import translated
 from db.pool import Executor
+from schemas.tasks import ACTIVE_DEPLOYMENT_STATES
 
 # A deployment in one of these states serves, or is about to.
-ACTIVE_STATES = ("starting", "in_progress", "complete", "degraded")
+ACTIVE_STATES = ACTIVE_DEPLOYMENT_STATES
 
 
 async def add(db: Executor, model_id: UUID, dependency_ids: list[UUID]) -> None:

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from db.errors import translated
 from db.pool import Executor
+from schemas.tasks import DeploymentStatus
 
 _COLUMNS = """model_id, name, status, active_generation, last_generation, config, created_at,
     updated_at, desired_replicas"""
@@ -103,7 +104,7 @@ async def switch(db: Executor, model_id: UUID, generation: int, name: str,
     return [r["id"] for r in rows]
 
 
-async def set_status(db: Executor, model_id: UUID, status: str) -> None:
+async def set_status(db: Executor, model_id: UUID, status: DeploymentStatus) -> None:
     async with translated():
         await db.execute(
             "UPDATE deployments SET status = $2, updated_at = now() WHERE model_id = $1",

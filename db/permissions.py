@@ -43,7 +43,7 @@ async def upsert(db: Executor, model_id: UUID, user_id: int, permission: str,
 
 async def delete(db: Executor, model_id: UUID, user_id: int) -> bool:
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             "DELETE FROM model_permissions WHERE model_id = $1 AND user_id = $2",
             model_id, user_id)
     return result.endswith(" 1")

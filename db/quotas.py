@@ -26,6 +26,28 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimGroup:
+    """`models` of the owner's models that claim alike (the same newest open task kind and
+    config, the same serving config, the same backend): one row however many models."""
+
+    backend: str | None
+    task_kind: str | None
+    task_config: dict[str, Any] | None
+    deployed_config: dict[str, Any] | None
+    models: int
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerQuota:
+    """What a quota check needs of an owner: whether they are exempt, their overrides,
+    and what their other models claim (empty for an administrator)."""
+
+    is_admin: bool
+    overrides: dict[str, int | None]
+    claims: list[ClaimGroup]
+
+
+@dataclass(frozen=True, slots=True)
 class LiveReplica:
     model_id: UUID
     memory_mb: int | None
@@ -96,6 +118,61 @@ async def claims(db: Executor, owner_id: int, exclude_model: UUID | None,
     return [Claim(r["model_id"], r["backend"], r["task_kind"],
                   r["task_config"] if r["task_kind"] else None, r["deployed_config"])
             for r in rows]
+
+
+# What the owner `{owner}`'s models but `{exclude}` claim, grouped: the CTEs `owned`,
+# `newest`, `claim` and `grouped` (backend, task_kind, task_config, deployed_config, models).
+CLAIM_GROUPS = """owned AS (
+        SELECT id, source->>'backend' AS backend FROM models
+        WHERE owner_id = {owner} AND id IS DISTINCT FROM {exclude}),
+    newest AS (
+        SELECT DISTINCT ON (t.model_id) t.model_id, t.kind, t.request
+        FROM tasks t JOIN owned o ON o.id = t.model_id
+        WHERE t.status = ANY({statuses}::text[])
+        ORDER BY t.model_id, t.created_at DESC),
+    claim AS (
+        SELECT o.backend, n.kind AS task_kind,
+               CASE WHEN n.kind IS NOT NULL THEN n.request -> 'config' END AS task_config,
+               CASE WHEN d.active_generation IS NOT NULL THEN d.config END AS deployed_config
+        FROM owned o
+        LEFT JOIN newest n ON n.model_id = o.id
+        LEFT JOIN deployments d ON d.model_id = o.id
+        WHERE n.model_id IS NOT NULL OR d.active_generation IS NOT NULL),
+    grouped AS (
+        SELECT backend, task_kind, task_config, deployed_config, count(*) AS models
+        FROM claim GROUP BY backend, task_kind, task_config, deployed_config)"""
+# The columns `owner_quota_of` reads, given `users ou`, `user_quotas q` and `grouped g`.
+OWNER_QUOTA_COLUMNS = """ou.is_admin, q.max_models, q.max_deployments, q.max_replicas,
+    q.max_memory_mb, g.backend, g.task_kind, g.task_config, g.deployed_config, g.models"""
+
+
+def owner_quota_of(rows: list[Any]) -> OwnerQuota:
+    """The OwnerQuota in rows of OWNER_QUOTA_COLUMNS (one row per claim group, at least one)."""
+    if not rows:
+        return OwnerQuota(False, dict.fromkeys(LIMIT_COLUMNS), [])
+    first = rows[0]
+    return OwnerQuota(
+        bool(first["is_admin"]), {c: first[c] for c in LIMIT_COLUMNS},
+        [ClaimGroup(r["backend"], r["task_kind"], r["task_config"], r["deployed_config"],
+                    r["models"]) for r in rows if r["models"] is not None])
+
+
+async def owner_quota(db: Executor, owner_id: int, exclude_model: UUID | None,
+                      task_statuses: list[str]) -> OwnerQuota:
+    """`is_admin`, `overrides` and `claims` (grouped) in one round trip; claims are read
+    only for a non-administrator."""
+    ctes = CLAIM_GROUPS.format(owner="$1", exclude="$2", statuses="$3")
+    async with translated():
+        rows = await db.fetch(
+            f"""WITH {ctes}
+               SELECT {OWNER_QUOTA_COLUMNS}
+               FROM users ou
+               LEFT JOIN user_quotas q ON q.user_id = ou.id
+               LEFT JOIN grouped g ON NOT ou.is_admin
+               WHERE ou.id = $1""",
+            owner_id, exclude_model, task_statuses,
+        )
+    return owner_quota_of(rows)
 
 
 async def live_replicas(db: Executor, owner_id: int) -> list[LiveReplica]:

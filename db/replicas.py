@@ -7,10 +7,11 @@ from uuid import UUID
 
 from db.errors import translated
 from db.pool import Executor
+from schemas.tasks import LIVE_REPLICA_STATES, ReplicaState
 
 _COLUMNS = """id, model_id, generation, task_id, runtime, runtime_ref, endpoint, state,
     reported_status, created_at, updated_at, memory_mb"""
-LIVE_STATES = ("starting", "ready", "draining")
+LIVE_STATES = LIVE_REPLICA_STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ async def set_started(db: Executor, replica_id: UUID, runtime_ref: str, endpoint
         )
 
 
-async def set_state(db: Executor, replica_ids: list[UUID], state: str,
+async def set_state(db: Executor, replica_ids: list[UUID], state: ReplicaState,
                     reported_status: str | None = None) -> None:
     async with translated():
         await db.execute(
@@ -90,11 +91,11 @@ async def list_live(db: Executor) -> list[Replica]:
         ))
 
 
-async def transition(db: Executor, replica_id: UUID, from_state: str, to_state: str,
-                     reported_status: str | None = None) -> bool:
+async def transition(db: Executor, replica_id: UUID, from_state: ReplicaState,
+                     to_state: ReplicaState, reported_status: str | None = None) -> bool:
     """Move one replica between states only if it is still in `from_state` (races are safe)."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE replicas SET state = $3, updated_at = now(),
                    reported_status = coalesce($4, reported_status)
                WHERE id = $1 AND state = $2""",

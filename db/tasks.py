@@ -1,4 +1,4 @@
-"""Tasks: the outbox rows of every deploy, delete and scale (DESIGN.md §4)."""
+"""Tasks: the outbox rows of every deploy, delete and scale; one worker claims each."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,9 +44,11 @@ def _task(row: Any) -> Task | None:
 
 async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
                  request: dict[str, Any], request_hash: str, idempotency_key: str | None,
-                 created_by: int | None, metadata: dict[str, Any]) -> Task:
+                 created_by: int | None, metadata: dict[str, Any],
+                 enqueued: bool = False) -> Task:
     """Insert a pending task and cancel the model's older pending tasks (one transaction);
-    a scale cancels only older pending scales."""
+    a scale cancels only older pending scales. `enqueued` sets `enqueued_at` now, for a
+    caller that enqueues right after and clears it (`mark_unenqueued`) if that fails."""
     async with translated():
         row = await db.fetchrow(
             f"""
@@ -58,11 +60,12 @@ async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
                   AND ($2 <> 'scale' OR kind = 'scale')
             )
             INSERT INTO tasks (id, kind, model_id, request, request_hash, idempotency_key,
-                               created_by, metadata)
-            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}
+                               created_by, metadata, enqueued_at)
+            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN now() END)
+            RETURNING {_COLUMNS}
             """,
             task_id, kind, model_id, request, request_hash, idempotency_key, created_by,
-            metadata,
+            metadata, enqueued,
         )
     task = _task(row)
     assert task is not None
@@ -96,6 +99,12 @@ async def mark_enqueued(db: Executor, task_id: UUID) -> None:
         await db.execute("UPDATE tasks SET enqueued_at = now() WHERE id = $1", task_id)
 
 
+async def mark_unenqueued(db: Executor, task_id: UUID) -> None:
+    """The enqueue after an optimistic `insert(enqueued=True)` failed: the reconciler's now."""
+    async with translated():
+        await db.execute("UPDATE tasks SET enqueued_at = NULL WHERE id = $1", task_id)
+
+
 async def claim(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> Task | None:
     """pending → processing for this worker; None if another delivery already took it.
 
@@ -116,7 +125,7 @@ async def claim(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> 
 async def renew_lease(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> bool:
     """Extend the lease; False when this worker no longer holds the task."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE tasks SET lease_until = now() + make_interval(secs => $3)
                WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
             task_id, worker_id, lease_s,
@@ -128,7 +137,7 @@ async def set_phase(db: Executor, task_id: UUID, worker_id: str, phase: str | No
                     metadata: dict[str, Any] | None = None) -> bool:
     """Record progress; metadata is merged into the task's metadata."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE tasks SET phase = $3, metadata = metadata || $4, updated_at = now()
                WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
             task_id, worker_id, phase, metadata or {},
@@ -140,7 +149,7 @@ async def finish(db: Executor, task_id: UUID, worker_id: str, status: str,
                  detail: str | None = None, metadata: dict[str, Any] | None = None) -> bool:
     """processing → a terminal status, only by the worker that holds it."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE tasks SET status = $3, detail = $4, metadata = metadata || $5,
                    lease_until = NULL, updated_at = now(), finished_at = now()
                WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
@@ -152,7 +161,7 @@ async def finish(db: Executor, task_id: UUID, worker_id: str, status: str,
 async def finish_pending(db: Executor, task_id: UUID, status: str, detail: str) -> bool:
     """pending → a terminal status (refused before any work, or canceled)."""
     async with translated():
-        result = await db.execute(
+        result: str = await db.execute(
             """UPDATE tasks SET status = $2, detail = $3, updated_at = now(), finished_at = now()
                WHERE id = $1 AND status = 'pending'""",
             task_id, status, detail,
@@ -197,7 +206,7 @@ async def release_expired(db: Executor, task_id: UUID, worker_id: str | None,
     another won.
     """
     async with translated():
-        return await db.fetchval(
+        status: str | None = await db.fetchval(
             f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
                UPDATE tasks SET
                    status = CASE WHEN t.newer IS NOT NULL THEN 'canceled'
@@ -212,6 +221,7 @@ async def release_expired(db: Executor, task_id: UUID, worker_id: str | None,
                RETURNING tasks.status""",
             task_id, worker_id, max_attempts, detail,
         )
+    return status
 
 
 async def has_open_task(db: Executor, model_id: UUID) -> bool:
@@ -232,7 +242,7 @@ async def hand_back(db: Executor, task_id: UUID, worker_id: str) -> str | None:
     """processing → pending by the worker that holds it (shutting down), to be retried;
     canceled instead if a newer task of the model exists. Returns the new status."""
     async with translated():
-        return await db.fetchval(
+        status: str | None = await db.fetchval(
             f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
                UPDATE tasks SET
                    status = CASE WHEN t.newer IS NULL THEN 'pending' ELSE 'canceled' END,
@@ -245,3 +255,4 @@ async def hand_back(db: Executor, task_id: UUID, worker_id: str) -> str | None:
                RETURNING tasks.status""",
             task_id, worker_id,
         )
+    return status

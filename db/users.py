@@ -1,4 +1,4 @@
-"""Users (accounts; DESIGN.md §3, §9)."""
+"""Users: accounts with a password hash and an admin flag."""
 
 from dataclasses import dataclass
 from datetime import datetime

@@ -1,4 +1,4 @@
-"""Inference access through the gateway (DESIGN.md §9), decided once a second per caller.
+"""Inference access through the gateway, decided once a second per caller.
 
 Public models need no token; others need read permission. A decision (allowed, or the
 401/403 it came to) is cached per Authorization header and model for `ttl_s` (1 s by
@@ -14,12 +14,13 @@ from aiohttp import web
 
 from db import models
 from schemas.auth import Permission
-from service.auth.guard import authenticate, permission_on, unauthorized
+from schemas.errors import Forbidden, GreenroomError, NotFound, Unauthorized
+from service.auth.authentication import authenticate
+from service.auth.permissions import permission_on
 from service.keys import PG
-from service.web.errors import ApiError
 
 MAX_ENTRIES = 10_000
-_Entry = tuple[float, ApiError | None]
+_Entry = tuple[float, GreenroomError | None]
 
 
 class AccessCache:
@@ -36,7 +37,7 @@ class AccessCache:
         if header is None:
             if access_level == "public":
                 return
-            raise unauthorized()
+            raise Unauthorized()
         key = (header, model_id)
         now = time.monotonic()
         hit = self._entries.get(key)
@@ -46,11 +47,11 @@ class AccessCache:
                 self.clear()
             self._entries[key] = hit
         if hit[1] is not None:
-            error = hit[1]
-            raise ApiError(error.status, error.message, error.detail)
+            raise hit[1].with_traceback(None)  # a fresh traceback, not one grown per raise
 
 
-async def _decision(request: web.Request, model_id: UUID, access_level: str) -> ApiError | None:
+async def _decision(request: web.Request, model_id: UUID,
+                    access_level: str) -> GreenroomError | None:
     """None if allowed, else the client error; anything else (a database outage) raises."""
     try:
         principal = await authenticate(request)
@@ -58,12 +59,10 @@ async def _decision(request: web.Request, model_id: UUID, access_level: str) -> 
             return None
         model = await models.get(request.app[PG], model_id)
         if model is None:
-            return ApiError(404, "model not found")
+            return NotFound("model not found")
         level, _ = await permission_on(request.app[PG], principal, model)
         if level < Permission.read:
-            return ApiError(403, f"read permission on {model.identifier} is required")
+            return Forbidden(f"read permission on {model.identifier} is required")
         return None
-    except ApiError as exc:
-        if exc.status >= 500:
-            raise
+    except (Unauthorized, Forbidden, NotFound) as exc:
         return exc

@@ -1,4 +1,4 @@
-"""The gateway's aiohttp app (DESIGN.md §8): the data plane, apart from the API process.
+"""The gateway's aiohttp app: the data plane, a process apart from the API.
 
 Stateless: routes come from Postgres (reloaded on the workers' pub/sub message, polled
 as a fallback), in-flight counts go to Redis. Any number of copies may run behind any
@@ -27,12 +27,15 @@ from gateway import feedback, metrics_access
 from gateway.access import AccessCache
 from gateway.hold import Holds
 from gateway.routing import Gateway
+from schemas.errors import GreenroomError, Invalid, Malformed
 from schemas.settings import Settings
-from service.auth.guard import ROUTE_TABLE, RouteSpec, register, require_secret
+from service.auth.authentication import require_secret
 from service.auth.principal_cache import principal_cache_ctx
+from service.auth.rules import INFERENCE, PUBLIC
 from service.keys import GATEWAY, PG, SETTINGS
 from service.metrics import exposition
-from service.web.errors import ApiError
+from service.routes import ROUTE_TABLE, RouteSpec, register
+from service.web.errors import ApiError, as_api_error
 from service.web.openapi import openapi_json
 
 log = structlog.get_logger(__name__)
@@ -69,9 +72,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as the JSON error body; lighter than the API's (no per-request id)."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        response = error_response(request.path, exc.status, exc.message, exc.detail)
-        response.headers.update(exc.headers)  # Retry-After of a request held too long
+    except (ApiError, GreenroomError) as exc:
+        error = as_api_error(exc) if isinstance(exc, GreenroomError) else exc
+        response = error_response(request.path, error.status, error.message, error.detail)
+        response.headers.update(error.headers)  # Retry-After of a request held too long
         return response
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -97,14 +101,14 @@ async def _allowed(request: web.Request, key: str) -> Route:
 def _model_of(raw: bytes) -> str:
     """The `model` field of an OpenAI body; the replica validates the rest."""
     if not raw:
-        raise ApiError(400, "request body is empty; expected a JSON object")
+        raise Malformed("request body is empty; expected a JSON object")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "request body is not valid JSON", str(exc)) from None
+        raise Malformed("request body is not valid JSON", str(exc)) from None
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, str) or not model:
-        raise ApiError(422, "invalid request: model: a deployment name or owner/name is required")
+        raise Invalid("invalid request: model: a deployment name or owner/name is required")
     return model
 
 
@@ -131,17 +135,17 @@ def _passthrough(method: str, path: str) -> Handler:
 def _data_plane_specs() -> list[RouteSpec]:
     by_name = _passthrough("POST", "/")
     specs = [
-        RouteSpec("POST", "/v1/embeddings", openai_embeddings, "inference",
+        RouteSpec("POST", "/v1/embeddings", openai_embeddings, INFERENCE,
                   summary="OpenAI-style embeddings"),
-        RouteSpec("POST", "/serve/{name}", by_name, "inference",
+        RouteSpec("POST", "/serve/{name}", by_name, INFERENCE,
                   summary="TEI's compatibility route (POST /), passed through"),
-        RouteSpec("POST", "/serve/{name}/", by_name, "inference",
+        RouteSpec("POST", "/serve/{name}/", by_name, INFERENCE,
                   summary="TEI's compatibility route, for clients whose base URL is /serve/{name}"),
     ]
     specs += [RouteSpec("POST", f"/serve/{{name}}/{op}", _passthrough("POST", f"/{op}"),
-                        "inference", summary=f"TEI /{op}, passed through") for op in TEI_POST]
+                        INFERENCE, summary=f"TEI /{op}, passed through") for op in TEI_POST]
     specs += [RouteSpec("GET", f"/serve/{{name}}/{op}", _passthrough("GET", f"/{op}"),
-                        "inference", summary=f"TEI /{op} of the deployment") for op in TEI_GET]
+                        INFERENCE, summary=f"TEI /{op} of the deployment") for op in TEI_GET]
     return specs
 
 
@@ -158,9 +162,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 OWN_ROUTES = [
-    RouteSpec("GET", "/healthz", healthz, "public", summary="Liveness of this gateway"),
-    RouteSpec("GET", "/metrics", metrics, "public", summary="This gateway's Prometheus metrics"),
-    RouteSpec("GET", "/openapi.json", openapi_json, "public", summary="OpenAPI document"),
+    RouteSpec("GET", "/healthz", healthz, PUBLIC, summary="Liveness of this gateway"),
+    RouteSpec("GET", "/metrics", metrics, PUBLIC, summary="This gateway's Prometheus metrics"),
+    RouteSpec("GET", "/openapi.json", openapi_json, PUBLIC, summary="OpenAPI document"),
 ]
 
 

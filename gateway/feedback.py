@@ -5,10 +5,13 @@ from datetime import UTC
 from aiohttp import web
 
 from schemas.bazaar import FeedbackRecorded, FeedbackRequest
-from service.auth.guard import RouteSpec, call_of, path_param
+from schemas.errors import NotFound
+from service.auth.guard import call_of
+from service.auth.locators import path_param
+from service.auth.rules import INFERENCE
 from service.domain import feedback
 from service.keys import GATEWAY, PG
-from service.web.errors import ApiError
+from service.routes import RouteSpec
 from service.web.responses import json_response
 
 
@@ -17,13 +20,13 @@ async def record(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     route = request.app[GATEWAY].lookup(name)
     if route is None:
-        raise ApiError(404, f"deployment {name!r} not found or not serving")
+        raise NotFound(f"deployment {name!r} not found or not serving")
     row = await feedback.record(request.app[PG], route.model_id, call_of(request).body)
     stamp = row.created_at.astimezone(UTC).isoformat()
     return json_response(FeedbackRecorded(id=row.id, event=row.event, timestamp=stamp), 201)
 
 
 ROUTES = [
-    RouteSpec("POST", "/serve/{name}/feedback", record, "inference", FeedbackRequest,
+    RouteSpec("POST", "/serve/{name}/feedback", record, INFERENCE, FeedbackRequest,
               FeedbackRecorded, path_param("name"), 201, summary="Record feedback"),
 ]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from uuid import UUID
 
 from db.deployments import Route
-from service.web.errors import ApiError
+from schemas.errors import NotFound, Unavailable
 
 
 class Holds:
@@ -34,10 +34,10 @@ class Holds:
             if route is None or route.replicas:
                 event.set()
 
-    def _refuse(self, route: Route, why: str) -> ApiError:
-        retry = str(max(1, math.ceil(self.timeout_s / 2)))
-        return ApiError(503, f"deployment {route.name!r} is starting a replica ({why}); "
-                        "retry shortly", {"retry_after_s": int(retry)}, {"Retry-After": retry})
+    def _refuse(self, route: Route, why: str) -> Unavailable:
+        retry = max(1, math.ceil(self.timeout_s / 2))
+        return Unavailable(f"deployment {route.name!r} is starting a replica ({why}); "
+                           "retry shortly", {"retry_after_s": retry}, retry_after_s=retry)
 
     async def hold(self, route: Route, announce: Callable[[], None],
                    lookup: Callable[[str], Route | None]) -> Route:
@@ -52,7 +52,7 @@ class Holds:
                 while True:
                     fresh = lookup(str(route.model_id))
                     if fresh is None:
-                        raise ApiError(404, f"deployment {route.name!r} not found or not serving")
+                        raise NotFound(f"deployment {route.name!r} not found or not serving")
                     if fresh.replicas:
                         return fresh
                     event.clear()

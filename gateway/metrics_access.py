@@ -9,8 +9,8 @@ import ipaddress
 
 from aiohttp import web
 
+from schemas.errors import Forbidden, Unauthorized
 from schemas.settings import Settings
-from service.web.errors import ApiError
 
 
 def _loopback(remote: str | None) -> bool:
@@ -27,11 +27,11 @@ def check(request: web.Request, settings: Settings) -> None:
     token = settings.metrics_token
     if token is None:
         if not _loopback(request.remote):
-            raise ApiError(403, "metrics are served to this host only; set "
-                                "GREENROOM_METRICS_TOKEN to scrape from elsewhere")
+            raise Forbidden("metrics are served to this host only; set "
+                            "GREENROOM_METRICS_TOKEN to scrape from elsewhere")
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), token.get_secret_value().encode()):
-        raise ApiError(401, "metrics need the bearer token GREENROOM_METRICS_TOKEN names",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("metrics need the bearer token GREENROOM_METRICS_TOKEN names",
+                           challenge="Bearer")

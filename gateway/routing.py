@@ -1,4 +1,4 @@
-"""The gateway's routing core (DESIGN.md §8): which replica gets a request, and the counts.
+"""The gateway's routing core: which replica gets a request, and the counts.
 
 The routing table is rebuilt from Postgres when a worker publishes a change (and by
 polling, should a message be lost) and swapped in one assignment. In-flight and finished
@@ -27,8 +27,10 @@ from db import deployments
 from db.deployments import Route
 from db.errors import DatabaseError
 from gateway.hold import Holds
+from gateway.latency import LatencyTally
 from gateway.load_signal import MIN_GAP_S, LoadJumps
 from gateway.upstream import Upstream, UpstreamError
+from schemas.errors import NotFound, Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
 from schemas.queue import (
     AUTH_CHANNEL,
@@ -38,7 +40,6 @@ from schemas.queue import (
     ROUTES_CHANNEL,
 )
 from service.metrics import GatewayMetrics
-from service.web.errors import ApiError
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_S = 1.0
@@ -71,6 +72,7 @@ class Gateway:
         self._table = Table({}, {}, frozenset())
         self.inflight: Counter[UUID] = Counter()
         self.served: Counter[UUID] = Counter()
+        self.latency = LatencyTally()  # per model, for the console
         # Called on every message of the auth channel (an access cache clears itself).
         self.on_auth_change: list[Callable[[], None]] = []
         self.metrics = GatewayMetrics(self.inflight_by_replica)
@@ -110,7 +112,7 @@ class Gateway:
     def route(self, key: str) -> Route:
         route = self._table.by_key.get(key)
         if route is None:
-            raise ApiError(404, f"deployment {key!r} not found or not serving")
+            raise NotFound(f"deployment {key!r} not found or not serving")
         return route
 
     def _pick(self, route: Route, tried: set[UUID]) -> tuple[UUID, str]:
@@ -124,7 +126,7 @@ class Gateway:
             if best is None or n < least:
                 best, least = (rid, endpoint), n
         if best is None:
-            raise ApiError(503, f"deployment {route.name!r} has no ready replica; retry shortly")
+            raise Unavailable(f"deployment {route.name!r} has no ready replica; retry shortly")
         return best
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
@@ -151,17 +153,19 @@ class Gateway:
                 continue
             except TimeoutError:
                 metrics.requests.labels(deployment, "504").inc()
-                raise ApiError(504, f"replica of {route.name!r} did not answer in time") from None
+                raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
             finally:
                 self._release(replica_id, route.model_id)
-            metrics.observe(deployment, answer.status, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.observe(deployment, answer.status, elapsed)
+            self.latency.observe(route.model_id, elapsed)
             out = web.Response(body=answer.body, status=answer.status,
                                headers={"X-Greenroom-Replica": str(replica_id)})
             if answer.content_type:
                 out.headers["Content-Type"] = answer.content_type
             return out
         metrics.requests.labels(route.name, "502").inc()
-        raise ApiError(502, f"no replica of deployment {route.name!r} could be reached")
+        raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
 
     def inflight_by_replica(self) -> dict[UUID, int]:
         """Requests in flight on every routed replica (zero included) and on draining ones."""
@@ -214,7 +218,8 @@ class Gateway:
         return GatewayReport(
             gateway_id=self.id, at=time.time(), generations=dict(self._table.generations),
             inflight={str(k): v for k, v in self.inflight.items() if v > 0},
-            requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts())
+            requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts(),
+            latency=self.latency.report())
 
     async def _report(self) -> None:
         """Write the report every HEARTBEAT_S, or sooner when asked (at least MIN_GAP_S

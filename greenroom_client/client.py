@@ -19,12 +19,12 @@ from greenroom_client.errors import ApiError, TaskFailed, Unreachable
 from schemas.auth import ApiKeyCreated, ApiKeyOut, LoginResponse, ModelOut, UserOut
 from schemas.bazaar import ReplicaLogs, StatusResponse
 from schemas.models import ModelSource
-from schemas.tasks import DeploymentConfig, TaskKind, TaskResponse
+from schemas.tasks import DeploymentConfig, TaskKind, TaskResponse, TaskStatus
 
 T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 503})
 MAX_RETRY_WAIT_S = 30.0
-TERMINAL = frozenset({"done", "failed", "canceled", "refused"})
+TERMINAL = frozenset(status.value for status in TaskStatus if status.terminal)
 DEFAULT_GATEWAY_PORT = 8001
 
 
@@ -32,7 +32,7 @@ def retry_after(response: httpx.Response, attempt: int) -> float:
     """Seconds to wait before retrying: the Retry-After header (seconds or a date), else
     an exponential backoff; never more than MAX_RETRY_WAIT_S."""
     header = response.headers.get("Retry-After", "").strip()
-    wait = 0.5 * 2 ** attempt
+    wait: float = 0.5 * 2 ** attempt
     if header.isdigit():
         wait = float(header)
     elif header:

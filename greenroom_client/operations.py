@@ -40,7 +40,8 @@ class Op(Generic[T]):
     def parse(self, body: bytes) -> T:
         if self.answer is None:
             return None  # type: ignore[return-value]
-        return TypeAdapter(self.answer).validate_json(body)
+        parsed: T = TypeAdapter(self.answer).validate_json(body)
+        return parsed
 
 
 def _ref(model: str) -> str:

@@ -3,6 +3,7 @@ and the API commands (login, models, deploy, delete, status, tasks, logs, scale,
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -27,6 +28,12 @@ def _exec_module(module: str, *args: str) -> None:
 def cmd_api(settings: Settings, _: argparse.Namespace) -> None:
     from service.app import create_app
 
+    # uvloop's event loop where installed (a base dependency): the control plane's hot
+    # paths (task polling, accepts) are socket I/O to clients, Postgres and Redis.
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port,
                 print=None, access_log=None)
 
@@ -74,15 +81,15 @@ def cmd_models_register(settings: Settings, args: argparse.Namespace) -> None:
 async def _create_user(settings: Settings, args: argparse.Namespace, password: str) -> str:
     from db.pool import create_pool
     from schemas.auth import UserCreate
+    from schemas.errors import Conflict
     from service.domain.accounts import create_user
-    from service.web.errors import ApiError
 
     body = UserCreate(username=args.username, password=password, email=args.email,
                       is_admin=args.admin)
     pool = await create_pool(settings.require_database_url(), max_size=2)
     try:
         user = await create_user(pool, body)
-    except ApiError as exc:
+    except Conflict as exc:
         sys.exit(f"greenroom users create: {exc.message}")
     finally:
         await pool.close()

@@ -24,13 +24,13 @@ def start_postgres(folder: Path) -> tuple[str, Any]:
     """Start (or reuse) a Postgres cluster in `folder`; returns (dsn, handle to keep alive)."""
     warnings.filterwarnings("ignore", module="platformdirs")  # XDG_RUNTIME_DIR unset is fine
     try:
-        import pgserver
+        from pgserver.postgres_server import get_server  # where pgserver defines it
     except ImportError as exc:
         raise EmbeddedError(
             "pgserver is not installed: pip install 'greenroom[embedded]'") from exc
     folder.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it narrates every initdb step
-    server = pgserver.get_server(folder.resolve(), cleanup_mode="stop")
+    server = get_server(folder.resolve(), cleanup_mode="stop")
     return str(server.get_uri()), server
 
 

@@ -131,8 +131,8 @@ async def ensure_admin(database_url: str,
     """
     from db.pool import create_pool
     from schemas.auth import UserCreate
+    from schemas.errors import Conflict
     from service.domain.accounts import create_user
-    from service.web.errors import ApiError
 
     found = load_admin(state_dir)
     if found is not None:
@@ -142,7 +142,7 @@ async def ensure_admin(database_url: str,
     try:
         await create_user(pool, UserCreate(username=creds.username, password=creds.password,
                                            is_admin=True))
-    except ApiError:
+    except Conflict:
         # An `admin` made another way (users create): leave it and its password alone.
         return None, False
     finally:

@@ -28,6 +28,7 @@ from launch.shutdown import stop_everything
 from launch.up_guide import print_next_steps, remember_stack
 from schemas.models import ModelSource
 from schemas.settings import Settings
+from schemas.tasks import TaskStatus
 from schemas.tokens import issue_user_token
 from service.domain.registration import register
 
@@ -111,7 +112,7 @@ async def _follow(http: aiohttp.ClientSession, url: str, timeout_s: float) -> st
             _say(f"  task {task['status']}" + (f" ({task['phase']})" if task["phase"] else ""))
         if task["status"] == "done":
             return str(task["metadata"]["deployment_name"])
-        if task["status"] in ("failed", "canceled", "refused"):
+        if task["status"] in (TaskStatus.failed, TaskStatus.canceled, TaskStatus.refused):
             raise RuntimeError(f"deploy {task['status']}: {task['detail']}")
         await asyncio.sleep(0.5)
     raise TimeoutError("the bundled model did not deploy in time")

@@ -63,7 +63,8 @@ class Embeddings:
 def normalize_rows(vectors: Vectors) -> Vectors:
     """L2-normalize each row; an all-zero row stays zero."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    normalized: Vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return normalized
 
 
 class Embedder(Protocol):

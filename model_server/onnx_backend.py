@@ -71,7 +71,8 @@ def _pooling_mode(model_dir: Path, modules: list[dict[str, Any]]) -> str:
     modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
     if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise BackendLoadError(f"the onnx backend cannot reproduce pooling {pooling}")
-    return modes[0].removeprefix("pooling_mode_")
+    mode: str = modes[0]
+    return mode.removeprefix("pooling_mode_")
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -88,10 +89,13 @@ def pool(hidden: Vectors, mask: IntArray, mode: str) -> Vectors:
     if mode == "cls_token":
         return np.ascontiguousarray(hidden[:, 0])
     weights = mask[:, :, None].astype(np.float32)
+    pooled: Vectors
     if mode == "max_tokens":
-        return np.where(weights > 0, hidden, -1e9).max(axis=1).astype(np.float32)
+        pooled = np.where(weights > 0, hidden, -1e9).max(axis=1).astype(np.float32)
+        return pooled
     summed = np.einsum("bsd,bs->bd", hidden, mask.astype(np.float32))
-    return (summed / np.clip(weights.sum(axis=1), 1e-9, None)).astype(np.float32)
+    pooled = (summed / np.clip(weights.sum(axis=1), 1e-9, None)).astype(np.float32)
+    return pooled
 
 
 class OnnxBackend:

@@ -1,4 +1,4 @@
-"""Accounts, principals and permissions (DESIGN.md §9): shapes shared by service and CLI."""
+"""Accounts, principals and permissions: shapes shared by the service and the CLI."""
 
 from dataclasses import dataclass
 from datetime import datetime

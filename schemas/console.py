@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from schemas.tasks import TaskResponse
 
@@ -54,6 +54,16 @@ class EventOut(BaseModel):
     created_at: datetime
 
 
+class LatencyOut(BaseModel):
+    """Latency through the gateways over their last report interval, in milliseconds."""
+
+    requests: int = Field(description="requests finished in the window")
+    mean_ms: float
+    p50_ms: float | None = Field(default=None, description="from the gateways' histograms; "
+                                 "None when a gateway reports no histogram")
+    p99_ms: float | None = None
+
+
 class DeploymentSummary(BaseModel):
     """A row of the deployments list. `env_names`: the deployment's env, values left out."""
 
@@ -74,6 +84,9 @@ class DeploymentSummary(BaseModel):
     # Requests per second the gateways carried to its live replicas between their last two
     # reports that this API process read; None when no gateway has reported twice yet.
     requests_per_s: float | None = None
+    # The latency of what the gateways finished for it over the same window; None when no
+    # gateway has reported twice, or none finished a request for it in that window.
+    latency: LatencyOut | None = None
 
 
 class DeploymentDetail(BaseModel):

@@ -13,6 +13,63 @@ from redis.asyncio import Redis
 from schemas.queue import GATEWAY_KEY_PREFIX
 
 log = structlog.get_logger(__name__)
+# Upper bounds, in seconds, of the latency histogram's buckets; one more bucket past the last
+# holds the slower requests. Fixed, so readers can subtract any two reports' buckets.
+LATENCY_BOUNDS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0)
+
+
+class Latency(BaseModel):
+    """Requests a gateway finished for one deployment since it started, and the time they
+    took: counters, so a reader takes the difference between two reports for a window."""
+
+    count: int = 0
+    sum_s: float = 0.0
+    # Requests per bucket of LATENCY_BOUNDS_S (a request of t seconds counts in the first
+    # bucket whose bound is >= t), then the slower ones: len(LATENCY_BOUNDS_S) + 1 counts.
+    # Empty: the writer keeps no histogram (a mean can still be read from count and sum).
+    buckets: list[int] = Field(default_factory=list)
+
+    def since(self, before: "Latency") -> "Latency | None":
+        """What was finished between `before` and this; None if a counter went back (the
+        gateway restarted under the same id)."""
+        if self.count < before.count:
+            return None
+        buckets: list[int] = []
+        if not before.count and not before.buckets:
+            buckets = list(self.buckets)  # nothing before (a model new to this gateway)
+        elif len(self.buckets) == len(before.buckets):
+            buckets = [a - b for a, b in zip(self.buckets, before.buckets, strict=True)]
+            if any(b < 0 for b in buckets):
+                return None
+        return Latency(count=self.count - before.count, sum_s=self.sum_s - before.sum_s,
+                       buckets=buckets)
+
+    def __add__(self, other: "Latency") -> "Latency":
+        buckets: list[int] = []
+        if len(self.buckets) == len(other.buckets):
+            buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        elif not self.count or not other.count:
+            buckets = self.buckets or other.buckets  # the empty side adds nothing
+        return Latency(count=self.count + other.count, sum_s=self.sum_s + other.sum_s,
+                       buckets=buckets)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile in seconds, interpolated within its bucket as Prometheus'
+        histogram_quantile does (past the last bound: that bound); None without a
+        histogram or requests."""
+        total = sum(self.buckets)
+        if len(self.buckets) != len(LATENCY_BOUNDS_S) + 1 or total == 0:
+            return None
+        rank, below = q * total, 0
+        for i, count in enumerate(self.buckets):
+            if count and below + count >= rank:
+                if i == len(LATENCY_BOUNDS_S):
+                    return LATENCY_BOUNDS_S[-1]
+                lower = LATENCY_BOUNDS_S[i - 1] if i else 0.0
+                return lower + (LATENCY_BOUNDS_S[i] - lower) * (rank - below) / count
+            below += count
+        return LATENCY_BOUNDS_S[-1]
 
 
 class GatewayReport(BaseModel):
@@ -31,6 +88,9 @@ class GatewayReport(BaseModel):
     # model id → requests held waiting for a first ready replica (a deployment scaled to
     # zero): the autoscaler reads it as demand and starts one.
     held: dict[str, int] = Field(default_factory=dict)
+    # model id → requests finished for it and their latency (counters, like `requests`;
+    # absent: none, or a writer that does not measure latency).
+    latency: dict[str, Latency] = Field(default_factory=dict)
 
 
 async def read_reports(redis: Redis) -> list[GatewayReport]:

@@ -8,7 +8,7 @@ PACKAGE_PREFIX = "package:"
 
 
 class ModelSource(BaseModel):
-    """How a replica loads the model (DESIGN.md §7)."""
+    """How a replica loads the model: a backend and where its weights are."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,8 +1,18 @@
-"""Names the API, the workers and the gateways agree on in Redis (queue, channels, keys)."""
+"""Names the API, the workers and the gateways agree on in Redis (queue, jobs, channels,
+keys), and the messages published on the channels."""
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from uuid import UUID
 
 QUEUE_NAME = "greenroom:queue"
+# arq job: (job id) → runs the task of that id (a retry's id names the same task).
 JOB_RUN_TASK = "run_task"
-# Published with a model id whenever a deployment's serving generation changes.
+# arq job run by a worker for the API: (model_id: str, tail: int) →
+# [{"replica_id", "generation", "stdout", "stderr"}]; needs a kept result (keep_result ≥ 10).
+JOB_REPLICA_LOGS = "replica_logs"
+# A `RoutesChanged` whenever a deployment's serving generation or replicas change.
 ROUTES_CHANNEL = "greenroom:routes"
 # greenroom:gateway:<id> → a schemas.gateway.GatewayReport as JSON, about every second
 GATEWAY_KEY_PREFIX = "greenroom:gateway:"
@@ -11,13 +21,13 @@ GATEWAY_TTL_S = 10
 # in-flight count grew sharply since its last report, or a request is held for a deployment
 # at zero): the autoscalers read the reports at once instead of at their next tick.
 LOAD_CHANNEL = "greenroom:load"
-# Published whenever a key is revoked or a grant or access level changes: gateways and the
-# API drop their cached access decisions at once (they also expire within a second).
+# An `AccessChanged` whenever a key is revoked or a grant changes: gateways and the API
+# drop their cached access decisions at once (they also expire within a second).
 AUTH_CHANNEL = "greenroom:auth"
 # greenroom:autoscaler:<model id> → the worker id deciding that deployment's scale (a
 # lease: SET NX PX, renewed each tick; it expires by itself when its worker dies).
 AUTOSCALER_LEASE_PREFIX = "greenroom:autoscaler:"
-# greenroom:worker:<id> → JSON heartbeat of a live worker
+# greenroom:worker:<id> → a `WorkerHeartbeat` of a live worker (GET /readyz counts them)
 WORKER_KEY_PREFIX = "greenroom:worker:"
 WORKER_TTL_S = 15
 
@@ -25,6 +35,60 @@ WORKER_TTL_S = 15
 def retry_job_id(task_id: str, attempt: int) -> str:
     """Job id of a retried task: arq refuses a job id it still holds from the dead attempt."""
     return f"{task_id}:retry{attempt}"
-# arq job run by a worker for the API: (model_id: str, tail: int) →
-# [{"replica_id", "generation", "stdout", "stderr"}]; needs a kept result (keep_result ≥ 10).
-JOB_REPLICA_LOGS = "replica_logs"
+
+
+def _text(data: bytes | str) -> str:
+    return data.decode() if isinstance(data, bytes) else data
+
+
+@dataclass(frozen=True, slots=True)
+class RoutesChanged:
+    """On ROUTES_CHANNEL: the model's routes changed; gateways reload them from Postgres.
+
+    The payload is the model id as text (gateways reload on any message, so one that
+    cannot be parsed still works as a nudge)."""
+
+    model_id: UUID
+
+    def encode(self) -> str:
+        return str(self.model_id)
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> "RoutesChanged":
+        return cls(UUID(_text(data)))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeartbeat:
+    """Written by each worker's reconciler under WORKER_KEY_PREFIX + worker id, with a TTL."""
+
+    worker: str
+    runtime: str
+    at: float  # Unix time
+
+    def encode(self) -> str:
+        return json.dumps({"worker": self.worker, "runtime": self.runtime, "at": self.at})
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> "WorkerHeartbeat":
+        fields = json.loads(data)
+        return cls(str(fields["worker"]), str(fields["runtime"]), float(fields["at"]))
+
+
+class AccessChange(StrEnum):
+    api_key = "api_key"  # a key was revoked
+    grant = "grant"  # a grant was made, changed or revoked
+
+
+@dataclass(frozen=True, slots=True)
+class AccessChanged:
+    """On AUTH_CHANNEL: what changed; every receiver drops all its cached decisions."""
+
+    what: AccessChange
+
+    def encode(self) -> str:
+        return self.what.value
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> "AccessChanged":
+        return cls(AccessChange(_text(data)))

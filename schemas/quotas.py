@@ -38,6 +38,10 @@ class Use:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def times(self, n: int) -> "Use":
+        """What `n` holders of this much hold together."""
+        return Use(*(getattr(self, name) * n for name in QUOTA_NAMES))
+
 
 class QuotaExceeded(Exception):
     """A request would take the owner past a quota; the message names the figures."""

@@ -1,4 +1,4 @@
-"""One settings object for every Greenroom process (DESIGN.md §11), env prefix GREENROOM_."""
+"""One settings object for every Greenroom process, env prefix GREENROOM_."""
 
 from pathlib import Path
 from typing import Literal

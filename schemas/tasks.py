@@ -38,6 +38,35 @@ class TaskStatus(StrEnum):
         return self not in (TaskStatus.pending, TaskStatus.processing)
 
 
+class DeploymentStatus(StrEnum):
+    """A deployment's state (deployments.status); `degraded` still serves, short a replica."""
+
+    not_started = "not_started"
+    starting = "starting"
+    in_progress = "in_progress"
+    complete = "complete"
+    degraded = "degraded"
+    failed = "failed"
+    stopped = "stopped"
+
+
+class ReplicaState(StrEnum):
+    """A replica's life (replicas.state): starting → ready → draining → stopped, or failed."""
+
+    starting = "starting"
+    ready = "ready"
+    draining = "draining"
+    stopped = "stopped"
+    failed = "failed"
+
+
+# A replica in these states may still run on its runtime.
+LIVE_REPLICA_STATES = (ReplicaState.starting, ReplicaState.ready, ReplicaState.draining)
+# A deployment in these states serves or is about to.
+ACTIVE_DEPLOYMENT_STATES = (DeploymentStatus.starting, DeploymentStatus.in_progress,
+                            DeploymentStatus.complete, DeploymentStatus.degraded)
+
+
 class Phase(StrEnum):
     starting_replicas = "starting_replicas"
     health_checking = "health_checking"
@@ -138,7 +167,29 @@ class DeploymentConfig(BaseModel):
 
     @property
     def ignored_keys(self) -> list[str]:
+        """Keys no field of the config has (seed 002 accepts them; the task names them)."""
         return sorted((self.model_extra or {}).keys())
+
+    def unused_keys(self, kind: TaskKind, backend: str | None) -> list[str]:
+        """The keys given (other than at their defaults) that a task of `kind` will not act
+        on, unknown ones included: all
+        of a delete's, all but `replicas` of a scale's, and for a deploy the autoscaler's
+        knobs while autoscaling is off and `onnx` for a model whose backend is not onnx."""
+        fields = type(self).model_fields
+        given = {key for key in self.model_fields_set if key not in fields
+                 or getattr(self, key) != fields[key].get_default(call_default_factory=True)}
+        if kind == TaskKind.delete:
+            unused = given
+        elif kind == TaskKind.scale:
+            unused = given - {"replicas"}
+        else:
+            unused = set(self.ignored_keys)
+            if not self.autoscaling_enabled:
+                unused |= {key for key in given if key.startswith("autoscaling_")} - {
+                    "autoscaling_enabled", "autoscaling_min"}  # min also sets the count
+            if self.onnx is not None and backend != "onnx":
+                unused.add("onnx")
+        return sorted(unused)
 
 
 class ScaleRequest(BaseModel):
@@ -178,7 +229,7 @@ class TaskResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """The one error shape on every surface (DESIGN.md §10)."""
+    """The one error shape on every surface: status code, message and detail."""
 
     status_code: int
     message: str

@@ -1,4 +1,4 @@
-"""Signed bearer tokens (DESIGN.md §9), shared by the API and the workers.
+"""Signed bearer tokens (user, job and update JWTs), shared by the API and the workers.
 
 Three kinds, told apart by the `typ` claim: `user` (login JWTs), `job` (given to each
 replica: one model, one generation, alive while that generation is) and `update`

@@ -1,1 +1,1 @@
-"""The Greenroom API process: control plane, registry and gateway (DESIGN.md §1)."""
+"""The Greenroom API process: the control plane (tasks), the registry, accounts, the console."""

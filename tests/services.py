@@ -1,56 +1,29 @@
-"""Real Postgres and Redis for the tests: the machine's if reachable, else embedded ones."""
+"""Real Postgres and Redis for the tests: the machine's if reachable, else embedded ones
+(launch/backing.py, shared with the benchmarks), and the tests' own helpers."""
 
-import asyncio
 import contextlib
-import os
-import socket
+import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-import asyncpg
+from launch.backing import (
+    DEFAULT_PG,
+    create_database,
+    drop_database,
+    postgres_admin_dsn,
+    reachable,
+    redis_url,
+    replica_processes,
+    settings_env,
+    wait_for_http,
+    with_database,
+)
+from launch.embedded import start_redis
 
-from db.migrate import apply_migrations
-from launch.embedded import start_postgres, start_redis
-
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def reachable(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
-
-
-def postgres_admin_dsn(tmp: Path, keep: list[Any]) -> str:
-    dsn = os.environ.get("GREENROOM_TEST_DATABASE_URL")
-    if dsn:
-        return dsn
-    if reachable("127.0.0.1", 5432):
-        return DEFAULT_PG
-    dsn, server = start_postgres(tmp / "postgres")
-    keep.append(server)
-    return dsn
-
-
-def redis_url(tmp: Path, keep: list[Any]) -> str:
-    """A real redis-server of this test session's own (queues and channels are global to a
-    server, so sessions running side by side must not share one)."""
-    url = os.environ.get("GREENROOM_TEST_REDIS_URL")
-    if url:
-        return url
-    url, proc = start_redis(tmp / "redis")
-    keep.append(proc)
-    return url
-
-
-def with_database(dsn: str, name: str) -> str:
-    """The same server, another database."""
-    base, _, query = dsn.partition("?")
-    root = base.rsplit("/", 1)[0]
-    return f"{root}/{name}" + (f"?{query}" if query else "")
+__all__ = ["DEFAULT_PG", "create_database", "drop_database", "postgres_admin_dsn",
+           "private_redis", "reachable", "redis_url", "release_replica_cgroups",
+           "replica_processes", "settings_env", "wait_for_http", "with_database"]
 
 
 def private_redis(folder: Path, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
@@ -58,61 +31,8 @@ def private_redis(folder: Path, port: int | None = None) -> tuple[str, subproces
     return start_redis(folder, port)
 
 
-async def create_database(admin_dsn: str, name: str) -> str:
-    """A fresh, migrated database on the server of `admin_dsn`; returns its DSN."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = with_database(admin_dsn, name)
-    await apply_migrations(dsn)
-    return dsn
-
-
-async def drop_database(admin_dsn: str, dsn: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        name = dsn.partition("?")[0].rsplit("/", 1)[1]
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-async def wait_for_http(http: aiohttp.ClientSession, url: str, timeout_s: float = 30) -> None:
-    """Until `url` answers 200."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(url) as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:g}s")
-
-
-def replica_processes(state_dir: Path) -> dict[int, bytes]:
-    """pid → raw environment of every live replica process started under `state_dir`."""
-    root = state_dir / "replicas"
-    refs = {p.name for p in root.glob("*")} if root.exists() else set()
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            raw = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if any(f"GREENROOM_REPLICA_ID={ref}".encode() in raw for ref in refs):
-            found[int(proc.name)] = raw
-    return found
-
-
 def release_replica_cgroups(state_dir: Path, timeout_s: float = 5) -> None:
     """Remove the memory cgroups of replicas killed under `state_dir` (once they are empty)."""
-    import json
-
     for meta_file in (state_dir / "replicas").glob("*/meta.json"):
         with contextlib.suppress(OSError, ValueError):
             cgroup = (json.loads(meta_file.read_text()).get("memory") or {}).get("cgroup")

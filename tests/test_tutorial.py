@@ -87,8 +87,8 @@ class Up:
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Iterator[Path]:
-    fresh = tmp_path / "clone"
+def folder(embedded_tmp: Path) -> Iterator[Path]:
+    fresh = embedded_tmp / "clone"
     fresh.mkdir()
     (fresh / ".venv").symlink_to(REPO / ".venv")
     yield fresh

@@ -12,10 +12,10 @@ from worker.runtimes.process import free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_up_once_with_embedded_services_prints_a_working_curl(tmp_path: Path) -> None:
+def test_up_once_with_embedded_services_prints_a_working_curl(embedded_tmp: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     gateway_port = free_port("127.0.0.1")
-    env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"),
+    env |= {"GREENROOM_STATE_DIR": str(embedded_tmp / "state"),
             "GREENROOM_API_PORT": str(free_port("127.0.0.1")),
             "GREENROOM_GATEWAY_PORT": str(gateway_port)}
     done = subprocess.run([sys.executable, "-m", "launch.cli", "up", "--once"], cwd=REPO,
@@ -36,11 +36,11 @@ def test_up_once_with_embedded_services_prints_a_working_curl(tmp_path: Path) ->
     assert len(numbers) >= 10
 
 
-def test_up_curl_output_is_a_384_number_embedding(tmp_path: Path) -> None:
+def test_up_curl_output_is_a_384_number_embedding(embedded_tmp: Path) -> None:
     """Runs the service, then the printed curl itself, and counts the numbers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     port = free_port("127.0.0.1")
-    env |= {"GREENROOM_STATE_DIR": str(tmp_path / "state"), "GREENROOM_API_PORT": str(port),
+    env |= {"GREENROOM_STATE_DIR": str(embedded_tmp / "state"), "GREENROOM_API_PORT": str(port),
             "GREENROOM_GATEWAY_PORT": str(free_port("127.0.0.1"))}
     proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "up"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

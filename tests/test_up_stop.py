@@ -136,8 +136,8 @@ def _interrupt(up: Up, times: int, timeout_s: float) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ctrl_c_stops_everything_and_the_next_up_restores_the_deployments(
-        tmp_path: Path) -> None:
-    state = tmp_path / "state"
+        embedded_tmp: Path) -> None:
+    state = embedded_tmp / "state"
     port, gateway_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     env |= {"GREENROOM_STATE_DIR": str(state), "GREENROOM_API_PORT": str(port),

@@ -1,11 +1,13 @@
-"""The reconciler loop (DESIGN.md §4.5): Postgres is the truth, Redis and runtimes follow it.
+"""The reconciler loop: Postgres is the truth, Redis and runtimes follow it.
+
+Each pass releases tasks whose worker died (removing what they half made), replaces
+crashed serving replicas (worker/repair.py), removes replicas nothing owns, writes this
+worker's heartbeat and enqueues pending tasks Redis may have lost.
 
 Every step is safe with many reconcilers running at once: each write is conditional.
 """
 
 import asyncio
-import contextlib
-import json
 import time
 from uuid import UUID
 
@@ -20,12 +22,13 @@ from schemas.queue import (
     QUEUE_NAME,
     WORKER_KEY_PREFIX,
     WORKER_TTL_S,
+    WorkerHeartbeat,
     retry_job_id,
 )
+from schemas.tasks import ReplicaState
+from worker import replicas as lifecycle
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
-from worker.rollout import remove_replicas
-from worker.runtimes.base import RuntimeError_
 
 log = structlog.get_logger(__name__)
 # A pending task enqueued this long ago is offered to Redis again (a no-op if it is there).
@@ -71,15 +74,14 @@ async def release_expired(ctx: WorkerContext) -> int:
 
 async def _remove_task_replicas(ctx: WorkerContext, task: tasks.Task) -> None:
     """Remove the replicas a dead task started, unless they already serve."""
-    live = await replicas.list_for_model(ctx.pool, task.model_id)
-    mine = [r.id for r in live if r.task_id == task.id and r.state == "starting"]
+    mine = await lifecycle.starting_of_task(ctx, task.model_id, task.id)
     if mine:
-        await remove_replicas(ctx, mine, "failed", grace_s=0)
+        await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
 
 
 def _orphaned(row: Replica | None, busy: set[UUID], active: dict[UUID, int | None]) -> bool:
     """Nobody owns this replica: no row, a finished row, or a generation no task is making."""
-    if row is None or row.state in ("stopped", "failed"):
+    if row is None or row.state in (ReplicaState.stopped, ReplicaState.failed):
         return True
     if row.model_id in busy:
         return False  # a task is working on this model; it owns its replicas
@@ -104,18 +106,18 @@ async def remove_orphans(ctx: WorkerContext) -> int:
     for info in orphans:
         log.warning("orphan_replica_removed", replica=str(info.replica_id),
                     generation=info.generation)
-        with contextlib.suppress(RuntimeError_):
-            await ctx.runtime.stop(info.runtime_ref, ctx.settings.stop_grace_s)
-            await ctx.runtime.remove(info.runtime_ref)
-        if info.replica_id in rows:
-            await replicas.set_state(ctx.pool, [info.replica_id], "stopped")
+    if orphans:
+        await lifecycle.stop_and_remove(ctx, [i.runtime_ref for i in orphans],
+                                        ctx.settings.stop_grace_s)
+        await replicas.set_state(ctx.pool, [i.replica_id for i in orphans
+                                            if i.replica_id in rows], ReplicaState.stopped)
     return len(orphans)
 
 
 async def heartbeat(ctx: WorkerContext) -> None:
     """Tell the API this worker is alive (GET /readyz counts these keys)."""
-    beat = json.dumps({"worker": ctx.worker_id, "runtime": ctx.runtime.name, "at": time.time()})
-    await ctx.redis.set(WORKER_KEY_PREFIX + ctx.worker_id, beat, ex=WORKER_TTL_S)
+    beat = WorkerHeartbeat(ctx.worker_id, ctx.runtime.name, time.time())
+    await ctx.redis.set(WORKER_KEY_PREFIX + ctx.worker_id, beat.encode(), ex=WORKER_TTL_S)
 
 
 async def reconcile_once(ctx: WorkerContext) -> None:

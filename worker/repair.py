@@ -1,4 +1,4 @@
-"""Replace a crashed replica of a serving generation (DESIGN.md §4.5).
+"""Replace a crashed replica of a serving generation.
 
 Only one reconciler wins the ready → failed transition of a replica, so only one
 replaces it. The deployment shows `degraded` with an event until the replacement is
@@ -6,25 +6,19 @@ healthy; a rollout that starts meanwhile supersedes the replacement.
 """
 
 import asyncio
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import structlog
 
 from db import deployments, events, models, replicas
 from db.replicas import Replica
-from schemas.tasks import DeploymentConfig
+from schemas.tasks import DeploymentConfig, DeploymentStatus, ReplicaState
+from worker import replicas as lifecycle
 from worker.admission import capacity
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
-from worker.onnx_variant import replica_source
-from worker.rollout import (
-    RolloutFailed,
-    placed_memory_mb,
-    publish_routes,
-    remove_replicas,
-    replica_env,
-)
-from worker.runtimes.base import ReplicaInfo, ReplicaSpec, RuntimeError_
+from worker.publish import publish_routes
+from worker.runtimes.base import ReplicaInfo, RuntimeError_
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +45,8 @@ async def replace_crashed(ctx: WorkerContext, busy: set[UUID]) -> int:
         if info is None:
             continue
         reason = info.describe_exit()
-        if not await replicas.transition(ctx.pool, replica.id, "ready", "failed", reason):
+        if not await replicas.transition(ctx.pool, replica.id, ReplicaState.ready,
+                                          ReplicaState.failed, reason):
             continue  # another reconciler, or a rollout, got there first
         await _announce(ctx, replica, reason)
         if await _start_replacement(ctx, replica):
@@ -61,13 +56,13 @@ async def replace_crashed(ctx: WorkerContext, busy: set[UUID]) -> int:
 
 async def _announce(ctx: WorkerContext, replica: Replica, reason: str) -> None:
     await publish_routes(ctx, replica.model_id)
-    await deployments.set_status(ctx.pool, replica.model_id, "degraded")
+    await deployments.set_status(ctx.pool, replica.model_id, DeploymentStatus.degraded)
     await events.add(ctx.pool, replica.model_id, "warning",
                      f"replica {replica.id} {reason}; starting a replacement",
                      generation=replica.generation)
     log.warning("replica_crashed", replica=str(replica.id), reason=reason)
     if replica.runtime_ref:
-        await remove_replicas(ctx, [replica.id], "failed", grace_s=0)
+        await lifecycle.remove(ctx, [replica.id], ReplicaState.failed, grace_s=0)
 
 
 async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
@@ -77,32 +72,24 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
         return False
     config = DeploymentConfig.model_validate(deployment.config)
     try:
-        env = await replica_env(ctx, model, dead.generation, config)
-    except RolloutFailed as exc:
+        env = await lifecycle.generation_env(ctx, model, dead.generation, config)
+    except lifecycle.SecretsUnreadable as exc:
         await events.add(ctx.pool, model.id, "error", f"cannot replace replica: {exc}",
                          generation=dead.generation)
         return False
-    spec = ReplicaSpec(replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
-                       generation=dead.generation, task_id=dead.task_id,
-                       source=replica_source(ctx.settings, model.source, config, model.id),
-                       memory_mb=dead.memory_mb or placed_memory_mb(ctx, model, config),
-                       memory_requested=config.memory is not None, env=env)
+    memory_mb = dead.memory_mb or lifecycle.placed_memory_mb(ctx, model, config)
     try:
         # Under the capacity lock, like a rollout's starts: neither takes the other's room.
-        async with capacity.placing(ctx, spec.memory_mb or 0):
-            await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
-                                  generation=dead.generation, task_id=dead.task_id,
-                                  runtime=ctx.runtime.name, memory_mb=spec.memory_mb)
-            started = await ctx.runtime.start(spec)
-            await replicas.set_started(ctx.pool, spec.replica_id, started.runtime_ref,
-                                       started.endpoint)
+        async with capacity.placing(ctx, memory_mb):
+            new_id, started = await lifecycle.start(ctx, model, dead.generation, dead.task_id,
+                                                    config, env, memory_mb,
+                                                    replaces=dead.runtime_ref)
     except capacity.NoCapacity as exc:
         await events.add(ctx.pool, model.id, "error",
                          f"cannot replace replica: not enough capacity on this worker: {exc}",
                          generation=dead.generation)
         return False
-    except RuntimeError_ as exc:
-        await remove_replicas(ctx, [spec.replica_id], "failed", grace_s=0)
+    except RuntimeError_ as exc:  # the row is already `failed`
         await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
                          generation=dead.generation)
         return False
@@ -110,21 +97,22 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
         deadline = asyncio.get_running_loop().time() + ctx.settings.deploy_timeout_s
         await wait_ready(ctx.runtime, ctx.http, started, deadline)
     except (RuntimeError_, ReplicaFailed) as exc:
-        await remove_replicas(ctx, [spec.replica_id], "failed", grace_s=0)
+        await lifecycle.remove(ctx, [new_id], ReplicaState.failed, grace_s=0)
         await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
                          generation=dead.generation)
         return False
-    return await _put_in_service(ctx, dead, spec.replica_id)
+    return await _put_in_service(ctx, dead, new_id)
 
 
 async def _put_in_service(ctx: WorkerContext, dead: Replica, new_id: UUID) -> bool:
-    if not await replicas.transition(ctx.pool, new_id, "starting", "ready"):
-        await remove_replicas(ctx, [new_id], "stopped", grace_s=0)  # a rollout moved on
+    if not await replicas.transition(ctx.pool, new_id, ReplicaState.starting,
+                                      ReplicaState.ready):
+        await lifecycle.remove(ctx, [new_id], ReplicaState.stopped, grace_s=0)  # a rollout moved on
         return False
     await publish_routes(ctx, dead.model_id)
     deployment = await deployments.get(ctx.pool, dead.model_id)
-    if deployment is not None and deployment.status == "degraded":
-        await deployments.set_status(ctx.pool, dead.model_id, "complete")
+    if deployment is not None and deployment.status == DeploymentStatus.degraded:
+        await deployments.set_status(ctx.pool, dead.model_id, DeploymentStatus.complete)
     await events.add(ctx.pool, dead.model_id, "info",
                      f"replica {new_id} replaced crashed replica {dead.id}",
                      generation=dead.generation)

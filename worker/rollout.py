@@ -1,13 +1,19 @@
-"""The green rollout (DESIGN.md §5) and deletion, for one claimed task."""
+"""The green rollout and deletion, for one claimed task.
 
-import asyncio
-import contextlib
+A deploy starts a new generation of replicas beside the serving one, waits until every
+one is healthy, switches the deployment's route to it in one transaction, tells the
+gateways, drains the old generation and removes it. Any failure before the switch
+removes the new replicas and leaves the old generation serving. A delete takes the
+route away, drains and removes every replica. Replicas start and stop through
+worker/replicas.py.
+"""
+
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import structlog
 
@@ -16,17 +22,16 @@ from db.errors import UniqueViolation
 from db.models import Model
 from db.pool import transaction
 from db.tasks import Task
-from schemas import secrets as deployment_secrets
-from schemas.queue import ROUTES_CHANNEL
-from schemas.quotas import QuotaExceeded, replica_memory_mb
-from schemas.tasks import DeploymentConfig, Phase, TaskStatus
-from schemas.tokens import issue_job_token
+from schemas.quotas import QuotaExceeded
+from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskKind, TaskStatus
+from worker import replicas as lifecycle
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
-from worker.onnx_variant import record_agreement, replica_source
-from worker.runtimes.base import ReplicaSpec, RuntimeError_, StartedReplica
+from worker.onnx_variant import record_agreement
+from worker.publish import publish_routes
+from worker.runtimes.base import RuntimeError_, StartedReplica
 from worker.scaling import replica_count
 
 log = structlog.get_logger(__name__)
@@ -75,59 +80,20 @@ def default_deployment_name(model: Model) -> str:
     return slug[:63] or f"model-{str(model.id)[:8]}"
 
 
-async def publish_routes(ctx: WorkerContext, model_id: UUID) -> None:
-    """Tell gateways to reload; they also poll, so a lost message only delays the swap."""
-    with contextlib.suppress(Exception):
-        await ctx.redis.publish(ROUTES_CHANNEL, str(model_id))
-
-
-async def replica_env(ctx: WorkerContext, model: Model, generation: int,
-                      config: DeploymentConfig) -> dict[str, str]:
-    """The config's env, the model's decrypted secrets and a job token for this generation."""
-    env = dict(config.env)
-    if ctx.settings.secret_key is None:
-        return env
-    key = ctx.settings.secret_key.get_secret_value()
-    blob = await deployments.get_secrets(ctx.pool, model.id)
-    if blob is not None:
-        try:
-            env |= deployment_secrets.as_env(deployment_secrets.decrypt(key, blob))
-        except deployment_secrets.SecretsUnreadable as exc:
-            raise RolloutFailed(f"{exc} (was GREENROOM_SECRET_KEY changed?)") from None
-    env["GREENROOM_MODEL_ID"] = str(model.id)
-    env["GREENROOM_JOB_TOKEN"] = issue_job_token(key, model.id, generation)
-    return env
-
-
-def placed_memory_mb(ctx: WorkerContext, model: Model, config: DeploymentConfig) -> int:
-    """The memory each replica of this deployment is counted with (quotas, capacity)."""
-    return replica_memory_mb(config.memory, model.source.get("backend"),
-                             ctx.settings.replica_memory_mb)
-
-
 async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generation: int,
                           config: DeploymentConfig) -> list[StartedReplica]:
+    try:
+        env = await lifecycle.generation_env(ctx, model, generation, config)
+    except lifecycle.SecretsUnreadable as exc:
+        raise RolloutFailed(str(exc)) from None
+    memory_mb = lifecycle.placed_memory_mb(ctx, model, config)
     started: list[StartedReplica] = []
-    env = await replica_env(ctx, model, generation, config)
-    memory_mb = placed_memory_mb(ctx, model, config)
     for _ in range(config.replica_count):
-        spec = ReplicaSpec(
-            replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
-            generation=generation, task_id=task.id,
-            source=replica_source(ctx.settings, model.source, config, model.id),
-            # What quotas and capacity count is what the runtime enforces.
-            memory_mb=memory_mb, memory_requested=config.memory is not None, env=dict(env),
-        )
-        await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
-                              generation=generation, task_id=task.id, runtime=ctx.runtime.name,
-                              memory_mb=memory_mb)
         try:
-            replica = await ctx.runtime.start(spec)
+            _, replica = await lifecycle.start(ctx, model, generation, task.id, config, env,
+                                               memory_mb)
         except RuntimeError_ as exc:
-            await replicas.set_state(ctx.pool, [spec.replica_id], "failed", str(exc))
             raise RolloutFailed(f"could not start replica: {exc}") from exc
-        await replicas.set_started(ctx.pool, spec.replica_id, replica.runtime_ref,
-                                   replica.endpoint)
         started.append(replica)
     return started
 
@@ -140,34 +106,15 @@ async def _log_tail(ctx: WorkerContext, runtime_ref: str) -> str:
     return (stderr or stdout).strip()
 
 
-async def remove_replicas(ctx: WorkerContext, replica_ids: list[UUID], state: str,
-                          grace_s: float) -> None:
-    """Stop and remove replicas, then record them as `state` (stopped or failed)."""
-    rows = await replicas.get_many(ctx.pool, replica_ids)
-    async with asyncio.TaskGroup() as group:
-        for row in rows:
-            if row.runtime_ref:
-                group.create_task(_stop_and_remove(ctx, row.runtime_ref, grace_s))
-    await replicas.set_state(ctx.pool, replica_ids, state)
-
-
-async def _stop_and_remove(ctx: WorkerContext, runtime_ref: str, grace_s: float) -> None:
-    try:
-        await ctx.runtime.stop(runtime_ref, grace_s)
-        await ctx.runtime.remove(runtime_ref)
-    except RuntimeError_ as exc:
-        log.warning("replica_remove_failed", ref=runtime_ref, error=str(exc))
-
-
-async def _bring_up(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
-                    config: DeploymentConfig,
-                    on_ready: Callable[[StartedReplica], Awaitable[None]] | None = None,
-                    ) -> list[StartedReplica]:
+async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
+                   config: DeploymentConfig,
+                   on_ready: Callable[[StartedReplica], Awaitable[None]] | None = None,
+                   ) -> list[StartedReplica]:
     """Start the replicas and wait until all are healthy; `on_ready` runs with each one
     as it becomes healthy (a scale routes to it then)."""
     await progress.enter(Phase.starting_replicas, generation=generation,
                          replicas_wanted=config.replica_count, replicas_ready=0)
-    needed = config.replica_count * placed_memory_mb(ctx, model, config)
+    needed = config.replica_count * lifecycle.placed_memory_mb(ctx, model, config)
     try:
         async with capacity.placing(ctx, needed):
             started = await _start_replicas(ctx, progress.task, model, generation, config)
@@ -200,7 +147,7 @@ async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason:
     task = progress.task
     green = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
              if r.generation == generation]
-    await remove_replicas(ctx, green, "failed", grace_s=0)
+    await lifecycle.remove(ctx, green, ReplicaState.failed, grace_s=0)
     status = await deployments.restore_after_failure(ctx.pool, task.model_id)
     await progress.event("error", f"generation {generation} failed: {reason}", generation)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason,
@@ -218,7 +165,7 @@ async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
     return old
 
 
-async def _drain_and_remove(ctx: WorkerContext, progress: Progress, generation: int | None,
+async def drain_and_remove(ctx: WorkerContext, progress: Progress, generation: int | None,
                             old: list[UUID]) -> None:
     await progress.enter(Phase.draining)
     drained = await wait_drained(ctx.redis, progress.task.model_id, generation, old,
@@ -228,7 +175,7 @@ async def _drain_and_remove(ctx: WorkerContext, progress: Progress, generation: 
         await progress.event("warning", "drain timed out; removing replicas with requests "
                              "in flight", generation)
     await progress.enter(Phase.removing)
-    await remove_replicas(ctx, old, "stopped", ctx.settings.stop_grace_s)
+    await lifecycle.remove(ctx, old, ReplicaState.stopped, ctx.settings.stop_grace_s)
 
 
 async def deploy(ctx: WorkerContext, task: Task) -> None:
@@ -254,7 +201,7 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     progress = Progress(ctx, task)
     await progress.event("info", f"starting generation {generation}", generation)
     try:
-        started = await _bring_up(ctx, progress, model, generation, config)
+        started = await bring_up(ctx, progress, model, generation, config)
         await progress.enter(Phase.switching, generation=generation)
         old = await _switch(ctx, model, generation, name, config)
     except (RolloutFailed, UniqueViolation) as exc:
@@ -263,7 +210,7 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
         await _fail(ctx, progress, generation, reason)
         return
     await progress.event("info", f"generation {generation} is serving", generation)
-    await _drain_and_remove(ctx, progress, generation, old)
+    await drain_and_remove(ctx, progress, generation, old)
     await progress.enter(None)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, {
         "generation": generation, "deployment_name": name,
@@ -282,14 +229,13 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None) -> str:
     task goes back to pending for another worker. A scale always goes back: its retry
     drains and stops the replicas it left draining.
     """
-    if phase in (Phase.draining, Phase.removing) and task.kind != "scale":
+    if phase in (Phase.draining, Phase.removing) and task.kind != TaskKind.scale:
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
                            {"note": "worker stopped while draining; reconciler removes the rest"})
         return "done"
-    mine = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
-            if r.task_id == task.id and r.state == "starting"]
-    await remove_replicas(ctx, mine, "failed", grace_s=0)
-    if task.kind == "deploy":
+    mine = await lifecycle.starting_of_task(ctx, task.model_id, task.id)
+    await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
+    if task.kind == TaskKind.deploy:
         await deployments.restore_after_failure(ctx.pool, task.model_id)
     return await tasks.hand_back(ctx.pool, task.id, ctx.worker_id) or "lost"
 
@@ -302,7 +248,7 @@ async def delete(ctx: WorkerContext, task: Task) -> None:
         old = await deployments.stop(conn, task.model_id)
     await publish_routes(ctx, task.model_id)
     leftovers = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)]
-    await _drain_and_remove(ctx, progress, None, sorted(set(old) | set(leftovers)))
+    await drain_and_remove(ctx, progress, None, sorted(set(old) | set(leftovers)))
     await progress.event("info", "deployment stopped")
     await progress.enter(None)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,

@@ -17,11 +17,11 @@ from redis.exceptions import RedisError
 
 from db.pool import create_pool
 from schemas.logs import configure_logging
-from schemas.queue import QUEUE_NAME
+from schemas.queue import JOB_REPLICA_LOGS, JOB_RUN_TASK, QUEUE_NAME
 from schemas.settings import Settings
 from worker import metrics, reconciler
-from worker.context import WorkerContext
-from worker.jobs import replica_logs, run_task
+from worker.context import CONTEXT_KEY, WorkerContext
+from worker.jobs import arq_job, replica_logs, run_task
 from worker.runtimes import create_runtime
 from worker.scaling import autoscaler
 
@@ -32,40 +32,41 @@ REDIS_RETRY_S = 1.0
 QUEUE_POLL_S = 0.1
 
 
-async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx.get("settings") or Settings()
+async def startup(arq_ctx: dict[str, Any]) -> None:
+    settings: Settings = arq_ctx.get("settings") or Settings()
     pool = await create_pool(settings.require_database_url(),
                                 max_size=settings.worker_max_jobs + 4)
-    app = WorkerContext(
-        settings=settings, pool=pool, redis=ctx["redis"], runtime=create_runtime(settings),
+    ctx = WorkerContext(
+        settings=settings, pool=pool, redis=arq_ctx["redis"], runtime=create_runtime(settings),
         http=aiohttp.ClientSession(), worker_id=f"{socket.gethostname()}:{os.getpid()}:"
         f"{uuid4().hex[:6]}",
     )
-    ctx["app"] = app
+    arq_ctx[CONTEXT_KEY] = ctx
     if settings.worker_metrics_port is not None:
-        ctx["metrics_server"] = await metrics.serve(app.metrics, settings.worker_metrics_host,
+        arq_ctx["metrics_server"] = await metrics.serve(ctx.metrics,
+                                                        settings.worker_metrics_host,
                                                     settings.worker_metrics_port)
-    ctx["reconciler"] = asyncio.create_task(reconciler.run_forever(app))
-    ctx["autoscaler"] = asyncio.create_task(autoscaler.run_forever(app))
-    log.info("worker_started", worker=app.worker_id, runtime=app.runtime.name)
+    arq_ctx["reconciler"] = asyncio.create_task(reconciler.run_forever(ctx))
+    arq_ctx["autoscaler"] = asyncio.create_task(autoscaler.run_forever(ctx))
+    log.info("worker_started", worker=ctx.worker_id, runtime=ctx.runtime.name)
 
 
-async def shutdown(ctx: dict[str, Any]) -> None:
-    app: WorkerContext | None = ctx.get("app")
+async def shutdown(arq_ctx: dict[str, Any]) -> None:
+    ctx: WorkerContext | None = arq_ctx.get(CONTEXT_KEY)
     for name in ("autoscaler", "reconciler"):
-        task: asyncio.Task[None] | None = ctx.get(name)
+        task: asyncio.Task[None] | None = arq_ctx.get(name)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    server: web.AppRunner | None = ctx.get("metrics_server")
+    server: web.AppRunner | None = arq_ctx.get("metrics_server")
     if server is not None:
         await server.cleanup()
-    if app is not None:
-        await app.http.close()
-        await app.runtime.close()
-        await app.pool.close()
-        log.info("worker_stopped", worker=app.worker_id)
+    if ctx is not None:
+        await ctx.http.close()
+        await ctx.runtime.close()
+        await ctx.pool.close()
+        log.info("worker_stopped", worker=ctx.worker_id)
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
@@ -73,8 +74,9 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     job_timeout = settings.deploy_timeout_s + settings.drain_timeout_s + 120
     return {
         "functions": [
-            func(run_task, name="run_task", max_tries=100_000, timeout=job_timeout),
-            func(replica_logs, name="replica_logs", max_tries=1, timeout=10, keep_result=60),
+            func(arq_job(run_task), name=JOB_RUN_TASK, max_tries=100_000, timeout=job_timeout),
+            func(arq_job(replica_logs), name=JOB_REPLICA_LOGS, max_tries=1, timeout=10,
+                 keep_result=60),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

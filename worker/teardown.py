@@ -27,18 +27,11 @@ from db.errors import DatabaseError
 from db.pool import create_pool
 from schemas.logs import configure_logging
 from schemas.settings import Settings
+from schemas.tasks import ReplicaState
 from worker.runtimes import create_runtime
-from worker.runtimes.base import ReplicaInfo, Runtime, RuntimeError_
+from worker.runtimes.base import ReplicaInfo, RuntimeError_
 
 log = structlog.get_logger(__name__)
-
-
-async def _stop_and_remove(runtime: Runtime, info: ReplicaInfo, grace_s: float) -> None:
-    try:
-        await runtime.stop(info.runtime_ref, grace_s)
-        await runtime.remove(info.runtime_ref)
-    except RuntimeError_ as exc:
-        log.warning("teardown_remove_failed", replica=str(info.replica_id), error=str(exc))
 
 
 async def _forget_unserving(settings: Settings, found: list[ReplicaInfo]) -> None:
@@ -52,8 +45,8 @@ async def _forget_unserving(settings: Settings, found: list[ReplicaInfo]) -> Non
         return
     try:
         rows = await replicas.get_many(pool, [i.replica_id for i in found])
-        done = [r.id for r in rows if r.state in ("starting", "draining")]
-        await replicas.set_state(pool, done, "stopped")
+        done = [r.id for r in rows if r.state in (ReplicaState.starting, ReplicaState.draining)]
+        await replicas.set_state(pool, done, ReplicaState.stopped)
     finally:
         await pool.close()
 
@@ -63,9 +56,10 @@ async def teardown(settings: Settings, grace_s: float) -> dict[str, Any]:
     runtime = create_runtime(settings)
     try:
         found = await runtime.list()
-        async with asyncio.TaskGroup() as group:
-            for info in found:
-                group.create_task(_stop_and_remove(runtime, info, grace_s))
+        try:
+            await runtime.remove_many([info.runtime_ref for info in found], grace_s)
+        except RuntimeError_ as exc:
+            log.warning("teardown_remove_failed", error=str(exc))
     finally:
         await runtime.close()
     with contextlib.suppress(DatabaseError, OSError):

@@ -18,18 +18,15 @@ from schemas.bazaar import (
     UpvoteOut,
 )
 from schemas.tasks import DeploymentConfig
-from service.auth.guard import (
-    RouteSpec,
-    body_field,
-    call_of,
-    path_param,
-    query_param,
-    require_secret,
-)
+from service.auth.authentication import require_secret
+from service.auth.guard import call_of
+from service.auth.locators import body_field, path_param, query_param
+from service.auth.rules import OPTIONAL_ON_MODEL, OWNER, READ
 from service.domain import bazaar, feedback
 from service.domain.quotas import QuotaError
 from service.keys import PG, REDIS, SETTINGS
-from service.web.errors import ApiError
+from service.routes import RouteSpec
+from service.web.errors import ApiError, as_api_error
 from service.web.responses import envelope, json_response
 
 PREFIX = "/api/v1/deploy"
@@ -61,8 +58,9 @@ def _config(body: RunRequest) -> DeploymentConfig:
 def quota_envelope(exc: QuotaError) -> web.Response:
     """Seed 000's envelope for a refused deploy: the figures are its data (and, as on
     every surface, its detail)."""
-    return json_response({"status_code": exc.status, "message": exc.message,
-                          "data": exc.figures, "detail": exc.figures}, exc.status)
+    status = as_api_error(exc).status
+    return json_response({"status_code": status, "message": exc.message,
+                          "data": exc.figures, "detail": exc.figures}, status)
 
 
 async def run(request: web.Request) -> web.Response:
@@ -122,7 +120,7 @@ async def status(request: web.Request) -> web.Response:
     model = call_of(request).model
     assert model is not None
     current = await bazaar.status(request.app[PG], model)
-    data = StatusData(deploy_status=current.status,  # type: ignore[arg-type]
+    data = StatusData(deploy_status=current.status,
                       messages=current.messages, model_id=str(model.id),
                       replicas_current=current.replicas_current,
                       replicas_desired=current.replicas_desired)
@@ -151,19 +149,19 @@ async def logs(request: web.Request) -> web.Response:
 
 ROUTES = [
     RouteSpec("GET", PREFIX + "/permissions/{model_id:[^/]+(?:/[^/]+)?}", get_permissions,
-              "optional", None, Envelope[PermissionsData], path_param("model_id"),
+              OPTIONAL_ON_MODEL, None, Envelope[PermissionsData], path_param("model_id"),
               summary="Caller's permissions on a model"),
-    RouteSpec("POST", PREFIX + "/run", run, "owner", RunRequest, Envelope[RunData],
+    RouteSpec("POST", PREFIX + "/run", run, OWNER, RunRequest, Envelope[RunData],
               body_field("model_identifier"), 202, summary="Deploy a model"),
-    RouteSpec("GET", PREFIX + "/feedbacks", feedbacks, "owner", None, Envelope[FeedbacksData],
+    RouteSpec("GET", PREFIX + "/feedbacks", feedbacks, OWNER, None, Envelope[FeedbacksData],
               query_param("model_identifier"), summary="Recent feedback",
               query=(("model_identifier", True), ("per_event_count", False))),
-    RouteSpec("GET", PREFIX + "/status", status, "read", None, Envelope[StatusData],
+    RouteSpec("GET", PREFIX + "/status", status, READ, None, Envelope[StatusData],
               query_param("model_identifier"), summary="Deployment status",
               query=(("model_identifier", True),)),
-    RouteSpec("POST", PREFIX + "/stop", stop, "owner", StopRequest, Envelope[StopData],
+    RouteSpec("POST", PREFIX + "/stop", stop, OWNER, StopRequest, Envelope[StopData],
               body_field("model_identifier"), 202, summary="Stop a deployment"),
-    RouteSpec("GET", PREFIX + "/logs", logs, "read", None, Envelope[list[str]],
+    RouteSpec("GET", PREFIX + "/logs", logs, READ, None, Envelope[list[str]],
               query_param("model_identifier"), summary="Deployment logs",
               query=(("model_identifier", True),)),
 ]

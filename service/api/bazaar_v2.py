@@ -14,9 +14,13 @@ from schemas.bazaar import (
     UpdateStatusRequest,
 )
 from schemas.tokens import issue_update_token
-from service.auth.guard import RouteSpec, call_of, path_param, require_secret
+from service.auth.authentication import require_secret
+from service.auth.guard import call_of
+from service.auth.locators import path_param
+from service.auth.rules import JOB, JOB_MODEL, OWNER, READ, UPDATE
 from service.domain import bazaar, model_sources, quotas
 from service.keys import PG, REDIS, SETTINGS
+from service.routes import RouteSpec
 from service.web.errors import ApiError
 from service.web.responses import json_response
 
@@ -58,7 +62,7 @@ async def status(request: web.Request) -> web.Response:
     model = call_of(request).model
     assert model is not None
     current = await bazaar.status(request.app[PG], model)
-    return json_response(StatusResponse(status=current.status,  # type: ignore[arg-type]
+    return json_response(StatusResponse(status=current.status,
                                         errors=current.errors, warnings=current.warnings,
                                         replicas_current=current.replicas_current,
                                         replicas_desired=current.replicas_desired))
@@ -119,24 +123,24 @@ async def train_update_status(request: web.Request) -> web.Response:
 
 ROUTES = [
     # Fixed paths first: /update-status and /log must not be read as model ids.
-    RouteSpec("POST", f"{PREFIX}/update-status", update_status, "job", UpdateStatusRequest,
+    RouteSpec("POST", f"{PREFIX}/update-status", update_status, JOB, UpdateStatusRequest,
               Empty, summary="Update deployment status (job token)"),
-    RouteSpec("POST", f"{PREFIX}/log", log_message, "job", LogRequest, Empty,
+    RouteSpec("POST", f"{PREFIX}/log", log_message, JOB, LogRequest, Empty,
               summary="Log a deployment warning or error (job token)"),
-    RouteSpec("GET", f"{PREFIX}/log", log_message, "job", LogRequest, Empty,
+    RouteSpec("GET", f"{PREFIX}/log", log_message, JOB, LogRequest, Empty,
               summary="Seed 001 lists /log as GET with a body; accepted too"),
-    RouteSpec("POST", "/api/v2/train/update-status", train_update_status, "update",
+    RouteSpec("POST", "/api/v2/train/update-status", train_update_status, UPDATE,
               TrainUpdateStatusRequest, Empty, summary="Update train status (update token)"),
-    RouteSpec("GET", f"{PREFIX}/{MODEL}/status", status, "read", None, StatusResponse,
+    RouteSpec("GET", f"{PREFIX}/{MODEL}/status", status, READ, None, StatusResponse,
               path_param("model_id"), summary="Deployment status"),
-    RouteSpec("GET", f"{PREFIX}/{MODEL}/status-internal", status, "job_model", None,
+    RouteSpec("GET", f"{PREFIX}/{MODEL}/status-internal", status, JOB_MODEL, None,
               StatusResponse, path_param("model_id"), summary="Deployment status (job token)"),
-    RouteSpec("GET", f"{PREFIX}/{MODEL}/logs", logs, "read", None, list[ReplicaLogs],
+    RouteSpec("GET", f"{PREFIX}/{MODEL}/logs", logs, READ, None, list[ReplicaLogs],
               path_param("model_id"), summary="Replica logs"),
-    RouteSpec("POST", f"{PREFIX}/{MODEL}/save", save, "read", SaveRequest, SaveResponse,
+    RouteSpec("POST", f"{PREFIX}/{MODEL}/save", save, READ, SaveRequest, SaveResponse,
               path_param("model_id"), summary="Create a model to save the deployment into"),
-    RouteSpec("POST", f"{PREFIX}/{MODEL}", deploy, "owner", DeployRequest, Empty,
+    RouteSpec("POST", f"{PREFIX}/{MODEL}", deploy, OWNER, DeployRequest, Empty,
               path_param("model_id"), summary="Deploy a model", body_optional=True),
-    RouteSpec("DELETE", f"{PREFIX}/{MODEL}", undeploy, "owner", None, Empty,
+    RouteSpec("DELETE", f"{PREFIX}/{MODEL}", undeploy, OWNER, None, Empty,
               path_param("model_id"), summary="Undeploy a model"),
 ]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.auth.guard import RouteSpec, register
+from service.auth.rules import PUBLIC
+from service.routes import RouteSpec, register
 from service.web.static_files import StaticFiles
 
 STATIC = Path(__file__).resolve().parent.parent / "static" / "swagger-ui"
@@ -45,8 +46,8 @@ async def static(request: web.Request) -> web.Response:
     return FILES.response(request.match_info["name"])
 
 
-ROUTES = [RouteSpec("GET", "/docs", docs, "public", summary="Browsable API reference"),
-          RouteSpec("GET", STATIC_PREFIX + "/{name:.+}", static, "public",
+ROUTES = [RouteSpec("GET", "/docs", docs, PUBLIC, summary="Browsable API reference"),
+          RouteSpec("GET", STATIC_PREFIX + "/{name:.+}", static, PUBLIC,
                     summary="Swagger UI's files")]
 
 

@@ -8,9 +8,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from schemas.queue import WORKER_KEY_PREFIX
-from service.auth.guard import RouteSpec, register
+from service.auth.rules import PUBLIC
 from service.keys import METRICS, PG, REDIS
 from service.metrics import exposition
+from service.routes import RouteSpec, register
 from service.web.openapi import openapi_json
 
 PROBE_TIMEOUT_S = 1.0
@@ -38,7 +39,7 @@ async def _probe_redis(request: web.Request) -> tuple[bool, int]:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when Postgres and Redis answer; lists live workers (DESIGN.md §10)."""
+    """200 when Postgres and Redis answer (else 503); counts the live workers."""
     pg_ok = await _probe_pg(request)
     redis_ok, workers = await _probe_redis(request)
     ok = pg_ok and redis_ok
@@ -57,10 +58,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    RouteSpec("GET", "/healthz", healthz, "public", summary="Liveness"),
-    RouteSpec("GET", "/readyz", readyz, "public", summary="Readiness"),
-    RouteSpec("GET", "/metrics", metrics, "public", summary="Metrics"),
-    RouteSpec("GET", "/openapi.json", openapi_json, "public", summary="OpenAPI document"),
+    RouteSpec("GET", "/healthz", healthz, PUBLIC, summary="Liveness"),
+    RouteSpec("GET", "/readyz", readyz, PUBLIC, summary="Readiness"),
+    RouteSpec("GET", "/metrics", metrics, PUBLIC, summary="Metrics"),
+    RouteSpec("GET", "/openapi.json", openapi_json, PUBLIC, summary="OpenAPI document"),
 ]
 
 

@@ -3,9 +3,11 @@
 from aiohttp import web
 
 from schemas.quotas import QuotaLimits, UsageResponse
-from service.auth.guard import RouteSpec, call_of
+from service.auth.guard import call_of
+from service.auth.rules import ADMIN, USER
 from service.domain import quotas
 from service.keys import PG, SETTINGS
+from service.routes import RouteSpec
 from service.web.responses import json_response
 
 
@@ -32,10 +34,10 @@ async def set_quotas(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    RouteSpec("GET", "/api/v2/users/me/usage", my_usage, "user", None, UsageResponse,
+    RouteSpec("GET", "/api/v2/users/me/usage", my_usage, USER, None, UsageResponse,
               summary="The caller's use against its quotas"),
-    RouteSpec("GET", "/api/v2/users/{username}/usage", user_usage, "admin", None,
+    RouteSpec("GET", "/api/v2/users/{username}/usage", user_usage, ADMIN, None,
               UsageResponse, summary="A user's use against its quotas"),
-    RouteSpec("PUT", "/api/v2/users/{username}/quotas", set_quotas, "admin", QuotaLimits,
+    RouteSpec("PUT", "/api/v2/users/{username}/quotas", set_quotas, ADMIN, QuotaLimits,
               UsageResponse, summary="Override a user's quotas"),
 ]

@@ -18,11 +18,17 @@ from schemas.auth import (
     UserOut,
 )
 from schemas.bazaar import Empty
+from schemas.errors import Unauthorized
 from schemas.models import ModelCreate
+from schemas.queue import AccessChange
+from service.auth.authentication import require_secret
 from service.auth.events import announce_access_change
-from service.auth.guard import RouteSpec, call_of, path_param, require_secret
+from service.auth.guard import call_of
+from service.auth.locators import path_param
+from service.auth.rules import ADMIN, OWNER, PUBLIC, READ, USER
 from service.domain import accounts, catalog, model_upload, quotas
 from service.keys import LOGIN_THROTTLE, PG, SETTINGS
+from service.routes import RouteSpec
 from service.web.errors import ApiError
 from service.web.responses import json_response
 
@@ -48,10 +54,8 @@ async def login(request: web.Request) -> web.Response:
     try:
         user, token, expires_at = await accounts.login(
             request.app[PG], require_secret(request.app[SETTINGS]), body.username, body.password)
-    except ApiError as exc:
-        if exc.status != 401:
-            throttle.release(body.username, address, mark)
-        raise
+    except Unauthorized:
+        raise  # a wrong password stays counted
     except BaseException:
         throttle.release(body.username, address, mark)
         raise
@@ -102,7 +106,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError(404, "API key not found") from None
     await accounts.revoke_api_key(request.app[PG], key_id, principal.user_id, principal.is_admin)
-    await announce_access_change(request.app, "api_key")
+    await announce_access_change(request.app, AccessChange.api_key)
     return json_response(Empty())
 
 
@@ -158,7 +162,7 @@ async def grant(request: web.Request) -> web.Response:
     assert call.model is not None
     body: GrantRequest = call.body
     await catalog.grant(request.app[PG], call.model, body)
-    await announce_access_change(request.app, "grant")
+    await announce_access_change(request.app, AccessChange.grant)
     return json_response(GrantOut(model_id=call.model.id, username=body.username,
                                   permission=body.permission, expires_at=body.expires_at))
 
@@ -167,38 +171,38 @@ async def revoke(request: web.Request) -> web.Response:
     model = call_of(request).model
     assert model is not None
     await catalog.revoke(request.app[PG], model, request.match_info["username"])
-    await announce_access_change(request.app, "grant")
+    await announce_access_change(request.app, AccessChange.grant)
     return json_response(Empty())
 
 
 ROUTES = [
-    RouteSpec("POST", "/api/v2/auth/login", login, "public", LoginRequest, LoginResponse,
+    RouteSpec("POST", "/api/v2/auth/login", login, PUBLIC, LoginRequest, LoginResponse,
               summary="Log in"),
-    RouteSpec("POST", "/api/v2/users", create_user, "admin", UserCreate, UserOut, status=201,
+    RouteSpec("POST", "/api/v2/users", create_user, ADMIN, UserCreate, UserOut, status=201,
               summary="Create a user"),
-    RouteSpec("GET", "/api/v2/users", list_users, "admin", None, list[UserOut],
+    RouteSpec("GET", "/api/v2/users", list_users, ADMIN, None, list[UserOut],
               summary="List users"),
-    RouteSpec("GET", "/api/v2/users/me", me, "user", None, UserOut, summary="The caller"),
-    RouteSpec("POST", "/api/v2/auth/api-keys", create_api_key, "user", ApiKeyCreate,
+    RouteSpec("GET", "/api/v2/users/me", me, USER, None, UserOut, summary="The caller"),
+    RouteSpec("POST", "/api/v2/auth/api-keys", create_api_key, USER, ApiKeyCreate,
               ApiKeyCreated, status=201, summary="Create an API key"),
-    RouteSpec("GET", "/api/v2/auth/api-keys", list_api_keys, "user", None, list[ApiKeyOut],
+    RouteSpec("GET", "/api/v2/auth/api-keys", list_api_keys, USER, None, list[ApiKeyOut],
               summary="List the caller's API keys"),
-    RouteSpec("DELETE", "/api/v2/auth/api-keys/{key_id}", revoke_api_key, "user", None, Empty,
+    RouteSpec("DELETE", "/api/v2/auth/api-keys/{key_id}", revoke_api_key, USER, None, Empty,
               summary="Revoke an API key"),
-    RouteSpec("POST", "/api/v2/models", register_model, "user", ModelCreate, ModelOut,
+    RouteSpec("POST", "/api/v2/models", register_model, USER, ModelCreate, ModelOut,
               status=201, summary="Register a model"),
-    RouteSpec("GET", "/api/v2/models", list_models, "user", None, list[ModelOut],
+    RouteSpec("GET", "/api/v2/models", list_models, USER, None, list[ModelOut],
               summary="List readable models"),
-    RouteSpec("GET", f"/api/v2/models/{MODEL}/permissions", list_grants, "owner", None,
+    RouteSpec("GET", f"/api/v2/models/{MODEL}/permissions", list_grants, OWNER, None,
               list[GrantOut], path_param("model_id"), summary="List grants"),
-    RouteSpec("PUT", f"/api/v2/models/{MODEL}/permissions", grant, "owner", GrantRequest,
+    RouteSpec("PUT", f"/api/v2/models/{MODEL}/permissions", grant, OWNER, GrantRequest,
               GrantOut, path_param("model_id"), summary="Grant a permission"),
-    RouteSpec("DELETE", f"/api/v2/models/{MODEL}/permissions/{{username}}", revoke, "owner",
+    RouteSpec("DELETE", f"/api/v2/models/{MODEL}/permissions/{{username}}", revoke, OWNER,
               None, Empty, path_param("model_id"), summary="Revoke a grant"),
-    RouteSpec("POST", f"/api/v2/models/{MODEL}/upload", upload_model, "owner", None, ModelOut,
+    RouteSpec("POST", f"/api/v2/models/{MODEL}/upload", upload_model, OWNER, None, ModelOut,
               path_param("model_id"), query=(("allow_pickle", False),),
               raw_body=("application/gzip", "application/zip", "application/octet-stream"),
               summary="Upload a model (tar.gz or zip of a sentence-transformers folder)"),
-    RouteSpec("GET", f"/api/v2/models/{MODEL}", show_model, "read", None, ModelOut,
+    RouteSpec("GET", f"/api/v2/models/{MODEL}", show_model, READ, None, ModelOut,
               path_param("model_id"), summary="Show a model"),
 ]

@@ -5,9 +5,12 @@ from aiohttp import web
 from schemas.tasks import ScaleRequest, TaskKind, TaskRequest, TaskResponse
 from service.api.bazaar_v2 import MODEL, PREFIX
 from service.api.tasks import _LOCATED_TASK, _json, task_model
-from service.auth.guard import RouteSpec, body_field, call_of, path_param
+from service.auth.guard import call_of
+from service.auth.locators import body_field, path_param
+from service.auth.rules import OWNER, READ
 from service.domain import scaling
 from service.keys import PG, REDIS, SETTINGS
+from service.routes import RouteSpec
 from service.web.errors import ApiError
 
 
@@ -26,6 +29,10 @@ async def post_scale(request: web.Request) -> web.Response:
     if body.config.replicas is None:
         raise ApiError(422, "invalid request: config.replicas is required",
                        {"field": "config.replicas"})
+    if unused := body.config.unused_keys(TaskKind.scale, None):
+        raise ApiError(422, "invalid request: a scale task takes config.replicas only; "
+                       f"{', '.join(f'config.{key}' for key in unused)} would have no effect",
+                       {"fields": [f"config.{key}" for key in unused]})
     return await _answer(request, body.config.replicas)
 
 
@@ -40,11 +47,11 @@ async def get_scale_task(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    RouteSpec("POST", "/scale", post_scale, "owner", TaskRequest, TaskResponse,
+    RouteSpec("POST", "/scale", post_scale, OWNER, TaskRequest, TaskResponse,
               body_field("embedding_model_id"), 202, summary="Create a scale task"),
-    RouteSpec("GET", "/scale/{task_id}", get_scale_task, "read", None, TaskResponse,
+    RouteSpec("GET", "/scale/{task_id}", get_scale_task, READ, None, TaskResponse,
               task_model(TaskKind.scale), summary="A scale task"),
-    RouteSpec("POST", f"{PREFIX}/{MODEL}/scale", post_v2_scale, "owner", ScaleRequest,
+    RouteSpec("POST", f"{PREFIX}/{MODEL}/scale", post_v2_scale, OWNER, ScaleRequest,
               TaskResponse, path_param("model_id"), 202,
               summary="Scale the serving generation to a replica count"),
 ]

@@ -2,26 +2,23 @@
 
 from aiohttp import web
 
+from db.quotas import OwnerQuota
+from db.tasks import Task
 from schemas.tasks import TaskKind, TaskRequest, TaskResponse
-from service.auth.guard import (
-    CALLER,
-    LOCATED_ACCESS,
-    Locator,
-    RouteSpec,
-    body_field,
-    call_of,
-    path_param,
-    register,
-)
+from service.auth.guard import call_of
+from service.auth.locators import CALLER, LOCATED_ACCESS, Locator, body_field, path_param
+from service.auth.rules import OWNER, READ
 from service.domain import tasks as task_service
 from service.keys import PG, REDIS, SETTINGS
+from service.routes import RouteSpec, register
 
-_LOCATED_TASK = web.RequestKey("located_task", task_service.Task)
+_LOCATED_TASK = web.RequestKey("located_task", Task)
+_OWNER_QUOTA = web.RequestKey("owner_quota", OwnerQuota)
 
 
-def _json(task: task_service.Task, status: int = 200) -> web.Response:
-    body = task_service.to_response(task).model_dump_json()
-    return web.Response(text=body, status=status, content_type="application/json")
+def _json(task: Task, status: int = 200) -> web.Response:
+    return web.Response(body=task_service.response_json(task), status=status,
+                        content_type="application/json")
 
 
 async def _create(request: web.Request, kind: TaskKind) -> web.Response:
@@ -29,7 +26,7 @@ async def _create(request: web.Request, kind: TaskKind) -> web.Response:
     task, created = await task_service.accept(
         request.app[PG], request.app[REDIS], kind, call.body,
         request.headers.get("Idempotency-Key"), call.principal.user_id, call.model,
-        settings=request.app[SETTINGS],
+        settings=request.app[SETTINGS], owner_quota=request.get(_OWNER_QUOTA),
     )
     return _json(task, 202 if created else 200)
 
@@ -76,20 +73,34 @@ def task_model(kind: TaskKind) -> Locator:
     return locate
 
 
+def deploy_model() -> Locator:
+    """The model a deploy names: it, the caller's grant and its owner's quota figures come
+    in one query (the accept's hot path). No such model: the guard's own lookup answers."""
+    async def locate(request: web.Request, body: TaskRequest) -> str:
+        ref = body.embedding_model_id
+        found = await task_service.locate_for_deploy(request.app[PG], ref,
+                                                     request[CALLER].user_id)
+        if found is not None:
+            request[LOCATED_ACCESS] = found[:2]
+            request[_OWNER_QUOTA] = found[2]
+        return ref
+    return locate
+
+
 MODEL_REF = "{embedding_model_id:.+}"
 ROUTES = [
-    RouteSpec("POST", "/deploy", post_deploy, "owner", TaskRequest, TaskResponse,
-              body_field("embedding_model_id"), 202, summary="Create a deploy task"),
-    RouteSpec("GET", "/deploy/{task_id}", get_deploy_task, "read", None, TaskResponse,
+    RouteSpec("POST", "/deploy", post_deploy, OWNER, TaskRequest, TaskResponse,
+              deploy_model(), 202, summary="Create a deploy task"),
+    RouteSpec("GET", "/deploy/{task_id}", get_deploy_task, READ, None, TaskResponse,
               task_model(TaskKind.deploy), summary="A deploy task"),
-    RouteSpec("GET", f"/deploy-status/{MODEL_REF}", get_deploy_status, "read", None,
+    RouteSpec("GET", f"/deploy-status/{MODEL_REF}", get_deploy_status, READ, None,
               TaskResponse, path_param("embedding_model_id"),
               summary="The model's latest deploy task"),
-    RouteSpec("POST", "/delete", post_delete, "owner", TaskRequest, TaskResponse,
+    RouteSpec("POST", "/delete", post_delete, OWNER, TaskRequest, TaskResponse,
               body_field("embedding_model_id"), 202, summary="Create a delete task"),
-    RouteSpec("GET", "/delete/{task_id}", get_delete_task, "read", None, TaskResponse,
+    RouteSpec("GET", "/delete/{task_id}", get_delete_task, READ, None, TaskResponse,
               task_model(TaskKind.delete), summary="A delete task"),
-    RouteSpec("GET", f"/delete-status/{MODEL_REF}", get_delete_status, "read", None,
+    RouteSpec("GET", f"/delete-status/{MODEL_REF}", get_delete_status, READ, None,
               TaskResponse, path_param("embedding_model_id"),
               summary="The model's latest delete task"),
 ]

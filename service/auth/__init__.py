@@ -1,1 +1,2 @@
-"""Authentication, permissions and the route guard."""
+"""Authentication (authentication.py), permissions (permissions.py), the model a request
+names (locators.py), each route's access rule (rules.py) and the guard that applies them."""

@@ -8,14 +8,14 @@ import contextlib
 
 from aiohttp import web
 
-from schemas.queue import AUTH_CHANNEL
+from schemas.queue import AUTH_CHANNEL, AccessChange, AccessChanged
 from service.auth.principal_cache import PRINCIPALS
 from service.keys import REDIS
 
 
-async def announce_access_change(app: web.Application, what: str) -> None:
+async def announce_access_change(app: web.Application, what: AccessChange) -> None:
     cache = app.get(PRINCIPALS)
     if cache is not None:
         cache.clear()  # this process at once, before its next request
     with contextlib.suppress(Exception):
-        await app[REDIS].publish(AUTH_CHANNEL, what)
+        await app[REDIS].publish(AUTH_CHANNEL, AccessChanged(what).encode())

@@ -14,7 +14,7 @@ import math
 import time
 from collections import deque
 
-from service.web.errors import ApiError
+from schemas.errors import TooManyRequests
 
 MAX_KEYS = 100_000
 
@@ -52,9 +52,9 @@ class LoginThrottle:
             if len(times) >= self._limits[key[0]]:
                 retry = max(1, math.ceil(times[0] + self._window_s - now))
                 what = "account" if key[0] == "user" else "address"
-                raise ApiError(429, f"too many failed logins for this {what}; try again in "
-                                    f"{retry} s", {"retry_after_s": retry},
-                               headers={"Retry-After": str(retry)})
+                raise TooManyRequests(f"too many failed logins for this {what}; try again "
+                                      f"in {retry} s", {"retry_after_s": retry},
+                                      retry_after_s=retry)
 
     def attempt(self, username: str, address: str) -> float:
         """`check`, then count this attempt as a failure until `succeeded` says otherwise

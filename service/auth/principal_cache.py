@@ -1,4 +1,4 @@
-"""Who a bearer token names, remembered for up to a second (DESIGN.md §9).
+"""Who a bearer token names, remembered for up to a second.
 
 A user's JWT or API key resolves to a Principal through the database; a client polling
 a task would pay that on every request. The answer is kept per token for `ttl_s`

@@ -18,13 +18,15 @@ from schemas.console import (
     DeploymentSummary,
     EventOut,
     GenerationOut,
+    LatencyOut,
     ReplicaOut,
     TaskDetail,
 )
+from schemas.errors import NotFound
+from schemas.gateway import Latency
 from schemas.tasks import DeploymentConfig
-from service.auth.guard import permission_on
+from service.auth.permissions import permission_on
 from service.domain import tasks as task_service
-from service.web.errors import ApiError
 
 Level = Literal["read", "write", "owner"]
 
@@ -41,6 +43,7 @@ def _config(raw: dict[str, object]) -> DeploymentConfig:
 
 
 Rates = dict[str, float] | None  # requests per second by replica id (None: unknown)
+Latencies = dict[str, Latency] | None  # the last window's latency by model id (None: unknown)
 
 
 async def _per_model(pool: asyncpg.Pool, rates: Rates) -> dict[UUID, float] | None:
@@ -52,8 +55,19 @@ async def _per_model(pool: asyncpg.Pool, rates: Rates) -> dict[UUID, float] | No
     return found
 
 
+def latency_out(window: Latency | None) -> LatencyOut | None:
+    """A window's latency in milliseconds; None when nothing finished in it."""
+    if window is None or window.count <= 0:
+        return None
+    p50, p99 = window.quantile(0.5), window.quantile(0.99)
+    return LatencyOut(requests=window.count, mean_ms=round(window.sum_s / window.count * 1000, 2),
+                      p50_ms=None if p50 is None else round(p50 * 1000, 2),
+                      p99_ms=None if p99 is None else round(p99 * 1000, 2))
+
+
 def summary(row: DeploymentRow, model: Model, permission: Permission,
-            per_model: dict[UUID, float] | None = None) -> DeploymentSummary:
+            per_model: dict[UUID, float] | None = None,
+            latency: Latencies = None) -> DeploymentSummary:
     d = row.deployment
     config = _config(d.config)
     return DeploymentSummary(
@@ -63,11 +77,12 @@ def summary(row: DeploymentRow, model: Model, permission: Permission,
         autoscaling_enabled=config.autoscaling_enabled, autoscaling_min=config.autoscaling_min,
         autoscaling_max=config.autoscaling_max, memory=config.memory,
         env_names=sorted(config.env), permission=_level(permission), updated_at=d.updated_at,
-        requests_per_s=None if per_model is None else round(per_model.get(d.model_id, 0.0), 2))
+        requests_per_s=None if per_model is None else round(per_model.get(d.model_id, 0.0), 2),
+        latency=latency_out((latency or {}).get(str(d.model_id))))
 
 
-async def list_deployments(pool: asyncpg.Pool, principal: Principal,
-                           rates: Rates = None) -> list[DeploymentSummary]:
+async def list_deployments(pool: asyncpg.Pool, principal: Principal, rates: Rates = None,
+                           latency: Latencies = None) -> list[DeploymentSummary]:
     """Every deployment of a model the caller can read."""
     per_model = await _per_model(pool, rates)
     visible = await models.list_visible(pool, principal.user_id, principal.is_admin)
@@ -77,7 +92,7 @@ async def list_deployments(pool: asyncpg.Pool, principal: Principal,
         model = by_id[row.deployment.model_id]
         permission, _ = await permission_on(pool, principal, model)
         if permission >= Permission.read:
-            found.append(summary(row, model, permission, per_model))
+            found.append(summary(row, model, permission, per_model, latency))
     return found
 
 
@@ -87,13 +102,14 @@ def event_out(e: Event) -> EventOut:
 
 
 async def deployment_detail(pool: asyncpg.Pool, model: Model, permission: Permission,
-                            rates: Rates = None) -> DeploymentDetail:
+                            rates: Rates = None, latency: Latencies = None) -> DeploymentDetail:
     rows = await overview.deployments_of(pool, [model.id])
     if not rows:
-        raise ApiError(404, f"model {model.identifier} has never been deployed")
+        raise NotFound(f"model {model.identifier} has never been deployed")
     live = await replicas.list_for_model(pool, model.id)
     return DeploymentDetail(
-        deployment=summary(rows[0], model, permission, await _per_model(pool, rates)),
+        deployment=summary(rows[0], model, permission, await _per_model(pool, rates),
+                           latency),
         replicas=[ReplicaOut(id=r.id, generation=r.generation, state=r.state,
                              endpoint=r.endpoint, reported_status=r.reported_status,
                              created_at=r.created_at, updated_at=r.updated_at) for r in live],

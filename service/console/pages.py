@@ -7,7 +7,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.auth.guard import RouteSpec
+from service.auth.rules import PUBLIC
+from service.routes import RouteSpec
 from service.web.static_files import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
@@ -39,8 +40,8 @@ async def slash(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    RouteSpec("GET", "/ui", slash, "public", summary="The console (redirects to /ui/)"),
-    RouteSpec("GET", "/ui/", index, "public", summary="The console"),
-    RouteSpec("GET", "/ui/static/{name:.+}", static, "public",
+    RouteSpec("GET", "/ui", slash, PUBLIC, summary="The console (redirects to /ui/)"),
+    RouteSpec("GET", "/ui/", index, PUBLIC, summary="The console"),
+    RouteSpec("GET", "/ui/static/{name:.+}", static, PUBLIC,
               summary="The console's static files"),
 ]

@@ -21,12 +21,17 @@ from schemas.console import (
     StreamInfo,
     TaskDetail,
 )
-from service.auth.guard import RouteSpec, authenticate, call_of, path_param
+from schemas.errors import Unauthorized
+from service.auth.authentication import authenticate
+from service.auth.guard import call_of
+from service.auth.locators import path_param
 from service.auth.principal_cache import PRINCIPALS
+from service.auth.rules import READ, USER
 from service.console import overview, traffic
 from service.console.changes import CLOSING, FEED, RESYNC
 from service.domain import bazaar
 from service.keys import PG, REDIS, SETTINGS
+from service.routes import RouteSpec
 from service.web.errors import ApiError
 from service.web.responses import json_response
 
@@ -41,9 +46,10 @@ _LOCATED_TASK = web.RequestKey("console_task", tasks.Task)
 
 async def list_deployments(request: web.Request) -> web.Response:
     """Every deployment of a model the caller can read, with replicas ready and wanted and
-    the requests per second the gateways report carrying to it."""
+    the requests per second and latency the gateways report carrying to it."""
     rates = await traffic.current(request.app, request.app[REDIS])
-    found = await overview.list_deployments(request.app[PG], call_of(request).principal, rates)
+    found = await overview.list_deployments(request.app[PG], call_of(request).principal, rates,
+                                            request.app[traffic.RATES].latency_per_model())
     return json_response(found)
 
 
@@ -52,8 +58,9 @@ async def show_deployment(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     rates = await traffic.current(request.app, request.app[REDIS])
-    return json_response(await overview.deployment_detail(request.app[PG], call.model,
-                                                          call.permission, rates))
+    return json_response(await overview.deployment_detail(
+        request.app[PG], call.model, call.permission, rates,
+        request.app[traffic.RATES].latency_per_model()))
 
 
 def _tail(request: web.Request) -> int:
@@ -114,7 +121,7 @@ class _Readable:
         self._seen.clear()
         try:
             self.principal = await authenticate(self._request)
-        except ApiError:
+        except Unauthorized:
             return False
         return self.principal.is_user
 
@@ -203,15 +210,15 @@ async def changes(request: web.Request) -> web.StreamResponse:
 
 
 ROUTES = [
-    RouteSpec("GET", "/api/v2/deployments", list_deployments, "user", None,
+    RouteSpec("GET", "/api/v2/deployments", list_deployments, USER, None,
               list[DeploymentSummary], summary="List deployments the caller can read"),
-    RouteSpec("GET", f"/api/v2/deployments/{MODEL}/replica-logs", replica_logs, "read", None,
+    RouteSpec("GET", f"/api/v2/deployments/{MODEL}/replica-logs", replica_logs, READ, None,
               list[ReplicaLogOut], path_param("model_id"), query=(("tail", False),),
               summary="Recent log lines of each live replica"),
-    RouteSpec("GET", f"/api/v2/deployments/{MODEL}", show_deployment, "read", None,
+    RouteSpec("GET", f"/api/v2/deployments/{MODEL}", show_deployment, READ, None,
               DeploymentDetail, path_param("model_id"), summary="One deployment in detail"),
-    RouteSpec("GET", "/api/v2/tasks/{task_id}", show_task, "read", None, TaskDetail,
+    RouteSpec("GET", "/api/v2/tasks/{task_id}", show_task, READ, None, TaskDetail,
               _task_model, summary="A task of any kind, with its events"),
-    RouteSpec("GET", "/api/v2/changes", changes, "user", None, StreamInfo,
+    RouteSpec("GET", "/api/v2/changes", changes, USER, None, StreamInfo,
               query=(("timeout", False),), summary="Live changes (text/event-stream)"),
 ]

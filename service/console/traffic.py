@@ -1,10 +1,13 @@
-"""Requests per second per deployment, from what the gateways report to Redis.
+"""Requests per second and latency per deployment, from what the gateways report to Redis.
 
 Each gateway process writes a `GatewayReport` about every second with a cumulative
 request counter per replica (schemas/gateway.py). This API process keeps the last two
 distinct readings of each gateway; a replica's rate is the difference of its counter
 between them over the time between them, and a deployment's rate is the sum over its
-live replicas and every gateway. No reading yet, or no gateway reporting: no rate.
+live replicas and every gateway. Latency is read the same way from each gateway's
+per-model counters of finished requests, summed time and histogram buckets: the mean and
+percentiles of what finished between the last two readings. No reading yet, or no
+gateway reporting: no rate and no latency.
 """
 
 import asyncio
@@ -15,7 +18,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from schemas.gateway import GatewayReport, read_reports
+from schemas.gateway import GatewayReport, Latency, read_reports
 from schemas.queue import GATEWAY_TTL_S
 
 log = structlog.get_logger()
@@ -54,6 +57,21 @@ class Rates:
                 if done >= 0:  # a smaller counter: the gateway restarted under the same id
                     rates[replica_id] = rates.get(replica_id, 0.0) + done / seconds
         return rates if measured else None
+
+    def latency_per_model(self) -> dict[str, Latency] | None:
+        """What the gateways finished per model id between their last two readings (count,
+        summed time, histogram), summed over gateways; None before any reported twice."""
+        found: dict[str, Latency] = {}
+        measured = False
+        for before, latest in self._readings.values():
+            if before is None:
+                continue
+            measured = True
+            for model_id, counters in latest.latency.items():
+                window = counters.since(before.latency.get(model_id, Latency()))
+                if window is not None:
+                    found[model_id] = found.get(model_id, Latency()) + window
+        return found if measured else None
 
 
 RATES = web.AppKey("console_rates", Rates)

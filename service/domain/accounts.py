@@ -1,4 +1,4 @@
-"""Users, passwords, logins and API keys (DESIGN.md §9)."""
+"""Users, passwords, logins and API keys."""
 
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -12,9 +12,9 @@ from db.api_keys import ApiKey
 from db.errors import UniqueViolation
 from db.users import User
 from schemas.auth import ApiKeyCreate, UserCreate
+from schemas.errors import Conflict, Invalid, NotFound, Unauthorized
 from schemas.tokens import USER_TOKEN_TTL, issue_user_token
-from service.auth.guard import API_KEY_PREFIX, hash_api_key
-from service.web.errors import ApiError
+from service.auth.authentication import API_KEY_PREFIX, hash_api_key
 
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so timing does not reveal usernames.
@@ -31,7 +31,7 @@ async def create_user(pool: asyncpg.Pool, body: UserCreate) -> User:
                                   password_hash=hash_password(body.password),
                                   email=body.email, is_admin=body.is_admin)
     except UniqueViolation:
-        raise ApiError(409, f"user {body.username!r} already exists") from None
+        raise Conflict(f"user {body.username!r} already exists") from None
 
 
 def _verify(stored: str | None, password: str) -> bool:
@@ -47,7 +47,7 @@ async def login(pool: asyncpg.Pool, secret: str, username: str,
     found = await users.password_hash(pool, username)
     user, stored = found if found is not None else (None, None)
     if not _verify(stored, password) or user is None:
-        raise ApiError(401, "invalid username or password")
+        raise Unauthorized("invalid username or password")
     if stored is not None and _hasher.check_needs_rehash(stored):
         await users.set_password_hash(pool, user.id, hash_password(password))
     expires_at = datetime.now(UTC) + USER_TOKEN_TTL
@@ -57,9 +57,9 @@ async def login(pool: asyncpg.Pool, secret: str, username: str,
 def _expiry(body: ApiKeyCreate) -> datetime | None:
     if body.expires_at is not None:
         if body.expires_at.tzinfo is None:
-            raise ApiError(422, "invalid request: expires_at needs a time zone")
+            raise Invalid("invalid request: expires_at needs a time zone")
         if body.expires_at <= datetime.now(UTC):
-            raise ApiError(422, "invalid request: expires_at is in the past")
+            raise Invalid("invalid request: expires_at is in the past")
         return body.expires_at
     if body.expires_in_days is not None:
         return datetime.now(UTC) + timedelta(days=body.expires_in_days)
@@ -78,4 +78,4 @@ async def create_api_key(pool: asyncpg.Pool, user_id: int,
 async def revoke_api_key(pool: asyncpg.Pool, key_id: int, user_id: int,
                          is_admin: bool) -> None:
     if not await api_keys.revoke(pool, key_id, None if is_admin else user_id):
-        raise ApiError(404, f"API key {key_id} not found")
+        raise NotFound(f"API key {key_id} not found")

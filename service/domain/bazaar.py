@@ -20,11 +20,19 @@ from db.errors import UniqueViolation
 from db.models import Model
 from db.tasks import Task
 from schemas import secrets
+from schemas.bazaar import DeployStatus as StatusWord
+from schemas.errors import Conflict, Invalid, Malformed, Unavailable
 from schemas.queue import JOB_REPLICA_LOGS
 from schemas.settings import Settings
-from schemas.tasks import DeploymentConfig, TaskKind, TaskRequest
+from schemas.tasks import (
+    DeploymentConfig,
+    DeploymentStatus,
+    ReplicaState,
+    TaskKind,
+    TaskRequest,
+    TaskStatus,
+)
 from service.domain import tasks as task_service
-from service.web.errors import ApiError
 
 log = structlog.get_logger(__name__)
 LOGS_TIMEOUT_S = 5.0
@@ -32,9 +40,18 @@ LOG_TAIL_DEFAULT = 100
 MAX_DEPENDENCY_DEPTH = 8
 
 
+# Seed 001's word for each deployment status: `degraded` still serves, so it reads
+# `complete` (with a warning).
+SEED_WORDS: dict[DeploymentStatus, StatusWord] = {
+    DeploymentStatus.not_started: "not_started", DeploymentStatus.starting: "starting",
+    DeploymentStatus.in_progress: "in_progress", DeploymentStatus.complete: "complete",
+    DeploymentStatus.degraded: "complete", DeploymentStatus.failed: "failed",
+    DeploymentStatus.stopped: "stopped"}
+
+
 @dataclass(frozen=True, slots=True)
 class DeployStatus:
-    status: str
+    status: StatusWord
     errors: list[str]
     warnings: list[str]
     messages: list[str]
@@ -47,7 +64,7 @@ async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model
                                depth: int = 0) -> None:
     """Deploy every dependency that is not serving yet, deepest first."""
     if depth > MAX_DEPENDENCY_DEPTH:
-        raise ApiError(422, f"dependencies of {model.identifier} are nested too deeply")
+        raise Invalid(f"dependencies of {model.identifier} are nested too deeply")
     for dep_id in await dependencies.list_for_model(pool, model.id):
         deployment = await deployments.get(pool, dep_id)
         if deployment is not None and deployment.status in dependencies.ACTIVE_STATES:
@@ -83,23 +100,25 @@ async def undeploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
                    user_id: int | None, settings: Settings) -> Task:
     """Accept a delete task, unless an active deployment depends on the model (400)."""
     if await dependencies.active_dependents(pool, model.id):
-        raise ApiError(400, f"Unable to stop deployment for model {model.identifier} since it "
-                       "is used by other active workflows.")
+        raise Malformed(f"Unable to stop deployment for model {model.identifier} since it "
+                        "is used by other active workflows.")
     req = TaskRequest(embedding_model_id=str(model.id))
     task, _ = await task_service.accept(pool, redis, TaskKind.delete, req, None, user_id, model,
                                         settings=settings)
     return task
 
 
-def _status_word(deployment: Deployment | None, latest: Task | None) -> str:
-    """Seed 001's words; `degraded` still serves, so it reads `complete` (with a warning)."""
-    current = deployment.status if deployment is not None else "not_started"
-    if latest is not None and latest.status in ("pending", "processing"):
-        if current in ("not_started", "stopped", "failed"):
+def _status_word(deployment: Deployment | None, latest: Task | None) -> StatusWord:
+    """Seed 001's word for the deployment, `starting`/`in_progress` while a deploy is open."""
+    current = DeploymentStatus(deployment.status if deployment is not None
+                               else DeploymentStatus.not_started)
+    if latest is not None and latest.status in (TaskStatus.pending, TaskStatus.processing):
+        if current in (DeploymentStatus.not_started, DeploymentStatus.stopped,
+                       DeploymentStatus.failed):
             return "starting"
-        if current == "complete":
+        if current == DeploymentStatus.complete:
             return "in_progress"
-    return "complete" if current == "degraded" else current
+    return SEED_WORDS[current]
 
 
 async def status(pool: asyncpg.Pool, model: Model) -> DeployStatus:
@@ -110,7 +129,7 @@ async def status(pool: asyncpg.Pool, model: Model) -> DeployStatus:
     recent = await events.list_since(pool, model.id, since)
     errors = [e.message for e in recent if e.level == "error"]
     warnings = [e.message for e in recent if e.level == "warning"]
-    if deployment is not None and deployment.status == "degraded":
+    if deployment is not None and deployment.status == DeploymentStatus.degraded:
         warnings.append("deployment is degraded: not every replica is ready")
     current, desired = await replica_counts(pool, deployment)
     return DeployStatus(_status_word(deployment, latest), errors, warnings,
@@ -123,7 +142,7 @@ async def replica_counts(pool: asyncpg.Pool, deployment: Deployment | None) -> t
         return 0, 0
     rows = await replicas.list_for_model(pool, deployment.model_id)
     current = sum(1 for r in rows
-                  if r.generation == deployment.active_generation and r.state == "ready")
+                  if r.generation == deployment.active_generation and r.state == ReplicaState.ready)
     desired = deployment.desired_replicas
     return current, current if desired is None else desired
 
@@ -136,15 +155,15 @@ async def replica_logs(redis: ArqRedis, model_id: UUID, tail: int) -> list[dict[
             job = await redis.enqueue_job(JOB_REPLICA_LOGS, str(model_id), tail,
                                           _expires=timedelta(seconds=LOGS_TIMEOUT_S * 2))
             if job is None:
-                raise ApiError(503, "a logs request for this model is already running")
+                raise Unavailable("a logs request for this model is already running")
             result: list[dict[str, Any]] = await job.result(poll_delay=0.1)
     except TimeoutError:
-        raise ApiError(503, f"no worker answered for logs within {LOGS_TIMEOUT_S:.0f}s") from None
-    except ApiError:
+        raise Unavailable(f"no worker answered for logs within {LOGS_TIMEOUT_S:.0f}s") from None
+    except Unavailable:
         raise
     except Exception as exc:
         log.warning("replica_logs_failed", model=str(model_id), error=type(exc).__name__)
-        raise ApiError(503, "logs are unavailable right now; try again shortly") from None
+        raise Unavailable("logs are unavailable right now; try again shortly") from None
     return result
 
 
@@ -157,12 +176,12 @@ async def save_copy(pool: asyncpg.Pool, source_model: Model, owner_id: int,
             dimension=source_model.dimension, train_status="in_progress",
             parent_id=source_model.id)
     except UniqueViolation:
-        raise ApiError(409, f"a model named {name!r} already exists for this owner") from None
+        raise Conflict(f"a model named {name!r} already exists for this owner") from None
 
 
-async def update_deploy_status(pool: asyncpg.Pool, model: Model, new_status: str,
+async def update_deploy_status(pool: asyncpg.Pool, model: Model, new_status: StatusWord,
                                metadata: dict[str, Any] | None) -> None:
-    await deployments.set_status(pool, model.id, new_status)
+    await deployments.set_status(pool, model.id, DeploymentStatus(new_status))
     if metadata:
         await models.merge_metadata(pool, model.id, metadata)
 

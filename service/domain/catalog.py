@@ -8,10 +8,10 @@ from db import dependencies, models, permissions, users
 from db.errors import UniqueViolation
 from db.models import Model
 from schemas.auth import GrantRequest, ModelOut
+from schemas.errors import Conflict, Invalid, NotFound
 from schemas.models import ModelCreate
 from schemas.settings import Settings
 from service.domain import model_sources
-from service.web.errors import ApiError
 
 
 async def _dependency_ids(pool: asyncpg.Pool, refs: list[str]) -> list[UUID]:
@@ -19,7 +19,7 @@ async def _dependency_ids(pool: asyncpg.Pool, refs: list[str]) -> list[UUID]:
     for ref in refs:
         dep = await models.find(pool, ref)
         if dep is None:
-            raise ApiError(422, f"invalid request: dependency {ref!r} not found")
+            raise Invalid(f"invalid request: dependency {ref!r} not found")
         ids.append(dep.id)
     return ids
 
@@ -38,7 +38,7 @@ async def register(pool: asyncpg.Pool, settings: Settings, owner_id: int, is_adm
                 default_permission=body.default_permission)
             await dependencies.add(conn, model.id, dep_ids)
     except UniqueViolation:
-        raise ApiError(409, f"you already have a model named {body.name!r}") from None
+        raise Conflict(f"you already have a model named {body.name!r}") from None
     return model
 
 
@@ -54,13 +54,13 @@ async def describe(pool: asyncpg.Pool, model: Model) -> ModelOut:
 async def _user_id(pool: asyncpg.Pool, username: str) -> int:
     user = await users.get_by_name(pool, username)
     if user is None:
-        raise ApiError(404, f"user {username!r} not found")
+        raise NotFound(f"user {username!r} not found")
     return user.id
 
 
 async def grant(pool: asyncpg.Pool, model: Model, body: GrantRequest) -> None:
     if body.expires_at is not None and body.expires_at.tzinfo is None:
-        raise ApiError(422, "invalid request: expires_at needs a time zone")
+        raise Invalid("invalid request: expires_at needs a time zone")
     user_id = await _user_id(pool, body.username)
     await permissions.upsert(pool, model.id, user_id, body.permission, body.expires_at)
 
@@ -68,4 +68,4 @@ async def grant(pool: asyncpg.Pool, model: Model, body: GrantRequest) -> None:
 async def revoke(pool: asyncpg.Pool, model: Model, username: str) -> None:
     user_id = await _user_id(pool, username)
     if not await permissions.delete(pool, model.id, user_id):
-        raise ApiError(404, f"{username!r} has no grant on {model.identifier}")
+        raise NotFound(f"{username!r} has no grant on {model.identifier}")

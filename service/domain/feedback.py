@@ -7,14 +7,14 @@ import asyncpg
 from db import feedback
 from db.feedback import Feedback
 from schemas.bazaar import FeedbackRequest
-from service.web.errors import ApiError
+from schemas.errors import Invalid
 
 
 def _check(body: FeedbackRequest) -> None:
     if body.event == "associate" and not (body.source and body.target):
-        raise ApiError(422, "invalid request: an associate event needs source and target")
+        raise Invalid("invalid request: an associate event needs source and target")
     if body.event != "associate" and not body.query:
-        raise ApiError(422, f"invalid request: an {body.event} event needs a query")
+        raise Invalid(f"invalid request: an {body.event} event needs a query")
 
 
 async def record(pool: asyncpg.Pool, model_id: UUID, body: FeedbackRequest) -> Feedback:

@@ -1,4 +1,4 @@
-"""Where a model's weights may come from, by who registers it (DESIGN.md §7).
+"""Where a model's weights may come from, by who registers it.
 
 A replica loads whatever its `source.location` names from the worker's host, so a user
 who could name any path could load another user's model, or any file the worker can read.
@@ -14,15 +14,15 @@ from uuid import UUID
 import asyncpg
 
 from db import models
+from schemas.errors import Forbidden, Invalid
 from schemas.models import PACKAGE_PREFIX, ModelSource
 from schemas.settings import Settings
-from service.web.errors import ApiError
 
 
-def _refused(reason: str) -> ApiError:
-    return ApiError(422, f"invalid request: source.location {reason}",
-                    [{"loc": ["body", "source", "location"], "msg": reason,
-                      "type": "value_error"}])
+def _refused(reason: str) -> Invalid:
+    return Invalid(f"invalid request: source.location {reason}",
+                   [{"loc": ["body", "source", "location"], "msg": reason,
+                     "type": "value_error"}])
 
 
 def store_root(settings: Settings) -> Path:
@@ -49,8 +49,8 @@ async def check(pool: asyncpg.Pool, settings: Settings, source: ModelSource, use
                 is_admin: bool) -> None:
     """403 for an image a non-admin may not choose; 422 for a location they may not name."""
     if source.image and not is_admin and source.image not in settings.allowed_images:
-        raise ApiError(403, f"only administrators may choose a Docker image; "
-                            f"allowed: {sorted(settings.allowed_images) or 'none'}")
+        raise Forbidden(f"only administrators may choose a Docker image; "
+                        f"allowed: {sorted(settings.allowed_images) or 'none'}")
     location = source.location
     # Every backend: the runtime mounts or loads `location` whatever the backend reads.
     if is_admin or not location:

@@ -26,8 +26,8 @@ import asyncpg
 
 from db import models
 from db.models import Model
+from schemas.errors import Conflict, GreenroomError, Invalid, Malformed, TooLarge, UnsupportedType
 from schemas.settings import Settings
-from service.web.errors import ApiError
 
 CHUNK = 1 << 20
 INCOMING = ".incoming"
@@ -42,8 +42,8 @@ class Limits:
     allow_pickled: bool
 
 
-def _bad(message: str, status: int = 422) -> ApiError:
-    return ApiError(status, f"upload refused: {message}")
+def _bad(message: str, kind: type[GreenroomError] = Invalid) -> GreenroomError:
+    return kind(f"upload refused: {message}")
 
 
 async def receive(chunks: AsyncIterator[bytes], scratch: Path, limits: Limits) -> Path:
@@ -55,10 +55,10 @@ async def receive(chunks: AsyncIterator[bytes], scratch: Path, limits: Limits) -
             size += len(chunk)
             if size > limits.max_upload_bytes:
                 raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
-                           "(GREENROOM_MAX_UPLOAD_MB)", 413)
+                           "(GREENROOM_MAX_UPLOAD_MB)", TooLarge)
             out.write(chunk)
     if size == 0:
-        raise _bad("the request body is empty; send a tar.gz or zip archive", 400)
+        raise _bad("the request body is empty; send a tar.gz or zip archive", Malformed)
     return target
 
 
@@ -131,7 +131,7 @@ def unpack(archive: Path, into: Path, limits: Limits) -> Path:
         elif zipfile.is_zipfile(archive):
             _unpack_zip(archive, into, limits)
         else:
-            raise _bad("the body is not a tar.gz, tar or zip archive", 415)
+            raise _bad("the body is not a tar.gz, tar or zip archive", UnsupportedType)
     except DAMAGED as exc:
         raise _bad(f"the archive is damaged, encrypted or uses an unsupported compression "
                    f"({_reason(exc)})") from None
@@ -166,8 +166,8 @@ def install(folder: Path, target: Path) -> None:
             target.rename(old)
         folder.rename(target)
     except OSError:  # another upload of this model got there between the two renames
-        raise ApiError(409, "another upload of this model finished at the same moment; "
-                            "upload again if yours should win") from None
+        raise Conflict("another upload of this model finished at the same moment; "
+                       "upload again if yours should win") from None
     for path in [target, *target.rglob("*")]:
         with contextlib.suppress(OSError):  # readable by unprivileged replicas
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
@@ -196,13 +196,13 @@ async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
     limits = limits_of(settings, allow_pickled)
     if declared_size is not None and declared_size > limits.max_upload_bytes:
         raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
-                   "(GREENROOM_MAX_UPLOAD_MB)", 413)
+                   "(GREENROOM_MAX_UPLOAD_MB)", TooLarge)
     # Claimed in the database: a second upload (or a save in progress) is refused, and the
     # status to go back to is the one this upload found, never a stale snapshot.
     before = await models.claim_train_status(pool, model.id, "in_progress")
     if before is None:
-        raise ApiError(409, "this model is already being uploaded or trained "
-                            "(train_status in_progress); try again when it is done")
+        raise Conflict("this model is already being uploaded or trained "
+                       "(train_status in_progress); try again when it is done")
     try:
         scratch = scratch_dir(store)
     except BaseException:

@@ -6,11 +6,11 @@ from arq.connections import ArqRedis
 from db import deployments
 from db.models import Model
 from db.tasks import Task
+from schemas.errors import Conflict
 from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig, TaskKind, TaskRequest
 from service.domain import quotas
 from service.domain import tasks as task_service
-from service.web.errors import ApiError
 
 
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, model: Model, replicas: int,
@@ -19,7 +19,7 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, model: Model, replicas: in
     """A pending scale task to `replicas`; 409 when nothing serves, 403 past a quota."""
     deployment = await deployments.get(pool, model.id)
     if deployment is None or deployment.active_generation is None:
-        raise ApiError(409, f"model {model.identifier} has no serving deployment to scale",
+        raise Conflict(f"model {model.identifier} has no serving deployment to scale",
                        {"embedding_model_id": model.identifier})
     config = DeploymentConfig.model_validate(deployment.config)
     if replicas > 0:

@@ -1,4 +1,4 @@
-"""Accepting and reading tasks (DESIGN.md §4.1, §4.4): the outbox insert, then the enqueue."""
+"""Accepting and reading tasks: the outbox insert (idempotent by key), then the enqueue."""
 
 import asyncio
 import hashlib
@@ -7,20 +7,22 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+import orjson
 import structlog
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from db import deployments, models, task_access, tasks
+from db import deploy_access, deployments, models, task_access, tasks
 from db.errors import UniqueViolation
 from db.models import Model
 from db.permissions import Grant
+from db.quotas import OwnerQuota
 from db.tasks import Task
+from schemas.errors import Conflict, Invalid, NotFound
 from schemas.queue import JOB_RUN_TASK
 from schemas.settings import Settings
 from schemas.tasks import Phase, TaskKind, TaskRequest, TaskResponse, TaskStatus
-from service.domain import quotas
-from service.web.errors import ApiError
+from service.domain import job_queue, quotas
 
 log = structlog.get_logger(__name__)
 ENQUEUE_TIMEOUT_S = 2.0
@@ -42,52 +44,72 @@ def to_response(task: Task) -> TaskResponse:
     )
 
 
+def response_json(task: Task) -> bytes:
+    """`to_response(task).model_dump_json()`, byte for byte, without building the model:
+    the polling hot path. orjson writes UTC datetimes (with `Z`) and jsonb values as
+    pydantic does (asyncpg's UUID, a subclass orjson refuses, goes as its string);
+    tests/unit/test_task_json.py holds the two to the same bytes."""
+    return orjson.dumps({
+        "task_id": str(task.id), "kind": task.kind, "status": task.status, "phase": task.phase,
+        "created_at": task.created_at, "updated_at": task.updated_at,
+        "embedding_model_id": task.request.get("embedding_model_id", str(task.model_id)),
+        "metadata": task.metadata, "detail": task.detail,
+    }, option=orjson.OPT_UTC_Z)
+
+
 async def resolve_model(pool: asyncpg.Pool, ref: str) -> Model:
     model = await models.find(pool, ref)
     if model is None:
-        raise ApiError(404, f"model {ref!r} not found", {"embedding_model_id": ref})
+        raise NotFound(f"model {ref!r} not found", {"embedding_model_id": ref})
     return model
 
 
 def _same_request(existing: Task, digest: str) -> Task:
     if existing.request_hash != digest:
-        raise ApiError(422, "idempotency key was already used with a different request",
-                       {"task_id": str(existing.id)})
+        raise Invalid("idempotency key was already used with a different request",
+                      {"task_id": str(existing.id)})
     return existing
 
 
 async def _check_deployable(pool: asyncpg.Pool, model: Model, req: TaskRequest) -> None:
     if model.train_status != "complete":
-        raise ApiError(409, f"model {model.identifier} cannot be deployed while its train "
+        raise Conflict(f"model {model.identifier} cannot be deployed while its train "
                        f"status is {model.train_status}")
     name = req.config.deployment_name
     if name:
         taken = await deployments.get_by_name(pool, name)
         if taken is not None and taken.model_id != model.id:
-            raise ApiError(409, f"deployment name {name!r} is taken by another model")
+            raise Conflict(f"deployment name {name!r} is taken by another model")
 
 
 async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:
-    """Hand the task to arq; on failure the row stays unenqueued for the reconciler."""
+    """Hand a task inserted with `enqueued=True` to arq in one round trip; on failure
+    clear its `enqueued_at`, so the reconciler enqueues it as soon as Redis is back.
+
+    A process that dies between the insert and this leaves `enqueued_at` set: the
+    reconciler offers such a task again after `REENQUEUE_AFTER_S` (worker/reconciler.py).
+    """
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-            await redis.enqueue_job(JOB_RUN_TASK, str(task_id), _job_id=str(task_id))
+            await job_queue.enqueue(redis, JOB_RUN_TASK, str(task_id), str(task_id))
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("enqueue_deferred", task=str(task_id), error=str(exc) or type(exc).__name__)
+        await tasks.mark_unenqueued(pool, task_id)
         return False
-    await tasks.mark_enqueued(pool, task_id)
     return True
 
 
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
                  idempotency_key: str | None, created_by: int | None = None,
                  model: Model | None = None, *, settings: Settings,
-                 extra: dict[str, Any] | None = None) -> tuple[Task, bool]:
+                 extra: dict[str, Any] | None = None,
+                 owner_quota: OwnerQuota | None = None) -> tuple[Task, bool]:
     """Insert (or find, for a repeated idempotency key) the task; True when created now.
 
-    `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup.
-    A deploy that would take the model's owner past a quota is refused (403). `extra` is
-    stored in the task's request beside the body (a scale's replica count).
+    `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup,
+    and `owner_quota` (`locate_for_deploy`) another. A deploy that would take the model's
+    owner past a quota is refused (403). `extra` is stored in the task's request beside
+    the body (a scale's replica count). Round trips: the insert, the enqueue.
     """
     key = req.id or idempotency_key
     digest = request_hash(kind, req)
@@ -96,10 +118,11 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     model = model or await resolve_model(pool, req.embedding_model_id)
     if kind == TaskKind.deploy:
         await _check_deployable(pool, model, req)
-        await quotas.check_deploy(pool, settings, model, req.config)
+        await quotas.check_deploy(pool, settings, model, req.config, owner_quota)
     metadata: dict[str, Any] = {}
-    if req.config.ignored_keys:
-        metadata["ignored_config_keys"] = req.config.ignored_keys
+    # Accepted but without effect: said in the task's answer, never silently dropped.
+    if unused := req.config.unused_keys(kind, model.source.get("backend")):
+        metadata["ignored_config_keys"] = unused
     request = req.model_dump(mode="json", exclude_unset=True, by_alias=False)
     request["embedding_model_id"] = req.embedding_model_id
     request |= extra or {}
@@ -107,6 +130,7 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
         task = await tasks.insert(
             pool, task_id=uuid4(), kind=kind.value, model_id=model.id, request=request,
             request_hash=digest, idempotency_key=key, created_by=created_by, metadata=metadata,
+            enqueued=True,
         )
     except UniqueViolation as exc:
         if key and exc.constraint == "tasks_idempotency_key":
@@ -119,14 +143,21 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     return task, True
 
 
+async def locate_for_deploy(pool: asyncpg.Pool, ref: str, user_id: int | None
+                            ) -> tuple[Model, Grant | None, OwnerQuota] | None:
+    """The model a deploy names, the caller's grant on it and what its owner's quota
+    check needs, in one round trip; None if there is no such model."""
+    return await deploy_access.model_for_deploy(pool, ref, user_id, quotas.OPEN)
+
+
 async def get(pool: asyncpg.Pool, kind: TaskKind, task_id: str) -> Task:
     try:
         parsed = UUID(task_id)
     except ValueError:
-        raise ApiError(404, f"{kind.value} task {task_id!r} not found") from None
+        raise NotFound(f"{kind.value} task {task_id!r} not found") from None
     task = await tasks.get(pool, parsed, kind.value)
     if task is None:
-        raise ApiError(404, f"{kind.value} task {task_id!r} not found")
+        raise NotFound(f"{kind.value} task {task_id!r} not found")
     return task
 
 
@@ -136,10 +167,10 @@ async def get_with_access(pool: asyncpg.Pool, kind: TaskKind, task_id: str,
     try:
         parsed = UUID(task_id)
     except ValueError:
-        raise ApiError(404, f"{kind.value} task {task_id!r} not found") from None
+        raise NotFound(f"{kind.value} task {task_id!r} not found") from None
     found = await task_access.get_with_access(pool, parsed, kind.value, user_id)
     if found is None:
-        raise ApiError(404, f"{kind.value} task {task_id!r} not found")
+        raise NotFound(f"{kind.value} task {task_id!r} not found")
     return found
 
 
@@ -147,5 +178,5 @@ async def latest_for_model(pool: asyncpg.Pool, kind: TaskKind, model_ref: str) -
     model = await resolve_model(pool, model_ref)
     task = await tasks.latest_for_model(pool, model.id, kind.value)
     if task is None:
-        raise ApiError(404, f"no {kind.value} task for model {model_ref!r}")
+        raise NotFound(f"no {kind.value} task for model {model_ref!r}")
     return task

@@ -1,4 +1,10 @@
-"""One error shape on every surface, and the middleware that guarantees it (DESIGN.md §10)."""
+"""One error shape on every surface, and the middleware that guarantees it.
+
+Every failure becomes `{"status_code", "message", "detail"}` with its status. Code below
+the handlers raises the domain errors of schemas/errors.py; `STATUS` below is the one
+place that says which HTTP status each kind is (the gateway's middleware uses it too).
+Handlers and this web layer may raise `ApiError` with a status of their own choosing.
+"""
 
 import json
 from collections.abc import Awaitable, Callable
@@ -10,6 +16,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from db.errors import Unavailable
+from schemas import errors as domain
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -25,6 +32,34 @@ class ApiError(Exception):
         self.message = message
         self.detail = detail
         self.headers = headers or {}
+
+
+# The HTTP status of each kind of domain error (the first match along the class's MRO).
+STATUS: dict[type[domain.GreenroomError], int] = {
+    domain.Malformed: 400,
+    domain.Unauthorized: 401,
+    domain.Forbidden: 403,
+    domain.NotFound: 404,
+    domain.Conflict: 409,
+    domain.TooLarge: 413,
+    domain.UnsupportedType: 415,
+    domain.Invalid: 422,
+    domain.TooManyRequests: 429,
+    domain.UpstreamUnreachable: 502,
+    domain.Unavailable: 503,
+    domain.UpstreamTimeout: 504,
+}
+
+
+def as_api_error(exc: domain.GreenroomError) -> ApiError:
+    """The status, body fields and headers a domain error is answered with."""
+    status = next((STATUS[k] for k in type(exc).__mro__ if k in STATUS), 500)
+    headers: dict[str, str] = {}
+    if isinstance(exc, domain.RetryLater) and exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, domain.Unauthorized) and exc.challenge is not None:
+        headers["WWW-Authenticate"] = exc.challenge
+    return ApiError(status, exc.message, exc.detail, headers)
 
 
 def error_response(status: int, message: str, detail: Any = None) -> web.Response:
@@ -55,6 +90,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         response = await handler(request)
+    except domain.GreenroomError as exc:
+        error = as_api_error(exc)
+        response = error_response(error.status, error.message, error.detail)
+        response.headers.update(error.headers)
     except ApiError as exc:
         response = error_response(exc.status, exc.message, exc.detail)
         response.headers.update(exc.headers)

@@ -11,7 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.tasks import ErrorBody
-from service.auth.guard import ROUTE_TABLE, RouteSpec
+from service.auth.rules import Caller
+from service.routes import ROUTE_TABLE, RouteSpec
 from service.web.openapi_examples import add_examples
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
@@ -57,8 +58,10 @@ def _operation(spec: RouteSpec, defs: dict[str, Any]) -> dict[str, Any]:
         + [{"name": name, "in": "query", "required": required, "schema": {"type": "string"}}
            for name, required in spec.query],
     }
-    if spec.auth != "public":
-        op["security"] = [{"bearer": []}] if spec.auth != "optional" else [{"bearer": []}, {}]
+    if spec.access.caller is not Caller.anyone:
+        # A lenient route also takes a call without a token.
+        optional = spec.access.caller is Caller.lenient
+        op["security"] = [{"bearer": []}, {}] if optional else [{"bearer": []}]
     if spec.request_model is not None:
         op["requestBody"] = {"required": not spec.body_optional, "content": {
             "application/json": {"schema": _request_schema(spec.request_model, defs)}}}

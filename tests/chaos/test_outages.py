@@ -108,9 +108,9 @@ async def _load(http: aiohttp.ClientSession, base: str, headers: dict[str, str],
 
 @pytest.mark.slow
 async def test_postgres_restart_during_load(
-        spawn: Callable[..., Proc], http: aiohttp.ClientSession, tmp_path: Path,
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, embedded_tmp: Path,
         clean: None, admin_headers: dict[str, str], pool: asyncpg.Pool) -> None:
-    dsn, server = start_postgres(tmp_path / "pg")
+    dsn, server = start_postgres(embedded_tmp / "pg")
     await apply_migrations(dsn)
     private = await create_pool(dsn, max_size=2)
     await private.execute("INSERT INTO users (id, username, is_admin) "
@@ -136,7 +136,7 @@ async def test_postgres_restart_during_load(
     server.cleanup()  # stops the cluster
     await asyncio.sleep(3)
     during = statuses[before:]
-    dsn_again, server = start_postgres(tmp_path / "pg")
+    dsn_again, server = start_postgres(embedded_tmp / "pg")
     assert dsn_again == dsn
     await asyncio.sleep(4)
     stop.set()

@@ -154,25 +154,34 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     await expect(page.locator("details[data-replica]")).to_have_count(1)
     await expect(page.get_by_text("1 / 1")).to_be_visible()
 
-    # Requests per second from the gateway's reports: traffic shows, stops showing after,
-    # and nobody who may not read the deployment sees it.
+    # Requests per second and latency from the gateway's reports: traffic shows, stops
+    # showing after, and nobody who may not read the deployment sees it.
     gateway = await start_gateway(spawn, http)
     await page.get_by_role("link", name="Deployments").click()
-    rps = page.get_by_role("row", name=re.compile("minilm-like")).locator("[data-rps]")
+    row = page.get_by_role("row", name=re.compile("minilm-like"))
+    rps, latency = row.locator("[data-rps]"), row.locator("[data-latency]")
     load = asyncio.create_task(_load(http, gateway, console.headers["alice"]))
     await expect(rps).to_have_attribute("data-rps", re.compile(r"^[0-9.]*[1-9][0-9.]*$"),
                                         timeout=LOAD_S * 1000)
+    # Latency as text (not colour only): "p50 N ms · p99 M ms" from the same window.
+    await expect(latency).to_have_text(re.compile(r"^p50 [0-9.]+ ms · p99 [0-9.]+ ms$"),
+                                       timeout=LOAD_S * 1000)
     _, listed = await call(http, "GET", f"{console.base}/api/v2/deployments",
                            headers=console.headers["alice"])
-    rate = next(d for d in listed if d["name"] == "minilm-like")["requests_per_s"]
-    print(f"requests/s the API computed under load: {rate} (sent about {LOAD_RATE}/s)")
+    shown = next(d for d in listed if d["name"] == "minilm-like")
+    rate = shown["requests_per_s"]
+    print(f"requests/s the API computed under load: {rate} (sent about {LOAD_RATE}/s); "
+          f"latency: {shown['latency']}")
     assert 0 < rate <= 2 * LOAD_RATE
+    assert shown["latency"] is not None and shown["latency"]["requests"] > 0
+    assert 0 < shown["latency"]["p50_ms"] <= shown["latency"]["p99_ms"] < 30_000
     _, listed = await call(http, "GET", f"{console.base}/api/v2/deployments",
                            headers=console.headers["stranger"])
     assert listed == []
     await page.screenshot(path=artifacts / "03d-deployments-traffic.png", full_page=True)
     assert (await load) == LOAD_RATE * LOAD_S
     await expect(rps).to_have_attribute("data-rps", re.compile(r"^0(\.0*)?$"), timeout=10_000)
+    await expect(latency).to_have_text("—")  # nothing finished in the last window
     assert await same_document(page)
     await expect(page.get_by_role("row", name=re.compile("minilm-like"))).to_contain_text("1 / 1")
     await page.screenshot(path=artifacts / "03b-deployments-serving.png", full_page=True)

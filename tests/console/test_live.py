@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from playwright.async_api import expect
 
 from schemas.models import ModelSource
@@ -39,6 +40,7 @@ async def _watch(page: Any) -> tuple[list[str], float]:
     return seen, time.monotonic()
 
 
+@pytest.mark.serial  # asserts the lag between the API and the page (LIVE_LAG_LIMIT_S)
 async def test_two_sessions_follow_one_rollout(browser: Any, console: Console,
                                                http: aiohttp.ClientSession,
                                                artifacts: Path) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -54,7 +55,7 @@ def docker_image() -> str:
         pytest.skip(NO_ENGINE)
     # One tag per checkout: two checkouts testing side by side build different sources.
     tag = f"{image.TEST_TAG}-{hashlib.sha1(str(image.REPO_ROOT).encode()).hexdigest()[:8]}"
-    image.build(tag, with_model=False)
+    build_once(tag, with_model=False)
     return tag
 
 
@@ -63,8 +64,19 @@ def model_image(docker_image: str) -> str:
     """The full model-server image (torch, onnxruntime, the bundled model): built once per
     checkout, and again only when its inputs change (about 150 s here)."""
     tag = f"{image.TEST_TAG}-model-{hashlib.sha1(str(image.REPO_ROOT).encode()).hexdigest()[:8]}"
-    image.build(tag, with_model=True)
+    build_once(tag, with_model=True)
     return tag
+
+
+def build_once(tag: str, with_model: bool) -> None:
+    """`image.build` under a file lock per tag: the sessions of one run (pytest-xdist
+    workers) ask for the same tag; the first builds it, the others wait and then find it
+    up to date instead of importing the same root filesystem side by side."""
+    from filelock import FileLock
+
+    name = hashlib.sha1(tag.encode()).hexdigest()[:12]
+    with FileLock(f"{tempfile.gettempdir()}/greenroom-image-{name}.lock"):
+        image.build(tag, with_model=with_model)
 
 
 @pytest.fixture

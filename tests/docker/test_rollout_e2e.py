@@ -96,6 +96,7 @@ DURATION_S = 22
 CONCURRENCY = 32
 
 
+@pytest.mark.serial  # paced load: asserts the rate it reached and that no request timed out
 async def test_redeploys_under_load_drop_no_request(
         docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
         docker_api: aiodocker.Docker, hashing_model: Any) -> None:
@@ -131,6 +132,7 @@ async def test_redeploys_under_load_drop_no_request(
           f"max {latencies[-1] * 1000:.1f} ms")
 
 
+@pytest.mark.serial  # paced load: no request may time out
 async def test_gateway_that_cannot_report_drops_nothing(
         docker_stack: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         hashing_model: Any, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from schemas.settings import Settings
-from service.auth.guard import ROUTE_TABLE
+from service.routes import ROUTE_TABLE
 from service.web.openapi import build
 from tests.conftest import Proc, wait_task
 

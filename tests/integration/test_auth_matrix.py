@@ -1,9 +1,9 @@
 """The authorisation matrix: every route of the route table x every kind of caller.
 
 Generated from the route tables of the API app and the gateway app
-(service.auth.guard.ROUTE_TABLE): a route added to any surface without a sample request here
+(service.routes.ROUTE_TABLE): a route added to any surface without a sample request here
 fails the test, and so does a route registered on the router outside the table.
-Expected answers follow DESIGN.md §9: 401 for no, a malformed or an expired token; 403
+Expected answers: 401 for no, a malformed or an expired token; 403
 for too little permission; 2xx otherwise.
 """
 
@@ -32,7 +32,7 @@ from schemas.queue import JOB_REPLICA_LOGS, QUEUE_NAME, ROUTES_CHANNEL
 from schemas.settings import Settings
 from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
 from service.app import create_app
-from service.auth.guard import ROUTE_TABLE, RouteSpec
+from service.routes import ROUTE_TABLE, RouteSpec
 from tests.conftest import TEST_SECRET_KEY, bearer, start_gateway
 from tests.integration.accounts import call, eventually, make_user
 from worker.runtimes.process import free_port
@@ -268,7 +268,7 @@ def test_every_route_has_a_sample_and_an_auth_rule(settings: Settings) -> None:
     assert keys == set(SAMPLES), f"missing samples: {keys - set(SAMPLES)}; " \
                                  f"stale: {set(SAMPLES) - keys}"
     for spec in table:
-        assert spec.auth in ("public", "optional") or spec.auth in ALLOWED, spec
+        assert spec.access.name in ("public", "optional") or spec.access.name in ALLOWED, spec
 
 
 @contextlib.asynccontextmanager
@@ -409,7 +409,7 @@ async def _run_matrix(world: World, http: aiohttp.ClientSession,
             async with http.request(spec.method, base + path,
                                     headers=world.headers[who], **kw) as resp:
                 got, body = _outcome(resp.status), await resp.text()
-            want = expected(spec.auth, who)
+            want = expected(spec.access.name, who)
             rows += 1
             if got != want:
                 mismatches.append(f"{spec.method} {path} as {who}: {got}, want {want}: "

@@ -10,7 +10,7 @@ import pytest
 
 from service.api.docs import STATIC
 from service.app import create_app
-from service.auth.guard import ROUTE_TABLE
+from service.routes import ROUTE_TABLE
 from service.web.openapi import _PARAM
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -48,6 +48,7 @@ async def _by_generation(pool: asyncpg.Pool, load: Load) -> Counter[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # paced load: asserts the rate it reached and that no request timed out
 @pytest.mark.timeout(240)
 async def test_redeploys_under_load_through_two_gateways_drop_no_request(
         api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,

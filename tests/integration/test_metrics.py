@@ -220,8 +220,9 @@ def test_gateway_metrics_without_a_token_are_for_loopback_callers_only(
     from aiohttp.test_utils import make_mocked_request
 
     from gateway import metrics_access
+    from schemas.errors import Forbidden
     from schemas.settings import Settings
-    from service.web.errors import ApiError
+    from service.web.errors import as_api_error
 
     transport = mock.Mock()
     transport.get_extra_info.return_value = (remote, 40000) if remote else None
@@ -229,6 +230,6 @@ def test_gateway_metrics_without_a_token_are_for_loopback_callers_only(
     if allowed:
         metrics_access.check(request, Settings())
     else:
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(Forbidden) as refused:
             metrics_access.check(request, Settings())
-        assert refused.value.status == 403
+        assert as_api_error(refused.value).status == 403

@@ -1,4 +1,4 @@
-"""Applying every migration gives the schema the repositories expect (DESIGN.md §3)."""
+"""Applying every migration gives the schema the repositories expect (db/migrations)."""
 
 import dataclasses
 

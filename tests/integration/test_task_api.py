@@ -47,12 +47,14 @@ async def test_seed_curl_examples_create_tasks(api: str, http: aiohttp.ClientSes
     assert status == 404 and _is_error(body, 404)
 
 
+# `{id}` is a fresh random UUID, drawn in the test: a test's id must be the same in every
+# pytest-xdist worker's collection.
 @pytest.mark.parametrize("path", [
-    f"/deploy/{uuid4()}", "/deploy/not-a-uuid", f"/delete/{uuid4()}",
-    "/deploy-status/nobody/nothing", f"/delete-status/{uuid4()}", "/no/such/route",
+    "/deploy/{id}", "/deploy/not-a-uuid", "/delete/{id}",
+    "/deploy-status/nobody/nothing", "/delete-status/{id}", "/no/such/route",
 ])
 async def test_unknown_ids_are_404(api: str, http: aiohttp.ClientSession, path: str) -> None:
-    status, body = await _call(http, "GET", api + path)
+    status, body = await _call(http, "GET", api + path.format(id=uuid4()))
     assert status == 404 and _is_error(body, 404)
 
 

@@ -1,4 +1,4 @@
-"""Issue 4, must-show 3: the task guarantees of DESIGN.md §4 under duplicates, outages, races."""
+"""Issue 4, must-show 3: the task guarantees under duplicates, outages and races."""
 
 import asyncio
 from collections.abc import Callable

@@ -169,6 +169,7 @@ async def test_a_closed_loop_of_clients_gets_whole_batches_with_a_wait(
         assert mean <= 12, embedder.calls
 
 
+@pytest.mark.serial  # an upper bound on 5 requests' time (0.25 s)
 async def test_a_lone_client_never_waits_and_an_idle_spell_forgets_earlier_demand() -> None:
     embedder = SlowEmbedder(seconds=0.0)
     batcher = _batcher(embedder, max_batch_size=16, max_wait_s=0.5)

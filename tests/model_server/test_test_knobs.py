@@ -5,7 +5,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.model_server.conftest import hashing_settings, wait_until_healthy
+
+# Both tests bound the time of eight requests from above (0.8 s, 0.3 s).
+pytestmark = pytest.mark.serial
 
 
 async def test_capacity_is_concurrency_over_service_time(make_client: Callable[..., Any]) -> None:

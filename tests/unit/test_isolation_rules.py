@@ -6,8 +6,9 @@ from uuid import uuid4
 
 import pytest
 
+from schemas.errors import TooManyRequests
 from service.auth.login_throttle import LoginThrottle
-from service.web.errors import ApiError
+from service.web.errors import as_api_error
 from worker.runtimes import memory_limit
 from worker.runtimes.base import ReplicaSpec, model_server_env
 from worker.runtimes.environment import host_env
@@ -55,9 +56,10 @@ def test_throttle_bounds_an_address_across_usernames_and_forgets_after_the_windo
     throttle = LoginThrottle(max_per_user=100, max_per_address=3, window_s=0.3)
     for i in range(3):
         throttle.attempt(f"user{i}", "10.0.0.1")
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(TooManyRequests) as refused:
         throttle.check("someone-else", "10.0.0.1")
-    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "1"
+    error = as_api_error(refused.value)
+    assert error.status == 429 and error.headers["Retry-After"] == "1"
     throttle.check("someone-else", "10.0.0.2")  # another address is not affected
     time.sleep(0.35)
     throttle.check("someone-else", "10.0.0.1")
@@ -126,7 +128,7 @@ def test_throttle_counts_an_attempt_before_its_verdict_and_a_success_takes_it_ba
     throttle = LoginThrottle(max_per_user=2, max_per_address=100, window_s=60)
     first = throttle.attempt("admin", "10.0.0.1")
     throttle.attempt("admin", "10.0.0.2")  # both in flight, neither answered yet
-    with pytest.raises(ApiError):
+    with pytest.raises(TooManyRequests):
         throttle.attempt("admin", "10.0.0.3")
     throttle.succeeded("admin", "10.0.0.1", first)
     throttle.attempt("admin", "10.0.0.3")

@@ -1,4 +1,4 @@
-"""Runtimes start, stop and inspect model-server replicas (DESIGN.md §6)."""
+"""Runtimes start, stop and inspect model-server replicas; one module per runtime here."""
 
 from schemas.settings import Settings
 from worker.runtimes.base import Runtime, RuntimeError_

@@ -1,11 +1,16 @@
 """The small interface every runtime implements, and the replica's environment contract."""
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
+import structlog
+
 from worker.onnx_variant import onnx_env
 from worker.runtimes.environment import replica_env
+
+log = structlog.get_logger(__name__)
 
 # Labels every runtime attaches to a replica, so `list()` can find what Greenroom owns.
 LABEL_PREFIX = "io.greenroom."
@@ -34,6 +39,10 @@ class ReplicaSpec:
     env: dict[str, str] = field(default_factory=dict)
     # Did the deployment set memory_mb itself (else it is what quotas and capacity count)?
     memory_requested: bool = True
+    # The runtime_ref of the crashed replica this one replaces (the reconciler's repair):
+    # a runtime that restarts replicas itself (swarm) takes over that restart instead of
+    # adding one; the others ignore it.
+    replaces: str | None = None
 
     def labels(self) -> dict[str, str]:
         return {
@@ -62,10 +71,17 @@ class ReplicaInfo:
     exit_code: int | None = None
     oom_killed: bool = False
     endpoint: str | None = None
+    # Why a replica never ran its server or was stopped from outside (a node rejected its
+    # task, its node was drained); None when it simply exited.
+    error: str | None = None
 
     def describe_exit(self) -> str:
         if self.oom_killed:
             return "was OOM-killed (memory limit too small for the model)"
+        if self.error:
+            return self.error
+        if self.exit_code == 137:
+            return "was killed (exit code 137: SIGKILL, often the memory limit)"
         if self.exit_code is None:
             return "exited"
         return f"exited with code {self.exit_code}"
@@ -105,6 +121,21 @@ def parse_labels(labels: dict[str, str]) -> tuple[UUID, UUID, int] | None:
         return None
 
 
+async def stop_and_remove_each(runtime: "Runtime", runtime_refs: list[str],
+                               grace_s: float) -> None:
+    """`remove_many` for runtimes with one unit per replica: stop and remove each, side by
+    side; one that fails is logged and the others still go."""
+
+    async def one(ref: str) -> None:
+        try:
+            await runtime.stop(ref, grace_s)
+            await runtime.remove(ref)
+        except RuntimeError_ as exc:
+            log.warning("replica_remove_failed", ref=ref, error=str(exc))
+
+    await asyncio.gather(*(one(ref) for ref in runtime_refs))
+
+
 class Runtime(Protocol):
     """Start, stop, remove, read logs of, and list replicas."""
 
@@ -128,6 +159,12 @@ class Runtime(Protocol):
 
     async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
         """The last `tail` lines of (stdout, stderr)."""
+        ...
+
+    async def remove_many(self, runtime_refs: list[str], grace_s: float) -> None:
+        """Stop and remove these replicas together (a generation, or some of one); no
+        error for ones already gone. Runtimes of one unit per replica do each in turn
+        (`stop_and_remove_each`); the swarm runtime removes a generation's service."""
         ...
 
     async def list(self) -> list[ReplicaInfo]:

@@ -1,4 +1,4 @@
-"""Docker runtime: one container per replica, through aiodocker (DESIGN.md §6)."""
+"""Docker runtime: one container per replica, through aiodocker."""
 
 import asyncio
 import json
@@ -23,6 +23,7 @@ from worker.runtimes.base import (
     StartedReplica,
     model_server_env,
     parse_labels,
+    stop_and_remove_each,
 )
 
 log = structlog.get_logger(__name__)
@@ -251,6 +252,9 @@ class DockerRuntime:
                 raise RuntimeError_(f"container {runtime_ref[:12]} is gone; no logs") from cause
             raise
         return _tail(out, tail), _tail(err, tail)
+
+    async def remove_many(self, runtime_refs: list[str], grace_s: float) -> None:
+        await stop_and_remove_each(self, runtime_refs, grace_s)
 
     async def list(self) -> list[ReplicaInfo]:
         filters = json.dumps({"label": [LABEL_REPLICA,

@@ -29,6 +29,7 @@ from worker.runtimes.base import (
     StartedReplica,
     model_server_env,
     parse_labels,
+    stop_and_remove_each,
 )
 from worker.runtimes.environment import host_env
 
@@ -220,6 +221,9 @@ class ProcessRuntime:
         if not folder.exists():
             raise RuntimeError_(f"replica {runtime_ref} is gone")
         return _tail(folder / "stdout.log", tail), _tail(folder / "stderr.log", tail)
+
+    async def remove_many(self, runtime_refs: list[str], grace_s: float) -> None:
+        await stop_and_remove_each(self, runtime_refs, grace_s)
 
     async def list(self) -> list[ReplicaInfo]:
         if not self._root.exists():

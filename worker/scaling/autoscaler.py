@@ -32,7 +32,7 @@ from db.deployments import Deployment
 from db.errors import DatabaseError
 from schemas.gateway import GatewayReport
 from schemas.queue import AUTOSCALER_LEASE_PREFIX, GATEWAY_TTL_S, JOB_RUN_TASK, LOAD_CHANNEL
-from schemas.tasks import DeploymentConfig, TaskKind
+from schemas.tasks import DeploymentConfig, ReplicaState, TaskKind
 from worker.admission import quotas
 from worker.context import WorkerContext
 from worker.drain import gateway_reports
@@ -103,8 +103,8 @@ class Autoscaler:
             scaler = self._scaler(deployment.model_id, config)
             scaler.observe(now, demand(reports, deployment.model_id, {str(r.id) for r in mine},
                                        now), periodic)
-            ready = sum(1 for r in mine
-                        if r.generation == deployment.active_generation and r.state == "ready")
+            ready = sum(1 for r in mine if r.generation == deployment.active_generation
+                        and r.state == ReplicaState.ready)
             if await tasks.has_open_task(ctx.pool, deployment.model_id):
                 continue
             decision = scaler.decide(now, ready)

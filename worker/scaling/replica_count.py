@@ -5,7 +5,7 @@ from uuid import UUID
 from db import deployments, replicas
 from db.pool import Executor
 from db.tasks import Task
-from schemas.tasks import MAX_REPLICAS, DeploymentConfig
+from schemas.tasks import MAX_REPLICAS, DeploymentConfig, ReplicaState
 
 
 async def serving_count(db: Executor, model_id: UUID) -> int:
@@ -15,7 +15,7 @@ async def serving_count(db: Executor, model_id: UUID) -> int:
         return 0
     rows = await replicas.list_for_model(db, model_id)
     return sum(1 for r in rows
-               if r.generation == deployment.active_generation and r.state == "ready")
+               if r.generation == deployment.active_generation and r.state == ReplicaState.ready)
 
 
 def carried_over(config: DeploymentConfig, task: Task, current: int) -> DeploymentConfig:

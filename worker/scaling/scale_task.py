@@ -17,17 +17,12 @@ from db import deployments, models, replicas, tasks
 from db.models import Model
 from db.replicas import Replica
 from db.tasks import Task
-from schemas.tasks import DeploymentConfig, Phase, TaskStatus
+from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskStatus
+from worker import replicas as lifecycle
 from worker.admission import quotas
 from worker.context import WorkerContext
-from worker.rollout import (
-    Progress,
-    RolloutFailed,
-    _bring_up,
-    _drain_and_remove,
-    publish_routes,
-    remove_replicas,
-)
+from worker.publish import publish_routes
+from worker.rollout import Progress, RolloutFailed, bring_up, drain_and_remove
 from worker.runtimes.base import StartedReplica
 
 log = structlog.get_logger(__name__)
@@ -44,7 +39,8 @@ def wanted_count(task: Task) -> int:
 def _serving(rows: list[Replica], generation: int) -> tuple[list[Replica], list[Replica]]:
     """(ready, draining) replicas of the serving generation, oldest first."""
     mine = [r for r in rows if r.generation == generation]
-    return ([r for r in mine if r.state == "ready"], [r for r in mine if r.state == "draining"])
+    return ([r for r in mine if r.state == ReplicaState.ready],
+            [r for r in mine if r.state == ReplicaState.draining])
 
 
 async def _refuse(ctx: WorkerContext, task: Task, reason: str) -> None:
@@ -92,8 +88,9 @@ async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation:
         row = next((r for r in await replicas.list_for_model(ctx.pool, model.id)
                     if r.task_id == progress.task.id and r.runtime_ref == replica.runtime_ref),
                    None)
-        if row is not None and await replicas.transition(ctx.pool, row.id, "starting",
-                                                         "ready"):
+        if row is not None and await replicas.transition(ctx.pool, row.id,
+                                                         ReplicaState.starting,
+                                                         ReplicaState.ready):
             await publish_routes(ctx, model.id)
 
     turn = ctx.settings.scale_start_concurrency
@@ -101,14 +98,14 @@ async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation:
     started: list[StartedReplica] = []
     while len(started) < count:  # in turns of `scale_start_concurrency` (0: all at once)
         batch = min(turn, count - len(started))
-        started += await _bring_up(ctx, progress, model, generation,
-                                   config.model_copy(update={"replicas": batch}), join)
+        started += await bring_up(ctx, progress, model, generation,
+                                  config.model_copy(update={"replicas": batch}), join)
     await progress.enter(Phase.switching, generation=generation)
-    mine = [r for r in await replicas.list_for_model(ctx.pool, model.id)
-            if r.task_id == progress.task.id and r.state == "starting"]
-    for row in mine:  # each joined as it became healthy; any left over joins now
-        await replicas.transition(ctx.pool, row.id, "starting", "ready")
-    if mine:
+    left = await lifecycle.starting_of_task(ctx, model.id, progress.task.id)
+    for replica_id in left:  # each joined as it became healthy; any left over joins now
+        await replicas.transition(ctx.pool, replica_id, ReplicaState.starting,
+                                  ReplicaState.ready)
+    if left:
         await publish_routes(ctx, model.id)
     log.info("scaled_up", model=str(model.id), added=len(started))
 
@@ -116,20 +113,19 @@ async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation:
 async def _remove(ctx: WorkerContext, progress: Progress, generation: int,
                   leaving: list[Replica], leftover: list[UUID]) -> None:
     """Out of the routing table first, then drained, then stopped."""
-    ids = [r.id for r in leaving if await replicas.transition(ctx.pool, r.id, "ready",
-                                                                "draining")]
+    ids = [r.id for r in leaving if await replicas.transition(
+        ctx.pool, r.id, ReplicaState.ready, ReplicaState.draining)]
     ids += leftover
     if not ids:
         return
     await publish_routes(ctx, progress.task.model_id)
-    await _drain_and_remove(ctx, progress, generation, ids)
+    await drain_and_remove(ctx, progress, generation, ids)
 
 
 async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason: str) -> None:
     task = progress.task
-    mine = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
-            if r.task_id == task.id and r.state == "starting"]
-    await remove_replicas(ctx, mine, "failed", grace_s=0)
+    mine = await lifecycle.starting_of_task(ctx, task.model_id, task.id)
+    await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
     ready, _ = _serving(await replicas.list_for_model(ctx.pool, task.model_id), generation)
     # Replicas that joined before the failure keep serving: count them (quotas do).
     await deployments.set_scaled_count(ctx.pool, task.model_id, generation, len(ready) or None)
