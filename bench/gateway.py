@@ -1,17 +1,20 @@
-"""Data-plane benchmark: one hashing replica, direct vs nginx vs Greenroom's gateway.
+"""Data-plane benchmark: one hashing replica, direct vs nginx vs Greenroom's data planes.
 
 Each path is driven by wrk (C, one thread) with TEI POST /embed of one short sentence:
 (a) the replica directly, (b) nginx proxying to it with a keepalive upstream (the peer),
 (c) `greenroom gateway` (GREENROOM_GATEWAY_PROCESSES processes on one port) routing to
-it by deployment name. Concurrency 1, 16 and 64 on the hashing test backend, and 32 on
-the real all-MiniLM-L6-v2 replica, where the model's compute dominates and the
-gateway's share of throughput is what matters. The paths run in interleaved rounds so
+it by deployment name, (d) `greenroom gateway --engine haproxy` (HAProxy programmed by
+Greenroom, `--processes` threads; skipped when haproxy is not installed). Concurrency
+1, 16 and 64 on the hashing test backend, and 32 on the real all-MiniLM-L6-v2 replica,
+where the model's compute dominates and the gateway's share of throughput is what
+matters. The paths run in interleaved rounds so
 drift on a shared machine hits all alike; every figure is from this one run.
 
 The replica is a `python -m model_server` process, as the process runtime starts it;
 the routes are written to a fresh database as a finished rollout leaves them.
 
     .venv/bin/python bench/gateway.py [--seconds 3] [--rounds 2] [--processes 2] [--no-minilm]
+        [--no-haproxy]
 """
 
 import argparse
@@ -28,7 +31,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import aiohttp
 
@@ -37,8 +40,10 @@ sys.path.insert(0, str(REPO))
 
 from db import deployments, replicas  # noqa: E402
 from db.pool import create_pool  # noqa: E402
+from gateway.haproxy.controller import find_haproxy  # noqa: E402
 from launch import backing  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
 from service.domain.registration import register  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
 
@@ -84,6 +89,14 @@ class Run:
     seconds: float = 0.0
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
+    proxy_cpu_s: float = 0.0  # the proxy's process tree (none for the direct path)
+    replica_cpu_s: float = 0.0
+    # HAProxy's own processes, in the haproxy path's tree (the rest of it is the
+    # controller and the idle Python gateway behind it: their work is per second).
+    haproxy_cpu_s: float = 0.0
+
+    def per_request_us(self, seconds: float) -> float:
+        return seconds / self.requests * 1e6 if self.requests else 0.0
 
     @property
     def rate(self) -> float:
@@ -126,10 +139,46 @@ def wrk(url: str, concurrency: int, seconds: float, script: Path,
 # ---------------------------------------------------------------- processes
 
 
+# Base URL → pid of the process whose tree serves it (the replica, nginx, a gateway), for
+# the CPU each path spends per request.
+PIDS: dict[str, int] = {}
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int, only: str | None = None) -> float:
+    """CPU seconds (user + system) used so far by `pid` and every process below it (with
+    `only`, by those of them whose command name is `only`)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    names: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue
+        fields = rest.split()
+        child = int(stat.parent.name)
+        parents[child], names[child] = int(fields[1]), head.partition("(")[2]
+        used[child] = (int(fields[11]) + int(fields[12])) * _TICK_S
+    tree = {pid}
+    for child in sorted(parents):  # a child's pid is almost always above its parent's
+        if parents[child] in tree:
+            tree.add(child)
+    return sum(used.get(m, 0.0) for m in tree if only is None or names.get(m) == only)
+
+
+def _owner(url: str) -> int | None:
+    bases = [b for b in PIDS if url.startswith(b + "/")]
+    return PIDS[max(bases, key=len)] if bases else None
+
+
 @contextlib.contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+def _process(args: list[str], env: dict[str, str], log: Path,
+             base: str | None = None) -> Iterator[None]:
     with log.open("ab") as out:
         proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if base:
+        PIDS[base] = proc.pid
     try:
         yield
     finally:
@@ -145,8 +194,10 @@ def replica(tmp: Path, backend: str, port: int) -> Iterator[str]:
     env = dict(os.environ, MODEL_SERVER_HOST=HOST, MODEL_SERVER_PORT=str(port),
                MODEL_SERVER_BACKEND=backend, MODEL_SERVER_DIMENSION="384",
                MODEL_SERVER_LOG_LEVEL="WARNING")
-    with _process([sys.executable, "-m", "model_server"], env, tmp / f"replica-{port}.log"):
-        yield f"http://{HOST}:{port}"
+    base = f"http://{HOST}:{port}"
+    with _process([sys.executable, "-m", "model_server"], env, tmp / f"replica-{port}.log",
+                  base):
+        yield base
 
 
 @contextlib.contextmanager
@@ -162,13 +213,24 @@ def nginx(upstream: str, tmp: Path, workers: int) -> Iterator[str]:
     conf.write_text(NGINX_CONF.format(tmp=folder, upstream=upstream, host=HOST, port=port,
                                       workers=workers))
     with _process([binary, "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(conf),
-                   "-g", "daemon off;"], dict(os.environ), folder / "stdout.log"):
+                   "-g", "daemon off;"], dict(os.environ), folder / "stdout.log",
+                  f"http://{HOST}:{port}"):
         yield f"http://{HOST}:{port}"
 
 
+@dataclass
+class Planes:
+    """Greenroom's data planes under test, and the database their routes come from."""
+
+    gateway: str
+    pool: Any
+    haproxy: str | None = None
+    haproxy_stats: str | None = None
+
+
 @contextlib.asynccontextmanager
-async def gateway(tmp: Path, processes: int) -> AsyncIterator[tuple[str, Any]]:
-    """A fresh database and Redis, and a gateway; yields its URL and the database pool."""
+async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterator[Planes]:
+    """A fresh database and Redis, a Python gateway and (`with_haproxy`) an HAProxy one."""
     keep: list[Any] = []
     admin = backing.postgres_admin_dsn(tmp, keep)
     dsn = await backing.create_database(admin, f"greenroom_bench_gateway_{os.getpid()}")
@@ -179,13 +241,28 @@ async def gateway(tmp: Path, processes: int) -> AsyncIterator[tuple[str, Any]]:
                GREENROOM_GATEWAY_PORT=str(port), GREENROOM_GATEWAY_PROCESSES=str(processes),
                GREENROOM_LOG_LEVEL="warning", GREENROOM_ROUTES_POLL_S="0.5")
     pool = await create_pool(dsn, max_size=2)
+    hport, stats = free_port(HOST), free_port(HOST)
+    # HAProxy gets `processes` threads; the Python gateway behind it (private models and
+    # the like) is not on the measured path, so one process.
+    henv = dict(env, GREENROOM_GATEWAY_ENGINE="haproxy", GREENROOM_GATEWAY_PORT=str(hport),
+                GREENROOM_GATEWAY_PROCESSES="1", GREENROOM_HAPROXY_THREADS=str(processes),
+                GREENROOM_HAPROXY_STATS_PORT=str(stats), GREENROOM_HAPROXY_SLOTS="4",
+                GREENROOM_STATE_DIR=str(tmp / "state"))
     try:
-        with _process([sys.executable, "-m", "gateway.server"], env,
-                      tmp / "gateway.log"):
-            base = f"http://{HOST}:{port}"
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_process([sys.executable, "-m", "gateway.server"], env,
+                                         tmp / "gateway.log", f"http://{HOST}:{port}"))
+            planes = Planes(f"http://{HOST}:{port}", pool)
+            if with_haproxy:
+                stack.enter_context(_process([sys.executable, "-m", "gateway.server"], henv,
+                                             tmp / "haproxy.log", f"http://{HOST}:{hport}"))
+                planes.haproxy = f"http://{HOST}:{hport}"
+                planes.haproxy_stats = f"http://{HOST}:{stats}"
             async with aiohttp.ClientSession() as http:
-                await backing.wait_for_http(http, base + "/healthz")
-            yield base, pool
+                await backing.wait_for_http(http, planes.gateway + "/healthz")
+                if planes.haproxy:
+                    await backing.wait_for_http(http, planes.haproxy + "/healthz")
+            yield planes
     finally:
         await pool.close()
         await backing.drop_database(admin, dsn)
@@ -194,8 +271,9 @@ async def gateway(tmp: Path, processes: int) -> AsyncIterator[tuple[str, Any]]:
                 item.terminate()
 
 
-async def route(pool: Any, name: str, endpoint: str) -> None:
-    """Serve deployment `name` from `endpoint`, as a finished rollout leaves it."""
+async def route(pool: Any, name: str, endpoint: str) -> UUID:
+    """Serve deployment `name` from `endpoint`, as a finished rollout leaves it; returns the
+    replica's id."""
     model = await register(pool, "bench", name, ModelSource(backend="hashing", dimension=384),
                            "public")
     _, generation = await deployments.begin_generation(pool, model.id, name)
@@ -204,6 +282,7 @@ async def route(pool: Any, name: str, endpoint: str) -> None:
                           generation=generation, task_id=None, runtime="process")
     await replicas.set_started(pool, replica_id, "bench", endpoint)
     await deployments.switch(pool, model.id, generation, name, {})
+    return replica_id
 
 
 async def _until_routed(url: str) -> None:
@@ -216,21 +295,58 @@ async def _until_routed(url: str) -> None:
     raise SystemExit(f"{url} never answered 200")
 
 
+async def _until_direct(planes: Planes, count: int) -> None:
+    """Until HAProxy serves `count` replicas from its slots (so /serve goes straight to
+    them): servers of a slot leave maintenance ("no check": no health checks) when given
+    to a replica."""
+    if planes.haproxy_stats is None:
+        return
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            async with http.get(planes.haproxy_stats + "/stats;csv") as resp:
+                rows = [row.split(",") for row in (await resp.text()).splitlines()]
+            if sum(row[0].startswith("slot") and row[17] == "no check" for row in rows) >= count:
+                return
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"HAProxy never served {count} replica(s) directly")
+
+
+def _paths(planes: Planes, direct: str, proxy: str, name: str) -> dict[str, str]:
+    paths = {"direct": direct + "/embed", "nginx": proxy + "/embed",
+             "gateway": f"{planes.gateway}/serve/{name}/embed"}
+    if planes.haproxy:
+        paths["haproxy"] = f"{planes.haproxy}/serve/{name}/embed"
+    return paths
+
+
 def measure(paths: dict[str, str], levels: list[int], seconds: float, rounds: int,
             script: Path) -> dict[tuple[str, int], Run]:
     runs: dict[tuple[str, int], Run] = {}
     for url in paths.values():
         wrk(url, max(levels), 2, script, warm_up=True)  # connections, caches, batch sizes
+    replica_pid = _owner(paths["direct"])
     for _ in range(rounds):
         for level in levels:
             for name, url in paths.items():
+                proxy_pid = _owner(url) if name != "direct" else None
+                before = _cpu(proxy_pid, replica_pid)
                 requests, elapsed, p50, p99 = wrk(url, level, seconds, script)
+                after = _cpu(proxy_pid, replica_pid)
                 run = runs.setdefault((name, level), Run())
                 run.requests += requests
                 run.seconds += elapsed
                 run.p50.append(p50)
                 run.p99.append(p99)
+                run.proxy_cpu_s += after[0] - before[0]
+                run.replica_cpu_s += after[1] - before[1]
+                run.haproxy_cpu_s += after[2] - before[2]
     return runs
+
+
+def _cpu(proxy_pid: int | None, replica_pid: int | None) -> tuple[float, float, float]:
+    """CPU so far of the proxy's tree, the replica, and the HAProxy processes in the tree."""
+    return (cpu_s(proxy_pid) if proxy_pid else 0.0, cpu_s(replica_pid) if replica_pid else 0.0,
+            cpu_s(proxy_pid, "haproxy") if proxy_pid else 0.0)
 
 
 # ---------------------------------------------------------------- report
@@ -238,51 +354,74 @@ def measure(paths: dict[str, str], levels: list[int], seconds: float, rounds: in
 
 def report(title: str, runs: dict[tuple[str, int], Run], levels: list[int]) -> None:
     print(title)
+    planes = [n for n in ("gateway", "haproxy") if (n, levels[0]) in runs]
     for level in levels:
-        direct, peer, ours = (runs[(n, level)] for n in ("direct", "nginx", "gateway"))
-        for name, run in (("direct", direct), ("nginx", peer), ("gateway", ours)):
+        direct, peer = runs[("direct", level)], runs[("nginx", level)]
+        for name in ("direct", "nginx", *planes):
+            run = runs[(name, level)]
             print(f"  c={level:<3} {name:8} {run.rate:8.0f} req/s   p50 {run.p50_ms:6.2f} ms"
-                  f"   p99 {run.p99_ms:6.2f} ms")
-        print(f"  c={level:<3} gateway/nginx throughput {ours.rate / peer.rate:5.2f} "
-              f"(goal >= 1.00)   gateway/direct {ours.rate / direct.rate:5.2f}   "
-              f"p50 added over direct {ours.p50_ms - direct.p50_ms:+.2f} ms "
-              f"(nginx {peer.p50_ms - direct.p50_ms:+.2f} ms)")
+                  f"   p99 {run.p99_ms:6.2f} ms   CPU/request: proxy "
+                  f"{run.per_request_us(run.proxy_cpu_s):5.0f} us, replica "
+                  f"{run.per_request_us(run.replica_cpu_s):5.0f} us" +
+                  (f" (HAProxy itself {run.per_request_us(run.haproxy_cpu_s):.0f} us)"
+                   if name == "haproxy" else ""))
+        for name in planes:
+            ours = runs[(name, level)]
+            print(f"  c={level:<3} {name}/nginx throughput {ours.rate / peer.rate:5.2f} "
+                  f"(goal >= 1.00)   {name}/direct {ours.rate / direct.rate:5.2f}   "
+                  f"p50 added over direct {ours.p50_ms - direct.p50_ms:+.2f} ms "
+                  f"(nginx {peer.p50_ms - direct.p50_ms:+.2f} ms)")
 
 
 async def _bench(args: argparse.Namespace, tmp: Path) -> None:
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT.format(sentence=SENTENCE))
-    async with gateway(tmp, args.processes) as (base, pool):
+    with_haproxy = not args.no_haproxy and find_haproxy(Settings()) is not None
+    if not with_haproxy:
+        print("haproxy: not measured (--no-haproxy, or haproxy is not installed)")
+    async with gateway(tmp, args.processes, with_haproxy) as planes:
         with replica(tmp, "hashing", free_port(HOST)) as hashing:
             async with aiohttp.ClientSession() as http:
                 await backing.wait_for_http(http, hashing + "/health", 60)
-            await route(pool, "hashing", hashing)
-            await _until_routed(f"{base}/serve/hashing/embed")
-            upstream = hashing.removeprefix("http://")
-            with nginx(upstream, tmp, args.processes) as proxy:
-                paths = {"direct": hashing + "/embed", "nginx": proxy + "/embed",
-                         "gateway": f"{base}/serve/hashing/embed"}
+            await route(planes.pool, "hashing", hashing)
+            await _until_routed(f"{planes.gateway}/serve/hashing/embed")
+            await _until_direct(planes, 1)
+            with nginx(hashing.removeprefix("http://"), tmp, args.processes) as proxy:
                 levels = [1, 16, 64]
-                runs = measure(paths, levels, args.seconds, args.rounds, script)
+                runs = measure(_paths(planes, hashing, proxy, "hashing"), levels, args.seconds,
+                               args.rounds, script)
         report(f"data plane, hashing replica (process), TEI POST /embed, wrk -t1, "
                f"{args.rounds} x {args.seconds:g} s per path and level, interleaved; "
-               f"gateway processes {args.processes}, nginx workers {args.processes}",
-               runs, levels)
+               f"gateway processes {args.processes}, nginx workers {args.processes}, "
+               f"haproxy threads {args.processes}; load average {_load()}", runs, levels)
         if args.no_minilm:
             return
         with replica(tmp, "sentence-transformers", free_port(HOST)) as minilm:
             async with aiohttp.ClientSession() as http:
                 await backing.wait_for_http(http, minilm + "/health", 300)
-            await route(pool, "minilm", minilm)
-            await _until_routed(f"{base}/serve/minilm/embed")
+            await route(planes.pool, "minilm", minilm)
+            await _until_routed(f"{planes.gateway}/serve/minilm/embed")
+            await _until_direct(planes, 2)
             with nginx(minilm.removeprefix("http://"), tmp, args.processes) as proxy:
-                paths = {"direct": minilm + "/embed", "nginx": proxy + "/embed",
-                         "gateway": f"{base}/serve/minilm/embed"}
-                runs = measure(paths, [32], args.seconds * 2, args.rounds, script)
-        report("data plane, all-MiniLM-L6-v2 replica (process), c=32", runs, [32])
-        direct, ours = runs[("direct", 32)], runs[("gateway", 32)]
-        print(f"  gateway's share of throughput: {1 - ours.rate / direct.rate:6.1%} "
-              "(goal <= 3 %)")
+                runs = measure(_paths(planes, minilm, proxy, "minilm"), [32], args.seconds * 2,
+                               args.rounds, script)
+        report(f"data plane, all-MiniLM-L6-v2 replica (process), c=32; load average {_load()}",
+               runs, [32])
+        direct = runs[("direct", 32)]
+        for name in ("nginx", "gateway", "haproxy"):
+            if (name, 32) not in runs:
+                continue
+            run = runs[(name, 32)]
+            # Where the proxy and the replica share the cores, the proxy's CPU per request
+            # over the pair's is the throughput it takes; steadier than rates on a busy host.
+            proxy_s = run.haproxy_cpu_s if name == "haproxy" else run.proxy_cpu_s
+            cpu_share = proxy_s / (proxy_s + run.replica_cpu_s) if run.replica_cpu_s else 0.0
+            print(f"  {name}'s share of throughput: {1 - run.rate / direct.rate:6.1%} "
+                  f"(goal <= 3 %); its share of CPU per request: {cpu_share:5.1%}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 async def main() -> None:
@@ -293,6 +432,7 @@ async def main() -> None:
     parser.add_argument("--processes", type=int, default=1,
                         help="gateway processes (and nginx workers)")
     parser.add_argument("--no-minilm", action="store_true", help="skip the real-model part")
+    parser.add_argument("--no-haproxy", action="store_true", help="skip the HAProxy data plane")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")

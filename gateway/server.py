@@ -1,5 +1,8 @@
 """`greenroom gateway` (and `python -m gateway.server`): run the data plane.
 
+`GREENROOM_GATEWAY_ENGINE=haproxy` (`--engine haproxy`) runs HAProxy programmed by
+Greenroom instead, with the Python gateways behind it (gateway/haproxy/).
+
 With `processes` > 1 this process serves too and starts the others, each its own gateway
 on the same port (SO_REUSEPORT: the kernel spreads connections over them), and stops
 them when it stops.
@@ -52,6 +55,15 @@ def _fast_loop() -> None:
 
 
 def serve(settings: Settings, processes: int | None = None) -> None:
+    """The data plane on `settings.gateway_engine`: the Python gateway, or HAProxy with
+    Python gateways behind it (gateway/haproxy/controller.py)."""
+    if settings.gateway_engine == "haproxy":
+        from gateway.haproxy.controller import serve_haproxy
+
+        if processes:
+            settings = settings.model_copy(update={"gateway_processes": processes})
+        serve_haproxy(settings)
+        return
     from gateway.app import create_gateway_app
 
     _fast_loop()

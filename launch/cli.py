@@ -41,6 +41,8 @@ def cmd_api(settings: Settings, _: argparse.Namespace) -> None:
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
     from gateway.server import serve
 
+    if args.engine:
+        settings = settings.model_copy(update={"gateway_engine": args.engine})
     serve(settings, processes=args.processes)
 
 
@@ -129,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("gateway", help="run the gateway (data plane); any number of copies")
     gateway.add_argument("--processes", type=int,
                          help="processes sharing the port (default GREENROOM_GATEWAY_PROCESSES)")
+    gateway.add_argument("--engine", choices=["python", "haproxy"],
+                         help="python: the gateway processes alone; haproxy: HAProxy serves "
+                              "public models straight to replicas, the Python gateways the "
+                              "rest (default GREENROOM_GATEWAY_ENGINE)")
     gateway.set_defaults(fn=cmd_gateway)
     sub.add_parser("worker", help="run a worker").set_defaults(
         fn=lambda s, a: _exec_module("worker"))

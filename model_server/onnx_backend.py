@@ -147,14 +147,30 @@ class OnnxBackend:
         return cls(session, tokenizer, counter, layout, length, variant, model_file)
 
     def embed(self, texts: list[str]) -> Embeddings:
+        feeds = self.encode(texts)
+        mask = feeds["attention_mask"]
+        return Embeddings(self.pool(self.forward(feeds), mask),
+                          mask.sum(axis=1).tolist())
+
+    def encode(self, texts: list[str]) -> dict[str, IntArray]:
+        """The session's inputs: token ids and mask (and type ids if the graph takes them),
+        padded to the longest text and truncated to ``max_input_length``."""
         encodings = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask}
+        feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                 "attention_mask": np.array([e.attention_mask for e in encodings],
+                                            dtype=np.int64)}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
-        hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
-        return Embeddings(pool(hidden, mask, self._pooling), mask.sum(axis=1).tolist())
+        return feeds
+
+    def forward(self, feeds: dict[str, IntArray]) -> Vectors:
+        """Token vectors (batch x sequence x dimension) from the session."""
+        hidden: Vectors = self._session.run(
+            None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        return hidden
+
+    def pool(self, hidden: Vectors, mask: IntArray) -> Vectors:
+        return pool(hidden, mask, self._pooling)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self._counter.encode_batch(texts)]

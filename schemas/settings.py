@@ -3,10 +3,12 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RuntimeName = Literal["process", "docker", "swarm"]
+# Bind-all addresses: a replica may listen there, but nobody can dial them.
+UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 class Settings(BaseSettings):
@@ -40,6 +42,23 @@ class Settings(BaseSettings):
     gateway_port: int = 8001
     # Gateway processes sharing the port (SO_REUSEPORT); each reports its own in-flight counts.
     gateway_processes: int = 1
+    # The data plane's engine: `python` (the gateway processes alone) or `haproxy` (Debian's
+    # HAProxy serves public models' /serve routes straight to replicas, programmed from the
+    # routing table; everything else goes on to `gateway_processes` Python gateways).
+    gateway_engine: Literal["python", "haproxy"] = "python"
+    # The HAProxy binary (`haproxy` on PATH, else /usr/sbin/haproxy, where Debian puts it).
+    haproxy_binary: str = "haproxy"
+    # HAProxy's stats page (/stats) and Prometheus exporter (/metrics), on loopback; unset:
+    # a free port, logged at start.
+    haproxy_stats_port: int | None = None
+    # Backends HAProxy declares for deployments' generations (2.6 cannot add any at run
+    # time); a deployment past them is served by the Python gateway.
+    haproxy_slots: int = 64
+    # Servers each of those backends declares: the most replicas of one generation HAProxy
+    # serves directly (a deployment with more is served by the Python gateway).
+    haproxy_slot_servers: int = 16
+    # HAProxy's threads; unset: one per CPU.
+    haproxy_threads: int | None = None
     # How long the gateway and the API trust a cached access decision (a revoke is also
     # announced on Redis, which clears the caches at once).
     access_cache_ttl_s: float = 1.0
@@ -54,8 +73,14 @@ class Settings(BaseSettings):
     # Bearer token a scraper sends for a gateway's /metrics (it names deployments); unset:
     # only loopback callers may read it.
     metrics_token: SecretStr | None = None
-    # Address replicas are published on and reached at; loopback by default.
+    # Address replicas listen on (process runtime) or are published on (docker); also the
+    # address their endpoints name unless `replica_advertise_host` is set. 0.0.0.0 (every
+    # address) needs an advertise address.
     replica_host: str = "127.0.0.1"
+    # Address gateways and workers on other hosts reach this host's replicas at (written into
+    # each replica's endpoint); unset: `replica_host`, so loopback by default. Set it when
+    # replicas bind 0.0.0.0 or sit behind NAT.
+    replica_advertise_host: str | None = None
 
     # The most processes a replica's container holds.
     replica_pids_limit: int = 1024
@@ -112,6 +137,22 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     log_json: bool | None = None
+
+    @model_validator(mode="after")
+    def _replicas_reachable(self) -> "Settings":
+        if self.replica_advertise_host is None and self.replica_host in UNSPECIFIED_HOSTS:
+            raise ValueError(f"GREENROOM_REPLICA_HOST={self.replica_host} binds every address "
+                             "but names none to reach replicas at: set "
+                             "GREENROOM_REPLICA_ADVERTISE_HOST to this host's routable address")
+        if self.replica_advertise_host in UNSPECIFIED_HOSTS:
+            raise ValueError("GREENROOM_REPLICA_ADVERTISE_HOST must be an address others can "
+                             f"reach, not {self.replica_advertise_host}")
+        return self
+
+    @property
+    def replica_endpoint_host(self) -> str:
+        """The host part of this host's replica endpoints (advertise address, else bind)."""
+        return self.replica_advertise_host or self.replica_host
 
     @property
     def model_store_dir(self) -> Path:

@@ -174,6 +174,9 @@ def settings(database_url: str, backing: dict[str, str], tmp_path: Path) -> Sett
 
 
 TEST_SECRET_KEY = "greenroom-test-secret-key-0123456789"
+# How long a spawned API or gateway may take to answer /healthz: seconds alone, but past
+# 30 s when every core is busy (the parallel phase on a machine others load too).
+START_TIMEOUT_S = 90
 # Each test session's Docker containers carry their own cluster label, so sessions running
 # side by side on one engine never list (or reap) each other's replicas.
 TEST_CLUSTER = f"test-{os.getpid()}"
@@ -261,7 +264,7 @@ async def api(spawn: Callable[..., Proc], settings: Settings, http: aiohttp.Clie
     port = free_port("127.0.0.1")
     spawn("service", api_port=port)
     base = f"http://127.0.0.1:{port}"
-    await wait_for_http(http, base + "/healthz")
+    await wait_for_http(http, base + "/healthz", timeout_s=START_TIMEOUT_S)
     return base
 
 
@@ -279,7 +282,7 @@ async def start_gateway(spawn: Callable[..., Proc], http: aiohttp.ClientSession,
     port = free_port("127.0.0.1")
     spawn("gateway.server", gateway_port=port, **overrides)
     base = f"http://127.0.0.1:{port}"
-    await wait_for_http(http, base + "/healthz")
+    await wait_for_http(http, base + "/healthz", timeout_s=START_TIMEOUT_S)
     return base
 
 

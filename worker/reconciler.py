@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from db import deployments, events, replicas, tasks
 from db.errors import DatabaseError
-from db.replicas import Replica
+from db.replicas import ReplicaBrief
 from schemas.queue import (
     JOB_RUN_TASK,
     QUEUE_NAME,
@@ -79,7 +79,8 @@ async def _remove_task_replicas(ctx: WorkerContext, task: tasks.Task) -> None:
         await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
 
 
-def _orphaned(row: Replica | None, busy: set[UUID], active: dict[UUID, int | None]) -> bool:
+def _orphaned(row: ReplicaBrief | None, busy: set[UUID],
+              active: dict[UUID, int | None]) -> bool:
     """Nobody owns this replica: no row, a finished row, or a generation no task is making."""
     if row is None or row.state in (ReplicaState.stopped, ReplicaState.failed):
         return True
@@ -100,7 +101,8 @@ async def remove_orphans(ctx: WorkerContext) -> int:
     # Read after listing: a task claimed in between is seen as busy, so its new replicas
     # (absent from `found` or not) are never judged orphans.
     busy = await tasks.models_with_processing_task(ctx.pool)
-    rows = {r.id: r for r in await replicas.get_many(ctx.pool, [i.replica_id for i in found])}
+    ids = [i.replica_id for i in found]
+    rows = {r.id: r for r in await replicas.get_many_brief(ctx.pool, ids)}
     active = await deployments.active_generations(ctx.pool)
     orphans = [i for i in found if _orphaned(rows.get(i.replica_id), busy, active)]
     for info in orphans:

@@ -11,19 +11,19 @@ from uuid import UUID
 import structlog
 
 from db import deployments, events, models, replicas
-from db.replicas import Replica
+from db.replicas import Replica, ReplicaBrief
 from schemas.tasks import DeploymentConfig, DeploymentStatus, ReplicaState
 from worker import replicas as lifecycle
 from worker.admission import capacity
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
 from worker.publish import publish_routes
-from worker.runtimes.base import ReplicaInfo, RuntimeError_
+from worker.runtimes.base import ReplicaInfo, RuntimeError_, manages
 
 log = structlog.get_logger(__name__)
 
 
-async def _crashed(ctx: WorkerContext, replica: Replica) -> ReplicaInfo | None:
+async def _crashed(ctx: WorkerContext, replica: ReplicaBrief) -> ReplicaInfo | None:
     """The runtime's view of a replica that should be serving but is not, else None."""
     if not replica.runtime_ref:
         return None
@@ -38,12 +38,16 @@ async def _crashed(ctx: WorkerContext, replica: Replica) -> ReplicaInfo | None:
 async def replace_crashed(ctx: WorkerContext, busy: set[UUID]) -> int:
     """Find serving replicas that died and replace each; returns how many were replaced."""
     replaced = 0
-    for replica in await replicas.list_serving(ctx.pool):
-        if replica.model_id in busy:
-            continue
-        info = await _crashed(ctx, replica)
+    for brief in await replicas.list_serving_brief(ctx.pool):
+        if brief.model_id in busy or not manages(ctx.runtime, brief.endpoint):
+            continue  # a task owns it, or it lives on another host (that host's workers')
+        info = await _crashed(ctx, brief)
         if info is None:
             continue
+        found = await replicas.get_many(ctx.pool, [brief.id])
+        if not found:
+            continue
+        replica = found[0]
         reason = info.describe_exit()
         if not await replicas.transition(ctx.pool, replica.id, ReplicaState.ready,
                                           ReplicaState.failed, reason):

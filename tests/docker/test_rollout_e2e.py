@@ -1,7 +1,8 @@
 """Issue 5: green rollouts on a real Docker Engine through the API and a docker worker.
 
 Deploy, redeploy and delete leave exactly the containers they should; redeploys under a
-steady load through a gateway process drop no request, also through a gateway the workers
+steady load through a gateway process drop no request (the Python gateway, and HAProxy
+programmed by Greenroom where haproxy is installed), also through a gateway the workers
 cannot hear from (it finds the switch by polling Postgres, and the drain waits for that).
 """
 
@@ -21,6 +22,7 @@ from db import deployments, replicas
 from tests import services
 from tests.conftest import Proc, start_gateway, wait_task
 from tests.docker.conftest import containers_of, deploy, embed, skip_without_engine
+from tests.integration.test_gateways import ENGINES, start_engine
 from tests.load import run_load
 from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, LABEL_REPLICA, LABEL_TASK
 
@@ -97,10 +99,15 @@ CONCURRENCY = 32
 
 
 @pytest.mark.serial  # paced load: asserts the rate it reached and that no request timed out
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_redeploys_under_load_drop_no_request(
         docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
-        docker_api: aiodocker.Docker, hashing_model: Any) -> None:
+        docker_api: aiodocker.Docker, hashing_model: Any, spawn: Callable[..., Proc],
+        engine: str) -> None:
+    """On each engine: the Python gateway, and HAProxy serving the containers directly."""
     api = docker_stack
+    if engine == "haproxy":
+        gateway = await start_engine(spawn, http, engine)
     model_id = await hashing_model("under-load")
     assert (await deploy(http, api, "alice/under-load"))["status"] == "done"
 
@@ -127,7 +134,8 @@ async def test_redeploys_under_load_drop_no_request(
     live = await containers_of(docker_api, model_id)
     assert [d["Config"]["Labels"][LABEL_GENERATION] for d in live] == ["3"]
     latencies = sorted(load.latencies)
-    print(f"\nload: {load.sent} requests in {load.elapsed_s:.1f}s, 0 failed, by generation "
+    print(f"\n{engine} gateway, load: {load.sent} requests in {load.elapsed_s:.1f}s, 0 failed, "
+          f"by generation "
           f"{dict(sorted(served.items()))}, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"max {latencies[-1] * 1000:.1f} ms")
 

@@ -1,6 +1,10 @@
 """The gateway as its own process, several at once: zero-failure redeploys under load,
 an atomic switch on every gateway, a drain that waits for in-flight requests on all of
-them, and private models' access (cached, yet a revoked key stops within a second)."""
+them, and private models' access (cached, yet a revoked key stops within a second).
+
+The first two run on each engine: the Python gateway, and HAProxy programmed by
+Greenroom (`--engine haproxy`, skipped where haproxy is not installed), whose in-flight
+counts are HAProxy's own `scur` per replica."""
 
 import asyncio
 import contextlib
@@ -18,6 +22,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from db import deployments, replicas
+from gateway.haproxy.controller import find_haproxy
 from schemas.queue import ROUTES_CHANNEL
 from schemas.settings import Settings
 from tests.conftest import Proc, start_gateway, wait_task
@@ -31,6 +36,22 @@ from worker.runtimes.process import free_port
 RATE_EACH = 30  # two gateways: 60 requests per second in all
 DURATION_S = 22
 CONCURRENCY = 16
+NO_HAPROXY = pytest.mark.skipif(find_haproxy(Settings()) is None,
+                                reason="haproxy is not installed (apt-get install haproxy)")
+ENGINES = [pytest.param("python"), pytest.param("haproxy", marks=NO_HAPROXY)]
+
+
+async def start_engine(spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+                       engine: str) -> str:
+    """A gateway on `engine`; HAProxy's with a small slot pool (it declares them all)."""
+    if engine == "haproxy":
+        return await start_gateway(spawn, http, gateway_engine="haproxy", haproxy_slots=8)
+    return await start_gateway(spawn, http)
+
+
+def reports_per_gateway(engine: str) -> int:
+    """Reports each gateway writes: HAProxy's controller's, and its Python gateway's."""
+    return 2 if engine == "haproxy" else 1
 
 
 async def _deploy(http: aiohttp.ClientSession, api: str, ref: str) -> dict[str, Any]:
@@ -50,13 +71,14 @@ async def _by_generation(pool: asyncpg.Pool, load: Load) -> Counter[int]:
 @pytest.mark.slow
 @pytest.mark.serial  # paced load: asserts the rate it reached and that no request timed out
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_redeploys_under_load_through_two_gateways_drop_no_request(
         api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
-        hashing_model: Any) -> None:
+        hashing_model: Any, engine: str) -> None:
     """Process runtime: 60 req/s for 22 s over two gateway processes, two redeploys."""
     model_id = await hashing_model("two-gateways")
     spawn("worker")
-    gateways = [await start_gateway(spawn, http), await start_gateway(spawn, http)]
+    gateways = [await start_engine(spawn, http, engine), await start_engine(spawn, http, engine)]
     assert (await _deploy(http, api, "alice/two-gateways"))["status"] == "done"
     loads = [asyncio.create_task(run_load(f"{g}/serve/two-gateways/embed", RATE_EACH,
                                           DURATION_S, CONCURRENCY)) for g in gateways]
@@ -78,7 +100,7 @@ async def test_redeploys_under_load_through_two_gateways_drop_no_request(
     assert elapsed >= 20 and sent / elapsed >= 50
     deployment = await deployments.get(pool, model_id)
     assert deployment is not None and deployment.active_generation == 3
-    print(f"\ntwo gateways: {sent} requests in {elapsed:.1f}s ({sent / elapsed:.0f}/s), "
+    print(f"\ntwo {engine} gateways: {sent} requests in {elapsed:.1f}s ({sent / elapsed:.0f}/s), "
           f"0 failed, generations 1, 2, 3 answered through each")
 
 
@@ -126,12 +148,12 @@ async def _answered_by(http: aiohttp.ClientSession, gateway: str, name: str) -> 
         return resp.headers["X-Greenroom-Replica"]
 
 
-async def _both_report(redis: Redis, model_id: str, generation: int) -> None:
-    """Until both gateways report routing the model to `generation` (they report on reload)."""
+async def _both_report(redis: Redis, model_id: str, generation: int, count: int) -> None:
+    """Until all `count` reports route the model to `generation` (they report on reload)."""
     deadline = time.monotonic() + 10
     while True:
         reports = await gateway_reports(redis)
-        if len(reports) == 2 and all(r.generations.get(model_id) == generation
+        if len(reports) == count and all(r.generations.get(model_id) == generation
                                      for r in reports):
             return
         assert time.monotonic() < deadline, reports
@@ -146,10 +168,13 @@ async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_two_gateways_switch_together_and_the_drain_waits_for_both(
         spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
-        settings: Settings, hashing_model: Any, clean: None, tmp_path: Path) -> None:
+        settings: Settings, hashing_model: Any, clean: None, tmp_path: Path,
+        engine: str) -> None:
     name = "held"
+    reporting = 2 * reports_per_gateway(engine)
     model_id = await hashing_model(name)
     new_server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing",
                               MODEL_SERVER_DIMENSION="8")
@@ -157,7 +182,8 @@ async def test_two_gateways_switch_together_and_the_drain_waits_for_both(
     try:
         async with held_replica() as old:
             old_id = await serve_replica(pool, model_id, name, old.url)
-            gateways = [await start_gateway(spawn, http), await start_gateway(spawn, http)]
+            gateways = [await start_engine(spawn, http, engine),
+                        await start_engine(spawn, http, engine)]
             await poll_health(http, new_server)
             # One request in flight to the old replica through each gateway.
             pending = []
@@ -169,15 +195,17 @@ async def test_two_gateways_switch_together_and_the_drain_waits_for_both(
             new_id = await serve_replica(pool, model_id, name, new_server.url)
             await redis.publish(ROUTES_CHANNEL, str(model_id))
             drained = asyncio.create_task(wait_drained(redis, model_id, 2, [old_id], 20))
-            await _both_report(redis, str(model_id), 2)
+            await _both_report(redis, str(model_id), 2, reporting)
             for gateway in gateways:  # each gateway now sends every new request to gen 2
                 answers = {await _answered_by(http, gateway, name) for _ in range(5)}
                 assert answers == {str(new_id)}, (gateway, answers)
 
             await asyncio.sleep(1.5)
             reports = await gateway_reports(redis)
-            assert len(reports) == 2 and all(r.generations[str(model_id)] == 2 for r in reports)
-            assert sorted(r.inflight.get(str(old_id), 0) for r in reports) == [1, 1]
+            assert len(reports) == reporting
+            assert all(r.generations[str(model_id)] == 2 for r in reports)
+            held = [0] * (reporting - 2) + [1, 1]  # HAProxy's own reports carry them (scur)
+            assert sorted(r.inflight.get(str(old_id), 0) for r in reports) == held, reports
             assert not drained.done(), "the drain ended with two requests in flight"
             old.arrived[0].set_result(None)
             assert await pending[0] == str(old_id)

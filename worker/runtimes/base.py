@@ -2,7 +2,9 @@
 
 import asyncio
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import structlog
@@ -112,6 +114,25 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
     return replica_env(env, spec.env)
 
 
+def endpoint_url(host: str, port: int) -> str:
+    """A replica's endpoint, `http://host:port`; an IPv6 address goes in brackets."""
+    try:
+        bracketed = ip_address(host).version == 6
+    except ValueError:
+        bracketed = False
+    return f"http://[{host}]:{port}" if bracketed else f"http://{host}:{port}"
+
+
+def manages(runtime: "Runtime", endpoint: str | None) -> bool:
+    """Whether `runtime` can inspect and stop the replica at `endpoint`: one bound to a host
+    (process, docker) only the replicas advertised on that host's address; one spanning
+    nodes (`local_host` None: swarm) every replica. A replica not started yet (no endpoint)
+    belongs to whoever is starting it, so it counts as managed."""
+    if runtime.local_host is None or endpoint is None:
+        return True
+    return urlsplit(endpoint).hostname == runtime.local_host.strip("[]")
+
+
 def parse_labels(labels: dict[str, str]) -> tuple[UUID, UUID, int] | None:
     """(replica id, model id, generation) from a replica's labels, or None if not ours."""
     try:
@@ -140,6 +161,10 @@ class Runtime(Protocol):
     """Start, stop, remove, read logs of, and list replicas."""
 
     name: str
+    # The advertised address of the one host whose replicas this runtime can inspect and
+    # stop (process and docker: this worker's host); None when it reaches replicas on every
+    # node (swarm). Workers on other hosts leave a host's replicas to that host's workers.
+    local_host: str | None
 
     async def start(self, spec: ReplicaSpec) -> StartedReplica:
         """Start a replica; returns at once, readiness is checked over HTTP by the caller."""

@@ -21,6 +21,7 @@ from worker.runtimes.base import (
     ReplicaSpec,
     RuntimeError_,
     StartedReplica,
+    endpoint_url,
     model_server_env,
     parse_labels,
     stop_and_remove_each,
@@ -108,6 +109,8 @@ class DockerRuntime:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._docker: aiodocker.Docker | None = None
+        # Published on replica_host; endpoints name the advertised address.
+        self.local_host: str | None = settings.replica_endpoint_host
 
     def _client(self) -> aiodocker.Docker:
         # Created lazily: aiodocker binds its aiohttp session to the running loop.
@@ -185,7 +188,7 @@ class DockerRuntime:
         return RuntimeError_(f"{message}:\n{stderr}" if stderr else message)
 
     def _endpoint(self, port: int) -> str:
-        return f"http://{self._settings.replica_host}:{port}"
+        return endpoint_url(self._settings.replica_endpoint_host, port)
 
     def _info(self, data: dict[str, Any]) -> ReplicaInfo | None:
         ids = parse_labels((data.get("Config") or {}).get("Labels") or {})

@@ -1,4 +1,5 @@
-"""The `process` runtime: each replica a local `python -m model_server` on a loopback port.
+"""The `process` runtime: each replica a local `python -m model_server` on a port of the
+replica host (loopback by default), its endpoint on the advertised address.
 
 Replicas run in their own session so a worker crash does not take them down; each keeps
 a folder under `<state_dir>/replicas/<id>/` (meta.json, stdout.log, stderr.log, exit_code)
@@ -27,6 +28,7 @@ from worker.runtimes.base import (
     ReplicaSpec,
     RuntimeError_,
     StartedReplica,
+    endpoint_url,
     model_server_env,
     parse_labels,
     stop_and_remove_each,
@@ -69,6 +71,9 @@ class ProcessRuntime:
     def __init__(self, settings: Settings) -> None:
         self._root = (settings.state_dir / "replicas").resolve()
         self._host = settings.replica_host
+        # Replicas listen on replica_host; their endpoints name the advertised address.
+        self._advertised = settings.replica_endpoint_host
+        self.local_host: str | None = self._advertised
         self._default_memory_mb = settings.replica_memory_mb
         self._cgroups = settings.replica_cgroups
         self._children: dict[str, asyncio.subprocess.Process] = {}
@@ -88,7 +93,7 @@ class ProcessRuntime:
                "GREENROOM_REPLICA_ID": ref}
         limit = self._memory_limit(ref, spec)
         proc = await self._spawn(folder, env, limit)
-        endpoint = f"http://{self._host}:{port}"
+        endpoint = endpoint_url(self._advertised, port)
         memory = None if limit is None else {
             "kind": limit.kind, "limit_mb": limit.limit_bytes // 2**20,
             "cgroup": str(limit.cgroup) if limit.cgroup else None}

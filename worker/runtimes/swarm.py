@@ -177,6 +177,8 @@ class SwarmRuntime(DockerRuntime):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        # Replicas on every node are this runtime's to inspect, repair and remove.
+        self.local_host = None
         self._node_addr: dict[str, tuple[str, str]] = {}
         self._local_node: str | None = None
         self._service_locks: dict[str, asyncio.Lock] = {}

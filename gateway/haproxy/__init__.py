@@ -1,0 +1,1 @@
+"""HAProxy as the gateway's data plane, programmed by Greenroom (`--engine haproxy`)."""

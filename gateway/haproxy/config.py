@@ -1,0 +1,149 @@
+"""The HAProxy configuration the controller starts it with: written once, never reloaded.
+
+Backends cannot be created at run time in HAProxy 2.6, so the configuration declares a
+fixed pool of `slots` backends (`slot0`…), each with `servers_per_slot` servers in
+maintenance. The controller gives each served generation of a public deployment a slot,
+points servers of it at its replicas, and points the deployment's names at it in the
+`direct` map; one `set map` moves a name to a new generation. Everything the map does
+not name (private models, `/v1/embeddings`, feedback, requests carrying a token,
+unknown names) goes to the `python` backend: the Python gateway processes the controller also runs.
+
+Why a fixed pool rather than reloads: after a reload, the old worker keeps serving its
+in-flight requests but the new worker's `scur` no longer counts them, so the drain
+would see zeros too early; one worker for the controller's whole life keeps `scur` the
+whole truth.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# The TEI routes passed straight to a replica: (methods, path after /serve/{name}).
+DIRECT_POST = r"^/serve/[^/]+/?(embed|embed_all|tokenize|decode|v1/embeddings)?$"
+DIRECT_GET = r"^/serve/[^/]+/(health|info|metrics)$"
+
+
+def slot_name(index: int) -> str:
+    return f"slot{index}"
+
+
+def _json_error(status: int, message: str, error_type: str) -> str:
+    body = (f'{{"status_code":{status},"message":"{message}","detail":null,'
+            f'"error":"{message}","error_type":"{error_type}"}}')
+    return (f"    http-error status {status} content-type application/json "
+            f"string '{body}'\n")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one HAProxy instance keeps its files, and what it listens on."""
+
+    folder: Path
+    host: str
+    port: int
+    stats_port: int
+    gateways: list[int]  # ports of the Python gateway processes behind it
+    slots: int
+    servers_per_slot: int = 16
+    threads: int | None = None
+    timeout_s: float = 60.0
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "haproxy.cfg"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.folder / "admin.sock"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.folder / "master.sock"
+
+    @property
+    def direct_map(self) -> Path:
+        return self.folder / "direct.map"
+
+    @property
+    def replicas_map(self) -> Path:
+        return self.folder / "replicas.map"
+
+
+def server_names(index: int, layout: Layout) -> list[str]:
+    """The servers slot `index` declares (`server-template s<index>_ 1-N`)."""
+    return [f"s{index}_{j}" for j in range(1, layout.servers_per_slot + 1)]
+
+
+def render(layout: Layout) -> str:
+    """The whole configuration; see the module docstring for its shape."""
+    threads = f"    nbthread {layout.threads}\n" if layout.threads else ""
+    timeout = f"{int(layout.timeout_s * 1000)}ms"
+    lookup = f"path,field(3,/),map({layout.direct_map})"  # /serve/{name}/… → slot backend
+    text = f"""global
+    master-worker
+    stats socket {layout.admin_socket} mode 600 level admin expose-fd listeners
+    stats timeout 10s
+{threads}    # HAProxy's own notices (servers changing state) on stderr; no per-request log lines.
+    log stderr format short local0 notice
+
+defaults
+    mode http
+    option http-keep-alive
+    option http-buffer-request
+    timeout connect 2s
+    timeout client {timeout}
+    timeout server {timeout}
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+    timeout queue 5s
+    # A replica that cannot be reached (refused, reset before an answer) is retried on
+    # another: up to 3 attempts, each after the first on a different server.
+    retries 2
+    retry-on conn-failure empty-response
+    option redispatch 1
+
+frontend data
+    bind {layout.host}:{layout.port}
+    acl has_token req.hdr(authorization) -m found
+    acl direct_post path_reg {DIRECT_POST}
+    acl direct_get path_reg {DIRECT_GET}
+    # The gateway's own metrics name private deployments: loopback callers, or a token.
+    acl loopback src 127.0.0.0/8 ::1
+    http-request deny deny_status 403 if {{ path /metrics }} !loopback !has_token
+    http-request set-var(txn.slot) {lookup} if METH_POST direct_post !has_token
+    http-request set-var(txn.slot) {lookup} if METH_GET direct_get !has_token
+    http-request replace-path ^/serve/[^/]+/?(.*)$ /\\1 if {{ var(txn.slot) -m found }}
+    use_backend %[var(txn.slot)] if {{ var(txn.slot) -m found }}
+    default_backend python
+
+backend python
+    balance leastconn
+"""
+    for i, port in enumerate(layout.gateways):
+        text += f"    server gw{i} 127.0.0.1:{port}\n"
+    for index in range(layout.slots):
+        text += f"""
+backend {slot_name(index)}
+    balance leastconn
+    server-template s{index}_ 1-{layout.servers_per_slot} 127.0.0.1:9 disabled
+    http-response set-header X-Greenroom-Replica %[srv_name,map({layout.replicas_map})]
+"""
+        text += _json_error(502, "replica answered badly or closed the connection", "Backend")
+        text += _json_error(503, "no replica of the deployment could take the request",
+                            "Unhealthy")
+        text += _json_error(504, "replica did not answer in time", "Backend")
+    text += f"""
+frontend stats
+    bind 127.0.0.1:{layout.stats_port}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    stats enable
+    stats uri /stats
+    stats refresh 5s
+"""
+    return text
+
+
+def write(layout: Layout) -> None:
+    layout.folder.mkdir(parents=True, exist_ok=True)
+    layout.direct_map.write_text("")
+    layout.replicas_map.write_text("")
+    layout.config.write_text(render(layout))

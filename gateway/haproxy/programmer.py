@@ -1,0 +1,219 @@
+"""Program HAProxy from the routing table: slots, servers, the `direct` map, the drain.
+
+A public deployment with ready replicas is served by HAProxy directly: its serving
+generation owns one slot backend, whose pre-declared servers (`s<k>_<j>`) take its
+replicas' addresses (`set server … addr`, `state ready`); the `replicas` map names each
+server's replica for the X-Greenroom-Replica header and the reports. A new generation
+gets a fresh slot, filled before the deployment's names move to it with one `set map`
+each, so every request after the switch goes to the new generation. The old slot's
+servers are drained (`state drain`) and, once `scur` shows nothing in flight on them,
+put in maintenance (which also closes their idle connections) and become free again.
+
+Pre-declared servers rather than `add server`: HAProxy 2.6 keeps no idle connections
+to servers added at run time (measured: one new connection to the replica per request,
+2-3x the CPU), while declared ones reuse kept-alive connections as nginx does.
+
+A deployment that is not public, has no ready replica (scaled to zero: the Python
+gateway holds the request), has more replicas than a slot has servers, or finds the
+pool empty is not in the map, so the Python gateway serves it. Map entries that must go
+are removed before anything else changes: a model made private stops being served
+directly on the first command.
+"""
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import structlog
+
+from db.deployments import Route
+from gateway.haproxy.config import Layout, server_names, slot_name
+from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError, ServerStat
+
+log = structlog.get_logger(__name__)
+_ADDR_OK = ("IP changed", "no need to change", "port changed")
+
+
+@dataclass
+class Slot:
+    """One backend of the pool and what it holds now."""
+
+    backend: str
+    free: list[str]  # its servers not given to a replica
+    model_id: UUID | None = None
+    generation: int | None = None
+    servers: dict[UUID, str] = field(default_factory=dict)  # replica id → server name
+    retiring: set[UUID] = field(default_factory=set)  # drained; freed once idle
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """What HAProxy carries for one replica: in flight now, and finished since assigned."""
+
+    replica_id: UUID
+    current: int
+    total: int
+
+
+def _keys(route: Route) -> list[str]:
+    """The names a request may use in /serve/{name}: the deployment's name and model id."""
+    return [route.name, str(route.model_id)]
+
+
+async def _ip_port(endpoint: str) -> tuple[str, int]:
+    """`http://host:port` (a replica's endpoint) as an IP address and port."""
+    parts = urlsplit(endpoint)
+    port = parts.port or 80
+    infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port,
+                                                         type=socket.SOCK_STREAM)
+    return str(infos[0][4][0]), port
+
+
+class Programmer:
+    def __init__(self, api: RuntimeApi, layout: Layout) -> None:
+        self._api, self._layout = api, layout
+        self._slots = {slot_name(i): Slot(slot_name(i), list(reversed(server_names(i, layout))))
+                       for i in range(layout.slots)}
+        self._free = [slot_name(i) for i in reversed(range(layout.slots))]
+        self._live: dict[UUID, Slot] = {}  # model → the slot its serving generation owns
+        self._mapped: dict[str, str] = {}  # direct map key → slot backend
+        self._named: set[str] = set()  # servers with an entry in the replicas map
+        self._base: dict[str, int] = {}  # server → its stot when given to its replica
+        self._stot: dict[str, int] = {}  # server → stot at the last read
+        self.generations: dict[str, int] = {}  # model id → generation routed to (any path)
+
+    @property
+    def draining(self) -> bool:
+        return any(slot.retiring for slot in self._slots.values())
+
+    async def apply(self, routes: list[Route]) -> None:
+        """Make HAProxy route as `routes` say (see the module docstring for the order)."""
+        per_slot = self._layout.servers_per_slot
+        direct = {r.model_id: r for r in routes
+                  if r.access_level == "public" and 0 < len(r.replicas) <= per_slot}
+        keys = {key: r.model_id for r in direct.values() for key in _keys(r)}
+        for key in [k for k, backend in self._mapped.items()
+                    if keys.get(k) != self._slots[backend].model_id]:
+            await self._unmap(key)
+        for route in direct.values():
+            await self._serve(route)
+        for model_id in [m for m in self._live if m not in direct]:
+            await self._retire(self._live.pop(model_id))
+        self.generations = {str(r.model_id): r.generation for r in routes}
+
+    async def _serve(self, route: Route) -> None:
+        current = self._live.get(route.model_id)
+        if current is not None and current.generation == route.generation:
+            await self._fill(current, route)
+            await self._point(route, current.backend)
+            return
+        fresh = self._take(route)
+        if fresh is None:
+            log.warning("haproxy_slots_exhausted", deployment=route.name)
+            for key in _keys(route):
+                if key in self._mapped:
+                    await self._unmap(key)
+        else:
+            await self._fill(fresh, route)
+            await self._point(route, fresh.backend)
+            self._live[route.model_id] = fresh
+        if current is not None:
+            if fresh is None:
+                del self._live[route.model_id]
+            await self._retire(current)
+
+    def _take(self, route: Route) -> Slot | None:
+        ready = [b for b in self._free
+                 if len(self._slots[b].free) >= len(route.replicas)]
+        if not ready:
+            return None
+        self._free.remove(ready[-1])
+        slot = self._slots[ready[-1]]
+        slot.model_id, slot.generation = route.model_id, route.generation
+        return slot
+
+    async def _fill(self, slot: Slot, route: Route) -> None:
+        """A server for every replica of `route` in `slot`; drain those it no longer has."""
+        wanted = dict(route.replicas)
+        for replica_id, endpoint in wanted.items():
+            if replica_id in slot.retiring:
+                await self._api.expect(f"set server {slot.backend}/{slot.servers[replica_id]} "
+                                       "state ready")
+                slot.retiring.discard(replica_id)
+            elif replica_id not in slot.servers:
+                if not slot.free:  # more replicas than servers: the rest wait for a drain
+                    log.warning("haproxy_slot_full", backend=slot.backend)
+                    continue
+                await self._assign(slot, slot.free.pop(), replica_id, endpoint)
+        for replica_id in [r for r in slot.servers if r not in wanted and r not in slot.retiring]:
+            await self._drain(slot, replica_id)
+
+    async def _assign(self, slot: Slot, server: str, replica_id: UUID, endpoint: str) -> None:
+        ip, port = await _ip_port(endpoint)
+        name = f"{slot.backend}/{server}"
+        await self._api.expect(f"set server {name} addr {ip} port {port}", *_ADDR_OK)
+        verb = "set" if server in self._named else "add"
+        await self._api.expect(f"{verb} map {self._layout.replicas_map} {server} {replica_id}")
+        self._named.add(server)
+        self._base[server] = self._stot.get(server, 0)
+        await self._api.expect(f"set server {name} state ready")
+        slot.servers[replica_id] = server
+
+    async def _point(self, route: Route, backend: str) -> None:
+        for key in _keys(route):
+            if self._mapped.get(key) == backend:
+                continue
+            verb = "set" if key in self._mapped else "add"
+            await self._api.expect(f"{verb} map {self._layout.direct_map} {key} {backend}")
+            self._mapped[key] = backend
+
+    async def _unmap(self, key: str) -> None:
+        await self._api.expect(f"del map {self._layout.direct_map} {key}")
+        del self._mapped[key]
+
+    async def _drain(self, slot: Slot, replica_id: UUID) -> None:
+        await self._api.expect(f"set server {slot.backend}/{slot.servers[replica_id]} "
+                               "state drain")
+        slot.retiring.add(replica_id)
+
+    async def _retire(self, slot: Slot) -> None:
+        """A slot no generation serves from: drain all its servers."""
+        slot.model_id, slot.generation = None, None
+        for replica_id in [r for r in slot.servers if r not in slot.retiring]:
+            await self._drain(slot, replica_id)
+        self._release_if_empty(slot)
+
+    async def reap(self, stats: list[ServerStat]) -> None:
+        """Free drained servers with nothing in flight; free the slots left empty."""
+        self._stot = {s.server: s.total for s in stats}
+        idle = {s.server for s in stats if s.current == 0 and s.queued == 0}
+        for slot in self._slots.values():
+            for replica_id in [r for r in slot.retiring if slot.servers[r] in idle]:
+                server = slot.servers[replica_id]
+                try:
+                    await self._api.expect(f"set server {slot.backend}/{server} state maint")
+                except RuntimeApiError as exc:
+                    log.warning("haproxy_server_not_freed", server=server, error=str(exc))
+                    continue
+                slot.retiring.discard(replica_id)
+                del slot.servers[replica_id]
+                slot.free.append(server)
+            self._release_if_empty(slot)
+
+    def _release_if_empty(self, slot: Slot) -> None:
+        if slot.model_id is None and not slot.servers and slot.backend not in self._free:
+            self._free.append(slot.backend)
+
+    def carried(self, stats: list[ServerStat]) -> list[Carried]:
+        """Per replica HAProxy serves (or drains): `scur`, and `stot` since it was assigned."""
+        by_server = {s.server: s for s in stats}
+        out = []
+        for slot in self._slots.values():
+            for replica_id, server in slot.servers.items():
+                stat = by_server.get(server)
+                if stat is not None:
+                    out.append(Carried(replica_id, stat.current,
+                                       stat.total - self._base.get(server, 0)))
+        return out

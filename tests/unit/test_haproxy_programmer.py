@@ -1,0 +1,101 @@
+"""The HAProxy configuration HAProxy itself accepts, and the order of the Runtime API
+commands the controller sends on a switch, a drain and a model made private (against a
+fake admin socket that records commands: the real HAProxy runs in
+tests/integration/test_haproxy.py)."""
+
+import subprocess
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import pytest
+
+from db.deployments import Route
+from gateway.haproxy.config import Layout, write
+from gateway.haproxy.controller import find_haproxy
+from gateway.haproxy.programmer import Programmer
+from gateway.haproxy.runtime_api import RuntimeApi, ServerStat
+from schemas.settings import Settings
+
+MODEL = UUID(int=1)
+
+
+class RecordingApi(RuntimeApi):
+    """A fake Runtime API: records each command and answers as HAProxy does to success."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("/nonexistent"))
+        self.sent: list[str] = []
+
+    async def command(self, line: str) -> str:
+        self.sent.append(line)
+        return "New server registered.\n" if line.startswith("add server") else "\n"
+
+
+def _layout(tmp_path: Path, slots: int = 2, per_slot: int = 2) -> Layout:
+    return Layout(tmp_path, "127.0.0.1", 8001, 8404, [9001, 9002], slots, per_slot)
+
+
+def _route(generation: int, ports: list[int], access: str = "public") -> tuple[Route, list[UUID]]:
+    ids = [uuid4() for _ in ports]
+    replicas = [(i, f"http://127.0.0.1:{p}") for i, p in zip(ids, ports, strict=True)]
+    return Route(MODEL, "m", "alice/m", generation, access, replicas), ids
+
+
+@pytest.mark.skipif(find_haproxy(Settings()) is None, reason="haproxy is not installed")
+def test_haproxy_accepts_the_configuration(tmp_path: Path) -> None:
+    layout = _layout(tmp_path, slots=64, per_slot=16)
+    write(layout)
+    binary = find_haproxy(Settings())
+    assert binary is not None
+    check = subprocess.run([binary, "-c", "-f", str(layout.config)], capture_output=True,
+                           text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_a_switch_fills_the_new_slot_before_one_set_map_per_name(tmp_path: Path) -> None:
+    api = RecordingApi()
+    programmer = Programmer(api, _layout(tmp_path))
+    first, old_ids = _route(1, [7001])
+    await programmer.apply([first])
+    second, _ = _route(2, [7002])
+    api.sent.clear()
+    await programmer.apply([second])
+    direct = str(tmp_path / "direct.map")
+    assert api.sent == [
+        "set server slot1/s1_1 addr 127.0.0.1 port 7002",
+        f"add map {tmp_path / 'replicas.map'} s1_1 {second.replicas[0][0]}",
+        "set server slot1/s1_1 state ready",
+        f"set map {direct} m slot1", f"set map {direct} {MODEL} slot1",
+        "set server slot0/s0_1 state drain",
+    ]
+    assert programmer.generations == {str(MODEL): 2}
+    # The old server is freed only once nothing is in flight on it.
+    busy = [ServerStat("slot0", "s0_1", 1, 5, 0)]
+    api.sent.clear()
+    await programmer.reap(busy)
+    assert api.sent == [] and programmer.draining
+    assert [(c.replica_id, c.current) for c in programmer.carried(busy)] == [(old_ids[0], 1)]
+    await programmer.reap([ServerStat("slot0", "s0_1", 0, 6, 0)])
+    assert api.sent == ["set server slot0/s0_1 state maint"] and not programmer.draining
+
+
+async def test_a_model_made_private_is_unmapped_first(tmp_path: Path) -> None:
+    api = RecordingApi()
+    programmer = Programmer(api, _layout(tmp_path))
+    public, _ = _route(1, [7001])
+    await programmer.apply([public])
+    api.sent.clear()
+    private = Route(MODEL, "m", "alice/m", 1, "private", public.replicas)
+    await programmer.apply([private])
+    direct = str(tmp_path / "direct.map")
+    assert api.sent[:2] == [f"del map {direct} m", f"del map {direct} {MODEL}"]
+    assert api.sent[2:] == ["set server slot0/s0_1 state drain"]
+    assert programmer.generations == {str(MODEL): 1}  # the Python gateway serves it now
+
+
+async def test_more_replicas_than_a_slot_holds_go_to_the_python_gateway(tmp_path: Path) -> None:
+    api = RecordingApi()
+    programmer = Programmer(api, _layout(tmp_path, per_slot=2))
+    big, _ = _route(1, [7001, 7002, 7003])
+    await programmer.apply([big])
+    assert api.sent == []
