@@ -4,7 +4,9 @@ The routing table is rebuilt from Postgres when a worker publishes a change (and
 polling, should a message be lost) and swapped in one assignment. In-flight and finished
 requests are counted per replica and reported to Redis as a `GatewayReport`, so a
 draining worker knows when old replicas are idle and the autoscaler sees the load.
-Every gateway process has its own id and report.
+Every gateway process has its own id and report, written every `HEARTBEAT_S` and at once
+when a model's load jumps (`gateway.load_signal`), a request is held for a deployment at
+zero, or a draining replica goes idle; a jump is also announced on `LOAD_CHANNEL`.
 """
 
 import asyncio
@@ -26,10 +28,17 @@ from db.deployments import Route
 from db.errors import DatabaseError
 from gateway.hold import Holds
 from gateway.latency import LatencyTally
+from gateway.load_signal import MIN_GAP_S, LoadJumps
 from gateway.upstream import Upstream, UpstreamError
 from schemas.errors import NotFound, Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
-from schemas.queue import AUTH_CHANNEL, GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
+from schemas.queue import (
+    AUTH_CHANNEL,
+    GATEWAY_KEY_PREFIX,
+    GATEWAY_TTL_S,
+    LOAD_CHANNEL,
+    ROUTES_CHANNEL,
+)
 from service.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
@@ -69,6 +78,8 @@ class Gateway:
         self.metrics = GatewayMetrics(self.inflight_by_replica)
         # Requests waiting for a deployment scaled to zero to get a replica.
         self.holds = Holds()
+        # In flight by model, to report at once when a model's load jumps.
+        self.jumps = LoadJumps()
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._upstream = Upstream(timeout_s)
@@ -122,7 +133,7 @@ class Gateway:
                       headers: Mapping[str, str]) -> web.Response:
         """Send the request to the least busy replica; retry elsewhere if it cannot connect."""
         if not route.replicas and route.scales_to_zero:
-            route = await self.holds.hold(route, self._report_now.set, self.lookup)
+            route = await self.holds.hold(route, self._held_changed, self.lookup)
         tried: set[UUID] = set()
         forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
         started, metrics = time.perf_counter(), self.metrics
@@ -130,6 +141,8 @@ class Gateway:
             replica_id, endpoint = self._pick(route, tried)
             deployment = route.name
             self.inflight[replica_id] += 1
+            if self.jumps.started(route.model_id):
+                self._report_now.set()
             try:
                 answer = await self._upstream.request(endpoint, method, path, body,
                                                       forward_headers)
@@ -142,7 +155,7 @@ class Gateway:
                 metrics.requests.labels(deployment, "504").inc()
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
             finally:
-                self._release(replica_id)
+                self._release(replica_id, route.model_id)
             elapsed = time.perf_counter() - started
             metrics.observe(deployment, answer.status, elapsed)
             self.latency.observe(route.model_id, elapsed)
@@ -158,7 +171,13 @@ class Gateway:
         """Requests in flight on every routed replica (zero included) and on draining ones."""
         return dict.fromkeys(self._table.active, 0) | dict(self.inflight)
 
-    def _release(self, replica_id: UUID) -> None:
+    def _held_changed(self) -> None:
+        """A request started or stopped waiting for a replica: the autoscaler hears now."""
+        self.jumps.jumped = True
+        self._report_now.set()
+
+    def _release(self, replica_id: UUID, model_id: UUID) -> None:
+        self.jumps.finished(model_id)
         self.served[replica_id] += 1
         self.inflight[replica_id] -= 1
         if self.inflight[replica_id] <= 0:
@@ -203,13 +222,21 @@ class Gateway:
             latency=self.latency.report())
 
     async def _report(self) -> None:
+        """Write the report every HEARTBEAT_S, or sooner when asked (at least MIN_GAP_S
+        apart); after a jump, announce it on LOAD_CHANNEL in the same round trip."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HEARTBEAT_S):
                     await self._report_now.wait()
             self._report_now.clear()
+            report, jumped = self.report(), self.jumps.reported()
             try:
-                await self._redis.set(GATEWAY_KEY_PREFIX + self.id,
-                                      self.report().model_dump_json(), ex=GATEWAY_TTL_S)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.set(GATEWAY_KEY_PREFIX + self.id, report.model_dump_json(),
+                             ex=GATEWAY_TTL_S)
+                    if jumped:
+                        pipe.publish(LOAD_CHANNEL, self.id)
+                    await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("gateway_report_failed", error=str(exc))
+            await asyncio.sleep(MIN_GAP_S)

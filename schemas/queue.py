@@ -17,6 +17,10 @@ ROUTES_CHANNEL = "greenroom:routes"
 # greenroom:gateway:<id> → a schemas.gateway.GatewayReport as JSON, about every second
 GATEWAY_KEY_PREFIX = "greenroom:gateway:"
 GATEWAY_TTL_S = 10
+# Published with a gateway id when that gateway's report shows a jump in a model's load (its
+# in-flight count grew sharply since its last report, or a request is held for a deployment
+# at zero): the autoscalers read the reports at once instead of at their next tick.
+LOAD_CHANNEL = "greenroom:load"
 # An `AccessChanged` whenever a key is revoked or a grant changes: gateways and the API
 # drop their cached access decisions at once (they also expire within a second).
 AUTH_CHANNEL = "greenroom:auth"

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     # One worker decides a deployment's scale under a Redis lease this long; after a kill -9
     # another worker takes over within it.
     autoscale_lease_s: float = 3.0
+    # How many replicas one scale starts at once (0: all it adds). A replica's start is
+    # mostly CPU (imports, model load): on a small host, starting one at a time serves the
+    # first added replica sooner, and the last about as late.
+    scale_start_concurrency: int = 0
     routes_poll_s: float = 2.0
     max_body_bytes: int = 1024 * 1024
     # Model uploads (POST /api/v2/models/{model}/upload): archive size, files in it, unpacked size.

@@ -8,7 +8,9 @@ import aiohttp
 
 from worker.runtimes.base import Runtime, StartedReplica
 
-POLL_S = 0.1
+# How often a starting replica's /health is asked: a replica that just became healthy
+# waits half of it on average before it may join the routing table.
+POLL_S = 0.05
 
 
 class ReplicaFailed(Exception):
@@ -47,14 +49,15 @@ async def wait_ready(runtime: Runtime, http: aiohttp.ClientSession, replica: Sta
 
 async def wait_all_ready(runtime: Runtime, http: aiohttp.ClientSession,
                          replicas: list[StartedReplica], timeout_s: float,
-                         on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Wait for every replica; `on_ready` runs as each one becomes healthy."""
+                         on_ready: Callable[[StartedReplica], Awaitable[None]] | None = None,
+                         ) -> None:
+    """Wait for every replica; `on_ready` runs with each one as it becomes healthy."""
     deadline = asyncio.get_running_loop().time() + timeout_s
 
     async def one(replica: StartedReplica) -> None:
         await wait_ready(runtime, http, replica, deadline, timeout_s)
         if on_ready is not None:
-            await on_ready()
+            await on_ready(replica)
 
     async with asyncio.TaskGroup() as group:
         for replica in replicas:

@@ -10,6 +10,7 @@ worker/replicas.py.
 
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -54,7 +55,9 @@ class Progress:
     async def enter(self, phase: Phase | None, **metadata: Any) -> None:
         now = time.monotonic()
         if self._phase is not None:
-            self.timings[self._phase] = round(now - self._since, 3)
+            # A phase entered again (a scale starting replicas in turns) adds up.
+            self.timings[self._phase] = round(self.timings.get(self._phase, 0.0)
+                                              + now - self._since, 3)
             self.ctx.metrics.phase_duration.labels(self.task.kind, self._phase).observe(
                 now - self._since)
         self._phase, self._since = (phase.value if phase else None), now
@@ -104,7 +107,11 @@ async def _log_tail(ctx: WorkerContext, runtime_ref: str) -> str:
 
 
 async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
-                    config: DeploymentConfig) -> list[StartedReplica]:
+                   config: DeploymentConfig,
+                   on_ready: Callable[[StartedReplica], Awaitable[None]] | None = None,
+                   ) -> list[StartedReplica]:
+    """Start the replicas and wait until all are healthy; `on_ready` runs with each one
+    as it becomes healthy (a scale routes to it then)."""
     await progress.enter(Phase.starting_replicas, generation=generation,
                          replicas_wanted=config.replica_count, replicas_ready=0)
     needed = config.replica_count * lifecycle.placed_memory_mb(ctx, model, config)
@@ -116,10 +123,12 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
     await progress.enter(Phase.health_checking, generation=generation)
     ready = 0
 
-    async def one_ready() -> None:
+    async def one_ready(replica: StartedReplica) -> None:
         nonlocal ready
         ready += 1
         await progress.note(replicas_ready=ready)
+        if on_ready is not None:
+            await on_ready(replica)
 
     try:
         timeout = config.deploy_timeout_s or ctx.settings.deploy_timeout_s

@@ -14,7 +14,11 @@ from tests.conftest import wait_task
 
 __all__ = ["wait_task"]
 
-SERVICE_TIME_MS, SLOTS = 100, 2
+# 200 ms, not less: each request also costs the gateway, the replica and the load client
+# CPU, and on two shared cores 60 requests a second (3x of a 100 ms replica) made the CPU,
+# not the replicas, the limit; at 200 ms the 3x load is 30 a second, and the machine's
+# scheduling jitter (tens of ms) is a smaller share of the unloaded latency.
+SERVICE_TIME_MS, SLOTS = 200, 2
 # One replica serves SLOTS / service time requests a second (the model server's test knobs).
 CAPACITY = SLOTS / (SERVICE_TIME_MS / 1000)
 # The model's source carries them (a deployment's env may not set MODEL_SERVER_*).
@@ -66,3 +70,18 @@ async def decisions(pool: asyncpg.Pool, model_id: UUID) -> list[str]:
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def queue_gone_at(starts: list[float], latencies: list[float], after: float,
+                  slots: int) -> float:
+    """The first moment from `after` on when requests sent and not yet answered are at most
+    `slots` (every replica's slots together): nothing waits in a queue any more."""
+    changes = sorted([(s, 1) for s in starts] + [(s + lat, -1)
+                                                  for s, lat in zip(starts, latencies,
+                                                                    strict=True)])
+    outstanding = 0
+    for at, step in changes:
+        outstanding += step
+        if at >= after and outstanding <= slots:
+            return at
+    return max(s + lat for s, lat in zip(starts, latencies, strict=True))

@@ -75,3 +75,32 @@ def test_zero_only_after_the_grace_and_demand_wakes_it() -> None:
     assert (d := s.decide(t, ready=1)) is not None and d.desired == 0
     s.observe(t, 1.0)  # a held request: demand with no replica
     assert (d := s.decide(t, ready=0)) is not None and d.desired == 1 and d.panicking
+
+
+def test_two_samples_over_the_threshold_panic_without_waiting_for_the_window() -> None:
+    s = _scaler()
+    t = _feed(s, 0, 10, 1.0)
+    s.observe(t, 5.0, periodic=False)  # a gateway announced a jump between two ticks
+    d = s.decide(t, ready=1)
+    assert d is not None and not d.panicking and d.desired == 1, "one sample is not enough"
+    s.observe(t + 0.1, 11.0, periodic=False)  # and another: the load keeps rising
+    d = s.decide(t + 0.1, ready=1)
+    assert d is not None and d.panicking and d.desired == 6  # ceil(11 / 2), not the mean's 2
+    assert d.describe(s.knobs).startswith("scaled 1 → 6: 11.0 in flight in the latest samples")
+
+
+def test_samples_between_ticks_do_not_weigh_the_stable_mean() -> None:
+    s = _scaler(autoscaling_panic_threshold=100)  # never panics: only the stable window
+    t = _feed(s, 0, 10.5, 2.0)
+    for i in range(20):  # twenty announced samples of a spike, between two ticks
+        s.observe(t + i / 100, 40.0, periodic=False)
+    s.observe(t + 0.5, 2.0)
+    d = s.decide(t + 0.5, ready=1)
+    assert d is not None and not d.panicking and d.desired == 1, "mean stays 2 / 2"
+
+
+def test_an_announced_held_request_wakes_a_deployment_at_zero_at_once() -> None:
+    s = _scaler(autoscaling_min=0)
+    t = _feed(s, 0, 3, 0.0)
+    s.observe(t, 1.0, periodic=False)  # the gateway announced a held request
+    assert (d := s.decide(t, ready=0)) is not None and d.desired == 1 and d.panicking

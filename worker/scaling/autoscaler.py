@@ -4,6 +4,9 @@ Each tick reads every gateway's report (requests in flight per replica, and requ
 for a deployment at zero), and for each autoscaled deployment whose lease this worker
 holds, feeds the sample to its `kpa.Scaler` and, when the decision differs from the
 replicas ready and no task of the model is open, creates a `scale` task to that count.
+Ticks come every `autoscale_interval_s` and, between them, as soon as a gateway announces
+a jump in load on `LOAD_CHANNEL` (at most one such tick per `WAKE_GAP_S`); a lost
+announcement only delays the decision to the next regular tick.
 
 Why a Redis lease (SET NX PX, renewed by compare-and-expire) rather than a Postgres
 advisory lock: an advisory lock is held by one connection, so a worker would pin a
@@ -28,7 +31,7 @@ from db import deployments, events, models, replicas, tasks
 from db.deployments import Deployment
 from db.errors import DatabaseError
 from schemas.gateway import GatewayReport
-from schemas.queue import AUTOSCALER_LEASE_PREFIX, GATEWAY_TTL_S, JOB_RUN_TASK
+from schemas.queue import AUTOSCALER_LEASE_PREFIX, GATEWAY_TTL_S, JOB_RUN_TASK, LOAD_CHANNEL
 from schemas.tasks import DeploymentConfig, ReplicaState, TaskKind
 from worker.admission import quotas
 from worker.context import WorkerContext
@@ -41,6 +44,10 @@ _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
 _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1]) else return 0 end"""
+# Ticks woken by announcements are at least this far apart (a burst of them is one tick).
+WAKE_GAP_S = 0.05
+# While LOAD_CHANNEL cannot be subscribed, try again after this long (ticks go on).
+RESUBSCRIBE_S = 1.0
 
 
 async def holds_lease(ctx: WorkerContext, model_id: UUID) -> bool:
@@ -80,7 +87,9 @@ class Autoscaler:
         self.ctx = ctx
         self.scalers: dict[UUID, Scaler] = {}
 
-    async def tick(self) -> None:
+    async def tick(self, periodic: bool = True) -> None:
+        """Sample every deployment this worker decides and scale where the decision says;
+        `periodic` False for a tick woken by an announcement (see `kpa.Scaler.observe`)."""
         ctx, now = self.ctx, time.time()
         reports = await gateway_reports(ctx.redis)
         live = await replicas.list_live(ctx.pool)
@@ -93,7 +102,7 @@ class Autoscaler:
             mine = [r for r in live if r.model_id == deployment.model_id]
             scaler = self._scaler(deployment.model_id, config)
             scaler.observe(now, demand(reports, deployment.model_id, {str(r.id) for r in mine},
-                                       now))
+                                       now), periodic)
             ready = sum(1 for r in mine if r.generation == deployment.active_generation
                         and r.state == ReplicaState.ready)
             if await tasks.has_open_task(ctx.pool, deployment.model_id):
@@ -153,17 +162,56 @@ async def create_scale_task(ctx: WorkerContext, model_id: UUID, decision: Decisi
     return task_id
 
 
+async def listen_for_jumps(ctx: WorkerContext, woken: asyncio.Event) -> None:
+    """Set `woken` on every announcement on LOAD_CHANNEL, resubscribing after an outage."""
+    while True:
+        try:
+            async with ctx.redis.pubsub() as pubsub:
+                await pubsub.subscribe(LOAD_CHANNEL)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=RESUBSCRIBE_S)
+                    if message is not None:
+                        woken.set()
+        except (RedisError, OSError) as exc:
+            log.warning("load_channel_unavailable", error=str(exc))
+            await asyncio.sleep(RESUBSCRIBE_S)
+
+
+async def _woken_before(woken: asyncio.Event, deadline: float) -> bool:
+    """Wait for `woken` until the loop's clock reaches `deadline`; True if it came first."""
+    timeout = deadline - asyncio.get_running_loop().time()
+    if timeout <= 0:
+        return False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await woken.wait()
+            return True
+    return False
+
+
 async def run_forever(ctx: WorkerContext) -> None:
-    """Tick every `autoscale_interval_s` until cancelled; a failing tick is logged."""
-    scaler = Autoscaler(ctx)
+    """Tick every `autoscale_interval_s`, and when a gateway announces a jump, until
+    cancelled; a failing tick is logged."""
+    scaler, woken = Autoscaler(ctx), asyncio.Event()
+    listener = asyncio.create_task(listen_for_jumps(ctx, woken))
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
     try:
         while True:
+            periodic = not await _woken_before(woken, next_at)
+            woken.clear()
+            if periodic:
+                next_at = loop.time() + ctx.settings.autoscale_interval_s
             try:
-                await scaler.tick()
+                await scaler.tick(periodic)
             except (DatabaseError, RedisError, OSError) as exc:
                 log.warning("autoscale_failed", error=str(exc))
             except Exception:
                 log.exception("autoscale_crashed")
-            await asyncio.sleep(ctx.settings.autoscale_interval_s)
+            if not periodic:
+                await asyncio.sleep(WAKE_GAP_S)
     finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
         await asyncio.shield(release_leases(ctx, list(scaler.scalers)))

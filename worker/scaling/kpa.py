@@ -1,12 +1,20 @@
 """The scaling decision for one deployment, after Knative's KPA (concurrency-based).
 
 desired = ceil(mean in-flight over the stable window / (target * utilisation)). A short
-panic window reacts at once when load jumps: once it wants `panic_threshold` times the
-replicas ready, the decision follows it, and while panicking it never goes down; panic
-ends after a whole stable window without the trigger. Going down, the count is the
+panic window reacts at once when load jumps: once the last two samples are both over the
+threshold, its value is the higher of its mean and the latest sample, so a load step
+counts at once, not after a window's worth of samples (one sample alone may be noise; and
+the first seen of a step, taken as its queue starts growing, says too little of its
+size: the latest says more). Once it wants `panic_threshold` times the replicas ready,
+the decision follows it, and while panicking it never goes down; panic ends after a
+whole stable window without the trigger. Going down, the count is the
 highest wanted over the scale-down delay, one decision keeps at least ready/rate
 replicas, and zero comes only after the scale-to-zero grace with nothing in flight.
 The result is clamped to [min, max]. Pure: the caller supplies samples and the clock.
+
+Samples come at the caller's regular tick (`periodic`) and, between ticks, when a gateway
+announces a jump; only the regular ones enter the windows' means (so extra samples on a
+rising edge do not weigh the mean), while every sample is the latest.
 """
 
 import math
@@ -50,15 +58,15 @@ class Knobs:
 class Decision:
     desired: int
     ready: int
-    average: float  # in flight, over `window_s`
+    average: float  # in flight, over `window_s` (0: the latest sample)
     window_s: float
     panicking: bool
 
     def describe(self, knobs: Knobs) -> str:
         mode = ", panic" if self.panicking else ""
-        return (f"scaled {self.ready} → {self.desired}: {self.average:.1f} in flight over "
-                f"{self.window_s:g} s, target {knobs.target:g} "
-                f"at {knobs.utilization:.0%}{mode}")
+        basis = f"over {self.window_s:g} s" if self.window_s else "in the latest samples"
+        return (f"scaled {self.ready} → {self.desired}: {self.average:.1f} in flight {basis}, "
+                f"target {knobs.target:g} at {knobs.utilization:.0%}{mode}")
 
 
 @dataclass
@@ -72,12 +80,18 @@ class Scaler:
     last_busy: float | None = None
     panic_since: float | None = None
     panic_floor: int = 0
+    latest: float = 0.0
+    before_latest: float = 0.0
 
-    def observe(self, now: float, inflight: float) -> None:
-        """One sample of requests in flight (and held) across every gateway."""
+    def observe(self, now: float, inflight: float, periodic: bool = True) -> None:
+        """One sample of requests in flight (and held) across every gateway; `periodic`
+        False for one taken between regular ticks (it is only the latest)."""
         self.first_at = now if self.first_at is None else self.first_at
         if inflight > 0 or self.last_busy is None:
             self.last_busy = now
+        self.before_latest, self.latest = self.latest, inflight
+        if not periodic:
+            return
         self.samples.append((now, inflight))
         while self.samples and self.samples[0][0] < now - self.knobs.stable_window_s:
             self.samples.popleft()
@@ -93,8 +107,13 @@ class Scaler:
             return None
         per_replica = k.target * k.utilization
         stable, panic = self._mean(now, k.stable_window_s), self._mean(now, k.panic_window_s)
+        panic_window = k.panic_window_s
+        trigger = k.panic_threshold * max(1, ready)
+        confirmed = math.ceil(min(self.latest, self.before_latest) / per_replica) >= trigger
+        if (confirmed or ready == 0) and self.latest > panic:  # at zero, any demand
+            panic, panic_window = self.latest, 0.0
         want_stable, want_panic = math.ceil(stable / per_replica), math.ceil(panic / per_replica)
-        if want_panic >= k.panic_threshold * max(1, ready) or (ready == 0 and panic > 0):
+        if want_panic >= trigger or (ready == 0 and panic > 0):
             if self.panic_since is None:
                 self.panic_floor = ready
             self.panic_since = now
@@ -102,7 +121,7 @@ class Scaler:
             self.panic_since, self.panic_floor = None, 0
         if self.panic_since is not None:
             desired = self.panic_floor = max(want_panic, self.panic_floor, ready)
-            average, window = panic, k.panic_window_s
+            average, window = panic, panic_window
             self._delayed(now, desired)  # scaling down after the panic waits the delay too
         else:
             desired, average, window = self._delayed(now, want_stable), stable, k.stable_window_s

@@ -1,10 +1,11 @@
 """A `scale` task (issue 14): change the serving generation's replica count; not a rollout.
 
-Up: new replicas start beside the serving ones and join the routing table only once
-healthy. Down: the replicas leaving are taken out of the table first, drained, then
-stopped. The task names a target count, not a step, so a retry after a dead worker
-(whose half-started replicas the reconciler removes) lands on the same count: no
-double scale. Replicas a dead scale left draining are finished off by the next one.
+Up: new replicas start beside the serving ones and each joins the routing table as soon
+as it is healthy (the gateways are told at once), not when the last one is. Down: the
+replicas leaving are taken out of the table first, drained, then stopped. The task
+names a target count, not a step, so a retry after a dead worker (whose half-started
+replicas the reconciler removes; those that joined stay and count) lands on the same
+count: no double scale. Replicas a dead scale left draining are finished off by the next one.
 """
 
 from typing import Any
@@ -22,6 +23,7 @@ from worker.admission import quotas
 from worker.context import WorkerContext
 from worker.publish import publish_routes
 from worker.rollout import Progress, RolloutFailed, bring_up, drain_and_remove
+from worker.runtimes.base import StartedReplica
 
 log = structlog.get_logger(__name__)
 
@@ -80,14 +82,31 @@ async def scale(ctx: WorkerContext, task: Task) -> None:
 
 async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
                config: DeploymentConfig, count: int) -> None:
-    """Start `count` replicas; each joins the routing table once all are healthy."""
-    started = await bring_up(ctx, progress, model, generation,
-                              config.model_copy(update={"replicas": count}))
+    """Start `count` replicas; each joins the routing table the moment it is healthy."""
+
+    async def join(replica: StartedReplica) -> None:
+        row = next((r for r in await replicas.list_for_model(ctx.pool, model.id)
+                    if r.task_id == progress.task.id and r.runtime_ref == replica.runtime_ref),
+                   None)
+        if row is not None and await replicas.transition(ctx.pool, row.id,
+                                                         ReplicaState.starting,
+                                                         ReplicaState.ready):
+            await publish_routes(ctx, model.id)
+
+    turn = ctx.settings.scale_start_concurrency
+    turn = turn if turn > 0 else count
+    started: list[StartedReplica] = []
+    while len(started) < count:  # in turns of `scale_start_concurrency` (0: all at once)
+        batch = min(turn, count - len(started))
+        started += await bring_up(ctx, progress, model, generation,
+                                  config.model_copy(update={"replicas": batch}), join)
     await progress.enter(Phase.switching, generation=generation)
-    for replica_id in await lifecycle.starting_of_task(ctx, model.id, progress.task.id):
+    left = await lifecycle.starting_of_task(ctx, model.id, progress.task.id)
+    for replica_id in left:  # each joined as it became healthy; any left over joins now
         await replicas.transition(ctx.pool, replica_id, ReplicaState.starting,
                                   ReplicaState.ready)
-    await publish_routes(ctx, model.id)
+    if left:
+        await publish_routes(ctx, model.id)
     log.info("scaled_up", model=str(model.id), added=len(started))
 
 
@@ -107,6 +126,9 @@ async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason:
     task = progress.task
     mine = await lifecycle.starting_of_task(ctx, task.model_id, task.id)
     await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
+    ready, _ = _serving(await replicas.list_for_model(ctx.pool, task.model_id), generation)
+    # Replicas that joined before the failure keep serving: count them (quotas do).
+    await deployments.set_scaled_count(ctx.pool, task.model_id, generation, len(ready) or None)
     await progress.event("error", f"scaling failed: {reason}", generation)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason,
                        {"generation": generation, "timings": progress.timings})
