@@ -6,7 +6,9 @@ and `JUMP_MIN` more than the gateway last reported for it, the next report goes 
 once and is announced on `LOAD_CHANNEL`, which wakes the autoscalers. The rule is
 relative, so a rising load triggers a few reports (in flight 4, 8, 16, ...), never one
 per request; and reports are at least `MIN_GAP_S` apart, so a burst costs Redis at most
-1 / MIN_GAP_S writes a second per gateway process.
+1 / MIN_GAP_S writes a second per gateway process. A jump's report is followed by one more,
+MIN_GAP_S later and announced too: the autoscaler panics on two samples in a row, and
+the second need not wait for the load to double again.
 """
 
 from collections import Counter
@@ -24,6 +26,7 @@ class LoadJumps:
         self.inflight: Counter[UUID] = Counter()
         self._reported: dict[UUID, int] = {}
         self.jumped = False
+        self._follow_up = False
 
     def started(self, model_id: UUID) -> bool:
         """Count one more request in flight; True when this one makes a jump."""
@@ -44,4 +47,7 @@ class LoadJumps:
         """A report is being written now: remember its counts; True if it follows a jump."""
         self._reported = dict(self.inflight)
         jumped, self.jumped = self.jumped, False
+        if jumped:
+            self._follow_up = not self._follow_up
+            self.jumped = self._follow_up  # a jump's first report asks for one more
         return jumped

@@ -230,6 +230,8 @@ class Gateway:
                     await self._report_now.wait()
             self._report_now.clear()
             report, jumped = self.report(), self.jumps.reported()
+            if self.jumps.jumped:  # a jump's follow-up report, MIN_GAP_S from now
+                self._report_now.set()
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.set(GATEWAY_KEY_PREFIX + self.id, report.model_dump_json(),
