@@ -14,6 +14,10 @@ def create_runtime(settings: Settings) -> Runtime:
         from worker.runtimes.docker import DockerRuntime
 
         return DockerRuntime(settings)
+    if settings.runtime == "swarm":
+        from worker.runtimes.swarm import SwarmRuntime
+
+        return SwarmRuntime(settings)
     raise RuntimeError_(f"runtime {settings.runtime!r} is not available in this build")
 
 
