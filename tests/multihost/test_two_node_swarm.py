@@ -49,7 +49,8 @@ async def _deploy(http: aiohttp.ClientSession, plane: Plane, headers: dict[str, 
         if task.get("status") not in ("pending", "processing"):
             assert task.get("status") == "done", task
             return task
-        assert time.monotonic() < deadline, f"deploy still {task.get('status')}"
+        assert time.monotonic() < deadline, (f"deploy still {task.get('status')}; worker log:\n"
+                                             f"{plane.log_tail('worker', 40)}")
         await asyncio.sleep(0.2)
 
 
