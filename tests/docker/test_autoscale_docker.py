@@ -17,7 +17,8 @@ from tests.autoscale.test_autoscale_load import scale_cycle
 from tests.docker.conftest import deploy, skip_without_engine
 
 skip_without_engine()
-pytestmark = pytest.mark.docker
+# Paced load with a p99 check: it runs in the serial phase, alone on the cores.
+pytestmark = [pytest.mark.docker, pytest.mark.serial]
 LOAD_S = 45
 
 
