@@ -27,7 +27,7 @@ from gateway import feedback, metrics_access
 from gateway.access import AccessCache
 from gateway.hold import Holds
 from gateway.routing import Gateway
-from schemas.errors import GreenroomError, Invalid, Malformed
+from schemas.errors import GreenroomError, Invalid, Malformed, tei_error_type
 from schemas.settings import Settings
 from service.auth.authentication import require_secret
 from service.auth.principal_cache import principal_cache_ctx
@@ -50,20 +50,13 @@ TEI_GET = ("health", "info", "metrics")
 
 # ---- errors in each surface's shape ----
 
-def _error_type(status: int) -> str:
-    if status == 429:
-        return "Overloaded"
-    if status == 503:
-        return "Unhealthy"
-    return "Backend" if status >= 500 else "Validation"
-
 
 def error_response(path: str, status: int, message: str, detail: Any = None) -> web.Response:
     body: dict[str, Any] = {"status_code": status, "message": message, "detail": detail}
     if path.startswith("/serve/"):
-        body |= {"error": message, "error_type": _error_type(status)}
+        body |= {"error": message, "error_type": tei_error_type(status)}
     elif path == "/v1/embeddings":
-        body |= {"code": status, "type": _error_type(status)}
+        body |= {"code": status, "type": tei_error_type(status)}
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 

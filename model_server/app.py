@@ -42,6 +42,7 @@ from model_server.errors import (
 from model_server.lifecycle import Loader, ModelState, load_and_warm
 from model_server.metrics import Metrics
 from model_server.tokens import check_ids, texts_from, token_vectors, tokenizer_for
+from schemas.errors import tei_error_type
 
 STATE = web.AppKey("state", ModelState)
 Tei = TypeVar("Tei", bound=TeiInputs)
@@ -234,7 +235,7 @@ def error_response(status: int, message: str, detail: Any = None, path: str = ""
     surface's own shape: TEI's ``error``/``error_type``, or on /v1/embeddings the OpenAI
     error TEI serves, ``message``/``code``/``type``."""
     body: dict[str, Any] = {"status_code": status, "message": message, "detail": detail}
-    kind = error_type or _error_type(status)
+    kind = error_type or tei_error_type(status)
     if path == "/v1/embeddings":
         body |= {"code": status, "type": kind}
     elif path:
@@ -248,14 +249,6 @@ _ERROR_TYPES: dict[type[ModelServerError], str] = {
     PayloadTooLarge: "Validation",
 }
 
-
-def _error_type(status: int) -> str:
-    """TEI's ErrorType for a status without a more precise one."""
-    if status == 429:
-        return "Overloaded"
-    if status == 503:
-        return "Unhealthy"
-    return "Backend" if status >= 500 else "Validation"
 
 
 @web.middleware

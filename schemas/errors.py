@@ -80,3 +80,13 @@ class UpstreamTimeout(GreenroomError):
 
 class UpstreamUnreachable(GreenroomError):
     """No replica could be reached."""
+
+
+def tei_error_type(status: int) -> str:
+    """TEI's `error_type` for an HTTP status without a more precise one (the model server and
+    the gateway's `/serve` routes answer in TEI's error shape)."""
+    if status == 429:
+        return "Overloaded"
+    if status == 503:
+        return "Unhealthy"
+    return "Backend" if status >= 500 else "Validation"
