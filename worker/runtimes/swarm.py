@@ -95,6 +95,8 @@ SERVICE_REF_PREFIX = "service:"
 RESTART_DELAY_S = 1.0
 # How long a replacement waits for Swarm to make the restarted task of a crashed one.
 ADOPT_WAIT_S = 5.0
+# How long a task told to shut down may wait for its restart before the slot counts as given up.
+SHUTDOWN_GRACE_S = 2.0
 # A restarted task nobody has taken over yet is not listed for this long, so the orphan
 # sweep of another worker does not remove it while the repair is taking it over.
 ADOPT_GRACE_S = 60.0
@@ -401,14 +403,21 @@ class SwarmRuntime(DockerRuntime):
             return None
         slot = int(dead.get("Slot") or 0)
         deadline = time.monotonic() + ADOPT_WAIT_S
+        shutdown_since: float | None = None
         while True:
             mine = [t for t in await self._tasks([service["ID"]]) if t.get("Slot") == slot]
             restarted = [t for t in mine if _version(t) > _version(dead) and not _dead(t)]
             if restarted:
                 break
             seen = next((t for t in mine if t["ID"] == dead["ID"]), dead)
-            # Told to shut down and nothing newer: Swarm is not restarting this slot.
-            if seen.get("DesiredState") == "shutdown" or time.monotonic() > deadline:
+            # Told to shut down and still nothing newer after a grace: Swarm is not
+            # restarting this slot (a scale-down). The grace covers a drained node, whose
+            # tasks are told to shut down a moment before their restarts are created.
+            now = time.monotonic()
+            if seen.get("DesiredState") == "shutdown":
+                shutdown_since = now if shutdown_since is None else shutdown_since
+            if (shutdown_since is not None and now - shutdown_since > SHUTDOWN_GRACE_S) \
+                    or now > deadline:
                 return None
             await asyncio.sleep(POLL_S)
         body = service["Spec"]
