@@ -2,8 +2,10 @@
 (launch/backing.py, shared with the benchmarks), and the tests' own helpers."""
 
 import contextlib
+import io
 import json
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -47,3 +49,14 @@ def _rmdir_when_empty(folder: Path, timeout_s: float) -> None:
             folder.rmdir()
             return
         time.sleep(0.05)
+
+def tiny_model_archive(weights: bytes = b"not weights") -> bytes:
+    """A tar.gz the upload accepts: config.json and a (fake, unloadable) safetensors file
+    holding `weights`."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in (("config.json", b"{}"), ("model.safetensors", weights)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()

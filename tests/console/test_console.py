@@ -7,9 +7,7 @@ folder the session prints.
 """
 
 import asyncio
-import io
 import re
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,18 +22,7 @@ from service.domain.registration import register
 from tests.conftest import Proc, start_gateway
 from tests.console.conftest import Console, open_page, same_document
 from tests.integration.accounts import call
-
-
-def _model_tar() -> bytes:
-    """A folder the upload route accepts: a config and a safetensors file."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, data in (("config.json", b"{}"), ("model.safetensors", b"weights")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
+from tests.services import tiny_model_archive
 
 LOAD_RATE, LOAD_S = 20, 6
 
@@ -225,7 +212,8 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     await dialog.get_by_role("button", name="Upload").click()
     await expect(dialog.get_by_role("alert")).to_contain_text("not a tar.gz, tar or zip")
     await dialog.get_by_label("Archive").set_input_files(
-        {"name": "broken.tar.gz", "mimeType": "application/gzip", "buffer": _model_tar()})
+        {"name": "broken.tar.gz", "mimeType": "application/gzip",
+         "buffer": tiny_model_archive(b"weights")})
     await dialog.get_by_role("button", name="Upload").click()
     await expect(page.locator("#upload-result")).to_contain_text(
         "Uploaded alice/broken: backend sentence-transformers, train status complete")

@@ -9,8 +9,6 @@ for too little permission; 2xx otherwise.
 
 import asyncio
 import contextlib
-import io
-import tarfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +33,7 @@ from service.app import create_app
 from service.routes import ROUTE_TABLE, RouteSpec
 from tests.conftest import TEST_SECRET_KEY, bearer, start_gateway
 from tests.integration.accounts import call, eventually, make_user
+from tests.services import tiny_model_archive
 from worker.runtimes.process import free_port
 
 SERVED_NAME = "private-app"
@@ -97,15 +96,6 @@ async def _save_sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
         "json": {"model_name": f"saved-{uuid4().hex[:8]}"}}
 
 
-def tiny_model_archive() -> bytes:
-    """A tar.gz the upload accepts: config.json and a (fake, unloadable) safetensors file."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, data in (("config.json", b"{}"), ("model.safetensors", b"not weights")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 M = {"embedding_model_id": "{m}"}
