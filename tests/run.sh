@@ -11,7 +11,8 @@ set -u
 cd "$(dirname "$0")/.."
 python=.venv/bin/python
 workers=${TEST_WORKERS:-4}
-pytest=("$python" -m pytest -q -p no:cacheprovider)
+# --durations: what CI prints about the slowest tests, to keep the suite under its budget.
+pytest=("$python" -m pytest -q -p no:cacheprovider --durations=12)
 
 started=$(date +%s)
 "${pytest[@]}" -n "$workers" --dist loadgroup -m "not serial" "$@"

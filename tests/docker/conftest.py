@@ -213,12 +213,14 @@ def hog_image(docker_image: str) -> Iterator[str]:
 
 async def deploy(http: aiohttp.ClientSession, base: str, model: str,
                  config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """POST /deploy and wait for the task to end; returns the finished task."""
+    """POST /deploy and wait for the task to end (a little past the deploy's own timeout
+    where the config sets one); returns the finished task."""
     body = {"embedding_model_id": model, "config": config or {}}
     async with http.post(f"{base}/deploy", json=body) as resp:
         assert resp.status == 202, await resp.text()
         task = await resp.json()
-    return await wait_task(http, base, "deploy", task["task_id"])
+    wait_s = max(90.0, float(body["config"].get("deploy_timeout_s", 0)) + 30)
+    return await wait_task(http, base, "deploy", task["task_id"], timeout_s=wait_s)
 
 
 async def embed(http: aiohttp.ClientSession, base: str, name: str) -> tuple[int, str]:

