@@ -1,10 +1,12 @@
 """Control-plane benchmark: POST /deploy throughput and GET /deploy/{id} latency.
 
 Each figure is printed next to its limit measured in the same run on the same pools:
-the same INSERT + enqueue (and the same SELECT) done in-process with no HTTP in between.
+the same statements done in-process with no HTTP in between: for POST the model, grant
+and quota lookup, the INSERT and the enqueue (and, for comparison, the INSERT and enqueue
+alone); for GET the same SELECT.
 The API runs in this process (so the pools are shared, and it runs on uvloop as
-`greenroom api` does); the ratio is what the HTTP layer, authentication, validation,
-the model and quota lookups cost.
+`greenroom api` does); the ratio is what the HTTP layer, authentication and validation
+cost (and, against the bare INSERT + enqueue, the lookup too).
 
 The load comes from wrk (C, one thread), as in bench/model_server.py: on two shared cores
 a Python client in the API's own event loop adds its own CPU to every request the API
@@ -46,6 +48,7 @@ from db import quotas, tasks, users
 from launch import backing
 from schemas.models import ModelSource
 from schemas.settings import Settings
+from schemas.tasks import TaskKind
 from schemas.tokens import issue_user_token
 from service.app import create_app
 from service.domain import tasks as task_service
@@ -132,8 +135,15 @@ async def _wrk(base: str, token: str, lines: list[str], post: bool, concurrency:
                    cpu / stats["requests"] * 1000)
 
 
-async def _raw_insert(app: web.Application, model_ids: list[UUID], i: int) -> None:
-    """The limit: what POST /deploy does to Postgres and Redis, with no HTTP."""
+async def _raw_insert(app: web.Application, model_ids: list[UUID], i: int,
+                      user_id: int | None = None) -> None:
+    """The limit: what POST /deploy does to Postgres and Redis, with no HTTP: with a
+    `user_id`, the model, grant and quota lookup first (`db/deploy_access.py`, the same
+    statement as the API's), then the insert and the enqueue."""
+    if user_id is not None:
+        found = await task_service.locate_for_deploy(app[PG], str(model_ids[i % MODELS]),
+                                                     user_id)
+        assert found is not None
     task = await tasks.insert(
         app[PG], task_id=uuid4(), kind="deploy", model_id=model_ids[i % MODELS],
         request={"embedding_model_id": str(model_ids[i % MODELS])}, request_hash="x",
@@ -166,7 +176,8 @@ async def _python_client(base: str, token: str, model_ids: list[UUID], n: int,
     return posts, gets
 
 
-async def _setup(app: web.Application, settings: Settings) -> tuple[list[UUID], str]:
+async def _setup(app: web.Application, settings: Settings
+                 ) -> tuple[list[UUID], str, int]:
     model_ids = [(await register(app[PG], "bench", f"m{i}", ModelSource(backend="hashing"),
                                  "public")).id for i in range(MODELS)]
     owner = await users.ensure(app[PG], "bench")
@@ -175,7 +186,8 @@ async def _setup(app: web.Application, settings: Settings) -> tuple[list[UUID], 
         "max_deployments": MODELS, "max_replicas": MODELS, "max_memory_mb": MODELS * 1024})
     assert settings.secret_key is not None
     await app[REDIS].flushdb()
-    return model_ids, issue_user_token(settings.secret_key.get_secret_value(), owner.id)
+    token = issue_user_token(settings.secret_key.get_secret_value(), owner.id)
+    return model_ids, token, owner.id
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> None:
@@ -185,41 +197,45 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     port = free_port("127.0.0.1")
     await web.TCPSite(runner, "127.0.0.1", port).start()
     base = f"http://127.0.0.1:{port}"
-    model_ids, token = await _setup(app, settings)
+    model_ids, token, owner_id = await _setup(app, settings)
     bodies = [json.dumps({"embedding_model_id": str(m)}) for m in model_ids]
     n, c = args.requests, args.concurrency
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         await _wrk(base, token, bodies, True, c, 1, folder)  # warm-up: connections, statements
-        await _run(200, c, lambda i: _raw_insert(app, model_ids, i))
-        raw_post = await _run(n, c, lambda i: _raw_insert(app, model_ids, i))
+        await _run(200, c, lambda i: _raw_insert(app, model_ids, i, owner_id))
+        raw_post = await _run(n, c, lambda i: _raw_insert(app, model_ids, i, owner_id))
+        bare_post = await _run(n, c, lambda i: _raw_insert(app, model_ids, i))
         if args.client == "python":
             api_post, api_get = await _python_client(base, token, model_ids, n, c)
         else:
             api_post = await _wrk(base, token, bodies, True, c, args.seconds, folder)
         latest = [await tasks.latest_for_model(app[PG], m, "deploy") for m in model_ids]
         ids = [t.id for t in latest if t is not None]
-        raw_get = await _run(n, GET_CONCURRENCY,
-                             lambda i: tasks.get(app[PG], ids[i % len(ids)], "deploy"))
+        # The API's statement: the task, its model and the caller's grant, in one.
+        raw_get = await _run(n, GET_CONCURRENCY, lambda i: task_service.get_with_access(
+            app[PG], TaskKind.deploy, str(ids[i % len(ids)]), owner_id))
         if args.client != "python":
             api_get = await _wrk(base, token, [f"/deploy/{t}" for t in ids], False,
                                  GET_CONCURRENCY, args.seconds, folder)
     await runner.cleanup()
-    _print(args, raw_post, api_post, raw_get, api_get)
+    _print(args, raw_post, bare_post, api_post, raw_get, api_get)
 
 
-def _print(args: argparse.Namespace, raw_post: Figures, api_post: Figures, raw_get: Figures,
-           api_get: Figures) -> None:
+def _print(args: argparse.Namespace, raw_post: Figures, bare_post: Figures, api_post: Figures,
+           raw_get: Figures, api_get: Figures) -> None:
     client = ("wrk -t1 (another process)" if args.client == "wrk"
               else "aiohttp's client in the API's process")
     print(f"control plane, one API process on uvloop; client {client}; POST concurrency "
           f"{args.concurrency}, GET {GET_CONCURRENCY}; load average {os.getloadavg()[0]:.2f}")
     print(f"POST /deploy       {api_post.rate:7.0f} tasks/s  CPU {api_post.cpu_ms:.2f} ms/req"
-          f"   limit (INSERT+enqueue in-process) {raw_post.rate:7.0f}/s  CPU "
+          f"   limit (lookup+INSERT+enqueue in-process) {raw_post.rate:7.0f}/s  CPU "
           f"{raw_post.cpu_ms:.2f} ms   ratio {api_post.rate / raw_post.rate:.2f}")
+    print(f"                   without the lookup (INSERT+enqueue) {bare_post.rate:7.0f}/s  "
+          f"CPU {bare_post.cpu_ms:.2f} ms   ratio {api_post.rate / bare_post.rate:.2f}")
     (p50, p99), (l50, l99) = api_get.latencies_ms, raw_get.latencies_ms
     print(f"GET /deploy/{{id}}   p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  CPU {api_get.cpu_ms:.2f}"
-          f" ms/req   limit (SELECT in-process) p50 {l50:6.2f} ms  p99 {l99:6.2f} ms  CPU "
+          f" ms/req   limit (same SELECT in-process) p50 {l50:6.2f} ms  p99 {l99:6.2f} ms  CPU "
           f"{raw_get.cpu_ms:.2f} ms   p50 {p50 / l50:.2f}x the limit, p99 {p99 / l99:.2f}x")
 
 

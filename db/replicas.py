@@ -139,6 +139,18 @@ async def list_serving_brief(db: Executor) -> list[ReplicaBrief]:
     return [ReplicaBrief(*r) for r in rows]
 
 
+async def list_unserving_brief(db: Executor) -> list[ReplicaBrief]:
+    """Live replicas outside the serving set: starting, draining, or ready in a generation
+    that is not its deployment's active one."""
+    async with translated():
+        rows = await db.fetch(
+            f"""SELECT {_BRIEF} FROM replicas r LEFT JOIN deployments d ON d.model_id = r.model_id
+                WHERE r.state = ANY($1::text[])
+                  AND NOT (r.state = 'ready' AND r.generation IS NOT DISTINCT FROM
+                           d.active_generation)""", list(LIVE_STATES))
+    return [ReplicaBrief(*r) for r in rows]
+
+
 async def get_many_brief(db: Executor, replica_ids: list[UUID]) -> list[ReplicaBrief]:
     """`get_many`, brief."""
     async with translated():

@@ -1,8 +1,9 @@
 """The reconciler loop: Postgres is the truth, Redis and runtimes follow it.
 
 Each pass releases tasks whose worker died (removing what they half made), replaces
-crashed serving replicas (worker/repair.py), removes replicas nothing owns, writes this
-worker's heartbeat and enqueues pending tasks Redis may have lost.
+crashed serving replicas (worker/repair.py), removes replicas nothing owns, records as
+stopped the rows of replicas that no longer run, writes this worker's heartbeat and
+enqueues pending tasks Redis may have lost.
 
 Every step is safe with many reconcilers running at once: each write is conditional.
 """
@@ -29,6 +30,7 @@ from schemas.tasks import ReplicaState
 from worker import replicas as lifecycle
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
+from worker.runtimes.base import manages
 
 log = structlog.get_logger(__name__)
 # A pending task enqueued this long ago is offered to Redis again (a no-op if it is there).
@@ -116,6 +118,36 @@ async def remove_orphans(ctx: WorkerContext) -> int:
     return len(orphans)
 
 
+async def forget_vanished(ctx: WorkerContext) -> int:
+    """Rows that say a replica is starting, draining or ready outside the serving
+    generation while nothing of it runs: a worker killed between removing a replica and
+    recording it (or before its start was recorded) leaves one. They are recorded as
+    stopped (failed if never ready), so nothing counts them as live any more.
+
+    Only rows of models no task is processing (a task owns its replicas, and the scale
+    that left replicas draining finishes them on its retry) and only replicas this
+    runtime manages. The rows are read before the tasks: a task claimed in between has
+    its rows (if any yet) judged busy.
+    """
+    rows = await replicas.list_unserving_brief(ctx.pool)
+    if not rows:
+        return 0
+    running = {i.replica_id for i in await ctx.runtime.list()}
+    busy = await tasks.models_with_processing_task(ctx.pool)
+    gone = [r for r in rows if r.model_id not in busy and r.id not in running
+            and manages(ctx.runtime, r.endpoint)]
+    for state, ids in ((ReplicaState.failed, [r.id for r in gone
+                                              if r.state == ReplicaState.starting]),
+                       (ReplicaState.stopped, [r.id for r in gone
+                                               if r.state != ReplicaState.starting])):
+        if ids:
+            await replicas.set_state(ctx.pool, ids, state)
+    for row in gone:
+        log.warning("vanished_replica_recorded", replica=str(row.id), state=row.state,
+                    generation=row.generation)
+    return len(gone)
+
+
 async def heartbeat(ctx: WorkerContext) -> None:
     """Tell the API this worker is alive (GET /readyz counts these keys)."""
     beat = WorkerHeartbeat(ctx.worker_id, ctx.runtime.name, time.time())
@@ -129,6 +161,7 @@ async def reconcile_once(ctx: WorkerContext) -> None:
     busy = await tasks.models_with_processing_task(ctx.pool)
     actions.labels("replace_crashed_replica").inc(await replace_crashed(ctx, busy))
     actions.labels("remove_orphan_replica").inc(await remove_orphans(ctx))
+    actions.labels("forget_vanished_replica").inc(await forget_vanished(ctx))
     for state, count in (await replicas.count_live_by_state(ctx.pool)).items():
         ctx.metrics.replicas.labels(state).set(count)
     await heartbeat(ctx)

