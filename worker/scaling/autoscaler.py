@@ -3,7 +3,8 @@
 Each tick reads every gateway's report (requests in flight per replica, and requests held
 for a deployment at zero), and for each autoscaled deployment whose lease this worker
 holds, feeds the sample to its `kpa.Scaler` and, when the decision differs from the
-replicas ready and no task of the model is open, creates a `scale` task to that count.
+replicas ready and no task of the model is open, creates a `scale` task to that count
+(a scale-up it also runs itself at once, besides queueing it).
 Ticks come every `autoscale_interval_s` and, between them, as soon as a gateway announces
 a jump in load on `LOAD_CHANNEL` (at most one such tick per `WAKE_GAP_S`); a lost
 announcement only delays the decision to the next regular tick.
@@ -25,6 +26,7 @@ import time
 from uuid import UUID, uuid4
 
 import structlog
+from arq import Retry
 from redis.exceptions import RedisError
 
 from db import deployments, events, models, replicas, tasks
@@ -86,6 +88,8 @@ class Autoscaler:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.scalers: dict[UUID, Scaler] = {}
+        # Scale-ups this worker runs itself, at once (see `_run_now`).
+        self.running: set[asyncio.Task[None]] = set()
 
     async def tick(self, periodic: bool = True) -> None:
         """Sample every deployment this worker decides and scale where the decision says;
@@ -136,12 +140,36 @@ class Autoscaler:
         decided = Decision(desired, decision.ready, decision.average, decision.window_s,
                            decision.panicking)
         task_id = await create_scale_task(ctx, deployment.model_id, decided, knobs)
+        if desired > decision.ready:
+            self._run_now(task_id)
         await events.add(ctx.pool, deployment.model_id, "info", decided.describe(knobs),
                          task_id=task_id, generation=deployment.active_generation)
         await deployments.set_desired(ctx.pool, deployment.model_id, desired)
         log.info("autoscale_decision", model=str(deployment.model_id), ready=decision.ready,
                  desired=desired, average=round(decision.average, 2),
                  panicking=decision.panicking)
+
+
+    def _run_now(self, task_id: UUID) -> None:
+        """Run a scale-up here at once rather than after arq's next poll: every added
+        replica is capacity the load is waiting for. The task is queued as well, so it
+        survives this worker; whichever of the two claims it first runs it, the other
+        finds nothing to claim (as for any duplicate delivery)."""
+        from worker.jobs import run_task  # worker.jobs dispatches to worker.scaling
+
+        async def run() -> None:
+            with contextlib.suppress(Retry):  # busy or not its owner's turn: arq retries it
+                await run_task(self.ctx, str(task_id))
+
+        job = asyncio.create_task(run())
+        self.running.add(job)
+        job.add_done_callback(self.running.discard)
+
+    async def stop(self) -> None:
+        """Cancel the scale-ups running here (each hands its task back) and wait for them."""
+        for job in self.running:
+            job.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
 
 
 async def create_scale_task(ctx: WorkerContext, model_id: UUID, decision: Decision,
@@ -214,4 +242,5 @@ async def run_forever(ctx: WorkerContext) -> None:
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+        await asyncio.shield(scaler.stop())
         await asyncio.shield(release_leases(ctx, list(scaler.scalers)))
