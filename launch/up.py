@@ -8,7 +8,6 @@ that returns a real embedding.
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from launch import stack_state
 from launch.embedded import start_postgres, start_redis
 from launch.restore import report_restored
 from launch.shutdown import stop_everything
+from launch.supervise import LABELS, Supervisor
 from launch.up_guide import print_next_steps, remember_stack
 from schemas.models import ModelSource
 from schemas.settings import Settings
@@ -123,7 +123,7 @@ def _example(base: str, name: str) -> str:
     return f"curl -s {base}/v1/embeddings -H 'Content-Type: application/json' -d '{body}'"
 
 
-_LABELS = {"service": "api", "gateway.server": "gateway"}
+_LABELS = LABELS
 
 
 def _spawn(module: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
@@ -174,20 +174,20 @@ def run_up(settings: Settings, once: bool = False) -> int:
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     asyncio.run(remember_stack(settings, env, base, gateway))
     logs = settings.state_dir / "logs"
-    children = [_spawn("service", env, logs), _spawn("gateway.server", env, logs),
-                _spawn("worker", env, logs)]
+    modules = ["service", "gateway.server", "worker"]
+    children = [_spawn(module, env, logs) for module in modules]
     try:
         headers = asyncio.run(_demo(settings, base, gateway))
         asyncio.run(report_restored(settings.require_database_url(), since,
                                     settings.deploy_timeout_s, _say))
         if not once:
             _say("running; Ctrl-C stops everything")
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            Supervisor(children, modules, lambda m: _spawn(m, env, logs), _say
+                       ).run_until_signal()
         else:
             asyncio.run(_undeploy(base, headers))
         return 0
-    except (RuntimeError, TimeoutError, OSError) as exc:
+    except (RuntimeError, TimeoutError, OSError) as exc:  # GaveUp among them
         _say(f"failed: {exc}")
         return 1
     except KeyboardInterrupt:  # Ctrl-C before "running": stop all the same

@@ -124,6 +124,19 @@ async def _all_serve(base: str) -> None:
                 assert len((await resp.json())[0]) == 16
 
 
+async def _serves_again(gateway: str, timeout_s: float) -> None:
+    """The restarted gateway answers an embedding of the restored routes."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(gateway) as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.post(f"/serve/{EXTRA[0]}/embed", json={"inputs": "x"}) as resp:
+                    if resp.status == 200:
+                        return
+            assert time.monotonic() < deadline, "the restarted gateway never served"
+            await asyncio.sleep(0.2)
+
+
 def _interrupt(up: Up, times: int, timeout_s: float) -> float:
     began = time.monotonic()
     for _ in range(times):
@@ -153,6 +166,13 @@ def test_ctrl_c_stops_everything_and_the_next_up_restores_the_deployments(
         before = _ours(state)
         replicas = [pid for pid, cmd in before.items() if "model_server" in cmd]
         assert len(replicas) == 4, before  # the bundled model and the three
+
+        # A child that dies is started again (launch/supervise.py): the gateway, SIGKILLed.
+        [dead] = [pid for pid, cmd in before.items() if cmd.endswith("-m gateway.server ")]
+        os.kill(dead, signal.SIGKILL)
+        up.until("gateway exited (code -9); starting it again", 30)
+        asyncio.run(_serves_again(gateway, 60))
+        assert dead not in _ours(state)
 
         took = _interrupt(up, 1, 120)
         out = up.drain()
