@@ -8,7 +8,9 @@ with the routing table — the same Postgres query and Redis change notices the 
 gateway uses — through the Runtime API (gateway/haproxy/programmer.py), and writes a
 `GatewayReport` for what HAProxy carries itself: each replica's `scur` from `show stat`
 as its in-flight count, `stot` as its finished count. The Python gateways report their
-own traffic, so the drain and the autoscaler read both unchanged.
+own traffic, so the drain and the autoscaler read both unchanged. A jump in a model's
+requests in flight (its serving slot's `scur`, read every LOAD_POLL_S) is reported at
+once and announced on LOAD_CHANNEL, by the Python gateway's rule (gateway/load_signal.py).
 """
 
 import asyncio
@@ -21,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import structlog
@@ -35,12 +37,23 @@ from db.pool import create_pool
 from gateway.haproxy.config import Layout, write
 from gateway.haproxy.programmer import Programmer
 from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError, ServerStat
+from gateway.load_signal import JUMP_MIN, JUMP_RATIO, MIN_GAP_S
 from schemas.gateway import GatewayReport
-from schemas.queue import AUTH_CHANNEL, GATEWAY_KEY_PREFIX, GATEWAY_TTL_S, ROUTES_CHANNEL
+from schemas.queue import (
+    AUTH_CHANNEL,
+    GATEWAY_KEY_PREFIX,
+    GATEWAY_TTL_S,
+    LOAD_CHANNEL,
+    ROUTES_CHANNEL,
+)
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_S = 1.0
+# How often the backends' in-flight counts are read for a jump in load (one short
+# `show stat` of backend rows), which is reported and announced at once, as the Python
+# gateway does (gateway/load_signal.py's rule and its follow-up report).
+LOAD_POLL_S = 0.05
 DRAIN_POLL_S = 0.05  # while servers drain: how often `scur` is read
 STOP_GRACE_S = 20.0
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
@@ -110,6 +123,11 @@ class Controller:
         self._haproxy: asyncio.subprocess.Process | None = None
         self._reported: tuple[dict[str, int], dict[str, int]] | None = None
         self._last_report = 0.0
+        self._routes_stale = True  # the table must be read and applied
+        self._jumped = False  # a jump in load waits to be reported and announced
+        self._follow_up = False  # the next report is a jump's follow-up
+        self._load: dict[UUID, int] = {}  # in flight per model, as last polled
+        self._load_reported: dict[UUID, int] = {}  # ... as of the last report written
 
     async def run(self) -> None:
         settings = self._settings
@@ -119,6 +137,7 @@ class Controller:
         try:
             await self._start()
             tasks = [asyncio.create_task(self._watch(redis)),
+                     asyncio.create_task(self._watch_load()),
                      asyncio.create_task(self._supervise())]
             try:
                 await self._sync(pool, redis)
@@ -170,11 +189,38 @@ class Controller:
                     await pubsub.subscribe(ROUTES_CHANNEL, AUTH_CHANNEL)
                     while True:
                         await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_s)
+                        self._routes_stale = True
                         self._changed.set()
             except (RedisError, OSError) as exc:
                 log.warning("routes_channel_unavailable", error=str(exc))
                 await asyncio.sleep(poll_s)
+                self._routes_stale = True
                 self._changed.set()
+
+    async def _watch_load(self) -> None:
+        """Poll the backends' in-flight counts; flag a jump (see gateway/load_signal.py)."""
+        while True:
+            await asyncio.sleep(LOAD_POLL_S)
+            try:
+                self._load = self.programmer.load_by_model(await self.api.backends())
+            except RuntimeApiError:
+                continue
+            if any(now >= last + JUMP_MIN and now >= JUMP_RATIO * last
+                   for model_id, now in self._load.items()
+                   for last in [self._load_reported.get(model_id, 0)]):
+                self._jumped = True
+                self._changed.set()
+
+    def _after_jump(self) -> None:
+        """A jump's report is followed by one more, MIN_GAP_S later (the autoscaler's
+        panic wants two samples in a row)."""
+        self._follow_up = not self._follow_up
+        if self._follow_up:
+            asyncio.get_running_loop().call_later(MIN_GAP_S, self._follow)
+
+    def _follow(self) -> None:
+        self._jumped = True
+        self._changed.set()
 
     async def _sync(self, pool: asyncpg.Pool, redis: Redis) -> None:
         """Apply the table when flagged; read `scur`, delete drained servers, report."""
@@ -184,7 +230,8 @@ class Controller:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
                     await self._changed.wait()
-            changed = self._changed.is_set()
+            jumped, self._jumped = self._jumped, False
+            changed, self._routes_stale = self._routes_stale, False
             self._changed.clear()
             try:
                 if changed:
@@ -194,7 +241,9 @@ class Controller:
             except (RuntimeApiError, DatabaseError) as exc:
                 log.warning("haproxy_sync_failed", error=str(exc))
                 continue
-            await self._report(redis, stats, force=changed)
+            written = await self._report(redis, stats, force=changed or jumped, announce=jumped)
+            if written and jumped:
+                self._after_jump()
 
     async def _routes(self, pool: asyncpg.Pool) -> list[Route]:
         return await deployments.routes(pool)
@@ -206,18 +255,28 @@ class Controller:
             inflight={str(c.replica_id): c.current for c in carried if c.current > 0},
             requests={str(c.replica_id): c.total for c in carried})
 
-    async def _report(self, redis: Redis, stats: list[ServerStat], force: bool) -> None:
+    async def _report(self, redis: Redis, stats: list[ServerStat], force: bool,
+                      announce: bool = False) -> bool:
+        """Write the report (unless nothing changed within a second); with `announce`,
+        publish this gateway's id on LOAD_CHANNEL in the same round trip. True if written."""
         report = self.report(stats)
         seen = (report.generations, report.inflight)
         if not force and seen == self._reported and time.monotonic() - self._last_report < 1:
-            return
+            return False
+        load = dict(self._load)
         try:
-            await redis.set(GATEWAY_KEY_PREFIX + self.id, report.model_dump_json(),
-                            ex=GATEWAY_TTL_S)
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.set(GATEWAY_KEY_PREFIX + self.id, report.model_dump_json(),
+                         ex=GATEWAY_TTL_S)
+                if announce:
+                    pipe.publish(LOAD_CHANNEL, self.id)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("gateway_report_failed", error=str(exc))
-            return
+            return False
         self._reported, self._last_report = seen, time.monotonic()
+        self._load_reported = load
+        return True
 
     async def _shutdown(self, redis: Redis) -> None:
         """HAProxy stops softly (SIGUSR1: it finishes what is in flight), then the gateways."""

@@ -206,6 +206,11 @@ class Programmer:
         if slot.model_id is None and not slot.servers and slot.backend not in self._free:
             self._free.append(slot.backend)
 
+    def load_by_model(self, backends: dict[str, int]) -> dict[UUID, int]:
+        """Requests in flight per model HAProxy serves directly (its serving generation's
+        slot), from `RuntimeApi.backends`."""
+        return {model_id: backends.get(slot.backend, 0) for model_id, slot in self._live.items()}
+
     def carried(self, stats: list[ServerStat]) -> list[Carried]:
         """Per replica HAProxy serves (or drains): `scur`, and `stot` since it was assigned."""
         by_server = {s.server: s for s in stats}

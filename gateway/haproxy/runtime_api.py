@@ -59,3 +59,9 @@ class RuntimeApi:
         rows = csv.DictReader(io.StringIO(text))
         return [ServerStat(r["pxname"], r["svname"], int(r["scur"] or 0), int(r["stot"] or 0),
                            int(r["qcur"] or 0)) for r in rows if r.get("svname")]
+
+    async def backends(self) -> dict[str, int]:
+        """`scur` of every backend (`show stat -1 2 -1`: backends only, one row each)."""
+        text = (await self.command("show stat -1 2 -1")).lstrip("# ")
+        return {r["pxname"]: int(r["scur"] or 0) for r in csv.DictReader(io.StringIO(text))
+                if r.get("pxname")}

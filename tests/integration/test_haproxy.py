@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 
 from db import deployments, replicas
 from gateway.haproxy.controller import find_haproxy
-from schemas.queue import ROUTES_CHANNEL
+from gateway.load_signal import JUMP_MIN
+from schemas.queue import LOAD_CHANNEL, ROUTES_CHANNEL
 from schemas.settings import Settings
 from tests.conftest import Proc, start_gateway
 from tests.integration.accounts import call, make_user
@@ -159,3 +160,47 @@ async def test_a_replica_that_refuses_connections_is_retried_on_another(
         assert [(status, replica) for status, replica, _ in answers] == [(200, str(live))] * 20
     finally:
         server.stop()
+
+
+async def test_a_jump_in_load_through_haproxy_is_reported_and_announced_at_once(
+        spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        settings: Settings, hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """The autoscaler's signal on the HAProxy engine: requests HAProxy carries itself (a
+    public model's) reach the report and `greenroom:load` within a fraction of a second,
+    not at the next one-second report."""
+    http = anon_http
+    model_id = await hashing_model("busy")
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing", MODEL_SERVER_DIMENSION="8",
+                          MODEL_SERVER_TEST_SERVICE_TIME_MS="1500",
+                          MODEL_SERVER_TEST_CONCURRENCY="16")
+    redis = Redis.from_url(settings.require_redis_url())
+    try:
+        await poll_health(http, server)
+        replica_id = await serve_replica(pool, model_id, "busy", server.url)
+        base, _ = await start_haproxy(spawn, http)
+
+        async def direct() -> bool:
+            return any(str(replica_id) in r.requests for r in await gateway_reports(redis)
+                       if r.gateway_id.startswith("haproxy-"))
+        await _until(direct, 10, "HAProxy never got the replica as a server")
+        async with redis.pubsub() as pubsub:
+            await pubsub.subscribe(LOAD_CHANNEL)
+            await pubsub.get_message(timeout=1)  # the subscription's confirmation
+            started = time.monotonic()
+            load = [asyncio.create_task(_post(http, f"{base}/serve/busy/embed"))
+                    for _ in range(8)]
+            message = None
+            while message is None and time.monotonic() - started < 1.2:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            announced = time.monotonic() - started
+        assert message is not None, "no announcement on greenroom:load within 1.2 s"
+        assert message["data"].decode().startswith("haproxy-")
+        [report] = [r for r in await gateway_reports(redis)
+                    if r.gateway_id == message["data"].decode()]
+        assert report.inflight.get(str(replica_id), 0) >= JUMP_MIN, report
+        print(f"\nannounced {announced * 1000:.0f} ms after the burst, "
+              f"{report.inflight[str(replica_id)]} in flight")
+        assert all(status == 200 for status, _, _ in await asyncio.gather(*load))
+    finally:
+        server.stop()
+        await redis.aclose()
