@@ -139,15 +139,17 @@ async def list_serving_brief(db: Executor) -> list[ReplicaBrief]:
     return [ReplicaBrief(*r) for r in rows]
 
 
-async def list_unserving_brief(db: Executor) -> list[ReplicaBrief]:
-    """Live replicas outside the serving set: starting, draining, or ready in a generation
-    that is not its deployment's active one."""
+async def list_unserving_brief(db: Executor, unchanged_for_s: float) -> list[ReplicaBrief]:
+    """Live replicas outside the serving set (starting, draining, or ready in a generation
+    that is not its deployment's active one) whose row has not changed for
+    `unchanged_for_s` seconds."""
     async with translated():
         rows = await db.fetch(
             f"""SELECT {_BRIEF} FROM replicas r LEFT JOIN deployments d ON d.model_id = r.model_id
                 WHERE r.state = ANY($1::text[])
+                  AND r.updated_at < now() - make_interval(secs => $2)
                   AND NOT (r.state = 'ready' AND r.generation IS NOT DISTINCT FROM
-                           d.active_generation)""", list(LIVE_STATES))
+                           d.active_generation)""", list(LIVE_STATES), unchanged_for_s)
     return [ReplicaBrief(*r) for r in rows]
 
 

@@ -35,6 +35,9 @@ from worker.runtimes.base import manages
 log = structlog.get_logger(__name__)
 # A pending task enqueued this long ago is offered to Redis again (a no-op if it is there).
 REENQUEUE_AFTER_S = 10.0
+# A live row outside the serving set whose replica does not run is recorded as stopped once
+# it has not changed for this long (see forget_vanished).
+VANISHED_AFTER_S = 10.0
 
 
 async def enqueue_pending(ctx: WorkerContext) -> int:
@@ -125,11 +128,12 @@ async def forget_vanished(ctx: WorkerContext) -> int:
     stopped (failed if never ready), so nothing counts them as live any more.
 
     Only rows of models no task is processing (a task owns its replicas, and the scale
-    that left replicas draining finishes them on its retry) and only replicas this
-    runtime manages. The rows are read before the tasks: a task claimed in between has
-    its rows (if any yet) judged busy.
+    that left replicas draining finishes them on its retry), only replicas this runtime
+    manages, and only rows unchanged for VANISHED_AFTER_S: a repair's replacement is
+    recorded a moment before its runtime starts it, with no task. The rows are read
+    before the tasks: a task claimed in between has its rows (if any yet) judged busy.
     """
-    rows = await replicas.list_unserving_brief(ctx.pool)
+    rows = await replicas.list_unserving_brief(ctx.pool, VANISHED_AFTER_S)
     if not rows:
         return 0
     running = {i.replica_id for i in await ctx.runtime.list()}

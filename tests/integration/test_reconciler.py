@@ -69,6 +69,9 @@ async def test_rows_of_replicas_that_no_longer_run_are_recorded_stopped(
                            "WHERE id = $1", task.id)
         busy_row = await _row(pool, busy_model, 1, ReplicaState.starting)
         try:
+            assert await forget_vanished(ctx) == 0, "fresh rows are not judged yet"
+            # Unchanged for longer than VANISHED_AFTER_S: now each is judged.
+            await pool.execute("UPDATE replicas SET updated_at = now() - interval '1 minute'")
             assert await forget_vanished(ctx) == 3
             assert await _states(pool, [gone_draining, gone_old_ready, never_started]) == [
                 "stopped", "stopped", "failed"]
