@@ -149,7 +149,6 @@ class Autoscaler:
                  desired=desired, average=round(decision.average, 2),
                  panicking=decision.panicking)
 
-
     def _run_now(self, task_id: UUID) -> None:
         """Run a scale-up here at once rather than after arq's next poll: every added
         replica is capacity the load is waiting for. The task is queued as well, so it
