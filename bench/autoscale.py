@@ -251,7 +251,7 @@ async def first_scale(pool: asyncpg.Pool, after: float) -> Scale | None:
         return None
     added = await pool.fetch(
         "SELECT id, extract(epoch FROM updated_at - created_at) AS up FROM replicas "
-        "WHERE task_id = $1 AND state IN ('ready', 'draining') ORDER BY created_at",
+        "WHERE task_id = $1 AND state = 'ready' ORDER BY created_at",  # updated_at: its ready
         row["id"])
     return Scale(float(row["c"]), float(row["s"]), str(row["d"]), str(row["t"]),
                  {str(r["id"]): float(r["up"]) for r in added})
