@@ -19,6 +19,11 @@ JUMP_MIN = 4
 MIN_GAP_S = 0.05
 
 
+def is_jump(now: int, last: int) -> bool:
+    """Whether `now` requests in flight are a jump from the `last` reported."""
+    return now >= last + JUMP_MIN and now >= JUMP_RATIO * last
+
+
 class LoadJumps:
     """Requests in flight by model, and what the last report said about each."""
 
@@ -33,7 +38,7 @@ class LoadJumps:
         self.inflight[model_id] += 1
         now = self.inflight[model_id]
         last = self._reported.get(model_id, 0)
-        if not self.jumped and now >= last + JUMP_MIN and now >= JUMP_RATIO * last:
+        if not self.jumped and is_jump(now, last):
             self.jumped = True
             return True
         return False

@@ -123,13 +123,10 @@ def _example(base: str, name: str) -> str:
     return f"curl -s {base}/v1/embeddings -H 'Content-Type: application/json' -d '{body}'"
 
 
-_LABELS = LABELS
-
-
 def _spawn(module: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"{module}.log"
-    _say(f"{_LABELS.get(module, module)} logs: {log_file}")
+    _say(f"{LABELS.get(module, module)} logs: {log_file}")
     # Own session: a Ctrl-C reaches `up` alone, which then shuts the children down in order.
     return subprocess.Popen([sys.executable, "-m", module], env=env, start_new_session=True,
                             stdout=log_file.open("ab"), stderr=subprocess.STDOUT)

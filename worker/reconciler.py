@@ -30,7 +30,7 @@ from schemas.tasks import ReplicaState
 from worker import replicas as lifecycle
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
-from worker.runtimes.base import manages
+from worker.runtimes.base import ReplicaInfo, manages
 
 log = structlog.get_logger(__name__)
 # A pending task enqueued this long ago is offered to Redis again (a no-op if it is there).
@@ -94,13 +94,13 @@ def _orphaned(row: ReplicaBrief | None, busy: set[UUID],
     return row.generation != active.get(row.model_id)
 
 
-async def remove_orphans(ctx: WorkerContext) -> int:
-    """Remove replicas that no serving generation and no processing task owns.
+async def remove_orphans(ctx: WorkerContext, found: list[ReplicaInfo]) -> int:
+    """Remove replicas that no serving generation and no processing task owns, among
+    `found` (the runtime's listing of this pass).
 
     Never touches the active generation; a replica is only judged while no task of its
     model is processing (a crash mid-switch leaves both generations: the old one goes).
     """
-    found = await ctx.runtime.list()
     if not found:
         return 0
     # Read after listing: a task claimed in between is seen as busy, so its new replicas
@@ -121,7 +121,7 @@ async def remove_orphans(ctx: WorkerContext) -> int:
     return len(orphans)
 
 
-async def forget_vanished(ctx: WorkerContext) -> int:
+async def forget_vanished(ctx: WorkerContext, found: list[ReplicaInfo]) -> int:
     """Rows that say a replica is starting, draining or ready outside the serving
     generation while nothing of it runs: a worker killed between removing a replica and
     recording it (or before its start was recorded) leaves one. They are recorded as
@@ -130,13 +130,15 @@ async def forget_vanished(ctx: WorkerContext) -> int:
     Only rows of models no task is processing (a task owns its replicas, and the scale
     that left replicas draining finishes them on its retry), only replicas this runtime
     manages, and only rows unchanged for VANISHED_AFTER_S: a repair's replacement is
-    recorded a moment before its runtime starts it, with no task. The rows are read
-    before the tasks: a task claimed in between has its rows (if any yet) judged busy.
+    recorded a moment before its runtime starts it, with no task. A replica started
+    before its row last changed is in `found`, the pass's listing, taken just before.
+    The rows are read before the tasks: a task claimed in between has its rows (if any
+    yet) judged busy.
     """
     rows = await replicas.list_unserving_brief(ctx.pool, VANISHED_AFTER_S)
     if not rows:
         return 0
-    running = {i.replica_id for i in await ctx.runtime.list()}
+    running = {i.replica_id for i in found}
     busy = await tasks.models_with_processing_task(ctx.pool)
     gone = [r for r in rows if r.model_id not in busy and r.id not in running
             and manages(ctx.runtime, r.endpoint)]
@@ -164,8 +166,9 @@ async def reconcile_once(ctx: WorkerContext) -> None:
     actions.labels("release_expired_task").inc(await release_expired(ctx))
     busy = await tasks.models_with_processing_task(ctx.pool)
     actions.labels("replace_crashed_replica").inc(await replace_crashed(ctx, busy))
-    actions.labels("remove_orphan_replica").inc(await remove_orphans(ctx))
-    actions.labels("forget_vanished_replica").inc(await forget_vanished(ctx))
+    found = await ctx.runtime.list()
+    actions.labels("remove_orphan_replica").inc(await remove_orphans(ctx, found))
+    actions.labels("forget_vanished_replica").inc(await forget_vanished(ctx, found))
     for state, count in (await replicas.count_live_by_state(ctx.pool)).items():
         ctx.metrics.replicas.labels(state).set(count)
     await heartbeat(ctx)

@@ -37,7 +37,7 @@ from db.pool import create_pool
 from gateway.haproxy.config import Layout, write
 from gateway.haproxy.programmer import Programmer
 from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError, ServerStat
-from gateway.load_signal import JUMP_MIN, JUMP_RATIO, MIN_GAP_S
+from gateway.load_signal import MIN_GAP_S, is_jump
 from schemas.gateway import GatewayReport
 from schemas.queue import (
     AUTH_CHANNEL,
@@ -205,9 +205,8 @@ class Controller:
                 self._load = self.programmer.load_by_model(await self.api.backends())
             except RuntimeApiError:
                 continue
-            if any(now >= last + JUMP_MIN and now >= JUMP_RATIO * last
-                   for model_id, now in self._load.items()
-                   for last in [self._load_reported.get(model_id, 0)]):
+            if any(is_jump(now, self._load_reported.get(model_id, 0))
+                   for model_id, now in self._load.items()):
                 self._jumped = True
                 self._changed.set()
 

@@ -69,17 +69,18 @@ async def test_rows_of_replicas_that_no_longer_run_are_recorded_stopped(
                            "WHERE id = $1", task.id)
         busy_row = await _row(pool, busy_model, 1, ReplicaState.starting)
         try:
-            assert await forget_vanished(ctx) == 0, "fresh rows are not judged yet"
+            # Fresh rows are not judged yet.
+            assert await forget_vanished(ctx, await runtime.list()) == 0
             # Unchanged for longer than VANISHED_AFTER_S: now each is judged.
             await pool.execute("UPDATE replicas SET updated_at = now() - interval '1 minute'")
-            assert await forget_vanished(ctx) == 3
+            assert await forget_vanished(ctx, await runtime.list()) == 3
             assert await _states(pool, [gone_draining, gone_old_ready, never_started]) == [
                 "stopped", "stopped", "failed"]
             # Left alone: a replica that runs, the serving generation (the repair's), and
             # a busy model's.
             assert await _states(pool, [spec.replica_id, serving, busy_row]) == [
                 "draining", "ready", "starting"]
-            assert await forget_vanished(ctx) == 0
+            assert await forget_vanished(ctx, await runtime.list()) == 0
         finally:
             await runtime.stop(alive.runtime_ref, 2)
             await runtime.remove(alive.runtime_ref)

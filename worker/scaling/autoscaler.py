@@ -38,6 +38,7 @@ from schemas.tasks import DeploymentConfig, ReplicaState, TaskKind
 from worker.admission import quotas
 from worker.context import WorkerContext
 from worker.drain import gateway_reports
+from worker.jobs import run_task
 from worker.scaling.kpa import Decision, Knobs, Scaler
 
 log = structlog.get_logger(__name__)
@@ -154,8 +155,6 @@ class Autoscaler:
         replica is capacity the load is waiting for. The task is queued as well, so it
         survives this worker; whichever of the two claims it first runs it, the other
         finds nothing to claim (as for any duplicate delivery)."""
-        from worker.jobs import run_task  # worker.jobs dispatches to worker.scaling
-
         async def run() -> None:
             with contextlib.suppress(Retry):  # busy or not its owner's turn: arq retries it
                 await run_task(self.ctx, str(task_id))
