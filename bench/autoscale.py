@@ -1,5 +1,12 @@
 """Autoscaling benchmark (issue 14) on the process runtime, with the hashing backend's test
-knobs giving one replica a known capacity (SLOTS / SERVICE_TIME requests a second).
+knobs giving one replica a known capacity: SLOTS requests at once, each taking
+`--service-ms` (default 50 ms), so SLOTS / service time requests a second.
+
+The service time sets how soon any concurrency-based autoscaler can see a step: at 3x
+capacity the requests in flight reach the gateway's jump (4, gateway/load_signal.py)
+after about 4 / (3 x capacity): 0.03 s at 50 ms, 0.1 s at 200 ms. 50 ms is about one CPU
+batch of a small embedding model (all-MiniLM-L6-v2 answers one in 4-13 ms here, a batch
+of 32 in tens of ms); `--service-ms 200` is the slower knob tests/autoscale use.
 
 From one run it prints:
 - reaction time: a load step to 3x one replica's capacity → the first request an added
@@ -59,14 +66,17 @@ from worker.runtimes.process import ProcessRuntime, free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 NAME = "bench-autoscale"
-# 200 ms as in tests/autoscale: at 100 ms the 3x step (60 requests a second) kept two
-# shared cores busy enough to slow the very replica starts the reaction is made of.
-SERVICE_TIME_MS, SLOTS = 200, 2
-CAPACITY = SLOTS / (SERVICE_TIME_MS / 1000)
-# The hashing backend's test knobs, carried by the model's source.
-KNOBS = {"test_service_time_ms": SERVICE_TIME_MS, "test_concurrency": SLOTS}
-SOURCE = {"backend": "hashing", "dimension": 384, **KNOBS}
+# One replica serves SLOTS requests at once, each taking --service-ms (default 50 ms, about
+# one CPU batch of a small embedding model; tests/autoscale use 200 ms).
+SLOTS = 2
+PANIC_WINDOW_S = 2
 BODY = {"inputs": "a short sentence to embed"}
+
+
+def source(service_ms: int) -> dict[str, Any]:
+    """The model's source: the hashing backend with its test knobs."""
+    return {"backend": "hashing", "dimension": 384, "test_service_time_ms": service_ms,
+            "test_concurrency": SLOTS}
 
 
 class Tally:
@@ -120,7 +130,8 @@ async def closed_loop(http: aiohttp.ClientSession, url: str, tally: Tally, clien
     return done / (time.perf_counter() - started)
 
 
-async def replica_start_times(settings: Settings, count: int) -> tuple[list[float], float]:
+async def replica_start_times(settings: Settings, count: int,
+                              model_source: dict[str, Any]) -> tuple[list[float], float]:
     """A replica's own start-to-healthy (s) and one replica's throughput, straight to it."""
     # A folder and cluster of its own: the stack's reconciler would remove these replicas
     # as orphans (they have no row).
@@ -131,7 +142,7 @@ async def replica_start_times(settings: Settings, count: int) -> tuple[list[floa
         for i in range(count):
             spec = ReplicaSpec(replica_id=uuid4(), model_id=uuid4(), generation=1,
                                model_identifier=f"bench/{NAME}", task_id=None,
-                               source=dict(SOURCE))
+                               source=dict(model_source))
             started = time.perf_counter()
             replica = await runtime.start(spec)
             await health.wait_ready(runtime, http, replica,
@@ -158,7 +169,8 @@ def _start(settings: Settings, tmp: Path) -> list[subprocess.Popen[bytes]]:
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp: Path, interval_s: float, start_concurrency: int) -> AsyncIterator[
+async def stack(tmp: Path, interval_s: float, start_concurrency: int,
+                model_source: dict[str, Any]) -> AsyncIterator[
         tuple[Settings, str, str, dict[str, str], asyncpg.Pool]]:
     keep: list[Any] = []
     admin = backing.postgres_admin_dsn(tmp, keep)
@@ -173,7 +185,8 @@ async def stack(tmp: Path, interval_s: float, start_concurrency: int) -> AsyncIt
     pool = await create_pool(dsn, max_size=2)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        model = await register(pool, "bench", NAME, ModelSource.model_validate(SOURCE), "public")
+        model = await register(pool, "bench", NAME, ModelSource.model_validate(model_source),
+                               "public")
         assert settings.secret_key is not None
         headers = {"Authorization": "Bearer " + issue_user_token(
             settings.secret_key.get_secret_value(), model.owner_id)}
@@ -204,7 +217,7 @@ async def deploy(http: aiohttp.ClientSession, api: str, headers: dict[str, str],
                  maximum: int) -> None:
     config = {"autoscaling_enabled": True, "autoscaling_min": 1, "autoscaling_max": maximum,
               "autoscaling_target_concurrency": SLOTS, "autoscaling_target_utilization": 0.8,
-              "autoscaling_stable_window_s": 6, "autoscaling_panic_window_s": 2,
+              "autoscaling_stable_window_s": 6, "autoscaling_panic_window_s": PANIC_WINDOW_S,
               "autoscaling_scale_down_delay_s": 4}
     async with http.post(f"{api}/deploy", headers=headers,
                          json={"embedding_model_id": f"bench/{NAME}", "config": config}) as r:
@@ -238,6 +251,7 @@ class Scale:
     desired: str
     timings: str
     starts: dict[str, float]  # added replica id → its row's insert to its `ready`, s
+    inserted: dict[str, float]  # added replica id → Unix time of its row's insert
 
 
 async def first_scale(pool: asyncpg.Pool, after: float) -> Scale | None:
@@ -250,18 +264,20 @@ async def first_scale(pool: asyncpg.Pool, after: float) -> Scale | None:
     if row is None or row["s"] is None:
         return None
     added = await pool.fetch(
-        "SELECT id, extract(epoch FROM updated_at - created_at) AS up FROM replicas "
+        "SELECT id, extract(epoch FROM updated_at - created_at) AS up, "
+        "extract(epoch FROM created_at) AS c FROM replicas "
         "WHERE task_id = $1 AND state = 'ready' ORDER BY created_at",  # updated_at: its ready
         row["id"])
     return Scale(float(row["c"]), float(row["s"]), str(row["d"]), str(row["t"]),
-                 {str(r["id"]): float(r["up"]) for r in added})
+                 {str(r["id"]): float(r["up"]) for r in added},
+                 {str(r["id"]): float(r["c"]) for r in added})
 
 
 async def bench(args: argparse.Namespace, tmp: Path) -> None:
     load_before = os.getloadavg()[0]
-    running = stack(tmp, args.interval, args.start_concurrency)
+    running = stack(tmp, args.interval, args.start_concurrency, source(args.service_ms))
     async with running as (settings, api, gateway, headers, pool):
-        starts, one_replica = await replica_start_times(settings, 3)
+        starts, one_replica = await replica_start_times(settings, 3, source(args.service_ms))
         own_start = statistics.median(starts)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout,
@@ -269,10 +285,14 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
             await deploy(http, api, headers, args.max)
             url = f"{gateway}/serve/{NAME}/embed"
             tally = Tally()
-            await open_loop(http, url, tally, 2, 3)  # the first replica's id
+            # Light load first: the first replica's id, and time for the decider to take the
+            # deployment (its next tick) and watch a whole panic window before the step (it
+            # decides nothing before that).
+            await open_loop(http, url, tally, 2, args.interval + PANIC_WINDOW_S + 2)
             first = set(tally.by_replica)
             step, step_wall = time.perf_counter(), time.time()
-            await open_loop(http, url, tally, 3 * CAPACITY, args.step_s)
+            capacity = SLOTS / (args.service_ms / 1000)
+            await open_loop(http, url, tally, 3 * capacity, args.step_s)
             added = {r: t for r, t in tally.first_seen.items() if r not in first}
             first_added = min(added, key=added.__getitem__) if added else None
             reaction = added[first_added] - step if first_added else float("inf")
@@ -281,7 +301,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
             at_max = await closed_loop(http, url, tally, 4 * SLOTS * args.max, 8)
     print(f"autoscale interval {args.interval:g} s (and woken by gateways' jump "
           f"announcements), gateway report every ~1 s and at once on a jump; a scale starts "
-          f"{args.start_concurrency or 'all its'} replicas at once")
+          f"{args.start_concurrency or 'all its'} replicas at once; a replica serves {SLOTS} "
+          f"requests at once, each taking {args.service_ms} ms")
     print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(f"replica start-to-healthy (own, median of {len(starts)}): {own_start:.2f} s "
           f"({', '.join(f'{s:.2f}' for s in starts)})")
@@ -298,6 +319,10 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
     if scale is not None:
         decided, claimed = scale.created - step_wall, scale.claimed - step_wall
         ups = ", ".join(f"{up:.2f}" for up in scale.starts.values())
+        if own is not None and first_added in scale.inserted:
+            row_at = scale.inserted[first_added] - step_wall
+            print(f"  the first added replica: row inserted at {row_at:.2f} s, ready at "
+                  f"{row_at + own:.2f} s, its first request sent at {reaction:.2f} s")
         print(f"  of which: decision (scale task created) at {decided:.2f} s, claimed by the "
               f"worker at {claimed:.2f} s, start to serving {reaction - claimed:.2f} s "
               f"(scale to {scale.desired} replicas, phases {scale.timings}, each added "
@@ -318,6 +343,8 @@ def main() -> None:
     parser.add_argument("--start-concurrency", type=int,
                         default=Settings().scale_start_concurrency,
                         help="GREENROOM_SCALE_START_CONCURRENCY of the worker (0: all at once)")
+    parser.add_argument("--service-ms", type=int, default=50,
+                        help="each request's service time on a replica (the test knob)")
     parser.add_argument("--step-s", type=float, default=15, help="length of the load step")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:

@@ -3,12 +3,11 @@
 The report is written about every second anyway (`routing.HEARTBEAT_S`). A load step
 should not wait for that: once a model's requests in flight reach both `JUMP_RATIO` times
 and `JUMP_MIN` more than the gateway last reported for it, the next report goes out at
-once and is announced on `LOAD_CHANNEL`, which wakes the autoscalers. The rule is
-relative, so a rising load triggers a few reports (in flight 4, 8, 16, ...), never one
-per request; and reports are at least `MIN_GAP_S` apart, so a burst costs Redis at most
-1 / MIN_GAP_S writes a second per gateway process. A jump's report is followed by one more,
-MIN_GAP_S later and announced too: the autoscaler panics on two samples in a row, and
-the second need not wait for the load to double again.
+once, names the model in its `jumped` field, and is announced on `LOAD_CHANNEL`, which
+wakes the autoscalers; the autoscaler may panic on that one sample (worker/scaling/kpa.py).
+The rule is relative, so a rising load triggers a few reports (in flight 4, 8, 16, ...),
+never one per request; and reports are at least `MIN_GAP_S` apart, so a burst costs Redis
+at most 1 / MIN_GAP_S writes a second per gateway process.
 """
 
 from collections import Counter
@@ -25,21 +24,22 @@ def is_jump(now: int, last: int) -> bool:
 
 
 class LoadJumps:
-    """Requests in flight by model, and what the last report said about each."""
+    """Requests in flight by model, what the last report said about each, and which jumped."""
 
     def __init__(self) -> None:
         self.inflight: Counter[UUID] = Counter()
         self._reported: dict[UUID, int] = {}
-        self.jumped = False
-        self._follow_up = False
+        self.jumped: set[UUID] = set()  # models whose count jumped since the last report
+        self.wake = False  # announce the next report even without a jump (a held request)
 
     def started(self, model_id: UUID) -> bool:
-        """Count one more request in flight; True when this one makes a jump."""
+        """Count one more request in flight; True when it makes the model's first jump since
+        the last report."""
         self.inflight[model_id] += 1
-        now = self.inflight[model_id]
-        last = self._reported.get(model_id, 0)
-        if not self.jumped and is_jump(now, last):
-            self.jumped = True
+        if model_id in self.jumped:
+            return False
+        if is_jump(self.inflight[model_id], self._reported.get(model_id, 0)):
+            self.jumped.add(model_id)
             return True
         return False
 
@@ -48,11 +48,10 @@ class LoadJumps:
         if self.inflight[model_id] <= 0:
             del self.inflight[model_id]
 
-    def reported(self) -> bool:
-        """A report is being written now: remember its counts; True if it follows a jump."""
+    def reported(self) -> tuple[list[str], bool]:
+        """A report is being written now: remember its counts; (the models that jumped, for
+        the report; whether to announce it)."""
         self._reported = dict(self.inflight)
-        jumped, self.jumped = self.jumped, False
-        if jumped:
-            self._follow_up = not self._follow_up
-            self.jumped = self._follow_up  # a jump's first report asks for one more
-        return jumped
+        jumped, announce = sorted(str(m) for m in self.jumped), bool(self.jumped) or self.wake
+        self.jumped, self.wake = set(), False
+        return jumped, announce

@@ -173,7 +173,7 @@ class Gateway:
 
     def _held_changed(self) -> None:
         """A request started or stopped waiting for a replica: the autoscaler hears now."""
-        self.jumps.jumped = True
+        self.jumps.wake = True
         self._report_now.set()
 
     def _release(self, replica_id: UUID, model_id: UUID) -> None:
@@ -214,12 +214,12 @@ class Gateway:
         except DatabaseError as exc:
             log.warning("routes_reload_failed", error=str(exc))
 
-    def report(self) -> GatewayReport:
+    def report(self, jumped: list[str] | None = None) -> GatewayReport:
         return GatewayReport(
             gateway_id=self.id, at=time.time(), generations=dict(self._table.generations),
             inflight={str(k): v for k, v in self.inflight.items() if v > 0},
             requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts(),
-            latency=self.latency.report())
+            latency=self.latency.report(), jumped=jumped or [])
 
     async def _report(self) -> None:
         """Write the report every HEARTBEAT_S, or sooner when asked (at least MIN_GAP_S
@@ -229,14 +229,13 @@ class Gateway:
                 async with asyncio.timeout(HEARTBEAT_S):
                     await self._report_now.wait()
             self._report_now.clear()
-            report, jumped = self.report(), self.jumps.reported()
-            if self.jumps.jumped:  # a jump's follow-up report, MIN_GAP_S from now
-                self._report_now.set()
+            jumped, announce = self.jumps.reported()
+            report = self.report(jumped)
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.set(GATEWAY_KEY_PREFIX + self.id, report.model_dump_json(),
                              ex=GATEWAY_TTL_S)
-                    if jumped:
+                    if announce:
                         pipe.publish(LOAD_CHANNEL, self.id)
                     await pipe.execute()
             except (RedisError, OSError) as exc:

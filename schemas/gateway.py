@@ -91,6 +91,9 @@ class GatewayReport(BaseModel):
     # model id → requests finished for it and their latency (counters, like `requests`;
     # absent: none, or a writer that does not measure latency).
     latency: dict[str, Latency] = Field(default_factory=dict)
+    # model ids whose requests in flight jumped since this gateway's previous report
+    # (gateway/load_signal.py): the autoscaler may panic on this one sample.
+    jumped: list[str] = Field(default_factory=list)
 
 
 async def read_reports(redis: Redis) -> list[GatewayReport]:

@@ -37,7 +37,7 @@ from db.pool import create_pool
 from gateway.haproxy.config import Layout, write
 from gateway.haproxy.programmer import Programmer
 from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError, ServerStat
-from gateway.load_signal import MIN_GAP_S, is_jump
+from gateway.load_signal import is_jump
 from schemas.gateway import GatewayReport
 from schemas.queue import (
     AUTH_CHANNEL,
@@ -52,7 +52,7 @@ log = structlog.get_logger(__name__)
 HEARTBEAT_S = 1.0
 # How often the backends' in-flight counts are read for a jump in load (one short
 # `show stat` of backend rows), which is reported and announced at once, as the Python
-# gateway does (gateway/load_signal.py's rule and its follow-up report).
+# gateway does (gateway/load_signal.py's rule).
 LOAD_POLL_S = 0.05
 DRAIN_POLL_S = 0.05  # while servers drain: how often `scur` is read
 STOP_GRACE_S = 20.0
@@ -124,8 +124,7 @@ class Controller:
         self._reported: tuple[dict[str, int], dict[str, int]] | None = None
         self._last_report = 0.0
         self._routes_stale = True  # the table must be read and applied
-        self._jumped = False  # a jump in load waits to be reported and announced
-        self._follow_up = False  # the next report is a jump's follow-up
+        self._jumped: set[UUID] = set()  # models whose jump waits to be reported, announced
         self._load: dict[UUID, int] = {}  # in flight per model, as last polled
         self._load_reported: dict[UUID, int] = {}  # ... as of the last report written
 
@@ -205,21 +204,11 @@ class Controller:
                 self._load = self.programmer.load_by_model(await self.api.backends())
             except RuntimeApiError:
                 continue
-            if any(is_jump(now, self._load_reported.get(model_id, 0))
-                   for model_id, now in self._load.items()):
-                self._jumped = True
+            jumped = {model_id for model_id, now in self._load.items()
+                      if is_jump(now, self._load_reported.get(model_id, 0))}
+            if jumped - self._jumped:
+                self._jumped |= jumped
                 self._changed.set()
-
-    def _after_jump(self) -> None:
-        """A jump's report is followed by one more, MIN_GAP_S later (the autoscaler's
-        panic wants two samples in a row)."""
-        self._follow_up = not self._follow_up
-        if self._follow_up:
-            asyncio.get_running_loop().call_later(MIN_GAP_S, self._follow)
-
-    def _follow(self) -> None:
-        self._jumped = True
-        self._changed.set()
 
     async def _sync(self, pool: asyncpg.Pool, redis: Redis) -> None:
         """Apply the table when flagged; read `scur`, delete drained servers, report."""
@@ -229,7 +218,7 @@ class Controller:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
                     await self._changed.wait()
-            jumped, self._jumped = self._jumped, False
+            jumped, self._jumped = self._jumped, set()
             changed, self._routes_stale = self._routes_stale, False
             self._changed.clear()
             try:
@@ -240,25 +229,25 @@ class Controller:
             except (RuntimeApiError, DatabaseError) as exc:
                 log.warning("haproxy_sync_failed", error=str(exc))
                 continue
-            written = await self._report(redis, stats, force=changed or jumped, announce=jumped)
-            if written and jumped:
-                self._after_jump()
+            await self._report(redis, stats, force=changed or bool(jumped), jumped=jumped)
 
     async def _routes(self, pool: asyncpg.Pool) -> list[Route]:
         return await deployments.routes(pool)
 
-    def report(self, stats: list[ServerStat]) -> GatewayReport:
+    def report(self, stats: list[ServerStat], jumped: set[UUID] | None = None) -> GatewayReport:
         carried = self.programmer.carried(stats)
         return GatewayReport(
             gateway_id=self.id, at=time.time(), generations=dict(self.programmer.generations),
             inflight={str(c.replica_id): c.current for c in carried if c.current > 0},
-            requests={str(c.replica_id): c.total for c in carried})
+            requests={str(c.replica_id): c.total for c in carried},
+            jumped=sorted(str(m) for m in jumped or ()))
 
     async def _report(self, redis: Redis, stats: list[ServerStat], force: bool,
-                      announce: bool = False) -> bool:
-        """Write the report (unless nothing changed within a second); with `announce`,
-        publish this gateway's id on LOAD_CHANNEL in the same round trip. True if written."""
-        report = self.report(stats)
+                      jumped: set[UUID] | None = None) -> bool:
+        """Write the report (unless nothing changed within a second); with models that
+        `jumped`, name them in it and publish this gateway's id on LOAD_CHANNEL in the same
+        round trip. True if written."""
+        report = self.report(stats, jumped)
         seen = (report.generations, report.inflight)
         if not force and seen == self._reported and time.monotonic() - self._last_report < 1:
             return False
@@ -267,7 +256,7 @@ class Controller:
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.set(GATEWAY_KEY_PREFIX + self.id, report.model_dump_json(),
                          ex=GATEWAY_TTL_S)
-                if announce:
+                if jumped:
                     pipe.publish(LOAD_CHANNEL, self.id)
                 await pipe.execute()
         except (RedisError, OSError) as exc:

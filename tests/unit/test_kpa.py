@@ -80,13 +80,26 @@ def test_zero_only_after_the_grace_and_demand_wakes_it() -> None:
 def test_two_samples_over_the_threshold_panic_without_waiting_for_the_window() -> None:
     s = _scaler()
     t = _feed(s, 0, 10, 1.0)
-    s.observe(t, 5.0, periodic=False)  # a gateway announced a jump between two ticks
+    s.observe(t, 5.0, periodic=False)  # a woken tick's sample, not itself a jump
     d = s.decide(t, ready=1)
     assert d is not None and not d.panicking and d.desired == 1, "one sample is not enough"
     s.observe(t + 0.1, 11.0, periodic=False)  # and another: the load keeps rising
     d = s.decide(t + 0.1, ready=1)
     assert d is not None and d.panicking and d.desired == 6  # ceil(11 / 2), not the mean's 2
     assert d.describe(s.knobs).startswith("scaled 1 → 6: 11.0 in flight in the latest samples")
+
+
+def test_a_sample_a_gateway_reported_as_a_jump_panics_alone() -> None:
+    s = _scaler()
+    t = _feed(s, 0, 10, 1.0)
+    s.observe(t, 5.0, periodic=False, jumped=True)
+    d = s.decide(t, ready=1)
+    assert d is not None and d.panicking and d.desired == 3  # ceil(5 / 2)
+    s = _scaler()
+    t = _feed(s, 0, 10, 1.0)
+    s.observe(t, 2.0, periodic=False, jumped=True)  # a jump, but not past the threshold
+    d = s.decide(t, ready=1)
+    assert d is not None and not d.panicking and d.desired == 1
 
 
 def test_samples_between_ticks_do_not_weigh_the_stable_mean() -> None:

@@ -71,15 +71,17 @@ async def release_leases(ctx: WorkerContext, model_ids: list[UUID]) -> None:
 
 
 def demand(reports: list[GatewayReport], model_id: UUID, replica_ids: set[str],
-           now: float) -> float:
-    """Requests in flight to the model's replicas plus those held for it, on every gateway."""
-    total = 0
+           now: float) -> tuple[float, bool]:
+    """Requests in flight to the model's replicas plus those held for it, on every gateway;
+    and whether a gateway's report says the model's load jumped."""
+    total, jumped = 0, False
     for report in reports:
         if report.at < now - GATEWAY_TTL_S:
             continue
         total += sum(n for rid, n in report.inflight.items() if rid in replica_ids)
         total += report.held.get(str(model_id), 0)
-    return float(total)
+        jumped = jumped or str(model_id) in report.jumped
+    return float(total), jumped
 
 
 class Autoscaler:
@@ -106,8 +108,9 @@ class Autoscaler:
             seen.add(deployment.model_id)
             mine = [r for r in live if r.model_id == deployment.model_id]
             scaler = self._scaler(deployment.model_id, config)
-            scaler.observe(now, demand(reports, deployment.model_id, {str(r.id) for r in mine},
-                                       now), periodic)
+            inflight, jumped = demand(reports, deployment.model_id, {str(r.id) for r in mine},
+                                      now)
+            scaler.observe(now, inflight, periodic, jumped)
             ready = sum(1 for r in mine if r.generation == deployment.active_generation
                         and r.state == ReplicaState.ready)
             if await tasks.has_open_task(ctx.pool, deployment.model_id):

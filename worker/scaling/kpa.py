@@ -1,13 +1,14 @@
 """The scaling decision for one deployment, after Knative's KPA (concurrency-based).
 
 desired = ceil(mean in-flight over the stable window / (target * utilisation)). A short
-panic window reacts at once when load jumps: once the last two samples are both over the
-threshold, its value is the higher of its mean and the latest sample, so a load step
-counts at once, not after a window's worth of samples (one sample alone may be noise; and
-the first seen of a step, taken as its queue starts growing, says too little of its
-size: the latest says more). Once it wants `panic_threshold` times the replicas ready,
-the decision follows it, and while panicking it never goes down; panic ends after a
-whole stable window without the trigger. Going down, the count is the
+panic window reacts at once when load jumps: once the latest sample is over the threshold
+and is either a gateway's report of a jump (gateway/load_signal.py: in flight doubled and
+up by at least four since that gateway's last report) or the second sample in a row over
+it, the panic value is the higher of its mean and the latest sample, so a load step counts
+at once, not after a window's worth of samples (a sample at a random tick alone may be
+noise; a jump is what the gateway saw happen). Once it wants `panic_threshold` times the
+replicas ready, the decision follows it, and while panicking it never goes down; panic
+ends after a whole stable window without the trigger. Going down, the count is the
 highest wanted over the scale-down delay, one decision keeps at least ready/rate
 replicas, and zero comes only after the scale-to-zero grace with nothing in flight.
 The result is clamped to [min, max]. Pure: the caller supplies samples and the clock.
@@ -82,14 +83,18 @@ class Scaler:
     panic_floor: int = 0
     latest: float = 0.0
     before_latest: float = 0.0
+    latest_jumped: bool = False
 
-    def observe(self, now: float, inflight: float, periodic: bool = True) -> None:
+    def observe(self, now: float, inflight: float, periodic: bool = True,
+                jumped: bool = False) -> None:
         """One sample of requests in flight (and held) across every gateway; `periodic`
-        False for one taken between regular ticks (it is only the latest)."""
+        False for one taken between regular ticks (it is only the latest); `jumped` when a
+        gateway reported it as a jump."""
         self.first_at = now if self.first_at is None else self.first_at
         if inflight > 0 or self.last_busy is None:
             self.last_busy = now
         self.before_latest, self.latest = self.latest, inflight
+        self.latest_jumped = jumped
         if not periodic:
             return
         self.samples.append((now, inflight))
@@ -109,7 +114,8 @@ class Scaler:
         stable, panic = self._mean(now, k.stable_window_s), self._mean(now, k.panic_window_s)
         panic_window = k.panic_window_s
         trigger = k.panic_threshold * max(1, ready)
-        confirmed = math.ceil(min(self.latest, self.before_latest) / per_replica) >= trigger
+        seen = self.latest if self.latest_jumped else min(self.latest, self.before_latest)
+        confirmed = math.ceil(seen / per_replica) >= trigger
         if (confirmed or ready == 0) and self.latest > panic:  # at zero, any demand
             panic, panic_window = self.latest, 0.0
         want_stable, want_panic = math.ceil(stable / per_replica), math.ceil(panic / per_replica)
