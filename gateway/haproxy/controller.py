@@ -201,7 +201,8 @@ class Controller:
         while True:
             await asyncio.sleep(LOAD_POLL_S)
             try:
-                self._load = self.programmer.load_by_model(await self.api.backends())
+                self._load = self.programmer.load_by_model(
+                    await self.api.backends(self.programmer.in_use))
             except RuntimeApiError:
                 continue
             jumped = {model_id for model_id, now in self._load.items()
@@ -224,7 +225,7 @@ class Controller:
             try:
                 if changed:
                     await self.programmer.apply(await self._routes(pool))
-                stats = await self.api.servers()
+                stats = await self.api.servers(self.programmer.in_use)
                 await self.programmer.reap(stats)
             except (RuntimeApiError, DatabaseError) as exc:
                 log.warning("haproxy_sync_failed", error=str(exc))

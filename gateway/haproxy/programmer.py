@@ -85,6 +85,11 @@ class Programmer:
         self.generations: dict[str, int] = {}  # model id → generation routed to (any path)
 
     @property
+    def in_use(self) -> list[str]:
+        """The slot backends serving a generation or draining one: what `show stat` reads."""
+        return [s.backend for s in self._slots.values() if s.model_id is not None or s.servers]
+
+    @property
     def draining(self) -> bool:
         return any(slot.retiring for slot in self._slots.values())
 
@@ -187,7 +192,7 @@ class Programmer:
 
     async def reap(self, stats: list[ServerStat]) -> None:
         """Free drained servers with nothing in flight; free the slots left empty."""
-        self._stot = {s.server: s.total for s in stats}
+        self._stot.update((s.server, s.total) for s in stats)  # a free slot's stay as last read
         idle = {s.server for s in stats if s.current == 0 and s.queued == 0}
         for slot in self._slots.values():
             for replica_id in [r for r in slot.retiring if slot.servers[r] in idle]:

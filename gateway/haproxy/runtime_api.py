@@ -6,7 +6,7 @@ error status, so callers that must know check the text (`expect`).
 
 import asyncio
 import csv
-import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +53,31 @@ class RuntimeApi:
             raise RuntimeApiError(f"{line!r}: {text}")
         return answer
 
-    async def servers(self) -> list[ServerStat]:
-        """Every server of every backend (`show stat -1 4 -1`: servers only)."""
-        text = (await self.command("show stat -1 4 -1")).lstrip("# ")
-        rows = csv.DictReader(io.StringIO(text))
+    async def servers(self, backends: Iterable[str]) -> list[ServerStat]:
+        """Every server of `backends` (`show stat <backend> 4 -1`: servers only)."""
+        rows = await self._stat(backends, 4)
         return [ServerStat(r["pxname"], r["svname"], int(r["scur"] or 0), int(r["stot"] or 0),
                            int(r["qcur"] or 0)) for r in rows if r.get("svname")]
 
-    async def backends(self) -> dict[str, int]:
-        """`scur` of every backend (`show stat -1 2 -1`: backends only, one row each)."""
-        text = (await self.command("show stat -1 2 -1")).lstrip("# ")
-        return {r["pxname"]: int(r["scur"] or 0) for r in csv.DictReader(io.StringIO(text))
+    async def backends(self, names: Iterable[str]) -> dict[str, int]:
+        """`scur` of the backends `names` (`show stat <backend> 2 -1`: one row each)."""
+        return {r["pxname"]: int(r["scur"] or 0) for r in await self._stat(names, 2)
                 if r.get("pxname")}
+
+    async def _stat(self, backends: Iterable[str], kind: int) -> list[dict[str, str]]:
+        """`show stat` rows of `kind` (2 backend, 4 servers) for just these backends, in one
+        round trip (commands joined by `;`). Only those: the whole pool's 64 backends and
+        1,024 servers cost HAProxy 0.45 ms (backends) and 5 ms (servers) a read, time its
+        one thread is not serving requests; one slot's cost 0.1 ms."""
+        names = list(backends)
+        if not names:
+            return []
+        text = await self.command(";".join(f"show stat {name} {kind} -1" for name in names))
+        rows: list[dict[str, str]] = []
+        header: list[str] = []
+        for line in text.splitlines():
+            if line.startswith("# "):  # each command's answer starts with its header
+                header = line[2:].split(",")
+            elif line and header:
+                rows.append(dict(zip(header, next(csv.reader([line])), strict=False)))
+        return rows

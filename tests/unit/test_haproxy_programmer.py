@@ -99,3 +99,29 @@ async def test_more_replicas_than_a_slot_holds_go_to_the_python_gateway(tmp_path
     big, _ = _route(1, [7001, 7002, 7003])
     await programmer.apply([big])
     assert api.sent == []
+
+
+async def test_stats_are_read_only_for_the_slots_in_use_in_one_round_trip(
+        tmp_path: Path) -> None:
+    class StatApi(RecordingApi):
+        async def command(self, line: str) -> str:
+            self.sent.append(line)
+            if not line.startswith("show stat"):
+                return "\n"
+            header = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,\n"
+            return "".join(header + f"{name},s{name[-1]}_1,0,0,{n},0,,{10 * n},\n\n"
+                           for n, name in enumerate([c.split()[2] for c in line.split(";")], 1))
+
+    api = StatApi()
+    programmer = Programmer(api, _layout(tmp_path, slots=4))
+    assert await api.servers(programmer.in_use) == [] and api.sent == [], "nothing in use"
+    route, _ = _route(1, [7001])
+    await programmer.apply([route])
+    other = Route(UUID(int=2), "o", "alice/o", 1, "public", [(uuid4(), "http://127.0.0.1:7002")])
+    await programmer.apply([route, other])
+    api.sent.clear()
+    stats = await api.servers(programmer.in_use)
+    assert api.sent == ["show stat slot0 4 -1;show stat slot1 4 -1"]
+    assert [(s.backend, s.current, s.total) for s in stats] == [("slot0", 1, 10),
+                                                                ("slot1", 2, 20)]
+    assert await api.backends(programmer.in_use) == {"slot0": 1, "slot1": 2}
