@@ -1,0 +1,231 @@
+"""Where HAProxy's time goes: Greenroom's HAProxy configuration, parts of it changed, vs nginx.
+
+One hashing replica (`python -m model_server`), nginx in front of it as in bench/gateway.py,
+and one standalone HAProxy per variant, each made from gateway/haproxy/config.py's
+configuration and programmed as the controller programs a one-replica deployment (its slot
+server pointed at the replica, the name in the `direct` map). No controller runs, so a
+variant measures HAProxy's request path alone, unless it adds the controller's polling back:
+
+  base       the configuration as the controller writes it (4 slots)
+  minimal    one frontend, one backend, one server, only the path rewrite: HAProxy's floor
+  nobuf      without `option http-buffer-request`
+  noretry    without L7 retries (`retry-on conn-failure empty-response`)
+  nohdr      without the `X-Greenroom-Replica` response header (a map lookup)
+  slots64    the default pool of 64 slots x 16 servers
+  poll64     64 slots, `show stat -1 2 -1` every 50 ms (the load poll over the whole pool,
+             as the controller did before it read only the slots in use)
+  poll       4 slots, `show stat slot0 2 -1` every 50 ms (the load poll as it is now)
+  lowlat     + `tune.sched.low-latency on`
+  busy       + `busy-polling` (never sleeps in epoll: one core at 100 % while idle)
+  nodelay    + `option http-no-delay`
+  reuse      + `http-reuse always`
+
+wrk -t1 at each concurrency, the paths interleaved round by round; per path: throughput,
+its ratio to nginx, the proxy's CPU per request (from /proc), p50. `--stat-cost` prints
+what each `show stat` form costs HAProxy on the 64-slot pool instead.
+
+    .venv/bin/python bench/haproxy_variants.py [--variants base,minimal,...] [--levels 1,16]
+        [--seconds 3] [--rounds 3] [--stat-cost]
+"""
+
+import argparse
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.gateway import (  # noqa: E402
+    HOST,
+    PIDS,
+    SENTENCE,
+    WRK_SCRIPT,
+    Run,
+    cpu_s,
+    nginx,
+    replica,
+    wrk,
+)
+from gateway.haproxy.config import Layout, render, write  # noqa: E402
+from worker.runtimes.process import free_port  # noqa: E402
+
+GLOBAL = {"lowlat": "    tune.sched.low-latency on\n", "busy": "    busy-polling\n"}
+DEFAULTS = {"nodelay": "    option http-no-delay\n", "reuse": "    http-reuse always\n"}
+REMOVE = {"nobuf": "    option http-buffer-request\n",
+          "noretry": "    retry-on conn-failure empty-response\n"}
+POLLS = {"poll64": "show stat -1 2 -1", "poll": "show stat slot0 2 -1"}
+VARIANTS = ["base", "minimal", "nobuf", "noretry", "nohdr", "slots64", "poll64", "poll",
+            "lowlat", "busy", "nodelay", "reuse"]
+MINIMAL = """global
+    nbthread 1
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+frontend data
+    bind {host}:{port}
+    http-request replace-path ^/serve/[^/]+/?(.*)$ /\\1
+    default_backend replica
+backend replica
+    server r1 {upstream}
+"""
+
+
+def command(path: Path, line: str) -> str:
+    """One Runtime API command on HAProxy's admin socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        sock.sendall(line.encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def configuration(variant: str, layout: Layout, upstream: str) -> str:
+    if variant == "minimal":
+        return MINIMAL.format(host=HOST, port=layout.port, upstream=upstream)
+    text = render(layout)
+    if variant in GLOBAL:
+        text = text.replace("global\n", "global\n" + GLOBAL[variant], 1)
+    if variant in DEFAULTS:
+        text = text.replace("    option redispatch 1\n",
+                            "    option redispatch 1\n" + DEFAULTS[variant], 1)
+    if variant in REMOVE:
+        text = text.replace(REMOVE[variant], "")
+    if variant == "nohdr":
+        text = "\n".join(line for line in text.split("\n") if "X-Greenroom-Replica" not in line)
+    return text
+
+
+@contextlib.contextmanager
+def haproxy(tmp: Path, variant: str, upstream: str, slots: int) -> Iterator[tuple[str, int]]:
+    """HAProxy for `variant`, routing /serve/bench/... to `upstream`; (URL, pid)."""
+    folder = tmp / f"haproxy-{variant}"
+    layout = Layout(folder, HOST, free_port(HOST), free_port(HOST), [free_port(HOST)], slots,
+                    16, threads=1)
+    write(layout)
+    layout.config.write_text(configuration(variant, layout, upstream))
+    layout.direct_map.write_text("bench slot0\n")
+    layout.replicas_map.write_text("s0_1 bench-replica\n")
+    proc = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(layout.config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                command(layout.admin_socket, "show info")
+                break
+            time.sleep(0.05)
+        if variant != "minimal":
+            host, port = upstream.split(":")
+            command(layout.admin_socket, f"set server slot0/s0_1 addr {host} port {port}")
+            command(layout.admin_socket, "set server slot0/s0_1 state ready")
+        if variant in POLLS:
+            threading.Thread(target=_poll, args=(layout.admin_socket, POLLS[variant], stop),
+                             daemon=True).start()
+        yield f"http://{HOST}:{layout.port}/serve/bench/embed", proc.pid
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _poll(path: Path, line: str, stop: threading.Event) -> None:
+    while not stop.wait(0.05):
+        with contextlib.suppress(OSError):
+            command(path, line)
+
+
+def stat_cost(tmp: Path) -> None:
+    """HAProxy's CPU and the wall time of each `show stat` form, on the 64-slot pool."""
+    with haproxy(tmp, "slots64", "127.0.0.1:9", 64) as (_, pid):
+        folder = tmp / "haproxy-slots64"
+        for line in ["show stat -1 2 -1", "show stat -1 4 -1", "show stat slot0 2 -1",
+                     "show stat slot0 4 -1", "show stat slot0 2 -1;show stat slot1 2 -1"]:
+            count, before, started = 200, cpu_s(pid, "haproxy"), time.perf_counter()
+            for _ in range(count):
+                answer = command(folder / "admin.sock", line)
+            wall = (time.perf_counter() - started) / count
+            used = (cpu_s(pid, "haproxy") - before) / count
+            print(f"  {line!r:46} {len(answer):7,} bytes   wall {wall * 1e6:6.0f} us   "
+                  f"HAProxy CPU {used * 1e6:6.0f} us")
+
+
+def measure(paths: dict[str, tuple[str, int]], levels: list[int], seconds: float,
+            rounds: int, script: Path) -> dict[tuple[str, int], Run]:
+    runs: dict[tuple[str, int], Run] = {}
+    for url, _ in paths.values():
+        wrk(url, 4, 1, script, warm_up=True)
+    for _ in range(rounds):
+        for level in levels:
+            for name, (url, pid) in paths.items():
+                before = cpu_s(pid)
+                count, elapsed, p50, p99 = wrk(url, level, seconds, script)
+                run = runs.setdefault((name, level), Run())
+                run.requests += count
+                run.seconds += elapsed
+                run.p50.append(p50)
+                run.p99.append(p99)
+                run.proxy_cpu_s += cpu_s(pid) - before
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="base,minimal,noretry,poll64,poll",
+                        help=f"comma-separated, of {','.join(VARIANTS)}")
+    parser.add_argument("--levels", default="1,16", help="wrk connections, comma-separated")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stat-cost", action="store_true",
+                        help="only what each `show stat` form costs HAProxy")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {VARIANTS}")
+    for tool in ("haproxy", "nginx", "wrk"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} not found: apt-get install -y {tool}")
+    with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as name:
+        tmp = Path(name)
+        if args.stat_cost:
+            print("show stat on the 64-slot pool (16 servers each), 200 reads each:")
+            stat_cost(tmp)
+            return
+        script = tmp / "wrk.lua"
+        script.write_text(WRK_SCRIPT.format(sentence=SENTENCE))
+        levels = [int(level) for level in args.levels.split(",")]
+        with replica(tmp, "hashing", free_port(HOST)) as direct, contextlib.ExitStack() as stack:
+            upstream = direct.removeprefix("http://")
+            proxy = stack.enter_context(nginx(upstream, tmp, 1))
+            paths = {"nginx": (proxy + "/embed", PIDS[proxy])}
+            for variant in variants:
+                slots = 64 if variant in ("slots64", "poll64") else 4
+                paths[variant] = stack.enter_context(haproxy(tmp, variant, upstream, slots))
+            runs = measure(paths, levels, args.seconds, args.rounds, script)
+        print(f"HAProxy variants vs nginx: one hashing replica, TEI POST /embed, wrk -t1, "
+              f"{args.rounds} x {args.seconds:g} s per path and level, interleaved")
+        for level in levels:
+            peer = runs[("nginx", level)]
+            for name in paths:
+                run = runs[(name, level)]
+                print(f"  c={level:<3} {name:8} {run.rate:7.0f} req/s   / nginx "
+                      f"{run.rate / peer.rate:5.2f}   proxy CPU/request "
+                      f"{run.per_request_us(run.proxy_cpu_s):6.1f} us   p50 {run.p50_ms:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
