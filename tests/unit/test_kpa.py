@@ -80,11 +80,23 @@ def test_zero_only_after_the_grace_and_demand_wakes_it() -> None:
 def test_two_samples_over_the_threshold_panic_without_waiting_for_the_window() -> None:
     s = _scaler()
     t = _feed(s, 0, 10, 1.0)
-    s.observe(t, 5.0, periodic=False)  # a woken tick's sample, not itself a jump
+    s.observe(t, 5.0)  # a regular tick's sample, not a jump
     d = s.decide(t, ready=1)
     assert d is not None and not d.panicking and d.desired == 1, "one sample is not enough"
-    s.observe(t + 0.1, 11.0, periodic=False)  # and another: the load keeps rising
+    s.observe(t + 0.1, 6.0, periodic=False)  # a tick woken by another deployment's jump
+    s.observe(t + 0.2, 6.0, periodic=False)  # twice: it counts against the regular one
+    assert (d := s.decide(t + 0.2, ready=1)) is not None and d.panicking and d.desired == 3
+    s = _scaler()
+    t = _feed(s, 0, 10, 1.0)
+    s.observe(t, 5.0, periodic=False)  # woken ticks' samples only, not jumps
+    s.observe(t + 0.1, 11.0, periodic=False)
     d = s.decide(t + 0.1, ready=1)
+    assert d is not None and not d.panicking, "the regular sample before them was 1"
+    s.observe(t + 0.5, 11.0)  # the next regular tick: the one before it was still 1
+    d = s.decide(t + 0.5, ready=1)
+    assert d is not None and d.desired == 2, "the panic window's mean (3.5), not the latest"
+    s.observe(t + 1.0, 11.0)  # and the one after: two regular samples in a row
+    d = s.decide(t + 1.0, ready=1)
     assert d is not None and d.panicking and d.desired == 6  # ceil(11 / 2), not the mean's 2
     assert d.describe(s.knobs).startswith("scaled 1 → 6: 11.0 in flight in the latest samples")
 

@@ -3,12 +3,12 @@
 desired = ceil(mean in-flight over the stable window / (target * utilisation)). A short
 panic window reacts at once when load jumps: once the latest sample is over the threshold
 and is either a gateway's report of a jump (gateway/load_signal.py: in flight doubled and
-up by at least four since that gateway's last report) or the second sample in a row over
-it, the panic value is the higher of its mean and the latest sample, so a load step counts
-at once, not after a window's worth of samples (a sample at a random tick alone may be
-noise; a jump is what the gateway saw happen). Once it wants `panic_threshold` times the
-replicas ready, the decision follows it, and while panicking it never goes down; panic
-ends after a whole stable window without the trigger. Going down, the count is the
+up by at least four since that gateway's last report) or the regular tick's sample before
+it was over it too, the panic value is the higher of its mean and the latest sample, so a
+load step counts at once, not after a window's worth of samples (a sample at a random tick
+alone may be noise; a jump is what the gateway saw happen). Once it wants `panic_threshold`
+times the replicas ready, the decision follows it, and while panicking it never goes down;
+panic ends after a whole stable window without the trigger. Going down, the count is the
 highest wanted over the scale-down delay, one decision keeps at least ready/rate
 replicas, and zero comes only after the scale-to-zero grace with nothing in flight.
 The result is clamped to [min, max]. Pure: the caller supplies samples and the clock.
@@ -82,8 +82,9 @@ class Scaler:
     panic_since: float | None = None
     panic_floor: int = 0
     latest: float = 0.0
-    before_latest: float = 0.0
+    before_latest: float = 0.0  # the last regular tick's sample before the latest
     latest_jumped: bool = False
+    periodic_latest: float = 0.0  # the last regular tick's sample
 
     def observe(self, now: float, inflight: float, periodic: bool = True,
                 jumped: bool = False) -> None:
@@ -93,10 +94,12 @@ class Scaler:
         self.first_at = now if self.first_at is None else self.first_at
         if inflight > 0 or self.last_busy is None:
             self.last_busy = now
-        self.before_latest, self.latest = self.latest, inflight
-        self.latest_jumped = jumped
+        # "Two in a row" means the latest and the regular tick's before it: a tick woken by
+        # another deployment's jump reads this one's same (maybe unchanged) report again.
+        self.before_latest, self.latest, self.latest_jumped = self.periodic_latest, inflight, jumped
         if not periodic:
             return
+        self.periodic_latest = inflight
         self.samples.append((now, inflight))
         while self.samples and self.samples[0][0] < now - self.knobs.stable_window_s:
             self.samples.popleft()
