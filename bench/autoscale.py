@@ -4,9 +4,10 @@ knobs giving one replica a known capacity: SLOTS requests at once, each taking
 
 The service time sets how soon any concurrency-based autoscaler can see a step: at 3x
 capacity the requests in flight reach the gateway's jump (4, gateway/load_signal.py)
-after about 4 / (3 x capacity): 0.03 s at 50 ms, 0.1 s at 200 ms. 50 ms is about one CPU
-batch of a small embedding model (all-MiniLM-L6-v2 answers one in 4-13 ms here, a batch
-of 32 in tens of ms); `--service-ms 200` is the slower knob tests/autoscale use.
+after about 4 / (3 x capacity): 0.03 s at 50 ms, 0.1 s at 200 ms. 50 ms sits between one
+input and one batch of a small embedding model here (all-MiniLM-L6-v2: 4-13 ms for one
+input, ~90 ms for a batch of 32 at 364 inputs a second in bench/model_server.py's torch
+run); `--service-ms 200` is the slower knob tests/autoscale use.
 
 From one run it prints:
 - reaction time: a load step to 3x one replica's capacity → the first request an added
@@ -27,6 +28,7 @@ The API, a gateway and a worker run as their own processes on a fresh database (
 at the end); the load client runs here. Traffic goes only to 127.0.0.1.
 
     flock /tmp/greenroom-bench.lock .venv/bin/python bench/autoscale.py [--max 3]
+        [--service-ms 50]
 """
 
 import argparse
