@@ -89,6 +89,9 @@ async def test_replica_never_healthy_fails_at_the_deadline(
     detail = await _failing_redeploy(
         http, docker_stack, gateway, pool, docker_api, hashing_model, "sleepy",
         {"backend": "hashing", "dimension": 384, "startup_delay_s": 600},
-        {"deploy_timeout_s": 3})
-    assert "did not become healthy before the deploy deadline (3s)" in detail, detail
+        # 10 s: long enough for the container's Python to reach its first log line while
+        # the suite's other workers load the machine (at 3 s a CI-like run saw the deadline
+        # pass before the replica had logged anything).
+        {"deploy_timeout_s": 10})
+    assert "did not become healthy before the deploy deadline (10s)" in detail, detail
     assert "model_loading" in detail, "the last log lines show where it was stuck"
