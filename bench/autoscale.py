@@ -68,8 +68,8 @@ from worker.runtimes.process import ProcessRuntime, free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 NAME = "bench-autoscale"
-# One replica serves SLOTS requests at once, each taking --service-ms (default 50 ms, about
-# one CPU batch of a small embedding model; tests/autoscale use 200 ms).
+# One replica serves SLOTS requests at once, each taking --service-ms (the module docstring
+# says why 50 ms by default; tests/autoscale use 200 ms).
 SLOTS = 2
 PANIC_WINDOW_S = 2
 BODY = {"inputs": "a short sentence to embed"}
