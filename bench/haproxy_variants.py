@@ -20,9 +20,10 @@ variant measures HAProxy's request path alone, unless it adds the controller's p
   nodelay    + `option http-no-delay`
   reuse      + `http-reuse always`
 
-wrk -t1 at each concurrency, the paths interleaved round by round; per path: throughput,
-its ratio to nginx, the proxy's CPU per request (from /proc), p50. `--stat-cost` prints
-what each `show stat` form costs HAProxy on the 64-slot pool instead.
+wrk -t1 at each concurrency, the paths (the replica directly too) interleaved round by round
+(bench/gateway.py's `measure`); per path: throughput, its ratio to nginx, the proxy's CPU
+per request (from /proc), p50. `--stat-cost` prints what each `show stat` form costs
+HAProxy on the 64-slot pool instead.
 
     .venv/bin/python bench/haproxy_variants.py [--variants base,minimal,...] [--levels 1,16]
         [--seconds 3] [--rounds 3] [--stat-cost]
@@ -48,11 +49,10 @@ from bench.gateway import (  # noqa: E402
     PIDS,
     SENTENCE,
     WRK_SCRIPT,
-    Run,
     cpu_s,
+    measure,
     nginx,
     replica,
-    wrk,
 )
 from gateway.haproxy.config import Layout, render, write  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
@@ -110,7 +110,8 @@ def configuration(variant: str, layout: Layout, upstream: str) -> str:
 
 @contextlib.contextmanager
 def haproxy(tmp: Path, variant: str, upstream: str, slots: int) -> Iterator[tuple[str, int]]:
-    """HAProxy for `variant`, routing /serve/bench/... to `upstream`; (URL, pid)."""
+    """HAProxy for `variant`, routing /serve/bench/... to `upstream`; (URL, pid). Its base
+    URL goes into bench.gateway's PIDS, so `measure` counts its CPU."""
     folder = tmp / f"haproxy-{variant}"
     layout = Layout(folder, HOST, free_port(HOST), free_port(HOST), [free_port(HOST)], slots,
                     16, threads=1)
@@ -134,6 +135,7 @@ def haproxy(tmp: Path, variant: str, upstream: str, slots: int) -> Iterator[tupl
         if variant in POLLS:
             threading.Thread(target=_poll, args=(layout.admin_socket, POLLS[variant], stop),
                              daemon=True).start()
+        PIDS[f"http://{HOST}:{layout.port}"] = proc.pid
         yield f"http://{HOST}:{layout.port}/serve/bench/embed", proc.pid
     finally:
         stop.set()
@@ -160,25 +162,6 @@ def stat_cost(tmp: Path) -> None:
             used = (cpu_s(pid, "haproxy") - before) / count
             print(f"  {line!r:46} {len(answer):7,} bytes   wall {wall * 1e6:6.0f} us   "
                   f"HAProxy CPU {used * 1e6:6.0f} us")
-
-
-def measure(paths: dict[str, tuple[str, int]], levels: list[int], seconds: float,
-            rounds: int, script: Path) -> dict[tuple[str, int], Run]:
-    runs: dict[tuple[str, int], Run] = {}
-    for url, _ in paths.values():
-        wrk(url, 4, 1, script, warm_up=True)
-    for _ in range(rounds):
-        for level in levels:
-            for name, (url, pid) in paths.items():
-                before = cpu_s(pid)
-                count, elapsed, p50, p99 = wrk(url, level, seconds, script)
-                run = runs.setdefault((name, level), Run())
-                run.requests += count
-                run.seconds += elapsed
-                run.p50.append(p50)
-                run.p99.append(p99)
-                run.proxy_cpu_s += cpu_s(pid) - before
-    return runs
 
 
 def main() -> None:
@@ -211,10 +194,11 @@ def main() -> None:
         with replica(tmp, "hashing", free_port(HOST)) as direct, contextlib.ExitStack() as stack:
             upstream = direct.removeprefix("http://")
             proxy = stack.enter_context(nginx(upstream, tmp, 1))
-            paths = {"nginx": (proxy + "/embed", PIDS[proxy])}
+            # bench/gateway.py's measure: "direct" is the replica itself, whose CPU it counts.
+            paths = {"direct": direct + "/embed", "nginx": proxy + "/embed"}
             for variant in variants:
                 slots = 64 if variant in ("slots64", "poll64") else 4
-                paths[variant] = stack.enter_context(haproxy(tmp, variant, upstream, slots))
+                paths[variant], _ = stack.enter_context(haproxy(tmp, variant, upstream, slots))
             runs = measure(paths, levels, args.seconds, args.rounds, script)
         print(f"HAProxy variants vs nginx: one hashing replica, TEI POST /embed, wrk -t1, "
               f"{args.rounds} x {args.seconds:g} s per path and level, interleaved")

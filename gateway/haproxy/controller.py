@@ -244,14 +244,14 @@ class Controller:
             jumped=sorted(str(m) for m in jumped or ()))
 
     async def _report(self, redis: Redis, stats: list[ServerStat], force: bool,
-                      jumped: set[UUID] | None = None) -> bool:
+                      jumped: set[UUID] | None = None) -> None:
         """Write the report (unless nothing changed within a second); with models that
         `jumped`, name them in it and publish this gateway's id on LOAD_CHANNEL in the same
-        round trip. True if written."""
+        round trip."""
         report = self.report(stats, jumped)
         seen = (report.generations, report.inflight)
         if not force and seen == self._reported and time.monotonic() - self._last_report < 1:
-            return False
+            return
         load = dict(self._load)
         try:
             async with redis.pipeline(transaction=False) as pipe:
@@ -262,10 +262,9 @@ class Controller:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("gateway_report_failed", error=str(exc))
-            return False
+            return
         self._reported, self._last_report = seen, time.monotonic()
         self._load_reported = load
-        return True
 
     async def _shutdown(self, redis: Redis) -> None:
         """HAProxy stops softly (SIGUSR1: it finishes what is in flight), then the gateways."""

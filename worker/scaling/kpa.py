@@ -84,7 +84,6 @@ class Scaler:
     latest: float = 0.0
     before_latest: float = 0.0  # the last regular tick's sample before the latest
     latest_jumped: bool = False
-    periodic_latest: float = 0.0  # the last regular tick's sample
 
     def observe(self, now: float, inflight: float, periodic: bool = True,
                 jumped: bool = False) -> None:
@@ -96,10 +95,10 @@ class Scaler:
             self.last_busy = now
         # "Two in a row" means the latest and the regular tick's before it: a tick woken by
         # another deployment's jump reads this one's same (maybe unchanged) report again.
-        self.before_latest, self.latest, self.latest_jumped = self.periodic_latest, inflight, jumped
+        self.before_latest = self.samples[-1][1] if self.samples else 0.0
+        self.latest, self.latest_jumped = inflight, jumped
         if not periodic:
             return
-        self.periodic_latest = inflight
         self.samples.append((now, inflight))
         while self.samples and self.samples[0][0] < now - self.knobs.stable_window_s:
             self.samples.popleft()
