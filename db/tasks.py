@@ -109,13 +109,16 @@ async def claim(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> 
     """pending → processing for this worker; None if another delivery already took it.
 
     Raises UniqueViolation(tasks_one_processing_per_model) while another task of the
-    same model is processing.
+    same model is processing. `started_at` is the clock at the update, not `now()`: a
+    caller's transaction (`admission.claim`) starts before it, and this update may wait
+    on the unique index for the model's previous task to commit its finish, so `now()`
+    could read earlier than that task's `finished_at`.
     """
     async with translated():
         row = await db.fetchrow(
             f"""UPDATE tasks SET status = 'processing', attempts = attempts + 1,
                    worker_id = $2, lease_until = now() + make_interval(secs => $3),
-                   started_at = coalesce(started_at, now()), updated_at = now()
+                   started_at = coalesce(started_at, clock_timestamp()), updated_at = now()
                WHERE id = $1 AND status = 'pending' RETURNING {_COLUMNS}""",
             task_id, worker_id, lease_s,
         )
