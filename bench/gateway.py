@@ -34,6 +34,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import aiohttp
+from redis.asyncio import Redis
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -43,6 +44,7 @@ from db.pool import create_pool  # noqa: E402
 from gateway.haproxy.controller import find_haproxy  # noqa: E402
 from launch import backing  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
+from schemas.queue import ROUTES_CHANNEL, RoutesChanged  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from service.domain.registration import register  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
@@ -224,6 +226,7 @@ class Planes:
 
     gateway: str
     pool: Any
+    redis_url: str
     haproxy: str | None = None
     haproxy_stats: str | None = None
 
@@ -235,11 +238,13 @@ async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterato
     admin = backing.postgres_admin_dsn(tmp, keep)
     dsn = await backing.create_database(admin, f"greenroom_bench_gateway_{os.getpid()}")
     port = free_port(HOST)
-    env = dict(os.environ, GREENROOM_DATABASE_URL=dsn,
-               GREENROOM_REDIS_URL=backing.redis_url(tmp, keep),
+    redis_url = backing.redis_url(tmp, keep)
+    # Default settings otherwise (the routes fallback poll too): `route` announces each
+    # change as a rollout's switch does.
+    env = dict(os.environ, GREENROOM_DATABASE_URL=dsn, GREENROOM_REDIS_URL=redis_url,
                GREENROOM_SECRET_KEY=secrets.token_urlsafe(32), GREENROOM_GATEWAY_HOST=HOST,
                GREENROOM_GATEWAY_PORT=str(port), GREENROOM_GATEWAY_PROCESSES=str(processes),
-               GREENROOM_LOG_LEVEL="warning", GREENROOM_ROUTES_POLL_S="0.5")
+               GREENROOM_LOG_LEVEL="warning")
     pool = await create_pool(dsn, max_size=2)
     hport, stats = free_port(HOST), free_port(HOST)
     # HAProxy gets `processes` threads; the Python gateway behind it (private models and
@@ -252,7 +257,7 @@ async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterato
         with contextlib.ExitStack() as stack:
             stack.enter_context(_process([sys.executable, "-m", "gateway.server"], env,
                                          tmp / "gateway.log", f"http://{HOST}:{port}"))
-            planes = Planes(f"http://{HOST}:{port}", pool)
+            planes = Planes(f"http://{HOST}:{port}", pool, redis_url)
             if with_haproxy:
                 stack.enter_context(_process([sys.executable, "-m", "gateway.server"], henv,
                                              tmp / "haproxy.log", f"http://{HOST}:{hport}"))
@@ -271,9 +276,10 @@ async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterato
                 item.terminate()
 
 
-async def route(pool: Any, name: str, endpoint: str) -> UUID:
-    """Serve deployment `name` from `endpoint`, as a finished rollout leaves it; returns the
-    replica's id."""
+async def route(planes: Planes, name: str, endpoint: str) -> UUID:
+    """Serve deployment `name` from `endpoint`, as a finished rollout leaves it, and announce
+    it on the routes channel as the rollout's switch does; returns the replica's id."""
+    pool = planes.pool
     model = await register(pool, "bench", name, ModelSource(backend="hashing", dimension=384),
                            "public")
     _, generation = await deployments.begin_generation(pool, model.id, name)
@@ -282,6 +288,11 @@ async def route(pool: Any, name: str, endpoint: str) -> UUID:
                           generation=generation, task_id=None, runtime="process")
     await replicas.set_started(pool, replica_id, "bench", endpoint)
     await deployments.switch(pool, model.id, generation, name, {})
+    redis = Redis.from_url(planes.redis_url)
+    try:
+        await redis.publish(ROUTES_CHANNEL, RoutesChanged(model.id).encode())
+    finally:
+        await redis.aclose()
     return replica_id
 
 
@@ -383,7 +394,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
         with replica(tmp, "hashing", free_port(HOST)) as hashing:
             async with aiohttp.ClientSession() as http:
                 await backing.wait_for_http(http, hashing + "/health", 60)
-            await route(planes.pool, "hashing", hashing)
+            await route(planes, "hashing", hashing)
             await _until_routed(f"{planes.gateway}/serve/hashing/embed")
             await _until_direct(planes, 1)
             with nginx(hashing.removeprefix("http://"), tmp, args.processes) as proxy:
@@ -399,7 +410,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
         with replica(tmp, "sentence-transformers", free_port(HOST)) as minilm:
             async with aiohttp.ClientSession() as http:
                 await backing.wait_for_http(http, minilm + "/health", 300)
-            await route(planes.pool, "minilm", minilm)
+            await route(planes, "minilm", minilm)
             await _until_routed(f"{planes.gateway}/serve/minilm/embed")
             await _until_direct(planes, 2)
             with nginx(minilm.removeprefix("http://"), tmp, args.processes) as proxy:

@@ -10,6 +10,8 @@ variant measures HAProxy's request path alone, unless it adds the controller's p
   minimal    one frontend, one backend, one server, only the path rewrite: HAProxy's floor
   nobuf      without `option http-buffer-request`
   noretry    without L7 retries (`retry-on conn-failure empty-response`)
+  noregex    the route checks and path rewrite by `field` converters and string lists
+             instead of three PCRE regexes
   nohdr      without the `X-Greenroom-Replica` response header (a map lookup)
   slots64    the default pool of 64 slots x 16 servers
   poll64     64 slots, `show stat -1 2 -1` every 50 ms (the load poll over the whole pool,
@@ -19,6 +21,8 @@ variant measures HAProxy's request path alone, unless it adds the controller's p
   busy       + `busy-polling` (never sleeps in epoll: one core at 100 % while idle)
   nodelay    + `option http-no-delay`
   reuse      + `http-reuse always`
+
+Parts combine with `+` (`noretry+nohdr+nobuf`).
 
 wrk -t1 at each concurrency, the paths (the replica directly too) interleaved round by round
 (bench/gateway.py's `measure`); per path: throughput, its ratio to nginx, the proxy's CPU
@@ -62,7 +66,7 @@ DEFAULTS = {"nodelay": "    option http-no-delay\n", "reuse": "    http-reuse al
 REMOVE = {"nobuf": "    option http-buffer-request\n",
           "noretry": "    retry-on conn-failure empty-response\n"}
 POLLS = {"poll64": "show stat -1 2 -1", "poll": "show stat slot0 2 -1"}
-VARIANTS = ["base", "minimal", "nobuf", "noretry", "nohdr", "slots64", "poll64", "poll",
+VARIANTS = ["base", "minimal", "noregex", "nobuf", "noretry", "nohdr", "slots64", "poll64", "poll",
             "lowlat", "busy", "nodelay", "reuse"]
 MINIMAL = """global
     nbthread 1
@@ -93,19 +97,49 @@ def command(path: Path, line: str) -> str:
 
 
 def configuration(variant: str, layout: Layout, upstream: str) -> str:
+    """The configuration of `variant`: one name, or parts joined by `+` (`noretry+nohdr`)."""
     if variant == "minimal":
         return MINIMAL.format(host=HOST, port=layout.port, upstream=upstream)
     text = render(layout)
-    if variant in GLOBAL:
-        text = text.replace("global\n", "global\n" + GLOBAL[variant], 1)
-    if variant in DEFAULTS:
-        text = text.replace("    option redispatch 1\n",
-                            "    option redispatch 1\n" + DEFAULTS[variant], 1)
-    if variant in REMOVE:
-        text = text.replace(REMOVE[variant], "")
-    if variant == "nohdr":
-        text = "\n".join(line for line in text.split("\n") if "X-Greenroom-Replica" not in line)
+    for part in variant.split("+"):
+        if part in GLOBAL:
+            text = text.replace("global\n", "global\n" + GLOBAL[part], 1)
+        if part in DEFAULTS:
+            text = text.replace("    option redispatch 1\n",
+                                "    option redispatch 1\n" + DEFAULTS[part], 1)
+        if part in REMOVE:
+            text = text.replace(REMOVE[part], "")
+        if part == "noregex":
+            text = _noregex(text)
+        if part == "nohdr":
+            text = "\n".join(line for line in text.split("\n")
+                             if "X-Greenroom-Replica" not in line)
     return text
+
+
+NOREGEX_FRONTEND = """    acl serve path_beg /serve/
+    http-request set-var(txn.route) path,field(4,/,0) if serve !has_token
+    acl route_set var(txn.route) -m found
+    acl post_route var(txn.route) -m str embed embed_all tokenize decode v1/embeddings
+    acl root_route var(txn.route) -m len 0
+    acl get_route var(txn.route) -m str health info metrics
+    http-request set-var(txn.slot) path,field(3,/),map(MAP) if METH_POST post_route
+    http-request set-var(txn.slot) path,field(3,/),map(MAP) if METH_POST root_route
+    http-request set-var(txn.slot) path,field(3,/),map(MAP) if METH_POST serve !has_token !route_set
+    http-request set-var(txn.slot) path,field(3,/),map(MAP) if METH_GET get_route
+    http-request set-path /%[var(txn.route)] if { var(txn.slot) -m found }
+"""
+
+
+def _noregex(text: str) -> str:
+    lines = text.split("\n")
+    mapping = next(line for line in lines if "set-var(txn.slot)" in line)
+    path = mapping.split("map(")[1].split(")")[0]
+    kept = [line for line in lines if not any(
+        key in line for key in ("direct_post", "direct_get", "set-var(txn.slot)", "replace-path"))]
+    at = next(i for i, line in enumerate(kept) if line.startswith("    use_backend"))
+    kept.insert(at, NOREGEX_FRONTEND.replace("MAP", path).rstrip("\n"))
+    return "\n".join(kept)
 
 
 @contextlib.contextmanager
@@ -132,8 +166,8 @@ def haproxy(tmp: Path, variant: str, upstream: str, slots: int) -> Iterator[tupl
             host, port = upstream.split(":")
             command(layout.admin_socket, f"set server slot0/s0_1 addr {host} port {port}")
             command(layout.admin_socket, "set server slot0/s0_1 state ready")
-        if variant in POLLS:
-            threading.Thread(target=_poll, args=(layout.admin_socket, POLLS[variant], stop),
+        for part in set(variant.split("+")) & POLLS.keys():
+            threading.Thread(target=_poll, args=(layout.admin_socket, POLLS[part], stop),
                              daemon=True).start()
         PIDS[f"http://{HOST}:{layout.port}"] = proc.pid
         yield f"http://{HOST}:{layout.port}/serve/bench/embed", proc.pid
@@ -176,7 +210,8 @@ def main() -> None:
                         help="only what each `show stat` form costs HAProxy")
     args = parser.parse_args()
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if ("minimal" in v.split("+") and "+" in v)
+               or any(part not in VARIANTS for part in v.split("+"))]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {VARIANTS}")
     for tool in ("haproxy", "nginx", "wrk"):
@@ -197,7 +232,7 @@ def main() -> None:
             # bench/gateway.py's measure: "direct" is the replica itself, whose CPU it counts.
             paths = {"direct": direct + "/embed", "nginx": proxy + "/embed"}
             for variant in variants:
-                slots = 64 if variant in ("slots64", "poll64") else 4
+                slots = 64 if {"slots64", "poll64"} & set(variant.split("+")) else 4
                 paths[variant], _ = stack.enter_context(haproxy(tmp, variant, upstream, slots))
             runs = measure(paths, levels, args.seconds, args.rounds, script)
         print(f"HAProxy variants vs nginx: one hashing replica, TEI POST /embed, wrk -t1, "

@@ -222,6 +222,7 @@ class Controller:
             jumped, self._jumped = self._jumped, set()
             changed, self._routes_stale = self._routes_stale, False
             self._changed.clear()
+            before = self.api.changes
             try:
                 if changed:
                     await self.programmer.apply(await self._routes(pool))
@@ -230,7 +231,10 @@ class Controller:
             except (RuntimeApiError, DatabaseError) as exc:
                 log.warning("haproxy_sync_failed", error=str(exc))
                 continue
-            await self._report(redis, stats, force=changed or bool(jumped), jumped=jumped)
+            # Written at once when HAProxy was changed or a model jumped; a routes read
+            # that changed nothing (the fallback poll, every routes_poll_s) waits its turn.
+            await self._report(redis, stats, force=self.api.changes != before or bool(jumped),
+                               jumped=jumped)
 
     async def _routes(self, pool: asyncpg.Pool) -> list[Route]:
         return await deployments.routes(pool)
@@ -267,7 +271,9 @@ class Controller:
         self._load_reported = load
 
     async def _shutdown(self, redis: Redis) -> None:
-        """HAProxy stops softly (SIGUSR1: it finishes what is in flight), then the gateways."""
+        """HAProxy stops softly (SIGUSR1: it finishes what is in flight), then the gateways.
+        The kept stats session is closed first: HAProxy would wait for it too."""
+        self.api.close()
         if self._haproxy is not None:
             await _stop(self._haproxy, signal.SIGUSR1)
         await asyncio.gather(*(_stop(p, signal.SIGTERM) for p in self._procs))

@@ -3,6 +3,7 @@ commands the controller sends on a switch, a drain and a model made private (aga
 fake admin socket that records commands: the real HAProxy runs in
 tests/integration/test_haproxy.py)."""
 
+import asyncio
 import subprocess
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -104,24 +105,60 @@ async def test_more_replicas_than_a_slot_holds_go_to_the_python_gateway(tmp_path
 async def test_stats_are_read_only_for_the_slots_in_use_in_one_round_trip(
         tmp_path: Path) -> None:
     class StatApi(RecordingApi):
-        async def command(self, line: str) -> str:
-            self.sent.append(line)
-            if not line.startswith("show stat"):
-                return "\n"
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: list[list[str]] = []
+
+        async def _ask(self, lines: list[str]) -> list[str]:
+            self.asked.append(lines)
             header = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,\n"
-            return "".join(header + f"{name},s{name[-1]}_1,0,0,{n},0,,{10 * n},\n\n"
-                           for n, name in enumerate([c.split()[2] for c in line.split(";")], 1))
+            return [header + f"{name},s{name[-1]}_1,0,0,{n},0,,{10 * n},"
+                    for n, name in enumerate([line.split()[2] for line in lines], 1)]
 
     api = StatApi()
     programmer = Programmer(api, _layout(tmp_path, slots=4))
-    assert await api.servers(programmer.in_use) == [] and api.sent == [], "nothing in use"
+    assert await api.servers(programmer.in_use) == [] and api.asked == [], "nothing in use"
     route, _ = _route(1, [7001])
     await programmer.apply([route])
     other = Route(UUID(int=2), "o", "alice/o", 1, "public", [(uuid4(), "http://127.0.0.1:7002")])
     await programmer.apply([route, other])
-    api.sent.clear()
     stats = await api.servers(programmer.in_use)
-    assert api.sent == ["show stat slot0 4 -1;show stat slot1 4 -1"]
+    assert api.asked == [["show stat slot0 4 -1", "show stat slot1 4 -1"]]
     assert [(s.backend, s.current, s.total) for s in stats] == [("slot0", 1, 10),
                                                                 ("slot1", 2, 20)]
     assert await api.backends(programmer.in_use) == {"slot0": 1, "slot1": 2}
+
+
+async def test_the_stats_session_is_kept_and_opened_again_once_closed(tmp_path: Path) -> None:
+    """Against a socket that answers as HAProxy's CLI does in prompt mode and closes the
+    first session after one command (as HAProxy's `stats timeout` does to an idle one)."""
+    sessions: list[list[str]] = []
+
+    async def cli(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen: list[str] = []
+        sessions.append(seen)
+        while line := (await reader.readline()).decode().strip():
+            seen.append(line)
+            if line == "prompt":
+                writer.write(b"\n> ")
+            else:
+                name = line.split()[2]
+                writer.write(f"# pxname,svname,scur,\n{name},BACKEND,{len(seen)},\n\n> ".encode())
+            await writer.drain()
+            if len(sessions) == 1 and len(seen) == 2:
+                break
+        writer.close()
+
+    path = tmp_path / "admin.sock"
+    server = await asyncio.start_unix_server(cli, str(path))
+    api = RuntimeApi(path)
+    try:
+        assert await api.backends(["slot0"]) == {"slot0": 2}
+        assert await api.backends(["slot0", "slot1"]) == {"slot0": 2, "slot1": 3}
+        assert await api.backends(["slot1"]) == {"slot1": 4}
+    finally:
+        api.close()
+        server.close()
+    assert sessions == [["prompt", "show stat slot0 2 -1"],
+                        ["prompt", "show stat slot0 2 -1", "show stat slot1 2 -1",
+                         "show stat slot1 2 -1"]]
