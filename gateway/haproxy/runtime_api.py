@@ -1,12 +1,12 @@
 """HAProxy's Runtime API over its admin socket.
 
-Commands that change HAProxy (`command`, `expect`) get a connection each. The `show stat`
-reads, twenty a second for the load signal, share one kept interactive session
-(`prompt` mode: HAProxy answers each command and ends it with a prompt instead of
-closing): a connection per read cost the controller ~0.3 ms of CPU each, most of it
-making and closing the connection, ~6 ms a second in all. Answers are text; a command
-HAProxy refuses answers with a message rather than an error status, so callers that must
-know check the text (`expect`).
+Other commands (`command`, `expect`: the changes, and `show info` at start) get a
+connection each. The `show stat` reads, twenty a second for the load signal, share one
+kept interactive session (`prompt` mode: HAProxy answers each command and ends it with a
+prompt instead of closing): a connection per read cost the controller ~0.3 ms of CPU
+each, most of it making and closing the connection, ~6 ms a second in all. Answers are
+text; a command HAProxy refuses answers with a message rather than an error status, so
+callers that must know check the text (`expect`).
 """
 
 import asyncio
@@ -116,6 +116,11 @@ class RuntimeApi:
                 except TimeoutError as exc:
                     self.close()
                     raise RuntimeApiError(f"{lines!r}: no answer in {TIMEOUT_S:g} s") from exc
+                except BaseException:
+                    # Cancelled mid-read: answers may be left unread, which the next read
+                    # would take for its own.
+                    self.close()
+                    raise
         raise AssertionError("unreachable")
 
     async def _open_session(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

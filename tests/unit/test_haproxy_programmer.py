@@ -162,3 +162,37 @@ async def test_the_stats_session_is_kept_and_opened_again_once_closed(tmp_path: 
     assert sessions == [["prompt", "show stat slot0 2 -1"],
                         ["prompt", "show stat slot0 2 -1", "show stat slot1 2 -1",
                          "show stat slot1 2 -1"]]
+
+
+async def test_a_read_cancelled_mid_answer_does_not_leave_its_answer_to_the_next(
+        tmp_path: Path) -> None:
+    """The answer to a cancelled read still arrives on the session; the next read must not
+    take it for its own (the session is dropped on cancellation)."""
+    sessions = 0
+
+    async def cli(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sessions
+        sessions += 1
+        while line := (await reader.readline()).decode().strip():
+            if line == "prompt":
+                writer.write(b"\n> ")
+            else:
+                name = line.split()[2]
+                if name == "slow":
+                    await asyncio.sleep(0.3)
+                writer.write(f"# pxname,svname,scur,\n{name},BACKEND,1,\n\n> ".encode())
+            await writer.drain()
+        writer.close()
+
+    path = tmp_path / "admin.sock"
+    server = await asyncio.start_unix_server(cli, str(path))
+    api = RuntimeApi(path)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(api.backends(["slow"]), 0.1)
+        await asyncio.sleep(0.4)  # the slow answer has been written by now
+        assert await api.backends(["slot0"]) == {"slot0": 1}
+    finally:
+        api.close()
+        server.close()
+    assert sessions == 2
