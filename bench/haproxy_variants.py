@@ -17,6 +17,7 @@ variant measures HAProxy's request path alone, unless it adds the controller's p
   poll64     64 slots, `show stat -1 2 -1` every 50 ms (the load poll over the whole pool,
              as the controller did before it read only the slots in use)
   poll       4 slots, `show stat slot0 2 -1` every 50 ms (the load poll as it is now)
+             Both read as the controller does: `RuntimeApi.backends` on one kept session.
   lowlat     + `tune.sched.low-latency on`
   busy       + `busy-polling` (never sleeps in epoll: one core at 100 % while idle)
   nodelay    + `option http-no-delay`
@@ -34,9 +35,9 @@ HAProxy on the 64-slot pool instead.
 """
 
 import argparse
+import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -59,13 +62,15 @@ from bench.gateway import (  # noqa: E402
     replica,
 )
 from gateway.haproxy.config import Layout, render, write  # noqa: E402
+from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError  # noqa: E402
+from launch import backing  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
 
 GLOBAL = {"lowlat": "    tune.sched.low-latency on\n", "busy": "    busy-polling\n"}
 DEFAULTS = {"nodelay": "    option http-no-delay\n", "reuse": "    http-reuse always\n"}
 REMOVE = {"nobuf": "    option http-buffer-request\n",
           "noretry": "    retry-on conn-failure empty-response\n"}
-POLLS = {"poll64": "show stat -1 2 -1", "poll": "show stat slot0 2 -1"}
+POLLS = {"poll64": ["-1"], "poll": ["slot0"]}  # the backends read (`-1`: all of them)
 VARIANTS = ["base", "minimal", "noregex", "nobuf", "noretry", "nohdr", "slots64", "poll64", "poll",
             "lowlat", "busy", "nodelay", "reuse"]
 MINIMAL = """global
@@ -86,14 +91,8 @@ backend replica
 
 
 def command(path: Path, line: str) -> str:
-    """One Runtime API command on HAProxy's admin socket."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(path))
-        sock.sendall(line.encode() + b"\n")
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
+    """One Runtime API command on HAProxy's admin socket (a connection of its own)."""
+    return asyncio.run(RuntimeApi(path).command(line))
 
 
 def configuration(variant: str, layout: Layout, upstream: str) -> str:
@@ -158,7 +157,7 @@ def haproxy(tmp: Path, variant: str, upstream: str, slots: int) -> Iterator[tupl
     stop = threading.Event()
     try:
         for _ in range(100):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(RuntimeApiError):
                 command(layout.admin_socket, "show info")
                 break
             time.sleep(0.05)
@@ -177,10 +176,30 @@ def haproxy(tmp: Path, variant: str, upstream: str, slots: int) -> Iterator[tupl
         proc.wait(timeout=20)
 
 
-def _poll(path: Path, line: str, stop: threading.Event) -> None:
-    while not stop.wait(0.05):
-        with contextlib.suppress(OSError):
-            command(path, line)
+def _poll(path: Path, backends: list[str], stop: threading.Event) -> None:
+    """The controller's load poll: `RuntimeApi.backends` every 50 ms, on its kept session."""
+    async def loop() -> None:
+        api = RuntimeApi(path)
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+                with contextlib.suppress(RuntimeApiError):
+                    await api.backends(backends)
+        finally:
+            api.close()
+
+    asyncio.run(loop())
+
+
+async def _healthy(base: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        await backing.wait_for_http(http, base + "/health", 60)
+
+
+async def _repeat(api: RuntimeApi, line: str, count: int) -> str:
+    for _ in range(count):
+        answer = await api.command(line)
+    return answer
 
 
 def stat_cost(tmp: Path) -> None:
@@ -190,8 +209,7 @@ def stat_cost(tmp: Path) -> None:
         for line in ["show stat -1 2 -1", "show stat -1 4 -1", "show stat slot0 2 -1",
                      "show stat slot0 4 -1", "show stat slot0 2 -1;show stat slot1 2 -1"]:
             count, before, started = 200, cpu_s(pid, "haproxy"), time.perf_counter()
-            for _ in range(count):
-                answer = command(folder / "admin.sock", line)
+            answer = asyncio.run(_repeat(RuntimeApi(folder / "admin.sock"), line, count))
             wall = (time.perf_counter() - started) / count
             used = (cpu_s(pid, "haproxy") - before) / count
             print(f"  {line!r:46} {len(answer):7,} bytes   wall {wall * 1e6:6.0f} us   "
@@ -227,6 +245,7 @@ def main() -> None:
         script.write_text(WRK_SCRIPT.format(sentence=SENTENCE))
         levels = [int(level) for level in args.levels.split(",")]
         with replica(tmp, "hashing", free_port(HOST)) as direct, contextlib.ExitStack() as stack:
+            asyncio.run(_healthy(direct))
             upstream = direct.removeprefix("http://")
             proxy = stack.enter_context(nginx(upstream, tmp, 1))
             # bench/gateway.py's measure: "direct" is the replica itself, whose CPU it counts.
