@@ -312,11 +312,12 @@ async def test_real_minilm_uploads_deploys_and_serves(
 
     spawn("worker")
     status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,
-                              json={"embedding_model_id": "alice/my-minilm"})
+                              json={"embedding_model_id": "alice/my-minilm",
+                                    "config": {"deploy_timeout_s": 180}})
     assert status == 202, task
     async with aiohttp.ClientSession(headers=alice) as http:
-        done = await wait_task(http, api, "deploy", task["task_id"], 120)
-    assert done["status"] == "done", done
+        done = await wait_task(http, api, "deploy", task["task_id"], 240)
+    assert done["status"] == "done", done.get("detail")
     status, served = await call(anon_http, "POST", f"{gateway}/v1/embeddings",
                                 json={"model": "alice/my-minilm", "input": "uploaded"})
     assert status == 200, served
