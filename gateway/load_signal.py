@@ -1,6 +1,6 @@
 """When a gateway should report at once: a model's in-flight count jumped since its last report.
 
-The report is written about every second anyway (`routing.HEARTBEAT_S`). A load step
+The report is written about every second anyway (`HEARTBEAT_S`, both engines). A load step
 should not wait for that: once a model's requests in flight reach both `JUMP_RATIO` times
 and `JUMP_MIN` more than the gateway last reported for it, the next report goes out at
 once, names the model in its `jumped` field, and is announced on `LOAD_CHANNEL`, which
@@ -13,6 +13,9 @@ at most 1 / MIN_GAP_S writes a second per gateway process.
 from collections import Counter
 from uuid import UUID
 
+# How often a gateway writes its report when nothing jumped (the Python gateway's
+# gateway/routing.py and the HAProxy controller alike).
+HEARTBEAT_S = 1.0
 JUMP_RATIO = 2.0
 JUMP_MIN = 4
 MIN_GAP_S = 0.05

@@ -28,7 +28,7 @@ from db.deployments import Route
 from db.errors import DatabaseError
 from gateway.hold import Holds
 from gateway.latency import LatencyTally
-from gateway.load_signal import MIN_GAP_S, LoadJumps
+from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
 from gateway.upstream import Upstream, UpstreamError
 from schemas.errors import NotFound, Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
@@ -42,7 +42,6 @@ from schemas.queue import (
 from service.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
-HEARTBEAT_S = 1.0
 MAX_ATTEMPTS = 3
 _FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 _ROUTES, _AUTH = ROUTES_CHANNEL.encode(), AUTH_CHANNEL.encode()

@@ -37,7 +37,7 @@ from db.pool import create_pool
 from gateway.haproxy.config import Layout, write
 from gateway.haproxy.programmer import Programmer
 from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError, ServerStat
-from gateway.load_signal import is_jump
+from gateway.load_signal import HEARTBEAT_S, is_jump
 from schemas.gateway import GatewayReport
 from schemas.queue import (
     AUTH_CHANNEL,
@@ -49,7 +49,6 @@ from schemas.queue import (
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
-HEARTBEAT_S = 1.0
 # How often the backends' in-flight counts are read for a jump in load (one short
 # `show stat` of backend rows), which is reported and announced at once, as the Python
 # gateway does (gateway/load_signal.py's rule).
