@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[model,onnx,embedded,dev]'
 	touch $(STAMP)
 
+# RUNTIME=docker or RUNTIME=swarm: replicas as containers (the image is built on first use).
+RUNTIME ?=
 up: $(STAMP)
-	$(BIN)/greenroom up
+	$(BIN)/greenroom up $(if $(RUNTIME),--runtime $(RUNTIME))
 
 # Two phases: the parallel one on TEST_WORKERS pytest-xdist workers, then the timing-sensitive
 # tests one at a time (tests/run.sh; tests/scheduling.py says which test runs where).

@@ -114,7 +114,7 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
     from launch.up import run_up
 
-    sys.exit(run_up(settings, once=args.once))
+    sys.exit(run_up(settings, once=args.once, runtime=args.runtime))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     up = sub.add_parser("up", help="everything on this machine, with the bundled model deployed")
     up.add_argument("--once", action="store_true", help="print the example, then shut down")
+    up.add_argument("--runtime", choices=["process", "docker", "swarm"],
+                    help="where replicas run: processes on this machine, containers on the "
+                         "Docker Engine, or services on its swarm; the model-server image is "
+                         "built offline on first use (default GREENROOM_RUNTIME, else process)")
     up.set_defaults(fn=cmd_up)
     models = sub.add_parser("models", help="model registry").add_subparsers(
         dest="action", required=True)

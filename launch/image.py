@@ -17,7 +17,7 @@ import sys
 import sysconfig
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -27,7 +27,8 @@ from packaging.requirements import Requirement
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TAG = "greenroom/model-server:local"
+OWN_REPOSITORY = "greenroom/model-server:"  # tags this module builds
+DEFAULT_TAG = OWN_REPOSITORY + "local"
 TEST_TAG = "greenroom/model-server:test"
 INPUTS_LABEL = "io.greenroom.image-inputs"
 # Bump when the layout below changes, so existing images are rebuilt.
@@ -214,6 +215,10 @@ def _image_field(tag: str, template: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def image_exists(tag: str) -> bool:
+    return _image_field(tag, "{{.Id}}") is not None
+
+
 def image_label(tag: str) -> str | None:
     """The inputs hash of the image `tag`, or None if there is no such image."""
     return _image_field(tag, f'{{{{ index .Config.Labels "{INPUTS_LABEL}" }}}}')
@@ -256,8 +261,14 @@ def _tar_dirs(tar: tarfile.TarFile, targets: Iterable[PurePosixPath]) -> None:
         tar.addfile(info)
 
 
-def _tar_entries(tar: tarfile.TarFile, entries: list[Entry]) -> int:
-    size = 0
+Progress = Callable[[str], None]
+PROGRESS_STEP = 0.1  # say how far the import is at every tenth of its bytes
+
+
+def _tar_entries(tar: tarfile.TarFile, entries: list[Entry],
+                 progress: Progress | None = None) -> int:
+    total = sum(e.source.stat().st_size for e in entries) if progress else 0
+    size, told = 0, 0.0
     for entry in entries:
         info = tar.gettarinfo(str(entry.source), arcname=str(entry.target).lstrip("/"))
         info.uid = info.gid = 0
@@ -265,10 +276,14 @@ def _tar_entries(tar: tarfile.TarFile, entries: list[Entry]) -> int:
         with entry.source.open("rb") as fh:
             tar.addfile(info, fh)
         size += info.size
+        if progress and total and size / total >= told + PROGRESS_STEP:
+            told = size / total
+            progress(f"  image: {told:.0%} ({size / 2**20:,.0f} of {total / 2**20:,.0f} MB)")
     return size
 
 
-def docker_import(entries: list[Entry], tag: str, changes: list[str]) -> int:
+def docker_import(entries: list[Entry], tag: str, changes: list[str],
+                  progress: Progress | None = None) -> int:
     """Stream the root filesystem into `docker import`; returns the bytes written."""
     cmd = ["docker", "import", *(a for c in changes for a in ("--change", c)), "-", tag]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -277,7 +292,7 @@ def docker_import(entries: list[Entry], tag: str, changes: list[str]) -> int:
     try:
         with tarfile.open(fileobj=proc.stdin, mode="w|", dereference=True) as tar:
             _tar_dirs(tar, (e.target for e in entries))
-            size = _tar_entries(tar, entries)
+            size = _tar_entries(tar, entries, progress)
     except BrokenPipeError:
         size = -1
     finally:
@@ -288,8 +303,10 @@ def docker_import(entries: list[Entry], tag: str, changes: list[str]) -> int:
     return size
 
 
-def build(tag: str = DEFAULT_TAG, with_model: bool = True, force: bool = False) -> bool:
-    """Build `tag` unless an image built from the same inputs exists; True if built."""
+def build(tag: str = DEFAULT_TAG, with_model: bool = True, force: bool = False,
+          progress: Progress | None = None) -> bool:
+    """Build `tag` unless an image built from the same inputs exists; True if built.
+    `progress`, if given, is told how far the import is (a line at every tenth)."""
     started = time.monotonic()
     entries = collect(with_model)
     changes = image_changes(with_model)
@@ -299,7 +316,10 @@ def build(tag: str = DEFAULT_TAG, with_model: bool = True, force: bool = False) 
         return False
     old_id = _image_field(tag, "{{.Id}}")
     entries += library_entries(entries)
-    size = docker_import(entries, tag, [*changes, f"LABEL {INPUTS_LABEL}={digest}"])
+    if progress:
+        progress(f"  image: building {tag} offline from this machine's Python "
+                 f"({len(entries):,} files; the first time takes minutes)")
+    size = docker_import(entries, tag, [*changes, f"LABEL {INPUTS_LABEL}={digest}"], progress)
     _remove_old(old_id, tag)
     log.info("image_built", tag=tag, files=len(entries), rootfs_mb=round(size / 2**20),
              seconds=round(time.monotonic() - started, 1), inputs=digest[:12])

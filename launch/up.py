@@ -8,6 +8,7 @@ that returns a real embedding.
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from launch.shutdown import stop_everything
 from launch.supervise import LABELS, Supervisor
 from launch.up_guide import print_next_steps, remember_stack
 from schemas.models import ModelSource
-from schemas.settings import Settings
+from schemas.settings import RuntimeName, Settings
 from schemas.tasks import TaskStatus
 from schemas.tokens import issue_user_token
 from service.domain.registration import register
@@ -40,6 +41,45 @@ BUNDLED_SOURCE = ModelSource(backend="sentence-transformers",
 
 def _say(message: str) -> None:
     print(f"greenroom up: {message}", flush=True)
+
+
+class UpFailed(Exception):
+    """`up` cannot go on; its message is the one line the user sees."""
+
+
+def _ports_free(settings: Settings) -> None:
+    """The API's and the gateway's ports must be free: an `up` that found another stack's
+    API there would send it this stack's token (and read its 401 as a task)."""
+    for what, host, port, var in (
+            ("the API", settings.api_host, settings.api_port, "GREENROOM_API_PORT"),
+            ("the gateway", settings.gateway_host, settings.gateway_port,
+             "GREENROOM_GATEWAY_PORT")):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise UpFailed(f"{host}:{port} for {what} is taken ({exc.strerror}): is another "
+                               f"`greenroom up` running? Stop it, or set {var}") from None
+
+
+def _ensure_image(settings: Settings) -> None:
+    """On Docker or a swarm: the model-server image, built offline on first use (with its
+    progress) and reused while its inputs are unchanged."""
+    from launch import image
+
+    tag = settings.docker_image
+    if not tag.startswith(image.OWN_REPOSITORY):  # an image of the user's: never rebuilt
+        if not image.image_exists(tag):
+            raise UpFailed(f"image {tag} (GREENROOM_DOCKER_IMAGE) is not on this Docker "
+                           "Engine: pull or build it first")
+        return
+    _say(f"model-server image {tag}: checking it is current")
+    try:
+        built = image.build(tag, progress=_say)
+    except (image.ImageError, OSError) as exc:
+        raise UpFailed(f"could not build the model-server image: {exc}") from None
+    _say(f"model-server image {tag}: " + ("built" if built else "up to date"))
 
 
 def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
@@ -87,6 +127,19 @@ def _owner_headers(settings: Settings, owner_id: int) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def _answer(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    """A 2xx answer's JSON object; anything else is one line naming the status and message."""
+    try:
+        body = await resp.json(content_type=None)
+    except ValueError:
+        body = None
+    if resp.ok and isinstance(body, dict):
+        return body
+    message = body.get("message") if isinstance(body, dict) else None
+    text = str(message) if message else resp.reason or "no message"
+    raise UpFailed(f"{resp.method} {resp.url.path} answered {resp.status}: {text}")
+
+
 async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str, str]]:
     pool = await create_pool(settings.require_database_url(), max_size=2)
     try:
@@ -96,7 +149,7 @@ async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str,
     headers = _owner_headers(settings, model.owner_id)
     async with aiohttp.ClientSession(headers=headers) as http:
         async with http.post(f"{base}/deploy", json={"embedding_model_id": BUNDLED_REF}) as resp:
-            task = await resp.json()
+            task = await _answer(resp)
         _say(f"deploy task {task['task_id']} accepted ({resp.status})")
         name = await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
         return name, headers
@@ -106,7 +159,7 @@ async def _follow(http: aiohttp.ClientSession, url: str, timeout_s: float) -> st
     deadline, last = time.monotonic() + timeout_s + 60, None
     while time.monotonic() < deadline:
         async with http.get(url) as resp:
-            task = await resp.json()
+            task = await _answer(resp)
         if (task["status"], task["phase"]) != last:
             last = (task["status"], task["phase"])
             _say(f"  task {task['status']}" + (f" ({task['phase']})" if task["phase"] else ""))
@@ -149,22 +202,35 @@ async def _undeploy(base: str, headers: dict[str, str]) -> None:
     ref = f"{BUNDLED_OWNER}/{BUNDLED_NAME}"
     _say(f"undeploying {ref} before stopping")
     async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(f"{base}/delete", json={"embedding_model_id": ref}) as resp:
-            task = await resp.json()
-        with contextlib.suppress(RuntimeError, TimeoutError, KeyError):
+        with contextlib.suppress(RuntimeError, TimeoutError, UpFailed):
+            async with http.post(f"{base}/delete", json={"embedding_model_id": ref}) as resp:
+                task = await _answer(resp)
             await _follow(http, f"{base}/delete/{task['task_id']}", 30)
 
 
-def run_up(settings: Settings, once: bool = False) -> int:
-    """Run everything until interrupted (or, with `once`, until the example has run)."""
+def run_up(settings: Settings, once: bool = False, runtime: RuntimeName | None = None) -> int:
+    """Run everything until interrupted (or, with `once`, until the example has run), with
+    replicas on `runtime` (default: GREENROOM_RUNTIME, else processes)."""
     since = datetime.now(UTC)
+    if runtime is not None:
+        os.environ["GREENROOM_RUNTIME"] = runtime  # the children's, and teardown's
+        settings = settings.model_copy(update={"runtime": runtime})
+    try:
+        _ports_free(settings)
+        if settings.runtime != "process":
+            _ensure_image(settings)
+    except UpFailed as exc:
+        _say(f"failed: {exc}")
+        return 1
+    _say(f"replicas run on the {settings.runtime} runtime")
     keep: list[Any] = []
     env = _environment(settings, keep)
     settings = Settings(database_url=env["GREENROOM_DATABASE_URL"],
                         redis_url=env["GREENROOM_REDIS_URL"], state_dir=settings.state_dir,
                         api_host=settings.api_host, api_port=settings.api_port,
                         gateway_host=settings.gateway_host, gateway_port=settings.gateway_port,
-                        secret_key=SecretStr(env["GREENROOM_SECRET_KEY"]))
+                        secret_key=SecretStr(env["GREENROOM_SECRET_KEY"]),
+                        runtime=settings.runtime)
     applied = asyncio.run(apply_migrations(settings.require_database_url()))
     _say(f"migrations applied: {', '.join(applied) or 'none needed'}")
     base = f"http://{settings.api_host}:{settings.api_port}"
@@ -184,7 +250,7 @@ def run_up(settings: Settings, once: bool = False) -> int:
         else:
             asyncio.run(_undeploy(base, headers))
         return 0
-    except (RuntimeError, TimeoutError, OSError) as exc:  # GaveUp among them
+    except (UpFailed, RuntimeError, TimeoutError, OSError) as exc:  # GaveUp among them
         _say(f"failed: {exc}")
         return 1
     except KeyboardInterrupt:  # Ctrl-C before "running": stop all the same

@@ -47,23 +47,28 @@ def tutorial_commands() -> list[str]:
 
 
 def test_make_up_runs_greenroom_up() -> None:
-    """The substitution the tutorial test makes for `make up` is what the Makefile does."""
+    """The substitution the tutorial test makes for `make up` (and `make up RUNTIME=docker`)
+    is what the Makefile does."""
     target = (REPO / "Makefile").read_text().split("\nup:", 1)[1].split("\n\n", 1)[0]
-    assert target.strip().splitlines()[-1].strip() == "$(BIN)/greenroom up"
+    assert target.strip().splitlines()[-1].strip() == \
+        "$(BIN)/greenroom up $(if $(RUNTIME),--runtime $(RUNTIME))"
+    made = subprocess.run(["make", "-n", "up", "RUNTIME=docker"], cwd=REPO, capture_output=True,
+                          text=True, check=False)
+    assert made.stdout.strip().splitlines()[-1] == ".venv/bin/greenroom up --runtime docker"
 
 
 class Up:
     """`greenroom up` in the tutorial's folder, in the background as in its own terminal."""
 
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        self.folder, self.env = folder, env
+    def __init__(self, folder: Path, env: dict[str, str], args: list[str]) -> None:
+        self.folder, self.env, self.args = folder, env, args
         self.proc: subprocess.Popen[bytes] | None = None
         self.outputs: list[Path] = []
 
     def start(self) -> str:
         out = self.folder / f"up-{len(self.outputs)}.out"
         self.outputs.append(out)
-        self.proc = subprocess.Popen([str(self.folder / ".venv/bin/greenroom"), "up"],
+        self.proc = subprocess.Popen([str(self.folder / ".venv/bin/greenroom"), "up", *self.args],
                                      cwd=self.folder, env=self.env, start_new_session=True,
                                      stdout=out.open("wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
@@ -86,15 +91,22 @@ class Up:
                 self.proc.wait()
 
 
-@pytest.fixture
-def folder(embedded_tmp: Path) -> Iterator[Path]:
-    fresh = embedded_tmp / "clone"
+@contextlib.contextmanager
+def fresh_clone(base: Path) -> Iterator[Path]:
+    """A fresh folder as a new clone would be, with this checkout's `.venv` linked."""
+    fresh = base / "clone"
     fresh.mkdir()
     (fresh / ".venv").symlink_to(REPO / ".venv")
     yield fresh
     for pid in services.replica_processes(fresh / ".greenroom"):
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def folder(embedded_tmp: Path) -> Iterator[Path]:
+    with fresh_clone(embedded_tmp) as fresh:
+        yield fresh
 
 
 def _checks() -> list[Callable[[subprocess.CompletedProcess[str]], None]]:
@@ -130,12 +142,17 @@ def _checks() -> list[Callable[[subprocess.CompletedProcess[str]], None]]:
 
 @pytest.mark.timeout(900)
 def test_the_readme_tutorial_works_and_survives_a_restart(folder: Path) -> None:
+    _tutorial(folder, {}, [])
+
+
+def _tutorial(folder: Path, settings: dict[str, str], up_args: list[str]) -> None:
     port, gateway_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     env |= {"GREENROOM_API_PORT": str(port), "GREENROOM_GATEWAY_PORT": str(gateway_port)}
+    env |= settings
     commands, checks = tutorial_commands(), _checks()
     assert len(commands) == len(checks), commands
-    up, prelude = Up(folder, env), []
+    up, prelude = Up(folder, env, up_args), []
     try:
         for command, check in zip(commands, checks, strict=True):
             command = (command.replace("localhost:8000", f"localhost:{port}")
@@ -150,6 +167,8 @@ def test_the_readme_tutorial_works_and_survives_a_restart(folder: Path) -> None:
                 first = up.start()
                 assert "created the admin account 'admin'" in first
                 assert "greenroom deploy admin/minilm --wait" in first, "the printed example"
+                runtime = up_args[-1] if up_args else "process"
+                assert f"replicas run on the {runtime} runtime" in first
             if command.startswith("export "):
                 prelude.append(command)
             done = subprocess.run(["bash", "-c", "\n".join([*prelude, command])], cwd=folder,

@@ -60,3 +60,44 @@ def test_up_curl_output_is_a_384_number_embedding(embedded_tmp: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def _up_once(state: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    env |= {"GREENROOM_STATE_DIR": str(state),
+            "GREENROOM_API_PORT": str(free_port("127.0.0.1")),
+            "GREENROOM_GATEWAY_PORT": str(free_port("127.0.0.1"))}
+    env |= {f"GREENROOM_{k.upper()}": v for k, v in settings.items()}
+    return subprocess.run([sys.executable, "-m", "launch.cli", "up", "--once"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_up_refuses_a_taken_port_in_one_line_before_starting_anything(tmp_path: Path) -> None:
+    """A second `up` beside a running one (the issue's 401 read as a task, then a KeyError):
+    it now stops at once and says which port is taken."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = _up_once(tmp_path / "state", api_port=str(port))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    failed = [line for line in done.stdout.splitlines() if "failed:" in line]
+    assert failed == [f"greenroom up: failed: 127.0.0.1:{port} for the API is taken "
+                      "(Address already in use): is another `greenroom up` running? Stop it, "
+                      "or set GREENROOM_API_PORT"], done.stdout
+    assert not (tmp_path / "state" / "postgres").exists(), "nothing was started"
+
+
+def test_up_prints_a_refused_deploy_as_one_line_and_exits_non_zero(embedded_tmp: Path) -> None:
+    """Any non-2xx answer while `up` deploys the bundled model: one line with its status and
+    message, exit 1, no traceback. Forced here by a body limit smaller than the deploy's."""
+    done = _up_once(embedded_tmp / "state", max_body_bytes="16")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    failed = [line for line in done.stdout.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and re.fullmatch(
+        r"greenroom up: failed: POST /deploy answered 413: .+", failed[0]), done.stdout
+    assert "stopped 0 replica(s)" in done.stdout, "up still stopped what it started"
