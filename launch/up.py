@@ -151,11 +151,12 @@ async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str,
         async with http.post(f"{base}/deploy", json={"embedding_model_id": BUNDLED_REF}) as resp:
             task = await _answer(resp)
         _say(f"deploy task {task['task_id']} accepted ({resp.status})")
-        name = await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
-        return name, headers
+        done = await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
+        return str(done["metadata"]["deployment_name"]), headers
 
 
-async def _follow(http: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
+async def _follow(http: aiohttp.ClientSession, url: str, timeout_s: float) -> dict[str, Any]:
+    """The task at `url` once done, saying each status and phase it passes."""
     deadline, last = time.monotonic() + timeout_s + 60, None
     while time.monotonic() < deadline:
         async with http.get(url) as resp:
@@ -164,11 +165,29 @@ async def _follow(http: aiohttp.ClientSession, url: str, timeout_s: float) -> st
             last = (task["status"], task["phase"])
             _say(f"  task {task['status']}" + (f" ({task['phase']})" if task["phase"] else ""))
         if task["status"] == "done":
-            return str(task["metadata"]["deployment_name"])
+            return task
         if task["status"] in (TaskStatus.failed, TaskStatus.canceled, TaskStatus.refused):
             raise RuntimeError(f"deploy {task['status']}: {task['detail']}")
         await asyncio.sleep(0.5)
     raise TimeoutError("the bundled model did not deploy in time")
+
+
+WHERE_REPLICAS_RUN = {
+    "process": "as processes of this machine (`ps -ef | grep model_server`)",
+    "docker": "as containers on Docker (`docker ps --filter label=io.greenroom.cluster`)",
+    "swarm": "as services on the swarm (`docker service ls --filter label=io.greenroom.cluster`)",
+}
+
+
+def _where(settings: Settings, base: str, gateway: str) -> str:
+    """What runs where, in a few lines."""
+    return "\n".join([
+        "what runs where:",
+        f"    API (control plane)  {base}   logs {settings.state_dir / 'logs'}",
+        f"    gateway (data plane) {gateway}",
+        "    worker               rollouts, reconciler, autoscaler",
+        f"    replicas             {WHERE_REPLICAS_RUN[settings.runtime]}",
+    ])
 
 
 def _example(base: str, name: str) -> str:
@@ -194,6 +213,7 @@ async def _demo(settings: Settings, base: str, gateway: str) -> dict[str, str]:
     output = (await proc.communicate())[0].decode()
     _say("serving. Try it:\n\n    " + command + "\n")
     print(output[:300] + (" ..." if len(output) > 300 else ""), flush=True)
+    _say(_where(settings, base, gateway))
     print_next_steps(settings.state_dir, base, gateway)
     return headers
 

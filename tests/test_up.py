@@ -23,6 +23,7 @@ def test_up_once_with_embedded_services_prints_a_working_curl(embedded_tmp: Path
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "embedded Postgres" in out and "embedded Redis" in out
+    assert "replicas             as processes of this machine" in out, "what runs where"
     command = re.search(r"^\s+(curl -s .*)$", out, re.MULTILINE)
     assert command, out
     assert f"http://127.0.0.1:{gateway_port}/v1/embeddings" in command.group(1), \
