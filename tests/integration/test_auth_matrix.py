@@ -26,7 +26,14 @@ from redis.asyncio import Redis
 
 from db import deployments, models, permissions, replicas
 from gateway.app import create_gateway_app
-from schemas.queue import JOB_REPLICA_LOGS, QUEUE_NAME, ROUTES_CHANNEL
+from schemas.queue import (
+    JOB_REPLICA_LOGS,
+    LOGS_RESULT_KEEP_S,
+    QUEUE_NAME,
+    ROUTES_CHANNEL,
+    decode_job,
+    encode_job,
+)
 from schemas.settings import Settings
 from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
 from service.app import create_app
@@ -297,8 +304,10 @@ async def logs_worker(redis_url: str) -> AsyncIterator[None]:
     async def replica_logs(ctx: dict[str, Any], model_id: str, tail: int) -> list[Any]:
         return [{"replica_id": "r", "generation": 1, "stdout": "out", "stderr": "err"}]
 
-    worker = Worker(functions=[func(replica_logs, name=JOB_REPLICA_LOGS, keep_result=60)],
+    worker = Worker(functions=[func(replica_logs, name=JOB_REPLICA_LOGS,
+                                    keep_result=LOGS_RESULT_KEEP_S)],
                     queue_name=QUEUE_NAME, redis_settings=RedisSettings.from_dsn(redis_url),
+                    job_serializer=encode_job, job_deserializer=decode_job,
                     poll_delay=0.05, handle_signals=False)
     running = asyncio.create_task(worker.async_run())
     try:
