@@ -268,6 +268,17 @@ def test_every_route_has_a_sample_and_an_auth_rule(settings: Settings) -> None:
         assert spec.access.name in ("public", "optional") or spec.access.name in ALLOWED, spec
 
 
+def test_logs_routes_are_the_owners_only(settings: Settings) -> None:
+    """A replica's stdout and stderr can carry the model's secrets (review M9): reading them
+    needs OWNER, on every surface that serves them."""
+    logs = [spec for spec in route_table(settings) if "logs" in spec.path
+            and spec.access.caller != "job"]
+    assert {(s.method, _template(s)) for s in logs} == {
+        ("GET", "/api/v2/deploy/{model_id}/logs"), ("GET", "/api/v1/deploy/logs"),
+        ("GET", "/api/v2/deployments/{model_id}/replica-logs")}
+    assert all(spec.access.name == "owner" for spec in logs), logs
+
+
 @contextlib.asynccontextmanager
 async def stub_replica() -> AsyncIterator[str]:
     """A stand-in model server the gateway can route to (no worker runs in this test)."""
