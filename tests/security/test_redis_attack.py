@@ -7,6 +7,7 @@ password (embedded and compose's), and even a writer holding the password only q
 jobs and results are JSON, so the worker refuses the job and runs on.
 """
 
+import ast
 import asyncio
 import os
 import pickle
@@ -295,3 +296,43 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(log.read_text())
+
+
+# --- one serializer for every arq client ----------------------------------------------------
+
+_PRODUCT = ("service", "worker", "gateway", "launch", "schemas", "db", "bench")
+_ARQ_CLIENTS = {"ArqRedis", "create_pool", "create_arq_pool", "Worker", "ResilientWorker"}
+
+
+def _arq_calls(tree: ast.AST) -> list[ast.Call]:
+    arq_names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("arq"):
+            arq_names |= {alias.asname or alias.name for alias in node.names}
+    arq_names |= {"ResilientWorker"}
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name) and node.func.id in arq_names & _ARQ_CLIENTS]
+
+
+def test_every_arq_client_in_the_code_encodes_jobs_as_json_and_nothing_imports_pickle() -> None:
+    """Every arq pool, client and worker the code makes passes schemas/queue.py's JSON
+    serializer (or the worker settings that carry it); no module imports pickle."""
+    from worker.settings import worker_settings
+
+    unencoded, pickling = [], []
+    for package in _PRODUCT:
+        for path in (REPO / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for call in _arq_calls(tree):
+                keywords = {k.arg for k in call.keywords}
+                if None not in keywords and not {"job_serializer", "job_deserializer"} <= keywords:
+                    unencoded.append(f"{path.relative_to(REPO)}:{call.lineno}")
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                    if any(n.split(".")[0] in ("pickle", "cPickle", "dill") for n in names):
+                        pickling.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not unencoded, f"arq clients with arq's default (pickle) serializer: {unencoded}"
+    assert not pickling, f"modules importing pickle: {pickling}"
+    kwargs = worker_settings(Settings(redis_url="redis://x:y@127.0.0.1:1/0"))
+    assert (kwargs["job_serializer"], kwargs["job_deserializer"]) == (encode_job, decode_job)
