@@ -43,6 +43,7 @@ from db.deployments import Route
 from db.pool import Executor, create_pool
 from gateway.routing import Gateway, Table
 from launch import backing as services
+from schemas.queue import decode_job, encode_job
 from schemas.settings import Settings
 from schemas.tasks import ReplicaState
 from worker.context import WorkerContext
@@ -174,7 +175,8 @@ async def bench(args: argparse.Namespace, dsn: str, redis_url: str) -> None:
 
     settings = Settings(database_url=dsn, redis_url=redis_url, log_level="warning",
                         secret_key=SecretStr(secrets.token_urlsafe(32)))
-    arq = await create_arq_pool(RedisSettings.from_dsn(redis_url))
+    arq = await create_arq_pool(RedisSettings.from_dsn(redis_url), job_serializer=encode_job,
+                                job_deserializer=decode_job)
     async with aiohttp.ClientSession() as http:
         ctx = WorkerContext(settings=settings, pool=pool, redis=arq, runtime=runtime,
                             http=http, worker_id="bench")

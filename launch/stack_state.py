@@ -5,6 +5,8 @@
   read by every other `greenroom` command run in the same folder when GREENROOM_* are unset.
 - `admin-password`: the password of the `admin` account `up` created on first start (0600).
 - `token`: the token `greenroom login` saved (0600).
+- `redis/password`: the embedded Redis's password, drawn once (0600; launch/embedded.py).
+  `stack.json`'s `redis_url` carries it, which is why that file is 0600 too.
 """
 
 import json

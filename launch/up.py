@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from launch import stack_state
-from launch.embedded import start_postgres, start_redis
+from launch.embedded import PASSWORD_FILE, masked, start_postgres, start_redis
 from launch.restore import report_restored
 from launch.shutdown import stop_everything
 from launch.supervise import LABELS, Supervisor
@@ -97,7 +97,8 @@ def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
                                 stack_state.port_for(previous.redis_port if previous else None))
         keep.append(proc)
         env["GREENROOM_REDIS_URL"] = url
-        _say(f"embedded Redis at {url}")
+        _say(f"embedded Redis at {masked(url)} (its password: "
+             f"{state / 'redis' / PASSWORD_FILE}, readable by you only)")
     if settings.worker_metrics_port is None:
         port = stack_state.port_for(previous.worker_metrics_port if previous else None)
         env["GREENROOM_WORKER_METRICS_PORT"] = str(port)

@@ -1,17 +1,22 @@
 """Names the API, the workers and the gateways agree on in Redis (queue, jobs, channels,
-keys), and the messages published on the channels."""
+keys), the messages published on the channels, and how arq jobs and results are encoded."""
 
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
 QUEUE_NAME = "greenroom:queue"
 # arq job: (job id) → runs the task of that id (a retry's id names the same task).
 JOB_RUN_TASK = "run_task"
 # arq job run by a worker for the API: (model_id: str, tail: int) →
-# [{"replica_id", "generation", "stdout", "stderr"}]; needs a kept result (keep_result ≥ 10).
+# [{"replica_id", "generation", "stdout", "stderr"}], as job `logs_job_id(model, tail)`:
+# identical calls share one job, and its result, kept LOGS_RESULT_KEEP_S, answers them all.
 JOB_REPLICA_LOGS = "replica_logs"
+LOGS_RESULT_KEEP_S = 5
+# greenroom:rate:<what>:<who> → calls counted in the current window (service/domain/rate_limit)
+RATE_KEY_PREFIX = "greenroom:rate:"
 # A `RoutesChanged` whenever a deployment's serving generation or replicas change.
 ROUTES_CHANNEL = "greenroom:routes"
 # greenroom:gateway:<id> → a schemas.gateway.GatewayReport as JSON, about every second
@@ -35,6 +40,32 @@ WORKER_TTL_S = 15
 def retry_job_id(task_id: str, attempt: int) -> str:
     """Job id of a retried task: arq refuses a job id it still holds from the dead attempt."""
     return f"{task_id}:retry{attempt}"
+
+
+def logs_job_id(model_id: UUID | str, tail: int) -> str:
+    """The one job id of a logs request: a second identical call finds and waits on it."""
+    return f"logs:{model_id}:{tail}"
+
+
+# arq's job_serializer / job_deserializer, for every pool, worker and job that touches the
+# queue: JSON, never arq's default pickle (unpickling runs code chosen by whoever can write
+# to Redis). A job's arguments and results are strings, numbers, lists and dicts; a failed
+# job's exception is stored as its text, so the API reads it without unpickling anything.
+def encode_job(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, default=_exception_text, separators=(",", ":")).encode()
+
+
+def decode_job(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("an arq job or result is a JSON object")
+    return data
+
+
+def _exception_text(value: object) -> str:
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _text(data: bytes | str) -> str:

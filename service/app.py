@@ -7,7 +7,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
 from db.pool import create_pool
-from schemas.queue import QUEUE_NAME
+from schemas.queue import QUEUE_NAME, decode_job, encode_job
 from schemas.settings import Settings
 from service.api import bazaar_v1, bazaar_v2, docs, health, quotas, registry, scale, tasks
 from service.auth.authentication import require_secret
@@ -30,7 +30,8 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     # Connect lazily (no start-up ping): the API accepts tasks while Redis is down.
     connections = ConnectionPool.from_url(app[SETTINGS].require_redis_url(),
                                           socket_connect_timeout=1, socket_timeout=5)
-    app[REDIS] = ArqRedis(connections, default_queue_name=QUEUE_NAME)
+    app[REDIS] = ArqRedis(connections, default_queue_name=QUEUE_NAME,
+                          job_serializer=encode_job, job_deserializer=decode_job)
     yield
     await app[REDIS].aclose()
 

@@ -17,7 +17,14 @@ from redis.exceptions import RedisError
 
 from db.pool import create_pool
 from schemas.logs import configure_logging
-from schemas.queue import JOB_REPLICA_LOGS, JOB_RUN_TASK, QUEUE_NAME
+from schemas.queue import (
+    JOB_REPLICA_LOGS,
+    JOB_RUN_TASK,
+    LOGS_RESULT_KEEP_S,
+    QUEUE_NAME,
+    decode_job,
+    encode_job,
+)
 from schemas.settings import Settings
 from worker import metrics, reconciler
 from worker.context import CONTEXT_KEY, WorkerContext
@@ -76,12 +83,15 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "functions": [
             func(arq_job(run_task), name=JOB_RUN_TASK, max_tries=100_000, timeout=job_timeout),
             func(arq_job(replica_logs), name=JOB_REPLICA_LOGS, max_tries=1, timeout=10,
-                 keep_result=60),
+                 keep_result=LOGS_RESULT_KEEP_S),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.require_redis_url()),
         "queue_name": QUEUE_NAME,
+        # JSON, not pickle: a job written to Redis is data, never code (schemas/queue.py).
+        "job_serializer": encode_job,
+        "job_deserializer": decode_job,
         "poll_delay": QUEUE_POLL_S,
         "max_jobs": settings.worker_max_jobs,
         "keep_result": 0,

@@ -138,10 +138,11 @@ async def stop(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.Response:
-    """Recent log lines of every replica, flattened."""
-    model = call_of(request).model
-    assert model is not None
-    entries = await bazaar.replica_logs(request.app[REDIS], model.id, bazaar.LOG_TAIL_DEFAULT)
+    """Recent log lines of every replica, flattened (owner only)."""
+    call = call_of(request)
+    assert call.model is not None
+    entries = await bazaar.replica_logs(request.app[REDIS], call.model.id,
+                                        bazaar.LOG_TAIL_DEFAULT, str(call.principal.user_id))
     lines = [line for e in entries for stream in ("stdout", "stderr")
              for line in (e.get(stream) or "").splitlines()]
     return envelope("Successfully got the deployment logs.", lines)
@@ -161,7 +162,7 @@ ROUTES = [
               query=(("model_identifier", True),)),
     RouteSpec("POST", PREFIX + "/stop", stop, OWNER, StopRequest, Envelope[StopData],
               body_field("model_identifier"), 202, summary="Stop a deployment"),
-    RouteSpec("GET", PREFIX + "/logs", logs, READ, None, Envelope[list[str]],
+    RouteSpec("GET", PREFIX + "/logs", logs, OWNER, None, Envelope[list[str]],
               query_param("model_identifier"), summary="Deployment logs",
               query=(("model_identifier", True),)),
 ]

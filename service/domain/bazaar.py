@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import structlog
 from arq.connections import ArqRedis
+from arq.jobs import Job
 
 from db import dependencies, deployments, events, models, replicas, tasks
 from db.deployments import Deployment
@@ -22,7 +23,7 @@ from db.tasks import Task
 from schemas import secrets
 from schemas.bazaar import DeployStatus as StatusWord
 from schemas.errors import Conflict, Invalid, Malformed, Unavailable
-from schemas.queue import JOB_REPLICA_LOGS
+from schemas.queue import JOB_REPLICA_LOGS, logs_job_id
 from schemas.settings import Settings
 from schemas.tasks import (
     DeploymentConfig,
@@ -32,11 +33,15 @@ from schemas.tasks import (
     TaskRequest,
     TaskStatus,
 )
+from service.domain import rate_limit
 from service.domain import tasks as task_service
 
 log = structlog.get_logger(__name__)
 LOGS_TIMEOUT_S = 5.0
 LOG_TAIL_DEFAULT = 100
+# Calls to the logs routes one user may make per window (each shares its job with identical
+# calls): `greenroom logs --follow` (every 2 s) and a console tab (every 3 s) fit together.
+LOGS_PER_CALLER, LOGS_WINDOW_S = 60, 60
 MAX_DEPENDENCY_DEPTH = 8
 
 
@@ -147,23 +152,32 @@ async def replica_counts(pool: asyncpg.Pool, deployment: Deployment | None) -> t
     return current, current if desired is None else desired
 
 
-async def replica_logs(redis: ArqRedis, model_id: UUID, tail: int) -> list[dict[str, Any]]:
-    """Ask a worker for the replicas' logs (the API never touches a runtime); 503 if none
-    answers within LOGS_TIMEOUT_S."""
+async def replica_logs(redis: ArqRedis, model_id: UUID, tail: int,
+                       caller: str) -> list[dict[str, Any]]:
+    """Ask a worker for the replicas' logs (the API never touches a runtime).
+
+    One arq job per (model, tail): identical calls wait on the same job, and for
+    LOGS_RESULT_KEEP_S after it answered read its kept result. 429 past the caller's
+    LOGS_PER_CALLER calls a window; 503 if no worker answers within LOGS_TIMEOUT_S."""
+    await rate_limit.take(redis, "logs", caller, LOGS_PER_CALLER, LOGS_WINDOW_S)
     try:
         async with asyncio.timeout(LOGS_TIMEOUT_S):
-            job = await redis.enqueue_job(JOB_REPLICA_LOGS, str(model_id), tail,
-                                          _expires=timedelta(seconds=LOGS_TIMEOUT_S * 2))
-            if job is None:
-                raise Unavailable("a logs request for this model is already running")
-            result: list[dict[str, Any]] = await job.result(poll_delay=0.1)
+            return await _logs_job_result(redis, model_id, tail)
     except TimeoutError:
         raise Unavailable(f"no worker answered for logs within {LOGS_TIMEOUT_S:.0f}s") from None
-    except Unavailable:
-        raise
     except Exception as exc:
         log.warning("replica_logs_failed", model=str(model_id), error=type(exc).__name__)
         raise Unavailable("logs are unavailable right now; try again shortly") from None
+
+
+async def _logs_job_result(redis: ArqRedis, model_id: UUID, tail: int) -> list[dict[str, Any]]:
+    job_id = logs_job_id(model_id, tail)
+    job = await redis.enqueue_job(JOB_REPLICA_LOGS, str(model_id), tail, _job_id=job_id,
+                                  _expires=timedelta(seconds=LOGS_TIMEOUT_S * 2))
+    if job is None:  # an identical call's job is queued, running or answered: share it
+        job = Job(job_id, redis, _queue_name=redis.default_queue_name,
+                  _deserializer=redis.job_deserializer)
+    result: list[dict[str, Any]] = await job.result(poll_delay=0.1)
     return result
 
 

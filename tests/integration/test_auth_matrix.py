@@ -26,7 +26,14 @@ from redis.asyncio import Redis
 
 from db import deployments, models, permissions, replicas
 from gateway.app import create_gateway_app
-from schemas.queue import JOB_REPLICA_LOGS, QUEUE_NAME, ROUTES_CHANNEL
+from schemas.queue import (
+    JOB_REPLICA_LOGS,
+    LOGS_RESULT_KEEP_S,
+    QUEUE_NAME,
+    ROUTES_CHANNEL,
+    decode_job,
+    encode_job,
+)
 from schemas.settings import Settings
 from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
 from service.app import create_app
@@ -261,6 +268,17 @@ def test_every_route_has_a_sample_and_an_auth_rule(settings: Settings) -> None:
         assert spec.access.name in ("public", "optional") or spec.access.name in ALLOWED, spec
 
 
+def test_logs_routes_are_the_owners_only(settings: Settings) -> None:
+    """A replica's stdout and stderr can carry the model's secrets (review M9): reading them
+    needs OWNER, on every surface that serves them."""
+    logs = [spec for spec in route_table(settings) if "logs" in spec.path
+            and spec.access.caller != "job"]
+    assert {(s.method, _template(s)) for s in logs} == {
+        ("GET", "/api/v2/deploy/{model_id}/logs"), ("GET", "/api/v1/deploy/logs"),
+        ("GET", "/api/v2/deployments/{model_id}/replica-logs")}
+    assert all(spec.access.name == "owner" for spec in logs), logs
+
+
 @contextlib.asynccontextmanager
 async def stub_replica() -> AsyncIterator[str]:
     """A stand-in model server the gateway can route to (no worker runs in this test)."""
@@ -297,8 +315,10 @@ async def logs_worker(redis_url: str) -> AsyncIterator[None]:
     async def replica_logs(ctx: dict[str, Any], model_id: str, tail: int) -> list[Any]:
         return [{"replica_id": "r", "generation": 1, "stdout": "out", "stderr": "err"}]
 
-    worker = Worker(functions=[func(replica_logs, name=JOB_REPLICA_LOGS, keep_result=60)],
+    worker = Worker(functions=[func(replica_logs, name=JOB_REPLICA_LOGS,
+                                    keep_result=LOGS_RESULT_KEEP_S)],
                     queue_name=QUEUE_NAME, redis_settings=RedisSettings.from_dsn(redis_url),
+                    job_serializer=encode_job, job_deserializer=decode_job,
                     poll_delay=0.05, handle_signals=False)
     running = asyncio.create_task(worker.async_run())
     try:

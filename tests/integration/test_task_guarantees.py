@@ -12,7 +12,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
 from db import deployments, events, models, replicas, tasks
-from schemas.queue import JOB_RUN_TASK, QUEUE_NAME
+from schemas.queue import JOB_RUN_TASK, QUEUE_NAME, decode_job, encode_job
 from schemas.settings import Settings
 from tests import services
 from tests.conftest import Proc, wait_task
@@ -44,7 +44,8 @@ async def test_duplicate_delivery_runs_the_rollout_once(
     model_id = await hashing_model("dup", startup_delay_s=0.5)
     task = await _post(http, api, "/deploy", {"embedding_model_id": "alice/dup"})
     redis = ArqRedis(ConnectionPool.from_url(settings.require_redis_url()),
-                     default_queue_name=QUEUE_NAME)
+                     default_queue_name=QUEUE_NAME, job_serializer=encode_job,
+                     job_deserializer=decode_job)
     for copy in range(3):  # the same task delivered three more times, under other job ids
         await redis.enqueue_job(JOB_RUN_TASK, f"{task['task_id']}:dup{copy}",
                                 _job_id=f"{task['task_id']}:dup{copy}")

@@ -2,7 +2,8 @@
 
 Postgres is Debian's PostgreSQL 15 (`initdb` + `postgres` from /usr/lib/postgresql/15/bin)
 in a temporary data folder, run as the `postgres` user (it refuses root), trusting the
-bed's subnet only; Redis is `redis-server` without persistence.
+bed's subnet only; Redis is `redis-server` without persistence, with the ACL user and drawn
+password of `greenroom up`'s embedded one (it listens on a routable address).
 """
 
 import contextlib
@@ -13,6 +14,8 @@ import socket
 import time
 from pathlib import Path
 
+from launch.embedded import CONFIG_FILE, REDIS_USER, acl_config, redis_password
+from launch.stack_state import write_private
 from tests.multihost.netbed import SUBNET, Host, NetBed
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -67,10 +70,13 @@ def start_postgres(bed: NetBed, host: Host, folder: Path) -> str:
 
 
 def start_redis(bed: NetBed, host: Host, folder: Path) -> str:
-    """A redis-server on `host`'s address; returns its URL."""
+    """A password-protected redis-server on `host`'s address; returns its URL."""
     folder.mkdir(parents=True, exist_ok=True)
-    bed.popen(host, ["redis-server", "--bind", host.address, "--port", str(REDIS_PORT),
+    password = redis_password(folder)
+    write_private(folder / CONFIG_FILE, acl_config(password))
+    bed.popen(host, ["redis-server", str(folder / CONFIG_FILE), "--bind", host.address,
+                     "--port", str(REDIS_PORT),
                      "--save", "", "--appendonly", "no", "--protected-mode", "no",
                      "--dir", str(folder)], log=folder / "redis.log")
     _wait_port(bed, host, REDIS_PORT)
-    return f"redis://{host.address}:{REDIS_PORT}/0"
+    return f"redis://{REDIS_USER}:{password}@{host.address}:{REDIS_PORT}/0"

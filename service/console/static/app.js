@@ -270,6 +270,7 @@ function logsPanel(identifier) {
       for (const [id, box] of boxes) if (!ids.has(id)) { box.el.remove(); boxes.delete(id); }
     } catch (err) {
       if (boxes.size === 0) replace(panel, h("p", { class: "empty" }, `Logs unavailable: ${problem(err)}`));
+      if (err instanceof ApiError && err.status === 403) return;  // logs are the owner's only
     }
     if (!stopped) timer = setTimeout(tick, 3000);
   };
