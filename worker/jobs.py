@@ -10,12 +10,14 @@ import structlog
 from arq import Retry
 from arq.typing import WorkerCoroutine
 
-from db import admission, replicas, tasks
+from db import admission, deployments, replicas, tasks
 from db.errors import UniqueViolation
+from schemas import secrets as deployment_secrets
 from schemas.tasks import TaskKind, TaskStatus
 from worker import rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
+from worker.log_redaction import redact, secret_values
 from worker.runtimes.base import RuntimeError_
 from worker.scaling import scale_task
 
@@ -85,16 +87,32 @@ async def _hand_back(ctx: WorkerContext, task: tasks.Task) -> None:
 
 async def replica_logs(ctx: WorkerContext, model_id: str,
                        tail: int = 100) -> list[dict[str, Any]]:
-    """The last `tail` lines of each live replica of a model; a gone replica gives empty text."""
+    """The last `tail` lines of each live replica of a model, the deployment's secrets taken
+    out (worker/log_redaction.py); a gone replica gives empty text."""
     found = []
+    hidden = await _secrets_of(ctx, UUID(model_id))
     for replica in await replicas.list_for_model(ctx.pool, UUID(model_id)):
         stdout, stderr = "", ""
         if replica.runtime_ref:
             with contextlib.suppress(RuntimeError_):
                 stdout, stderr = await ctx.runtime.logs(replica.runtime_ref, tail)
         found.append({"replica_id": str(replica.id), "generation": replica.generation,
-                      "state": replica.state, "stdout": stdout, "stderr": stderr})
+                      "state": replica.state, "stdout": redact(stdout, hidden),
+                      "stderr": redact(stderr, hidden)})
     return found
+
+
+async def _secrets_of(ctx: WorkerContext, model_id: UUID) -> list[str]:
+    """The deployment's secret values and longer env values, to take out of its logs."""
+    deployment = await deployments.get(ctx.pool, model_id)
+    env = dict((deployment.config.get("env") or {}) if deployment else {})
+    blob = await deployments.get_secrets(ctx.pool, model_id)
+    secrets: dict[str, str] = {}
+    if blob is not None and ctx.settings.secret_key is not None:
+        with contextlib.suppress(deployment_secrets.SecretsUnreadable):
+            secrets = deployment_secrets.decrypt(ctx.settings.secret_key.get_secret_value(),
+                                                 blob)
+    return secret_values(secrets, {str(k): str(v) for k, v in env.items()})
 
 
 async def _dispatch(ctx: WorkerContext, task: tasks.Task) -> None:

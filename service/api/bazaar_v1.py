@@ -138,7 +138,7 @@ async def stop(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.Response:
-    """Recent log lines of every replica, flattened (owner only)."""
+    """Recent log lines of every replica, flattened (secrets taken out by the worker)."""
     call = call_of(request)
     assert call.model is not None
     entries = await bazaar.replica_logs(request.app[REDIS], call.model.id,
@@ -162,7 +162,7 @@ ROUTES = [
               query=(("model_identifier", True),)),
     RouteSpec("POST", PREFIX + "/stop", stop, OWNER, StopRequest, Envelope[StopData],
               body_field("model_identifier"), 202, summary="Stop a deployment"),
-    RouteSpec("GET", PREFIX + "/logs", logs, OWNER, None, Envelope[list[str]],
+    RouteSpec("GET", PREFIX + "/logs", logs, READ, None, Envelope[list[str]],
               query_param("model_identifier"), summary="Deployment logs",
               query=(("model_identifier", True),)),
 ]

@@ -69,8 +69,8 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.Response:
-    """Recent stdout and stderr of every replica, one entry each (owner only: a model's
-    output may carry its secrets)."""
+    """Recent stdout and stderr of every replica, one entry each; READ, as seed 001 says:
+    the worker takes the deployment's secrets out of them (worker/log_redaction.py)."""
     call = call_of(request)
     assert call.model is not None
     entries = await bazaar.replica_logs(request.app[REDIS], call.model.id, _tail(request),
@@ -137,7 +137,7 @@ ROUTES = [
               path_param("model_id"), summary="Deployment status"),
     RouteSpec("GET", f"{PREFIX}/{MODEL}/status-internal", status, JOB_MODEL, None,
               StatusResponse, path_param("model_id"), summary="Deployment status (job token)"),
-    RouteSpec("GET", f"{PREFIX}/{MODEL}/logs", logs, OWNER, None, list[ReplicaLogs],
+    RouteSpec("GET", f"{PREFIX}/{MODEL}/logs", logs, READ, None, list[ReplicaLogs],
               path_param("model_id"), summary="Replica logs"),
     RouteSpec("POST", f"{PREFIX}/{MODEL}/save", save, READ, SaveRequest, SaveResponse,
               path_param("model_id"), summary="Create a model to save the deployment into"),

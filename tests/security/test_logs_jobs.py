@@ -1,12 +1,15 @@
-"""M9: the logs routes cannot flood the shared queue, and only a model's owner reads them.
+"""M9: the logs routes cannot flood the shared queue, and a reader never sees a secret.
 
-Before: every logs call queued an arq job of its own (tail up to 10,000), at READ
-permission. Now identical calls (one model, one tail) share one job and its kept result,
-the routes need OWNER (a model's output may carry its secrets), and each user has an
-allowance of calls per window past which the API answers 429 with the JSON error body.
+Before: every logs call queued an arq job of its own (tail up to 10,000), and what a
+replica printed reached every reader of the model as it was. Now identical calls (one
+model, one tail) share one job and its kept result; the routes stay at READ, as seeds 000
+and 001 say, and the worker takes the deployment's secret values, its longer env values
+and any token out of the lines (worker/log_redaction.py); each user has an allowance of
+calls per window past which the API answers 429 with the JSON error body.
 """
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from uuid import uuid4
@@ -19,8 +22,12 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 from redis.asyncio import ConnectionPool
 
+from schemas.models import ModelSource
 from schemas.queue import JOB_REPLICA_LOGS, LOGS_RESULT_KEEP_S, QUEUE_NAME, decode_job, encode_job
+from schemas.settings import Settings
+from schemas.tokens import issue_job_token
 from service.domain import bazaar
+from service.domain.registration import register
 from tests.conftest import Proc
 from tests.integration.accounts import call, eventually, make_user
 
@@ -83,22 +90,63 @@ async def _worker_answering(spawn: Callable[..., Proc], http: aiohttp.ClientSess
     await eventually(answered, 90, "the worker answers logs")
 
 
-async def test_logs_routes_answer_the_owner_and_refuse_a_reader(
-        api: str, spawn: Callable[..., Proc], pool: asyncpg.Pool,
-        http: aiohttp.ClientSession, hashing_model: Any) -> None:
-    await hashing_model("logged")  # alice's, public: every user may read it
+async def _done(http: aiohttp.ClientSession, api: str, task_id: str,
+                headers: dict[str, str]) -> None:
+    async def finished() -> bool:
+        _, task = await call(http, "GET", f"{api}/deploy/{task_id}", headers=headers)
+        assert task["status"] not in ("failed", "refused", "canceled"), task
+        return bool(task["status"] == "done")
+    await eventually(finished, 90, f"deploy {task_id} done")
+
+
+GENAI_SECRET = "genai-key-printed-by-the-model-5521"
+ENV_SECRET = "env-token-printed-by-the-model-9034"
+SHORT_ENV = "32"  # a setting, not a secret: shorter than MIN_ENV_VALUE_CHARS, kept
+
+
+async def test_a_reader_reads_the_logs_with_the_deployments_secrets_taken_out(
+        api: str, spawn: Callable[..., Proc], pool: asyncpg.Pool, settings: Settings,
+        http: aiohttp.ClientSession) -> None:
+    """alice deploys a private model with a genai_key and an env value, and grants bob READ;
+    her model prints both and its job token (the genai_key is kept from her first deploy
+    into the second, which sets the env). bob reads the logs (200, as the seeds say) on
+    all three routes: every secret is `[redacted]`, the rest of the line is there."""
     _, alice = await make_user(pool, "alice")
     _, bob = await make_user(pool, "bob")
-    await _worker_answering(spawn, http, api, alice)
-    for path in LOGS_ROUTES:
-        status, body = await call(http, "GET", api + path, headers=bob)
-        assert status == 403, (path, body)
-        assert body["status_code"] == 403 and "owner" in body["message"], body
-        status, body = await call(http, "GET", api + path, headers=alice)
-        assert status == 200, (path, body)
-    _, status_body = await call(http, "GET", api + "/api/v2/deploy/alice/logged/status",
-                                headers=bob)
-    assert "status" in status_body, "reading the model's status stays at READ"
+    await register(pool, "alice", "logged", ModelSource(backend="hashing", dimension=16),
+                   "private")
+    status, _ = await call(http, "PUT", api + "/api/v2/models/alice/logged/permissions",
+                           json={"username": "bob", "permission": "read"}, headers=alice)
+    assert status == 200
+    spawn("worker")
+    status, body = await call(http, "POST", api + "/api/v1/deploy/run", headers=alice,
+                              json={"model_identifier": "alice/logged",
+                                    "genai_key": GENAI_SECRET})
+    assert status == 202, body
+    _, first = await call(http, "GET", api + "/deploy-status/alice/logged", headers=alice)
+    await _done(http, api, first["task_id"], alice)
+    status, body = await call(http, "POST", api + "/deploy", headers=alice, json={
+        "embedding_model_id": "alice/logged",
+        "config": {"env": {"API_TOKEN": ENV_SECRET, "BATCH": SHORT_ENV}}})
+    assert status == 202, body
+    await _done(http, api, body["task_id"], alice)
+    assert settings.secret_key is not None
+    token = issue_job_token(settings.secret_key.get_secret_value(), uuid4(), 1)
+    printed = f"model says key={GENAI_SECRET} env={ENV_SECRET} token={token} batch={SHORT_ENV}"
+    for log in (settings.state_dir / "replicas").glob("*/stdout.log"):
+        with log.open("a") as out:  # what the model's own code printed
+            out.write(printed + "\n")
+
+    async def redacted_everywhere() -> bool:
+        for path in LOGS_ROUTES:
+            status, body = await call(http, "GET", api + path, headers=bob)
+            assert status == 200, (path, body)
+            text = json.dumps(body)
+            assert GENAI_SECRET not in text and ENV_SECRET not in text and token not in text
+            if "model says key=[redacted] env=[redacted] token=[redacted] batch=32" not in text:
+                return False
+        return True
+    await eventually(redacted_everywhere, 30, "bob reads the printed line, redacted")
 
 
 async def test_logs_calls_past_a_users_allowance_answer_429_with_the_json_error_body(
