@@ -15,12 +15,18 @@ import pytest
 from service.auth.login_throttle import LoginThrottle, address_key
 from tests.conftest import Proc
 from tests.integration.accounts import call, make_user
-from tests.integration.conftest import anon_http  # noqa: F401 (a fixture)
 from tests.services import wait_for_http
 from worker.runtimes.process import free_port
 
 PASSWORD = "alice-right-password"
 BASE_WAIT_S = 5.0  # long enough that a guess sent at once always lands inside the wait
+
+
+@pytest.fixture
+async def anon_http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client without a token (as tests/integration/conftest.py's)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
 
 
 @pytest.fixture
