@@ -8,13 +8,21 @@ Retry-After instead of queueing without end: a caller waiting behind `queue` oth
 `queue` x 0.2 s / `threads`) is better told to come back, and a flood of logins cannot
 hold the API's memory (64 MiB per running hash) or its clients' sockets.
 
+The pool's threads run at a low CPU priority (nice 10, Linux sets it per thread; the
+threads argon2 starts for its lanes inherit it): when the cores are busy the event loop's
+thread, at the process's own priority, runs first, so `/healthz` and every other request
+stay fast while hashes queue.
+
 An unknown user's login verifies against a dummy hash through the same pool, so neither the
 time nor a refusal tells whether a username exists.
 """
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
+import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -28,6 +36,9 @@ _hasher = PasswordHasher()
 # Verified against when the user does not exist, so timing does not reveal usernames.
 _DUMMY_HASH = _hasher.hash("greenroom-dummy-password")
 REFUSED_RETRY_S = 1
+# The pool threads' niceness: the event loop (0) gets about ten times their CPU share when
+# both want it, while other processes at 0 (replicas on an `up` host) do not starve logins.
+NICE = 10
 
 
 def hash_password(password: str) -> str:
@@ -42,6 +53,14 @@ def _verify(stored: str | None, password: str) -> bool:
         return False
 
 
+def _low_priority() -> None:
+    """Each pool thread's initializer: nice `NICE` for this thread alone (Linux only, where a
+    thread id names one thread; elsewhere it would name the whole process)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+
+
 def default_threads() -> int:
     """A quarter of this process's cores, 1 to 4: each hash runs 4 lanes of its own."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -54,7 +73,7 @@ class Passwords:
     def __init__(self, threads: int | None = None, queue: int = 32) -> None:
         self.threads = threads or default_threads()
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.threads, thread_name_prefix="argon2")
+            self.threads, thread_name_prefix="argon2", initializer=_low_priority)
         self._limit = self.threads + queue
         self._in_pool = 0  # running or waiting in the pool (until the thread is done)
 
