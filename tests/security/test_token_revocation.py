@@ -6,7 +6,6 @@ change and no way to disable a user, and any non-empty GREENROOM_SECRET_KEY was 
 """
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,14 +15,13 @@ import aiohttp
 import asyncpg
 import pytest
 from pydantic import SecretStr
-from redis.asyncio import Redis
 
 from db import users
-from schemas.queue import AUTH_CHANNEL
 from schemas.settings import Settings
 from tests.conftest import Proc, bearer, start_gateway
 from tests.integration.accounts import call, eventually, make_user
 from tests.integration.test_auth_matrix import SERVED_NAME, _serve_model, stub_replica
+from tests.security.auth_channel import AuthChannel, counting_auth_channel
 from tests.services import wait_for_http
 from worker.runtimes.process import free_port
 
@@ -48,33 +46,10 @@ async def long_cache_api(spawn: Callable[..., Proc], plain_http: aiohttp.ClientS
     return base
 
 
-class AuthChannel:
-    """Counts the messages on the auth channel, from a real Redis subscriber."""
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-
-
 @pytest.fixture
 async def auth_channel(settings: Settings) -> AsyncIterator[AuthChannel]:
-    redis = Redis.from_url(settings.require_redis_url())
-    seen = AuthChannel()
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(AUTH_CHANNEL)
-
-    async def listen() -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None:
-                seen.messages.append(message["data"])
-
-    task = asyncio.create_task(listen())
-    yield seen
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await pubsub.aclose()
-    await redis.aclose()
+    async with counting_auth_channel(settings.require_redis_url()) as seen:
+        yield seen
 
 
 async def _login(http: aiohttp.ClientSession, api: str, username: str,
@@ -117,7 +92,7 @@ async def test_logout_revokes_every_token_of_the_user_at_the_api_and_the_gateway
         assert await served(first) == 401
         status, body = await _login(http, api, "alice", "alice-password-1")
         assert status == 200 and await served(bearer(body["access_token"])) == 200
-    assert await eventually(lambda: _settled(auth_channel, 1), 5) == [b"user"]
+    assert await eventually(lambda: auth_channel.settled(1), 5) == [b"user"]
 
 
 async def _ok(status: Any) -> bool:
@@ -126,11 +101,6 @@ async def _ok(status: Any) -> bool:
 
 async def _is(status: Any, want: int) -> bool:
     return bool(await status == want)
-
-
-async def _settled(channel: AuthChannel, count: int) -> list[bytes] | None:
-    await asyncio.sleep(0.3)  # and no more than `count` arrive
-    return channel.messages if len(channel.messages) == count else None
 
 
 async def test_password_change_needs_the_current_one_and_revokes_every_older_token(
@@ -155,7 +125,7 @@ async def test_password_change_needs_the_current_one_and_revokes_every_older_tok
     assert await _me(http, api, fresh) == 200
     assert (await _login(http, api, "alice", "old-password-1"))[0] == 401
     assert (await _login(http, api, "alice", "new-password-1"))[0] == 200
-    assert await eventually(lambda: _settled(auth_channel, 1), 5) == [b"user"]
+    assert await eventually(lambda: auth_channel.settled(1), 5) == [b"user"]
 
 
 async def test_a_disabled_user_cannot_log_in_and_their_tokens_and_api_keys_stop_working(
@@ -193,7 +163,7 @@ async def test_a_disabled_user_cannot_log_in_and_their_tokens_and_api_keys_stop_
     assert (await _login(http, api, "bob", "bob-password-1"))[0] == 200
     assert await _me(http, api, key) == 200, "the API key works again"
     assert await _me(http, api, token) == 401, "tokens from before the disable stay revoked"
-    assert await eventually(lambda: _settled(auth_channel, 2), 5) == [b"user", b"user"]
+    assert await eventually(lambda: auth_channel.settled(2), 5) == [b"user", b"user"]
 
 
 async def test_a_token_of_an_older_version_is_refused(
