@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from db.migrate import apply_migrations
 from db import users
+from db.migrate import apply_migrations
 from db.pool import create_pool
 from launch import stack_state
 from launch.embedded import start_postgres, start_redis
