@@ -39,12 +39,13 @@ async def insert(db: Executor, *, user_id: int, key_hash: str, name: str,
 
 
 async def user_for_key(db: Executor, key_hash: str) -> User | None:
-    """The owner of an unrevoked, unexpired key with this hash."""
+    """The owner of an unrevoked, unexpired key with this hash (never a disabled user)."""
     async with translated():
         row = await db.fetchrow(
-            """SELECT u.id, u.username, u.email, u.is_admin, u.created_at
+            """SELECT u.id, u.username, u.email, u.is_admin, u.created_at, u.token_version,
+                      u.disabled_at
                FROM api_keys k JOIN users u ON u.id = k.user_id
-               WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+               WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.disabled_at IS NULL
                  AND (k.expires_at IS NULL OR k.expires_at > now())""",
             key_hash,
         )
@@ -58,12 +59,21 @@ async def list_for_user(db: Executor, user_id: int) -> list[ApiKey]:
     return [ApiKey(**dict(r)) for r in rows]
 
 
-async def revoke(db: Executor, key_id: int, user_id: int | None) -> bool:
-    """Revoke a key (of `user_id`, or of anyone when None); False if there is no such key."""
+async def revoke(db: Executor, key_id: int, user_id: int | None) -> bool | None:
+    """Revoke a key (of `user_id`, or of anyone when None). True: revoked now; False: it
+    was revoked already (nothing changed); None: there is no such key."""
     async with translated():
-        result: str = await db.execute(
-            """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-               WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)""",
+        row = await db.fetchrow(
+            """WITH target AS (
+                   SELECT id, revoked_at FROM api_keys
+                   WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)),
+               changed AS (
+                   UPDATE api_keys k SET revoked_at = now() FROM target t
+                   WHERE k.id = t.id AND t.revoked_at IS NULL RETURNING k.id)
+               SELECT (SELECT count(*) FROM target) AS found,
+                      (SELECT count(*) FROM changed) AS changed""",
             key_id, user_id,
         )
-    return result.endswith(" 1")
+    if row is None or row["found"] == 0:
+        return None
+    return bool(row["changed"])

@@ -1,4 +1,4 @@
-"""Users: accounts with a password hash and an admin flag."""
+"""Users: accounts with a password hash, an admin flag, a token version and a disabled mark."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,9 +15,16 @@ class User:
     email: str | None
     is_admin: bool
     created_at: datetime
+    # Bumped to revoke every token of the user (the JWT claim `ver` must match it).
+    token_version: int = 0
+    disabled_at: datetime | None = None
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
 
 
-_USER_COLUMNS = "id, username, email, is_admin, created_at"
+_USER_COLUMNS = "id, username, email, is_admin, created_at, token_version, disabled_at"
 
 
 def _user(row: Any) -> User | None:
@@ -82,6 +89,32 @@ async def password_hash(db: Executor, username: str) -> tuple[User, str | None] 
 async def set_password_hash(db: Executor, user_id: int, new_hash: str) -> None:
     async with translated():
         await db.execute("UPDATE users SET password_hash = $2 WHERE id = $1", user_id, new_hash)
+
+
+async def set_password_and_revoke(db: Executor, user_id: int, new_hash: str) -> User | None:
+    """Store a new password hash and bump the token version (every older token dies)."""
+    async with translated():
+        return _user(await db.fetchrow(
+            f"""UPDATE users SET password_hash = $2, token_version = token_version + 1
+                WHERE id = $1 RETURNING {_USER_COLUMNS}""", user_id, new_hash))
+
+
+async def revoke_tokens(db: Executor, user_id: int) -> User | None:
+    """Bump the user's token version: every token issued before stops working."""
+    async with translated():
+        return _user(await db.fetchrow(
+            f"""UPDATE users SET token_version = token_version + 1 WHERE id = $1
+                RETURNING {_USER_COLUMNS}""", user_id))
+
+
+async def set_disabled(db: Executor, username: str, disabled: bool) -> User | None:
+    """Disable (and revoke every token of) or enable a user; None if there is none."""
+    async with translated():
+        return _user(await db.fetchrow(
+            f"""UPDATE users SET
+                    disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END,
+                    token_version = token_version + CASE WHEN $2 THEN 1 ELSE 0 END
+                WHERE username = $1 RETURNING {_USER_COLUMNS}""", username, disabled))
 
 
 async def list_all(db: Executor) -> list[User]:

@@ -65,6 +65,32 @@ def login(gr: Client, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def passwd(gr: Client, args: argparse.Namespace, console: Console) -> int:
+    """Change your password: every token of yours stops working; the fresh one is saved."""
+    current = os.environ.get("GREENROOM_PASSWORD") or getpass.getpass("current password: ")
+    new = os.environ.get("GREENROOM_NEW_PASSWORD") or getpass.getpass("new password: ")
+    answer = gr.change_password(current, new)
+    path = config.save_token(args.settings, answer.access_token)
+    if args.json:
+        _print_json({"username": answer.user.username, "expires_at": answer.expires_at,
+                     "token_file": str(path)})
+    else:
+        console.print(f"password changed for {answer.user.username}; every older token is "
+                      f"revoked, the new one saved to {path}", highlight=False)
+    return 0
+
+
+def logout(gr: Client, args: argparse.Namespace, console: Console) -> int:
+    """Revoke every token of yours (API keys are kept)."""
+    gr.logout()
+    if args.json:
+        _print_json({"revoked": "every token"})
+    else:
+        console.print("every token of yours is revoked; log in again with "
+                      "`greenroom login USERNAME`")
+    return 0
+
+
 def keys_create(gr: Client, args: argparse.Namespace, console: Console) -> int:
     key = gr.create_key(args.name, args.expires_in_days)
     if args.json:
@@ -333,6 +359,10 @@ def add_commands(sub: Any, models: Any) -> None:
     cmd.add_argument("username")
     cmd.add_argument("--password-file", help="read the password from this file")
     cmd.set_defaults(api=login)
+    sub.add_parser("passwd", parents=[common], help="change your password (revokes your "
+                   "tokens, saves a fresh one)").set_defaults(api=passwd)
+    sub.add_parser("logout", parents=[common],
+                   help="revoke every token of yours").set_defaults(api=logout)
     _model_parsers(models, common)
     _deploy_parser(sub, common)
     cmd = sub.add_parser("delete", parents=[common], help="undeploy a model")

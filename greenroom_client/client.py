@@ -124,6 +124,17 @@ class Client(_Common):
         self.token = answer.access_token
         return answer
 
+    def change_password(self, current: str, new: str) -> LoginResponse:
+        """Every older token of the user stops working; this client keeps the fresh one."""
+        answer = self.call(ops.change_password(current, new))
+        self.token = answer.access_token
+        return answer
+
+    def logout(self) -> None:
+        """Revoke every token of the user, this client's included."""
+        self.call(ops.logout())
+        self.token = None
+
     def me(self) -> UserOut:
         return self.call(ops.me())
 
@@ -230,6 +241,17 @@ class AsyncClient(_Common):
         answer = await self.call(ops.login(username, password))
         self.token = answer.access_token
         return answer
+
+    async def change_password(self, current: str, new: str) -> LoginResponse:
+        """Every older token of the user stops working; this client keeps the fresh one."""
+        answer = await self.call(ops.change_password(current, new))
+        self.token = answer.access_token
+        return answer
+
+    async def logout(self) -> None:
+        """Revoke every token of the user, this client's included."""
+        await self.call(ops.logout())
+        self.token = None
 
     async def me(self) -> UserOut:
         return await self.call(ops.me())

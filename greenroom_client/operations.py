@@ -17,6 +17,7 @@ from schemas.auth import (
     LoginRequest,
     LoginResponse,
     ModelOut,
+    PasswordChange,
     UserOut,
 )
 from schemas.bazaar import ReplicaLogs, StatusResponse
@@ -52,6 +53,15 @@ def _ref(model: str) -> str:
 def login(username: str, password: str) -> Op[LoginResponse]:
     body = LoginRequest(username=username, password=password)
     return Op("POST", "/api/v2/auth/login", LoginResponse, body.model_dump())
+
+
+def change_password(current: str, new: str) -> Op[LoginResponse]:
+    body = PasswordChange(current_password=current, new_password=new)
+    return Op("POST", "/api/v2/users/me/password", LoginResponse, body.model_dump())
+
+
+def logout() -> Op[None]:
+    return Op("POST", "/api/v2/auth/logout", None)
 
 
 def me() -> Op[UserOut]:

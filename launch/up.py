@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
+from db import users
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from launch import stack_state
@@ -121,10 +122,12 @@ async def _wait_http(base: str, path: str, timeout_s: float) -> None:
     raise TimeoutError(f"{base}{path} did not answer within {timeout_s:.0f}s")
 
 
-def _owner_headers(settings: Settings, owner_id: int) -> dict[str, str]:
-    """A bearer token of the bundled model's owner, signed with the children's secret."""
+def _owner_headers(settings: Settings, owner_id: int, version: int) -> dict[str, str]:
+    """A bearer token of the bundled model's owner (at its token version), signed with the
+    children's secret."""
     assert settings.secret_key is not None
-    token = issue_user_token(settings.secret_key.get_secret_value(), owner_id)
+    token = issue_user_token(settings.secret_key.get_secret_value(), owner_id,
+                             version=version)
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -145,9 +148,10 @@ async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str,
     pool = await create_pool(settings.require_database_url(), max_size=2)
     try:
         model = await register(pool, BUNDLED_OWNER, BUNDLED_NAME, BUNDLED_SOURCE, "public")
+        owner = await users.get(pool, model.owner_id)
     finally:
         await pool.close()
-    headers = _owner_headers(settings, model.owner_id)
+    headers = _owner_headers(settings, model.owner_id, owner.token_version if owner else 0)
     async with aiohttp.ClientSession(headers=headers) as http:
         async with http.post(f"{base}/deploy", json={"embedding_model_id": BUNDLED_REF}) as resp:
             task = await _answer(resp)

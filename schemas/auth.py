@@ -63,6 +63,25 @@ class UserOut(BaseModel):
     email: str | None
     is_admin: bool
     created_at: datetime
+    # A disabled user cannot log in; their tokens and API keys are refused.
+    disabled: bool = False
+
+
+class PasswordChange(BaseModel):
+    """The caller's current password and the new one; every older token of theirs dies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=8, max_length=256)
+
+
+class UserStatus(BaseModel):
+    """Disable a user (no login; their tokens and API keys stop working) or enable them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    disabled: bool
 
 
 class LoginRequest(BaseModel):

@@ -26,7 +26,8 @@ GATEWAY_TTL_S = 10
 # in-flight count grew sharply since its last report, or a request is held for a deployment
 # at zero): the autoscalers read the reports at once instead of at their next tick.
 LOAD_CHANNEL = "greenroom:load"
-# An `AccessChanged` whenever a key is revoked or a grant changes: gateways and the API
+# An `AccessChanged` whenever a key is revoked, a grant changes or a user's tokens are
+# revoked (logout, password change, disable): gateways and the API
 # drop their cached access decisions at once (they also expire within a second).
 AUTH_CHANNEL = "greenroom:auth"
 # greenroom:autoscaler:<model id> → the worker id deciding that deployment's scale (a
@@ -109,6 +110,7 @@ class WorkerHeartbeat:
 class AccessChange(StrEnum):
     api_key = "api_key"  # a key was revoked
     grant = "grant"  # a grant was made, changed or revoked
+    user = "user"  # a user's tokens were revoked (logout, password change) or disabled
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,10 +113,26 @@ class Settings(BaseSettings):
     upload_max_files: int = 10000
     upload_max_unpacked_mb: int = 8192
 
-    # Failed logins allowed per username and per client address within the window (then 429).
-    login_max_failures_per_user: int = 10
+    # Failed logins (service/auth/login_throttle.py), per (username, address): this many
+    # wrong passwords are free, then each one makes the next wait
+    # min(base * 2**(n - free - 1), max) seconds (429 with Retry-After); the right password
+    # always passes.
+    login_free_failures: int = 5
+    login_wait_base_s: float = 1.0
+    login_wait_max_s: float = 300.0
+    # Wrong passwords per client address (an IPv6 /64) within the window, checked before
+    # the password is verified (then 429).
     login_max_failures_per_address: int = 100
     login_window_s: float = 300.0
+    # argon2 hashes run in a thread pool of their own: this many at once (unset: a quarter
+    # of the cores, 1 to 4), at most `login_hash_queue` more waiting; past that a login
+    # answers 429 at once rather than queueing without end.
+    login_hash_threads: int | None = None
+    login_hash_queue: int = 32
+    # The console's change feed (GET /api/v2/changes): open streams per user and per API
+    # process; past either, 429.
+    changes_max_streams_per_user: int = 4
+    changes_max_streams: int = 200
 
     # Quotas per user (issue 19); an administrator overrides them per user with
     # PUT /api/v2/users/{user}/quotas. Administrators themselves are not held to them.

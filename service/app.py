@@ -14,7 +14,8 @@ from service.auth.authentication import require_secret
 from service.auth.login_throttle import LoginThrottle
 from service.auth.principal_cache import principal_cache_ctx
 from service.console import setup as setup_console
-from service.keys import LOGIN_THROTTLE, METRICS, PG, REDIS, SETTINGS
+from service.domain.passwords import Passwords
+from service.keys import LOGIN_THROTTLE, METRICS, PASSWORDS, PG, REDIS, SETTINGS
 from service.metrics import ApiMetrics
 from service.routes import register
 from service.web.errors import error_middleware
@@ -36,6 +37,10 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
+async def _close_passwords(app: web.Application) -> None:
+    app[PASSWORDS].close()
+
+
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     require_secret(settings)  # fail at start, not at the first login
@@ -43,9 +48,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app = web.Application(middlewares=[metrics.middleware(), error_middleware],
                           client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[LOGIN_THROTTLE] = LoginThrottle(settings.login_max_failures_per_user,
-                                        settings.login_max_failures_per_address,
-                                        settings.login_window_s)
+    app[LOGIN_THROTTLE] = LoginThrottle(
+        free_failures=settings.login_free_failures, wait_base_s=settings.login_wait_base_s,
+        wait_max_s=settings.login_wait_max_s,
+        max_per_address=settings.login_max_failures_per_address,
+        window_s=settings.login_window_s)
+    app[PASSWORDS] = Passwords(settings.login_hash_threads, settings.login_hash_queue)
+    app.on_cleanup.append(_close_passwords)
     # Inference is the gateway's (gateway/app.py), a process of its own.
     app.cleanup_ctx.extend([_postgres, _redis,
                             principal_cache_ctx(REDIS, settings.access_cache_ttl_s)])

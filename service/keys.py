@@ -7,6 +7,7 @@ from arq.connections import ArqRedis
 from gateway.routing import Gateway
 from schemas.settings import Settings
 from service.auth.login_throttle import LoginThrottle
+from service.domain.passwords import Passwords
 from service.metrics import ApiMetrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -14,4 +15,5 @@ PG = web.AppKey("pg", asyncpg.Pool)
 REDIS = web.AppKey("redis", ArqRedis)
 GATEWAY = web.AppKey("gateway", Gateway)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+PASSWORDS = web.AppKey("passwords", Passwords)
 METRICS = web.AppKey("metrics", ApiMetrics)

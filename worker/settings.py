@@ -26,6 +26,7 @@ from schemas.queue import (
     encode_job,
 )
 from schemas.settings import Settings
+from schemas.tokens import weak_secret_reason
 from worker import metrics, reconciler
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.jobs import arq_job, replica_logs, run_task
@@ -39,8 +40,16 @@ REDIS_RETRY_S = 1.0
 QUEUE_POLL_S = 0.1
 
 
+def refuse_weak_secret(settings: Settings) -> None:
+    """A worker signs job tokens and decrypts deployment secrets: never with a weak key."""
+    if settings.secret_key is not None and (
+            reason := weak_secret_reason(settings.secret_key.get_secret_value())) is not None:
+        raise RuntimeError(reason)
+
+
 async def startup(arq_ctx: dict[str, Any]) -> None:
     settings: Settings = arq_ctx.get("settings") or Settings()
+    refuse_weak_secret(settings)
     pool = await create_pool(settings.require_database_url(),
                                 max_size=settings.worker_max_jobs + 4)
     ctx = WorkerContext(
@@ -116,4 +125,5 @@ class ResilientWorker(Worker):
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
+    refuse_weak_secret(settings)
     ResilientWorker(**worker_settings(settings)).run()

@@ -1,5 +1,8 @@
 """Accounts and the model registry under /api/v2: users, login, API keys, models, grants."""
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from aiohttp import web
 
 from db import api_keys, models, permissions, users
@@ -14,11 +17,13 @@ from schemas.auth import (
     LoginRequest,
     LoginResponse,
     ModelOut,
+    PasswordChange,
     UserCreate,
     UserOut,
+    UserStatus,
 )
 from schemas.bazaar import Empty
-from schemas.errors import Unauthorized
+from schemas.errors import Forbidden, Unauthorized
 from schemas.models import ModelCreate
 from schemas.queue import AccessChange
 from service.auth.authentication import require_secret
@@ -27,17 +32,18 @@ from service.auth.guard import call_of
 from service.auth.locators import path_param
 from service.auth.rules import ADMIN, OWNER, PUBLIC, READ, USER
 from service.domain import accounts, catalog, model_upload, quotas
-from service.keys import LOGIN_THROTTLE, PG, SETTINGS
+from service.keys import LOGIN_THROTTLE, PASSWORDS, PG, SETTINGS
 from service.routes import RouteSpec
 from service.web.errors import ApiError
 from service.web.responses import json_response
 
+T = TypeVar("T")
 MODEL = "{model_id:[^/]+(?:/[^/]+)?}"
 
 
 def _user_out(user: User) -> UserOut:
     return UserOut(id=user.id, username=user.username, email=user.email,
-                   is_admin=user.is_admin, created_at=user.created_at)
+                   is_admin=user.is_admin, created_at=user.created_at, disabled=user.disabled)
 
 
 def _key_out(key: ApiKey) -> ApiKeyOut:
@@ -45,28 +51,77 @@ def _key_out(key: ApiKey) -> ApiKeyOut:
                      revoked_at=key.revoked_at, created_at=key.created_at)
 
 
+async def _throttled(request: web.Request, username: str,
+                     check: Callable[[], Awaitable[T]]) -> T:
+    """Run a password check under the login throttle (service/auth/login_throttle.py): the
+    address's budget first, then the check; a wrong password is counted against
+    (username, address) and answers 429 instead of its own error while a wait is on."""
+    throttle, address = request.app[LOGIN_THROTTLE], request.remote or "unknown"
+    # Counted against the address from here (concurrent guesses see each other).
+    mark = throttle.attempt(address)
+    try:
+        result = await check()
+    except (Unauthorized, Forbidden):
+        throttle.failed(username, address)  # 429 if it came during a wait
+        raise  # a wrong password stays counted
+    except BaseException:
+        throttle.release(address, mark)
+        raise
+    throttle.succeeded(username, address, mark)
+    return result
+
+
 async def login(request: web.Request) -> web.Response:
     """Exchange a username and password for a bearer token."""
     body: LoginRequest = call_of(request).body
-    throttle, address = request.app[LOGIN_THROTTLE], request.remote or "unknown"
-    # Counted as a failure from here (concurrent guesses see each other), until it succeeds.
-    mark = throttle.attempt(body.username, address)
-    try:
-        user, token, expires_at = await accounts.login(
-            request.app[PG], require_secret(request.app[SETTINGS]), body.username, body.password)
-    except Unauthorized:
-        raise  # a wrong password stays counted
-    except BaseException:
-        throttle.release(body.username, address, mark)
-        raise
-    throttle.succeeded(body.username, address, mark)
+    user, token, expires_at = await _throttled(request, body.username, lambda: accounts.login(
+        request.app[PG], request.app[PASSWORDS], require_secret(request.app[SETTINGS]),
+        body.username, body.password))
     return json_response(LoginResponse(access_token=token, expires_at=expires_at,
                                        user=_user_out(user)))
 
 
+async def change_password(request: web.Request) -> web.Response:
+    """Change the caller's password (the current one is required); every token of the
+    caller issued before stops working, and the answer carries a fresh one."""
+    body: PasswordChange = call_of(request).body
+    principal = call_of(request).principal
+    assert principal.user_id is not None and principal.username is not None
+    user, token, expires_at = await _throttled(
+        request, principal.username, lambda: accounts.change_password(
+            request.app[PG], request.app[PASSWORDS], require_secret(request.app[SETTINGS]),
+            principal.user_id or 0, body.current_password, body.new_password))
+    await announce_access_change(request.app, AccessChange.user)
+    return json_response(LoginResponse(access_token=token, expires_at=expires_at,
+                                       user=_user_out(user)))
+
+
+async def logout(request: web.Request) -> web.Response:
+    """Revoke every token of the caller (log out everywhere); API keys are kept (revoke
+    them one by one)."""
+    user_id = call_of(request).principal.user_id
+    assert user_id is not None
+    await accounts.revoke_tokens(request.app[PG], user_id)
+    await announce_access_change(request.app, AccessChange.user)
+    return json_response(Empty())
+
+
+async def set_user_status(request: web.Request) -> web.Response:
+    """Disable a user (administrators only): no login, and every token and API key of theirs
+    refused at once; or enable them again (their old tokens stay revoked)."""
+    call = call_of(request)
+    body: UserStatus = call.body
+    assert call.principal.user_id is not None
+    user = await accounts.set_disabled(request.app[PG], request.match_info["username"],
+                                       body.disabled, call.principal.user_id)
+    await announce_access_change(request.app, AccessChange.user)
+    return json_response(_user_out(user))
+
+
 async def create_user(request: web.Request) -> web.Response:
     """Create a user (administrators only)."""
-    user = await accounts.create_user(request.app[PG], call_of(request).body)
+    user = await accounts.create_user(request.app[PG], call_of(request).body,
+                                      request.app[PASSWORDS])
     return json_response(_user_out(user), 201)
 
 
@@ -98,15 +153,19 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
-    """Revoke one of the caller's keys (an administrator: anyone's)."""
+    """Revoke one of the caller's keys (an administrator: anyone's). Revoking a key that is
+    revoked already answers the same and changes nothing; a key that is not the caller's or
+    not there: 404."""
     principal = call_of(request).principal
     assert principal.user_id is not None
     try:
         key_id = int(request.match_info["key_id"])
     except ValueError:
         raise ApiError(404, "API key not found") from None
-    await accounts.revoke_api_key(request.app[PG], key_id, principal.user_id, principal.is_admin)
-    await announce_access_change(request.app, AccessChange.api_key)
+    if await accounts.revoke_api_key(request.app[PG], key_id, principal.user_id,
+                                     principal.is_admin):
+        # Only a key revoked now is news: every message flushes every cache everywhere.
+        await announce_access_change(request.app, AccessChange.api_key)
     return json_response(Empty())
 
 
@@ -183,6 +242,12 @@ ROUTES = [
     RouteSpec("GET", "/api/v2/users", list_users, ADMIN, None, list[UserOut],
               summary="List users"),
     RouteSpec("GET", "/api/v2/users/me", me, USER, None, UserOut, summary="The caller"),
+    RouteSpec("POST", "/api/v2/users/me/password", change_password, USER, PasswordChange,
+              LoginResponse, summary="Change the caller's password (revokes its tokens)"),
+    RouteSpec("PUT", "/api/v2/users/{username}/status", set_user_status, ADMIN, UserStatus,
+              UserOut, summary="Disable or enable a user"),
+    RouteSpec("POST", "/api/v2/auth/logout", logout, USER, None, Empty,
+              summary="Revoke every token of the caller"),
     RouteSpec("POST", "/api/v2/auth/api-keys", create_api_key, USER, ApiKeyCreate,
               ApiKeyCreated, status=201, summary="Create an API key"),
     RouteSpec("GET", "/api/v2/auth/api-keys", list_api_keys, USER, None, list[ApiKeyOut],

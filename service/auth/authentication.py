@@ -15,7 +15,7 @@ from db import api_keys, deployments, users
 from schemas.auth import ANONYMOUS, Principal
 from schemas.errors import Unauthorized
 from schemas.settings import Settings
-from schemas.tokens import Claims, InvalidToken, decode
+from schemas.tokens import Claims, InvalidToken, decode, weak_secret_reason
 from service.auth.principal_cache import PRINCIPALS
 from service.keys import PG, SETTINGS
 
@@ -23,11 +23,14 @@ API_KEY_PREFIX = "gr_"
 
 
 def require_secret(settings: Settings) -> str:
-    """The signing secret; the API refuses to start without one."""
+    """The signing secret; the API and the gateway refuse to start without a strong one."""
     if settings.secret_key is None or not settings.secret_key.get_secret_value():
         raise RuntimeError("GREENROOM_SECRET_KEY is not set: the API needs it to sign and "
                            "verify tokens and to encrypt deployment secrets")
-    return settings.secret_key.get_secret_value()
+    secret = settings.secret_key.get_secret_value()
+    if (reason := weak_secret_reason(secret)) is not None:
+        raise RuntimeError(reason)
+    return secret
 
 
 def hash_api_key(key: str) -> str:
@@ -58,6 +61,10 @@ async def _from_claims(pool: asyncpg.Pool, claims: Claims) -> Principal:
         user = await users.get(pool, int(claims.sub))
         if user is None:
             raise Unauthorized("the token's user no longer exists")
+        if user.disabled:
+            raise Unauthorized("the token's user is disabled")
+        if claims.ver != user.token_version:
+            raise Unauthorized("the token was revoked (logout, password change or disable)")
         return Principal(kind="user", user_id=user.id, username=user.username,
                          is_admin=user.is_admin, expires_at=claims.exp, via="jwt")
     model_id = UUID(claims.sub)

@@ -4,6 +4,10 @@ Migration 003 makes Postgres NOTIFY `greenroom_changes` on every task, deploymen
 replica and event change, whoever made it, once the change commits. Each open stream
 gets its own bounded queue; a stream too slow to keep up, or a lost connection, gets a
 `resync` (the page then refetches what it shows).
+
+Streams are bounded: at most `max_per_user` open at once per user and `max_streams` per
+process (each holds a queue and re-checks its caller on every access change); past either,
+`stream_slot` refuses with 429 before the stream starts.
 """
 
 import asyncio
@@ -16,6 +20,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from schemas.console import CHANGES_CHANNEL, Change
+from schemas.errors import TooManyRequests
 from service.keys import SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -23,13 +28,18 @@ QUEUE_SIZE = 256
 RECONNECT_S = 1.0
 RESYNC = "resync"
 CLOSING = "closing"
+# What a refused stream is told to wait before reconnecting.
+STREAM_RETRY_S = 5
 
 
 class ChangeFeed:
     """Fan-out of the NOTIFY channel to subscriber queues."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, max_per_user: int = 4, max_streams: int = 200) -> None:
         self._dsn = dsn
+        self._max_per_user = max_per_user
+        self._max_streams = max_streams
+        self._streams: dict[int, int] = {}  # open streams per user id
         self._queues: set[asyncio.Queue[Change | str]] = set()
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -42,6 +52,28 @@ class ChangeFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    @contextlib.contextmanager
+    def stream_slot(self, user_id: int) -> Iterator[None]:
+        """Hold one of the user's and the process's stream slots; 429 when none is free."""
+        mine = self._streams.get(user_id, 0)
+        if mine >= self._max_per_user:
+            raise TooManyRequests(f"at most {self._max_per_user} change streams may be open "
+                                  f"per user; close one first", {"limit": self._max_per_user},
+                                  retry_after_s=STREAM_RETRY_S)
+        if sum(self._streams.values()) >= self._max_streams:
+            raise TooManyRequests("too many change streams are open on this API; try again "
+                                  "later", {"limit": self._max_streams},
+                                  retry_after_s=STREAM_RETRY_S)
+        self._streams[user_id] = mine + 1
+        try:
+            yield
+        finally:
+            left = self._streams.get(user_id, 1) - 1
+            if left > 0:
+                self._streams[user_id] = left
+            else:
+                self._streams.pop(user_id, None)
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator["asyncio.Queue[Change | str]"]:
@@ -105,7 +137,9 @@ FEED = web.AppKey("console_feed", ChangeFeed)
 
 async def feed_context(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the process's change feed, connecting in the background."""
-    feed = ChangeFeed(app[SETTINGS].require_database_url())
+    settings = app[SETTINGS]
+    feed = ChangeFeed(settings.require_database_url(), settings.changes_max_streams_per_user,
+                      settings.changes_max_streams)
     feed.start()
     app[FEED] = feed
     yield

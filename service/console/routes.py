@@ -177,8 +177,17 @@ async def _send(response: web.StreamResponse, readable: _Readable,
 async def changes(request: web.Request) -> web.StreamResponse:
     """Server-sent events: `change` for every row change the caller may read, `resync`
     when some may have been missed, `unauthorized` (then the end) once the caller's token
-    is revoked. Send the bearer token as for every route."""
+    is revoked. Send the bearer token as for every route. At most a few streams per user
+    (`changes_max_streams_per_user`) and per API process: past that, 429."""
     readable, deadline = _Readable(request), _stream_deadline(request)
+    user_id = call_of(request).principal.user_id
+    assert user_id is not None
+    with request.app[FEED].stream_slot(user_id):
+        return await _stream(request, readable, deadline)
+
+
+async def _stream(request: web.Request, readable: "_Readable",
+                  deadline: float) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})

@@ -25,9 +25,11 @@ def greenroom(stack: str, gateway: str, tmp_path: Path) -> Any:
     env |= {"GREENROOM_API_URL": stack, "GREENROOM_GATEWAY_URL": gateway,
             "GREENROOM_STATE_DIR": str(tmp_path / "cli")}
 
-    def run(*args: str, api_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, api_url: str | None = None,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path,
-                              env=env | ({"GREENROOM_API_URL": api_url} if api_url else {}),
+                              env=env | ({"GREENROOM_API_URL": api_url} if api_url else {})
+                              | (extra_env or {}),
                               capture_output=True, text=True, timeout=120, check=False)
     return run
 
@@ -144,3 +146,27 @@ def test_local_commands_without_a_stack_give_one_clear_line(tmp_path: Path) -> N
         [line] = done.stderr.strip().splitlines()
         assert "GREENROOM_DATABASE_URL is not set; run it in the folder where `greenroom up` " \
             "runs" in line, line
+
+
+async def test_passwd_revokes_the_old_token_and_saves_a_fresh_one_and_logout_revokes_it(
+        greenroom: Any, admin_password: str, stack: str, tmp_path: Path) -> None:
+    """Issue 25, review M11: `greenroom passwd` and `greenroom logout`."""
+    from greenroom_client import ApiError
+
+    _login(greenroom, admin_password, tmp_path)
+    token_file = tmp_path / "cli" / "token"
+    old = token_file.read_text().strip()
+    done = greenroom("passwd", extra_env={"GREENROOM_PASSWORD": admin_password,
+                                          "GREENROOM_NEW_PASSWORD": "new-admin-pass-1"})
+    assert done.returncode == 0, done.stderr
+    assert "password changed for admin" in done.stdout and "new-admin-pass-1" not in done.stdout
+    assert token_file.read_text().strip() != old
+    assert greenroom("models", "list").returncode == 0, "the fresh token is saved"
+    with Client(stack, old) as gr, pytest.raises(ApiError) as refused:
+        gr.me()
+    assert refused.value.status == 401
+
+    done = greenroom("logout")
+    assert done.returncode == 0 and "revoked" in done.stdout, done.stderr
+    done = greenroom("models", "list")
+    assert done.returncode == 1 and "[HTTP 401]" in done.stderr

@@ -60,7 +60,10 @@ async def _schemathesis(api: str, authorization: str, report: Path) -> str:
            "--seed", "1", "--suppress-health-check", "all",
            # An event stream answers for minutes by design; its auth is tested in
            # tests/console/test_access.py.
-           "--exclude-path", "/api/v2/changes"]
+           "--exclude-path", "/api/v2/changes",
+           # Revokes the token the run authenticates with: every later request would be a
+           # 401. Tested in tests/security/test_token_revocation.py.
+           "--exclude-path", "/api/v2/auth/logout"]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     out = (await proc.communicate())[0].decode()

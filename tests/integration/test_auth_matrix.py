@@ -94,6 +94,37 @@ async def _revoke_grant_sample(world: World, who: str) -> tuple[str, dict[str, A
     return f"/api/v2/models/{world.model}/permissions/eve", {}
 
 
+# The users behind the callers that are users (make_user in _principals).
+USERNAMES = {"expired": "alice", "other_user": "bob", "reader": "carol",
+             "expired_grant": "dave", "owner": "alice", "admin": "admin"}
+_HASHES: dict[str, str] = {}
+
+
+def _hash_once(password: str) -> str:
+    if password not in _HASHES:
+        from service.domain.accounts import hash_password
+
+        _HASHES[password] = hash_password(password)
+    return _HASHES[password]
+
+
+async def _password_sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
+    """The caller's current password is made a known one, so a user's change succeeds."""
+    if who in USERNAMES:
+        await world.pool.execute("UPDATE users SET password_hash = $2 WHERE username = $1",
+                                 USERNAMES[who], _hash_once("matrix-pass-1"))
+    return "/api/v2/users/me/password", {
+        "json": {"current_password": "matrix-pass-1", "new_password": "matrix-pass-2"}}
+
+
+async def _restore_accounts(world: World) -> None:
+    """Undo what a password change, a logout or a disable did to the callers' accounts: the
+    matrix's tokens are valid again, and alice's password is the login sample's."""
+    await world.pool.execute("UPDATE users SET token_version = 0, disabled_at = NULL")
+    await world.pool.execute("UPDATE users SET password_hash = $1 WHERE username = 'alice'",
+                             _hash_once("alice-pass-1"))
+
+
 async def _save_sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
     """Save a copy of the model as it was registered: the upload sample may have moved its
     source into the store, whose folder only its owner may name (tested in test_model_upload);
@@ -145,6 +176,10 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         "/api/v2/users"),
     ("GET", "/api/v2/users"): fixed("/api/v2/users"),
     ("GET", "/api/v2/users/me"): fixed("/api/v2/users/me"),
+    ("POST", "/api/v2/users/me/password"): _password_sample,
+    ("PUT", "/api/v2/users/{username}/status"): fixed("/api/v2/users/eve/status",
+                                                      json={"disabled": True}),
+    ("POST", "/api/v2/auth/logout"): fixed("/api/v2/auth/logout"),
     ("GET", "/api/v2/users/me/usage"): fixed("/api/v2/users/me/usage"),
     ("GET", "/api/v2/users/{username}/usage"): fixed("/api/v2/users/alice/usage"),
     ("PUT", "/api/v2/users/{username}/quotas"): fixed("/api/v2/users/alice/quotas", json={}),
@@ -195,6 +230,11 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/ui/"): fixed("/ui/"),
     ("GET", "/ui/static/{name}"): fixed("/ui/static/app.js"),
 }
+
+# Routes that revoke the caller's tokens (or disable a user): the accounts are put back after
+# each request, so the next caller's token is valid again.
+RESTORE = {("POST", "/api/v2/users/me/password"), ("PUT", "/api/v2/users/{username}/status"),
+           ("POST", "/api/v2/auth/logout")}
 
 # Callers: the nine of the issue, plus the model's own job and update tokens so the
 # job-only routes show their 2xx too.
@@ -420,6 +460,8 @@ async def _run_matrix(world: World, http: aiohttp.ClientSession,
             async with http.request(spec.method, base + path,
                                     headers=world.headers[who], **kw) as resp:
                 got, body = _outcome(resp.status), await resp.text()
+            if (spec.method, _template(spec)) in RESTORE:
+                await _restore_accounts(world)
             want = expected(spec.access.name, who)
             rows += 1
             if got != want:
