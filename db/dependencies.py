@@ -38,12 +38,14 @@ async def identifiers_for_model(db: Executor, model_id: UUID) -> list[str]:
     return [r["identifier"] for r in rows]
 
 
-async def active_dependents(db: Executor, model_id: UUID) -> list[UUID]:
-    """Models with an active deployment that depend on `model_id`."""
+async def active_dependents(db: Executor, model_id: UUID) -> list[tuple[UUID, int]]:
+    """(model, its owner) of each model with an active deployment that depends on
+    `model_id`."""
     async with translated():
         rows = await db.fetch(
-            """SELECT d.model_id FROM model_dependencies d
+            """SELECT d.model_id, m.owner_id FROM model_dependencies d
                JOIN deployments dep ON dep.model_id = d.model_id
+               JOIN models m ON m.id = d.model_id
                WHERE d.dependency_id = $1 AND dep.status = ANY($2::text[])""",
             model_id, list(ACTIVE_STATES))
-    return [r["model_id"] for r in rows]
+    return [(r["model_id"], r["owner_id"]) for r in rows]

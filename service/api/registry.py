@@ -26,7 +26,7 @@ from service.auth.events import announce_access_change
 from service.auth.guard import call_of
 from service.auth.locators import path_param
 from service.auth.rules import ADMIN, OWNER, PUBLIC, READ, USER
-from service.domain import accounts, catalog, model_upload, quotas
+from service.domain import accounts, catalog, model_upload
 from service.keys import LOGIN_THROTTLE, PG, SETTINGS
 from service.routes import RouteSpec
 from service.web.errors import ApiError
@@ -114,9 +114,8 @@ async def register_model(request: web.Request) -> web.Response:
     """Register a model owned by the caller."""
     call = call_of(request)
     assert call.principal.user_id is not None
-    await quotas.check_new_model(request.app[PG], request.app[SETTINGS], call.principal.user_id)
-    model = await catalog.register(request.app[PG], request.app[SETTINGS],
-                                   call.principal.user_id, call.principal.is_admin, call.body)
+    model = await catalog.register(request.app[PG], request.app[SETTINGS], call.principal,
+                                   call.body)
     return json_response(await catalog.describe(request.app[PG], model), 201)
 
 
