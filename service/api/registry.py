@@ -116,7 +116,7 @@ async def register_model(request: web.Request) -> web.Response:
     assert call.principal.user_id is not None
     model = await catalog.register(request.app[PG], request.app[SETTINGS], call.principal,
                                    call.body)
-    return json_response(await catalog.describe(request.app[PG], model), 201)
+    return json_response(await catalog.describe(request.app[PG], model, call.principal), 201)
 
 
 async def upload_model(request: web.Request) -> web.Response:
@@ -129,7 +129,7 @@ async def upload_model(request: web.Request) -> web.Response:
     model = await model_upload.upload(request.app[PG], request.app[SETTINGS], call.model,
                                       request.content.iter_chunked(model_upload.CHUNK),
                                       allow_pickle, request.content_length)
-    return json_response(await catalog.describe(request.app[PG], model))
+    return json_response(await catalog.describe(request.app[PG], model, call.principal))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -137,13 +137,13 @@ async def list_models(request: web.Request) -> web.Response:
     principal = call_of(request).principal
     pool = request.app[PG]
     found = await models.list_visible(pool, principal.user_id, principal.is_admin)
-    return json_response([await catalog.describe(pool, m) for m in found])
+    return json_response([await catalog.describe(pool, m, principal) for m in found])
 
 
 async def show_model(request: web.Request) -> web.Response:
-    model = call_of(request).model
-    assert model is not None
-    return json_response(await catalog.describe(request.app[PG], model))
+    call = call_of(request)
+    assert call.model is not None
+    return json_response(await catalog.describe(request.app[PG], call.model, call.principal))
 
 
 async def list_grants(request: web.Request) -> web.Response:

@@ -23,10 +23,7 @@ async def _dependency_ids(pool: asyncpg.Pool, principal: Principal,
     ids = []
     for ref in refs:
         dep = await models.find(pool, ref)
-        level = Permission.none
-        if dep is not None:
-            level, _ = await permission_on(pool, principal, dep)
-        if dep is None or level < Permission.read:
+        if dep is None or not await _readable(pool, principal, dep):
             raise NotFound(f"dependency {ref!r} not found", {"dependency": ref})
         ids.append(dep.id)
     return ids
@@ -53,8 +50,16 @@ async def register(pool: asyncpg.Pool, settings: Settings, principal: Principal,
     return model
 
 
-async def describe(pool: asyncpg.Pool, model: Model) -> ModelOut:
-    deps = await dependencies.identifiers_for_model(pool, model.id)
+async def _readable(pool: asyncpg.Pool, principal: Principal, model: Model) -> bool:
+    level, _ = await permission_on(pool, principal, model)
+    return level >= Permission.read
+
+
+async def describe(pool: asyncpg.Pool, model: Model, viewer: Principal) -> ModelOut:
+    """The model as `viewer` may see it: its dependencies only those the viewer can read,
+    so a readable model never names a private one its reader cannot (review L1)."""
+    deps = [dep.identifier for dep in await models.dependencies_of(pool, model.id)
+            if await _readable(pool, viewer, dep)]
     return ModelOut(id=model.id, identifier=model.identifier, owner=model.owner,
                     name=model.name, source=model.source, train_status=model.train_status,
                     access_level=model.access_level, default_permission=model.default_permission,

@@ -139,3 +139,27 @@ async def test_alices_stop_is_never_held_by_a_dependent_she_did_not_allow(
     await _grant(http, api, alice, "write")
     status, body = await call(http, "DELETE", f"{api}{V2}/alice/secret", headers=alice)
     assert status == 400 and "used by other active workflows" in body["message"], body
+
+
+async def test_a_dependency_is_named_only_to_those_who_can_read_it(
+        api: str, http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
+    alice, bob, secret_id = await _alice_and_bob(http, api, pool)
+    _, carol = await make_user(pool, "carol")
+    await _grant(http, api, alice, "read")
+    status, wrapper = await _register(http, api, bob, "wrapper", dependencies=["alice/secret"],
+                                      access_level="public")
+    assert status == 201 and wrapper["dependencies"] == ["alice/secret"], wrapper
+    status, seen = await call(http, "GET", f"{api}/api/v2/models/bob/wrapper", headers=carol)
+    assert status == 200 and seen["dependencies"] == [], "carol learns of alice's model"
+    _, listed = await call(http, "GET", f"{api}/api/v2/models", headers=carol)
+    assert [m["dependencies"] for m in listed if m["name"] == "wrapper"] == [[]]
+
+    # alice takes bob's read back: to bob the dependency is now as if it had been deleted.
+    status, _ = await call(http, "DELETE", f"{api}/api/v2/models/alice/secret/permissions/bob",
+                           headers=alice)
+    assert status == 200
+    _, seen = await call(http, "GET", f"{api}/api/v2/models/bob/wrapper", headers=bob)
+    assert seen["dependencies"] == []
+    status, body = await call(http, "POST", f"{api}{V2}/bob/wrapper", headers=bob, json={})
+    assert (status, body) == (200, {})
+    assert await _tasks_on(pool, secret_id) == 0
