@@ -27,17 +27,6 @@ async def list_for_model(db: Executor, model_id: UUID) -> list[UUID]:
     return [r["dependency_id"] for r in rows]
 
 
-async def identifiers_for_model(db: Executor, model_id: UUID) -> list[str]:
-    """The dependencies as owner/name."""
-    async with translated():
-        rows = await db.fetch(
-            """SELECT u.username || '/' || m.name AS identifier
-               FROM model_dependencies d JOIN models m ON m.id = d.dependency_id
-               JOIN users u ON u.id = m.owner_id WHERE d.model_id = $1 ORDER BY 1""",
-            model_id)
-    return [r["identifier"] for r in rows]
-
-
 async def active_dependents(db: Executor, model_id: UUID) -> list[tuple[UUID, int]]:
     """(model, its owner) of each model with an active deployment that depends on
     `model_id`."""
