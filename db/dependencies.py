@@ -27,23 +27,14 @@ async def list_for_model(db: Executor, model_id: UUID) -> list[UUID]:
     return [r["dependency_id"] for r in rows]
 
 
-async def identifiers_for_model(db: Executor, model_id: UUID) -> list[str]:
-    """The dependencies as owner/name."""
+async def active_dependents(db: Executor, model_id: UUID) -> list[tuple[UUID, int]]:
+    """(model, its owner) of each model with an active deployment that depends on
+    `model_id`."""
     async with translated():
         rows = await db.fetch(
-            """SELECT u.username || '/' || m.name AS identifier
-               FROM model_dependencies d JOIN models m ON m.id = d.dependency_id
-               JOIN users u ON u.id = m.owner_id WHERE d.model_id = $1 ORDER BY 1""",
-            model_id)
-    return [r["identifier"] for r in rows]
-
-
-async def active_dependents(db: Executor, model_id: UUID) -> list[UUID]:
-    """Models with an active deployment that depend on `model_id`."""
-    async with translated():
-        rows = await db.fetch(
-            """SELECT d.model_id FROM model_dependencies d
+            """SELECT d.model_id, m.owner_id FROM model_dependencies d
                JOIN deployments dep ON dep.model_id = d.model_id
+               JOIN models m ON m.id = d.model_id
                WHERE d.dependency_id = $1 AND dep.status = ANY($2::text[])""",
             model_id, list(ACTIVE_STATES))
-    return [r["model_id"] for r in rows]
+    return [(r["model_id"], r["owner_id"]) for r in rows]

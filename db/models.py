@@ -104,6 +104,15 @@ async def list_visible(db: Executor, user_id: int | None, is_admin: bool) -> lis
     return [Model(**dict(r)) for r in rows]
 
 
+async def dependencies_of(db: Executor, model_id: UUID) -> list[Model]:
+    """The models `model_id` depends on (model_dependencies), by owner/name."""
+    async with translated():
+        rows = await db.fetch(
+            f"""{_SELECT} JOIN model_dependencies d ON d.dependency_id = m.id
+                WHERE d.model_id = $1 ORDER BY u.username || '/' || m.name""", model_id)
+    return [Model(**dict(r)) for r in rows]
+
+
 async def merge_metadata(db: Executor, model_id: UUID, metadata: dict[str, Any]) -> None:
     async with translated():
         await db.execute("UPDATE models SET metadata = metadata || $2 WHERE id = $1",

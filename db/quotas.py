@@ -4,6 +4,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from db.errors import translated
 from db.pool import Executor
 
@@ -82,6 +84,16 @@ async def set_overrides(db: Executor, user_id: int, values: dict[str, int | None
 async def is_admin(db: Executor, user_id: int) -> bool:
     async with translated():
         return bool(await db.fetchval("SELECT is_admin FROM users WHERE id = $1", user_id))
+
+
+async def lock_owner_models(conn: asyncpg.Connection, owner_id: int) -> None:
+    """Hold, until the transaction ends, the owner's lock on making models: a count of
+    their models and the insert after it are then one step for concurrent registers
+    (review L3). A transaction-level advisory lock keyed by the owner; another owner's
+    key colliding only makes the two wait on each other."""
+    async with translated():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('models', $1))",
+                           owner_id)
 
 
 async def count_models(db: Executor, owner_id: int) -> int:

@@ -80,9 +80,13 @@ async def get(db: Executor, task_id: UUID, kind: str | None = None) -> Task | No
     return _task(row)
 
 
-async def get_by_idempotency_key(db: Executor, key: str) -> Task | None:
+async def get_by_idempotency_key(db: Executor, key: str, created_by: int | None) -> Task | None:
+    """The task `created_by` made with the key (keys are per user; None: tasks made without
+    a user share one scope, as the unique index `tasks_idempotency_key` has it)."""
     async with translated():
-        return _task(await db.fetchrow(f"{_SELECT} WHERE idempotency_key = $1", key))
+        return _task(await db.fetchrow(
+            f"{_SELECT} WHERE COALESCE(created_by, 0) = $2 AND idempotency_key = $1",
+            key, created_by or 0))
 
 
 async def latest_for_model(db: Executor, model_id: UUID, kind: str) -> Task | None:

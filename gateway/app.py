@@ -29,7 +29,8 @@ from gateway.hold import Holds
 from gateway.routing import Gateway
 from schemas.errors import GreenroomError, Invalid, Malformed, tei_error_type
 from schemas.settings import Settings
-from service.auth.authentication import require_secret
+from service.auth.authentication import authenticate, require_secret
+from service.auth.locators import deployment_not_found
 from service.auth.principal_cache import principal_cache_ctx
 from service.auth.rules import INFERENCE, PUBLIC
 from service.keys import GATEWAY, PG, SETTINGS
@@ -85,9 +86,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 # ---- the data-plane routes ----
 
 async def _allowed(request: web.Request, key: str) -> Route:
-    route = request.app[GATEWAY].route(key)
+    """The deployment's route if the caller may use it. A bad token is 401 and a missing or
+    unreadable deployment 404 in either order, so no answer tells a private one exists."""
+    route = request.app[GATEWAY].lookup(key)
+    if route is None:
+        if "Authorization" in request.headers:
+            await authenticate(request)
+        raise deployment_not_found(key)
     if route.access_level != "public" or "Authorization" in request.headers:
-        await request.app[ACCESS].check(request, route.model_id, route.access_level)
+        await request.app[ACCESS].check(request, key, route.model_id, route.access_level)
     return route
 
 

@@ -5,9 +5,8 @@ from datetime import UTC
 from aiohttp import web
 
 from schemas.bazaar import FeedbackRecorded, FeedbackRequest
-from schemas.errors import NotFound
 from service.auth.guard import call_of
-from service.auth.locators import path_param
+from service.auth.locators import deployment_not_found, path_param
 from service.auth.rules import INFERENCE
 from service.domain import feedback
 from service.keys import GATEWAY, PG
@@ -20,7 +19,7 @@ async def record(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     route = request.app[GATEWAY].lookup(name)
     if route is None:
-        raise NotFound(f"deployment {name!r} not found or not serving")
+        raise deployment_not_found(name)
     row = await feedback.record(request.app[PG], route.model_id, call_of(request).body)
     stamp = row.created_at.astimezone(UTC).isoformat()
     return json_response(FeedbackRecorded(id=row.id, event=row.event, timestamp=stamp), 201)

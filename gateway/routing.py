@@ -30,7 +30,7 @@ from gateway.hold import Holds
 from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
 from gateway.upstream import Upstream, UpstreamError
-from schemas.errors import NotFound, Unavailable, UpstreamTimeout, UpstreamUnreachable
+from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
 from schemas.queue import (
     AUTH_CHANNEL,
@@ -39,6 +39,7 @@ from schemas.queue import (
     LOAD_CHANNEL,
     ROUTES_CHANNEL,
 )
+from service.auth.locators import deployment_not_found
 from service.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
@@ -111,7 +112,7 @@ class Gateway:
     def route(self, key: str) -> Route:
         route = self._table.by_key.get(key)
         if route is None:
-            raise NotFound(f"deployment {key!r} not found or not serving")
+            raise deployment_not_found(key)
         return route
 
     def _pick(self, route: Route, tried: set[UUID]) -> tuple[UUID, str]:

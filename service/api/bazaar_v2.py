@@ -18,7 +18,7 @@ from service.auth.authentication import require_secret
 from service.auth.guard import call_of
 from service.auth.locators import path_param
 from service.auth.rules import JOB, JOB_MODEL, OWNER, READ, UPDATE
-from service.domain import bazaar, model_sources, quotas
+from service.domain import bazaar, model_sources
 from service.keys import PG, REDIS, SETTINGS
 from service.routes import RouteSpec
 from service.web.errors import ApiError
@@ -89,8 +89,8 @@ async def save(request: web.Request) -> web.Response:
     if owner_id != call.model.owner_id:
         await model_sources.check_stored(request.app[PG], request.app[SETTINGS],
                                          call.model.source, owner_id, call.principal.is_admin)
-    await quotas.check_new_model(request.app[PG], request.app[SETTINGS], owner_id)
-    saved = await bazaar.save_copy(request.app[PG], call.model, owner_id, body.model_name)
+    saved = await bazaar.save_copy(request.app[PG], request.app[SETTINGS], call.model,
+                                   owner_id, body.model_name)
     token = issue_update_token(require_secret(request.app[SETTINGS]), saved.id)
     return json_response(SaveResponse(model_id=str(saved.id), update_token=token))
 

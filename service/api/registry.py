@@ -31,7 +31,7 @@ from service.auth.events import announce_access_change
 from service.auth.guard import call_of
 from service.auth.locators import path_param
 from service.auth.rules import ADMIN, OWNER, PUBLIC, READ, USER
-from service.domain import accounts, catalog, model_upload, quotas
+from service.domain import accounts, catalog, model_upload
 from service.keys import LOGIN_THROTTLE, PASSWORDS, PG, SETTINGS
 from service.routes import RouteSpec
 from service.web.errors import ApiError
@@ -173,10 +173,9 @@ async def register_model(request: web.Request) -> web.Response:
     """Register a model owned by the caller."""
     call = call_of(request)
     assert call.principal.user_id is not None
-    await quotas.check_new_model(request.app[PG], request.app[SETTINGS], call.principal.user_id)
-    model = await catalog.register(request.app[PG], request.app[SETTINGS],
-                                   call.principal.user_id, call.principal.is_admin, call.body)
-    return json_response(await catalog.describe(request.app[PG], model), 201)
+    model = await catalog.register(request.app[PG], request.app[SETTINGS], call.principal,
+                                   call.body)
+    return json_response(await catalog.describe(request.app[PG], model, call.principal), 201)
 
 
 async def upload_model(request: web.Request) -> web.Response:
@@ -189,7 +188,7 @@ async def upload_model(request: web.Request) -> web.Response:
     model = await model_upload.upload(request.app[PG], request.app[SETTINGS], call.model,
                                       request.content.iter_chunked(model_upload.CHUNK),
                                       allow_pickle, request.content_length)
-    return json_response(await catalog.describe(request.app[PG], model))
+    return json_response(await catalog.describe(request.app[PG], model, call.principal))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -197,13 +196,13 @@ async def list_models(request: web.Request) -> web.Response:
     principal = call_of(request).principal
     pool = request.app[PG]
     found = await models.list_visible(pool, principal.user_id, principal.is_admin)
-    return json_response([await catalog.describe(pool, m) for m in found])
+    return json_response([await catalog.describe(pool, m, principal) for m in found])
 
 
 async def show_model(request: web.Request) -> web.Response:
-    model = call_of(request).model
-    assert model is not None
-    return json_response(await catalog.describe(request.app[PG], model))
+    call = call_of(request)
+    assert call.model is not None
+    return json_response(await catalog.describe(request.app[PG], call.model, call.principal))
 
 
 async def list_grants(request: web.Request) -> web.Response:

@@ -6,7 +6,14 @@ from db.quotas import OwnerQuota
 from db.tasks import Task
 from schemas.tasks import TaskKind, TaskRequest, TaskResponse
 from service.auth.guard import call_of
-from service.auth.locators import CALLER, LOCATED_ACCESS, Locator, body_field, path_param
+from service.auth.locators import (
+    CALLER,
+    LOCATED_ACCESS,
+    MISSING,
+    Locator,
+    body_field,
+    path_param,
+)
 from service.auth.rules import OWNER, READ
 from service.domain import tasks as task_service
 from service.keys import PG, REDIS, SETTINGS
@@ -65,8 +72,10 @@ def task_model(kind: TaskKind) -> Locator:
     """The model of the task in the path: reading a task needs read access to its model.
     The task, its model and the caller's grant come in one query (the polling hot path)."""
     async def locate(request: web.Request, body: object) -> str:
+        task_id = request.match_info["task_id"]
         task, model, grant = await task_service.get_with_access(
-            request.app[PG], kind, request.match_info["task_id"], request[CALLER].user_id)
+            request.app[PG], kind, task_id, request[CALLER].user_id)
+        request[MISSING] = task_service.task_not_found(kind, task_id)
         request[_LOCATED_TASK] = task  # the handler answers with it; no second read
         request[LOCATED_ACCESS] = (model, grant)
         return str(task.model_id)

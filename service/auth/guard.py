@@ -2,7 +2,9 @@
 
 In order: who is calling (the route's `Access.caller`; 401, then 403 for the wrong kind
 of caller), the body (400/422), the model the route acts on (`Access.model`; 404) and
-the caller's permission on it (`Access.permission`; 403). The handler reads the outcome
+the caller's permission on it (`Access.permission`; 403). A model the caller may not even
+read answers exactly as a missing one (404), so no answer tells a private model exists;
+too little permission on a model the caller reads is 403. The handler reads the outcome
 with `call_of(request)`.
 """
 
@@ -17,10 +19,16 @@ from db import models
 from db.models import Model
 from db.permissions import Grant
 from schemas.auth import ANONYMOUS, Permission, Principal
-from schemas.errors import Forbidden, NotFound, Unauthorized
+from schemas.errors import Forbidden, Unauthorized
 from service.auth.authentication import authenticate
-from service.auth.locators import CALLER, LOCATED_ACCESS, find_model
-from service.auth.permissions import permission_on, resolve
+from service.auth.locators import (
+    CALLER,
+    LOCATED_ACCESS,
+    deployment_not_found,
+    find_model,
+    missing,
+)
+from service.auth.permissions import knows_of, permission_on, resolve
 from service.auth.rules import Caller, ModelFrom
 from service.keys import GATEWAY, PG
 from service.web.parsing import parse_body
@@ -96,12 +104,14 @@ async def _located_call(request: web.Request, spec: "RouteSpec", principal: Prin
     model = located[0] if located is not None else await find_model(pool, ref)
     if spec.access.caller is Caller.job:
         if principal.model_id != model.id:
-            raise Forbidden("this job token belongs to another model")
+            raise missing(request, ref)
         return Call(principal, model, body, Permission.read)
     if located is not None:
         level, expires = resolve(principal, model, located[1])
     else:
         level, expires = await permission_on(pool, principal, model)
+    if not knows_of(principal, model, level):
+        raise missing(request, ref)
     needed = spec.access.permission
     if level < needed:
         raise Forbidden(f"{needed.name} permission on {model.identifier} is required")
@@ -110,17 +120,19 @@ async def _located_call(request: web.Request, spec: "RouteSpec", principal: Prin
 
 async def _serving_call(request: web.Request, spec: "RouteSpec", principal: Principal,
                         body: Any) -> Call:
-    """Public models need no token; others need the permission (checked only if serving)."""
+    """Public models need no token; others need the permission (checked only if serving).
+    A caller who may not read the deployment's model is answered as for a missing one."""
     assert spec.locate is not None
-    route = request.app[GATEWAY].lookup(await spec.locate(request, body))
+    key = await spec.locate(request, body)
+    route = request.app[GATEWAY].lookup(key)
     if route is None or route.access_level == "public":
         return Call(principal, None, body)  # the gateway answers 404 for a missing route
-    if principal.kind == "anonymous":
-        raise Unauthorized()
     model = await models.get(request.app[PG], route.model_id)
     if model is None:
-        raise NotFound("model not found")
+        raise deployment_not_found(key)
     level, _ = await permission_on(request.app[PG], principal, model)
+    if not knows_of(principal, model, level):
+        raise deployment_not_found(key)
     if level < spec.access.permission:
         raise Forbidden(f"{spec.access.permission.name} permission on {model.identifier} "
                         "is required")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from db import permissions
+from db import permissions, users
 from db.models import Model
 from db.permissions import Grant
 from schemas.auth import Permission, Principal
@@ -37,6 +37,13 @@ def resolve(principal: Principal, model: Model, grant: Grant | None,
     return default, None
 
 
+def knows_of(principal: Principal, model: Model, level: Permission) -> bool:
+    """Whether the principal may learn that the model exists: it can read it, or its token
+    was issued for it. Anyone else is answered as if the model were missing (review L1)."""
+    return level >= Permission.read or (
+        principal.model_id is not None and principal.model_id == model.id)
+
+
 async def permission_on(pool: asyncpg.Pool, principal: Principal,
                         model: Model) -> tuple[Permission, datetime | None]:
     """`resolve`, reading the principal's grant on the model when it could matter."""
@@ -45,3 +52,15 @@ async def permission_on(pool: asyncpg.Pool, principal: Principal,
     if principal.kind == "user" and principal.user_id is not None and not owner_or_admin:
         grant = await permissions.get(pool, model.id, principal.user_id)
     return resolve(principal, model, grant)
+
+
+async def user_permission_on(pool: asyncpg.Pool, user_id: int, model: Model) -> Permission:
+    """The permission the user `user_id` holds on the model by the rule their own calls
+    get: a model's owner acting through a model of theirs (a dependency) has no more."""
+    user = await users.get(pool, user_id)
+    if user is None:
+        return Permission.none
+    principal = Principal(kind="user", user_id=user.id, username=user.username,
+                          is_admin=user.is_admin)
+    level, _ = await permission_on(pool, principal, model)
+    return level

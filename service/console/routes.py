@@ -21,10 +21,10 @@ from schemas.console import (
     StreamInfo,
     TaskDetail,
 )
-from schemas.errors import Unauthorized
+from schemas.errors import NotFound, Unauthorized
 from service.auth.authentication import authenticate
 from service.auth.guard import call_of
-from service.auth.locators import path_param
+from service.auth.locators import MISSING, path_param
 from service.auth.principal_cache import PRINCIPALS
 from service.auth.rules import READ, USER
 from service.console import overview, traffic
@@ -92,9 +92,11 @@ async def _task_model(request: web.Request, body: object) -> str:
         task = await tasks.get(request.app[PG], UUID(request.match_info["task_id"]))
     except ValueError:
         task = None
+    missing = NotFound(f"task {request.match_info['task_id']!r} not found")
     if task is None:
-        raise ApiError(404, f"task {request.match_info['task_id']!r} not found")
+        raise missing
     request[_LOCATED_TASK] = task
+    request[MISSING] = missing  # a task of a model the caller cannot read: the same 404
     return str(task.model_id)
 
 

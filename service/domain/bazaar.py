@@ -21,6 +21,7 @@ from db.errors import UniqueViolation
 from db.models import Model
 from db.tasks import Task
 from schemas import secrets
+from schemas.auth import Permission
 from schemas.bazaar import DeployStatus as StatusWord
 from schemas.errors import Conflict, Invalid, Malformed, Unavailable
 from schemas.queue import JOB_REPLICA_LOGS, logs_job_id
@@ -33,7 +34,8 @@ from schemas.tasks import (
     TaskRequest,
     TaskStatus,
 )
-from service.domain import rate_limit
+from service.auth.permissions import user_permission_on
+from service.domain import quotas, rate_limit
 from service.domain import tasks as task_service
 
 log = structlog.get_logger(__name__)
@@ -64,19 +66,42 @@ class DeployStatus:
     replicas_desired: int = 0
 
 
-async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
-                               user_id: int | None, settings: Settings,
-                               depth: int = 0) -> None:
-    """Deploy every dependency that is not serving yet, deepest first."""
+async def _dependencies_to_start(pool: asyncpg.Pool, model: Model,
+                                 depth: int = 0) -> list[Model]:
+    """The model's dependencies that do not serve yet, deepest first, each once.
+
+    Starting one needs its owner's consent (review H1): the model's owner has write
+    permission on it. A serving dependency is used as it is. One the model's owner may no
+    longer read is left out, as a deleted one would be (its existence is not theirs to
+    learn); one they read but may not start refuses the deploy (409) before any task is
+    accepted."""
     if depth > MAX_DEPENDENCY_DEPTH:
         raise Invalid(f"dependencies of {model.identifier} are nested too deeply")
+    plan: list[Model] = []
     for dep_id in await dependencies.list_for_model(pool, model.id):
         deployment = await deployments.get(pool, dep_id)
         if deployment is not None and deployment.status in dependencies.ACTIVE_STATES:
             continue
         dep = await models.get(pool, dep_id)
-        assert dep is not None
-        await _deploy_dependencies(pool, redis, dep, user_id, settings, depth + 1)
+        if dep is None:
+            continue  # deleted since the listing
+        level = await user_permission_on(pool, model.owner_id, dep)
+        if level < Permission.read:
+            continue
+        if level < Permission.write:
+            raise Conflict(
+                f"dependency {dep.identifier} of {model.identifier} is not running, and "
+                "starting it needs write permission on it: ask its owner to deploy it "
+                "or to grant write")
+        plan += await _dependencies_to_start(pool, dep, depth + 1)
+        plan.append(dep)
+    return list({m.id: m for m in plan}.values())
+
+
+async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
+                               user_id: int | None, settings: Settings) -> None:
+    """Accept a deploy task for each dependency `_dependencies_to_start` names."""
+    for dep in await _dependencies_to_start(pool, model):
         req = TaskRequest(embedding_model_id=str(dep.id))
         await task_service.accept(pool, redis, TaskKind.deploy, req, None, user_id, dep,
                                   settings=settings)
@@ -101,10 +126,23 @@ async def deploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model, config: Depl
     return task
 
 
+async def _held_by_dependents(pool: asyncpg.Pool, model: Model) -> bool:
+    """Whether an active deployment depends on the model and its owner may hold it (the
+    model's own owner, or write permission on it): a dependent nobody allowed holds nothing
+    (review H1)."""
+    for _, owner_id in await dependencies.active_dependents(pool, model.id):
+        if owner_id == model.owner_id:
+            return True
+        if await user_permission_on(pool, owner_id, model) >= Permission.write:
+            return True
+    return False
+
+
 async def undeploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
                    user_id: int | None, settings: Settings) -> Task:
-    """Accept a delete task, unless an active deployment depends on the model (400)."""
-    if await dependencies.active_dependents(pool, model.id):
+    """Accept a delete task, unless an active deployment depends on the model (400) and its
+    owner was allowed to (`_held_by_dependents`)."""
+    if await _held_by_dependents(pool, model):
         raise Malformed(f"Unable to stop deployment for model {model.identifier} since it "
                         "is used by other active workflows.")
     req = TaskRequest(embedding_model_id=str(model.id))
@@ -181,14 +219,16 @@ async def _logs_job_result(redis: ArqRedis, model_id: UUID, tail: int) -> list[d
     return result
 
 
-async def save_copy(pool: asyncpg.Pool, source_model: Model, owner_id: int,
-                    name: str) -> Model:
-    """A new model to save a deployed one into: train status in_progress, so undeployable."""
+async def save_copy(pool: asyncpg.Pool, settings: Settings, source_model: Model,
+                    owner_id: int, name: str) -> Model:
+    """A new model to save a deployed one into: train status in_progress, so undeployable;
+    403 if the owner's models quota is full."""
     try:
-        return await models.create(
-            pool, model_id=uuid4(), owner_id=owner_id, name=name, source=source_model.source,
-            dimension=source_model.dimension, train_status="in_progress",
-            parent_id=source_model.id)
+        async with quotas.new_model_slot(pool, settings, owner_id) as conn:
+            return await models.create(
+                conn, model_id=uuid4(), owner_id=owner_id, name=name,
+                source=source_model.source, dimension=source_model.dimension,
+                train_status="in_progress", parent_id=source_model.id)
     except UniqueViolation:
         raise Conflict(f"a model named {name!r} already exists for this owner") from None
 

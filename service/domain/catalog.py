@@ -7,30 +7,38 @@ import asyncpg
 from db import dependencies, models, permissions, users
 from db.errors import UniqueViolation
 from db.models import Model
-from schemas.auth import GrantRequest, ModelOut
+from schemas.auth import GrantRequest, ModelOut, Permission, Principal
 from schemas.errors import Conflict, Invalid, NotFound
 from schemas.models import ModelCreate
 from schemas.settings import Settings
-from service.domain import model_sources
+from service.auth.permissions import permission_on
+from service.domain import model_sources, quotas
 
 
-async def _dependency_ids(pool: asyncpg.Pool, refs: list[str]) -> list[UUID]:
+async def _dependency_ids(pool: asyncpg.Pool, principal: Principal,
+                          refs: list[str]) -> list[UUID]:
+    """The models `refs` name; each must be readable by the registering user, and one that
+    is not answers exactly as a missing one (404), so no answer tells a private model
+    exists (review H1)."""
     ids = []
     for ref in refs:
         dep = await models.find(pool, ref)
-        if dep is None:
-            raise Invalid(f"invalid request: dependency {ref!r} not found")
+        if dep is None or not await _readable(pool, principal, dep):
+            raise NotFound(f"dependency {ref!r} not found", {"dependency": ref})
         ids.append(dep.id)
     return ids
 
 
-async def register(pool: asyncpg.Pool, settings: Settings, owner_id: int, is_admin: bool,
+async def register(pool: asyncpg.Pool, settings: Settings, principal: Principal,
                    body: ModelCreate) -> Model:
-    """Create a model owned by `owner_id`, with its dependencies, if its source is allowed."""
-    await model_sources.check(pool, settings, body.source, owner_id, is_admin)
-    dep_ids = await _dependency_ids(pool, body.dependencies)
+    """Create a model owned by the calling user, with its dependencies (each readable by
+    them), if its source is allowed and their models quota has room (403)."""
+    owner_id = principal.user_id
+    assert owner_id is not None, "a user registers models"
+    await model_sources.check(pool, settings, body.source, owner_id, principal.is_admin)
+    dep_ids = await _dependency_ids(pool, principal, body.dependencies)
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with quotas.new_model_slot(pool, settings, owner_id) as conn:
             model = await models.create(
                 conn, model_id=uuid4(), owner_id=owner_id, name=body.name,
                 source=body.source.model_dump(exclude_none=True),
@@ -42,8 +50,16 @@ async def register(pool: asyncpg.Pool, settings: Settings, owner_id: int, is_adm
     return model
 
 
-async def describe(pool: asyncpg.Pool, model: Model) -> ModelOut:
-    deps = await dependencies.identifiers_for_model(pool, model.id)
+async def _readable(pool: asyncpg.Pool, principal: Principal, model: Model) -> bool:
+    level, _ = await permission_on(pool, principal, model)
+    return level >= Permission.read
+
+
+async def describe(pool: asyncpg.Pool, model: Model, viewer: Principal) -> ModelOut:
+    """The model as `viewer` may see it: its dependencies only those the viewer can read,
+    so a readable model never names a private one its reader cannot (review L1)."""
+    deps = [dep.identifier for dep in await models.dependencies_of(pool, model.id)
+            if await _readable(pool, viewer, dep)]
     return ModelOut(id=model.id, identifier=model.identifier, owner=model.owner,
                     name=model.name, source=model.source, train_status=model.train_status,
                     access_level=model.access_level, default_permission=model.default_permission,
@@ -52,6 +68,9 @@ async def describe(pool: asyncpg.Pool, model: Model) -> ModelOut:
 
 
 async def _user_id(pool: asyncpg.Pool, username: str) -> int:
+    """The user a grant names. Granting to nobody must fail, so this answer does tell an
+    owner whether a username exists; usernames are not secret here: every model is named
+    `owner/name` wherever it is shown (lists, dependencies, the gateway's routes)."""
     user = await users.get_by_name(pool, username)
     if user is None:
         raise NotFound(f"user {username!r} not found")
@@ -66,6 +85,7 @@ async def grant(pool: asyncpg.Pool, model: Model, body: GrantRequest) -> None:
 
 
 async def revoke(pool: asyncpg.Pool, model: Model, username: str) -> None:
-    user_id = await _user_id(pool, username)
-    if not await permissions.delete(pool, model.id, user_id):
+    """Remove the user's grant; 404 alike for an unknown user and one with no grant."""
+    user = await users.get_by_name(pool, username)
+    if user is None or not await permissions.delete(pool, model.id, user.id):
         raise NotFound(f"{username!r} has no grant on {model.identifier}")

@@ -1,10 +1,14 @@
 """Quotas at the API (issue 19): refuse what would take an owner past a limit, show use."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import asyncpg
 
 from db import quotas as quota_rows
 from db import users
 from db.models import Model
+from db.pool import Executor
 from db.quotas import OwnerQuota
 from schemas import quotas
 from schemas.errors import Forbidden, NotFound
@@ -25,7 +29,7 @@ class QuotaError(Forbidden):
         self.figures = exc.figures
 
 
-async def limits_of(pool: asyncpg.Pool, settings: Settings,
+async def limits_of(pool: Executor, settings: Settings,
                     user_id: int) -> tuple[Use, QuotaLimits]:
     """The user's limits (defaults with the admin's overrides) and the overrides alone."""
     stored = await quota_rows.overrides(pool, user_id)
@@ -54,16 +58,29 @@ async def check_deploy(pool: asyncpg.Pool, settings: Settings, model: Model,
         raise QuotaError(exc) from None
 
 
-async def check_new_model(pool: asyncpg.Pool, settings: Settings, owner_id: int) -> None:
+async def _check_new_model(conn: asyncpg.Connection, settings: Settings, owner_id: int) -> None:
     """403 if the owner already has as many models as the models quota allows."""
-    if await quota_rows.is_admin(pool, owner_id):
+    if await quota_rows.is_admin(conn, owner_id):
         return
-    limits, _ = await limits_of(pool, settings, owner_id)
-    held = Use(models=await quota_rows.count_models(pool, owner_id))
+    limits, _ = await limits_of(conn, settings, owner_id)
+    held = Use(models=await quota_rows.count_models(conn, owner_id))
     try:
         quotas.check(limits, held, Use(models=1))
     except QuotaExceeded as exc:
         raise QuotaError(exc) from None
+
+
+@asynccontextmanager
+async def new_model_slot(pool: asyncpg.Pool, settings: Settings,
+                         owner_id: int) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction in which the owner may make one model; 403 if the models quota is full.
+
+    The owner's registers take turns from the count to the commit (an advisory lock), so
+    however many run at once they never pass the quota together (review L3)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await quota_rows.lock_owner_models(conn, owner_id)
+        await _check_new_model(conn, settings, owner_id)
+        yield conn
 
 
 async def actual_use(pool: asyncpg.Pool, settings: Settings, owner_id: int) -> Use:

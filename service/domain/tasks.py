@@ -104,7 +104,8 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
                  model: Model | None = None, *, settings: Settings,
                  extra: dict[str, Any] | None = None,
                  owner_quota: OwnerQuota | None = None) -> tuple[Task, bool]:
-    """Insert (or find, for a repeated idempotency key) the task; True when created now.
+    """Insert (or find, for an idempotency key `created_by` used before) the task; True
+    when created now. Keys are per user: another user's key names another task.
 
     `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup,
     and `owner_quota` (`locate_for_deploy`) another. A deploy that would take the model's
@@ -113,7 +114,7 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     """
     key = req.id or idempotency_key
     digest = request_hash(kind, req)
-    if key and (existing := await tasks.get_by_idempotency_key(pool, key)):
+    if key and (existing := await tasks.get_by_idempotency_key(pool, key, created_by)):
         return _same_request(existing, digest), False
     model = model or await resolve_model(pool, req.embedding_model_id)
     if kind == TaskKind.deploy:
@@ -134,7 +135,7 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
         )
     except UniqueViolation as exc:
         if key and exc.constraint == "tasks_idempotency_key":
-            existing = await tasks.get_by_idempotency_key(pool, key)
+            existing = await tasks.get_by_idempotency_key(pool, key, created_by)
             if existing is not None:
                 return _same_request(existing, digest), False
         raise
@@ -150,14 +151,19 @@ async def locate_for_deploy(pool: asyncpg.Pool, ref: str, user_id: int | None
     return await deploy_access.model_for_deploy(pool, ref, user_id, quotas.OPEN)
 
 
+def task_not_found(kind: TaskKind, task_id: str) -> NotFound:
+    """The answer for a task id that names no task of `kind` the caller may read."""
+    return NotFound(f"{kind.value} task {task_id!r} not found")
+
+
 async def get(pool: asyncpg.Pool, kind: TaskKind, task_id: str) -> Task:
     try:
         parsed = UUID(task_id)
     except ValueError:
-        raise NotFound(f"{kind.value} task {task_id!r} not found") from None
+        raise task_not_found(kind, task_id) from None
     task = await tasks.get(pool, parsed, kind.value)
     if task is None:
-        raise NotFound(f"{kind.value} task {task_id!r} not found")
+        raise task_not_found(kind, task_id)
     return task
 
 
@@ -167,10 +173,10 @@ async def get_with_access(pool: asyncpg.Pool, kind: TaskKind, task_id: str,
     try:
         parsed = UUID(task_id)
     except ValueError:
-        raise NotFound(f"{kind.value} task {task_id!r} not found") from None
+        raise task_not_found(kind, task_id) from None
     found = await task_access.get_with_access(pool, parsed, kind.value, user_id)
     if found is None:
-        raise NotFound(f"{kind.value} task {task_id!r} not found")
+        raise task_not_found(kind, task_id)
     return found
 
 

@@ -95,9 +95,10 @@ async def test_read_only_stranger_and_anonymous_see_only_what_they_may(
     assert await _api_as(http, console, "reader", task_id) == {
         "list": 200, "show": 200, "task": 200, "logs": 200,
         "deploy": 403, "delete": 403, "scale": 403}
+    # A stranger cannot tell the private model from a missing one (review L1): 404.
     assert await _api_as(http, console, "stranger", task_id) == {
-        "list": 200, "show": 403, "task": 403, "logs": 403,
-        "deploy": 403, "delete": 403, "scale": 403}
+        "list": 200, "show": 404, "task": 404, "logs": 404,
+        "deploy": 404, "delete": 404, "scale": 404}
     assert await _api_as(http, console, None, task_id) == {
         "list": 401, "show": 401, "task": 401, "logs": 401,
         "deploy": 401, "delete": 401, "scale": 401}
@@ -132,11 +133,11 @@ async def test_read_only_stranger_and_anonymous_see_only_what_they_may(
     assert not [s for s in secrets if s in await _page_text(page)]
     await page.context.close()
 
-    # The stranger: an empty list, and the deployment refused.
+    # The stranger: an empty list, and the deployment answered as a missing one.
     page = await open_page(browser, console, "stranger")
     await expect(page.get_by_text("No deployments yet")).to_be_visible()
     await page.goto(f"{console.ui}#/deployments/alice/private-model")
-    await expect(page.get_by_role("alert")).to_contain_text("read permission")
+    await expect(page.get_by_role("alert")).to_contain_text("not found")
     await page.screenshot(path=artifacts / "11-stranger-refused.png")
     assert "API_TOKEN" not in await _page_text(page)
     await page.context.close()

@@ -3,8 +3,10 @@
 Generated from the route tables of the API app and the gateway app
 (service.routes.ROUTE_TABLE): a route added to any surface without a sample request here
 fails the test, and so does a route registered on the router outside the table.
-Expected answers: 401 for no, a malformed or an expired token; 403
-for too little permission; 2xx otherwise.
+Expected answers: 401 for no, a malformed or an expired token; 404 on a model the caller
+may not read, exactly as for a missing one (review L1: the private model's existence is not
+theirs to learn), and so for the seed-000 permissions route and the gateway's routes even
+without a token; 403 for too little permission on a model the caller knows; 2xx otherwise.
 """
 
 import asyncio
@@ -37,6 +39,7 @@ from schemas.queue import (
 from schemas.settings import Settings
 from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
 from service.app import create_app
+from service.auth.rules import Access, ModelFrom
 from service.routes import ROUTE_TABLE, RouteSpec
 from tests.conftest import TEST_SECRET_KEY, bearer, start_gateway
 from tests.integration.accounts import call, eventually, make_user
@@ -253,11 +256,25 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-def expected(auth: str, who: str) -> str:
-    if auth in ("public", "optional"):
-        return OK  # optional: a bad token counts as none (seed 000's no-throw check)
+# Who may learn that the private model exists: its readers and the tokens issued for it.
+KNOWS = {"reader", "owner", "admin", "own_job", "own_update"}
+
+
+def expected(access: Access, who: str) -> str:
+    auth, on_model = access.name, access.model in (ModelFrom.request, ModelFrom.serving)
+    if auth == "public" or (auth == "optional" and not on_model):
+        return OK
+    if auth == "optional":
+        # a bad token counts as none (seed 000's no-throw check); none cannot know the model
+        return OK if who in KNOWS else "404"
+    if auth == "inference" and who == "none":
+        return "404"  # the gateway: no token, as for a missing deployment
     if who in ANON:
         return "401"
+    # a job-only route refuses any other kind of caller before it looks at the model
+    hidden = who not in KNOWS and (auth != "job_model" or who == "foreign_job")
+    if on_model and hidden:
+        return "404"
     return OK if who in ALLOWED[auth] else "403"
 
 
@@ -462,7 +479,7 @@ async def _run_matrix(world: World, http: aiohttp.ClientSession,
                 got, body = _outcome(resp.status), await resp.text()
             if (spec.method, _template(spec)) in RESTORE:
                 await _restore_accounts(world)
-            want = expected(spec.access.name, who)
+            want = expected(spec.access, who)
             rows += 1
             if got != want:
                 mismatches.append(f"{spec.method} {path} as {who}: {got}, want {want}: "

@@ -98,16 +98,17 @@ async def test_public_model_goes_straight_to_its_replica_and_a_private_one_needs
                   and 'code="2xx"' in line and not line.endswith(" 0")]
         assert served, "no slot server answered 2xx in HAProxy's metrics"
 
-        # Made private: HAProxy stops serving it directly at once; the token check applies.
+        # Made private: HAProxy stops serving it directly at once; the token check applies,
+        # and without a token the deployment answers as a missing one (review L1).
         await pool.execute("UPDATE models SET access_level = 'private' WHERE id = $1", model_id)
         await redis.publish(ROUTES_CHANNEL, str(model_id))
 
         async def refused() -> bool:
-            return (await _post(http, url))[0] == 401
+            return (await _post(http, url))[0] == 404
         took = await _until(refused, 1.0, "a private model still served without a token")
         print(f"\nmade private: refused without a token after {took * 1000:.0f} ms")
         status, _, body = await _post(http, url)
-        assert status == 401 and body["status_code"] == 401 and body["error_type"]
+        assert status == 404 and body["status_code"] == 404 and body["error_type"]
         status, key = await call(http, "POST", f"{api}/api/v2/auth/api-keys", headers=alice,
                                  json={"name": "haproxy"})
         assert status == 201

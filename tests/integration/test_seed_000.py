@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import aiohttp
 import asyncpg
@@ -18,6 +19,15 @@ def _envelope(body: Any, status: int, message: str) -> Any:
     assert set(body) == {"status_code", "message", "data"}, body
     assert body["status_code"] == status and body["message"] == message, body
     return body["data"]
+
+
+def _swap(body: Any, old: str, new: str) -> Any:
+    """The body with one model reference in its strings replaced by another."""
+    if isinstance(body, str):
+        return body.replace(old, new)
+    if isinstance(body, dict):
+        return {k: _swap(v, old, new) for k, v in body.items()}
+    return body
 
 
 async def _finished(api: str, kind: str, model_id: str, headers: dict[str, str]) -> None:
@@ -46,10 +56,14 @@ async def test_get_model_permissions(api: str, anon_http: aiohttp.ClientSession,
     status, body = await call(anon_http, "GET", url, headers=alice)
     data = _envelope(body, 200, message)
     assert (data["read"], data["write"], data["override"]) == (True, True, True)
-    # anonymous (and a bad token, which counts as none): read only for public models
+    # anonymous (and a bad token, which counts as none): read only for public models; a
+    # private one answers exactly as a missing one (review L1), not 200 {read: false}
+    missing = uuid4()
     for headers in ({}, {"Authorization": "Bearer garbage"}):
         status, body = await call(anon_http, "GET", url, headers=headers)
-        assert status == 200 and _envelope(body, 200, message)["read"] is False
+        _, absent = await call(anon_http, "GET", f"{api}{V1}/permissions/{missing}",
+                               headers=headers)
+        assert status == 404 and body == _swap(absent, str(missing), str(model_id)), body
     await pool.execute("UPDATE models SET access_level = 'public' WHERE id = $1", model_id)
     status, body = await call(anon_http, "GET", f"{api}{V1}/permissions/alice/model_123")
     data = _envelope(body, 200, "Successfully fetched user permissions for model with ID "
