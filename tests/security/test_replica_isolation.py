@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import aiohttp
 import asyncpg
+from pydantic import SecretStr
 
 from model_server.config import Settings as ServerSettings
 from schemas import replica_auth
@@ -115,5 +116,5 @@ async def test_process_replica_without_memory_setting_has_a_limit_without_cgroup
 
 
 def test_server_settings_keep_the_secret_out_of_their_repr() -> None:
-    shown = ServerSettings(backend="hashing", gateway_secret="generation-secret")
+    shown = ServerSettings(backend="hashing", gateway_secret=SecretStr("generation-secret"))
     assert "generation-secret" not in repr(shown) and "generation-secret" not in str(shown)
