@@ -122,7 +122,8 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
                         secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="docker",
                         docker_image=image.TEST_TAG, state_dir=tmp / "state", api_port=port,
                         gateway_port=gateway_port,
-                        log_level="warning", drain_timeout_s=10, stop_grace_s=5)
+                        log_level="warning", drain_timeout_s=10, stop_grace_s=5,
+                        cluster=f"bench-rollout-{os.getpid()}")
     pool = await create_pool(dsn, max_size=4)
     try:
         model = await register(pool, "bench", NAME, ModelSource(backend="hashing",
