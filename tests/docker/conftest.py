@@ -58,7 +58,8 @@ def docker_image() -> Iterator[str]:
     tag = f"{image.TEST_TAG}-{hashlib.sha1(str(image.REPO_ROOT).encode()).hexdigest()[:8]}"
     build_once(tag, with_model=False)
     yield tag
-    subprocess.run(["docker", "network", "rm", network_name(TEST_CLUSTER)], capture_output=True,
+    name = network_name(TEST_CLUSTER)
+    subprocess.run(["docker", "network", "rm", name, f"{name}-swarm"], capture_output=True,
                    check=False)
 
 

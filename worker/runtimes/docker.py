@@ -192,7 +192,7 @@ class DockerRuntime:
             # MemorySwap equal to Memory: no swap, so the limit is the limit.
             "Memory": memory, "MemorySwap": memory,
             "NanoCpus": int(cpu_limit(spec.cpus, self._settings, engine_cpus) * 1e9),
-            **hardening(self._settings, network_name(self.own_labels()[LABEL_CLUSTER])),
+            **hardening(self._settings, self.network()),
             "Binds": binds + export_binds(spec),
         }
         return {
@@ -326,13 +326,21 @@ class DockerRuntime:
         infos = (self._info(data) for data in shown if data is not None)
         return [info for info in infos if info is not None]
 
+    def network(self) -> str:
+        """The network this installation's replicas join (`network_name` of its cluster)."""
+        return network_name(self.own_labels()[LABEL_CLUSTER])
+
+    def network_config(self) -> dict[str, Any]:
+        """The Engine's create-network body for `network()`: a bridge, ICC off."""
+        return {"Name": self.network(), "Driver": "bridge", "CheckDuplicate": True,
+                "Options": NO_ICC, "Labels": self.own_labels()}
+
     async def _ensure_network(self) -> None:
         """Create the installation's network once (another worker may have just made it)."""
         if self._network_ready:
             return
-        name = network_name(self.own_labels()[LABEL_CLUSTER])
-        config = {"Name": name, "Driver": "bridge", "CheckDuplicate": True,
-                  "Options": NO_ICC, "Labels": self.own_labels()}
+        config = self.network_config()
+        name = config["Name"]
         async with _engine(f"create network {name}"):
             try:
                 await self._client().networks.get(name)

@@ -220,7 +220,18 @@ class SwarmRuntime(DockerRuntime):
             "RestartPolicy": {"Condition": "on-failure", "Delay": int(RESTART_DELAY_S * 1e9),
                               "MaxAttempts": 0},
             "Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.id"}}]},
+            # The installation's own overlay, not the nodes' default bridge; its egress goes
+            # through each node's docker_gwbridge, where inter-container traffic is off.
+            "Networks": [{"Target": self.network()}],
         }
+
+    def network(self) -> str:
+        return f"{super().network()}-swarm"
+
+    def network_config(self) -> dict[str, Any]:
+        """An overlay (overlays have no ICC switch: the replica secret guards each port)."""
+        return {"Name": self.network(), "Driver": "overlay", "CheckDuplicate": True,
+                "Labels": self.own_labels()}
 
     def _labels(self, spec: ReplicaSpec) -> dict[str, str]:
         return {LABEL_MODEL: str(spec.model_id), LABEL_GENERATION: str(spec.generation),
@@ -335,6 +346,7 @@ class SwarmRuntime(DockerRuntime):
         restart of the crashed replica `spec.replaces`; returns once the task runs."""
         await self._local_node_id()
         await self.engine_cpus()
+        await self._ensure_network()
         name = service_name(spec.model_id, spec.generation)
         async with self._serialised(name):
             placed = None
