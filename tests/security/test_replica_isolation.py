@@ -21,6 +21,7 @@ from tests.integration.accounts import call
 from tests.integration.conftest import http  # noqa: F401  (the administrator's client)
 from tests.model_server.conftest import hashing_settings, make_client, wait_until_healthy  # noqa: F401
 from worker.runtimes.base import ReplicaSpec
+from worker.runtimes.docker import cpu_limit
 from worker.runtimes.process import ProcessRuntime
 
 EMBED = {"inputs": "a private model's answer"}
@@ -118,3 +119,12 @@ async def test_process_replica_without_memory_setting_has_a_limit_without_cgroup
 def test_server_settings_keep_the_secret_out_of_their_repr() -> None:
     shown = ServerSettings(backend="hashing", gateway_secret=SecretStr("generation-secret"))
     assert "generation-secret" not in repr(shown) and "generation-secret" not in str(shown)
+
+
+def test_cpu_limit_defaults_to_the_hosts_share_and_never_exceeds_the_engine() -> None:
+    base = Settings(capacity_share=0.5)
+    assert cpu_limit(None, base, 16) == 8.0
+    assert cpu_limit(None, base, 1) == 1.0
+    assert cpu_limit(None, base.model_copy(update={"replica_cpus": 2.5}), 16) == 2.5
+    assert cpu_limit(0.5, base, 16) == 0.5
+    assert cpu_limit(64.0, base, 16) == 16.0

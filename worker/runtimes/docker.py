@@ -132,12 +132,15 @@ def _writable_by_replica(folder: Path) -> None:
 
 def cpu_limit(spec_cpus: float | None, settings: Settings, engine_cpus: int) -> float:
     """CPUs a replica may use: the deployment's, else `replica_cpus`, else the engine's
-    CPUs times `capacity_share` (at least one): no replica takes the whole host."""
+    CPUs times `capacity_share` (at least one): no replica takes the whole host. Never more
+    than the engine has (it refuses a container asking for more)."""
     if spec_cpus is not None:
-        return spec_cpus
-    if settings.replica_cpus is not None:
-        return settings.replica_cpus
-    return max(1.0, engine_cpus * settings.capacity_share)
+        wanted = spec_cpus
+    elif settings.replica_cpus is not None:
+        wanted = settings.replica_cpus
+    else:
+        wanted = max(1.0, engine_cpus * settings.capacity_share)
+    return min(wanted, float(max(engine_cpus, 1)))
 
 
 class DockerRuntime:
