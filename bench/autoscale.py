@@ -138,7 +138,7 @@ async def replica_start_times(settings: Settings, count: int,
     # A folder and cluster of its own: the stack's reconciler would remove these replicas
     # as orphans (they have no row).
     own = settings.model_copy(update={"state_dir": settings.state_dir.parent / "own",
-                                      "cluster": settings.cluster + "-own"})
+                                      "cluster": f"{settings.cluster}-own"})
     runtime, times, throughput = ProcessRuntime(own), [], 0.0
     async with aiohttp.ClientSession() as http:
         for i in range(count):

@@ -43,6 +43,7 @@ from bench.gateway import NGINX_CONF  # noqa: E402
 from db import replicas, tasks  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from launch import backing, image  # noqa: E402
+from schemas import replica_auth  # noqa: E402
 from schemas.models import ModelSource  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from schemas.tokens import issue_user_token  # noqa: E402
@@ -122,7 +123,8 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
                         secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="docker",
                         docker_image=image.TEST_TAG, state_dir=tmp / "state", api_port=port,
                         gateway_port=gateway_port,
-                        log_level="warning", drain_timeout_s=10, stop_grace_s=5)
+                        log_level="warning", drain_timeout_s=10, stop_grace_s=5,
+                        cluster=f"bench-rollout-{os.getpid()}")
     pool = await create_pool(dsn, max_size=4)
     try:
         model = await register(pool, "bench", NAME, ModelSource(backend="hashing",
@@ -280,12 +282,13 @@ class Run:
         return statistics.quantiles(self.latencies, n=100)[q - 1] * 1000
 
 
-async def drive(url: str, requests: int, concurrency: int) -> Run:
+async def drive(url: str, requests: int, concurrency: int,
+                headers: dict[str, str] | None = None) -> Run:
     """`requests` POSTs of BODY to `url` with `concurrency` in flight; every one must be 200."""
     latencies: list[float] = []
     counter = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
 
         async def client() -> None:
             for _ in counter:
@@ -323,14 +326,15 @@ def nginx(upstream: str, tmp: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-async def _measure(paths: dict[str, str], requests: int, concurrency: int) -> dict[str, Run]:
+async def _measure(paths: dict[str, str], requests: int, concurrency: int,
+                   headers: dict[str, str]) -> dict[str, Run]:
     """Each path in turn, in ROUNDS rounds, so drift on a shared machine hits all alike."""
     for url in paths.values():
-        await drive(url, WARMUP, concurrency)
+        await drive(url, WARMUP, concurrency, headers)
     runs = {name: Run([], 0.0) for name in paths}
     for _ in range(ROUNDS):
         for name, url in paths.items():
-            run = await drive(url, requests // ROUNDS, concurrency)
+            run = await drive(url, requests // ROUNDS, concurrency, headers)
             runs[name].latencies += run.latencies
             runs[name].seconds += run.seconds
     return runs
@@ -345,7 +349,12 @@ async def data_plane(s: Stack, args: argparse.Namespace) -> dict[str, Run]:
             await backing.wait_for_http(http, proxy + "/health")
         paths = {"direct": replica.endpoint + "/embed",
                  "gateway": f"{s.gateway}/serve/{NAME}/embed", "nginx": proxy + "/embed"}
-        return await _measure(paths, args.requests, args.concurrency)
+        # What a gateway sends the replica (nginx passes it on; the gateway sends its own).
+        assert s.settings.secret_key is not None
+        secret = replica_auth.generation_secret(s.settings.secret_key.get_secret_value(),
+                                                s.model_id, replica.generation)
+        return await _measure(paths, args.requests, args.concurrency,
+                              {replica_auth.HEADER: secret})
 
 
 # ---------------------------------------------------------------- report

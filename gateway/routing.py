@@ -30,6 +30,7 @@ from gateway.hold import Holds
 from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
 from gateway.upstream import Upstream, UpstreamError
+from schemas import replica_auth
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
 from schemas.queue import (
@@ -66,8 +67,11 @@ class Table:
 
 class Gateway:
     def __init__(self, pool: asyncpg.Pool, redis: Redis, poll_s: float,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, secret_key: str | None = None) -> None:
         self.id = uuid4().hex
+        # Every request to a replica carries its generation's secret (schemas/replica_auth.py).
+        self._secret_key = secret_key
+        self._secrets: dict[tuple[UUID, int], str] = {}
         self._pool, self._redis, self._poll_s = pool, redis, poll_s
         self._table = Table({}, {}, frozenset())
         self.inflight: Counter[UUID] = Counter()
@@ -103,6 +107,8 @@ class Gateway:
         for rid in stale:
             del self.served[rid]
         self._upstream.forget({ep for r in table.by_key.values() for _, ep in r.replicas})
+        self._secrets = {k: v for k, v in self._secrets.items()
+                         if table.generations.get(str(k[0])) == k[1]}
         self._report_now.set()
         self.holds.wake(self.lookup)
 
@@ -136,6 +142,8 @@ class Gateway:
             route = await self.holds.hold(route, self._held_changed, self.lookup)
         tried: set[UUID] = set()
         forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
+        if self._secret_key is not None:
+            forward_headers[replica_auth.HEADER] = self._secret(route)
         started, metrics = time.perf_counter(), self.metrics
         for _ in range(MAX_ATTEMPTS):
             replica_id, endpoint = self._pick(route, tried)
@@ -166,6 +174,15 @@ class Gateway:
             return out
         metrics.requests.labels(route.name, "502").inc()
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
+
+    def _secret(self, route: Route) -> str:
+        key = (route.model_id, route.generation)
+        secret = self._secrets.get(key)
+        if secret is None:
+            assert self._secret_key is not None
+            secret = replica_auth.generation_secret(self._secret_key, *key)
+            self._secrets[key] = secret
+        return secret
 
     def inflight_by_replica(self) -> dict[UUID, int]:
         """Requests in flight on every routed replica (zero included) and on draining ones."""

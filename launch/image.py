@@ -246,6 +246,8 @@ def image_changes(with_model: bool) -> list[str]:
     }
     return [*(f"ENV {k}={v}" for k, v in env.items()),
             f"WORKDIR {APP_ROOT}",
+            # Never root, as the Dockerfile's image (the runtimes set this uid too).
+            "USER 10001:10001",
             "EXPOSE 8080",
             'CMD ["python", "-m", "model_server"]']
 

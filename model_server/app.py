@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -34,6 +35,7 @@ from model_server.errors import (
     InvalidRequest,
     MalformedRequest,
     ModelServerError,
+    NotFromGateway,
     NotReady,
     PayloadTooLarge,
     QueueFull,
@@ -43,6 +45,7 @@ from model_server.lifecycle import Loader, ModelState, load_and_warm
 from model_server.metrics import Metrics
 from model_server.tokens import check_ids, texts_from, token_vectors, tokenizer_for
 from schemas.errors import tei_error_type
+from schemas.replica_auth import HEADER as SECRET_HEADER
 
 STATE = web.AppKey("state", ModelState)
 Tei = TypeVar("Tei", bound=TeiInputs)
@@ -246,8 +249,10 @@ def error_response(status: int, message: str, detail: Any = None, path: str = ""
 _ERROR_TYPES: dict[type[ModelServerError], str] = {
     QueueFull: "Overloaded", NotReady: "Unhealthy", ShuttingDown: "Unhealthy",
     MalformedRequest: "Validation", InvalidRequest: "Validation",
-    PayloadTooLarge: "Validation",
+    PayloadTooLarge: "Validation", NotFromGateway: "Unauthorized",
 }
+# Open to anyone who reaches the port: what the worker's and HAProxy's health checks read.
+OPEN_PATHS = frozenset({"/health"})
 
 
 
@@ -266,8 +271,20 @@ async def http_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+def _require_gateway(request: web.Request) -> None:
+    """Refuse a request without this replica's secret: only its gateways may use it."""
+    secret = request.app[STATE].settings.gateway_secret
+    if secret is None or request.path in OPEN_PATHS:
+        return
+    shown = request.headers.get(SECRET_HEADER, "")
+    if not hmac.compare_digest(shown.encode("latin-1", "replace"),
+                               secret.get_secret_value().encode()):
+        raise NotFromGateway("this replica answers only Greenroom's gateways")
+
+
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _require_gateway(request)
         return await handler(request)
     except ModelServerError as exc:
         return error_response(exc.status, exc.message, exc.detail, request.path,

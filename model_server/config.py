@@ -4,7 +4,7 @@ import os
 from pathlib import Path, PurePath
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_PREFIX = "package:"
@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # machine, so more replicas give more throughput even on two cores.
     test_service_time_ms: float = Field(default=0.0, ge=0, le=60_000)
     test_concurrency: int | None = Field(default=None, gt=0, le=10_000)
+    # The secret every request but /health must carry (schemas/replica_auth.py): a worker
+    # sets it for each replica; unset (a model server run by hand), nothing is checked.
+    gateway_secret: SecretStr | None = None
 
     @model_validator(mode="after")
     def _queue_holds_one_request(self) -> Self:

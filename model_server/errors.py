@@ -52,3 +52,9 @@ class ShuttingDown(ModelServerError):
     """The server no longer takes new work."""
 
     status = 503
+
+
+class NotFromGateway(ModelServerError):
+    """A request without this replica's gateway secret (schemas/replica_auth.py)."""
+
+    status = 401

@@ -12,8 +12,13 @@ a name (or NUL in a value) cannot reach a process environment at all.
 
 import re
 
-# The only GREENROOM_* names a replica holds, all set by the worker; none is a setting.
-REPLICA_NAMES = frozenset({"GREENROOM_JOB_TOKEN", "GREENROOM_MODEL_ID", "GREENROOM_REPLICA_ID"})
+from schemas import replica_auth
+
+# The only reserved names a replica holds beside its MODEL_SERVER_* settings, all set by the
+# worker (a deployment's env cannot: the API refuses reserved names): its job token, ids,
+# and its generation's gateway secret (schemas/replica_auth.py).
+REPLICA_NAMES = frozenset({"GREENROOM_JOB_TOKEN", "GREENROOM_MODEL_ID", "GREENROOM_REPLICA_ID",
+                           replica_auth.ENV})
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Set by the host or the runtime for the process (a deployment may not replace them).
 HOST_CONTROLLED = frozenset({

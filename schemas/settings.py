@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     docker_url: str | None = None
     # Name of this Greenroom installation: the Docker runtime labels its containers with it
     # and lists only its own, so two installations (or test sessions) can share one engine.
-    cluster: str = "greenroom"
+    # Unset: `gr-` and the start of the database's installation id (worker/installation.py).
+    cluster: str | None = None
+    # This database's installation id: a worker reads it from the database at start
+    # (migration 008); not a setting to give.
+    installation_id: str | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -84,6 +88,9 @@ class Settings(BaseSettings):
 
     # The most processes a replica's container holds.
     replica_pids_limit: int = 1024
+    # CPUs a replica's container may use (Docker and Swarm) when its deployment sets no
+    # `cpus`; unset: the engine's CPUs times `capacity_share`, at least one.
+    replica_cpus: float | None = None
     # Process runtime: limit memory with a cgroup per replica where the host allows it;
     # false: RLIMIT_AS only (virtual memory; MiniLM needs about 1.6 GB of it for 0.55 GB RSS).
     replica_cgroups: bool = True

@@ -102,6 +102,9 @@ class DeploymentConfig(BaseModel):
         validation_alias=AliasChoices("deployment_name", "name"),
     )
     memory: int | None = Field(default=None, ge=128, le=65536, description="MB per replica")
+    cpus: float | None = Field(
+        default=None, gt=0, le=256,
+        description="CPUs per replica on Docker and Swarm (default: the host's share)")
     autoscaling_enabled: bool = False
     autoscaling_min: int = Field(
         default=1, ge=0, le=MAX_REPLICAS,

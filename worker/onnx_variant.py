@@ -59,13 +59,15 @@ def onnx_env(source: dict[str, Any]) -> dict[str, str]:
 
 
 async def record_agreement(pool: Any, http: aiohttp.ClientSession, model_id: Any,
-                           source: dict[str, Any], endpoint: str, generation: int) -> None:
-    """Copy a healthy onnx replica's variant and agreement into the model's metadata."""
+                           source: dict[str, Any], endpoint: str, generation: int,
+                           headers: dict[str, str] | None = None) -> None:
+    """Copy a healthy onnx replica's variant and agreement into the model's metadata
+    (`headers`: the generation's replica secret, as a gateway sends it)."""
     if source.get("backend") != ONNX_BACKEND:
         return
     try:
         timeout = aiohttp.ClientTimeout(total=INFO_TIMEOUT_S)
-        async with http.get(f"{endpoint}/info", timeout=timeout) as response:
+        async with http.get(f"{endpoint}/info", timeout=timeout, headers=headers) as response:
             info = await response.json()
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         log.warning("onnx_info_unreadable", endpoint=endpoint, error=str(exc))

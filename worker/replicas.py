@@ -12,6 +12,7 @@ import structlog
 
 from db import deployments, replicas
 from db.models import Model
+from schemas import replica_auth
 from schemas import secrets as deployment_secrets
 from schemas.quotas import replica_memory_mb
 from schemas.tasks import DeploymentConfig, ReplicaState
@@ -29,7 +30,8 @@ class SecretsUnreadable(Exception):
 
 async def generation_env(ctx: WorkerContext, model: Model, generation: int,
                          config: DeploymentConfig) -> dict[str, str]:
-    """The config's env, the model's decrypted secrets and a job token for this generation."""
+    """The config's env, the model's decrypted secrets, and this generation's job token and
+    gateway secret."""
     env = dict(config.env)
     if ctx.settings.secret_key is None:
         return env
@@ -42,7 +44,17 @@ async def generation_env(ctx: WorkerContext, model: Model, generation: int,
             raise SecretsUnreadable(f"{exc} (was GREENROOM_SECRET_KEY changed?)") from None
     env["GREENROOM_MODEL_ID"] = str(model.id)
     env["GREENROOM_JOB_TOKEN"] = issue_job_token(key, model.id, generation)
+    env[replica_auth.ENV] = replica_auth.generation_secret(key, model.id, generation)
     return env
+
+
+def gateway_headers(ctx: WorkerContext, model_id: UUID, generation: int) -> dict[str, str]:
+    """What a gateway sends a replica of this generation to be answered (none without a key)."""
+    if ctx.settings.secret_key is None:
+        return {}
+    secret = replica_auth.generation_secret(ctx.settings.secret_key.get_secret_value(),
+                                            model_id, generation)
+    return {replica_auth.HEADER: secret}
 
 
 def placed_memory_mb(ctx: WorkerContext, model: Model, config: DeploymentConfig) -> int:
@@ -66,6 +78,7 @@ async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID
         source=replica_source(ctx.settings, model.source, config, model.id),
         # What quotas and capacity count is what the runtime enforces.
         memory_mb=memory_mb, memory_requested=config.memory is not None, env=dict(env),
+        cpus=config.cpus,
         replaces=replaces,
     )
     await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,

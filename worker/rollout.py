@@ -139,7 +139,7 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
         tail = await _log_tail(ctx, first.runtime_ref)
         raise RolloutFailed(f"{first}" + (f"; last log lines:\n{tail}" if tail else "")) from None
     await record_agreement(ctx.pool, ctx.http, model.id, model.source, started[0].endpoint,
-                           generation)
+                           generation, lifecycle.gateway_headers(ctx, model.id, generation))
     return started
 
 

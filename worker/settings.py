@@ -27,7 +27,7 @@ from schemas.queue import (
 )
 from schemas.settings import Settings
 from schemas.tokens import weak_secret_reason
-from worker import metrics, reconciler
+from worker import installation, metrics, reconciler
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.jobs import arq_job, replica_logs, run_task
 from worker.runtimes import create_runtime
@@ -52,6 +52,7 @@ async def startup(arq_ctx: dict[str, Any]) -> None:
     refuse_weak_secret(settings)
     pool = await create_pool(settings.require_database_url(),
                                 max_size=settings.worker_max_jobs + 4)
+    settings = await installation.resolve(settings, pool)
     ctx = WorkerContext(
         settings=settings, pool=pool, redis=arq_ctx["redis"], runtime=create_runtime(settings),
         http=aiohttp.ClientSession(), worker_id=f"{socket.gethostname()}:{os.getpid()}:"
@@ -64,7 +65,8 @@ async def startup(arq_ctx: dict[str, Any]) -> None:
                                                     settings.worker_metrics_port)
     arq_ctx["reconciler"] = asyncio.create_task(reconciler.run_forever(ctx))
     arq_ctx["autoscaler"] = asyncio.create_task(autoscaler.run_forever(ctx))
-    log.info("worker_started", worker=ctx.worker_id, runtime=ctx.runtime.name)
+    log.info("worker_started", worker=ctx.worker_id, runtime=ctx.runtime.name,
+             cluster=settings.cluster)
 
 
 async def shutdown(arq_ctx: dict[str, Any]) -> None:

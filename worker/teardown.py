@@ -28,6 +28,7 @@ from db.pool import create_pool
 from schemas.logs import configure_logging
 from schemas.settings import Settings
 from schemas.tasks import ReplicaState
+from worker import installation
 from worker.runtimes import create_runtime
 from worker.runtimes.base import ReplicaInfo, RuntimeError_
 
@@ -51,11 +52,35 @@ async def _forget_unserving(settings: Settings, found: list[ReplicaInfo]) -> Non
         await pool.close()
 
 
+async def _resolved(settings: Settings) -> Settings:
+    """The settings with this installation's labels (the database's id), so a teardown
+    lists only this installation's containers; unchanged where the database is away."""
+    if settings.runtime == "process" or not settings.database_url:
+        return settings
+    try:
+        pool = await create_pool(settings.database_url, max_size=1)
+    except (OSError, DatabaseError) as exc:
+        log.warning("teardown_database_unreachable", error=str(exc))
+        return settings
+    try:
+        return await installation.resolve(settings, pool)
+    except (DatabaseError, LookupError) as exc:
+        log.warning("teardown_installation_unknown", error=str(exc))
+        return settings
+    finally:
+        await pool.close()
+
+
 async def teardown(settings: Settings, grace_s: float) -> dict[str, Any]:
     """Stop (SIGTERM, SIGKILL after `grace_s`) and remove every replica the runtime lists."""
+    settings = await _resolved(settings)
     runtime = create_runtime(settings)
     try:
-        found = await runtime.list()
+        try:
+            found = await runtime.list()
+        except RuntimeError_ as exc:  # an unknown installation: touch nothing
+            log.warning("teardown_list_failed", error=str(exc))
+            return {"stopped": 0, "deployments": 0, "removed": 0}
         try:
             await runtime.remove_many([info.runtime_ref for info in found], grace_s)
         except RuntimeError_ as exc:

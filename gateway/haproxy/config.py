@@ -7,6 +7,8 @@ points servers of it at its replicas, and points the deployment's names at it in
 `direct` map; one `set map` moves a name to a new generation. Everything the map does
 not name (private models, `/v1/embeddings`, feedback, requests carrying a token,
 unknown names) goes to the `python` backend: the Python gateway processes the controller also runs.
+Each slot backend sets the replica secret of the generation it serves (the `secrets` map,
+schemas/replica_auth.py) on every request it passes on.
 
 Why a fixed pool rather than reloads: after a reload, the old worker keeps serving its
 in-flight requests but the new worker's `scur` no longer counts them, so the drain
@@ -16,6 +18,8 @@ whole truth.
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from schemas import replica_auth
 
 # The TEI routes passed straight to a replica: (methods, path after /serve/{name}).
 DIRECT_POST = r"^/serve/[^/]+/?(embed|embed_all|tokenize|decode|v1/embeddings)?$"
@@ -67,6 +71,12 @@ class Layout:
     def replicas_map(self) -> Path:
         return self.folder / "replicas.map"
 
+    @property
+    def secrets_map(self) -> Path:
+        """Slot backend → its generation's replica secret; filled only through the admin
+        socket (the file stays empty, 0600)."""
+        return self.folder / "secrets.map"
+
 
 def server_names(index: int, layout: Layout) -> list[str]:
     """The servers slot `index` declares (`server-template s<index>_ 1-N`)."""
@@ -78,6 +88,10 @@ def render(layout: Layout) -> str:
     threads = f"    nbthread {layout.threads}\n" if layout.threads else ""
     timeout = f"{int(layout.timeout_s * 1000)}ms"
     lookup = f"path,field(3,/),map({layout.direct_map})"  # /serve/{name}/… → slot backend
+
+    def secret(index: int) -> str:
+        return f"%[str({slot_name(index)}),map({layout.secrets_map})]"
+
     text = f"""global
     master-worker
     stats socket {layout.admin_socket} mode 600 level admin expose-fd listeners
@@ -125,6 +139,7 @@ backend python
 backend {slot_name(index)}
     balance leastconn
     server-template s{index}_ 1-{layout.servers_per_slot} 127.0.0.1:9 disabled
+    http-request set-header {replica_auth.HEADER} {secret(index)}
     http-response set-header X-Greenroom-Replica %[srv_name,map({layout.replicas_map})]
 """
         text += _json_error(502, "replica answered badly or closed the connection", "Backend")
@@ -146,4 +161,6 @@ def write(layout: Layout) -> None:
     layout.folder.mkdir(parents=True, exist_ok=True)
     layout.direct_map.write_text("")
     layout.replicas_map.write_text("")
+    layout.secrets_map.write_text("")
+    layout.secrets_map.chmod(0o600)
     layout.config.write_text(render(layout))

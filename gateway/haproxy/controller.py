@@ -116,7 +116,8 @@ class Controller:
                              settings.haproxy_slots, settings.haproxy_slot_servers,
                              settings.haproxy_threads)
         self.api = RuntimeApi(self.layout.admin_socket)
-        self.programmer = Programmer(self.api, self.layout)
+        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+        self.programmer = Programmer(self.api, self.layout, secret_key=secret)
         self._changed = asyncio.Event()
         self._procs: list[asyncio.subprocess.Process] = []
         self._haproxy: asyncio.subprocess.Process | None = None

@@ -31,6 +31,7 @@ import structlog
 from db.deployments import Route
 from gateway.haproxy.config import Layout, server_names, slot_name
 from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError, ServerStat
+from schemas import replica_auth
 
 log = structlog.get_logger(__name__)
 _ADDR_OK = ("IP changed", "no need to change", "port changed")
@@ -72,8 +73,10 @@ async def _ip_port(endpoint: str) -> tuple[str, int]:
 
 
 class Programmer:
-    def __init__(self, api: RuntimeApi, layout: Layout) -> None:
+    def __init__(self, api: RuntimeApi, layout: Layout, secret_key: str | None = None) -> None:
         self._api, self._layout = api, layout
+        self._secret_key = secret_key
+        self._keyed: set[str] = set()  # slot backends with an entry in the secrets map
         self._slots = {slot_name(i): Slot(slot_name(i), list(reversed(server_names(i, layout))))
                        for i in range(layout.slots)}
         self._free = [slot_name(i) for i in reversed(range(layout.slots))]
@@ -121,6 +124,7 @@ class Programmer:
                 if key in self._mapped:
                     await self._unmap(key)
         else:
+            await self._key(fresh, route)
             await self._fill(fresh, route)
             await self._point(route, fresh.backend)
             self._live[route.model_id] = fresh
@@ -138,6 +142,20 @@ class Programmer:
         slot = self._slots[ready[-1]]
         slot.model_id, slot.generation = route.model_id, route.generation
         return slot
+
+    async def _key(self, slot: Slot, route: Route) -> None:
+        """The slot's requests carry its new generation's replica secret; the error leaves
+        the command (which holds the secret) out."""
+        if self._secret_key is None:
+            return
+        secret = replica_auth.generation_secret(self._secret_key, route.model_id,
+                                                route.generation)
+        verb = "set" if slot.backend in self._keyed else "add"
+        try:
+            await self._api.expect(f"{verb} map {self._layout.secrets_map} {slot.backend} {secret}")
+        except RuntimeApiError:
+            raise RuntimeApiError(f"HAProxy refused the replica secret of {slot.backend}") from None
+        self._keyed.add(slot.backend)
 
     async def _fill(self, slot: Slot, route: Route) -> None:
         """A server for every replica of `route` in `slot`; drain those it no longer has."""

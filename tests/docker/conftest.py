@@ -27,7 +27,7 @@ from launch import image
 from schemas.settings import Settings
 from tests.conftest import TEST_CLUSTER, wait_task
 from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, ReplicaSpec
-from worker.runtimes.docker import DockerRuntime
+from worker.runtimes.docker import DockerRuntime, network_name
 
 NO_ENGINE = "no Docker Engine answers `docker info` (start one: .ci/docker-engine.sh)"
 
@@ -47,8 +47,9 @@ def skip_without_engine() -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_image() -> str:
-    """The hashing-only model-server image, built once per session (skipped if unchanged)."""
+def docker_image() -> Iterator[str]:
+    """The hashing-only model-server image, built once per session (skipped if unchanged);
+    afterwards this session's replica network goes (bridge networks are a scarce pool)."""
     if not engine_answers():
         if os.environ.get("CI"):
             pytest.fail(f"CI is set but {NO_ENGINE}", pytrace=False)
@@ -56,7 +57,10 @@ def docker_image() -> str:
     # One tag per checkout: two checkouts testing side by side build different sources.
     tag = f"{image.TEST_TAG}-{hashlib.sha1(str(image.REPO_ROOT).encode()).hexdigest()[:8]}"
     build_once(tag, with_model=False)
-    return tag
+    yield tag
+    name = network_name(TEST_CLUSTER)
+    subprocess.run(["docker", "network", "rm", name, f"{name}-swarm"], capture_output=True,
+                   check=False)
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,10 @@ import pytest
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from service.domain.registration import register
-from tests.conftest import TEST_SECRET_KEY, bearer
+from tests.conftest import TEST_CLUSTER, TEST_SECRET_KEY, bearer
 from tests.docker.conftest import containers_of, deploy, skip_without_engine, wait_health
 from worker.runtimes.base import ReplicaSpec
-from worker.runtimes.docker import DockerRuntime
+from worker.runtimes.docker import DockerRuntime, network_name
 
 skip_without_engine()
 pytestmark = pytest.mark.docker
@@ -44,7 +44,10 @@ async def test_container_env_is_an_allowlist_and_host_config_is_hardened(
         assert name not in env, f"{name} reached the container"
 
     host = data["HostConfig"]
-    assert host["Privileged"] is False and host["NetworkMode"] == "bridge"
+    # Issue 25 (M7): the installation's own network (was the default "bridge"), a CPU
+    # limit and a non-root user.
+    assert host["Privileged"] is False and host["NetworkMode"] == network_name(TEST_CLUSTER)
+    assert host["NanoCpus"] > 0 and data["Config"]["User"] == "10001:10001"
     assert host["ReadonlyRootfs"] is True and "/tmp" in host["Tmpfs"]
     assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
     assert host["SecurityOpt"] == ["no-new-privileges:true"]

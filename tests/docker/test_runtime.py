@@ -7,6 +7,7 @@ import aiodocker
 import pytest
 
 from schemas.settings import Settings
+from tests.conftest import TEST_CLUSTER
 from tests.docker.conftest import skip_without_engine, wait_exit, wait_health
 from worker.runtimes.base import LABEL_REPLICA, ReplicaSpec, RuntimeError_
 from worker.runtimes.docker import DockerRuntime, container_name
@@ -137,7 +138,8 @@ NO_ENGINE = r"(?i)(cannot reach|cannot connect to) (the )?Docker Engine"
 async def test_unreachable_engine_is_a_runtime_error(
     make_spec: Callable[..., ReplicaSpec], tmp_path: Path
 ) -> None:
-    settings = Settings(runtime="docker", docker_url=f"unix://{tmp_path}/absent.sock")
+    settings = Settings(runtime="docker", docker_url=f"unix://{tmp_path}/absent.sock",
+                        cluster=TEST_CLUSTER)
     runtime = DockerRuntime(settings)
     try:
         with pytest.raises(RuntimeError_, match=NO_ENGINE):

@@ -66,6 +66,12 @@ async def test_service_per_generation_tasks_as_replicas_and_scaling(
     assert resources["Limits"]["MemoryBytes"] == resources["Reservations"]["MemoryBytes"] \
         == 256 * MB
     assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "on-failure"
+    # Issue 25 (M7): never root, a CPU limit, the installation's own overlay network.
+    assert spec["TaskTemplate"]["ContainerSpec"]["User"] == "10001:10001"
+    assert resources["Limits"]["NanoCPUs"] >= 10**9
+    network = (await (await docker_api.networks.get(swarm_runtime.network())).show())
+    assert network["Driver"] == "overlay" and network["Labels"][LABEL_CLUSTER] == TEST_CLUSTER
+    assert [n["Target"] for n in spec["TaskTemplate"]["Networks"]] == [network["Id"]]
     assert spec["TaskTemplate"]["Placement"]["Preferences"] == [
         {"Spread": {"SpreadDescriptor": "node.id"}}]
     (port,) = spec["EndpointSpec"]["Ports"]

@@ -21,6 +21,8 @@ LABEL_GENERATION = LABEL_PREFIX + "generation"
 LABEL_TASK = LABEL_PREFIX + "task"
 LABEL_REPLICA = LABEL_PREFIX + "replica"
 LABEL_CLUSTER = LABEL_PREFIX + "cluster"
+# The database's installation id (worker/installation.py): never another installation's.
+LABEL_INSTALLATION = LABEL_PREFIX + "installation"
 
 
 class RuntimeError_(Exception):  # trailing _ keeps clear of the builtin RuntimeError
@@ -38,6 +40,8 @@ class ReplicaSpec:
     task_id: UUID | None
     source: dict[str, Any]
     memory_mb: int | None = None
+    # CPUs the deployment gave each replica (config `cpus`); None: the runtime's default.
+    cpus: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     # Did the deployment set memory_mb itself (else it is what quotas and capacity count)?
     memory_requested: bool = True

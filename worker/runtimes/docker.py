@@ -1,8 +1,10 @@
 """Docker runtime: one container per replica, through aiodocker."""
 
 import asyncio
+import contextlib
 import json
 import math
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ from aiodocker.containers import DockerContainer
 from schemas.settings import Settings
 from worker.runtimes.base import (
     LABEL_CLUSTER,
+    LABEL_INSTALLATION,
     LABEL_REPLICA,
     ReplicaInfo,
     ReplicaSpec,
@@ -36,6 +39,11 @@ CALL_TIMEOUT_S = 30.0
 # Room for what the model server and its libraries write (temp files, caches).
 TMPFS_MB = 256
 MODEL_MOUNT = "/model"
+# Every replica runs as this uid and gid, never root (the images' own USER too).
+REPLICA_USER = "10001:10001"
+REPLICA_UID = 10001
+# Off: no traffic between containers of the installation's network (replica to replica).
+NO_ICC = {"com.docker.network.bridge.enable_icc": "false"}
 BUILD_HINT = "build it with `python -m launch.image build`"
 
 
@@ -53,11 +61,19 @@ async def _engine(what: str, timeout_s: float = CALL_TIMEOUT_S) -> AsyncIterator
         raise RuntimeError_(f"{what}: cannot reach the Docker Engine ({exc})") from exc
 
 
-def hardening(settings: Settings) -> dict[str, Any]:
+def network_name(cluster: str) -> str:
+    """The installation's own bridge network: its replicas and nothing else."""
+    return f"greenroom-{cluster}"
+
+
+def hardening(settings: Settings, network: str) -> dict[str, Any]:
     """HostConfig that keeps a replica's code in its box: a model may bring any code."""
     return {
         "Privileged": False,
-        "NetworkMode": "bridge",  # never "host": the control plane listens on loopback
+        # Never "host" (the control plane listens on loopback), never the default bridge
+        # (every container on it reaches every other): the installation's own network,
+        # inter-container traffic off.
+        "NetworkMode": network,
         "ReadonlyRootfs": True,
         "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMPFS_MB}m"},
         "CapDrop": ["ALL"],
@@ -98,7 +114,33 @@ def _tail(chunks: list[str], lines: int) -> str:
 def export_binds(spec: ReplicaSpec) -> list[str]:
     """The onnx backend's export cache, read-write at the same path (worker/onnx_variant.py)."""
     exports = spec.source.get("export_dir")
-    return [f"{exports}:{exports}:rw"] if exports else []
+    if not exports:
+        return []
+    _writable_by_replica(Path(exports))
+    return [f"{exports}:{exports}:rw"]
+
+
+def _writable_by_replica(folder: Path) -> None:
+    """The model's own export folder belongs to the replica's uid, which writes its
+    variants there; a worker that is not root leaves it as it is (its uid is the owner)."""
+    if os.geteuid() != 0 or not folder.is_dir():
+        return
+    for path in [folder, *folder.rglob("*")]:
+        with contextlib.suppress(OSError):
+            os.chown(path, REPLICA_UID, REPLICA_UID, follow_symlinks=False)
+
+
+def cpu_limit(spec_cpus: float | None, settings: Settings, engine_cpus: int) -> float:
+    """CPUs a replica may use: the deployment's, else `replica_cpus`, else the engine's
+    CPUs times `capacity_share` (at least one): no replica takes the whole host. Never more
+    than the engine has (it refuses a container asking for more)."""
+    if spec_cpus is not None:
+        wanted = spec_cpus
+    elif settings.replica_cpus is not None:
+        wanted = settings.replica_cpus
+    else:
+        wanted = max(1.0, engine_cpus * settings.capacity_share)
+    return min(wanted, float(max(engine_cpus, 1)))
 
 
 class DockerRuntime:
@@ -109,6 +151,8 @@ class DockerRuntime:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._docker: aiodocker.Docker | None = None
+        self._network_ready = False
+        self._engine_cpus: int | None = None
         # Published on replica_host; endpoints name the advertised address.
         self.local_host: str | None = settings.replica_endpoint_host
 
@@ -121,8 +165,22 @@ class DockerRuntime:
                 raise RuntimeError_(f"no Docker Engine found: {exc or 'no socket'}") from exc
         return self._docker
 
-    def container_config(self, spec: ReplicaSpec) -> dict[str, Any]:
-        """The Engine's create-container body for `spec`."""
+    def own_labels(self) -> dict[str, str]:
+        """The labels that mark a replica as this installation's (worker/installation.py)."""
+        if self._settings.cluster is None:
+            raise RuntimeError_("the runtime's cluster is unknown: settings not resolved "
+                                "against the database (worker/installation.py)")
+        labels = {LABEL_CLUSTER: self._settings.cluster}
+        if self._settings.installation_id is not None:
+            labels[LABEL_INSTALLATION] = self._settings.installation_id
+        return labels
+
+    def own_filters(self) -> list[str]:
+        """`own_labels` as Engine list filters: only this installation's replicas."""
+        return [f"{k}={v}" for k, v in self.own_labels().items()]
+
+    def container_config(self, spec: ReplicaSpec, engine_cpus: int = 1) -> dict[str, Any]:
+        """The Engine's create-container body for `spec`, on an engine of `engine_cpus`."""
         # HOME on the tmpfs: the root filesystem is read-only.
         binds, mount_env = model_mount(spec)
         env = {**model_server_env(spec, host="0.0.0.0", port=CONTAINER_PORT), "HOME": "/tmp",
@@ -136,20 +194,23 @@ class DockerRuntime:
             "RestartPolicy": {"Name": "no"},
             # MemorySwap equal to Memory: no swap, so the limit is the limit.
             "Memory": memory, "MemorySwap": memory,
-            **hardening(self._settings),
+            "NanoCpus": int(cpu_limit(spec.cpus, self._settings, engine_cpus) * 1e9),
+            **hardening(self._settings, self.network()),
             "Binds": binds + export_binds(spec),
         }
         return {
             "Image": spec.source.get("image") or self._settings.docker_image,
+            "User": REPLICA_USER,
             "Env": [f"{k}={v}" for k, v in env.items()],
-            "Labels": {**spec.labels(), LABEL_CLUSTER: self._settings.cluster},
+            "Labels": {**spec.labels(), **self.own_labels()},
             "ExposedPorts": {PORT_KEY: {}},
             "HostConfig": host_config,
         }
 
     async def start(self, spec: ReplicaSpec) -> StartedReplica:
         """Create and start the container; returns once its host port is known."""
-        config = self.container_config(spec)
+        await self._ensure_network()
+        config = self.container_config(spec, await self.engine_cpus())
         name = container_name(spec)
         container = await self._create(config, name)
         try:
@@ -260,14 +321,49 @@ class DockerRuntime:
         await stop_and_remove_each(self, runtime_refs, grace_s)
 
     async def list(self) -> list[ReplicaInfo]:
-        filters = json.dumps({"label": [LABEL_REPLICA,
-                                        f"{LABEL_CLUSTER}={self._settings.cluster}"]})
+        filters = json.dumps({"label": [LABEL_REPLICA, *self.own_filters()]})
         async with _engine("list containers"):
             found = await self._client().containers.list(all=True, filters=filters)
         # The list answer has neither exit codes nor OOM flags: inspect each container.
         shown = await asyncio.gather(*(self._show(c.id) for c in found))
         infos = (self._info(data) for data in shown if data is not None)
         return [info for info in infos if info is not None]
+
+    def network(self) -> str:
+        """The network this installation's replicas join (`network_name` of its cluster)."""
+        return network_name(self.own_labels()[LABEL_CLUSTER])
+
+    def network_config(self) -> dict[str, Any]:
+        """The Engine's create-network body for `network()`: a bridge, ICC off."""
+        return {"Name": self.network(), "Driver": "bridge", "CheckDuplicate": True,
+                "Options": NO_ICC, "Labels": self.own_labels()}
+
+    async def _ensure_network(self) -> None:
+        """Create the installation's network once (another worker may have just made it)."""
+        if self._network_ready:
+            return
+        config = self.network_config()
+        name = config["Name"]
+        async with _engine(f"create network {name}"):
+            try:
+                await self._client().networks.get(name)
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+                try:
+                    await self._client().networks.create(config)
+                except aiodocker.DockerError as race:
+                    if race.status != 409:
+                        raise
+        self._network_ready = True
+
+    async def engine_cpus(self) -> int:
+        """The Engine's CPUs (`docker info` NCPU), read once."""
+        if self._engine_cpus is None:
+            async with _engine("read engine info"):
+                info = await self._client().system.info()
+            self._engine_cpus = int(info.get("NCPU") or 1)
+        return self._engine_cpus
 
     async def engine_memory_mb(self) -> int:
         """The Engine's memory (`docker info` MemTotal), for the worker's capacity budget."""

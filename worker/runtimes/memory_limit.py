@@ -5,7 +5,10 @@ A cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`) limits resident memory
 kernel's OOM killer ends the replica when it goes over, which is what the Docker runtime
 gives too. RLIMIT_AS is the fallback where no cgroup is writable: it limits *virtual*
 memory, which torch maps a lot of, so a limit that fits the model's resident size may be
-too small for it; an allocation over it fails with MemoryError instead of a kill.
+too small for it; an allocation over it fails with MemoryError instead of a kill. Where the
+deployment set no memory itself, the default is applied as RLIMIT_DATA instead (private
+writable memory: the heap and anonymous maps, not the libraries and reservations torch
+maps), so no replica ever runs without a bound.
 """
 
 import asyncio
@@ -21,7 +24,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-Kind = Literal["cgroup-v2", "cgroup-v1", "rlimit"]
+Kind = Literal["cgroup-v2", "cgroup-v1", "rlimit", "rlimit-data"]
 # What an interpreter prints when an allocation fails under RLIMIT_AS.
 _OUT_OF_MEMORY_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc",
                         "Memory allocation still failed", "out of memory")
@@ -42,7 +45,8 @@ class Limit:
         if self.cgroup is not None:
             (self.cgroup / "cgroup.procs").write_text(str(pid))
         else:
-            resource.prlimit(pid, resource.RLIMIT_AS, (self.limit_bytes, self.limit_bytes))
+            which = resource.RLIMIT_DATA if self.kind == "rlimit-data" else resource.RLIMIT_AS
+            resource.prlimit(pid, which, (self.limit_bytes, self.limit_bytes))
 
 
 def _own_cgroup(controller: str, lines: list[str]) -> tuple[Kind, Path] | None:
@@ -121,7 +125,7 @@ def prepare(name: str, limit_mb: int, cgroups: bool = True) -> Limit:
 
 def oom_killed(kind: str, cgroup: str | None, stderr_tail: str) -> bool:
     """Did the replica die of its memory limit?"""
-    if kind == "rlimit":
+    if kind.startswith("rlimit"):
         return any(mark in stderr_tail for mark in _OUT_OF_MEMORY_MARKS)
     if cgroup is None:
         return False

@@ -107,13 +107,14 @@ class ProcessRuntime:
                  endpoint=endpoint, memory=memory)
         return StartedReplica(runtime_ref=ref, endpoint=endpoint)
 
-    def _memory_limit(self, ref: str, spec: ReplicaSpec) -> memory_limit.Limit | None:
-        """The deployment's memory (or the default) as a cgroup; RLIMIT_AS, which counts
-        virtual memory, only when the deployment asked for a limit itself."""
+    def _memory_limit(self, ref: str, spec: ReplicaSpec) -> memory_limit.Limit:
+        """The deployment's memory (or the default) as a cgroup; else RLIMIT_AS, which counts
+        virtual memory, when the deployment asked for a limit itself, and RLIMIT_DATA (its
+        heap and anonymous memory) at the default when it did not: never no limit."""
         limit = memory_limit.prepare(ref, spec.memory_mb or self._default_memory_mb,
                                      cgroups=self._cgroups)
         if limit.kind == "rlimit" and not (spec.memory_mb and spec.memory_requested):
-            return None
+            return memory_limit.Limit("rlimit-data", limit.limit_bytes)
         return limit
 
     async def _spawn(self, folder: Path, env: dict[str, str],
@@ -174,7 +175,8 @@ class ProcessRuntime:
         memory = meta.get("memory") or {}
         if not memory:
             return False
-        stderr = _tail(self._dir(ref) / "stderr.log", 20) if memory["kind"] == "rlimit" else ""
+        rlimit = str(memory["kind"]).startswith("rlimit")
+        stderr = _tail(self._dir(ref) / "stderr.log", 20) if rlimit else ""
         return memory_limit.oom_killed(memory["kind"], memory.get("cgroup"), stderr)
 
     async def inspect(self, runtime_ref: str) -> ReplicaInfo | None:

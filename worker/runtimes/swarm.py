@@ -58,7 +58,6 @@ from aiodocker.multiplexed import multiplexed_result_list
 
 from schemas.settings import Settings
 from worker.runtimes.base import (
-    LABEL_CLUSTER,
     LABEL_GENERATION,
     LABEL_MODEL,
     LABEL_PREFIX,
@@ -73,10 +72,12 @@ from worker.runtimes.docker import (
     BUILD_HINT,
     CONTAINER_PORT,
     MODEL_MOUNT,
+    REPLICA_USER,
     TMPFS_MB,
     DockerRuntime,
     _engine,
     _tail,
+    cpu_limit,
 )
 
 log = structlog.get_logger(__name__)
@@ -197,6 +198,7 @@ class SwarmRuntime(DockerRuntime):
         return {
             "ContainerSpec": {
                 "Image": spec.source.get("image") or self._settings.docker_image,
+                "User": REPLICA_USER,
                 "Env": [f"{k}={v}" for k, v in env.items()],
                 "Labels": self._labels(spec),
                 "ReadOnly": True,
@@ -208,18 +210,32 @@ class SwarmRuntime(DockerRuntime):
             "Resources": {
                 # The reservation equals the limit: the scheduler only places a replica
                 # on a node with that much memory not yet reserved.
-                "Limits": {"MemoryBytes": memory, "Pids": self._settings.replica_pids_limit},
+                "Limits": {"MemoryBytes": memory, "Pids": self._settings.replica_pids_limit,
+                           # The default share of the manager's CPUs (see cpu_limit).
+                           "NanoCPUs": int(cpu_limit(spec.cpus, self._settings,
+                                                     self._engine_cpus or 1) * 1e9)},
                 "Reservations": {"MemoryBytes": memory},
             },
             # Swarm restarts a failed task in its slot; see the module's docstring.
             "RestartPolicy": {"Condition": "on-failure", "Delay": int(RESTART_DELAY_S * 1e9),
                               "MaxAttempts": 0},
             "Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.id"}}]},
+            # The installation's own overlay, not the nodes' default bridge; its egress goes
+            # through each node's docker_gwbridge, where inter-container traffic is off.
+            "Networks": [{"Target": self.network()}],
         }
+
+    def network(self) -> str:
+        return f"{super().network()}-swarm"
+
+    def network_config(self) -> dict[str, Any]:
+        """An overlay (overlays have no ICC switch: the replica secret guards each port)."""
+        return {"Name": self.network(), "Driver": "overlay", "CheckDuplicate": True,
+                "Labels": self.own_labels()}
 
     def _labels(self, spec: ReplicaSpec) -> dict[str, str]:
         return {LABEL_MODEL: str(spec.model_id), LABEL_GENERATION: str(spec.generation),
-                LABEL_TASK: str(spec.task_id or ""), LABEL_CLUSTER: self._settings.cluster,
+                LABEL_TASK: str(spec.task_id or ""), **self.own_labels(),
                 LABEL_RUNTIME: self.name}
 
     def service_spec(self, spec: ReplicaSpec) -> dict[str, Any]:
@@ -329,6 +345,8 @@ class SwarmRuntime(DockerRuntime):
         """Add one task to the generation's service (creating it), or take over Swarm's
         restart of the crashed replica `spec.replaces`; returns once the task runs."""
         await self._local_node_id()
+        await self.engine_cpus()
+        await self._ensure_network()
         name = service_name(spec.model_id, spec.generation)
         async with self._serialised(name):
             placed = None
@@ -533,8 +551,7 @@ class SwarmRuntime(DockerRuntime):
         return _tail(out, tail), _tail(err, tail)
 
     async def _services(self) -> list[dict[str, Any]]:
-        filters = {"label": [f"{LABEL_CLUSTER}={self._settings.cluster}",
-                             f"{LABEL_RUNTIME}={self.name}"]}
+        filters = {"label": [*self.own_filters(), f"{LABEL_RUNTIME}={self.name}"]}
         async with _engine("list services"):
             return [dict(s) for s in await self._client().services.list(filters=filters)]
 
