@@ -12,6 +12,7 @@ from arq.typing import WorkerCoroutine
 
 from db import admission, deployments, replicas, tasks
 from db.errors import UniqueViolation
+from schemas import replica_auth
 from schemas import secrets as deployment_secrets
 from schemas.tasks import TaskKind, TaskStatus
 from worker import rollout
@@ -91,7 +92,12 @@ async def replica_logs(ctx: WorkerContext, model_id: str,
     out (worker/log_redaction.py); a gone replica gives empty text."""
     found = []
     hidden = await _secrets_of(ctx, UUID(model_id))
-    for replica in await replicas.list_for_model(ctx.pool, UUID(model_id)):
+    live = await replicas.list_for_model(ctx.pool, UUID(model_id))
+    if ctx.settings.secret_key is not None:  # each generation's gateway secret too
+        key = ctx.settings.secret_key.get_secret_value()
+        hidden += [replica_auth.generation_secret(key, UUID(model_id), generation)
+                   for generation in {r.generation for r in live}]
+    for replica in live:
         stdout, stderr = "", ""
         if replica.runtime_ref:
             with contextlib.suppress(RuntimeError_):

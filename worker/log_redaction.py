@@ -3,8 +3,9 @@
 Seeds 000 and 001 let anyone who may read a model read its deployment's logs, and a
 model's code may print what its environment holds (review M9). So the worker, which alone
 can decrypt a deployment's secrets, replaces each of their values, each `env` value of the
-deployment's config long enough to be one, and every JWT (a replica's job token) with
-`[redacted]` before the lines leave it.
+deployment's config long enough to be one, each live generation's gateway secret
+(schemas/replica_auth.py) and every JWT (a replica's job token) with `[redacted]` before
+the lines leave it.
 """
 
 import re

@@ -22,6 +22,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 from redis.asyncio import ConnectionPool
 
+from schemas import replica_auth
 from schemas.models import ModelSource
 from schemas.queue import JOB_REPLICA_LOGS, LOGS_RESULT_KEEP_S, QUEUE_NAME, decode_job, encode_job
 from schemas.settings import Settings
@@ -108,7 +109,7 @@ async def test_a_reader_reads_the_logs_with_the_deployments_secrets_taken_out(
         api: str, spawn: Callable[..., Proc], pool: asyncpg.Pool, settings: Settings,
         http: aiohttp.ClientSession) -> None:
     """alice deploys a private model with a genai_key and an env value, and grants bob READ;
-    her model prints both and its job token (the genai_key is kept from her first deploy
+    her model prints both, its job token and its generation's gateway secret (the genai_key is kept from her first deploy
     into the second, which sets the env). bob reads the logs (200, as the seeds say) on
     all three routes: every secret is `[redacted]`, the rest of the line is there."""
     _, alice = await make_user(pool, "alice")
@@ -131,8 +132,12 @@ async def test_a_reader_reads_the_logs_with_the_deployments_secrets_taken_out(
     assert status == 202, body
     await _done(http, api, body["task_id"], alice)
     assert settings.secret_key is not None
-    token = issue_job_token(settings.secret_key.get_secret_value(), uuid4(), 1)
-    printed = f"model says key={GENAI_SECRET} env={ENV_SECRET} token={token} batch={SHORT_ENV}"
+    key = settings.secret_key.get_secret_value()
+    token = issue_job_token(key, uuid4(), 1)
+    model_id = await pool.fetchval("SELECT id FROM models WHERE name = 'logged'")
+    gateway_secret = replica_auth.generation_secret(key, model_id, 2)  # the serving one's
+    printed = (f"model says key={GENAI_SECRET} env={ENV_SECRET} token={token} "
+               f"gw={gateway_secret} batch={SHORT_ENV}")
     for log in (settings.state_dir / "replicas").glob("*/stdout.log"):
         with log.open("a") as out:  # what the model's own code printed
             out.write(printed + "\n")
@@ -142,8 +147,10 @@ async def test_a_reader_reads_the_logs_with_the_deployments_secrets_taken_out(
             status, body = await call(http, "GET", api + path, headers=bob)
             assert status == 200, (path, body)
             text = json.dumps(body)
-            assert GENAI_SECRET not in text and ENV_SECRET not in text and token not in text
-            if "model says key=[redacted] env=[redacted] token=[redacted] batch=32" not in text:
+            for secret in (GENAI_SECRET, ENV_SECRET, token, gateway_secret):
+                assert secret not in text, path
+            if ("model says key=[redacted] env=[redacted] token=[redacted] gw=[redacted] "
+                    "batch=32") not in text:
                 return False
         return True
     await eventually(redacted_everywhere, 30, "bob reads the printed line, redacted")
