@@ -110,8 +110,9 @@ async def test_a_reader_reads_the_logs_with_the_deployments_secrets_taken_out(
         http: aiohttp.ClientSession) -> None:
     """alice deploys a private model with a genai_key and an env value, and grants bob READ;
     her model prints both, its job token and its generation's gateway secret (the
-    genai_key is kept from her first deploy into the second, which sets the env). bob reads the logs (200, as the seeds say) on
-    all three routes: every secret is `[redacted]`, the rest of the line is there."""
+    genai_key is kept from her first deploy into the second, which sets the env). bob
+    reads the logs (200, as the seeds say) on all three routes: every secret is
+    `[redacted]`, the rest of the line is there."""
     _, alice = await make_user(pool, "alice")
     _, bob = await make_user(pool, "bob")
     await register(pool, "alice", "logged", ModelSource(backend="hashing", dimension=16),
