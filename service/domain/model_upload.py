@@ -10,6 +10,7 @@ scratch files are removed: a refused archive leaves nothing behind.
 
 import asyncio
 import contextlib
+import json
 import lzma
 import os
 import shutil
@@ -32,6 +33,10 @@ from schemas.settings import Settings
 CHUNK = 1 << 20
 INCOMING = ".incoming"
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Code a model folder could carry for a loader to import: never accepted in an upload.
+CODE = (".py", ".pyc", ".pyo", ".pyd", ".so")
+# The only package whose classes an uploaded modules.json may name.
+MODULE_PACKAGE = "sentence_transformers."
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,11 @@ def check_model(folder: Path, limits: Limits) -> list[str]:
     if not (folder / "config.json").is_file():
         raise _bad("no config.json at the top of the model folder")
     files = [p for p in folder.rglob("*") if p.is_file()]
+    code = sorted(str(p.relative_to(folder)) for p in files if p.suffix.lower() in CODE)
+    if code:
+        raise _bad(f"{', '.join(code)}: a model folder may not carry code (.py and "
+                   "compiled modules are refused)")
+    _check_modules(folder / "modules.json")
     safe = [p for p in files if p.suffix == ".safetensors"]
     pickled = [p for p in files if p.suffix in PICKLED]
     if pickled and not limits.allow_pickled:
@@ -156,6 +166,25 @@ def check_model(folder: Path, limits: Limits) -> list[str]:
     if not weights:
         raise _bad("no weights (model.safetensors) in the model folder")
     return sorted(str(p.relative_to(folder)) for p in weights)
+
+
+def _check_modules(path: Path) -> None:
+    """modules.json may name sentence_transformers' own classes only: a loader that imports
+    another type would run the model's code (sentence-transformers < 6 did so unasked)."""
+    if not path.is_file():
+        return
+    try:
+        modules = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("modules.json is not valid JSON") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise _bad("modules.json must be a list of modules")
+    foreign = sorted({str(m.get("type")) for m in modules
+                      if not (isinstance(m.get("type"), str)
+                              and m["type"].startswith(MODULE_PACKAGE))})
+    if foreign:
+        raise _bad(f"modules.json names module types outside {MODULE_PACKAGE}* "
+                   f"({', '.join(foreign)}); only sentence_transformers' own are accepted")
 
 
 def install(folder: Path, target: Path) -> None:
