@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     max_upload_mb: int = 2048
     upload_max_files: int = 10000
     upload_max_unpacked_mb: int = 8192
+    # An upload holds its model under a lease this long, renewed while it runs; an API that
+    # died mid-upload frees the model (and its scratch folder) once it passes.
+    upload_lease_s: float = 60.0
 
     # Failed logins allowed per username and per client address within the window (then 429).
     login_max_failures_per_user: int = 10

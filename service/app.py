@@ -14,6 +14,7 @@ from service.auth.authentication import require_secret
 from service.auth.login_throttle import LoginThrottle
 from service.auth.principal_cache import principal_cache_ctx
 from service.console import setup as setup_console
+from service.domain import upload_lease
 from service.keys import LOGIN_THROTTLE, METRICS, PG, REDIS, SETTINGS
 from service.metrics import ApiMetrics
 from service.routes import register
@@ -24,6 +25,14 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     app[PG] = await create_pool(app[SETTINGS].require_database_url(), max_size=20)
     yield
     await app[PG].close()
+
+
+async def _upload_scratch(app: web.Application) -> AsyncIterator[None]:
+    """Scratch folders of uploads an API killed mid-upload left behind (review M5)."""
+    settings = app[SETTINGS]
+    await upload_lease.sweep_incoming(app[PG], settings.model_store_dir.resolve(),
+                                      settings.upload_lease_s)
+    yield
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
@@ -46,7 +55,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
                                         settings.login_max_failures_per_address,
                                         settings.login_window_s)
     # Inference is the gateway's (gateway/app.py), a process of its own.
-    app.cleanup_ctx.extend([_postgres, _redis,
+    app.cleanup_ctx.extend([_postgres, _upload_scratch, _redis,
                             principal_cache_ctx(REDIS, settings.access_cache_ttl_s)])
     app[METRICS] = metrics
     tasks.setup(app)

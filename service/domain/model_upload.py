@@ -29,9 +29,10 @@ from db import models
 from db.models import Model
 from schemas.errors import Conflict, GreenroomError, Invalid, Malformed, TooLarge, UnsupportedType
 from schemas.settings import Settings
+from service.domain import upload_lease
+from service.domain.upload_lease import INCOMING
 
 CHUNK = 1 << 20
-INCOMING = ".incoming"
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # Code a model folder could carry for a loader to import: never accepted in an upload.
 CODE = (".py", ".pyc", ".pyo", ".pyd", ".so")
@@ -203,8 +204,8 @@ def install(folder: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def scratch_dir(store: Path) -> Path:
-    folder = store / INCOMING / uuid4().hex
+def scratch_dir(store: Path, upload_id: str) -> Path:
+    folder = store / INCOMING / upload_id
     folder.mkdir(parents=True)
     return folder
 
@@ -216,42 +217,50 @@ def limits_of(settings: Settings, allow_pickled: bool) -> Limits:
                   allow_pickled=allow_pickled)
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
                  chunks: AsyncIterator[bytes], allow_pickled: bool,
                  declared_size: int | None = None) -> Model:
-    """Receive, unpack, check and install the model's weights; train_status in_progress
-    meanwhile, complete after (back to what it was if the archive is refused)."""
+    """Receive, unpack, check and install the model's weights. The model is held meanwhile
+    (train_status in_progress under a renewed lease, review M5) and released after: complete,
+    or back to what it was if the archive is refused or anything fails."""
     store = settings.model_store_dir.resolve()
     limits = limits_of(settings, allow_pickled)
     if declared_size is not None and declared_size > limits.max_upload_bytes:
         raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
                    "(GREENROOM_MAX_UPLOAD_MB)", TooLarge)
+    await upload_lease.sweep_incoming(pool, store, settings.upload_lease_s)
     # Claimed in the database: a second upload (or a save in progress) is refused, and the
     # status to go back to is the one this upload found, never a stale snapshot.
-    before = await models.claim_train_status(pool, model.id, "in_progress")
+    upload_id = uuid4().hex
+    before = await models.claim_upload(pool, model.id, upload_id, settings.upload_lease_s)
     if before is None:
         raise Conflict("this model is already being uploaded or trained "
                        "(train_status in_progress); try again when it is done")
+    lease = upload_lease.UploadLease(pool, model.id, upload_id, settings.upload_lease_s)
+    target = store / str(model.id)
     try:
-        scratch = scratch_dir(store)
+        async with upload_lease.renewed(lease):
+            scratch = scratch_dir(store, upload_id)
+            try:
+                archive = await receive(chunks, scratch, limits)
+                folder = await asyncio.to_thread(unpack, archive, scratch / "unpacked", limits)
+                weights = check_model(folder, limits)
+                size = await asyncio.to_thread(_folder_bytes, folder)
+                await lease.check()
+                await asyncio.to_thread(install, folder, target)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     except BaseException:
-        await models.set_train_status(pool, model.id, before)
+        await asyncio.shield(models.end_upload(pool, model.id, upload_id, before))
         raise
-    try:
-        archive = await receive(chunks, scratch, limits)
-        folder = await asyncio.to_thread(unpack, archive, scratch / "unpacked", limits)
-        weights = check_model(folder, limits)
-        target = store / str(model.id)
-        await asyncio.to_thread(install, folder, target)
-    except BaseException:
-        await models.set_train_status(pool, model.id, before)
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     source = {**model.source, "backend": "sentence-transformers", "location": str(target)}
     await models.update_source(pool, model.id, source)
     await models.merge_metadata(pool, model.id, {"uploaded_weights": weights})
-    await models.set_train_status(pool, model.id, "complete")
+    await models.end_upload(pool, model.id, upload_id, "complete", size)
     found = await models.get(pool, model.id)
     assert found is not None
     return found
