@@ -7,6 +7,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
 from db.pool import create_pool
+from schemas.file_modes import private_dir
 from schemas.queue import QUEUE_NAME
 from schemas.settings import Settings
 from service.api import bazaar_v1, bazaar_v2, docs, health, quotas, registry, scale, tasks
@@ -30,8 +31,8 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 async def _upload_scratch(app: web.Application) -> AsyncIterator[None]:
     """Scratch folders of uploads an API killed mid-upload left behind (review M5)."""
     settings = app[SETTINGS]
-    await upload_lease.sweep_incoming(app[PG], settings.model_store_dir.resolve(),
-                                      settings.upload_lease_s)
+    store = private_dir(settings.model_store_dir.resolve())  # its owner's alone (review L4)
+    await upload_lease.sweep_incoming(app[PG], store, settings.upload_lease_s)
     yield
 
 

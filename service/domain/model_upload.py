@@ -28,6 +28,7 @@ import asyncpg
 from db import models
 from db.models import Model
 from schemas.errors import Conflict, GreenroomError, Invalid, Malformed, TooLarge, UnsupportedType
+from schemas.file_modes import private_dir
 from schemas.settings import Settings
 from service.domain import upload_lease
 from service.domain.upload_lease import INCOMING
@@ -199,14 +200,18 @@ def install(folder: Path, target: Path) -> None:
         raise Conflict("another upload of this model finished at the same moment; "
                        "upload again if yours should win") from None
     for path in [target, *target.rglob("*")]:
-        with contextlib.suppress(OSError):  # readable by unprivileged replicas
+        # Readable by a Docker replica's uid (10001): it enters the bind mount directly, while
+        # on the host the store's 0700 root keeps every other user out (schemas/file_modes).
+        with contextlib.suppress(OSError):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def scratch_dir(store: Path, upload_id: str) -> Path:
-    folder = store / INCOMING / upload_id
-    folder.mkdir(parents=True)
+    """The upload's own scratch folder, in an owner-only store (review L4)."""
+    private_dir(store)
+    folder = private_dir(store / INCOMING) / upload_id
+    folder.mkdir(mode=0o700)
     return folder
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from schemas.file_modes import private_append, private_dir
 from schemas.settings import Settings
 from worker.runtimes import memory_limit
 from worker.runtimes.base import (
@@ -84,8 +85,8 @@ class ProcessRuntime:
 
     async def start(self, spec: ReplicaSpec) -> StartedReplica:
         ref = str(spec.replica_id)
-        folder = self._dir(ref)
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self._root)
+        folder = private_dir(self._dir(ref))
         port = free_port(self._host)
         # Never the worker's environment: it holds the secret key and database URL.
         # Host values over the replica's env: the deployment's env never replaces them.
@@ -120,7 +121,9 @@ class ProcessRuntime:
                      limit: memory_limit.Limit | None) -> asyncio.subprocess.Process:
         """`python -m model_server` in its own session (and so process group), working
         directory `folder`, inside its memory limit."""
-        with (folder / "stdout.log").open("ab") as out, (folder / "stderr.log").open("ab") as err:
+        # Owner-only: a model's output can carry its secrets (review L4).
+        with (os.fdopen(private_append(folder / "stdout.log"), "ab") as out,
+              os.fdopen(private_append(folder / "stderr.log"), "ab") as err):
             try:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "model_server", stdout=out, stderr=err, env=env,
