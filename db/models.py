@@ -134,6 +134,22 @@ async def claim_upload(db: Executor, model_id: UUID, upload_id: str,
     return before
 
 
+async def lock_uploads(conn: Executor) -> None:
+    """Serialise upload claims until the caller's transaction ends (counts then claim)."""
+    async with translated():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('greenroom:upload-claims'))")
+
+
+async def uploads_in_flight(db: Executor, owner_id: int) -> tuple[int, int]:
+    """(the owner's, everyone's) uploads that hold a live lease."""
+    async with translated():
+        row = await db.fetchrow(
+            """SELECT count(*) FILTER (WHERE owner_id = $1) AS mine, count(*) AS everyone
+               FROM models WHERE upload_id IS NOT NULL AND upload_lease_until >= now()""",
+            owner_id)
+    return int(row["mine"]), int(row["everyone"])
+
+
 async def renew_upload(db: Executor, model_id: UUID, upload_id: str, lease_s: float) -> bool:
     """Extend an upload's lease; False when the upload no longer holds the model."""
     async with translated():

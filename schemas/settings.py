@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     # An upload holds its model under a lease this long, renewed while it runs; an API that
     # died mid-upload frees the model (and its scratch folder) once it passes.
     upload_lease_s: float = 60.0
+    # Uploads running at once per user, and on the whole installation (then 429).
+    upload_max_in_flight_per_user: int = 2
+    upload_max_in_flight: int = 8
+    # The model store's filesystem keeps at least this much free (MB, and percent of its
+    # size; both hold): an upload that would go below either is refused (409).
+    store_min_free_mb: int = 2048
+    store_min_free_percent: float = 5.0
 
     # Failed logins allowed per username and per client address within the window (then 429).
     login_max_failures_per_user: int = 10
@@ -131,6 +138,8 @@ class Settings(BaseSettings):
     quota_deployments: int = 5
     quota_replicas: int = 8
     quota_memory_mb: int = 8192
+    # MB a user's uploaded models may hold in the model store, together (review M14).
+    quota_store_mb: int = 16384
     # Memory of a replica whose deploy sets none (MB): its limit (Docker always sets one, the
     # process runtime where it can make a cgroup), and what quotas and capacity count it as.
     # MiniLM on torch holds ~0.55 GB; an ONNX export and its agreement check peak near 1.5 GB.

@@ -10,6 +10,7 @@ scratch files are removed: a refused archive leaves nothing behind.
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import lzma
 import os
@@ -18,7 +19,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from uuid import uuid4
@@ -30,10 +31,12 @@ from db.models import Model
 from schemas.errors import Conflict, GreenroomError, Invalid, Malformed, TooLarge, UnsupportedType
 from schemas.file_modes import private_dir
 from schemas.settings import Settings
-from service.domain import upload_lease
+from service.domain import quotas, store_space, upload_lease
 from service.domain.upload_lease import INCOMING
 
 CHUNK = 1 << 20
+# While an archive streams in, the store's free space is looked at again after each this much.
+ROOM_EVERY = 64 << 20
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # Code a model folder could carry for a loader to import: never accepted in an upload.
 CODE = (".py", ".pyc", ".pyo", ".pyd", ".so")
@@ -47,6 +50,16 @@ class Limits:
     max_files: int
     max_unpacked_bytes: int
     allow_pickled: bool
+    # What the owner's store quota leaves (None: no quota, an administrator's model).
+    quota_left_bytes: int | None = None
+    # Raises if writing that many more bytes would take the store's disk below its floor.
+    room: Callable[[int], None] | None = None
+
+
+def _past_quota(limits: Limits, size: int, what: str) -> None:
+    if limits.quota_left_bytes is not None and size > limits.quota_left_bytes:
+        raise _bad(f"{what} is past the {limits.quota_left_bytes // 2**20:,} MB your store "
+                   "quota leaves (GREENROOM_QUOTA_STORE_MB)", TooLarge)
 
 
 def _bad(message: str, kind: type[GreenroomError] = Invalid) -> GreenroomError:
@@ -56,13 +69,17 @@ def _bad(message: str, kind: type[GreenroomError] = Invalid) -> GreenroomError:
 async def receive(chunks: AsyncIterator[bytes], scratch: Path, limits: Limits) -> Path:
     """Stream the body to `scratch/archive`; 413 past the bound."""
     target = scratch / "archive"
-    size = 0
+    size = checked = 0
     with target.open("wb") as out:
         async for chunk in chunks:
             size += len(chunk)
             if size > limits.max_upload_bytes:
                 raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
                            "(GREENROOM_MAX_UPLOAD_MB)", TooLarge)
+            _past_quota(limits, size, "the archive")
+            if limits.room is not None and size - checked >= ROOM_EVERY:
+                limits.room(0)
+                checked = size
             out.write(chunk)
     if size == 0:
         raise _bad("the request body is empty; send a tar.gz or zip archive", Malformed)
@@ -85,6 +102,12 @@ def _count(total: list[int], size: int, limits: Limits) -> None:
         raise _bad(f"archive holds more than {limits.max_files} files")
     if total[1] > limits.max_unpacked_bytes:
         raise _bad(f"archive unpacks to more than {limits.max_unpacked_bytes // 2**20} MB")
+    _past_quota(limits, total[1], "what the archive unpacks to")
+
+
+def _room_for(total: list[int], limits: Limits) -> None:
+    if limits.room is not None:
+        limits.room(total[1])
 
 
 def _unpack_tar(archive: Path, into: Path, limits: Limits) -> None:
@@ -99,6 +122,7 @@ def _unpack_tar(archive: Path, into: Path, limits: Limits) -> None:
                 raise _bad(f"member {member.name!r} is a device, FIFO or other special file")
             _count(total, member.size, limits)
             members.append(member)
+        _room_for(total, limits)
         tar.extractall(into, members=members, filter="data")
 
 
@@ -114,6 +138,7 @@ def _unpack_zip(archive: Path, into: Path, limits: Limits) -> None:
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise _bad(f"member {info.filename!r} is a device, FIFO or other special file")
             _count(total, info.file_size, limits)
+        _room_for(total, limits)
         for info in infos:
             zf.extract(info, into)  # reads at most file_size bytes of each member
 
@@ -232,19 +257,22 @@ async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
     """Receive, unpack, check and install the model's weights. The model is held meanwhile
     (train_status in_progress under a renewed lease, review M5) and released after: complete,
     or back to what it was if the archive is refused or anything fails."""
-    store = settings.model_store_dir.resolve()
-    limits = limits_of(settings, allow_pickled)
+    store = private_dir(settings.model_store_dir.resolve())
+    allowance = await quotas.store_allowance(pool, settings, model)
+    limits = dataclasses.replace(
+        limits_of(settings, allow_pickled),
+        quota_left_bytes=allowance.left_bytes if allowance is not None else None,
+        room=lambda more: store_space.check_room(settings, store, more))
+    # Checked before a byte streams in: the archive's size, the owner's store quota, the disk.
     if declared_size is not None and declared_size > limits.max_upload_bytes:
         raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
                    "(GREENROOM_MAX_UPLOAD_MB)", TooLarge)
+    if allowance is not None and (declared_size or 1) > allowance.left_bytes:
+        raise allowance.refuse(declared_size or 1)
+    store_space.check_room(settings, store, declared_size or 0)
     await upload_lease.sweep_incoming(pool, store, settings.upload_lease_s)
-    # Claimed in the database: a second upload (or a save in progress) is refused, and the
-    # status to go back to is the one this upload found, never a stale snapshot.
     upload_id = uuid4().hex
-    before = await models.claim_upload(pool, model.id, upload_id, settings.upload_lease_s)
-    if before is None:
-        raise Conflict("this model is already being uploaded or trained "
-                       "(train_status in_progress); try again when it is done")
+    before = await upload_lease.claim(pool, settings, model, upload_id)
     lease = upload_lease.UploadLease(pool, model.id, upload_id, settings.upload_lease_s)
     target = store / str(model.id)
     try:

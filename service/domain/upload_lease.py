@@ -20,10 +20,40 @@ import structlog
 
 from db import models
 from db.errors import Unavailable
-from schemas.errors import Conflict
+from db.models import Model
+from db.pool import transaction
+from schemas.errors import Conflict, TooManyRequests
+from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
 INCOMING = ".incoming"
+# Retry-After of a 429 for too many uploads at once.
+RETRY_AFTER_S = 10
+
+
+async def claim(pool: asyncpg.Pool, settings: Settings, model: Model, upload_id: str) -> str:
+    """Hold `model` for an upload; returns its train status before. 429 past the uploads in
+    flight allowed per owner or in all (counted under one lock, so concurrent claims cannot
+    both pass); 409 when another upload or a save holds the model."""
+    async with transaction(pool) as conn:
+        await models.lock_uploads(conn)
+        mine, everyone = await models.uploads_in_flight(conn, model.owner_id)
+        if mine >= settings.upload_max_in_flight_per_user:
+            raise TooManyRequests(
+                f"{mine} uploads of this owner's models are running, the most at once "
+                f"(GREENROOM_UPLOAD_MAX_IN_FLIGHT_PER_USER); try again when one is done",
+                retry_after_s=RETRY_AFTER_S)
+        if everyone >= settings.upload_max_in_flight:
+            raise TooManyRequests(
+                f"{everyone} uploads are running, the most this installation takes at once "
+                "(GREENROOM_UPLOAD_MAX_IN_FLIGHT); try again shortly",
+                retry_after_s=RETRY_AFTER_S)
+        # The status to go back to is the one this upload found, never a stale snapshot.
+        before = await models.claim_upload(conn, model.id, upload_id, settings.upload_lease_s)
+    if before is None:
+        raise Conflict("this model is already being uploaded or trained "
+                       "(train_status in_progress); try again when it is done")
+    return before
 
 
 class UploadLease:
