@@ -151,6 +151,19 @@ class Settings(BaseSettings):
     # Rollouts of one owner's models processing at once; the rest wait their turn.
     rollouts_per_user: int = 2
 
+    # Retention (review M14), applied by each worker's reconciler every this many seconds.
+    retention_interval_s: float = 300.0
+    # Finished tasks older than this go (a model's newest task of each kind always stays).
+    task_retention_days: float = 30.0
+    # Deployment events older than this go; each model keeps at most `events_per_model`.
+    event_retention_days: float = 30.0
+    events_per_model: int = 1000
+    # Feedback rows each model keeps (the newest; anyone may post feedback on a public model).
+    feedback_per_model: int = 10000
+    # Process runtime: a replica's stdout.log or stderr.log past this many MB is cut to its
+    # newest half.
+    replica_log_max_mb: float = 16.0
+
     log_level: str = "info"
     log_json: bool | None = None
 

@@ -144,6 +144,33 @@ class ProcessRuntime:
                 raise RuntimeError_(f"could not apply the memory limit: {exc}") from exc
         return proc
 
+    def cap_logs(self, max_bytes: int) -> int:
+        """Cut each replica's stdout.log and stderr.log past `max_bytes` to its newest half
+        (from a line's start), in place: the replica appends (O_APPEND), so its next line
+        lands after what is kept. A line written while a file is cut may come out of order.
+        Returns the files cut."""
+        cut = 0
+        for path in self._root.glob("*/std*.log"):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            except OSError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                if size <= max_bytes:
+                    continue
+                keep = max(1, max_bytes // 2)
+                tail = os.pread(fd, keep, size - keep)
+                start = tail.find(b"\n")
+                tail = tail[start + 1:] if 0 <= start < len(tail) - 1 else tail
+                os.ftruncate(fd, 0)
+                os.write(fd, b"[greenroom: earlier output cut, the log passed %d bytes]\n"
+                         % max_bytes + tail)
+                cut += 1
+            finally:
+                os.close(fd)
+        return cut
+
     async def _reap(self, ref: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         with contextlib.suppress(OSError):
