@@ -22,6 +22,7 @@ from db.errors import UniqueViolation
 from db.models import Model
 from db.pool import transaction
 from db.tasks import Task
+from schemas.log_tail import with_log_tail
 from schemas.quotas import QuotaExceeded
 from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskKind, TaskStatus
 from worker import replicas as lifecycle
@@ -137,7 +138,7 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
         first = group.exceptions[0]
         assert isinstance(first, ReplicaFailed)
         tail = await _log_tail(ctx, first.runtime_ref)
-        raise RolloutFailed(f"{first}" + (f"; last log lines:\n{tail}" if tail else "")) from None
+        raise RolloutFailed(with_log_tail(f"{first}", tail)) from None
     await record_agreement(ctx.pool, ctx.http, model.id, model.source, started[0].endpoint,
                            generation)
     return started

@@ -61,7 +61,7 @@ async def status(request: web.Request) -> web.Response:
     """{status, errors, warnings} of the model's current deployment."""
     model = call_of(request).model
     assert model is not None
-    current = await bazaar.status(request.app[PG], model)
+    current = await bazaar.status(request.app[PG], model, call_of(request).permission)
     return json_response(StatusResponse(status=current.status,
                                         errors=current.errors, warnings=current.warnings,
                                         replicas_current=current.replicas_current,

@@ -14,6 +14,7 @@ from schemas.auth import (
     LoginRequest,
     LoginResponse,
     ModelOut,
+    Permission,
     UserCreate,
     UserOut,
 )
@@ -138,13 +139,16 @@ async def list_models(request: web.Request) -> web.Response:
     principal = call_of(request).principal
     pool = request.app[PG]
     found = await models.list_visible(pool, principal.user_id, principal.is_admin)
-    return json_response([await catalog.describe(pool, m) for m in found])
+    return json_response([
+        await catalog.describe(pool, m, principal.is_admin or m.owner_id == principal.user_id)
+        for m in found])
 
 
 async def show_model(request: web.Request) -> web.Response:
-    model = call_of(request).model
-    assert model is not None
-    return json_response(await catalog.describe(request.app[PG], model))
+    call = call_of(request)
+    assert call.model is not None
+    return json_response(await catalog.describe(request.app[PG], call.model,
+                                                call.permission >= Permission.owner))
 
 
 async def list_grants(request: web.Request) -> web.Response:

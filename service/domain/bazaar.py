@@ -20,8 +20,10 @@ from db.errors import UniqueViolation
 from db.models import Model
 from db.tasks import Task
 from schemas import secrets
+from schemas.auth import Permission
 from schemas.bazaar import DeployStatus as StatusWord
 from schemas.errors import Conflict, Invalid, Malformed, Unavailable
+from schemas.log_tail import event_for_reader
 from schemas.queue import JOB_REPLICA_LOGS
 from schemas.settings import Settings
 from schemas.tasks import (
@@ -121,12 +123,16 @@ def _status_word(deployment: Deployment | None, latest: Task | None) -> StatusWo
     return SEED_WORDS[current]
 
 
-async def status(pool: asyncpg.Pool, model: Model) -> DeployStatus:
-    """Status, errors and warnings of the current deployment (since its latest deploy)."""
+async def status(pool: asyncpg.Pool, model: Model,
+                 permission: Permission = Permission.owner) -> DeployStatus:
+    """Status, errors and warnings of the current deployment (since its latest deploy); a
+    caller below WRITE sees failures without the replica's log lines."""
     deployment = await deployments.get(pool, model.id)
     latest = await tasks.latest_for_model(pool, model.id, TaskKind.deploy.value)
     since = latest.created_at if latest is not None else None
     recent = await events.list_since(pool, model.id, since)
+    if permission < Permission.write:
+        recent = [event_for_reader(e) for e in recent]
     errors = [e.message for e in recent if e.level == "error"]
     warnings = [e.message for e in recent if e.level == "warning"]
     if deployment is not None and deployment.status == DeploymentStatus.degraded:

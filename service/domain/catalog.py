@@ -1,5 +1,6 @@
 """The model registry's HTTP-facing logic: register, show, grant and revoke permissions."""
 
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -42,10 +43,21 @@ async def register(pool: asyncpg.Pool, settings: Settings, owner_id: int, is_adm
     return model
 
 
-async def describe(pool: asyncpg.Pool, model: Model) -> ModelOut:
+def shown_source(source: dict[str, Any], owner_view: bool) -> dict[str, Any]:
+    """The source as a caller sees it: a host path in `location` (the model store's folder,
+    an administrator's path) only for the model's owners (review L5); `package:` names stay."""
+    location = source.get("location")
+    if owner_view or not isinstance(location, str) or location.startswith("package:"):
+        return source
+    return {key: value for key, value in source.items() if key != "location"}
+
+
+async def describe(pool: asyncpg.Pool, model: Model, owner_view: bool = True) -> ModelOut:
+    """The model as shown; `owner_view` False for a caller below OWNER on it."""
     deps = await dependencies.identifiers_for_model(pool, model.id)
     return ModelOut(id=model.id, identifier=model.identifier, owner=model.owner,
-                    name=model.name, source=model.source, train_status=model.train_status,
+                    name=model.name, source=shown_source(model.source, owner_view),
+                    train_status=model.train_status,
                     access_level=model.access_level, default_permission=model.default_permission,
                     parent_id=model.parent_id, dependencies=deps, metadata=model.metadata,
                     created_at=model.created_at)
