@@ -134,6 +134,18 @@ async def claim_upload(db: Executor, model_id: UUID, upload_id: str,
     return before
 
 
+async def merge_metadata_within(db: Executor, model_id: UUID, metadata: dict[str, Any],
+                                max_bytes: int) -> bool:
+    """Merge `metadata` unless the model's metadata would pass `max_bytes` (as JSON text);
+    False when refused."""
+    async with translated():
+        result: str = await db.execute(
+            """UPDATE models SET metadata = metadata || $2
+               WHERE id = $1 AND octet_length((metadata || $2)::text) <= $3""",
+            model_id, metadata, max_bytes)
+    return result.endswith(" 1")
+
+
 async def lock_uploads(conn: Executor) -> None:
     """Serialise upload claims until the caller's transaction ends (counts then claim)."""
     async with translated():

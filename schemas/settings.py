@@ -160,6 +160,10 @@ class Settings(BaseSettings):
     events_per_model: int = 1000
     # Feedback rows each model keeps (the newest; anyone may post feedback on a public model).
     feedback_per_model: int = 10000
+    # What a model's job or update token may write (review L5): events it logs per minute
+    # (then 429), and the size its model's metadata may reach through it (KB, then 413).
+    job_events_per_minute: int = 60
+    job_metadata_max_kb: int = 64
     # Process runtime: a replica's stdout.log or stderr.log past this many MB is cut to its
     # newest half.
     replica_log_max_mb: float = 16.0

@@ -98,7 +98,8 @@ async def update_status(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     body: UpdateStatusRequest = call.body
-    await bazaar.update_deploy_status(request.app[PG], call.model, body.status, body.metadata)
+    await bazaar.update_deploy_status(request.app[PG], request.app[SETTINGS], call.model,
+                                      body.status, body.metadata)
     return json_response(EMPTY)
 
 
@@ -107,8 +108,8 @@ async def log_message(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     body: LogRequest = call.body
-    await bazaar.log_event(request.app[PG], call.model, body.level, body.message,
-                           call.principal.generation)
+    await bazaar.log_event(request.app[PG], request.app[SETTINGS], call.model, body.level,
+                           body.message, call.principal.generation)
     return json_response(EMPTY)
 
 
@@ -117,7 +118,8 @@ async def train_update_status(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     body: TrainUpdateStatusRequest = call.body
-    await bazaar.update_train_status(request.app[PG], call.model, body.status, body.metadata)
+    await bazaar.update_train_status(request.app[PG], request.app[SETTINGS], call.model,
+                                     body.status, body.metadata)
     return json_response(EMPTY)
 
 

@@ -22,7 +22,14 @@ from db.tasks import Task
 from schemas import secrets
 from schemas.auth import Permission
 from schemas.bazaar import DeployStatus as StatusWord
-from schemas.errors import Conflict, Invalid, Malformed, Unavailable
+from schemas.errors import (
+    Conflict,
+    Invalid,
+    Malformed,
+    TooLarge,
+    TooManyRequests,
+    Unavailable,
+)
 from schemas.log_tail import event_for_reader
 from schemas.queue import JOB_REPLICA_LOGS
 from schemas.settings import Settings
@@ -185,20 +192,39 @@ async def save_copy(pool: asyncpg.Pool, source_model: Model, owner_id: int,
         raise Conflict(f"a model named {name!r} already exists for this owner") from None
 
 
-async def update_deploy_status(pool: asyncpg.Pool, model: Model, new_status: StatusWord,
-                               metadata: dict[str, Any] | None) -> None:
+# The window of `job_events_per_minute`.
+JOB_EVENTS_WINDOW_S = 60.0
+
+
+async def _merge_job_metadata(pool: asyncpg.Pool, settings: Settings, model: Model,
+                              metadata: dict[str, Any]) -> None:
+    """A job's metadata, merged only while the model's stays within its bound (review L5)."""
+    limit = settings.job_metadata_max_kb * 1024
+    if not await models.merge_metadata_within(pool, model.id, metadata, limit):
+        raise TooLarge(f"the model's metadata would pass {settings.job_metadata_max_kb} KB "
+                       "(GREENROOM_JOB_METADATA_MAX_KB); send less")
+
+
+async def update_deploy_status(pool: asyncpg.Pool, settings: Settings, model: Model,
+                               new_status: StatusWord, metadata: dict[str, Any] | None) -> None:
+    if metadata:
+        await _merge_job_metadata(pool, settings, model, metadata)
     await deployments.set_status(pool, model.id, DeploymentStatus(new_status))
+
+
+async def update_train_status(pool: asyncpg.Pool, settings: Settings, model: Model,
+                              new_status: str, metadata: dict[str, Any] | None) -> None:
     if metadata:
-        await models.merge_metadata(pool, model.id, metadata)
-
-
-async def update_train_status(pool: asyncpg.Pool, model: Model, new_status: str,
-                              metadata: dict[str, Any] | None) -> None:
+        await _merge_job_metadata(pool, settings, model, metadata)
     await models.set_train_status(pool, model.id, new_status)
-    if metadata:
-        await models.merge_metadata(pool, model.id, metadata)
 
 
-async def log_event(pool: asyncpg.Pool, model: Model, level: str, message: str,
-                    generation: int | None) -> None:
+async def log_event(pool: asyncpg.Pool, settings: Settings, model: Model, level: str,
+                    message: str, generation: int | None) -> None:
+    """A job's event; 429 past `job_events_per_minute` events of the model (review L5)."""
+    recent = await events.count_recent(pool, model.id, JOB_EVENTS_WINDOW_S)
+    if recent >= settings.job_events_per_minute:
+        raise TooManyRequests(
+            f"{recent} events of this model in the last minute, the most a job may add "
+            "(GREENROOM_JOB_EVENTS_PER_MINUTE); log less often", retry_after_s=10)
     await events.add(pool, model.id, level, message, generation=generation)
