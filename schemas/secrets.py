@@ -42,10 +42,10 @@ SEALED_PREFIX = "fernet:"
 
 
 def seal_env(secret: str, env: dict[str, str]) -> dict[str, str]:
-    """Each value encrypted (names stay readable: the console lists them)."""
+    """Each value encrypted (names stay readable: the console lists them); a value that
+    happens to start with the prefix is sealed too, so it opens as itself."""
     fernet = _fernet(secret)
-    return {name: value if value.startswith(SEALED_PREFIX)
-            else SEALED_PREFIX + fernet.encrypt(value.encode()).decode()
+    return {name: SEALED_PREFIX + fernet.encrypt(value.encode()).decode()
             for name, value in env.items()}
 
 
