@@ -62,3 +62,13 @@ async def list_since(db: Executor, model_id: UUID, since: datetime | None,
             model_id, since, limit,
         )
     return [Event(**dict(r)) for r in reversed(rows)]
+
+
+async def count_recent(db: Executor, model_id: UUID, window_s: float) -> int:
+    """The model's events written in the last `window_s` seconds."""
+    async with translated():
+        count: int = await db.fetchval(
+            """SELECT count(*) FROM deployment_events
+               WHERE model_id = $1 AND created_at > now() - make_interval(secs => $2)""",
+            model_id, window_s)
+    return count

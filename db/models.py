@@ -8,8 +8,14 @@ from uuid import UUID
 from db.errors import translated
 from db.pool import Executor
 
-_SELECT = """SELECT m.id, m.owner_id, u.username AS owner, m.name, m.source, m.dimension,
-    m.train_status, m.access_level, m.default_permission, m.parent_id, m.metadata, m.created_at
+# A model's train status as read: an upload whose lease passed (its API died mid-upload) no
+# longer holds it, and it reads as what it was before that upload (the store's folder is
+# replaced only by the upload's last rename, so the weights are still those).
+TRAIN_STATUS = """CASE WHEN m.train_status = 'in_progress' AND m.upload_lease_until < now()
+    THEN coalesce(m.upload_status_before, 'failed') ELSE m.train_status END"""
+_SELECT = f"""SELECT m.id, m.owner_id, u.username AS owner, m.name, m.source, m.dimension,
+    {TRAIN_STATUS} AS train_status, m.access_level, m.default_permission, m.parent_id,
+    m.metadata, m.created_at
     FROM models m JOIN users u ON u.id = m.owner_id"""
 
 
@@ -119,16 +125,81 @@ async def merge_metadata(db: Executor, model_id: UUID, metadata: dict[str, Any])
                          model_id, metadata)
 
 
-async def claim_train_status(db: Executor, model_id: UUID, train_status: str) -> str | None:
-    """Set `train_status` unless it already is that; the status before, or None if it was
-    (one statement, so of two concurrent claims exactly one wins)."""
+async def claim_upload(db: Executor, model_id: UUID, upload_id: str,
+                       lease_s: float) -> str | None:
+    """Hold the model for one upload: train_status in_progress under a lease of `lease_s`,
+    unless another upload (with a live lease) or a save holds it. Returns the status before
+    (as read: an expired upload's is its own `before`), or None if held. One statement, so
+    of two concurrent claims exactly one wins."""
     async with translated():
         before: str | None = await db.fetchval(
-            """UPDATE models m SET train_status = $2
-               FROM (SELECT id, train_status FROM models WHERE id = $1 FOR UPDATE) old
-               WHERE m.id = old.id AND old.train_status <> $2
-               RETURNING old.train_status""", model_id, train_status)
+            f"""UPDATE models SET train_status = 'in_progress', upload_id = $2,
+                   upload_lease_until = now() + make_interval(secs => $3),
+                   upload_status_before = old.status
+               FROM (SELECT m.id, {TRAIN_STATUS} AS status FROM models m
+                     WHERE m.id = $1 FOR UPDATE) old
+               WHERE models.id = old.id AND old.status <> 'in_progress'
+               RETURNING old.status""", model_id, upload_id, lease_s)
     return before
+
+
+async def merge_metadata_within(db: Executor, model_id: UUID, metadata: dict[str, Any],
+                                max_bytes: int) -> bool:
+    """Merge `metadata` unless the model's metadata would pass `max_bytes` (as JSON text);
+    False when refused."""
+    async with translated():
+        result: str = await db.execute(
+            """UPDATE models SET metadata = metadata || $2
+               WHERE id = $1 AND octet_length((metadata || $2)::text) <= $3""",
+            model_id, metadata, max_bytes)
+    return result.endswith(" 1")
+
+
+async def lock_uploads(conn: Executor) -> None:
+    """Serialise upload claims until the caller's transaction ends (counts then claim)."""
+    async with translated():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('greenroom:upload-claims'))")
+
+
+async def uploads_in_flight(db: Executor, owner_id: int) -> tuple[int, int]:
+    """(the owner's, everyone's) uploads that hold a live lease."""
+    async with translated():
+        row = await db.fetchrow(
+            """SELECT count(*) FILTER (WHERE owner_id = $1) AS mine, count(*) AS everyone
+               FROM models WHERE upload_id IS NOT NULL AND upload_lease_until >= now()""",
+            owner_id)
+    return int(row["mine"]), int(row["everyone"])
+
+
+async def renew_upload(db: Executor, model_id: UUID, upload_id: str, lease_s: float) -> bool:
+    """Extend an upload's lease; False when the upload no longer holds the model."""
+    async with translated():
+        result: str = await db.execute(
+            """UPDATE models SET upload_lease_until = now() + make_interval(secs => $3)
+               WHERE id = $1 AND upload_id = $2 AND train_status = 'in_progress'""",
+            model_id, upload_id, lease_s)
+    return result.endswith(" 1")
+
+
+async def end_upload(db: Executor, model_id: UUID, upload_id: str, train_status: str,
+                     store_bytes: int | None = None) -> bool:
+    """Release the model from an upload with its final status (and, when installed, the
+    bytes its folder holds); False when the upload no longer held it."""
+    async with translated():
+        result: str = await db.execute(
+            """UPDATE models SET train_status = $3, upload_id = NULL, upload_lease_until = NULL,
+                   upload_status_before = NULL, store_bytes = coalesce($4, store_bytes)
+               WHERE id = $1 AND upload_id = $2""",
+            model_id, upload_id, train_status, store_bytes)
+    return result.endswith(" 1")
+
+
+async def live_upload_ids(db: Executor) -> set[str]:
+    """The scratch folders of uploads that still hold their lease."""
+    async with translated():
+        rows = await db.fetch("SELECT upload_id FROM models WHERE upload_id IS NOT NULL "
+                              "AND upload_lease_until >= now()")
+    return {r["upload_id"] for r in rows}
 
 
 async def set_train_status(db: Executor, model_id: UUID, train_status: str) -> None:

@@ -9,7 +9,8 @@ import asyncpg
 from db.errors import translated
 from db.pool import Executor
 
-LIMIT_COLUMNS = ("max_models", "max_deployments", "max_replicas", "max_memory_mb")
+LIMIT_COLUMNS = ("max_models", "max_deployments", "max_replicas", "max_memory_mb",
+                 "max_store_mb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +72,13 @@ async def set_overrides(db: Executor, user_id: int, values: dict[str, int | None
     async with translated():
         await db.execute(
             """INSERT INTO user_quotas (user_id, max_models, max_deployments, max_replicas,
-                                        max_memory_mb)
-               VALUES ($1, $2, $3, $4, $5)
+                                        max_memory_mb, max_store_mb)
+               VALUES ($1, $2, $3, $4, $5, $6)
                ON CONFLICT (user_id) DO UPDATE SET max_models = EXCLUDED.max_models,
                    max_deployments = EXCLUDED.max_deployments,
                    max_replicas = EXCLUDED.max_replicas,
-                   max_memory_mb = EXCLUDED.max_memory_mb, updated_at = now()""",
+                   max_memory_mb = EXCLUDED.max_memory_mb,
+                   max_store_mb = EXCLUDED.max_store_mb, updated_at = now()""",
             user_id, *row,
         )
 
@@ -94,6 +96,15 @@ async def lock_owner_models(conn: asyncpg.Connection, owner_id: int) -> None:
     async with translated():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('models', $1))",
                            owner_id)
+
+
+async def store_bytes(db: Executor, owner_id: int, exclude_model: UUID | None = None) -> int:
+    """Bytes the owner's uploaded models hold in the model store (but `exclude_model`'s)."""
+    async with translated():
+        total: int = await db.fetchval(
+            "SELECT coalesce(sum(store_bytes), 0)::bigint FROM models "
+            "WHERE owner_id = $1 AND id IS DISTINCT FROM $2", owner_id, exclude_model)
+    return total
 
 
 async def count_models(db: Executor, owner_id: int) -> int:
@@ -155,7 +166,8 @@ CLAIM_GROUPS = """owned AS (
         FROM claim GROUP BY backend, task_kind, task_config, deployed_config)"""
 # The columns `owner_quota_of` reads, given `users ou`, `user_quotas q` and `grouped g`.
 OWNER_QUOTA_COLUMNS = """ou.is_admin, q.max_models, q.max_deployments, q.max_replicas,
-    q.max_memory_mb, g.backend, g.task_kind, g.task_config, g.deployed_config, g.models"""
+    q.max_memory_mb, q.max_store_mb, g.backend, g.task_kind, g.task_config, g.deployed_config,
+    g.models"""
 
 
 def owner_quota_of(rows: list[Any]) -> OwnerQuota:

@@ -4,7 +4,7 @@ from typing import Any
 from uuid import UUID
 
 from db.errors import translated
-from db.models import Model
+from db.models import TRAIN_STATUS, Model
 from db.permissions import Grant
 from db.pool import Executor
 from db.tasks import Task
@@ -13,8 +13,8 @@ _TASK = """t.id, t.kind, t.model_id, t.status, t.phase, t.request, t.request_has
     t.detail, t.attempts, t.idempotency_key, t.enqueued_at, t.lease_until, t.worker_id,
     t.created_by, t.started_at, t.created_at, t.updated_at, t.finished_at"""
 # Given `models m` with its owner `users u`, and `model_permissions p` with its user `users gu`.
-MODEL_COLUMNS = """m.id AS m_id, m.owner_id AS m_owner_id, u.username AS m_owner, m.name AS m_name,
-    m.source AS m_source, m.dimension AS m_dimension, m.train_status AS m_train_status,
+MODEL_COLUMNS = f"""m.id AS m_id, m.owner_id AS m_owner_id, u.username AS m_owner, m.name AS m_name,
+    m.source AS m_source, m.dimension AS m_dimension, {TRAIN_STATUS} AS m_train_status,
     m.access_level AS m_access_level, m.default_permission AS m_default_permission,
     m.parent_id AS m_parent_id, m.metadata AS m_metadata, m.created_at AS m_created_at"""
 GRANT_COLUMNS = """p.user_id AS g_user_id, gu.username AS g_username, p.permission AS g_permission,

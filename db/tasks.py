@@ -245,21 +245,26 @@ async def models_with_processing_task(db: Executor) -> set[UUID]:
     return {r["model_id"] for r in rows}
 
 
-async def hand_back(db: Executor, task_id: UUID, worker_id: str) -> str | None:
-    """processing → pending by the worker that holds it (shutting down), to be retried;
-    canceled instead if a newer task of the model exists. Returns the new status."""
+async def hand_back(db: Executor, task_id: UUID, worker_id: str, max_attempts: int,
+                    detail: str) -> str | None:
+    """processing → pending by the worker that holds it (shutting down, or its job ran past
+    arq's timeout), to be retried; failed with `detail` once it has been claimed
+    `max_attempts` times, so a task that is always handed back ends; canceled instead if a
+    newer task of the model exists. Returns the new status."""
     async with translated():
         status: str | None = await db.fetchval(
             f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
                UPDATE tasks SET
-                   status = CASE WHEN t.newer IS NULL THEN 'pending' ELSE 'canceled' END,
-                   detail = CASE WHEN t.newer IS NULL THEN NULL
-                                 ELSE 'superseded by ' || t.newer END,
-                   finished_at = CASE WHEN t.newer IS NULL THEN NULL ELSE now() END,
+                   status = CASE WHEN t.newer IS NOT NULL THEN 'canceled'
+                                 WHEN attempts < $3 THEN 'pending' ELSE 'failed' END,
+                   detail = CASE WHEN t.newer IS NOT NULL THEN 'superseded by ' || t.newer
+                                 WHEN attempts < $3 THEN NULL ELSE $4 END,
+                   finished_at = CASE WHEN t.newer IS NULL AND attempts < $3 THEN NULL
+                                      ELSE now() END,
                    phase = NULL, lease_until = NULL, enqueued_at = NULL, worker_id = NULL,
                    updated_at = now()
                FROM t WHERE tasks.id = t.id AND worker_id = $2 AND status = 'processing'
                RETURNING tasks.status""",
-            task_id, worker_id,
+            task_id, worker_id, max_attempts, detail,
         )
     return status

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from schemas.file_modes import private_dir
 from schemas.settings import Settings
 
 SECRET_FILE, STACK_FILE, ADMIN_FILE = "secret_key", "stack.json", "admin-password"
@@ -30,7 +31,7 @@ _STACK_KEYS = {"database_url": "GREENROOM_DATABASE_URL", "redis_url": "GREENROOM
 
 def write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by its owner only, created that way (no window)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)

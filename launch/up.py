@@ -28,6 +28,7 @@ from launch.restore import report_restored
 from launch.shutdown import stop_everything
 from launch.supervise import LABELS, Supervisor
 from launch.up_guide import print_next_steps, remember_stack
+from schemas.file_modes import private_dir
 from schemas.models import ModelSource
 from schemas.settings import RuntimeName, Settings
 from schemas.tasks import TaskStatus
@@ -86,7 +87,7 @@ def _ensure_image(settings: Settings) -> None:
 def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
     """GREENROOM_* for the children: configured services, else embedded ones."""
     env = dict(os.environ)
-    state = settings.state_dir
+    state = private_dir(settings.state_dir)  # its owner's alone (review L4)
     previous = stack_state.load_stack(state)
     if not settings.database_url:
         dsn, server = start_postgres(state / "postgres")

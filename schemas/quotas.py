@@ -16,11 +16,11 @@ from pydantic import BaseModel, Field
 from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig
 
-QUOTA_NAMES = ("models", "deployments", "replicas", "memory_mb")
+QUOTA_NAMES = ("models", "deployments", "replicas", "memory_mb", "store_mb")
 # What the hashing backend (a feature-hashing test embedder, no model weights) takes.
 HASHING_MEMORY_MB = 128
 _UNITS = {"models": "models", "deployments": "deployments", "replicas": "replicas",
-          "memory_mb": "MB of replica memory"}
+          "memory_mb": "MB of replica memory", "store_mb": "MB of uploaded models"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class Use:
     deployments: int = 0
     replicas: int = 0
     memory_mb: int = 0
+    store_mb: int = 0
 
     def __add__(self, other: "Use") -> "Use":
         return Use(*(getattr(self, n) + getattr(other, n) for n in QUOTA_NAMES))
@@ -66,6 +67,8 @@ class QuotaLimits(BaseModel):
     deployments: int | None = Field(default=None, ge=0, le=1_000_000)
     replicas: int | None = Field(default=None, ge=0, le=1_000_000)
     memory_mb: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    store_mb: int | None = Field(default=None, ge=0, le=1_000_000_000,
+                                 description="MB the user's uploaded models may hold")
 
 
 class QuotaFigures(BaseModel):
@@ -73,6 +76,7 @@ class QuotaFigures(BaseModel):
     deployments: int
     replicas: int
     memory_mb: int
+    store_mb: int
 
 
 class UsageResponse(BaseModel):
@@ -145,7 +149,8 @@ def claimed(task_kind: str | None, task_config: dict[str, Any] | None,
 def defaults(settings: Settings) -> Use:
     """The limits of a user without overrides."""
     return Use(models=settings.quota_models, deployments=settings.quota_deployments,
-               replicas=settings.quota_replicas, memory_mb=settings.quota_memory_mb)
+               replicas=settings.quota_replicas, memory_mb=settings.quota_memory_mb,
+               store_mb=settings.quota_store_mb)
 
 
 def limits_with(base: Use, stored: dict[str, int | None]) -> Use:

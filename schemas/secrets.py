@@ -35,6 +35,30 @@ def decrypt(secret: str, blob: bytes) -> dict[str, str]:
     return values
 
 
+# A deployment env value sealed at rest (review L5): the task's request and the deployment's
+# config hold this prefix and a Fernet token, never the value; the worker opens it when it
+# builds a replica's environment.
+SEALED_PREFIX = "fernet:"
+
+
+def seal_env(secret: str, env: dict[str, str]) -> dict[str, str]:
+    """Each value encrypted (names stay readable: the console lists them); a value that
+    happens to start with the prefix is sealed too, so it opens as itself."""
+    fernet = _fernet(secret)
+    return {name: SEALED_PREFIX + fernet.encrypt(value.encode()).decode()
+            for name, value in env.items()}
+
+
+def open_env(secret: str, env: dict[str, str]) -> dict[str, str]:
+    """The values `seal_env` sealed, decrypted; a value stored before sealing passes as is."""
+    fernet = _fernet(secret)
+    try:
+        return {name: fernet.decrypt(value[len(SEALED_PREFIX):].encode()).decode()
+                if value.startswith(SEALED_PREFIX) else value for name, value in env.items()}
+    except (InvalidToken, ValueError) as exc:
+        raise SecretsUnreadable("the deployment's env cannot be decrypted") from exc
+
+
 def as_env(values: dict[str, str]) -> dict[str, str]:
     """The replica environment for decrypted secrets: known names mapped, others upper-cased."""
     return {ENV_NAMES.get(k, k.upper()): v for k, v in values.items()}

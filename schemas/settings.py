@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 10.0
     lease_s: float = 30.0
     max_attempts: int = 3
+    # arq's limit on one run of a task job (then it is handed back, counted as an attempt);
+    # unset: the longest deploy deadline a task may ask (3600 s, or `deploy_timeout_s` if
+    # longer) + `drain_timeout_s` + 120 s.
+    job_timeout_s: float | None = None
     worker_max_jobs: int = 8
     reconcile_interval_s: float = 2.0
     # The autoscaler's tick in every worker: read the gateways' reports, decide, renew leases.
@@ -119,6 +123,16 @@ class Settings(BaseSettings):
     max_upload_mb: int = 2048
     upload_max_files: int = 10000
     upload_max_unpacked_mb: int = 8192
+    # An upload holds its model under a lease this long, renewed while it runs; an API that
+    # died mid-upload frees the model (and its scratch folder) once it passes.
+    upload_lease_s: float = 60.0
+    # Uploads running at once per user, and on the whole installation (then 429).
+    upload_max_in_flight_per_user: int = 2
+    upload_max_in_flight: int = 8
+    # The model store's filesystem keeps at least this much free (MB, and percent of its
+    # size; both hold): an upload that would go below either is refused (409).
+    store_min_free_mb: int = 2048
+    store_min_free_percent: float = 5.0
 
     # Failed logins (service/auth/login_throttle.py), per (username, address): this many
     # wrong passwords are free, then each one makes the next wait
@@ -147,6 +161,8 @@ class Settings(BaseSettings):
     quota_deployments: int = 5
     quota_replicas: int = 8
     quota_memory_mb: int = 8192
+    # MB a user's uploaded models may hold in the model store, together (review M14).
+    quota_store_mb: int = 16384
     # Memory of a replica whose deploy sets none (MB): its limit (Docker always sets one, the
     # process runtime where it can make a cgroup), and what quotas and capacity count it as.
     # MiniLM on torch holds ~0.55 GB; an ONNX export and its agreement check peak near 1.5 GB.
@@ -157,6 +173,23 @@ class Settings(BaseSettings):
     capacity_share: float = 0.5
     # Rollouts of one owner's models processing at once; the rest wait their turn.
     rollouts_per_user: int = 2
+
+    # Retention (review M14), applied by each worker's reconciler every this many seconds.
+    retention_interval_s: float = 300.0
+    # Finished tasks older than this go (a model's newest task of each kind always stays).
+    task_retention_days: float = 30.0
+    # Deployment events older than this go; each model keeps at most `events_per_model`.
+    event_retention_days: float = 30.0
+    events_per_model: int = 1000
+    # Feedback rows each model keeps (the newest; anyone may post feedback on a public model).
+    feedback_per_model: int = 10000
+    # What a model's job or update token may write (review L5): events it logs per minute
+    # (then 429), and the size its model's metadata may reach through it (KB, then 413).
+    job_events_per_minute: int = 60
+    job_metadata_max_kb: int = 64
+    # Process runtime: a replica's stdout.log or stderr.log past this many MB is cut to its
+    # newest half.
+    replica_log_max_mb: float = 16.0
 
     log_level: str = "info"
     log_json: bool | None = None

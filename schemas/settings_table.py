@@ -53,7 +53,8 @@ _DESCRIPTIONS = {
     "drain_timeout_s": "Seconds an old generation's in-flight requests have to finish.",
     "stop_grace_s": "Seconds between SIGTERM and SIGKILL for a replica.",
     "lease_s": "A task's lease; a worker silent this long loses it to another.",
-    "max_attempts": "Times a task is retried after its worker died.",
+    "max_attempts": ("Times a task is run: each claim counts, so a task whose worker died, "
+                     "stopped or ran past the job timeout fails after this many."),
     "worker_max_jobs": "Tasks one worker runs at once.",
     "reconcile_interval_s": "Seconds between reconciler passes.",
     "routes_poll_s": "The gateway reloads its routes at least this often.",

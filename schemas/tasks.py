@@ -10,6 +10,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from schemas import replica_env
 
 MAX_REPLICAS = 16
+# The longest health-check deadline a deploy may ask for (`deploy_timeout_s`); a worker's
+# job timeout covers it (worker/jobs.py `task_job_timeout_s`).
+MAX_DEPLOY_TIMEOUT_S = 3600.0
 # Autoscaler defaults (README "Autoscaling" says why each): one full batch of the model
 # server's dynamic batcher in flight per replica, 70 % of it as the aim.
 AUTOSCALE_DEFAULTS: dict[str, float] = {
@@ -139,7 +142,8 @@ class DeploymentConfig(BaseModel):
         description="with min 0: idle this long (no request in flight) before going to 0")
     env: dict[str, str] = Field(default_factory=dict)
     deploy_timeout_s: float | None = Field(
-        default=None, gt=0, le=3600, description="health-check deadline for this rollout")
+        default=None, gt=0, le=MAX_DEPLOY_TIMEOUT_S,
+        description="health-check deadline for this rollout")
     onnx: OnnxOptions | None = Field(
         default=None, description="variant options for a model whose source.backend is onnx")
 

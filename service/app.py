@@ -7,6 +7,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
 from db.pool import create_pool
+from schemas.file_modes import private_dir
 from schemas.queue import QUEUE_NAME, decode_job, encode_job
 from schemas.settings import Settings
 from service.api import bazaar_v1, bazaar_v2, docs, health, quotas, registry, scale, tasks
@@ -14,6 +15,7 @@ from service.auth.authentication import require_secret
 from service.auth.login_throttle import LoginThrottle
 from service.auth.principal_cache import principal_cache_ctx
 from service.console import setup as setup_console
+from service.domain import upload_lease
 from service.domain.passwords import Passwords
 from service.keys import LOGIN_THROTTLE, METRICS, PASSWORDS, PG, REDIS, SETTINGS
 from service.metrics import ApiMetrics
@@ -25,6 +27,14 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     app[PG] = await create_pool(app[SETTINGS].require_database_url(), max_size=20)
     yield
     await app[PG].close()
+
+
+async def _upload_scratch(app: web.Application) -> AsyncIterator[None]:
+    """Scratch folders of uploads an API killed mid-upload left behind (review M5)."""
+    settings = app[SETTINGS]
+    store = private_dir(settings.model_store_dir.resolve())  # its owner's alone (review L4)
+    await upload_lease.sweep_incoming(app[PG], store, settings.upload_lease_s)
+    yield
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
@@ -56,7 +66,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[PASSWORDS] = Passwords(settings.login_hash_threads, settings.login_hash_queue)
     app.on_cleanup.append(_close_passwords)
     # Inference is the gateway's (gateway/app.py), a process of its own.
-    app.cleanup_ctx.extend([_postgres, _redis,
+    app.cleanup_ctx.extend([_postgres, _upload_scratch, _redis,
                             principal_cache_ctx(REDIS, settings.access_cache_ttl_s)])
     app[METRICS] = metrics
     tasks.setup(app)

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from uuid import UUID
@@ -14,7 +15,8 @@ from db import admission, deployments, replicas, tasks
 from db.errors import UniqueViolation
 from schemas import replica_auth
 from schemas import secrets as deployment_secrets
-from schemas.tasks import TaskKind, TaskStatus
+from schemas.settings import Settings
+from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
 from worker import rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
@@ -27,6 +29,19 @@ log = structlog.get_logger(__name__)
 BUSY_RETRY_S = 0.5
 # The owner has `rollouts_per_user` rollouts running or ahead in line: look again after this.
 TURN_RETRY_S = 0.5
+# A task job's time beyond its deploy deadline and drain: starting and stopping replicas.
+JOB_TIMEOUT_MARGIN_S = 120.0
+
+
+def task_job_timeout_s(settings: Settings) -> float:
+    """arq's limit on one run of a task job. It covers the longest deploy deadline a task may
+    ask for, its drain, and a margin for starting and stopping replicas, so a deploy within
+    its own deadline is never cut short; a job cut short anyway is handed back, which counts
+    as an attempt (`max_attempts`)."""
+    if settings.job_timeout_s is not None:
+        return settings.job_timeout_s
+    return (max(MAX_DEPLOY_TIMEOUT_S, settings.deploy_timeout_s) + settings.drain_timeout_s
+            + JOB_TIMEOUT_MARGIN_S)
 
 
 def arq_job(fn: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
@@ -54,6 +69,7 @@ async def run_task(ctx: WorkerContext, task_id: str) -> str:
         log.info("task_not_claimable", task=task_id)
         return "skipped"
     ctx.metrics.picked_up(task.created_at)
+    began = time.monotonic()
     structlog.contextvars.bind_contextvars(task_id=str(task.id), model_id=str(task.model_id))
     outcome = "interrupted"
     try:
@@ -62,7 +78,7 @@ async def run_task(ctx: WorkerContext, task_id: str) -> str:
         ended = await tasks.get(ctx.pool, task.id)
         outcome = str(ended.status) if ended is not None else "gone"
     except asyncio.CancelledError:
-        await asyncio.shield(_hand_back(ctx, task))
+        await asyncio.shield(_hand_back(ctx, task, time.monotonic() - began))
         raise
     except LeaseLost:
         log.error("task_abandoned_lease_lost", task=task_id)
@@ -80,10 +96,20 @@ async def run_task(ctx: WorkerContext, task_id: str) -> str:
     return "ran"
 
 
-async def _hand_back(ctx: WorkerContext, task: tasks.Task) -> None:
+def _interruption(ctx: WorkerContext, ran_s: float) -> str:
+    """Why a job was cancelled: arq's job timeout, or the worker stopping."""
+    limit = task_job_timeout_s(ctx.settings)
+    if ran_s >= limit - 1:
+        return (f"the job ran past the worker's job timeout of {limit:g} s "
+                "(GREENROOM_JOB_TIMEOUT_S)")
+    return "the worker stopped"
+
+
+async def _hand_back(ctx: WorkerContext, task: tasks.Task, ran_s: float) -> None:
     current = await tasks.get(ctx.pool, task.id)
-    outcome = await rollout.hand_back(ctx, task, current.phase if current else None)
-    log.warning("task_interrupted", task=str(task.id), outcome=outcome)
+    reason = _interruption(ctx, ran_s)
+    outcome = await rollout.hand_back(ctx, task, current.phase if current else None, reason)
+    log.warning("task_interrupted", task=str(task.id), outcome=outcome, reason=reason)
 
 
 async def replica_logs(ctx: WorkerContext, model_id: str,
@@ -109,16 +135,21 @@ async def replica_logs(ctx: WorkerContext, model_id: str,
 
 
 async def _secrets_of(ctx: WorkerContext, model_id: UUID) -> list[str]:
-    """The deployment's secret values and longer env values, to take out of its logs."""
+    """The deployment's secret values and longer env values (opened: sealed at accept), to
+    take out of its logs."""
     deployment = await deployments.get(ctx.pool, model_id)
-    env = dict((deployment.config.get("env") or {}) if deployment else {})
+    env = {str(k): str(v) for k, v in
+           ((deployment.config.get("env") or {}) if deployment else {}).items()}
     blob = await deployments.get_secrets(ctx.pool, model_id)
     secrets: dict[str, str] = {}
-    if blob is not None and ctx.settings.secret_key is not None:
+    if ctx.settings.secret_key is not None:
+        key = ctx.settings.secret_key.get_secret_value()
         with contextlib.suppress(deployment_secrets.SecretsUnreadable):
-            secrets = deployment_secrets.decrypt(ctx.settings.secret_key.get_secret_value(),
-                                                 blob)
-    return secret_values(secrets, {str(k): str(v) for k, v in env.items()})
+            env = deployment_secrets.open_env(key, env)
+        if blob is not None:
+            with contextlib.suppress(deployment_secrets.SecretsUnreadable):
+                secrets = deployment_secrets.decrypt(key, blob)
+    return secret_values(secrets, env)
 
 
 async def _dispatch(ctx: WorkerContext, task: tasks.Task) -> None:

@@ -15,6 +15,7 @@ import aiohttp
 import structlog
 
 from db import models
+from schemas.file_modes import private_dir
 from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig, OnnxOptions
 
@@ -44,6 +45,7 @@ def replica_source(settings: Settings, source: dict[str, Any],
     if source.get("backend") != ONNX_BACKEND:
         return source
     exports = export_dir(settings, model_id)
+    private_dir(settings.model_store_dir.resolve())  # the store's root: its owner's alone
     exports.mkdir(parents=True, exist_ok=True)
     options = (config.onnx or OnnxOptions()).model_dump(exclude_none=True)
     return {**source, "export_dir": str(exports), "onnx": options}

@@ -28,6 +28,7 @@ from schemas.queue import (
 )
 from schemas.tasks import ReplicaState
 from worker import replicas as lifecycle
+from worker import retention
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
 from worker.runtimes.base import ReplicaInfo, manages
@@ -177,7 +178,9 @@ async def reconcile_once(ctx: WorkerContext) -> None:
 
 
 async def run_forever(ctx: WorkerContext) -> None:
-    """Reconcile every interval until cancelled; a failing step is logged, never fatal."""
+    """Reconcile every interval until cancelled (and prune every `retention_interval_s`);
+    a failing step is logged, never fatal."""
+    next_prune = time.monotonic()
     while True:
         try:
             await reconcile_once(ctx)
@@ -185,4 +188,13 @@ async def run_forever(ctx: WorkerContext) -> None:
             log.warning("reconcile_failed", error=str(exc))
         except Exception:
             log.exception("reconcile_crashed")
+        try:
+            await retention.cap_replica_logs(ctx)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + ctx.settings.retention_interval_s
+                await retention.prune(ctx)
+        except (DatabaseError, OSError) as exc:
+            log.warning("retention_failed", error=str(exc))
+        except Exception:
+            log.exception("retention_crashed")
         await asyncio.sleep(ctx.settings.reconcile_interval_s)

@@ -30,12 +30,15 @@ class SecretsUnreadable(Exception):
 
 async def generation_env(ctx: WorkerContext, model: Model, generation: int,
                          config: DeploymentConfig) -> dict[str, str]:
-    """The config's env, the model's decrypted secrets, and this generation's job token and
-    gateway secret."""
-    env = dict(config.env)
+    """The config's env (opened: sealed at accept), the model's decrypted secrets, and this
+    generation's job token and gateway secret."""
     if ctx.settings.secret_key is None:
-        return env
+        return dict(config.env)
     key = ctx.settings.secret_key.get_secret_value()
+    try:
+        env = deployment_secrets.open_env(key, config.env)  # sealed at accept (review L5)
+    except deployment_secrets.SecretsUnreadable as exc:
+        raise SecretsUnreadable(f"{exc} (was GREENROOM_SECRET_KEY changed?)") from None
     blob = await deployments.get_secrets(ctx.pool, model.id)
     if blob is not None:
         try:

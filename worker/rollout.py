@@ -22,6 +22,7 @@ from db.errors import UniqueViolation
 from db.models import Model
 from db.pool import transaction
 from db.tasks import Task
+from schemas.log_tail import with_log_tail
 from schemas.quotas import QuotaExceeded
 from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskKind, TaskStatus
 from worker import replicas as lifecycle
@@ -137,7 +138,7 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
         first = group.exceptions[0]
         assert isinstance(first, ReplicaFailed)
         tail = await _log_tail(ctx, first.runtime_ref)
-        raise RolloutFailed(f"{first}" + (f"; last log lines:\n{tail}" if tail else "")) from None
+        raise RolloutFailed(with_log_tail(f"{first}", tail)) from None
     await record_agreement(ctx.pool, ctx.http, model.id, model.source, started[0].endpoint,
                            generation, lifecycle.gateway_headers(ctx, model.id, generation))
     return started
@@ -221,13 +222,14 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)
 
 
-async def hand_back(ctx: WorkerContext, task: Task, phase: str | None) -> str:
+async def hand_back(ctx: WorkerContext, task: Task, phase: str | None, reason: str) -> str:
     """The worker is stopping mid-task: leave the model as it was, or finish what is safe.
 
     Past the switch the new generation already serves; the drain is left to the
     reconciler and the task is done. Before it, the green replicas are removed and the
-    task goes back to pending for another worker. A scale always goes back: its retry
-    drains and stops the replicas it left draining.
+    task goes back to pending for another worker, or fails once it has been run
+    `max_attempts` times (`reason` says why each run ended). A scale always goes back: its
+    retry drains and stops the replicas it left draining.
     """
     if phase in (Phase.draining, Phase.removing) and task.kind != TaskKind.scale:
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
@@ -237,7 +239,10 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None) -> str:
     await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
     if task.kind == TaskKind.deploy:
         await deployments.restore_after_failure(ctx.pool, task.model_id)
-    return await tasks.hand_back(ctx.pool, task.id, ctx.worker_id) or "lost"
+    detail = (f"interrupted {task.attempts} time(s), the last because {reason}; giving up "
+              f"after {ctx.settings.max_attempts} attempts (GREENROOM_MAX_ATTEMPTS)")
+    return await tasks.hand_back(ctx.pool, task.id, ctx.worker_id, ctx.settings.max_attempts,
+                                 detail) or "lost"
 
 
 async def delete(ctx: WorkerContext, task: Task) -> None:

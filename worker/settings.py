@@ -29,7 +29,7 @@ from schemas.settings import Settings
 from schemas.tokens import weak_secret_reason
 from worker import installation, metrics, reconciler
 from worker.context import CONTEXT_KEY, WorkerContext
-from worker.jobs import arq_job, replica_logs, run_task
+from worker.jobs import arq_job, replica_logs, run_task, task_job_timeout_s
 from worker.runtimes import create_runtime
 from worker.scaling import autoscaler
 
@@ -89,7 +89,7 @@ async def shutdown(arq_ctx: dict[str, Any]) -> None:
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for arq.Worker built from Greenroom settings."""
-    job_timeout = settings.deploy_timeout_s + settings.drain_timeout_s + 120
+    job_timeout = task_job_timeout_s(settings)
     return {
         "functions": [
             func(arq_job(run_task), name=JOB_RUN_TASK, max_tries=100_000, timeout=job_timeout),

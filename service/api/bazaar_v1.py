@@ -119,7 +119,7 @@ async def status(request: web.Request) -> web.Response:
     """Deployment status with every message of the current deployment."""
     model = call_of(request).model
     assert model is not None
-    current = await bazaar.status(request.app[PG], model)
+    current = await bazaar.status(request.app[PG], model, call_of(request).permission)
     data = StatusData(deploy_status=current.status,
                       messages=current.messages, model_id=str(model.id),
                       replicas_current=current.replicas_current,

@@ -61,7 +61,7 @@ async def status(request: web.Request) -> web.Response:
     """{status, errors, warnings} of the model's current deployment."""
     model = call_of(request).model
     assert model is not None
-    current = await bazaar.status(request.app[PG], model)
+    current = await bazaar.status(request.app[PG], model, call_of(request).permission)
     return json_response(StatusResponse(status=current.status,
                                         errors=current.errors, warnings=current.warnings,
                                         replicas_current=current.replicas_current,
@@ -100,7 +100,8 @@ async def update_status(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     body: UpdateStatusRequest = call.body
-    await bazaar.update_deploy_status(request.app[PG], call.model, body.status, body.metadata)
+    await bazaar.update_deploy_status(request.app[PG], request.app[SETTINGS], call.model,
+                                      body.status, body.metadata)
     return json_response(EMPTY)
 
 
@@ -109,8 +110,8 @@ async def log_message(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     body: LogRequest = call.body
-    await bazaar.log_event(request.app[PG], call.model, body.level, body.message,
-                           call.principal.generation)
+    await bazaar.log_event(request.app[PG], request.app[SETTINGS], call.model, body.level,
+                           body.message, call.principal.generation)
     return json_response(EMPTY)
 
 
@@ -119,7 +120,8 @@ async def train_update_status(request: web.Request) -> web.Response:
     call = call_of(request)
     assert call.model is not None
     body: TrainUpdateStatusRequest = call.body
-    await bazaar.update_train_status(request.app[PG], call.model, body.status, body.metadata)
+    await bazaar.update_train_status(request.app[PG], request.app[SETTINGS], call.model,
+                                     body.status, body.metadata)
     return json_response(EMPTY)
 
 

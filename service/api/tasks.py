@@ -4,6 +4,8 @@ from aiohttp import web
 
 from db.quotas import OwnerQuota
 from db.tasks import Task
+from schemas.auth import Permission
+from schemas.log_tail import task_for_reader
 from schemas.tasks import TaskKind, TaskRequest, TaskResponse
 from service.auth.guard import call_of
 from service.auth.locators import (
@@ -48,24 +50,29 @@ async def post_delete(request: web.Request) -> web.Response:
     return await _create(request, TaskKind.delete)
 
 
+def _as_read(request: web.Request, task: Task) -> Task:
+    """A reader (below WRITE) sees a failed rollout's reason without its log lines."""
+    return task if call_of(request).permission >= Permission.write else task_for_reader(task)
+
+
 async def get_deploy_task(request: web.Request) -> web.Response:
-    return _json(request[_LOCATED_TASK])
+    return _json(_as_read(request, request[_LOCATED_TASK]))
 
 
 async def get_delete_task(request: web.Request) -> web.Response:
-    return _json(request[_LOCATED_TASK])
+    return _json(_as_read(request, request[_LOCATED_TASK]))
 
 
 async def get_deploy_status(request: web.Request) -> web.Response:
     task = await task_service.latest_for_model(
         request.app[PG], TaskKind.deploy, request.match_info["embedding_model_id"])
-    return _json(task)
+    return _json(_as_read(request, task))
 
 
 async def get_delete_status(request: web.Request) -> web.Response:
     task = await task_service.latest_for_model(
         request.app[PG], TaskKind.delete, request.match_info["embedding_model_id"])
-    return _json(task)
+    return _json(_as_read(request, task))
 
 
 def task_model(kind: TaskKind) -> Locator:

@@ -24,6 +24,7 @@ from schemas.console import (
 )
 from schemas.errors import NotFound
 from schemas.gateway import Latency
+from schemas.log_tail import event_for_reader, task_for_reader
 from schemas.tasks import DeploymentConfig
 from service.auth.permissions import permission_on
 from service.domain import tasks as task_service
@@ -96,7 +97,13 @@ async def list_deployments(pool: asyncpg.Pool, principal: Principal, rates: Rate
     return found
 
 
-def event_out(e: Event) -> EventOut:
+def _task_as_read(task: Task, permission: Permission) -> Task:
+    return task if permission >= Permission.write else task_for_reader(task)
+
+
+def event_out(e: Event, permission: Permission) -> EventOut:
+    """An event as `permission` sees it: a reader, without a failed replica's log lines."""
+    e = e if permission >= Permission.write else event_for_reader(e)
     return EventOut(id=e.id, task_id=e.task_id, generation=e.generation, level=e.level,
                     message=e.message, created_at=e.created_at)
 
@@ -115,16 +122,18 @@ async def deployment_detail(pool: asyncpg.Pool, model: Model, permission: Permis
                              created_at=r.created_at, updated_at=r.updated_at) for r in live],
         generations=[GenerationOut(**dataclasses.asdict(g)) for g in
                      await overview.generations(pool, model.id)],
-        events=[event_out(e) for e in await events.list_recent(pool, model.id, 50)],
-        tasks=[task_service.to_response(t) for t in await overview.recent_tasks(pool, model.id)],
+        events=[event_out(e, permission) for e in await events.list_recent(pool, model.id, 50)],
+        tasks=[task_service.to_response(_task_as_read(t, permission))
+               for t in await overview.recent_tasks(pool, model.id)],
     )
 
 
 async def task_detail(pool: asyncpg.Pool, task: Task, permission: Permission) -> TaskDetail:
-    base = task_service.to_response(task)
+    base = task_service.to_response(_task_as_read(task, permission))
     return TaskDetail(**base.model_dump(), model_id=task.model_id, started_at=task.started_at,
                       finished_at=task.finished_at, now=datetime.now(UTC),
-                      events=[event_out(e) for e in await events.list_for_task(pool, task.id)],
+                      events=[event_out(e, permission)
+                              for e in await events.list_for_task(pool, task.id)],
                       permission=_level(permission))
 
 

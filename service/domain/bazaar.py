@@ -23,7 +23,15 @@ from db.tasks import Task
 from schemas import secrets
 from schemas.auth import Permission
 from schemas.bazaar import DeployStatus as StatusWord
-from schemas.errors import Conflict, Invalid, Malformed, Unavailable
+from schemas.errors import (
+    Conflict,
+    Invalid,
+    Malformed,
+    TooLarge,
+    TooManyRequests,
+    Unavailable,
+)
+from schemas.log_tail import event_for_reader
 from schemas.queue import JOB_REPLICA_LOGS, logs_job_id
 from schemas.settings import Settings
 from schemas.tasks import (
@@ -164,12 +172,16 @@ def _status_word(deployment: Deployment | None, latest: Task | None) -> StatusWo
     return SEED_WORDS[current]
 
 
-async def status(pool: asyncpg.Pool, model: Model) -> DeployStatus:
-    """Status, errors and warnings of the current deployment (since its latest deploy)."""
+async def status(pool: asyncpg.Pool, model: Model,
+                 permission: Permission = Permission.owner) -> DeployStatus:
+    """Status, errors and warnings of the current deployment (since its latest deploy); a
+    caller below WRITE sees failures without the replica's log lines."""
     deployment = await deployments.get(pool, model.id)
     latest = await tasks.latest_for_model(pool, model.id, TaskKind.deploy.value)
     since = latest.created_at if latest is not None else None
     recent = await events.list_since(pool, model.id, since)
+    if permission < Permission.write:
+        recent = [event_for_reader(e) for e in recent]
     errors = [e.message for e in recent if e.level == "error"]
     warnings = [e.message for e in recent if e.level == "warning"]
     if deployment is not None and deployment.status == DeploymentStatus.degraded:
@@ -233,20 +245,39 @@ async def save_copy(pool: asyncpg.Pool, settings: Settings, source_model: Model,
         raise Conflict(f"a model named {name!r} already exists for this owner") from None
 
 
-async def update_deploy_status(pool: asyncpg.Pool, model: Model, new_status: StatusWord,
-                               metadata: dict[str, Any] | None) -> None:
+# The window of `job_events_per_minute`.
+JOB_EVENTS_WINDOW_S = 60.0
+
+
+async def _merge_job_metadata(pool: asyncpg.Pool, settings: Settings, model: Model,
+                              metadata: dict[str, Any]) -> None:
+    """A job's metadata, merged only while the model's stays within its bound (review L5)."""
+    limit = settings.job_metadata_max_kb * 1024
+    if not await models.merge_metadata_within(pool, model.id, metadata, limit):
+        raise TooLarge(f"the model's metadata would pass {settings.job_metadata_max_kb} KB "
+                       "(GREENROOM_JOB_METADATA_MAX_KB); send less")
+
+
+async def update_deploy_status(pool: asyncpg.Pool, settings: Settings, model: Model,
+                               new_status: StatusWord, metadata: dict[str, Any] | None) -> None:
+    if metadata:
+        await _merge_job_metadata(pool, settings, model, metadata)
     await deployments.set_status(pool, model.id, DeploymentStatus(new_status))
+
+
+async def update_train_status(pool: asyncpg.Pool, settings: Settings, model: Model,
+                              new_status: str, metadata: dict[str, Any] | None) -> None:
     if metadata:
-        await models.merge_metadata(pool, model.id, metadata)
-
-
-async def update_train_status(pool: asyncpg.Pool, model: Model, new_status: str,
-                              metadata: dict[str, Any] | None) -> None:
+        await _merge_job_metadata(pool, settings, model, metadata)
     await models.set_train_status(pool, model.id, new_status)
-    if metadata:
-        await models.merge_metadata(pool, model.id, metadata)
 
 
-async def log_event(pool: asyncpg.Pool, model: Model, level: str, message: str,
-                    generation: int | None) -> None:
+async def log_event(pool: asyncpg.Pool, settings: Settings, model: Model, level: str,
+                    message: str, generation: int | None) -> None:
+    """A job's event; 429 past `job_events_per_minute` events of the model (review L5)."""
+    recent = await events.count_recent(pool, model.id, JOB_EVENTS_WINDOW_S)
+    if recent >= settings.job_events_per_minute:
+        raise TooManyRequests(
+            f"{recent} events of this model in the last minute, the most a job may add "
+            "(GREENROOM_JOB_EVENTS_PER_MINUTE); log less often", retry_after_s=10)
     await events.add(pool, model.id, level, message, generation=generation)

@@ -1,5 +1,6 @@
 """The model registry's HTTP-facing logic: register, show, grant and revoke permissions."""
 
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -55,13 +56,26 @@ async def _readable(pool: asyncpg.Pool, principal: Principal, model: Model) -> b
     return level >= Permission.read
 
 
+def shown_source(source: dict[str, Any], owner_view: bool) -> dict[str, Any]:
+    """The source as a caller sees it: a host path in `location` (the model store's folder,
+    an administrator's path) only for the model's owners (review L5); `package:` names stay."""
+    location = source.get("location")
+    if owner_view or not isinstance(location, str) or location.startswith("package:"):
+        return source
+    return {key: value for key, value in source.items() if key != "location"}
+
+
 async def describe(pool: asyncpg.Pool, model: Model, viewer: Principal) -> ModelOut:
     """The model as `viewer` may see it: its dependencies only those the viewer can read,
-    so a readable model never names a private one its reader cannot (review L1)."""
+    so a readable model never names a private one its reader cannot (review L1), and its
+    source's host path only if the viewer owns it (review L5)."""
     deps = [dep.identifier for dep in await models.dependencies_of(pool, model.id)
             if await _readable(pool, viewer, dep)]
+    level, _ = await permission_on(pool, viewer, model)
+    owner_view = level >= Permission.owner
     return ModelOut(id=model.id, identifier=model.identifier, owner=model.owner,
-                    name=model.name, source=model.source, train_status=model.train_status,
+                    name=model.name, source=shown_source(model.source, owner_view),
+                    train_status=model.train_status,
                     access_level=model.access_level, default_permission=model.default_permission,
                     parent_id=model.parent_id, dependencies=deps, metadata=model.metadata,
                     created_at=model.created_at)

@@ -10,6 +10,8 @@ scratch files are removed: a refused archive leaves nothing behind.
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import lzma
 import os
 import shutil
@@ -17,7 +19,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from uuid import uuid4
@@ -27,11 +29,19 @@ import asyncpg
 from db import models
 from db.models import Model
 from schemas.errors import Conflict, GreenroomError, Invalid, Malformed, TooLarge, UnsupportedType
+from schemas.file_modes import private_dir
 from schemas.settings import Settings
+from service.domain import quotas, store_space, upload_lease
+from service.domain.upload_lease import INCOMING
 
 CHUNK = 1 << 20
-INCOMING = ".incoming"
+# While an archive streams in, the store's free space is looked at again after each this much.
+ROOM_EVERY = 64 << 20
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Code a model folder could carry for a loader to import: never accepted in an upload.
+CODE = (".py", ".pyc", ".pyo", ".pyd", ".so")
+# The only package whose classes an uploaded modules.json may name.
+MODULE_PACKAGE = "sentence_transformers."
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,16 @@ class Limits:
     max_files: int
     max_unpacked_bytes: int
     allow_pickled: bool
+    # What the owner's store quota leaves (None: no quota, an administrator's model).
+    quota_left_bytes: int | None = None
+    # Raises if writing that many more bytes would take the store's disk below its floor.
+    room: Callable[[int], None] | None = None
+
+
+def _past_quota(limits: Limits, size: int, what: str) -> None:
+    if limits.quota_left_bytes is not None and size > limits.quota_left_bytes:
+        raise _bad(f"{what} is past the {limits.quota_left_bytes // 2**20:,} MB your store "
+                   "quota leaves (GREENROOM_QUOTA_STORE_MB)", TooLarge)
 
 
 def _bad(message: str, kind: type[GreenroomError] = Invalid) -> GreenroomError:
@@ -49,13 +69,17 @@ def _bad(message: str, kind: type[GreenroomError] = Invalid) -> GreenroomError:
 async def receive(chunks: AsyncIterator[bytes], scratch: Path, limits: Limits) -> Path:
     """Stream the body to `scratch/archive`; 413 past the bound."""
     target = scratch / "archive"
-    size = 0
+    size = checked = 0
     with target.open("wb") as out:
         async for chunk in chunks:
             size += len(chunk)
             if size > limits.max_upload_bytes:
                 raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
                            "(GREENROOM_MAX_UPLOAD_MB)", TooLarge)
+            _past_quota(limits, size, "the archive")
+            if limits.room is not None and size - checked >= ROOM_EVERY:
+                limits.room(0)
+                checked = size
             out.write(chunk)
     if size == 0:
         raise _bad("the request body is empty; send a tar.gz or zip archive", Malformed)
@@ -78,6 +102,12 @@ def _count(total: list[int], size: int, limits: Limits) -> None:
         raise _bad(f"archive holds more than {limits.max_files} files")
     if total[1] > limits.max_unpacked_bytes:
         raise _bad(f"archive unpacks to more than {limits.max_unpacked_bytes // 2**20} MB")
+    _past_quota(limits, total[1], "what the archive unpacks to")
+
+
+def _room_for(total: list[int], limits: Limits) -> None:
+    if limits.room is not None:
+        limits.room(total[1])
 
 
 def _unpack_tar(archive: Path, into: Path, limits: Limits) -> None:
@@ -92,6 +122,7 @@ def _unpack_tar(archive: Path, into: Path, limits: Limits) -> None:
                 raise _bad(f"member {member.name!r} is a device, FIFO or other special file")
             _count(total, member.size, limits)
             members.append(member)
+        _room_for(total, limits)
         tar.extractall(into, members=members, filter="data")
 
 
@@ -107,6 +138,7 @@ def _unpack_zip(archive: Path, into: Path, limits: Limits) -> None:
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise _bad(f"member {info.filename!r} is a device, FIFO or other special file")
             _count(total, info.file_size, limits)
+        _room_for(total, limits)
         for info in infos:
             zf.extract(info, into)  # reads at most file_size bytes of each member
 
@@ -146,6 +178,11 @@ def check_model(folder: Path, limits: Limits) -> list[str]:
     if not (folder / "config.json").is_file():
         raise _bad("no config.json at the top of the model folder")
     files = [p for p in folder.rglob("*") if p.is_file()]
+    code = sorted(str(p.relative_to(folder)) for p in files if p.suffix.lower() in CODE)
+    if code:
+        raise _bad(f"{', '.join(code)}: a model folder may not carry code (.py and "
+                   "compiled modules are refused)")
+    _check_modules(folder / "modules.json")
     safe = [p for p in files if p.suffix == ".safetensors"]
     pickled = [p for p in files if p.suffix in PICKLED]
     if pickled and not limits.allow_pickled:
@@ -156,6 +193,25 @@ def check_model(folder: Path, limits: Limits) -> list[str]:
     if not weights:
         raise _bad("no weights (model.safetensors) in the model folder")
     return sorted(str(p.relative_to(folder)) for p in weights)
+
+
+def _check_modules(path: Path) -> None:
+    """modules.json may name sentence_transformers' own classes only: a loader that imports
+    another type would run the model's code (sentence-transformers < 6 did so unasked)."""
+    if not path.is_file():
+        return
+    try:
+        modules = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("modules.json is not valid JSON") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise _bad("modules.json must be a list of modules")
+    foreign = sorted({str(m.get("type")) for m in modules
+                      if not (isinstance(m.get("type"), str)
+                              and m["type"].startswith(MODULE_PACKAGE))})
+    if foreign:
+        raise _bad(f"modules.json names module types outside {MODULE_PACKAGE}* "
+                   f"({', '.join(foreign)}); only sentence_transformers' own are accepted")
 
 
 def install(folder: Path, target: Path) -> None:
@@ -169,14 +225,18 @@ def install(folder: Path, target: Path) -> None:
         raise Conflict("another upload of this model finished at the same moment; "
                        "upload again if yours should win") from None
     for path in [target, *target.rglob("*")]:
-        with contextlib.suppress(OSError):  # readable by unprivileged replicas
+        # Readable by a Docker replica's uid (10001): it enters the bind mount directly, while
+        # on the host the store's 0700 root keeps every other user out (schemas/file_modes).
+        with contextlib.suppress(OSError):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def scratch_dir(store: Path) -> Path:
-    folder = store / INCOMING / uuid4().hex
-    folder.mkdir(parents=True)
+def scratch_dir(store: Path, upload_id: str) -> Path:
+    """The upload's own scratch folder, in an owner-only store (review L4)."""
+    private_dir(store)
+    folder = private_dir(store / INCOMING) / upload_id
+    folder.mkdir(mode=0o700)
     return folder
 
 
@@ -187,42 +247,53 @@ def limits_of(settings: Settings, allow_pickled: bool) -> Limits:
                   allow_pickled=allow_pickled)
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
                  chunks: AsyncIterator[bytes], allow_pickled: bool,
                  declared_size: int | None = None) -> Model:
-    """Receive, unpack, check and install the model's weights; train_status in_progress
-    meanwhile, complete after (back to what it was if the archive is refused)."""
-    store = settings.model_store_dir.resolve()
-    limits = limits_of(settings, allow_pickled)
+    """Receive, unpack, check and install the model's weights. The model is held meanwhile
+    (train_status in_progress under a renewed lease, review M5) and released after: complete,
+    or back to what it was if the archive is refused or anything fails."""
+    store = private_dir(settings.model_store_dir.resolve())
+    allowance = await quotas.store_allowance(pool, settings, model)
+    limits = dataclasses.replace(
+        limits_of(settings, allow_pickled),
+        quota_left_bytes=allowance.left_bytes if allowance is not None else None,
+        room=lambda more: store_space.check_room(settings, store, more))
+    # Checked before a byte streams in: the archive's size, the owner's store quota, the disk.
     if declared_size is not None and declared_size > limits.max_upload_bytes:
         raise _bad(f"archive is larger than {limits.max_upload_bytes // 2**20} MB "
                    "(GREENROOM_MAX_UPLOAD_MB)", TooLarge)
-    # Claimed in the database: a second upload (or a save in progress) is refused, and the
-    # status to go back to is the one this upload found, never a stale snapshot.
-    before = await models.claim_train_status(pool, model.id, "in_progress")
-    if before is None:
-        raise Conflict("this model is already being uploaded or trained "
-                       "(train_status in_progress); try again when it is done")
+    if allowance is not None and (declared_size or 1) > allowance.left_bytes:
+        raise allowance.refuse(declared_size or 1)
+    store_space.check_room(settings, store, declared_size or 0)
+    await upload_lease.sweep_incoming(pool, store, settings.upload_lease_s)
+    upload_id = uuid4().hex
+    before = await upload_lease.claim(pool, settings, model, upload_id)
+    lease = upload_lease.UploadLease(pool, model.id, upload_id, settings.upload_lease_s)
+    target = store / str(model.id)
     try:
-        scratch = scratch_dir(store)
+        async with upload_lease.renewed(lease):
+            scratch = scratch_dir(store, upload_id)
+            try:
+                archive = await receive(chunks, scratch, limits)
+                folder = await asyncio.to_thread(unpack, archive, scratch / "unpacked", limits)
+                weights = check_model(folder, limits)
+                size = await asyncio.to_thread(_folder_bytes, folder)
+                await lease.check()
+                await asyncio.to_thread(install, folder, target)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     except BaseException:
-        await models.set_train_status(pool, model.id, before)
+        await asyncio.shield(models.end_upload(pool, model.id, upload_id, before))
         raise
-    try:
-        archive = await receive(chunks, scratch, limits)
-        folder = await asyncio.to_thread(unpack, archive, scratch / "unpacked", limits)
-        weights = check_model(folder, limits)
-        target = store / str(model.id)
-        await asyncio.to_thread(install, folder, target)
-    except BaseException:
-        await models.set_train_status(pool, model.id, before)
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     source = {**model.source, "backend": "sentence-transformers", "location": str(target)}
     await models.update_source(pool, model.id, source)
     await models.merge_metadata(pool, model.id, {"uploaded_weights": weights})
-    await models.set_train_status(pool, model.id, "complete")
+    await models.end_upload(pool, model.id, upload_id, "complete", size)
     found = await models.get(pool, model.id)
     assert found is not None
     return found

@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -91,7 +92,35 @@ async def actual_use(pool: asyncpg.Pool, settings: Settings, owner_id: int) -> U
                  for r in live)
     return Use(models=await quota_rows.count_models(pool, owner_id),
                deployments=await quota_rows.count_serving(pool, owner_id),
-               replicas=len(live), memory_mb=memory)
+               replicas=len(live), memory_mb=memory,
+               store_mb=-(-await quota_rows.store_bytes(pool, owner_id) // 2**20))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAllowance:
+    """An owner's store quota against what their other uploaded models hold."""
+
+    limit_mb: int
+    held_bytes: int
+
+    @property
+    def left_bytes(self) -> int:
+        return max(0, self.limit_mb * 2**20 - self.held_bytes)
+
+    def refuse(self, asked_bytes: int) -> QuotaError:
+        return QuotaError(QuotaExceeded("store_mb", -(-self.held_bytes // 2**20),
+                                        -(-asked_bytes // 2**20), self.limit_mb))
+
+
+async def store_allowance(pool: asyncpg.Pool, settings: Settings,
+                          model: Model) -> StoreAllowance | None:
+    """What the owner's store quota leaves for an upload of `model` (what the model holds
+    now is replaced, so it does not count); None for an administrator (no quota)."""
+    if await quota_rows.is_admin(pool, model.owner_id):
+        return None
+    limits, _ = await limits_of(pool, settings, model.owner_id)
+    return StoreAllowance(limits.store_mb,
+                          await quota_rows.store_bytes(pool, model.owner_id, model.id))
 
 
 async def usage(pool: asyncpg.Pool, settings: Settings, user_id: int) -> UsageResponse:

@@ -18,6 +18,7 @@ from db.models import Model
 from db.permissions import Grant
 from db.quotas import OwnerQuota
 from db.tasks import Task
+from schemas import secrets
 from schemas.errors import Conflict, Invalid, NotFound
 from schemas.queue import JOB_RUN_TASK
 from schemas.settings import Settings
@@ -126,6 +127,9 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
         metadata["ignored_config_keys"] = unused
     request = req.model_dump(mode="json", exclude_unset=True, by_alias=False)
     request["embedding_model_id"] = req.embedding_model_id
+    env = (request.get("config") or {}).get("env")
+    if env and settings.secret_key is not None:  # values sealed at rest (review L5)
+        request["config"]["env"] = secrets.seal_env(settings.secret_key.get_secret_value(), env)
     request |= extra or {}
     try:
         task = await tasks.insert(

@@ -327,9 +327,11 @@ async def test_real_minilm_uploads_deploys_and_serves(
 
 async def test_custom_module_of_an_uploaded_model_never_runs(
         api: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
-        pool: asyncpg.Pool, tmp_path: Path) -> None:
+        pool: asyncpg.Pool, tmp_path: Path, admin_headers: dict[str, str]) -> None:
     """Must-show 2, process runtime: a module the model names in modules.json would read the
-    replica's environment; trust_remote_code is never set, so it is refused, never imported."""
+    replica's environment. Review M8: the upload itself is refused now (a .py file, a module
+    type outside sentence_transformers); the loader's layer still holds for a folder an
+    administrator names: trust_remote_code is never set, so it is refused, never imported."""
     _, alice = await make_user(pool, "alice")
     marker = tmp_path / "stolen.json"
     model_dir = tmp_path / "evil-model"
@@ -349,13 +351,16 @@ async def test_custom_module_of_an_uploaded_model_never_runs(
     assert status == 201
     status, body = await call(anon_http, "POST", f"{api}/api/v2/models/alice/evil/upload",
                               headers=alice, data=archive.read_bytes())
-    assert status == 200, body
+    assert status == 422 and "evil.py" in body["message"], body
 
+    status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=admin_headers,
+                              json={"name": "evil", "source": {"location": str(model_dir)}})
+    assert status == 201, body
     spawn("worker")
-    status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,
-                              json={"embedding_model_id": "alice/evil"})
+    status, task = await call(anon_http, "POST", f"{api}/deploy", headers=admin_headers,
+                              json={"embedding_model_id": "admin/evil"})
     assert status == 202, task
-    async with aiohttp.ClientSession(headers=alice) as http:
+    async with aiohttp.ClientSession(headers=admin_headers) as http:
         done = await wait_task(http, api, "deploy", task["task_id"], 120)
     assert done["status"] == "failed", done
     assert "evil.Steal" in done["detail"] and "trust_remote_code" in done["detail"], done

@@ -89,7 +89,8 @@ async def test_quotas_refuse_with_figures_on_every_surface_and_an_override_lifts
 
     # Back to the defaults: null or omitted.
     reset = await _quota(http, api, "alice")
-    assert reset["limits"] == {"models": 50, "deployments": 5, "replicas": 8, "memory_mb": 8192}
+    assert reset["limits"] == {"models": 50, "deployments": 5, "replicas": 8, "memory_mb": 8192,
+                               "store_mb": 16384}
 
     # Only an administrator sets quotas.
     status, body = await call(anon_http, "PUT", f"{api}/api/v2/users/alice/quotas",
@@ -124,7 +125,8 @@ async def test_usage_follows_deploys_and_deletes(
     await hashing_model("u2")
     spawn("worker")
     start = await _usage(anon_http, api, alice)
-    assert start["usage"] == {"models": 2, "deployments": 0, "replicas": 0, "memory_mb": 0}
+    assert start["usage"] == {"models": 2, "deployments": 0, "replicas": 0, "memory_mb": 0,
+                              "store_mb": 0}
     assert start["unlimited"] is False
 
     _, task = await _deploy(anon_http, api, alice, "alice/u1", replicas=2, memory=256)
@@ -133,7 +135,7 @@ async def test_usage_follows_deploys_and_deletes(
     assert (await _done(anon_http, api, "deploy", task, alice))["status"] == "done"
     after = await _usage(anon_http, api, alice)
     assert after["usage"] == {"models": 2, "deployments": 2, "replicas": 3,
-                              "memory_mb": 2 * 256 + 128}, after
+                              "memory_mb": 2 * 256 + 128, "store_mb": 0}, after
 
     # A redeploy at another count: the old generation is gone once the task is done.
     _, task = await _deploy(anon_http, api, alice, "alice/u1", replicas=1, memory=256)
@@ -146,7 +148,8 @@ async def test_usage_follows_deploys_and_deletes(
     assert status == 202
     assert (await _done(anon_http, api, "delete", task, alice))["status"] == "done"
     end = await _usage(anon_http, api, alice)
-    assert end["usage"] == {"models": 2, "deployments": 1, "replicas": 1, "memory_mb": 128}
+    assert end["usage"] == {"models": 2, "deployments": 1, "replicas": 1, "memory_mb": 128,
+                            "store_mb": 0}
 
 
 async def test_the_worker_checks_again_before_starting_replicas(

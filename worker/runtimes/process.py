@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from schemas.file_modes import private_append, private_dir
 from schemas.settings import Settings
 from worker.runtimes import memory_limit
 from worker.runtimes.base import (
@@ -84,8 +85,8 @@ class ProcessRuntime:
 
     async def start(self, spec: ReplicaSpec) -> StartedReplica:
         ref = str(spec.replica_id)
-        folder = self._dir(ref)
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self._root)
+        folder = private_dir(self._dir(ref))
         port = free_port(self._host)
         # Never the worker's environment: it holds the secret key and database URL.
         # Host values over the replica's env: the deployment's env never replaces them.
@@ -121,7 +122,9 @@ class ProcessRuntime:
                      limit: memory_limit.Limit | None) -> asyncio.subprocess.Process:
         """`python -m model_server` in its own session (and so process group), working
         directory `folder`, inside its memory limit."""
-        with (folder / "stdout.log").open("ab") as out, (folder / "stderr.log").open("ab") as err:
+        # Owner-only: a model's output can carry its secrets (review L4).
+        with (os.fdopen(private_append(folder / "stdout.log"), "ab") as out,
+              os.fdopen(private_append(folder / "stderr.log"), "ab") as err):
             try:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "model_server", stdout=out, stderr=err, env=env,
@@ -141,6 +144,33 @@ class ProcessRuntime:
                 memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
                 raise RuntimeError_(f"could not apply the memory limit: {exc}") from exc
         return proc
+
+    def cap_logs(self, max_bytes: int) -> int:
+        """Cut each replica's stdout.log and stderr.log past `max_bytes` to its newest half
+        (from a line's start), in place: the replica appends (O_APPEND), so its next line
+        lands after what is kept. A line written while a file is cut may come out of order.
+        Returns the files cut."""
+        cut = 0
+        for path in self._root.glob("*/std*.log"):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            except OSError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                if size <= max_bytes:
+                    continue
+                keep = max(1, max_bytes // 2)
+                tail = os.pread(fd, keep, size - keep)
+                start = tail.find(b"\n")
+                tail = tail[start + 1:] if 0 <= start < len(tail) - 1 else tail
+                os.ftruncate(fd, 0)
+                os.write(fd, b"[greenroom: earlier output cut, the log passed %d bytes]\n"
+                         % max_bytes + tail)
+                cut += 1
+            finally:
+                os.close(fd)
+        return cut
 
     async def _reap(self, ref: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
