@@ -278,7 +278,7 @@ def _tar_entries(tar: tarfile.TarFile, entries: list[Entry],
         with entry.source.open("rb") as fh:
             tar.addfile(info, fh)
         size += info.size
-        if progress and total and size / total >= told + PROGRESS_STEP:
+        if progress and total and (size / total >= told + PROGRESS_STEP or size == total):
             told = size / total
             progress(f"  image: {told:.0%} ({size / 2**20:,.0f} of {total / 2**20:,.0f} MB)")
     return size
