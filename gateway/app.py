@@ -176,7 +176,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[PG] = await create_pool(settings.require_database_url(), max_size=10)
     app[GATEWAY_REDIS] = Redis.from_url(settings.require_redis_url(), socket_connect_timeout=1,
                                         socket_timeout=5)
-    gateway = Gateway(app[PG], app[GATEWAY_REDIS], settings.routes_poll_s)
+    gateway = Gateway(app[PG], app[GATEWAY_REDIS], settings.routes_poll_s,
+                      max_answer_bytes=settings.gateway_max_answer_bytes)
     gateway.holds = Holds(settings.gateway_hold_timeout_s, settings.gateway_hold_max)
     gateway.on_auth_change.append(app[ACCESS].clear)
     await gateway.start()

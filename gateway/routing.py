@@ -11,6 +11,7 @@ zero, or a draining replica goes idle; a jump is also announced on `LOAD_CHANNEL
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,7 +30,7 @@ from db.errors import DatabaseError
 from gateway.hold import Holds
 from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
-from gateway.upstream import Upstream, UpstreamError
+from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
 from schemas.errors import NotFound, Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
 from schemas.queue import (
@@ -44,7 +45,20 @@ from service.metrics import GatewayMetrics
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 3
 _FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
+# A header value passed on to a replica: visible ASCII and spaces, of a sane length (aiohttp
+# hands the gateway any UTF-8; HTTP/1.1 carries only bytes, and a replica needs no more).
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
 _ROUTES, _AUTH = ROUTES_CHANNEL.encode(), AUTH_CHANNEL.encode()
+
+
+def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers passed on to a replica, each only when its value is plain ASCII (review
+    L2: a UTF-8 X-Request-Id was a 500); an unfit X-Request-Id becomes a fresh id."""
+    out = {h: headers[h] for h in _FORWARD_HEADERS
+           if h in headers and _HEADER_VALUE.fullmatch(headers[h])}
+    if "X-Request-Id" in headers and "X-Request-Id" not in out:
+        out["X-Request-Id"] = uuid4().hex
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +79,7 @@ class Table:
 
 class Gateway:
     def __init__(self, pool: asyncpg.Pool, redis: Redis, poll_s: float,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, max_answer_bytes: int = 32 * 1024 * 1024) -> None:
         self.id = uuid4().hex
         self._pool, self._redis, self._poll_s = pool, redis, poll_s
         self._table = Table({}, {}, frozenset())
@@ -81,7 +95,7 @@ class Gateway:
         self.jumps = LoadJumps()
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._upstream = Upstream(timeout_s)
+        self._upstream = Upstream(timeout_s, max_answer_bytes=max_answer_bytes)
 
     async def start(self) -> None:
         with contextlib.suppress(DatabaseError):
@@ -130,11 +144,12 @@ class Gateway:
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
                       headers: Mapping[str, str]) -> web.Response:
-        """Send the request to the least busy replica; retry elsewhere if it cannot connect."""
+        """Send the request to the least busy replica; retry elsewhere only if it cannot
+        connect (once written, a request is never sent again: review M6)."""
         if not route.replicas and route.scales_to_zero:
             route = await self.holds.hold(route, self._held_changed, self.lookup)
         tried: set[UUID] = set()
-        forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
+        forward_headers = forwarded(headers)
         started, metrics = time.perf_counter(), self.metrics
         for _ in range(MAX_ATTEMPTS):
             replica_id, endpoint = self._pick(route, tried)
@@ -145,11 +160,13 @@ class Gateway:
             try:
                 answer = await self._upstream.request(endpoint, method, path, body,
                                                       forward_headers)
-            except UpstreamError as exc:
+            except ConnectFailed as exc:
                 log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
                 metrics.upstream_errors.labels(deployment).inc()
                 tried.add(replica_id)
                 continue
+            except UpstreamError as exc:
+                self._failed_answer(route, replica_id, exc)
             except TimeoutError:
                 metrics.requests.labels(deployment, "504").inc()
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
@@ -165,6 +182,19 @@ class Gateway:
             return out
         metrics.requests.labels(route.name, "502").inc()
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
+
+    def _failed_answer(self, route: Route, replica_id: UUID, exc: UpstreamError) -> None:
+        """A replica took the request and then failed it: a 502, logged, not retried."""
+        too_large = isinstance(exc, AnswerTooLarge)
+        log.warning("replica_answer_too_large" if too_large else "replica_failed_answer",
+                    deployment=route.name, replica=str(replica_id), error=str(exc))
+        self.metrics.upstream_errors.labels(route.name).inc()
+        self.metrics.requests.labels(route.name, "502").inc()
+        if too_large:
+            raise UpstreamUnreachable(f"the replica's answer is too large for the gateway: {exc}"
+                                      " (GREENROOM_GATEWAY_MAX_ANSWER_BYTES)") from None
+        raise UpstreamUnreachable(f"the replica of {route.name!r} failed while answering; "
+                                  "the request was not retried") from None
 
     def inflight_by_replica(self) -> dict[UUID, int]:
         """Requests in flight on every routed replica (zero included) and on draining ones."""

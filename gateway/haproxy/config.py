@@ -95,10 +95,11 @@ defaults
     timeout http-request 10s
     timeout http-keep-alive 60s
     timeout queue 5s
-    # A replica that cannot be reached (refused, reset before an answer) is retried on
-    # another: up to 3 attempts, each after the first on a different server.
+    # A replica that cannot be connected to is retried on another: up to 3 attempts, each
+    # after the first on a different server. Only then: a request once sent to a replica is
+    # never sent again (review M6: `empty-response` resent it when a replica died on it).
     retries 2
-    retry-on conn-failure empty-response
+    retry-on conn-failure
     option redispatch 1
 
 frontend data
