@@ -95,8 +95,11 @@ async def test_documented_metrics_exist_and_move(
     assert done["status"] == "done", done
     served_by = await _embed(http, gateway)
     # The gateway sends a lone request to the same replica each time: kill it, and the
-    # next request meets a dead upstream first, then is retried on the other replica.
+    # next request meets a dead upstream first, then is retried on the other replica. Once
+    # the replica is gone (its connections closed): a request written to a replica is
+    # never sent again (review M6), only one that could not connect.
     _kill_replica(settings.state_dir, served_by)
+    await asyncio.sleep(0.5)
     assert await _embed(http, gateway) != served_by
     await asyncio.sleep(4.5)  # two reconcile passes: the dead replica replaced
     await models.update_source(pool, model_id, {"backend": "hashing", "startup_delay_s": 600})
