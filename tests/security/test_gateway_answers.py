@@ -65,15 +65,19 @@ async def dying_replicas(count: int, half_answer: bool) -> AsyncIterator[list[Fa
 
 
 async def serve_from(pool: asyncpg.Pool, model_id: UUID, name: str,
-                     endpoints: list[str]) -> None:
-    """The model serves from every endpoint in one generation, as a rollout leaves it."""
+                     endpoints: list[str]) -> list[UUID]:
+    """The model serves from every endpoint in one generation, as a rollout leaves it;
+    returns the replicas' ids."""
     _, generation = await deployments.begin_generation(pool, model_id, name)
+    ids = []
     for endpoint in endpoints:
         replica_id = uuid4()
+        ids.append(replica_id)
         await replicas.insert(pool, replica_id=replica_id, model_id=model_id,
                               generation=generation, task_id=None, runtime="process")
         await replicas.set_started(pool, replica_id, "test", endpoint)
     await deployments.switch(pool, model_id, generation, name, {})
+    return ids
 
 
 async def _start(spawn: Callable[..., Proc], http: aiohttp.ClientSession, engine: str,
