@@ -11,7 +11,6 @@ zero, or a draining replica goes idle; a jump is also announced on `LOAD_CHANNEL
 
 import asyncio
 import contextlib
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -41,13 +40,11 @@ from schemas.queue import (
     ROUTES_CHANNEL,
 )
 from service.metrics import GatewayMetrics
+from service.web.errors import HEADER_VALUE
 
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 3
 _FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
-# A header value passed on to a replica: visible ASCII and spaces, of a sane length (aiohttp
-# hands the gateway any UTF-8; HTTP/1.1 carries only bytes, and a replica needs no more).
-_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
 _ROUTES, _AUTH = ROUTES_CHANNEL.encode(), AUTH_CHANNEL.encode()
 
 
@@ -55,7 +52,7 @@ def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
     """The headers passed on to a replica, each only when its value is plain ASCII (review
     L2: a UTF-8 X-Request-Id was a 500); an unfit X-Request-Id becomes a fresh id."""
     out = {h: headers[h] for h in _FORWARD_HEADERS
-           if h in headers and _HEADER_VALUE.fullmatch(headers[h])}
+           if h in headers and HEADER_VALUE.fullmatch(headers[h])}
     if "X-Request-Id" in headers and "X-Request-Id" not in out:
         out["X-Request-Id"] = uuid4().hex
     return out

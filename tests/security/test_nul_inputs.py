@@ -68,3 +68,15 @@ async def test_a_nul_in_feedback_or_a_deployment_name_at_the_gateway_is_a_4xx(
                 assert 400 <= resp.status < 500, answer
     finally:
         server.stop()
+
+
+async def test_a_non_ascii_request_id_at_the_api_is_not_a_500(
+        api: str, http: aiohttp.ClientSession) -> None:
+    """Review L2 on the API: the id is echoed in the answer and bound to its log lines."""
+    for value in ("€", "x" * 300):
+        async with http.get(f"{api}/healthz", headers={"X-Request-Id": value}) as resp:
+            assert resp.status == 200, await resp.text()
+            echoed = resp.headers["X-Request-Id"]
+            assert echoed.isascii() and 0 < len(echoed) <= 256, echoed
+    async with http.get(f"{api}/healthz", headers={"X-Request-Id": "abc-123"}) as resp:
+        assert resp.headers["X-Request-Id"] == "abc-123"
