@@ -155,11 +155,11 @@ async def tokenize(request: web.Request) -> web.Response:
     texts = as_texts(body.inputs, "inputs", settings.max_client_batch_size)
     backend, _ = state.require_ready()
     tokenizer = tokenizer_for(backend)
+    await budget.check_tokenize(backend, texts, max_tokens=settings.max_request_tokens)
 
     def tokenize_all() -> list[list[dict[str, Any]]]:
-        tokens = [tokenizer.tokenize(text, body.add_special_tokens) for text in texts]
-        budget.check_tokens(sum(len(row) for row in tokens), settings.max_request_tokens)
-        return [[token.as_json() for token in row] for row in tokens]
+        return [[token.as_json() for token in tokenizer.tokenize(text, body.add_special_tokens)]
+                for text in texts]
 
     rows = await asyncio.to_thread(tokenize_all)  # off the event loop
     return _json(orjson.dumps(rows))

@@ -56,9 +56,9 @@ def check_floats(floats: int, budget: int, what: str) -> None:
             {"floats": floats, "max_response_floats": budget})
 
 
-def embed_all_counter(backend: Embedder) -> Callable[[list[str]], list[int]]:
-    """Tokens per input as /embed_all computes them (the hashing backend's test tokenizer
-    is byte-level there, not the words its /embed counts)."""
+def token_counter(backend: Embedder) -> Callable[[list[str]], list[int]]:
+    """Tokens per input, special ones included, as /embed_all and /tokenize make them (the
+    hashing backend's test tokenizer is byte-level there, not the words its /embed counts)."""
     if isinstance(backend, HashingEmbedder):
         tokenizer = HashingTokenizer()
         return lambda texts: [len(tokenizer.tokenize(text, True)) for text in texts]
@@ -74,13 +74,20 @@ async def check_embed(backend: Embedder, texts: list[str], *, truncate: bool,
                  max_tokens)
 
 
+async def check_tokenize(backend: Embedder, texts: list[str], *, max_tokens: int) -> None:
+    """/tokenize: every token of every input (no truncation), counted before the slower
+    tokenization with offsets that the answer needs."""
+    check_tokens(await request_tokens(texts, None, token_counter(backend), max_tokens),
+                 max_tokens)
+
+
 async def check_embed_all(backend: Embedder, texts: list[str], *, max_tokens: int,
                           max_floats: int) -> None:
     """/embed_all: tokens computed, and one vector per token answered."""
     dimension = backend.dimension
     # One budget for the cheap bound: within it, both limits hold.
     budget = min(max_tokens, max_floats // dimension)
-    tokens = await request_tokens(texts, backend.max_input_length, embed_all_counter(backend),
+    tokens = await request_tokens(texts, backend.max_input_length, token_counter(backend),
                                   budget)
     check_tokens(tokens, max_tokens)
     check_floats(tokens * dimension, max_floats, f"{tokens} tokens x {dimension}")
