@@ -11,7 +11,8 @@ Review M6: an answer longer than `max_answer_bytes` is refused from its head, be
 its body is buffered; only a failure to connect (`ConnectFailed`: no byte of the request
 reached the replica) may be retried elsewhere, never a request once written. A kept-alive
 connection is not reused after `MAX_IDLE_S`, well inside the model server's keep-alive
-(aiohttp's 75 s), so a replica closing it idle cannot race a request written to it.
+(aiohttp's 75 s), nor once the replica has closed it (`quiet`, checked just before the
+write), so a request is not written to a connection known to be dead.
 """
 
 import asyncio
@@ -126,6 +127,26 @@ class _Connection(asyncio.Protocol):
         self._body_at = end + 4
         return True
 
+    def quiet(self) -> bool:
+        """Whether this idle connection is still open and silent: an EOF or a reset the
+        replica sent (it closed the connection, or its process died) may wait unread before
+        the event loop sees it, and a request written then would be lost, not retried."""
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if sock is None:
+            return True
+        # The loop's socket object offers no recv(); a second object on the same descriptor,
+        # detached after one non-blocking peek, reads nothing and closes nothing.
+        probe = socket.socket(sock.family, sock.type, fileno=sock.fileno())
+        try:
+            probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.detach()
+        return False  # an EOF, or bytes nobody asked for
+
     def _length_ok(self, length: int | None) -> bool:
         """A Content-Length is named and within the cap; else the request fails now."""
         if length is None:
@@ -190,7 +211,7 @@ class Upstream:
         idle, now = self._idle.get(endpoint), time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < MAX_IDLE_S:
+            if not conn.closed and now - conn.idle_since < MAX_IDLE_S and conn.quiet():
                 return conn
             if conn.transport is not None:
                 conn.transport.close()
