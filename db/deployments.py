@@ -78,12 +78,22 @@ async def begin_generation(db: Executor, model_id: UUID, name: str) -> tuple[Dep
 
 
 async def switch(db: Executor, model_id: UUID, generation: int, name: str,
-                 config: dict[str, Any]) -> list[UUID]:
+                 config: dict[str, Any], *, name_hold_s: float = 0.0) -> list[UUID]:
     """Make `generation` the serving one; its replicas ready, every older live one draining.
+    A serving deployment renamed keeps its old name held for it `name_hold_s` seconds.
 
     Returns the ids of the replicas now draining. Call inside a transaction.
     """
     async with translated():
+        if name_hold_s > 0:
+            await db.execute(
+                """INSERT INTO deployment_name_holds (name, model_id, until)
+                   SELECT name, model_id, now() + make_interval(secs => $3) FROM deployments
+                   WHERE model_id = $1 AND name <> $2 AND active_generation IS NOT NULL
+                   ON CONFLICT (name) DO UPDATE SET model_id = EXCLUDED.model_id,
+                       until = EXCLUDED.until""",
+                model_id, name, name_hold_s,
+            )
         await db.execute(
             """UPDATE deployments SET active_generation = $2, status = 'complete', name = $3,
                    config = $4, desired_replicas = NULL, updated_at = now()
@@ -176,11 +186,27 @@ async def active_generations(db: Executor) -> dict[UUID, int | None]:
     return {r["model_id"]: r["active_generation"] for r in rows}
 
 
-async def store_secrets(db: Executor, model_id: UUID, placeholder_name: str,
-                        blob: bytes) -> None:
+async def name_held_by_another(db: Executor, name: str, model_id: UUID) -> bool:
+    """Whether a rename left `name` held, unexpired, for a model other than `model_id`."""
+    async with translated():
+        return bool(await db.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM deployment_name_holds
+                              WHERE name = $1 AND model_id <> $2 AND until > now())""",
+            name, model_id,
+        ))
+
+
+def placeholder_name(model_id: UUID) -> str:
+    """The name of a deployment row made before its first rollout: unique per model, and
+    never a name a deployment may take (`~` is outside their pattern), so no one can take
+    it first (review M10: a deployment named after the model's id made this a 500)."""
+    return f"~{model_id}"
+
+
+async def store_secrets(db: Executor, model_id: UUID, blob: bytes) -> None:
     """Keep encrypted secrets for the model's next rollouts, creating the row if new.
 
-    A new row gets `placeholder_name` (unique per model); the rollout names it properly.
+    A new row gets `placeholder_name(model_id)`; the rollout names it properly.
     """
     async with translated():
         await db.execute(
@@ -188,7 +214,7 @@ async def store_secrets(db: Executor, model_id: UUID, placeholder_name: str,
                VALUES ($1, $2, 'not_started', $3)
                ON CONFLICT (model_id) DO UPDATE SET secrets = EXCLUDED.secrets,
                    updated_at = now()""",
-            model_id, placeholder_name, blob,
+            model_id, placeholder_name(model_id), blob,
         )
 
 

@@ -184,7 +184,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[GATEWAY_REDIS] = Redis.from_url(settings.require_redis_url(), socket_connect_timeout=1,
                                         socket_timeout=5)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-    gateway = Gateway(app[PG], app[GATEWAY_REDIS], settings.routes_poll_s, secret_key=secret)
+    gateway = Gateway(app[PG], app[GATEWAY_REDIS], settings.routes_poll_s, secret_key=secret,
+                      max_answer_bytes=settings.gateway_max_answer_bytes)
     gateway.holds = Holds(settings.gateway_hold_timeout_s, settings.gateway_hold_max)
     gateway.on_auth_change.append(app[ACCESS].clear)
     await gateway.start()

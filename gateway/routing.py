@@ -29,7 +29,7 @@ from db.errors import DatabaseError
 from gateway.hold import Holds
 from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
-from gateway.upstream import Upstream, UpstreamError
+from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
 from schemas import replica_auth
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
@@ -42,11 +42,22 @@ from schemas.queue import (
 )
 from service.auth.locators import deployment_not_found
 from service.metrics import GatewayMetrics
+from service.web.errors import HEADER_VALUE
 
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 3
 _FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 _ROUTES, _AUTH = ROUTES_CHANNEL.encode(), AUTH_CHANNEL.encode()
+
+
+def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers passed on to a replica, each only when its value is plain ASCII (review
+    L2: a UTF-8 X-Request-Id was a 500); an unfit X-Request-Id becomes a fresh id."""
+    out = {h: headers[h] for h in _FORWARD_HEADERS
+           if h in headers and HEADER_VALUE.fullmatch(headers[h])}
+    if "X-Request-Id" in headers and "X-Request-Id" not in out:
+        out["X-Request-Id"] = uuid4().hex
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +78,8 @@ class Table:
 
 class Gateway:
     def __init__(self, pool: asyncpg.Pool, redis: Redis, poll_s: float,
-                 timeout_s: float = 60.0, secret_key: str | None = None) -> None:
+                 timeout_s: float = 60.0, secret_key: str | None = None,
+                 max_answer_bytes: int = 32 * 1024 * 1024) -> None:
         self.id = uuid4().hex
         # Every request to a replica carries its generation's secret (schemas/replica_auth.py).
         self._secret_key = secret_key
@@ -86,7 +98,7 @@ class Gateway:
         self.jumps = LoadJumps()
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._upstream = Upstream(timeout_s)
+        self._upstream = Upstream(timeout_s, max_answer_bytes=max_answer_bytes)
 
     async def start(self) -> None:
         with contextlib.suppress(DatabaseError):
@@ -137,11 +149,12 @@ class Gateway:
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
                       headers: Mapping[str, str]) -> web.Response:
-        """Send the request to the least busy replica; retry elsewhere if it cannot connect."""
+        """Send the request to the least busy replica; retry elsewhere only if it cannot
+        connect (once written, a request is never sent again: review M6)."""
         if not route.replicas and route.scales_to_zero:
             route = await self.holds.hold(route, self._held_changed, self.lookup)
         tried: set[UUID] = set()
-        forward_headers = {h: headers[h] for h in _FORWARD_HEADERS if h in headers}
+        forward_headers = forwarded(headers)
         if self._secret_key is not None:
             forward_headers[replica_auth.HEADER] = self._secret(route)
         started, metrics = time.perf_counter(), self.metrics
@@ -154,11 +167,13 @@ class Gateway:
             try:
                 answer = await self._upstream.request(endpoint, method, path, body,
                                                       forward_headers)
-            except UpstreamError as exc:
+            except ConnectFailed as exc:
                 log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
                 metrics.upstream_errors.labels(deployment).inc()
                 tried.add(replica_id)
                 continue
+            except UpstreamError as exc:
+                self._failed_answer(route, replica_id, exc)
             except TimeoutError:
                 metrics.requests.labels(deployment, "504").inc()
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
@@ -183,6 +198,19 @@ class Gateway:
             secret = replica_auth.generation_secret(self._secret_key, *key)
             self._secrets[key] = secret
         return secret
+
+    def _failed_answer(self, route: Route, replica_id: UUID, exc: UpstreamError) -> None:
+        """A replica took the request and then failed it: a 502, logged, not retried."""
+        too_large = isinstance(exc, AnswerTooLarge)
+        log.warning("replica_answer_too_large" if too_large else "replica_failed_answer",
+                    deployment=route.name, replica=str(replica_id), error=str(exc))
+        self.metrics.upstream_errors.labels(route.name).inc()
+        self.metrics.requests.labels(route.name, "502").inc()
+        if too_large:
+            raise UpstreamUnreachable(f"the replica's answer is too large for the gateway: {exc}"
+                                      " (GREENROOM_GATEWAY_MAX_ANSWER_BYTES)") from None
+        raise UpstreamUnreachable(f"the replica of {route.name!r} failed while answering; "
+                                  "the request was not retried") from None
 
     def inflight_by_replica(self) -> dict[UUID, int]:
         """Requests in flight on every routed replica (zero included) and on draining ones."""

@@ -6,11 +6,20 @@ this costs a fraction of a general-purpose client (aiohttp's cost the gateway mo
 than the replica spent embedding; see docs/gateway.md). It speaks only what the model
 server answers: a Content-Length body, keep-alive unless `Connection: close`. Anything
 else (a chunked answer) is an UpstreamError, as is a connection that fails or closes.
+
+Review M6: an answer longer than `max_answer_bytes` is refused from its head, before any of
+its body is buffered; only a failure to connect (`ConnectFailed`: no byte of the request
+reached the replica) may be retried elsewhere, never a request once written. A kept-alive
+connection is not reused after `MAX_IDLE_S`, well inside the model server's keep-alive
+(aiohttp's 75 s), nor once the replica has closed it (`quiet`, checked just before the
+write), so a request is not written to a connection known to be dead.
 """
 
 import asyncio
 import contextlib
+import functools
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -18,10 +27,20 @@ from urllib.parse import urlsplit
 
 MAX_IDLE_PER_ENDPOINT = 256
 MAX_HEAD_BYTES = 64 * 1024
+MAX_IDLE_S = 30.0
 
 
 class UpstreamError(ConnectionError):
     """The replica could not be reached, or closed the connection before answering."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection to the replica: nothing of the request reached it, so another replica
+    may take it."""
+
+
+class AnswerTooLarge(UpstreamError):
+    """The replica's answer is longer than the gateway buffers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +51,13 @@ class Answer:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, max_answer_bytes: int) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[Answer] | None = None
         self.closed = False
         self.answered = 0
+        self.idle_since = 0.0
+        self._max_answer_bytes = max_answer_bytes
         self._buf = bytearray()
         self._head: tuple[int, str | None, int, bool] | None = None  # status, type, length, close
         self._body_at = 0
@@ -99,16 +120,47 @@ class _Connection(asyncio.Protocol):
             elif key == "transfer-encoding":
                 self._fail("chunked answers are not supported")
                 return False
-        if length is None:
-            self._fail("answer without Content-Length")
+        if not self._length_ok(length):
             return False
+        assert length is not None
         self._head = (status, content_type, length, close)
         self._body_at = end + 4
         return True
 
-    def _fail(self, why: str) -> None:
+    def quiet(self) -> bool:
+        """Whether this idle connection is still open and silent: an EOF or a reset the
+        replica sent (it closed the connection, or its process died) may wait unread before
+        the event loop sees it, and a request written then would be lost, not retried."""
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if sock is None:
+            return True
+        # The loop's socket object offers no recv(); a second object on the same descriptor,
+        # detached after one non-blocking peek, reads nothing and closes nothing.
+        probe = socket.socket(sock.family, sock.type, fileno=sock.fileno())
+        try:
+            probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.detach()
+        return False  # an EOF, or bytes nobody asked for
+
+    def _length_ok(self, length: int | None) -> bool:
+        """A Content-Length is named and within the cap; else the request fails now."""
+        if length is None:
+            self._fail("answer without Content-Length")
+            return False
+        if length > self._max_answer_bytes:
+            self._fail(f"answer of {length} bytes is over the gateway's limit of "
+                       f"{self._max_answer_bytes} bytes", AnswerTooLarge)
+            return False
+        return True
+
+    def _fail(self, why: str, kind: type[UpstreamError] = UpstreamError) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(UpstreamError(why))
+            self.waiter.set_exception(kind(why))
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -117,10 +169,12 @@ class _Connection(asyncio.Protocol):
 class Upstream:
     """Keep-alive connections to replicas, by endpoint (`http://host:port`)."""
 
-    def __init__(self, timeout_s: float, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, timeout_s: float, connect_timeout_s: float = 2.0,
+                 max_answer_bytes: int = 32 * 1024 * 1024) -> None:
         self._idle: dict[str, list[_Connection]] = {}
         self._addresses: dict[str, tuple[str, int, bytes]] = {}
         self._timeout_s, self._connect_timeout_s = timeout_s, connect_timeout_s
+        self._new = functools.partial(_Connection, max_answer_bytes)
 
     def _address(self, endpoint: str) -> tuple[str, int, bytes]:
         known = self._addresses.get(endpoint)
@@ -135,32 +189,33 @@ class Upstream:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, conn = await loop.create_connection(_Connection, host, port)
+                _, conn = await loop.create_connection(self._new, host, port)
         except (OSError, TimeoutError) as exc:
-            raise UpstreamError(f"cannot connect to {host}:{port}: {exc}") from exc
+            raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc
         return conn
 
     async def request(self, endpoint: str, method: str, path: str, body: bytes | None,
                       headers: Mapping[str, str]) -> Answer:
-        """One request; a kept-alive connection that turns out closed is retried once on a
-        fresh one (the replica closed it idle, before reading this request)."""
+        """One request, on a kept-alive connection or a fresh one; sent once (`headers` are
+        ASCII: the caller keeps only such values)."""
         host, port, host_line = self._address(endpoint)
         head = [f"{method} {path} HTTP/1.1\r\n".encode(), host_line]
         head += [f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()]
         head.append(b"Content-Length: %d\r\n\r\n" % len(body or b""))
         data = b"".join(head) + (body or b"")
-        idle = self._idle.get(endpoint)
+        conn = self._kept(endpoint) or await self._connect(host, port)
+        return await self._exchange(endpoint, conn, data)
+
+    def _kept(self, endpoint: str) -> _Connection | None:
+        """A kept-alive connection, open and idle for less than MAX_IDLE_S; None if none."""
+        idle, now = self._idle.get(endpoint), time.monotonic()
         while idle:
             conn = idle.pop()
-            if conn.closed:
-                continue
-            try:
-                return await self._exchange(endpoint, conn, data)
-            except UpstreamError:
-                if conn.answered == 0:
-                    raise
-                break  # a stale kept-alive connection: try a fresh one below
-        return await self._exchange(endpoint, await self._connect(host, port), data)
+            if not conn.closed and now - conn.idle_since < MAX_IDLE_S and conn.quiet():
+                return conn
+            if conn.transport is not None:
+                conn.transport.close()
+        return None
 
     async def _exchange(self, endpoint: str, conn: _Connection, data: bytes) -> Answer:
         loop = asyncio.get_running_loop()
@@ -181,6 +236,7 @@ class Upstream:
         if not conn.closed:
             pool = self._idle.setdefault(endpoint, [])
             if len(pool) < MAX_IDLE_PER_ENDPOINT:
+                conn.idle_since = time.monotonic()
                 pool.append(conn)
             else:
                 conn.transport.close()

@@ -13,7 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from model_server import __version__, test_knobs
+from model_server import __version__, budget, test_knobs
 from model_server.backends import Embedder, load_backend, normalize_rows
 from model_server.batcher import Batcher
 from model_server.config import Settings
@@ -115,6 +115,11 @@ async def _tei_texts(request: web.Request,
 async def embed(request: web.Request) -> web.Response:
     """TEI's POST /embed (and POST /): one pooled vector per input."""
     body, backend, batcher, texts = await _tei_texts(request, EmbedRequest)
+    settings = request.app[STATE].settings
+    await budget.check_embed(backend, texts, truncate=body.truncate is not False,
+                             dimension=backend.dimension,
+                             max_tokens=settings.max_request_tokens,
+                             max_floats=settings.max_response_floats)
     result = await embed_texts(backend, batcher, texts, truncate=body.truncate is not False)
     vectors = result.unit_vectors() if body.normalize else result.vectors
     return _json(tei_body(vectors))
@@ -125,6 +130,9 @@ async def embed_all(request: web.Request) -> web.Response:
     body, backend, batcher, texts = await _tei_texts(request, EmbedAllRequest)
     if body.truncate is False:
         await _refuse_over_long(backend, texts)
+    settings = request.app[STATE].settings
+    await budget.check_embed_all(backend, texts, max_tokens=settings.max_request_tokens,
+                                 max_floats=settings.max_response_floats)
     # On the batcher's compute thread, within its queue_limit (429 past it).
     rows = await batcher.run_alone(len(texts), partial(token_vectors, backend, texts))
     return _json(orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY))
@@ -150,6 +158,7 @@ async def tokenize(request: web.Request) -> web.Response:
     texts = as_texts(body.inputs, "inputs", settings.max_client_batch_size)
     backend, _ = state.require_ready()
     tokenizer = tokenizer_for(backend)
+    await budget.check_tokenize(backend, texts, max_tokens=settings.max_request_tokens)
 
     def tokenize_all() -> list[list[dict[str, Any]]]:
         return [[token.as_json() for token in tokenizer.tokenize(text, body.add_special_tokens)]
@@ -187,6 +196,10 @@ async def openai_embeddings(request: web.Request) -> web.Response:
             f"`dimensions` {body.dimensions} is more than the model's {backend.dimension}",
             {"dimensions": body.dimensions, "model_dimension": backend.dimension})
     texts = texts_from(backend, inputs, "input")
+    await budget.check_embed(backend, texts, truncate=True,
+                             dimension=body.dimensions or backend.dimension,
+                             max_tokens=settings.max_request_tokens,
+                             max_floats=settings.max_response_floats)
     result = await embed_texts(backend, batcher, texts, truncate=True)
     vectors = result.unit_vectors()
     if body.dimensions is not None and body.dimensions < backend.dimension:
@@ -215,6 +228,8 @@ async def info(request: web.Request) -> web.Response:
             "max_batch_wait_ms": settings.max_batch_wait_ms,
             "max_client_batch_size": settings.max_client_batch_size,
             "queue_limit": settings.queue_limit,
+            "max_request_tokens": settings.max_request_tokens,
+            "max_response_floats": settings.max_response_floats,
             "backend": backend.name,
             "quantization": backend.quantization,
             "agreement": backend.agreement and backend.agreement.as_dict(),

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     # it (see README). Unset: one pass per max_batch_size inputs, in arrival order.
     max_batch_tokens: int | None = Field(default=4096, gt=0)
     queue_limit: int = Field(default=2048, gt=0)
+    # Work one request may ask for (model_server/budget.py), 413 past it. Tokens computed,
+    # summed over the inputs after truncation: TEI's --max-batch-tokens default, 64 inputs
+    # of 256 tokens. Numbers answered: 2^20 (/embed_all answers one vector per token, so
+    # 2,730 tokens at 384 dimensions), at most ~16 MB of JSON, within the gateway's
+    # GREENROOM_GATEWAY_MAX_ANSWER_BYTES (32 MiB).
+    max_request_tokens: int = Field(default=16384, gt=0)
+    max_response_floats: int = Field(default=1 << 20, gt=0)
     max_client_batch_size: int = Field(default=256, gt=0)
     max_input_length: int | None = Field(default=None, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     # 503 with Retry-After); at most `gateway_hold_max` wait per deployment and process.
     gateway_hold_timeout_s: float = 30.0
     gateway_hold_max: int = 100
+    # The most a Python gateway buffers of one replica's answer; a longer one is a 502,
+    # logged (review M6). Replicas bound each request's work (MODEL_SERVER_MAX_REQUEST_TOKENS,
+    # MODEL_SERVER_MAX_RESPONSE_FLOATS: at most ~16 MB of JSON), so every answer they allow fits.
+    gateway_max_answer_bytes: int = 32 * 1024 * 1024
+    # A deployment renamed keeps its old name held for its model this long, so no other
+    # model takes the URL its clients still call (review M10).
+    deployment_name_hold_s: float = 24 * 3600.0
 
     # A worker serves Prometheus metrics on this port (off when unset); `up` picks one.
     worker_metrics_port: int | None = None

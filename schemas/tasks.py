@@ -95,6 +95,16 @@ class OnnxOptions(BaseModel):
         default=None, ge=0, le=1, description="refuse a variant below this top-1 agreement")
 
 
+def model_id_shaped(name: str) -> bool:
+    """Whether a deployment name reads as a model id: `/serve/{id}` names the model, so such
+    a name could take another model's traffic (review M10)."""
+    try:
+        UUID(name)
+    except ValueError:
+        return False
+    return True
+
+
 class DeploymentConfig(BaseModel):
     """Deployment settings (seed 001's deploy body, seed 002's `config`); all optional."""
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from gateway.upstream import Upstream, UpstreamError
+from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
 from worker.runtimes.process import free_port
 
 
@@ -57,4 +57,20 @@ async def test_unreachable_and_unsupported_answers_are_upstream_errors(replica: 
                                {})
     with pytest.raises(UpstreamError, match="chunked"):
         await upstream.request(replica, "GET", "/chunked", None, {})
+    upstream.close()
+
+
+async def test_a_failed_connect_is_its_own_error_and_a_long_answer_is_refused(
+        replica: str) -> None:
+    """Only ConnectFailed (nothing sent) may be retried elsewhere (review M6); an answer
+    over the cap fails from its head, before its body is buffered."""
+    upstream = Upstream(timeout_s=5, max_answer_bytes=20)
+    with pytest.raises(ConnectFailed):
+        await upstream.request(f"http://127.0.0.1:{free_port('127.0.0.1')}", "GET", "/", None,
+                               {})
+    with pytest.raises(AnswerTooLarge, match="over the gateway's limit of 20 bytes"):
+        await upstream.request(replica, "POST", "/embed", b'{"inputs": "a longer one"}', {})
+    small = await Upstream(timeout_s=5, max_answer_bytes=100).request(
+        replica, "POST", "/embed", b"{}", {})
+    assert small.status == 200
     upstream.close()

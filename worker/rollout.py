@@ -24,7 +24,14 @@ from db.pool import transaction
 from db.tasks import Task
 from schemas.log_tail import with_log_tail
 from schemas.quotas import QuotaExceeded
-from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskKind, TaskStatus
+from schemas.tasks import (
+    DeploymentConfig,
+    Phase,
+    ReplicaState,
+    TaskKind,
+    TaskStatus,
+    model_id_shaped,
+)
 from worker import replicas as lifecycle
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
@@ -76,9 +83,12 @@ class Progress:
 
 
 def default_deployment_name(model: Model) -> str:
-    """A URL-safe name from the model's name."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", model.name.lower()).strip("-")
-    return slug[:63] or f"model-{str(model.id)[:8]}"
+    """A URL-safe name from the model's name; never one shaped like a model id (review M10:
+    a model named after another's id would route that id to itself)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", model.name.lower()).strip("-")[:63]
+    if model_id_shaped(slug):
+        return f"model-{slug}"[:63].rstrip("-")
+    return slug or f"model-{str(model.id)[:8]}"
 
 
 async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generation: int,
@@ -161,7 +171,8 @@ async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
                   config: DeploymentConfig) -> list[UUID]:
     async with transaction(ctx.pool) as conn:
         old = await deployments.switch(conn, model.id, generation, name,
-                                       config.model_dump(mode="json"))
+                                       config.model_dump(mode="json"),
+                                       name_hold_s=ctx.settings.deployment_name_hold_s)
     await publish_routes(ctx, model.id)
     return old
 
@@ -179,6 +190,19 @@ async def drain_and_remove(ctx: WorkerContext, progress: Progress, generation: i
     await lifecycle.remove(ctx, old, ReplicaState.stopped, ctx.settings.stop_grace_s)
 
 
+async def _name_refused(ctx: WorkerContext, task: Task, model: Model, name: str) -> bool:
+    """A task accepted before its name was refused (shaped like a model id, or held for the
+    model that had it): it fails, saying why."""
+    if model_id_shaped(name):
+        reason = f"deployment name {name!r} is shaped like a model id"
+    elif await deployments.name_held_by_another(ctx.pool, name, model.id):
+        reason = f"deployment name {name!r} is held for the model that had it"
+    else:
+        return False
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason)
+    return True
+
+
 async def deploy(ctx: WorkerContext, task: Task) -> None:
     """Bring up a new generation beside the old, switch, drain and remove the old."""
     model = await models.get(ctx.pool, task.model_id)
@@ -187,6 +211,8 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     config = replica_count.carried_over(
         config, task, await replica_count.serving_count(ctx.pool, model.id))
     name = config.deployment_name or default_deployment_name(model)
+    if await _name_refused(ctx, task, model, name):
+        return
     try:
         await quotas.check_rollout(ctx, model, config)
     except QuotaExceeded as exc:

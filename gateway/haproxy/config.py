@@ -26,6 +26,12 @@ DIRECT_POST = r"^/serve/[^/]+/?(embed|embed_all|tokenize|decode|v1/embeddings)?$
 DIRECT_GET = r"^/serve/[^/]+/(health|info|metrics)$"
 
 
+# The client's address, as HAProxy saw it, on every request it passes to the Python
+# gateways (set, so a client's own value is replaced): they serve /metrics to loopback
+# callers only, and HAProxy itself calls from loopback (review M1).
+CLIENT_HEADER = "X-Greenroom-Client"
+
+
 def slot_name(index: int) -> str:
     return f"slot{index}"
 
@@ -109,10 +115,11 @@ defaults
     timeout http-request 10s
     timeout http-keep-alive 60s
     timeout queue 5s
-    # A replica that cannot be reached (refused, reset before an answer) is retried on
-    # another: up to 3 attempts, each after the first on a different server.
+    # A replica that cannot be connected to is retried on another: up to 3 attempts, each
+    # after the first on a different server. Only then: a request once sent to a replica is
+    # never sent again (review M6: `empty-response` resent it when a replica died on it).
     retries 2
-    retry-on conn-failure empty-response
+    retry-on conn-failure
     option redispatch 1
 
 frontend data
@@ -120,9 +127,11 @@ frontend data
     acl has_token req.hdr(authorization) -m found
     acl direct_post path_reg {DIRECT_POST}
     acl direct_get path_reg {DIRECT_GET}
-    # The gateway's own metrics name private deployments: loopback callers, or a token.
+    # The gateway's own metrics name private deployments: loopback callers, or a token (the
+    # Python gateway checks it). The path decoded, so /%6detrics is /metrics too (review M1).
     acl loopback src 127.0.0.0/8 ::1
-    http-request deny deny_status 403 if {{ path /metrics }} !loopback !has_token
+    acl metrics_path path,url_dec -m reg ^/+metrics/*$
+    http-request deny deny_status 403 if metrics_path !loopback !has_token
     http-request set-var(txn.slot) {lookup} if METH_POST direct_post !has_token
     http-request set-var(txn.slot) {lookup} if METH_GET direct_get !has_token
     http-request replace-path ^/serve/[^/]+/?(.*)$ /\\1 if {{ var(txn.slot) -m found }}
@@ -131,6 +140,7 @@ frontend data
 
 backend python
     balance leastconn
+    http-request set-header {CLIENT_HEADER} %[src]
 """
     for i, port in enumerate(layout.gateways):
         text += f"    server gw{i} 127.0.0.1:{port}\n"

@@ -63,6 +63,14 @@ def _keys(route: Route) -> list[str]:
     return [route.name, str(route.model_id)]
 
 
+def _owners(routes: list[Route]) -> dict[str, UUID]:
+    """Each map key's model: a model id always names its own model, over a deployment that
+    took that id as its name (review M10: the last route written won, so a decoy named
+    after another model's id took its traffic); as the Python gateway's table decides."""
+    owners = {route.name: route.model_id for route in routes}
+    return owners | {str(route.model_id): route.model_id for route in routes}
+
+
 async def _ip_port(endpoint: str) -> tuple[str, int]:
     """`http://host:port` (a replica's endpoint) as an IP address and port."""
     parts = urlsplit(endpoint)
@@ -86,6 +94,7 @@ class Programmer:
         self._base: dict[str, int] = {}  # server → its stot when given to its replica
         self._stot: dict[str, int] = {}  # server → stot at the last read
         self.generations: dict[str, int] = {}  # model id → generation routed to (any path)
+        self._owners: dict[str, UUID] = {}  # map key → the model it names (_owners)
 
     @property
     def in_use(self) -> list[str]:
@@ -101,10 +110,12 @@ class Programmer:
         per_slot = self._layout.servers_per_slot
         direct = {r.model_id: r for r in routes
                   if r.access_level == "public" and 0 < len(r.replicas) <= per_slot}
-        keys = {key: r.model_id for r in direct.values() for key in _keys(r)}
+        owners = _owners(routes)
+        keys = {key: model_id for key, model_id in owners.items() if model_id in direct}
         for key in [k for k, backend in self._mapped.items()
                     if keys.get(k) != self._slots[backend].model_id]:
             await self._unmap(key)
+        self._owners = owners
         for route in direct.values():
             await self._serve(route)
         for model_id in [m for m in self._live if m not in direct]:
@@ -121,7 +132,7 @@ class Programmer:
         if fresh is None:
             log.warning("haproxy_slots_exhausted", deployment=route.name)
             for key in _keys(route):
-                if key in self._mapped:
+                if key in self._mapped and self._owners.get(key) == route.model_id:
                     await self._unmap(key)
         else:
             await self._key(fresh, route)
@@ -186,6 +197,8 @@ class Programmer:
 
     async def _point(self, route: Route, backend: str) -> None:
         for key in _keys(route):
+            if self._owners.get(key, route.model_id) != route.model_id:
+                continue  # another model's id: not this deployment's to take
             if self._mapped.get(key) == backend:
                 continue
             verb = "set" if key in self._mapped else "add"

@@ -31,7 +31,7 @@ from service.auth.locators import (
 from service.auth.permissions import knows_of, permission_on, resolve
 from service.auth.rules import Caller, ModelFrom
 from service.keys import GATEWAY, PG
-from service.web.parsing import parse_body
+from service.web.parsing import parse_body, refuse_nul_in_url
 
 if TYPE_CHECKING:
     from service.routes import RouteSpec
@@ -148,6 +148,7 @@ async def _body(request: web.Request, spec: "RouteSpec") -> Any:
 
 
 async def _establish(request: web.Request, spec: "RouteSpec") -> Call:
+    refuse_nul_in_url(request)
     principal = await _principal(request, spec.access.caller)
     body = await _body(request, spec)
     match spec.access.model:

@@ -120,7 +120,7 @@ async def store_secrets(pool: asyncpg.Pool, secret_key: str, model: Model,
                         values: dict[str, str]) -> None:
     """Encrypt and keep the secrets the model's replicas get as environment variables."""
     blob = secrets.encrypt(secret_key, values)
-    await deployments.store_secrets(pool, model.id, str(model.id), blob)
+    await deployments.store_secrets(pool, model.id, blob)
 
 
 async def deploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model, config: DeploymentConfig,

@@ -22,7 +22,14 @@ from schemas import secrets
 from schemas.errors import Conflict, Invalid, NotFound
 from schemas.queue import JOB_RUN_TASK
 from schemas.settings import Settings
-from schemas.tasks import Phase, TaskKind, TaskRequest, TaskResponse, TaskStatus
+from schemas.tasks import (
+    Phase,
+    TaskKind,
+    TaskRequest,
+    TaskResponse,
+    TaskStatus,
+    model_id_shaped,
+)
 from service.domain import job_queue, quotas
 
 log = structlog.get_logger(__name__)
@@ -78,9 +85,15 @@ async def _check_deployable(pool: asyncpg.Pool, model: Model, req: TaskRequest) 
                        f"status is {model.train_status}")
     name = req.config.deployment_name
     if name:
+        if model_id_shaped(name):
+            raise Invalid(f"deployment name {name!r} is shaped like a model id; "
+                          "choose another", {"deployment_name": name})
         taken = await deployments.get_by_name(pool, name)
         if taken is not None and taken.model_id != model.id:
             raise Conflict(f"deployment name {name!r} is taken by another model")
+        if await deployments.name_held_by_another(pool, name, model.id):
+            raise Conflict(f"deployment name {name!r} was another model's until recently "
+                           "and is held for it; choose another")
 
 
 async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:

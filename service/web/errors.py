@@ -7,6 +7,7 @@ Handlers and this web layer may raise `ApiError` with a status of their own choo
 """
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import uuid4
@@ -83,10 +84,21 @@ def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
     return error_response(exc.status, message)
 
 
+# A header value fit to echo or pass on: visible ASCII and spaces, of a sane length (aiohttp
+# hands a server any UTF-8; review L2: a UTF-8 X-Request-Id was a 500 at the gateway).
+HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-Id when fit to echo; else a fresh one."""
+    given = request.headers.get("X-Request-Id")
+    return given if given and HEADER_VALUE.fullmatch(given) else uuid4().hex
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id to logs; turn every failure into the JSON error body."""
-    request_id = request.headers.get("X-Request-Id") or uuid4().hex
+    request_id = request_id_of(request)
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         response = await handler(request)

@@ -9,13 +9,14 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from db import models
+from db import models, replicas
 from schemas.settings import Settings
 from tests import services
 from tests.conftest import Proc, wait_task
@@ -71,11 +72,24 @@ async def _embed(http: aiohttp.ClientSession, api: str) -> str:
         return r.headers["X-Greenroom-Replica"]
 
 
-def _kill_replica(state_dir: Path, replica_id: str) -> None:
+async def _kill_replica(pool: asyncpg.Pool, state_dir: Path, replica_id: str) -> None:
+    """SIGKILL the replica's process group and return once its port refuses connections
+    (every process of it has exited, its connections closed)."""
     marker = f"GREENROOM_REPLICA_ID={replica_id}".encode()
     pids = [pid for pid, env in services.replica_processes(state_dir).items() if marker in env]
     assert len(pids) == 1
     os.killpg(pids[0], signal.SIGKILL)
+    replica, = await replicas.get_many(pool, [UUID(replica_id)])
+    assert replica.endpoint is not None
+    port = int(replica.endpoint.rsplit(":", 1)[1])
+    for _ in range(500):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        writer.close()
+        await asyncio.sleep(0.01)
+    raise AssertionError("the killed replica still accepts connections")
 
 
 async def test_documented_metrics_exist_and_move(
@@ -95,8 +109,10 @@ async def test_documented_metrics_exist_and_move(
     assert done["status"] == "done", done
     served_by = await _embed(http, gateway)
     # The gateway sends a lone request to the same replica each time: kill it, and the
-    # next request meets a dead upstream first, then is retried on the other replica.
-    _kill_replica(settings.state_dir, served_by)
+    # next request meets a dead upstream first, then is retried on the other replica. Once
+    # the replica has exited (its connections closed): a request written to a replica is
+    # never sent again (review M6), only one that could not connect.
+    await _kill_replica(pool, settings.state_dir, served_by)
     assert await _embed(http, gateway) != served_by
     await asyncio.sleep(4.5)  # two reconcile passes: the dead replica replaced
     await models.update_source(pool, model_id, {"backend": "hashing", "startup_delay_s": 600})

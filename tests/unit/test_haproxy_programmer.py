@@ -196,3 +196,25 @@ async def test_a_read_cancelled_mid_answer_does_not_leave_its_answer_to_the_next
         api.close()
         server.close()
     assert sessions == 2
+
+
+async def test_a_model_id_names_its_own_model_over_a_deployment_named_after_it(
+        tmp_path: Path) -> None:
+    """Review M10: a decoy deployment named after another model's id (one made before such
+    names were refused) took that id's traffic whenever its route was written last."""
+    victim = Route(uuid4(), "pub", "alice/pub", 1, "public",
+                   [(uuid4(), "http://127.0.0.1:7001")])
+    decoy = Route(uuid4(), str(victim.model_id), "bob/decoy", 1, "public",
+                  [(uuid4(), "http://127.0.0.1:7002")])
+    for order in ([victim, decoy], [decoy, victim]):
+        api = RecordingApi()
+        programmer = Programmer(api, _layout(tmp_path, slots=4))
+        await programmer.apply(order)
+        await programmer.apply(order)
+        direct = str(tmp_path / "direct.map")
+        maps = [line.split()[-2:] for line in api.sent
+                if line.startswith(("add map " + direct, "set map " + direct))]
+        last = dict(maps)
+        assert last[str(victim.model_id)] == programmer._live[victim.model_id].backend, maps
+        assert last["pub"] == programmer._live[victim.model_id].backend
+        assert last[str(decoy.model_id)] == programmer._live[decoy.model_id].backend
