@@ -53,10 +53,11 @@ def _key_out(key: ApiKey) -> ApiKeyOut:
 
 async def _throttled(request: web.Request, username: str,
                      check: Callable[[], Awaitable[T]]) -> T:
-    """Run a password check under the login throttle (service/auth/login_throttle.py): the
-    address's budget first, then the check; a wrong password is counted against
-    (username, address) and answers 429 instead of its own error while a wait is on."""
+    """Run a password check under the login throttle (service/auth/login_throttle.py): 429
+    while this (username, address) waits, then the address's budget, then the check; a wrong
+    password is counted against (username, address)."""
     throttle, address = request.app[LOGIN_THROTTLE], request.remote or "unknown"
+    throttle.refuse_during_wait(username, address)  # before argon2: a wait must cost guesses
     # Counted against the address from here (concurrent guesses see each other).
     mark = throttle.attempt(address)
     try:

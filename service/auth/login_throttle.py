@@ -1,16 +1,18 @@
-"""Failed logins: growing waits per (username, address) that the right password passes, and a
-bound on wrong passwords per address (429 with Retry-After).
+"""Failed logins: growing waits per (username, address), which no other address's guesses
+can impose on a user, and a bound on wrong passwords per address (429 with Retry-After).
 
 Keycloak-style brute-force detection, counted in the API process's memory (several API
 processes each count their own):
 
 - Per (username, address): the first `free_failures` wrong passwords cost nothing; each one
   after that makes the caller wait `min(wait_base_s * 2**(n - free_failures - 1),
-  wait_max_s)` after the n-th. A wrong password sent during the wait answers 429 (with the
-  wait left) and makes the wait longer. The password is always verified first, so the right
-  one is never refused by these waits: an attacker guessing `alice` cannot lock her out, from
-  her address or any other. The username is taken as typed (usernames are case-sensitive):
-  `ALICE`'s failures are not `alice`'s.
+  wait_max_s)` after the n-th. A login for that username from that address during the wait
+  answers 429 (with the wait left) before any password is verified: were it verified, a
+  guesser would read a right guess from its 200 and a wrong one from its 429, and the wait
+  would slow nothing. The wait is the guesser's own: an attacker guessing `alice` cannot
+  lock her out, since her right password from her address (or any other) is verified as
+  usual, and from the guesser's address it passes once the wait is over. The username is
+  taken as typed (usernames are case-sensitive): `ALICE`'s failures are not `alice`'s.
 - Per address (an IPv6 address counts as its /64, what one host is usually given): at most
   `max_per_address` wrong passwords within `window_s`. This one is checked before the
   password is verified (each verification is an argon2 hash), and it is what bounds the
@@ -99,8 +101,19 @@ class LoginThrottle:
             return 0.0
         return max(0.0, entry.last + self.wait_after(entry.count) - now)
 
+    def refuse_during_wait(self, username: str, address: str) -> None:
+        """429 with the wait left, before any password is verified, while this (username,
+        address) waits; not counted (it was not checked)."""
+        wait = self.wait_left(username, address)
+        if wait > 0:
+            retry = _retry_after(wait)
+            raise TooManyRequests(f"too many failed logins for this account from this address; "
+                                  f"try again in {retry} s", {"retry_after_s": retry},
+                                  retry_after_s=retry)
+
     def failed(self, username: str, address: str) -> None:
-        """A wrong password: counted; raises 429 if it came during a wait (which it lengthens)."""
+        """A wrong password: counted; raises 429 if a wait began while it was being verified
+        (a concurrent guess), which it lengthens."""
         bucket = address_key(address)
         now = time.monotonic()
         entry = self._entry(username, bucket, now)

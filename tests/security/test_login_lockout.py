@@ -1,10 +1,13 @@
-"""Issue 25, review M2: failed logins are slowed per (username, address) with growing waits
-that the right password passes; nobody can lock an account out by guessing at it.
+"""Issue 25, review M2: failed logins are slowed per (username, address) with growing waits;
+nobody can lock an account out by guessing at it: the wait is the guesser's address's own,
+and during it a login from there is refused before its password is checked (a check would
+tell the guesser a right guess from a wrong one, and the wait would slow nothing).
 
 On 4861aa2 ten failures as `ALICE` (or `alice`) from anywhere locked `alice` out of her
 right password (429 for 300 s), from every address.
 """
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterator, Callable
 
@@ -56,16 +59,19 @@ async def _login(http: aiohttp.ClientSession, base: str, user: str,
 
 
 async def test_guessing_as_ALICE_and_alice_never_locks_alice_out_of_her_right_password(
-        waiting_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
+        waiting_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        second_address: aiohttp.ClientSession) -> None:
     await make_user(pool, "alice", password=PASSWORD)
     statuses = []
     for name in ("ALICE",) * 12 + ("alice",) * 12:
         status, _, body = await _login(anon_http, waiting_api, name, "wrong")
         statuses.append(status)
         assert status in (401, 429), body
-    assert 429 in statuses, statuses  # the guesser is slowed...
-    # ...but the right password passes, from the guesser's own address too.
-    status, _, body = await _login(anon_http, waiting_api, "alice", PASSWORD)
+    assert 429 in statuses, statuses  # the guesser is slowed: even a right guess waits...
+    status, headers, body = await _login(anon_http, waiting_api, "alice", PASSWORD)
+    assert status == 429 and 1 <= int(headers["Retry-After"]) <= BASE_WAIT_S, body
+    # ...but alice's right password from her own address passes at once.
+    status, _, body = await _login(second_address, waiting_api, "alice", PASSWORD)
     assert status == 200, body
     status, me = await call(anon_http, "GET", f"{waiting_api}/api/v2/users/me",
                             headers={"Authorization": f"Bearer {body['access_token']}"})
@@ -73,19 +79,34 @@ async def test_guessing_as_ALICE_and_alice_never_locks_alice_out_of_her_right_pa
 
 
 async def test_each_wrong_password_past_the_free_ones_makes_the_wait_longer(
-        waiting_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
+        spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        clean: None) -> None:
+    port = free_port("127.0.0.1")
+    spawn("service", api_port=port, login_free_failures=2, login_wait_base_s=1.0,
+          login_wait_max_s=300)
+    api = f"http://127.0.0.1:{port}"
+    await wait_for_http(anon_http, api + "/healthz")
     await make_user(pool, "alice", password=PASSWORD)
     statuses, waits = [], []
-    for _ in range(9):
-        status, headers, body = await _login(anon_http, waiting_api, "alice", "wrong")
+    for _ in range(4):
+        status, headers, body = await _login(anon_http, api, "alice", "wrong")
         statuses.append(status)
         if status == 429:
             assert body["status_code"] == 429 and "too many failed logins" in str(body["message"])
             assert body["detail"] == {"retry_after_s": int(headers["Retry-After"])}
             waits.append(int(headers["Retry-After"]))
-    # 5 free, the 6th starts a wait of 5 s, each one sent during it answers 429 and doubles it
-    assert statuses == [401] * 6 + [429] * 3, statuses
-    assert waits == [10, 20, 40], waits
+    # 2 free, the 3rd starts a wait of 1 s; the 4th, sent during it, is refused unchecked
+    assert statuses == [401] * 3 + [429], statuses
+    await asyncio.sleep(1.2)
+    # Past the wait a wrong password is checked (401) and doubles the wait: 2 s, then 4 s.
+    for expected in (2, 4):
+        status, _, _ = await _login(anon_http, api, "alice", "wrong")
+        assert status == 401
+        status, headers, _ = await _login(anon_http, api, "alice", "wrong")
+        assert status == 429
+        waits.append(int(headers["Retry-After"]))
+        assert waits[-1] == expected, waits
+        await asyncio.sleep(expected + 0.2)
 
 
 async def test_another_address_is_not_slowed_by_the_first_ones_failures(
