@@ -22,6 +22,7 @@ from service.domain import bazaar, model_sources
 from service.keys import PG, REDIS, SETTINGS
 from service.routes import RouteSpec
 from service.web.errors import ApiError
+from service.web.parsing import idempotency_key
 from service.web.responses import json_response
 
 PREFIX = "/api/v2/deploy"
@@ -44,7 +45,7 @@ async def deploy(request: web.Request) -> web.Response:
     config: DeployRequest = call.body
     await bazaar.deploy(request.app[PG], request.app[REDIS], call.model, config,
                         call.principal.user_id, request.app[SETTINGS],
-                        request.headers.get("Idempotency-Key"))
+                        idempotency_key(request))
     return json_response(EMPTY)
 
 

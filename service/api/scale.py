@@ -12,6 +12,7 @@ from service.domain import scaling
 from service.keys import PG, REDIS, SETTINGS
 from service.routes import RouteSpec
 from service.web.errors import ApiError
+from service.web.parsing import idempotency_key
 
 
 async def _answer(request: web.Request, replicas: int) -> web.Response:
@@ -19,7 +20,7 @@ async def _answer(request: web.Request, replicas: int) -> web.Response:
     assert call.model is not None
     task, created = await scaling.accept(
         request.app[PG], request.app[REDIS], call.model, replicas, call.principal.user_id,
-        request.headers.get("Idempotency-Key"), settings=request.app[SETTINGS])
+        idempotency_key(request), settings=request.app[SETTINGS])
     return _json(task, 202 if created else 200)
 
 

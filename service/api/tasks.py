@@ -20,6 +20,7 @@ from service.auth.rules import OWNER, READ
 from service.domain import tasks as task_service
 from service.keys import PG, REDIS, SETTINGS
 from service.routes import RouteSpec, register
+from service.web.parsing import idempotency_key
 
 _LOCATED_TASK = web.RequestKey("located_task", Task)
 _OWNER_QUOTA = web.RequestKey("owner_quota", OwnerQuota)
@@ -34,7 +35,7 @@ async def _create(request: web.Request, kind: TaskKind) -> web.Response:
     call = call_of(request)
     task, created = await task_service.accept(
         request.app[PG], request.app[REDIS], kind, call.body,
-        request.headers.get("Idempotency-Key"), call.principal.user_id, call.model,
+        idempotency_key(request), call.principal.user_id, call.model,
         settings=request.app[SETTINGS], owner_quota=request.get(_OWNER_QUOTA),
     )
     return _json(task, 202 if created else 200)

@@ -68,3 +68,17 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     if not isinstance(data, dict):
         raise ApiError(422, "request body must be a JSON object")
     return validate(model, data)
+
+
+# As the body's `id` (schemas/tasks.py TaskRequest): a longer key would pass Postgres's index
+# row limit at the insert and come back as a 500.
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The `Idempotency-Key` header; 422 if it is empty or longer than the body's `id`."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise ApiError(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                       {"header": "Idempotency-Key", "length": len(key)})
+    return key

@@ -80,3 +80,20 @@ async def test_a_non_ascii_request_id_at_the_api_is_not_a_500(
             assert echoed.isascii() and 0 < len(echoed) <= 256, echoed
     async with http.get(f"{api}/healthz", headers={"X-Request-Id": "abc-123"}) as resp:
         assert resp.headers["X-Request-Id"] == "abc-123"
+
+
+async def test_a_long_idempotency_key_is_a_422_on_every_route_that_reads_it(
+        api: str, http: aiohttp.ClientSession, admin_headers: dict[str, str],
+        hashing_model: Any) -> None:
+    """A key past Postgres's index row limit reached the insert and came back as a 500
+    (review of the merge); the header is held to the body `id`'s 200 characters."""
+    await hashing_model("keyed")
+    long_key = {"Idempotency-Key": "k" * 3000, **admin_headers}
+    for method, path, body in (
+            ("POST", "/deploy", {"embedding_model_id": "alice/keyed"}),
+            ("POST", "/api/v2/deploy/alice/keyed", {}),
+            ("POST", "/api/v2/deploy/alice/keyed/scale", {"replicas": 1})):
+        async with http.request(method, api + path, json=body, headers=long_key) as resp:
+            answer = await resp.json(content_type=None)
+            assert resp.status == 422, (path, resp.status, answer)
+        assert "Idempotency-Key must be 1 to 200 characters" in answer["message"], answer
