@@ -114,15 +114,11 @@ async def _hand_back(ctx: WorkerContext, task: tasks.Task, ran_s: float) -> None
 
 async def replica_logs(ctx: WorkerContext, model_id: str,
                        tail: int = 100) -> list[dict[str, Any]]:
-    """The last `tail` lines of each live replica of a model, the deployment's secrets taken
-    out (worker/log_redaction.py); a gone replica gives empty text."""
+    """The last `tail` lines of each live replica of a model, its secrets taken out
+    (worker/log_redaction.py); a gone replica gives empty text."""
     found = []
-    hidden = await _secrets_of(ctx, UUID(model_id))
     live = await replicas.list_for_model(ctx.pool, UUID(model_id))
-    if ctx.settings.secret_key is not None:  # each generation's gateway secret too
-        key = ctx.settings.secret_key.get_secret_value()
-        hidden += [replica_auth.generation_secret(key, UUID(model_id), generation)
-                   for generation in {r.generation for r in live}]
+    hidden = await _secrets_of(ctx, UUID(model_id), live)
     for replica in live:
         stdout, stderr = "", ""
         if replica.runtime_ref:
@@ -134,22 +130,34 @@ async def replica_logs(ctx: WorkerContext, model_id: str,
     return found
 
 
-async def _secrets_of(ctx: WorkerContext, model_id: UUID) -> list[str]:
-    """The deployment's secret values and longer env values (opened: sealed at accept), to
-    take out of its logs."""
+async def _secrets_of(ctx: WorkerContext, model_id: UUID,
+                      live: list[replicas.Replica]) -> list[str]:
+    """What to take out of a model's logs: its secret values, the longer env values of its
+    deployment's config and of the tasks that started its live replicas (a generation still
+    starting runs with its task's env, not yet the deployment's), opened (sealed at
+    accept), and each live generation's gateway secret."""
+    if ctx.settings.secret_key is None:
+        return []
+    key = ctx.settings.secret_key.get_secret_value()
     deployment = await deployments.get(ctx.pool, model_id)
-    env = {str(k): str(v) for k, v in
-           ((deployment.config.get("env") or {}) if deployment else {}).items()}
-    blob = await deployments.get_secrets(ctx.pool, model_id)
-    secrets: dict[str, str] = {}
-    if ctx.settings.secret_key is not None:
-        key = ctx.settings.secret_key.get_secret_value()
+    envs = [dict((deployment.config.get("env") or {}) if deployment else {})]
+    for task_id in {r.task_id for r in live if r.task_id is not None}:
+        task = await tasks.get(ctx.pool, task_id)
+        config = (task.request.get("config") or {}) if task else {}
+        envs.append(dict(config.get("env") or {}))
+    env_values: list[str] = []
+    for sealed in envs:
         with contextlib.suppress(deployment_secrets.SecretsUnreadable):
-            env = deployment_secrets.open_env(key, env)
-        if blob is not None:
-            with contextlib.suppress(deployment_secrets.SecretsUnreadable):
-                secrets = deployment_secrets.decrypt(key, blob)
-    return secret_values(secrets, env)
+            opened = deployment_secrets.open_env(key, {str(k): str(v) for k, v in sealed.items()})
+            env_values += opened.values()
+    secrets: dict[str, str] = {}
+    blob = await deployments.get_secrets(ctx.pool, model_id)
+    if blob is not None:
+        with contextlib.suppress(deployment_secrets.SecretsUnreadable):
+            secrets = deployment_secrets.decrypt(key, blob)
+    gateway = [replica_auth.generation_secret(key, model_id, generation)
+               for generation in {r.generation for r in live}]
+    return [*secret_values(secrets, env_values), *gateway]
 
 
 async def _dispatch(ctx: WorkerContext, task: tasks.Task) -> None:

@@ -2,8 +2,10 @@
 
 Seeds 000 and 001 let anyone who may read a model read its deployment's logs, and a
 model's code may print what its environment holds (review M9). So the worker, which alone
-can decrypt a deployment's secrets, replaces each of their values, each `env` value of the
-deployment's config long enough to be one, each live generation's gateway secret
+can decrypt a deployment's secrets, replaces each of their values, each `env` value long
+enough to be one (of the deployment's config and of the tasks that started its live
+replicas: a generation still starting runs with its task's env), each live generation's
+gateway secret
 (schemas/replica_auth.py) and every JWT (a replica's job token) with `[redacted]` before
 the lines leave it.
 """
@@ -28,6 +30,6 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return JWT.sub(REDACTED, text)
 
 
-def secret_values(secrets: dict[str, str], env: dict[str, str]) -> list[str]:
+def secret_values(secrets: dict[str, str], env_values: Iterable[str]) -> list[str]:
     """What to take out of a deployment's logs: every secret, and the longer env values."""
-    return [*secrets.values(), *(v for v in env.values() if len(v) >= MIN_ENV_VALUE_CHARS)]
+    return [*secrets.values(), *(v for v in env_values if len(v) >= MIN_ENV_VALUE_CHARS)]

@@ -11,6 +11,7 @@ calls per window past which the API answers 429 with the JSON error body.
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -176,3 +177,34 @@ async def test_logs_calls_past_a_users_allowance_answer_429_with_the_json_error_
     assert 1 <= retry <= bazaar.LOGS_WINDOW_S
     status, _ = await call(http, "GET", api + LOGS_ROUTES[0], headers=admin_headers)
     assert status == 200, "another user's allowance is their own"
+
+
+async def test_a_generation_still_starting_has_its_tasks_env_taken_out_of_its_logs(
+        api: str, spawn: Callable[..., Proc], pool: asyncpg.Pool, settings: Settings,
+        http: aiohttp.ClientSession) -> None:
+    """A first deploy's replica runs with its task's env before the deployment's config has
+    any (it is written at the switch): a reader of the logs meanwhile sees it redacted."""
+    _, alice = await make_user(pool, "alice")
+    _, bob = await make_user(pool, "bob")
+    await register(pool, "alice", "slow", ModelSource(backend="hashing", dimension=16,
+                                                       startup_delay_s=60), "public")
+    spawn("worker")
+    status, body = await call(http, "POST", api + "/deploy", headers=alice, json={
+        "embedding_model_id": "alice/slow", "config": {"env": {"API_TOKEN": ENV_SECRET}}})
+    assert status == 202, body
+    logs: list[Path] = []
+
+    async def starting() -> bool:
+        logs[:] = list((settings.state_dir / "replicas").glob("*/stdout.log"))
+        return bool(logs)
+    await eventually(starting, 60, "the replica is starting")
+    with logs[0].open("a") as out:
+        out.write(f"starting with token={ENV_SECRET}\n")
+
+    async def redacted() -> bool:
+        status, body = await call(http, "GET", api + "/api/v2/deploy/alice/slow/logs",
+                                  headers=bob)
+        assert status == 200, body
+        assert ENV_SECRET not in json.dumps(body)
+        return "starting with token=[redacted]" in json.dumps(body)
+    await eventually(redacted, 30, "bob reads the starting replica's line, redacted")
