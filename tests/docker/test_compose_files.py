@@ -52,7 +52,9 @@ def test_compose_file_renders_with_its_settings_and_names_a_missing_one(file: st
             assert env["GREENROOM_REDIS_URL"].startswith(
                 f"redis://greenroom:{REQUIRED['GREENROOM_REDIS_PASSWORD']}@redis:"), name
             assert env["GREENROOM_SECRET_KEY"] == REQUIRED["GREENROOM_SECRET_KEY"], name
-    assert "--user" in services["redis"]["command"], "Redis runs with its ACL user"
+    start = " ".join(services["redis"]["command"])
+    assert "user greenroom on #%s" in start and "user default off" in start, "its ACL user"
+    assert REQUIRED["GREENROOM_REDIS_PASSWORD"] not in start, "the password on no command line"
     for missing in REQUIRED:
         refused = _render(command, {k: v for k, v in REQUIRED.items() if k != missing})
         assert refused.returncode != 0, f"{file} rendered without {missing}"
