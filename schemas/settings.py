@@ -143,8 +143,8 @@ class Settings(BaseSettings):
 
     # Failed logins (service/auth/login_throttle.py), per (username, address): this many
     # wrong passwords are free, then each one makes the next wait
-    # min(base * 2**(n - free - 1), max) seconds (429 with Retry-After); the right password
-    # always passes.
+    # min(base * 2**(n - free - 1), max) seconds (429 with Retry-After, unchecked, for logins
+    # from that address); the user's right password from any other address passes.
     login_free_failures: int = 5
     login_wait_base_s: float = 1.0
     login_wait_max_s: float = 300.0
