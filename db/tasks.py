@@ -203,31 +203,33 @@ _NEWER_TASK = """(SELECT n.id FROM tasks n WHERE n.model_id = tasks.model_id
                     AND n.created_at > tasks.created_at ORDER BY n.created_at DESC LIMIT 1)"""
 
 
+# A processing task given up by its worker: back to pending while attempts remain, else
+# failed with $4; canceled instead when the model has a newer task (running it now would
+# undo the newer one). $1 the task, $2 its worker, $3 max attempts; the caller adds the
+# condition on who may give it up.
+_GIVE_BACK = f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
+   UPDATE tasks SET
+       status = CASE WHEN t.newer IS NOT NULL THEN 'canceled'
+                     WHEN attempts < $3 THEN 'pending' ELSE 'failed' END,
+       detail = CASE WHEN t.newer IS NOT NULL THEN 'superseded by ' || t.newer
+                     WHEN attempts < $3 THEN NULL ELSE $4 END,
+       finished_at = CASE WHEN t.newer IS NULL AND attempts < $3 THEN NULL ELSE now() END,
+       phase = NULL, lease_until = NULL, enqueued_at = NULL, updated_at = now(){{worker}}
+   FROM t WHERE tasks.id = t.id AND status = 'processing' AND {{holder}}
+   RETURNING tasks.status"""
+
+
 async def release_expired(db: Executor, task_id: UUID, worker_id: str | None,
                           max_attempts: int, detail: str) -> str | None:
-    """A dead worker's task: back to pending while attempts remain, else failed.
-
-    A task with a newer task of the same model is canceled instead: running it now
-    would undo the newer one. Conditional on the lease still being expired and held by
+    """A dead worker's task: back to pending while attempts remain, else failed; canceled
+    if the model has a newer task. Conditional on the lease still being expired and held by
     `worker_id`, so many reconcilers can race safely. Returns the new status, or None if
     another won.
     """
+    sql = _GIVE_BACK.format(worker="", holder="worker_id IS NOT DISTINCT FROM $2 "
+                                               "AND lease_until < now()")
     async with translated():
-        status: str | None = await db.fetchval(
-            f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
-               UPDATE tasks SET
-                   status = CASE WHEN t.newer IS NOT NULL THEN 'canceled'
-                                 WHEN attempts < $3 THEN 'pending' ELSE 'failed' END,
-                   detail = CASE WHEN t.newer IS NOT NULL THEN 'superseded by ' || t.newer
-                                 WHEN attempts < $3 THEN NULL ELSE $4 END,
-                   finished_at = CASE WHEN t.newer IS NULL AND attempts < $3 THEN NULL
-                                      ELSE now() END,
-                   phase = NULL, lease_until = NULL, enqueued_at = NULL, updated_at = now()
-               FROM t WHERE tasks.id = t.id AND status = 'processing'
-                 AND worker_id IS NOT DISTINCT FROM $2 AND lease_until < now()
-               RETURNING tasks.status""",
-            task_id, worker_id, max_attempts, detail,
-        )
+        status: str | None = await db.fetchval(sql, task_id, worker_id, max_attempts, detail)
     return status
 
 
@@ -251,20 +253,7 @@ async def hand_back(db: Executor, task_id: UUID, worker_id: str, max_attempts: i
     arq's timeout), to be retried; failed with `detail` once it has been claimed
     `max_attempts` times, so a task that is always handed back ends; canceled instead if a
     newer task of the model exists. Returns the new status."""
+    sql = _GIVE_BACK.format(worker=", worker_id = NULL", holder="worker_id = $2")
     async with translated():
-        status: str | None = await db.fetchval(
-            f"""WITH t AS (SELECT id, {_NEWER_TASK} AS newer FROM tasks WHERE id = $1)
-               UPDATE tasks SET
-                   status = CASE WHEN t.newer IS NOT NULL THEN 'canceled'
-                                 WHEN attempts < $3 THEN 'pending' ELSE 'failed' END,
-                   detail = CASE WHEN t.newer IS NOT NULL THEN 'superseded by ' || t.newer
-                                 WHEN attempts < $3 THEN NULL ELSE $4 END,
-                   finished_at = CASE WHEN t.newer IS NULL AND attempts < $3 THEN NULL
-                                      ELSE now() END,
-                   phase = NULL, lease_until = NULL, enqueued_at = NULL, worker_id = NULL,
-                   updated_at = now()
-               FROM t WHERE tasks.id = t.id AND worker_id = $2 AND status = 'processing'
-               RETURNING tasks.status""",
-            task_id, worker_id, max_attempts, detail,
-        )
+        status: str | None = await db.fetchval(sql, task_id, worker_id, max_attempts, detail)
     return status
