@@ -5,7 +5,7 @@ caller on every access change), and every revoke of an already revoked key answe
 and published on the auth channel, which flushes every API's and gateway's caches.
 """
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import asyncpg
@@ -22,18 +22,12 @@ V2 = "/api/v2"
 
 
 @pytest.fixture
-async def plain_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
-
-@pytest.fixture
-async def capped_api(spawn: Callable[..., Proc], plain_http: aiohttp.ClientSession,
+async def capped_api(spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
                      clean: None) -> str:
     port = free_port("127.0.0.1")
     spawn("service", api_port=port, changes_max_streams_per_user=2, changes_max_streams=3)
     base = f"http://127.0.0.1:{port}"
-    await wait_for_http(plain_http, base + "/healthz")
+    await wait_for_http(anon_http, base + "/healthz")
     return base
 
 
@@ -47,8 +41,8 @@ async def _open(http: aiohttp.ClientSession, api: str, headers: dict[str, str],
 
 
 async def test_change_streams_are_capped_per_user_and_per_process(
-        capped_api: str, plain_http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
-    api, http = capped_api, plain_http
+        capped_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
+    api, http = capped_api, anon_http
     _, alice = await make_user(pool, "alice")
     _, bob = await make_user(pool, "bob")
     _, carol = await make_user(pool, "carol")
@@ -77,9 +71,9 @@ async def test_change_streams_are_capped_per_user_and_per_process(
 
 
 async def test_revoking_a_revoked_foreign_or_missing_key_publishes_nothing(
-        api: str, plain_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
         settings: Settings) -> None:
-    http = plain_http
+    http = anon_http
     _, alice = await make_user(pool, "alice")
     _, bob = await make_user(pool, "bob")
     _, key = await call(http, "POST", f"{api}{V2}/auth/api-keys", headers=alice,

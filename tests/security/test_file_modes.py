@@ -4,11 +4,9 @@ store and the process runtime's replica folders are 0700 and replica logs 0600; 
 own folder stays 0755/0644 inside the 0700 store, so a Docker replica (uid 10001) still
 reads its bind mount while no other local user gets in."""
 
-import io
 import os
 import stat
 import subprocess
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from schemas.file_modes import private_dir
 from schemas.settings import Settings
 from tests.conftest import Proc, wait_task
 from tests.integration.accounts import call, make_user
+from tests.security.conftest import tiny_model_archive
 
 NOBODY = 65534
 
@@ -29,15 +28,6 @@ NOBODY = 65534
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
-
-def _archive() -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, content in (("config.json", b"{}"), ("model.safetensors", b"weights")):
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
 
 
 def _readable_by_nobody(store: Path, inside: str) -> bool:
@@ -60,7 +50,7 @@ async def test_an_uploaded_model_is_out_of_other_local_users_reach(
                                    json={"name": "private-one"})
         assert status == 201, model
         status, body = await call(http, "POST", f"{api}/api/v2/models/alice/private-one/upload",
-                                  headers=alice, data=_archive())
+                                  headers=alice, data=tiny_model_archive())
         assert status == 200, body
     store = settings.model_store_dir.resolve()
     assert _mode(store) == 0o700

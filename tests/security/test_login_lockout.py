@@ -26,13 +26,6 @@ BASE_WAIT_S = 5.0  # long enough that a guess sent at once always lands inside t
 
 
 @pytest.fixture
-async def anon_http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client without a token (as tests/integration/conftest.py's)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
-
-@pytest.fixture
 async def waiting_api(spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
                       clean: None) -> str:
     port = free_port("127.0.0.1")

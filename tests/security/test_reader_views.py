@@ -3,8 +3,6 @@
 rollout's replica log lines (which can carry what the model printed, its secrets) are now
 shown to its owners (the path) and writers (the log lines) only."""
 
-import io
-import tarfile
 from typing import Any
 from uuid import uuid4
 
@@ -14,18 +12,10 @@ import asyncpg
 from db import events
 from schemas.log_tail import with_log_tail
 from tests.integration.accounts import call, make_user
+from tests.security.conftest import tiny_model_archive
 
 SECRET_LINE = "MODEL_SECRET=hunter2"
 
-
-def _archive() -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, content in (("config.json", b"{}"), ("model.safetensors", b"weights")):
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
 
 
 async def test_a_reader_does_not_see_the_host_path_of_a_model(
@@ -37,7 +27,7 @@ async def test_a_reader_does_not_see_the_host_path_of_a_model(
                                    json={"name": "pub", "access_level": "public"})
         assert status == 201, model
         status, body = await call(http, "POST", f"{api}/api/v2/models/alice/pub/upload",
-                                  headers=alice, data=_archive())
+                                  headers=alice, data=tiny_model_archive())
         assert status == 200 and body["source"]["location"].startswith("/"), body
         path = body["source"]["location"]
 

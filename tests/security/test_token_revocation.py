@@ -30,19 +30,13 @@ LONG_CACHE_S = 60.0  # caches that outlive the test: only the auth channel can c
 
 
 @pytest.fixture
-async def plain_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
-
-@pytest.fixture
-async def long_cache_api(spawn: Callable[..., Proc], plain_http: aiohttp.ClientSession,
+async def long_cache_api(spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
                          clean: None) -> str:
     """An API whose principal cache keeps an answer for a minute."""
     port = free_port("127.0.0.1")
     spawn("service", api_port=port, access_cache_ttl_s=LONG_CACHE_S)
     base = f"http://127.0.0.1:{port}"
-    await wait_for_http(plain_http, base + "/healthz")
+    await wait_for_http(anon_http, base + "/healthz")
     return base
 
 
@@ -64,9 +58,9 @@ async def _me(http: aiohttp.ClientSession, api: str, headers: dict[str, str]) ->
 
 
 async def test_logout_revokes_every_token_of_the_user_at_the_api_and_the_gateway(
-        long_cache_api: str, plain_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        long_cache_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
         spawn: Callable[..., Proc], hashing_model: Any, auth_channel: AuthChannel) -> None:
-    api, http = long_cache_api, plain_http
+    api, http = long_cache_api, anon_http
     await make_user(pool, "alice", password="alice-password-1")
     model = await hashing_model("private-one")
     await pool.execute("UPDATE models SET access_level = 'private' WHERE id = $1", model)
@@ -104,9 +98,9 @@ async def _is(status: Any, want: int) -> bool:
 
 
 async def test_password_change_needs_the_current_one_and_revokes_every_older_token(
-        long_cache_api: str, plain_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        long_cache_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
         auth_channel: AuthChannel) -> None:
-    api, http = long_cache_api, plain_http
+    api, http = long_cache_api, anon_http
     _, minted = await make_user(pool, "alice", password="old-password-1")
     _, body = await _login(http, api, "alice", "old-password-1")
     old = bearer(body["access_token"])
@@ -129,9 +123,9 @@ async def test_password_change_needs_the_current_one_and_revokes_every_older_tok
 
 
 async def test_a_disabled_user_cannot_log_in_and_their_tokens_and_api_keys_stop_working(
-        long_cache_api: str, plain_http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        long_cache_api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool,
         admin_headers: dict[str, str], auth_channel: AuthChannel) -> None:
-    api, http = long_cache_api, plain_http
+    api, http = long_cache_api, anon_http
     _, token = await make_user(pool, "bob", password="bob-password-1")
     _, created = await call(http, "POST", f"{api}{V2}/auth/api-keys", headers=token,
                             json={"name": "ci"})
@@ -167,13 +161,13 @@ async def test_a_disabled_user_cannot_log_in_and_their_tokens_and_api_keys_stop_
 
 
 async def test_a_token_of_an_older_version_is_refused(
-        api: str, plain_http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
+        api: str, anon_http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
     """The check sits in _from_claims: bumping the column alone revokes (no cache at 0 s)."""
     user, token = await make_user(pool, "carol")
-    assert await _me(plain_http, api, token) == 200
+    assert await _me(anon_http, api, token) == 200
     await users.revoke_tokens(pool, user.id)
     await asyncio.sleep(1.1)  # the API's principal cache (1 s) had no message this time
-    status, body = await call(plain_http, "GET", f"{api}{V2}/users/me", headers=token)
+    status, body = await call(anon_http, "GET", f"{api}{V2}/users/me", headers=token)
     assert status == 401 and "revoked" in body["message"]
 
 

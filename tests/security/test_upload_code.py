@@ -7,7 +7,7 @@ import io
 import json
 import tarfile
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -51,12 +51,6 @@ CASES = {
                             "evil.Evil"),
     "modules_not_json": ({**BASE, "modules.json": b"{not json"}, "modules.json"),
 }
-
-
-@pytest.fixture
-async def anon_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 @pytest.fixture

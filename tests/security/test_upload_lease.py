@@ -5,9 +5,7 @@ is uploadable and deployable again, and the restarted API sweeps the scratch fol
 
 import asyncio
 import contextlib
-import io
 import signal
-import tarfile
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -17,20 +15,12 @@ from db import models
 from schemas.settings import Settings
 from tests.conftest import START_TIMEOUT_S, Proc
 from tests.integration.accounts import call, make_user
+from tests.security.conftest import tiny_model_archive
 from tests.services import wait_for_http
 from worker.runtimes.process import free_port
 
 LEASE_S = 2.0
 
-
-def _good_archive() -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, content in (("config.json", b"{}"), ("model.safetensors", b"weights")):
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
 
 
 async def _start_api(spawn: Callable[..., Proc], http: aiohttp.ClientSession,
@@ -89,6 +79,6 @@ async def test_an_api_killed_mid_upload_frees_the_model_after_the_lease_and_its_
                                   json={"embedding_model_id": "alice/up"})
         assert status == 202, task
         status, body = await call(http, "POST", f"{base}/api/v2/models/alice/up/upload",
-                                  headers=alice, data=_good_archive())
+                                  headers=alice, data=tiny_model_archive())
         assert status == 200 and body["train_status"] == "complete", body
         assert list(incoming.iterdir()) == []
