@@ -52,8 +52,9 @@ def test_make_up_runs_greenroom_up() -> None:
     target = (REPO / "Makefile").read_text().split("\nup:", 1)[1].split("\n\n", 1)[0]
     assert target.strip().splitlines()[-1].strip() == \
         "$(BIN)/greenroom up $(if $(RUNTIME),--runtime $(RUNTIME))"
-    made = subprocess.run(["make", "-n", "up", "RUNTIME=docker"], cwd=REPO, capture_output=True,
-                          text=True, check=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    made = subprocess.run(["make", "--no-print-directory", "-n", "up", "RUNTIME=docker"],
+                          cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert made.stdout.strip().splitlines()[-1] == ".venv/bin/greenroom up --runtime docker"
 
 

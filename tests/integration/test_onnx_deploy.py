@@ -38,7 +38,8 @@ async def test_int8_onnx_deploys_and_serves_through_the_gateway(
 
     task = await _deploy(http, api, "alice/minilm-int8", {"onnx": {"quantize": "int8"}})
     assert task["status"] == "done", task
-    async with http.get(f"{task['metadata']['replicas'][0]}/info") as resp:
+    # Through the gateway: a replica answers only callers with its generation's secret.
+    async with http.get(f"{gateway}/serve/{task['metadata']['deployment_name']}/info") as resp:
         info = await resp.json()
     assert info["backend"] == "onnx" and info["quantization"] == "int8"
     texts = ["a cat sits on the mat", "a kitten rests on a rug", "quarterly revenue grew"]

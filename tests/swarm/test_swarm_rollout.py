@@ -15,11 +15,16 @@ import aiohttp
 import asyncpg
 import pytest
 
-from db import deployments, events, models, replicas
+from db import deployments, events, installation, models, replicas
 from tests.conftest import TEST_CLUSTER, wait_task
 from tests.docker.conftest import HOG_MB, deploy, embed, skip_without_engine, wait_health
 from tests.swarm.conftest import services_of
-from worker.runtimes.base import LABEL_CLUSTER, LABEL_GENERATION, LABEL_MODEL
+from worker.runtimes.base import (
+    LABEL_CLUSTER,
+    LABEL_GENERATION,
+    LABEL_INSTALLATION,
+    LABEL_MODEL,
+)
 from worker.runtimes.swarm import LABEL_RUNTIME
 
 skip_without_engine()
@@ -146,7 +151,7 @@ async def test_reconciler_replaces_a_crashed_task_and_removes_orphan_services(
         {"ContainerSpec": {"Image": model_image, "Env": {"MODEL_SERVER_BACKEND": "hashing"}}},
         name=f"greenroom-stray-{model_id}", labels={
             LABEL_CLUSTER: TEST_CLUSTER, LABEL_RUNTIME: "swarm", LABEL_MODEL: str(uuid4()),
-            LABEL_GENERATION: "1"})
+            LABEL_GENERATION: "1", LABEL_INSTALLATION: str(await installation.get_id(pool))})
 
     await docker_api.containers.container(
         task["Status"]["ContainerStatus"]["ContainerID"]).kill()

@@ -288,7 +288,10 @@ function deploymentView(identifier) {
   const refresh = async () => {
     let detail;
     try { detail = await get(`/api/v2/deployments/${ref(identifier)}`); } catch (err) {
-      if (err instanceof ApiError && err.status === 404 && modelId === null) {
+      // 404 for a model the caller may read that was never deployed; a model that is missing,
+      // or private to someone else (the same answer), is an error like any other.
+      const missingModel = err instanceof ApiError && err.detail && err.detail.model !== undefined;
+      if (err instanceof ApiError && err.status === 404 && modelId === null && !missingModel) {
         replace(head, h("h1", {}, identifier), h("p", {}, "Not deployed."));
         return;
       }
