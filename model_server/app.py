@@ -266,8 +266,10 @@ _ERROR_TYPES: dict[type[ModelServerError], str] = {
     MalformedRequest: "Validation", InvalidRequest: "Validation",
     PayloadTooLarge: "Validation", NotFromGateway: "Unauthorized",
 }
-# Open to anyone who reaches the port: what the worker's and HAProxy's health checks read.
-OPEN_PATHS = frozenset({"/health"})
+# Open to anyone who reaches the port: what the worker's and HAProxy's health checks read,
+# and the Prometheus series a scraper reads from each replica (request and batch counts;
+# no input, vector or name of a model in them).
+OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
 

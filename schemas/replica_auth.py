@@ -2,7 +2,7 @@
 
 A replica runs whatever code its model brings, and its port can be reached by whatever
 shares its network: the model server answers only requests carrying its generation's
-secret (`/health` stays open for the worker's and HAProxy's checks). The secret is an
+secret (`/health` and `/metrics` stay open, for health checks and scrapers). The secret is an
 HMAC of (model, generation) under a key derived from GREENROOM_SECRET_KEY, so the worker
 that starts a replica and every gateway (Python or HAProxy) that reaches it compute the
 same value without storing or passing it anywhere, and a replica that knows its own

@@ -27,7 +27,7 @@ from worker.runtimes.process import ProcessRuntime
 EMBED = {"inputs": "a private model's answer"}
 
 
-async def test_model_server_refuses_every_route_but_health_without_the_secret(
+async def test_model_server_refuses_every_route_but_health_and_metrics_without_the_secret(
         make_client: Callable[..., Any]) -> None:  # noqa: F811
     client = await make_client(hashing_settings(gateway_secret="generation-secret"))
     await wait_until_healthy(client)  # /health stays open: the worker's check needs no secret
@@ -38,9 +38,10 @@ async def test_model_server_refuses_every_route_but_health_without_the_secret(
                 assert resp.status == 401, (path, headers, await resp.text())
                 text = await resp.text()
                 assert "generation-secret" not in text
-    for path in ("/info", "/metrics"):
-        async with client.get(path) as resp:
-            assert resp.status == 401, path
+    async with client.get("/info") as resp:
+        assert resp.status == 401
+    async with client.get("/metrics") as resp:  # open to a scraper: counts, no model data
+        assert resp.status == 200 and "model_server_requests_total" in await resp.text()
     async with client.post("/embed", json=EMBED,
                            headers={replica_auth.HEADER: "generation-secret"}) as resp:
         assert resp.status == 200, await resp.text()
