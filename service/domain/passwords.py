@@ -6,7 +6,10 @@ in a thread pool of its own (`threads` at once: argon2-cffi's C code releases th
 at most `queue` more wait their turn. Past that a login is refused at once with 429 and
 Retry-After instead of queueing without end: a caller waiting behind `queue` others (about
 `queue` x 0.2 s / `threads`) is better told to come back, and a flood of logins cannot
-hold the API's memory (64 MiB per running hash) or its clients' sockets.
+hold the API's memory (64 MiB per running hash) or its clients' sockets. The same answer
+comes sooner when the hashes are slow (a busy host: they run at a low priority): a login
+whose wait, by the recent hashes' mean time, would pass `MAX_WAIT_S` is refused rather than
+left to its client's timeout.
 
 The pool's threads run at a low CPU priority (nice 10, Linux sets it per thread; the
 threads argon2 starts for its lanes inherit it): when the cores are busy the event loop's
@@ -23,6 +26,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -39,6 +43,10 @@ REFUSED_RETRY_S = 1
 # The pool threads' niceness: the event loop (0) gets about ten times their CPU share when
 # both want it, while other processes at 0 (replicas on an `up` host) do not starve logins.
 NICE = 10
+# The longest a login may wait for its hash before it is refused (429) instead.
+MAX_WAIT_S = 5.0
+# The mean hash time before any was measured, and the weight of each new one in the mean.
+FIRST_HASH_S, NEW_HASH_WEIGHT = 0.25, 0.2
 
 
 def hash_password(password: str) -> str:
@@ -76,29 +84,38 @@ class Passwords:
             self.threads, thread_name_prefix="argon2", initializer=_low_priority)
         self._limit = self.threads + queue
         self._in_pool = 0  # running or waiting in the pool (until the thread is done)
+        self.mean_hash_s = FIRST_HASH_S  # of the recent hashes, updated as each ends
 
     @property
     def in_pool(self) -> int:
         return self._in_pool
 
+    def expected_wait_s(self) -> float:
+        """How long a login starting now would wait for its hash to end, by the recent mean."""
+        return (self._in_pool // self.threads + 1) * self.mean_hash_s
+
     async def _run(self, work: Callable[..., T], *args: str | None) -> T:
-        if self._in_pool >= self._limit:
+        if self._in_pool >= self._limit or self.expected_wait_s() > MAX_WAIT_S:
             raise TooManyRequests(f"too many logins in progress; try again in "
                                   f"{REFUSED_RETRY_S} s", {"retry_after_s": REFUSED_RETRY_S},
                                   retry_after_s=REFUSED_RETRY_S)
         loop = asyncio.get_running_loop()
         self._in_pool += 1
 
-        def done(_: object) -> None:
-            # Counted until the thread has finished, even if the request went away first.
-            loop.call_soon_threadsafe(self._left)
+        def timed() -> T:
+            started = time.perf_counter()
+            try:
+                return work(*args)
+            finally:
+                took = time.perf_counter() - started
+                # Counted until the thread has finished, even if the request went away first.
+                loop.call_soon_threadsafe(self._left, took)
 
-        future = self._executor.submit(work, *args)
-        future.add_done_callback(done)
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(self._executor.submit(timed))
 
-    def _left(self) -> None:
+    def _left(self, took_s: float) -> None:
         self._in_pool -= 1
+        self.mean_hash_s += NEW_HASH_WEIGHT * (took_s - self.mean_hash_s)
 
     async def verify(self, stored: str | None, password: str) -> bool:
         """True if `password` matches `stored`; None (no such user) never matches but costs

@@ -113,3 +113,19 @@ async def test_the_hash_pool_refuses_past_its_queue_and_counts_until_the_thread_
         assert await passwords.verify(stored, "right") is True
     finally:
         passwords.close()
+
+
+async def test_the_hash_pool_refuses_a_login_whose_wait_would_pass_its_bound() -> None:
+    """On a busy host (hashes of 2 s, as seen under CI's fuzzing) the third login in line
+    would wait 6 s, past MAX_WAIT_S: 429 at once, not a client's timeout."""
+    passwords = Passwords(threads=1, queue=100)
+    passwords.mean_hash_s = 2.0
+    stored = hash_password("right")
+    try:
+        results = await asyncio.gather(*(passwords.verify(stored, f"guess{i}")
+                                         for i in range(5)), return_exceptions=True)
+        assert results[:2] == [False, False], results
+        assert all(isinstance(r, TooManyRequests) for r in results[2:]), results
+        assert passwords.mean_hash_s < 2.0, "the mean follows the hashes measured"
+    finally:
+        passwords.close()

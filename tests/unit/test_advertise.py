@@ -57,11 +57,13 @@ async def test_process_replica_listens_on_bind_and_advertises(tmp_path: Path) ->
     started = await runtime.start(spec)
     try:
         assert started.endpoint.startswith("http://127.0.0.1:")
+        async with aiohttp.ClientSession() as http:
+            await wait_for_http(http, started.endpoint + "/health", timeout_s=30)
+        # Read once it answers: while the child is still between fork and exec (a loaded
+        # machine), /proc/<pid>/environ can read empty.
         meta = json.loads((tmp_path / "replicas" / started.runtime_ref / "meta.json").read_text())
         environ = Path(f"/proc/{meta['pid']}/environ").read_bytes().split(b"\0")
         assert b"MODEL_SERVER_HOST=0.0.0.0" in environ
-        async with aiohttp.ClientSession() as http:
-            await wait_for_http(http, started.endpoint + "/health", timeout_s=30)
         info = await runtime.inspect(started.runtime_ref)
         assert info is not None and info.running and info.endpoint == started.endpoint
     finally:
