@@ -55,14 +55,20 @@ def login(gr: Client, args: argparse.Namespace, console: Console) -> int:
     else:
         password = os.environ.get("GREENROOM_PASSWORD") or getpass.getpass("password: ")
     answer = gr.login(args.username, password)
+    path = _save_token(args, answer)
+    if not args.json:
+        console.print(f"logged in as {answer.user.username}; token saved to {path} "
+                      f"(valid until {answer.expires_at:%Y-%m-%d %H:%M} UTC)", highlight=False)
+    return 0
+
+
+def _save_token(args: argparse.Namespace, answer: Any) -> Path:
+    """Save a login answer's token for the next commands; with --json, print what was saved."""
     path = config.save_token(args.settings, answer.access_token)
     if args.json:
         _print_json({"username": answer.user.username, "expires_at": answer.expires_at,
                      "token_file": str(path)})
-    else:
-        console.print(f"logged in as {answer.user.username}; token saved to {path} "
-                      f"(valid until {answer.expires_at:%Y-%m-%d %H:%M} UTC)", highlight=False)
-    return 0
+    return path
 
 
 def passwd(gr: Client, args: argparse.Namespace, console: Console) -> int:
@@ -70,11 +76,8 @@ def passwd(gr: Client, args: argparse.Namespace, console: Console) -> int:
     current = os.environ.get("GREENROOM_PASSWORD") or getpass.getpass("current password: ")
     new = os.environ.get("GREENROOM_NEW_PASSWORD") or getpass.getpass("new password: ")
     answer = gr.change_password(current, new)
-    path = config.save_token(args.settings, answer.access_token)
-    if args.json:
-        _print_json({"username": answer.user.username, "expires_at": answer.expires_at,
-                     "token_file": str(path)})
-    else:
+    path = _save_token(args, answer)
+    if not args.json:
         console.print(f"password changed for {answer.user.username}; every older token is "
                       f"revoked, the new one saved to {path}", highlight=False)
     return 0
