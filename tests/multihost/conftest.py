@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,25 @@ async def running_plane(bed: NetBed, folder: Path, more_hosts: tuple[str, ...],
     hosts = {name: bed.add_host(name) for name in names}
     admin_dsn = start_postgres(bed, hosts["data"], folder / "postgres")
     redis_url = start_redis(bed, hosts["data"], folder / "redis")
+    # The test's thread stays in `client` across every await below, and a thread it starts
+    # is born there: the loop's executor threads (aiohttp's getaddrinfo, to_thread) must be
+    # the plane's own, shut at the end, or a later test of this session's loop would reuse
+    # one and find nothing listening on its 127.0.0.1.
+    loop = asyncio.get_running_loop()
+    plane_threads = ThreadPoolExecutor(thread_name_prefix="netbed-client")
+    loop.set_default_executor(plane_threads)
+    try:
+        async with _plane_in_client(bed, hosts, folder, admin_dsn, redis_url,
+                                    overrides) as plane:
+            yield plane
+    finally:
+        loop.set_default_executor(ThreadPoolExecutor())
+        plane_threads.shutdown(wait=False)
+
+
+@contextlib.asynccontextmanager
+async def _plane_in_client(bed: NetBed, hosts: dict[str, Host], folder: Path, admin_dsn: str,
+                           redis_url: str, overrides: dict[str, Any]) -> AsyncIterator[Plane]:
     with bed.inside(hosts["client"]):
         dsn = await create_database(admin_dsn, "greenroom")  # migrated
         pool = await create_pool(dsn, max_size=5)
