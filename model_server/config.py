@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(default=10.0, ge=0)
     # Padded tokens per forward pass (inputs x the longest): a batch is computed as passes
     # of inputs of similar length, so one long input does not pad every short one beside
-    # it (see README). Unset: one pass per max_batch_size inputs, in arrival order.
+    # it (see docs/model-server.md). Unset: one pass per max_batch_size inputs, in arrival order.
     max_batch_tokens: int | None = Field(default=4096, gt=0)
     queue_limit: int = Field(default=2048, gt=0)
     # Work one request may ask for (model_server/budget.py), 413 past it. Tokens computed,

@@ -1,7 +1,8 @@
-"""The README's table of settings, generated from the Settings class so it cannot go stale.
+"""The table of settings in docs/operations.md, generated from the Settings class so it
+cannot go stale.
 
-`python -m schemas.settings_table` rewrites the table between the README's markers;
-`tests/test_settings_table.py` fails when the README's copy differs from this output.
+`python -m schemas.settings_table` rewrites the table between the page's markers;
+`tests/test_settings_table.py` fails when the page's copy differs from this output.
 Descriptions are the comment lines above each field in schemas/settings.py.
 """
 
@@ -16,7 +17,7 @@ from schemas.settings import Settings
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 SOURCE = Path(__file__).resolve().parent / "settings.py"
-README = SOURCE.parents[1] / "README.md"
+OPERATIONS = SOURCE.parents[1] / "docs" / "operations.md"
 
 
 def _fields_in_source() -> dict[str, tuple[str, str]]:
@@ -83,16 +84,16 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def render(readme: str) -> str:
-    """`readme` with its settings table replaced by the current one."""
-    head, rest = readme.split(START, 1)
+def render(page: str) -> str:
+    """`page` with its settings table replaced by the current one."""
+    head, rest = page.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{table()}\n{END}{tail}"
 
 
 def main() -> None:
-    README.write_text(render(README.read_text()))
-    print(f"wrote the settings table to {README}", file=sys.stderr)
+    OPERATIONS.write_text(render(OPERATIONS.read_text()))
+    print(f"wrote the settings table to {OPERATIONS}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""The README's settings table is the one the Settings class generates."""
+"""The settings table in docs/operations.md is the one the Settings class generates."""
 
 from schemas.settings import Settings
-from schemas.settings_table import README, render, table
+from schemas.settings_table import OPERATIONS, render, table
 
 
-def test_readme_settings_table_is_current() -> None:
-    readme = README.read_text()
-    assert render(readme) == readme, "run: python -m schemas.settings_table"
+def test_operations_settings_table_is_current() -> None:
+    page = OPERATIONS.read_text()
+    assert render(page) == page, "run: python -m schemas.settings_table"
 
 
 def test_table_lists_every_setting() -> None:
