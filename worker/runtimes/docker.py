@@ -47,16 +47,19 @@ BUILD_HINT = "build it with `python -m launch.image build`"
 
 
 @asynccontextmanager
-async def _engine(what: str, timeout_s: float = CALL_TIMEOUT_S,
-                  missing: str | None = None) -> AsyncIterator[None]:
-    """Bound an Engine call and turn whatever goes wrong into a readable RuntimeError_;
-    `missing`, when given, is the message for the Engine's 404 (what was asked is gone)."""
+async def _engine(what: str, timeout_s: float = CALL_TIMEOUT_S, *, missing: str | None = None,
+                  allow: tuple[int, ...] = ()) -> AsyncIterator[None]:
+    """Bound an Engine call and turn whatever goes wrong into a readable RuntimeError_.
+    `missing`: the message for the Engine's 404 (what was asked is gone); `allow`: answers
+    that are no error (a 404 to a removal: gone already), left at the call that got one."""
     try:
         async with asyncio.timeout(timeout_s):
             yield
     except TimeoutError as exc:
         raise RuntimeError_(f"{what}: Docker Engine gave no answer in {timeout_s:g}s") from exc
     except aiodocker.DockerError as exc:
+        if exc.status in allow:
+            return
         if missing is not None and exc.status == 404:
             raise RuntimeError_(missing) from exc
         raise RuntimeError_(f"{what}: {exc.message}") from exc
@@ -203,13 +206,10 @@ class DockerRuntime:
 
     async def _show(self, ref: str) -> dict[str, Any] | None:
         """The inspect answer for `ref`, or None if the Engine does not know it."""
-        async with _engine(f"inspect container {ref[:12]}"):
-            try:
-                return await self._client().containers.container(ref).show()
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+        data = None
+        async with _engine(f"inspect container {ref[:12]}", allow=(404,)):
+            data = await self._client().containers.container(ref).show()
+        return data
 
     async def inspect(self, runtime_ref: str) -> ReplicaInfo | None:
         data = await self._show(runtime_ref)
@@ -222,21 +222,14 @@ class DockerRuntime:
 
     async def stop(self, runtime_ref: str, grace_s: float) -> None:
         grace = max(0, math.ceil(grace_s))
-        async with _engine(f"stop container {runtime_ref[:12]}", grace + CALL_TIMEOUT_S):
-            try:
-                await self._client().containers.container(runtime_ref).stop(t=grace)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
+        async with _engine(f"stop container {runtime_ref[:12]}", grace + CALL_TIMEOUT_S,
+                           allow=(404,)):
+            await self._client().containers.container(runtime_ref).stop(t=grace)
 
     async def remove(self, runtime_ref: str) -> None:
-        async with _engine(f"remove container {runtime_ref[:12]}"):
-            try:
-                await self._client().containers.container(runtime_ref).delete(force=True)
-            except aiodocker.DockerError as exc:
-                # 409: a removal is already in progress, which is what we asked for.
-                if exc.status not in (404, 409):
-                    raise
+        # 409: a removal is already in progress, which is what we asked for.
+        async with _engine(f"remove container {runtime_ref[:12]}", allow=(404, 409)):
+            await self._client().containers.container(runtime_ref).delete(force=True)
         log.info("container_removed", id=runtime_ref[:12])
 
     async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
@@ -274,17 +267,14 @@ class DockerRuntime:
             return
         config = self.network_config()
         name = config["Name"]
-        async with _engine(f"create network {name}"):
-            try:
-                await self._client().networks.get(name)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
-                try:
-                    await self._client().networks.create(config)
-                except aiodocker.DockerError as race:
-                    if race.status != 409:
-                        raise
+        exists = False
+        async with _engine(f"create network {name}", allow=(404,)):
+            await self._client().networks.get(name)
+            exists = True
+        if not exists:
+            # 409: another worker has just made it.
+            async with _engine(f"create network {name}", allow=(409,)):
+                await self._client().networks.create(config)
         self._network_ready = True
 
     async def engine_cpus(self) -> int:

@@ -198,22 +198,16 @@ class SwarmRuntime(DockerRuntime):
         return self._local_node
 
     async def _service(self, ref: str) -> dict[str, Any] | None:
-        async with _engine(f"inspect service {ref[:40]}"):
-            try:
-                return dict(await self._client().services.inspect(ref))
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+        found = None
+        async with _engine(f"inspect service {ref[:40]}", allow=(404,)):
+            found = dict(await self._client().services.inspect(ref))
+        return found
 
     async def _task(self, ref: str) -> dict[str, Any] | None:
-        async with _engine(f"inspect task {ref[:12]}"):
-            try:
-                return dict(await self._client().tasks.inspect(ref))
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+        found = None
+        async with _engine(f"inspect task {ref[:12]}", allow=(404,)):
+            found = dict(await self._client().tasks.inspect(ref))
+        return found
 
     async def _tasks(self, service_ids: list[str]) -> list[dict[str, Any]]:
         if not service_ids:
@@ -232,12 +226,8 @@ class SwarmRuntime(DockerRuntime):
                 params={"version": version})
 
     async def _delete(self, service_id: str) -> None:
-        async with _engine(f"remove service {service_id[:12]}"):
-            try:
-                await self._client().services.delete(service_id)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
+        async with _engine(f"remove service {service_id[:12]}", allow=(404,)):
+            await self._client().services.delete(service_id)
         log.info("service_removed", id=service_id[:12])
 
     async def _node(self, node_id: str) -> tuple[str, str]:
@@ -554,12 +544,8 @@ class SwarmRuntime(DockerRuntime):
             raise RuntimeError_(f"task {str(task['ID'])[:12]} runs on node {host}: one task "
                                 "of a service can only be stopped on the worker's own node")
         grace = max(0, math.ceil(grace_s))
-        async with _engine(f"stop task {str(task['ID'])[:12]}", grace + 30):
-            try:
-                await self._client().containers.container(str(container)).stop(t=grace)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
+        async with _engine(f"stop task {str(task['ID'])[:12]}", grace + 30, allow=(404,)):
+            await self._client().containers.container(str(container)).stop(t=grace)
         # Wait (briefly) until Swarm records the task as ended, so the replica count
         # below does not count it live and refill its slot.
         deadline = time.monotonic() + 10
