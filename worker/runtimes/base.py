@@ -23,6 +23,8 @@ LABEL_REPLICA = LABEL_PREFIX + "replica"
 LABEL_CLUSTER = LABEL_PREFIX + "cluster"
 # The database's installation id (worker/installation.py): never another installation's.
 LABEL_INSTALLATION = LABEL_PREFIX + "installation"
+# Which runtime started the replica (the swarm runtime lists its services by it).
+LABEL_RUNTIME = LABEL_PREFIX + "runtime"
 
 
 class RuntimeError_(Exception):  # trailing _ keeps clear of the builtin RuntimeError

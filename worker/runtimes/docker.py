@@ -25,37 +25,43 @@ from worker.runtimes.base import (
     RuntimeError_,
     StartedReplica,
     endpoint_url,
-    model_server_env,
     parse_labels,
     stop_and_remove_each,
+)
+from worker.runtimes.container_spec import (
+    CONTAINER_PORT,
+    REPLICA_UID,
+    ContainerSpec,
+    container_spec,
+    to_docker,
 )
 
 log = structlog.get_logger(__name__)
 
-CONTAINER_PORT = 8080
 PORT_KEY = f"{CONTAINER_PORT}/tcp"
 # Bound on one Engine API call; stop adds the grace period on top.
 CALL_TIMEOUT_S = 30.0
-# Room for what the model server and its libraries write (temp files, caches).
-TMPFS_MB = 256
-MODEL_MOUNT = "/model"
-# Every replica runs as this uid and gid, never root (the images' own USER too).
-REPLICA_USER = "10001:10001"
-REPLICA_UID = 10001
 # Off: no traffic between containers of the installation's network (replica to replica).
 NO_ICC = {"com.docker.network.bridge.enable_icc": "false"}
 BUILD_HINT = "build it with `python -m launch.image build`"
 
 
 @asynccontextmanager
-async def _engine(what: str, timeout_s: float = CALL_TIMEOUT_S) -> AsyncIterator[None]:
-    """Bound an Engine call and turn whatever goes wrong into a readable RuntimeError_."""
+async def _engine(what: str, timeout_s: float = CALL_TIMEOUT_S, *, missing: str | None = None,
+                  allow: tuple[int, ...] = ()) -> AsyncIterator[None]:
+    """Bound an Engine call and turn whatever goes wrong into a readable RuntimeError_.
+    `missing`: the message for the Engine's 404 (what was asked is gone); `allow`: answers
+    that are no error (a 404 to a removal: gone already), left at the call that got one."""
     try:
         async with asyncio.timeout(timeout_s):
             yield
     except TimeoutError as exc:
         raise RuntimeError_(f"{what}: Docker Engine gave no answer in {timeout_s:g}s") from exc
     except aiodocker.DockerError as exc:
+        if exc.status in allow:
+            return
+        if missing is not None and exc.status == 404:
+            raise RuntimeError_(missing) from exc
         raise RuntimeError_(f"{what}: {exc.message}") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise RuntimeError_(f"{what}: cannot reach the Docker Engine ({exc})") from exc
@@ -64,35 +70,6 @@ async def _engine(what: str, timeout_s: float = CALL_TIMEOUT_S) -> AsyncIterator
 def network_name(cluster: str) -> str:
     """The installation's own bridge network: its replicas and nothing else."""
     return f"greenroom-{cluster}"
-
-
-def hardening(settings: Settings, network: str) -> dict[str, Any]:
-    """HostConfig that keeps a replica's code in its box: a model may bring any code."""
-    return {
-        "Privileged": False,
-        # Never "host" (the control plane listens on loopback), never the default bridge
-        # (every container on it reaches every other): the installation's own network,
-        # inter-container traffic off.
-        "NetworkMode": network,
-        "ReadonlyRootfs": True,
-        "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMPFS_MB}m"},
-        "CapDrop": ["ALL"],
-        "SecurityOpt": ["no-new-privileges:true"],
-        "PidsLimit": settings.replica_pids_limit,
-    }
-
-
-def model_mount(spec: ReplicaSpec) -> tuple[list[str], dict[str, str]]:
-    """A model directory on this host (the model store's, or an admin's path) bind-mounted
-    read-only at MODEL_MOUNT, and the env that points the server there. The only bind a
-    replica gets: never the Docker socket, never the rest of the store."""
-    location = str(spec.source.get("location") or "")
-    if not location.startswith("/"):
-        return [], {}  # package:NAME or the image's own default
-    folder = Path(location)
-    if not folder.is_dir():
-        raise RuntimeError_(f"model directory {location} is not on this host")
-    return [f"{folder.resolve()}:{MODEL_MOUNT}:ro"], {"MODEL_SERVER_MODEL": MODEL_MOUNT}
 
 
 def container_name(spec: ReplicaSpec) -> str:
@@ -111,36 +88,19 @@ def _tail(chunks: list[str], lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
 
 
-def export_binds(spec: ReplicaSpec) -> list[str]:
-    """The onnx backend's export cache, read-write at the same path (worker/onnx_variant.py)."""
+def writable_by_replica(spec: ReplicaSpec) -> None:
+    """The model's own export folder (worker/onnx_variant.py) belongs to the replica's uid,
+    which writes its variants there; a worker that is not root leaves it as it is (its uid
+    is the owner)."""
     exports = spec.source.get("export_dir")
     if not exports:
-        return []
-    _writable_by_replica(Path(exports))
-    return [f"{exports}:{exports}:rw"]
-
-
-def _writable_by_replica(folder: Path) -> None:
-    """The model's own export folder belongs to the replica's uid, which writes its
-    variants there; a worker that is not root leaves it as it is (its uid is the owner)."""
+        return
+    folder = Path(exports)
     if os.geteuid() != 0 or not folder.is_dir():
         return
     for path in [folder, *folder.rglob("*")]:
         with contextlib.suppress(OSError):
             os.chown(path, REPLICA_UID, REPLICA_UID, follow_symlinks=False)
-
-
-def cpu_limit(spec_cpus: float | None, settings: Settings, engine_cpus: int) -> float:
-    """CPUs a replica may use: the deployment's, else `replica_cpus`, else the engine's
-    CPUs times `capacity_share` (at least one): no replica takes the whole host. Never more
-    than the engine has (it refuses a container asking for more)."""
-    if spec_cpus is not None:
-        wanted = spec_cpus
-    elif settings.replica_cpus is not None:
-        wanted = settings.replica_cpus
-    else:
-        wanted = max(1.0, engine_cpus * settings.capacity_share)
-    return min(wanted, float(max(engine_cpus, 1)))
 
 
 class DockerRuntime:
@@ -179,38 +139,21 @@ class DockerRuntime:
         """`own_labels` as Engine list filters: only this installation's replicas."""
         return [f"{k}={v}" for k, v in self.own_labels().items()]
 
+    def container_spec(self, spec: ReplicaSpec, engine_cpus: int = 1) -> ContainerSpec:
+        """The container of `spec` on this runtime, on an engine of `engine_cpus`."""
+        return container_spec(spec, self._settings, runtime=self.name,
+                              own_labels=self.own_labels(), network=self.network(),
+                              engine_cpus=engine_cpus)
+
     def container_config(self, spec: ReplicaSpec, engine_cpus: int = 1) -> dict[str, Any]:
         """The Engine's create-container body for `spec`, on an engine of `engine_cpus`."""
-        # HOME on the tmpfs: the root filesystem is read-only.
-        binds, mount_env = model_mount(spec)
-        env = {**model_server_env(spec, host="0.0.0.0", port=CONTAINER_PORT), "HOME": "/tmp",
-               **mount_env}
-        memory = (spec.memory_mb or self._settings.replica_memory_mb) * 2**20
-        host_config: dict[str, Any] = {
-            "PortBindings": {PORT_KEY: [{"HostIp": self._settings.replica_host,
-                                         "HostPort": ""}]},
-            # Not "on-failure": a restart loop would hide a crash from the rollout's
-            # fail-fast check; the reconciler replaces crashed replicas instead.
-            "RestartPolicy": {"Name": "no"},
-            # MemorySwap equal to Memory: no swap, so the limit is the limit.
-            "Memory": memory, "MemorySwap": memory,
-            "NanoCpus": int(cpu_limit(spec.cpus, self._settings, engine_cpus) * 1e9),
-            **hardening(self._settings, self.network()),
-            "Binds": binds + export_binds(spec),
-        }
-        return {
-            "Image": spec.source.get("image") or self._settings.docker_image,
-            "User": REPLICA_USER,
-            "Env": [f"{k}={v}" for k, v in env.items()],
-            "Labels": {**spec.labels(), **self.own_labels()},
-            "ExposedPorts": {PORT_KEY: {}},
-            "HostConfig": host_config,
-        }
+        return to_docker(self.container_spec(spec, engine_cpus))
 
     async def start(self, spec: ReplicaSpec) -> StartedReplica:
         """Create and start the container; returns once its host port is known."""
         await self._ensure_network()
         config = self.container_config(spec, await self.engine_cpus())
+        writable_by_replica(spec)
         name = container_name(spec)
         container = await self._create(config, name)
         try:
@@ -228,14 +171,9 @@ class DockerRuntime:
         return StartedReplica(runtime_ref=container.id, endpoint=self._endpoint(port))
 
     async def _create(self, config: dict[str, Any], name: str) -> DockerContainer:
-        try:
-            async with _engine(f"create container {name}"):
-                return await self._client().containers.create(config, name=name)
-        except RuntimeError_ as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiodocker.DockerError) and cause.status == 404:
-                raise RuntimeError_(f"image {config['Image']} not found: {BUILD_HINT}") from cause
-            raise
+        async with _engine(f"create container {name}",
+                           missing=f"image {config['Image']} not found: {BUILD_HINT}"):
+            return await self._client().containers.create(config, name=name)
 
     async def _died_at_start(self, ref: str, name: str, data: dict[str, Any]) -> RuntimeError_:
         """The replica exited before its port was read: keep its story, drop the container."""
@@ -268,13 +206,10 @@ class DockerRuntime:
 
     async def _show(self, ref: str) -> dict[str, Any] | None:
         """The inspect answer for `ref`, or None if the Engine does not know it."""
-        async with _engine(f"inspect container {ref[:12]}"):
-            try:
-                return await self._client().containers.container(ref).show()
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+        data = None
+        async with _engine(f"inspect container {ref[:12]}", allow=(404,)):
+            data = await self._client().containers.container(ref).show()
+        return data
 
     async def inspect(self, runtime_ref: str) -> ReplicaInfo | None:
         data = await self._show(runtime_ref)
@@ -287,34 +222,22 @@ class DockerRuntime:
 
     async def stop(self, runtime_ref: str, grace_s: float) -> None:
         grace = max(0, math.ceil(grace_s))
-        async with _engine(f"stop container {runtime_ref[:12]}", grace + CALL_TIMEOUT_S):
-            try:
-                await self._client().containers.container(runtime_ref).stop(t=grace)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
+        async with _engine(f"stop container {runtime_ref[:12]}", grace + CALL_TIMEOUT_S,
+                           allow=(404,)):
+            await self._client().containers.container(runtime_ref).stop(t=grace)
 
     async def remove(self, runtime_ref: str) -> None:
-        async with _engine(f"remove container {runtime_ref[:12]}"):
-            try:
-                await self._client().containers.container(runtime_ref).delete(force=True)
-            except aiodocker.DockerError as exc:
-                # 409: a removal is already in progress, which is what we asked for.
-                if exc.status not in (404, 409):
-                    raise
+        # 409: a removal is already in progress, which is what we asked for.
+        async with _engine(f"remove container {runtime_ref[:12]}", allow=(404, 409)):
+            await self._client().containers.container(runtime_ref).delete(force=True)
         log.info("container_removed", id=runtime_ref[:12])
 
     async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
         container = self._client().containers.container(runtime_ref)
-        try:
-            async with _engine(f"logs of container {runtime_ref[:12]}"):
-                out = await container.log(stdout=True, tail=tail)
-                err = await container.log(stderr=True, tail=tail)
-        except RuntimeError_ as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiodocker.DockerError) and cause.status == 404:
-                raise RuntimeError_(f"container {runtime_ref[:12]} is gone; no logs") from cause
-            raise
+        async with _engine(f"logs of container {runtime_ref[:12]}",
+                           missing=f"container {runtime_ref[:12]} is gone; no logs"):
+            out = await container.log(stdout=True, tail=tail)
+            err = await container.log(stderr=True, tail=tail)
         return _tail(out, tail), _tail(err, tail)
 
     async def remove_many(self, runtime_refs: list[str], grace_s: float) -> None:
@@ -344,17 +267,14 @@ class DockerRuntime:
             return
         config = self.network_config()
         name = config["Name"]
-        async with _engine(f"create network {name}"):
-            try:
-                await self._client().networks.get(name)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
-                try:
-                    await self._client().networks.create(config)
-                except aiodocker.DockerError as race:
-                    if race.status != 409:
-                        raise
+        exists = False
+        async with _engine(f"create network {name}", allow=(404,)):
+            await self._client().networks.get(name)
+            exists = True
+        if not exists:
+            # 409: another worker has just made it.
+            async with _engine(f"create network {name}", allow=(409,)):
+                await self._client().networks.create(config)
         self._network_ready = True
 
     async def engine_cpus(self) -> int:

@@ -34,9 +34,10 @@ Limits: one task of a service can only be stopped on its own (a scale-down) when
 on the node of the engine this worker talks to; elsewhere that is refused with a clear
 error (a whole generation can always be removed). Host-mode ports listen on every address
 of the node. This Engine API (1.41) cannot set `no-new-privileges` or `MemorySwap` on a
-service: swap follows the node's defaults. Every node must hold the image (no registry:
-`docker save | docker load`), and a model folder from the store must exist at the same
-path on every node.
+service: swap follows the node's defaults (the container spec, written once for Docker and
+Swarm, lists what Swarm leaves out: `to_swarm` in worker/runtimes/container_spec.py).
+Every node must hold the image (no registry: `docker save | docker load`), and a model
+folder from the store must exist at the same path on every node.
 """
 
 import asyncio
@@ -48,7 +49,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -61,28 +61,17 @@ from worker.runtimes.base import (
     LABEL_GENERATION,
     LABEL_MODEL,
     LABEL_PREFIX,
-    LABEL_TASK,
+    LABEL_RUNTIME,
     ReplicaInfo,
     ReplicaSpec,
     RuntimeError_,
     StartedReplica,
-    model_server_env,
 )
-from worker.runtimes.docker import (
-    BUILD_HINT,
-    CONTAINER_PORT,
-    MODEL_MOUNT,
-    REPLICA_USER,
-    TMPFS_MB,
-    DockerRuntime,
-    _engine,
-    _tail,
-    cpu_limit,
-)
+from worker.runtimes.container_spec import CONTAINER_PORT, to_swarm
+from worker.runtimes.docker import BUILD_HINT, DockerRuntime, _engine, _tail
 
 log = structlog.get_logger(__name__)
 
-LABEL_RUNTIME = LABEL_PREFIX + "runtime"
 LABEL_SLOT_PREFIX = LABEL_PREFIX + "slot."
 # Task states after which a task never runs again (Swarm's task lifecycle).
 TERMINAL = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
@@ -93,7 +82,6 @@ POLL_S = 0.2
 # the service's version; each retries from a fresh read this many times.
 UPDATE_ATTEMPTS = 8
 SERVICE_REF_PREFIX = "service:"
-RESTART_DELAY_S = 1.0
 # How long a replacement waits for Swarm to make the restarted task of a crashed one.
 ADOPT_WAIT_S = 5.0
 # How long a task told to shut down may wait for its restart before the slot counts as given up.
@@ -147,28 +135,6 @@ def live_slots(tasks: Iterable[dict[str, Any]]) -> set[int]:
     return {slot for slot, task in latest_per_slot(tasks).items() if not _dead(task)}
 
 
-def bind_mounts(spec: ReplicaSpec) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The model's folder read-only at MODEL_MOUNT (and the onnx export cache read-write),
-    as Swarm mounts. The folder must exist on every node a task may land on: it is checked
-    here on the worker's host, and a node that lacks it rejects the task, which `inspect`
-    reports with the path and the node."""
-    mounts: list[dict[str, Any]] = []
-    env: dict[str, str] = {}
-    location = str(spec.source.get("location") or "")
-    if location.startswith("/"):
-        folder = Path(location)
-        if not folder.is_dir():
-            raise RuntimeError_(f"model directory {location} is not on this host")
-        mounts.append({"Type": "bind", "Source": str(folder.resolve()), "Target": MODEL_MOUNT,
-                       "ReadOnly": True})
-        env["MODEL_SERVER_MODEL"] = MODEL_MOUNT
-    exports = spec.source.get("export_dir")
-    if exports:
-        mounts.append({"Type": "bind", "Source": str(exports), "Target": str(exports),
-                       "ReadOnly": False})
-    return mounts, env
-
-
 class SwarmRuntime(DockerRuntime):
     """Replicas as tasks of one Swarm service per generation, on any node of the swarm.
 
@@ -189,41 +155,9 @@ class SwarmRuntime(DockerRuntime):
     # ------------------------------------------------------------ the service's shape
 
     def task_template(self, spec: ReplicaSpec) -> dict[str, Any]:
-        """The service's task template: what every replica of the generation runs."""
-        mounts, mount_env = bind_mounts(spec)
-        env = {**model_server_env(spec, host="0.0.0.0", port=CONTAINER_PORT), "HOME": "/tmp",
-               **mount_env}
-        memory = (spec.memory_mb or self._settings.replica_memory_mb) * 2**20
-        grace_ns = int(max(0.0, self._settings.stop_grace_s) * 1e9)
-        return {
-            "ContainerSpec": {
-                "Image": spec.source.get("image") or self._settings.docker_image,
-                "User": REPLICA_USER,
-                "Env": [f"{k}={v}" for k, v in env.items()],
-                "Labels": self._labels(spec),
-                "ReadOnly": True,
-                "Mounts": [*mounts, {"Type": "tmpfs", "Target": "/tmp",
-                                     "TmpfsOptions": {"SizeBytes": TMPFS_MB * 2**20}}],
-                "CapabilityDrop": ["ALL"],
-                "StopGracePeriod": grace_ns,
-            },
-            "Resources": {
-                # The reservation equals the limit: the scheduler only places a replica
-                # on a node with that much memory not yet reserved.
-                "Limits": {"MemoryBytes": memory, "Pids": self._settings.replica_pids_limit,
-                           # The default share of the manager's CPUs (see cpu_limit).
-                           "NanoCPUs": int(cpu_limit(spec.cpus, self._settings,
-                                                     self._engine_cpus or 1) * 1e9)},
-                "Reservations": {"MemoryBytes": memory},
-            },
-            # Swarm restarts a failed task in its slot; see the module's docstring.
-            "RestartPolicy": {"Condition": "on-failure", "Delay": int(RESTART_DELAY_S * 1e9),
-                              "MaxAttempts": 0},
-            "Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.id"}}]},
-            # The installation's own overlay, not the nodes' default bridge; its egress goes
-            # through each node's docker_gwbridge, where inter-container traffic is off.
-            "Networks": [{"Target": self.network()}],
-        }
+        """The service's task template: what every replica of the generation runs (the
+        default share of the manager's CPUs: `start` reads them first)."""
+        return to_swarm(self.container_spec(spec, self._engine_cpus or 1))
 
     def network(self) -> str:
         return f"{super().network()}-swarm"
@@ -233,17 +167,15 @@ class SwarmRuntime(DockerRuntime):
         return {"Name": self.network(), "Driver": "overlay", "CheckDuplicate": True,
                 "Labels": self.own_labels()}
 
-    def _labels(self, spec: ReplicaSpec) -> dict[str, str]:
-        return {LABEL_MODEL: str(spec.model_id), LABEL_GENERATION: str(spec.generation),
-                LABEL_TASK: str(spec.task_id or ""), **self.own_labels(),
-                LABEL_RUNTIME: self.name}
-
     def service_spec(self, spec: ReplicaSpec) -> dict[str, Any]:
         """The Engine's create-service body for the generation of `spec`, one replica."""
+        template = self.task_template(spec)
         return {
             "Name": service_name(spec.model_id, spec.generation),
-            "Labels": {**self._labels(spec), _slot_label(1): str(spec.replica_id)},
-            "TaskTemplate": self.task_template(spec),
+            # The template's labels, and which replica owns slot 1.
+            "Labels": {**template["ContainerSpec"]["Labels"],
+                       _slot_label(1): str(spec.replica_id)},
+            "TaskTemplate": template,
             "Mode": {"Replicated": {"Replicas": 1}},
             # Host mode, no published port: each task gets its own port on its node. The
             # routing mesh (ingress) is not used: the gateway picks the replica itself.
@@ -266,22 +198,16 @@ class SwarmRuntime(DockerRuntime):
         return self._local_node
 
     async def _service(self, ref: str) -> dict[str, Any] | None:
-        async with _engine(f"inspect service {ref[:40]}"):
-            try:
-                return dict(await self._client().services.inspect(ref))
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+        found = None
+        async with _engine(f"inspect service {ref[:40]}", allow=(404,)):
+            found = dict(await self._client().services.inspect(ref))
+        return found
 
     async def _task(self, ref: str) -> dict[str, Any] | None:
-        async with _engine(f"inspect task {ref[:12]}"):
-            try:
-                return dict(await self._client().tasks.inspect(ref))
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+        found = None
+        async with _engine(f"inspect task {ref[:12]}", allow=(404,)):
+            found = dict(await self._client().tasks.inspect(ref))
+        return found
 
     async def _tasks(self, service_ids: list[str]) -> list[dict[str, Any]]:
         if not service_ids:
@@ -300,12 +226,8 @@ class SwarmRuntime(DockerRuntime):
                 params={"version": version})
 
     async def _delete(self, service_id: str) -> None:
-        async with _engine(f"remove service {service_id[:12]}"):
-            try:
-                await self._client().services.delete(service_id)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
+        async with _engine(f"remove service {service_id[:12]}", allow=(404,)):
+            await self._client().services.delete(service_id)
         log.info("service_removed", id=service_id[:12])
 
     async def _node(self, node_id: str) -> tuple[str, str]:
@@ -537,17 +459,13 @@ class SwarmRuntime(DockerRuntime):
         """The task's stdout and stderr, through the manager from whichever node ran it."""
         out: list[str] = []
         err: list[str] = []
-        try:
-            for stream, into in (("stdout", out), ("stderr", err)):
-                async with _engine(f"logs of task {runtime_ref[:12]}"), self._client()._query(
-                        f"tasks/{runtime_ref}/logs",
-                        params={stream: True, "tail": str(max(tail, 0))}) as response:
-                    into += await multiplexed_result_list(response)  # type: ignore[no-untyped-call]
-        except RuntimeError_ as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiodocker.DockerError) and cause.status == 404:
-                raise RuntimeError_(f"task {runtime_ref[:12]} is gone; no logs") from cause
-            raise
+        for stream, into in (("stdout", out), ("stderr", err)):
+            async with _engine(f"logs of task {runtime_ref[:12]}",
+                               missing=f"task {runtime_ref[:12]} is gone; no logs"), \
+                    self._client()._query(f"tasks/{runtime_ref}/logs",
+                                          params={stream: True, "tail": str(max(tail, 0))}) \
+                    as response:
+                into += await multiplexed_result_list(response)  # type: ignore[no-untyped-call]
         return _tail(out, tail), _tail(err, tail)
 
     async def _services(self) -> list[dict[str, Any]]:
@@ -626,12 +544,8 @@ class SwarmRuntime(DockerRuntime):
             raise RuntimeError_(f"task {str(task['ID'])[:12]} runs on node {host}: one task "
                                 "of a service can only be stopped on the worker's own node")
         grace = max(0, math.ceil(grace_s))
-        async with _engine(f"stop task {str(task['ID'])[:12]}", grace + 30):
-            try:
-                await self._client().containers.container(str(container)).stop(t=grace)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
+        async with _engine(f"stop task {str(task['ID'])[:12]}", grace + 30, allow=(404,)):
+            await self._client().containers.container(str(container)).stop(t=grace)
         # Wait (briefly) until Swarm records the task as ended, so the replica count
         # below does not count it live and refill its slot.
         deadline = time.monotonic() + 10
