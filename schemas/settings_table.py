@@ -1,7 +1,7 @@
 """The README's table of settings, generated from the Settings class so it cannot go stale.
 
 `python -m schemas.settings_table` rewrites the table between the README's markers;
-`tests/test_settings_table.py` fails when the README's copy differs from this output.
+`tests/schemas/test_settings_table.py` fails when the README's copy differs from this output.
 Descriptions are the comment lines above each field in schemas/settings.py.
 """
 

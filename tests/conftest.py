@@ -27,10 +27,12 @@ from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
 from service.domain.registration import register
-from tests import scheduling, services
-from tests.services import settings_env, wait_for_http
+from tests.support import scheduling, services
+from tests.support.services import settings_env, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
+# The Docker Engine's and the swarm's fixtures, for the docker tests of every part.
+pytest_plugins = ["tests.support.docker", "tests.support.swarm"]
 
 
 # The run's ONNX export (onnx_store) is made in the setup of the first test that asks for
@@ -40,8 +42,9 @@ EXPORT_TIMEOUT_S = 900
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Which phase of `make test` runs each test, and which share a worker (tests/scheduling.py);
-    a test that may make the ONNX export gets EXPORT_TIMEOUT_S unless it sets its own."""
+    """Which phase of `make test` runs each test, and which share a worker
+    (tests/support/scheduling.py); a test that may make the ONNX export gets
+    EXPORT_TIMEOUT_S unless it sets its own."""
     scheduling.assign(items)
     for item in items:
         if "onnx_store" in getattr(item, "fixturenames", ()) \
@@ -256,6 +259,14 @@ def _remove_replicas(settings: Settings) -> None:
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@pytest.fixture
+async def anon_http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client without a token (each request says who it is itself); 60 s timeout.
+    (tests/support/as_admin.py's `anon_http`, 30 s, replaces it where a module imports it.)"""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         yield session
 
 

@@ -9,8 +9,9 @@ import asyncpg
 
 from db import replicas
 from schemas.settings import Settings
-from tests import services
 from tests.conftest import Proc, wait_task
+from tests.support import services
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from worker.runtimes.process import ProcessRuntime
 
 ROLLOUT_PHASES = {"starting_replicas", "health_checking", "switching", "draining", "removing"}

@@ -18,8 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from db import models, replicas
 from schemas.settings import Settings
-from tests import services
 from tests.conftest import Proc, wait_task
+from tests.support import services
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from worker.runtimes.process import free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"

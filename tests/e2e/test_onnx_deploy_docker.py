@@ -20,7 +20,8 @@ from db import models
 from schemas.models import ModelSource
 from service.domain.registration import register
 from tests.conftest import REAL_MODEL_DEPLOY_TIMEOUT_S, seed_exports
-from tests.docker.conftest import containers_of, deploy, skip_without_engine
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.docker import containers_of, deploy, skip_without_engine
 
 skip_without_engine()
 

@@ -19,11 +19,12 @@ import asyncpg
 import pytest
 
 from db import deployments, replicas
-from tests import services
 from tests.conftest import Proc, start_gateway, wait_task
-from tests.docker.conftest import containers_of, deploy, embed, skip_without_engine
-from tests.integration.test_gateways import ENGINES, start_engine
-from tests.load import run_load
+from tests.gateway.test_gateways import ENGINES, start_engine
+from tests.support import services
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.docker import containers_of, deploy, embed, skip_without_engine
+from tests.support.load import run_load
 from worker.runtimes.base import LABEL_GENERATION, LABEL_MODEL, LABEL_REPLICA, LABEL_TASK
 
 skip_without_engine()

@@ -17,8 +17,9 @@ import pytest
 
 from db import deployments, events, installation, models, replicas
 from tests.conftest import TEST_CLUSTER, wait_task
-from tests.docker.conftest import HOG_MB, deploy, embed, skip_without_engine, wait_health
-from tests.swarm.conftest import services_of
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.docker import HOG_MB, deploy, embed, skip_without_engine, wait_health
+from tests.support.swarm import services_of
 from worker.runtimes.base import (
     LABEL_CLUSTER,
     LABEL_GENERATION,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
+from tests.support import services
 from worker.runtimes.process import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PHASES = ["starting_replicas", "health_checking", "switching", "draining", "removing"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from worker.runtimes.process import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_up_once_with_embedded_services_prints_a_working_curl(embedded_tmp: Path) -> None:

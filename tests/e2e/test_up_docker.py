@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from launch import image
-from tests.docker.conftest import skip_without_engine
-from tests.test_tutorial import _tutorial, fresh_clone
+from tests.e2e.test_tutorial import _tutorial, fresh_clone
+from tests.support.docker import skip_without_engine
 
 skip_without_engine()
 

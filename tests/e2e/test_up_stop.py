@@ -21,7 +21,7 @@ from schemas.tokens import issue_user_token
 from tests.conftest import bearer
 from worker.runtimes.process import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "greenroom-up-stop-test-secret-0123456789"
 EXTRA = ("h1", "h2", "h3")
 

@@ -171,7 +171,7 @@ async def test_the_1mb_embed_all_attack_and_openai_route_meet_the_replica_budget
         hashing_model: Any, clean: None, tmp_path: Path) -> None:
     """The review's anonymous 1 MB /serve/{name}/embed_all, and /v1/embeddings, through a
     real gateway to a real replica: 413 naming the limit (before: 200 and ~290 MB)."""
-    from tests.security.test_request_budget import ATTACK
+    from tests.model_server.test_request_budget import ATTACK
 
     model_id = await hashing_model("budget")
     server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing",

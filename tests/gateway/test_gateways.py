@@ -26,10 +26,11 @@ from gateway.haproxy.controller import find_haproxy
 from schemas.queue import ROUTES_CHANNEL
 from schemas.settings import Settings
 from tests.conftest import Proc, start_gateway, wait_task
-from tests.integration.accounts import call, make_user
-from tests.integration.test_tei_contract import serve_replica
-from tests.load import Load, run_load
+from tests.gateway.test_tei_contract import serve_replica
 from tests.model_server.conftest import poll_health, start_server
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
+from tests.support.load import Load, run_load
 from worker.drain import gateway_reports, wait_drained
 from worker.runtimes.process import free_port
 

@@ -20,9 +20,10 @@ from gateway.load_signal import JUMP_MIN
 from schemas.queue import LOAD_CHANNEL, ROUTES_CHANNEL
 from schemas.settings import Settings
 from tests.conftest import Proc, start_gateway
-from tests.integration.accounts import call, make_user
-from tests.integration.test_tei_contract import serve_replica
+from tests.gateway.test_tei_contract import serve_replica
 from tests.model_server.conftest import poll_health, start_server
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 from worker.drain import gateway_reports
 from worker.runtimes.process import free_port
 

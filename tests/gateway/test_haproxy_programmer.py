@@ -1,7 +1,7 @@
 """The HAProxy configuration HAProxy itself accepts, and the order of the Runtime API
 commands the controller sends on a switch, a drain and a model made private (against a
 fake admin socket that records commands: the real HAProxy runs in
-tests/integration/test_haproxy.py)."""
+tests/gateway/test_haproxy.py)."""
 
 import asyncio
 import subprocess

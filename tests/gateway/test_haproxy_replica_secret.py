@@ -1,6 +1,6 @@
 """Issue 25, review M7 on the HAProxy engine: each slot backend sets its generation's replica
 secret on what it passes to a replica, from a map filled only through the admin socket
-(against the recording fake admin socket of tests/unit/test_haproxy_programmer.py; the real
+(against the recording fake admin socket of tests/gateway/test_haproxy_programmer.py; the real
 HAProxy checks the configuration there when it is installed)."""
 
 from collections.abc import Callable
@@ -18,11 +18,11 @@ from gateway.haproxy.programmer import Programmer
 from schemas import replica_auth
 from schemas.settings import Settings
 from tests.conftest import TEST_SECRET_KEY, Proc
-from tests.integration.conftest import anon_http  # noqa: F401
-from tests.integration.test_haproxy import _until, start_haproxy
-from tests.integration.test_tei_contract import serve_replica
+from tests.gateway.test_haproxy import _until, start_haproxy
+from tests.gateway.test_haproxy_programmer import MODEL, RecordingApi, _layout, _route
+from tests.gateway.test_tei_contract import serve_replica
 from tests.model_server.conftest import poll_health, start_server
-from tests.unit.test_haproxy_programmer import MODEL, RecordingApi, _layout, _route
+from tests.support.as_admin import admin_anon_http  # noqa: F401  (as the administrator)
 from worker.drain import gateway_reports
 
 
@@ -54,7 +54,7 @@ def test_every_slot_backend_sets_the_secret_header_from_the_map(tmp_path: Path) 
 
 @pytest.mark.skipif(find_haproxy(Settings()) is None, reason="haproxy is not installed")
 async def test_haproxy_serves_a_replica_that_refuses_callers_without_its_secret(
-        api: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,  # noqa: F811
+        api: str, spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
         pool: asyncpg.Pool, settings: Settings, hashing_model: Any, tmp_path: Path) -> None:
     """A public model's requests go from HAProxy's slot straight to the replica, which
     answers them (HAProxy sent the secret) and refuses the same request sent directly."""

@@ -15,6 +15,7 @@ import pytest
 from db import deployments, replicas
 from tests.conftest import Proc, start_gateway
 from tests.model_server.conftest import poll_health, start_server
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 
 NAME = "tei-contract"
 DIM = 64

@@ -13,7 +13,7 @@ import aiodocker
 import pytest
 
 from tests.conftest import TEST_CLUSTER
-from tests.docker.conftest import skip_without_engine, wait_health
+from tests.support.docker import skip_without_engine, wait_health
 from worker.runtimes.docker import DockerRuntime
 
 skip_without_engine()

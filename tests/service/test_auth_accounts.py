@@ -10,7 +10,8 @@ import asyncpg
 
 from schemas.settings import Settings
 from tests.conftest import REPO, bearer, settings_env
-from tests.integration.accounts import call
+from tests.support.accounts import call
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 
 V2 = "/api/v2"
 

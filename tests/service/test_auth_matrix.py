@@ -42,8 +42,9 @@ from service.app import create_app
 from service.auth.rules import Access, ModelFrom
 from service.routes import ROUTE_TABLE, RouteSpec
 from tests.conftest import TEST_SECRET_KEY, bearer, start_gateway
-from tests.integration.accounts import call, eventually, make_user
-from tests.services import tiny_model_archive
+from tests.support.accounts import call, eventually, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
+from tests.support.services import tiny_model_archive
 from worker.runtimes.process import free_port
 
 SERVED_NAME = "private-app"
@@ -327,7 +328,7 @@ def test_every_route_has_a_sample_and_an_auth_rule(settings: Settings) -> None:
 
 def test_logs_routes_are_read_as_the_seeds_say(settings: Settings) -> None:
     """Seeds 000 and 001 give a model's readers its logs; what a replica prints can carry
-    the model's secrets (review M9), so the worker takes them out (tests/security/
+    the model's secrets (review M9), so the worker takes them out (tests/service/
     test_logs_jobs.py) rather than the routes asking for more than the seeds."""
     logs = [spec for spec in route_table(settings) if "logs" in spec.path
             and spec.access.caller != "job"]

@@ -13,9 +13,9 @@ import pytest
 
 from schemas.settings import Settings
 from tests.conftest import Proc
-from tests.integration.accounts import call, eventually, make_user
-from tests.security.auth_channel import counting_auth_channel
-from tests.services import wait_for_http
+from tests.support.accounts import call, eventually, make_user
+from tests.support.auth_channel import counting_auth_channel
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 V2 = "/api/v2"

@@ -13,7 +13,7 @@ import asyncpg
 
 from db import deployments
 from schemas.tasks import DeploymentStatus
-from tests.integration.accounts import call, make_user
+from tests.support.accounts import call, make_user
 
 SOURCE = {"backend": "hashing", "dimension": 16}
 V1, V2 = "/api/v1/deploy", "/api/v2/deploy"

@@ -22,9 +22,9 @@ from schemas.models import ModelSource
 from schemas.settings import Settings
 from service.domain.registration import register
 from tests.conftest import Proc, start_gateway
-from tests.integration.accounts import make_user
+from tests.gateway.test_gateway_answers import serve_from
 from tests.model_server.conftest import poll_health, start_server
-from tests.security.test_gateway_answers import serve_from
+from tests.support.accounts import make_user
 
 SOURCE = ModelSource(backend="hashing", dimension=16)
 

@@ -12,6 +12,7 @@ from service.api.docs import STATIC
 from service.app import create_app
 from service.routes import ROUTE_TABLE
 from service.web.openapi import _PARAM
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Seed 002's six routes and seed 001's Bazaar v2 deploy routes, as the seeds name them.

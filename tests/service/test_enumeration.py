@@ -20,8 +20,8 @@ from db import deployments, permissions, replicas
 from schemas.queue import ROUTES_CHANNEL
 from schemas.settings import Settings
 from tests.conftest import Proc, start_gateway
-from tests.integration.accounts import call, eventually, make_user
-from tests.integration.test_auth_matrix import stub_replica
+from tests.service.test_auth_matrix import stub_replica
+from tests.support.accounts import call, eventually, make_user
 
 SOURCE = {"backend": "hashing", "dimension": 16}
 SERVED = "secret-app"

@@ -11,7 +11,7 @@ import asyncpg
 
 from schemas.settings import Settings
 from tests.conftest import Proc, wait_task
-from tests.integration.accounts import replica_environs
+from tests.support.accounts import replica_environs
 
 VALUE = "plain-value-of-a-token-123"
 

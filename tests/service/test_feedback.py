@@ -9,7 +9,8 @@ import asyncpg
 import pytest
 
 from db import feedback
-from tests.integration.accounts import call, make_user
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 
 ROWS = 1_000_000
 

@@ -19,8 +19,8 @@ from launch import stack_state
 from schemas.file_modes import private_dir
 from schemas.settings import Settings
 from tests.conftest import Proc, wait_task
-from tests.integration.accounts import call, make_user
-from tests.security.conftest import tiny_model_archive
+from tests.support.accounts import call, make_user
+from tests.support.archives import tiny_model_archive
 
 NOBODY = 65534
 

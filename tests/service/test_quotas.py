@@ -11,7 +11,8 @@ from db import models
 from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig
 from tests.conftest import Proc, wait_task
-from tests.integration.accounts import call, make_user
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 
 V1, V2 = "/api/v1/deploy", "/api/v2/deploy"
 

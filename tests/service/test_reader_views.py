@@ -11,8 +11,8 @@ import asyncpg
 
 from db import events
 from schemas.log_tail import with_log_tail
-from tests.integration.accounts import call, make_user
-from tests.security.conftest import tiny_model_archive
+from tests.support.accounts import call, make_user
+from tests.support.archives import tiny_model_archive
 
 SECRET_LINE = "MODEL_SECRET=hunter2"
 

@@ -11,7 +11,8 @@ import asyncpg
 from db import deployments
 from schemas.settings import Settings
 from tests.conftest import Proc, wait_task
-from tests.integration.accounts import call, make_user, replica_environs
+from tests.support.accounts import call, make_user, replica_environs
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 
 
 def _log_files(tmp_path: Path) -> list[Path]:

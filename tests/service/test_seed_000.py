@@ -10,7 +10,8 @@ import asyncpg
 
 from db import dependencies, permissions
 from tests.conftest import Proc, wait_task
-from tests.integration.accounts import call, make_user
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 
 V1 = "/api/v1/deploy"
 

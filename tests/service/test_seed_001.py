@@ -9,7 +9,8 @@ import asyncpg
 from db import models
 from schemas.settings import Settings
 from tests.conftest import Proc, bearer, wait_task
-from tests.integration.accounts import call, make_user, replica_environs
+from tests.support.accounts import call, make_user, replica_environs
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 
 V2 = "/api/v2/deploy"
 SEED_DEPLOY_BODY = {"deployment_name": "my-app", "autoscaling_enabled": True,

@@ -16,8 +16,8 @@ import pytest
 
 from schemas.settings import Settings
 from tests.conftest import START_TIMEOUT_S, Proc
-from tests.integration.accounts import call, make_user
-from tests.services import wait_for_http
+from tests.support.accounts import call, make_user
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 

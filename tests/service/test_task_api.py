@@ -6,6 +6,8 @@ from uuid import uuid4
 import aiohttp
 import pytest
 
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+
 RESPONSE_FIELDS = {"task_id", "status", "phase", "created_at", "updated_at",
                    "embedding_model_id", "metadata", "detail"}
 

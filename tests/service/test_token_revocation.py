@@ -19,10 +19,10 @@ from pydantic import SecretStr
 from db import users
 from schemas.settings import Settings
 from tests.conftest import Proc, bearer, start_gateway
-from tests.integration.accounts import call, eventually, make_user
-from tests.integration.test_auth_matrix import SERVED_NAME, _serve_model, stub_replica
-from tests.security.auth_channel import AuthChannel, counting_auth_channel
-from tests.services import wait_for_http
+from tests.service.test_auth_matrix import SERVED_NAME, _serve_model, stub_replica
+from tests.support.accounts import call, eventually, make_user
+from tests.support.auth_channel import AuthChannel, counting_auth_channel
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 V2 = "/api/v2"

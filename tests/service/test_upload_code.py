@@ -18,8 +18,8 @@ from packaging.specifiers import SpecifierSet
 
 from schemas.settings import Settings
 from tests.conftest import REPO, START_TIMEOUT_S, Proc
-from tests.integration.accounts import call, make_user
-from tests.services import wait_for_http
+from tests.support.accounts import call, make_user
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 MODULES_OK = [{"idx": 0, "name": "0", "path": "",

@@ -14,9 +14,9 @@ import asyncpg
 from db import models
 from schemas.settings import Settings
 from tests.conftest import START_TIMEOUT_S, Proc
-from tests.integration.accounts import call, make_user
-from tests.security.conftest import tiny_model_archive
-from tests.services import wait_for_http
+from tests.support.accounts import call, make_user
+from tests.support.archives import tiny_model_archive
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 LEASE_S = 2.0

@@ -12,8 +12,8 @@ import asyncpg
 from db import users
 from db.users import User
 from schemas.tokens import issue_user_token
-from tests import services
 from tests.conftest import TEST_SECRET_KEY, bearer
+from tests.support import services
 
 
 async def make_user(pool: asyncpg.Pool, username: str, *, admin: bool = False,

@@ -1,19 +1,7 @@
-"""What several tests/security modules share: a client without a token, and the smallest
-model archive an upload accepts."""
+"""The smallest model archive an upload accepts."""
 
 import io
 import tarfile
-from collections.abc import AsyncIterator
-
-import aiohttp
-import pytest
-
-
-@pytest.fixture
-async def anon_http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client without a token (each request says who it is itself)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
 
 
 def tiny_model_archive() -> bytes:

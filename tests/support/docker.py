@@ -1,4 +1,6 @@
-"""Fixtures for tests against a real Docker Engine: the engine, the test image, a runtime.
+"""Fixtures for tests against a real Docker Engine: the engine, the test image, a runtime
+(a plugin of tests/conftest.py, so every part's docker tests have them; the control-plane
+client as the administrator is tests/support/as_admin.py's `http`).
 
 Without an engine each docker test module skips with one line (`skip_without_engine()`
 at its top), except under CI (`CI` set), where the `docker_image` fixture fails instead:
@@ -157,14 +159,6 @@ HOG_MB = 512
 _HOG_CODE = (f"print('loading model weights: {HOG_MB} MB', flush=True); import time; "
              f"time.sleep(0.5); weights = b'x' * ({HOG_MB} * 2**20); import runpy; "
              "runpy.run_module('model_server', run_name='__main__')")
-
-
-@pytest.fixture
-async def http(admin_headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientSession]:
-    """The control-plane client, as the administrator (public inference needs no token)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                     headers=admin_headers) as session:
-        yield session
 
 
 async def containers_of(docker_api: aiodocker.Docker, model_id: UUID,

@@ -7,7 +7,7 @@
 
 `serial` marks timing-sensitive tests: they send paced load and assert on what it met
 (latency percentiles, a request rate, no request lost to a timeout), so other tests
-sharing the cores would change what they measure. Every test under SERIAL_DIRS is one;
+sharing the cores would change what they measure. Every test of SERIAL_MODULES is one;
 elsewhere a test says so itself (`@pytest.mark.serial`).
 
 In the parallel phase tests of one xdist group run on one worker, one after another:
@@ -27,9 +27,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-# Every autoscaling test drives paced load and times the autoscaler's reaction.
-SERIAL_DIRS = ("tests/autoscale/",)
+REPO = Path(__file__).resolve().parents[2]
+# Every autoscaling test of the process runtime drives paced load and times the
+# autoscaler's reaction.
+SERIAL_MODULES = tuple(f"tests/worker/test_{name}.py" for name in (
+    "autoscale_load", "decider_killed", "redeploy_scaled", "scale_task", "scale_to_zero"))
 DOCKER_FIXTURES = {"docker_image", "model_image"}
 
 
@@ -38,7 +40,7 @@ def assign(items: list[pytest.Item]) -> None:
     by_module: dict[str, list[pytest.Item]] = {}
     for item in items:
         by_module.setdefault(_module(item), []).append(item)
-        if _module(item).startswith(SERIAL_DIRS):
+        if _module(item) in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
     for module, tests in by_module.items():
         shared = _module_group(module, tests)

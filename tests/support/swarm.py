@@ -1,5 +1,6 @@
 """Fixtures for the swarm runtime's tests: a single-node swarm on the test engine, a
-runtime on it, and the API, a gateway and one worker on the swarm runtime.
+runtime on it, and the API, a gateway and one worker on the swarm runtime (a plugin of
+tests/conftest.py beside tests/support/docker.py, whose fixtures these build on).
 
 The engine is made a single-node swarm advertised on 127.0.0.1 when it is in none
 (`.ci/docker-engine.sh` does the same); plain containers keep working on it.
@@ -15,16 +16,8 @@ import pytest
 
 from schemas.settings import Settings
 from tests.conftest import TEST_CLUSTER
-from tests.docker import conftest as docker_fixtures
 from worker.runtimes.base import LABEL_CLUSTER, LABEL_MODEL
 from worker.runtimes.swarm import SwarmRuntime
-
-# The docker tests' fixtures, shared (session-scoped images are built once per checkout).
-docker_image = docker_fixtures.docker_image
-model_image = docker_fixtures.model_image
-hog_image = docker_fixtures.hog_image
-docker_api = docker_fixtures.docker_api
-http = docker_fixtures.http
 
 
 @pytest.fixture(scope="session")

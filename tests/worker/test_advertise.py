@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.settings import Settings
-from tests.services import wait_for_http
+from tests.support.services import wait_for_http
 from worker.runtimes.base import ReplicaSpec, endpoint_url, manages
 from worker.runtimes.process import ProcessRuntime
 

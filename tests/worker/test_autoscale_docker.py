@@ -12,9 +12,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.autoscale.helpers import FAST_AUTOSCALING, KNOBS
-from tests.autoscale.test_autoscale_load import scale_cycle
-from tests.docker.conftest import deploy, skip_without_engine
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.autoscale import FAST_AUTOSCALING, KNOBS
+from tests.support.docker import deploy, skip_without_engine
+from tests.worker.test_autoscale_load import scale_cycle
 
 skip_without_engine()
 # Paced load with a p99 check: it runs in the serial phase, alone on the cores.

@@ -11,7 +11,9 @@ import aiohttp
 import asyncpg
 
 from db import events
-from tests.autoscale.helpers import (
+from tests.conftest import Proc
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.autoscale import (
     CAPACITY,
     FAST_AUTOSCALING,
     KNOBS,
@@ -23,8 +25,7 @@ from tests.autoscale.helpers import (
     ready_count,
     wait_for,
 )
-from tests.conftest import Proc
-from tests.load import run_load
+from tests.support.load import run_load
 
 # Long enough that, after scaling up and serving the backlog, at least 10 s remain.
 LOAD_S = 35

@@ -9,7 +9,8 @@ import aiohttp
 import asyncpg
 
 from tests.conftest import Proc, wait_task
-from tests.integration.accounts import call, make_user
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 
 BUDGET_MB = 2500
 
@@ -80,7 +81,7 @@ async def test_a_replacement_replica_is_placed_within_the_budget_too(
     import os
     import signal
 
-    from tests import services
+    from tests.support import services
 
     _, alice = await make_user(pool, "alice")
     model_id = await hashing_model("refilled")

@@ -14,7 +14,8 @@ import pytest
 from db import deployments, replicas
 from schemas.settings import Settings
 from tests.conftest import TEST_CLUSTER
-from tests.docker.conftest import (
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.docker import (
     containers_of,
     deploy,
     embed,

@@ -14,7 +14,9 @@ from redis.asyncio import Redis
 
 from schemas.queue import AUTOSCALER_LEASE_PREFIX, WORKER_KEY_PREFIX
 from schemas.settings import Settings
-from tests.autoscale.helpers import (
+from tests.conftest import Proc
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.autoscale import (
     CAPACITY,
     FAST_AUTOSCALING,
     KNOBS,
@@ -22,8 +24,7 @@ from tests.autoscale.helpers import (
     ready_count,
     wait_for,
 )
-from tests.conftest import Proc
-from tests.load import run_load
+from tests.support.load import run_load
 from worker.runtimes.process import ProcessRuntime
 
 MAX = 4

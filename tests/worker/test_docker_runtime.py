@@ -8,7 +8,7 @@ import pytest
 
 from schemas.settings import Settings
 from tests.conftest import TEST_CLUSTER
-from tests.docker.conftest import skip_without_engine, wait_exit, wait_health
+from tests.support.docker import skip_without_engine, wait_exit, wait_health
 from worker.runtimes.base import LABEL_REPLICA, ReplicaSpec, RuntimeError_
 from worker.runtimes.docker import DockerRuntime, container_name
 

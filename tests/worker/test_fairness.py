@@ -13,7 +13,8 @@ from db import quotas
 from schemas.models import ModelSource
 from service.domain.registration import register
 from tests.conftest import Proc, wait_task
-from tests.integration.accounts import call, eventually, make_user
+from tests.support.accounts import call, eventually, make_user
+from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
 
 QUEUED = 20
 

@@ -17,7 +17,8 @@ from schemas.models import ModelSource
 from schemas.settings import Settings
 from service.domain.registration import register
 from tests.conftest import TEST_CLUSTER, TEST_SECRET_KEY, bearer
-from tests.docker.conftest import containers_of, deploy, skip_without_engine, wait_health
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.docker import containers_of, deploy, skip_without_engine, wait_health
 from worker.runtimes.base import ReplicaSpec
 from worker.runtimes.docker import DockerRuntime, network_name
 

@@ -13,6 +13,7 @@ import asyncpg
 from db import replicas, tasks
 from schemas.settings import Settings
 from schemas.tasks import ReplicaState
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from worker import health
 from worker.context import WorkerContext
 from worker.reconciler import forget_vanished

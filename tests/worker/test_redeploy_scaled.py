@@ -9,9 +9,10 @@ import aiohttp
 import asyncpg
 
 from db import events
-from tests.autoscale.helpers import CAPACITY, KNOBS, deploy, ready_count, wait_task
 from tests.conftest import Proc
-from tests.load import run_load
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.autoscale import CAPACITY, KNOBS, deploy, ready_count, wait_task
+from tests.support.load import run_load
 
 
 async def test_redeploy_of_a_deployment_scaled_to_3_keeps_3_under_load(

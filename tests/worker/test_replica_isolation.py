@@ -14,9 +14,10 @@ import pytest
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from service.domain.registration import register
-from tests import services
 from tests.conftest import TEST_SECRET_KEY, Proc, wait_task
-from tests.integration.accounts import call
+from tests.support import services
+from tests.support.accounts import call
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from worker.runtimes import memory_limit
 
 CONTROL_PLANE = ("GREENROOM_SECRET_KEY", "GREENROOM_DATABASE_URL", "GREENROOM_REDIS_URL")

@@ -20,15 +20,15 @@ from arq.connections import ArqRedis
 from db.migrate import apply_migrations
 from schemas import replica_auth
 from schemas.settings import Settings
-from tests import services
 from tests.conftest import TEST_CLUSTER, TEST_SECRET_KEY
-from tests.docker.conftest import (  # noqa: F401
+from tests.support import services
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.docker import (  # noqa: F401
     deploy,
     docker_api,
     docker_image,
     docker_stack,
     embed,
-    http,
     make_spec,
     runtime,
     skip_without_engine,

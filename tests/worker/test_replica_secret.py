@@ -15,11 +15,11 @@ from pydantic import SecretStr
 from model_server.config import Settings as ServerSettings
 from schemas import replica_auth
 from schemas.settings import Settings
-from tests import services
 from tests.conftest import TEST_SECRET_KEY, Proc, wait_task
-from tests.integration.accounts import call
-from tests.integration.conftest import http  # noqa: F401  (the administrator's client)
 from tests.model_server.conftest import hashing_settings, make_client, wait_until_healthy  # noqa: F401
+from tests.support import services
+from tests.support.accounts import call
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from worker.runtimes.base import ReplicaSpec
 from worker.runtimes.docker import cpu_limit
 from worker.runtimes.process import ProcessRuntime
@@ -57,7 +57,7 @@ def test_generation_secrets_differ_per_generation_and_key() -> None:
 
 
 async def test_replica_reached_directly_refuses_while_the_gateway_serves(
-        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,  # noqa: F811
+        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         settings: Settings, pool: asyncpg.Pool, hashing_model: Any, tmp_path: Path) -> None:
     """Before: any local process (or another tenant's replica) that reached the replica's
     port had a private model's embeddings. After: 401 there; the gateway still serves."""

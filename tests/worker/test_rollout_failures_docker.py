@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 
 from db import deployments, events, models, replicas
-from tests.docker.conftest import HOG_MB, containers_of, deploy, embed, skip_without_engine
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.docker import HOG_MB, containers_of, deploy, embed, skip_without_engine
 
 skip_without_engine()
 pytestmark = pytest.mark.docker

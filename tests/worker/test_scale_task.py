@@ -10,7 +10,8 @@ import asyncpg
 
 from db import replicas
 from tests.conftest import Proc, wait_task
-from tests.load import run_load
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.load import run_load
 
 SERVICE_TIME = {"test_service_time_ms": 20}
 

@@ -10,8 +10,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.autoscale.helpers import FAST_AUTOSCALING, deploy, ready_count, wait_for
 from tests.conftest import Proc, start_gateway
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.autoscale import FAST_AUTOSCALING, deploy, ready_count, wait_for
 
 HOLD_S, HOLD_MAX = 8.0, 5
 

@@ -12,8 +12,8 @@ import aiodocker
 import pytest
 
 from tests.conftest import TEST_CLUSTER
-from tests.docker.conftest import skip_without_engine, wait_health
-from tests.swarm.conftest import services_of
+from tests.support.docker import skip_without_engine, wait_health
+from tests.support.swarm import services_of
 from worker.runtimes.base import (
     LABEL_CLUSTER,
     LABEL_GENERATION,

@@ -14,9 +14,10 @@ from redis.asyncio import ConnectionPool
 from db import deployments, events, models, replicas, tasks
 from schemas.queue import JOB_RUN_TASK, QUEUE_NAME, decode_job, encode_job
 from schemas.settings import Settings
-from tests import services
 from tests.conftest import Proc, wait_task
-from tests.services import wait_for_http
+from tests.support import services
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 

@@ -16,14 +16,15 @@ import pytest
 
 from schemas.settings import Settings
 from tests.conftest import REAL_MODEL_DEPLOY_TIMEOUT_S
-from tests.docker.conftest import (
+from tests.service.test_model_upload import MINILM
+from tests.support.accounts import call, make_user
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.docker import (
     containers_of,
     deploy,
     remove_test_containers,
     skip_without_engine,
 )
-from tests.integration.accounts import call, make_user
-from tests.integration.test_model_upload import MINILM
 
 skip_without_engine()
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
