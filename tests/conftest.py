@@ -168,12 +168,18 @@ async def clean(pool: asyncpg.Pool, backing: dict[str, str]) -> AsyncIterator[No
 
 @pytest.fixture
 def settings(database_url: str, backing: dict[str, str], tmp_path: Path) -> Settings:
+    return process_settings(database_url, backing, tmp_path / "state")
+
+
+def process_settings(database_url: str, backing: dict[str, str], state_dir: Path) -> Settings:
+    """The settings of a test's processes (the `settings` fixture; a module's shared API)."""
     return Settings(
-        database_url=database_url, redis_url=backing["redis"], state_dir=tmp_path / "state",
+        database_url=database_url, redis_url=backing["redis"], state_dir=state_dir,
         runtime="process", deploy_timeout_s=60, drain_timeout_s=5, lease_s=6,
         reconcile_interval_s=0.5, routes_poll_s=0.5, stop_grace_s=5, log_level="info",
         secret_key=SecretStr(TEST_SECRET_KEY), cluster=TEST_CLUSTER,
     )
+
 
 
 TEST_SECRET_KEY = "greenroom-test-secret-key-0123456789"

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import Proc, start_gateway
 from tests.gateway.test_gateway_answers import serve_from
 from tests.model_server.conftest import poll_health, start_server
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 NUL_BODIES = [
     ("POST", "/api/v2/auth/login", {"username": "ad\u0000min", "password": "whatever-1"}),

@@ -7,6 +7,7 @@ import aiohttp
 import pytest
 
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 RESPONSE_FIELDS = {"task_id", "status", "phase", "created_at", "updated_at",
                    "embedding_model_id", "metadata", "detail"}
