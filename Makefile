@@ -20,7 +20,7 @@ up: $(STAMP)
 	$(BIN)/greenroom up $(if $(RUNTIME),--runtime $(RUNTIME))
 
 # Two phases: the parallel one on TEST_WORKERS pytest-xdist workers, then the timing-sensitive
-# tests one at a time (tests/run.sh; tests/scheduling.py says which test runs where).
+# tests one at a time (tests/run.sh; tests/support/scheduling.py says which test runs where).
 # TEST_WORKERS=0 runs without xdist; PYTEST_ARGS chooses a part of the suite.
 TEST_WORKERS ?= 4
 test: $(STAMP)

@@ -7,7 +7,7 @@ capacity the requests in flight reach the gateway's jump (4, gateway/load_signal
 after about 4 / (3 x capacity): 0.03 s at 50 ms, 0.1 s at 200 ms. 50 ms sits between one
 input and one batch of a small embedding model here (all-MiniLM-L6-v2: 4-13 ms for one
 input, ~90 ms for a batch of 32 at 364 inputs a second in bench/model_server.py's torch
-run); `--service-ms 200` is the slower knob tests/autoscale use.
+run); `--service-ms 200` is the slower knob the autoscaling tests (tests/worker/) use.
 
 From one run it prints:
 - reaction time: a load step to 3x one replica's capacity → the first request an added
@@ -69,7 +69,7 @@ from worker.runtimes.process import ProcessRuntime, free_port  # noqa: E402
 HOST = "127.0.0.1"
 NAME = "bench-autoscale"
 # One replica serves SLOTS requests at once, each taking --service-ms (the module docstring
-# says why 50 ms by default; tests/autoscale use 200 ms).
+# says why 50 ms by default; the autoscaling tests use 200 ms).
 SLOTS = 2
 PANIC_WINDOW_S = 2
 BODY = {"inputs": "a short sentence to embed"}

@@ -3,7 +3,7 @@
 The machine's Postgres if one answers on 127.0.0.1:5432 (or GREENROOM_TEST_DATABASE_URL),
 else an embedded one; a Redis of the run's own (GREENROOM_TEST_REDIS_URL to share one);
 fresh migrated databases; waiting for an HTTP server; the environment that hands a
-`Settings` to a spawned Greenroom process. The tests (tests/services.py) and the
+`Settings` to a spawned Greenroom process. The tests (tests/support/services.py) and the
 benchmarks (bench/) both use it.
 """
 

@@ -2,7 +2,7 @@
 cannot go stale.
 
 `python -m schemas.settings_table` rewrites the table between the page's markers;
-`tests/test_settings_table.py` fails when the page's copy differs from this output.
+`tests/schemas/test_settings_table.py` fails when the page's copy differs from this output.
 Descriptions are the comment lines above each field in schemas/settings.py.
 """
 

@@ -27,10 +27,12 @@ from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
 from service.domain.registration import register
-from tests import scheduling, services
-from tests.services import settings_env, wait_for_http
+from tests.support import scheduling, services
+from tests.support.services import settings_env, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
+# The Docker Engine's and the swarm's fixtures, for the docker tests of every part.
+pytest_plugins = ["tests.support.docker", "tests.support.swarm"]
 
 
 # The run's ONNX export (onnx_store) is made in the setup of the first test that asks for
@@ -40,8 +42,9 @@ EXPORT_TIMEOUT_S = 900
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Which phase of `make test` runs each test, and which share a worker (tests/scheduling.py);
-    a test that may make the ONNX export gets EXPORT_TIMEOUT_S unless it sets its own."""
+    """Which phase of `make test` runs each test, and which share a worker
+    (tests/support/scheduling.py); a test that may make the ONNX export gets
+    EXPORT_TIMEOUT_S unless it sets its own."""
     scheduling.assign(items)
     for item in items:
         if "onnx_store" in getattr(item, "fixturenames", ()) \
@@ -165,12 +168,18 @@ async def clean(pool: asyncpg.Pool, backing: dict[str, str]) -> AsyncIterator[No
 
 @pytest.fixture
 def settings(database_url: str, backing: dict[str, str], tmp_path: Path) -> Settings:
+    return process_settings(database_url, backing, tmp_path / "state")
+
+
+def process_settings(database_url: str, backing: dict[str, str], state_dir: Path) -> Settings:
+    """The settings of a test's processes (the `settings` fixture; a module's shared API)."""
     return Settings(
-        database_url=database_url, redis_url=backing["redis"], state_dir=tmp_path / "state",
+        database_url=database_url, redis_url=backing["redis"], state_dir=state_dir,
         runtime="process", deploy_timeout_s=60, drain_timeout_s=5, lease_s=6,
         reconcile_interval_s=0.5, routes_poll_s=0.5, stop_grace_s=5, log_level="info",
         secret_key=SecretStr(TEST_SECRET_KEY), cluster=TEST_CLUSTER,
     )
+
 
 
 TEST_SECRET_KEY = "greenroom-test-secret-key-0123456789"
@@ -256,6 +265,14 @@ def _remove_replicas(settings: Settings) -> None:
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@pytest.fixture
+async def anon_http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client without a token (each request says who it is itself); 60 s timeout.
+    (tests/support/as_admin.py's `anon_http`, 30 s, replaces it where a module imports it.)"""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         yield session
 
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# `make test`: the suite in two phases (tests/scheduling.py says which test runs where).
+# `make test`: the suite in two phases (tests/support/scheduling.py says which test runs where).
 #   1. parallel: every test not marked `serial`, on $TEST_WORKERS pytest-xdist workers
 #      (--dist loadgroup keeps each xdist group on one worker);
 #   2. serial: the timing-sensitive `serial` tests, one at a time, after the first.
 # Both phases run even if the first fails; the run fails if either does. A phase that
 # runs no test (pytest's exit 5) fails the run too, unless arguments chose a part of
-# the suite (`make test PYTEST_ARGS=tests/integration`) and the other phase ran tests.
+# the suite (`make test PYTEST_ARGS=tests/service`) and the other phase ran tests.
 # TEST_WORKERS=0 runs both phases in one process each, without xdist.
 set -u
 cd "$(dirname "$0")/.."

@@ -56,7 +56,7 @@ def response_json(task: Task) -> bytes:
     """`to_response(task).model_dump_json()`, byte for byte, without building the model:
     the polling hot path. orjson writes UTC datetimes (with `Z`) and jsonb values as
     pydantic does (asyncpg's UUID, a subclass orjson refuses, goes as its string);
-    tests/unit/test_task_json.py holds the two to the same bytes."""
+    tests/service/test_task_json.py holds the two to the same bytes."""
     return orjson.dumps({
         "task_id": str(task.id), "kind": task.kind, "status": task.status, "phase": task.phase,
         "created_at": task.created_at, "updated_at": task.updated_at,

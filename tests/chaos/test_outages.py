@@ -19,7 +19,7 @@ from db.pool import create_pool
 from launch.embedded import start_postgres
 from schemas.settings import Settings
 from tests.conftest import Proc
-from tests.services import wait_for_http
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 MODELS = 20

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import REPO, Proc
-from tests.integration.accounts import make_user
+from tests.support.accounts import make_user
 
 CHROMIUM = os.environ.get("GREENROOM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORDS = {"alice": "alice-password-1", "reader": "reader-password-1",

@@ -18,7 +18,7 @@ from schemas.models import ModelSource
 from schemas.settings import Settings
 from service.domain.registration import register
 from tests.console.conftest import Console, open_page
-from tests.integration.accounts import call, replica_environs
+from tests.support.accounts import call, replica_environs
 
 ENV_SECRET = "env-value-never-shown-7731"
 GENAI_SECRET = "genai-key-never-shown-4410"
@@ -228,7 +228,7 @@ async def test_change_stream_ends_when_its_key_is_revoked_and_drops_a_revoked_gr
     """Review finding 6: the stream's caller is checked again on every access change: a
     revoked API key's stream ends at once (not at its timeout), and a revoked grant stops
     the changes of that model at once (not after a 5 s cache)."""
-    from tests.integration.accounts import make_user
+    from tests.support.accounts import make_user
 
     _, alice = await make_user(pool, "alice")
     _, reader = await make_user(pool, "reader")

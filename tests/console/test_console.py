@@ -22,8 +22,8 @@ from schemas.models import ModelSource
 from service.domain.registration import register
 from tests.conftest import Proc, start_gateway
 from tests.console.conftest import Console, open_page, same_document
-from tests.integration.accounts import call
-from tests.services import tiny_model_archive
+from tests.support.accounts import call
+from tests.support.services import tiny_model_archive
 
 LOAD_RATE, LOAD_S = 20, 6
 

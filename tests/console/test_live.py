@@ -20,7 +20,7 @@ from schemas.models import ModelSource
 from service.domain.registration import register
 from tests.console.conftest import Console, open_page, same_document
 from tests.console.test_console import _phases_seen_until_done
-from tests.integration.accounts import call
+from tests.support.accounts import call
 
 # A poll of the fallback (15 s while live) could not explain a smaller lag.
 LIVE_LAG_LIMIT_S = 5.0
@@ -127,8 +127,8 @@ async def test_usable_by_keyboard_and_on_a_phone(browser: Any, console: Console,
 
 async def test_api_stops_promptly_with_a_stream_open(
         spawn: Any, http: aiohttp.ClientSession, pool: Any, clean: None) -> None:
-    from tests.integration.accounts import make_user
-    from tests.services import wait_for_http
+    from tests.support.accounts import make_user
+    from tests.support.services import wait_for_http
     from worker.runtimes.process import free_port
 
     _, headers = await make_user(pool, "watcher")

@@ -62,7 +62,7 @@ async def _schemathesis(api: str, authorization: str, report: Path) -> str:
            # tests/console/test_access.py.
            "--exclude-path", "/api/v2/changes",
            # Revokes the token the run authenticates with: every later request would be a
-           # 401. Tested in tests/security/test_token_revocation.py.
+           # 401. Tested in tests/service/test_token_revocation.py.
            "--exclude-path", "/api/v2/auth/logout"]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
@@ -124,7 +124,7 @@ async def test_schemathesis_as_a_user_ends_with_no_5xx_and_no_replica_running(
         spawn: Callable[..., Proc], pool: asyncpg.Pool, settings: Settings) -> None:
     """A signed-in non-admin user, every route and the stateful phase: quotas bound what
     it may deploy, and once its deployments are deleted no replica is left running."""
-    from tests.integration.accounts import make_user
+    from tests.support.accounts import make_user
 
     await hashing_model("fuzzed")
     _, user = await make_user(pool, "fuzzer")

@@ -26,13 +26,13 @@ from schemas.tokens import issue_user_token
 from service.domain.accounts import hash_password
 from service.domain.registration import register
 from tests.conftest import TEST_SECRET_KEY, bearer
-from tests.load import run_load
 from tests.multihost.conftest import Plane, SwarmPlane
+from tests.support.load import run_load
 
 REPLICAS = 4
 RATE = 60.0
 LOAD_S = 20.0
-# serial: paced load, asserting its rate and that no request failed (tests/scheduling.py).
+# serial: paced load, asserting its rate and that no request failed (tests/support/scheduling.py).
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(600)]
 
 

@@ -1,0 +1,218 @@
+"""Review M6 at the gateway, real gateway processes (Python and HAProxy engines): a request
+once written to a replica is never sent again (only a failed connect goes elsewhere), and
+the Python gateway buffers at most GREENROOM_GATEWAY_MAX_ANSWER_BYTES of an answer. Also
+review L2: an X-Request-Id that is not ASCII is replaced, never a 500."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+import pytest
+
+from db import deployments, replicas
+from gateway.haproxy.controller import find_haproxy
+from schemas.settings import Settings
+from tests.conftest import Proc, start_gateway
+from tests.model_server.conftest import poll_health, start_server
+from worker.runtimes.process import free_port
+
+NO_HAPROXY = pytest.mark.skipif(find_haproxy(Settings()) is None,
+                                reason="haproxy is not installed (apt-get install haproxy)")
+ENGINES = [pytest.param("python"), pytest.param("haproxy", marks=NO_HAPROXY)]
+
+
+class FakeDyingReplica:
+    """A fake replica (this test's own, not a model server): it reads each request whole,
+    counts it, and then closes the connection, with no answer or half of one's head."""
+
+    def __init__(self, half_answer: bool) -> None:
+        self.half_answer = half_answer
+        self.hits = 0
+        self.url = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            self.hits += 1
+            if self.half_answer:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[[0.1,")
+                await writer.drain()
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def dying_replicas(count: int, half_answer: bool) -> AsyncIterator[list[FakeDyingReplica]]:
+    fakes, servers = [], []
+    for _ in range(count):
+        fake = FakeDyingReplica(half_answer)
+        port = free_port("127.0.0.1")
+        servers.append(await asyncio.start_server(fake.handle, "127.0.0.1", port))
+        fake.url = f"http://127.0.0.1:{port}"
+        fakes.append(fake)
+    try:
+        yield fakes
+    finally:
+        for server in servers:
+            server.close()
+
+
+async def serve_from(pool: asyncpg.Pool, model_id: UUID, name: str,
+                     endpoints: list[str]) -> list[UUID]:
+    """The model serves from every endpoint in one generation, as a rollout leaves it;
+    returns the replicas' ids."""
+    _, generation = await deployments.begin_generation(pool, model_id, name)
+    ids = []
+    for endpoint in endpoints:
+        replica_id = uuid4()
+        ids.append(replica_id)
+        await replicas.insert(pool, replica_id=replica_id, model_id=model_id,
+                              generation=generation, task_id=None, runtime="process")
+        await replicas.set_started(pool, replica_id, "test", endpoint)
+    await deployments.switch(pool, model_id, generation, name, {})
+    return ids
+
+
+async def _start(spawn: Callable[..., Proc], http: aiohttp.ClientSession, engine: str,
+                 **overrides: Any) -> str:
+    if engine == "haproxy":
+        return await start_gateway(spawn, http, gateway_engine="haproxy", haproxy_slots=4,
+                                   **overrides)
+    return await start_gateway(spawn, http, **overrides)
+
+
+async def _until_routed(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
+    """The first answer that is not a 404 (the gateway has loaded the route)."""
+    for _ in range(200):
+        try:
+            async with http.post(url, json=body) as resp:
+                answer = resp.status, await resp.json(content_type=None)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            # HAProxy streams: the client sees the replica's half answer cut short, or, when
+            # the replica gave none, a kept-alive client connection closed (so the client
+            # may choose to retry; HAProxy's documented behaviour).
+            answer = 0, str(exc)
+        if answer[0] != 404:
+            return answer
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never routed")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("half_answer", [False, True], ids=["no-answer", "half-an-answer"])
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_replica_that_dies_on_a_request_is_not_retried_on_another(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, engine: str, half_answer: bool) -> None:
+    """Before: the gateway (up to 3 attempts) and HAProxy (`retry-on empty-response`) sent
+    the same request to the next replica, so a request that kills a replica killed the
+    next ones too. Now: one replica sees it, and the client gets a 502."""
+    model_id = await hashing_model("dying")
+    async with dying_replicas(3, half_answer) as fakes:
+        await serve_from(pool, model_id, "dying", [fake.url for fake in fakes])
+        base = await _start(spawn, http, engine)
+        status, body = await _until_routed(http, f"{base}/serve/dying/embed", {"inputs": "x"})
+        assert status == 502 or (engine == "haproxy" and status == 0), body
+        assert sum(fake.hits for fake in fakes) == 1, [fake.hits for fake in fakes]
+
+
+async def test_a_replica_refusing_connections_is_still_retried_on_another(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """What stays retried on the Python gateway: a failed connect (nothing was sent)."""
+    model_id = await hashing_model("half-up")
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing", MODEL_SERVER_DIMENSION="8")
+    try:
+        await poll_health(http, server)
+        closed = [f"http://127.0.0.1:{free_port('127.0.0.1')}" for _ in range(2)]
+        await serve_from(pool, model_id, "half-up", [*closed, server.url])
+        base = await start_gateway(spawn, http)
+        for _ in range(10):
+            status, body = await _until_routed(http, f"{base}/serve/half-up/embed",
+                                               {"inputs": "x"})
+            assert status == 200, body
+    finally:
+        server.stop()
+
+
+async def test_an_answer_over_the_gateway_cap_is_a_logged_502_not_buffered(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """Before: the gateway buffered whatever Content-Length the replica named. Now: an
+    answer over GREENROOM_GATEWAY_MAX_ANSWER_BYTES is refused from its head."""
+    model_id = await hashing_model("capped")
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing",
+                          MODEL_SERVER_DIMENSION="384")
+    try:
+        await poll_health(http, server)
+        await serve_from(pool, model_id, "capped", [server.url])
+        base = await start_gateway(spawn, http, gateway_max_answer_bytes=1000)
+        url = f"{base}/serve/capped"
+        status, tokens = await _until_routed(http, f"{url}/tokenize", {"inputs": "ab"})
+        assert status == 200 and len(tokens[0]) == 4  # a small answer passes
+        status, body = await _until_routed(http, f"{url}/embed", {"inputs": "x"})  # ~4 kB
+        assert status == 502, body
+        assert "GREENROOM_GATEWAY_MAX_ANSWER_BYTES" in body["message"], body
+        async with http.get(f"{base}/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        server.stop()
+
+
+async def test_the_1mb_embed_all_attack_and_openai_route_meet_the_replica_budget_via_gateway(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """The review's anonymous 1 MB /serve/{name}/embed_all, and /v1/embeddings, through a
+    real gateway to a real replica: 413 naming the limit (before: 200 and ~290 MB)."""
+    from tests.model_server.test_request_budget import ATTACK
+
+    model_id = await hashing_model("budget")
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing",
+                          MODEL_SERVER_DIMENSION="384")
+    try:
+        await poll_health(http, server)
+        await serve_from(pool, model_id, "budget", [server.url])
+        base = await start_gateway(spawn, http)
+        await _until_routed(http, f"{base}/serve/budget/embed", {"inputs": "x"})
+        headers = {"Content-Type": "application/json"}
+        async with http.post(f"{base}/serve/budget/embed_all", data=ATTACK,
+                             headers=headers) as resp:
+            body = await resp.json()
+            assert resp.status == 413 and "max_request_tokens" in body["message"], body
+        openai = {"model": "budget", "input": ["a " * 2000] * 256}
+        async with http.post(f"{base}/v1/embeddings", json=openai) as resp:
+            body = await resp.json()
+            assert resp.status == 413 and "max_request_tokens" in body["message"], body
+            assert body["type"] == "Validation"
+    finally:
+        server.stop()
+
+
+async def test_a_non_ascii_request_id_is_replaced_not_a_500(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """Review L2: `X-Request-Id: €` failed the latin-1 encode of the request to the replica
+    (a 500 with a traceback). Now the gateway sends a fresh id in its place."""
+    model_id = await hashing_model("rid")
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing", MODEL_SERVER_DIMENSION="8")
+    try:
+        await poll_health(http, server)
+        await serve_from(pool, model_id, "rid", [server.url])
+        base = await start_gateway(spawn, http)
+        await _until_routed(http, f"{base}/serve/rid/embed", {"inputs": "x"})
+        for value in ("€", "é" * 3, "x" * 300):
+            async with http.post(f"{base}/serve/rid/embed", json={"inputs": "x"},
+                                 headers={"X-Request-Id": value}) as resp:
+                assert resp.status == 200, (value, await resp.text())
+        async with http.post(f"{base}/v1/embeddings", json={"model": "rid", "input": "x"},
+                             headers={"X-Request-Id": "€", "Accept": "€"}) as resp:
+            assert resp.status == 200, await resp.text()
+    finally:
+        server.stop()

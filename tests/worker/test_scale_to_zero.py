@@ -1,0 +1,68 @@
+"""Issue 14, must-show 2: idle → 0 replicas; the next request is held through a cold start
+and served; with no replica able to get ready, held requests get 503 + Retry-After within
+the bound (and past the count bound, at once)."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from tests.conftest import Proc, start_gateway
+from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.autoscale import FAST_AUTOSCALING, deploy, ready_count, wait_for
+
+HOLD_S, HOLD_MAX = 8.0, 5
+
+
+async def _embed(url: str) -> tuple[int, dict[str, Any], dict[str, str], float]:
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http, \
+            http.post(url, json={"inputs": "wake up"}) as resp:
+        body = await resp.json()
+        return resp.status, body, dict(resp.headers), time.perf_counter() - started
+
+
+async def test_idle_goes_to_zero_then_a_held_request_is_served_after_a_cold_start(
+        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        pool: asyncpg.Pool, hashing_model: Any) -> None:
+    model_id = await hashing_model("sleepy")
+    gateway = await start_gateway(spawn, http, gateway_hold_timeout_s=HOLD_S,
+                                  gateway_hold_max=HOLD_MAX)
+    spawn("worker")
+    config = FAST_AUTOSCALING | {"autoscaling_min": 0, "autoscaling_max": 2}
+    assert (await deploy(http, api, "alice/sleepy", config))["status"] == "done"
+    url = f"{gateway}/serve/sleepy/embed"
+    status, _, _, _ = await _embed(url)
+    assert status == 200
+
+    async def at_zero() -> bool:
+        return await ready_count(pool, model_id) == {}
+
+    idle_s = await wait_for(at_zero, 40, "scale to zero")
+    status, body, _, cold = await _embed(url)
+    print(f"\nidle → 0 replicas after {idle_s:.1f} s; cold start: the held request was "
+          f"served in {cold * 1000:.0f} ms (hold bound {HOLD_S:g} s)")
+    assert status == 200, body
+    assert await ready_count(pool, model_id) == {1: 1}
+
+    # Now no replica can get ready within the bound: the model takes 60 s to load.
+    await wait_for(at_zero, 40, "scale to zero again")
+    source = await pool.fetchval("SELECT source FROM models WHERE id = $1", model_id)
+    await pool.execute("UPDATE models SET source = $2 WHERE id = $1", model_id,
+                       source | {"startup_delay_s": 60})
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(_embed(url) for _ in range(HOLD_MAX + 3)))
+    statuses = sorted(a[0] for a in answers)
+    assert statuses == [503] * (HOLD_MAX + 3), statuses
+    for _, body, headers, elapsed in answers:
+        assert body["status_code"] == 503 and body["message"], body
+        assert int(headers["Retry-After"]) >= 1
+        assert elapsed < HOLD_S + 2, "never a hang"
+    quick = [a for a in answers if a[3] < HOLD_S - 1]
+    assert len(quick) == 3, "past the count bound: refused at once"
+    print(f"no replica ready: {HOLD_MAX} held requests got 503 + Retry-After after "
+          f"{max(a[3] for a in answers):.1f} s, 3 over the bound at once "
+          f"({time.perf_counter() - started:.1f} s in all)")
