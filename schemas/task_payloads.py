@@ -60,7 +60,6 @@ class DeployPayload(_Payload):
 class DeletePayload(_Payload):
     """A delete: the model, nothing else."""
 
-
     @model_validator(mode="before")
     @classmethod
     def _legacy_config(cls, data: Any) -> Any:
