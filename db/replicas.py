@@ -83,6 +83,18 @@ async def list_for_model(db: Executor, model_id: UUID, *,
         ))
 
 
+async def count_serving(db: Executor, model_id: UUID) -> int:
+    """Ready replicas of the model's serving generation (0 when none serves)."""
+    async with translated():
+        count: int = await db.fetchval(
+            """SELECT count(*) FROM replicas r JOIN deployments d ON d.model_id = r.model_id
+               WHERE r.model_id = $1 AND r.generation = d.active_generation
+                 AND r.state = $2""",
+            model_id, ReplicaState.ready,
+        )
+    return count
+
+
 async def list_live(db: Executor) -> list[Replica]:
     async with translated():
         return _replicas(await db.fetch(

@@ -1,12 +1,15 @@
-"""Tasks: the outbox rows of every deploy, delete and scale; one worker claims each."""
+"""Tasks: the outbox rows of every deploy, delete and scale; one worker claims each (in
+fair turns per owner: `claim`)."""
 
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from db.errors import translated
-from db.pool import Executor
+from db.pool import Executor, transaction
 
 _COLUMNS = """id, kind, model_id, status, phase, request, request_hash, metadata, detail,
     attempts, idempotency_key, enqueued_at, lease_until, worker_id, created_by, started_at,
@@ -109,24 +112,62 @@ async def mark_unenqueued(db: Executor, task_id: UUID) -> None:
         await db.execute("UPDATE tasks SET enqueued_at = NULL WHERE id = $1", task_id)
 
 
-async def claim(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> Task | None:
-    """pending → processing for this worker; None if another delivery already took it.
+# pg_advisory_xact_lock(key1, key2) in `claim`: key1 names this use; key2 is the owner's id.
+_LOCK_SPACE = 0x6772_6F6C  # "grol"
+
+
+async def claim(pool: asyncpg.Pool, task_id: UUID, worker_id: str, lease_s: float,
+                per_owner: int) -> tuple[Task | None, bool]:
+    """pending → processing for this worker: (the claimed task, or None if another
+    delivery already took it; True when it must wait its owner's turn instead).
+
+    Fair admission (issue 19): a deploy is claimed only while its model's owner has fewer
+    than `per_owner` rollouts processing *and* fewer than that many older deploys of theirs
+    waiting that could run now (older pending deploys of a model with no task
+    processing). So one owner's queue cannot take every worker slot, and that owner's
+    deploys start in the order they were accepted. Deletes and scales are never held back:
+    they free resources. The count and the claim run in one transaction under an advisory
+    lock per owner, so workers claiming for the same owner at once cannot pass the bound.
 
     Raises UniqueViolation(tasks_one_processing_per_model) while another task of the
-    same model is processing. `started_at` is the clock at the update, not `now()`: a
-    caller's transaction (`admission.claim`) starts before it, and this update may wait
-    on the unique index for the model's previous task to commit its finish, so `now()`
-    could read earlier than that task's `finished_at`.
+    same model is processing. `started_at` is the clock at the update, not `now()`: the
+    transaction starts before it, and the update may wait on the unique index for the
+    model's previous task to commit its finish, so `now()` could read earlier than that
+    task's `finished_at`.
     """
-    async with translated():
-        row = await db.fetchrow(
+    async with transaction(pool) as conn:
+        row = await conn.fetchrow(
+            """SELECT t.kind, t.status, t.created_at, m.owner_id FROM tasks t
+               JOIN models m ON m.id = t.model_id WHERE t.id = $1""", task_id)
+        if row is None or row["status"] != "pending":
+            return None, False
+        if row["kind"] == "deploy":
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _LOCK_SPACE,
+                               row["owner_id"] % 2**31)
+            if await _rollouts_ahead(conn, row["owner_id"], row["created_at"]) >= per_owner:
+                return None, True
+        claimed = await conn.fetchrow(
             f"""UPDATE tasks SET status = 'processing', attempts = attempts + 1,
                    worker_id = $2, lease_until = now() + make_interval(secs => $3),
                    started_at = coalesce(started_at, clock_timestamp()), updated_at = now()
                WHERE id = $1 AND status = 'pending' RETURNING {_COLUMNS}""",
             task_id, worker_id, lease_s,
         )
-    return _task(row)
+    return _task(claimed), False
+
+
+async def _rollouts_ahead(conn: asyncpg.Connection, owner_id: int, created_at: datetime) -> int:
+    """The owner's rollouts processing, plus their older deploys that could start now."""
+    count: int = await conn.fetchval(
+        """SELECT count(*) FROM tasks t JOIN models m ON m.id = t.model_id
+           WHERE m.owner_id = $1 AND t.kind = 'deploy'
+             AND (t.status = 'processing'
+                  OR (t.status = 'pending' AND t.created_at < $2
+                      AND NOT EXISTS (SELECT 1 FROM tasks b WHERE b.model_id = t.model_id
+                                      AND b.status = 'processing')))""",
+        owner_id, created_at,
+    )
+    return count
 
 
 async def renew_lease(db: Executor, task_id: UUID, worker_id: str, lease_s: float) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from schemas.settings import Settings
-from schemas.tasks import DeploymentConfig
+from schemas.tasks import DeploymentConfig, replica_count
 
 QUOTA_NAMES = ("models", "deployments", "replicas", "memory_mb", "store_mb")
 # What the hashing backend (a feature-hashing test embedder, no model weights) takes.
@@ -98,7 +98,7 @@ def replica_memory_mb(memory: int | None, backend: str | None, assumed_mb: int) 
 
 def demand(config: DeploymentConfig, backend: str | None, assumed_mb: int) -> Use:
     """What a deployment with `config` holds once it serves."""
-    count = config.replica_count
+    count = replica_count(config)
     return Use(deployments=1, replicas=count,
                memory_mb=count * replica_memory_mb(config.memory, backend, assumed_mb))
 
@@ -119,15 +119,12 @@ def check(limits: Use, current: Use, requested: Use) -> None:
             raise QuotaExceeded(name, held, wanted, limit)
 
 
-def replicas_allowed(limits: Use, others: Use, wanted: int, memory_per_replica: int) -> int:
-    """The most replicas, up to `wanted`, one deployment may run beside the owner's others.
-
-    The autoscaler (issue 14) clamps its decision with this and records an event when the
-    result is below what it wanted.
-    """
+def replica_room(limits: Use, others: Use, memory_per_replica: int) -> int:
+    """How many replicas one deployment has room for beside the owner's others (the
+    autoscaler (issue 14) and a scale cut their count to it: `tasks.replica_count`)."""
     by_count = limits.replicas - others.replicas
     by_memory = (limits.memory_mb - others.memory_mb) // max(1, memory_per_replica)
-    return max(0, min(wanted, by_count, by_memory))
+    return max(0, min(by_count, by_memory))
 
 
 def claimed(task_kind: str | None, task_config: dict[str, Any] | None,

@@ -174,10 +174,6 @@ class DeploymentConfig(BaseModel):
         return self
 
     @property
-    def replica_count(self) -> int:
-        return self.replicas or max(1, self.autoscaling_min)
-
-    @property
     def autoscaling_ceiling(self) -> int:
         """The most replicas the autoscaler may run (no max given: the floor, at least 1)."""
         return self.autoscaling_max or max(1, self.autoscaling_min)
@@ -207,6 +203,31 @@ class DeploymentConfig(BaseModel):
             if self.onnx is not None and backend != "onnx":
                 unused.add("onnx")
         return sorted(unused)
+
+
+def replica_count(config: DeploymentConfig, *, serving: int = 0, scale_to: int | None = None,
+                  room: int | None = None, keep: int = 0) -> int:
+    """How many replicas a deployment runs: decided here and nowhere else.
+
+    What it asks for: a scale's `scale_to` (0: none); else the `replicas` its config names;
+    else, redeployed while `serving` replicas serve, that count within [floor, ceiling] so
+    the new generation keeps the capacity (worker/rollout.py); else its floor
+    (`autoscaling_min`, at least 1). The floor is also the count when a deployment scaled
+    to zero is redeployed. `room` is the most the owner's quota lets it run (None: no
+    limit; a scale's, as a deploy past a quota is refused instead): the count is cut to
+    it, but to no fewer than `keep` (what a scale keeps serving), unless it asked for 0.
+    """
+    if scale_to is not None:
+        wanted = scale_to
+    elif config.replicas:
+        wanted = config.replicas
+    else:
+        floor = max(1, config.autoscaling_min)
+        ceiling = config.autoscaling_ceiling if config.autoscaling_enabled else MAX_REPLICAS
+        wanted = floor if serving < 1 else max(floor, min(serving, ceiling))
+    if room is None or wanted == 0:
+        return wanted
+    return max(keep, min(wanted, room))
 
 
 class ScaleRequest(BaseModel):

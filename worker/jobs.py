@@ -11,12 +11,12 @@ import structlog
 from arq import Retry
 from arq.typing import WorkerCoroutine
 
-from db import admission, deployments, replicas, tasks
+from db import deployments, replicas, tasks
 from db.errors import UniqueViolation
-from schemas import replica_auth
+from schemas import replica_auth, task_payloads
 from schemas import secrets as deployment_secrets
 from schemas.settings import Settings
-from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
+from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, DeploymentConfig, TaskKind, TaskStatus
 from worker import rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
@@ -56,7 +56,7 @@ def arq_job(fn: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
 async def run_task(ctx: WorkerContext, task_id: str) -> str:
     """Claim and run one task; duplicate deliveries find nothing to claim and return at once."""
     try:
-        task, wait_turn = await admission.claim(
+        task, wait_turn = await tasks.claim(
             ctx.pool, UUID(task_id.split(":")[0]), ctx.worker_id, ctx.settings.lease_s,
             ctx.settings.rollouts_per_user)
     except UniqueViolation as exc:
@@ -140,11 +140,13 @@ async def _secrets_of(ctx: WorkerContext, model_id: UUID,
         return []
     key = ctx.settings.secret_key.get_secret_value()
     deployment = await deployments.get(ctx.pool, model_id)
-    envs = [dict((deployment.config.get("env") or {}) if deployment else {})]
+    envs = [DeploymentConfig.model_validate(deployment.config).env if deployment else {}]
     for task_id in {r.task_id for r in live if r.task_id is not None}:
         task = await tasks.get(ctx.pool, task_id)
-        config = (task.request.get("config") or {}) if task else {}
-        envs.append(dict(config.get("env") or {}))
+        payload = task_payloads.read(task.kind, task.request) if task else None
+        # a scale's replicas run with the deployment's env, read above
+        if isinstance(payload, task_payloads.DeployPayload):
+            envs.append(payload.config.env)
     env_values: list[str] = []
     for sealed in envs:
         with contextlib.suppress(deployment_secrets.SecretsUnreadable):

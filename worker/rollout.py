@@ -24,6 +24,7 @@ from db.pool import transaction
 from db.tasks import Task
 from schemas.log_tail import with_log_tail
 from schemas.quotas import QuotaExceeded
+from schemas.task_payloads import DeployPayload
 from schemas.tasks import (
     DeploymentConfig,
     Phase,
@@ -31,6 +32,7 @@ from schemas.tasks import (
     TaskKind,
     TaskStatus,
     model_id_shaped,
+    replica_count,
 )
 from worker import replicas as lifecycle
 from worker.admission import capacity, quotas
@@ -40,7 +42,6 @@ from worker.health import ReplicaFailed, wait_all_ready
 from worker.onnx_variant import record_agreement
 from worker.publish import publish_routes
 from worker.runtimes.base import RuntimeError_, StartedReplica
-from worker.scaling import replica_count
 
 log = structlog.get_logger(__name__)
 LOG_TAIL_LINES = 20
@@ -99,7 +100,7 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
         raise RolloutFailed(str(exc)) from None
     memory_mb = lifecycle.placed_memory_mb(ctx, model, config)
     started: list[StartedReplica] = []
-    for _ in range(config.replica_count):
+    for _ in range(replica_count(config)):
         try:
             _, replica = await lifecycle.start(ctx, model, generation, task.id, config, env,
                                                memory_mb)
@@ -124,8 +125,8 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
     """Start the replicas and wait until all are healthy; `on_ready` runs with each one
     as it becomes healthy (a scale routes to it then)."""
     await progress.enter(Phase.starting_replicas, generation=generation,
-                         replicas_wanted=config.replica_count, replicas_ready=0)
-    needed = config.replica_count * lifecycle.placed_memory_mb(ctx, model, config)
+                         replicas_wanted=replica_count(config), replicas_ready=0)
+    needed = replica_count(config) * lifecycle.placed_memory_mb(ctx, model, config)
     try:
         async with capacity.placing(ctx, needed):
             started = await _start_replicas(ctx, progress.task, model, generation, config)
@@ -207,9 +208,10 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     """Bring up a new generation beside the old, switch, drain and remove the old."""
     model = await models.get(ctx.pool, task.model_id)
     assert model is not None  # tasks reference models; a deleted model cascades its tasks
-    config = DeploymentConfig.model_validate(task.request.get("config") or {})
-    config = replica_count.carried_over(
-        config, task, await replica_count.serving_count(ctx.pool, model.id))
+    config = DeployPayload.model_validate(task.request).config
+    count = replica_count(config, serving=await replicas.count_serving(ctx.pool, model.id))
+    if count != replica_count(config):  # a redeploy keeps the count serving now
+        config = config.model_copy(update={"replicas": count})
     name = config.deployment_name or default_deployment_name(model)
     if await _name_refused(ctx, task, model, name):
         return
@@ -242,7 +244,7 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, {
         "generation": generation, "deployment_name": name,
         "endpoint": f"/serve/{name}/embed", "replicas": [r.endpoint for r in started],
-        "replicas_current": len(started), "replicas_desired": config.replica_count,
+        "replicas_current": len(started), "replicas_desired": replica_count(config),
         "timings": progress.timings,
     })
     log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)

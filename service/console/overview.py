@@ -25,7 +25,7 @@ from schemas.console import (
 from schemas.errors import NotFound
 from schemas.gateway import Latency
 from schemas.log_tail import event_for_reader, task_for_reader
-from schemas.tasks import DeploymentConfig
+from schemas.tasks import DeploymentConfig, replica_count
 from service.auth.permissions import permission_on
 from service.domain import tasks as task_service
 
@@ -74,7 +74,7 @@ def summary(row: DeploymentRow, model: Model, permission: Permission,
     return DeploymentSummary(
         model_id=d.model_id, model=model.identifier, name=d.name, status=d.status,
         active_generation=d.active_generation, replicas_ready=row.replicas_ready,
-        replicas_wanted=0 if d.active_generation is None else config.replica_count,
+        replicas_wanted=0 if d.active_generation is None else replica_count(config),
         autoscaling_enabled=config.autoscaling_enabled, autoscaling_min=config.autoscaling_min,
         autoscaling_max=config.autoscaling_max, memory=config.memory,
         env_names=sorted(config.env), permission=_level(permission), updated_at=d.updated_at,

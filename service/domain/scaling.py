@@ -8,6 +8,7 @@ from db.models import Model
 from db.tasks import Task
 from schemas.errors import Conflict
 from schemas.settings import Settings
+from schemas.task_payloads import ScalePayload
 from schemas.tasks import DeploymentConfig, TaskKind, TaskRequest
 from service.domain import quotas
 from service.domain import tasks as task_service
@@ -27,6 +28,6 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, model: Model, replicas: in
                                   config.model_copy(update={"replicas": replicas}))
     req = TaskRequest(embedding_model_id=model.identifier,
                       config=DeploymentConfig(replicas=max(1, replicas)))
+    payload = ScalePayload(embedding_model_id=model.identifier, replicas=replicas)
     return await task_service.accept(pool, redis, TaskKind.scale, req, idempotency_key,
-                                     user_id, model, settings=settings,
-                                     extra={"replicas": replicas})
+                                     user_id, model, settings=settings, payload=payload)

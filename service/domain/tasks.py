@@ -22,6 +22,13 @@ from schemas import secrets
 from schemas.errors import Conflict, Invalid, NotFound
 from schemas.queue import JOB_RUN_TASK
 from schemas.settings import Settings
+from schemas.task_payloads import (
+    DeletePayload,
+    DeployPayload,
+    ScalePayload,
+    TaskPayload,
+    TaskTarget,
+)
 from schemas.tasks import (
     Phase,
     TaskKind,
@@ -42,13 +49,17 @@ def request_hash(kind: TaskKind, req: TaskRequest) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def model_reference(task: Task) -> str:
+    """The model as the task's caller named it (rows stored without it: the model's id)."""
+    return TaskTarget.model_validate(task.request).embedding_model_id or str(task.model_id)
+
+
 def to_response(task: Task) -> TaskResponse:
     return TaskResponse(
         task_id=task.id, kind=TaskKind(task.kind), status=TaskStatus(task.status),
         phase=Phase(task.phase) if task.phase else None,
         created_at=task.created_at, updated_at=task.updated_at,
-        embedding_model_id=task.request.get("embedding_model_id", str(task.model_id)),
-        metadata=task.metadata, detail=task.detail,
+        embedding_model_id=model_reference(task), metadata=task.metadata, detail=task.detail,
     )
 
 
@@ -60,7 +71,7 @@ def response_json(task: Task) -> bytes:
     return orjson.dumps({
         "task_id": str(task.id), "kind": task.kind, "status": task.status, "phase": task.phase,
         "created_at": task.created_at, "updated_at": task.updated_at,
-        "embedding_model_id": task.request.get("embedding_model_id", str(task.model_id)),
+        "embedding_model_id": model_reference(task),
         "metadata": task.metadata, "detail": task.detail,
     }, option=orjson.OPT_UTC_Z)
 
@@ -113,18 +124,33 @@ async def enqueue(redis: ArqRedis, pool: asyncpg.Pool, task_id: UUID) -> bool:
     return True
 
 
+def _payload(kind: TaskKind, req: TaskRequest, settings: Settings) -> TaskPayload:
+    """What the worker is to do for a deploy or a delete of `req`; a deploy's env values
+    sealed at rest (review L5)."""
+    if kind == TaskKind.delete:
+        return DeletePayload(embedding_model_id=req.embedding_model_id)
+    if kind != TaskKind.deploy:
+        raise ValueError(f"a {kind.value} task's payload is its caller's to build")
+    config = req.config
+    if config.env and settings.secret_key is not None:
+        config = config.model_copy(update={"env": secrets.seal_env(
+            settings.secret_key.get_secret_value(), config.env)})
+    return DeployPayload(embedding_model_id=req.embedding_model_id, config=config)
+
+
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
                  idempotency_key: str | None, created_by: int | None = None,
                  model: Model | None = None, *, settings: Settings,
-                 extra: dict[str, Any] | None = None,
+                 payload: ScalePayload | None = None,
                  owner_quota: OwnerQuota | None = None) -> tuple[Task, bool]:
     """Insert (or find, for an idempotency key `created_by` used before) the task; True
     when created now. Keys are per user: another user's key names another task.
 
     `model`, when the caller already resolved `req.embedding_model_id`, saves a lookup,
     and `owner_quota` (`locate_for_deploy`) another. A deploy that would take the model's
-    owner past a quota is refused (403). `extra` is stored in the task's request beside
-    the body (a scale's replica count). Round trips: the insert, the enqueue.
+    owner past a quota is refused (403). The task stores its payload: a scale's, built by
+    its caller, is `payload`; a deploy's or a delete's is built from `req`. Round trips:
+    the insert, the enqueue.
     """
     key = req.id or idempotency_key
     digest = request_hash(kind, req)
@@ -138,15 +164,10 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     # Accepted but without effect: said in the task's answer, never silently dropped.
     if unused := req.config.unused_keys(kind, model.source.get("backend")):
         metadata["ignored_config_keys"] = unused
-    request = req.model_dump(mode="json", exclude_unset=True, by_alias=False)
-    request["embedding_model_id"] = req.embedding_model_id
-    env = (request.get("config") or {}).get("env")
-    if env and settings.secret_key is not None:  # values sealed at rest (review L5)
-        request["config"]["env"] = secrets.seal_env(settings.secret_key.get_secret_value(), env)
-    request |= extra or {}
+    stored = (payload or _payload(kind, req, settings)).stored()
     try:
         task = await tasks.insert(
-            pool, task_id=uuid4(), kind=kind.value, model_id=model.id, request=request,
+            pool, task_id=uuid4(), kind=kind.value, model_id=model.id, request=stored,
             request_hash=digest, idempotency_key=key, created_by=created_by, metadata=metadata,
             enqueued=True,
         )

@@ -13,7 +13,7 @@ from db import quotas as quota_rows
 from db.models import Model
 from schemas import quotas
 from schemas.quotas import Use
-from schemas.tasks import DeploymentConfig
+from schemas.tasks import DeploymentConfig, replica_count
 from worker.context import WorkerContext
 
 RUNNING = ["processing"]
@@ -43,26 +43,39 @@ async def check_rollout(ctx: WorkerContext, model: Model, config: DeploymentConf
     quotas.check(limits, others, wanted)
 
 
-async def replicas_allowed(ctx: WorkerContext, model: Model, config: DeploymentConfig,
-                           wanted: int) -> int:
-    """For the autoscaler: the most replicas, up to `wanted`, the owner's quota lets this
-    deployment run. It clamps to this and records an event when it is below `wanted`."""
+async def replica_room(ctx: WorkerContext, model: Model,
+                       config: DeploymentConfig) -> int | None:
+    """How many replicas of `model` with `config` the owner's quota has room for beside
+    their other models; None for an administrator (no limit)."""
     found = await _limits_and_others(ctx, model.owner_id, model.id)
     if found is None:
-        return wanted
+        return None
     limits, others = found
     per_replica = quotas.replica_memory_mb(config.memory, model.source.get("backend"),
                                            ctx.settings.replica_memory_mb)
-    return quotas.replicas_allowed(limits, others, wanted, per_replica)
+    return quotas.replica_room(limits, others, per_replica)
+
+
+async def replicas_allowed(ctx: WorkerContext, model: Model, config: DeploymentConfig,
+                           wanted: int) -> int:
+    """The most replicas, up to `wanted`, the owner's quota lets this deployment run."""
+    room = await replica_room(ctx, model, config)
+    return replica_count(config, scale_to=wanted, room=room)
+
+
+async def held_back(ctx: WorkerContext, model: Model, wanted: int, room: int,
+                    generation: int | None) -> None:
+    """The warning event on the deployment when the quota's room is below `wanted`."""
+    await events.add(ctx.pool, model.id, "warning",
+                     f"autoscaler wanted {wanted} replicas; the owner's quota allows "
+                     f"{room}", generation=generation)
 
 
 async def clamp_scale(ctx: WorkerContext, model: Model, config: DeploymentConfig,
-                      wanted: int, generation: int | None = None) -> int:
-    """The autoscaler's entry point: `wanted` clamped to the owner's quota, with a warning
-    event on the deployment when the quota held it back."""
-    allowed = await replicas_allowed(ctx, model, config, wanted)
-    if allowed < wanted:
-        await events.add(ctx.pool, model.id, "warning",
-                         f"autoscaler wanted {wanted} replicas; the owner's quota allows "
-                         f"{allowed}", generation=generation)
-    return allowed
+                      wanted: int, generation: int | None = None, keep: int = 0) -> int:
+    """The autoscaler's entry point: `wanted` cut to the owner's quota but to no fewer than
+    `keep` (`tasks.replica_count`), with a warning event when the quota held it back."""
+    room = await replica_room(ctx, model, config)
+    if room is not None and room < wanted:
+        await held_back(ctx, model, wanted, room, generation)
+    return replica_count(config, scale_to=wanted, room=room, keep=keep)

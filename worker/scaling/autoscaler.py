@@ -34,6 +34,7 @@ from db.deployments import Deployment
 from db.errors import DatabaseError
 from schemas.gateway import GatewayReport
 from schemas.queue import AUTOSCALER_LEASE_PREFIX, GATEWAY_TTL_S, JOB_RUN_TASK, LOAD_CHANNEL
+from schemas.task_payloads import ScalePayload
 from schemas.tasks import DeploymentConfig, ReplicaState, TaskKind
 from worker.admission import quotas
 from worker.context import WorkerContext
@@ -137,8 +138,8 @@ class Autoscaler:
             return
         desired = decision.desired
         if desired > decision.ready:
-            desired = max(decision.ready, await quotas.clamp_scale(
-                ctx, model, config, desired, deployment.active_generation))
+            desired = await quotas.clamp_scale(ctx, model, config, desired,
+                                               deployment.active_generation, keep=decision.ready)
             if desired == decision.ready:
                 return
         decided = Decision(desired, decision.ready, decision.average, decision.window_s,
@@ -177,11 +178,11 @@ async def create_scale_task(ctx: WorkerContext, model_id: UUID, decision: Decisi
                             knobs: Knobs) -> UUID:
     """Insert and enqueue a scale task as the API would (the row first: the outbox)."""
     task_id = uuid4()
-    request = {"embedding_model_id": str(model_id), "replicas": decision.desired,
-               "autoscaler": True, "config": {"replicas": max(1, decision.desired)}}
+    payload = ScalePayload(embedding_model_id=str(model_id), replicas=decision.desired,
+                           autoscaler=True)
     await tasks.insert(
         ctx.pool, task_id=task_id, kind=TaskKind.scale.value, model_id=model_id,
-        request=request, request_hash=hashlib.sha256(task_id.bytes).hexdigest(),
+        request=payload.stored(), request_hash=hashlib.sha256(task_id.bytes).hexdigest(),
         idempotency_key=None, created_by=None,
         metadata={"replicas_current": decision.ready, "replicas_desired": decision.desired,
                   "reason": decision.describe(knobs)})

@@ -17,7 +17,8 @@ from db import deployments, models, replicas, tasks
 from db.models import Model
 from db.replicas import Replica
 from db.tasks import Task
-from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskStatus
+from schemas.task_payloads import ScalePayload
+from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskStatus, replica_count
 from worker import replicas as lifecycle
 from worker.admission import quotas
 from worker.context import WorkerContext
@@ -26,14 +27,6 @@ from worker.rollout import Progress, RolloutFailed, bring_up, drain_and_remove
 from worker.runtimes.base import StartedReplica
 
 log = structlog.get_logger(__name__)
-
-
-def wanted_count(task: Task) -> int:
-    """The replica count a scale task asks for (route body, or seed 002's config.replicas)."""
-    request = task.request
-    if "replicas" in request:
-        return int(request["replicas"])
-    return int((request.get("config") or {}).get("replicas", 1))
 
 
 def _serving(rows: list[Replica], generation: int) -> tuple[list[Replica], list[Replica]]:
@@ -56,13 +49,16 @@ async def scale(ctx: WorkerContext, task: Task) -> None:
         return
     generation = deployment.active_generation
     config = DeploymentConfig.model_validate(deployment.config)
-    wanted = wanted_count(task)
-    if wanted > 0:
-        allowed = await quotas.clamp_scale(ctx, model, config, wanted, generation)
-        if allowed < wanted and not task.request.get("autoscaler"):
-            await _refuse(ctx, task, f"the owner's quota allows {allowed} replicas, not {wanted}")
+    payload = ScalePayload.model_validate(task.request)
+    room = (await quotas.replica_room(ctx, model, config)) if payload.replicas > 0 else None
+    if room is not None and room < payload.replicas:
+        await quotas.held_back(ctx, model, payload.replicas, room, generation)
+        if not payload.autoscaler:  # the owner asked for it: refused, not cut
+            await _refuse(ctx, task, f"the owner's quota allows {room} replicas, "
+                                     f"not {payload.replicas}")
             return
-        wanted = max(1, allowed)
+    # An autoscaler's scale is cut to the quota's room, keeping one replica serving.
+    wanted = replica_count(config, scale_to=payload.replicas, room=room, keep=1)
     ready, leftover = _serving(await replicas.list_for_model(ctx.pool, task.model_id),
                                generation)
     progress = Progress(ctx, task)
@@ -77,7 +73,7 @@ async def scale(ctx: WorkerContext, task: Task) -> None:
     except RolloutFailed as exc:
         await _fail(ctx, progress, generation, str(exc))
         return
-    await _finish(ctx, progress, generation, before, wanted)
+    await _finish(ctx, progress, generation, before, wanted, payload.autoscaler)
 
 
 async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
@@ -135,12 +131,12 @@ async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason:
 
 
 async def _finish(ctx: WorkerContext, progress: Progress, generation: int, before: int,
-                  wanted: int) -> None:
+                  wanted: int, by_autoscaler: bool) -> None:
     task = progress.task
     ready, _ = _serving(await replicas.list_for_model(ctx.pool, task.model_id), generation)
     await deployments.set_scaled_count(ctx.pool, task.model_id, generation, len(ready) or None)
     await deployments.set_desired(ctx.pool, task.model_id, wanted)
-    if not task.request.get("autoscaler") and before != len(ready):
+    if not by_autoscaler and before != len(ready):
         await progress.event("info", f"scaled {before} → {len(ready)} (by the owner)",
                              generation)
     await progress.enter(None)
