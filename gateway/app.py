@@ -36,7 +36,7 @@ from service.auth.rules import INFERENCE, PUBLIC
 from service.keys import GATEWAY, PG, SETTINGS
 from service.metrics import exposition
 from service.routes import ROUTE_TABLE, RouteSpec, register
-from service.web.errors import ApiError, as_api_error
+from service.web.errors import ApiError, as_api_error, with_allow
 from service.web.openapi import openapi_json
 
 log = structlog.get_logger(__name__)
@@ -75,7 +75,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         message = "request body is too large" if exc.status == 413 else exc.reason
-        return error_response(request.path, exc.status, message)
+        return with_allow(error_response(request.path, exc.status, message), exc)
     except Unavailable:
         return error_response(request.path, 503, "database unavailable, try again shortly")
     except Exception:

