@@ -107,8 +107,9 @@ def _operation(spec: RouteSpec, defs: dict[str, Any]) -> dict[str, Any]:
         + [_query_parameter(*param) for param in spec.query],
     }
     if spec.access.caller is not Caller.anyone:
-        # A lenient route also takes a call without a token.
-        optional = spec.access.caller is Caller.lenient
+        # A lenient route, and one whose model decides (a public deployment's inference),
+        # also takes a call without a token.
+        optional = spec.access.caller in (Caller.lenient, Caller.token_if_any)
         op["security"] = [{"bearer": []}, {}] if optional else [{"bearer": []}]
     if spec.request_model is not None:
         op["requestBody"] = {"required": not spec.body_optional, "content": {
