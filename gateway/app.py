@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from db.deployments import Route

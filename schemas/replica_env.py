@@ -11,6 +11,7 @@ a name (or NUL in a value) cannot reach a process environment at all.
 """
 
 import re
+from typing import Any
 
 from schemas import replica_auth
 
@@ -65,7 +66,7 @@ def _any_case(text: str) -> str:
 
 # `reserved` as a JSON Schema for a deployment's env names (the document's propertyNames):
 # a variable name, and none of the reserved names or prefixes, in any case.
-NAME_SCHEMA = {
+NAME_SCHEMA: dict[str, Any] = {
     "pattern": f"^{NAME.pattern}$",
     "not": {"pattern": "^(?:" + "|".join(
         [_any_case(p) for p in ("GREENROOM_", "MODEL_SERVER_", *CODE_LOADING_PREFIXES)]

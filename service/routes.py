@@ -40,6 +40,9 @@ class RouteSpec:
     query: tuple[tuple[str, bool] | tuple[str, bool, dict[str, Any]], ...] = ()
     # A body the handler streams itself (no request_model): its media types, for the document.
     raw_body: tuple[str, ...] = ()
+    # Another success status with the same answer: an idempotent replay's (the task made
+    # before), for the document.
+    replay_status: int | None = None
     # The media type of the success answer, for the document.
     response_media: str = "application/json"
 

@@ -93,7 +93,9 @@ def _operation(spec: RouteSpec, defs: dict[str, Any]) -> dict[str, Any]:
     if spec.response_model is not None:
         ok["content"] = {spec.response_media: {"schema": _schema(spec.response_model, defs)}}
     error = {"$ref": _REF.format(model="ErrorBody")}
-    responses = {str(spec.status): ok} | {
+    replay = {str(spec.replay_status): ok | {"description": "the task an earlier request with "
+                                                          "this idempotency key made"}}
+    responses = {str(spec.status): ok} | (replay if spec.replay_status else {}) | {
         code: {"description": text, "content": {"application/json": {"schema": error}}}
         for code, text in _ERRORS.items()
     }

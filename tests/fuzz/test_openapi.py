@@ -23,6 +23,7 @@ from service.web.openapi import build
 from tests.conftest import Proc, wait_task
 
 MIN_REQUESTS = 1000
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = int(os.environ.get("GREENROOM_FUZZ_EXAMPLES", "20"))
 
 
@@ -53,11 +54,12 @@ async def _schemathesis(base: str, authorization: str, report: Path,
                         *excluded: str) -> str:
     """Run schemathesis on the document at `base`/openapi.json with every check and every
     phase (examples, coverage, fuzzing, stateful); its output, once it passed."""
-    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json",
+    cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG),
+           "run", f"{base}/openapi.json",
            "--header", f"Authorization: {authorization}",
            "--checks", "all",
            "--phases", "examples,coverage,fuzzing,stateful",
-           "--max-examples", str(MAX_EXAMPLES), "--workers", "2",
+           "--max-examples", str(MAX_EXAMPLES), "--workers", "1",
            "--report", "junit", "--report-junit-path", str(report),
            "--seed", "1", "--suppress-health-check", "all", "--request-timeout", "30"]
     for path in excluded:

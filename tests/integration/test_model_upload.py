@@ -227,7 +227,7 @@ async def test_save_checks_the_copied_source_for_its_new_owner(
                                   headers=admin_headers,
                                   json={"name": name, "source": source, "access_level": "public"})
         assert status == 201, body
-    for name, code in (("hostpath", 422), ("image", 403), ("pkg", 200)):
+    for name, code in (("hostpath", 403), ("image", 403), ("pkg", 200)):
         status, body = await call(anon_http, "POST", f"{api}/api/v2/deploy/admin/{name}/save",
                                   headers=alice, json={"model_name": f"copy-of-{name}"})
         assert status == code, (name, body)
@@ -308,7 +308,7 @@ async def test_real_minilm_uploads_deploys_and_serves(
     # Bob may point a model of his at his own uploads only.
     status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=bob,
                               json={"name": "stolen", "source": {"location": str(folder)}})
-    assert status == 422 and "do not own" in body["message"], body
+    assert status == 403 and "do not own" in body["message"], body
 
     spawn("worker")
     status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,
