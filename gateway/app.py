@@ -18,6 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from db.deployments import Route
@@ -36,7 +37,7 @@ from service.auth.rules import INFERENCE, PUBLIC
 from service.keys import GATEWAY, PG, SETTINGS
 from service.metrics import exposition
 from service.routes import ROUTE_TABLE, RouteSpec, register
-from service.web.errors import ApiError, as_api_error
+from service.web.errors import ApiError, as_api_error, with_allow
 from service.web.openapi import openapi_json
 
 log = structlog.get_logger(__name__)
@@ -75,7 +76,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         message = "request body is too large" if exc.status == 413 else exc.reason
-        return error_response(request.path, exc.status, message)
+        return with_allow(error_response(request.path, exc.status, message), exc)
     except Unavailable:
         return error_response(request.path, 503, "database unavailable, try again shortly")
     except Exception:
@@ -120,6 +121,16 @@ async def openai_embeddings(request: web.Request) -> web.Response:
                                               request.headers)
 
 
+class EmbeddingsBody(BaseModel):
+    """POST /v1/embeddings, for the document: the gateway reads `model`; the replica
+    validates the rest (model_server/embedding.py, OpenAI's shape)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, description="the deployment's name or owner/name")
+    input: str | list[str] | list[int] | list[list[int]]
+
+
 def _passthrough(method: str, path: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         route = await _allowed(request, request.match_info["name"])
@@ -135,7 +146,7 @@ def _passthrough(method: str, path: str) -> Handler:
 def _data_plane_specs() -> list[RouteSpec]:
     by_name = _passthrough("POST", "/")
     specs = [
-        RouteSpec("POST", "/v1/embeddings", openai_embeddings, INFERENCE,
+        RouteSpec("POST", "/v1/embeddings", openai_embeddings, INFERENCE, EmbeddingsBody,
                   summary="OpenAI-style embeddings"),
         RouteSpec("POST", "/serve/{name}", by_name, INFERENCE,
                   summary="TEI's compatibility route (POST /), passed through"),
@@ -161,10 +172,18 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    """The gateway's OpenAPI document, to any origin: the API's /docs page loads it."""
+    response = await openapi_json(request)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
 OWN_ROUTES = [
     RouteSpec("GET", "/healthz", healthz, PUBLIC, summary="Liveness of this gateway"),
     RouteSpec("GET", "/metrics", metrics, PUBLIC, summary="This gateway's Prometheus metrics"),
-    RouteSpec("GET", "/openapi.json", openapi_json, PUBLIC, summary="OpenAPI document"),
+    RouteSpec("GET", "/openapi.json", openapi_document, PUBLIC,
+              summary="This gateway's OpenAPI document"),
 ]
 
 

@@ -11,6 +11,7 @@ a name (or NUL in a value) cannot reach a process environment at all.
 """
 
 import re
+from typing import Any
 
 from schemas import replica_auth
 
@@ -56,3 +57,18 @@ def reserved(name: str) -> str | None:
 def bad_value(value: str) -> str | None:
     """Why a value cannot reach a process environment, or None if it can."""
     return "holds a NUL character" if "\0" in value else None
+
+
+def _any_case(text: str) -> str:
+    """`text` as an ECMA-262 pattern that matches it in any case (JSON Schema has no flags)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+# `reserved` as a JSON Schema for a deployment's env names (the document's propertyNames):
+# a variable name, and none of the reserved names or prefixes, in any case.
+NAME_SCHEMA: dict[str, Any] = {
+    "pattern": f"^{NAME.pattern}$",
+    "not": {"pattern": "^(?:" + "|".join(
+        [_any_case(p) for p in ("GREENROOM_", "MODEL_SERVER_", *CODE_LOADING_PREFIXES)]
+        + [_any_case(n) + "$" for n in sorted(HOST_CONTROLLED | CODE_LOADING)]) + ")"},
+}

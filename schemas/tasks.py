@@ -150,7 +150,8 @@ class DeploymentConfig(BaseModel):
     autoscaling_scale_to_zero_grace_s: float = Field(
         default=AUTOSCALE_DEFAULTS["scale_to_zero_grace_s"], ge=0, le=3600,
         description="with min 0: idle this long (no request in flight) before going to 0")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict,
+                                json_schema_extra={"propertyNames": replica_env.NAME_SCHEMA})
     deploy_timeout_s: float | None = Field(
         default=None, gt=0, le=MAX_DEPLOY_TIMEOUT_S,
         description="health-check deadline for this rollout")

@@ -34,10 +34,17 @@ class RouteSpec:
     status: int = 200
     summary: str = ""
     body_optional: bool = False
-    # Query parameters, for the OpenAPI document: (name, required).
-    query: tuple[tuple[str, bool], ...] = ()
+    # Query parameters, for the OpenAPI document: (name, required), or (name, required,
+    # JSON schema) where the handler takes less than any string (a default: a string, and
+    # a required one not empty).
+    query: tuple[tuple[str, bool] | tuple[str, bool, dict[str, Any]], ...] = ()
     # A body the handler streams itself (no request_model): its media types, for the document.
     raw_body: tuple[str, ...] = ()
+    # Another success status with the same answer: an idempotent replay's (the task made
+    # before), for the document.
+    replay_status: int | None = None
+    # The media type of the success answer, for the document.
+    response_media: str = "application/json"
 
 
 ROUTE_TABLE = web.AppKey("route_table", list)

@@ -179,11 +179,24 @@ async def register_model(request: web.Request) -> web.Response:
     return json_response(await catalog.describe(request.app[PG], model, call.principal), 201)
 
 
+FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A yes/no query parameter (absent: no); any other value is a 422."""
+    value = request.query.get(name)
+    if value is None:
+        return False
+    if value not in FLAGS:
+        raise ApiError(422, f"invalid request: {name} must be one of {', '.join(FLAGS)}")
+    return FLAGS[value]
+
+
 async def upload_model(request: web.Request) -> web.Response:
     """Upload the model's weights: a tar.gz or zip of a sentence-transformers folder."""
     call = call_of(request)
     assert call.model is not None
-    allow_pickle = request.query.get("allow_pickle", "").lower() in ("1", "true", "yes")
+    allow_pickle = _flag(request, "allow_pickle")
     if allow_pickle and not call.principal.is_admin:
         raise ApiError(403, "only administrators may allow pickled weights")
     model = await model_upload.upload(request.app[PG], request.app[SETTINGS], call.model,
@@ -265,7 +278,8 @@ ROUTES = [
     RouteSpec("DELETE", f"/api/v2/models/{MODEL}/permissions/{{username}}", revoke, OWNER,
               None, Empty, path_param("model_id"), summary="Revoke a grant"),
     RouteSpec("POST", f"/api/v2/models/{MODEL}/upload", upload_model, OWNER, None, ModelOut,
-              path_param("model_id"), query=(("allow_pickle", False),),
+              path_param("model_id"), query=(("allow_pickle", False,
+                      {"type": "string", "enum": [*FLAGS]}),),
               raw_body=("application/gzip", "application/zip", "application/octet-stream"),
               summary="Upload a model (tar.gz or zip of a sentence-transformers folder)"),
     RouteSpec("GET", f"/api/v2/models/{MODEL}", show_model, READ, None, ModelOut,

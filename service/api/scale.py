@@ -49,10 +49,11 @@ async def get_scale_task(request: web.Request) -> web.Response:
 
 ROUTES = [
     RouteSpec("POST", "/scale", post_scale, OWNER, TaskRequest, TaskResponse,
-              body_field("embedding_model_id"), 202, summary="Create a scale task"),
+              body_field("embedding_model_id"), 202, summary="Create a scale task",
+              replay_status=200),
     RouteSpec("GET", "/scale/{task_id}", get_scale_task, READ, None, TaskResponse,
               task_model(TaskKind.scale), summary="A scale task"),
     RouteSpec("POST", f"{PREFIX}/{MODEL}/scale", post_v2_scale, OWNER, ScaleRequest,
-              TaskResponse, path_param("model_id"), 202,
+              TaskResponse, path_param("model_id"), 202, replay_status=200,
               summary="Scale the serving generation to a replica count"),
 ]

@@ -107,14 +107,15 @@ def deploy_model() -> Locator:
 MODEL_REF = "{embedding_model_id:.+}"
 ROUTES = [
     RouteSpec("POST", "/deploy", post_deploy, OWNER, TaskRequest, TaskResponse,
-              deploy_model(), 202, summary="Create a deploy task"),
+              deploy_model(), 202, summary="Create a deploy task", replay_status=200),
     RouteSpec("GET", "/deploy/{task_id}", get_deploy_task, READ, None, TaskResponse,
               task_model(TaskKind.deploy), summary="A deploy task"),
     RouteSpec("GET", f"/deploy-status/{MODEL_REF}", get_deploy_status, READ, None,
               TaskResponse, path_param("embedding_model_id"),
               summary="The model's latest deploy task"),
     RouteSpec("POST", "/delete", post_delete, OWNER, TaskRequest, TaskResponse,
-              body_field("embedding_model_id"), 202, summary="Create a delete task"),
+              body_field("embedding_model_id"), 202, summary="Create a delete task",
+              replay_status=200),
     RouteSpec("GET", "/delete/{task_id}", get_delete_task, READ, None, TaskResponse,
               task_model(TaskKind.delete), summary="A delete task"),
     RouteSpec("GET", f"/delete-status/{MODEL_REF}", get_delete_status, READ, None,

@@ -90,7 +90,7 @@ async def set_disabled(pool: asyncpg.Pool, username: str, disabled: bool,
     if target is None:
         raise NotFound(f"user {username!r} not found")
     if disabled and target.id == caller_id:
-        raise Invalid("invalid request: an administrator cannot disable themselves")
+        raise Forbidden("not allowed: an administrator cannot disable themselves")
     changed = await users.set_disabled(pool, username, disabled)
     if changed is None:
         raise NotFound(f"user {username!r} not found")

@@ -14,15 +14,17 @@ from uuid import UUID
 import asyncpg
 
 from db import models
-from schemas.errors import Forbidden, Invalid
+from schemas.errors import Forbidden
 from schemas.models import PACKAGE_PREFIX, ModelSource
 from schemas.settings import Settings
 
 
-def _refused(reason: str) -> Invalid:
-    return Invalid(f"invalid request: source.location {reason}",
-                   [{"loc": ["body", "source", "location"], "msg": reason,
-                     "type": "value_error"}])
+def _refused(reason: str) -> Forbidden:
+    """A location this caller may not name: a rule of who may name what (an administrator
+    may), not of the document's shape, so 403 as for an image."""
+    return Forbidden(f"not allowed: source.location {reason}",
+                     [{"loc": ["body", "source", "location"], "msg": reason,
+                       "type": "forbidden"}])
 
 
 def store_root(settings: Settings) -> Path:
@@ -47,7 +49,7 @@ def store_model_id(settings: Settings, location: str) -> UUID | None:
 
 async def check(pool: asyncpg.Pool, settings: Settings, source: ModelSource, user_id: int,
                 is_admin: bool) -> None:
-    """403 for an image a non-admin may not choose; 422 for a location they may not name."""
+    """403 for an image or a location a non-admin may not choose."""
     if source.image and not is_admin and source.image not in settings.allowed_images:
         raise Forbidden(f"only administrators may choose a Docker image; "
                         f"allowed: {sorted(settings.allowed_images) or 'none'}")

@@ -81,7 +81,14 @@ def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
     message = exc.reason
     if exc.status == 413:
         message = "request body is too large"
-    return error_response(exc.status, message)
+    return with_allow(error_response(exc.status, message), exc)
+
+
+def with_allow(response: web.Response, exc: web.HTTPException) -> web.Response:
+    """A 405 keeps the methods the resource takes in `Allow` (RFC 9110, section 15.5.6)."""
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 # A header value fit to echo or pass on: visible ASCII and spaces, of a sane length (aiohttp

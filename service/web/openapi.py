@@ -40,12 +40,62 @@ def _request_schema(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, A
     return schema
 
 
+def _query_parameter(name: str, required: bool,
+                     schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A query parameter: a string (not empty if required) unless its schema says more."""
+    default: dict[str, Any] = {"type": "string"} | ({"minLength": 1} if required else {})
+    return {"name": name, "in": "query", "required": required, "schema": schema or default}
+
+
+# Postgres text cannot hold U+0000, so no string the API keeps may: the request refuses it
+# (service/web/parsing.py), and the document says so on every string it describes.
+NO_NUL = "^[^\\u0000]*$"
+
+
+def _refuse_nul(schema: Any) -> None:
+    """Add NO_NUL to each string schema (and each object's property names) under `schema`
+    that has no pattern, enum or const of its own: what a request keeps holds no NUL."""
+    if isinstance(schema, list):
+        for item in schema:
+            _refuse_nul(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    types = schema.get("type")
+    is_string = types == "string" or (isinstance(types, list) and "string" in types)
+    if is_string and not {"pattern", "enum", "const", "format"} & set(schema):
+        schema["pattern"] = NO_NUL
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema.setdefault("propertyNames", {"pattern": NO_NUL})
+    for key, value in schema.items():
+        if key not in ("example", "examples", "default", "const", "enum"):
+            _refuse_nul(value)
+
+
+def _referenced(schema: Any, defs: dict[str, Any], found: set[str] | None = None) -> set[str]:
+    """The names of the components `schema` refers to, directly or through others."""
+    found = set() if found is None else found
+    if isinstance(schema, list):
+        for item in schema:
+            _referenced(item, defs, found)
+    elif isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and (name := ref.rsplit("/", 1)[-1]) not in found:
+            found.add(name)
+            _referenced(defs.get(name), defs, found)
+        for value in schema.values():
+            _referenced(value, defs, found)
+    return found
+
+
 def _operation(spec: RouteSpec, defs: dict[str, Any]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "success"}
     if spec.response_model is not None:
-        ok["content"] = {"application/json": {"schema": _schema(spec.response_model, defs)}}
+        ok["content"] = {spec.response_media: {"schema": _schema(spec.response_model, defs)}}
     error = {"$ref": _REF.format(model="ErrorBody")}
-    responses = {str(spec.status): ok} | {
+    replay = {str(spec.replay_status): ok | {"description": "the task an earlier request with "
+                                                          "this idempotency key made"}}
+    responses = {str(spec.status): ok} | (replay if spec.replay_status else {}) | {
         code: {"description": text, "content": {"application/json": {"schema": error}}}
         for code, text in _ERRORS.items()
     }
@@ -54,13 +104,14 @@ def _operation(spec: RouteSpec, defs: dict[str, Any]) -> dict[str, Any]:
         "summary": spec.summary or (spec.handler.__doc__ or "").strip().split("\n")[0],
         "responses": responses,
         "parameters": [{"name": name, "in": "path", "required": True,
-                        "schema": {"type": "string"}} for name in _PARAM.findall(spec.path)]
-        + [{"name": name, "in": "query", "required": required, "schema": {"type": "string"}}
-           for name, required in spec.query],
+                        "schema": {"type": "string", "minLength": 1}}
+                       for name in _PARAM.findall(spec.path)]
+        + [_query_parameter(*param) for param in spec.query],
     }
     if spec.access.caller is not Caller.anyone:
-        # A lenient route also takes a call without a token.
-        optional = spec.access.caller is Caller.lenient
+        # A lenient route, and one whose model decides (a public deployment's inference),
+        # also takes a call without a token.
+        optional = spec.access.caller in (Caller.lenient, Caller.token_if_any)
         op["security"] = [{"bearer": []}, {}] if optional else [{"bearer": []}]
     if spec.request_model is not None:
         op["requestBody"] = {"required": not spec.body_optional, "content": {
@@ -80,6 +131,10 @@ def build(routes: list[RouteSpec]) -> dict[str, Any]:
         operation = _operation(spec, defs)
         add_examples(operation, spec.method, path)
         paths.setdefault(path, {})[spec.method.lower()] = operation
+    requests = [part for methods in paths.values() for operation in methods.values()
+                for part in (operation.get("parameters"), operation.get("requestBody"))]
+    for part in requests + [defs[name] for name in _referenced(requests, defs)]:
+        _refuse_nul(part)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Greenroom", "version": "0.1.0",

@@ -1,6 +1,7 @@
 """Turn request bodies into pydantic models, and their failures into 400/422 errors."""
 
 import json
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -27,20 +28,36 @@ async def read_json(request: web.Request) -> Any:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "request body is not valid JSON", str(exc)) from None
-    if b"u0000" in raw and _has_nul(data):
-        raise ApiError(422, "invalid request: strings must not contain the NUL character")
     return data
 
 
 def _has_nul(value: Any) -> bool:
-    """Postgres text and jsonb cannot hold U+0000; refuse it at the door."""
+    """Postgres text and jsonb cannot hold U+0000; what a request keeps must not hold it."""
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
         return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
+    if isinstance(value, list | tuple | set | frozenset):
         return any(_has_nul(v) for v in value)
     return False
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _as_json_schema_reads(value: Any) -> Any:
+    """The body as JSON Schema reads it: `integer` takes 2.0 as it takes 2, and a lone
+    surrogate escape (`"\\ud800"`, which no UTF-8 text and so no Postgres column can
+    hold) reads as U+FFFD, as a WHATWG decoder reads it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_as_json_schema_reads(k): _as_json_schema_reads(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json_schema_reads(v) for v in value]
+    return value
 
 
 def refuse_nul_in_url(request: web.Request) -> None:
@@ -53,13 +70,20 @@ def refuse_nul_in_url(request: web.Request) -> None:
 
 
 def validate(model: type[M], data: Any) -> M:
+    """The body as `model`, validated as the document states it: JSON types taken strictly
+    (no `0` for false, no `"5"` for 5, as the published JSON Schema), and no NUL in any
+    string the model keeps (the document's string patterns exclude it; a field the model
+    ignores is not looked at)."""
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate_json(json.dumps(_as_json_schema_reads(data)), strict=True)
     except ValidationError as exc:
         problems = _problems(exc)
         first = problems[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise ApiError(422, f"invalid request: {where}: {first['msg']}", problems) from None
+    if _has_nul(parsed.model_dump()):
+        raise ApiError(422, "invalid request: strings must not contain the NUL character")
+    return parsed
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:

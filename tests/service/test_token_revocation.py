@@ -146,7 +146,7 @@ async def test_a_disabled_user_cannot_log_in_and_their_tokens_and_api_keys_stop_
 
     status, body = await call(http, "PUT", f"{api}{V2}/users/admin/status",
                               headers=admin_headers, json={"disabled": True})
-    assert status == 422 and "cannot disable themselves" in body["message"]
+    assert status == 403 and "cannot disable themselves" in body["message"]
     status, _ = await call(http, "PUT", f"{api}{V2}/users/nobody/status",
                            headers=admin_headers, json={"disabled": True})
     assert status == 404
