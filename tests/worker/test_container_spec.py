@@ -1,6 +1,7 @@
 """The replica's container spec, written once, and what each runtime's translator makes of
 it: the Docker Engine's create-container body and the Swarm service's TaskTemplate. Fast,
-no Docker Engine (tests/worker/test_docker_runtime.py and test_swarm_runtime.py start the real containers and services)."""
+no Docker Engine (tests/worker/test_docker_runtime.py and test_swarm_runtime.py start the
+real containers and services)."""
 
 from pathlib import Path
 from uuid import UUID
