@@ -32,6 +32,7 @@ from schemas.tasks import (
     TaskStatus,
     model_id_shaped,
 )
+from worker import replica_count
 from worker import replicas as lifecycle
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
@@ -40,7 +41,6 @@ from worker.health import ReplicaFailed, wait_all_ready
 from worker.onnx_variant import record_agreement
 from worker.publish import publish_routes
 from worker.runtimes.base import RuntimeError_, StartedReplica
-from worker.scaling import replica_count
 
 log = structlog.get_logger(__name__)
 LOG_TAIL_LINES = 20

@@ -12,12 +12,12 @@ import asyncpg
 from aiohttp import web
 
 from db import api_keys, deployments, users
+from edge.auth.principal_cache import PRINCIPALS
+from edge.keys import PG, SETTINGS
 from schemas.auth import ANONYMOUS, Principal
 from schemas.errors import Unauthorized
 from schemas.settings import Settings
 from schemas.tokens import Claims, InvalidToken, decode, weak_secret_reason
-from service.auth.principal_cache import PRINCIPALS
-from service.keys import PG, SETTINGS
 
 API_KEY_PREFIX = "gr_"
 

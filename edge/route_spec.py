@@ -1,0 +1,39 @@
+"""A route of a surface, as a `RouteSpec`: what it takes, what it answers, who may call it.
+
+A spec names an `Access` (edge/auth/rules.py); `register` (edge/routes.py) adds its handler
+behind the guard (edge/guard.py) and records it in the app's route table, which the OpenAPI
+document (edge/openapi.py) and the authorisation-matrix test read. The spec is data only,
+so the guard reads it without importing the table that imports the guard.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from edge.auth.locators import Locator
+from edge.auth.rules import Access
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One route of a surface: what it takes, what it answers and who may call it."""
+
+    method: str
+    path: str
+    handler: Handler
+    access: Access
+    request_model: type[BaseModel] | None = None
+    response_model: Any = None
+    locate: Locator | None = None
+    status: int = 200
+    summary: str = ""
+    body_optional: bool = False
+    # Query parameters, for the OpenAPI document: (name, required).
+    query: tuple[tuple[str, bool], ...] = ()
+    # A body the handler streams itself (no request_model): its media types, for the document.
+    raw_body: tuple[str, ...] = ()
