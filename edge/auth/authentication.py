@@ -2,7 +2,7 @@
 
 No token is ANONYMOUS; a malformed, unknown, revoked or expired one is `Unauthorized`.
 A user's token is looked up at most once a second per API process
-(service/auth/principal_cache.py).
+(edge/auth/principal_cache.py).
 """
 
 import hashlib
