@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
@@ -40,7 +39,6 @@ from gateway.routing import Gateway
 from schemas.errors import Invalid, Malformed, tei_error_type
 from schemas.settings import Settings
 
-log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # TEI's routes for embedding models, as a replica serves them: (method, path at the replica).
