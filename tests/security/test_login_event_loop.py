@@ -69,7 +69,7 @@ def _in_own_thread(fn: Callable[..., list[float]], *args: object) -> "asyncio.Fu
     def run() -> None:
         try:
             result = fn(*args)
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the awaiting test
             loop.call_soon_threadsafe(done.set_exception, exc)
         else:
             loop.call_soon_threadsafe(done.set_result, result)
