@@ -21,6 +21,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml ./
 COPY schemas ./schemas
 COPY db ./db
+COPY edge ./edge
 COPY service ./service
 COPY gateway ./gateway
 COPY launch ./launch

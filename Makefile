@@ -26,12 +26,14 @@ TEST_WORKERS ?= 4
 test: $(STAMP)
 	TEST_WORKERS=$(TEST_WORKERS) bash tests/run.sh $(PYTEST_ARGS)
 
-# What CI runs (.ci/run): ruff, and mypy --strict on every package.
-PACKAGES := db schemas service gateway launch worker model_server greenroom_client
+# What CI runs (.ci/run): ruff, mypy --strict on every package, and the import contracts
+# ([tool.importlinter] in pyproject.toml: which package may import which, no circles).
+PACKAGES := db schemas edge service gateway launch worker model_server greenroom_client
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict $(PACKAGES)
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/control_plane.py

@@ -45,6 +45,7 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from db import quotas, tasks, users
+from edge.keys import PG
 from launch import backing
 from schemas.models import ModelSource
 from schemas.settings import Settings
@@ -53,7 +54,7 @@ from schemas.tokens import issue_user_token
 from service.app import create_app
 from service.domain import tasks as task_service
 from service.domain.registration import register
-from service.keys import PG, REDIS
+from service.keys import REDIS
 from worker.runtimes.process import free_port
 
 MODELS = 100

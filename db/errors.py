@@ -5,13 +5,24 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from schemas.errors import Unavailable
+
 
 class DatabaseError(Exception):
     """Root of every error raised by db/."""
 
 
-class Unavailable(DatabaseError):
-    """Postgres could not be reached."""
+class DatabaseUnavailable(DatabaseError, Unavailable):
+    """Postgres could not be reached: to a caller, the domain's `Unavailable` (a 503, try
+    again shortly) with a message of its own, never the driver's words, which `str()`
+    keeps for the logs."""
+
+    def __init__(self, reason: str) -> None:
+        Unavailable.__init__(self, "database unavailable, try again shortly")
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class UniqueViolation(DatabaseError):
@@ -34,4 +45,4 @@ async def translated() -> AsyncIterator[None]:
             asyncpg.exceptions.OperatorInterventionError) as exc:
         # Server gone, restarting (57P01 admin shutdown, 57P03 cannot connect now) or
         # the connection broke mid-query: all mean "try again shortly".
-        raise Unavailable(str(exc) or type(exc).__name__) from exc
+        raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc

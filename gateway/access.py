@@ -16,12 +16,12 @@ from uuid import UUID
 from aiohttp import web
 
 from db import models
+from edge.auth.authentication import authenticate
+from edge.auth.locators import deployment_not_found
+from edge.auth.permissions import knows_of, permission_on
+from edge.keys import PG
 from schemas.auth import Permission
 from schemas.errors import Forbidden, GreenroomError, Unauthorized
-from service.auth.authentication import authenticate
-from service.auth.locators import deployment_not_found
-from service.auth.permissions import knows_of, permission_on
-from service.keys import PG
 
 MAX_ENTRIES = 10_000
 _Entry = tuple[float, GreenroomError | None]

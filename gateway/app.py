@@ -15,34 +15,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from db.deployments import Route
-from db.errors import Unavailable
 from db.pool import create_pool
+from edge.auth.authentication import authenticate, require_secret
+from edge.auth.locators import deployment_not_found
+from edge.auth.principal_cache import principal_cache_ctx
+from edge.auth.rules import INFERENCE, PUBLIC
+from edge.errors import error_middleware
+from edge.keys import PG, SERVING_ROUTES, SETTINGS
+from edge.metrics import exposition
+from edge.openapi import openapi_json
+from edge.route_spec import RouteSpec
+from edge.routes import ROUTE_TABLE, register
 from gateway import feedback, metrics_access
 from gateway.access import AccessCache
 from gateway.hold import Holds
+from gateway.keys import ACCESS, GATEWAY, GATEWAY_REDIS
 from gateway.routing import Gateway
-from schemas.errors import GreenroomError, Invalid, Malformed, tei_error_type
+from schemas.errors import Invalid, Malformed, tei_error_type
 from schemas.settings import Settings
-from service.auth.authentication import authenticate, require_secret
-from service.auth.locators import deployment_not_found
-from service.auth.principal_cache import principal_cache_ctx
-from service.auth.rules import INFERENCE, PUBLIC
-from service.keys import GATEWAY, PG, SETTINGS
-from service.metrics import exposition
-from service.routes import ROUTE_TABLE, RouteSpec, register
-from service.web.errors import ApiError, as_api_error, with_allow
-from service.web.openapi import openapi_json
 
-log = structlog.get_logger(__name__)
-ACCESS = web.AppKey("access", AccessCache)
-GATEWAY_REDIS = web.AppKey("gateway_redis", Redis)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # TEI's routes for embedding models, as a replica serves them: (method, path at the replica).
@@ -53,35 +50,15 @@ TEI_GET = ("health", "info", "metrics")
 # ---- errors in each surface's shape ----
 
 
-def error_response(path: str, status: int, message: str, detail: Any = None) -> web.Response:
+def surface_error(request: web.Request, status: int, message: str,
+                  detail: Any = None) -> web.Response:
+    """The error body, with TEI's fields under /serve and OpenAI's on /v1/embeddings."""
     body: dict[str, Any] = {"status_code": status, "message": message, "detail": detail}
-    if path.startswith("/serve/"):
+    if request.path.startswith("/serve/"):
         body |= {"error": message, "error_type": tei_error_type(status)}
-    elif path == "/v1/embeddings":
+    elif request.path == "/v1/embeddings":
         body |= {"code": status, "type": tei_error_type(status)}
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure as the JSON error body; lighter than the API's (no per-request id)."""
-    try:
-        return await handler(request)
-    except (ApiError, GreenroomError) as exc:
-        error = as_api_error(exc) if isinstance(exc, GreenroomError) else exc
-        response = error_response(request.path, error.status, error.message, error.detail)
-        response.headers.update(error.headers)  # Retry-After of a request held too long
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = "request body is too large" if exc.status == 413 else exc.reason
-        return with_allow(error_response(request.path, exc.status, message), exc)
-    except Unavailable:
-        return error_response(request.path, 503, "database unavailable, try again shortly")
-    except Exception:
-        log.exception("gateway_error", path=request.path, method=request.method)
-        return error_response(request.path, 500, "internal error")
 
 
 # ---- the data-plane routes ----
@@ -166,7 +143,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format: requests, latency and upstream errors per deployment, in flight
-    per replica (service/metrics.py). Loopback callers only, or GREENROOM_METRICS_TOKEN."""
+    per replica (gateway/metrics.py). Loopback callers only, or GREENROOM_METRICS_TOKEN."""
     metrics_access.check(request, request.app[SETTINGS])
     body = exposition(request.app[GATEWAY].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -209,6 +186,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     gateway.on_auth_change.append(app[ACCESS].clear)
     await gateway.start()
     app[GATEWAY] = gateway
+    app[SERVING_ROUTES] = gateway  # the guard's view of it (edge/guard.py)
     yield
     await gateway.close()
     await app[GATEWAY_REDIS].aclose()
@@ -218,6 +196,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def create_gateway_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     require_secret(settings)  # it verifies the same tokens the API signs
+    # Lighter than the API's: no per-request id on the hot path.
+    errors = error_middleware(surface_error, request_ids=False)
     app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[ACCESS] = AccessCache(settings.access_cache_ttl_s)

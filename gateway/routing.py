@@ -26,9 +26,12 @@ from redis.exceptions import RedisError
 from db import deployments
 from db.deployments import Route
 from db.errors import DatabaseError
+from edge.auth.locators import deployment_not_found
+from edge.errors import HEADER_VALUE
 from gateway.hold import Holds
 from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
+from gateway.metrics import GatewayMetrics
 from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
 from schemas import replica_auth
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
@@ -40,9 +43,6 @@ from schemas.queue import (
     LOAD_CHANNEL,
     ROUTES_CHANNEL,
 )
-from service.auth.locators import deployment_not_found
-from service.metrics import GatewayMetrics
-from service.web.errors import HEADER_VALUE
 
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 3

@@ -3,16 +3,14 @@ and the API commands (login, models, deploy, delete, status, tasks, logs, scale,
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from aiohttp import web
 from pydantic import ValidationError
 
-from greenroom_client.cli import add_commands, extend_register
+from launch.cli_api import add_commands, extend_register
 from launch.cli_errors import user_errors
 from launch.stack_state import settings_with_stack
 from schemas.logs import configure_logging
@@ -26,16 +24,9 @@ def _exec_module(module: str, *args: str) -> None:
 
 
 def cmd_api(settings: Settings, _: argparse.Namespace) -> None:
-    from service.app import create_app
+    from service.server import serve
 
-    # uvloop's event loop where installed (a base dependency): the control plane's hot
-    # paths (task polling, accepts) are socket I/O to clients, Postgres and Redis.
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port,
-                print=None, access_log=None)
+    serve(settings)
 
 
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
@@ -68,7 +59,7 @@ async def _register(settings: Settings, args: argparse.Namespace) -> str:
 
 def cmd_models_register(settings: Settings, args: argparse.Namespace) -> None:
     if args.owner is None:  # the user's form: over HTTP, as whoever is logged in
-        from greenroom_client.cli import models_register, run
+        from launch.cli_api import models_register, run
 
         args.model_name = args.model_name or args.name
         if not args.model_name:
@@ -186,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = settings_with_stack(settings)
     configure_logging(settings.log_level, settings.log_json)
     if getattr(args, "api", None) is not None:
-        from greenroom_client.cli import run
+        from launch.cli_api import run
 
         run(settings, args)
     with user_errors(args.command, settings):

@@ -4,7 +4,7 @@ No registry is reachable where Greenroom is developed and tested, so the image i
 built from a base image: a root filesystem is assembled from this machine's Python
 (interpreter, standard library, the installed distributions the model server needs, and
 the shared libraries all of them link against, found with ldd) plus this repository's
-`model_server` and `schemas` packages, and streamed into `docker import`. Users with a
+`model_server` package, and streamed into `docker import`. Users with a
 registry build the root `Dockerfile` instead.
 """
 
@@ -35,7 +35,7 @@ INPUTS_LABEL = "io.greenroom.image-inputs"
 BUILDER_VERSION = "2"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_PACKAGES = ("model_server", "schemas")
+SOURCE_PACKAGES = ("model_server",)  # it imports no other package (pyproject: importlinter)
 # What `model_server` imports; everything they require is found from their metadata.
 SERVER_REQUIREMENTS = ("aiohttp", "pydantic", "pydantic-settings", "numpy", "orjson",
                        "prometheus-client", "structlog")

@@ -14,9 +14,9 @@ import structlog
 from aiohttp import web
 
 from model_server import __version__, budget, test_knobs
-from model_server.backends import Embedder, load_backend, normalize_rows
+from model_server.backends import Embedder, normalize_rows
 from model_server.batcher import Batcher
-from model_server.config import Settings
+from model_server.config import GATEWAY_SECRET_HEADER, Settings
 from model_server.embedding import (
     DecodeRequest,
     EmbedAllRequest,
@@ -40,12 +40,11 @@ from model_server.errors import (
     PayloadTooLarge,
     QueueFull,
     ShuttingDown,
+    tei_error_type,
 )
-from model_server.lifecycle import Loader, ModelState, load_and_warm
+from model_server.lifecycle import Loader, ModelState, load_and_warm, load_backend
 from model_server.metrics import Metrics
 from model_server.tokens import check_ids, texts_from, token_vectors, tokenizer_for
-from schemas.errors import tei_error_type
-from schemas.replica_auth import HEADER as SECRET_HEADER
 
 STATE = web.AppKey("state", ModelState)
 Tei = TypeVar("Tei", bound=TeiInputs)
@@ -293,7 +292,7 @@ def _require_gateway(request: web.Request) -> None:
     secret = request.app[STATE].settings.gateway_secret
     if secret is None or request.path in OPEN_PATHS:
         return
-    shown = request.headers.get(SECRET_HEADER, "")
+    shown = request.headers.get(GATEWAY_SECRET_HEADER, "")
     if not hmac.compare_digest(shown.encode("latin-1", "replace"),
                                secret.get_secret_value().encode()):
         raise NotFromGateway("this replica answers only Greenroom's gateways")

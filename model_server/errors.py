@@ -58,3 +58,16 @@ class NotFromGateway(ModelServerError):
     """A request without this replica's gateway secret (schemas/replica_auth.py)."""
 
     status = 401
+
+
+def tei_error_type(status: int) -> str:
+    """TEI's `error_type` for an HTTP status without a more precise one.
+
+    The gateway answers its /serve routes in the same shape with schemas/errors.py's copy:
+    the model server imports no other package of Greenroom (its image holds this package
+    alone), and tests/model_server/test_wire_contract.py keeps the two equal."""
+    if status == 429:
+        return "Overloaded"
+    if status == 503:
+        return "Unhealthy"
+    return "Backend" if status >= 500 else "Validation"

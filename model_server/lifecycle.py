@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from model_server.backends import Embedder
+from model_server.backends import (
+    HASHING_MAX_INPUT_LENGTH,
+    Embedder,
+    HashingEmbedder,
+    SentenceTransformerBackend,
+    resolve_model_dir,
+)
 from model_server.batcher import Batcher
 from model_server.config import Settings
 from model_server.errors import NotReady
@@ -17,6 +23,25 @@ Loader = Callable[[Settings], Awaitable[Embedder]]
 WARM_UP_TEXT = "Warm-up pass of the model server."
 
 log = structlog.get_logger("model_server")
+
+
+async def load_backend(settings: Settings) -> Embedder:
+    """Load the configured backend without blocking the event loop."""
+    if settings.backend == "hashing":
+        await asyncio.sleep(settings.startup_delay_s)
+        length = settings.max_input_length or HASHING_MAX_INPUT_LENGTH
+        return HashingEmbedder(settings.dimension, length)
+    model_dir = resolve_model_dir(settings.model)
+    if settings.backend == "onnx":
+        from model_server.onnx_backend import load_onnx  # ONNX Runtime only when asked for
+
+        return await asyncio.to_thread(load_onnx, model_dir, settings)
+    return await asyncio.to_thread(
+        SentenceTransformerBackend.load,
+        model_dir,
+        settings.max_input_length,
+        settings.num_threads,
+    )
 
 
 @dataclass

@@ -3,7 +3,7 @@
 One root, `GreenroomError`, and a kind per way a request can fail (not found, conflict,
 invalid, forbidden, ...). Code below the handlers says *what* went wrong; which HTTP
 status and JSON error body that becomes is decided in one place, the error middleware
-(service/web/errors.py, used by the API and the gateway). The `greenroom` command catches
+(edge/errors.py, used by the API and the gateway). The `greenroom` command catches
 these kinds directly. They live in schemas/ because every process imports schemas/ and
 nothing here imports a web framework.
 """
@@ -71,7 +71,8 @@ class TooManyRequests(RetryLater):
 
 
 class Unavailable(RetryLater):
-    """A part this request needs is not ready (a worker, a replica starting)."""
+    """A part this request needs is not ready (a worker, a replica starting) or cannot be
+    reached (Postgres: db.errors.DatabaseUnavailable)."""
 
 
 class UpstreamTimeout(GreenroomError):

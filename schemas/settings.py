@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     store_min_free_mb: int = 2048
     store_min_free_percent: float = 5.0
 
-    # Failed logins (service/auth/login_throttle.py), per (username, address): this many
+    # Failed logins (service/domain/login_throttle.py), per (username, address): this many
     # wrong passwords are free, then each one makes the next wait
     # min(base * 2**(n - free - 1), max) seconds (429 with Retry-After, unchecked, for logins
     # from that address); the user's right password from any other address passes.

@@ -5,7 +5,7 @@ replica: one model, one generation, alive while that generation is) and `update`
 (returned by the save endpoint: one model, one hour). All are HS256 JWTs signed with a
 key derived from GREENROOM_SECRET_KEY, never with the raw secret. A user token carries its
 user's token version (`ver`): bumping the version in the database revokes every token
-issued before (service/auth/authentication.py checks it).
+issued before (edge/auth/authentication.py checks it).
 
 The secret must be at least `MIN_SECRET_BYTES` random bytes: with a short or guessable one,
 anybody holding one token can find the key offline and forge an administrator's.

@@ -1,3 +1,3 @@
-from launch.cli import main
+from service.server import main
 
-main(["api"])
+main()

@@ -7,20 +7,21 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
 from db.pool import create_pool
+from edge.auth.authentication import require_secret
+from edge.auth.principal_cache import principal_cache_ctx
+from edge.errors import error_middleware
+from edge.keys import PG, SETTINGS
+from edge.routes import register
 from schemas.file_modes import private_dir
 from schemas.queue import QUEUE_NAME, decode_job, encode_job
 from schemas.settings import Settings
 from service.api import bazaar_v1, bazaar_v2, docs, health, quotas, registry, scale, tasks
-from service.auth.authentication import require_secret
-from service.auth.login_throttle import LoginThrottle
-from service.auth.principal_cache import principal_cache_ctx
 from service.console import setup as setup_console
 from service.domain import upload_lease
+from service.domain.login_throttle import LoginThrottle
 from service.domain.passwords import Passwords
-from service.keys import LOGIN_THROTTLE, METRICS, PASSWORDS, PG, REDIS, SETTINGS
+from service.keys import LOGIN_THROTTLE, METRICS, PASSWORDS, REDIS
 from service.metrics import ApiMetrics
-from service.routes import register
-from service.web.errors import error_middleware
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     require_secret(settings)  # fail at start, not at the first login
     metrics = ApiMetrics()
-    app = web.Application(middlewares=[metrics.middleware(), error_middleware],
+    app = web.Application(middlewares=[metrics.middleware(), error_middleware()],
                           client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[LOGIN_THROTTLE] = LoginThrottle(

@@ -64,7 +64,7 @@ async def startup(arq_ctx: dict[str, Any]) -> None:
                                                         settings.worker_metrics_host,
                                                     settings.worker_metrics_port)
     arq_ctx["reconciler"] = asyncio.create_task(reconciler.run_forever(ctx))
-    arq_ctx["autoscaler"] = asyncio.create_task(autoscaler.run_forever(ctx))
+    arq_ctx["autoscaler"] = asyncio.create_task(autoscaler.run_forever(ctx, run_task))
     log.info("worker_started", worker=ctx.worker_id, runtime=ctx.runtime.name,
              cluster=settings.cluster)
 

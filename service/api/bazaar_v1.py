@@ -4,6 +4,14 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from edge.auth.authentication import require_secret
+from edge.auth.locators import body_field, path_param, query_param
+from edge.auth.rules import OPTIONAL_ON_MODEL, OWNER, READ
+from edge.errors import ApiError, as_api_error
+from edge.guard import call_of
+from edge.keys import PG, SETTINGS
+from edge.responses import envelope, json_response
+from edge.route_spec import RouteSpec
 from schemas.auth import Permission
 from schemas.bazaar import (
     AssociateOut,
@@ -18,16 +26,9 @@ from schemas.bazaar import (
     UpvoteOut,
 )
 from schemas.tasks import DeploymentConfig
-from service.auth.authentication import require_secret
-from service.auth.guard import call_of
-from service.auth.locators import body_field, path_param, query_param
-from service.auth.rules import OPTIONAL_ON_MODEL, OWNER, READ
 from service.domain import bazaar, feedback
 from service.domain.quotas import QuotaError
-from service.keys import PG, REDIS, SETTINGS
-from service.routes import RouteSpec
-from service.web.errors import ApiError, as_api_error
-from service.web.responses import envelope, json_response
+from service.keys import REDIS
 
 PREFIX = "/api/v1/deploy"
 MAX_PER_EVENT = 1000

@@ -2,6 +2,15 @@
 
 from aiohttp import web
 
+from edge.auth.authentication import require_secret
+from edge.auth.locators import path_param
+from edge.auth.rules import JOB, JOB_MODEL, OWNER, READ, UPDATE
+from edge.errors import ApiError
+from edge.guard import call_of
+from edge.keys import PG, SETTINGS
+from edge.parsing import idempotency_key
+from edge.responses import json_response
+from edge.route_spec import RouteSpec
 from schemas.bazaar import (
     DeployRequest,
     Empty,
@@ -14,16 +23,8 @@ from schemas.bazaar import (
     UpdateStatusRequest,
 )
 from schemas.tokens import issue_update_token
-from service.auth.authentication import require_secret
-from service.auth.guard import call_of
-from service.auth.locators import path_param
-from service.auth.rules import JOB, JOB_MODEL, OWNER, READ, UPDATE
 from service.domain import bazaar, model_sources
-from service.keys import PG, REDIS, SETTINGS
-from service.routes import RouteSpec
-from service.web.errors import ApiError
-from service.web.parsing import idempotency_key
-from service.web.responses import json_response
+from service.keys import REDIS
 
 PREFIX = "/api/v2/deploy"
 MODEL = "{model_id:[^/]+(?:/[^/]+)?}"

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.auth.rules import PUBLIC
-from service.keys import SETTINGS
-from service.routes import RouteSpec, register
-from service.web.static_files import StaticFiles
+from edge.auth.rules import PUBLIC
+from edge.keys import SETTINGS
+from edge.route_spec import RouteSpec
+from edge.routes import register
+from edge.static_files import StaticFiles
 
 STATIC = Path(__file__).resolve().parent.parent / "static" / "swagger-ui"
 STATIC_PREFIX = "/docs/static"

@@ -7,12 +7,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
+from edge.auth.rules import PUBLIC
+from edge.keys import PG
+from edge.metrics import exposition
+from edge.openapi import openapi_json
+from edge.route_spec import RouteSpec
+from edge.routes import register
 from schemas.queue import WORKER_KEY_PREFIX
-from service.auth.rules import PUBLIC
-from service.keys import METRICS, PG, REDIS
-from service.metrics import exposition
-from service.routes import RouteSpec, register
-from service.web.openapi import openapi_json
+from service.keys import METRICS, REDIS
 
 PROBE_TIMEOUT_S = 1.0
 

@@ -2,13 +2,13 @@
 
 from aiohttp import web
 
+from edge.auth.rules import ADMIN, USER
+from edge.guard import call_of
+from edge.keys import PG, SETTINGS
+from edge.responses import json_response
+from edge.route_spec import RouteSpec
 from schemas.quotas import QuotaLimits, UsageResponse
-from service.auth.guard import call_of
-from service.auth.rules import ADMIN, USER
 from service.domain import quotas
-from service.keys import PG, SETTINGS
-from service.routes import RouteSpec
-from service.web.responses import json_response
 
 
 async def my_usage(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
 """Accounts and the model registry under /api/v2: users, login, API keys, models, grants."""
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -8,6 +9,15 @@ from aiohttp import web
 from db import api_keys, models, permissions, users
 from db.api_keys import ApiKey
 from db.users import User
+from edge.auth.authentication import require_secret
+from edge.auth.locators import path_param
+from edge.auth.principal_cache import PRINCIPALS
+from edge.auth.rules import ADMIN, OWNER, PUBLIC, READ, USER
+from edge.errors import ApiError
+from edge.guard import call_of
+from edge.keys import PG, SETTINGS
+from edge.responses import json_response
+from edge.route_spec import RouteSpec
 from schemas.auth import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -25,17 +35,9 @@ from schemas.auth import (
 from schemas.bazaar import Empty
 from schemas.errors import Forbidden, Unauthorized
 from schemas.models import ModelCreate
-from schemas.queue import AccessChange
-from service.auth.authentication import require_secret
-from service.auth.events import announce_access_change
-from service.auth.guard import call_of
-from service.auth.locators import path_param
-from service.auth.rules import ADMIN, OWNER, PUBLIC, READ, USER
+from schemas.queue import AUTH_CHANNEL, AccessChange, AccessChanged
 from service.domain import accounts, catalog, model_upload
-from service.keys import LOGIN_THROTTLE, PASSWORDS, PG, SETTINGS
-from service.routes import RouteSpec
-from service.web.errors import ApiError
-from service.web.responses import json_response
+from service.keys import LOGIN_THROTTLE, PASSWORDS, REDIS
 
 T = TypeVar("T")
 MODEL = "{model_id:[^/]+(?:/[^/]+)?}"
@@ -51,9 +53,20 @@ def _key_out(key: ApiKey) -> ApiKeyOut:
                      revoked_at=key.revoked_at, created_at=key.created_at)
 
 
+
+async def announce_access_change(app: web.Application, what: AccessChange) -> None:
+    """Tell every gateway (and API) that access changed, so cached decisions are dropped
+    now. Best effort: if Redis cannot take the message, the caches still expire within
+    `access_cache_ttl_s` (1 s by default)."""
+    cache = app.get(PRINCIPALS)
+    if cache is not None:
+        cache.clear()  # this process at once, before its next request
+    with contextlib.suppress(Exception):
+        await app[REDIS].publish(AUTH_CHANNEL, AccessChanged(what).encode())
+
 async def _throttled(request: web.Request, username: str,
                      check: Callable[[], Awaitable[T]]) -> T:
-    """Run a password check under the login throttle (service/auth/login_throttle.py): 429
+    """Run a password check under the login throttle (service/domain/login_throttle.py): 429
     while this (username, address) waits, then the address's budget, then the check; a wrong
     password is counted against (username, address)."""
     throttle, address = request.app[LOGIN_THROTTLE], request.remote or "unknown"

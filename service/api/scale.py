@@ -2,17 +2,18 @@
 
 from aiohttp import web
 
+from edge.auth.locators import body_field, path_param
+from edge.auth.rules import OWNER, READ
+from edge.errors import ApiError
+from edge.guard import call_of
+from edge.keys import PG, SETTINGS
+from edge.parsing import idempotency_key
+from edge.route_spec import RouteSpec
 from schemas.tasks import ScaleRequest, TaskKind, TaskRequest, TaskResponse
 from service.api.bazaar_v2 import MODEL, PREFIX
 from service.api.tasks import _LOCATED_TASK, _json, task_model
-from service.auth.guard import call_of
-from service.auth.locators import body_field, path_param
-from service.auth.rules import OWNER, READ
 from service.domain import scaling
-from service.keys import PG, REDIS, SETTINGS
-from service.routes import RouteSpec
-from service.web.errors import ApiError
-from service.web.parsing import idempotency_key
+from service.keys import REDIS
 
 
 async def _answer(request: web.Request, replicas: int) -> web.Response:

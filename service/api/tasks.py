@@ -4,11 +4,7 @@ from aiohttp import web
 
 from db.quotas import OwnerQuota
 from db.tasks import Task
-from schemas.auth import Permission
-from schemas.log_tail import task_for_reader
-from schemas.tasks import TaskKind, TaskRequest, TaskResponse
-from service.auth.guard import call_of
-from service.auth.locators import (
+from edge.auth.locators import (
     CALLER,
     LOCATED_ACCESS,
     MISSING,
@@ -16,11 +12,17 @@ from service.auth.locators import (
     body_field,
     path_param,
 )
-from service.auth.rules import OWNER, READ
+from edge.auth.rules import OWNER, READ
+from edge.guard import call_of
+from edge.keys import PG, SETTINGS
+from edge.parsing import idempotency_key
+from edge.route_spec import RouteSpec
+from edge.routes import register
+from schemas.auth import Permission
+from schemas.log_tail import task_for_reader
+from schemas.tasks import TaskKind, TaskRequest, TaskResponse
 from service.domain import tasks as task_service
-from service.keys import PG, REDIS, SETTINGS
-from service.routes import RouteSpec, register
-from service.web.parsing import idempotency_key
+from service.keys import REDIS
 
 _LOCATED_TASK = web.RequestKey("located_task", Task)
 _OWNER_QUOTA = web.RequestKey("owner_quota", OwnerQuota)

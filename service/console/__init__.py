@@ -2,8 +2,8 @@
 
 from aiohttp import web
 
+from edge.routes import register
 from service.console import changes, pages, routes, traffic
-from service.routes import register
 
 
 def setup(app: web.Application) -> None:

@@ -19,9 +19,9 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from edge.keys import SETTINGS
 from schemas.console import CHANGES_CHANNEL, Change
 from schemas.errors import TooManyRequests
-from service.keys import SETTINGS
 
 log = structlog.get_logger(__name__)
 QUEUE_SIZE = 256

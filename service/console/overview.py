@@ -12,6 +12,7 @@ from db.events import Event
 from db.models import Model
 from db.overview import DeploymentRow
 from db.tasks import Task
+from edge.auth.permissions import permission_on
 from schemas.auth import Permission, Principal
 from schemas.console import (
     DeploymentDetail,
@@ -26,7 +27,6 @@ from schemas.errors import NotFound
 from schemas.gateway import Latency
 from schemas.log_tail import event_for_reader, task_for_reader
 from schemas.tasks import DeploymentConfig, replica_count
-from service.auth.permissions import permission_on
 from service.domain import tasks as task_service
 
 Level = Literal["read", "write", "owner"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.auth.rules import PUBLIC
-from service.routes import RouteSpec
-from service.web.static_files import StaticFiles
+from edge.auth.rules import PUBLIC
+from edge.route_spec import RouteSpec
+from edge.static_files import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
 HEADERS = {

@@ -12,6 +12,15 @@ from uuid import UUID
 from aiohttp import web
 
 from db import tasks
+from edge.auth.authentication import authenticate
+from edge.auth.locators import MISSING, path_param
+from edge.auth.principal_cache import PRINCIPALS
+from edge.auth.rules import READ, USER
+from edge.errors import ApiError
+from edge.guard import call_of
+from edge.keys import PG, SETTINGS
+from edge.responses import json_response
+from edge.route_spec import RouteSpec
 from schemas.auth import Principal
 from schemas.console import (
     Change,
@@ -22,18 +31,10 @@ from schemas.console import (
     TaskDetail,
 )
 from schemas.errors import NotFound, Unauthorized
-from service.auth.authentication import authenticate
-from service.auth.guard import call_of
-from service.auth.locators import MISSING, path_param
-from service.auth.principal_cache import PRINCIPALS
-from service.auth.rules import READ, USER
 from service.console import overview, traffic
 from service.console.changes import CLOSING, FEED, RESYNC
 from service.domain import bazaar
-from service.keys import PG, REDIS, SETTINGS
-from service.routes import RouteSpec
-from service.web.errors import ApiError
-from service.web.responses import json_response
+from service.keys import REDIS
 
 MODEL = "{model_id:[^/]+(?:/[^/]+)?}"
 HEARTBEAT_S = 15.0

@@ -9,10 +9,10 @@ from db import api_keys, users
 from db.api_keys import ApiKey
 from db.errors import UniqueViolation
 from db.users import User
+from edge.auth.authentication import API_KEY_PREFIX, hash_api_key
 from schemas.auth import ApiKeyCreate, UserCreate
 from schemas.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from schemas.tokens import USER_TOKEN_TTL, issue_user_token
-from service.auth.authentication import API_KEY_PREFIX, hash_api_key
 from service.domain.passwords import Passwords, hash_password
 
 __all__ = ["hash_password"]  # for the CLI and tests, which hash outside an event loop

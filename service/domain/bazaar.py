@@ -20,6 +20,7 @@ from db.deployments import Deployment
 from db.errors import UniqueViolation
 from db.models import Model
 from db.tasks import Task
+from edge.auth.permissions import user_permission_on
 from schemas import secrets
 from schemas.auth import Permission
 from schemas.bazaar import DeployStatus as StatusWord
@@ -42,7 +43,6 @@ from schemas.tasks import (
     TaskRequest,
     TaskStatus,
 )
-from service.auth.permissions import user_permission_on
 from service.domain import quotas, rate_limit
 from service.domain import tasks as task_service
 

@@ -8,11 +8,11 @@ import asyncpg
 from db import dependencies, models, permissions, users
 from db.errors import UniqueViolation
 from db.models import Model
+from edge.auth.permissions import permission_on
 from schemas.auth import GrantRequest, ModelOut, Permission, Principal
 from schemas.errors import Conflict, Invalid, NotFound
 from schemas.models import ModelCreate
 from schemas.settings import Settings
-from service.auth.permissions import permission_on
 from service.domain import model_sources, quotas
 
 

@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from db import models
-from db.errors import Unavailable
+from db.errors import DatabaseUnavailable
 from db.models import Model
 from db.pool import transaction
 from schemas.errors import Conflict, TooManyRequests
@@ -72,7 +72,7 @@ class UploadLease:
     async def _keep(self) -> None:
         while not self.lost:
             await asyncio.sleep(self.lease_s / 3)
-            with contextlib.suppress(Unavailable, OSError):
+            with contextlib.suppress(DatabaseUnavailable, OSError):
                 await self.renew()
 
     async def check(self) -> None:

@@ -153,7 +153,7 @@ def test_retry_after_reads_seconds_and_dates() -> None:
 
 
 def test_logs_follow_prints_only_lines_past_the_sliding_tail() -> None:
-    from greenroom_client.cli import _new_lines
+    from launch.cli_api import _new_lines
 
     assert _new_lines([], ["a", "b"]) == ["a", "b"]
     assert _new_lines(["a", "b", "c"], ["b", "c", "d", "e"]) == ["d", "e"]

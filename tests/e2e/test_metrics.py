@@ -237,10 +237,10 @@ def test_gateway_metrics_without_a_token_are_for_loopback_callers_only(
 
     from aiohttp.test_utils import make_mocked_request
 
+    from edge.errors import as_api_error
     from gateway import metrics_access
     from schemas.errors import Forbidden
     from schemas.settings import Settings
-    from service.web.errors import as_api_error
 
     transport = mock.Mock()
     transport.get_extra_info.return_value = (remote, 40000) if remote else None

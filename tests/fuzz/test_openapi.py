@@ -17,9 +17,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from edge.openapi import build
+from edge.routes import ROUTE_TABLE
 from schemas.settings import Settings
-from service.routes import ROUTE_TABLE
-from service.web.openapi import build
 from tests.conftest import Proc, wait_task
 
 MIN_REQUESTS = 1000

@@ -309,7 +309,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 # --- one serializer for every arq client ----------------------------------------------------
 
-_PRODUCT = ("service", "worker", "gateway", "launch", "schemas", "db", "bench")
+_PRODUCT = ("service", "edge", "worker", "gateway", "launch", "schemas", "db", "bench")
 _ARQ_CLIENTS = {"ArqRedis", "create_pool", "create_arq_pool", "Worker", "ResilientWorker"}
 
 

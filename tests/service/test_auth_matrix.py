@@ -1,7 +1,7 @@
 """The authorisation matrix: every route of the route table x every kind of caller.
 
 Generated from the route tables of the API app and the gateway app
-(service.routes.ROUTE_TABLE): a route added to any surface without a sample request here
+(edge.routes.ROUTE_TABLE): a route added to any surface without a sample request here
 fails the test, and so does a route registered on the router outside the table.
 Expected answers: 401 for no, a malformed or an expired token; 404 on a model the caller
 may not read, exactly as for a missing one (review L1: the private model's existence is not
@@ -27,6 +27,9 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from db import deployments, models, permissions, replicas
+from edge.auth.rules import Access, ModelFrom
+from edge.route_spec import RouteSpec
+from edge.routes import ROUTE_TABLE
 from gateway.app import create_gateway_app
 from schemas.queue import (
     JOB_REPLICA_LOGS,
@@ -39,8 +42,6 @@ from schemas.queue import (
 from schemas.settings import Settings
 from schemas.tokens import issue_job_token, issue_update_token, issue_user_token
 from service.app import create_app
-from service.auth.rules import Access, ModelFrom
-from service.routes import ROUTE_TABLE, RouteSpec
 from tests.conftest import TEST_SECRET_KEY, bearer, start_gateway
 from tests.support.accounts import call, eventually, make_user
 from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)

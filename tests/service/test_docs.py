@@ -8,10 +8,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge.openapi import _PARAM
+from edge.routes import ROUTE_TABLE
 from service.api.docs import STATIC
 from service.app import create_app
-from service.routes import ROUTE_TABLE
-from service.web.openapi import _PARAM
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

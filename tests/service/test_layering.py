@@ -1,7 +1,7 @@
 """Only the handler and middleware layer chooses HTTP statuses.
 
 Below the handlers, code raises the domain errors of schemas/errors.py; the error
-middleware (service/web/errors.py) maps them to a status and the JSON error body. This
+middleware (edge/errors.py) maps them to a status and the JSON error body. This
 test reads every module's imports and attribute uses (no import of the code) and fails on
 `ApiError` or one of aiohttp's `web.HTTP...` exceptions outside that layer.
 """
@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("db", "schemas", "service", "gateway", "launch", "worker", "model_server",
+PACKAGES = ("db", "schemas", "edge", "service", "gateway", "launch", "worker", "model_server",
             "greenroom_client", "bench")
-# The handler and middleware layer: the API's surfaces, the shared HTTP layer, the
-# console's route handlers, the gateway's handler modules and the replica's app.
-HANDLER_LAYER = ("service/api/", "service/web/", "service/console/routes.py",
+# The handler and middleware layer: the API's surfaces, the HTTP layer the API and the
+# gateway share (edge/'s error middleware, body parsing, static files), the console's route
+# handlers, the gateway's handler modules and the replica's app.
+HANDLER_LAYER = ("service/api/", "edge/errors.py", "edge/parsing.py", "edge/static_files.py",
+                 "service/console/routes.py",
                  "service/console/pages.py", "service/metrics.py", "gateway/app.py",
                  "gateway/feedback.py", "model_server/app.py")
-HTTP_ERROR_MODULE = "service.web.errors"
+HTTP_ERROR_MODULE = "edge.errors"
 AIOHTTP_WEB = ("aiohttp.web", "aiohttp.web_exceptions")
 
 
@@ -35,8 +37,8 @@ def _import_uses(node: ast.ImportFrom | ast.Import) -> list[str]:
     found = []
     if node.module == HTTP_ERROR_MODULE and "ApiError" in names:
         found.append(f"line {node.lineno}: imports ApiError")
-    if node.module == "service.web" and "errors" in names:
-        found.append(f"line {node.lineno}: imports service.web.errors")
+    if node.module == "edge" and "errors" in names:
+        found.append(f"line {node.lineno}: imports edge.errors")
     if node.module in AIOHTTP_WEB and any(map(_is_http_exception, names)):
         found.append(f"line {node.lineno}: imports an aiohttp HTTP exception")
     return found
@@ -77,16 +79,16 @@ def test_no_module_below_the_handlers_chooses_an_http_status() -> None:
 
 def test_the_layer_check_covers_the_domain_gateway_launch_and_worker_modules() -> None:
     checked = {p.relative_to(ROOT).as_posix() for p in _below_handlers()}
-    assert {"service/domain/tasks.py", "service/auth/guard.py", "gateway/routing.py",
+    assert {"service/domain/tasks.py", "edge/guard.py", "gateway/routing.py",
             "launch/cli.py", "worker/rollout.py"} <= checked
-    assert "service/web/errors.py" not in checked
+    assert "edge/errors.py" not in checked
 
 
 @pytest.mark.parametrize("source", [
-    "from service.web.errors import ApiError\n",
-    "from service.web.errors import as_api_error, ApiError\n",
-    "import service.web.errors\n",
-    "from service.web import errors\n",
+    "from edge.errors import ApiError\n",
+    "from edge.errors import as_api_error, ApiError\n",
+    "import edge.errors\n",
+    "from edge import errors\n",
     "from aiohttp import web\nraise web.HTTPNotFound()\n",
     "import aiohttp\nraise aiohttp.web.HTTPConflict()\n",
     "from aiohttp.web import HTTPForbidden\n",

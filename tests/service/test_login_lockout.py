@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from service.auth.login_throttle import LoginThrottle, address_key
+from service.domain.login_throttle import LoginThrottle, address_key
 from tests.conftest import Proc
 from tests.support.accounts import call, make_user
 from tests.support.services import wait_for_http

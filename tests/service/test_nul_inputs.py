@@ -1,6 +1,6 @@
 """Review L2: inputs that made a 5xx. Postgres text and jsonb cannot hold U+0000 (asyncpg
 raises CharacterNotInRepertoireError). A NUL in a JSON body (login username, a task `id`,
-feedback) was already a 422 at 4861aa2 (service/web/parsing.py refuses it; these tests pin
+feedback) was already a 422 at 4861aa2 (edge/parsing.py refuses it; these tests pin
 it); a NUL in a path (`/api/v2/users/ad%00min/usage`) reached SQL and was a 500. Now every
 such input is a 4xx with the JSON error body, on the real API and gateway."""
 

@@ -7,9 +7,9 @@ from uuid import uuid4
 
 import pytest
 
+from edge.errors import as_api_error
 from schemas.errors import TooManyRequests
-from service.auth.login_throttle import LoginThrottle
-from service.web.errors import as_api_error
+from service.domain.login_throttle import LoginThrottle
 from worker.runtimes import memory_limit
 from worker.runtimes.base import ReplicaSpec, model_server_env
 from worker.runtimes.environment import host_env

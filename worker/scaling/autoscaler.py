@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from uuid import UUID, uuid4
 
 import structlog
@@ -39,10 +40,11 @@ from schemas.tasks import DeploymentConfig, ReplicaState, TaskKind
 from worker.admission import quotas
 from worker.context import WorkerContext
 from worker.drain import gateway_reports
-from worker.jobs import run_task
 from worker.scaling.kpa import Decision, Knobs, Scaler
 
 log = structlog.get_logger(__name__)
+# Claim and run one task by id (worker/jobs.py's run_task).
+RunTask = Callable[[WorkerContext, str], Awaitable[str]]
 # Renew only a lease we hold: compare the owner, then extend (atomic in Redis).
 _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
@@ -89,8 +91,9 @@ class Autoscaler:
     """This worker's deciders, by deployment; a deployment it loses the lease on is forgotten
     (a later lease starts from a fresh window)."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: WorkerContext, run_task: RunTask) -> None:
         self.ctx = ctx
+        self.run_task = run_task
         self.scalers: dict[UUID, Scaler] = {}
         # Scale-ups this worker runs itself, at once (see `_run_now`).
         self.running: set[asyncio.Task[None]] = set()
@@ -161,7 +164,7 @@ class Autoscaler:
         finds nothing to claim (as for any duplicate delivery)."""
         async def run() -> None:
             with contextlib.suppress(Retry):  # busy or not its owner's turn: arq retries it
-                await run_task(self.ctx, str(task_id))
+                await self.run_task(self.ctx, str(task_id))
 
         job = asyncio.create_task(run())
         self.running.add(job)
@@ -220,10 +223,12 @@ async def _woken_before(woken: asyncio.Event, deadline: float) -> bool:
     return False
 
 
-async def run_forever(ctx: WorkerContext) -> None:
+async def run_forever(ctx: WorkerContext, run_task: RunTask) -> None:
     """Tick every `autoscale_interval_s`, and when a gateway announces a jump, until
-    cancelled; a failing tick is logged."""
-    scaler, woken = Autoscaler(ctx), asyncio.Event()
+    cancelled; a failing tick is logged. `run_task` runs a scale-up at once (worker/jobs.py's,
+    passed in by worker/settings.py: jobs dispatches to scaling, so scaling does not import
+    jobs)."""
+    scaler, woken = Autoscaler(ctx, run_task), asyncio.Event()
     listener = asyncio.create_task(listen_for_jumps(ctx, woken))
     loop = asyncio.get_running_loop()
     next_at = loop.time()

@@ -11,30 +11,28 @@ with `call_of(request)`.
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from db import models
 from db.models import Model
 from db.permissions import Grant
-from schemas.auth import ANONYMOUS, Permission, Principal
-from schemas.errors import Forbidden, Unauthorized
-from service.auth.authentication import authenticate
-from service.auth.locators import (
+from edge.auth.authentication import authenticate
+from edge.auth.locators import (
     CALLER,
     LOCATED_ACCESS,
     deployment_not_found,
     find_model,
     missing,
 )
-from service.auth.permissions import knows_of, permission_on, resolve
-from service.auth.rules import Caller, ModelFrom
-from service.keys import GATEWAY, PG
-from service.web.parsing import parse_body, refuse_nul_in_url
-
-if TYPE_CHECKING:
-    from service.routes import RouteSpec
+from edge.auth.permissions import knows_of, permission_on, resolve
+from edge.auth.rules import Caller, ModelFrom
+from edge.keys import PG, SERVING_ROUTES
+from edge.parsing import parse_body, refuse_nul_in_url
+from edge.route_spec import RouteSpec
+from schemas.auth import ANONYMOUS, Permission, Principal
+from schemas.errors import Forbidden, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,7 +92,7 @@ async def _token_call(request: web.Request, principal: Principal, body: Any) -> 
     return Call(principal, model, body, Permission.read)
 
 
-async def _located_call(request: web.Request, spec: "RouteSpec", principal: Principal,
+async def _located_call(request: web.Request, spec: RouteSpec, principal: Principal,
                         body: Any) -> Call:
     pool = request.app[PG]
     assert spec.locate is not None, f"{spec.method} {spec.path} names no model"
@@ -118,13 +116,13 @@ async def _located_call(request: web.Request, spec: "RouteSpec", principal: Prin
     return Call(principal, model, body, level, expires)
 
 
-async def _serving_call(request: web.Request, spec: "RouteSpec", principal: Principal,
+async def _serving_call(request: web.Request, spec: RouteSpec, principal: Principal,
                         body: Any) -> Call:
     """Public models need no token; others need the permission (checked only if serving).
     A caller who may not read the deployment's model is answered as for a missing one."""
     assert spec.locate is not None
     key = await spec.locate(request, body)
-    route = request.app[GATEWAY].lookup(key)
+    route = request.app[SERVING_ROUTES].lookup(key)
     if route is None or route.access_level == "public":
         return Call(principal, None, body)  # the gateway answers 404 for a missing route
     model = await models.get(request.app[PG], route.model_id)
@@ -139,7 +137,7 @@ async def _serving_call(request: web.Request, spec: "RouteSpec", principal: Prin
     return Call(principal, model, body, level)
 
 
-async def _body(request: web.Request, spec: "RouteSpec") -> Any:
+async def _body(request: web.Request, spec: RouteSpec) -> Any:
     if spec.request_model is None:
         return None
     if spec.body_optional and not (await request.read()).strip():
@@ -147,7 +145,7 @@ async def _body(request: web.Request, spec: "RouteSpec") -> Any:
     return await parse_body(request, spec.request_model)
 
 
-async def _establish(request: web.Request, spec: "RouteSpec") -> Call:
+async def _establish(request: web.Request, spec: RouteSpec) -> Call:
     refuse_nul_in_url(request)
     principal = await _principal(request, spec.access.caller)
     body = await _body(request, spec)
@@ -162,7 +160,7 @@ async def _establish(request: web.Request, spec: "RouteSpec") -> Call:
             return await _serving_call(request, spec, principal, body)
 
 
-def guarded(spec: "RouteSpec") -> Handler:
+def guarded(spec: RouteSpec) -> Handler:
     """The spec's handler behind the guard."""
     async def handler(request: web.Request) -> web.StreamResponse:
         request[_CALL] = await _establish(request, spec)

@@ -2,7 +2,7 @@
 
 No token is ANONYMOUS; a malformed, unknown, revoked or expired one is `Unauthorized`.
 A user's token is looked up at most once a second per API process
-(service/auth/principal_cache.py).
+(edge/auth/principal_cache.py).
 """
 
 import hashlib
@@ -12,12 +12,12 @@ import asyncpg
 from aiohttp import web
 
 from db import api_keys, deployments, users
+from edge.auth.principal_cache import PRINCIPALS
+from edge.keys import PG, SETTINGS
 from schemas.auth import ANONYMOUS, Principal
 from schemas.errors import Unauthorized
 from schemas.settings import Settings
 from schemas.tokens import Claims, InvalidToken, decode, weak_secret_reason
-from service.auth.principal_cache import PRINCIPALS
-from service.keys import PG, SETTINGS
 
 API_KEY_PREFIX = "gr_"
 

@@ -19,10 +19,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from greenroom_client import config
 from greenroom_client.client import Client
 from greenroom_client.errors import ApiError, GreenroomError, TaskFailed, Unreachable
-from greenroom_client.progress import Watcher
+from launch import cli_config
+from launch.cli_progress import Watcher
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig, TaskKind, TaskResponse
@@ -64,7 +64,7 @@ def login(gr: Client, args: argparse.Namespace, console: Console) -> int:
 
 def _save_token(args: argparse.Namespace, answer: Any) -> Path:
     """Save a login answer's token for the next commands; with --json, print what was saved."""
-    path = config.save_token(args.settings, answer.access_token)
+    path = cli_config.save_token(args.settings, answer.access_token)
     if args.json:
         _print_json({"username": answer.user.username, "expires_at": answer.expires_at,
                      "token_file": str(path)})
@@ -417,15 +417,15 @@ def _one_line(exc: Exception, url: str) -> str:
 
 def run(settings: Settings, args: argparse.Namespace) -> None:
     """Run an API command; every failure a user can cause ends as one line and exit 1."""
-    url = (args.api_url or config.api_url(settings)).rstrip("/")
+    url = (args.api_url or cli_config.api_url(settings)).rstrip("/")
     args.settings = settings
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=160)
     try:
-        with Client(url, config.token(settings),
-                    gateway_url=config.gateway_url(settings)) as gr:
+        with Client(url, cli_config.token(settings),
+                    gateway_url=cli_config.gateway_url(settings)) as gr:
             code = args.api(gr, args, console)
     except TaskFailed as exc:
         code = 1

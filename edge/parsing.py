@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from service.web.errors import ApiError
+from edge.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -1,9 +1,11 @@
-"""One error shape on every surface, and the middleware that guarantees it.
+"""One error shape on every surface, and the one middleware that guarantees it.
 
 Every failure becomes `{"status_code", "message", "detail"}` with its status. Code below
 the handlers raises the domain errors of schemas/errors.py; `STATUS` below is the one
-place that says which HTTP status each kind is (the gateway's middleware uses it too).
-Handlers and this web layer may raise `ApiError` with a status of their own choosing.
+place that says which HTTP status each kind is. Handlers and this web layer may raise
+`ApiError` with a status of their own choosing. The API and the gateway both install
+`error_middleware`: the API with request ids, the gateway (whose hot path skips them) with
+a `render` that adds the fields of TEI's and OpenAI's error shapes.
 """
 
 import json
@@ -14,13 +16,16 @@ from uuid import uuid4
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from redis.exceptions import RedisError
 
-from db.errors import Unavailable
+from db.errors import DatabaseError
 from schemas import errors as domain
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The answer to a failure: (request, status, message, detail) -> the error body's response.
+Render = Callable[[web.Request, int, str, Any], web.Response]
 
 
 class ApiError(Exception):
@@ -63,12 +68,15 @@ def as_api_error(exc: domain.GreenroomError) -> ApiError:
     return ApiError(status, exc.message, exc.detail, headers)
 
 
-def error_response(status: int, message: str, detail: Any = None) -> web.Response:
+def json_error(request: web.Request, status: int, message: str,
+               detail: Any = None) -> web.Response:
+    """The error body every surface answers with (the API's `render`)."""
     body = {"status_code": status, "message": message, "detail": detail}
     return web.json_response(body, status=status)
 
 
-def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
+def _from_http_exception(request: web.Request, exc: web.HTTPException,
+                         render: Render) -> web.StreamResponse:
     if exc.status < 400:
         return exc  # redirects and the like pass through
     if exc.content_type == "application/json" and exc.text:
@@ -81,7 +89,7 @@ def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
     message = exc.reason
     if exc.status == 413:
         message = "request body is too large"
-    return with_allow(error_response(exc.status, message), exc)
+    return with_allow(render(request, exc.status, message, None), exc)
 
 
 def with_allow(response: web.Response, exc: web.HTTPException) -> web.Response:
@@ -102,32 +110,48 @@ def request_id_of(request: web.Request) -> str:
     return given if given and HEADER_VALUE.fullmatch(given) else uuid4().hex
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id to logs; turn every failure into the JSON error body."""
-    request_id = request_id_of(request)
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    try:
-        response = await handler(request)
-    except domain.GreenroomError as exc:
-        error = as_api_error(exc)
-        response = error_response(error.status, error.message, error.detail)
-        response.headers.update(error.headers)
-    except ApiError as exc:
-        response = error_response(exc.status, exc.message, exc.detail)
-        response.headers.update(exc.headers)
-    except web.HTTPException as exc:
-        response = _from_http_exception(exc)
-    except Unavailable:
-        log.warning("database_unavailable", path=request.path)
-        response = error_response(503, "database unavailable, try again shortly")
-    except RedisError:
+def _answer(request: web.Request, exc: Exception, render: Render,
+            request_id: str | None) -> web.StreamResponse:
+    """The response to a failure of the handler."""
+    if isinstance(exc, domain.GreenroomError):
+        if isinstance(exc, DatabaseError):  # db.errors.DatabaseUnavailable: a 503
+            log.warning("database_unavailable", path=request.path)
+        exc = as_api_error(exc)
+    if isinstance(exc, ApiError):
+        response = render(request, exc.status, exc.message, exc.detail)
+        response.headers.update(exc.headers)  # Retry-After, WWW-Authenticate
+        return response
+    if isinstance(exc, web.HTTPException):
+        return _from_http_exception(request, exc, render)
+    if isinstance(exc, RedisError):
         log.warning("redis_unavailable", path=request.path)
-        response = error_response(503, "queue unavailable, try again shortly")
-    except Exception:
-        log.exception("unhandled_error", path=request.path, method=request.method)
-        response = error_response(500, "internal error", {"request_id": request_id})
-    finally:
-        structlog.contextvars.unbind_contextvars("request_id")
-    response.headers["X-Request-Id"] = request_id
-    return response
+        return render(request, 503, "queue unavailable, try again shortly", None)
+    log.exception("unhandled_error", path=request.path, method=request.method)
+    detail = {"request_id": request_id} if request_id is not None else None
+    return render(request, 500, "internal error", detail)
+
+
+def error_middleware(render: Render = json_error, *, request_ids: bool = True) -> Middleware:
+    """Every failure as the JSON error body `render` makes. With `request_ids`, each request
+    gets an id (the caller's X-Request-Id when fit to echo), bound to its log lines and sent
+    back in X-Request-Id; a 500 carries it in its detail."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request_ids:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return _answer(request, exc, render, None)
+        request_id = request_id_of(request)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = _answer(request, exc, render, request_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    return errors

@@ -10,10 +10,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
+from edge.auth.rules import Caller
+from edge.openapi_examples import add_examples
+from edge.route_spec import RouteSpec
+from edge.routes import ROUTE_TABLE
 from schemas.tasks import ErrorBody
-from service.auth.rules import Caller
-from service.routes import ROUTE_TABLE, RouteSpec
-from service.web.openapi_examples import add_examples
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _REF = "#/components/schemas/{model}"

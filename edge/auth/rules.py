@@ -1,8 +1,8 @@
 """The access rule of a route: who may call it, where its model comes from, and the
 permission the caller needs on that model.
 
-Each route's `RouteSpec` (service/routes.py) names one `Access`; the guard
-(service/auth/guard.py) reads its three fields and branches on nothing else, so a new kind
+Each route's `RouteSpec` (edge/route_spec.py) names one `Access`; the guard
+(edge/guard.py) reads its three fields and branches on nothing else, so a new kind
 of route is a new `Access` here. `name` is the word the OpenAPI document and the
 authorisation-matrix test use for the rule.
 """

@@ -1,9 +1,9 @@
-"""The route table: every route of every surface is a `RouteSpec`, added by `register`.
+"""A route of a surface, as a `RouteSpec`: what it takes, what it answers, who may call it.
 
-A spec says what a route takes, what it answers and who may call it (an `Access` from
-service/auth/rules.py). `register` adds each handler behind the guard
-(service/auth/guard.py) and records the spec in the app's `ROUTE_TABLE`, which the
-OpenAPI document (service/web/openapi.py) and the authorisation-matrix test read.
+A spec names an `Access` (edge/auth/rules.py); `register` (edge/routes.py) adds its handler
+behind the guard (edge/guard.py) and records it in the app's route table, which the OpenAPI
+document (edge/openapi.py) and the authorisation-matrix test read. The spec is data only,
+so the guard reads it without importing the table that imports the guard.
 """
 
 from collections.abc import Awaitable, Callable
@@ -13,9 +13,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from service.auth.guard import guarded
-from service.auth.locators import Locator
-from service.auth.rules import Access
+from edge.auth.locators import Locator
+from edge.auth.rules import Access
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,15 +44,3 @@ class RouteSpec:
     replay_status: int | None = None
     # The media type of the success answer, for the document.
     response_media: str = "application/json"
-
-
-ROUTE_TABLE = web.AppKey("route_table", list)
-
-
-def register(app: web.Application, specs: list[RouteSpec]) -> None:
-    """Add the routes, each behind its guard, and record them in the app's route table."""
-    if ROUTE_TABLE not in app:
-        app[ROUTE_TABLE] = []
-    for spec in specs:
-        app.router.add_route(spec.method, spec.path, guarded(spec))
-        app[ROUTE_TABLE].append(spec)

@@ -1,1 +1,0 @@
-"""The HTTP layer both processes share: error shape, parsing, OpenAPI, static files."""
