@@ -34,7 +34,6 @@ from schemas.tasks import (
     model_id_shaped,
     replica_count,
 )
-from worker import replica_count
 from worker import replicas as lifecycle
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext

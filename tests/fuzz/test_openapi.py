@@ -160,7 +160,7 @@ async def test_schemathesis_on_the_gateways_document(
         who: str, api: str, gateway: str, admin_headers: dict[str, str], hashing_model: Any,
         tmp_path: Path, spawn: Callable[..., Proc], pool: asyncpg.Pool) -> None:
     """The gateway's own document, every check and phase, with a deployment to reach."""
-    from tests.integration.accounts import make_user
+    from tests.support.accounts import make_user
 
     await hashing_model("fuzzed")
     spawn("worker")
