@@ -12,6 +12,7 @@ import pytest
 from greenroom_client import Client
 from schemas.models import ModelSource
 from schemas.tasks import TaskResponse
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 from worker.runtimes.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]

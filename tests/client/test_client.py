@@ -14,6 +14,7 @@ from schemas.auth import ApiKeyCreated, ApiKeyOut, LoginResponse, ModelOut, User
 from schemas.bazaar import ReplicaLogs, StatusResponse
 from schemas.models import ModelSource
 from schemas.tasks import DeploymentConfig, TaskResponse
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 from worker.runtimes.process import free_port
 
 HASHING = ModelSource(backend="hashing", dimension=384)

@@ -19,6 +19,7 @@ from schemas.settings import Settings
 from service.domain.registration import register
 from tests.console.conftest import Console, open_page
 from tests.support.accounts import call, replica_environs
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 ENV_SECRET = "env-value-never-shown-7731"
 GENAI_SECRET = "genai-key-never-shown-4410"

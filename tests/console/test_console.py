@@ -24,6 +24,7 @@ from tests.conftest import Proc, start_gateway
 from tests.console.conftest import Console, open_page, same_document
 from tests.support.accounts import call
 from tests.support.services import tiny_model_archive
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 LOAD_RATE, LOAD_S = 20, 6
 

@@ -21,6 +21,7 @@ from service.domain.registration import register
 from tests.console.conftest import Console, open_page, same_document
 from tests.console.test_console import _phases_seen_until_done
 from tests.support.accounts import call
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 # A poll of the fallback (15 s while live) could not explain a smaller lag.
 LIVE_LAG_LIMIT_S = 5.0

@@ -12,6 +12,7 @@ from schemas.settings import Settings
 from tests.conftest import REPO, bearer, settings_env
 from tests.support.accounts import call
 from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 V2 = "/api/v2"
 

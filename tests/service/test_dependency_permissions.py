@@ -14,6 +14,7 @@ import asyncpg
 from db import deployments
 from schemas.tasks import DeploymentStatus
 from tests.support.accounts import call, make_user
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 SOURCE = {"backend": "hashing", "dimension": 16}
 V1, V2 = "/api/v1/deploy", "/api/v2/deploy"

@@ -25,6 +25,7 @@ from tests.conftest import Proc, start_gateway
 from tests.gateway.test_gateway_answers import serve_from
 from tests.model_server.conftest import poll_health, start_server
 from tests.support.accounts import make_user
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 SOURCE = ModelSource(backend="hashing", dimension=16)
 

@@ -13,6 +13,7 @@ from edge.routes import ROUTE_TABLE
 from service.api.docs import STATIC
 from service.app import create_app
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Seed 002's six routes and seed 001's Bazaar v2 deploy routes, as the seeds name them.

@@ -22,6 +22,7 @@ from schemas.settings import Settings
 from tests.conftest import Proc, start_gateway
 from tests.service.test_auth_matrix import stub_replica
 from tests.support.accounts import call, eventually, make_user
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 SOURCE = {"backend": "hashing", "dimension": 16}
 SERVED = "secret-app"

@@ -32,6 +32,7 @@ from service.domain import bazaar
 from service.domain.registration import register
 from tests.conftest import Proc
 from tests.support.accounts import call, eventually, make_user
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 LOGS_ROUTES = ("/api/v2/deploy/alice/logged/logs",
                "/api/v1/deploy/logs?model_identifier=alice/logged",

@@ -13,6 +13,7 @@ from schemas.tasks import DeploymentConfig
 from tests.conftest import Proc, wait_task
 from tests.support.accounts import call, make_user
 from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 V1, V2 = "/api/v1/deploy", "/api/v2/deploy"
 

@@ -13,6 +13,7 @@ from db import events
 from schemas.log_tail import with_log_tail
 from tests.support.accounts import call, make_user
 from tests.support.archives import tiny_model_archive
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 SECRET_LINE = "MODEL_SECRET=hunter2"
 

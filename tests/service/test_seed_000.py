@@ -12,6 +12,7 @@ from db import dependencies, permissions
 from tests.conftest import Proc, wait_task
 from tests.support.accounts import call, make_user
 from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 V1 = "/api/v1/deploy"
 

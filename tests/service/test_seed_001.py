@@ -11,6 +11,7 @@ from schemas.settings import Settings
 from tests.conftest import Proc, bearer, wait_task
 from tests.support.accounts import call, make_user, replica_environs
 from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
+from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 
 V2 = "/api/v2/deploy"
 SEED_DEPLOY_BODY = {"deployment_name": "my-app", "autoscaling_enabled": True,

@@ -22,22 +22,27 @@ from tests.conftest import Proc, bearer, start_gateway
 from tests.service.test_auth_matrix import SERVED_NAME, _serve_model, stub_replica
 from tests.support.accounts import call, eventually, make_user
 from tests.support.auth_channel import AuthChannel, counting_auth_channel
-from tests.support.services import wait_for_http
+from tests.support.shared_api import api_process
 from worker.runtimes.process import free_port
 
 V2 = "/api/v2"
 LONG_CACHE_S = 60.0  # caches that outlive the test: only the auth channel can clear them
 
 
+@pytest.fixture(scope="module")
+async def module_long_cache_api(database_url: str, backing: dict[str, str],
+                                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """One API per module whose principal cache keeps an answer for a minute: each test's
+    users (and so their tokens) are new, so no answer cached for one test meets another."""
+    async with api_process(database_url, backing, tmp_path_factory.mktemp("long-cache-api"),
+                           access_cache_ttl_s=LONG_CACHE_S) as base:
+        yield base
+
+
 @pytest.fixture
-async def long_cache_api(spawn: Callable[..., Proc], anon_http: aiohttp.ClientSession,
-                         clean: None) -> str:
-    """An API whose principal cache keeps an answer for a minute."""
-    port = free_port("127.0.0.1")
-    spawn("service", api_port=port, access_cache_ttl_s=LONG_CACHE_S)
-    base = f"http://127.0.0.1:{port}"
-    await wait_for_http(anon_http, base + "/healthz")
-    return base
+async def long_cache_api(module_long_cache_api: str, clean: None) -> str:
+    """The module's long-cache API, its database and Redis emptied before the test."""
+    return module_long_cache_api
 
 
 @pytest.fixture
