@@ -230,6 +230,20 @@ def _remove_old(image_id: str | None, tag: str) -> None:
         subprocess.run(["docker", "image", "rm", image_id], capture_output=True, check=False)
 
 
+def _tag_same_inputs(digest: str, tag: str) -> bool:
+    """Name as `tag` an image built from the same inputs under another tag (another
+    checkout of the same sources: its root filesystem would be byte for byte this one);
+    False if there is none, or it went before it could be tagged."""
+    found = subprocess.run(["docker", "image", "ls", "--quiet", "--no-trunc", "--filter",
+                            f"label={INPUTS_LABEL}={digest}"],
+                           capture_output=True, text=True, check=False).stdout.split()
+    for image_id in found:
+        if subprocess.run(["docker", "image", "tag", image_id, tag], capture_output=True,
+                          check=False).returncode == 0 and image_label(tag) == digest:
+            return True
+    return False
+
+
 def image_changes(with_model: bool) -> list[str]:
     """The Dockerfile instructions `docker import --change` applies to the root filesystem."""
     backend = "sentence-transformers" if with_model else "hashing"
@@ -306,9 +320,11 @@ def docker_import(entries: list[Entry], tag: str, changes: list[str],
 
 
 def build(tag: str = DEFAULT_TAG, with_model: bool = True, force: bool = False,
-          progress: Progress | None = None) -> bool:
+          progress: Progress | None = None, any_tag: bool = False) -> bool:
     """Build `tag` unless an image built from the same inputs exists; True if built.
-    `progress`, if given, is told how far the import is (a line at every tenth)."""
+    `progress`, if given, is told how far the import is (a line at every tenth).
+    With `any_tag`, an image of the same inputs under another tag (another checkout of the
+    same sources: the same root filesystem) is named `tag` instead of building again."""
     started = time.monotonic()
     entries = collect(with_model)
     changes = image_changes(with_model)
@@ -317,6 +333,10 @@ def build(tag: str = DEFAULT_TAG, with_model: bool = True, force: bool = False,
         log.info("image_up_to_date", tag=tag, inputs=digest[:12])
         return False
     old_id = _image_field(tag, "{{.Id}}")
+    if any_tag and not force and _tag_same_inputs(digest, tag):
+        _remove_old(old_id, tag)
+        log.info("image_reused", tag=tag, inputs=digest[:12])
+        return False
     entries += library_entries(entries)
     if progress:
         progress(f"  image: building {tag} offline from this machine's Python "

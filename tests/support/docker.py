@@ -77,12 +77,14 @@ def model_image(docker_image: str) -> str:
 def build_once(tag: str, with_model: bool) -> None:
     """`image.build` under a file lock per tag: the sessions of one run (pytest-xdist
     workers) ask for the same tag; the first builds it, the others wait and then find it
-    up to date instead of importing the same root filesystem side by side."""
+    up to date instead of importing the same root filesystem side by side. An image of
+    the same inputs that another checkout built (a fresh clone of the same commit) is
+    tagged, not built again: minutes for the full model image."""
     from filelock import FileLock
 
     name = hashlib.sha1(tag.encode()).hexdigest()[:12]
     with FileLock(f"{tempfile.gettempdir()}/greenroom-image-{name}.lock"):
-        image.build(tag, with_model=with_model)
+        image.build(tag, with_model=with_model, any_tag=True)
 
 
 @pytest.fixture

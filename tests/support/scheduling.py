@@ -21,6 +21,11 @@ In the parallel phase tests of one xdist group run on one worker, one after anot
   no other worker sits waiting for the export;
 - a module's own group (its path) when one of its fixtures is module-scoped: a model
   loaded once per module is loaded by one worker, not by each.
+
+A test outside the `onnx` group that needs the export too (a Docker test: it stays in
+`docker`) runs after every other test of its group: by then the `onnx` worker has made
+the export, so the `docker` worker does not sit waiting on the export's lock (minutes
+under a full parallel phase) while it has other tests to run.
 """
 
 from pathlib import Path
@@ -36,18 +41,24 @@ DOCKER_FIXTURES = {"docker_image", "model_image"}
 
 
 def assign(items: list[pytest.Item]) -> None:
-    """Mark the `serial` tests and put the parallel ones that must share a worker in groups."""
+    """Mark the `serial` tests, put the parallel ones that must share a worker in groups,
+    and move the tests that wait for another group's export to the end."""
     by_module: dict[str, list[pytest.Item]] = {}
     for item in items:
         by_module.setdefault(_module(item), []).append(item)
         if _module(item) in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
+    waits_for_export: set[pytest.Item] = set()
     for module, tests in by_module.items():
         shared = _module_group(module, tests)
         for item in tests:
             group = _own_group(item) or shared
             if group is not None:
                 item.add_marker(pytest.mark.xdist_group(group))
+            if group != "onnx" and "onnx_store" in _fixtures(item):
+                waits_for_export.add(item)
+    # Stable: every other test keeps its place (each xdist worker sorts alike).
+    items.sort(key=lambda item: item in waits_for_export)
 
 
 def _own_group(item: pytest.Item) -> str | None:
