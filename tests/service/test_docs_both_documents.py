@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import START_TIMEOUT_S, Proc, start_gateway
-from tests.services import wait_for_http
+from tests.support.services import wait_for_http
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
