@@ -24,6 +24,11 @@ _ERRORS = {"400": "malformed request", "401": "missing, malformed or expired tok
            "429": "too many attempts",
            "503": "dependency unavailable"}
 
+# A route that takes an idempotency key (the body's `id` or the `Idempotency-Key` header)
+# refuses the key reused with another request, as the IETF Idempotency-Key draft says.
+_REUSED_KEY = ("invalid request, or an idempotency key used before with a different request "
+               "(detail.task_id: the task it made)")
+
 
 def _schema(model: Any, defs: dict[str, Any]) -> dict[str, Any]:
     """JSON schema of a model or type; nested definitions go to components."""
@@ -96,9 +101,10 @@ def _operation(spec: RouteSpec, defs: dict[str, Any]) -> dict[str, Any]:
     error = {"$ref": _REF.format(model="ErrorBody")}
     replay = {str(spec.replay_status): ok | {"description": "the task an earlier request with "
                                                           "this idempotency key made"}}
+    errors = _ERRORS | ({"422": _REUSED_KEY} if spec.replay_status else {})
     responses = {str(spec.status): ok} | (replay if spec.replay_status else {}) | {
         code: {"description": text, "content": {"application/json": {"schema": error}}}
-        for code, text in _ERRORS.items()
+        for code, text in errors.items()
     }
     op: dict[str, Any] = {
         "operationId": f"{spec.method.lower()}_{spec.handler.__name__}",

@@ -253,6 +253,29 @@ class TaskRequest(BaseModel):
     config: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
 
+class ScaleTaskConfig(BaseModel):
+    """`config` of POST /scale: the replica count, and nothing else (any other key would
+    have no effect, so it is refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(ge=1, le=MAX_REPLICAS, description="replicas wanted")
+
+
+class ScaleTaskRequest(BaseModel):
+    """Body of POST /scale: seed 002's task body, its `config` the replica count only."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str | None = Field(default=None, min_length=1, max_length=200,
+                           description="Caller's idempotency key")
+    embedding_model_id: str = Field(
+        min_length=1, max_length=300,
+        validation_alias=AliasChoices("embedding_model_id", "model_id"),
+    )
+    config: ScaleTaskConfig
+
+
 class TaskResponse(BaseModel):
     """ModelDeploymentResponse / ModelDeletionResponse of seed 002."""
 

@@ -28,7 +28,7 @@ import asyncpg
 
 from db import models
 from db.models import Model
-from schemas.errors import Conflict, GreenroomError, Invalid, Malformed, TooLarge, UnsupportedType
+from schemas.errors import Conflict, GreenroomError, Invalid, TooLarge, UnsupportedType
 from schemas.file_modes import private_dir
 from schemas.settings import Settings
 from service.domain import quotas, store_space, upload_lease
@@ -82,7 +82,9 @@ async def receive(chunks: AsyncIterator[bytes], scratch: Path, limits: Limits) -
                 checked = size
             out.write(chunk)
     if size == 0:
-        raise _bad("the request body is empty; send a tar.gz or zip archive", Malformed)
+        # No bytes are no archive: refused as a body of another type is (415).
+        raise _bad("the request body is empty, not a tar.gz, tar or zip archive",
+                   UnsupportedType)
     return target
 
 
