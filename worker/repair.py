@@ -18,7 +18,7 @@ from worker.admission import capacity
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
 from worker.publish import publish_routes
-from worker.runtimes.base import ReplicaInfo, RuntimeError_, manages
+from worker.runtimes.base import ReplicaInfo, RuntimeFailure, manages
 
 log = structlog.get_logger(__name__)
 
@@ -93,14 +93,14 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
                          f"cannot replace replica: not enough capacity on this worker: {exc}",
                          generation=dead.generation)
         return False
-    except RuntimeError_ as exc:  # the row is already `failed`
+    except RuntimeFailure as exc:  # the row is already `failed`
         await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
                          generation=dead.generation)
         return False
     try:
         deadline = asyncio.get_running_loop().time() + ctx.settings.deploy_timeout_s
         await wait_ready(ctx.runtime, ctx.http, started, deadline)
-    except (RuntimeError_, ReplicaFailed) as exc:
+    except (RuntimeFailure, ReplicaFailed) as exc:
         await replica_lifecycle.remove(ctx, [new_id], ReplicaState.failed, grace_s=0)
         await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
                          generation=dead.generation)

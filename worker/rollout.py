@@ -41,7 +41,7 @@ from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
 from worker.onnx_variant import record_agreement
 from worker.publish import publish_routes
-from worker.runtimes.base import RuntimeError_, StartedReplica
+from worker.runtimes.base import RuntimeFailure, StartedReplica
 
 log = structlog.get_logger(__name__)
 LOG_TAIL_LINES = 20
@@ -104,7 +104,7 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
         try:
             _, replica = await replica_lifecycle.start(ctx, model, generation, task.id, config,
                                                        env, memory_mb)
-        except RuntimeError_ as exc:
+        except RuntimeFailure as exc:
             raise RolloutFailed(f"could not start replica: {exc}") from exc
         started.append(replica)
     return started
@@ -113,7 +113,7 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
 async def _log_tail(ctx: WorkerContext, runtime_ref: str) -> str:
     try:
         stdout, stderr = await ctx.runtime.logs(runtime_ref, LOG_TAIL_LINES)
-    except RuntimeError_:
+    except RuntimeFailure:
         return ""
     return (stderr or stdout).strip()
 
