@@ -44,7 +44,7 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from db import quotas, tasks, users
+from db import owner_quotas, tasks, users
 from edge.keys import PG
 from launch import backing
 from schemas.models import ModelSource
@@ -183,7 +183,7 @@ async def _setup(app: web.Application, settings: Settings
                                  "public")).id for i in range(MODELS)]
     owner = await users.ensure(app[PG], "bench")
     # Every model gets deploys; the bench measures the API, not the default quotas.
-    await quotas.set_overrides(app[PG], owner.id, {
+    await owner_quotas.set_overrides(app[PG], owner.id, {
         "max_deployments": MODELS, "max_replicas": MODELS, "max_memory_mb": MODELS * 1024})
     assert settings.secret_key is not None
     await app[REDIS].flushdb()

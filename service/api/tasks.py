@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from db.quotas import OwnerQuota
+from db.owner_quotas import OwnerQuota
 from db.tasks import Task
 from edge.auth.locators import (
     CALLER,
