@@ -44,7 +44,7 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from db import quotas, tasks, users
+from db import owner_quotas, tasks, users
 from edge.keys import PG
 from launch import backing
 from schemas.models import ModelSource
@@ -52,7 +52,7 @@ from schemas.settings import Settings
 from schemas.tasks import TaskKind
 from schemas.tokens import issue_user_token
 from service.app import create_app
-from service.domain import tasks as task_service
+from service.domain import task_requests
 from service.domain.registration import register
 from service.keys import REDIS
 from worker.runtimes.process import free_port
@@ -142,15 +142,15 @@ async def _raw_insert(app: web.Application, model_ids: list[UUID], i: int,
     `user_id`, the model, grant and quota lookup first (`db/deploy_access.py`, the same
     statement as the API's), then the insert and the enqueue."""
     if user_id is not None:
-        found = await task_service.locate_for_deploy(app[PG], str(model_ids[i % MODELS]),
-                                                     user_id)
+        found = await task_requests.locate_for_deploy(app[PG], str(model_ids[i % MODELS]),
+                                                      user_id)
         assert found is not None
     task = await tasks.insert(
         app[PG], task_id=uuid4(), kind="deploy", model_id=model_ids[i % MODELS],
         request={"embedding_model_id": str(model_ids[i % MODELS])}, request_hash="x",
         idempotency_key=None, created_by=None, metadata={}, enqueued=True,
     )
-    await task_service.enqueue(app[REDIS], app[PG], task.id)
+    await task_requests.enqueue(app[REDIS], app[PG], task.id)
 
 
 async def _python_client(base: str, token: str, model_ids: list[UUID], n: int,
@@ -183,7 +183,7 @@ async def _setup(app: web.Application, settings: Settings
                                  "public")).id for i in range(MODELS)]
     owner = await users.ensure(app[PG], "bench")
     # Every model gets deploys; the bench measures the API, not the default quotas.
-    await quotas.set_overrides(app[PG], owner.id, {
+    await owner_quotas.set_overrides(app[PG], owner.id, {
         "max_deployments": MODELS, "max_replicas": MODELS, "max_memory_mb": MODELS * 1024})
     assert settings.secret_key is not None
     await app[REDIS].flushdb()
@@ -220,7 +220,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
         latest = [await tasks.latest_for_model(app[PG], m, "deploy") for m in model_ids]
         ids = [t.id for t in latest if t is not None]
         # The API's statement: the task, its model and the caller's grant, in one.
-        raw_get = await _run(n, GET_CONCURRENCY, lambda i: task_service.get_with_access(
+        raw_get = await _run(n, GET_CONCURRENCY, lambda i: task_requests.get_with_access(
             app[PG], TaskKind.deploy, str(ids[i % len(ids)]), owner_id))
         if args.client != "python":
             api_get = await _wrk(base, token, [f"/deploy/{t}" for t in ids], False,

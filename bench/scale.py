@@ -42,7 +42,7 @@ from db import deployments, models, replicas, users
 from db.deployments import Route
 from db.pool import Executor, create_pool
 from gateway.routing import Gateway, Table
-from launch import backing as services
+from launch import backing
 from schemas.queue import decode_job, encode_job
 from schemas.settings import Settings
 from schemas.tasks import ReplicaState
@@ -223,13 +223,13 @@ async def main() -> None:
     args = parser.parse_args()
     keep: list[Any] = []
     with tempfile.TemporaryDirectory() as tmp:
-        admin = services.postgres_admin_dsn(Path(tmp), keep)
-        redis_url = services.redis_url(Path(tmp), keep)
-        dsn = await services.create_database(admin, f"greenroom_scale_{os.getpid()}")
+        admin = backing.postgres_admin_dsn(Path(tmp), keep)
+        redis_url = backing.redis_url(Path(tmp), keep)
+        dsn = await backing.create_database(admin, f"greenroom_scale_{os.getpid()}")
         try:
             await bench(args, dsn, redis_url)
         finally:
-            await services.drop_database(admin, dsn)
+            await backing.drop_database(admin, dsn)
             for item in keep:
                 if hasattr(item, "terminate"):
                     item.terminate()

@@ -5,9 +5,9 @@ from uuid import UUID
 
 from db.errors import translated
 from db.models import Model
+from db.owner_quotas import CLAIM_GROUPS, OWNER_QUOTA_COLUMNS, OwnerQuota, owner_quota_of
 from db.permissions import Grant
 from db.pool import Executor
-from db.quotas import CLAIM_GROUPS, OWNER_QUOTA_COLUMNS, OwnerQuota, owner_quota_of
 from db.task_access import GRANT_COLUMNS, MODEL_COLUMNS, split_model_grant
 
 _FROM = """FROM models m JOIN users u ON u.id = m.owner_id"""

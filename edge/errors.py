@@ -20,7 +20,22 @@ from aiohttp.typedefs import Middleware
 from redis.exceptions import RedisError
 
 from db.errors import DatabaseError
-from schemas import errors as domain
+from schemas.errors import (
+    Conflict,
+    Forbidden,
+    GreenroomError,
+    Invalid,
+    Malformed,
+    NotFound,
+    RetryLater,
+    TooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UnsupportedType,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,29 +56,29 @@ class ApiError(Exception):
 
 
 # The HTTP status of each kind of domain error (the first match along the class's MRO).
-STATUS: dict[type[domain.GreenroomError], int] = {
-    domain.Malformed: 400,
-    domain.Unauthorized: 401,
-    domain.Forbidden: 403,
-    domain.NotFound: 404,
-    domain.Conflict: 409,
-    domain.TooLarge: 413,
-    domain.UnsupportedType: 415,
-    domain.Invalid: 422,
-    domain.TooManyRequests: 429,
-    domain.UpstreamUnreachable: 502,
-    domain.Unavailable: 503,
-    domain.UpstreamTimeout: 504,
+STATUS: dict[type[GreenroomError], int] = {
+    Malformed: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    UnsupportedType: 415,
+    Invalid: 422,
+    TooManyRequests: 429,
+    UpstreamUnreachable: 502,
+    Unavailable: 503,
+    UpstreamTimeout: 504,
 }
 
 
-def as_api_error(exc: domain.GreenroomError) -> ApiError:
+def as_api_error(exc: GreenroomError) -> ApiError:
     """The status, body fields and headers a domain error is answered with."""
     status = next((STATUS[k] for k in type(exc).__mro__ if k in STATUS), 500)
     headers: dict[str, str] = {}
-    if isinstance(exc, domain.RetryLater) and exc.retry_after_s is not None:
+    if isinstance(exc, RetryLater) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
-    if isinstance(exc, domain.Unauthorized) and exc.challenge is not None:
+    if isinstance(exc, Unauthorized) and exc.challenge is not None:
         headers["WWW-Authenticate"] = exc.challenge
     return ApiError(status, exc.message, exc.detail, headers)
 
@@ -113,7 +128,7 @@ def request_id_of(request: web.Request) -> str:
 def _answer(request: web.Request, exc: Exception, render: Render,
             request_id: str | None) -> web.StreamResponse:
     """The response to a failure of the handler."""
-    if isinstance(exc, domain.GreenroomError):
+    if isinstance(exc, GreenroomError):
         if isinstance(exc, DatabaseError):  # db.errors.DatabaseUnavailable: a 503
             log.warning("database_unavailable", path=request.path)
         exc = as_api_error(exc)

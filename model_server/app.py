@@ -13,7 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from model_server import __version__, budget, test_knobs
+from model_server import __version__, budget, simulated_capacity
 from model_server.backends import Embedder, normalize_rows
 from model_server.batcher import Batcher
 from model_server.config import GATEWAY_SECRET_HEADER, Settings
@@ -59,7 +59,7 @@ def create_app(settings: Settings, loader: Loader = load_backend) -> web.Applica
     """The app; the model loads in the background once the app starts."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[http_middleware, *test_knobs.middlewares(settings)],
+        middlewares=[http_middleware, *simulated_capacity.middlewares(settings)],
     )
     app[STATE] = ModelState(settings=settings, metrics=Metrics())
     app[LOADER] = loader

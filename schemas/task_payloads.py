@@ -1,6 +1,6 @@
 """The task as it crosses from the API to the worker: one typed payload per task kind.
 
-The API (service/domain/tasks.py, service/domain/scaling.py) and the autoscaler
+The API (service/domain/task_requests.py, service/domain/scaling.py) and the autoscaler
 (worker/scaling/autoscaler.py) write one of these into `tasks.request` (JSON in Postgres;
 the arq job carries only the task id); the worker parses it back with `read` and reads
 fields, never keys of a dict.

@@ -15,8 +15,8 @@ from edge.routes import register
 from schemas.file_modes import private_dir
 from schemas.queue import QUEUE_NAME, decode_job, encode_job
 from schemas.settings import Settings
+from service import console
 from service.api import bazaar_v1, bazaar_v2, docs, health, quotas, registry, scale, tasks
-from service.console import setup as setup_console
 from service.domain import upload_lease
 from service.domain.login_throttle import LoginThrottle
 from service.domain.passwords import Passwords
@@ -77,5 +77,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
     # named `<model>/scale`.
     for surface in (registry, quotas, scale, bazaar_v2, bazaar_v1):
         register(app, surface.ROUTES)
-    setup_console(app)
+    console.setup(app)
     return app

@@ -21,7 +21,7 @@ from worker import rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
 from worker.log_redaction import redact, secret_values
-from worker.runtimes.base import RuntimeError_
+from worker.runtimes.base import RuntimeFailure
 from worker.scaling import scale_task
 
 log = structlog.get_logger(__name__)
@@ -122,7 +122,7 @@ async def replica_logs(ctx: WorkerContext, model_id: str,
     for replica in live:
         stdout, stderr = "", ""
         if replica.runtime_ref:
-            with contextlib.suppress(RuntimeError_):
+            with contextlib.suppress(RuntimeFailure):
                 stdout, stderr = await ctx.runtime.logs(replica.runtime_ref, tail)
         found.append({"replica_id": str(replica.id), "generation": replica.generation,
                       "state": replica.state, "stdout": redact(stdout, hidden),

@@ -27,8 +27,7 @@ from schemas.queue import (
     retry_job_id,
 )
 from schemas.tasks import ReplicaState
-from worker import replicas as lifecycle
-from worker import retention
+from worker import replica_lifecycle, retention
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
 from worker.runtimes.base import ReplicaInfo, manages
@@ -80,9 +79,9 @@ async def release_expired(ctx: WorkerContext) -> int:
 
 async def _remove_task_replicas(ctx: WorkerContext, task: tasks.Task) -> None:
     """Remove the replicas a dead task started, unless they already serve."""
-    mine = await lifecycle.starting_of_task(ctx, task.model_id, task.id)
+    mine = await replica_lifecycle.starting_of_task(ctx, task.model_id, task.id)
     if mine:
-        await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
+        await replica_lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
 
 
 def _orphaned(row: ReplicaBrief | None, busy: set[UUID],
@@ -115,8 +114,8 @@ async def remove_orphans(ctx: WorkerContext, found: list[ReplicaInfo]) -> int:
         log.warning("orphan_replica_removed", replica=str(info.replica_id),
                     generation=info.generation)
     if orphans:
-        await lifecycle.stop_and_remove(ctx, [i.runtime_ref for i in orphans],
-                                        ctx.settings.stop_grace_s)
+        await replica_lifecycle.stop_and_remove(ctx, [i.runtime_ref for i in orphans],
+                                                ctx.settings.stop_grace_s)
         await replicas.set_state(ctx.pool, [i.replica_id for i in orphans
                                             if i.replica_id in rows], ReplicaState.stopped)
     return len(orphans)

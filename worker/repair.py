@@ -13,12 +13,12 @@ import structlog
 from db import deployments, events, models, replicas
 from db.replicas import Replica, ReplicaBrief
 from schemas.tasks import DeploymentConfig, DeploymentStatus, ReplicaState
-from worker import replicas as lifecycle
+from worker import replica_lifecycle
 from worker.admission import capacity
 from worker.context import WorkerContext
 from worker.health import ReplicaFailed, wait_ready
 from worker.publish import publish_routes
-from worker.runtimes.base import ReplicaInfo, RuntimeError_, manages
+from worker.runtimes.base import ReplicaInfo, RuntimeFailure, manages
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +66,7 @@ async def _announce(ctx: WorkerContext, replica: Replica, reason: str) -> None:
                      generation=replica.generation)
     log.warning("replica_crashed", replica=str(replica.id), reason=reason)
     if replica.runtime_ref:
-        await lifecycle.remove(ctx, [replica.id], ReplicaState.failed, grace_s=0)
+        await replica_lifecycle.remove(ctx, [replica.id], ReplicaState.failed, grace_s=0)
 
 
 async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
@@ -76,32 +76,32 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
         return False
     config = DeploymentConfig.model_validate(deployment.config)
     try:
-        env = await lifecycle.generation_env(ctx, model, dead.generation, config)
-    except lifecycle.SecretsUnreadable as exc:
+        env = await replica_lifecycle.generation_env(ctx, model, dead.generation, config)
+    except replica_lifecycle.SecretsUnreadable as exc:
         await events.add(ctx.pool, model.id, "error", f"cannot replace replica: {exc}",
                          generation=dead.generation)
         return False
-    memory_mb = dead.memory_mb or lifecycle.placed_memory_mb(ctx, model, config)
+    memory_mb = dead.memory_mb or replica_lifecycle.placed_memory_mb(ctx, model, config)
     try:
         # Under the capacity lock, like a rollout's starts: neither takes the other's room.
         async with capacity.placing(ctx, memory_mb):
-            new_id, started = await lifecycle.start(ctx, model, dead.generation, dead.task_id,
-                                                    config, env, memory_mb,
-                                                    replaces=dead.runtime_ref)
+            new_id, started = await replica_lifecycle.start(
+                ctx, model, dead.generation, dead.task_id, config, env, memory_mb,
+                replaces=dead.runtime_ref)
     except capacity.NoCapacity as exc:
         await events.add(ctx.pool, model.id, "error",
                          f"cannot replace replica: not enough capacity on this worker: {exc}",
                          generation=dead.generation)
         return False
-    except RuntimeError_ as exc:  # the row is already `failed`
+    except RuntimeFailure as exc:  # the row is already `failed`
         await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
                          generation=dead.generation)
         return False
     try:
         deadline = asyncio.get_running_loop().time() + ctx.settings.deploy_timeout_s
         await wait_ready(ctx.runtime, ctx.http, started, deadline)
-    except (RuntimeError_, ReplicaFailed) as exc:
-        await lifecycle.remove(ctx, [new_id], ReplicaState.failed, grace_s=0)
+    except (RuntimeFailure, ReplicaFailed) as exc:
+        await replica_lifecycle.remove(ctx, [new_id], ReplicaState.failed, grace_s=0)
         await events.add(ctx.pool, model.id, "error", f"replacement replica failed: {exc}",
                          generation=dead.generation)
         return False
@@ -111,7 +111,8 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
 async def _put_in_service(ctx: WorkerContext, dead: Replica, new_id: UUID) -> bool:
     if not await replicas.transition(ctx.pool, new_id, ReplicaState.starting,
                                       ReplicaState.ready):
-        await lifecycle.remove(ctx, [new_id], ReplicaState.stopped, grace_s=0)  # a rollout moved on
+        # a rollout moved on
+        await replica_lifecycle.remove(ctx, [new_id], ReplicaState.stopped, grace_s=0)
         return False
     await publish_routes(ctx, dead.model_id)
     deployment = await deployments.get(ctx.pool, dead.model_id)

@@ -5,7 +5,7 @@ one is healthy, switches the deployment's route to it in one transaction, tells 
 gateways, drains the old generation and removes it. Any failure before the switch
 removes the new replicas and leaves the old generation serving. A delete takes the
 route away, drains and removes every replica. Replicas start and stop through
-worker/replicas.py.
+worker/replica_lifecycle.py.
 """
 
 import re
@@ -34,14 +34,14 @@ from schemas.tasks import (
     model_id_shaped,
     replica_count,
 )
-from worker import replicas as lifecycle
+from worker import replica_lifecycle
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
 from worker.health import ReplicaFailed, wait_all_ready
 from worker.onnx_variant import record_agreement
 from worker.publish import publish_routes
-from worker.runtimes.base import RuntimeError_, StartedReplica
+from worker.runtimes.base import RuntimeFailure, StartedReplica
 
 log = structlog.get_logger(__name__)
 LOG_TAIL_LINES = 20
@@ -95,16 +95,16 @@ def default_deployment_name(model: Model) -> str:
 async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generation: int,
                           config: DeploymentConfig) -> list[StartedReplica]:
     try:
-        env = await lifecycle.generation_env(ctx, model, generation, config)
-    except lifecycle.SecretsUnreadable as exc:
+        env = await replica_lifecycle.generation_env(ctx, model, generation, config)
+    except replica_lifecycle.SecretsUnreadable as exc:
         raise RolloutFailed(str(exc)) from None
-    memory_mb = lifecycle.placed_memory_mb(ctx, model, config)
+    memory_mb = replica_lifecycle.placed_memory_mb(ctx, model, config)
     started: list[StartedReplica] = []
     for _ in range(replica_count(config)):
         try:
-            _, replica = await lifecycle.start(ctx, model, generation, task.id, config, env,
-                                               memory_mb)
-        except RuntimeError_ as exc:
+            _, replica = await replica_lifecycle.start(ctx, model, generation, task.id, config,
+                                                       env, memory_mb)
+        except RuntimeFailure as exc:
             raise RolloutFailed(f"could not start replica: {exc}") from exc
         started.append(replica)
     return started
@@ -113,7 +113,7 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
 async def _log_tail(ctx: WorkerContext, runtime_ref: str) -> str:
     try:
         stdout, stderr = await ctx.runtime.logs(runtime_ref, LOG_TAIL_LINES)
-    except RuntimeError_:
+    except RuntimeFailure:
         return ""
     return (stderr or stdout).strip()
 
@@ -126,7 +126,7 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
     as it becomes healthy (a scale routes to it then)."""
     await progress.enter(Phase.starting_replicas, generation=generation,
                          replicas_wanted=replica_count(config), replicas_ready=0)
-    needed = replica_count(config) * lifecycle.placed_memory_mb(ctx, model, config)
+    needed = replica_count(config) * replica_lifecycle.placed_memory_mb(ctx, model, config)
     try:
         async with capacity.placing(ctx, needed):
             started = await _start_replicas(ctx, progress.task, model, generation, config)
@@ -151,7 +151,7 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
         tail = await _log_tail(ctx, first.runtime_ref)
         raise RolloutFailed(with_log_tail(f"{first}", tail)) from None
     await record_agreement(ctx.pool, ctx.http, model.id, model.source, started[0].endpoint,
-                           generation, lifecycle.gateway_headers(ctx, model.id, generation))
+                           generation, replica_lifecycle.gateway_headers(ctx, model.id, generation))
     return started
 
 
@@ -159,7 +159,7 @@ async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason:
     task = progress.task
     green = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
              if r.generation == generation]
-    await lifecycle.remove(ctx, green, ReplicaState.failed, grace_s=0)
+    await replica_lifecycle.remove(ctx, green, ReplicaState.failed, grace_s=0)
     status = await deployments.restore_after_failure(ctx.pool, task.model_id)
     await progress.event("error", f"generation {generation} failed: {reason}", generation)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason,
@@ -188,7 +188,7 @@ async def drain_and_remove(ctx: WorkerContext, progress: Progress, generation: i
         await progress.event("warning", "drain timed out; removing replicas with requests "
                              "in flight", generation)
     await progress.enter(Phase.removing)
-    await lifecycle.remove(ctx, old, ReplicaState.stopped, ctx.settings.stop_grace_s)
+    await replica_lifecycle.remove(ctx, old, ReplicaState.stopped, ctx.settings.stop_grace_s)
 
 
 async def _name_refused(ctx: WorkerContext, task: Task, model: Model, name: str) -> bool:
@@ -263,8 +263,8 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None, reason: s
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
                            {"note": "worker stopped while draining; reconciler removes the rest"})
         return "done"
-    mine = await lifecycle.starting_of_task(ctx, task.model_id, task.id)
-    await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
+    mine = await replica_lifecycle.starting_of_task(ctx, task.model_id, task.id)
+    await replica_lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
     if task.kind == TaskKind.deploy:
         await deployments.restore_after_failure(ctx.pool, task.model_id)
     detail = (f"interrupted {task.attempts} time(s), the last because {reason}; giving up "

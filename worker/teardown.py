@@ -30,7 +30,7 @@ from schemas.settings import Settings
 from schemas.tasks import ReplicaState
 from worker import installation
 from worker.runtimes import create_runtime
-from worker.runtimes.base import ReplicaInfo, RuntimeError_
+from worker.runtimes.base import ReplicaInfo, RuntimeFailure
 
 log = structlog.get_logger(__name__)
 
@@ -78,12 +78,12 @@ async def teardown(settings: Settings, grace_s: float) -> dict[str, Any]:
     try:
         try:
             found = await runtime.list()
-        except RuntimeError_ as exc:  # an unknown installation: touch nothing
+        except RuntimeFailure as exc:  # an unknown installation: touch nothing
             log.warning("teardown_list_failed", error=str(exc))
             return {"stopped": 0, "deployments": 0, "removed": 0}
         try:
             await runtime.remove_many([info.runtime_ref for info in found], grace_s)
-        except RuntimeError_ as exc:
+        except RuntimeFailure as exc:
             log.warning("teardown_remove_failed", error=str(exc))
     finally:
         await runtime.close()

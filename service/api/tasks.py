@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from db.quotas import OwnerQuota
+from db.owner_quotas import OwnerQuota
 from db.tasks import Task
 from edge.auth.locators import (
     CALLER,
@@ -21,7 +21,7 @@ from edge.routes import register
 from schemas.auth import Permission
 from schemas.log_tail import task_for_reader
 from schemas.tasks import TaskKind, TaskRequest, TaskResponse
-from service.domain import tasks as task_service
+from service.domain import task_requests
 from service.keys import REDIS
 
 _LOCATED_TASK = web.RequestKey("located_task", Task)
@@ -29,13 +29,13 @@ _OWNER_QUOTA = web.RequestKey("owner_quota", OwnerQuota)
 
 
 def _json(task: Task, status: int = 200) -> web.Response:
-    return web.Response(body=task_service.response_json(task), status=status,
+    return web.Response(body=task_requests.response_json(task), status=status,
                         content_type="application/json")
 
 
 async def _create(request: web.Request, kind: TaskKind) -> web.Response:
     call = call_of(request)
-    task, created = await task_service.accept(
+    task, created = await task_requests.accept(
         request.app[PG], request.app[REDIS], kind, call.body,
         idempotency_key(request), call.principal.user_id, call.model,
         settings=request.app[SETTINGS], owner_quota=request.get(_OWNER_QUOTA),
@@ -67,13 +67,13 @@ async def get_delete_task(request: web.Request) -> web.Response:
 
 
 async def get_deploy_status(request: web.Request) -> web.Response:
-    task = await task_service.latest_for_model(
+    task = await task_requests.latest_for_model(
         request.app[PG], TaskKind.deploy, request.match_info["embedding_model_id"])
     return _json(_as_read(request, task))
 
 
 async def get_delete_status(request: web.Request) -> web.Response:
-    task = await task_service.latest_for_model(
+    task = await task_requests.latest_for_model(
         request.app[PG], TaskKind.delete, request.match_info["embedding_model_id"])
     return _json(_as_read(request, task))
 
@@ -83,9 +83,9 @@ def task_model(kind: TaskKind) -> Locator:
     The task, its model and the caller's grant come in one query (the polling hot path)."""
     async def locate(request: web.Request, body: object) -> str:
         task_id = request.match_info["task_id"]
-        task, model, grant = await task_service.get_with_access(
+        task, model, grant = await task_requests.get_with_access(
             request.app[PG], kind, task_id, request[CALLER].user_id)
-        request[MISSING] = task_service.task_not_found(kind, task_id)
+        request[MISSING] = task_requests.task_not_found(kind, task_id)
         request[_LOCATED_TASK] = task  # the handler answers with it; no second read
         request[LOCATED_ACCESS] = (model, grant)
         return str(task.model_id)
@@ -97,8 +97,8 @@ def deploy_model() -> Locator:
     in one query (the accept's hot path). No such model: the guard's own lookup answers."""
     async def locate(request: web.Request, body: TaskRequest) -> str:
         ref = body.embedding_model_id
-        found = await task_service.locate_for_deploy(request.app[PG], ref,
-                                                     request[CALLER].user_id)
+        found = await task_requests.locate_for_deploy(request.app[PG], ref,
+                                                      request[CALLER].user_id)
         if found is not None:
             request[LOCATED_ACCESS] = found[:2]
             request[_OWNER_QUOTA] = found[2]

@@ -27,7 +27,7 @@ from schemas.errors import NotFound
 from schemas.gateway import Latency
 from schemas.log_tail import event_for_reader, task_for_reader
 from schemas.tasks import DeploymentConfig, replica_count
-from service.domain import tasks as task_service
+from service.domain import task_requests
 
 Level = Literal["read", "write", "owner"]
 
@@ -123,13 +123,13 @@ async def deployment_detail(pool: asyncpg.Pool, model: Model, permission: Permis
         generations=[GenerationOut(**dataclasses.asdict(g)) for g in
                      await overview.generations(pool, model.id)],
         events=[event_out(e, permission) for e in await events.list_recent(pool, model.id, 50)],
-        tasks=[task_service.to_response(_task_as_read(t, permission))
+        tasks=[task_requests.to_response(_task_as_read(t, permission))
                for t in await overview.recent_tasks(pool, model.id)],
     )
 
 
 async def task_detail(pool: asyncpg.Pool, task: Task, permission: Permission) -> TaskDetail:
-    base = task_service.to_response(_task_as_read(task, permission))
+    base = task_requests.to_response(_task_as_read(task, permission))
     return TaskDetail(**base.model_dump(), model_id=task.model_id, started_at=task.started_at,
                       finished_at=task.finished_at, now=datetime.now(UTC),
                       events=[event_out(e, permission)

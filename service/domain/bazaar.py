@@ -1,6 +1,6 @@
 """What the Model Bazaar surfaces (seeds 000 and 001) do, below their handlers.
 
-Deploy and undeploy go through `task_service.accept`, so the three surfaces share one
+Deploy and undeploy go through `task_requests.accept`, so the three surfaces share one
 set of tasks and deployments.
 """
 
@@ -43,8 +43,7 @@ from schemas.tasks import (
     TaskRequest,
     TaskStatus,
 )
-from service.domain import quotas, rate_limit
-from service.domain import tasks as task_service
+from service.domain import quotas, rate_limit, task_requests
 
 log = structlog.get_logger(__name__)
 LOGS_TIMEOUT_S = 5.0
@@ -112,8 +111,8 @@ async def _deploy_dependencies(pool: asyncpg.Pool, redis: ArqRedis, model: Model
     """Accept a deploy task for each dependency `_dependencies_to_start` names."""
     for dep in await _dependencies_to_start(pool, model):
         req = TaskRequest(embedding_model_id=str(dep.id))
-        await task_service.accept(pool, redis, TaskKind.deploy, req, None, user_id, dep,
-                                  settings=settings)
+        await task_requests.accept(pool, redis, TaskKind.deploy, req, None, user_id, dep,
+                                   settings=settings)
         log.info("dependency_deploy_accepted", model=str(model.id), dependency=str(dep.id))
 
 
@@ -130,8 +129,8 @@ async def deploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model, config: Depl
     """Accept a deploy task for the model, after deploy tasks for its idle dependencies."""
     await _deploy_dependencies(pool, redis, model, user_id, settings)
     req = TaskRequest(embedding_model_id=str(model.id), config=config)
-    task, _ = await task_service.accept(pool, redis, TaskKind.deploy, req, idempotency_key,
-                                        user_id, model, settings=settings)
+    task, _ = await task_requests.accept(pool, redis, TaskKind.deploy, req, idempotency_key,
+                                         user_id, model, settings=settings)
     return task
 
 
@@ -155,8 +154,8 @@ async def undeploy(pool: asyncpg.Pool, redis: ArqRedis, model: Model,
         raise Malformed(f"Unable to stop deployment for model {model.identifier} since it "
                         "is used by other active workflows.")
     req = TaskRequest(embedding_model_id=str(model.id))
-    task, _ = await task_service.accept(pool, redis, TaskKind.delete, req, None, user_id, model,
-                                        settings=settings)
+    task, _ = await task_requests.accept(pool, redis, TaskKind.delete, req, None, user_id, model,
+                                         settings=settings)
     return task
 
 

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from db import quotas as quota_rows
-from db import users
+from db import owner_quotas, users
 from db.models import Model
+from db.owner_quotas import OwnerQuota
 from db.pool import Executor
-from db.quotas import OwnerQuota
 from schemas import quotas
 from schemas.errors import Forbidden, NotFound
 from schemas.quotas import QuotaExceeded, QuotaFigures, QuotaLimits, UsageResponse, Use
@@ -33,7 +32,7 @@ class QuotaError(Forbidden):
 async def limits_of(pool: Executor, settings: Settings,
                     user_id: int) -> tuple[Use, QuotaLimits]:
     """The user's limits (defaults with the admin's overrides) and the overrides alone."""
-    stored = await quota_rows.overrides(pool, user_id)
+    stored = await owner_quotas.overrides(pool, user_id)
     overrides = QuotaLimits(**{name: stored[f"max_{name}"] for name in quotas.QUOTA_NAMES})
     return quotas.limits_with(quotas.defaults(settings), stored), overrides
 
@@ -45,7 +44,7 @@ async def check_deploy(pool: asyncpg.Pool, settings: Settings, model: Model,
     `owner` (read with the model, `db.deploy_access`) saves the one round trip this
     otherwise takes: the owner's exemption, overrides and what their other models claim,
     grouped so that alike models are counted once."""
-    owner = owner or await quota_rows.owner_quota(pool, model.owner_id, model.id, OPEN)
+    owner = owner or await owner_quotas.owner_quota(pool, model.owner_id, model.id, OPEN)
     if owner.is_admin:
         return
     limits = quotas.limits_with(quotas.defaults(settings), owner.overrides)
@@ -61,10 +60,10 @@ async def check_deploy(pool: asyncpg.Pool, settings: Settings, model: Model,
 
 async def _check_new_model(conn: asyncpg.Connection, settings: Settings, owner_id: int) -> None:
     """403 if the owner already has as many models as the models quota allows."""
-    if await quota_rows.is_admin(conn, owner_id):
+    if await owner_quotas.is_admin(conn, owner_id):
         return
     limits, _ = await limits_of(conn, settings, owner_id)
-    held = Use(models=await quota_rows.count_models(conn, owner_id))
+    held = Use(models=await owner_quotas.count_models(conn, owner_id))
     try:
         quotas.check(limits, held, Use(models=1))
     except QuotaExceeded as exc:
@@ -79,21 +78,21 @@ async def new_model_slot(pool: asyncpg.Pool, settings: Settings,
     The owner's registers take turns from the count to the commit (an advisory lock), so
     however many run at once they never pass the quota together (review L3)."""
     async with pool.acquire() as conn, conn.transaction():
-        await quota_rows.lock_owner_models(conn, owner_id)
+        await owner_quotas.lock_owner_models(conn, owner_id)
         await _check_new_model(conn, settings, owner_id)
         yield conn
 
 
 async def actual_use(pool: asyncpg.Pool, settings: Settings, owner_id: int) -> Use:
     """What runs now: models, serving deployments, live replicas and their memory."""
-    live = await quota_rows.live_replicas(pool, owner_id)
+    live = await owner_quotas.live_replicas(pool, owner_id)
     memory = sum(r.memory_mb or quotas.replica_memory_mb(r.config_memory_mb, r.backend,
                                                          settings.replica_memory_mb)
                  for r in live)
-    return Use(models=await quota_rows.count_models(pool, owner_id),
-               deployments=await quota_rows.count_serving(pool, owner_id),
+    return Use(models=await owner_quotas.count_models(pool, owner_id),
+               deployments=await owner_quotas.count_serving(pool, owner_id),
                replicas=len(live), memory_mb=memory,
-               store_mb=-(-await quota_rows.store_bytes(pool, owner_id) // 2**20))
+               store_mb=-(-await owner_quotas.store_bytes(pool, owner_id) // 2**20))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +115,11 @@ async def store_allowance(pool: asyncpg.Pool, settings: Settings,
                           model: Model) -> StoreAllowance | None:
     """What the owner's store quota leaves for an upload of `model` (what the model holds
     now is replaced, so it does not count); None for an administrator (no quota)."""
-    if await quota_rows.is_admin(pool, model.owner_id):
+    if await owner_quotas.is_admin(pool, model.owner_id):
         return None
     limits, _ = await limits_of(pool, settings, model.owner_id)
     return StoreAllowance(limits.store_mb,
-                          await quota_rows.store_bytes(pool, model.owner_id, model.id))
+                          await owner_quotas.store_bytes(pool, model.owner_id, model.id))
 
 
 async def usage(pool: asyncpg.Pool, settings: Settings, user_id: int) -> UsageResponse:
@@ -145,6 +144,6 @@ async def set_limits(pool: asyncpg.Pool, settings: Settings, username: str,
                      body: QuotaLimits) -> UsageResponse:
     """Replace a user's overrides (null or omitted: back to the default)."""
     user_id = await user_id_of(pool, username)
-    await quota_rows.set_overrides(
+    await owner_quotas.set_overrides(
         pool, user_id, {f"max_{n}": v for n, v in body.model_dump().items()})
     return await usage(pool, settings, user_id)

@@ -10,8 +10,7 @@ from schemas.errors import Conflict
 from schemas.settings import Settings
 from schemas.task_payloads import ScalePayload
 from schemas.tasks import DeploymentConfig, TaskKind, TaskRequest
-from service.domain import quotas
-from service.domain import tasks as task_service
+from service.domain import quotas, task_requests
 
 
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, model: Model, replicas: int,
@@ -29,5 +28,5 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, model: Model, replicas: in
     req = TaskRequest(embedding_model_id=model.identifier,
                       config=DeploymentConfig(replicas=max(1, replicas)))
     payload = ScalePayload(embedding_model_id=model.identifier, replicas=replicas)
-    return await task_service.accept(pool, redis, TaskKind.scale, req, idempotency_key,
-                                     user_id, model, settings=settings, payload=payload)
+    return await task_requests.accept(pool, redis, TaskKind.scale, req, idempotency_key,
+                                      user_id, model, settings=settings, payload=payload)

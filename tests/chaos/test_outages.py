@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from db import deployments, quotas, replicas, users
+from db import deployments, owner_quotas, replicas, users
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from launch.embedded import start_postgres
@@ -62,7 +62,7 @@ async def test_redis_flushed_while_200_tasks_are_in_flight(
         await hashing_model(f"m{i}")
     owner = await users.get_by_name(pool, "alice")
     assert owner is not None  # all MODELS deploy at once: above the default quota
-    await quotas.set_overrides(pool, owner.id, {
+    await owner_quotas.set_overrides(pool, owner.id, {
         "max_deployments": MODELS, "max_replicas": MODELS, "max_memory_mb": MODELS * 1024})
     fast = {"reconcile_interval_s": 0.5}
     spawn("worker", **fast)

@@ -32,13 +32,10 @@ from tests.conftest import REPO, START_TIMEOUT_S, TEST_SECRET_KEY
 from tests.multihost.backing import missing_backing, start_postgres, start_redis
 from tests.multihost.netbed import Host, NetBed, missing_requirement
 from tests.multihost.swarm_bed import Dockerd, form_swarm, load_image, start_dockerd, stop_dockerd
-from tests.support import docker as docker_fixtures
 from tests.support.services import create_database, settings_env, wait_for_http
 
 API_PORT = 8000
 GATEWAY_PORT = 8001
-# The docker tests' image, built once per checkout and session.
-docker_image = docker_fixtures.docker_image
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def test_no_module_below_the_handlers_chooses_an_http_status() -> None:
 
 def test_the_layer_check_covers_the_domain_gateway_launch_and_worker_modules() -> None:
     checked = {p.relative_to(ROOT).as_posix() for p in _below_handlers()}
-    assert {"service/domain/tasks.py", "edge/guard.py", "gateway/routing.py",
+    assert {"service/domain/task_requests.py", "edge/guard.py", "gateway/routing.py",
             "launch/cli.py", "worker/rollout.py"} <= checked
     assert "edge/errors.py" not in checked
 

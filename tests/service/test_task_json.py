@@ -9,7 +9,7 @@ import pytest
 from asyncpg.pgproto import pgproto
 
 from db.tasks import Task
-from service.domain.tasks import response_json, to_response
+from service.domain.task_requests import response_json, to_response
 
 
 def _task(**fields: Any) -> Task:

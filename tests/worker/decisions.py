@@ -9,8 +9,7 @@ from db.models import Model
 from db.tasks import Task
 from schemas.models import ModelSource
 from schemas.tasks import DeploymentConfig, ReplicaState, TaskKind, TaskRequest
-from service.domain import scaling
-from service.domain import tasks as task_service
+from service.domain import scaling, task_requests
 from service.domain.registration import register
 from worker.context import WorkerContext
 from worker.jobs import run_task
@@ -33,15 +32,15 @@ async def run(ctx: WorkerContext, task: Task) -> Task:
 async def deploy(ctx: WorkerContext, model: Model, **config: Any) -> Task:
     req = TaskRequest(embedding_model_id=model.identifier,
                       config=DeploymentConfig.model_validate(config))
-    task, _ = await task_service.accept(ctx.pool, ctx.redis, TaskKind.deploy, req, None,
-                                        settings=ctx.settings)
+    task, _ = await task_requests.accept(ctx.pool, ctx.redis, TaskKind.deploy, req, None,
+                                         settings=ctx.settings)
     return await run(ctx, task)
 
 
 async def delete(ctx: WorkerContext, model: Model) -> Task:
     req = TaskRequest(embedding_model_id=model.identifier)
-    task, _ = await task_service.accept(ctx.pool, ctx.redis, TaskKind.delete, req, None,
-                                        settings=ctx.settings)
+    task, _ = await task_requests.accept(ctx.pool, ctx.redis, TaskKind.delete, req, None,
+                                         settings=ctx.settings)
     return await run(ctx, task)
 
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from worker.runtimes.base import (
     ReplicaInfo,
     ReplicaSpec,
-    RuntimeError_,
+    RuntimeFailure,
     StartedReplica,
     stop_and_remove_each,
 )
@@ -39,7 +39,7 @@ class FakeReplica:
 
 # What happens to a replica when it starts: "healthy", "never_ready" (runs, /health never
 # answers 200), "exits" (exits at once with code 3), or "refused" (the runtime's start
-# raises RuntimeError_, as an engine refusing a container would).
+# raises RuntimeFailure, as an engine refusing a container would).
 Fate = str
 
 
@@ -103,7 +103,7 @@ class FakeRuntime:
     async def start(self, spec: ReplicaSpec) -> StartedReplica:
         fate = self.on_start(spec)
         if fate == "refused":
-            raise RuntimeError_("the fake runtime refused the replica")
+            raise RuntimeFailure("the fake runtime refused the replica")
         ref = f"fake-{spec.replica_id}"
         replica = FakeReplica(spec, ref, healthy=fate == "healthy",
                               log=f"replica {spec.replica_id} of generation {spec.generation}")

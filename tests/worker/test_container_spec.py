@@ -18,7 +18,7 @@ from worker.runtimes.base import (
     LABEL_RUNTIME,
     LABEL_TASK,
     ReplicaSpec,
-    RuntimeError_,
+    RuntimeFailure,
 )
 from worker.runtimes.container_spec import (
     Bind,
@@ -177,6 +177,6 @@ def test_image_cpus_and_memory_fall_back_to_the_settings(tmp_path: Path) -> None
 
 def test_a_model_directory_not_on_this_host_is_refused(tmp_path: Path) -> None:
     replica = _replica(tmp_path, location=str(tmp_path / "absent"))
-    with pytest.raises(RuntimeError_, match=r"model directory .*absent is not on this host"):
+    with pytest.raises(RuntimeFailure, match=r"model directory .*absent is not on this host"):
         container_spec(replica, _settings(), runtime="swarm", own_labels=OWN, network="n",
                        engine_cpus=1)

@@ -9,7 +9,7 @@ import pytest
 from schemas.settings import Settings
 from tests.conftest import TEST_CLUSTER
 from tests.support.docker import skip_without_engine, wait_exit, wait_health
-from worker.runtimes.base import LABEL_REPLICA, ReplicaSpec, RuntimeError_
+from worker.runtimes.base import LABEL_REPLICA, ReplicaSpec, RuntimeFailure
 from worker.runtimes.docker import DockerRuntime, container_name
 
 skip_without_engine()
@@ -56,7 +56,7 @@ async def test_stop_then_remove_leaves_nothing(
     assert await runtime.inspect(started.runtime_ref) is None
     await runtime.stop(started.runtime_ref, grace_s=1)  # gone: no error
     await runtime.remove(started.runtime_ref)
-    with pytest.raises(RuntimeError_, match="gone"):
+    with pytest.raises(RuntimeFailure, match="gone"):
         await runtime.logs(started.runtime_ref)
 
 
@@ -81,7 +81,7 @@ async def test_a_model_folder_missing_on_this_host_is_a_start_error(
     runtime: DockerRuntime, make_spec: Callable[..., ReplicaSpec]
 ) -> None:
     spec = make_spec(source={"backend": "sentence-transformers", "location": "/nonexistent"})
-    with pytest.raises(RuntimeError_, match="not on this host"):
+    with pytest.raises(RuntimeFailure, match="not on this host"):
         await runtime.start(spec)
 
 
@@ -90,7 +90,7 @@ async def test_tiny_memory_limit_is_oom_killed(
 ) -> None:
     try:
         started = await runtime.start(make_spec(memory_mb=20))
-    except RuntimeError_ as exc:  # killed before its port could be read
+    except RuntimeFailure as exc:  # killed before its port could be read
         assert "OOM-killed" in str(exc)
         return
     info = await wait_exit(runtime, started.runtime_ref)
@@ -128,7 +128,7 @@ async def test_missing_image_says_how_to_build_it(
     runtime: DockerRuntime, make_spec: Callable[..., ReplicaSpec]
 ) -> None:
     spec = make_spec(source={"backend": "hashing", "image": "greenroom/absent:nope"})
-    with pytest.raises(RuntimeError_, match=r"image greenroom/absent:nope not found.*build"):
+    with pytest.raises(RuntimeFailure, match=r"image greenroom/absent:nope not found.*build"):
         await runtime.start(spec)
 
 
@@ -142,9 +142,9 @@ async def test_unreachable_engine_is_a_runtime_error(
                         cluster=TEST_CLUSTER)
     runtime = DockerRuntime(settings)
     try:
-        with pytest.raises(RuntimeError_, match=NO_ENGINE):
+        with pytest.raises(RuntimeFailure, match=NO_ENGINE):
             await runtime.start(make_spec())
-        with pytest.raises(RuntimeError_, match=NO_ENGINE):
+        with pytest.raises(RuntimeFailure, match=NO_ENGINE):
             await runtime.list()
     finally:
         await runtime.close()

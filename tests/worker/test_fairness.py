@@ -9,7 +9,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from db import quotas
+from db import owner_quotas
 from schemas.models import ModelSource
 from service.domain.registration import register
 from tests.conftest import Proc, wait_task
@@ -57,8 +57,8 @@ async def test_a_queue_of_twenty_does_not_starve_another_users_deploy(
     await register(pool, "ben", "b1", source, "public")
     anna, anna_h = await make_user(pool, "anna")
     _, ben_h = await make_user(pool, "ben")
-    await quotas.set_overrides(pool, anna.id, {"max_deployments": QUEUED,
-                                               "max_replicas": QUEUED})
+    await owner_quotas.set_overrides(pool, anna.id, {"max_deployments": QUEUED,
+                                                     "max_replicas": QUEUED})
     spawn("worker", rollouts_per_user=per_user)
     await eventually(lambda: _workers(anon_http, api), 60, "a live worker")
 

@@ -19,7 +19,7 @@ from worker.runtimes.base import (
     LABEL_GENERATION,
     LABEL_MODEL,
     ReplicaSpec,
-    RuntimeError_,
+    RuntimeFailure,
 )
 from worker.runtimes.swarm import LABEL_SLOT_PREFIX, SwarmRuntime, service_name
 
@@ -136,5 +136,5 @@ async def test_crashed_task_is_reported_and_its_restart_taken_over(
 async def test_model_directory_missing_is_refused(
         swarm_runtime: SwarmRuntime, spec_of: Callable[..., ReplicaSpec]) -> None:
     spec = spec_of(source={"backend": "sentence-transformers", "location": "/no/such/model"})
-    with pytest.raises(RuntimeError_, match="model directory /no/such/model is not on this"):
+    with pytest.raises(RuntimeFailure, match="model directory /no/such/model is not on this"):
         await swarm_runtime.start(spec)

@@ -8,8 +8,7 @@ start more than the limit allows.
 
 from uuid import UUID
 
-from db import events
-from db import quotas as quota_rows
+from db import events, owner_quotas
 from db.models import Model
 from schemas import quotas
 from schemas.quotas import Use
@@ -22,11 +21,11 @@ RUNNING = ["processing"]
 async def _limits_and_others(ctx: WorkerContext, owner_id: int,
                              model_id: UUID) -> tuple[Use, Use] | None:
     """(limits, what the owner's other models hold), or None for an administrator."""
-    if await quota_rows.is_admin(ctx.pool, owner_id):
+    if await owner_quotas.is_admin(ctx.pool, owner_id):
         return None
-    stored = await quota_rows.overrides(ctx.pool, owner_id)
+    stored = await owner_quotas.overrides(ctx.pool, owner_id)
     limits = quotas.limits_with(quotas.defaults(ctx.settings), stored)
-    rows = await quota_rows.claims(ctx.pool, owner_id, model_id, RUNNING)
+    rows = await owner_quotas.claims(ctx.pool, owner_id, model_id, RUNNING)
     others = quotas.total(
         quotas.claimed(r.task_kind, r.task_config, r.deployed_config, r.backend,
                        ctx.settings.replica_memory_mb) for r in rows)

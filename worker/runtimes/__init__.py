@@ -1,7 +1,7 @@
 """Runtimes start, stop and inspect model-server replicas; one module per runtime here."""
 
 from schemas.settings import Settings
-from worker.runtimes.base import Runtime, RuntimeError_
+from worker.runtimes.base import Runtime, RuntimeFailure
 
 
 def create_runtime(settings: Settings) -> Runtime:
@@ -18,7 +18,7 @@ def create_runtime(settings: Settings) -> Runtime:
         from worker.runtimes.swarm import SwarmRuntime
 
         return SwarmRuntime(settings)
-    raise RuntimeError_(f"runtime {settings.runtime!r} is not available in this build")
+    raise RuntimeFailure(f"runtime {settings.runtime!r} is not available in this build")
 
 
-__all__ = ["Runtime", "RuntimeError_", "create_runtime"]
+__all__ = ["Runtime", "RuntimeFailure", "create_runtime"]

@@ -27,7 +27,7 @@ LABEL_INSTALLATION = LABEL_PREFIX + "installation"
 LABEL_RUNTIME = LABEL_PREFIX + "runtime"
 
 
-class RuntimeError_(Exception):  # trailing _ keeps clear of the builtin RuntimeError
+class RuntimeFailure(Exception):
     """Root of every runtime error; the message is shown to users in task details."""
 
 
@@ -157,7 +157,7 @@ async def stop_and_remove_each(runtime: "Runtime", runtime_refs: list[str],
         try:
             await runtime.stop(ref, grace_s)
             await runtime.remove(ref)
-        except RuntimeError_ as exc:
+        except RuntimeFailure as exc:
             log.warning("replica_remove_failed", ref=ref, error=str(exc))
 
     await asyncio.gather(*(one(ref) for ref in runtime_refs))

@@ -19,7 +19,7 @@ from worker.runtimes.base import (
     LABEL_REPLICA,
     LABEL_RUNTIME,
     ReplicaSpec,
-    RuntimeError_,
+    RuntimeFailure,
     model_server_env,
 )
 
@@ -93,7 +93,7 @@ def replica_binds(spec: ReplicaSpec) -> tuple[tuple[Bind, ...], dict[str, str]]:
     if location.startswith("/"):  # else package:NAME or the image's own default
         folder = Path(location)
         if not folder.is_dir():
-            raise RuntimeError_(f"model directory {location} is not on this host")
+            raise RuntimeFailure(f"model directory {location} is not on this host")
         binds.append(Bind(str(folder.resolve()), MODEL_MOUNT, read_only=True))
         env["MODEL_SERVER_MODEL"] = MODEL_MOUNT
     exports = spec.source.get("export_dir")

@@ -22,7 +22,7 @@ from worker.runtimes.base import (
     LABEL_REPLICA,
     ReplicaInfo,
     ReplicaSpec,
-    RuntimeError_,
+    RuntimeFailure,
     StartedReplica,
     endpoint_url,
     parse_labels,
@@ -49,22 +49,22 @@ BUILD_HINT = "build it with `python -m launch.image build`"
 @asynccontextmanager
 async def _engine(what: str, timeout_s: float = CALL_TIMEOUT_S, *, missing: str | None = None,
                   allow: tuple[int, ...] = ()) -> AsyncIterator[None]:
-    """Bound an Engine call and turn whatever goes wrong into a readable RuntimeError_.
+    """Bound an Engine call and turn whatever goes wrong into a readable RuntimeFailure.
     `missing`: the message for the Engine's 404 (what was asked is gone); `allow`: answers
     that are no error (a 404 to a removal: gone already), left at the call that got one."""
     try:
         async with asyncio.timeout(timeout_s):
             yield
     except TimeoutError as exc:
-        raise RuntimeError_(f"{what}: Docker Engine gave no answer in {timeout_s:g}s") from exc
+        raise RuntimeFailure(f"{what}: Docker Engine gave no answer in {timeout_s:g}s") from exc
     except aiodocker.DockerError as exc:
         if exc.status in allow:
             return
         if missing is not None and exc.status == 404:
-            raise RuntimeError_(missing) from exc
-        raise RuntimeError_(f"{what}: {exc.message}") from exc
+            raise RuntimeFailure(missing) from exc
+        raise RuntimeFailure(f"{what}: {exc.message}") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise RuntimeError_(f"{what}: cannot reach the Docker Engine ({exc})") from exc
+        raise RuntimeFailure(f"{what}: cannot reach the Docker Engine ({exc})") from exc
 
 
 def network_name(cluster: str) -> str:
@@ -122,14 +122,14 @@ class DockerRuntime:
             try:
                 self._docker = aiodocker.Docker(url=self._settings.docker_url)
             except (AssertionError, ValueError) as exc:
-                raise RuntimeError_(f"no Docker Engine found: {exc or 'no socket'}") from exc
+                raise RuntimeFailure(f"no Docker Engine found: {exc or 'no socket'}") from exc
         return self._docker
 
     def own_labels(self) -> dict[str, str]:
         """The labels that mark a replica as this installation's (worker/installation.py)."""
         if self._settings.cluster is None:
-            raise RuntimeError_("the runtime's cluster is unknown: settings not resolved "
-                                "against the database (worker/installation.py)")
+            raise RuntimeFailure("the runtime's cluster is unknown: settings not resolved "
+                                 "against the database (worker/installation.py)")
         labels = {LABEL_CLUSTER: self._settings.cluster}
         if self._settings.installation_id is not None:
             labels[LABEL_INSTALLATION] = self._settings.installation_id
@@ -160,7 +160,7 @@ class DockerRuntime:
             async with _engine(f"start container {name}"):
                 await container.start()
                 data = await container.show()
-        except RuntimeError_:
+        except RuntimeFailure:
             await self.remove(container.id)
             raise
         port = _host_port(data)
@@ -175,16 +175,16 @@ class DockerRuntime:
                            missing=f"image {config['Image']} not found: {BUILD_HINT}"):
             return await self._client().containers.create(config, name=name)
 
-    async def _died_at_start(self, ref: str, name: str, data: dict[str, Any]) -> RuntimeError_:
+    async def _died_at_start(self, ref: str, name: str, data: dict[str, Any]) -> RuntimeFailure:
         """The replica exited before its port was read: keep its story, drop the container."""
         info = self._info(data)
         try:
             _, stderr = await self.logs(ref, tail=20)
-        except RuntimeError_:
+        except RuntimeFailure:
             stderr = ""
         await self.remove(ref)
         message = f"container {name} {info.describe_exit() if info else 'exited'} at start"
-        return RuntimeError_(f"{message}:\n{stderr}" if stderr else message)
+        return RuntimeFailure(f"{message}:\n{stderr}" if stderr else message)
 
     def _endpoint(self, port: int) -> str:
         return endpoint_url(self._settings.replica_endpoint_host, port)
@@ -217,7 +217,7 @@ class DockerRuntime:
             return None
         info = self._info(data)
         if info is None:
-            raise RuntimeError_(f"container {runtime_ref[:12]} is not a Greenroom replica")
+            raise RuntimeFailure(f"container {runtime_ref[:12]} is not a Greenroom replica")
         return info
 
     async def stop(self, runtime_ref: str, grace_s: float) -> None:

@@ -27,7 +27,7 @@ from worker.runtimes import memory_limit
 from worker.runtimes.base import (
     ReplicaInfo,
     ReplicaSpec,
-    RuntimeError_,
+    RuntimeFailure,
     StartedReplica,
     endpoint_url,
     model_server_env,
@@ -133,7 +133,7 @@ class ProcessRuntime:
             except OSError as exc:
                 if limit is not None:
                     memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
-                raise RuntimeError_(f"could not start model server: {exc}") from exc
+                raise RuntimeFailure(f"could not start model server: {exc}") from exc
         if limit is not None:
             try:
                 limit.apply(proc.pid)
@@ -142,7 +142,7 @@ class ProcessRuntime:
                     proc.kill()
                 await proc.wait()
                 memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
-                raise RuntimeError_(f"could not apply the memory limit: {exc}") from exc
+                raise RuntimeFailure(f"could not apply the memory limit: {exc}") from exc
         return proc
 
     def cap_logs(self, max_bytes: int) -> int:
@@ -256,7 +256,7 @@ class ProcessRuntime:
     async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
         folder = self._dir(runtime_ref)
         if not folder.exists():
-            raise RuntimeError_(f"replica {runtime_ref} is gone")
+            raise RuntimeFailure(f"replica {runtime_ref} is gone")
         return _tail(folder / "stdout.log", tail), _tail(folder / "stderr.log", tail)
 
     async def remove_many(self, runtime_refs: list[str], grace_s: float) -> None:

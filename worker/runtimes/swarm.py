@@ -64,7 +64,7 @@ from worker.runtimes.base import (
     LABEL_RUNTIME,
     ReplicaInfo,
     ReplicaSpec,
-    RuntimeError_,
+    RuntimeFailure,
     StartedReplica,
 )
 from worker.runtimes.container_spec import CONTAINER_PORT, to_swarm
@@ -191,9 +191,9 @@ class SwarmRuntime(DockerRuntime):
                 info = await self._client().system.info()
             swarm = info.get("Swarm") or {}
             if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-                raise RuntimeError_("the Docker Engine is not a swarm manager: run "
-                                    "`docker swarm init` (or point GREENROOM_DOCKER_URL at a "
-                                    "manager)")
+                raise RuntimeFailure("the Docker Engine is not a swarm manager: run "
+                                     "`docker swarm init` (or point GREENROOM_DOCKER_URL at a "
+                                     "manager)")
             self._local_node = str(swarm.get("NodeID") or "")
         return self._local_node
 
@@ -255,7 +255,7 @@ class SwarmRuntime(DockerRuntime):
         for tries in range(UPDATE_ATTEMPTS):
             try:
                 return await attempt()
-            except RuntimeError_ as exc:
+            except RuntimeFailure as exc:
                 if "out of sequence" not in str(exc) or tries == UPDATE_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(0.05 * (tries + 1))
@@ -279,8 +279,8 @@ class SwarmRuntime(DockerRuntime):
         service_id, slot, earlier = placed
         try:
             task = await self._wait_running(service_id, slot, earlier, name)
-        except RuntimeError_:
-            with contextlib.suppress(RuntimeError_):
+        except RuntimeFailure:
+            with contextlib.suppress(RuntimeFailure):
                 await self._drop_slots(service_id, {slot})
             raise
         started = StartedReplica(runtime_ref=str(task["ID"]),
@@ -301,10 +301,10 @@ class SwarmRuntime(DockerRuntime):
                 async with _engine(f"create service {name}"):
                     created = await self._client()._query_json(
                         "services/create", method="POST", data=json.dumps(body))
-            except RuntimeError_ as exc:
+            except RuntimeFailure as exc:
                 cause = exc.__cause__
                 if isinstance(cause, aiodocker.DockerError) and cause.status == 409:
-                    raise RuntimeError_("update out of sequence (created meanwhile)") from exc
+                    raise RuntimeFailure("update out of sequence (created meanwhile)") from exc
                 raise
             log.info("service_created", service=name, id=str(created["ID"])[:12])
             return str(created["ID"]), 1, set()
@@ -379,16 +379,16 @@ class SwarmRuntime(DockerRuntime):
             if task is not None and _state(task) in TERMINAL:
                 raise await self._task_died(task, name)
             await asyncio.sleep(POLL_S)
-        raise RuntimeError_(f"task {slot} of service {name} was not running after "
-                            f"{START_TIMEOUT_S:g}s")
+        raise RuntimeFailure(f"task {slot} of service {name} was not running after "
+                             f"{START_TIMEOUT_S:g}s")
 
-    async def _task_died(self, task: dict[str, Any], name: str) -> RuntimeError_:
+    async def _task_died(self, task: dict[str, Any], name: str) -> RuntimeFailure:
         info = await self._task_info(task, {})
         stderr = ""
-        with contextlib.suppress(RuntimeError_):
+        with contextlib.suppress(RuntimeFailure):
             _, stderr = await self.logs(str(task["ID"]), tail=20)
         message = f"task {task.get('Slot')} of service {name} {info.describe_exit()} at start"
-        return RuntimeError_(f"{message}:\n{stderr.strip()}" if stderr.strip() else message)
+        return RuntimeFailure(f"{message}:\n{stderr.strip()}" if stderr.strip() else message)
 
     # ------------------------------------------------------------ reading tasks
 
@@ -421,7 +421,7 @@ class SwarmRuntime(DockerRuntime):
         container = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
         if not container or task.get("NodeID") != await self._local_node_id():
             return False
-        with contextlib.suppress(RuntimeError_):
+        with contextlib.suppress(RuntimeFailure):
             data = await self._show(str(container))
             return bool(((data or {}).get("State") or {}).get("OOMKilled"))
         return False
@@ -452,7 +452,7 @@ class SwarmRuntime(DockerRuntime):
         labels = ((service or {}).get("Spec") or {}).get("Labels") or {}
         if LABEL_RUNTIME not in (((task.get("Spec") or {}).get("ContainerSpec") or {})
                                  .get("Labels") or {}):
-            raise RuntimeError_(f"task {runtime_ref[:12]} is not a Greenroom replica")
+            raise RuntimeFailure(f"task {runtime_ref[:12]} is not a Greenroom replica")
         return await self._task_info(task, labels)
 
     async def logs(self, runtime_ref: str, tail: int = 100) -> tuple[str, str]:
@@ -541,8 +541,8 @@ class SwarmRuntime(DockerRuntime):
         container = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
         if task.get("NodeID") != await self._local_node_id() or not container:
             _, host = await self._node(str(task.get("NodeID") or ""))
-            raise RuntimeError_(f"task {str(task['ID'])[:12]} runs on node {host}: one task "
-                                "of a service can only be stopped on the worker's own node")
+            raise RuntimeFailure(f"task {str(task['ID'])[:12]} runs on node {host}: one task "
+                                 "of a service can only be stopped on the worker's own node")
         grace = max(0, math.ceil(grace_s))
         async with _engine(f"stop task {str(task['ID'])[:12]}", grace + 30, allow=(404,)):
             await self._client().containers.container(str(container)).stop(t=grace)

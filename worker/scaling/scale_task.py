@@ -19,7 +19,7 @@ from db.replicas import Replica
 from db.tasks import Task
 from schemas.task_payloads import ScalePayload
 from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskStatus, replica_count
-from worker import replicas as lifecycle
+from worker import replica_lifecycle
 from worker.admission import quotas
 from worker.context import WorkerContext
 from worker.publish import publish_routes
@@ -97,7 +97,7 @@ async def _add(ctx: WorkerContext, progress: Progress, model: Model, generation:
         started += await bring_up(ctx, progress, model, generation,
                                   config.model_copy(update={"replicas": batch}), join)
     await progress.enter(Phase.switching, generation=generation)
-    left = await lifecycle.starting_of_task(ctx, model.id, progress.task.id)
+    left = await replica_lifecycle.starting_of_task(ctx, model.id, progress.task.id)
     for replica_id in left:  # each joined as it became healthy; any left over joins now
         await replicas.transition(ctx.pool, replica_id, ReplicaState.starting,
                                   ReplicaState.ready)
@@ -120,8 +120,8 @@ async def _remove(ctx: WorkerContext, progress: Progress, generation: int,
 
 async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason: str) -> None:
     task = progress.task
-    mine = await lifecycle.starting_of_task(ctx, task.model_id, task.id)
-    await lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
+    mine = await replica_lifecycle.starting_of_task(ctx, task.model_id, task.id)
+    await replica_lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
     ready, _ = _serving(await replicas.list_for_model(ctx.pool, task.model_id), generation)
     # Replicas that joined before the failure keep serving: count them (quotas do).
     await deployments.set_scaled_count(ctx.pool, task.model_id, generation, len(ready) or None)

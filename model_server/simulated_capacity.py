@@ -1,5 +1,6 @@
-"""Test knobs (MODEL_SERVER_TEST_SERVICE_TIME_MS, MODEL_SERVER_TEST_CONCURRENCY): a known
-per-replica capacity for the autoscaling tests and bench/autoscale.py. Not for production.
+"""A simulated capacity per replica, set by the test knobs MODEL_SERVER_TEST_SERVICE_TIME_MS
+and MODEL_SERVER_TEST_CONCURRENCY: for the autoscaling tests and bench/autoscale.py, not
+for production (off unless a knob is set).
 
 Each embedding request holds one of `test_concurrency` slots (the rest queue) for the
 service time, asleep, before it is computed; so one replica serves at most

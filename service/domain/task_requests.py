@@ -15,8 +15,8 @@ from redis.exceptions import RedisError
 from db import deploy_access, deployments, models, task_access, tasks
 from db.errors import UniqueViolation
 from db.models import Model
+from db.owner_quotas import OwnerQuota
 from db.permissions import Grant
-from db.quotas import OwnerQuota
 from db.tasks import Task
 from schemas import secrets
 from schemas.errors import Conflict, Invalid, NotFound

@@ -19,7 +19,7 @@ from schemas.tasks import DeploymentConfig, ReplicaState
 from schemas.tokens import issue_job_token
 from worker.context import WorkerContext
 from worker.onnx_variant import replica_source
-from worker.runtimes.base import ReplicaSpec, RuntimeError_, StartedReplica
+from worker.runtimes.base import ReplicaSpec, RuntimeFailure, StartedReplica
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +73,7 @@ async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID
     what the runtime started. `replaces`: the runtime_ref of the crashed replica this one
     replaces (a runtime that restarts replicas itself takes that restart over).
 
-    Raises the runtime's `RuntimeError_` after marking the row `failed` with its reason.
+    Raises the runtime's `RuntimeFailure` after marking the row `failed` with its reason.
     """
     spec = ReplicaSpec(
         replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
@@ -89,7 +89,7 @@ async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID
                           memory_mb=memory_mb)
     try:
         replica = await ctx.runtime.start(spec)
-    except RuntimeError_ as exc:
+    except RuntimeFailure as exc:
         await replicas.set_state(ctx.pool, [spec.replica_id], ReplicaState.failed, str(exc))
         raise
     await replicas.set_started(ctx.pool, spec.replica_id, replica.runtime_ref, replica.endpoint)
@@ -117,5 +117,5 @@ async def stop_and_remove(ctx: WorkerContext, runtime_refs: list[str], grace_s: 
         return
     try:
         await ctx.runtime.remove_many(runtime_refs, grace_s)
-    except RuntimeError_ as exc:
+    except RuntimeFailure as exc:
         log.warning("replica_remove_failed", refs=runtime_refs, error=str(exc))
