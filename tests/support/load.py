@@ -43,8 +43,11 @@ async def _one(http: aiohttp.ClientSession, url: str, i: int, load: Load) -> Non
 
 
 async def run_load(url: str, rate: float, duration_s: float, concurrency: int,
-                   timeout_s: float = REQUEST_TIMEOUT_S) -> Load:
-    """Send `rate * duration_s` requests, one every 1/rate s, at most `concurrency` at once."""
+                   timeout_s: float = REQUEST_TIMEOUT_S,
+                   stop: asyncio.Event | None = None) -> Load:
+    """Send `rate * duration_s` requests, one every 1/rate s, at most `concurrency` at once;
+    with `stop`, no more once it is set (`duration_s` is then the longest the load runs):
+    a test that needs the load only while something happens ends it when that is over."""
     load = Load()
     limit = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -60,6 +63,8 @@ async def run_load(url: str, rate: float, duration_s: float, concurrency: int,
         pending = []
         for i in range(int(rate * duration_s)):
             await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            if stop is not None and stop.is_set():
+                break
             pending.append(asyncio.create_task(paced(i)))
         await asyncio.gather(*pending)
         load.elapsed_s = loop.time() - start
