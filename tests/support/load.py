@@ -19,6 +19,8 @@ class Load:
     latencies: list[float] = field(default_factory=list)
     # When each answered request was sent (perf_counter), beside its latency.
     starts: list[float] = field(default_factory=list)
+    # When each request not answered yet was sent, by its number (read while it runs).
+    in_flight: dict[int, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     @property
@@ -27,7 +29,15 @@ class Load:
 
 
 async def _one(http: aiohttp.ClientSession, url: str, i: int, load: Load) -> None:
-    started = time.perf_counter()
+    started = load.in_flight[i] = time.perf_counter()
+    try:
+        await _answer(http, url, i, load, started)
+    finally:
+        del load.in_flight[i]
+
+
+async def _answer(http: aiohttp.ClientSession, url: str, i: int, load: Load,
+                  started: float) -> None:
     try:
         async with http.post(url, json={"inputs": f"request number {i}"}) as resp:
             body = await resp.read()
@@ -43,9 +53,13 @@ async def _one(http: aiohttp.ClientSession, url: str, i: int, load: Load) -> Non
 
 
 async def run_load(url: str, rate: float, duration_s: float, concurrency: int,
-                   timeout_s: float = REQUEST_TIMEOUT_S) -> Load:
-    """Send `rate * duration_s` requests, one every 1/rate s, at most `concurrency` at once."""
-    load = Load()
+                   timeout_s: float = REQUEST_TIMEOUT_S,
+                   stop: asyncio.Event | None = None, into: Load | None = None) -> Load:
+    """Send `rate * duration_s` requests, one every 1/rate s, at most `concurrency` at once;
+    with `stop`, no more once it is set (`duration_s` is then the longest the load runs):
+    a test that needs the load only while something happens ends it when that is over.
+    `into` is the Load to fill (a caller may read it while the load runs)."""
+    load = Load() if into is None else into
     limit = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -60,6 +74,8 @@ async def run_load(url: str, rate: float, duration_s: float, concurrency: int,
         pending = []
         for i in range(int(rate * duration_s)):
             await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            if stop is not None and stop.is_set():
+                break
             pending.append(asyncio.create_task(paced(i)))
         await asyncio.gather(*pending)
         load.elapsed_s = loop.time() - start

@@ -34,9 +34,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # Every autoscaling test of the process runtime drives paced load and times the
-# autoscaler's reaction.
+# autoscaler's reaction. (test_scale_task.py is not one: its load test says `serial`
+# itself, and its input checks time nothing, so they run in the parallel phase.)
 SERIAL_MODULES = tuple(f"tests/worker/test_{name}.py" for name in (
-    "autoscale_load", "decider_killed", "redeploy_scaled", "scale_task", "scale_to_zero"))
+    "autoscale_load", "decider_killed", "redeploy_scaled", "scale_to_zero"))
 DOCKER_FIXTURES = {"docker_image", "model_image"}
 
 

@@ -14,6 +14,8 @@ from tests.support.as_admin import admin_http  # noqa: F401  (as the administrat
 from tests.support.autoscale import CAPACITY, KNOBS, deploy, ready_count, wait_task
 from tests.support.load import run_load
 
+LOAD_MAX_S, AFTER_S = 60, 3
+
 
 async def test_redeploy_of_a_deployment_scaled_to_3_keeps_3_under_load(
         api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
@@ -28,11 +30,20 @@ async def test_redeploy_of_a_deployment_scaled_to_3_keeps_3_under_load(
         task = await resp.json()
     assert (await wait_task(http, api, "scale", task["task_id"]))["status"] == "done"
     assert await ready_count(pool, model_id) == {1: 3}
-    # 2.4x one replica's capacity: 3 replicas carry it, 1 would not.
+    # 2.4x one replica's capacity: 3 replicas carry it, 1 would not. It runs from 2 s before
+    # the redeploy until AFTER_S after it is done (at most LOAD_MAX_S), not a fixed 15 s
+    # that mostly outlasted the redeploy by idle seconds (and was not checked to cover it).
+    stop = asyncio.Event()
     load = asyncio.create_task(run_load(f"{gateway}/serve/steady/embed", rate=2.4 * CAPACITY,
-                                        duration_s=15, concurrency=2000, timeout_s=30))
+                                        duration_s=LOAD_MAX_S, concurrency=2000, timeout_s=30,
+                                        stop=stop))
     await asyncio.sleep(2)
     again = await deploy(http, api, "alice/steady", config)
+    assert not load.done(), "the load ended before the redeploy did"
+    # Every gateway has followed the routing table (routes_poll_s 0.5 s) well within it:
+    # the load ends on generation 2 only, still 3 replicas.
+    await asyncio.sleep(AFTER_S)
+    stop.set()
     assert again["status"] == "done", again
     assert again["metadata"]["generation"] == 2 and len(again["metadata"]["replicas"]) == 3
     assert again["metadata"]["replicas_current"] == again["metadata"]["replicas_desired"] == 3

@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from db import replicas
 from tests.conftest import Proc, wait_task
@@ -41,6 +42,7 @@ async def _ready(pool: asyncpg.Pool, model_id: Any) -> dict[int, int]:
     return found
 
 
+@pytest.mark.serial  # paced load through the scale steps: no request may fail or time out
 async def test_scale_up_and_down_under_load_then_redeploy_keeps_the_count(
         api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         pool: asyncpg.Pool, hashing_model: Any) -> None:

@@ -15,6 +15,12 @@ from tests.support.as_admin import admin_http  # noqa: F401  (as the administrat
 from tests.support.autoscale import FAST_AUTOSCALING, deploy, ready_count, wait_for
 
 HOLD_S, HOLD_MAX = 8.0, 5
+# Idle to zero takes the stable window (the in-flight average falls to 0), the scale-down
+# delay after it, and the grace; the test waits for it twice, so it takes half of
+# FAST_AUTOSCALING's: what is shown (idle goes to 0, then a held request wakes it) is the
+# same at any length of these windows.
+TO_ZERO_FAST = {"autoscaling_stable_window_s": 3, "autoscaling_scale_down_delay_s": 2,
+                "autoscaling_scale_to_zero_grace_s": 2}
 
 
 async def _embed(url: str) -> tuple[int, dict[str, Any], dict[str, str], float]:
@@ -32,7 +38,7 @@ async def test_idle_goes_to_zero_then_a_held_request_is_served_after_a_cold_star
     gateway = await start_gateway(spawn, http, gateway_hold_timeout_s=HOLD_S,
                                   gateway_hold_max=HOLD_MAX)
     spawn("worker")
-    config = FAST_AUTOSCALING | {"autoscaling_min": 0, "autoscaling_max": 2}
+    config = FAST_AUTOSCALING | TO_ZERO_FAST | {"autoscaling_min": 0, "autoscaling_max": 2}
     assert (await deploy(http, api, "alice/sleepy", config))["status"] == "done"
     url = f"{gateway}/serve/sleepy/embed"
     status, _, _, _ = await _embed(url)
