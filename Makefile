@@ -50,7 +50,7 @@ bench: $(STAMP)
 # schemathesis, every check and every phase (examples, coverage, fuzzing, stateful), on the
 # API's /openapi.json and the gateway's, each with an admin token and a non-admin one (the
 # API's non-admin run must end with no replica running). tests/fuzz/schemathesis.toml says
-# what a JSON Schema cannot. `make test` runs the same with 20 examples per operation.
+# what a JSON Schema cannot. `make test` runs the same with 10 examples per operation.
 fuzz: $(STAMP)
 	GREENROOM_FUZZ_EXAMPLES=100 $(BIN)/python -m pytest -q -s -p no:cacheprovider \
 		tests/fuzz/test_openapi.py -k schemathesis

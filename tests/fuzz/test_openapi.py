@@ -24,7 +24,7 @@ from tests.conftest import Proc, wait_task
 
 MIN_REQUESTS = 1000
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-MAX_EXAMPLES = int(os.environ.get("GREENROOM_FUZZ_EXAMPLES", "20"))
+MAX_EXAMPLES = int(os.environ.get("GREENROOM_FUZZ_EXAMPLES", "10"))
 
 
 async def test_openapi_documents_every_route(api: str, http: aiohttp.ClientSession) -> None:

@@ -80,6 +80,19 @@ async def serve_from(pool: asyncpg.Pool, model_id: UUID, name: str,
     return ids
 
 
+@contextlib.asynccontextmanager
+async def hashing_replica(http: aiohttp.ClientSession, tmp_path: Path,
+                          dimension: int = 8) -> AsyncIterator[str]:
+    """A real model-server process on the hashing backend, healthy; its URL."""
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing",
+                          MODEL_SERVER_DIMENSION=str(dimension))
+    try:
+        await poll_health(http, server)
+        yield server.url
+    finally:
+        server.stop()
+
+
 async def _start(spawn: Callable[..., Proc], http: aiohttp.ClientSession, engine: str,
                  **overrides: Any) -> str:
     if engine == "haproxy":
@@ -128,18 +141,14 @@ async def test_a_replica_refusing_connections_is_still_retried_on_another(
         hashing_model: Any, clean: None, tmp_path: Path) -> None:
     """What stays retried on the Python gateway: a failed connect (nothing was sent)."""
     model_id = await hashing_model("half-up")
-    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing", MODEL_SERVER_DIMENSION="8")
-    try:
-        await poll_health(http, server)
+    async with hashing_replica(http, tmp_path) as replica:
         closed = [f"http://127.0.0.1:{free_port('127.0.0.1')}" for _ in range(2)]
-        await serve_from(pool, model_id, "half-up", [*closed, server.url])
+        await serve_from(pool, model_id, "half-up", [*closed, replica])
         base = await start_gateway(spawn, http)
         for _ in range(10):
             status, body = await _until_routed(http, f"{base}/serve/half-up/embed",
                                                {"inputs": "x"})
             assert status == 200, body
-    finally:
-        server.stop()
 
 
 async def test_an_answer_over_the_gateway_cap_is_a_logged_502_not_buffered(
@@ -148,11 +157,8 @@ async def test_an_answer_over_the_gateway_cap_is_a_logged_502_not_buffered(
     """Before: the gateway buffered whatever Content-Length the replica named. Now: an
     answer over GREENROOM_GATEWAY_MAX_ANSWER_BYTES is refused from its head."""
     model_id = await hashing_model("capped")
-    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing",
-                          MODEL_SERVER_DIMENSION="384")
-    try:
-        await poll_health(http, server)
-        await serve_from(pool, model_id, "capped", [server.url])
+    async with hashing_replica(http, tmp_path, dimension=384) as replica:
+        await serve_from(pool, model_id, "capped", [replica])
         base = await start_gateway(spawn, http, gateway_max_answer_bytes=1000)
         url = f"{base}/serve/capped"
         status, tokens = await _until_routed(http, f"{url}/tokenize", {"inputs": "ab"})
@@ -162,8 +168,6 @@ async def test_an_answer_over_the_gateway_cap_is_a_logged_502_not_buffered(
         assert "GREENROOM_GATEWAY_MAX_ANSWER_BYTES" in body["message"], body
         async with http.get(f"{base}/healthz") as resp:
             assert resp.status == 200
-    finally:
-        server.stop()
 
 
 async def test_the_1mb_embed_all_attack_and_openai_route_meet_the_replica_budget_via_gateway(
@@ -174,11 +178,8 @@ async def test_the_1mb_embed_all_attack_and_openai_route_meet_the_replica_budget
     from tests.model_server.test_request_budget import ATTACK
 
     model_id = await hashing_model("budget")
-    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing",
-                          MODEL_SERVER_DIMENSION="384")
-    try:
-        await poll_health(http, server)
-        await serve_from(pool, model_id, "budget", [server.url])
+    async with hashing_replica(http, tmp_path, dimension=384) as replica:
+        await serve_from(pool, model_id, "budget", [replica])
         base = await start_gateway(spawn, http)
         await _until_routed(http, f"{base}/serve/budget/embed", {"inputs": "x"})
         headers = {"Content-Type": "application/json"}
@@ -191,8 +192,6 @@ async def test_the_1mb_embed_all_attack_and_openai_route_meet_the_replica_budget
             body = await resp.json()
             assert resp.status == 413 and "max_request_tokens" in body["message"], body
             assert body["type"] == "Validation"
-    finally:
-        server.stop()
 
 
 async def test_a_non_ascii_request_id_is_replaced_not_a_500(
@@ -201,10 +200,8 @@ async def test_a_non_ascii_request_id_is_replaced_not_a_500(
     """Review L2: `X-Request-Id: €` failed the latin-1 encode of the request to the replica
     (a 500 with a traceback). Now the gateway sends a fresh id in its place."""
     model_id = await hashing_model("rid")
-    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing", MODEL_SERVER_DIMENSION="8")
-    try:
-        await poll_health(http, server)
-        await serve_from(pool, model_id, "rid", [server.url])
+    async with hashing_replica(http, tmp_path) as replica:
+        await serve_from(pool, model_id, "rid", [replica])
         base = await start_gateway(spawn, http)
         await _until_routed(http, f"{base}/serve/rid/embed", {"inputs": "x"})
         for value in ("€", "é" * 3, "x" * 300):
@@ -214,5 +211,3 @@ async def test_a_non_ascii_request_id_is_replaced_not_a_500(
         async with http.post(f"{base}/v1/embeddings", json={"model": "rid", "input": "x"},
                              headers={"X-Request-Id": "€", "Accept": "€"}) as resp:
             assert resp.status == 200, await resp.text()
-    finally:
-        server.stop()
