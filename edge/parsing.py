@@ -28,7 +28,33 @@ async def read_json(request: web.Request) -> Any:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "request body is not valid JSON", str(exc)) from None
+    except RecursionError:  # deeper than the decoder goes
+        raise _too_deep() from None
+    if not _nested_within(data, MAX_NESTING):  # the checks below walk it by recursion
+        raise _too_deep()
     return data
+
+
+def _too_deep() -> ApiError:
+    return ApiError(422, f"request body is nested deeper than {MAX_NESTING} levels")
+
+
+# No request of the documents nests deeper than a few levels.
+MAX_NESTING = 64
+
+
+def _nested_within(value: Any, limit: int) -> bool:
+    """Whether no array or object in `value` sits deeper than `limit` (walked without
+    recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def _has_nul(value: Any) -> bool:

@@ -106,3 +106,37 @@ def read(kind: str, stored: dict[str, Any]) -> TaskPayload:
     except ValueError:
         raise ValueError(f"task kind {kind!r} has no payload") from None
     return model.model_validate(stored)
+
+
+class _SealedEnv(BaseModel):
+    """Only a config's `env`, read leniently: what the log redaction must know even of a row
+    that a rule added later would refuse (a redaction that raised would serve no logs)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class _DeployEnv(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    config: _SealedEnv = Field(default_factory=_SealedEnv)
+
+
+def sealed_env(kind: str, stored: dict[str, Any]) -> dict[str, str]:
+    """The sealed env values a stored deploy row carries (none for other kinds, or for a
+    row whose env is not a map of strings)."""
+    if kind != TaskKind.deploy:
+        return {}
+    try:
+        return _DeployEnv.model_validate(stored).config.env
+    except ValueError:
+        return {}
+
+
+def config_env(config: dict[str, Any]) -> dict[str, str]:
+    """The sealed env values of a deployment's stored config, read as `sealed_env` reads."""
+    try:
+        return _SealedEnv.model_validate(config).env
+    except ValueError:
+        return {}

@@ -16,7 +16,7 @@ from db.errors import UniqueViolation
 from schemas import replica_auth, task_payloads
 from schemas import secrets as deployment_secrets
 from schemas.settings import Settings
-from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, DeploymentConfig, TaskKind, TaskStatus
+from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
 from worker import rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
@@ -140,13 +140,13 @@ async def _secrets_of(ctx: WorkerContext, model_id: UUID,
         return []
     key = ctx.settings.secret_key.get_secret_value()
     deployment = await deployments.get(ctx.pool, model_id)
-    envs = [DeploymentConfig.model_validate(deployment.config).env if deployment else {}]
+    # Read leniently: a row a later rule would refuse still names values to take out.
+    envs = [task_payloads.config_env(deployment.config) if deployment else {}]
     for task_id in {r.task_id for r in live if r.task_id is not None}:
         task = await tasks.get(ctx.pool, task_id)
-        payload = task_payloads.read(task.kind, task.request) if task else None
         # a scale's replicas run with the deployment's env, read above
-        if isinstance(payload, task_payloads.DeployPayload):
-            envs.append(payload.config.env)
+        if task is not None:
+            envs.append(task_payloads.sealed_env(task.kind, task.request))
     env_values: list[str] = []
     for sealed in envs:
         with contextlib.suppress(deployment_secrets.SecretsUnreadable):

@@ -192,7 +192,9 @@ async def register_model(request: web.Request) -> web.Response:
     return json_response(await catalog.describe(request.app[PG], model, call.principal), 201)
 
 
-FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# Python's `requests` sends str(True): "True" and "False" are taken as their lower case.
+FLAGS = {"true": True, "True": True, "1": True, "yes": True,
+         "false": False, "False": False, "0": False, "no": False}
 
 
 def _flag(request: web.Request, name: str) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from schemas import task_payloads
 from schemas.task_payloads import (
     DeletePayload,
     DeployPayload,
@@ -123,3 +124,16 @@ def test_the_answer_reads_the_model_reference_of_every_shape(
     """The polling hot path reads only the target; it agrees with the whole payload."""
     assert TaskTarget.model_validate(stored).embedding_model_id == \
         read(kind, stored).embedding_model_id
+
+
+def test_sealed_env_is_read_even_from_a_row_a_later_rule_refuses() -> None:
+    """The log redaction's read (worker/jobs.py): a deploy row whose config no longer
+    validates still gives its sealed env values; other kinds and odd shapes give none."""
+    stored = {"embedding_model_id": "alice/m",
+              "config": {"env": {"PATH": "sealed-1"}, "replicas": 99_999}}
+    assert task_payloads.sealed_env("deploy", stored) == {"PATH": "sealed-1"}
+    assert task_payloads.sealed_env("scale", {"replicas": 2}) == {}
+    assert task_payloads.sealed_env("deploy", {"config": {"env": ["x"]}}) == {}
+    assert task_payloads.sealed_env("deploy", {}) == {}
+    assert task_payloads.config_env({"env": {"A": "b"}, "unknown": 1}) == {"A": "b"}
+    assert task_payloads.config_env({"env": 3}) == {}

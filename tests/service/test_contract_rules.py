@@ -7,8 +7,9 @@ empty upload is no archive (415, as any body of another type)."""
 from typing import Any
 
 import aiohttp
+import asyncpg
 
-from tests.support.accounts import call
+from tests.support.accounts import call, make_user
 
 MODEL = "alice/hash-model"
 
@@ -77,3 +78,38 @@ async def test_allow_names_every_template_a_url_matches(
         async with http.request("OPTIONS", api + path) as resp:
             assert resp.status == 405, (path, resp.status)
             assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed, path
+
+
+async def test_a_body_nested_past_the_bound_is_a_422_not_a_500(
+        api: str, http: aiohttp.ClientSession, admin_headers: dict[str, str]) -> None:
+    """Valid JSON nested ~900 deep (about 2 kB) passed the decoder, then a recursive check
+    of the body hit Python's recursion limit: a 500, from an anonymous login. Past 64
+    levels (no documented request nests past a few), or past the decoder's own limit,
+    it is a 422."""
+    for depth in (65, 900, 5000):
+        body = '{"username": "alice", "password": ' + "[" * depth + "]" * depth + "}"
+        for path, headers in (("/api/v2/auth/login", {}), ("/deploy", admin_headers)):
+            status, error = await call(http, "POST", api + path, data=body,
+                                       headers=headers | {"Content-Type": "application/json"})
+            assert status == 422 and "nested deeper than 64" in error["message"], (
+                depth, path, error)
+    # 64 levels are still read (and then judged by the document: a password is a string).
+    body = '{"username": "alice", "password": ' + "[" * 63 + "]" * 63 + "}"
+    status, error = await call(http, "POST", f"{api}/api/v2/auth/login", data=body,
+                               headers={"Content-Type": "application/json"})
+    assert status == 422 and "nested" not in error["message"], error
+
+
+async def test_allow_pickle_takes_pythons_true_and_false(
+        api: str, http: aiohttp.ClientSession, pool: asyncpg.Pool) -> None:
+    """Python's `requests` sends `allow_pickle=True`: read as `true` (here a non-admin's,
+    so a 403 before the body is read), as the document's enum lists it; other words 422."""
+    _, headers = await make_user(pool, "pickler")
+    status, model = await call(http, "POST", f"{api}/api/v2/models", headers=headers,
+                               json={"name": "weights"})
+    assert status == 201, model
+    url = f"{api}/api/v2/models/{model['id']}/upload"
+    for value, expected in (("True", 403), ("true", 403), ("False", 415), ("maybe", 422)):
+        status, error = await call(http, "POST", f"{url}?allow_pickle={value}",
+                                   headers=headers, data=b"")
+        assert status == expected, (value, error)
