@@ -239,8 +239,8 @@ class ScaleRequest(BaseModel):
     replicas: int = Field(ge=0, le=MAX_REPLICAS, description="replicas wanted (0: none)")
 
 
-class TaskRequest(BaseModel):
-    """Body of POST /deploy and POST /delete (seed 002)."""
+class _TaskBody(BaseModel):
+    """What every task body of seed 002 carries: the caller's key and the model."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -250,6 +250,11 @@ class TaskRequest(BaseModel):
         min_length=1, max_length=300,
         validation_alias=AliasChoices("embedding_model_id", "model_id"),
     )
+
+
+class TaskRequest(_TaskBody):
+    """Body of POST /deploy and POST /delete (seed 002)."""
+
     config: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
 
@@ -262,17 +267,9 @@ class ScaleTaskConfig(BaseModel):
     replicas: int = Field(ge=1, le=MAX_REPLICAS, description="replicas wanted")
 
 
-class ScaleTaskRequest(BaseModel):
+class ScaleTaskRequest(_TaskBody):
     """Body of POST /scale: seed 002's task body, its `config` the replica count only."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    id: str | None = Field(default=None, min_length=1, max_length=200,
-                           description="Caller's idempotency key")
-    embedding_model_id: str = Field(
-        min_length=1, max_length=300,
-        validation_alias=AliasChoices("embedding_model_id", "model_id"),
-    )
     config: ScaleTaskConfig
 
 
