@@ -30,31 +30,16 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(400, "request body is not valid JSON", str(exc)) from None
     except RecursionError:  # deeper than the decoder goes
         raise _too_deep() from None
-    if not _nested_within(data, MAX_NESTING):  # the checks below walk it by recursion
-        raise _too_deep()
     return data
+
+
+# No request of the documents nests deeper than a few levels; the walk below stops there
+# (past it, its recursion would meet Python's limit: a 500).
+MAX_NESTING = 64
 
 
 def _too_deep() -> ApiError:
     return ApiError(422, f"request body is nested deeper than {MAX_NESTING} levels")
-
-
-# No request of the documents nests deeper than a few levels.
-MAX_NESTING = 64
-
-
-def _nested_within(value: Any, limit: int) -> bool:
-    """Whether no array or object in `value` sits deeper than `limit` (walked without
-    recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return False
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return True
 
 
 def _has_nul(value: Any) -> bool:
@@ -71,18 +56,21 @@ def _has_nul(value: Any) -> bool:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _as_json_schema_reads(value: Any) -> Any:
+def _as_json_schema_reads(value: Any, depth: int = 1) -> Any:
     """The body as JSON Schema reads it: `integer` takes 2.0 as it takes 2, and a lone
     surrogate escape (`"\\ud800"`, which no UTF-8 text and so no Postgres column can
-    hold) reads as U+FFFD, as a WHATWG decoder reads it."""
+    hold) reads as U+FFFD, as a WHATWG decoder reads it. 422 past MAX_NESTING levels."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
         return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict | list) and depth > MAX_NESTING:
+        raise _too_deep()
     if isinstance(value, dict):
-        return {_as_json_schema_reads(k): _as_json_schema_reads(v) for k, v in value.items()}
+        return {_as_json_schema_reads(k): _as_json_schema_reads(v, depth + 1)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_as_json_schema_reads(v) for v in value]
+        return [_as_json_schema_reads(v, depth + 1) for v in value]
     return value
 
 
