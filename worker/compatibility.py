@@ -25,6 +25,7 @@ generation scaled to zero) skips the gate, and the task records why.
 
 import asyncio
 import time
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any, Protocol
@@ -59,6 +60,26 @@ class Refused(Exception):
 
 class ProbeFailed(Exception):
     """A generation's replica did not embed the probe set; the message says why."""
+
+    def __init__(self, message: str, generation: int | None = None) -> None:
+        super().__init__(message)
+        self.generation = generation
+
+
+@dataclass(frozen=True)
+class Side:
+    """One generation as the gate reaches it: its ready replicas and its replica secret."""
+
+    generation: int
+    endpoints: list[str]
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    figures: vector_figures.Figures
+    time_s: float
+    timings: dict[str, float]
 
 
 class Progress(Protocol):
@@ -135,6 +156,29 @@ async def _record(ctx: WorkerContext, progress: Progress, record: dict[str, Any]
     await progress.note(rollout={**rollout, "compatibility": record})
 
 
+async def measure(http: aiohttp.ClientSession, old: Side, new: Side,
+                  sentences: list[str]) -> Measurement:
+    """Both generations embed `sentences` at once; their figures and the time taken (what
+    bench/compatibility_gate.py times). Raises ProbeFailed naming the generation that did
+    not answer (the new one first)."""
+    began = time.monotonic()
+    answers = await asyncio.gather(*(_embed_any(http, side.endpoints, side.headers, sentences)
+                                     for side in (old, new)), return_exceptions=True)
+    for side, answer in ((new, answers[1]), (old, answers[0])):
+        if isinstance(answer, ProbeFailed):
+            raise ProbeFailed(f"generation {side.generation} could not embed the probe set: "
+                              f"{answer}", side.generation)
+        if isinstance(answer, BaseException):
+            raise answer
+    (old_vectors, old_s), (new_vectors, new_s) = answers  # type: ignore[misc]
+    computing = time.monotonic()
+    figures = vector_figures.compare(old_vectors, new_vectors)
+    done = time.monotonic()
+    return Measurement(figures, round(done - began, 3), {
+        "embed_old_s": round(old_s, 3), "embed_new_s": round(new_s, 3),
+        "figures_s": round(done - computing, 4)})
+
+
 async def gate(ctx: WorkerContext, progress: Progress, model: Model, generation: int,
                started: list[StartedReplica], config: DeploymentConfig) -> None:
     """Judge `generation` (its replicas `started`, all healthy) against the serving one;
@@ -152,35 +196,22 @@ async def gate(ctx: WorkerContext, progress: Progress, model: Model, generation:
     record["probe"] = {"source": "config" if settings.probe else "bundled",
                        "sentences": len(sentences)}
     began = time.monotonic()
-    old_vectors, new_vectors = await asyncio.gather(
-        _embed_any(ctx.http, endpoints,
-                   replica_lifecycle.gateway_headers(ctx, model.id, old), sentences),
-        _embed_any(ctx.http, [r.endpoint for r in started],
-                   replica_lifecycle.gateway_headers(ctx, model.id, generation), sentences),
-        return_exceptions=True)
-    if isinstance(new_vectors, BaseException):
-        raise _unmeasured(new_vectors, f"generation {generation} could not embed the probe set")
-    if isinstance(old_vectors, BaseException):
-        reason = _unmeasured(old_vectors, f"generation {old} could not embed the probe set")
+    try:
+        measured = await measure(
+            ctx.http, Side(old, endpoints, replica_lifecycle.gateway_headers(ctx, model.id, old)),
+            Side(generation, [r.endpoint for r in started],
+                 replica_lifecycle.gateway_headers(ctx, model.id, generation)), sentences)
+    except ProbeFailed as exc:
+        if exc.generation == generation:
+            raise Refused(str(exc)) from None
         if settings.compatibility == "same-space":
-            raise Refused(f"compatibility gate (same-space) refused the flip: {reason}; "
-                          f"generation {old} keeps serving")
-        record["time_s"] = round(time.monotonic() - began, 3)
-        await _decide(ctx, progress, record | {"unmeasured": str(reason)}, None)
+            raise Refused(f"compatibility gate (same-space) refused the flip: {exc}; "
+                          f"generation {old} keeps serving") from None
+        record |= {"unmeasured": str(exc), "time_s": round(time.monotonic() - began, 3)}
+        await _decide(ctx, progress, record, None)
         return
-    computing = time.monotonic()
-    figures = vector_figures.compare(old_vectors[0], new_vectors[0])
-    record |= {"time_s": round(time.monotonic() - began, 3), "timings": {
-        "embed_old_s": round(old_vectors[1], 3), "embed_new_s": round(new_vectors[1], 3),
-        "figures_s": round(time.monotonic() - computing, 4)}}
-    await _decide(ctx, progress, record, figures)
-
-
-def _unmeasured(error: BaseException, what: str) -> Refused:
-    """A probe that failed, as the gate's refusal; any other error is raised as it is."""
-    if not isinstance(error, ProbeFailed):
-        raise error
-    return Refused(f"{what}: {error}")
+    record |= {"time_s": measured.time_s, "timings": measured.timings}
+    await _decide(ctx, progress, record, measured.figures)
 
 
 async def _skip(ctx: WorkerContext, progress: Progress, record: dict[str, Any],
