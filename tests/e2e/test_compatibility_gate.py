@@ -103,5 +103,8 @@ async def test_minilm_to_onnx_passes_another_model_or_dimension_is_refused_new_s
     assert gate["verdict"] == "new-space" and gate["comparable"] is False
     assert "not comparable with generation 2's" in gate["note"]
     assert (await _vectors(http, gateway)).shape == (3, 256)
+    for label, record in (("torch → onnx fp32", onnx["metadata"]["rollout"]["compatibility"]),
+                          ("onnx → hashing 384", other), ("onnx → hashing 256", narrower)):
+        print(f"\n{label}: {record['verdict']} {record['figures']} in {record['time_s']} s")
     messages = [e.message for e in await events.list_recent(pool, model.id)]
     assert any("not comparable" in m and "new-space" in m for m in messages)
