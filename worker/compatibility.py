@@ -24,6 +24,7 @@ generation scaled to zero) skips the gate, and the task records why.
 """
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -49,8 +50,12 @@ log = structlog.get_logger(__name__)
 # Sentences per /embed request: within the model server's default request budgets
 # (max_client_batch_size 256; 32 inputs of 512 tokens is max_request_tokens 16,384).
 CHUNK = 32
-# How long one generation may take to embed the whole probe set.
-EMBED_TIMEOUT_S = 60.0
+# How long one generation may take to embed the whole probe set (both embed at once, so
+# this bounds the gate; worker/jobs.py's job timeout counts it).
+EMBED_TIMEOUT_S = 120.0
+# The most one /embed answer may hold: a replica runs its tenant's code, and the worker
+# reads its answer into memory (32 vectors of 8,192 floats are about 6 MB of JSON).
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 
 class Refused(Exception):
@@ -102,38 +107,53 @@ def bundled_probe() -> tuple[str, ...]:
 async def embed_probe(http: aiohttp.ClientSession, endpoint: str, headers: dict[str, str],
                       sentences: list[str]) -> vector_figures.Matrix:
     """The raw (unnormalised) vectors of `sentences` from one replica, in order."""
-    rows: list[list[float]] = []
-    timeout = aiohttp.ClientTimeout(total=EMBED_TIMEOUT_S)
+    rows: list[Any] = []
     try:
         for start in range(0, len(sentences), CHUNK):
             body = {"inputs": sentences[start:start + CHUNK], "normalize": False,
                     "truncate": True}
-            async with http.post(f"{endpoint}/embed", json=body, headers=headers,
-                                 timeout=timeout) as response:
+            async with http.post(f"{endpoint}/embed", json=body, headers=headers) as response:
+                raw = await _bounded_body(response)
                 if response.status != 200:
-                    text = (await response.text())[:200]
-                    raise ProbeFailed(f"/embed answered {response.status}: {text}")
-                rows += await response.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    raise ProbeFailed(f"/embed answered {response.status}: "
+                                      f"{raw[:200].decode(errors='replace')}")
+                rows += json.loads(raw)
+        vectors = np.asarray(rows, dtype=np.float32)
+    except (aiohttp.ClientError, ValueError, TypeError) as exc:
         raise ProbeFailed(f"/embed failed: {type(exc).__name__} {exc}") from None
-    vectors = np.asarray(rows, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(sentences):
         raise ProbeFailed(f"/embed answered {len(rows)} vectors for {len(sentences)} inputs")
+    if not np.isfinite(vectors).all():  # NaN would compare as passing every floor
+        raise ProbeFailed("/embed answered values that are not finite numbers")
     return vectors
+
+
+async def _bounded_body(response: aiohttp.ClientResponse) -> bytes:
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise ProbeFailed(f"/embed answered more than {MAX_ANSWER_BYTES} bytes")
+    return bytes(body)
 
 
 async def _embed_any(http: aiohttp.ClientSession, endpoints: list[str],
                      headers: dict[str, str], sentences: list[str],
                      ) -> tuple[vector_figures.Matrix, float]:
-    """The probe's vectors from the first of `endpoints` that answers, and the seconds taken."""
+    """The probe's vectors from the first of `endpoints` that answers, and the seconds
+    taken; all within EMBED_TIMEOUT_S."""
     reasons = []
-    for endpoint in endpoints:
-        started = time.monotonic()
-        try:
-            return (await embed_probe(http, endpoint, headers, sentences),
-                    time.monotonic() - started)
-        except ProbeFailed as exc:
-            reasons.append(str(exc))
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(EMBED_TIMEOUT_S):
+            for endpoint in endpoints:
+                try:
+                    return (await embed_probe(http, endpoint, headers, sentences),
+                            time.monotonic() - began)
+                except ProbeFailed as exc:
+                    reasons.append(str(exc))
+    except TimeoutError:
+        reasons.append(f"no answer within {EMBED_TIMEOUT_S:g} s")
     raise ProbeFailed("; ".join(reasons) or "no replica")
 
 

@@ -161,6 +161,25 @@ async def test_a_generation_that_cannot_embed_is_not_flipped_to(
     await _kept_serving(fake_ctx, fake_runtime, model, serving)
 
 
+async def test_an_answer_that_is_not_finite_numbers_is_no_measurement(
+        fake_ctx: WorkerContext, fake_runtime: FakeRuntime) -> None:
+    """NaN compares as passing every floor: a generation that answers it is not flipped to."""
+    model, serving = await _serving(fake_ctx)
+
+    def nan_new(spec: ReplicaSpec, texts: list[str]) -> list[list[float]]:
+        vectors = hashing_vectors(spec, texts)
+        if spec.generation == 2:
+            vectors[3][0] = float("nan")
+        return vectors
+
+    fake_runtime.vectors = nan_new
+    task = await deploy(fake_ctx, model)
+    assert task.status == TaskStatus.failed
+    assert task.detail == ("generation 2 could not embed the probe set: /embed answered "
+                           "values that are not finite numbers")
+    await _kept_serving(fake_ctx, fake_runtime, model, serving)
+
+
 async def test_an_unmeasurable_serving_generation_refuses_same_space_only(
         fake_ctx: WorkerContext, fake_runtime: FakeRuntime) -> None:
     model, serving = await _serving(fake_ctx)
