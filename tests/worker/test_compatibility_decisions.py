@@ -7,6 +7,8 @@ replicas (MiniLM, its ONNX export, the hashing backend): tests/e2e/test_compatib
 
 from typing import Any
 
+import pytest
+
 from db import events, models
 from db.models import Model
 from schemas.models import ModelSource
@@ -14,6 +16,7 @@ from schemas.tasks import ReplicaState, TaskStatus
 from service.domain.registration import register
 from tests.worker.decisions import active_generation, deploy, ready_refs, scale, states
 from tests.worker.fake_runtime import FakeRuntime, hashing_vectors
+from worker import compatibility
 from worker.context import WorkerContext
 from worker.runtimes.base import ReplicaSpec
 
@@ -177,6 +180,19 @@ async def test_an_answer_that_is_not_finite_numbers_is_no_measurement(
     assert task.status == TaskStatus.failed
     assert task.detail == ("generation 2 could not embed the probe set: /embed answered "
                            "values that are not finite numbers")
+    await _kept_serving(fake_ctx, fake_runtime, model, serving)
+
+
+async def test_an_answer_past_the_size_bound_is_no_measurement(
+        fake_ctx: WorkerContext, fake_runtime: FakeRuntime,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica runs its tenant's code: the worker reads at most MAX_ANSWER_BYTES of it."""
+    model, serving = await _serving(fake_ctx)
+    monkeypatch.setattr(compatibility, "MAX_ANSWER_BYTES", 4096)
+    task = await deploy(fake_ctx, model, rollout={"compatibility": "new-space"})
+    assert task.status == TaskStatus.failed
+    assert task.detail == ("generation 2 could not embed the probe set: /embed answered more "
+                           "than 4096 bytes")
     await _kept_serving(fake_ctx, fake_runtime, model, serving)
 
 
