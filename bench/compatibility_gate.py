@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from bench.model_server import free_port, start_server, wait_healthy  # noqa: E402
 from model_server.backends import SentenceTransformerBackend, resolve_model_dir  # noqa: E402
 from model_server.config import DEFAULT_MODEL, cpu_allowance  # noqa: E402
-from worker.compatibility import CHUNK, Side, bundled_probe, measure  # noqa: E402
+from worker.compatibility import CHUNK, Measurement, Side, bundled_probe, measure  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace, probe: list[str], local: list[float], gate: list[float],
-           measured: object) -> None:
+           measured: Measurement) -> None:
     local_s, gate_s = statistics.median(local), statistics.median(gate)
     print(f"probe set: {len(probe)} bundled sentences, batches of {CHUNK}; "
           f"{args.threads} torch threads per process; {args.rounds} rounds each, alternating")
