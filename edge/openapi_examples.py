@@ -15,8 +15,18 @@ _TASK: dict[str, Any] = {
                  "timings": {"starting_replicas": 0.04}},
     "detail": None,
 }
+# A redeploy's compatibility gate (worker/compatibility.py), as a done task records it.
+_GATE = {"mode": "same-space", "generation": 2, "compared_with": 1, "verdict": "passed",
+         "probe": {"source": "bundled", "sentences": 246},
+         "figures": {"sentences": 246, "dimension_old": 384, "dimension_new": 384,
+                     "norm_mean_old": 5.45, "norm_mean_new": 5.45, "cosine_mean": 0.999999,
+                     "cosine_min": 0.999997, "neighbours": 10, "neighbour_overlap": 1.0},
+         "shortfalls": [], "comparable": True,
+         "thresholds": {"min_mean_cosine": 0.99, "min_neighbour_overlap": 0.9},
+         "time_s": 1.9, "timings": {"embed_old_s": 1.8, "embed_new_s": 1.2, "figures_s": 0.01}}
 _DONE = _TASK | {"status": "done", "phase": None, "metadata": {
     "generation": 2, "deployment_name": "minilm", "endpoint": "/serve/minilm/embed",
+    "rollout": {"compatibility": _GATE},
     "timings": {"starting_replicas": 0.04, "health_checking": 6.1, "switching": 0.02,
                 "draining": 2.5, "removing": 0.3}}}
 _MODEL: dict[str, Any] = {
@@ -33,7 +43,8 @@ _EMBEDDINGS = {"object": "list", "model": "minilm",
 
 EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/deploy"): {"request": {"model_id": "alice/minilm",
-                                      "config": {"replicas": 2, "memory": 1024}},
+                                      "config": {"replicas": 2, "memory": 1024,
+                                                 "rollout": {"compatibility": "same-space"}}},
                           "response": _TASK | {"status": "pending", "phase": None,
                                                "metadata": {}}},
     ("GET", "/deploy/{task_id}"): {"response": _DONE},

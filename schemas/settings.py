@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     # arq's limit on one run of a task job (then it is handed back, counted as an attempt);
     # unset: the longest deploy deadline a task may ask (3600 s, or `deploy_timeout_s` if
-    # longer) + `drain_timeout_s` + 120 s.
+    # longer) + `drain_timeout_s` + 120 s (the compatibility gate's bound) + 120 s.
     job_timeout_s: float | None = None
     worker_max_jobs: int = 8
     reconcile_interval_s: float = 2.0

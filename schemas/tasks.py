@@ -8,6 +8,7 @@ from uuid import UUID
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas import replica_env
+from schemas.rollout import RolloutConfig
 
 MAX_REPLICAS = 16
 # The longest health-check deadline a deploy may ask for (`deploy_timeout_s`); a worker's
@@ -157,6 +158,8 @@ class DeploymentConfig(BaseModel):
         description="health-check deadline for this rollout")
     onnx: OnnxOptions | None = Field(
         default=None, description="variant options for a model whose source.backend is onnx")
+    rollout: RolloutConfig | None = Field(
+        default=None, description="how a redeploy judges the new generation before the flip")
 
     @field_validator("env")
     @classmethod

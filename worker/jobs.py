@@ -17,7 +17,7 @@ from schemas import replica_auth, task_payloads
 from schemas import secrets as deployment_secrets
 from schemas.settings import Settings
 from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
-from worker import rollout
+from worker import compatibility, rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
 from worker.log_redaction import redact, secret_values
@@ -35,13 +35,13 @@ JOB_TIMEOUT_MARGIN_S = 120.0
 
 def task_job_timeout_s(settings: Settings) -> float:
     """arq's limit on one run of a task job. It covers the longest deploy deadline a task may
-    ask for, its drain, and a margin for starting and stopping replicas, so a deploy within
-    its own deadline is never cut short; a job cut short anyway is handed back, which counts
-    as an attempt (`max_attempts`)."""
+    ask for, the compatibility gate's bound, its drain, and a margin for starting and
+    stopping replicas, so a deploy within its own deadline is never cut short; a job cut
+    short anyway is handed back, which counts as an attempt (`max_attempts`)."""
     if settings.job_timeout_s is not None:
         return settings.job_timeout_s
     return (max(MAX_DEPLOY_TIMEOUT_S, settings.deploy_timeout_s) + settings.drain_timeout_s
-            + JOB_TIMEOUT_MARGIN_S)
+            + compatibility.EMBED_TIMEOUT_S + JOB_TIMEOUT_MARGIN_S)
 
 
 def arq_job(fn: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:

@@ -34,7 +34,7 @@ from schemas.tasks import (
     model_id_shaped,
     replica_count,
 )
-from worker import replica_lifecycle
+from worker import compatibility, replica_lifecycle
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
@@ -231,9 +231,10 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     await progress.event("info", f"starting generation {generation}", generation)
     try:
         started = await bring_up(ctx, progress, model, generation, config)
+        await compatibility.gate(ctx, progress, model, generation, started, config)
         await progress.enter(Phase.switching, generation=generation)
         old = await _switch(ctx, model, generation, name, config)
-    except (RolloutFailed, UniqueViolation) as exc:
+    except (RolloutFailed, UniqueViolation, compatibility.Refused) as exc:
         reason = (f"deployment name {name!r} is taken by another model"
                   if isinstance(exc, UniqueViolation) else str(exc))
         await _fail(ctx, progress, generation, reason)

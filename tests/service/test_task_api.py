@@ -1,5 +1,6 @@
 """Seed 002's task API: shapes, status codes and the JSON error body for client errors."""
 
+import json
 from typing import Any
 from uuid import uuid4
 
@@ -68,6 +69,10 @@ async def test_status_of_a_model_without_tasks_is_404(api: str, http: aiohttp.Cl
     assert status == 404 and _is_error(body, 404)
 
 
+def _rollout(rollout: dict[str, Any]) -> bytes:
+    return json.dumps({"embedding_model_id": "alice/bad", "config": {"rollout": rollout}}).encode()
+
+
 @pytest.mark.parametrize(("body", "status"), [
     (b"{not json", 400),
     (b"", 400),
@@ -78,6 +83,14 @@ async def test_status_of_a_model_without_tasks_is_404(api: str, http: aiohttp.Cl
     (b'{"embedding_model_id": "alice/bad", "config": {"autoscaling_min": 4, '
      b'"autoscaling_max": 2}}', 422),
     (b'{"embedding_model_id": "alice/bad", "config": {"replicas": 0}}', 422),
+    # config.rollout (schemas/rollout.py): a mode it has no name for, an unknown key, a
+    # probe set too large, too small, or with a sentence too long or blank.
+    (_rollout({"compatibility": "same"}), 422),
+    (_rollout({"probes": ["a"] * 20}), 422),
+    (_rollout({"probe": ["a sentence"] * 501}), 422),
+    (_rollout({"probe": ["a sentence"] * 19}), 422),
+    (_rollout({"probe": ["a sentence"] * 19 + ["x" * 501]}), 422),
+    (_rollout({"probe": ["a sentence"] * 19 + ["   "]}), 422),
     (b'{"embedding_model_id": "nobody/nothing"}', 404),
     (b'{"embedding_model_id": "' + b"x" * (1024 * 1024 + 10) + b'"}', 413),
 ])

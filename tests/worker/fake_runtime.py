@@ -4,9 +4,11 @@
 A FAKE, named as one: no process or container starts. Each replica is a record; its
 endpoint is a path on one in-process aiohttp server whose `/health` answers 200 while the
 record says the replica is up and healthy (what the worker's readiness check asks:
-worker/health.py). The test decides each replica's fate when it starts (`on_start`:
-healthy, never healthy, exits at once, refused by the runtime) or later (`crash`), and can
-plant a replica no row knows (`plant`). The real runtimes have their own tests
+worker/health.py), and whose `/embed` answers the vectors `vectors` gives (by default the
+hashing backend's for the replica's source, what the compatibility gate reads). The test
+decides each replica's fate when it starts (`on_start`: healthy, never healthy, exits at
+once, refused by the runtime) or later (`crash`), and can plant a replica no row knows
+(`plant`). The real runtimes have their own tests
 (tests/worker/test_docker_runtime.py, test_swarm_runtime.py, the process runtime's).
 """
 
@@ -14,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
+import numpy as np
 from aiohttp import web
 
+from model_server.backends import HashingEmbedder
 from worker.runtimes.base import (
     ReplicaInfo,
     ReplicaSpec,
@@ -43,6 +47,13 @@ class FakeReplica:
 Fate = str
 
 
+def hashing_vectors(spec: ReplicaSpec, texts: list[str]) -> list[list[float]]:
+    """What a hashing replica of `spec.source` would answer (raw vectors)."""
+    dimension = int(spec.source.get("dimension") or 384)
+    vectors: list[list[float]] = HashingEmbedder(dimension).embed(texts).vectors.tolist()
+    return vectors
+
+
 class FakeRuntime:
     """An in-memory Runtime; `open()` before use (it serves the replicas' /health)."""
 
@@ -53,12 +64,15 @@ class FakeRuntime:
         self.replicas: dict[str, FakeReplica] = {}
         self.removed: list[str] = []
         self.on_start: Callable[[ReplicaSpec], Fate] = lambda spec: "healthy"
+        # A replica's answer to /embed (raw vectors); raise to make it answer 500.
+        self.vectors: Callable[[ReplicaSpec, list[str]], list[list[float]]] = hashing_vectors
         self._runner: web.AppRunner | None = None
         self._base = ""
 
     async def open(self) -> None:
         app = web.Application()
         app.router.add_get("/{ref}/health", self._health)
+        app.router.add_post("/{ref}/embed", self._embed)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -74,6 +88,24 @@ class FakeRuntime:
         replica = self.replicas.get(request.match_info["ref"])
         up = replica is not None and replica.running and replica.healthy
         return web.Response(status=200 if up else 503)
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        replica = self.replicas.get(request.match_info["ref"])
+        if replica is None or not replica.running:
+            return web.Response(status=503)
+        body = await request.json()
+        inputs = body["inputs"]
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        try:
+            vectors = self.vectors(replica.spec, texts)
+        except Exception as exc:
+            return web.json_response({"error": str(exc)}, status=500)
+        normalize = body.get("normalize", True)
+        rows = np.asarray(vectors, dtype=np.float32)
+        if normalize:
+            norms = np.linalg.norm(rows, axis=1, keepdims=True)
+            rows = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+        return web.json_response(rows.tolist())
 
     # What a test reads and does.
 
