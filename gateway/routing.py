@@ -89,6 +89,9 @@ class Gateway:
         self.inflight: Counter[UUID] = Counter()
         self.served: Counter[UUID] = Counter()
         self.latency = LatencyTally()  # per model, for the console
+        # Per replica, for the series over time (issue 31): failed answers and latency.
+        self.failed: Counter[UUID] = Counter()
+        self.replica_latency = LatencyTally()
         # Called on every message of the auth channel (an access cache clears itself).
         self.on_auth_change: list[Callable[[], None]] = []
         self.metrics = GatewayMetrics(self.inflight_by_replica)
@@ -118,6 +121,8 @@ class Gateway:
         stale = [rid for rid in self.served if rid not in table.active and rid not in self.inflight]
         for rid in stale:
             del self.served[rid]
+            self.failed.pop(rid, None)
+        self.replica_latency.forget(set(stale))
         self._upstream.forget({ep for r in table.by_key.values() for _, ep in r.replicas})
         self._secrets = {k: v for k, v in self._secrets.items()
                          if table.generations.get(str(k[0])) == k[1]}
@@ -173,8 +178,10 @@ class Gateway:
                 tried.add(replica_id)
                 continue
             except UpstreamError as exc:
+                self.failed[replica_id] += 1
                 self._failed_answer(route, replica_id, exc)
             except TimeoutError:
+                self.failed[replica_id] += 1
                 metrics.requests.labels(deployment, "504").inc()
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
             finally:
@@ -182,12 +189,17 @@ class Gateway:
             elapsed = time.perf_counter() - started
             metrics.observe(deployment, answer.status, elapsed)
             self.latency.observe(route.model_id, elapsed)
+            self.replica_latency.observe(replica_id, elapsed)
+            if answer.status >= 500:
+                self.failed[replica_id] += 1
             out = web.Response(body=answer.body, status=answer.status,
                                headers={"X-Greenroom-Replica": str(replica_id)})
             if answer.content_type:
                 out.headers["Content-Type"] = answer.content_type
             return out
         metrics.requests.labels(route.name, "502").inc()
+        for replica_id in tried:
+            self.failed[replica_id] += 1
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
 
     def _secret(self, route: Route) -> str:
@@ -264,7 +276,9 @@ class Gateway:
             gateway_id=self.id, at=time.time(), generations=dict(self._table.generations),
             inflight={str(k): v for k, v in self.inflight.items() if v > 0},
             requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts(),
-            latency=self.latency.report(), jumped=jumped or [])
+            latency=self.latency.report(), jumped=jumped or [],
+            errors={str(k): v for k, v in self.failed.items()},
+            replica_latency=self.replica_latency.report())
 
     async def _report(self) -> None:
         """Write the report every HEARTBEAT_S, or sooner when asked (at least MIN_GAP_S

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     events_per_model: int = 1000
     # Feedback rows each model keeps (the newest; anyone may post feedback on a public model).
     feedback_per_model: int = 10000
+    # The series over time (issue 31): each worker's series loop writes one row per
+    # deployment generation every this many seconds (GET /api/v2/deployments/{model}/series).
+    series_bucket_s: float = 10.0
+    # Series rows older than this many hours go with the other retention (at most 24).
+    series_retention_h: float = 24.0
     # What a model's job or update token may write (review L5): events it logs per minute
     # (then 429), and the size its model's metadata may reach through it (KB, then 413).
     job_events_per_minute: int = 60
