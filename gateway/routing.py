@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -32,8 +33,9 @@ from gateway.hold import Holds
 from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
 from gateway.metrics import GatewayMetrics
+from gateway.tracing import request_log, traced, tracing_span_done
 from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
-from schemas import replica_auth
+from schemas import replica_auth, tracing
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
 from schemas.queue import (
@@ -102,6 +104,8 @@ class Gateway:
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._upstream = Upstream(timeout_s, max_answer_bytes=max_answer_bytes)
+        # OpenTelemetry's tracer when OTEL_EXPORTER_OTLP_ENDPOINT is set, else None (off).
+        self.tracer = tracing.tracer("greenroom-gateway")
 
     async def start(self) -> None:
         with contextlib.suppress(DatabaseError):
@@ -154,12 +158,26 @@ class Gateway:
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
                       headers: Mapping[str, str]) -> web.Response:
-        """Send the request to the least busy replica; retry elsewhere only if it cannot
-        connect (once written, a request is never sent again: review M6)."""
+        """Send the request to the least busy replica (gateway/tracing.py: its ids, and a
+        span when OpenTelemetry is on)."""
+        ids = tracing.incoming(headers)
+        if self.tracer is None:
+            return await self._forward(route, method, path, body, headers, ids,
+                                       tracing.new_span_id(), None)
+        with traced(self.tracer, ids, route, path) as (ids, span_id, span):
+            return await self._forward(route, method, path, body, headers, ids, span_id, span)
+
+    async def _forward(self, route: Route, method: str, path: str, body: bytes | None,
+                       headers: Mapping[str, str], ids: tracing.TraceIds, span_id: str,
+                       span: Any) -> web.Response:
+        """Retry elsewhere only if the replica cannot connect (once written, a request is
+        never sent again: review M6)."""
         if not route.replicas and route.scales_to_zero:
             route = await self.holds.hold(route, self._held_changed, self.lookup)
         tried: set[UUID] = set()
         forward_headers = forwarded(headers)
+        forward_headers[tracing.REQUEST_ID] = ids.request_id
+        forward_headers[tracing.TRACEPARENT] = ids.traceparent(span_id)
         if self._secret_key is not None:
             forward_headers[replica_auth.HEADER] = self._secret(route)
         started, metrics = time.perf_counter(), self.metrics
@@ -173,15 +191,18 @@ class Gateway:
                 answer = await self._upstream.request(endpoint, method, path, body,
                                                       forward_headers)
             except ConnectFailed as exc:
-                log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
+                log.warning("replica_unreachable", replica=str(replica_id), error=str(exc),
+                            request_id=ids.request_id)
                 metrics.upstream_errors.labels(deployment).inc()
                 tried.add(replica_id)
                 continue
             except UpstreamError as exc:
                 self.failed[replica_id] += 1
-                self._failed_answer(route, replica_id, exc)
+                self._failed_answer(route, replica_id, exc, ids.request_id)
             except TimeoutError:
                 self.failed[replica_id] += 1
+                log.warning("replica_timed_out", deployment=deployment, replica=str(replica_id),
+                            request_id=ids.request_id)
                 metrics.requests.labels(deployment, "504").inc()
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
             finally:
@@ -192,8 +213,14 @@ class Gateway:
             self.replica_latency.observe(replica_id, elapsed)
             if answer.status >= 500:
                 self.failed[replica_id] += 1
+            request_log.info("request", request_id=ids.request_id, trace_id=ids.trace_id,
+                             deployment=deployment, replica=str(replica_id), path=path,
+                             status=answer.status, ms=round(elapsed * 1000.0, 2))
+            if span is not None:
+                tracing_span_done(span, deployment, replica_id, answer.status)
             out = web.Response(body=answer.body, status=answer.status,
-                               headers={"X-Greenroom-Replica": str(replica_id)})
+                               headers={"X-Greenroom-Replica": str(replica_id),
+                                        tracing.REQUEST_ID: ids.request_id})
             if answer.content_type:
                 out.headers["Content-Type"] = answer.content_type
             return out
@@ -211,11 +238,13 @@ class Gateway:
             self._secrets[key] = secret
         return secret
 
-    def _failed_answer(self, route: Route, replica_id: UUID, exc: UpstreamError) -> None:
+    def _failed_answer(self, route: Route, replica_id: UUID, exc: UpstreamError,
+                       request_id: str) -> None:
         """A replica took the request and then failed it: a 502, logged, not retried."""
         too_large = isinstance(exc, AnswerTooLarge)
         log.warning("replica_answer_too_large" if too_large else "replica_failed_answer",
-                    deployment=route.name, replica=str(replica_id), error=str(exc))
+                    deployment=route.name, replica=str(replica_id), error=str(exc),
+                    request_id=request_id)
         self.metrics.upstream_errors.labels(route.name).inc()
         self.metrics.requests.labels(route.name, "502").inc()
         if too_large:
