@@ -106,6 +106,7 @@ class Gateway:
         self._upstream = Upstream(timeout_s, max_answer_bytes=max_answer_bytes)
         # OpenTelemetry's tracer when OTEL_EXPORTER_OTLP_ENDPOINT is set, else None (off).
         self.tracer = tracing.tracer("greenroom-gateway")
+        self.log_requests = True  # GREENROOM_GATEWAY_REQUEST_LOG
 
     async def start(self) -> None:
         with contextlib.suppress(DatabaseError):
@@ -213,9 +214,10 @@ class Gateway:
             self.replica_latency.observe(replica_id, elapsed)
             if answer.status >= 500:
                 self.failed[replica_id] += 1
-            request_log.info("request", request_id=ids.request_id, trace_id=ids.trace_id,
-                             deployment=deployment, replica=str(replica_id), path=path,
-                             status=answer.status, ms=round(elapsed * 1000.0, 2))
+            if self.log_requests:
+                request_log.info("request", request_id=ids.request_id, trace_id=ids.trace_id,
+                                 deployment=deployment, replica=str(replica_id), path=path,
+                                 status=answer.status, ms=round(elapsed * 1000.0, 2))
             if span is not None:
                 tracing_span_done(span, deployment, replica_id, answer.status)
             out = web.Response(body=answer.body, status=answer.status,
