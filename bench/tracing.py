@@ -148,16 +148,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
                         await _until_200(http, url)
                         await _closed_loop(http, url, 200, 4)  # warm up
                     for concurrency in (1, 16):
-                        found: dict[str, list[float]] = {n: [] for n in urls}
-                        p50s: dict[str, list[float]] = {n: [] for n in urls}
-                        for r in range(args.rounds):
-                            order = list(urls) if r % 2 == 0 else list(reversed(urls))
-                            for name in order:
-                                got = await _closed_loop(http, urls[name], args.requests,
-                                                         concurrency)
-                                found[name] += got
-                                p50s[name].append(statistics.median(got))
-                        _report(concurrency, found, p50s, args)
+                        await _rounds(http, urls, concurrency, args)
                 await asyncio.sleep(1.0)  # the last batch of spans
         lines = sum(1 for line in (tmp / "gateway-off.log").read_text().splitlines()
                     if '"event": "request"' in line)
@@ -169,6 +160,19 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
         for item in keep:
             if isinstance(item, subprocess.Popen):
                 item.terminate()
+
+
+async def _rounds(http: aiohttp.ClientSession, urls: dict[str, str], concurrency: int,
+                  args: argparse.Namespace) -> None:
+    found: dict[str, list[float]] = {n: [] for n in urls}
+    p50s: dict[str, list[float]] = {n: [] for n in urls}
+    for r in range(args.rounds):
+        order = list(urls) if r % 2 == 0 else list(reversed(urls))
+        for name in order:
+            got = await _closed_loop(http, urls[name], args.requests, concurrency)
+            found[name] += got
+            p50s[name].append(statistics.median(got))
+    _report(concurrency, found, p50s, args)
 
 
 def _report(concurrency: int, found: dict[str, list[float]], p50s: dict[str, list[float]],

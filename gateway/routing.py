@@ -33,7 +33,7 @@ from gateway.hold import Holds
 from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
 from gateway.metrics import GatewayMetrics
-from gateway.tracing import request_log, traced, tracing_span_done
+from gateway.tracing import RequestLog, traced, tracing_span_done
 from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
 from schemas import replica_auth, tracing
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
@@ -107,6 +107,7 @@ class Gateway:
         # OpenTelemetry's tracer when OTEL_EXPORTER_OTLP_ENDPOINT is set, else None (off).
         self.tracer = tracing.tracer("greenroom-gateway")
         self.log_requests = True  # GREENROOM_GATEWAY_REQUEST_LOG
+        self.request_log = RequestLog()
 
     async def start(self) -> None:
         with contextlib.suppress(DatabaseError):
@@ -120,6 +121,7 @@ class Gateway:
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(GATEWAY_KEY_PREFIX + self.id)
         self._upstream.close()
+        self.request_log.close()
 
     async def reload(self) -> None:
         self._table = table = Table.build(await deployments.routes(self._pool))
@@ -211,15 +213,7 @@ class Gateway:
             elapsed = time.perf_counter() - started
             metrics.observe(deployment, answer.status, elapsed)
             self.latency.observe(route.model_id, elapsed)
-            self.replica_latency.observe(replica_id, elapsed)
-            if answer.status >= 500:
-                self.failed[replica_id] += 1
-            if self.log_requests:
-                request_log.info("request", request_id=ids.request_id, trace_id=ids.trace_id,
-                                 deployment=deployment, replica=str(replica_id), path=path,
-                                 status=answer.status, ms=round(elapsed * 1000.0, 2))
-            if span is not None:
-                tracing_span_done(span, deployment, replica_id, answer.status)
+            self._answered(route, replica_id, path, answer.status, elapsed, ids, span)
             out = web.Response(body=answer.body, status=answer.status,
                                headers={"X-Greenroom-Replica": str(replica_id),
                                         tracing.REQUEST_ID: ids.request_id})
@@ -230,6 +224,19 @@ class Gateway:
         for replica_id in tried:
             self.failed[replica_id] += 1
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
+
+    def _answered(self, route: Route, replica_id: UUID, path: str, status: int,
+                  elapsed: float, ids: tracing.TraceIds, span: Any) -> None:
+        """A replica answered: its series counters (issue 31), the request line, the span."""
+        self.replica_latency.observe(replica_id, elapsed)
+        if status >= 500:
+            self.failed[replica_id] += 1
+        if self.log_requests:
+            self.request_log.add(request_id=ids.request_id, trace_id=ids.trace_id,
+                                 deployment=route.name, replica=str(replica_id), path=path,
+                                 status=status, ms=round(elapsed * 1000.0, 2))
+        if span is not None:
+            tracing_span_done(span, replica_id, status)
 
     def _secret(self, route: Route) -> str:
         key = (route.model_id, route.generation)

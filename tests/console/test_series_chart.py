@@ -82,6 +82,7 @@ async def test_the_page_draws_traffic_replicas_and_rollout_markers_live(
     assert not done.failures, done.failures[:3]
 
     async def both_generations() -> dict[str, Any] | None:
+        body: dict[str, Any]
         _, body = await call(http, "GET", f"{base}/api/v2/deployments/alice/charted/series"
                              "?window=2m", headers=alice)
         gens = body["generations"]
@@ -108,7 +109,8 @@ async def test_the_page_draws_traffic_replicas_and_rollout_markers_live(
     await expect(charts).to_have_attribute("data-markers", re.compile(r"^[1-9]\d*$"))
     for chart in ("series-traffic", "series-latency", "series-replicas"):
         await expect(page.locator(f"#{chart} path.line").first).to_be_visible()
-    await expect(page.locator("#series-replicas path[data-label='gen 1 replicas']")).to_have_count(1)
+    replicas_line = page.locator("#series-replicas path[data-label='gen 1 replicas']")
+    await expect(replicas_line).to_have_count(1)
     await expect(page.locator("#series-traffic g.marker").first).to_be_attached()
     await page.locator("#series").screenshot(path=artifacts / "31-series-chart.png")
     await page.screenshot(path=artifacts / "31-deployment-page.png", full_page=True)
