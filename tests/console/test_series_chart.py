@@ -68,12 +68,12 @@ async def test_the_page_draws_traffic_replicas_and_rollout_markers_live(
     await page.get_by_role("button", name="2m").click()
 
     url = f"{gateway}/serve/charted/embed"
-    load = asyncio.create_task(run_load(url, RATE, 36.0, concurrency=16))
-    await asyncio.sleep(10)
+    load = asyncio.create_task(run_load(url, RATE, 30.0, concurrency=16))
+    await asyncio.sleep(8)
     status, scaled = await call(http, "POST", f"{base}/api/v2/deploy/alice/charted/scale",
                                 headers=alice, json={"replicas": 2})
     assert status == 202, scaled
-    await asyncio.sleep(10)
+    await asyncio.sleep(8)
     status, task = await call(http, "POST", f"{base}/deploy", headers=alice,
                               json={"model_id": "alice/charted", "config": {"replicas": 2}})
     assert status == 202, task
@@ -92,6 +92,17 @@ async def test_the_page_draws_traffic_replicas_and_rollout_markers_live(
         return None
 
     body = await _until(both_generations, 30)
+    series_url = f"{base}/api/v2/deployments/alice/charted/series"
+    for bad in ("25h", "1d", "-5m", "0"):
+        status, refused = await call(http, "GET", f"{series_url}?window={bad}", headers=alice)
+        assert status == 422 and "window" in refused["message"], (bad, refused)
+    _, stranger = await make_user(pool, "stranger", password=PASSWORDS["stranger"])
+    status, _ = await call(http, "GET", series_url, headers=stranger)
+    assert status == 200, "a public model's series: anyone who may read it"
+    await pool.execute("UPDATE models SET access_level = 'private' WHERE name = 'charted'")
+    status, _ = await call(http, "GET", series_url, headers=stranger)
+    assert status == 404, "a private model's series: as missing to a stranger"
+    await pool.execute("UPDATE models SET access_level = 'public' WHERE name = 'charted'")
     first = body["generations"][0]["points"]
     busiest = max(p["requests_per_s"] for p in first)
     print(f"series: generation 1 peaked at {busiest} requests/s (sent {RATE}/s), "
