@@ -179,13 +179,17 @@ def _report(concurrency: int, found: dict[str, list[float]], p50s: dict[str, lis
             args: argparse.Namespace) -> None:
     print(f"c={concurrency}: {args.rounds} rounds x {args.requests} requests per gateway, "
           f"interleaved; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    before = statistics.median(found["before"])
+    # The headline: the median over rounds of each round's p50 (a round another session's
+    # burst slowed counts once, not by its requests); then the p50 of all requests pooled.
+    before = statistics.median(p50s["before"])
+    pooled_before = statistics.median(found["before"])
     for name, latencies in found.items():
         q = statistics.quantiles(latencies, n=100)
-        p50 = statistics.median(latencies)
+        p50 = statistics.median(p50s[name])
+        pooled = statistics.median(latencies)
         spread = ", ".join(f"{x:.3f}" for x in p50s[name])
-        print(f"  {name:>6}: p50 {p50:7.3f} ms (x{p50 / before:5.3f} of before)  "
-              f"p99 {q[98]:7.3f} ms   p50 per round: {spread}")
+        print(f"  {name:>6}: p50 {p50:7.3f} ms (x{p50 / before:5.3f} of before; pooled "
+              f"x{pooled / pooled_before:5.3f})  p99 {q[98]:7.3f} ms   rounds' p50: {spread}")
     # Noise: how far the rounds' p50s of one gateway are from each other.
     noise = max((max(v) - min(v)) / statistics.median(v) for v in p50s.values())
     print(f"  round-to-round spread of p50 (noise): up to {noise:.1%}")
