@@ -135,8 +135,28 @@ async def test_ids_reach_the_replica_and_both_logs_and_spans_go_out(
     by_id = {line["request_id"]: line for line in replica_lines}
     assert by_id[trace]["trace_id"] == trace
     assert by_id["req-42"]["path"] == "/embed" and by_id["req-42"]["status"] == 200
-    gateway_logs = [p for p in tmp_path.glob("gateway.server-*.log")]
+    await asyncio.sleep(1.0)  # the gateway writes its request lines every 0.2 s
+    gateway_logs = list(tmp_path.glob("gateway.server-*.log"))
     gateway_lines = [line for log in gateway_logs for line in _lines(log, "request")]
     assert {trace, "req-42"} <= {line["request_id"] for line in gateway_lines}
     assert any(line["trace_id"] == trace and line["deployment"] == "traced"
                for line in gateway_lines)
+
+
+def test_off_by_default_nothing_of_opentelemetry_is_imported() -> None:
+    """Without OTEL_EXPORTER_OTLP_ENDPOINT the gateway has no tracer, and neither its
+    modules nor making one import any of OpenTelemetry (the hot path pays an `is None`)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from gateway import app, routing\n"
+            "from schemas import tracing\n"
+            "assert tracing.tracer('greenroom-gateway') is None\n"
+            "assert not [m for m in sys.modules if m.startswith('opentelemetry')], "
+            "[m for m in sys.modules if m.startswith('opentelemetry')]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
