@@ -12,10 +12,11 @@ Unset, `tracer()` is None and nothing of OpenTelemetry is imported: the hot path
 says so and tracing stays off.
 """
 
+import contextlib
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _TRACERS: dict[str, Any] = {}
+_PROVIDERS: list[Any] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +86,28 @@ def tracer(service: str) -> Any | None:
     name = os.environ.get("OTEL_SERVICE_NAME") or service
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    _PROVIDERS.append(provider)
     found = _TRACERS[service] = provider.get_tracer("greenroom")
     log.info("tracing_on", endpoint=os.environ[ENDPOINT_ENV], service=name)
     return found
+
+
+@contextlib.contextmanager
+def span(service: str, name: str, **attributes: Any) -> Iterator[Any]:
+    """A span named `name` around the block when tracing is on (yields it), else nothing
+    (yields None)."""
+    found = tracer(service)
+    if found is None:
+        yield None
+        return
+    with found.start_as_current_span(name, attributes=attributes) as current:
+        yield current
+
+
+def flush(timeout_ms: int = 5000) -> None:
+    """Send the spans still batched (a process about to exit; tests)."""
+    for provider in _PROVIDERS:
+        provider.force_flush(timeout_ms)
 
 
 def parent_context(ids: TraceIds) -> Any:

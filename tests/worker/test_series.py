@@ -4,6 +4,7 @@ from the merged histograms; several workers writing the same bucket leave one ro
 retention prunes rows past 24 h; the API's reading groups long windows into steps.
 Real Postgres and Redis; the replicas are the FakeRuntime's (no process)."""
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -137,3 +138,24 @@ def test_a_long_window_has_at_most_360_points() -> None:
     assert series_domain.step_for(3600, 10.0) == 10
     assert series_domain.step_for(86400, 10.0) == 240
     assert series_domain.step_for(7200, 10.0) == 20
+
+
+async def test_with_an_otlp_endpoint_the_api_and_worker_send_a_span_per_task(
+        fake_ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 31: the task id follows a task as a span attribute from its acceptance (API)
+    to its run (worker), over OTLP/HTTP to a sink (tests/gateway/test_tracing.py's)."""
+    from schemas import tracing
+    from tests.gateway.test_tracing import otlp_sink
+
+    async with otlp_sink() as (sink, spans):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink)
+        monkeypatch.setattr(tracing, "_TRACERS", {})
+        monkeypatch.setattr(tracing, "_PROVIDERS", [])
+        model = await a_model(fake_ctx, "spanned")
+        task = await deploy(fake_ctx, model, replicas=1)
+        await asyncio.to_thread(tracing.flush)
+        for provider in tracing._PROVIDERS:
+            provider.shutdown()
+    named = {s.name: {a.key: a.value.string_value for a in s.attributes} for s in spans}
+    assert named["accept deploy task"]["greenroom.task_id"] == str(task.id)
+    assert named["deploy task"]["greenroom.task_id"] == str(task.id)
