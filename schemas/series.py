@@ -32,6 +32,9 @@ class SeriesMarker(BaseModel):
 
     at: datetime
     level: str
+    # The event's kind where its writer records one (rollout step, autoscaler, crash...);
+    # None: an event without one. Any kind is drawn as a marker with its text.
+    kind: str | None = None
     message: str
     generation: int | None = None
     task_id: str | None = None

@@ -97,6 +97,7 @@ async def read(pool: asyncpg.Pool, model_id: UUID, window_s: int,
         generations=[GenerationSeries(generation=g, points=_points(by_generation[g], step_s))
                      for g in newest],
         events=[SeriesMarker(at=e.created_at, level=e.level, message=e.message,
+                             kind=getattr(e, "kind", None),
                              generation=e.generation,
                              task_id=None if e.task_id is None else str(e.task_id))
                 for e in found])

@@ -111,7 +111,8 @@ export function draw(data) {
     gens.length ? null : h("p", { class: "empty" }, "No data in this window yet: a worker writes a point every 10 s."),
     markers.length ? h("ol", { class: "series-events", id: "series-events" },
       markers.slice(-12).map((m) => h("li", { value: m.number, "data-level": m.level },
-        `${new Date(m.at).toLocaleTimeString()} `, m.generation ? `gen ${m.generation}: ` : "", m.message)))
+        `${new Date(m.at).toLocaleTimeString()} `, m.kind ? `[${m.kind}] ` : "",
+        m.generation ? `gen ${m.generation}: ` : "", m.message)))
       : null);
 }
 
