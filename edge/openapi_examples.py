@@ -69,6 +69,15 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v2/auth/api-keys"): {"request": {"name": "ci", "expires_in_days": 90}},
     ("POST", "/api/v2/deploy/{model_id}"): {"request": {"autoscaling_enabled": False,
                                                         "memory": 1024}},
+    ("GET", "/api/v2/deployments/{model_id}/series"): {"response": {
+        "model_id": "5f0c1d7e-8a9b-4c3d-9e2f-1a2b3c4d5e6f", "window_s": 3600, "step_s": 10,
+        "start": "2026-01-01T11:00:00Z", "end": "2026-01-01T12:00:00Z",
+        "generations": [{"generation": 2, "points": [
+            {"at": "2026-01-01T11:59:50Z", "requests_per_s": 41.5, "errors_per_s": 0.0,
+             "p50_ms": 8.2, "p99_ms": 31.0, "replicas": 2, "desired": 3, "inflight": 4}]}],
+        "events": [{"at": "2026-01-01T11:59:52Z", "level": "info",
+                    "message": "autoscaler: 2 → 3 replicas", "generation": 2,
+                    "task_id": None}]}},
 }
 
 

@@ -184,6 +184,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                       max_answer_bytes=settings.gateway_max_answer_bytes)
     gateway.holds = Holds(settings.gateway_hold_timeout_s, settings.gateway_hold_max)
     gateway.on_auth_change.append(app[ACCESS].clear)
+    gateway.log_requests = settings.gateway_request_log
     await gateway.start()
     app[GATEWAY] = gateway
     app[SERVING_ROUTES] = gateway  # the guard's view of it (edge/guard.py)

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -32,8 +33,9 @@ from gateway.hold import Holds
 from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
 from gateway.metrics import GatewayMetrics
+from gateway.tracing import RequestLog, traced, tracing_span_done
 from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
-from schemas import replica_auth
+from schemas import replica_auth, tracing
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
 from schemas.queue import (
@@ -89,6 +91,9 @@ class Gateway:
         self.inflight: Counter[UUID] = Counter()
         self.served: Counter[UUID] = Counter()
         self.latency = LatencyTally()  # per model, for the console
+        # Per replica, for the series over time (issue 31): failed answers and latency.
+        self.failed: Counter[UUID] = Counter()
+        self.replica_latency = LatencyTally()
         # Called on every message of the auth channel (an access cache clears itself).
         self.on_auth_change: list[Callable[[], None]] = []
         self.metrics = GatewayMetrics(self.inflight_by_replica)
@@ -99,6 +104,10 @@ class Gateway:
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._upstream = Upstream(timeout_s, max_answer_bytes=max_answer_bytes)
+        # OpenTelemetry's tracer when OTEL_EXPORTER_OTLP_ENDPOINT is set, else None (off).
+        self.tracer = tracing.tracer("greenroom-gateway")
+        self.log_requests = True  # GREENROOM_GATEWAY_REQUEST_LOG
+        self.request_log = RequestLog()
 
     async def start(self) -> None:
         with contextlib.suppress(DatabaseError):
@@ -112,12 +121,15 @@ class Gateway:
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(GATEWAY_KEY_PREFIX + self.id)
         self._upstream.close()
+        self.request_log.close()
 
     async def reload(self) -> None:
         self._table = table = Table.build(await deployments.routes(self._pool))
         stale = [rid for rid in self.served if rid not in table.active and rid not in self.inflight]
         for rid in stale:
             del self.served[rid]
+            self.failed.pop(rid, None)
+        self.replica_latency.forget(set(stale))
         self._upstream.forget({ep for r in table.by_key.values() for _, ep in r.replicas})
         self._secrets = {k: v for k, v in self._secrets.items()
                          if table.generations.get(str(k[0])) == k[1]}
@@ -149,12 +161,26 @@ class Gateway:
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
                       headers: Mapping[str, str]) -> web.Response:
-        """Send the request to the least busy replica; retry elsewhere only if it cannot
-        connect (once written, a request is never sent again: review M6)."""
+        """Send the request to the least busy replica (gateway/tracing.py: its ids, and a
+        span when OpenTelemetry is on)."""
+        ids = tracing.incoming(headers)
+        if self.tracer is None:
+            return await self._forward(route, method, path, body, headers, ids,
+                                       tracing.new_span_id(), None)
+        with traced(self.tracer, ids, route, path) as (ids, span_id, span):
+            return await self._forward(route, method, path, body, headers, ids, span_id, span)
+
+    async def _forward(self, route: Route, method: str, path: str, body: bytes | None,
+                       headers: Mapping[str, str], ids: tracing.TraceIds, span_id: str,
+                       span: Any) -> web.Response:
+        """Retry elsewhere only if the replica cannot connect (once written, a request is
+        never sent again: review M6)."""
         if not route.replicas and route.scales_to_zero:
             route = await self.holds.hold(route, self._held_changed, self.lookup)
         tried: set[UUID] = set()
         forward_headers = forwarded(headers)
+        forward_headers[tracing.REQUEST_ID] = ids.request_id
+        forward_headers[tracing.TRACEPARENT] = ids.traceparent(span_id)
         if self._secret_key is not None:
             forward_headers[replica_auth.HEADER] = self._secret(route)
         started, metrics = time.perf_counter(), self.metrics
@@ -168,13 +194,18 @@ class Gateway:
                 answer = await self._upstream.request(endpoint, method, path, body,
                                                       forward_headers)
             except ConnectFailed as exc:
-                log.warning("replica_unreachable", replica=str(replica_id), error=str(exc))
+                log.warning("replica_unreachable", replica=str(replica_id), error=str(exc),
+                            request_id=ids.request_id)
                 metrics.upstream_errors.labels(deployment).inc()
                 tried.add(replica_id)
                 continue
             except UpstreamError as exc:
-                self._failed_answer(route, replica_id, exc)
+                self.failed[replica_id] += 1
+                self._failed_answer(route, replica_id, exc, ids.request_id)
             except TimeoutError:
+                self.failed[replica_id] += 1
+                log.warning("replica_timed_out", deployment=deployment, replica=str(replica_id),
+                            request_id=ids.request_id)
                 metrics.requests.labels(deployment, "504").inc()
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
             finally:
@@ -182,13 +213,30 @@ class Gateway:
             elapsed = time.perf_counter() - started
             metrics.observe(deployment, answer.status, elapsed)
             self.latency.observe(route.model_id, elapsed)
+            self._answered(route, replica_id, path, answer.status, elapsed, ids, span)
             out = web.Response(body=answer.body, status=answer.status,
-                               headers={"X-Greenroom-Replica": str(replica_id)})
+                               headers={"X-Greenroom-Replica": str(replica_id),
+                                        tracing.REQUEST_ID: ids.request_id})
             if answer.content_type:
                 out.headers["Content-Type"] = answer.content_type
             return out
         metrics.requests.labels(route.name, "502").inc()
+        for replica_id in tried:
+            self.failed[replica_id] += 1
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
+
+    def _answered(self, route: Route, replica_id: UUID, path: str, status: int,
+                  elapsed: float, ids: tracing.TraceIds, span: Any) -> None:
+        """A replica answered: its series counters (issue 31), the request line, the span."""
+        self.replica_latency.observe(replica_id, elapsed)
+        if status >= 500:
+            self.failed[replica_id] += 1
+        if self.log_requests:
+            self.request_log.add(request_id=ids.request_id, trace_id=ids.trace_id,
+                                 deployment=route.name, replica=str(replica_id), path=path,
+                                 status=status, ms=round(elapsed * 1000.0, 2))
+        if span is not None:
+            tracing_span_done(span, replica_id, status)
 
     def _secret(self, route: Route) -> str:
         key = (route.model_id, route.generation)
@@ -199,11 +247,13 @@ class Gateway:
             self._secrets[key] = secret
         return secret
 
-    def _failed_answer(self, route: Route, replica_id: UUID, exc: UpstreamError) -> None:
+    def _failed_answer(self, route: Route, replica_id: UUID, exc: UpstreamError,
+                       request_id: str) -> None:
         """A replica took the request and then failed it: a 502, logged, not retried."""
         too_large = isinstance(exc, AnswerTooLarge)
         log.warning("replica_answer_too_large" if too_large else "replica_failed_answer",
-                    deployment=route.name, replica=str(replica_id), error=str(exc))
+                    deployment=route.name, replica=str(replica_id), error=str(exc),
+                    request_id=request_id)
         self.metrics.upstream_errors.labels(route.name).inc()
         self.metrics.requests.labels(route.name, "502").inc()
         if too_large:
@@ -264,7 +314,9 @@ class Gateway:
             gateway_id=self.id, at=time.time(), generations=dict(self._table.generations),
             inflight={str(k): v for k, v in self.inflight.items() if v > 0},
             requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts(),
-            latency=self.latency.report(), jumped=jumped or [])
+            latency=self.latency.report(), jumped=jumped or [],
+            errors={str(k): v for k, v in self.failed.items()},
+            replica_latency=self.replica_latency.report())
 
     async def _report(self) -> None:
         """Write the report every HEARTBEAT_S, or sooner when asked (at least MIN_GAP_S

@@ -170,8 +170,8 @@ class Client(_Common):
     def status(self, model: str) -> StatusResponse:
         return self.call(ops.status(model))
 
-    def logs(self, model: str) -> list[ReplicaLogs]:
-        return self.call(ops.logs(model))
+    def logs(self, model: str, tail: int | None = None) -> list[ReplicaLogs]:
+        return self.call(ops.logs(model, tail))
 
     def create_key(self, name: str, expires_in_days: int | None = None) -> ApiKeyCreated:
         return self.call(ops.create_key(name, expires_in_days))
@@ -288,8 +288,8 @@ class AsyncClient(_Common):
     async def status(self, model: str) -> StatusResponse:
         return await self.call(ops.status(model))
 
-    async def logs(self, model: str) -> list[ReplicaLogs]:
-        return await self.call(ops.logs(model))
+    async def logs(self, model: str, tail: int | None = None) -> list[ReplicaLogs]:
+        return await self.call(ops.logs(model, tail))
 
     async def create_key(self, name: str, expires_in_days: int | None = None) -> ApiKeyCreated:
         return await self.call(ops.create_key(name, expires_in_days))

@@ -121,8 +121,9 @@ def status(model: str) -> Op[StatusResponse]:
     return Op("GET", f"/api/v2/deploy/{_ref(model)}/status", StatusResponse)
 
 
-def logs(model: str) -> Op[list[ReplicaLogs]]:
-    return Op("GET", f"/api/v2/deploy/{_ref(model)}/logs", list[ReplicaLogs])
+def logs(model: str, tail: int | None = None) -> Op[list[ReplicaLogs]]:
+    query = "" if tail is None else f"?tail={int(tail)}"
+    return Op("GET", f"/api/v2/deploy/{_ref(model)}/logs{query}", list[ReplicaLogs])
 
 
 def create_key(name: str, expires_in_days: int | None = None) -> Op[ApiKeyCreated]:

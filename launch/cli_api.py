@@ -289,10 +289,21 @@ def _new_lines(before: list[str], now: list[str]) -> list[str]:
     return now
 
 
+# Lines a search by request or task id reads back (the API's most).
+SEARCH_TAIL = 10_000
+
+
 def logs(gr: Client, args: argparse.Namespace, console: Console) -> int:
     seen: dict[int, list[str]] = {}
+    # --request / --task: only the lines naming that id (issue 31: a replica logs each
+    # forwarded request's request_id and trace_id, and its start-up the task that started it).
+    wanted = [i for i in (args.request, args.task) if i]
     while True:
-        found = gr.logs(args.model)
+        found = gr.logs(args.model, SEARCH_TAIL if wanted else None)
+        if wanted:
+            for replica in found:
+                replica.stdout = _naming(replica.stdout, wanted)
+                replica.stderr = _naming(replica.stderr, wanted)
         if args.json and not args.follow:
             _print_json(found)
             return 0
@@ -304,6 +315,11 @@ def logs(gr: Client, args: argparse.Namespace, console: Console) -> int:
         if not args.follow:
             return 0
         time.sleep(LOG_POLL_S)
+
+
+def _naming(text: str, ids: list[str]) -> str:
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if all(i in line for i in ids))
 
 
 # --- wiring ---------------------------------------------------------------------------
@@ -387,6 +403,9 @@ def add_commands(sub: Any, models: Any) -> None:
     cmd = sub.add_parser("logs", parents=[common], help="replica logs of a deployment")
     cmd.add_argument("model")
     cmd.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    cmd.add_argument("--request", metavar="ID",
+                     help="only lines of this request (its X-Request-Id, or its trace id)")
+    cmd.add_argument("--task", metavar="ID", help="only lines naming this task id")
     cmd.set_defaults(api=logs)
     keys = sub.add_parser("keys", help="your API keys").add_subparsers(dest="action",
                                                                        required=True)

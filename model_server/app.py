@@ -53,6 +53,7 @@ LOADER: web.AppKey[Loader] = web.AppKey("loader")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = structlog.get_logger("model_server")
+request_log = structlog.get_logger("model_server.requests")
 
 
 def create_app(settings: Settings, loader: Loader = load_backend) -> web.Application:
@@ -283,8 +284,21 @@ async def http_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = await _answer(request, handler)
     finally:
         metrics.handling -= 1
-    metrics.observe_request(_route_label(request), response.status, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    metrics.observe_request(_route_label(request), response.status, elapsed)
+    request_id = request.headers.get("X-Request-Id")
+    if request_id is not None:  # a request a gateway forwarded: one line, by its ids
+        log_request(request, request_id, response.status, elapsed)
     return response
+
+
+def log_request(request: web.Request, request_id: str, status: int, elapsed: float) -> None:
+    """The replica's line of a request (issue 31): the gateway's request id and the W3C
+    trace id it passed on, so `greenroom logs MODEL --request ID` finds it."""
+    traceparent = request.headers.get("traceparent", "")
+    trace_id = traceparent[3:35] if len(traceparent) == 55 else None
+    request_log.info("request", request_id=request_id[:128], trace_id=trace_id,
+                     path=request.path, status=status, ms=round(elapsed * 1000.0, 2))
 
 
 def _require_gateway(request: web.Request) -> None:

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     backend: BackendName = "sentence-transformers"
     model: str = DEFAULT_MODEL
     model_id: str | None = None
+    # The task that started this replica (its start-up line names it, issue 31).
+    task_id: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     dimension: int = Field(default=384, gt=0, le=65536)

@@ -48,6 +48,7 @@ async def serve(settings: Settings) -> int:
         backend=settings.backend,
         model=settings.model,
         model_id=settings.served_model_id,
+        task_id=settings.task_id,
     )
     reason = await _until_stopped(app[STATE].failed)
     log.info("shutdown_started", reason=reason)

@@ -94,6 +94,12 @@ class GatewayReport(BaseModel):
     # model ids whose requests in flight jumped since this gateway's previous report
     # (gateway/load_signal.py): the autoscaler may panic on this one sample.
     jumped: list[str] = Field(default_factory=list)
+    # replica id → answers this gateway failed for it since it started (a counter: a 5xx
+    # from the replica, or the gateway's own 502/504), for the series over time (issue 31).
+    errors: dict[str, int] = Field(default_factory=dict)
+    # replica id → requests finished on it and their latency (counters, like `latency`, but
+    # per replica, so the series reads latency per generation).
+    replica_latency: dict[str, Latency] = Field(default_factory=dict)
 
 
 async def read_reports(redis: Redis) -> list[GatewayReport]:

@@ -13,7 +13,7 @@ from arq.typing import WorkerCoroutine
 
 from db import deployments, replicas, tasks
 from db.errors import UniqueViolation
-from schemas import replica_auth, task_payloads
+from schemas import replica_auth, task_payloads, tracing
 from schemas import secrets as deployment_secrets
 from schemas.settings import Settings
 from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
@@ -74,7 +74,10 @@ async def run_task(ctx: WorkerContext, task_id: str) -> str:
     outcome = "interrupted"
     try:
         async with held_lease(ctx, task.id):
-            await _dispatch(ctx, task)
+            with tracing.span("greenroom-worker", f"{task.kind} task",
+                              **{"greenroom.task_id": str(task.id),
+                                 "greenroom.model_id": str(task.model_id)}):
+                await _dispatch(ctx, task)
         ended = await tasks.get(ctx.pool, task.id)
         outcome = str(ended.status) if ended is not None else "gone"
     except asyncio.CancelledError:

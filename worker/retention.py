@@ -6,7 +6,7 @@ import asyncio
 
 import structlog
 
-from db import retention
+from db import retention, series
 from worker.context import WorkerContext
 from worker.runtimes.process import ProcessRuntime
 
@@ -22,6 +22,7 @@ async def prune(ctx: WorkerContext) -> dict[str, int]:
         "events": await retention.prune_events(ctx.pool, settings.event_retention_days * DAY_S,
                                                settings.events_per_model),
         "feedback": await retention.prune_feedback(ctx.pool, settings.feedback_per_model),
+        "series": await series.prune(ctx.pool, settings.series_retention_h * 3600.0),
     }
     if any(pruned.values()):
         log.info("retention_pruned", **pruned)

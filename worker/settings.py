@@ -27,7 +27,7 @@ from schemas.queue import (
 )
 from schemas.settings import Settings
 from schemas.tokens import weak_secret_reason
-from worker import installation, metrics, reconciler
+from worker import installation, metrics, reconciler, series
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.jobs import arq_job, replica_logs, run_task, task_job_timeout_s
 from worker.runtimes import create_runtime
@@ -65,13 +65,14 @@ async def startup(arq_ctx: dict[str, Any]) -> None:
                                                     settings.worker_metrics_port)
     arq_ctx["reconciler"] = asyncio.create_task(reconciler.run_forever(ctx))
     arq_ctx["autoscaler"] = asyncio.create_task(autoscaler.run_forever(ctx, run_task))
+    arq_ctx["series"] = asyncio.create_task(series.run_forever(ctx))
     log.info("worker_started", worker=ctx.worker_id, runtime=ctx.runtime.name,
              cluster=settings.cluster)
 
 
 async def shutdown(arq_ctx: dict[str, Any]) -> None:
     ctx: WorkerContext | None = arq_ctx.get(CONTEXT_KEY)
-    for name in ("autoscaler", "reconciler"):
+    for name in ("series", "autoscaler", "reconciler"):
         task: asyncio.Task[None] | None = arq_ctx.get(name)
         if task is not None:
             task.cancel()

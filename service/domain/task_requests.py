@@ -18,7 +18,7 @@ from db.models import Model
 from db.owner_quotas import OwnerQuota
 from db.permissions import Grant
 from db.tasks import Task
-from schemas import secrets
+from schemas import secrets, tracing
 from schemas.errors import Conflict, Invalid, NotFound
 from schemas.queue import JOB_RUN_TASK
 from schemas.settings import Settings
@@ -178,7 +178,9 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
                 return _same_request(existing, digest), False
         raise
     log.info("task_accepted", task=str(task.id), kind=kind.value, model=str(model.id))
-    await enqueue(redis, pool, task.id)
+    with tracing.span("greenroom-api", f"accept {kind.value} task",
+                      **{"greenroom.task_id": str(task.id), "greenroom.model_id": str(model.id)}):
+        await enqueue(redis, pool, task.id)
     return task, True
 
 

@@ -171,3 +171,30 @@ async def test_passwd_revokes_the_old_token_and_saves_a_fresh_one_and_logout_rev
     assert done.returncode == 0 and "revoked" in done.stdout, done.stderr
     done = greenroom("models", "list")
     assert done.returncode == 1 and "[HTTP 401]" in done.stderr
+
+
+async def test_logs_finds_one_requests_lines_and_the_task_that_started_a_replica(
+        greenroom: Any, gateway: str, admin_password: str, tmp_path: Path) -> None:
+    """Issue 31: the gateway passes the request id on, the replica logs it, and
+    `greenroom logs MODEL --request ID` prints only that request's lines; `--task ID` finds
+    the start-up line of the replica that task started (MODEL_SERVER_TASK_ID)."""
+    import aiohttp
+
+    _login(greenroom, admin_password, tmp_path)
+    assert greenroom("models", "register", "traced", "--backend", "hashing", "--dimension",
+                     "8", "--public").returncode == 0
+    done = greenroom("deploy", "admin/traced", "--wait", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    task_id = str(TaskResponse.model_validate_json(done.stdout).task_id)
+    async with aiohttp.ClientSession() as http:
+        for rid in ("find-me-1", "other-2"):
+            async with http.post(f"{gateway}/serve/traced/embed", json={"inputs": "x"},
+                                 headers={"X-Request-Id": rid}) as resp:
+                assert resp.status == 200 and resp.headers["X-Request-Id"] == rid
+    found = greenroom("logs", "admin/traced", "--request", "find-me-1")
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert lines and all("find-me-1" in line for line in lines), found.stdout
+    assert any('"status": 200' in line and '"path": "/embed"' in line for line in lines)
+    started = greenroom("logs", "admin/traced", "--task", task_id).stdout
+    assert "server_started" in started and task_id in started, started

@@ -214,6 +214,8 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/api/v2/deploy/{model_id}/status-internal"): fixed(
         "/api/v2/deploy/{m}/status-internal"),
     ("GET", "/api/v2/deploy/{model_id}/logs"): fixed("/api/v2/deploy/{m}/logs"),
+    ("GET", "/api/v2/deployments/{model_id}/series"): fixed(
+        "/api/v2/deployments/{m}/series?window=15m"),
     ("POST", "/api/v2/deploy/{model_id}/save"): _save_sample,
     ("POST", "/api/v2/deploy/{model_id}"): fixed("/api/v2/deploy/{m}", json={}),
     ("DELETE", "/api/v2/deploy/{model_id}"): fixed("/api/v2/deploy/{m}"),

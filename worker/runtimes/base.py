@@ -106,6 +106,8 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
         "MODEL_SERVER_HOST": host,
         "MODEL_SERVER_PORT": str(port),
     }
+    if spec.task_id is not None:  # the task that started it: its log lines name it
+        env["MODEL_SERVER_TASK_ID"] = str(spec.task_id)
     if source.get("location"):
         env["MODEL_SERVER_MODEL"] = str(source["location"])
     if source.get("dimension"):

@@ -4,6 +4,7 @@ import { api, ApiError, get, login, post, ref, session } from "./api.js";
 import { badge, field, h, seconds, table, when } from "./dom.js";
 import { Live } from "./live.js";
 import { chart, generationsChart } from "./timeline.js";
+import { seriesPanel } from "./series.js";
 
 const view = document.getElementById("view");
 const liveEl = document.getElementById("live");
@@ -282,7 +283,10 @@ function deploymentView(identifier) {
   const head = h("div", {}, h("h1", {}, identifier), h("p", {}, "Loading…"));
   const sections = h("div", {});
   const logs = logsPanel(identifier);
-  replace(view, head, sections,
+  const overTime = seriesPanel(identifier);
+  replace(view, head,
+    h("section", { "aria-labelledby": "series-title" }, h("h2", { id: "series-title" }, "Over time"), overTime.el),
+    sections,
     h("section", { "aria-labelledby": "logs-title" }, h("h2", { id: "logs-title" }, "Logs"), logs.el));
   let modelId = null;
   const refresh = async () => {
@@ -348,9 +352,12 @@ function deploymentView(identifier) {
   };
   refresh();
   const again = debounce(refresh);
+  const againSeries = debounce(overTime.refresh, 1000);
   return {
-    onChange(change) { if (!change || modelId === null || change.model_id === modelId) again(); },
-    dispose() { logs.dispose(); },
+    onChange(change) {
+      if (!change || modelId === null || change.model_id === modelId) { again(); againSeries(); }
+    },
+    dispose() { logs.dispose(); overTime.dispose(); },
   };
 }
 
