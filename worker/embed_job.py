@@ -1,0 +1,392 @@
+"""A bulk embedding job (issue 30), run as a task: read the job's input from where the API
+left it, send batches to the pinned generation's ready replicas directly (with the
+generation's secret and the batch lane's priority header), and write the results in input
+order, checkpointing in Postgres as it goes.
+
+Crash safety rests on one rule: the checkpoint (inputs done, input offset, results bytes)
+is written only after the results up to it are flushed and fsynced. A run that starts
+(the first, or one resumed on another worker after a kill -9) truncates the results file to
+the checkpoint's bytes and reads the input from the checkpoint's offset, so every input
+appears in the results exactly once. An input that cannot be embedded (a bad line, one too
+long for the model) gets a result line with its reason instead of a vector.
+"""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import aiohttp
+import numpy as np
+import orjson
+import structlog
+
+from db import deployments, embed_jobs, replicas, tasks
+from db.embed_jobs import EmbedJob, LostJob
+from db.tasks import Task
+from schemas import replica_auth, task_payloads
+from schemas.embed_jobs import (
+    BATCH_PRIORITY,
+    INPUT_FILE,
+    PRIORITY_HEADER,
+    RESULTS_FILE,
+    job_dir,
+)
+from schemas.task_payloads import EmbedPayload
+from schemas.tasks import ReplicaState, TaskStatus
+from worker.context import WorkerContext
+
+log = structlog.get_logger(__name__)
+DAY_S = 86_400.0
+# A checkpoint is written at most this often (and when the job ends).
+CHECKPOINT_EVERY_S = 0.5
+# A batch a replica could not take (5xx, 429, a connection error) is tried again, on the
+# next replica, this many times with a growing wait, before the job fails.
+RETRIES = 8
+REQUEST_TIMEOUT_S = 120.0
+# The pinned generation has no ready replica: look again this often, this long.
+NO_REPLICA_WAIT_S = 30.0
+
+
+class JobFailed(Exception):
+    """The job cannot go on; the message is the caller's reason."""
+
+
+@dataclass(slots=True)
+class Item:
+    """One input line: its id, and its text or the reason it cannot be embedded."""
+
+    id: Any
+    text: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    items: list[Item]
+    end_offset: int  # the input's byte offset after the batch's last line
+    lines: list[bytes] = field(default_factory=list)
+    tokens: int = 0
+    embedded: int = 0
+    dimension: int | None = None
+
+
+def parse_line(line: bytes, max_bytes: int) -> Item:
+    """An input line as an item; a line that is not `{"id", "text"}` is an item with its
+    reason (its id when one can be read)."""
+    if len(line) > max_bytes:
+        ident = None
+        with contextlib.suppress(ValueError):
+            ident = _ident(orjson.loads(line))
+        return Item(ident, error=f"line is {len(line):,} bytes, more than the "
+                                 f"{max_bytes:,} allowed (GREENROOM_EMBED_MAX_LINE_BYTES)")
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return Item(None, error="bad line: not JSON")
+    ident = _ident(row)
+    if ident is None:
+        return Item(None, error='bad line: not an object with an "id" (a string or integer)')
+    text = row.get("text")
+    if not isinstance(text, str):
+        return Item(ident, error='bad line: "text" must be a string')
+    if not text.strip():
+        return Item(ident, error='bad line: "text" is empty')
+    return Item(ident, text=text)
+
+
+def _ident(row: Any) -> Any:
+    if not isinstance(row, dict):
+        return None
+    ident = row.get("id")
+    if isinstance(ident, bool) or not isinstance(ident, str | int):
+        return None
+    return ident
+
+
+def batches(source: IO[bytes], offset: int, size: int, max_line: int) -> Iterator[Batch]:
+    """The input from `offset` in batches of `size` items (blank lines are no inputs)."""
+    source.seek(offset)
+    items: list[Item] = []
+    for line in source:
+        offset += len(line)
+        if not line.strip():
+            continue
+        items.append(parse_line(line.rstrip(b"\r\n"), max_line))
+        if len(items) >= size:
+            yield Batch(items, offset)
+            items = []
+    if items:
+        yield Batch(items, offset)
+
+
+class Replicas:
+    """The pinned generation's ready replicas, taken in turn."""
+
+    def __init__(self, ctx: WorkerContext, job: EmbedJob) -> None:
+        self.ctx, self.job = ctx, job
+        self.endpoints: list[str] = []
+        self.turn = 0
+        key = ctx.settings.secret_key
+        self.headers = {PRIORITY_HEADER: BATCH_PRIORITY}
+        if key is not None:
+            self.headers[replica_auth.HEADER] = replica_auth.generation_secret(
+                key.get_secret_value(), job.model_id, job.generation)
+
+    async def refresh(self) -> None:
+        deadline = time.monotonic() + NO_REPLICA_WAIT_S
+        while True:
+            live = await replicas.list_for_model(self.ctx.pool, self.job.model_id)
+            self.endpoints = [r.endpoint for r in live if r.generation == self.job.generation
+                              and r.state == ReplicaState.ready and r.endpoint]
+            if self.endpoints:
+                return
+            if not await deployments.generation_is_live(self.ctx.pool, self.job.model_id,
+                                                        self.job.generation):
+                raise JobFailed(f"generation {self.job.generation} is no longer live (a "
+                                "rollout or a delete replaced it); the job's vectors must "
+                                "all come from one generation, so it stops here")
+            if time.monotonic() > deadline:
+                raise JobFailed(f"generation {self.job.generation} has had no ready replica "
+                                f"for {NO_REPLICA_WAIT_S:g} s")
+            await asyncio.sleep(0.5)
+
+    def next(self) -> str:
+        self.turn += 1
+        return self.endpoints[self.turn % len(self.endpoints)]
+
+
+class Outcome:
+    """What one request to a replica gave: vectors and tokens, or a refusal of the inputs."""
+
+    def __init__(self, vectors: np.ndarray | None, tokens: int, error: str | None) -> None:
+        self.vectors, self.tokens, self.error = vectors, tokens, error
+
+
+async def _post(http: aiohttp.ClientSession, pool: Replicas, texts: list[str]) -> Outcome:
+    """One /embed request, tried on the next replica while the failure is theirs."""
+    body = orjson.dumps({"inputs": texts, "truncate": False, "normalize": False})
+    wait = 0.1
+    last = ""
+    for _ in range(RETRIES):
+        endpoint = pool.next()
+        try:
+            async with http.post(f"{endpoint}/embed", data=body, headers={
+                    **pool.headers, "Content-Type": "application/json"},
+                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as resp:
+                raw = await resp.read()
+                if resp.status == 200:
+                    vectors = np.asarray(orjson.loads(raw), dtype=np.float32)
+                    tokens = int(resp.headers.get("X-Greenroom-Tokens", "0") or 0)
+                    return Outcome(vectors, tokens, None)
+                if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                    return Outcome(None, 0, _message(raw, resp.status))
+                last = f"{endpoint} answered {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            last = f"{endpoint}: {type(exc).__name__}"
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, 5.0)
+        await pool.refresh()
+    raise JobFailed(f"the replicas could not embed a batch after {RETRIES} tries ({last})")
+
+
+def _message(raw: bytes, status: int) -> str:
+    with contextlib.suppress(ValueError):
+        body = orjson.loads(raw)
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return str(body["error"])
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            return str(body["message"])
+    return f"the replica refused it ({status})"
+
+
+def shaped(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """The vectors as the job asked: unit length, cut to `dimensions` (then unit again:
+    OpenAI's `dimensions`), or raw and cut."""
+    if vectors.ndim != 2:
+        raise JobFailed("the replica answered vectors of an unexpected shape")
+    if dimensions is not None and dimensions > vectors.shape[1]:
+        raise JobFailed(f"dimensions {dimensions} is more than the model's {vectors.shape[1]}")
+    if normalize:
+        vectors = _unit(vectors)
+    if dimensions is not None:
+        vectors = vectors[:, :dimensions]
+        if normalize:
+            vectors = _unit(vectors)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return unit
+
+
+async def embed_batch(http: aiohttp.ClientSession, pool: Replicas, batch: Batch,
+                      payload: EmbedPayload) -> Batch:
+    """Embed a batch; an input the replica refuses is tried alone so only it fails."""
+    texts = [(i, item.text) for i, item in enumerate(batch.items) if item.text is not None]
+    vectors: dict[int, np.ndarray] = {}
+    if texts:
+        outcome = await _post(http, pool, [text for _, text in texts])
+        if outcome.vectors is not None:
+            rows = shaped(outcome.vectors, payload.dimensions, payload.normalize)
+            vectors = {i: rows[n] for n, (i, _) in enumerate(texts)}
+            batch.tokens += outcome.tokens
+        else:
+            for i, text in texts:
+                alone = await _post(http, pool, [text])
+                if alone.vectors is not None:
+                    vectors[i] = shaped(alone.vectors, payload.dimensions, payload.normalize)[0]
+                    batch.tokens += alone.tokens
+                else:
+                    batch.items[i].error = alone.error
+    for i, item in enumerate(batch.items):
+        if i in vectors:
+            row = {"id": item.id, "embedding": vectors[i]}
+            batch.embedded += 1
+            batch.dimension = len(vectors[i])
+        else:
+            row = {"id": item.id, "error": item.error or "not embedded"}
+        batch.lines.append(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    return batch
+
+
+@dataclass(slots=True)
+class Progress:
+    done: int
+    failed: int
+    tokens: int
+    input_offset: int
+    results_bytes: int
+    dimension: int | None
+
+
+async def run(ctx: WorkerContext, task: Task) -> None:
+    """Run (or resume) the job of `task` to its end: done, failed with a reason, or
+    cancelled at its owner's word."""
+    payload = task_payloads.read(task.kind, task.request)
+    assert isinstance(payload, EmbedPayload)
+    job = await embed_jobs.start_run(ctx.pool, task.id)
+    retention_s = ctx.settings.embed_retention_days * DAY_S
+    if job is None:
+        await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed,
+                           "the job's record is gone")
+        return
+    try:
+        status, detail = await _run(ctx, job, payload)
+    except JobFailed as exc:
+        status, detail = TaskStatus.failed, str(exc)
+    except LostJob:
+        log.warning("embed_job_lost", job=str(job.id))
+        return
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, status, detail)
+    await embed_jobs.set_expiry(ctx.pool, job.id, retention_s)
+
+
+async def _run(ctx: WorkerContext, job: EmbedJob,
+               payload: EmbedPayload) -> tuple[TaskStatus, str | None]:
+    if job.cancel_requested:
+        return TaskStatus.canceled, "cancelled by its owner"
+    folder = job_dir(ctx.settings, job.id)
+    source_path, results_path = folder / INPUT_FILE, folder / RESULTS_FILE
+    if not source_path.is_file():
+        raise JobFailed("the job's input file is not on this worker's disk (the API and the "
+                        "workers must share GREENROOM_STATE_DIR)")
+    pool = Replicas(ctx, job)
+    await pool.refresh()
+    progress = Progress(job.done, job.failed, job.tokens, job.input_offset, job.results_bytes,
+                        job.dimension)
+    window = max(1, len(pool.endpoints) * ctx.settings.embed_inflight_per_replica)
+    fd = os.open(results_path, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+b") as out, source_path.open("rb") as source:
+        out.truncate(progress.results_bytes)  # what a killed run wrote past its checkpoint
+        out.seek(progress.results_bytes)
+        cancelled = await _pipeline(ctx, job, payload, pool, source, out, progress, window)
+    if cancelled:
+        return TaskStatus.canceled, "cancelled by its owner"
+    return TaskStatus.done, None
+
+
+async def _pipeline(ctx: WorkerContext, job: EmbedJob, payload: EmbedPayload, pool: Replicas,
+                    source: IO[bytes], out: IO[bytes], progress: Progress,
+                    window: int) -> bool:
+    """Keep `window` batches in flight, write their results in input order, checkpoint.
+    True when the owner cancelled."""
+    settings = ctx.settings
+    pending: deque[asyncio.Task[Batch]] = deque()
+    last_checkpoint = time.monotonic()
+    reader = batches(source, progress.input_offset, settings.embed_batch_size,
+                     settings.embed_max_line_bytes)
+    try:
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < window:
+                batch = next(reader, None)
+                if batch is None:
+                    exhausted = True
+                    break
+                pending.append(asyncio.create_task(embed_batch(ctx.http, pool, batch, payload)))
+            if not pending:
+                break
+            finished = await pending.popleft()
+            _write(out, finished, progress)
+            if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+                if await _checkpoint(ctx, job, out, progress):
+                    return True
+                last_checkpoint = time.monotonic()
+        return await _checkpoint(ctx, job, out, progress)
+    finally:
+        for left in pending:
+            left.cancel()
+        for left in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await left
+
+
+def _write(out: IO[bytes], batch: Batch, progress: Progress) -> None:
+    data = b"".join(batch.lines)
+    out.write(data)
+    progress.results_bytes += len(data)
+    progress.input_offset = batch.end_offset
+    progress.tokens += batch.tokens
+    progress.done += batch.embedded
+    progress.failed += len(batch.items) - batch.embedded
+    progress.dimension = progress.dimension or batch.dimension
+
+
+async def _checkpoint(ctx: WorkerContext, job: EmbedJob, out: IO[bytes],
+                      progress: Progress) -> bool:
+    """Make the results durable up to here, then record the checkpoint; True when the
+    owner asked to cancel."""
+    out.flush()
+    await asyncio.to_thread(os.fsync, out.fileno())
+    return await embed_jobs.checkpoint(
+        ctx.pool, job.id, ctx.worker_id, done=progress.done, failed=progress.failed,
+        tokens=progress.tokens, input_offset=progress.input_offset,
+        results_bytes=progress.results_bytes, dimension=progress.dimension)
+
+
+async def hand_back(ctx: WorkerContext, task: Task, reason: str) -> str:
+    """The worker stops mid-job: the task goes back to pending (its checkpoint stays), to be
+    resumed by another worker; failed once it has been run `max_attempts` times."""
+    detail = (f"interrupted {task.attempts} time(s), the last because {reason}; giving up "
+              f"after {ctx.settings.max_attempts} attempts (GREENROOM_MAX_ATTEMPTS)")
+    return await tasks.hand_back(ctx.pool, task.id, ctx.worker_id, ctx.settings.max_attempts,
+                                 detail) or "lost"
+
+
+async def prune(ctx: WorkerContext) -> int:
+    """Retention: ended jobs get their expiry; expired ones lose their files, then their
+    task and row. Returns the jobs removed."""
+    await embed_jobs.expire_ended(ctx.pool, ctx.settings.embed_retention_days * DAY_S)
+    expired = await embed_jobs.list_expired(ctx.pool)
+    for job_id in expired:
+        await asyncio.to_thread(shutil.rmtree, job_dir(ctx.settings, job_id), True)
+        await embed_jobs.delete(ctx.pool, job_id)
+    return len(expired)
