@@ -68,6 +68,20 @@ async def _progress(pool: asyncpg.Pool, job_id: UUID, at_least: int, timeout_s: 
     raise TimeoutError(f"the job did not reach {at_least} inputs")
 
 
+async def _past_checkpoint(pool: asyncpg.Pool, settings: Settings, job_id: UUID,
+                           timeout_s: float) -> None:
+    """Until the results file holds more than the checkpoint does: the kill then leaves
+    bytes the resumed run must cut."""
+    path = job_dir(settings, job_id) / RESULTS_FILE
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = await embed_jobs.get(pool, job_id)
+        assert job is not None
+        if path.stat().st_size > job.results_bytes:
+            return
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.slow
 async def test_kill_9_mid_job_resumes_from_the_checkpoint(
         api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
@@ -86,6 +100,7 @@ async def test_kill_9_mid_job_resumes_from_the_checkpoint(
     assert job["counts"] == {"total": INPUTS, "done": 0, "failed": 0}
     job_id = UUID(job["id"])
     reached = await _progress(pool, job_id, INPUTS // 3, timeout_s=60)
+    await _past_checkpoint(pool, settings, job_id, timeout_s=10)
     first.kill(signal.SIGKILL)
     first.popen.wait()
     killed_at = await embed_jobs.get(pool, job_id)
@@ -121,4 +136,4 @@ async def test_kill_9_mid_job_resumes_from_the_checkpoint(
     assert all(len(row["embedding"]) == 32 for row in rows if "embedding" in row)
     print(f"\nembed job: killed at {reached}+ of {INPUTS} inputs (checkpoint "
           f"{killed_at.done + killed_at.failed}, {written - killed_at.results_bytes} bytes written "
-          "past it, cut on resume); resumed to {len(rows)} results, each id once")
+          f"past it, cut on resume); resumed to {len(rows)} results, each id once")
