@@ -178,17 +178,20 @@ class Settings(BaseSettings):
     # memory for the process runtime, the engine's memory for Docker.
     capacity_memory_mb: int | None = None
     capacity_share: float = 0.5
-    # Bulk embedding jobs (issue 30): a user's jobs not yet expired, at most this many (then
-    # 429), and the MB their input and results files may hold together (then 413).
+    # Bulk embedding jobs (issue 30): a user's jobs not yet removed (ended jobs count until
+    # they expire or are deleted), at most this many (then 403).
     quota_embed_jobs: int = 20
+    # MB a user's embed jobs' input and results files may hold together (then 413).
     quota_embed_store_mb: int = 4096
-    # The largest input file one embed job may upload (MB, then 413) and its most lines.
+    # The largest input file one embed job may upload (MB, then 413).
     embed_max_input_mb: int = 1024
+    # The most inputs (lines) one embed job may hold (then 413).
     embed_max_inputs: int = 5_000_000
-    # An input line longer than this many bytes is recorded as failed, never sent.
+    # An embed job's input line longer than this many bytes is recorded as failed, not sent.
     embed_max_line_bytes: int = 65536
-    # Inputs per request an embed job sends a replica, and requests in flight per replica.
+    # Inputs per request an embed job sends a replica.
     embed_batch_size: int = 64
+    # An embed job's requests in flight per replica of its generation.
     embed_inflight_per_replica: int = 4
     # A finished embed job's files (and the job) are kept this many days, then removed.
     embed_retention_days: float = 7.0
