@@ -99,7 +99,7 @@ ROUTES = [
               query=(("all", False, {"type": "string", "enum": ["true", "false"]}),),
               summary="List the caller's embedding jobs"),
     RouteSpec("GET", JOB, show_job, OWN, None, EmbedJob, summary="An embedding job"),
-    RouteSpec("GET", f"{JOB}/results", job_results, OWN, None, None,
+    RouteSpec("GET", f"{JOB}/results", job_results, OWN, None, str,
               query=(("format", False, {"type": "string", "enum": list(FORMATS)}),),
               response_media=NDJSON, summary="An embedding job's results"),
     RouteSpec("DELETE", JOB, delete_job, OWN, None, EmbedJob,
