@@ -16,7 +16,6 @@ import contextlib
 import os
 import shutil
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -319,32 +318,66 @@ async def _pipeline(ctx: WorkerContext, job: EmbedJob, payload: EmbedPayload, po
     """Keep `window` batches in flight, write their results in input order, checkpoint.
     True when the owner cancelled."""
     settings = ctx.settings
-    pending: deque[asyncio.Task[Batch]] = deque()
+    flight = _Flight(ctx, pool, payload, batches(
+        source, progress.input_offset, settings.embed_batch_size,
+        settings.embed_max_line_bytes), window)
     last_checkpoint = time.monotonic()
-    reader = batches(source, progress.input_offset, settings.embed_batch_size,
-                     settings.embed_max_line_bytes)
     try:
-        exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < window:
-                batch = next(reader, None)
-                if batch is None:
-                    exhausted = True
-                    break
-                pending.append(asyncio.create_task(embed_batch(ctx.http, pool, batch, payload)))
-            if not pending:
-                break
-            finished = await pending.popleft()
-            _write(out, finished, progress)
+        while flight.fill():
+            for batch in await flight.in_order():
+                _write(out, batch, progress)
             if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
                 if await _checkpoint(ctx, job, out, progress):
                     return True
                 last_checkpoint = time.monotonic()
         return await _checkpoint(ctx, job, out, progress)
     finally:
-        for left in pending:
+        await flight.stop()
+
+
+class _Flight:
+    """The batches in flight: a finished one's place is taken at once, whatever its turn,
+    and the results come out in input order. The reorder buffer is bounded too: a slow
+    batch holds at most four windows back."""
+
+    def __init__(self, ctx: WorkerContext, pool: Replicas, payload: EmbedPayload,
+                 reader: Iterator[Batch], window: int) -> None:
+        self.ctx, self.pool, self.payload, self.reader = ctx, pool, payload, reader
+        self.window = window
+        self.inflight: dict[asyncio.Task[Batch], int] = {}
+        self.finished: dict[int, Batch] = {}
+        self.sent = self.written = 0
+        self.exhausted = False
+
+    def fill(self) -> bool:
+        """Send batches up to the window; False once nothing is left in flight."""
+        while (not self.exhausted and len(self.inflight) < self.window
+               and self.sent - self.written < 4 * self.window):
+            batch = next(self.reader, None)
+            if batch is None:
+                self.exhausted = True
+                break
+            task = asyncio.create_task(embed_batch(self.ctx.http, self.pool, batch,
+                                                   self.payload))
+            self.inflight[task] = self.sent
+            self.sent += 1
+        return bool(self.inflight)
+
+    async def in_order(self) -> list[Batch]:
+        """Wait for one to finish; the batches whose turn has come."""
+        done, _ = await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            self.finished[self.inflight.pop(task)] = task.result()
+        ready = []
+        while self.written in self.finished:
+            ready.append(self.finished.pop(self.written))
+            self.written += 1
+        return ready
+
+    async def stop(self) -> None:
+        for left in self.inflight:
             left.cancel()
-        for left in pending:
+        for left in self.inflight:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await left
 
