@@ -161,15 +161,17 @@ class Replicas:
 
 
 class Outcome:
-    """What one request to a replica gave: vectors and tokens, or a refusal of the inputs."""
+    """What one request to a replica gave: its JSON answer and tokens, or why it refused
+    the inputs."""
 
-    def __init__(self, vectors: np.ndarray | None, tokens: int, error: str | None) -> None:
-        self.vectors, self.tokens, self.error = vectors, tokens, error
+    def __init__(self, raw: bytes | None, tokens: int, error: str | None) -> None:
+        self.raw, self.tokens, self.error = raw, tokens, error
 
 
-async def _post(http: aiohttp.ClientSession, pool: Replicas, texts: list[str]) -> Outcome:
+async def _post(http: aiohttp.ClientSession, pool: Replicas, texts: list[str],
+                normalize: bool) -> Outcome:
     """One /embed request, tried on the next replica while the failure is theirs."""
-    body = orjson.dumps({"inputs": texts, "truncate": False, "normalize": False})
+    body = orjson.dumps({"inputs": texts, "truncate": False, "normalize": normalize})
     wait = 0.1
     last = ""
     for _ in range(RETRIES):
@@ -180,9 +182,8 @@ async def _post(http: aiohttp.ClientSession, pool: Replicas, texts: list[str]) -
                     timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as resp:
                 raw = await resp.read()
                 if resp.status == 200:
-                    vectors = np.asarray(orjson.loads(raw), dtype=np.float32)
                     tokens = int(resp.headers.get("X-Greenroom-Tokens", "0") or 0)
-                    return Outcome(vectors, tokens, None)
+                    return Outcome(raw, tokens, None)
                 if 400 <= resp.status < 500 and resp.status not in (408, 429):
                     return Outcome(None, 0, _message(raw, resp.status))
                 last = f"{endpoint} answered {resp.status}"
@@ -192,6 +193,29 @@ async def _post(http: aiohttp.ClientSession, pool: Replicas, texts: list[str]) -
         wait = min(wait * 2, 5.0)
         await pool.refresh()
     raise JobFailed(f"the replicas could not embed a batch after {RETRIES} tries ({last})")
+
+
+def rows_of(raw: bytes, count: int, payload: EmbedPayload) -> list[bytes]:
+    """Each vector of a replica's answer as JSON text, shaped as the job asked.
+
+    Without `dimensions` the replica already normalised (or not) as asked, and its answer,
+    a JSON list of lists of numbers with no spaces (orjson's), is cut into rows as bytes:
+    no number is parsed. Otherwise (or for an answer of another form) the vectors are read,
+    cut and normalised here."""
+    if payload.dimensions is None and raw.startswith(b"[[") and raw.endswith(b"]]"):
+        parts = raw[2:-2].split(b"],[")
+        if len(parts) == count:
+            return [b"[" + part + b"]" for part in parts]
+    try:
+        vectors = np.asarray(orjson.loads(raw), dtype=np.float32)
+    except (ValueError, TypeError):
+        raise JobFailed("a replica answered something other than vectors") from None
+    if vectors.ndim != 2 or vectors.shape[0] != count:
+        raise JobFailed(f"a replica answered {vectors.shape[0] if vectors.ndim else 0} "
+                        f"vectors for {count} inputs")
+    shape = payload.dimensions is not None
+    rows = shaped(vectors, payload.dimensions, payload.normalize and shape)
+    return [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in rows]
 
 
 def _message(raw: bytes, status: int) -> str:
@@ -207,8 +231,6 @@ def _message(raw: bytes, status: int) -> str:
 def shaped(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
     """The vectors as the job asked: unit length, cut to `dimensions` (then unit again:
     OpenAI's `dimensions`), or raw and cut."""
-    if vectors.ndim != 2:
-        raise JobFailed("the replica answered vectors of an unexpected shape")
     if dimensions is not None and dimensions > vectors.shape[1]:
         raise JobFailed(f"dimensions {dimensions} is more than the model's {vectors.shape[1]}")
     if normalize:
@@ -230,29 +252,32 @@ async def embed_batch(http: aiohttp.ClientSession, pool: Replicas, batch: Batch,
                       payload: EmbedPayload) -> Batch:
     """Embed a batch; an input the replica refuses is tried alone so only it fails."""
     texts = [(i, item.text) for i, item in enumerate(batch.items) if item.text is not None]
-    vectors: dict[int, np.ndarray] = {}
+    # With `dimensions` the worker cuts, then normalises; else the replica normalises.
+    normalize = payload.normalize and payload.dimensions is None
+    vectors: dict[int, bytes] = {}
     if texts:
-        outcome = await _post(http, pool, [text for _, text in texts])
-        if outcome.vectors is not None:
-            rows = shaped(outcome.vectors, payload.dimensions, payload.normalize)
+        outcome = await _post(http, pool, [text for _, text in texts], normalize)
+        if outcome.raw is not None:
+            rows = rows_of(outcome.raw, len(texts), payload)
             vectors = {i: rows[n] for n, (i, _) in enumerate(texts)}
             batch.tokens += outcome.tokens
         else:
             for i, text in texts:
-                alone = await _post(http, pool, [text])
-                if alone.vectors is not None:
-                    vectors[i] = shaped(alone.vectors, payload.dimensions, payload.normalize)[0]
+                alone = await _post(http, pool, [text], normalize)
+                if alone.raw is not None:
+                    vectors[i] = rows_of(alone.raw, 1, payload)[0]
                     batch.tokens += alone.tokens
                 else:
                     batch.items[i].error = alone.error
     for i, item in enumerate(batch.items):
+        ident = orjson.dumps(item.id)
         if i in vectors:
-            row = {"id": item.id, "embedding": vectors[i]}
+            batch.lines.append(b'{"id":' + ident + b',"embedding":' + vectors[i] + b"}\n")
             batch.embedded += 1
-            batch.dimension = len(vectors[i])
+            batch.dimension = batch.dimension or vectors[i].count(b",") + 1
         else:
-            row = {"id": item.id, "error": item.error or "not embedded"}
-        batch.lines.append(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            batch.lines.append(b'{"id":' + ident + b',"error":'
+                               + orjson.dumps(item.error or "not embedded") + b"}\n")
     return batch
 
 
