@@ -149,11 +149,17 @@ async def request_cancel(pool: asyncpg.Pool, job_id: UUID) -> str | None:
     return status
 
 
-async def set_expiry(db: Executor, job_id: UUID, retention_s: float) -> None:
-    async with translated():
-        await db.execute(
+async def finish(pool: asyncpg.Pool, job_id: UUID, worker_id: str, status: str,
+                 detail: str | None, retention_s: float) -> bool:
+    """The job's task ends (only by the worker that holds it) and the job's expiry is set,
+    in one transaction."""
+    async with translated(), transaction(pool) as c:
+        if not await tasks.finish(c, job_id, worker_id, status, detail):
+            return False
+        await c.execute(
             """UPDATE embed_jobs SET expires_at = now() + make_interval(secs => $2)
-               WHERE id = $1 AND expires_at IS NULL""", job_id, retention_s)
+               WHERE id = $1""", job_id, retention_s)
+    return True
 
 
 async def expire_ended(db: Executor, retention_s: float) -> None:
@@ -169,8 +175,9 @@ async def expire_ended(db: Executor, retention_s: float) -> None:
 async def list_expired(db: Executor, limit: int = 100) -> list[UUID]:
     async with translated():
         rows = await db.fetch(
-            """SELECT id FROM embed_jobs WHERE expires_at < now()
-               ORDER BY expires_at LIMIT $1""", limit)
+            """SELECT j.id FROM embed_jobs j JOIN tasks t ON t.id = j.id
+               WHERE j.expires_at < now() AND t.status NOT IN ('pending', 'processing')
+               ORDER BY j.expires_at LIMIT $1""", limit)
     return [r["id"] for r in rows]
 
 

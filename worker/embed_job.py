@@ -309,8 +309,7 @@ async def run(ctx: WorkerContext, task: Task) -> None:
     except LostJob:
         log.warning("embed_job_lost", job=str(job.id))
         return
-    await tasks.finish(ctx.pool, task.id, ctx.worker_id, status, detail)
-    await embed_jobs.set_expiry(ctx.pool, job.id, retention_s)
+    await embed_jobs.finish(ctx.pool, job.id, ctx.worker_id, status, detail, retention_s)
 
 
 async def _run(ctx: WorkerContext, job: EmbedJob,

@@ -137,3 +137,27 @@ async def test_kill_9_mid_job_resumes_from_the_checkpoint(
     print(f"\nembed job: killed at {reached}+ of {INPUTS} inputs (checkpoint "
           f"{killed_at.done + killed_at.failed}, {written - killed_at.results_bytes} bytes written "
           f"past it, cut on resume); resumed to {len(rows)} results, each id once")
+
+
+async def test_a_running_job_is_cancelled_at_its_next_checkpoint(
+        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, admin_headers: dict[str, str]) -> None:
+    await hashing_model("corpus", test_service_time_ms=40, test_concurrency=2)
+    spawn("worker", embed_batch_size=16, embed_inflight_per_replica=2)
+    await _deploy(http, api, admin_headers)
+    body, _ = corpus()
+    async with http.post(f"{api}/api/v2/embed-jobs?model=alice/corpus", data=body,
+                         headers={**admin_headers, "Content-Type": "application/x-ndjson"}) as r:
+        job_id = UUID((await r.json())["id"])
+    await _progress(pool, job_id, 200, timeout_s=60)
+    async with http.delete(f"{api}/api/v2/embed-jobs/{job_id}", headers=admin_headers) as r:
+        assert r.status == 200
+    deadline = time.monotonic() + 10
+    while (job := await embed_jobs.get(pool, job_id)) is not None and job.status == "processing":
+        assert time.monotonic() < deadline, "the worker never stopped"
+        await asyncio.sleep(0.1)
+    assert job is not None and job.status == "canceled"
+    assert job.detail == "cancelled by its owner" and job.expires_at is not None
+    assert 200 <= job.done + job.failed < INPUTS
+    async with http.get(f"{api}/api/v2/embed-jobs/{job_id}/results", headers=admin_headers) as r:
+        assert r.status == 409, "a cancelled job has no results to read"
