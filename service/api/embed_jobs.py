@@ -31,9 +31,8 @@ async def create_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     """The caller's jobs, newest first (an administrator's `?all=true`: everyone's)."""
-    principal = call_of(request).principal
-    everyone = principal.is_admin and request.query.get("all") == "true"
-    jobs = await embed_jobs.listed(request.app[PG], None if everyone else principal.user_id)
+    jobs = await embed_jobs.listed(request.app[PG], call_of(request).principal,
+                                   request.query.get("all"))
     return json_response([embed_jobs.view(job) for job in jobs])
 
 
@@ -90,7 +89,8 @@ JOB = "/api/v2/embed-jobs/{job_id}"
 ROUTES = [
     RouteSpec("POST", "/api/v2/embed-jobs", create_job, USER_READ, None, EmbedJob,
               query_param("model"), 202,
-              query=(("model", True), ("generation", False, {"type": "integer", "minimum": 1}),
+              query=(("model", True), ("generation", False, {
+                  "type": "integer", "minimum": 1, "maximum": embed_jobs.MAX_GENERATION}),
                      ("dimensions", False, {"type": "integer", "minimum": 1,
                                             "maximum": 65536}),
                      ("normalize", False, {"type": "string", "enum": ["true", "false"]})),

@@ -45,7 +45,9 @@ CHUNK = 1 << 20
 # The store's free space is looked at again after each this much of an upload.
 ROOM_EVERY = 64 << 20
 MEDIA_TYPES = (NDJSON, "application/jsonl", "application/x-jsonlines")
-FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+FLAGS = {"true": True, "false": False}
+# The largest generation number a query may name (a Postgres integer).
+MAX_GENERATION = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ def options(query: dict[str, str]) -> JobOptions:
         raise Invalid(f"invalid request: normalize must be one of {', '.join(FLAGS)}",
                       [{"loc": ["query", "normalize"], "msg": "not a flag",
                         "type": "value_error"}])
-    return JobOptions(generation=_int(query, "generation", 1, 2**31 - 1),
+    return JobOptions(generation=_int(query, "generation", 1, MAX_GENERATION),
                       dimensions=_int(query, "dimensions", 1, 65536),
                       normalize=FLAGS[normalize])
 
@@ -232,8 +234,16 @@ def view(job: EmbedJob) -> EmbedJobOut:
         finished_at=job.finished_at, expires_at=job.expires_at)
 
 
-async def listed(pool: asyncpg.Pool, owner_id: int | None) -> list[EmbedJob]:
-    return await embed_jobs.list_for_owner(pool, owner_id)
+async def listed(pool: asyncpg.Pool, principal: Principal,
+                 everyone: str | None) -> list[EmbedJob]:
+    """The caller's jobs; `everyone` ("true"): every user's, for an administrator."""
+    if everyone not in (None, "true", "false"):
+        raise Invalid("invalid request: all must be true or false",
+                      [{"loc": ["query", "all"], "msg": "not a flag", "type": "value_error"}])
+    if everyone == "true" and not principal.is_admin:
+        raise Forbidden("only administrators may list every user's embed jobs")
+    return await embed_jobs.list_for_owner(
+        pool, None if everyone == "true" else principal.user_id)
 
 
 async def cancel_or_remove(pool: asyncpg.Pool, settings: Settings, job: EmbedJob) -> EmbedJob:

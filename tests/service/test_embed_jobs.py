@@ -109,6 +109,7 @@ async def test_a_deploy_neither_cancels_nor_waits_for_a_job(
     ("model=alice/corpus&dimensions=0", CORPUS, NDJSON, 422),
     ("model=alice/corpus&dimensions=x", CORPUS, NDJSON, 422),
     ("model=alice/corpus&normalize=maybe", CORPUS, NDJSON, 422),
+    ("model=alice/corpus&generation=2147483648", CORPUS, NDJSON, 422),
     ("model=alice/corpus", CORPUS, {"Content-Type": "text/csv"}, 415),
     ("model=alice/corpus", b"\n \n", NDJSON, 422),  # no inputs
     ("model=alice/corpus", b'{"id": 1, "text": "a"}\n' * 1001, NDJSON, 413),  # past max inputs
@@ -154,6 +155,10 @@ async def test_a_job_is_its_owners_alone(api: str, pool: asyncpg.Pool,
         assert status == 404, (method, path, error)
     status, listed = await call(http, "GET", f"{api}/api/v2/embed-jobs", headers=bob)
     assert listed == []
+    status, _ = await call(http, "GET", f"{api}/api/v2/embed-jobs?all=true", headers=bob)
+    assert status == 403, "only administrators list everyone's jobs"
+    status, _ = await call(http, "GET", f"{api}/api/v2/embed-jobs?all=yes", headers=admin)
+    assert status == 422
     status, _ = await call(http, "GET", url, headers=admin)
     assert status == 200
     status, everyone = await call(http, "GET", f"{api}/api/v2/embed-jobs?all=true",
