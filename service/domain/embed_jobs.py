@@ -8,6 +8,7 @@ someone else exactly as a missing one (404), administrators excepted.
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -148,8 +149,12 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, princi
                  model: Model, model_ref: str, query: dict[str, str], content_type: str,
                  chunks: AsyncIterator[bytes], declared_size: int | None) -> EmbedJob:
     """Accept a job: checks, then the input to disk, then the task and its row, then the
-    enqueue. Whatever is refused leaves no file behind."""
-    if content_type not in MEDIA_TYPES:
+    enqueue. Whatever is refused leaves no file behind. `input_from` in the query names an
+    earlier job of the caller's whose input this one embeds again (the body stays empty):
+    the same corpus on a new generation."""
+    reused = await _reused_input(pool, settings, principal, query.get("input_from"),
+                                 declared_size)
+    if reused is None and content_type not in MEDIA_TYPES:
         raise UnsupportedType(f"embed job refused: the body must be JSONL ({NDJSON}), one "
                               '{"id": ..., "text": ...} a line', {"content_type": content_type})
     assert principal.user_id is not None
@@ -169,17 +174,21 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, princi
             max_bytes = max(left, 0)
             why = (f"the {max_bytes // 2**20:,} MB your embed store quota leaves "
                    f"(GREENROOM_QUOTA_EMBED_STORE_MB={settings.quota_embed_store_mb})")
-    if declared_size is not None and declared_size > max_bytes:
+    size = reused.input_bytes if reused is not None else declared_size
+    if size is not None and size > max_bytes:
         raise TooLarge(f"embed job refused: the input is larger than {why}")
     root = private_dir(private_dir(settings.state_dir) / "embed-jobs")
-    store_space.check_room(settings, root, declared_size or 0)
+    store_space.check_room(settings, root, size or 0)
     job_id = uuid4()
     folder = job_dir(settings, job_id)
     folder.mkdir(mode=0o700)
     try:
-        received = await receive(
-            chunks, folder / INPUT_FILE, max_bytes, settings.embed_max_inputs, why,
-            room=lambda more: store_space.check_room(settings, root, more))
+        if reused is not None:
+            received = await _link_input(settings, reused, folder / INPUT_FILE, chunks)
+        else:
+            received = await receive(
+                chunks, folder / INPUT_FILE, max_bytes, settings.embed_max_inputs, why,
+                room=lambda more: store_space.check_room(settings, root, more))
         payload = EmbedPayload(embedding_model_id=model_ref, generation=generation,
                                dimensions=opts.dimensions, normalize=opts.normalize)
         task = await embed_jobs.insert(
@@ -195,6 +204,35 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, princi
     job = await embed_jobs.get(pool, job_id)
     assert job is not None
     return job
+
+
+async def _reused_input(pool: asyncpg.Pool, settings: Settings, principal: Principal,
+                        source_id: str | None, declared_size: int | None) -> EmbedJob | None:
+    """The earlier job whose input a new one embeds again (the caller's own: 404 else)."""
+    if source_id is None:
+        return None
+    if declared_size:
+        raise Invalid("embed job refused: send no body with input_from (the input is that "
+                      "job's)")
+    source = await owned(pool, principal, source_id)
+    if not (job_dir(settings, source.id) / INPUT_FILE).is_file():
+        raise NotFound(f"embed job {source_id}'s input is gone (expired)", {"id": source_id})
+    return source
+
+
+async def _link_input(settings: Settings, source: EmbedJob, target: Path,
+                      chunks: AsyncIterator[bytes]) -> Received:
+    """The earlier job's input as this job's: a hard link (a copy across file systems)."""
+    async for chunk in chunks:
+        if chunk:
+            raise Invalid("embed job refused: send no body with input_from (the input is "
+                          "that job's)")
+    origin = job_dir(settings, source.id) / INPUT_FILE
+    try:
+        os.link(origin, target)
+    except OSError:
+        shutil.copyfile(origin, target)
+    return Received(source.input_bytes, source.total)
 
 
 def not_found(job_id: str) -> NotFound:

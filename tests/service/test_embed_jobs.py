@@ -221,3 +221,26 @@ async def test_results_as_jsonl_npy_and_ids(api: str, pool: asyncpg.Pool,
         assert [orjson.loads(x) for x in (await resp.read()).splitlines()] == ["a", 3]
     status, _ = await call(http, "GET", url + "?format=csv", headers=alice)
     assert status == 422
+
+
+async def test_a_new_job_on_an_earlier_jobs_input(api: str, pool: asyncpg.Pool,
+                                                  http: aiohttp.ClientSession,
+                                                  embed_api: tuple[str, Path]) -> None:
+    """The same corpus again (a new generation's index) without uploading it again; only
+    the caller's own earlier job may lend its input."""
+    await _serving(pool, "alice", "corpus")
+    _, alice = await make_user(pool, "alice")
+    _, bob = await make_user(pool, "bob")
+    _, first = await _post(http, api, "model=alice/corpus", headers=alice)
+    status, again = await call(http, "POST", f"{api}/api/v2/embed-jobs?model=alice/corpus"
+                               f"&input_from={first['id']}&dimensions=8", headers=alice)
+    assert status == 202, again
+    assert again["counts"]["total"] == 3 and again["input_bytes"] == len(CORPUS)
+    folder = embed_api[1] / "embed-jobs"
+    assert (folder / again["id"] / "input.jsonl").read_bytes() == CORPUS
+    status, _ = await call(http, "POST", f"{api}/api/v2/embed-jobs?model=alice/corpus"
+                           f"&input_from={first['id']}", headers=bob)
+    assert status == 404, "bob may not name alice's job"
+    status, _ = await _post(http, api, f"model=alice/corpus&input_from={first['id']}",
+                            headers=alice)
+    assert status == 422, "a body beside input_from"
