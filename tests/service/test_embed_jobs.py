@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from db import deployments, replicas
+from db import deployments, permissions, replicas
 from schemas.embed_jobs import RESULTS_FILE
 from schemas.models import ModelSource
 from schemas.tokens import issue_job_token
@@ -161,6 +161,14 @@ async def test_a_job_is_its_owners_alone(api: str, pool: asyncpg.Pool,
     assert status == 422
     status, _ = await call(http, "GET", url, headers=admin)
     assert status == 200
+    carol, carol_h = await make_user(pool, "carol")
+    await permissions.upsert(pool, model_id, carol.id, "read", None)
+    status, _ = await call(http, "GET", url, headers=carol_h)
+    assert status == 404, "read access to the model is not access to a job on it"
+    status, _ = await call(http, "GET", f"{api}/api/v2/tasks/{job['id']}", headers=carol_h)
+    assert status == 404, "nor to the job's task"
+    status, task = await call(http, "GET", f"{api}/api/v2/tasks/{job['id']}", headers=alice)
+    assert status == 200 and task["kind"] == "embed"
     status, everyone = await call(http, "GET", f"{api}/api/v2/embed-jobs?all=true",
                                   headers=admin)
     assert [j["id"] for j in everyone] == [job["id"]]
