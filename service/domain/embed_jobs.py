@@ -45,7 +45,10 @@ from service.domain import store_space, task_requests
 CHUNK = 1 << 20
 # The store's free space is looked at again after each this much of an upload.
 ROOM_EVERY = 64 << 20
-MEDIA_TYPES = (NDJSON, "application/jsonl", "application/x-jsonlines")
+# JSONL's media types, and bytes as they are (a file sent as it is, as `curl --data-binary`
+# does with `-H 'Content-Type: application/octet-stream'`).
+MEDIA_TYPES = (NDJSON, "application/jsonl", "application/x-jsonlines",
+               "application/octet-stream")
 FLAGS = {"true": True, "false": False}
 # The largest generation number a query may name (a Postgres integer).
 MAX_GENERATION = 2**31 - 1

@@ -111,6 +111,7 @@ async def test_a_deploy_neither_cancels_nor_waits_for_a_job(
     ("model=alice/corpus&normalize=maybe", CORPUS, NDJSON, 422),
     ("model=alice/corpus&generation=2147483648", CORPUS, NDJSON, 422),
     ("model=alice/corpus", CORPUS, {"Content-Type": "text/csv"}, 415),
+    ("model=alice/corpus", CORPUS, {"Content-Type": "application/json"}, 415),
     ("model=alice/corpus", b"\n \n", NDJSON, 422),  # no inputs
     ("model=alice/corpus", b'{"id": 1, "text": "a"}\n' * 1001, NDJSON, 413),  # past max inputs
     ("model=alice/corpus", b"x" * (2 << 20), NDJSON, 413),  # past the store quota (1 MB)
