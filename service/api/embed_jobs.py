@@ -95,7 +95,7 @@ ROUTES = [
                                             "maximum": 65536}),
                      ("normalize", False, {"type": "string", "enum": ["true", "false"]}),
                      ("input_from", False, {"type": "string", "format": "uuid"})),
-              raw_body=(NDJSON, "application/octet-stream"),
+              raw_body=("application/octet-stream", NDJSON),
               summary="Start a bulk embedding job (JSONL in)"),
     RouteSpec("GET", "/api/v2/embed-jobs", list_jobs, USER, None, list[EmbedJob],
               query=(("all", False, {"type": "string", "enum": ["true", "false"]}),),
@@ -103,7 +103,8 @@ ROUTES = [
     RouteSpec("GET", JOB, show_job, OWN, None, EmbedJob, summary="An embedding job"),
     RouteSpec("GET", f"{JOB}/results", job_results, OWN, None, str,
               query=(("format", False, {"type": "string", "enum": list(FORMATS)}),),
-              response_media=NDJSON, summary="An embedding job's results"),
+              response_media=NDJSON, response_alternatives=("application/octet-stream",),
+              summary="An embedding job's results"),
     RouteSpec("DELETE", JOB, delete_job, OWN, None, EmbedJob,
               summary="Cancel an embedding job (or remove an ended one)"),
 ]
