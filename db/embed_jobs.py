@@ -149,6 +149,20 @@ async def request_cancel(pool: asyncpg.Pool, job_id: UUID) -> str | None:
     return status
 
 
+async def next_turn(db: Executor, job_id: UUID, worker_id: str) -> bool:
+    """The holding worker ends its slice of the job: the task is pending again at its
+    checkpoint, `enqueued_at` set (the caller enqueues it now), and the run is not counted
+    as an attempt (attempts count runs that were cut short)."""
+    async with translated():
+        result: str = await db.execute(
+            """UPDATE tasks SET status = 'pending', attempts = greatest(attempts - 1, 0),
+                   worker_id = NULL, lease_until = NULL, enqueued_at = now(),
+                   updated_at = now()
+               WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
+            job_id, worker_id)
+    return result.endswith(" 1")
+
+
 async def finish(pool: asyncpg.Pool, job_id: UUID, worker_id: str, status: str,
                  detail: str | None, retention_s: float) -> bool:
     """The job's task ends (only by the worker that holds it) and the job's expiry is set,

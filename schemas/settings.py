@@ -195,6 +195,10 @@ class Settings(BaseSettings):
     # serves at once, so its batcher always finds the next batch waiting (bench/embed_job.py:
     # at 4 a job reached 0.90 of a saturating load, at 8 the same throughput).
     embed_inflight_per_replica: int = 8
+    # An embed job runs this many seconds on one worker (at most half the worker's job
+    # timeout), then goes back in the queue at its checkpoint, not counted as an attempt: a
+    # job of any length ends, and other tasks get the worker in between.
+    embed_slice_s: float = 1800.0
     # A finished embed job's files (and the job) are kept this many days, then removed.
     embed_retention_days: float = 7.0
     # Rollouts of one owner's models processing at once; the rest wait their turn.

@@ -24,6 +24,7 @@ import aiohttp
 import numpy as np
 import orjson
 import structlog
+from redis.exceptions import RedisError
 
 from db import deployments, embed_jobs, replicas, tasks
 from db.embed_jobs import EmbedJob, LostJob
@@ -36,6 +37,7 @@ from schemas.embed_jobs import (
     RESULTS_FILE,
     job_dir,
 )
+from schemas.queue import JOB_RUN_TASK, retry_job_id
 from schemas.task_payloads import EmbedPayload
 from schemas.tasks import ReplicaState, TaskStatus
 from worker.context import WorkerContext
@@ -291,9 +293,11 @@ class Progress:
     dimension: int | None
 
 
-async def run(ctx: WorkerContext, task: Task) -> None:
+async def run(ctx: WorkerContext, task: Task, slice_s: float = float("inf")) -> None:
     """Run (or resume) the job of `task` to its end: done, failed with a reason, or
-    cancelled at its owner's word."""
+    cancelled at its owner's word; or, after `slice_s` (`embed_slice_s`, within the worker's
+    job timeout), back in the queue at its checkpoint, to go on in a run of its own."""
+    until = time.monotonic() + slice_s
     payload = task_payloads.read(task.kind, task.request)
     assert isinstance(payload, EmbedPayload)
     job = await embed_jobs.start_run(ctx.pool, task.id)
@@ -303,17 +307,34 @@ async def run(ctx: WorkerContext, task: Task) -> None:
                            "the job's record is gone")
         return
     try:
-        status, detail = await _run(ctx, job, payload)
+        status, detail = await _run(ctx, job, payload, until)
     except JobFailed as exc:
         status, detail = TaskStatus.failed, str(exc)
     except LostJob:
         log.warning("embed_job_lost", job=str(job.id))
         return
+    if status is TaskStatus.pending:
+        await _next_turn(ctx, job)
+        return
     await embed_jobs.finish(ctx.pool, job.id, ctx.worker_id, status, detail, retention_s)
 
 
-async def _run(ctx: WorkerContext, job: EmbedJob,
-               payload: EmbedPayload) -> tuple[TaskStatus, str | None]:
+async def _next_turn(ctx: WorkerContext, job: EmbedJob) -> None:
+    """The job's slice is over: back to pending at its checkpoint (not counted as an
+    attempt) and into the queue under a fresh job id (the reconciler's, if Redis fails)."""
+    if not await embed_jobs.next_turn(ctx.pool, job.id, ctx.worker_id):
+        return
+    fresh = retry_job_id(str(job.id), time.time_ns())
+    try:
+        await ctx.redis.enqueue_job(JOB_RUN_TASK, fresh, _job_id=fresh)
+    except (RedisError, OSError) as exc:
+        log.warning("embed_job_requeue_deferred", job=str(job.id), error=str(exc))
+        await tasks.mark_unenqueued(ctx.pool, job.id)
+
+
+async def _run(ctx: WorkerContext, job: EmbedJob, payload: EmbedPayload,
+               until: float) -> tuple[TaskStatus, str | None]:
+    """How the run ended: done, cancelled, or pending (its slice is over)."""
     if job.cancel_requested:
         return TaskStatus.canceled, "cancelled by its owner"
     folder = job_dir(ctx.settings, job.id)
@@ -330,31 +351,33 @@ async def _run(ctx: WorkerContext, job: EmbedJob,
     with os.fdopen(fd, "r+b") as out, source_path.open("rb") as source:
         out.truncate(progress.results_bytes)  # what a killed run wrote past its checkpoint
         out.seek(progress.results_bytes)
-        cancelled = await _pipeline(ctx, job, payload, pool, source, out, progress, window)
-    if cancelled:
-        return TaskStatus.canceled, "cancelled by its owner"
-    return TaskStatus.done, None
+        ended = await _pipeline(ctx, job, payload, pool, source, out, progress, window, until)
+    if ended is TaskStatus.canceled:
+        return ended, "cancelled by its owner"
+    return ended, None
 
 
 async def _pipeline(ctx: WorkerContext, job: EmbedJob, payload: EmbedPayload, pool: Replicas,
                     source: IO[bytes], out: IO[bytes], progress: Progress,
-                    window: int) -> bool:
+                    window: int, until: float) -> TaskStatus:
     """Keep `window` batches in flight, write their results in input order, checkpoint.
-    True when the owner cancelled."""
+    Done at the input's end; canceled when the owner cancelled; pending past `until`."""
     settings = ctx.settings
     flight = _Flight(ctx, pool, payload, batches(
         source, progress.input_offset, settings.embed_batch_size,
         settings.embed_max_line_bytes), window)
     last_checkpoint = time.monotonic()
     try:
-        while flight.fill():
+        while flight.fill(more=time.monotonic() < until):
             for batch in await flight.in_order():
                 _write(out, batch, progress)
             if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
                 if await _checkpoint(ctx, job, out, progress):
-                    return True
+                    return TaskStatus.canceled
                 last_checkpoint = time.monotonic()
-        return await _checkpoint(ctx, job, out, progress)
+        if await _checkpoint(ctx, job, out, progress):
+            return TaskStatus.canceled
+        return TaskStatus.done if flight.exhausted else TaskStatus.pending
     finally:
         await flight.stop()
 
@@ -373,9 +396,10 @@ class _Flight:
         self.sent = self.written = 0
         self.exhausted = False
 
-    def fill(self) -> bool:
-        """Send batches up to the window; False once nothing is left in flight."""
-        while (not self.exhausted and len(self.inflight) < self.window
+    def fill(self, more: bool = True) -> bool:
+        """Send batches up to the window (none when not `more`); False once nothing is left
+        in flight."""
+        while (more and not self.exhausted and len(self.inflight) < self.window
                and self.sent - self.written < 4 * self.window):
             batch = next(self.reader, None)
             if batch is None:

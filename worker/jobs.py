@@ -174,7 +174,9 @@ async def _dispatch(ctx: WorkerContext, task: tasks.Task) -> None:
     elif task.kind == TaskKind.scale:
         await scale_task.scale(ctx, task)
     elif task.kind == TaskKind.embed:
-        await embed_job.run(ctx, task)
+        # a slice of the job, well within this job's timeout; the rest in runs of their own
+        await embed_job.run(ctx, task, min(ctx.settings.embed_slice_s,
+                                           task_job_timeout_s(ctx.settings) / 2))
     else:
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.refused,
                            f"task kind {task.kind!r} is not supported by this worker")

@@ -161,3 +161,32 @@ async def test_a_running_job_is_cancelled_at_its_next_checkpoint(
     assert 200 <= job.done + job.failed < INPUTS
     async with http.get(f"{api}/api/v2/embed-jobs/{job_id}/results", headers=admin_headers) as r:
         assert r.status == 409, "a cancelled job has no results to read"
+
+
+async def test_a_job_runs_in_slices_each_resumed_from_its_checkpoint(
+        api: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, admin_headers: dict[str, str]) -> None:
+    """A job longer than its slice goes back in the queue at its checkpoint and goes on:
+    done, every id once, and the slices not counted as attempts."""
+    await hashing_model("corpus", test_service_time_ms=40, test_concurrency=2)
+    spawn("worker", embed_batch_size=16, embed_inflight_per_replica=2, embed_slice_s=0.7)
+    await _deploy(http, api, admin_headers)
+    body, ids = corpus()
+    async with http.post(f"{api}/api/v2/embed-jobs?model=alice/corpus", data=body,
+                         headers={**admin_headers, "Content-Type": "application/x-ndjson"}) as r:
+        job_id = UUID((await r.json())["id"])
+    starts = set()
+    deadline = time.monotonic() + 90
+    while (job := await embed_jobs.get(pool, job_id)) is not None \
+            and job.status in ("pending", "processing"):
+        assert time.monotonic() < deadline, job
+        if job.run_started_at is not None:
+            starts.add(job.run_started_at)
+        await asyncio.sleep(0.05)
+    assert job is not None and job.status == "done", job
+    assert len(starts) >= 3, f"the job ran in slices ({len(starts)} runs seen)"
+    assert await pool.fetchval("SELECT attempts FROM tasks WHERE id = $1", job_id) <= 1
+    async with http.get(f"{api}/api/v2/embed-jobs/{job_id}/results",
+                        headers=admin_headers) as resp:
+        rows = [orjson.loads(line) for line in (await resp.read()).splitlines()]
+    assert [row["id"] for row in rows] == ids
