@@ -62,10 +62,12 @@ async def generations(db: Executor, model_id: UUID, limit: int = 20) -> list[Gen
 
 
 async def recent_tasks(db: Executor, model_id: UUID, limit: int = 20) -> list[Task]:
-    """The model's newest tasks of every kind, newest first."""
+    """The model's newest tasks of every kind, newest first; not embed jobs, which are their
+    users' own (the console's Embed jobs page, issue 30)."""
     async with translated():
         rows = await db.fetch(
-            f"{_TASK_SELECT} WHERE model_id = $1 ORDER BY created_at DESC LIMIT $2",
+            f"""{_TASK_SELECT} WHERE model_id = $1 AND kind <> 'embed'
+                ORDER BY created_at DESC LIMIT $2""",
             model_id, limit,
         )
     return [Task(**dict(r)) for r in rows]

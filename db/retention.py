@@ -17,6 +17,8 @@ async def prune_tasks(db: Executor, older_than_s: float, batch: int = 10_000) ->
             """DELETE FROM tasks WHERE id IN (
                    SELECT t.id FROM tasks t
                    WHERE t.status = ANY($3::text[])
+                     -- an embed job's task goes with its files (db/embed_jobs.py)
+                     AND t.kind <> 'embed'
                      AND t.finished_at < now() - make_interval(secs => $1)
                      AND EXISTS (SELECT 1 FROM tasks n WHERE n.model_id = t.model_id
                                    AND n.kind = t.kind AND n.created_at > t.created_at)

@@ -61,6 +61,8 @@ async def insert(db: Executor, *, task_id: UUID, kind: str, model_id: UUID,
                 WHERE model_id = $3 AND status = 'pending'
                   -- a scale replaces only an older pending scale, never a deploy or delete
                   AND ($2 <> 'scale' OR kind = 'scale')
+                  -- an embed job is never superseded, nor supersedes (issue 30)
+                  AND $2 <> 'embed' AND kind <> 'embed'
             )
             INSERT INTO tasks (id, kind, model_id, request, request_hash, idempotency_key,
                                created_by, metadata, enqueued_at)
@@ -240,8 +242,11 @@ async def list_expired_leases(db: Executor, limit: int = 100) -> list[Task]:
     return [Task(**dict(r)) for r in rows]
 
 
+# An embed job neither has nor is a newer task (issue 30): it runs beside the others.
 _NEWER_TASK = """(SELECT n.id FROM tasks n WHERE n.model_id = tasks.model_id
-                    AND n.created_at > tasks.created_at ORDER BY n.created_at DESC LIMIT 1)"""
+                    AND n.created_at > tasks.created_at
+                    AND n.kind <> 'embed' AND tasks.kind <> 'embed'
+                    ORDER BY n.created_at DESC LIMIT 1)"""
 
 
 # A processing task given up by its worker: back to pending while attempts remain, else
@@ -277,14 +282,15 @@ async def release_expired(db: Executor, task_id: UUID, worker_id: str | None,
 async def has_open_task(db: Executor, model_id: UUID) -> bool:
     async with translated():
         return bool(await db.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE model_id = $1 "
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE model_id = $1 AND kind <> 'embed' "
             "AND status IN ('pending', 'processing'))", model_id,
         ))
 
 
 async def models_with_processing_task(db: Executor) -> set[UUID]:
     async with translated():
-        rows = await db.fetch("SELECT model_id FROM tasks WHERE status = 'processing'")
+        rows = await db.fetch("SELECT model_id FROM tasks WHERE status = 'processing' "
+                              "AND kind <> 'embed'")
     return {r["model_id"] for r in rows}
 
 

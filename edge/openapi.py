@@ -98,6 +98,8 @@ def _operation(spec: RouteSpec, defs: dict[str, Any]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "success"}
     if spec.response_model is not None:
         ok["content"] = {spec.response_media: {"schema": _schema(spec.response_model, defs)}}
+        ok["content"] |= {media: {"schema": {"type": "string", "format": "binary"}}
+                          for media in spec.response_alternatives}
     error = {"$ref": _REF.format(model="ErrorBody")}
     replay = {str(spec.replay_status): ok | {"description": "the task an earlier request with "
                                                           "this idempotency key made"}}

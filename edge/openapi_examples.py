@@ -41,6 +41,15 @@ _EMBEDDINGS = {"object": "list", "model": "minilm",
                "data": [{"object": "embedding", "index": 0, "embedding": [0.037, -0.099]}],
                "usage": {"prompt_tokens": 3, "total_tokens": 3}}
 
+_EMBED_JOB: dict[str, Any] = {
+    "id": "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f", "task_id": "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f",
+    "object": "embed_job", "model": "alice/minilm", "generation": 2, "dimensions": None,
+    "normalize": True, "status": "processing",
+    "counts": {"total": 100000, "done": 41250, "failed": 2}, "tokens": 618800,
+    "rate": 1375.0, "eta_s": 42.8, "input_bytes": 7340032, "results_bytes": 353402880,
+    "detail": None, "created_at": "2026-01-01T12:00:00Z", "finished_at": None,
+    "expires_at": None}
+
 EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/deploy"): {"request": {"model_id": "alice/minilm",
                                       "config": {"replicas": 2, "memory": 1024,
@@ -78,6 +87,20 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "events": [{"at": "2026-01-01T11:59:52Z", "level": "info",
                     "message": "autoscaler: 2 → 3 replicas", "generation": 2,
                     "task_id": None}]}},
+    ("POST", "/api/v2/embed-jobs"): {
+        "request": '{"id": "doc-1", "text": "The cat sat on the mat."}\n'
+                   '{"id": "doc-2", "text": "A dog slept by the door."}\n',
+        "response": _EMBED_JOB | {"status": "pending", "counts": {
+            "total": 100000, "done": 0, "failed": 0}, "tokens": 0, "rate": None,
+            "eta_s": None, "results_bytes": 0}},
+    ("GET", "/api/v2/embed-jobs/{job_id}"): {"response": _EMBED_JOB},
+    ("GET", "/api/v2/embed-jobs"): {"response": [_EMBED_JOB]},
+    ("DELETE", "/api/v2/embed-jobs/{job_id}"): {
+        "response": _EMBED_JOB | {"status": "cancelled", "rate": None, "eta_s": None}},
+    ("GET", "/api/v2/embed-jobs/{job_id}/results"): {
+        "response": '{"id":"doc-1","embedding":[0.037,-0.099]}\n'
+                    '{"id":"doc-2","error":"input 0 is 600 tokens long, more than the '
+                    'maximum of 512; send truncate=true to truncate it"}\n'},
 }
 
 
@@ -87,9 +110,15 @@ def add_examples(operation: dict[str, Any], method: str, path: str) -> None:
     if not found:
         return
     if "request" in found and "requestBody" in operation:
-        operation["requestBody"]["content"]["application/json"]["example"] = found["request"]
+        _first(operation["requestBody"]["content"])["example"] = found["request"]
     if "response" in found:
         for code, response in operation["responses"].items():
             if code.startswith("2"):
                 response.setdefault("content", {"application/json": {"schema": {}}})
-                response["content"]["application/json"]["example"] = found["response"]
+                _first(response["content"])["example"] = found["response"]
+
+
+def _first(content: dict[str, Any]) -> dict[str, Any]:
+    """The JSON media type's entry, else the only one (a JSONL body, an embed job's results)."""
+    entry: dict[str, Any] = content.get("application/json") or next(iter(content.values()))
+    return entry

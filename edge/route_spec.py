@@ -44,3 +44,6 @@ class RouteSpec:
     replay_status: int | None = None
     # The media type of the success answer, for the document.
     response_media: str = "application/json"
+    # Other media types the success answer may have (a query parameter chooses), each a
+    # binary string in the document.
+    response_alternatives: tuple[str, ...] = ()

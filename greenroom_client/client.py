@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 
@@ -18,6 +18,7 @@ from greenroom_client import operations as ops
 from greenroom_client.errors import ApiError, TaskFailed, Unreachable
 from schemas.auth import ApiKeyCreated, ApiKeyOut, LoginResponse, ModelOut, UserOut
 from schemas.bazaar import ReplicaLogs, StatusResponse
+from schemas.embed_jobs import EmbedJob
 from schemas.models import ModelSource
 from schemas.tasks import DeploymentConfig, TaskKind, TaskResponse, TaskStatus
 
@@ -185,6 +186,36 @@ class Client(_Common):
     def embed(self, model: str, inputs: list[str]) -> list[list[float]]:
         return [row["embedding"] for row in self.call(ops.embed(model, inputs))["data"]]
 
+    def create_embed_job(self, model: str, corpus: bytes, generation: int | None = None,
+                         dimensions: int | None = None, normalize: bool = True) -> EmbedJob:
+        return self.call(ops.create_embed_job(model, corpus, generation, dimensions, normalize))
+
+    def embed_job(self, job_id: str) -> EmbedJob:
+        return self.call(ops.embed_job(job_id))
+
+    def embed_jobs(self) -> list[EmbedJob]:
+        return self.call(ops.embed_jobs())
+
+    def cancel_embed_job(self, job_id: str) -> EmbedJob:
+        return self.call(ops.cancel_embed_job(job_id))
+
+    def download_embed_results(self, job_id: str, out: BinaryIO, form: str = "jsonl") -> int:
+        """Stream a done job's results into `out`; the bytes written."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        written = 0
+        try:
+            with self._http.stream("GET", ops.embed_job_results_path(job_id, form),
+                                   headers=headers, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _answer(ops.embed_job(job_id), response)
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach {self.base_url}: {exc}") from exc
+        return written
+
     def wait(self, task: TaskResponse, timeout_s: float = 600.0, poll_s: float = 0.5,
              on_update: Callable[[TaskResponse], None] | None = None,
              raise_on_failure: bool = True) -> TaskResponse:
@@ -299,6 +330,18 @@ class AsyncClient(_Common):
 
     async def revoke_key(self, key_id: int) -> None:
         await self.call(ops.revoke_key(key_id))
+
+    async def create_embed_job(self, model: str, corpus: bytes, generation: int | None = None,
+                               dimensions: int | None = None,
+                               normalize: bool = True) -> EmbedJob:
+        return await self.call(ops.create_embed_job(model, corpus, generation, dimensions,
+                                                    normalize))
+
+    async def embed_job(self, job_id: str) -> EmbedJob:
+        return await self.call(ops.embed_job(job_id))
+
+    async def cancel_embed_job(self, job_id: str) -> EmbedJob:
+        return await self.call(ops.cancel_embed_job(job_id))
 
     async def embed(self, model: str, inputs: list[str]) -> list[list[float]]:
         answer = await self.call(ops.embed(model, inputs))

@@ -6,7 +6,7 @@ client share one definition of each call and differ only in how they send it.
 
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from pydantic import TypeAdapter
 
@@ -21,6 +21,7 @@ from schemas.auth import (
     UserOut,
 )
 from schemas.bazaar import ReplicaLogs, StatusResponse
+from schemas.embed_jobs import NDJSON, EmbedJob
 from schemas.models import ModelCreate, ModelSource
 from schemas.tasks import DeploymentConfig, TaskKind, TaskRequest, TaskResponse
 
@@ -143,3 +144,32 @@ def revoke_key(key_id: int) -> Op[None]:
 def embed(model: str, inputs: list[str]) -> Op[dict[str, Any]]:
     return Op("POST", "/v1/embeddings", dict[str, Any], {"model": model, "input": inputs},
               plane="gateway")
+
+
+def create_embed_job(model: str, corpus: bytes, generation: int | None = None,
+                     dimensions: int | None = None, normalize: bool = True) -> Op[EmbedJob]:
+    """A bulk embedding job of a JSONL corpus ({"id", "text"} a line)."""
+    query: dict[str, Any] = {"model": model}
+    query |= {"generation": generation} if generation is not None else {}
+    query |= {"dimensions": dimensions} if dimensions is not None else {}
+    query |= {} if normalize else {"normalize": "false"}
+    return Op("POST", f"/api/v2/embed-jobs?{urlencode(query)}", EmbedJob, content=corpus,
+              headers={"Content-Type": NDJSON})
+
+
+def embed_job(job_id: str) -> Op[EmbedJob]:
+    return Op("GET", f"/api/v2/embed-jobs/{quote(job_id, safe='')}", EmbedJob)
+
+
+def embed_jobs() -> Op[list[EmbedJob]]:
+    return Op("GET", "/api/v2/embed-jobs", list[EmbedJob])
+
+
+def cancel_embed_job(job_id: str) -> Op[EmbedJob]:
+    """Cancel a job that has not ended; remove one that has."""
+    return Op("DELETE", f"/api/v2/embed-jobs/{quote(job_id, safe='')}", EmbedJob)
+
+
+def embed_job_results_path(job_id: str, form: str = "jsonl") -> str:
+    """Where a done job's results are read (streamed by the clients, not parsed)."""
+    return f"/api/v2/embed-jobs/{quote(job_id, safe='')}/results?format={quote(form)}"

@@ -22,7 +22,8 @@ from rich.table import Table
 from greenroom_client.client import Client
 from greenroom_client.errors import ApiError, GreenroomError, TaskFailed, Unreachable
 from launch import cli_config
-from launch.cli_progress import Watcher
+from launch.cli_progress import JobProgress, Watcher
+from schemas.embed_jobs import EmbedJob
 from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tasks import DeploymentConfig, TaskKind, TaskResponse
@@ -322,6 +323,117 @@ def _naming(text: str, ids: list[str]) -> str:
                    if all(i in line for i in ids))
 
 
+# --- bulk embedding jobs ----------------------------------------------------------------
+
+ENDED = ("done", "failed", "cancelled")
+
+
+def embed(gr: Client, args: argparse.Namespace, console: Console) -> int:
+    """`greenroom embed MODEL corpus.jsonl -o out.jsonl`: start a job, show its progress,
+    download its results (`--format npy`: the vectors as .npy and their ids beside)."""
+    corpus = Path(args.corpus)
+    if not corpus.is_file():
+        raise GreenroomError(f"{corpus} is not a file")
+    job = gr.create_embed_job(args.model, corpus.read_bytes(), args.generation,
+                              args.dimensions, not args.no_normalize)
+    if args.detach:
+        if args.json:
+            _print_json(job)
+        else:
+            console.print(f"embed job {job.id} accepted ({job.counts.total:,} inputs, "
+                          f"generation {job.generation})")
+        return 0
+    try:
+        job = _watch_job(gr, job, args.timeout, console)
+    except KeyboardInterrupt:
+        console.print(f"stopped watching; embed job {job.id} goes on (DELETE it to cancel)")
+        return 130
+    if job.status.value != "done":
+        print(f"greenroom embed: job {job.id} {job.status.value}: {job.detail or ''}",
+              file=sys.stderr)
+        return 1
+    written = _download_results(gr, job, Path(args.output), args.format)
+    if args.json:
+        _print_json(job)
+    else:
+        console.print(f"embed job {job.id}: {job.counts.done:,} embedded, "
+                      f"{job.counts.failed:,} failed (each with its reason), {job.tokens:,} "
+                      f"tokens on generation {job.generation}; wrote {', '.join(written)}")
+    return 0
+
+
+def _watch_job(gr: Client, job: EmbedJob, timeout_s: float, console: Console) -> EmbedJob:
+    """Poll the job with a progress bar until it ends."""
+    deadline = time.monotonic() + timeout_s
+    with JobProgress(console) as progress:
+        while True:
+            progress.update(job)
+            if job.status.value in ENDED:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"embed job {job.id} still {job.status.value} after "
+                                   f"{timeout_s:g}s; it goes on (greenroom embed-jobs list)")
+            time.sleep(0.5)
+            job = gr.embed_job(str(job.id))
+
+
+def _download_results(gr: Client, job: EmbedJob, out: Path, form: str) -> list[str]:
+    with out.open("wb") as sink:
+        gr.download_embed_results(str(job.id), sink, form)
+    written = [str(out)]
+    if form == "npy":
+        ids = out.with_name(out.stem + ".ids.jsonl")
+        with ids.open("wb") as sink:
+            gr.download_embed_results(str(job.id), sink, "ids")
+        written.append(str(ids))
+    return written
+
+
+def embed_jobs_list(gr: Client, args: argparse.Namespace, console: Console) -> int:
+    found = gr.embed_jobs()
+    if args.json:
+        _print_json(found)
+        return 0
+    _rows(console, "embed jobs", ["id", "model", "gen", "status", "done", "failed", "total",
+                                  "rate/s", "ETA s"],
+          [[j.id, j.model, j.generation, j.status.value, j.counts.done, j.counts.failed,
+            j.counts.total, j.rate, j.eta_s] for j in found])
+    return 0
+
+
+def embed_jobs_cancel(gr: Client, args: argparse.Namespace, console: Console) -> int:
+    job = gr.cancel_embed_job(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        console.print(f"embed job {job.id}: {job.status.value}")
+    return 0
+
+
+def _embed_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    cmd = sub.add_parser("embed", parents=[common],
+                         help="embed a JSONL corpus ({\"id\", \"text\"} a line) as a job")
+    cmd.add_argument("model", help="owner/name")
+    cmd.add_argument("corpus", help="the JSONL file")
+    cmd.add_argument("-o", "--output", required=True, help="where the results go")
+    cmd.add_argument("--format", choices=["jsonl", "npy"], default="jsonl",
+                     help="npy: the vectors as .npy, their ids in OUTPUT's .ids.jsonl")
+    cmd.add_argument("--generation", type=int, help="the generation (default: the serving one)")
+    cmd.add_argument("--dimensions", type=int, help="keep the first this many components")
+    cmd.add_argument("--no-normalize", action="store_true", help="raw vectors, not unit ones")
+    cmd.add_argument("--detach", action="store_true", help="start the job and return")
+    cmd.add_argument("--timeout", type=float, default=86400.0, help="seconds to wait")
+    cmd.set_defaults(api=embed)
+    jobs = sub.add_parser("embed-jobs", help="your embed jobs").add_subparsers(
+        dest="action", required=True)
+    jobs.add_parser("list", parents=[common], help="your embed jobs with their progress"
+                    ).set_defaults(api=embed_jobs_list)
+    cmd = jobs.add_parser("cancel", parents=[common],
+                          help="cancel a job (or remove an ended one and its files)")
+    cmd.add_argument("job_id")
+    cmd.set_defaults(api=embed_jobs_cancel)
+
+
 # --- wiring ---------------------------------------------------------------------------
 
 def _common() -> argparse.ArgumentParser:
@@ -407,6 +519,7 @@ def add_commands(sub: Any, models: Any) -> None:
                      help="only lines of this request (its X-Request-Id, or its trace id)")
     cmd.add_argument("--task", metavar="ID", help="only lines naming this task id")
     cmd.set_defaults(api=logs)
+    _embed_parsers(sub, common)
     keys = sub.add_parser("keys", help="your API keys").add_subparsers(dest="action",
                                                                        required=True)
     cmd = keys.add_parser("create", parents=[common], help="create an API key; shown once")

@@ -1,4 +1,5 @@
-"""Live progress of a task for `--wait`: phases with their timings, replicas ready/wanted."""
+"""Live progress of a task for `--wait`: phases with their timings, replicas ready/wanted;
+and of an embed job for `greenroom embed`: a bar of inputs with rate and time left."""
 
 import time
 from typing import Any
@@ -7,6 +8,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from schemas.embed_jobs import EmbedJob
 from schemas.tasks import Phase, TaskResponse
 
 DEPLOY_PHASES = [p.value for p in Phase]
@@ -80,3 +82,61 @@ class Watcher:
     def finish(self, task: TaskResponse) -> None:
         if self._live is None:
             self.console.print(table(task))
+
+
+class JobProgress:
+    """An embed job's progress for `greenroom embed`: a bar of inputs finished (done and
+    failed) with the job's rate and time left on a terminal, a line per change otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = console
+        self._bar: Progress | None = None
+        self._row: Any = None
+        self._last: tuple[Any, ...] | None = None
+        self.started = time.monotonic()
+        if console.is_terminal:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+                                 TimeElapsedColumn(), console=console)
+
+    def __enter__(self) -> "JobProgress":
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    @staticmethod
+    def detail(job: EmbedJob) -> str:
+        parts = [f"{job.counts.failed} failed"] if job.counts.failed else []
+        parts += [f"{job.rate:,.0f}/s"] if job.rate else []
+        parts += [f"ETA {job.eta_s:,.0f}s"] if job.eta_s is not None else []
+        return "  ".join(parts)
+
+    def update(self, job: EmbedJob) -> None:
+        finished = job.counts.done + job.counts.failed
+        if self._bar is not None:
+            if self._row is None:
+                self._row = self._bar.add_task(f"embed {job.model}", total=job.counts.total,
+                                               detail="")
+            self._bar.update(self._row, completed=finished,
+                             description=f"embed {job.model} ({job.status.value})",
+                             detail=self.detail(job))
+            return
+        key = (job.status, finished)
+        if key != self._last:
+            elapsed = time.monotonic() - self.started
+            self.console.print(f"{elapsed:6.1f}s  {job.status.value}  {finished:,}/"
+                               f"{job.counts.total:,}  {self.detail(job)}".rstrip(),
+                               highlight=False)
+        self._last = key

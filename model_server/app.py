@@ -122,7 +122,10 @@ async def embed(request: web.Request) -> web.Response:
                              max_floats=settings.max_response_floats)
     result = await embed_texts(backend, batcher, texts, truncate=body.truncate is not False)
     vectors = result.unit_vectors() if body.normalize else result.vectors
-    return _json(tei_body(vectors))
+    response = _json(tei_body(vectors))
+    # The inputs' tokens, for a caller that counts them (an embed job's progress).
+    response.headers["X-Greenroom-Tokens"] = str(sum(result.token_counts))
+    return response
 
 
 async def embed_all(request: web.Request) -> web.Response:

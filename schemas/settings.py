@@ -181,6 +181,29 @@ class Settings(BaseSettings):
     # memory for the process runtime, the engine's memory for Docker.
     capacity_memory_mb: int | None = None
     capacity_share: float = 0.5
+    # Bulk embedding jobs (issue 30): a user's jobs not yet removed (ended jobs count until
+    # they expire or are deleted), at most this many (then 403).
+    quota_embed_jobs: int = 20
+    # MB a user's embed jobs' input and results files may hold together (then 413).
+    quota_embed_store_mb: int = 4096
+    # The largest input file one embed job may upload (MB, then 413).
+    embed_max_input_mb: int = 1024
+    # The most inputs (lines) one embed job may hold (then 413).
+    embed_max_inputs: int = 5_000_000
+    # An embed job's input line longer than this many bytes is recorded as failed, not sent.
+    embed_max_line_bytes: int = 65536
+    # Inputs per request an embed job sends a replica.
+    embed_batch_size: int = 64
+    # An embed job's requests in flight per replica of its generation: more than a replica
+    # serves at once, so its batcher always finds the next batch waiting (bench/embed_job.py:
+    # at 4 a job reached 0.90 of a saturating load, at 8 the same throughput).
+    embed_inflight_per_replica: int = 8
+    # An embed job runs this many seconds on one worker (at most half the worker's job
+    # timeout), then goes back in the queue at its checkpoint, not counted as an attempt: a
+    # job of any length ends, and other tasks get the worker in between.
+    embed_slice_s: float = 1800.0
+    # A finished embed job's files (and the job) are kept this many days, then removed.
+    embed_retention_days: float = 7.0
     # Rollouts of one owner's models processing at once; the rest wait their turn.
     rollouts_per_user: int = 2
 

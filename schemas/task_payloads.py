@@ -91,10 +91,20 @@ class ScalePayload(_Payload):
         return data
 
 
-TaskPayload = DeployPayload | DeletePayload | ScalePayload
+class EmbedPayload(_Payload):
+    """A bulk embedding job (issue 30): the generation pinned at acceptance and the output's
+    shape; the input file and the checkpoint are the job's row (db/embed_jobs.py)."""
+
+    generation: int = Field(ge=1, description="the generation every vector comes from")
+    dimensions: int | None = Field(default=None, ge=1, le=65536,
+                                   description="the first this many components of each vector")
+    normalize: bool = Field(default=True, description="unit vectors (after `dimensions`)")
+
+
+TaskPayload = DeployPayload | DeletePayload | ScalePayload | EmbedPayload
 _BY_KIND: dict[TaskKind, type[TaskPayload]] = {
     TaskKind.deploy: DeployPayload, TaskKind.delete: DeletePayload,
-    TaskKind.scale: ScalePayload,
+    TaskKind.scale: ScalePayload, TaskKind.embed: EmbedPayload,
 }
 
 

@@ -27,6 +27,7 @@ class TaskKind(StrEnum):
     deploy = "deploy"
     delete = "delete"
     scale = "scale"
+    embed = "embed"  # a bulk embedding job (issue 30: schemas/embed_jobs.py)
 
 
 class TaskStatus(StrEnum):

@@ -20,6 +20,7 @@ from service.api import (
     bazaar_v1,
     bazaar_v2,
     docs,
+    embed_jobs,
     health,
     quotas,
     registry,
@@ -85,7 +86,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     docs.setup(app)
     # scale before bazaar_v2: POST {model}/scale is not a deploy of a model
     # named `<model>/scale`.
-    for surface in (registry, quotas, scale, series, bazaar_v2, bazaar_v1):
+    for surface in (registry, quotas, embed_jobs, scale, series, bazaar_v2, bazaar_v1):
         register(app, surface.ROUTES)
     console.setup(app)
     return app

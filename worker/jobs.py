@@ -17,7 +17,7 @@ from schemas import replica_auth, task_payloads, tracing
 from schemas import secrets as deployment_secrets
 from schemas.settings import Settings
 from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
-from worker import compatibility, rollout
+from worker import compatibility, embed_job, rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
 from worker.log_redaction import redact, secret_values
@@ -111,7 +111,11 @@ def _interruption(ctx: WorkerContext, ran_s: float) -> str:
 async def _hand_back(ctx: WorkerContext, task: tasks.Task, ran_s: float) -> None:
     current = await tasks.get(ctx.pool, task.id)
     reason = _interruption(ctx, ran_s)
-    outcome = await rollout.hand_back(ctx, task, current.phase if current else None, reason)
+    if task.kind == TaskKind.embed:  # no replicas of its own: back to pending, resumed later
+        outcome = await embed_job.hand_back(ctx, task, reason)
+    else:
+        outcome = await rollout.hand_back(ctx, task, current.phase if current else None,
+                                          reason)
     log.warning("task_interrupted", task=str(task.id), outcome=outcome, reason=reason)
 
 
@@ -172,6 +176,10 @@ async def _dispatch(ctx: WorkerContext, task: tasks.Task) -> None:
         await rollout.delete(ctx, task)
     elif task.kind == TaskKind.scale:
         await scale_task.scale(ctx, task)
+    elif task.kind == TaskKind.embed:
+        # a slice of the job, well within this job's timeout; the rest in runs of their own
+        await embed_job.run(ctx, task, min(ctx.settings.embed_slice_s,
+                                           task_job_timeout_s(ctx.settings) / 2))
     else:
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.refused,
                            f"task kind {task.kind!r} is not supported by this worker")

@@ -7,6 +7,7 @@ import asyncio
 import structlog
 
 from db import retention, series
+from worker import embed_job
 from worker.context import WorkerContext
 from worker.runtimes.process import ProcessRuntime
 
@@ -15,7 +16,8 @@ DAY_S = 86_400.0
 
 
 async def prune(ctx: WorkerContext) -> dict[str, int]:
-    """One pruning pass over tasks, events and feedback; the rows each lost."""
+    """One pruning pass over tasks, events, feedback and expired embed jobs (their files
+    too); the rows each lost."""
     settings = ctx.settings
     pruned = {
         "tasks": await retention.prune_tasks(ctx.pool, settings.task_retention_days * DAY_S),
@@ -23,6 +25,7 @@ async def prune(ctx: WorkerContext) -> dict[str, int]:
                                                settings.events_per_model),
         "feedback": await retention.prune_feedback(ctx.pool, settings.feedback_per_model),
         "series": await series.prune(ctx.pool, settings.series_retention_h * 3600.0),
+        "embed_jobs": await embed_job.prune(ctx),
     }
     if any(pruned.values()):
         log.info("retention_pruned", **pruned)

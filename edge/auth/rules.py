@@ -62,3 +62,8 @@ JOB_MODEL = Access("job_model", Caller.job, ModelFrom.request, Permission.read)
 UPDATE = Access("update", Caller.update, ModelFrom.token, Permission.read)
 # Public models need no token; others need read access (checked only if serving).
 INFERENCE = Access("inference", Caller.token_if_any, ModelFrom.serving, Permission.read)
+# A user (token or API key, never a job's) with read access to the model in the request:
+# a bulk embedding job is a user's, run on a model they may query (issue 30).
+USER_READ = Access("user_read", Caller.user, ModelFrom.request, Permission.read)
+# A user acting on a thing of their own (an embed job): another user's answers as missing.
+OWN = Access("own", Caller.user)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from db import tasks
 from edge.auth.authentication import authenticate
-from edge.auth.locators import MISSING, path_param
+from edge.auth.locators import CALLER, MISSING, path_param
 from edge.auth.principal_cache import PRINCIPALS
 from edge.auth.rules import READ, USER
 from edge.errors import ApiError
@@ -96,6 +96,9 @@ async def _task_model(request: web.Request, body: object) -> str:
     missing = NotFound(f"task {request.match_info['task_id']!r} not found")
     if task is None:
         raise missing
+    caller = request[CALLER]
+    if task.kind == "embed" and not (caller.is_admin or caller.user_id == task.created_by):
+        raise missing  # an embed job's task is its user's alone (issue 30)
     request[_LOCATED_TASK] = task
     request[MISSING] = missing  # a task of a model the caller cannot read: the same 404
     return str(task.model_id)

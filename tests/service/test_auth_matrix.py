@@ -27,10 +27,11 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from db import deployments, models, permissions, replicas
-from edge.auth.rules import Access, ModelFrom
+from edge.auth.rules import Access, Caller, ModelFrom
 from edge.route_spec import RouteSpec
 from edge.routes import ROUTE_TABLE
 from gateway.app import create_gateway_app
+from schemas.embed_jobs import RESULTS_FILE, job_dir
 from schemas.queue import (
     JOB_REPLICA_LOGS,
     LOGS_RESULT_KEEP_S,
@@ -63,6 +64,7 @@ class World:
     deploy_task: str = ""
     delete_task: str = ""
     scale_task: str = ""
+    embed_job: str = ""
 
 
 Sample = Callable[[World, str], Awaitable[tuple[str, dict[str, Any]]]]
@@ -139,6 +141,28 @@ async def _save_sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
         "json": {"model_name": f"saved-{uuid4().hex[:8]}"}}
 
 
+
+
+def _ndjson() -> aiohttp.BytesPayload:
+    return aiohttp.BytesPayload(b'{"id": 1, "text": "a"}\n', content_type="application/x-ndjson")
+
+
+async def _embed_post_sample(world: World) -> tuple[str, dict[str, Any]]:
+    return f"/api/v2/embed-jobs?model={world.model}", {"data": _ndjson()}
+
+
+async def _embed_job_sample(world: World, tail: str) -> tuple[str, dict[str, Any]]:
+    """The owner's done job (made in the test's set-up)."""
+    return f"/api/v2/embed-jobs/{world.embed_job}{tail}", {}
+
+
+async def _new_embed_job_sample(world: World) -> tuple[str, dict[str, Any]]:
+    """A new job of the owner's for each caller: a DELETE cancels it."""
+    async with aiohttp.ClientSession(headers=world.headers["owner"]) as http:
+        status, job = await call(http, "POST", world.api + "/api/v2/embed-jobs?model="
+                                 f"{world.model}", data=_ndjson())
+    assert status == 202, job
+    return f"/api/v2/embed-jobs/{job['id']}", {}
 
 
 M = {"embedding_model_id": "{m}"}
@@ -236,6 +260,12 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/ui"): fixed("/ui"),
     ("GET", "/ui/"): fixed("/ui/"),
     ("GET", "/ui/static/{name}"): fixed("/ui/static/app.js"),
+    ("POST", "/api/v2/embed-jobs"): lambda world, who: _embed_post_sample(world),
+    ("GET", "/api/v2/embed-jobs"): fixed("/api/v2/embed-jobs"),
+    ("GET", "/api/v2/embed-jobs/{job_id}"): lambda world, who: _embed_job_sample(world, ""),
+    ("GET", "/api/v2/embed-jobs/{job_id}/results"):
+        lambda world, who: _embed_job_sample(world, "/results"),
+    ("DELETE", "/api/v2/embed-jobs/{job_id}"): lambda world, who: _new_embed_job_sample(world),
 }
 
 # Routes that revoke the caller's tokens (or disable a user): the accounts are put back after
@@ -257,6 +287,8 @@ ALLOWED: dict[str, set[str]] = {
     "job": {"foreign_job", "own_job"},  # a job token acts on its own model only
     "job_model": {"own_job"},
     "update": {"own_update"},
+    "user_read": {"reader", "owner", "admin"},
+    "own": {"owner", "admin"},  # a user's own thing (an embed job), and administrators
 }
 
 
@@ -275,6 +307,10 @@ def expected(access: Access, who: str) -> str:
         return "404"  # the gateway: no token, as for a missing deployment
     if who in ANON:
         return "401"
+    if access.caller is Caller.user and who in ("foreign_job", "own_job", "own_update"):
+        return "403"  # a route for users refuses another kind of caller before its model
+    if auth == "own" and who not in ALLOWED[auth]:
+        return "404"  # another user's job answers as a missing one
     # a job-only route refuses any other kind of caller before it looks at the model
     hidden = who not in KNOWS and (auth != "job_model" or who == "foreign_job")
     if on_model and hidden:
@@ -451,8 +487,20 @@ async def test_authorisation_matrix(api: str, pool: asyncpg.Pool, settings: Sett
         _, task = await call(anon_http, "POST", f"{api}/api/v2/deploy/{model}/scale",
                              headers=admin_headers, json={"replicas": 1})
         world.scale_task = task["task_id"]
+        world.embed_job = await _done_embed_job(world, settings)
         mismatches = await _run_matrix(world, anon_http, route_tables(settings))
     assert not mismatches, "\n".join(mismatches)
+
+
+async def _done_embed_job(world: World, settings: Settings) -> str:
+    """An embed job of the owner's, ended as a worker ends one (no worker runs here)."""
+    path, _ = await _new_embed_job_sample(world)
+    job_id = path.rsplit("/", 1)[1]
+    (job_dir(settings, UUID(job_id)) / RESULTS_FILE).write_bytes(b'{"id":1,"embedding":[1.0]}\n')
+    await world.pool.execute("UPDATE embed_jobs SET done = 1, dimension = 1 WHERE id = $1",
+                             UUID(job_id))
+    await world.pool.execute("UPDATE tasks SET status = 'done' WHERE id = $1", UUID(job_id))
+    return job_id
 
 
 async def _announce_and_wait(world: World, http: aiohttp.ClientSession,

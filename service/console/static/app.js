@@ -5,6 +5,7 @@ import { badge, field, h, seconds, table, when } from "./dom.js";
 import { Live } from "./live.js";
 import { chart, generationsChart } from "./timeline.js";
 import { seriesPanel } from "./series.js";
+import { embedJobsView } from "./embed_jobs.js";
 
 const view = document.getElementById("view");
 const liveEl = document.getElementById("live");
@@ -576,6 +577,7 @@ async function route() {
   if (section === "deployments" && arg) current = deploymentView(arg);
   else if (section === "tasks" && arg) current = taskView(arg);
   else if (section === "models") current = modelsView();
+  else if (section === "embed-jobs") current = embedJobsView(view, { replace, failure });
   else current = deploymentsView();
   document.title = `Greenroom · ${section || "deployments"}`;
   view.focus({ preventScroll: true });
