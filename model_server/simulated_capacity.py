@@ -2,7 +2,7 @@
 and MODEL_SERVER_TEST_CONCURRENCY: for the autoscaling tests and bench/autoscale.py, not
 for production (off unless a knob is set). The test knob MODEL_SERVER_TEST_ERROR_RATE makes
 a replica fail that share of its embedding requests with a 500 (the canary tests' bad
-candidate): exactly, not by chance — request n fails when floor(n × rate) steps up, so
+candidate): exactly, not by chance — request n fails when floor(n * rate) steps up, so
 with 0.1 every tenth one does.
 
 Each embedding request holds one of `test_concurrency` slots (the rest queue) for the

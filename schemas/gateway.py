@@ -72,6 +72,37 @@ class Latency(BaseModel):
         return LATENCY_BOUNDS_S[-1]
 
 
+class GenerationTraffic(BaseModel):
+    """What a gateway carried for one generation of a deployment since it started
+    (counters, like `Latency`): the canary judge (worker/canary.py) reads two reports'
+    difference. `errors`: answers of 5xx and requests that could not reach a replica."""
+
+    requests: int = 0
+    errors: int = 0
+    latency: Latency = Field(default_factory=Latency)
+    # Shadow requests only: answers compared with the serving answer (cosine of the
+    # vectors, summed over every input; `compared` inputs) — a mean is sum / compared.
+    compared: int = 0
+    cosine_sum: float = 0.0
+
+    def since(self, before: "GenerationTraffic") -> "GenerationTraffic | None":
+        """Counted between `before` and this; None if a counter went back."""
+        latency = self.latency.since(before.latency)
+        if latency is None or self.requests < before.requests or self.errors < before.errors:
+            return None
+        return GenerationTraffic(requests=self.requests - before.requests,
+                                 errors=self.errors - before.errors, latency=latency,
+                                 compared=self.compared - before.compared,
+                                 cosine_sum=self.cosine_sum - before.cosine_sum)
+
+    def __add__(self, other: "GenerationTraffic") -> "GenerationTraffic":
+        return GenerationTraffic(requests=self.requests + other.requests,
+                                 errors=self.errors + other.errors,
+                                 latency=self.latency + other.latency,
+                                 compared=self.compared + other.compared,
+                                 cosine_sum=self.cosine_sum + other.cosine_sum)
+
+
 class GatewayReport(BaseModel):
     """One gateway process's view of the routes it serves and the traffic it carries."""
 
@@ -94,6 +125,9 @@ class GatewayReport(BaseModel):
     # model ids whose requests in flight jumped since this gateway's previous report
     # (gateway/load_signal.py): the autoscaler may panic on this one sample.
     jumped: list[str] = Field(default_factory=list)
+    # model id → generation (as a string) → what this gateway carried for it (counters;
+    # shadow requests under their own generation too, so a shadowed candidate is counted).
+    traffic: dict[str, dict[str, GenerationTraffic]] = Field(default_factory=dict)
 
 
 async def read_reports(redis: Redis) -> list[GatewayReport]:

@@ -1,0 +1,105 @@
+"""The canary judge (worker/canary.py) on counters built by hand: pure and fast."""
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.gateway import LATENCY_BOUNDS_S, GatewayReport, GenerationTraffic, Latency
+from schemas.rollout import CanaryConfig, RolloutConfig
+from worker.canary import judge, totals, window
+
+
+def traffic(requests: int, errors: int = 0, seconds: float = 0.004) -> GenerationTraffic:
+    """`requests` that all took `seconds` (so every quantile falls in that one bucket)."""
+    buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
+    index = next((i for i, b in enumerate(LATENCY_BOUNDS_S) if seconds <= b),
+                 len(LATENCY_BOUNDS_S))
+    buckets[index] = requests
+    return GenerationTraffic(requests=requests, errors=errors, latency=Latency(
+        count=requests, sum_s=requests * seconds, buckets=buckets))
+
+
+CONFIG = CanaryConfig(min_requests=100)
+
+
+def test_a_candidate_as_good_as_the_serving_one_passes() -> None:
+    record = judge(5, 1, traffic(1900, errors=2), 2, traffic(100, errors=1), CONFIG)
+    assert record.verdict == "pass", record.reasons
+    assert record.weight == 5
+    assert (record.serving.generation, record.serving.requests) == (1, 1900)
+    assert record.candidate.error_rate == 0.01
+    assert record.candidate.p50_ms is not None and record.candidate.p99_ms is not None
+
+
+def test_ten_percent_errors_fail() -> None:
+    record = judge(5, 1, traffic(1900), 2, traffic(100, errors=10), CONFIG)
+    assert record.verdict == "fail"
+    assert "error rate 0.1000 > serving 0.0000" in record.reasons[0]
+
+
+def test_error_rate_is_judged_against_the_serving_rate_plus_the_delta() -> None:
+    # serving 5 %, candidate 6 %: within 0.01; 6.5 %: past it.
+    assert judge(25, 1, traffic(1000, 50), 2, traffic(1000, 60), CONFIG).verdict == "pass"
+    assert judge(25, 1, traffic(1000, 50), 2, traffic(1000, 65), CONFIG).verdict == "fail"
+
+
+def test_ten_times_slower_fails_on_p99() -> None:
+    record = judge(5, 1, traffic(1900, seconds=0.004), 2, traffic(100, seconds=0.04), CONFIG)
+    assert record.verdict == "fail"
+    assert record.reasons[0].startswith("p99 ")
+    assert record.candidate.p99_ms is not None and record.serving.p99_ms is not None
+    assert record.candidate.p99_ms > 1.5 * record.serving.p99_ms
+
+
+def test_a_p99_within_the_slack_passes_whatever_the_ratio() -> None:
+    # p99 about 1 ms against 2.5 ms (the buckets' bounds): over 1.5x, but within 2 ms.
+    record = judge(5, 1, traffic(1000, seconds=0.0004), 2, traffic(100, seconds=0.002),
+                   CanaryConfig(min_requests=100, p99_slack_ms=2))
+    assert record.verdict == "pass", record.reasons
+    strict = CanaryConfig(min_requests=100, p99_slack_ms=0)
+    assert judge(5, 1, traffic(1000, seconds=0.0004), 2, traffic(100, seconds=0.002),
+                 strict).verdict == "fail"
+
+
+def test_too_few_candidate_requests_wait() -> None:
+    record = judge(5, 1, traffic(1000), 2, traffic(99, errors=50), CONFIG)
+    assert record.verdict == "wait"
+    assert record.reasons == ["99 of 100 candidate requests so far"]
+
+
+def test_the_last_step_compares_with_the_serving_baseline() -> None:
+    # At 100 % the serving generation carries nothing: its traffic since the canary began
+    # is the reference (here slow, so the slow candidate passes on p99).
+    baseline = traffic(5000, errors=0, seconds=0.04)
+    record = judge(100, 1, GenerationTraffic(), 2, traffic(200, seconds=0.04), CONFIG,
+                   baseline=baseline)
+    assert record.verdict == "pass", record.reasons
+    assert judge(100, 1, GenerationTraffic(), 2, traffic(200, errors=20), CONFIG,
+                 baseline=baseline).verdict == "fail"
+
+
+def test_window_sums_gateways_and_survives_a_restart() -> None:
+    def report(gateway: str, t: GenerationTraffic) -> GatewayReport:
+        return GatewayReport(gateway_id=gateway, at=0, traffic={"m": {"2": t}})
+
+    before = totals([report("a", traffic(10)), report("b", traffic(50))], "m", 2)
+    after = totals([report("a", traffic(30, errors=3)), report("b", traffic(5)),
+                    report("c", traffic(7))], "m", 2)
+    step = window(before, after)
+    # a: 20 new; b restarted: its 5 count whole; c is new: 7.
+    assert (step.requests, step.errors) == (32, 3)
+    assert sum(step.latency.buckets) == 32
+    assert totals([report("a", traffic(1))], "m", 3) == {}
+
+
+def test_rollout_config_defaults_and_bounds() -> None:
+    config = RolloutConfig()
+    assert config.strategy == "green"
+    assert config.canary.steps == [5, 25, 50, 100]
+    assert config.canary.max_error_rate_delta == 0.01 and config.canary.max_p99_ratio == 1.5
+    assert RolloutConfig.model_validate(
+        {"strategy": "shadow", "shadow": {"percent": 20, "duration_s": 5}}).shadow.percent == 20
+    for bad in ([50, 25], [0, 100], [5, 101], []):
+        with pytest.raises(ValidationError):
+            CanaryConfig(steps=bad)
+    with pytest.raises(ValidationError):
+        RolloutConfig.model_validate({"strategy": "blue"})

@@ -1,0 +1,84 @@
+"""The canary judge: is the candidate generation as good as the serving one in a step?
+
+Pure functions, no I/O: the traffic phase (worker/traffic_phase.py) reads the gateways'
+reports (schemas/gateway.py `GatewayReport.traffic`), takes each generation's traffic in
+the step with `window`, and asks `judge`. A step is judged on at least `min_requests` of
+the candidate's: its error rate must stay within the serving one's + `max_error_rate_delta`
+and its p99 within the serving one's x `max_p99_ratio` (or `p99_slack_ms` of it). When
+the serving generation carried too few requests in the step to compare with (the last
+step gives it none), the serving traffic since the canary began is the reference.
+"""
+
+from collections.abc import Iterable
+
+from schemas.gateway import GatewayReport, GenerationTraffic
+from schemas.rollout import CanaryConfig, GenerationFigures, StepRecord
+
+# Fewer serving requests than this in a step: compare with the serving baseline instead.
+MIN_REFERENCE_REQUESTS = 20
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def figures(generation: int, traffic: GenerationTraffic) -> GenerationFigures:
+    """A generation's requests, error rate, p50 and p99 (ms) from its counters."""
+    rate = traffic.errors / traffic.requests if traffic.requests else None
+    return GenerationFigures(
+        generation=generation, requests=traffic.requests, errors=traffic.errors,
+        error_rate=None if rate is None else round(rate, 6),
+        p50_ms=_ms(traffic.latency.quantile(0.5)), p99_ms=_ms(traffic.latency.quantile(0.99)))
+
+
+def totals(reports: Iterable[GatewayReport], model_id: str, generation: int
+           ) -> dict[str, GenerationTraffic]:
+    """Gateway id → its counters for one generation (absent: it carried none)."""
+    key = str(generation)
+    return {r.gateway_id: r.traffic[model_id][key] for r in reports
+            if key in r.traffic.get(model_id, {})}
+
+
+def window(before: dict[str, GenerationTraffic], after: dict[str, GenerationTraffic]
+           ) -> GenerationTraffic:
+    """What every gateway carried between two `totals`: a gateway new since `before`
+    counts whole, one whose counters went back (it restarted) counts from zero."""
+    out = GenerationTraffic()
+    for gateway_id, now in after.items():
+        then = before.get(gateway_id)
+        part = now if then is None else now.since(then)
+        out = out + (now if part is None else part)
+    return out
+
+
+def judge(weight: int, serving_generation: int, serving: GenerationTraffic,
+          candidate_generation: int, candidate: GenerationTraffic, config: CanaryConfig,
+          baseline: GenerationTraffic | None = None) -> StepRecord:
+    """The step's record: `pass`, `fail` (with reasons) or `wait` (too few requests yet)."""
+    record = StepRecord(weight=weight, serving=figures(serving_generation, serving),
+                        candidate=figures(candidate_generation, candidate), verdict="pass")
+    if candidate.requests < config.min_requests:
+        record.verdict = "wait"
+        record.reasons.append(f"{candidate.requests} of {config.min_requests} candidate "
+                              "requests so far")
+        return record
+    reference = serving
+    if serving.requests < MIN_REFERENCE_REQUESTS and baseline is not None:
+        reference = baseline
+    serving_rate = reference.errors / reference.requests if reference.requests else 0.0
+    candidate_rate = candidate.errors / candidate.requests
+    if candidate_rate > serving_rate + config.max_error_rate_delta + 1e-12:
+        record.reasons.append(
+            f"error rate {candidate_rate:.4f} > serving {serving_rate:.4f} + "
+            f"{config.max_error_rate_delta}")
+    candidate_p99 = candidate.latency.quantile(0.99)
+    serving_p99 = reference.latency.quantile(0.99)
+    if candidate_p99 is not None and serving_p99 is not None:
+        too_slow = candidate_p99 > serving_p99 * config.max_p99_ratio
+        if too_slow and candidate_p99 - serving_p99 > config.p99_slack_ms / 1000:
+            record.reasons.append(
+                f"p99 {candidate_p99 * 1000:.1f} ms > serving {serving_p99 * 1000:.1f} ms"
+                f" x {config.max_p99_ratio}")
+    if record.reasons:
+        record.verdict = "fail"
+    return record
