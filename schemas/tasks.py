@@ -8,6 +8,7 @@ from uuid import UUID
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas import replica_env
+from schemas.rollout import RolloutConfig
 
 MAX_REPLICAS = 16
 # The longest health-check deadline a deploy may ask for (`deploy_timeout_s`); a worker's
@@ -157,6 +158,9 @@ class DeploymentConfig(BaseModel):
         description="health-check deadline for this rollout")
     onnx: OnnxOptions | None = Field(
         default=None, description="variant options for a model whose source.backend is onnx")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="how the new generation takes the traffic: green, canary or shadow")
 
     @field_validator("env")
     @classmethod
