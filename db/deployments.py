@@ -177,9 +177,12 @@ async def routes(db: Executor) -> list[Route]:
                FROM deployments d
                JOIN models m ON m.id = d.model_id
                JOIN users u ON u.id = m.owner_id
-               LEFT JOIN replicas r ON r.model_id = d.model_id AND r.state = 'ready'
-                    AND (r.generation = d.active_generation
-                         OR r.generation = (d.traffic->>'generation')::int)
+               LEFT JOIN replicas r ON r.model_id = d.model_id
+                    AND (r.generation = d.active_generation AND r.state = 'ready'
+                         -- a candidate's replicas are healthy but stay `starting` until
+                         -- the switch (worker/traffic_phase.py)
+                         OR r.generation = (d.traffic->>'generation')::int
+                            AND r.state IN ('starting', 'ready'))
                WHERE d.active_generation IS NOT NULL
                GROUP BY d.model_id, d.name, u.username, m.name, d.active_generation,
                         m.access_level, d.config, d.traffic::text"""

@@ -74,6 +74,8 @@ ACTIVE_DEPLOYMENT_STATES = (DeploymentStatus.starting, DeploymentStatus.in_progr
 class Phase(StrEnum):
     starting_replicas = "starting_replicas"
     health_checking = "health_checking"
+    canary = "canary"  # config.rollout.strategy canary: the steps (worker/traffic_phase.py)
+    shadow = "shadow"  # ... shadow: requests mirrored to the new generation
     switching = "switching"
     draining = "draining"
     removing = "removing"
