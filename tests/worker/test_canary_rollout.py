@@ -150,3 +150,22 @@ async def test_a_worker_killed_mid_canary_leaves_the_serving_generation_all_traf
     assert task["status"] in ("pending", "processing"), task
     print(f"\n  killed mid-canary: clients saw {len(done.failures)} failures of {done.sent}")
     assert done.failures == [], done.failures[:5]
+
+
+async def test_a_shadow_mirrors_compares_and_then_switches(
+        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        pool: asyncpg.Pool, hashing_model: Any) -> None:
+    model_id, _ = await _serving(http, api, hashing_model, spawn, "shadowed")
+    shadow = {"strategy": "shadow", "shadow": {"percent": 50, "duration_s": 3}}
+    task, during, after = await _under_load(http, api, gateway, "shadowed",
+                                            {"rollout": shadow})
+    assert task["status"] == "done", task
+    note = task["metadata"]["rollout"]
+    print(f"\n  shadow: {note}")
+    assert note["strategy"] == "shadow" and note["elapsed_s"] >= 3
+    # About half of 3 s at 40 a second mirrored; the same backend answers alike (cosine 1).
+    assert 30 <= note["candidate"]["requests"] <= 90, note
+    assert note["compared"] == note["candidate"]["requests"], note
+    assert note["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert during.failures == [] and after.failures == []
+    assert await ready_count(pool, model_id) == {2: 1}
