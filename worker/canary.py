@@ -6,7 +6,8 @@ the step with `window`, and asks `judge`. A step is judged on at least `min_requ
 the candidate's: its error rate must stay within the serving one's + `max_error_rate_delta`
 and its p99 within the serving one's x `max_p99_ratio` (or `p99_slack_ms` of it). When
 the serving generation carried too few requests in the step to compare with (the last
-step gives it none), the serving traffic since the canary began is the reference.
+step gives it none), the serving traffic since the canary began is the reference; the
+serving p99 is the higher of the step's and the one since the canary began.
 """
 
 from collections.abc import Iterable
@@ -51,6 +52,18 @@ def window(before: dict[str, GenerationTraffic], after: dict[str, GenerationTraf
     return out
 
 
+def _reference_p99(step: GenerationTraffic, baseline: GenerationTraffic | None
+                   ) -> float | None:
+    """The serving p99 a candidate's is held to: the step's, or the one since the canary
+    began if higher. A step's p99 comes from few requests (a few dozen at a small weight)
+    and is then about their maximum, noisy both ways; the serving generation's traffic
+    since the canary began, on the same machines, shows the tail they really have."""
+    found = [p for p in (step.latency.quantile(0.99),
+                         baseline.latency.quantile(0.99) if baseline else None)
+             if p is not None]
+    return max(found) if found else None
+
+
 def judge(weight: int, serving_generation: int, serving: GenerationTraffic,
           candidate_generation: int, candidate: GenerationTraffic, config: CanaryConfig,
           baseline: GenerationTraffic | None = None) -> StepRecord:
@@ -72,7 +85,7 @@ def judge(weight: int, serving_generation: int, serving: GenerationTraffic,
             f"error rate {candidate_rate:.4f} > serving {serving_rate:.4f} + "
             f"{config.max_error_rate_delta}")
     candidate_p99 = candidate.latency.quantile(0.99)
-    serving_p99 = reference.latency.quantile(0.99)
+    serving_p99 = _reference_p99(reference, baseline)
     if candidate_p99 is not None and serving_p99 is not None:
         too_slow = candidate_p99 > serving_p99 * config.max_p99_ratio
         if too_slow and candidate_p99 - serving_p99 > config.p99_slack_ms / 1000:

@@ -103,3 +103,15 @@ def test_rollout_config_defaults_and_bounds() -> None:
             CanaryConfig(steps=bad)
     with pytest.raises(ValidationError):
         RolloutConfig.model_validate({"strategy": "blue"})
+
+
+def test_the_serving_p99_is_the_higher_of_the_step_and_the_canary_so_far() -> None:
+    # In this step the serving generation's few requests were all fast; since the canary
+    # began its tail is 20 ms: a candidate at 20 ms is as good as it.
+    step, since = traffic(30, seconds=0.004), traffic(3000, seconds=0.02)
+    assert judge(5, 1, step, 2, traffic(100, seconds=0.02), CONFIG,
+                 baseline=since).verdict == "pass"
+    assert judge(5, 1, step, 2, traffic(100, seconds=0.02), CONFIG).verdict == "fail"
+    # Ten times the tail since the canary began still fails.
+    assert judge(5, 1, step, 2, traffic(100, seconds=0.2), CONFIG,
+                 baseline=since).verdict == "fail"
