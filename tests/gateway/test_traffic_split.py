@@ -188,3 +188,44 @@ def test_an_unreadable_split_is_no_split() -> None:
     assert split_of({"generation": 3, "shadow_percent": 10}) == Split(3, 0, 10.0)
     for bad in ('"text"', "[]", '{"weight": 5}', '{"generation": 2, "weight": 500}', "{"):
         assert split_of(bad) is None, bad
+
+
+@pytest.mark.timeout(120)
+async def test_haproxy_splits_a_canary_through_its_python_gateways(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path, settings: Settings) -> None:
+    """The HAProxy engine: a deployment in canary goes to the Python gateways behind it,
+    which split and count; after the split it is served by HAProxy's slot again."""
+    from gateway.haproxy.controller import find_haproxy
+
+    if find_haproxy(Settings()) is None:
+        pytest.skip("haproxy is not installed")
+    model_id = await hashing_model("hasplit")
+    redis = Redis.from_url(settings.redis_url or "")
+    async with replica(http, tmp_path) as serving_url, \
+            replica(http, tmp_path) as candidate_url:
+        serving_ids = await serve_from(pool, model_id, "hasplit", [serving_url])
+        generation, candidate_id = await candidate_generation(pool, model_id, "hasplit",
+                                                              candidate_url)
+        base = await start_gateway(spawn, http, gateway_engine="haproxy", haproxy_slots=4)
+        url = f"{base}/serve/hasplit/embed"
+        await _until_routed(http, url, {"inputs": "x"})
+        await _set(pool, redis, model_id, Split(generation, 50))
+        await asyncio.sleep(0.5)  # the controller's reload
+        before = await _traffic(redis, model_id)
+        seen: Counter[str] = Counter()
+        for _ in range(100):
+            async with http.post(url, json={"inputs": "x"}) as resp:
+                assert resp.status == 200
+                seen[resp.headers["X-Greenroom-Replica"]] += 1
+        assert 25 <= seen[str(candidate_id)] <= 75, seen
+        after = await _traffic(redis, model_id)
+        counted = after[str(generation)].since(before.get(str(generation))
+                                               or type(after[str(generation)])())
+        assert counted is not None and counted.requests == seen[str(candidate_id)]
+        await _set(pool, redis, model_id, None)
+        await asyncio.sleep(0.5)
+        for _ in range(20):
+            async with http.post(url, json={"inputs": "x"}) as resp:
+                assert resp.headers["X-Greenroom-Replica"] == str(serving_ids[0])
+    await redis.aclose()
