@@ -7,7 +7,9 @@ the candidate's: its error rate must stay within the serving one's + `max_error_
 and its p99 within the serving one's x `max_p99_ratio` (or `p99_slack_ms` of it). When
 the serving generation carried too few requests in the step to compare with (the last
 step gives it none), the serving traffic since the canary began is the reference; the
-serving p99 is the higher of the step's and the one since the canary began.
+serving p99 is the higher of the step's and the one since the canary began. A candidate
+whose errors already exceed what its error rate may reach at `min_requests` fails before
+it has them (a candidate failing every request is stopped after a few, not 100).
 """
 
 from collections.abc import Iterable
@@ -70,15 +72,22 @@ def judge(weight: int, serving_generation: int, serving: GenerationTraffic,
     """The step's record: `pass`, `fail` (with reasons) or `wait` (too few requests yet)."""
     record = StepRecord(weight=weight, serving=figures(serving_generation, serving),
                         candidate=figures(candidate_generation, candidate), verdict="pass")
-    if candidate.requests < config.min_requests:
-        record.verdict = "wait"
-        record.reasons.append(f"{candidate.requests} of {config.min_requests} candidate "
-                              "requests so far")
-        return record
     reference = serving
     if serving.requests < MIN_REFERENCE_REQUESTS and baseline is not None:
         reference = baseline
     serving_rate = reference.errors / reference.requests if reference.requests else 0.0
+    if candidate.requests < config.min_requests:
+        allowed = (serving_rate + config.max_error_rate_delta) * config.min_requests
+        if candidate.errors > allowed:  # it cannot pass at min_requests: stop it now
+            record.verdict = "fail"
+            record.reasons.append(
+                f"{candidate.errors} errors in {candidate.requests} requests: past the "
+                f"{allowed:.1f} that min_requests {config.min_requests} allows")
+            return record
+        record.verdict = "wait"
+        record.reasons.append(f"{candidate.requests} of {config.min_requests} candidate "
+                              "requests so far")
+        return record
     candidate_rate = candidate.errors / candidate.requests
     if candidate_rate > serving_rate + config.max_error_rate_delta + 1e-12:
         record.reasons.append(

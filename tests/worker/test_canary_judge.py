@@ -61,9 +61,18 @@ def test_a_p99_within_the_slack_passes_whatever_the_ratio() -> None:
 
 
 def test_too_few_candidate_requests_wait() -> None:
-    record = judge(5, 1, traffic(1000), 2, traffic(99, errors=50), CONFIG)
+    record = judge(5, 1, traffic(1000), 2, traffic(99, errors=1), CONFIG)
     assert record.verdict == "wait"
     assert record.reasons == ["99 of 100 candidate requests so far"]
+
+
+def test_errors_past_what_min_requests_allows_fail_before_min_requests() -> None:
+    # 100 requests at serving 0 % + 0.01 allow 1 error: 2 already cannot pass.
+    record = judge(5, 1, traffic(1000), 2, traffic(10, errors=2), CONFIG)
+    assert record.verdict == "fail"
+    assert record.reasons == ["2 errors in 10 requests: past the 1.0 that min_requests 100 "
+                              "allows"]
+    assert judge(5, 1, traffic(1000), 2, traffic(10, errors=1), CONFIG).verdict == "wait"
 
 
 def test_the_last_step_compares_with_the_serving_baseline() -> None:
