@@ -8,6 +8,7 @@ generation with all traffic, and the next worker runs the task again."""
 import asyncio
 import re
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -16,7 +17,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from db import models, traffic
+from db import models, replicas, traffic
 from tests.conftest import Proc
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from tests.support.autoscale import deploy, ready_count
@@ -150,6 +151,41 @@ async def test_a_worker_killed_mid_canary_leaves_the_serving_generation_all_traf
         task = await resp.json()
     assert task["status"] in ("pending", "processing"), task
     print(f"\n  killed mid-canary: clients saw {len(done.failures)} failures of {done.sent}")
+    assert done.failures == [], done.failures[:5]
+
+
+async def test_a_worker_stopped_mid_canary_hands_all_traffic_back_then_the_task(
+        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        pool: asyncpg.Pool, hashing_model: Any) -> None:
+    """SIGTERM (a worker asked to stop): its hand_back gives the serving generation all
+    traffic, waits for the candidate's drain, removes it and puts the task back."""
+    model_id, worker = await _serving(http, api, hashing_model, spawn, "stopped")
+    url = f"{gateway}/serve/stopped/embed"
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(url, RATE, 120, concurrency=200, stop=stop))
+    slow = {"strategy": "canary", "canary": {"steps": [50, 100], "step_s": 60,
+                                             "min_requests": 20}}
+    async with http.post(f"{api}/deploy", json={"embedding_model_id": "alice/stopped",
+                                                "config": {"rollout": slow}}) as resp:
+        task_id = (await resp.json())["task_id"]
+    for _ in range(300):
+        if await traffic.get_split(pool, model_id) is not None:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2)  # the candidate answers half the requests
+    began = time.monotonic()
+    await asyncio.to_thread(worker.stop)  # the load goes on meanwhile
+    print(f"\n  the worker stopped in {time.monotonic() - began:.1f} s")
+    assert await traffic.get_split(pool, model_id) is None
+    stop.set()
+    done = await load
+    async with http.get(f"{api}/deploy/{task_id}") as resp:
+        task = await resp.json()
+    assert task["status"] == "pending", (task["status"], task)
+    assert await ready_count(pool, model_id) == {1: 1}
+    live = await replicas.list_for_model(pool, model_id)  # live replicas only
+    assert [r.generation for r in live] == [1], live
+    print(f"  stopped mid-canary: clients saw {len(done.failures)} failures of {done.sent}")
     assert done.failures == [], done.failures[:5]
 
 
