@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from db.deployments import Route
-from schemas.gateway import LATENCY_BOUNDS_S, GenerationTraffic, Latency
+from schemas.gateway import TRAFFIC_BOUNDS_S, GenerationTraffic, Latency
 
 # Shadow requests in flight at once per gateway process, at most: past it a mirror is
 # skipped (a shadow must never cost the serving traffic memory or sockets unbounded).
@@ -36,13 +36,13 @@ class Tally:
     def __init__(self) -> None:
         self.requests = self.errors = self.compared = 0
         self.sum_s = self.cosine_sum = 0.0
-        self.buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        self.buckets = [0] * (len(TRAFFIC_BOUNDS_S) + 1)
 
     def observe(self, seconds: float, failed: bool) -> None:
         self.requests += 1
         if failed:
             self.errors += 1
-        self.buckets[bisect_left(LATENCY_BOUNDS_S, seconds)] += 1
+        self.buckets[bisect_left(TRAFFIC_BOUNDS_S, seconds)] += 1
         self.sum_s += seconds
 
     def report(self) -> GenerationTraffic:

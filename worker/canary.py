@@ -31,7 +31,7 @@ def figures(generation: int, traffic: GenerationTraffic) -> GenerationFigures:
     return GenerationFigures(
         generation=generation, requests=traffic.requests, errors=traffic.errors,
         error_rate=None if rate is None else round(rate, 6),
-        p50_ms=_ms(traffic.latency.quantile(0.5)), p99_ms=_ms(traffic.latency.quantile(0.99)))
+        p50_ms=_ms(traffic.quantile(0.5)), p99_ms=_ms(traffic.quantile(0.99)))
 
 
 def totals(reports: Iterable[GatewayReport], model_id: str, generation: int
@@ -60,8 +60,7 @@ def _reference_p99(step: GenerationTraffic, baseline: GenerationTraffic | None
     began if higher. A step's p99 comes from few requests (a few dozen at a small weight)
     and is then about their maximum, noisy both ways; the serving generation's traffic
     since the canary began, on the same machines, shows the tail they really have."""
-    found = [p for p in (step.latency.quantile(0.99),
-                         baseline.latency.quantile(0.99) if baseline else None)
+    found = [p for p in (step.quantile(0.99), baseline.quantile(0.99) if baseline else None)
              if p is not None]
     return max(found) if found else None
 
@@ -93,7 +92,7 @@ def judge(weight: int, serving_generation: int, serving: GenerationTraffic,
         record.reasons.append(
             f"error rate {candidate_rate:.4f} > serving {serving_rate:.4f} + "
             f"{config.max_error_rate_delta}")
-    candidate_p99 = candidate.latency.quantile(0.99)
+    candidate_p99 = candidate.quantile(0.99)
     serving_p99 = _reference_p99(reference, baseline)
     if candidate_p99 is not None and serving_p99 is not None:
         too_slow = candidate_p99 > serving_p99 * config.max_p99_ratio

@@ -3,16 +3,16 @@
 import pytest
 from pydantic import ValidationError
 
-from schemas.gateway import LATENCY_BOUNDS_S, GatewayReport, GenerationTraffic, Latency
+from schemas.gateway import TRAFFIC_BOUNDS_S, GatewayReport, GenerationTraffic, Latency
 from schemas.rollout import CanaryConfig, RolloutConfig
 from worker.canary import judge, totals, window
 
 
 def traffic(requests: int, errors: int = 0, seconds: float = 0.004) -> GenerationTraffic:
     """`requests` that all took `seconds` (so every quantile falls in that one bucket)."""
-    buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
-    index = next((i for i, b in enumerate(LATENCY_BOUNDS_S) if seconds <= b),
-                 len(LATENCY_BOUNDS_S))
+    buckets = [0] * (len(TRAFFIC_BOUNDS_S) + 1)
+    index = next((i for i, b in enumerate(TRAFFIC_BOUNDS_S) if seconds <= b),
+                 len(TRAFFIC_BOUNDS_S))
     buckets[index] = requests
     return GenerationTraffic(requests=requests, errors=errors, latency=Latency(
         count=requests, sum_s=requests * seconds, buckets=buckets))
@@ -51,7 +51,7 @@ def test_ten_times_slower_fails_on_p99() -> None:
 
 
 def test_a_p99_within_the_slack_passes_whatever_the_ratio() -> None:
-    # p99 about 1 ms against 2.5 ms (the buckets' bounds): over 1.5x, but within 2 ms.
+    # p99 about 0.4 ms against 2 ms: over 1.5x, but within 2 ms.
     record = judge(5, 1, traffic(1000, seconds=0.0004), 2, traffic(100, seconds=0.002),
                    CanaryConfig(min_requests=100, p99_slack_ms=2))
     assert record.verdict == "pass", record.reasons
@@ -124,3 +124,14 @@ def test_the_serving_p99_is_the_higher_of_the_step_and_the_canary_so_far() -> No
     # Ten times the tail since the canary began still fails.
     assert judge(5, 1, step, 2, traffic(100, seconds=0.2), CONFIG,
                  baseline=since).verdict == "fail"
+
+
+def test_a_few_late_answers_do_not_double_a_p99() -> None:
+    """Seen in the suite with the old buckets (10, 25, 50 ms): 20 ms answers, a few of the
+    candidate's 6 ms late, read as p99 25 ms against 43.5 ms. The generation's buckets are
+    1.2x apart: 26 ms against 20 ms passes, 35 ms does not."""
+    serving = traffic(500, seconds=0.020)
+    late = traffic(98, seconds=0.020) + traffic(2, seconds=0.026)
+    assert judge(20, 1, serving, 2, late, CONFIG).verdict == "pass"
+    slow = traffic(98, seconds=0.020) + traffic(2, seconds=0.035)
+    assert judge(20, 1, serving, 2, slow, CONFIG).verdict == "fail"

@@ -64,7 +64,7 @@ async def test_a_good_candidate_walks_every_step_with_no_failed_request(
         pool: asyncpg.Pool, hashing_model: Any) -> None:
     model_id, _ = await _serving(http, api, hashing_model, spawn, "good")
     task, during, after = await _under_load(http, api, gateway, "good", {"rollout": CANARY})
-    assert task["status"] == "done", task
+    assert task["status"] == "done", (task["detail"], task["metadata"].get("rollout"))
     steps = task["metadata"]["rollout"]["steps"]
     print("\n" + "\n".join(f"  {s['weight']:3d} %: {s['verdict']} serving "
                            f"{s['serving']['requests']} req p99 {s['serving']['p99_ms']} ms,"
@@ -196,7 +196,7 @@ async def test_a_shadow_mirrors_compares_and_then_switches(
     shadow = {"strategy": "shadow", "shadow": {"percent": 50, "duration_s": 3}}
     task, during, after = await _under_load(http, api, gateway, "shadowed",
                                             {"rollout": shadow})
-    assert task["status"] == "done", task
+    assert task["status"] == "done", (task["detail"], task["metadata"].get("rollout"))
     note = task["metadata"]["rollout"]
     print(f"\n  shadow: {note}")
     assert note["strategy"] == "shadow" and note["elapsed_s"] >= 3

@@ -34,7 +34,7 @@ async def test_docker_good_candidate_walks_every_step(
     model_id = await _serving(http, docker_stack, hashing_model, "dgood")
     task, during, after = await _under_load(http, docker_stack, gateway, "dgood",
                                             {"rollout": CANARY})
-    assert task["status"] == "done", task
+    assert task["status"] == "done", (task["detail"], task["metadata"].get("rollout"))
     assert [s["verdict"] for s in task["metadata"]["rollout"]["steps"]] == ["pass"] * 3
     assert during.failures == [] and after.failures == [], during.failures[:5]
     assert await ready_count(pool, model_id) == {2: 1}
