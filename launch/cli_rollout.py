@@ -33,6 +33,11 @@ def add_options(cmd: argparse.ArgumentParser) -> None:
                      help="how long each canary step lasts at least (e.g. 30s)")
     cmd.add_argument("--min-requests", type=int,
                      help="candidate requests each canary step is judged on, at least")
+    cmd.add_argument("--max-p99-ratio", type=float, metavar="R",
+                     help="a canary step fails when the new generation's p99 passes R times "
+                          "the serving one's (default 1.5)")
+    cmd.add_argument("--p99-slack-ms", type=float, metavar="MS",
+                     help="... unless within MS of it (default 1)")
     cmd.add_argument("--shadow", type=float, metavar="PERCENT",
                      help="shadow rollout: mirror this percent of requests to the new "
                           "generation, then switch")
@@ -44,9 +49,11 @@ def config(args: argparse.Namespace) -> RolloutConfig | None:
     """The `config.rollout` the options ask for (None: the server's default, green)."""
     if args.canary is not None and args.shadow is not None:
         raise argparse.ArgumentTypeError("--canary and --shadow are two strategies: one")
-    if args.canary is not None or args.step is not None or args.min_requests is not None:
-        canary: dict[str, Any] = {"steps": args.canary, "step_s": args.step,
-                                  "min_requests": args.min_requests}
+    canary: dict[str, Any] = {"steps": args.canary, "step_s": args.step,
+                              "min_requests": args.min_requests,
+                              "max_p99_ratio": args.max_p99_ratio,
+                              "p99_slack_ms": args.p99_slack_ms}
+    if any(v is not None for v in canary.values()):
         return RolloutConfig.model_validate({"strategy": "canary", "canary": {
             k: v for k, v in canary.items() if v is not None}})
     if args.shadow is not None or args.shadow_for is not None:

@@ -28,6 +28,10 @@ RATE = 40.0  # requests a second
 SERVICE_MS = 20  # every replica's service time (the candidate's may be ten times more)
 CANARY = {"strategy": "canary", "canary": {"steps": [20, 50, 100], "step_s": 2,
                                            "min_requests": 20}}
+# For the good candidates: the p99s of a few dozen requests on two cores shared with other
+# test sessions differ by tens of ms either way (the scheduling jitter, see
+# tests/support/autoscale.py); the bad ones are judged without this slack.
+GOOD = {"strategy": "canary", "canary": CANARY["canary"] | {"p99_slack_ms": 50}}
 
 
 async def _serving(http: aiohttp.ClientSession, api: str, hashing_model: Any,
@@ -63,7 +67,7 @@ async def test_a_good_candidate_walks_every_step_with_no_failed_request(
         api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
         pool: asyncpg.Pool, hashing_model: Any) -> None:
     model_id, _ = await _serving(http, api, hashing_model, spawn, "good")
-    task, during, after = await _under_load(http, api, gateway, "good", {"rollout": CANARY})
+    task, during, after = await _under_load(http, api, gateway, "good", {"rollout": GOOD})
     assert task["status"] == "done", (task["detail"], task["metadata"].get("rollout"))
     steps = task["metadata"]["rollout"]["steps"]
     print("\n" + "\n".join(f"  {s['weight']:3d} %: {s['verdict']} serving "

@@ -14,7 +14,7 @@ from db import traffic
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from tests.support.autoscale import deploy, ready_count
 from tests.support.docker import containers_of, skip_without_engine
-from tests.worker.test_canary_rollout import CANARY, SERVICE_MS, _candidate, _under_load
+from tests.worker.test_canary_rollout import CANARY, GOOD, SERVICE_MS, _candidate, _under_load
 
 skip_without_engine()
 pytestmark = [pytest.mark.docker, pytest.mark.serial, pytest.mark.timeout(240)]
@@ -33,7 +33,7 @@ async def test_docker_good_candidate_walks_every_step(
         docker_api: aiodocker.Docker, hashing_model: Any) -> None:
     model_id = await _serving(http, docker_stack, hashing_model, "dgood")
     task, during, after = await _under_load(http, docker_stack, gateway, "dgood",
-                                            {"rollout": CANARY})
+                                            {"rollout": GOOD})
     assert task["status"] == "done", (task["detail"], task["metadata"].get("rollout"))
     assert [s["verdict"] for s in task["metadata"]["rollout"]["steps"]] == ["pass"] * 3
     assert during.failures == [] and after.failures == [], during.failures[:5]
