@@ -1,11 +1,17 @@
-"""The canary judge (worker/canary.py) on counters built by hand: pure and fast."""
+"""The canary judge (worker/canary.py) on counters built by hand: pure and fast; and the
+quota a canary needs (worker/admission/quotas.py) on the FakeRuntime."""
 
 import pytest
 from pydantic import ValidationError
 
+from db import owner_quotas
 from schemas.gateway import TRAFFIC_BOUNDS_S, GatewayReport, GenerationTraffic, Latency
 from schemas.rollout import CanaryConfig, RolloutConfig
+from schemas.tasks import TaskStatus
+from tests.worker.decisions import a_model, deploy
+from tests.worker.fake_runtime import FakeRuntime
 from worker.canary import judge, totals, window
+from worker.context import WorkerContext
 
 
 def traffic(requests: int, errors: int = 0, seconds: float = 0.004) -> GenerationTraffic:
@@ -135,3 +141,18 @@ def test_a_few_late_answers_do_not_double_a_p99() -> None:
     assert judge(20, 1, serving, 2, late, CONFIG).verdict == "pass"
     slow = traffic(98, seconds=0.020) + traffic(2, seconds=0.035)
     assert judge(20, 1, serving, 2, slow, CONFIG).verdict == "fail"
+
+
+async def test_a_canary_needs_quota_for_both_generations(
+        fake_ctx: WorkerContext, fake_runtime: FakeRuntime) -> None:
+    """A canary runs the serving and the new generation together for its whole traffic
+    phase: the owner's replica quota must hold both (a green rollout's brief overlap at
+    its switch is not counted, as before)."""
+    model = await a_model(fake_ctx, "quoted")
+    await owner_quotas.set_overrides(fake_ctx.pool, model.owner_id, {"max_replicas": 3})
+    assert (await deploy(fake_ctx, model, replicas=2)).status == TaskStatus.done
+    canary = {"strategy": "canary", "canary": {"steps": [50], "step_s": 1}}
+    refused = await deploy(fake_ctx, model, replicas=2, rollout=canary)
+    assert refused.status == TaskStatus.refused, refused.detail
+    assert "replicas" in (refused.detail or "") and refused.metadata["quota"]
+    assert (await deploy(fake_ctx, model, replicas=2)).status == TaskStatus.done
