@@ -7,6 +7,7 @@ from uuid import UUID
 
 from db.errors import translated
 from db.pool import Executor
+from db.traffic import Candidate, split_of
 from schemas.tasks import DeploymentStatus
 
 _COLUMNS = """model_id, name, status, active_generation, last_generation, config, created_at,
@@ -38,6 +39,8 @@ class Route:
     replicas: list[tuple[UUID, str]]
     # Autoscaled with min 0: a gateway holds requests while it has no replica.
     scales_to_zero: bool = False
+    # During a canary or shadow rollout: the candidate generation, its share, its replicas.
+    candidate: Candidate | None = None
 
 
 def _deployment(row: Any) -> Deployment | None:
@@ -157,26 +160,45 @@ async def routes(db: Executor) -> list[Route]:
             """SELECT d.model_id, d.name, u.username || '/' || m.name AS identifier,
                       d.active_generation AS generation, m.access_level,
                       coalesce(array_agg(r.id ORDER BY r.created_at)
-                               FILTER (WHERE r.id IS NOT NULL), '{}') AS ids,
+                               FILTER (WHERE r.generation = d.active_generation), '{}') AS ids,
                       coalesce(array_agg(r.endpoint ORDER BY r.created_at)
-                               FILTER (WHERE r.id IS NOT NULL), '{}') AS endpoints,
+                               FILTER (WHERE r.generation = d.active_generation), '{}')
+                          AS endpoints,
                       coalesce((d.config->>'autoscaling_enabled')::boolean, false)
                           AND coalesce((d.config->>'autoscaling_min')::int, 1) = 0
-                          AS scales_to_zero
+                          AS scales_to_zero,
+                      d.traffic::text AS traffic,
+                      coalesce(array_agg(r.id ORDER BY r.created_at)
+                               FILTER (WHERE r.generation = (d.traffic->>'generation')::int),
+                               '{}') AS candidate_ids,
+                      coalesce(array_agg(r.endpoint ORDER BY r.created_at)
+                               FILTER (WHERE r.generation = (d.traffic->>'generation')::int),
+                               '{}') AS candidate_endpoints
                FROM deployments d
                JOIN models m ON m.id = d.model_id
                JOIN users u ON u.id = m.owner_id
                LEFT JOIN replicas r ON r.model_id = d.model_id
-                    AND r.generation = d.active_generation AND r.state = 'ready'
+                    AND (r.generation = d.active_generation AND r.state = 'ready'
+                         -- a candidate's replicas are healthy but stay `starting` until
+                         -- the switch (worker/traffic_phase.py)
+                         OR r.generation = (d.traffic->>'generation')::int
+                            AND r.state IN ('starting', 'ready'))
                WHERE d.active_generation IS NOT NULL
                GROUP BY d.model_id, d.name, u.username, m.name, d.active_generation,
-                        m.access_level, d.config"""
+                        m.access_level, d.config, d.traffic::text"""
         )
-    return [
-        Route(r["model_id"], r["name"], r["identifier"], r["generation"], r["access_level"],
-              list(zip(r["ids"], r["endpoints"], strict=True)), r["scales_to_zero"])
-        for r in rows
-    ]
+    return [_route(r) for r in rows]
+
+
+def _route(r: Any) -> Route:
+    split = split_of(r["traffic"])
+    candidate = None
+    if split is not None and split.generation != r["generation"]:
+        candidate = Candidate(split, list(zip(r["candidate_ids"], r["candidate_endpoints"],
+                                              strict=True)))
+    return Route(r["model_id"], r["name"], r["identifier"], r["generation"], r["access_level"],
+                 list(zip(r["ids"], r["endpoints"], strict=True)), r["scales_to_zero"],
+                 candidate)
 
 
 async def active_generations(db: Executor) -> dict[UUID, int | None]:

@@ -183,12 +183,21 @@ async def renew_lease(db: Executor, task_id: UUID, worker_id: str, lease_s: floa
     return result.endswith(" 1")
 
 
+def _merged(param: str) -> str:
+    """`metadata || param`, with `rollout` merged one level deeper: the compatibility gate
+    (`rollout.compatibility`) and a canary or shadow (`rollout.steps`, ...) each write
+    their own part of it."""
+    return (f"metadata || {param} || CASE WHEN jsonb_typeof(metadata->'rollout') = 'object'"
+            f" AND jsonb_typeof({param}->'rollout') = 'object' THEN jsonb_build_object("
+            f"'rollout', (metadata->'rollout') || ({param}->'rollout')) ELSE '{{}}'::jsonb END")
+
+
 async def set_phase(db: Executor, task_id: UUID, worker_id: str, phase: str | None,
                     metadata: dict[str, Any] | None = None) -> bool:
     """Record progress; metadata is merged into the task's metadata."""
     async with translated():
         result: str = await db.execute(
-            """UPDATE tasks SET phase = $3, metadata = metadata || $4, updated_at = now()
+            f"""UPDATE tasks SET phase = $3, metadata = {_merged("$4")}, updated_at = now()
                WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
             task_id, worker_id, phase, metadata or {},
         )
@@ -200,7 +209,7 @@ async def finish(db: Executor, task_id: UUID, worker_id: str, status: str,
     """processing → a terminal status, only by the worker that holds it."""
     async with translated():
         result: str = await db.execute(
-            """UPDATE tasks SET status = $3, detail = $4, metadata = metadata || $5,
+            f"""UPDATE tasks SET status = $3, detail = $4, metadata = {_merged("$5")},
                    lease_until = NULL, updated_at = now(), finished_at = now()
                WHERE id = $1 AND worker_id = $2 AND status = 'processing'""",
             task_id, worker_id, status, detail, metadata or {},

@@ -11,6 +11,7 @@ zero, or a draining replica goes idle; a jump is also announced on `LOAD_CHANNEL
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -34,7 +35,16 @@ from gateway.latency import LatencyTally
 from gateway.load_signal import HEARTBEAT_S, MIN_GAP_S, LoadJumps
 from gateway.metrics import GatewayMetrics
 from gateway.tracing import RequestLog, traced, tracing_span_done
-from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
+from gateway.traffic import (
+    COMPARED_PATHS,
+    MAX_SHADOWS_INFLIGHT,
+    Tally,
+    TrafficTally,
+    cosines,
+    mirrors,
+    split,
+)
+from gateway.upstream import Answer, AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
 from schemas import replica_auth, tracing
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
@@ -74,8 +84,10 @@ class Table:
     def build(cls, routes: list[Route]) -> "Table":
         by_key = {r.name: r for r in routes} | {r.identifier: r for r in routes}
         by_key |= {str(r.model_id): r for r in routes}
+        candidates = [r.candidate.replicas for r in routes if r.candidate is not None]
         return cls(by_key, {str(r.model_id): r.generation for r in routes},
-                   frozenset(rid for r in routes for rid, _ in r.replicas))
+                   frozenset(rid for r in routes for rid, _ in r.replicas)
+                   | frozenset(rid for replicas in candidates for rid, _ in replicas))
 
 
 class Gateway:
@@ -94,6 +106,8 @@ class Gateway:
         # Per replica, for the series over time (issue 31): failed answers and latency.
         self.failed: Counter[UUID] = Counter()
         self.replica_latency = LatencyTally()
+        self.traffic = TrafficTally()  # per generation, for the canary judge
+        self._shadows: set[asyncio.Task[None]] = set()  # mirrored requests in flight
         # Called on every message of the auth channel (an access cache clears itself).
         self.on_auth_change: list[Callable[[], None]] = []
         self.metrics = GatewayMetrics(self.inflight_by_replica)
@@ -115,24 +129,28 @@ class Gateway:
         self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._report())]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._shadows]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._shadows, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(GATEWAY_KEY_PREFIX + self.id)
         self._upstream.close()
         self.request_log.close()
 
     async def reload(self) -> None:
-        self._table = table = Table.build(await deployments.routes(self._pool))
+        self._table = table = Table.build(routes := await deployments.routes(self._pool))
         stale = [rid for rid in self.served if rid not in table.active and rid not in self.inflight]
         for rid in stale:
             del self.served[rid]
             self.failed.pop(rid, None)
         self.replica_latency.forget(set(stale))
-        self._upstream.forget({ep for r in table.by_key.values() for _, ep in r.replicas})
+        candidates = [r for r in routes if r.candidate is not None]
+        self._upstream.forget({ep for r in table.by_key.values() for _, ep in r.replicas}
+                              | {ep for r in candidates if r.candidate
+                                 for _, ep in r.candidate.replicas})
+        kept = {(r.model_id, r.candidate.split.generation) for r in candidates if r.candidate}
         self._secrets = {k: v for k, v in self._secrets.items()
-                         if table.generations.get(str(k[0])) == k[1]}
+                         if table.generations.get(str(k[0])) == k[1] or k in kept}
         self._report_now.set()
         self.holds.wake(self.lookup)
 
@@ -145,11 +163,12 @@ class Gateway:
             raise deployment_not_found(key)
         return route
 
-    def _pick(self, route: Route, tried: set[UUID]) -> tuple[UUID, str]:
+    def _pick(self, route: Route, tried: set[UUID],
+              replicas: list[tuple[UUID, str]] | None = None) -> tuple[UUID, str]:
         inflight = self.inflight
         best: tuple[UUID, str] | None = None
         least = -1
-        for rid, endpoint in route.replicas:
+        for rid, endpoint in route.replicas if replicas is None else replicas:
             if rid in tried:
                 continue
             n = inflight[rid]
@@ -161,8 +180,9 @@ class Gateway:
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
                       headers: Mapping[str, str]) -> web.Response:
-        """Send the request to the least busy replica (gateway/tracing.py: its ids, and a
-        span when OpenTelemetry is on)."""
+        """Send the request to the least busy replica of the generation the split picks
+        (gateway/traffic.py; gateway/tracing.py: its ids, and a span when OpenTelemetry is
+        on)."""
         ids = tracing.incoming(headers)
         if self.tracer is None:
             return await self._forward(route, method, path, body, headers, ids,
@@ -174,18 +194,19 @@ class Gateway:
                        headers: Mapping[str, str], ids: tracing.TraceIds, span_id: str,
                        span: Any) -> web.Response:
         """Retry elsewhere only if the replica cannot connect (once written, a request is
-        never sent again: review M6)."""
-        if not route.replicas and route.scales_to_zero:
+        never sent again: review M6). Counted under the generation that took it."""
+        if not route.replicas and route.scales_to_zero and route.candidate is None:
             route = await self.holds.hold(route, self._held_changed, self.lookup)
+        generation, replicas, tally = self._choose(route)
         tried: set[UUID] = set()
         forward_headers = forwarded(headers)
         forward_headers[tracing.REQUEST_ID] = ids.request_id
         forward_headers[tracing.TRACEPARENT] = ids.traceparent(span_id)
         if self._secret_key is not None:
-            forward_headers[replica_auth.HEADER] = self._secret(route)
+            forward_headers[replica_auth.HEADER] = self._secret(route.model_id, generation)
         started, metrics = time.perf_counter(), self.metrics
         for _ in range(MAX_ATTEMPTS):
-            replica_id, endpoint = self._pick(route, tried)
+            replica_id, endpoint = self._pick_counted(route, tried, replicas, tally, started)
             deployment = route.name
             self.inflight[replica_id] += 1
             if self.jumps.started(route.model_id):
@@ -201,11 +222,13 @@ class Gateway:
                 continue
             except UpstreamError as exc:
                 self.failed[replica_id] += 1
+                tally.observe(time.perf_counter() - started, True)
                 self._failed_answer(route, replica_id, exc, ids.request_id)
             except TimeoutError:
                 self.failed[replica_id] += 1
                 log.warning("replica_timed_out", deployment=deployment, replica=str(replica_id),
                             request_id=ids.request_id)
+                tally.observe(time.perf_counter() - started, True)
                 metrics.requests.labels(deployment, "504").inc()
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
             finally:
@@ -214,15 +237,14 @@ class Gateway:
             metrics.observe(deployment, answer.status, elapsed)
             self.latency.observe(route.model_id, elapsed)
             self._answered(route, replica_id, path, answer.status, elapsed, ids, span)
-            out = web.Response(body=answer.body, status=answer.status,
-                               headers={"X-Greenroom-Replica": str(replica_id),
-                                        tracing.REQUEST_ID: ids.request_id})
-            if answer.content_type:
-                out.headers["Content-Type"] = answer.content_type
-            return out
+            tally.observe(elapsed, answer.status >= 500)
+            if mirrors(route):
+                self._shadow(route, method, path, body, forward_headers, answer)
+            return _response(answer, replica_id, ids)
         metrics.requests.labels(route.name, "502").inc()
         for replica_id in tried:
             self.failed[replica_id] += 1
+        tally.observe(time.perf_counter() - started, True)
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
 
     def _answered(self, route: Route, replica_id: UUID, path: str, status: int,
@@ -238,8 +260,69 @@ class Gateway:
         if span is not None:
             tracing_span_done(span, replica_id, status)
 
-    def _secret(self, route: Route) -> str:
-        key = (route.model_id, route.generation)
+    def _choose(self, route: Route) -> tuple[int, list[tuple[UUID, str]], Tally]:
+        """The generation that takes the request (the split's pick during a canary), its
+        replicas and its counters."""
+        generation, replicas = route.generation, route.replicas
+        if route.candidate is not None:
+            generation, replicas = split(route, random.random() * 100)
+        return generation, replicas, self.traffic.get(route.model_id, generation)
+
+    def _pick_counted(self, route: Route, tried: set[UUID], replicas: list[tuple[UUID, str]],
+                      tally: Tally, started: float) -> tuple[UUID, str]:
+        try:
+            return self._pick(route, tried, replicas)
+        except Unavailable:
+            if tried:  # every replica refused the connection: a failed request
+                tally.observe(time.perf_counter() - started, True)
+            raise
+
+    def _shadow(self, route: Route, method: str, path: str, body: bytes | None,
+                headers: dict[str, str], served: Answer) -> None:
+        """Mirror the request to the shadowed candidate in the background (bounded)."""
+        if len(self._shadows) >= MAX_SHADOWS_INFLIGHT:
+            return
+        task = asyncio.create_task(self._mirror(route, method, path, body, dict(headers),
+                                                served))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _mirror(self, route: Route, method: str, path: str, body: bytes | None,
+                      headers: dict[str, str], served: Answer) -> None:
+        """The candidate's answer is counted, compared with the served one, and dropped."""
+        assert route.candidate is not None
+        generation = route.candidate.split.generation
+        tally = self.traffic.get(route.model_id, generation)
+        if self._secret_key is not None:
+            headers[replica_auth.HEADER] = self._secret(route.model_id, generation)
+        try:
+            replica_id, endpoint = self._pick(route, set(), route.candidate.replicas)
+        except Unavailable:
+            return
+        self.inflight[replica_id] += 1
+        started = time.perf_counter()
+        try:
+            answer = await self._upstream.request(endpoint, method, path, body, headers)
+        except (ConnectFailed, UpstreamError, TimeoutError) as exc:
+            tally.observe(time.perf_counter() - started, True)
+            log.info("shadow_failed", deployment=route.name, error=str(exc))
+            return
+        finally:
+            self._release_shadow(replica_id)
+        tally.observe(time.perf_counter() - started, answer.status >= 500)
+        if answer.status == served.status == 200 and path in COMPARED_PATHS:
+            _compare(tally, served.body, answer.body)
+
+    def _release_shadow(self, replica_id: UUID) -> None:
+        self.served[replica_id] += 1
+        self.inflight[replica_id] -= 1
+        if self.inflight[replica_id] <= 0:
+            del self.inflight[replica_id]
+            if replica_id not in self._table.active:
+                self._report_now.set()
+
+    def _secret(self, model_id: UUID, generation: int) -> str:
+        key = (model_id, generation)
         secret = self._secrets.get(key)
         if secret is None:
             assert self._secret_key is not None
@@ -316,7 +399,7 @@ class Gateway:
             requests={str(k): v for k, v in self.served.items()}, held=self.holds.counts(),
             latency=self.latency.report(), jumped=jumped or [],
             errors={str(k): v for k, v in self.failed.items()},
-            replica_latency=self.replica_latency.report())
+            replica_latency=self.replica_latency.report(), traffic=self.traffic.report())
 
     async def _report(self) -> None:
         """Write the report every HEARTBEAT_S, or sooner when asked (at least MIN_GAP_S
@@ -338,3 +421,19 @@ class Gateway:
             except (RedisError, OSError) as exc:
                 log.warning("gateway_report_failed", error=str(exc))
             await asyncio.sleep(MIN_GAP_S)
+
+
+def _response(answer: Answer, replica_id: UUID, ids: tracing.TraceIds) -> web.Response:
+    out = web.Response(body=answer.body, status=answer.status,
+                       headers={"X-Greenroom-Replica": str(replica_id),
+                                tracing.REQUEST_ID: ids.request_id})
+    if answer.content_type:
+        out.headers["Content-Type"] = answer.content_type
+    return out
+
+
+def _compare(tally: Tally, served: bytes, shadow: bytes) -> None:
+    found = cosines(served, shadow)
+    if found:
+        tally.compared += len(found)
+        tally.cosine_sum += sum(found)

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from greenroom_client.client import Client
 from greenroom_client.errors import ApiError, GreenroomError, TaskFailed, Unreachable
-from launch import cli_config
+from launch import cli_config, cli_rollout
 from launch.cli_progress import JobProgress, Watcher
 from schemas.embed_jobs import EmbedJob
 from schemas.models import ModelSource
@@ -188,6 +188,10 @@ def _deploy_config(args: argparse.Namespace) -> DeploymentConfig:
     fields: dict[str, Any] = {"replicas": args.replicas, "memory": args.memory,
                               "deployment_name": args.name, "env": env,
                               "deploy_timeout_s": args.deploy_timeout}
+    try:
+        fields["rollout"] = cli_rollout.config(args)
+    except argparse.ArgumentTypeError as exc:  # a ValidationError says which key itself
+        raise GreenroomError(str(exc)) from None
     return DeploymentConfig(**{k: v for k, v in fields.items() if v not in (None, {})})
 
 
@@ -457,6 +461,7 @@ def _deploy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--name", help="deployment name (the URL's /serve/NAME)")
     cmd.add_argument("--env", action="append", metavar="KEY=VALUE")
     cmd.add_argument("--deploy-timeout", type=float, help="health-check deadline, seconds")
+    cli_rollout.add_options(cmd)
     _task_options(cmd)
     cmd.set_defaults(api=deploy)
 

@@ -8,11 +8,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from launch.cli_rollout import step_lines
 from schemas.embed_jobs import EmbedJob
 from schemas.tasks import Phase, TaskResponse
 
 DEPLOY_PHASES = [p.value for p in Phase]
 DELETE_PHASES = [Phase.switching.value, Phase.draining.value, Phase.removing.value]
+TRAFFIC_PHASES = {Phase.canary.value, Phase.shadow.value}  # shown only when a task has one
 
 
 def _replicas(task: TaskResponse) -> str:
@@ -28,13 +30,16 @@ def _replicas(task: TaskResponse) -> str:
 
 def table(task: TaskResponse, phase_started: float | None = None) -> Table:
     """One row per phase: done ones with their seconds, the current one with its elapsed."""
+    caption = "\n".join([*step_lines(task.metadata), _replicas(task)]).strip()
     view = Table(title=f"{task.kind} {task.embedding_model_id}: {task.status}",
-                 caption=_replicas(task) or None)
+                 caption=caption or None)
     view.add_column("phase")
     view.add_column("seconds", justify="right")
     timings: dict[str, float] = task.metadata.get("timings", {})
     phases = DEPLOY_PHASES if task.kind == "deploy" else DELETE_PHASES
     for phase in phases:
+        if phase in TRAFFIC_PHASES and phase not in timings and task.phase != phase:
+            continue
         if phase in timings:
             view.add_row(f"[green]✓[/] {phase}", f"{timings[phase]:.2f}")
         elif task.phase == phase:
@@ -66,7 +71,8 @@ class Watcher:
             self._live.__exit__(None, None, None)
 
     def update(self, task: TaskResponse) -> None:
-        key = (task.status, task.phase, _replicas(task))
+        steps = step_lines(task.metadata)
+        key = (task.status, task.phase, _replicas(task), tuple(steps))
         if key != self._last and (self._last is None or key[1] != self._last[1]):
             self._phase_started = time.monotonic()
         if self._live is not None:
@@ -76,7 +82,12 @@ class Watcher:
             parts = [f"{elapsed:6.1f}s", str(task.status)]
             parts += [f"phase {task.phase}"] if task.phase else []
             parts += [_replicas(task)] if _replicas(task) else []
-            self.console.print("  ".join(parts), highlight=False)
+            if self._last is None or key[:3] != self._last[:3]:
+                self.console.print("  ".join(parts), highlight=False)
+            before = self._last[3] if self._last is not None else ()
+            for i, line in enumerate(steps):
+                if i >= len(before) or before[i] != line:
+                    self.console.print(f"{elapsed:6.1f}s  {line}", highlight=False)
         self._last = key
 
     def finish(self, task: TaskResponse) -> None:

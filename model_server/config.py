@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     # machine, so more replicas give more throughput even on two cores.
     test_service_time_ms: float = Field(default=0.0, ge=0, le=60_000)
     test_concurrency: int | None = Field(default=None, gt=0, le=10_000)
+    # Test knob (issue 27), off by default: this share of embedding requests answers 500.
+    test_error_rate: float = Field(default=0.0, ge=0, le=1)
     # The secret every request but /health and /metrics must carry, in GATEWAY_SECRET_HEADER
     # (schemas/replica_auth.py computes it): a worker sets it for each replica; unset (a
     # model server run by hand), nothing is checked.

@@ -1,6 +1,9 @@
 """A simulated capacity per replica, set by the test knobs MODEL_SERVER_TEST_SERVICE_TIME_MS
 and MODEL_SERVER_TEST_CONCURRENCY: for the autoscaling tests and bench/autoscale.py, not
-for production (off unless a knob is set).
+for production (off unless a knob is set). The test knob MODEL_SERVER_TEST_ERROR_RATE makes
+a replica fail that share of its embedding requests with a 500 (the canary tests' bad
+candidate): exactly, not by chance — request n fails when floor(n * rate) steps up, so
+with 0.1 every tenth one does.
 
 Each embedding request holds one of `test_concurrency` slots (the rest queue) for the
 service time, asleep, before it is computed; so one replica serves at most
@@ -20,8 +23,9 @@ EMBED_PATHS = frozenset({"/", "/embed", "/embed_all", "/v1/embeddings"})
 
 def middlewares(settings: Settings) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     """The knob's middleware when a knob is set, else none (no cost on a real server)."""
+    errors = [_error_rate(settings.test_error_rate)] if settings.test_error_rate else []
     if not settings.test_service_time_ms and settings.test_concurrency is None:
-        return []
+        return errors
     delay = settings.test_service_time_ms / 1000
     slots = asyncio.Semaphore(settings.test_concurrency) if settings.test_concurrency else None
 
@@ -36,4 +40,23 @@ def middlewares(settings: Settings) -> list[Callable[..., Awaitable[web.StreamRe
             await asyncio.sleep(delay)
             return await handler(request)
 
-    return [service_time]
+    return [service_time, *errors]
+
+
+def _error_rate(rate: float) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Fail `rate` of the embedding requests (a test knob), spread evenly."""
+    seen = 0
+
+    @web.middleware
+    async def failing(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal seen
+        if request.method != "POST" or request.path not in EMBED_PATHS:
+            return await handler(request)
+        before, seen = seen, seen + 1
+        if int(seen * rate) > int(before * rate):
+            return web.json_response(
+                {"error": "failed by the test knob test_error_rate", "error_type": "Backend"},
+                status=500)
+        return await handler(request)
+
+    return failing

@@ -21,6 +21,9 @@ class ModelSource(BaseModel):
     # requests one replica serves at once, so a replica's capacity is known.
     test_service_time_ms: float | None = Field(default=None, ge=0, le=60_000)
     test_concurrency: int | None = Field(default=None, ge=1, le=1024)
+    # Test knob of the hashing backend: this share of embedding requests answers 500
+    # (a bad canary candidate).
+    test_error_rate: float | None = Field(default=None, ge=0, le=1)
     # Docker image for this model; the runtime's default when empty.
     image: str | None = None
 

@@ -5,11 +5,20 @@ embed a probe set and compares their vectors. `same-space`, the default, keeps t
 generation serving when the new vectors are not interchangeable with the old ones;
 `new-space` flips anyway and says that every index built from the old vectors must be
 embedded again.
+
+Then how the new generation takes the traffic, and what a canary records of each step
+it judged (`metadata.rollout.steps`). `strategy`: `green` (the default: all traffic moves
+at once when the new generation is healthy), `canary` (the new generation takes `steps`
+percent of requests in turn, each for `step_s` and at least `min_requests`, judged
+against the serving generation by worker/canary.py) or `shadow` (`percent` of requests
+are also sent to the new generation for `duration_s`, its answers compared and
+discarded, then the green switch).
 """
 
+from itertools import pairwise
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 # The same-space floors, fixed by issue 26 (clients and scripts count on them).
 MIN_MEAN_COSINE = 0.99
@@ -24,10 +33,65 @@ MAX_PROBE_CHARS = 500
 Compatibility = Literal["same-space", "new-space"]
 ProbeSentence = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROBE_CHARS,
                                                  pattern=r"\S")]
+MAX_STEPS = 20
+
+
+class CanaryConfig(BaseModel):
+    """A canary's steps and the bounds its candidate must keep at each one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[int] = Field(
+        default_factory=lambda: [5, 25, 50, 100], min_length=1, max_length=MAX_STEPS,
+        description="percent of requests the candidate takes, step by step (rising, 1-100);"
+                    " after the last it takes all")
+    step_s: float = Field(default=30.0, ge=1, le=3600,
+                          description="seconds each step lasts at least")
+    min_requests: int = Field(default=100, ge=1, le=1_000_000,
+                              description="candidate requests a step is judged on, at least")
+    max_error_rate_delta: float = Field(
+        default=0.01, ge=0, le=1,
+        description="the candidate's error rate may exceed the serving one's by this much")
+    max_p99_ratio: float = Field(
+        default=1.5, ge=1, le=100,
+        description="the candidate's p99 may be this many times the serving one's")
+    p99_slack_ms: float = Field(
+        default=1.0, ge=0, le=60_000,
+        description="a p99 within this many ms of the serving one's passes whatever the"
+                    " ratio (sub-millisecond answers vary more than they matter)")
+    max_step_s: float | None = Field(
+        default=None, gt=0, le=86_400,
+        description="a step without min_requests by then fails (default: 10 x step_s)")
+
+    @field_validator("steps")
+    @classmethod
+    def _rising(cls, steps: list[int]) -> list[int]:
+        if any(not 1 <= s <= 100 for s in steps):
+            raise ValueError("every step is a percent from 1 to 100")
+        if any(b <= a for a, b in pairwise(steps)):
+            raise ValueError("steps must rise")
+        return steps
+
+    @property
+    def step_deadline_s(self) -> float:
+        return self.max_step_s or 10 * self.step_s
+
+
+class ShadowConfig(BaseModel):
+    """A shadow: a share of requests mirrored to the candidate, whose answers are only
+    compared (cosine with the serving answer) and counted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    percent: float = Field(default=10.0, gt=0, le=100,
+                           description="percent of requests also sent to the candidate")
+    duration_s: float = Field(default=60.0, ge=1, le=86_400,
+                              description="seconds of mirroring before the green switch")
 
 
 class RolloutConfig(BaseModel):
-    """`config.rollout` of a deploy; every field optional."""
+    """`config.rollout`: how a redeploy judges its new generation and hands it the
+    traffic; every field optional."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,3 +104,28 @@ class RolloutConfig(BaseModel):
     probe: list[ProbeSentence] | None = Field(
         default=None, min_length=MIN_PROBE_SENTENCES, max_length=MAX_PROBE_SENTENCES,
         description="sentences both generations embed (default: the bundled probe set)")
+    strategy: Literal["green", "canary", "shadow"] = "green"
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+
+
+class GenerationFigures(BaseModel):
+    """One generation's traffic in one canary step."""
+
+    generation: int
+    requests: int
+    errors: int
+    error_rate: float | None  # None: no requests
+    p50_ms: float | None  # None: no latency histogram or no requests
+    p99_ms: float | None
+
+
+class StepRecord(BaseModel):
+    """One judged canary step, as `metadata.rollout.steps` lists it."""
+
+    weight: int  # percent of requests the candidate took
+    serving: GenerationFigures
+    candidate: GenerationFigures
+    verdict: Literal["pass", "fail", "wait"]  # wait: too few requests yet
+    reasons: list[str] = Field(default_factory=list)  # why it failed (or waits)
+    elapsed_s: float | None = None

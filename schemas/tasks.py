@@ -75,6 +75,8 @@ ACTIVE_DEPLOYMENT_STATES = (DeploymentStatus.starting, DeploymentStatus.in_progr
 class Phase(StrEnum):
     starting_replicas = "starting_replicas"
     health_checking = "health_checking"
+    canary = "canary"  # config.rollout.strategy canary: the steps (worker/traffic_phase.py)
+    shadow = "shadow"  # ... shadow: requests mirrored to the new generation
     switching = "switching"
     draining = "draining"
     removing = "removing"
@@ -159,8 +161,9 @@ class DeploymentConfig(BaseModel):
         description="health-check deadline for this rollout")
     onnx: OnnxOptions | None = Field(
         default=None, description="variant options for a model whose source.backend is onnx")
-    rollout: RolloutConfig | None = Field(
-        default=None, description="how a redeploy judges the new generation before the flip")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="how the new generation takes the traffic: green, canary or shadow")
 
     @field_validator("env")
     @classmethod

@@ -26,8 +26,8 @@ from schemas.queue import (
     WorkerHeartbeat,
     retry_job_id,
 )
-from schemas.tasks import ReplicaState
-from worker import replica_lifecycle, retention
+from schemas.tasks import Phase, ReplicaState
+from worker import replica_lifecycle, retention, traffic_phase
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
 from worker.runtimes.base import ReplicaInfo, manages
@@ -78,7 +78,10 @@ async def release_expired(ctx: WorkerContext) -> int:
 
 
 async def _remove_task_replicas(ctx: WorkerContext, task: tasks.Task) -> None:
-    """Remove the replicas a dead task started, unless they already serve."""
+    """Remove the replicas a dead task started, unless they already serve (a canary's
+    candidate loses its share of traffic first)."""
+    if task.phase in (Phase.canary, Phase.shadow):
+        await traffic_phase.abandon(ctx, task.model_id)
     mine = await replica_lifecycle.starting_of_task(ctx, task.model_id, task.id)
     if mine:
         await replica_lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)

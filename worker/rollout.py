@@ -17,7 +17,7 @@ from uuid import UUID
 
 import structlog
 
-from db import deployments, events, models, replicas, tasks
+from db import deployments, events, models, replicas, tasks, traffic
 from db.errors import UniqueViolation
 from db.models import Model
 from db.pool import transaction
@@ -34,7 +34,7 @@ from schemas.tasks import (
     model_id_shaped,
     replica_count,
 )
-from worker import compatibility, replica_lifecycle
+from worker import compatibility, replica_lifecycle, traffic_phase
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
@@ -174,6 +174,7 @@ async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
         old = await deployments.switch(conn, model.id, generation, name,
                                        config.model_dump(mode="json"),
                                        name_hold_s=ctx.settings.deployment_name_hold_s)
+        await traffic.clear_split(conn, model.id)  # a canary's or shadow's split ends here
     await publish_routes(ctx, model.id)
     return old
 
@@ -232,6 +233,9 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     try:
         started = await bring_up(ctx, progress, model, generation, config)
         await compatibility.gate(ctx, progress, model, generation, started, config)
+        handed = await traffic_phase.hand_over(ctx, progress, model.id, generation, config)
+        if handed is None:
+            return  # a canary step failed: the candidate is gone, the task failed
         await progress.enter(Phase.switching, generation=generation)
         old = await _switch(ctx, model, generation, name, config)
     except (RolloutFailed, UniqueViolation, compatibility.Refused) as exc:
@@ -246,7 +250,7 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
         "generation": generation, "deployment_name": name,
         "endpoint": f"/serve/{name}/embed", "replicas": [r.endpoint for r in started],
         "replicas_current": len(started), "replicas_desired": replica_count(config),
-        "timings": progress.timings,
+        "timings": progress.timings, **handed,
     })
     log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)
 
@@ -264,6 +268,8 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None, reason: s
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
                            {"note": "worker stopped while draining; reconciler removes the rest"})
         return "done"
+    if phase in (Phase.canary, Phase.shadow):
+        await traffic_phase.abandon(ctx, task.model_id)  # all traffic back, drained
     mine = await replica_lifecycle.starting_of_task(ctx, task.model_id, task.id)
     await replica_lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
     if task.kind == TaskKind.deploy:

@@ -14,7 +14,9 @@ to servers added at run time (measured: one new connection to the replica per re
 2-3x the CPU), while declared ones reuse kept-alive connections as nginx does.
 
 A deployment that is not public, has no ready replica (scaled to zero: the Python
-gateway holds the request), has more replicas than a slot has servers, or finds the
+gateway holds the request), has more replicas than a slot has servers, is in a canary or
+shadow rollout (a candidate generation in its route: the Python gateways behind HAProxy
+split, mirror and count per generation, gateway/traffic.py), or finds the
 pool empty is not in the map, so the Python gateway serves it. Map entries that must go
 are removed before anything else changes: a model made private stops being served
 directly on the first command.
@@ -108,8 +110,8 @@ class Programmer:
     async def apply(self, routes: list[Route]) -> None:
         """Make HAProxy route as `routes` say (see the module docstring for the order)."""
         per_slot = self._layout.servers_per_slot
-        direct = {r.model_id: r for r in routes
-                  if r.access_level == "public" and 0 < len(r.replicas) <= per_slot}
+        direct = {r.model_id: r for r in routes if r.candidate is None
+                  and r.access_level == "public" and 0 < len(r.replicas) <= per_slot}
         owners = _owners(routes)
         keys = {key: model_id for key, model_id in owners.items() if model_id in direct}
         for key in [k for k, backend in self._mapped.items()

@@ -1,5 +1,6 @@
 """Must-show 2: the CLI against a running API and worker, run as a user runs it."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from greenroom_client import Client
 from schemas.models import ModelSource
 from schemas.tasks import TaskResponse
+from tests.support.load import run_load
 from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 from worker.runtimes.process import free_port
 
@@ -83,6 +85,32 @@ async def test_deploy_wait_prints_the_phases_of_a_real_rollout(
     assert TaskResponse.model_validate_json(gone.stdout).status == "done"
 
 
+async def test_deploy_canary_wait_shows_each_step_live(
+        greenroom: Any, gateway: str, admin_password: str, tmp_path: Path) -> None:
+    """Issue 27: `--canary 50,100 --step 1s` under 30 requests a second: each step's line,
+    both generations' figures, as it is judged; the canary phase ticked with its seconds."""
+    _login(greenroom, admin_password, tmp_path)
+    done = greenroom("models", "register", "cli-canary", "--backend", "hashing",
+                     "--dimension", "8", "--public")
+    assert done.returncode == 0, done.stderr
+    assert greenroom("deploy", "admin/cli-canary", "--wait").returncode == 0
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(f"{gateway}/serve/cli-canary/embed", 30, 120,
+                                        concurrency=100, stop=stop))
+    done = await asyncio.to_thread(greenroom, "deploy", "admin/cli-canary", "--canary",
+                                   "50,100", "--step", "1s", "--min-requests", "5",
+                                   # the shared test machine's jitter is tens of ms
+                                   "--p99-slack-ms", "50", "--wait")
+    stop.set()
+    assert (await load).failures == []
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "✓ canary" in out, out
+    for step in (" 50 % passed", "100 % passed"):
+        line = next((x for x in out.splitlines() if step in x), "")
+        assert "gen 1:" in line and "gen 2:" in line and "p99" in line, out
+
+
 async def test_a_failing_rollout_exits_1_with_the_detail(
         greenroom: Any, stack: str, admin_password: str, tmp_path: Path) -> None:
     _login(greenroom, admin_password, tmp_path)
@@ -107,6 +135,9 @@ async def test_a_failing_rollout_exits_1_with_the_detail(
     (["deploy", "admin/x", "--replicas", "0"], "invalid replicas: Input should be greater"),
     (["deploy", "admin/x", "--replicas", "many"], "invalid int value: 'many'"),
     (["deploy"], "the following arguments are required: model"),
+    (["deploy", "admin/x", "--canary", "50,25"], "invalid canary.steps: Value error, steps must"),
+    (["deploy", "admin/x", "--canary", "5,x"], "not a list of percents: '5,x'"),
+    (["deploy", "admin/x", "--canary", "5", "--shadow", "10"], "two strategies"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["tasks", "show", "not-a-task"], "[HTTP 4"),
     (["models", "show", "admin/nothing"], "[HTTP 404]"),

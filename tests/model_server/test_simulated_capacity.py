@@ -38,3 +38,18 @@ async def test_off_by_default(make_client: Callable[..., Any]) -> None:
     started = time.perf_counter()
     await asyncio.gather(*(client.post("/embed", json={"inputs": "x"}) for _ in range(8)))
     assert time.perf_counter() - started < 0.3
+
+
+async def test_error_rate_fails_that_share_evenly(make_client: Callable[..., Any]) -> None:
+    client = await make_client(hashing_settings(test_error_rate=0.1))
+    await wait_until_healthy(client)
+    statuses = []
+    for _ in range(40):
+        resp = await client.post("/embed", json={"inputs": "x"})
+        body = await resp.json()
+        statuses.append(resp.status)
+        if resp.status == 500:
+            assert "test_error_rate" in body["error"]
+    # Exactly every tenth request fails; /health is untouched.
+    assert [i for i, s in enumerate(statuses) if s != 200] == [9, 19, 29, 39]
+    assert (await client.get("/health")).status == 200

@@ -8,7 +8,7 @@ start more than the limit allows.
 
 from uuid import UUID
 
-from db import events, owner_quotas
+from db import events, owner_quotas, replicas
 from db.models import Model
 from schemas import quotas
 from schemas.quotas import Use
@@ -39,6 +39,13 @@ async def check_rollout(ctx: WorkerContext, model: Model, config: DeploymentConf
         return
     limits, others = found
     wanted = quotas.demand(config, model.source.get("backend"), ctx.settings.replica_memory_mb)
+    if config.rollout.strategy != "green":
+        # A canary or shadow runs both generations for its whole traffic phase (a green
+        # rollout only for its switch): the quota must hold the serving one's replicas too.
+        serving = await replicas.count_serving(ctx.pool, model.id)
+        per_replica = quotas.replica_memory_mb(config.memory, model.source.get("backend"),
+                                               ctx.settings.replica_memory_mb)
+        wanted = wanted + Use(replicas=serving, memory_mb=serving * per_replica)
     quotas.check(limits, others, wanted)
 
 

@@ -118,6 +118,8 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
         env["MODEL_SERVER_TEST_SERVICE_TIME_MS"] = str(source["test_service_time_ms"])
     if source.get("test_concurrency") is not None:
         env["MODEL_SERVER_TEST_CONCURRENCY"] = str(source["test_concurrency"])
+    if source.get("test_error_rate") is not None:
+        env["MODEL_SERVER_TEST_ERROR_RATE"] = str(source["test_error_rate"])
     env |= onnx_env(source)
     return replica_env(env, spec.env)
 

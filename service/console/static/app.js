@@ -6,6 +6,7 @@ import { Live } from "./live.js";
 import { chart, generationsChart } from "./timeline.js";
 import { seriesPanel } from "./series.js";
 import { embedJobsView } from "./embed_jobs.js";
+import { rolloutView } from "./rollout.js";
 
 const view = document.getElementById("view");
 const liveEl = document.getElementById("live");
@@ -392,6 +393,7 @@ function taskView(taskId) {
           h("dd", { id: "task-generation" }, task.metadata.generation)] : null,
         h("dt", {}, "Duration"), h("dd", {}, seconds(((task.finished_at ? Date.parse(task.finished_at) / 1000 : serverNow()) - Date.parse(task.created_at) / 1000)))),
       h("section", { "aria-labelledby": "tl-title" }, h("h2", { id: "tl-title" }, "Timeline"), chartBox),
+      rolloutView(task.metadata.rollout),
       failed && task.detail ? h("section", { class: "failure", "aria-labelledby": "why-title" },
         h("h2", { id: "why-title" }, "Why it stopped"),
         h("p", { id: "task-detail", role: "alert" }, reason),

@@ -1,0 +1,231 @@
+"""Issue 27 at the gateway: a route with a candidate generation splits requests by weight,
+mirrors a share in shadow, and counts per generation (requests, errors, latency), in the
+GatewayReport the canary judge reads. Real gateway process, real hashing replicas."""
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from db import deployments, replicas, traffic
+from db.deployments import Route
+from db.traffic import Candidate, Split
+from gateway.haproxy.programmer import Programmer
+from gateway.traffic import cosines, split
+from schemas.gateway import read_reports
+from schemas.queue import ROUTES_CHANNEL, RoutesChanged
+from schemas.settings import Settings
+from schemas.tasks import ReplicaState
+from tests.conftest import Proc, start_gateway
+from tests.gateway.test_gateway_answers import _until_routed, serve_from
+from tests.gateway.test_haproxy_programmer import RecordingApi, _layout, _route
+from tests.model_server.conftest import poll_health, start_server
+
+A, B = (uuid4(), "http://127.0.0.1:1"), (uuid4(), "http://127.0.0.1:2")
+
+
+def _canary(weight: int, shadow: float = 0.0, replicas: list[tuple[UUID, str]] | None = None
+            ) -> Route:
+    return Route(uuid4(), "m", "alice/m", 1, "public", [A],
+                 candidate=Candidate(Split(2, weight, shadow), [B] if replicas is None
+                                     else replicas))
+
+
+def test_split_gives_the_candidate_its_weight_and_falls_back() -> None:
+    route = _canary(25)
+    picks = Counter(split(route, draw / 10)[0] for draw in range(1000))
+    assert picks == {2: 250, 1: 750}
+    assert split(_canary(0, shadow=50), 0.0)[0] == 1  # a shadow takes no request itself
+    assert split(_canary(100), 99.9)[0] == 2
+    # No ready candidate replica: the serving generation takes all.
+    assert split(_canary(100, replicas=[]), 0.0) == (1, [A])
+    with pytest.raises(ValueError, match="percents"):
+        Split(2, 101)
+
+
+def test_cosines_compare_embed_and_openai_answers() -> None:
+    assert cosines(b"[[1, 0], [0, 2]]", b"[[2, 0], [0, 1]]") == [1.0, 1.0]
+    assert cosines(b"[[1, 0]]", b"[[0, 1]]") == [0.0]
+    openai = json.dumps({"data": [{"embedding": [3, 4]}]}).encode()
+    assert cosines(openai, b"[[3, 4]]") == pytest.approx([1.0])
+    for other in (b"[[1, 0], [0, 1]]", b"[[1, 0, 0]]", b"{}", b"not json", b'[["a", 1]]'):
+        assert cosines(b"[[1, 0]]", other) is None
+
+
+async def test_haproxy_leaves_a_route_in_canary_to_its_python_gateways(tmp_path: Path) -> None:
+    """HAProxy's slots hold one generation each: a canary's route leaves the direct map
+    (the Python gateways behind it split and count) and comes back after."""
+    api = RecordingApi()
+    programmer = Programmer(api, _layout(tmp_path))
+    first, _ = _route(1, [7001])
+    await programmer.apply([first])
+    api.sent.clear()
+    in_canary = Route(first.model_id, first.name, first.identifier, 1, "public",
+                      first.replicas, candidate=Candidate(Split(2, 5), [B]))
+    await programmer.apply([in_canary])
+    direct = tmp_path / "direct.map"
+    assert api.sent[:2] == [f"del map {direct} m", f"del map {direct} {first.model_id}"]
+    second, _ = _route(2, [7002])
+    await programmer.apply([second])
+    assert f"add map {direct} m slot1" in api.sent
+
+
+@contextlib.asynccontextmanager
+async def replica(http: aiohttp.ClientSession, tmp_path: Path, **env: str
+                  ) -> AsyncIterator[str]:
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing", MODEL_SERVER_DIMENSION="8",
+                          **env)
+    try:
+        await poll_health(http, server)
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def candidate_generation(pool: asyncpg.Pool, model_id: UUID, name: str,
+                               endpoint: str) -> tuple[int, UUID]:
+    """A next generation with one ready replica at `endpoint`, not serving."""
+    _, generation = await deployments.begin_generation(pool, model_id, name)
+    replica_id = uuid4()
+    await replicas.insert(pool, replica_id=replica_id, model_id=model_id,
+                          generation=generation, task_id=None, runtime="process")
+    await replicas.set_started(pool, replica_id, "test", endpoint)
+    await replicas.set_state(pool, [replica_id], ReplicaState.ready)
+    return generation, replica_id
+
+
+async def _set(pool: asyncpg.Pool, redis: Redis, model_id: UUID, value: Split | None) -> None:
+    if value is None:
+        await traffic.clear_split(pool, model_id)
+    else:
+        await traffic.set_split(pool, model_id, value)
+    await redis.publish(ROUTES_CHANNEL, RoutesChanged(model_id).encode())
+    await asyncio.sleep(0.3)  # the gateway reloads on the notice
+
+
+async def _traffic(redis: Redis, model_id: UUID) -> dict[str, Any]:
+    await asyncio.sleep(1.2)  # a report every second
+    reports = await read_reports(redis)
+    return {gen: t for r in reports for gen, t in r.traffic.get(str(model_id), {}).items()}
+
+
+@pytest.mark.timeout(120)
+async def test_weighted_split_shadow_and_per_generation_counts(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path, settings: Settings) -> None:
+    model_id = await hashing_model("split")
+    redis = Redis.from_url(settings.redis_url or "")
+    async with replica(http, tmp_path) as serving_url, \
+            replica(http, tmp_path, MODEL_SERVER_TEST_ERROR_RATE="0.5") as candidate_url:
+        serving_ids = await serve_from(pool, model_id, "split", [serving_url])
+        generation, candidate_id = await candidate_generation(pool, model_id, "split",
+                                                              candidate_url)
+        base = await start_gateway(spawn, http)
+        url = f"{base}/serve/split/embed"
+        await _until_routed(http, url, {"inputs": "x"})
+
+        # Canary at 30 %: the candidate answers about 30 % (a binomial's 4 sd either way),
+        # and half of those fail (its test knob); the gateway counts both generations.
+        await _set(pool, redis, model_id, Split(generation, 30))
+        before = await _traffic(redis, model_id)
+        seen: Counter[tuple[str, int]] = Counter()
+        for _ in range(200):
+            async with http.post(url, json={"inputs": "x"}) as resp:
+                await resp.read()
+                seen[(resp.headers.get("X-Greenroom-Replica", ""), resp.status)] += 1
+        to_candidate = sum(n for (rid, _), n in seen.items() if rid == str(candidate_id))
+        assert 34 <= to_candidate <= 86, seen
+        after = await _traffic(redis, model_id)
+        serving_gen = str(generation - 1)
+        served = after[serving_gen].since(before[serving_gen])
+        tried = after[str(generation)].since(before.get(str(generation))
+                                             or type(after[str(generation)])())
+        assert served is not None and tried is not None
+        assert served.requests + tried.requests == 200
+        assert tried.requests == to_candidate and served.errors == 0
+        assert tried.errors == sum(n for (_, status), n in seen.items() if status == 500)
+        assert abs(tried.errors - to_candidate / 2) <= 1
+        assert sum(tried.latency.buckets) == tried.requests
+
+        # Shadow at 50 %: every answer is the serving generation's; the candidate sees
+        # about half the requests, answers discarded, its good ones compared (cosine 1:
+        # the same hashing backend).
+        await _set(pool, redis, model_id, Split(generation, 0, shadow_percent=50))
+        before = await _traffic(redis, model_id)
+        for _ in range(200):
+            async with http.post(url, json={"inputs": ["a", "b"]}) as resp:
+                await resp.read()
+                assert resp.status == 200
+                assert resp.headers["X-Greenroom-Replica"] == str(serving_ids[0])
+        after = await _traffic(redis, model_id)
+        mirrored = after[str(generation)].since(before[str(generation)])
+        assert mirrored is not None
+        assert 60 <= mirrored.requests <= 140, mirrored
+        good = mirrored.requests - mirrored.errors
+        assert mirrored.compared == 2 * good and abs(mirrored.cosine_sum - 2 * good) < 1e-6
+
+        # Back to the serving generation alone.
+        await _set(pool, redis, model_id, None)
+        for _ in range(20):
+            async with http.post(url, json={"inputs": "x"}) as resp:
+                assert resp.headers["X-Greenroom-Replica"] == str(serving_ids[0])
+    await redis.aclose()
+
+
+def test_an_unreadable_split_is_no_split() -> None:
+    from db.traffic import split_of
+
+    assert split_of('{"generation": 3, "weight": 5}') == Split(3, 5)
+    assert split_of({"generation": 3, "shadow_percent": 10}) == Split(3, 0, 10.0)
+    for bad in ('"text"', "[]", '{"weight": 5}', '{"generation": 2, "weight": 500}', "{"):
+        assert split_of(bad) is None, bad
+
+
+@pytest.mark.timeout(120)
+async def test_haproxy_splits_a_canary_through_its_python_gateways(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path, settings: Settings) -> None:
+    """The HAProxy engine: a deployment in canary goes to the Python gateways behind it,
+    which split and count; after the split it is served by HAProxy's slot again."""
+    from gateway.haproxy.controller import find_haproxy
+
+    if find_haproxy(Settings()) is None:
+        pytest.skip("haproxy is not installed")
+    model_id = await hashing_model("hasplit")
+    redis = Redis.from_url(settings.redis_url or "")
+    async with replica(http, tmp_path) as serving_url, \
+            replica(http, tmp_path) as candidate_url:
+        serving_ids = await serve_from(pool, model_id, "hasplit", [serving_url])
+        generation, candidate_id = await candidate_generation(pool, model_id, "hasplit",
+                                                              candidate_url)
+        base = await start_gateway(spawn, http, gateway_engine="haproxy", haproxy_slots=4)
+        url = f"{base}/serve/hasplit/embed"
+        await _until_routed(http, url, {"inputs": "x"})
+        await _set(pool, redis, model_id, Split(generation, 50))
+        await asyncio.sleep(0.5)  # the controller's reload
+        before = await _traffic(redis, model_id)
+        seen: Counter[str] = Counter()
+        for _ in range(100):
+            async with http.post(url, json={"inputs": "x"}) as resp:
+                assert resp.status == 200
+                seen[resp.headers["X-Greenroom-Replica"]] += 1
+        assert 25 <= seen[str(candidate_id)] <= 75, seen
+        after = await _traffic(redis, model_id)
+        counted = after[str(generation)].since(before.get(str(generation))
+                                               or type(after[str(generation)])())
+        assert counted is not None and counted.requests == seen[str(candidate_id)]
+        await _set(pool, redis, model_id, None)
+        await asyncio.sleep(0.5)
+        for _ in range(20):
+            async with http.post(url, json={"inputs": "x"}) as resp:
+                assert resp.headers["X-Greenroom-Replica"] == str(serving_ids[0])
+    await redis.aclose()
