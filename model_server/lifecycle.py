@@ -104,6 +104,8 @@ def _start_batcher(backend: Embedder, settings: Settings, metrics: Metrics) -> B
         metrics=metrics,
         max_batch_tokens=settings.max_batch_tokens,
         lengths=functools.partial(_truncated_lengths, backend),
+        batch_lane_every=settings.batch_lane_every,
+        interactive_reserve=settings.batch_lane_reserve,
     )
     batcher.start()
     return batcher

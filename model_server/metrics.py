@@ -49,6 +49,18 @@ class Metrics:
             "model_server_queue_depth", "Inputs waiting for a batch", registry=r
         )
         self.embeddings = Counter("model_server_embeddings", "Inputs embedded", registry=r)
+        # Issue 29: work dropped from a lane's queue, never computed.
+        self.expired = Counter(
+            "model_server_expired",
+            "Requests dropped before compute because their X-Request-Timeout passed",
+            ["lane"], registry=r)
+        self.abandoned = Counter(
+            "model_server_abandoned",
+            "Requests dropped before compute because their caller disconnected",
+            ["lane"], registry=r)
+        self.lane_batches = Counter(
+            "model_server_lane_inputs",
+            "Inputs computed, by lane", ["lane"], registry=r)
         self._counters: dict[tuple[str, int], Any] = {}
         self._latencies: dict[str, Any] = {}
         # Gauges read at scrape time: a locked set per request would cost every request.
