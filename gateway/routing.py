@@ -36,6 +36,7 @@ from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamEr
 from schemas import replica_auth
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
+from schemas.lanes import PRIORITY_HEADER, TIMEOUT_HEADER, TOKENS_HEADER
 from schemas.queue import (
     AUTH_CHANNEL,
     GATEWAY_KEY_PREFIX,
@@ -46,7 +47,7 @@ from schemas.queue import (
 
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 3
-_FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
+_FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id", PRIORITY_HEADER)
 _ROUTES, _AUTH = ROUTES_CHANNEL.encode(), AUTH_CHANNEL.encode()
 
 
@@ -148,15 +149,16 @@ class Gateway:
         return best
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
-                      headers: Mapping[str, str]) -> web.Response:
+                      headers: Mapping[str, str],
+                      deadline: float | None = None) -> web.Response:
         """Send the request to the least busy replica; retry elsewhere only if it cannot
-        connect (once written, a request is never sent again: review M6)."""
+        connect (once written, a request is never sent again: review M6). A `deadline`
+        (time.monotonic(); gateway/admission.py) bounds a hold and its rest goes on to the
+        replica as X-Request-Timeout."""
         if not route.replicas and route.scales_to_zero:
-            route = await self.holds.hold(route, self._held_changed, self.lookup)
+            route = await self._hold(route, deadline)
         tried: set[UUID] = set()
-        forward_headers = forwarded(headers)
-        if self._secret_key is not None:
-            forward_headers[replica_auth.HEADER] = self._secret(route)
+        forward_headers = self._headers(route, headers, deadline)
         started, metrics = time.perf_counter(), self.metrics
         for _ in range(MAX_ATTEMPTS):
             replica_id, endpoint = self._pick(route, tried)
@@ -186,9 +188,29 @@ class Gateway:
                                headers={"X-Greenroom-Replica": str(replica_id)})
             if answer.content_type:
                 out.headers["Content-Type"] = answer.content_type
+            if answer.tokens is not None:
+                out.headers[TOKENS_HEADER] = answer.tokens
             return out
         metrics.requests.labels(route.name, "502").inc()
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
+
+    def _headers(self, route: Route, headers: Mapping[str, str],
+                 deadline: float | None) -> dict[str, str]:
+        """What goes to the replica: the caller's headers fit to pass on, the rest of the
+        deadline and the generation's secret."""
+        out = forwarded(headers)
+        if deadline is not None:
+            out[TIMEOUT_HEADER] = f"{max(0.001, deadline - time.monotonic()):.3f}"
+        if self._secret_key is not None:
+            out[replica_auth.HEADER] = self._secret(route)
+        return out
+
+    async def _hold(self, route: Route, deadline: float | None) -> Route:
+        try:
+            return await self.holds.hold(route, self._held_changed, self.lookup, deadline)
+        except UpstreamTimeout:  # the deadline passed while held (issue 29)
+            self.metrics.expired.labels(route.name).inc()
+            raise
 
     def _secret(self, route: Route) -> str:
         key = (route.model_id, route.generation)

@@ -275,7 +275,8 @@ def error_response(status: int, message: str, detail: Any = None, path: str = ""
 
 
 _ERROR_TYPES: dict[type[ModelServerError], str] = {
-    QueueFull: "Overloaded", DeadlineExceeded: "Backend", NotReady: "Unhealthy", ShuttingDown: "Unhealthy",
+    QueueFull: "Overloaded", DeadlineExceeded: "Backend", NotReady: "Unhealthy",
+    ShuttingDown: "Unhealthy",
     MalformedRequest: "Validation", InvalidRequest: "Validation",
     PayloadTooLarge: "Validation", NotFromGateway: "Unauthorized",
 }

@@ -1,0 +1,128 @@
+"""Issue 29 at the Python gateway, real gateway and replica processes: the lane a key and a
+header choose reaches the replica, a batch-lane key cannot raise itself, per-key limits are
+429 with Retry-After and x-ratelimit-* headers, and a deadline ends a hold with a 504."""
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from db import api_keys, deployments
+from edge.auth.authentication import hash_api_key
+from schemas.lanes import PRIORITY_HEADER, TIMEOUT_HEADER
+from tests.conftest import Proc, start_gateway
+
+from .test_gateway_answers import _until_routed, hashing_replica, serve_from
+
+
+async def _key(pool: asyncpg.Pool, name: str, **traits: Any) -> str:
+    user_id = await pool.fetchval("SELECT id FROM users WHERE username = 'alice'")
+    key = f"gr_{name}_" + "k" * 32
+    await api_keys.insert(pool, user_id=user_id, key_hash=hash_api_key(key), name=name,
+                          expires_at=None, **traits)
+    return key
+
+
+async def _lane_counts(http: aiohttp.ClientSession, replica: str) -> dict[str, float]:
+    async with http.get(f"{replica}/metrics") as resp:
+        text = await resp.text()
+    return {lane: float(value) for lane, value in
+            re.findall(r'model_server_lane_inputs_total\{lane="(\w+)"\} (\S+)', text)}
+
+
+@pytest.mark.timeout(120)
+async def test_lanes_reach_the_replica_and_per_key_limits_answer_429_with_their_headers(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    model_id = await hashing_model("lanes")
+    ingest = await _key(pool, "ingest", lane="batch")
+    query = await _key(pool, "query")
+    limited = await _key(pool, "limited", requests_per_s=2.0)
+    thrifty = await _key(pool, "thrifty", tokens_per_s=5.0)
+    async with hashing_replica(http, tmp_path) as replica:
+        await serve_from(pool, model_id, "lanes", [replica])
+        base = await start_gateway(spawn, http)
+        url = f"{base}/serve/lanes/embed"
+        status, _ = await _until_routed(http, url, {"inputs": "warm"})
+        assert status == 200
+        before = await _lane_counts(http, replica)
+
+        async def embed(key: str, lane: str | None = None, inputs: int = 1,
+                        path: str = "/serve/lanes/embed") -> aiohttp.ClientResponse:
+            headers = {"Authorization": f"Bearer {key}"}
+            if lane is not None:
+                headers[PRIORITY_HEADER] = lane
+            body: dict[str, Any] = {"inputs": ["one two three"] * inputs}
+            if path == "/v1/embeddings":
+                body = {"model": "lanes", "input": body["inputs"]}
+            async with http.post(f"{base}{path}", json=body, headers=headers) as resp:
+                await resp.read()
+                return resp
+
+        # A batch-lane key asking for interactive stays in the batch lane (2 inputs);
+        # an interactive key lowers itself with the header (3 inputs), or is interactive.
+        assert (await embed(ingest, "interactive", inputs=2)).status == 200
+        assert (await embed(query, "batch", inputs=3, path="/v1/embeddings")).status == 200
+        assert (await embed(query, inputs=4)).status == 200
+        after = await _lane_counts(http, replica)
+        assert after["batch"] - before.get("batch", 0) == 5
+        assert after["interactive"] - before.get("interactive", 0) == 4
+        refused = await embed(query, "urgent")
+        assert refused.status == 422
+
+        # 2 requests/s, a bucket of one second: the third at once is refused.
+        answers = [await embed(limited) for _ in range(3)]
+        assert [a.status for a in answers] == [200, 200, 429]
+        assert answers[0].headers["x-ratelimit-limit-requests"] == "2"
+        assert answers[0].headers["x-ratelimit-remaining-requests"] == "1"
+        over = answers[2]
+        assert int(over.headers["Retry-After"]) >= 1
+        assert over.headers["x-ratelimit-remaining-requests"] == "0"
+        async with http.post(url, json={"inputs": "x"},
+                             headers={"Authorization": f"Bearer {limited}"}) as resp:
+            body = await resp.json()
+            assert resp.status == 429 and body["status_code"] == 429, body
+            assert body["error_type"] == "Overloaded"
+        # Another key is not limited by this one's use.
+        assert (await embed(query)).status == 200
+
+        # 5 tokens/s: the first request (the replica says how many it cost) takes the
+        # bucket into debt, the next waits until it is paid back.
+        first = await embed(thrifty, inputs=4)
+        assert first.status == 200 and int(first.headers["X-Greenroom-Tokens"]) > 5
+        second = await embed(thrifty)
+        assert second.status == 429
+        assert int(second.headers["Retry-After"]) >= 1
+        assert second.headers["x-ratelimit-limit-tokens"] == "5"
+
+
+@pytest.mark.timeout(60)
+async def test_a_deadline_ends_the_hold_for_a_deployment_at_zero_with_a_504(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None) -> None:
+    model_id = await hashing_model("asleep")
+    _, generation = await deployments.begin_generation(pool, model_id, "asleep")
+    await deployments.switch(pool, model_id, generation, "asleep",
+                             {"autoscaling_enabled": True, "autoscaling_min": 0})
+    base = await start_gateway(spawn, http, gateway_hold_timeout_s=30)
+    for _ in range(100):  # until the gateway has the route (a 404 before)
+        started = time.monotonic()
+        async with http.post(f"{base}/v1/embeddings", json={"model": "asleep", "input": "x"},
+                             headers={TIMEOUT_HEADER: "0.3"}) as resp:
+            status, body = resp.status, await resp.json()
+        if status != 404:
+            break
+        await asyncio.sleep(0.05)
+    waited = time.monotonic() - started
+    assert status == 504, body
+    assert body["code"] == 504 and "X-Request-Timeout" in body["message"]
+    assert 0.25 < waited < 5
+    async with http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    assert 'greenroom_gateway_expired_total{deployment="asleep"} 1.0' in text
