@@ -18,7 +18,7 @@ from edge.auth.authentication import hash_api_key
 from schemas.lanes import PRIORITY_HEADER, TIMEOUT_HEADER
 from tests.conftest import Proc, start_gateway
 
-from .test_gateway_answers import _until_routed, hashing_replica, serve_from
+from .test_gateway_answers import ENGINES, _start, _until_routed, hashing_replica, serve_from
 
 
 async def _key(pool: asyncpg.Pool, name: str, **traits: Any) -> str:
@@ -126,3 +126,24 @@ async def test_a_deadline_ends_the_hold_for_a_deployment_at_zero_with_a_504(
     async with http.get(f"{base}/metrics") as resp:
         text = await resp.text()
     assert 'greenroom_gateway_expired_total{deployment="asleep"} 1.0' in text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_the_lane_header_reaches_the_replica_through_either_engine(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path, engine: str) -> None:
+    """An anonymous caller of a public deployment (HAProxy serves it directly) lowers its
+    request to the batch lane; a deadline too short for the queue is the replica's 504."""
+    model_id = await hashing_model("either")
+    async with hashing_replica(http, tmp_path) as replica:
+        await serve_from(pool, model_id, "either", [replica])
+        base = await _start(spawn, http, engine)
+        url = f"{base}/serve/either/embed"
+        assert (await _until_routed(http, url, {"inputs": "warm"}))[0] == 200
+        before = await _lane_counts(http, replica)
+        async with http.post(url, json={"inputs": ["a", "b"]},
+                             headers={PRIORITY_HEADER: "batch", TIMEOUT_HEADER: "5"}) as resp:
+            assert resp.status == 200, await resp.text()
+        after = await _lane_counts(http, replica)
+        assert after["batch"] - before.get("batch", 0) == 2
