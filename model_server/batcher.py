@@ -26,6 +26,16 @@ class _Job:
     lane: Lane = "interactive"
     deadline: float | None = None  # time.monotonic() past which it is not computed
     enqueued_at: float = field(default_factory=time.monotonic)
+    taken: int = 0  # inputs handed to batches so far (a request may span batches)
+    parts: list[Embeddings] = field(default_factory=list)  # their results, in order
+
+    @property
+    def left(self) -> int:
+        return len(self.texts) - self.taken
+
+
+# A part of a request in a batch: the job and its inputs [start, stop).
+_Slice = tuple[_Job, int, int]
 
 
 class Batcher:
@@ -44,13 +54,15 @@ class Batcher:
     client never waits, and demand seen only before an idle spell is forgotten.
 
     Lanes (issue 29, model_server/lanes.py): each lane is a first-come queue, and a batch
-    is filled from the interactive lane first, then from the batch lane. The batch lane is
-    never starved: after ``batch_lane_every`` batches in a row that took none of its work
-    while it had some queued, the next batch is filled from the batch lane first. So the
-    request at the head of the batch lane waits at most ``batch_lane_every + 1`` batches
-    (plus ``max_wait_s``) however much interactive work arrives, and an interactive request
-    waits at most for the batch computing now and, once in ``batch_lane_every + 1``
-    batches, one more. The batch lane is admitted up to ``queue_limit -
+    is filled from the interactive lane first, then from the batch lane; a request that
+    does not fit whole gives the batch what fits and keeps the rest at the head of its
+    lane. The batch lane is never starved: after ``batch_lane_every`` batches in a row
+    that took none of its work while it had some queued (interactive work alone filled
+    them), the next batch is filled from the batch lane first. So the request at the head
+    of the batch lane is in a batch within ``batch_lane_every + 1`` batches (plus
+    ``max_wait_s``) however much interactive work arrives, and an interactive request
+    waits for the batch computing now, and only when interactive work alone fills
+    batches, once in ``batch_lane_every + 1`` batches, for one more. The batch lane is admitted up to ``queue_limit -
     interactive_reserve`` inputs, so a bulk client filling its lane never makes an
     interactive request a 429.
 
@@ -148,7 +160,7 @@ class Batcher:
             return False  # taken already: it is computing (or was dropped)
         if not job.future.done():
             job.future.cancel()
-        self._set_queued(self._queued - len(job.texts))
+        self._set_queued(self._queued - job.left)
         return True
 
     def _admit(self, count: int, lane: Lane = "interactive") -> None:
@@ -194,9 +206,9 @@ class Batcher:
             if not self._queued:  # every queued request left before the loop woke
                 continue
             await self._wait_to_fill()
-            jobs = self._take()
-            if jobs:
-                await self._compute(loop, jobs)
+            slices = self._take()
+            if slices:
+                await self._compute(loop, slices)
 
     async def _wait_to_fill(self) -> None:
         """Wait until the demand target is queued or ``max_wait_s`` has passed since the
@@ -211,42 +223,48 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._filled.wait(), remaining)
 
-    def _take(self) -> list[_Job]:
-        """Pop jobs for one batch: whole requests, up to ``max_batch_size`` inputs, from
-        the interactive lane first (the batch lane first when it is owed a batch)."""
+    def _take(self) -> list[_Slice]:
+        """Inputs for one batch, up to ``max_batch_size``, from the interactive lane first
+        (the batch lane first when it is owed a batch). A request that does not fit whole
+        gives the batch what fits and stays at the head of its lane with the rest, so
+        every batch is full while work waits and queries never wait for a slot."""
         waiting = self._lanes["batch"]
         owed = bool(waiting) and self._batch_lane_skipped >= self._batch_lane_every
         order: tuple[Lane, ...] = ("batch", "interactive") if owed else LANES
-        jobs: list[_Job] = []
+        slices: list[_Slice] = []
         size = 0
         now = time.monotonic()
         for lane in order:
             queue = self._lanes[lane]
-            while queue:
+            while queue and size < self._max_batch_size:
                 job = queue[0]
-                if jobs and size + len(job.texts) > self._max_batch_size:
-                    break
-                queue.popleft()
-                if job.future.done():  # a cancelled request needs no compute
+                if job.future.done():  # cancelled, or failed in an earlier batch
+                    queue.popleft()
                     continue
                 if job.deadline is not None and job.deadline <= now:
+                    queue.popleft()
                     self._metrics.expired.labels(lane).inc()
                     job.future.set_exception(DeadlineExceeded(
                         "the request's X-Request-Timeout passed before it was computed"))
                     continue
-                jobs.append(job)
-                size += len(job.texts)
-        if any(job.lane == "batch" for job in jobs) or not waiting:
+                count = min(job.left, self._max_batch_size - size)
+                slices.append((job, job.taken, job.taken + count))
+                job.taken += count
+                size += count
+                if not job.left:
+                    queue.popleft()
+        if any(job.lane == "batch" for job, _, _ in slices) or not waiting:
             self._batch_lane_skipped = 0
         else:
             self._batch_lane_skipped += 1
         self._computing = size
-        self._set_queued(sum(len(job.texts) for q in self._lanes.values() for job in q))
+        self._set_queued(sum(job.left for q in self._lanes.values() for job in q))
         self._demand = self._queued + self._computing
-        return jobs
+        return slices
 
-    async def _compute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
-        texts = [text for job in jobs for text in job.texts]
+    async def _compute(self, loop: asyncio.AbstractEventLoop, slices: list[_Slice]) -> None:
+        texts = [text for job, start, stop in slices for text in job.texts[start:stop]]
+        jobs = [job for job, _, _ in slices]
         self._metrics.batch_size.observe(len(texts))
         started = time.perf_counter()
         try:
@@ -262,9 +280,9 @@ class Batcher:
             self._free_since = time.monotonic()
             self._metrics.batch_seconds.observe(time.perf_counter() - started)
         self._metrics.embeddings.inc(len(texts))
-        for job in jobs:
-            self._metrics.lane_batches.labels(job.lane).inc(len(job.texts))
-        _deliver(jobs, result)
+        for job, start, stop in slices:
+            self._metrics.lane_batches.labels(job.lane).inc(stop - start)
+        _deliver(slices, result)
 
     def _embed_chunked(self, texts: list[str]) -> Embeddings:
         """Runs on the compute thread; one request may exceed a batch, so chunk it."""
@@ -298,13 +316,21 @@ def plan_chunks(
     return order, chunks
 
 
-def _deliver(jobs: list[_Job], result: Embeddings) -> None:
-    start = 0
-    for job in jobs:
-        stop = start + len(job.texts)
-        if not job.future.done():
-            job.future.set_result(result.slice(start, stop))
-        start = stop
+def _deliver(slices: list[_Slice], result: Embeddings) -> None:
+    """Each slice's rows to its request; a request is answered with its last part (the
+    batches are computed one at a time, so its earlier parts are in already)."""
+    at = 0
+    for job, start, stop in slices:
+        rows = result.slice(at, at + stop - start)
+        at += stop - start
+        if job.future.done():
+            continue
+        if start == 0 and stop == len(job.texts):
+            job.future.set_result(rows)
+            continue
+        job.parts.append(rows)
+        if stop == len(job.texts):
+            job.future.set_result(Embeddings.concat(job.parts))
 
 
 def _fail(jobs: list[_Job], exc: BaseException) -> None:

@@ -72,14 +72,21 @@ async def test_an_interactive_request_is_computed_before_batch_work_queued_earli
     await asyncio.sleep(0.01)
     recorder.release.set()
     await asyncio.gather(first, query, *bulk)
-    assert recorder.passes[1] == ["query"]  # a whole batch-lane request did not fit
-    assert recorder.passes[2:] == [[f"b{i}.{j}" for j in range(4)] for i in range(3)]
+    # The query first, then what fits of the batch lane: its head request spans batches.
+    assert recorder.passes[1] == ["query", "b0.0", "b0.1", "b0.2"]
+    assert recorder.passes[2] == ["b0.3", "b1.0", "b1.1", "b1.2"]
+    assert recorder.seen()[1:] == ["query"] + [f"b{i}.{j}" for i in range(3) for j in range(4)]
+    reference = HashingEmbedder(16)
+    for texts, task in zip(([f"b{i}.{j}" for j in range(4)] for i in range(3)), bulk,
+                           strict=True):
+        assert (task.result().vectors == reference.embed(texts).vectors).all()
 
 
 async def test_the_batch_lane_gets_a_batch_within_its_bound_under_endless_queries(
         held: tuple[Recorder, Batcher, Metrics, asyncio.Task[Embeddings]]) -> None:
     recorder, batcher, _, first = held  # batch_lane_every=2
     bulk = asyncio.create_task(batcher.embed(["bulk"], "batch"))
+    # Interactive work alone fills every batch: the case the bound is for.
     queries = [asyncio.create_task(batcher.embed([f"q{i}.{j}" for j in range(4)]))
                for i in range(6)]
     await asyncio.sleep(0.01)
