@@ -62,9 +62,9 @@ class Batcher:
     of the batch lane is in a batch within ``batch_lane_every + 1`` batches (plus
     ``max_wait_s``) however much interactive work arrives, and an interactive request
     waits for the batch computing now, and only when interactive work alone fills
-    batches, once in ``batch_lane_every + 1`` batches, for one more. The batch lane is admitted up to ``queue_limit -
-    interactive_reserve`` inputs, so a bulk client filling its lane never makes an
-    interactive request a 429.
+    batches, once in ``batch_lane_every + 1`` batches, for one more. The batch lane is
+    admitted up to ``queue_limit - interactive_reserve`` inputs, so a bulk client filling
+    its lane never makes an interactive request a 429.
 
     Deadlines: a request whose deadline passes while it is queued is taken out of its lane
     and answered DeadlineExceeded (504) without being computed; so is one whose caller
