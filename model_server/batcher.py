@@ -62,7 +62,9 @@ class Batcher:
     of the batch lane is in a batch within ``batch_lane_every + 1`` batches (plus
     ``max_wait_s``) however much interactive work arrives, and an interactive request
     waits for the batch computing now, and only when interactive work alone fills
-    batches, once in ``batch_lane_every + 1`` batches, for one more. The batch lane is
+    batches, once in ``batch_lane_every + 1`` batches, for one more. A batch that holds
+    interactive work takes batch-lane inputs only up to ``mixed_batch_size`` (half a
+    batch by default), so the query's own batch costs about half a full one. The batch lane is
     admitted up to ``queue_limit - interactive_reserve`` inputs, so a bulk client filling
     its lane never makes an interactive request a 429.
 
@@ -82,6 +84,7 @@ class Batcher:
         max_batch_tokens: int | None = None,
         lengths: LengthsFn | None = None,
         batch_lane_every: int = 4,
+        mixed_batch_size: int | None = None,
         interactive_reserve: int = 0,
     ) -> None:
         self._embed = embed
@@ -93,6 +96,10 @@ class Batcher:
         self._metrics = metrics
         self._lanes: dict[Lane, deque[_Job]] = {lane: deque() for lane in LANES}
         self._batch_lane_every = batch_lane_every
+        # A batch holding interactive work takes batch-lane inputs only up to this size,
+        # so a query's own batch costs less than a full one (default: half).
+        self._mixed_batch_size = min(max_batch_size, mixed_batch_size or
+                                     max(1, max_batch_size // 2))
         self._interactive_reserve = min(interactive_reserve, queue_limit)
         self._batch_lane_skipped = 0  # batches in a row without batch-lane work it had queued
         self._queued = 0
@@ -236,7 +243,10 @@ class Batcher:
         now = time.monotonic()
         for lane in order:
             queue = self._lanes[lane]
-            while queue and size < self._max_batch_size:
+            limit = self._max_batch_size
+            if lane == "batch" and not owed and size:  # beside interactive work
+                limit = max(size, self._mixed_batch_size)
+            while queue and size < limit:
                 job = queue[0]
                 if job.future.done():  # cancelled, or failed in an earlier batch
                     queue.popleft()
@@ -247,7 +257,7 @@ class Batcher:
                     job.future.set_exception(DeadlineExceeded(
                         "the request's X-Request-Timeout passed before it was computed"))
                     continue
-                count = min(job.left, self._max_batch_size - size)
+                count = min(job.left, limit - size)
                 slices.append((job, job.taken, job.taken + count))
                 job.taken += count
                 size += count

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # batch-lane work while some waits, the next batch takes the batch lane first, so the
     # batch lane's head waits at most batch_lane_every + 1 batches.
     batch_lane_every: int = Field(default=4, ge=0, le=1000)
+    # A batch holding interactive work fills with batch-lane inputs only up to this many
+    # (unset: half of max_batch_size), so a query's own batch is quick.
+    mixed_batch_size: int | None = Field(default=None, gt=0)
     # Inputs of queue_limit the batch lane may not fill, kept for interactive requests
     # (at most queue_limit - max_client_batch_size, so one batch request always fits).
     interactive_reserve: int = Field(default=512, ge=0)

@@ -72,9 +72,10 @@ async def test_an_interactive_request_is_computed_before_batch_work_queued_earli
     await asyncio.sleep(0.01)
     recorder.release.set()
     await asyncio.gather(first, query, *bulk)
-    # The query first, then what fits of the batch lane: its head request spans batches.
-    assert recorder.passes[1] == ["query", "b0.0", "b0.1", "b0.2"]
-    assert recorder.passes[2] == ["b0.3", "b1.0", "b1.1", "b1.2"]
+    # The query first, then batch-lane inputs up to half a batch (mixed_batch_size): the
+    # head request spans batches, and the next batches are full.
+    assert recorder.passes[1] == ["query", "b0.0"]
+    assert recorder.passes[2] == ["b0.1", "b0.2", "b0.3", "b1.0"]
     assert recorder.seen()[1:] == ["query"] + [f"b{i}.{j}" for i in range(3) for j in range(4)]
     reference = HashingEmbedder(16)
     for texts, task in zip(([f"b{i}.{j}" for j in range(4)] for i in range(3)), bulk,
