@@ -157,14 +157,17 @@ async def interactive(session: aiohttp.ClientSession, url: str, lane: str,
     return tally
 
 
-async def batch_seconds(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+async def batch_seconds(session: aiohttp.ClientSession, url: str) -> tuple[float, float, float]:
+    """The server's batch compute seconds, batches and inputs batched so far."""
     async with session.get(f"{url}/metrics") as response:
         text = await response.text()
+
     def value(name: str) -> float:
         match = re.search(rf"^{name} (\S+)$", text, re.M)
         return float(match.group(1)) if match else 0.0
     return (value("model_server_batch_duration_seconds_sum"),
-            value("model_server_batch_duration_seconds_count"))
+            value("model_server_batch_duration_seconds_count"),
+            value("model_server_batch_size_sum"))
 
 
 async def full_batch_s(session: aiohttp.ClientSession, url: str, texts: list[str]) -> float:
@@ -195,8 +198,13 @@ async def phases(args: argparse.Namespace, url: str, session: aiohttp.ClientSess
     for name, lane in (("lanes", "interactive"), ("fifo", "batch")):
         start = time.monotonic()
         until = start + seconds
+        before = await batch_seconds(session, url)
         loaded, queries = await asyncio.gather(bulk(session, url, args.queued, until),
                                                interactive(session, url, lane, until))
+        after = await batch_seconds(session, url)
+        batches = max(1.0, after[1] - before[1])
+        out[f"{name}_batch_ms"] = 1000 * (after[0] - before[0]) / batches
+        out[f"{name}_batch_size"] = (after[2] - before[2]) / batches
         out[f"{name}_p99_ms"] = queries.p99_ms()
         out[f"{name}_errors"] = queries.errors + loaded.errors
         out[f"{name}_bulk"] = loaded.inputs / (time.monotonic() - start)
@@ -256,6 +264,9 @@ def report(f: dict[str, float], formed: float, arrival: float, args: argparse.Na
           f"(first-come / lanes = {f['fifo_p99_ms'] / f['lanes_p99_ms']:.1f}x)")
     print(f"  goal: lanes p99 <= unloaded p99 + 2 x one batch = {bound:.1f} ms: "
           f"ratio {f['lanes_p99_ms'] / bound:.2f} (<= 1.00 meets)")
+    print(f"  batches during the phases: lanes {f['lanes_batch_size']:.1f} inputs, "
+          f"{f['lanes_batch_ms']:.0f} ms each; first-come {f['fifo_batch_size']:.1f} inputs, "
+          f"{f['fifo_batch_ms']:.0f} ms each (the machine's speed under this load)")
     print(f"  goal: 0 interactive errors: lanes {f['lanes_errors']:.0f}, "
           f"first-come {f['fifo_errors']:.0f}, unloaded {f['unloaded_errors']:.0f}")
     print(f"  goal: bulk beside interactive >= 0.85 x capacity: lanes "

@@ -34,7 +34,6 @@ from typing import TypeVar
 from uuid import UUID
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from db import api_keys
 from edge.auth.authentication import API_KEY_PREFIX, hash_api_key
@@ -201,11 +200,3 @@ class Admission:
         bucket.refill(now)
         return bucket
 
-
-def forwarded_headers(headers: Mapping[str, str], ticket: Ticket) -> CIMultiDict[str]:
-    """The caller's headers with the lane the gateway decided (the deadline's rest is set
-    by Gateway.forward, after any hold)."""
-    out = CIMultiDict(headers)
-    out[PRIORITY_HEADER] = ticket.lane
-    out.popall(TIMEOUT_HEADER, None)
-    return out

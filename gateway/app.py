@@ -34,7 +34,7 @@ from edge.route_spec import RouteSpec
 from edge.routes import ROUTE_TABLE, register
 from gateway import feedback, metrics_access
 from gateway.access import AccessCache
-from gateway.admission import Admission, Limits, forwarded_headers
+from gateway.admission import Admission, Limits
 from gateway.hold import Holds
 from gateway.keys import ACCESS, ADMISSION, GATEWAY, GATEWAY_REDIS
 from gateway.routing import Gateway
@@ -97,8 +97,7 @@ async def openai_embeddings(request: web.Request) -> web.Response:
     route = await _allowed(request, _model_of(raw))
     ticket = await request.app[ADMISSION].admit(request, route.model_id)
     answer = await request.app[GATEWAY].forward(route, "POST", "/v1/embeddings", raw,
-                                                forwarded_headers(request.headers, ticket),
-                                                ticket.deadline)
+                                                request.headers, ticket.deadline, ticket.lane)
     return ticket.settle(answer)
 
 
@@ -117,9 +116,9 @@ def _passthrough(method: str, path: str) -> Handler:
         route = await _allowed(request, request.match_info["name"])
         ticket = await request.app[ADMISSION].admit(request, route.model_id)
         body = await request.read() if method == "POST" else None
-        answer = await request.app[GATEWAY].forward(
-            route, method, path, body, forwarded_headers(request.headers, ticket),
-            ticket.deadline)
+        answer = await request.app[GATEWAY].forward(route, method, path, body,
+                                                    request.headers, ticket.deadline,
+                                                    ticket.lane)
         return ticket.settle(answer)
 
     name = path.strip("/").replace("/", "_") or "compat"

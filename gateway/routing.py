@@ -47,7 +47,7 @@ from schemas.queue import (
 
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 3
-_FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id", PRIORITY_HEADER)
+_FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 _ROUTES, _AUTH = ROUTES_CHANNEL.encode(), AUTH_CHANNEL.encode()
 
 
@@ -150,15 +150,16 @@ class Gateway:
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
                       headers: Mapping[str, str],
-                      deadline: float | None = None) -> web.Response:
+                      deadline: float | None = None,
+                      lane: str | None = None) -> web.Response:
         """Send the request to the least busy replica; retry elsewhere only if it cannot
         connect (once written, a request is never sent again: review M6). A `deadline`
         (time.monotonic(); gateway/admission.py) bounds a hold and its rest goes on to the
-        replica as X-Request-Timeout."""
+        replica as X-Request-Timeout, and the `lane` the gateway chose as X-Greenroom-Priority."""
         if not route.replicas and route.scales_to_zero:
             route = await self._hold(route, deadline)
         tried: set[UUID] = set()
-        forward_headers = self._headers(route, headers, deadline)
+        forward_headers = self._headers(route, headers, deadline, lane)
         started, metrics = time.perf_counter(), self.metrics
         for _ in range(MAX_ATTEMPTS):
             replica_id, endpoint = self._pick(route, tried)
@@ -194,11 +195,13 @@ class Gateway:
         metrics.requests.labels(route.name, "502").inc()
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
 
-    def _headers(self, route: Route, headers: Mapping[str, str],
-                 deadline: float | None) -> dict[str, str]:
-        """What goes to the replica: the caller's headers fit to pass on, the rest of the
-        deadline and the generation's secret."""
+    def _headers(self, route: Route, headers: Mapping[str, str], deadline: float | None,
+                 lane: str | None) -> dict[str, str]:
+        """What goes to the replica: the caller's headers fit to pass on, the lane, the rest
+        of the deadline and the generation's secret."""
         out = forwarded(headers)
+        if lane is not None:
+            out[PRIORITY_HEADER] = lane
         if deadline is not None:
             out[TIMEOUT_HEADER] = f"{max(0.001, deadline - time.monotonic()):.3f}"
         if self._secret_key is not None:
