@@ -12,10 +12,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
 from db import api_keys, deployments
 from edge.auth.authentication import hash_api_key
+from schemas.gateway import GatewayReport
 from schemas.lanes import PRIORITY_HEADER, TIMEOUT_HEADER
+from schemas.queue import GATEWAY_KEY_PREFIX
+from schemas.settings import Settings
 from tests.conftest import Proc, start_gateway
 
 from .test_gateway_answers import ENGINES, _start, _until_routed, hashing_replica, serve_from
@@ -147,3 +151,54 @@ async def test_the_lane_header_reaches_the_replica_through_either_engine(
             assert resp.status == 200, await resp.text()
         after = await _lane_counts(http, replica)
         assert after["batch"] - before.get("batch", 0) == 2
+
+
+@pytest.mark.timeout(60)
+async def test_a_caller_that_disconnects_while_held_stops_waiting_at_once(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, settings: Settings) -> None:
+    """Before: the gateway went on holding a request whose caller had gone, counted as
+    demand, until the hold's 30 s passed. Now its handler is cancelled with the caller."""
+    model_id = await hashing_model("gone")
+    _, generation = await deployments.begin_generation(pool, model_id, "gone")
+    await deployments.switch(pool, model_id, generation, "gone",
+                             {"autoscaling_enabled": True, "autoscaling_min": 0})
+    base = await start_gateway(spawn, http, gateway_hold_timeout_s=30)
+    redis = Redis.from_url(settings.require_redis_url())
+
+    async def held() -> int:
+        total = 0
+        for key in await redis.keys(GATEWAY_KEY_PREFIX + "*"):
+            report = GatewayReport.model_validate_json(await redis.get(key))
+            total += sum(report.held.values())
+        return total
+
+    try:
+        for _ in range(100):  # until the gateway has the route (a 404 before, a 504 once
+            # held past this short deadline)
+            async with http.post(f"{base}/serve/gone/embed", json={"inputs": "x"},
+                                 headers={TIMEOUT_HEADER: "0.1"}) as resp:
+                if resp.status != 404:
+                    break
+            await asyncio.sleep(0.05)
+
+        async def call() -> None:
+            async with http.post(f"{base}/serve/gone/embed", json={"inputs": "x"}) as resp:
+                await resp.read()
+
+        waiting = asyncio.create_task(call())
+        for _ in range(50):
+            if await held() == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await held() == 1, "the request was never held"
+        waiting.cancel()  # the caller goes away
+        gone_at = time.monotonic()
+        for _ in range(50):
+            if not await held():
+                break
+            await asyncio.sleep(0.1)
+        assert await held() == 0
+        assert time.monotonic() - gone_at < 3
+    finally:
+        await redis.aclose()
