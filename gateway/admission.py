@@ -57,14 +57,19 @@ MAX_BUCKETS = 100_000
 
 @dataclass(slots=True)
 class Bucket:
-    """A token bucket of `rate` a second holding at most one second's worth."""
+    """A token bucket of `rate` a second holding at most one second's worth (at least one,
+    so a limit under one a second still lets a request through now and then)."""
 
     rate: float
     level: float
     at: float
 
+    @property
+    def capacity(self) -> float:
+        return max(self.rate, 1.0)
+
     def refill(self, now: float) -> None:
-        self.level = min(self.rate, self.level + (now - self.at) * self.rate)
+        self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
         self.at = now
 
     def wait_s(self, need: float) -> float:
@@ -105,7 +110,7 @@ def limit_headers(requests: Bucket | None, tokens: Bucket | None) -> dict[str, s
             continue
         headers[f"x-ratelimit-limit-{name}"] = f"{bucket.rate:g}"
         headers[f"x-ratelimit-remaining-{name}"] = str(max(0, math.floor(bucket.level)))
-        headers[f"x-ratelimit-reset-{name}"] = f"{bucket.wait_s(bucket.rate):.3f}s"
+        headers[f"x-ratelimit-reset-{name}"] = f"{bucket.wait_s(bucket.capacity):.3f}s"
     return headers
 
 
@@ -196,7 +201,7 @@ class Admission:
         if bucket is None or bucket.rate != rate:
             if len(self._buckets) >= MAX_BUCKETS:
                 self._buckets = {}
-            bucket = self._buckets[key_id, model_id, kind] = Bucket(rate, rate, now)
+            bucket = self._buckets[key_id, model_id, kind] = Bucket(rate, max(rate, 1.0), now)
         bucket.refill(now)
         return bucket
 
