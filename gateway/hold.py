@@ -9,12 +9,13 @@ Past either bound the answer is 503 with Retry-After, never a hang.
 
 import asyncio
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from uuid import UUID
 
 from db.deployments import Route
-from schemas.errors import NotFound, Unavailable
+from schemas.errors import NotFound, Unavailable, UpstreamTimeout
 
 
 class Holds:
@@ -40,15 +41,22 @@ class Holds:
                            "retry shortly", {"retry_after_s": retry}, retry_after_s=retry)
 
     async def hold(self, route: Route, announce: Callable[[], None],
-                   lookup: Callable[[str], Route | None]) -> Route:
-        """Wait for a ready replica of `route`'s deployment; the fresh route, or 503."""
+                   lookup: Callable[[str], Route | None],
+                   deadline: float | None = None) -> Route:
+        """Wait for a ready replica of `route`'s deployment; the fresh route, or 503 (504
+        once the request's `deadline`, a time.monotonic(), passes first: issue 29)."""
+        wait_s = self.timeout_s
+        if deadline is not None:
+            wait_s = min(wait_s, deadline - time.monotonic())
+            if wait_s <= 0:
+                raise _deadline_passed(route)
         if self.held[route.model_id] >= self.max_held:
             raise self._refuse(route, f"{self.max_held} requests already wait")
         event = self._ready.setdefault(route.model_id, asyncio.Event())
         self.held[route.model_id] += 1
         announce()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(wait_s):
                 while True:
                     fresh = lookup(str(route.model_id))
                     if fresh is None:
@@ -58,6 +66,8 @@ class Holds:
                     event.clear()
                     await event.wait()
         except TimeoutError:
+            if wait_s < self.timeout_s:  # the deadline was the nearer bound
+                raise _deadline_passed(route) from None
             raise self._refuse(route, f"none was ready within {self.timeout_s:g} s") from None
         finally:
             self.held[route.model_id] -= 1
@@ -65,3 +75,8 @@ class Holds:
                 del self.held[route.model_id]
                 self._ready.pop(route.model_id, None)
             announce()
+
+
+def _deadline_passed(route: Route) -> UpstreamTimeout:
+    return UpstreamTimeout(f"the request's X-Request-Timeout passed while deployment "
+                           f"{route.name!r} started a replica", {"deadline": "passed"})

@@ -49,6 +49,10 @@ class GatewayMetrics:
             "greenroom_gateway_upstream_errors",
             "Replicas that could not be reached (each retried on another replica)",
             ["deployment"], registry=self.registry)
+        # Issue 29: requests whose X-Request-Timeout passed while held for a replica.
+        self.expired = Counter(
+            "greenroom_gateway_expired", "Requests dropped past their X-Request-Timeout while held",
+            ["deployment"], registry=self.registry)
         self.registry.register(_InflightCollector(inflight))
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 

@@ -48,6 +48,7 @@ from gateway.upstream import Answer, AnswerTooLarge, ConnectFailed, Upstream, Up
 from schemas import replica_auth, tracing
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GatewayReport
+from schemas.lanes import PRIORITY_HEADER, TIMEOUT_HEADER, TOKENS_HEADER
 from schemas.queue import (
     AUTH_CHANNEL,
     GATEWAY_KEY_PREFIX,
@@ -179,31 +180,34 @@ class Gateway:
         return best
 
     async def forward(self, route: Route, method: str, path: str, body: bytes | None,
-                      headers: Mapping[str, str]) -> web.Response:
+                      headers: Mapping[str, str],
+                      deadline: float | None = None,
+                      lane: str | None = None) -> web.Response:
         """Send the request to the least busy replica of the generation the split picks
         (gateway/traffic.py; gateway/tracing.py: its ids, and a span when OpenTelemetry is
-        on)."""
+        on). A `deadline` (time.monotonic(); gateway/admission.py) bounds a hold and its
+        rest goes on to the replica as X-Request-Timeout, and the `lane` the gateway chose
+        as X-Greenroom-Priority."""
         ids = tracing.incoming(headers)
         if self.tracer is None:
             return await self._forward(route, method, path, body, headers, ids,
-                                       tracing.new_span_id(), None)
+                                       tracing.new_span_id(), None, deadline, lane)
         with traced(self.tracer, ids, route, path) as (ids, span_id, span):
-            return await self._forward(route, method, path, body, headers, ids, span_id, span)
+            return await self._forward(route, method, path, body, headers, ids, span_id, span,
+                                       deadline, lane)
 
     async def _forward(self, route: Route, method: str, path: str, body: bytes | None,
                        headers: Mapping[str, str], ids: tracing.TraceIds, span_id: str,
-                       span: Any) -> web.Response:
+                       span: Any, deadline: float | None, lane: str | None) -> web.Response:
         """Retry elsewhere only if the replica cannot connect (once written, a request is
         never sent again: review M6). Counted under the generation that took it."""
         if not route.replicas and route.scales_to_zero and route.candidate is None:
-            route = await self.holds.hold(route, self._held_changed, self.lookup)
+            route = await self._hold(route, deadline)
         generation, replicas, tally = self._choose(route)
         tried: set[UUID] = set()
-        forward_headers = forwarded(headers)
+        forward_headers = self._headers(route, generation, headers, deadline, lane)
         forward_headers[tracing.REQUEST_ID] = ids.request_id
         forward_headers[tracing.TRACEPARENT] = ids.traceparent(span_id)
-        if self._secret_key is not None:
-            forward_headers[replica_auth.HEADER] = self._secret(route.model_id, generation)
         started, metrics = time.perf_counter(), self.metrics
         for _ in range(MAX_ATTEMPTS):
             replica_id, endpoint = self._pick_counted(route, tried, replicas, tally, started)
@@ -321,6 +325,26 @@ class Gateway:
             if replica_id not in self._table.active:
                 self._report_now.set()
 
+    def _headers(self, route: Route, generation: int, headers: Mapping[str, str],
+                 deadline: float | None, lane: str | None) -> dict[str, str]:
+        """What goes to the replica: the caller's headers fit to pass on, the lane, the rest
+        of the deadline and the generation's secret."""
+        out = forwarded(headers)
+        if lane is not None:
+            out[PRIORITY_HEADER] = lane
+        if deadline is not None:
+            out[TIMEOUT_HEADER] = f"{max(0.001, deadline - time.monotonic()):.3f}"
+        if self._secret_key is not None:
+            out[replica_auth.HEADER] = self._secret(route.model_id, generation)
+        return out
+
+    async def _hold(self, route: Route, deadline: float | None) -> Route:
+        try:
+            return await self.holds.hold(route, self._held_changed, self.lookup, deadline)
+        except UpstreamTimeout:  # the deadline passed while held (issue 29)
+            self.metrics.expired.labels(route.name).inc()
+            raise
+
     def _secret(self, model_id: UUID, generation: int) -> str:
         key = (model_id, generation)
         secret = self._secrets.get(key)
@@ -429,6 +453,8 @@ def _response(answer: Answer, replica_id: UUID, ids: tracing.TraceIds) -> web.Re
                                 tracing.REQUEST_ID: ids.request_id})
     if answer.content_type:
         out.headers["Content-Type"] = answer.content_type
+    if answer.tokens is not None:
+        out.headers[TOKENS_HEADER] = answer.tokens
     return out
 
 

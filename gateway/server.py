@@ -70,8 +70,12 @@ def serve(settings: Settings, processes: int | None = None) -> None:
     count = max(1, processes or settings.gateway_processes)
     peers = _start_peers(settings, count - 1) if count > 1 else []
     try:
+        # handler_cancellation: a caller that disconnects cancels its handler, ending its
+        # hold or closing its connection to the replica, which then drops its queued work
+        # (issue 29).
         web.run_app(create_gateway_app(settings), host=settings.gateway_host,
-                    port=settings.gateway_port, reuse_port=True, print=None, access_log=None)
+                    port=settings.gateway_port, reuse_port=True, print=None, access_log=None,
+                    handler_cancellation=True)
     finally:
         _stop(peers)
 

@@ -48,6 +48,7 @@ class Answer:
     status: int
     content_type: str | None
     body: bytes
+    tokens: str | None = None  # X-Greenroom-Tokens: what the model computed (issue 29)
 
 
 class _Connection(asyncio.Protocol):
@@ -60,6 +61,7 @@ class _Connection(asyncio.Protocol):
         self._max_answer_bytes = max_answer_bytes
         self._buf = bytearray()
         self._head: tuple[int, str | None, int, bool] | None = None  # status, type, length, close
+        self._tokens: str | None = None
         self._body_at = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -93,7 +95,7 @@ class _Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
         self.answered += 1
-        self.waiter.set_result(Answer(status, content_type, body))
+        self.waiter.set_result(Answer(status, content_type, body, self._tokens))
 
     def _parse_head(self) -> bool:
         end = self._buf.find(b"\r\n\r\n")
@@ -107,19 +109,17 @@ class _Connection(asyncio.Protocol):
         except (IndexError, ValueError):
             self._fail(f"bad status line {lines[0][:80]!r}")
             return False
-        length, content_type, close = None, None, False
+        fields = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
-            key = name.strip().lower()
-            if key == "content-length":
-                length = int(value.strip())
-            elif key == "content-type":
-                content_type = value.strip()
-            elif key == "connection":
-                close = value.strip().lower() == "close"
-            elif key == "transfer-encoding":
-                self._fail("chunked answers are not supported")
-                return False
+            fields[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in fields:
+            self._fail("chunked answers are not supported")
+            return False
+        length = int(fields["content-length"]) if "content-length" in fields else None
+        content_type = fields.get("content-type")
+        close = fields.get("connection", "").lower() == "close"
+        self._tokens = fields.get("x-greenroom-tokens")
         if not self._length_ok(length):
             return False
         assert length is not None

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import httpx
 
@@ -174,8 +174,12 @@ class Client(_Common):
     def logs(self, model: str, tail: int | None = None) -> list[ReplicaLogs]:
         return self.call(ops.logs(model, tail))
 
-    def create_key(self, name: str, expires_in_days: int | None = None) -> ApiKeyCreated:
-        return self.call(ops.create_key(name, expires_in_days))
+    def create_key(self, name: str, expires_in_days: int | None = None,
+                   lane: Literal["interactive", "batch"] = "interactive",
+                   requests_per_s: float | None = None,
+                   tokens_per_s: float | None = None) -> ApiKeyCreated:
+        return self.call(ops.create_key(name, expires_in_days, lane, requests_per_s,
+                                        tokens_per_s))
 
     def list_keys(self) -> list[ApiKeyOut]:
         return self.call(ops.list_keys())
@@ -322,8 +326,12 @@ class AsyncClient(_Common):
     async def logs(self, model: str, tail: int | None = None) -> list[ReplicaLogs]:
         return await self.call(ops.logs(model, tail))
 
-    async def create_key(self, name: str, expires_in_days: int | None = None) -> ApiKeyCreated:
-        return await self.call(ops.create_key(name, expires_in_days))
+    async def create_key(self, name: str, expires_in_days: int | None = None,
+                         lane: Literal["interactive", "batch"] = "interactive",
+                         requests_per_s: float | None = None,
+                         tokens_per_s: float | None = None) -> ApiKeyCreated:
+        return await self.call(ops.create_key(name, expires_in_days, lane, requests_per_s,
+                                              tokens_per_s))
 
     async def list_keys(self) -> list[ApiKeyOut]:
         return await self.call(ops.list_keys())

@@ -5,7 +5,7 @@ client share one definition of each call and differ only in how they send it.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote, urlencode
 
 from pydantic import TypeAdapter
@@ -127,8 +127,12 @@ def logs(model: str, tail: int | None = None) -> Op[list[ReplicaLogs]]:
     return Op("GET", f"/api/v2/deploy/{_ref(model)}/logs{query}", list[ReplicaLogs])
 
 
-def create_key(name: str, expires_in_days: int | None = None) -> Op[ApiKeyCreated]:
-    body = ApiKeyCreate(name=name, expires_in_days=expires_in_days)
+def create_key(name: str, expires_in_days: int | None = None,
+               lane: Literal["interactive", "batch"] = "interactive",
+               requests_per_s: float | None = None,
+               tokens_per_s: float | None = None) -> Op[ApiKeyCreated]:
+    body = ApiKeyCreate(name=name, expires_in_days=expires_in_days, lane=lane,
+                        requests_per_s=requests_per_s, tokens_per_s=tokens_per_s)
     return Op("POST", "/api/v2/auth/api-keys", ApiKeyCreated,
               body.model_dump(mode="json", exclude_none=True))
 

@@ -96,7 +96,8 @@ def logout(gr: Client, args: argparse.Namespace, console: Console) -> int:
 
 
 def keys_create(gr: Client, args: argparse.Namespace, console: Console) -> int:
-    key = gr.create_key(args.name, args.expires_in_days)
+    key = gr.create_key(args.name, args.expires_in_days, args.lane, args.requests_per_s,
+                        args.tokens_per_s)
     if args.json:
         _print_json(key)
     else:
@@ -530,6 +531,10 @@ def add_commands(sub: Any, models: Any) -> None:
     cmd = keys.add_parser("create", parents=[common], help="create an API key; shown once")
     cmd.add_argument("name")
     cmd.add_argument("--expires-in-days", type=int)
+    cmd.add_argument("--lane", choices=("interactive", "batch"), default="interactive",
+                     help="the key's priority lane: batch for ingestion (issue 29)")
+    cmd.add_argument("--requests-per-s", type=float, help="the key's limit per model")
+    cmd.add_argument("--tokens-per-s", type=float, help="the key's token limit per model")
     cmd.set_defaults(api=keys_create)
     keys.add_parser("list", parents=[common], help="your API keys").set_defaults(api=keys_list)
     cmd = keys.add_parser("revoke", parents=[common], help="revoke an API key")

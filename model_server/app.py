@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from model_server import __version__, budget, simulated_capacity
-from model_server.backends import Embedder, normalize_rows
+from model_server.backends import Embedder, Embeddings, normalize_rows
 from model_server.batcher import Batcher
 from model_server.config import GATEWAY_SECRET_HEADER, Settings
 from model_server.embedding import (
@@ -32,6 +32,7 @@ from model_server.embedding import (
     tei_body,
 )
 from model_server.errors import (
+    DeadlineExceeded,
     InvalidRequest,
     MalformedRequest,
     ModelServerError,
@@ -42,6 +43,7 @@ from model_server.errors import (
     ShuttingDown,
     tei_error_type,
 )
+from model_server.lanes import TOKENS_HEADER
 from model_server.lifecycle import Loader, ModelState, load_and_warm, load_backend
 from model_server.metrics import Metrics
 from model_server.tokens import check_ids, texts_from, token_vectors, tokenizer_for
@@ -120,12 +122,10 @@ async def embed(request: web.Request) -> web.Response:
                              dimension=backend.dimension,
                              max_tokens=settings.max_request_tokens,
                              max_floats=settings.max_response_floats)
-    result = await embed_texts(backend, batcher, texts, truncate=body.truncate is not False)
+    result = await embed_texts(backend, batcher, texts, truncate=body.truncate is not False,
+                               headers=request.headers)
     vectors = result.unit_vectors() if body.normalize else result.vectors
-    response = _json(tei_body(vectors))
-    # The inputs' tokens, for a caller that counts them (an embed job's progress).
-    response.headers["X-Greenroom-Tokens"] = str(sum(result.token_counts))
-    return response
+    return _counted(_json(tei_body(vectors)), result)
 
 
 async def embed_all(request: web.Request) -> web.Response:
@@ -203,13 +203,15 @@ async def openai_embeddings(request: web.Request) -> web.Response:
                              dimension=body.dimensions or backend.dimension,
                              max_tokens=settings.max_request_tokens,
                              max_floats=settings.max_response_floats)
-    result = await embed_texts(backend, batcher, texts, truncate=True)
+    result = await embed_texts(backend, batcher, texts, truncate=True,
+                               headers=request.headers)
     vectors = result.unit_vectors()
     if body.dimensions is not None and body.dimensions < backend.dimension:
         # Matryoshka-style: the first `dimensions` components, renormalised.
         vectors = normalize_rows(np.ascontiguousarray(vectors[:, : body.dimensions]))
     model_id = settings.served_model_id
-    return _json(openai_body(result, vectors, model_id, body.encoding_format))
+    return _counted(_json(openai_body(result, vectors, model_id, body.encoding_format)),
+                    result)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -231,6 +233,9 @@ async def info(request: web.Request) -> web.Response:
             "max_batch_wait_ms": settings.max_batch_wait_ms,
             "max_client_batch_size": settings.max_client_batch_size,
             "queue_limit": settings.queue_limit,
+            "batch_lane_every": settings.batch_lane_every,
+            "interactive_reserve": settings.batch_lane_reserve,
+            "max_batch_tokens": settings.max_batch_tokens,
             "max_request_tokens": settings.max_request_tokens,
             "max_response_floats": settings.max_response_floats,
             "backend": backend.name,
@@ -244,6 +249,12 @@ async def info(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[STATE].metrics.render()
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+def _counted(response: web.Response, result: Embeddings) -> web.Response:
+    """The tokens the model computed, for the gateway's per-key tokens/s limits."""
+    response.headers[TOKENS_HEADER] = str(sum(result.token_counts))
+    return response
 
 
 def _json(body: bytes) -> web.Response:
@@ -265,7 +276,8 @@ def error_response(status: int, message: str, detail: Any = None, path: str = ""
 
 
 _ERROR_TYPES: dict[type[ModelServerError], str] = {
-    QueueFull: "Overloaded", NotReady: "Unhealthy", ShuttingDown: "Unhealthy",
+    QueueFull: "Overloaded", DeadlineExceeded: "Backend", NotReady: "Unhealthy",
+    ShuttingDown: "Unhealthy",
     MalformedRequest: "Validation", InvalidRequest: "Validation",
     PayloadTooLarge: "Validation", NotFromGateway: "Unauthorized",
 }

@@ -56,7 +56,9 @@ class Embeddings:
         if len(parts) == 1:
             return parts[0]
         counts = [count for part in parts for count in part.token_counts]
-        return cls(np.concatenate([part.vectors for part in parts]), counts)
+        units = [part.unit for part in parts if part.unit is not None]
+        unit = np.concatenate(units) if len(units) == len(parts) else None
+        return cls(np.concatenate([part.vectors for part in parts]), counts, unit)
 
 
 def normalize_rows(vectors: Vectors) -> Vectors:

@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     # it (see docs/model-server.md). Unset: one pass per max_batch_size inputs, in arrival order.
     max_batch_tokens: int | None = Field(default=4096, gt=0)
     queue_limit: int = Field(default=2048, gt=0)
+    # Lanes (issue 29, model_server/lanes.py): after this many batches in a row without
+    # batch-lane work while some waits, the next batch takes the batch lane first, so the
+    # batch lane's head waits at most batch_lane_every + 1 batches.
+    batch_lane_every: int = Field(default=4, ge=0, le=1000)
+    # A batch holding interactive work fills with batch-lane inputs only up to this many
+    # (unset: half of max_batch_size), so a query's own batch is quick.
+    mixed_batch_size: int | None = Field(default=None, gt=0)
+    # Inputs of queue_limit the batch lane may not fill, kept for interactive requests
+    # (at most queue_limit - max_client_batch_size, so one batch request always fits).
+    interactive_reserve: int = Field(default=512, ge=0)
     # Work one request may ask for (model_server/budget.py), 413 past it. Tokens computed,
     # summed over the inputs after truncation: TEI's --max-batch-tokens default, 64 inputs
     # of 256 tokens. Numbers answered: 2^20 (/embed_all answers one vector per token, so
@@ -101,6 +111,11 @@ class Settings(BaseSettings):
                 f"max_client_batch_size ({self.max_client_batch_size})"
             )
         return self
+
+    @property
+    def batch_lane_reserve(self) -> int:
+        """The interactive reserve, leaving room for one whole request in the batch lane."""
+        return min(self.interactive_reserve, self.queue_limit - self.max_client_batch_size)
 
     @property
     def served_model_id(self) -> str:

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -21,6 +22,7 @@ from pydantic import (
 from model_server.backends import Embedder, Embeddings, Vectors
 from model_server.batcher import Batcher
 from model_server.errors import InvalidRequest, MalformedRequest, PayloadTooLarge
+from model_server.lanes import lane_of, timeout_of
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -207,12 +209,17 @@ def as_texts(inputs: str | list[Any], field: str, max_client_batch_size: int) ->
 
 
 async def embed_texts(
-    backend: Embedder, batcher: Batcher, texts: list[str], *, truncate: bool
+    backend: Embedder, batcher: Batcher, texts: list[str], *, truncate: bool,
+    headers: Mapping[str, str] | None = None,
 ) -> Embeddings:
-    """Embed through the batcher; without ``truncate`` an over-long input is refused first."""
+    """Embed through the batcher, in the lane and within the timeout the request's
+    ``headers`` name (model_server/lanes.py); without ``truncate`` an over-long input is
+    refused first."""
+    headers = headers or {}
+    lane, timeout_s = lane_of(headers), timeout_of(headers)
     if not truncate:
         await _check_lengths(backend, texts)
-    return await batcher.embed(texts)
+    return await batcher.embed(texts, lane, timeout_s)
 
 
 async def _check_lengths(backend: Embedder, texts: list[str]) -> None:

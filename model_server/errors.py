@@ -42,6 +42,13 @@ class QueueFull(ModelServerError):
     status = 429
 
 
+class DeadlineExceeded(ModelServerError):
+    """The request's X-Request-Timeout passed before its work was computed: the work was
+    dropped, never computed (model_server/lanes.py)."""
+
+    status = 504
+
+
 class NotReady(ModelServerError):
     """The model is still loading (or failed to load)."""
 

@@ -104,6 +104,9 @@ def _start_batcher(backend: Embedder, settings: Settings, metrics: Metrics) -> B
         metrics=metrics,
         max_batch_tokens=settings.max_batch_tokens,
         lengths=functools.partial(_truncated_lengths, backend),
+        batch_lane_every=settings.batch_lane_every,
+        mixed_batch_size=settings.mixed_batch_size,
+        interactive_reserve=settings.batch_lane_reserve,
     )
     batcher.start()
     return batcher

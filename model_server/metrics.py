@@ -5,6 +5,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from model_server.lanes import LANES
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -49,6 +51,21 @@ class Metrics:
             "model_server_queue_depth", "Inputs waiting for a batch", registry=r
         )
         self.embeddings = Counter("model_server_embeddings", "Inputs embedded", registry=r)
+        # Issue 29: work dropped from a lane's queue, never computed.
+        self.expired = Counter(
+            "model_server_expired",
+            "Requests dropped before compute because their X-Request-Timeout passed",
+            ["lane"], registry=r)
+        self.abandoned = Counter(
+            "model_server_abandoned",
+            "Requests dropped before compute because their caller disconnected",
+            ["lane"], registry=r)
+        self.lane_batches = Counter(
+            "model_server_lane_inputs",
+            "Inputs computed, by lane", ["lane"], registry=r)
+        for lane in LANES:  # every series present from the start, at 0
+            for counter in (self.expired, self.abandoned, self.lane_batches):
+                counter.labels(lane)
         self._counters: dict[tuple[str, int], Any] = {}
         self._latencies: dict[str, Any] = {}
         # Gauges read at scrape time: a locked set per request would cost every request.

@@ -33,7 +33,10 @@ def main() -> int:
 async def serve(settings: Settings) -> int:
     """Listen, load the model in the background, and shut down gracefully."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    # handler_cancellation: a caller that disconnects cancels its handler, which takes its
+    # queued work out of the batcher's lane (issue 29) instead of computing it for nobody.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                           handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

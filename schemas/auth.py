@@ -104,6 +104,11 @@ class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     expires_at: datetime | None = None
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    # Issue 29: the key's lane on the data plane (a batch-lane key cannot raise a request
+    # to interactive), and its rate limits per model it calls (None: the gateway's default).
+    lane: Literal["interactive", "batch"] = "interactive"
+    requests_per_s: float | None = Field(default=None, gt=0, le=1_000_000)
+    tokens_per_s: float | None = Field(default=None, gt=0, le=1_000_000_000)
 
 
 class ApiKeyOut(BaseModel):
@@ -112,6 +117,9 @@ class ApiKeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
+    lane: Literal["interactive", "batch"] = "interactive"
+    requests_per_s: float | None = None
+    tokens_per_s: float | None = None
 
 
 class ApiKeyCreated(ApiKeyOut):

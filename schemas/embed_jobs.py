@@ -13,12 +13,12 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
+from schemas.lanes import Lane
 from schemas.settings import Settings
 from schemas.tasks import TaskStatus
 
-# The header each request of a job carries to its replicas: the batch lane (issue 29).
-PRIORITY_HEADER = "X-Greenroom-Priority"
-BATCH_PRIORITY = "batch"
+# Each request of a job carries PRIORITY_HEADER to its replicas: the batch lane (issue 29).
+BATCH_PRIORITY: Lane = "batch"
 INPUT_FILE = "input.jsonl"
 RESULTS_FILE = "results.jsonl"
 # A job's input travels with this media type.

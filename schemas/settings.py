@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RuntimeName = Literal["process", "docker", "swarm"]
@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     # 503 with Retry-After); at most `gateway_hold_max` wait per deployment and process.
     gateway_hold_timeout_s: float = 30.0
     gateway_hold_max: int = 100
+    # Issue 29: an API key's requests/s per model it calls when the key names none
+    # (gateway/admission.py; per gateway process); unset: unlimited.
+    gateway_key_requests_per_s: float | None = Field(default=None, gt=0)
+    # Issue 29: an API key's tokens/s per model it calls when the key names none; unset:
+    # unlimited (the tokens a request cost are those its replica reports).
+    gateway_key_tokens_per_s: float | None = Field(default=None, gt=0)
     # The most a Python gateway buffers of one replica's answer; a longer one is a 502,
     # logged (review M6). Replicas bound each request's work (MODEL_SERVER_MAX_REQUEST_TOKENS,
     # MODEL_SERVER_MAX_RESPONSE_FLOATS: at most ~16 MB of JSON), so every answer they allow fits.

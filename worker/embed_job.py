@@ -30,13 +30,8 @@ from db import deployments, embed_jobs, replicas, tasks
 from db.embed_jobs import EmbedJob, LostJob
 from db.tasks import Task
 from schemas import replica_auth, task_payloads
-from schemas.embed_jobs import (
-    BATCH_PRIORITY,
-    INPUT_FILE,
-    PRIORITY_HEADER,
-    RESULTS_FILE,
-    job_dir,
-)
+from schemas.embed_jobs import BATCH_PRIORITY, INPUT_FILE, RESULTS_FILE, job_dir
+from schemas.lanes import PRIORITY_HEADER, TOKENS_HEADER
 from schemas.queue import JOB_RUN_TASK, retry_job_id
 from schemas.task_payloads import EmbedPayload
 from schemas.tasks import ReplicaState, TaskStatus
@@ -134,7 +129,7 @@ class Replicas:
         self.endpoints: list[str] = []
         self.turn = 0
         key = ctx.settings.secret_key
-        self.headers = {PRIORITY_HEADER: BATCH_PRIORITY}
+        self.headers: dict[str, str] = {PRIORITY_HEADER: BATCH_PRIORITY}
         if key is not None:
             self.headers[replica_auth.HEADER] = replica_auth.generation_secret(
                 key.get_secret_value(), job.model_id, job.generation)
@@ -184,7 +179,7 @@ async def _post(http: aiohttp.ClientSession, pool: Replicas, texts: list[str],
                     timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as resp:
                 raw = await resp.read()
                 if resp.status == 200:
-                    tokens = int(resp.headers.get("X-Greenroom-Tokens", "0") or 0)
+                    tokens = int(resp.headers.get(TOKENS_HEADER, "0") or 0)
                     return Outcome(raw, tokens, None)
                 if 400 <= resp.status < 500 and resp.status not in (408, 429):
                     return Outcome(None, 0, _message(raw, resp.status))

@@ -50,7 +50,9 @@ def _user_out(user: User) -> UserOut:
 
 def _key_out(key: ApiKey) -> ApiKeyOut:
     return ApiKeyOut(id=key.id, name=key.name, expires_at=key.expires_at,
-                     revoked_at=key.revoked_at, created_at=key.created_at)
+                     revoked_at=key.revoked_at, created_at=key.created_at,
+                     lane=key.lane,  # type: ignore[arg-type]  # the column's CHECK
+                     requests_per_s=key.requests_per_s, tokens_per_s=key.tokens_per_s)
 
 
 

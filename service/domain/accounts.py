@@ -114,7 +114,9 @@ async def create_api_key(pool: asyncpg.Pool, user_id: int,
     """A new key for the user; the key itself is returned now and never again."""
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     row = await api_keys.insert(pool, user_id=user_id, key_hash=hash_api_key(key),
-                                name=body.name, expires_at=_expiry(body))
+                                name=body.name, expires_at=_expiry(body), lane=body.lane,
+                                requests_per_s=body.requests_per_s,
+                                tokens_per_s=body.tokens_per_s)
     return row, key
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from model_server import config as replica_config
 from model_server import errors as replica_errors
-from schemas import errors, replica_auth
+from model_server import lanes as replica_lanes
+from schemas import errors, lanes, replica_auth
 
 
 def test_the_replica_reads_its_secret_from_the_header_the_gateways_send() -> None:
@@ -31,3 +32,11 @@ def test_the_replica_and_the_gateway_name_each_status_s_tei_error_type_alike() -
     statuses = range(400, 600)
     assert ([replica_errors.tei_error_type(s) for s in statuses]
             == [errors.tei_error_type(s) for s in statuses])
+
+
+def test_the_replica_reads_lanes_and_deadlines_from_the_headers_the_gateway_sends() -> None:
+    assert replica_lanes.PRIORITY_HEADER == lanes.PRIORITY_HEADER
+    assert replica_lanes.TIMEOUT_HEADER == lanes.TIMEOUT_HEADER
+    assert replica_lanes.TOKENS_HEADER == lanes.TOKENS_HEADER
+    assert replica_lanes.LANES == lanes.LANES
+    assert replica_lanes.MAX_TIMEOUT_S == lanes.MAX_TIMEOUT_S

@@ -95,6 +95,20 @@ async def test_api_keys_shown_once_revocable_and_expiring(
     status, _ = await call(http, "GET", f"{api}{V2}/users/me",
                            headers=bearer("gr_never-issued"))
     assert status == 401
+    assert (created["lane"], created["requests_per_s"]) == ("interactive", None)
+    # Issue 29: a key's lane and limits are set at creation, shown, and checked.
+    status, ingest = await call(http, "POST", f"{api}{V2}/auth/api-keys", headers=svc,
+                                json={"name": "ingest", "lane": "batch",
+                                      "requests_per_s": 50, "tokens_per_s": 1000})
+    assert status == 201, ingest
+    assert (ingest["lane"], ingest["requests_per_s"], ingest["tokens_per_s"]) == (
+        "batch", 50, 1000)
+    _, listed = await call(http, "GET", f"{api}{V2}/auth/api-keys", headers=svc)
+    assert {k["name"]: k["lane"] for k in listed}["ingest"] == "batch"
+    for bad in ({"lane": "urgent"}, {"requests_per_s": 0}, {"tokens_per_s": -1}):
+        status, _ = await call(http, "POST", f"{api}{V2}/auth/api-keys", headers=svc,
+                               json={"name": "bad"} | bad)
+        assert status == 422, bad
 
 
 async def test_model_registry_and_grants(api: str, anon_http: aiohttp.ClientSession,
