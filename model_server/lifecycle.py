@@ -2,6 +2,7 @@
 
 import asyncio
 import functools
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -92,7 +93,17 @@ async def load_and_warm(state: ModelState, loader: Loader) -> None:
         backend=state.backend.name,
         dimension=state.backend.dimension,
         max_input_length=state.backend.max_input_length,
+        frameworks=loaded_frameworks(),
     )
+
+
+# The inference frameworks a replica may load; the onnx path imports only the last two.
+FRAMEWORKS = ("torch", "transformers", "sentence_transformers", "onnxruntime", "tokenizers")
+
+
+def loaded_frameworks() -> list[str]:
+    """Which of FRAMEWORKS this process has imported."""
+    return [name for name in FRAMEWORKS if name in sys.modules]
 
 
 def _start_batcher(backend: Embedder, settings: Settings, metrics: Metrics) -> Batcher:

@@ -71,6 +71,7 @@ ACTIVE_DEPLOYMENT_STATES = (DeploymentStatus.starting, DeploymentStatus.in_progr
 
 
 class Phase(StrEnum):
+    preparing = "preparing"  # an `auto` model's export and agreement check (worker/auto_backend.py)
     starting_replicas = "starting_replicas"
     health_checking = "health_checking"
     switching = "switching"
@@ -156,7 +157,8 @@ class DeploymentConfig(BaseModel):
         default=None, gt=0, le=MAX_DEPLOY_TIMEOUT_S,
         description="health-check deadline for this rollout")
     onnx: OnnxOptions | None = Field(
-        default=None, description="variant options for a model whose source.backend is onnx")
+        default=None,
+        description="variant options for a model whose source.backend is onnx or auto")
 
     @field_validator("env")
     @classmethod
@@ -201,7 +203,7 @@ class DeploymentConfig(BaseModel):
             if not self.autoscaling_enabled:
                 unused |= {key for key in given if key.startswith("autoscaling_")} - {
                     "autoscaling_enabled", "autoscaling_min"}  # min also sets the count
-            if self.onnx is not None and backend != "onnx":
+            if self.onnx is not None and backend not in ("onnx", "auto"):
                 unused.add("onnx")
         return sorted(unused)
 
