@@ -27,7 +27,7 @@ from launch.embedded import PASSWORD_FILE, masked, start_postgres, start_redis
 from launch.restore import report_restored
 from launch.shutdown import stop_everything
 from launch.supervise import LABELS, Supervisor
-from launch.up_guide import print_next_steps, remember_stack
+from launch.up_guide import deployment_took, print_next_steps, remember_stack
 from schemas.file_modes import private_dir
 from schemas.models import ModelSource
 from schemas.settings import RuntimeName, Settings
@@ -158,6 +158,7 @@ async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str,
             task = await _answer(resp)
         _say(f"deploy task {task['task_id']} accepted ({resp.status})")
         done = await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
+        _say(deployment_took(done))
         return str(done["metadata"]["deployment_name"]), headers
 
 

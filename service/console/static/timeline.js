@@ -5,12 +5,12 @@
 import { h, s, seconds } from "./dom.js";
 
 const PHASES = {
-  deploy: ["starting_replicas", "health_checking", "switching", "draining", "removing"],
+  deploy: ["preparing", "starting_replicas", "health_checking", "switching", "draining", "removing"],
   delete: ["switching", "draining", "removing"],
   scale: ["starting_replicas", "health_checking", "switching", "draining", "removing"],
 };
 const LABELS = {
-  queued: "queued", starting_replicas: "starting replicas", health_checking: "health checking",
+  queued: "queued", preparing: "preparing", starting_replicas: "starting replicas", health_checking: "health checking",
   switching: "switching", draining: "draining", removing: "removing",
 };
 
