@@ -75,7 +75,7 @@ def prepare(location: str, cache_dir: Path, quantize: Quantization = "none") -> 
     entry = ExportEntry(cache_dir / fingerprint(model_dir))
     done = cached_decision(entry, quantize)
     if done is not None:
-        return done
+        return {**done, "cached": True}
     decision = cached_decision(entry, "none") or _record(entry, "none", {
         **_load(model_dir, entry, "none", AUTO_MIN_MEAN_COSINE),
         "fingerprint": entry.root.name, "quantize": "none"})

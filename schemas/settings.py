@@ -183,9 +183,10 @@ class Settings(BaseSettings):
     # it never exports, quantises or imports torch.
     onnx_replica_memory_mb: int = 512
     # The `auto` backend (worker/auto_backend.py): where the worker keeps the exports it
-    # made, by content of the model's files (unset: ~/.cache/greenroom/onnx), and how long
-    # one export and agreement check may take before the model falls back to torch.
+    # made, by content of the model's files (unset: ~/.cache/greenroom/onnx).
     onnx_cache_dir: Path | None = None
+    # How long one export and agreement check of the `auto` backend may take before the
+    # model falls back to torch (seconds).
     onnx_prepare_timeout_s: float = 600.0
     # What this worker's runtime may place, in MB; unset: `capacity_share` of the machine's
     # memory for the process runtime, the engine's memory for Docker.
