@@ -117,7 +117,7 @@ def limit_s(backend: str, model_dir: Path, onnx_file: Path,
 
 
 async def replica(runtime: Runtime, http: aiohttp.ClientSession,
-                  source: dict[str, Any]) -> tuple[float, int | None]:
+                  source: dict[str, Any]) -> tuple[float, tuple[int, int] | None]:
     """(start to healthy in s, RSS in MB after one embedding) of one replica."""
     spec = ReplicaSpec(replica_id=uuid4(), model_id=uuid4(), model_identifier="bench/minilm",
                        generation=1, task_id=None, source=source, memory_mb=2048)
@@ -135,7 +135,9 @@ async def replica(runtime: Runtime, http: aiohttp.ClientSession,
         await runtime.remove(started_replica.runtime_ref)
 
 
-def rss_mb(runtime: Runtime, ref: str) -> int | None:
+def rss_mb(runtime: Runtime, ref: str) -> tuple[int, int] | None:
+    """(RSS, private memory) in MB: the private part is what one more replica adds (the
+    shared libraries' pages are shared by every replica of the image or interpreter)."""
     if isinstance(runtime, ProcessRuntime):
         meta = json.loads((runtime._dir(ref) / "meta.json").read_text())
         pid = meta["pid"]
@@ -144,11 +146,11 @@ def rss_mb(runtime: Runtime, ref: str) -> int | None:
                               capture_output=True, text=True, check=False)
         pid = proc.stdout.strip()
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
     except OSError:
         return None
-    kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    return kb // 1024
+    kb = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:]}
+    return kb["Rss"] // 1024, (kb["Private_Clean"] + kb["Private_Dirty"]) // 1024
 
 
 def image_mb(tag: str) -> str:
@@ -159,7 +161,7 @@ def image_mb(tag: str) -> str:
 
 async def run_runtime(name: str, runtime: Runtime, sources: dict[str, dict[str, Any]],
                       limits: dict[str, list[float]], starts: dict[str, list[float]],
-                      rss: dict[str, list[int]], rounds: int, model_dir: Path,
+                      rss: dict[str, list[tuple[int, int]]], rounds: int, model_dir: Path,
                       onnx_file: Path, images: dict[str, str | None]) -> None:
     async with aiohttp.ClientSession() as http:
         for _ in range(rounds):
@@ -170,11 +172,11 @@ async def run_runtime(name: str, runtime: Runtime, sources: dict[str, dict[str, 
                 if mb is not None:
                     rss[backend].append(mb)
                 print(f"  {name} {backend:5}: limit {limits[backend][-1]:5.2f} s, replica "
-                      f"{took:5.2f} s, RSS {mb} MB", flush=True)
+                      f"{took:5.2f} s, RSS and private MB {mb}", flush=True)
 
 
 def report(name: str, limits: dict[str, list[float]], starts: dict[str, list[float]],
-           rss: dict[str, list[int]]) -> None:
+           rss: dict[str, list[tuple[int, int]]]) -> None:
     med = statistics.median
     print(f"\n{name} runtime (medians):")
     for backend in limits:
@@ -182,10 +184,12 @@ def report(name: str, limits: dict[str, list[float]], starts: dict[str, list[flo
         goal = f" (goal <= {START_GOAL[name]})" if backend == "onnx" else ""
         print(f"  {backend:5} start to healthy {med(starts[backend]):5.2f} s, limit "
               f"{med(limits[backend]):5.2f} s: ratio {ratio:.2f}{goal}")
-    if rss["onnx"] and rss["torch"]:
-        ratio = med(rss["onnx"]) / med(rss["torch"])
-        print(f"  RSS per replica: onnx {med(rss['onnx']):.0f} MB, torch "
-              f"{med(rss['torch']):.0f} MB: ratio {ratio:.2f} (goal <= {RSS_GOAL})")
+    for i, what in enumerate(("RSS", "private memory")):
+        if rss["onnx"] and rss["torch"]:
+            onnx, torch = (med(m[i] for m in rss[b]) for b in ("onnx", "torch"))
+            goal = f" (goal <= {RSS_GOAL})" if i == 0 else ""
+            print(f"  {what} per replica: onnx {onnx:.0f} MB, torch {torch:.0f} MB: "
+                  f"ratio {onnx / torch:.2f}{goal}")
     print(f"  onnx start against torch's: {med(starts['onnx']) / med(starts['torch']):.2f}")
 
 
@@ -196,7 +200,8 @@ async def bench(args: argparse.Namespace) -> None:
     decision = prepare(cache)
     entry = cache / decision["fingerprint"]
     model_dir = resolve_model_dir(DEFAULT_MODEL)
-    print(f"prepared (worker, once per model files; found made before: {bool(decision.get('cached'))}): "
+    made = "found made before" if decision.get("cached") else "exported now"
+    print(f"prepared (the worker's step, once per model files; {made}): "
           f"{decision['seconds']:.1f} s, fp32 mean cosine "
           f"{decision['agreement']['mean_cosine']} to torch", flush=True)
     sources = {"onnx": {"backend": "onnx", "location": DEFAULT_MODEL,
@@ -215,7 +220,7 @@ async def bench(args: argparse.Namespace) -> None:
         for name, runtime, images in runtimes:
             limits: dict[str, list[float]] = {"onnx": [], "torch": []}
             starts: dict[str, list[float]] = {"onnx": [], "torch": []}
-            rss: dict[str, list[int]] = {"onnx": [], "torch": []}
+            rss: dict[str, list[tuple[int, int]]] = {"onnx": [], "torch": []}
             container_dir = Path("/app/model") if name == "docker" else model_dir
             await run_runtime(name, runtime, sources, limits, starts, rss, args.rounds,
                               _model_dir_in(images["onnx"], container_dir, model_dir),
@@ -223,8 +228,8 @@ async def bench(args: argparse.Namespace) -> None:
             report(name, limits, starts, rss)
             await runtime.close()
             if name == "process" and rss["onnx"] and rss["torch"]:
-                capacity(defaults, statistics.median(rss["onnx"]),
-                         statistics.median(rss["torch"]))
+                capacity(defaults, statistics.median(m[0] for m in rss["onnx"]),
+                         statistics.median(m[0] for m in rss["torch"]))
     if args.docker:
         print(f"\nimages: {args.image} {image_mb(args.image)}, {args.slim_image} "
               f"{image_mb(args.slim_image)}")
