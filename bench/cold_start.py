@@ -10,6 +10,10 @@ replaces, in interleaved rounds:
   sentence, from spawn to exit;
 - the replica: `ProcessRuntime.start` (the process runtime's own start, as a worker does)
   until /health answers, then one embedding; its RSS after it (/proc/<pid>/status);
+- with `--scale-to-zero`, the whole stack (API, gateway, worker; bench/autoscale.py's) with
+  the default model deployed with autoscaling to zero: once idle at zero, the first
+  request's wait (held by the gateway through a cold start), against the replica's start
+  measured above (goal <= 2x);
 - with `--docker` (and the images there: `greenroom image build` and `--slim`), the same
   on the Docker runtime, the limit being the same script in a container of that image;
   and both images' sizes.
@@ -19,7 +23,7 @@ process runtime, <= 2.0x on Docker; ONNX RSS <= 0.35x torch's), the CPU's featur
 them, and how many default replicas the process runtime's memory budget places before
 (counted at torch's size) and after (at the ONNX replica's).
 
-    .venv/bin/python bench/cold_start.py [--rounds 3] [--docker]
+    .venv/bin/python bench/cold_start.py [--rounds 3] [--docker] [--scale-to-zero]
 """
 
 import argparse
@@ -51,6 +55,10 @@ from worker.runtimes.docker import DockerRuntime  # noqa: E402
 from worker.runtimes.process import ProcessRuntime  # noqa: E402
 
 SENTENCE = "a replica that starts in a second"
+TO_ZERO = {"autoscaling_enabled": True, "autoscaling_min": 0, "autoscaling_max": 1,
+           "autoscaling_target_concurrency": 2, "autoscaling_stable_window_s": 3,
+           "autoscaling_panic_window_s": 1, "autoscaling_scale_down_delay_s": 2,
+           "autoscaling_scale_to_zero_grace_s": 2}
 START_GOAL = {"process": 1.3, "docker": 2.0}
 RSS_GOAL = 0.35
 FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
@@ -227,12 +235,48 @@ async def bench(args: argparse.Namespace) -> None:
                               entry / "fp32.onnx", images)
             report(name, limits, starts, rss)
             await runtime.close()
+            if name == "process" and args.scale_to_zero:
+                await scale_to_zero(statistics.median(starts["onnx"]))
             if name == "process" and rss["onnx"] and rss["torch"]:
                 capacity(defaults, statistics.median(m[0] for m in rss["onnx"]),
                          statistics.median(m[0] for m in rss["torch"]))
     if args.docker:
         print(f"\nimages: {args.image} {image_mb(args.image)}, {args.slim_image} "
               f"{image_mb(args.slim_image)}")
+
+
+async def scale_to_zero(replica_start_s: float) -> None:
+    """The first request after idle at zero, through the gateway, with the default model."""
+    from bench.autoscale import NAME, stack
+
+    with tempfile.TemporaryDirectory(prefix="greenroom-cold-stack-") as tmp:
+        async with stack(Path(tmp), 1.0, 2, {"location": DEFAULT_MODEL}) as (
+                _settings, api, gateway, headers, pool), aiohttp.ClientSession() as http:
+            body = {"embedding_model_id": f"bench/{NAME}", "config": TO_ZERO}
+            async with http.post(f"{api}/deploy", headers=headers, json=body) as resp:
+                task = await resp.json()
+            accepted = time.perf_counter()
+            while task["status"] in ("pending", "processing"):
+                await asyncio.sleep(0.2)
+                async with http.get(f"{api}/deploy/{task['task_id']}", headers=headers) as r:
+                    task = await r.json()
+            assert task["status"] == "done", task
+            print(f"\nscale to zero: deployed {time.perf_counter() - accepted:.1f} s after "
+                  f"accepted ({task['metadata'].get('auto_backend', {}).get('backend')})",
+                  flush=True)
+            url = f"{gateway}/serve/{NAME}/embed"
+            deadline = time.monotonic() + 120
+            while await pool.fetchval("SELECT count(*) FROM replicas r JOIN models m ON "
+                                      "m.id = r.model_id WHERE m.name = $1 AND "
+                                      "r.state = 'ready'", NAME):
+                assert time.monotonic() < deadline, "never went to zero"
+                await asyncio.sleep(0.5)
+            started = time.perf_counter()
+            async with http.post(url, json={"inputs": SENTENCE}) as resp:
+                assert resp.status == 200, await resp.text()
+            first = time.perf_counter() - started
+        print(f"  first request at zero answered in {first:.2f} s; the replica's start "
+              f"{replica_start_s:.2f} s: ratio {first / replica_start_s:.2f} (goal <= 2.0)")
 
 
 def _model_dir_in(image: str | None, container_dir: Path, host_dir: Path) -> Path:
@@ -261,6 +305,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--docker", action="store_true", help="the Docker runtime too")
+    parser.add_argument("--scale-to-zero", action="store_true",
+                        help="the first request at zero through the whole stack")
     parser.add_argument("--image", default="greenroom/model-server:local")
     parser.add_argument("--slim-image", default="greenroom/model-server:slim")
     asyncio.run(bench(parser.parse_args()))
