@@ -82,6 +82,14 @@ def _ensure_image(settings: Settings) -> None:
     except (image.ImageError, OSError) as exc:
         raise UpFailed(f"could not build the model-server image: {exc}") from None
     _say(f"model-server image {tag}: " + ("built" if built else "up to date"))
+    slim = settings.docker_image_onnx
+    if slim and slim.startswith(image.OWN_REPOSITORY):  # the `auto` backend's ONNX replicas
+        try:
+            built = image.build(slim, progress=_say, slim=True)
+        except (image.ImageError, OSError) as exc:
+            raise UpFailed(f"could not build the slim model-server image: {exc}") from None
+        _say(f"model-server image {slim} (without torch): "
+             + ("built" if built else "up to date"))
 
 
 def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
