@@ -98,13 +98,20 @@ def effective_backend(settings: Settings, model: Model) -> str | None:
     return AUTO_BACKEND if decision.get("backend") == ONNX else TORCH
 
 
+def _prepare_env() -> dict[str, str]:
+    """The worker's environment without its own settings (the secret key, the database's
+    and Redis' URLs): the export reads a tenant's files; offline, as replicas are."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")},
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
 async def _run_prepare(settings: Settings, location: str,
                        quantize: str) -> dict[str, Any]:
     """Run the preparation in its own process; its decision, or torch with the reason."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "model_server.onnx_prepare", location, str(cache_dir(settings)),
         "--quantize", quantize, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        env=_prepare_env())
     try:
         out, err = await asyncio.wait_for(proc.communicate(), settings.onnx_prepare_timeout_s)
     except TimeoutError:

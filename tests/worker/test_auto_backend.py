@@ -2,6 +2,7 @@
 reason, for the replicas, quotas and capacity alike; and what it counts a replica as."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,3 +117,11 @@ async def test_a_cache_the_worker_cannot_write_falls_back_to_torch(tmp_path: Pat
     assert "the export could not be kept" in decision["reason"], decision
     assert auto_backend.resolved(settings, model_id, {"backend": "auto"})["backend"] == \
         "sentence-transformers"
+
+
+def test_the_export_process_never_sees_the_workers_settings(monkeypatch: Any) -> None:
+    monkeypatch.setenv("GREENROOM_SECRET_KEY", "a-secret")
+    monkeypatch.setenv("GREENROOM_DATABASE_URL", "postgresql://u:pw@db/greenroom")
+    env = auto_backend._prepare_env()
+    assert not [k for k in env if k.startswith("GREENROOM_")], env
+    assert env["HF_HUB_OFFLINE"] == "1" and env["PATH"] == os.environ["PATH"]
