@@ -28,7 +28,11 @@ The API, a gateway and a worker run as their own processes on a fresh database (
 at the end); the load client runs here. Traffic goes only to 127.0.0.1.
 
     flock /tmp/greenroom-bench.lock .venv/bin/python bench/autoscale.py [--max 3]
-        [--service-ms 50]
+        [--service-ms 50] [--real-model]
+
+`--real-model` (issue 28): the bundled all-MiniLM-L6-v2 with the default `auto` backend
+(the worker's ONNX export, prepared before the run) under the same knobs, so the reaction
+includes a real replica's start; the replicas started alone load the same export.
 """
 
 import argparse
@@ -79,6 +83,22 @@ def source(service_ms: int) -> dict[str, Any]:
     """The model's source: the hashing backend with its test knobs."""
     return {"backend": "hashing", "dimension": 384, "test_service_time_ms": service_ms,
             "test_concurrency": SLOTS}
+
+
+def real_sources(service_ms: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(registered, started alone): the bundled model, `auto`, with the test knobs; and the
+    ONNX export the worker prepares for it, as a replica of it is started."""
+    from model_server.config import DEFAULT_MODEL
+    from model_server.onnx_prepare import prepare
+    from worker.auto_backend import cache_dir
+
+    knobs = {"test_service_time_ms": service_ms, "test_concurrency": SLOTS}
+    cache = cache_dir(Settings())
+    decision = prepare(DEFAULT_MODEL, cache)
+    assert decision["backend"] == "onnx", decision
+    return ({"location": DEFAULT_MODEL, **knobs},
+            {"backend": "onnx", "location": DEFAULT_MODEL, "export_dir": str(cache),
+             "export_entry": str(cache / decision["fingerprint"]), **knobs})
 
 
 class Tally:
@@ -277,9 +297,12 @@ async def first_scale(pool: asyncpg.Pool, after: float) -> Scale | None:
 
 async def bench(args: argparse.Namespace, tmp: Path) -> None:
     load_before = os.getloadavg()[0]
-    running = stack(tmp, args.interval, args.start_concurrency, source(args.service_ms))
+    registered = alone = source(args.service_ms)
+    if args.real_model:
+        registered, alone = real_sources(args.service_ms)
+    running = stack(tmp, args.interval, args.start_concurrency, registered)
     async with running as (settings, api, gateway, headers, pool):
-        starts, one_replica = await replica_start_times(settings, 3, source(args.service_ms))
+        starts, one_replica = await replica_start_times(settings, 3, alone)
         own_start = statistics.median(starts)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout,
@@ -348,6 +371,8 @@ def main() -> None:
     parser.add_argument("--service-ms", type=int, default=50,
                         help="each request's service time on a replica (the test knob)")
     parser.add_argument("--step-s", type=float, default=15, help="length of the load step")
+    parser.add_argument("--real-model", action="store_true",
+                        help="the bundled MiniLM on the default auto backend (ONNX)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
         asyncio.run(bench(args, Path(tmp)))

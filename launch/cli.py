@@ -142,8 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     reg = models.add_parser("register", help="register a model")
     reg.add_argument("--owner", help="straight into the database for this owner; prints the id")
     reg.add_argument("--name")
-    reg.add_argument("--backend", default="sentence-transformers",
-                     choices=["sentence-transformers", "onnx", "hashing"])
+    reg.add_argument("--backend", default="auto",
+                     choices=["auto", "sentence-transformers", "onnx", "hashing"])
     reg.add_argument("--location", help="model directory or package:NAME")
     reg.add_argument("--dimension", type=int)
     reg.add_argument("--access-level", default="private",

@@ -45,7 +45,7 @@ def table(task: TaskResponse, phase_started: float | None = None) -> Table:
         elif task.phase == phase:
             elapsed = f"{time.monotonic() - phase_started:.1f}…" if phase_started else "…"
             view.add_row(f"[yellow]>[/] {phase}", elapsed)
-        else:
+        elif phase != Phase.preparing:  # only an `auto` model's deploy prepares
             view.add_row(f"  [dim]{phase}[/]", "")
     return view
 

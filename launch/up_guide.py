@@ -1,9 +1,12 @@
 """What `greenroom up` records and prints besides its demo: stack file, admin, next steps."""
 
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from launch import stack_state
 from schemas.settings import Settings
+from schemas.tasks import Phase
 
 
 def _say(message: str) -> None:
@@ -46,3 +49,17 @@ def next_steps(state_dir: Path, base: str, gateway: str) -> str:
 
 def print_next_steps(state_dir: Path, base: str, gateway: str) -> None:
     print("\n" + next_steps(state_dir, base, gateway), flush=True)
+
+
+def deployment_took(task: dict[str, Any]) -> str:
+    """How long a done deploy task took from accepted (created) to serving (done), with its
+    phases and what its replicas run (issue 28: the `auto` backend's ONNX replicas)."""
+    took = (datetime.fromisoformat(task["updated_at"])
+            - datetime.fromisoformat(task["created_at"])).total_seconds()
+    metadata = task.get("metadata") or {}
+    timings = metadata.get("timings") or {}
+    phases = ", ".join(f"{phase} {timings[phase]:.1f} s" for phase in Phase if phase in timings)
+    auto = metadata.get("auto_backend") or {}
+    runs = (f"; replicas run {auto.get('backend')} {auto.get('variant') or ''}".rstrip()
+            if auto else "")
+    return f"the default deployment served {took:.1f} s after it was accepted ({phases}{runs})"

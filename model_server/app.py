@@ -44,7 +44,13 @@ from model_server.errors import (
     tei_error_type,
 )
 from model_server.lanes import TOKENS_HEADER
-from model_server.lifecycle import Loader, ModelState, load_and_warm, load_backend
+from model_server.lifecycle import (
+    Loader,
+    ModelState,
+    load_and_warm,
+    load_backend,
+    loaded_frameworks,
+)
 from model_server.metrics import Metrics
 from model_server.tokens import check_ids, texts_from, token_vectors, tokenizer_for
 
@@ -241,6 +247,9 @@ async def info(request: web.Request) -> web.Response:
             "backend": backend.name,
             "quantization": backend.quantization,
             "agreement": backend.agreement and backend.agreement.as_dict(),
+            # Which heavy frameworks this process imported: none but onnxruntime and
+            # tokenizers on the onnx path (issue 28); module names, nothing configured.
+            "frameworks": loaded_frameworks(),
             "version": __version__,
         }
     )

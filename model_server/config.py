@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # The onnx backend: exports land in export_dir (the model store's exports/ when a
     # worker starts the replica); a variant under either floor is refused.
     export_dir: Path = Field(default_factory=lambda: Path.home() / ".cache/greenroom/exports")
+    # The export's own folder, when the worker prepared it (the `auto` backend,
+    # model_server/onnx_prepare.py): read as is, without hashing the model's files to find it.
+    export_entry: Path | None = None
     onnx_quantize: Quantization = "none"
     onnx_optimization_level: OptimizationLevel = "all"
     onnx_isa: Isa = "auto"

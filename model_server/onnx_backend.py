@@ -270,7 +270,9 @@ def recorded_agreement(backend: OnnxBackend, entry: ExportEntry,
 def load_onnx(model_dir: Path, settings: Settings) -> OnnxBackend:
     """Find or make the variant's file, load it, and refuse it under the agreement floors."""
     variant = Variant.from_settings(settings)
-    entry = export_entry(model_dir, settings.export_dir)
+    ModelLayout.read(model_dir)  # a model it cannot reproduce fails before any export
+    entry = (ExportEntry(settings.export_entry) if settings.export_entry is not None
+             else export_entry(model_dir, settings.export_dir))
     reference = _Reference(model_dir, settings)
     steps: list[str] = []
     try:

@@ -12,7 +12,9 @@ class ModelSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["sentence-transformers", "onnx", "hashing"] = "sentence-transformers"
+    # auto: the worker exports the model to ONNX once and its replicas run the export without
+    # torch when it agrees with torch, else torch (worker/auto_backend.py).
+    backend: Literal["auto", "sentence-transformers", "onnx", "hashing"] = "auto"
     location: str | None = Field(default=None, description="model directory or package:NAME")
     dimension: int | None = Field(default=None, ge=1, le=8192)
     # Test knob of the hashing backend: seconds before the replica reports healthy.

@@ -4,7 +4,8 @@ autoscaler share.
 A quota belongs to a model's owner (whoever asks for the deploy). Use counts what the
 owner's models hold: models registered, deployments serving, replicas and their memory.
 A replica's memory is its deploy's `memory` setting, or an assumed figure when none is set
-(`Settings.replica_memory_mb`; the dependency-free hashing test backend is assumed small).
+(`Settings.replica_memory_mb`; the dependency-free hashing test backend is assumed small,
+and an `auto` model that runs the worker's ONNX export `Settings.onnx_replica_memory_mb`).
 """
 
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from schemas.tasks import DeploymentConfig, replica_count
 QUOTA_NAMES = ("models", "deployments", "replicas", "memory_mb", "store_mb")
 # What the hashing backend (a feature-hashing test embedder, no model weights) takes.
 HASHING_MEMORY_MB = 128
+AUTO_BACKEND = "auto"
 _UNITS = {"models": "models", "deployments": "deployments", "replicas": "replicas",
           "memory_mb": "MB of replica memory", "store_mb": "MB of uploaded models"}
 
@@ -89,18 +91,27 @@ class UsageResponse(BaseModel):
     overrides: QuotaLimits
 
 
-def replica_memory_mb(memory: int | None, backend: str | None, assumed_mb: int) -> int:
-    """The memory one replica is counted with."""
+def replica_memory_mb(memory: int | None, backend: str | None, assumed_mb: int,
+                      onnx_mb: int | None = None) -> int:
+    """The memory one replica is counted with: `assumed_mb` for torch (or an `onnx`
+    replica, which may export with torch itself), `onnx_mb` for an `auto` one (it loads the
+    worker's export; worker/auto_backend.py names a fallen-back one torch)."""
     if memory:
         return memory
-    return HASHING_MEMORY_MB if backend == "hashing" else assumed_mb
+    if backend == "hashing":
+        return HASHING_MEMORY_MB
+    if backend == AUTO_BACKEND and onnx_mb:
+        return onnx_mb
+    return assumed_mb
 
 
-def demand(config: DeploymentConfig, backend: str | None, assumed_mb: int) -> Use:
+def demand(config: DeploymentConfig, backend: str | None, assumed_mb: int,
+           onnx_mb: int | None = None) -> Use:
     """What a deployment with `config` holds once it serves."""
     count = replica_count(config)
     return Use(deployments=1, replicas=count,
-               memory_mb=count * replica_memory_mb(config.memory, backend, assumed_mb))
+               memory_mb=count * replica_memory_mb(config.memory, backend, assumed_mb,
+                                                   onnx_mb))
 
 
 def total(uses: Iterable[Use]) -> Use:
@@ -129,7 +140,7 @@ def replica_room(limits: Use, others: Use, memory_per_replica: int) -> int:
 
 def claimed(task_kind: str | None, task_config: dict[str, Any] | None,
             deployed_config: dict[str, Any] | None, backend: str | None,
-            assumed_mb: int) -> Use:
+            assumed_mb: int, onnx_mb: int | None = None) -> Use:
     """What one model holds or will hold: its newest open task decides (a deploy replaces
     the serving generation, a delete frees it), else what serves."""
     if task_kind == "delete":
@@ -140,7 +151,7 @@ def claimed(task_kind: str | None, task_config: dict[str, Any] | None,
         config = deployed_config
     else:
         return Use()
-    return demand(DeploymentConfig.model_validate(config), backend, assumed_mb)
+    return demand(DeploymentConfig.model_validate(config), backend, assumed_mb, onnx_mb)
 
 
 def defaults(settings: Settings) -> Use:

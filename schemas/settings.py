@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     model_store: Path | None = None
     # Image the docker runtime starts when a model names none.
     docker_image: str = "greenroom/model-server:local"
+    # The image of replicas that run an ONNX export prepared by the worker (the `auto`
+    # backend): the slim variant without torch (`greenroom image build --slim`); unset:
+    # `docker_image`.
+    docker_image_onnx: str | None = None
     # Images a non-admin may name in a model's source (admins may name any).
     allowed_images: set[str] = set()
     # Packages a non-admin may name as `package:NAME` (admins may name any installed one).
@@ -183,6 +187,16 @@ class Settings(BaseSettings):
     # process runtime where it can make a cgroup), and what quotas and capacity count it as.
     # MiniLM on torch holds ~0.55 GB; an ONNX export and its agreement check peak near 1.5 GB.
     replica_memory_mb: int = 2048
+    # The same for a replica that loads an export the worker prepared (the `auto` backend
+    # on ONNX): MiniLM's fp32 session holds ~0.2 GB (bench/cold_start.py measures it), and
+    # it never exports, quantises or imports torch.
+    onnx_replica_memory_mb: int = 512
+    # The `auto` backend (worker/auto_backend.py): where the worker keeps the exports it
+    # made, by content of the model's files (unset: ~/.cache/greenroom/onnx).
+    onnx_cache_dir: Path | None = None
+    # How long one export and agreement check of the `auto` backend may take before the
+    # model falls back to torch (seconds).
+    onnx_prepare_timeout_s: float = 600.0
     # What this worker's runtime may place, in MB; unset: `capacity_share` of the machine's
     # memory for the process runtime, the engine's memory for Docker.
     capacity_memory_mb: int | None = None

@@ -73,6 +73,7 @@ ACTIVE_DEPLOYMENT_STATES = (DeploymentStatus.starting, DeploymentStatus.in_progr
 
 
 class Phase(StrEnum):
+    preparing = "preparing"  # an `auto` model's export and agreement check (worker/auto_backend.py)
     starting_replicas = "starting_replicas"
     health_checking = "health_checking"
     canary = "canary"  # config.rollout.strategy canary: the steps (worker/traffic_phase.py)
@@ -160,7 +161,8 @@ class DeploymentConfig(BaseModel):
         default=None, gt=0, le=MAX_DEPLOY_TIMEOUT_S,
         description="health-check deadline for this rollout")
     onnx: OnnxOptions | None = Field(
-        default=None, description="variant options for a model whose source.backend is onnx")
+        default=None,
+        description="variant options for a model whose source.backend is onnx or auto")
     rollout: RolloutConfig = Field(
         default_factory=RolloutConfig,
         description="how the new generation takes the traffic: green, canary or shadow")
@@ -208,7 +210,7 @@ class DeploymentConfig(BaseModel):
             if not self.autoscaling_enabled:
                 unused |= {key for key in given if key.startswith("autoscaling_")} - {
                     "autoscaling_enabled", "autoscaling_min"}  # min also sets the count
-            if self.onnx is not None and backend != "onnx":
+            if self.onnx is not None and backend not in ("onnx", "auto"):
                 unused.add("onnx")
         return sorted(unused)
 

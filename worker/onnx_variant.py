@@ -57,6 +57,8 @@ def onnx_env(source: dict[str, Any]) -> dict[str, str]:
            if key in _ENV_NAMES}
     if source.get("export_dir"):
         env["MODEL_SERVER_EXPORT_DIR"] = str(source["export_dir"])
+    if source.get("export_entry"):  # prepared by the worker (worker/auto_backend.py)
+        env["MODEL_SERVER_EXPORT_ENTRY"] = str(source["export_entry"])
     return env
 
 

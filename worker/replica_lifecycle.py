@@ -17,6 +17,7 @@ from schemas import secrets as deployment_secrets
 from schemas.quotas import replica_memory_mb
 from schemas.tasks import DeploymentConfig, ReplicaState
 from schemas.tokens import issue_job_token
+from worker import auto_backend
 from worker.context import WorkerContext
 from worker.onnx_variant import replica_source
 from worker.runtimes.base import ReplicaSpec, RuntimeFailure, StartedReplica
@@ -62,8 +63,8 @@ def gateway_headers(ctx: WorkerContext, model_id: UUID, generation: int) -> dict
 
 def placed_memory_mb(ctx: WorkerContext, model: Model, config: DeploymentConfig) -> int:
     """The memory each replica of this deployment is counted with (quotas, capacity)."""
-    return replica_memory_mb(config.memory, model.source.get("backend"),
-                             ctx.settings.replica_memory_mb)
+    return replica_memory_mb(config.memory, auto_backend.effective_backend(ctx.settings, model),
+                             ctx.settings.replica_memory_mb, ctx.settings.onnx_replica_memory_mb)
 
 
 async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID | None,
@@ -78,7 +79,8 @@ async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID
     spec = ReplicaSpec(
         replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
         generation=generation, task_id=task_id,
-        source=replica_source(ctx.settings, model.source, config, model.id),
+        source=replica_source(ctx.settings, auto_backend.resolved(
+            ctx.settings, model.id, model.source), config, model.id),
         # What quotas and capacity count is what the runtime enforces.
         memory_mb=memory_mb, memory_requested=config.memory is not None, env=dict(env),
         cpus=config.cpus,

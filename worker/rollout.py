@@ -34,7 +34,7 @@ from schemas.tasks import (
     model_id_shaped,
     replica_count,
 )
-from worker import compatibility, replica_lifecycle, traffic_phase
+from worker import auto_backend, compatibility, replica_lifecycle, traffic_phase
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
@@ -150,7 +150,9 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
         assert isinstance(first, ReplicaFailed)
         tail = await _log_tail(ctx, first.runtime_ref)
         raise RolloutFailed(with_log_tail(f"{first}", tail)) from None
-    await record_agreement(ctx.pool, ctx.http, model.id, model.source, started[0].endpoint,
+    await record_agreement(ctx.pool, ctx.http, model.id,
+                           auto_backend.resolved(ctx.settings, model.id, model.source),
+                           started[0].endpoint,
                            generation, replica_lifecycle.gateway_headers(ctx, model.id, generation))
     return started
 
@@ -231,6 +233,7 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     progress = Progress(ctx, task)
     await progress.event("info", f"starting generation {generation}", generation)
     try:
+        await auto_backend.prepare(ctx, progress, model, config, generation)
         started = await bring_up(ctx, progress, model, generation, config)
         await compatibility.gate(ctx, progress, model, generation, started, config)
         handed = await traffic_phase.hand_over(ctx, progress, model.id, generation, config)

@@ -292,7 +292,10 @@ async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
     except BaseException:
         await asyncio.shield(models.end_upload(pool, model.id, upload_id, before))
         raise
-    source = {**model.source, "backend": "sentence-transformers", "location": str(target)}
+    # Weights make a hashing model a real one; a chosen torch or onnx backend stays.
+    backend = model.source.get("backend")
+    source = {**model.source, "location": str(target),
+              "backend": backend if backend in ("sentence-transformers", "onnx") else "auto"}
     await models.update_source(pool, model.id, source)
     await models.merge_metadata(pool, model.id, {"uploaded_weights": weights})
     await models.end_upload(pool, model.id, upload_id, "complete", size)

@@ -50,8 +50,10 @@ async def check_deploy(pool: asyncpg.Pool, settings: Settings, model: Model,
     limits = quotas.limits_with(quotas.defaults(settings), owner.overrides)
     current = quotas.total(
         quotas.claimed(g.task_kind, g.task_config, g.deployed_config, g.backend,
-                       settings.replica_memory_mb).times(g.models) for g in owner.claims)
-    wanted = quotas.demand(config, model.source.get("backend"), settings.replica_memory_mb)
+                       settings.replica_memory_mb, settings.onnx_replica_memory_mb,
+                       ).times(g.models) for g in owner.claims)
+    wanted = quotas.demand(config, model.source.get("backend"), settings.replica_memory_mb,
+                           settings.onnx_replica_memory_mb)
     try:
         quotas.check(limits, current, wanted)
     except QuotaExceeded as exc:
@@ -87,7 +89,8 @@ async def actual_use(pool: asyncpg.Pool, settings: Settings, owner_id: int) -> U
     """What runs now: models, serving deployments, live replicas and their memory."""
     live = await owner_quotas.live_replicas(pool, owner_id)
     memory = sum(r.memory_mb or quotas.replica_memory_mb(r.config_memory_mb, r.backend,
-                                                         settings.replica_memory_mb)
+                                                         settings.replica_memory_mb,
+                                                         settings.onnx_replica_memory_mb)
                  for r in live)
     return Use(models=await owner_quotas.count_models(pool, owner_id),
                deployments=await owner_quotas.count_serving(pool, owner_id),

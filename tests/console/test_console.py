@@ -218,9 +218,8 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
          "buffer": tiny_model_archive(b"weights")})
     await dialog.get_by_role("button", name="Upload").click()
     await expect(page.locator("#upload-result")).to_contain_text(
-        "Uploaded alice/broken: backend sentence-transformers, train status complete")
-    await expect(page.locator("tr", has_text="alice/broken")).to_contain_text(
-        "sentence-transformers")
+        "Uploaded alice/broken: backend auto, train status complete")
+    await expect(page.locator("tr", has_text="alice/broken")).to_contain_text("auto")
     await page.screenshot(path=artifacts / "08-models-uploaded.png", full_page=True)
     uploaded = await models.find(console.pool, "alice/broken")
     assert uploaded is not None and uploaded.source["location"] != "/nonexistent/model"

@@ -33,6 +33,11 @@ def test_up_once_with_embedded_services_prints_a_working_curl(embedded_tmp: Path
     body = out[command.end():].strip().splitlines()[0]
     assert re.match(r'\{"object":\s*"list"', body), body
     assert "task done" in out.split("undeploying")[1], "the bundled model was undeployed"
+    took = re.search(r"the default deployment served ([\d.]+) s after it was accepted "
+                     r"\((.*)\)", out)
+    assert took and "health_checking" in took.group(2), out
+    assert "replicas run onnx fp32" in took.group(2), "the default runs the ONNX export"
+    print(took.group(0))
     numbers = re.findall(r"-?\d+\.\d+(?:e-?\d+)?", body)
     assert len(numbers) >= 10
 

@@ -36,7 +36,7 @@ async def test_a_reader_does_not_see_the_host_path_of_a_model(
         assert mine["source"]["location"] == path
         status, seen = await call(http, "GET", f"{api}/api/v2/models/alice/pub", headers=bob)
         assert status == 200 and "location" not in seen["source"], seen
-        assert seen["source"]["backend"] == "sentence-transformers"
+        assert seen["source"]["backend"] == "auto"
         status, listed = await call(http, "GET", f"{api}/api/v2/models", headers=bob)
         assert status == 200 and path not in str(listed), listed
         status, listed = await call(http, "GET", f"{api}/api/v2/models", headers=alice)

@@ -75,5 +75,11 @@ async def test_uploaded_minilm_deploys_and_serves_on_docker(
     async with aiodocker.Docker() as docker:
         (data,) = await containers_of(docker, UUID(model["id"]))
     folder = settings.model_store_dir.resolve() / model["id"]
-    assert data["HostConfig"]["Binds"] == [f"{folder}:/model:ro"]
+    # The model's files read-only, and its own exports folder: the ONNX export the worker
+    # prepared (the `auto` backend, issue 28), never the rest of the store.
+    exports = settings.model_store_dir.resolve() / "exports" / model["id"]
+    assert data["HostConfig"]["Binds"] == [f"{folder}:/model:ro", f"{exports}:{exports}:rw"]
+    env = dict(e.split("=", 1) for e in data["Config"]["Env"])
+    assert env["MODEL_SERVER_BACKEND"] == "onnx" and \
+        env["MODEL_SERVER_EXPORT_ENTRY"].startswith(str(exports))
     assert data["HostConfig"]["ReadonlyRootfs"] is True

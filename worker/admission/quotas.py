@@ -13,6 +13,7 @@ from db.models import Model
 from schemas import quotas
 from schemas.quotas import Use
 from schemas.tasks import DeploymentConfig, replica_count
+from worker.auto_backend import effective_backend
 from worker.context import WorkerContext
 
 RUNNING = ["processing"]
@@ -28,7 +29,8 @@ async def _limits_and_others(ctx: WorkerContext, owner_id: int,
     rows = await owner_quotas.claims(ctx.pool, owner_id, model_id, RUNNING)
     others = quotas.total(
         quotas.claimed(r.task_kind, r.task_config, r.deployed_config, r.backend,
-                       ctx.settings.replica_memory_mb) for r in rows)
+                       ctx.settings.replica_memory_mb, ctx.settings.onnx_replica_memory_mb)
+        for r in rows)
     return limits, others
 
 
@@ -38,13 +40,16 @@ async def check_rollout(ctx: WorkerContext, model: Model, config: DeploymentConf
     if found is None:
         return
     limits, others = found
-    wanted = quotas.demand(config, model.source.get("backend"), ctx.settings.replica_memory_mb)
+    backend = effective_backend(ctx.settings, model)
+    wanted = quotas.demand(config, backend, ctx.settings.replica_memory_mb,
+                           ctx.settings.onnx_replica_memory_mb)
     if config.rollout.strategy != "green":
         # A canary or shadow runs both generations for its whole traffic phase (a green
         # rollout only for its switch): the quota must hold the serving one's replicas too.
         serving = await replicas.count_serving(ctx.pool, model.id)
-        per_replica = quotas.replica_memory_mb(config.memory, model.source.get("backend"),
-                                               ctx.settings.replica_memory_mb)
+        per_replica = quotas.replica_memory_mb(config.memory, backend,
+                                               ctx.settings.replica_memory_mb,
+                                               ctx.settings.onnx_replica_memory_mb)
         wanted = wanted + Use(replicas=serving, memory_mb=serving * per_replica)
     quotas.check(limits, others, wanted)
 
@@ -57,8 +62,9 @@ async def replica_room(ctx: WorkerContext, model: Model,
     if found is None:
         return None
     limits, others = found
-    per_replica = quotas.replica_memory_mb(config.memory, model.source.get("backend"),
-                                           ctx.settings.replica_memory_mb)
+    per_replica = quotas.replica_memory_mb(config.memory, effective_backend(ctx.settings, model),
+                                           ctx.settings.replica_memory_mb,
+                                           ctx.settings.onnx_replica_memory_mb)
     return quotas.replica_room(limits, others, per_replica)
 
 

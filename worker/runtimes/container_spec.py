@@ -111,7 +111,9 @@ def container_spec(spec: ReplicaSpec, settings: Settings, *, runtime: str,
     env = {**model_server_env(spec, host="0.0.0.0", port=CONTAINER_PORT), "HOME": TMPFS_PATH,
            **mount_env}
     return ContainerSpec(
-        image=spec.source.get("image") or settings.docker_image,
+        # A replica of an export the worker prepared runs without torch: the slim image.
+        image=spec.source.get("image") or (spec.source.get("export_entry") and
+                                           settings.docker_image_onnx) or settings.docker_image,
         env=env,
         labels={**spec.labels(), **own_labels, LABEL_RUNTIME: runtime},
         binds=binds,

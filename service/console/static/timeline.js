@@ -5,15 +5,15 @@
 import { h, s, seconds } from "./dom.js";
 
 const PHASES = {
-  deploy: ["starting_replicas", "health_checking", "canary", "shadow", "switching", "draining",
-           "removing"],
+  deploy: ["preparing", "starting_replicas", "health_checking", "canary", "shadow", "switching",
+           "draining", "removing"],
   delete: ["switching", "draining", "removing"],
   scale: ["starting_replicas", "health_checking", "switching", "draining", "removing"],
 };
 const LABELS = {
-  queued: "queued", starting_replicas: "starting replicas", health_checking: "health checking",
-  canary: "canary", shadow: "shadow", switching: "switching", draining: "draining",
-  removing: "removing",
+  queued: "queued", preparing: "preparing", starting_replicas: "starting replicas",
+  health_checking: "health checking", canary: "canary", shadow: "shadow",
+  switching: "switching", draining: "draining", removing: "removing",
 };
 
 const t = (iso) => (iso ? Date.parse(iso) / 1000 : null);
