@@ -230,3 +230,18 @@ async def owner_of(db: Executor, model_id: UUID) -> int | None:
         owner: int | None = await db.fetchval("SELECT owner_id FROM models WHERE id = $1",
                                               model_id)
     return owner
+
+
+async def warm_replicas(db: Executor, owner_id: int, assumed_mb: int) -> tuple[int, int]:
+    """(count, MB) of the owner's warm replicas: live replicas of a previous generation kept
+    for a rollback (issue 26). A replica without a recorded memory counts `assumed_mb`."""
+    async with translated():
+        row = await db.fetchrow(
+            """SELECT count(*) AS n, coalesce(sum(coalesce(r.memory_mb, $2)), 0) AS mb
+               FROM replicas r JOIN models m ON m.id = r.model_id
+               JOIN deployments d ON d.model_id = r.model_id
+               WHERE m.owner_id = $1 AND r.generation = d.previous_generation
+                 AND r.generation IS DISTINCT FROM d.active_generation
+                 AND r.state IN ('starting', 'ready', 'draining')""",
+            owner_id, assumed_mb)
+    return int(row["n"]), int(row["mb"])

@@ -91,10 +91,18 @@ class ScalePayload(_Payload):
         return data
 
 
-TaskPayload = DeployPayload | DeletePayload | ScalePayload
+class RollbackPayload(_Payload):
+    """A rollback (issue 26): back to `generation` (None: the generation that served before
+    the serving one, decided when the worker claims the task)."""
+
+    generation: int | None = Field(default=None, ge=1,
+                                   description="the generation to go back to")
+
+
+TaskPayload = DeployPayload | DeletePayload | ScalePayload | RollbackPayload
 _BY_KIND: dict[TaskKind, type[TaskPayload]] = {
     TaskKind.deploy: DeployPayload, TaskKind.delete: DeletePayload,
-    TaskKind.scale: ScalePayload,
+    TaskKind.scale: ScalePayload, TaskKind.rollback: RollbackPayload,
 }
 
 

@@ -8,6 +8,7 @@ from uuid import UUID
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas import replica_env
+from schemas.rollout import RolloutConfig
 
 MAX_REPLICAS = 16
 # The longest health-check deadline a deploy may ask for (`deploy_timeout_s`); a worker's
@@ -26,6 +27,7 @@ class TaskKind(StrEnum):
     deploy = "deploy"
     delete = "delete"
     scale = "scale"
+    rollback = "rollback"
 
 
 class TaskStatus(StrEnum):
@@ -157,6 +159,9 @@ class DeploymentConfig(BaseModel):
         description="health-check deadline for this rollout")
     onnx: OnnxOptions | None = Field(
         default=None, description="variant options for a model whose source.backend is onnx")
+    rollout: RolloutConfig | None = Field(
+        default=None, description="how the rollout moves traffic (issue 26): "
+                                  "`keep_previous_s`, the previous generation's warm window")
 
     @field_validator("env")
     @classmethod

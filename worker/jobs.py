@@ -17,7 +17,7 @@ from schemas import replica_auth, task_payloads
 from schemas import secrets as deployment_secrets
 from schemas.settings import Settings
 from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
-from worker import rollout
+from worker import rollback, rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
 from worker.log_redaction import redact, secret_values
@@ -169,6 +169,8 @@ async def _dispatch(ctx: WorkerContext, task: tasks.Task) -> None:
         await rollout.delete(ctx, task)
     elif task.kind == TaskKind.scale:
         await scale_task.scale(ctx, task)
+    elif task.kind == TaskKind.rollback:
+        await rollback.rollback(ctx, task)
     else:
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.refused,
                            f"task kind {task.kind!r} is not supported by this worker")
