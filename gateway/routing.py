@@ -35,7 +35,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
 from schemas import replica_auth
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
-from schemas.gateway import GatewayReport
+from schemas.gateway import GENERATION_HEADER, REVISION_HEADER, GatewayReport
 from schemas.queue import (
     AUTH_CHANNEL,
     GATEWAY_KEY_PREFIX,
@@ -58,6 +58,15 @@ def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
     if "X-Request-Id" in headers and "X-Request-Id" not in out:
         out["X-Request-Id"] = uuid4().hex
     return out
+
+
+def answered_by(route: Route, replica_id: UUID) -> dict[str, str]:
+    """The headers naming what answered: replica, generation and its pinned revision."""
+    headers = {"X-Greenroom-Replica": str(replica_id),
+               GENERATION_HEADER: str(route.generation)}
+    if route.revision is not None:
+        headers[REVISION_HEADER] = f"r{route.revision}"
+    return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +192,7 @@ class Gateway:
             metrics.observe(deployment, answer.status, elapsed)
             self.latency.observe(route.model_id, elapsed)
             out = web.Response(body=answer.body, status=answer.status,
-                               headers={"X-Greenroom-Replica": str(replica_id)})
+                               headers=answered_by(route, replica_id))
             if answer.content_type:
                 out.headers["Content-Type"] = answer.content_type
             return out

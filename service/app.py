@@ -16,7 +16,17 @@ from schemas.file_modes import private_dir
 from schemas.queue import QUEUE_NAME, decode_job, encode_job
 from schemas.settings import Settings
 from service import console
-from service.api import bazaar_v1, bazaar_v2, docs, health, quotas, registry, scale, tasks
+from service.api import (
+    bazaar_v1,
+    bazaar_v2,
+    docs,
+    health,
+    quotas,
+    registry,
+    revisions,
+    scale,
+    tasks,
+)
 from service.domain import upload_lease
 from service.domain.login_throttle import LoginThrottle
 from service.domain.passwords import Passwords
@@ -75,7 +85,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     docs.setup(app)
     # scale before bazaar_v2: POST {model}/scale is not a deploy of a model
     # named `<model>/scale`.
-    for surface in (registry, quotas, scale, bazaar_v2, bazaar_v1):
+    # revisions before registry and bazaar_v2: GET {model}/revisions is not a model named
+    # `<model>/revisions`, POST {model}/rollback not a deploy of one.
+    for surface in (revisions, registry, quotas, scale, bazaar_v2, bazaar_v1):
         register(app, surface.ROUTES)
     console.setup(app)
     return app

@@ -25,6 +25,7 @@ from schemas.settings import Settings
 from schemas.task_payloads import (
     DeletePayload,
     DeployPayload,
+    RollbackPayload,
     ScalePayload,
     TaskPayload,
     TaskTarget,
@@ -141,7 +142,7 @@ def _payload(kind: TaskKind, req: TaskRequest, settings: Settings) -> TaskPayloa
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
                  idempotency_key: str | None, created_by: int | None = None,
                  model: Model | None = None, *, settings: Settings,
-                 payload: ScalePayload | None = None,
+                 payload: ScalePayload | RollbackPayload | None = None,
                  owner_quota: OwnerQuota | None = None) -> tuple[Task, bool]:
     """Insert (or find, for an idempotency key `created_by` used before) the task; True
     when created now. Keys are per user: another user's key names another task.
