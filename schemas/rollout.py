@@ -4,21 +4,24 @@ unchanged."""
 
 from pydantic import BaseModel, ConfigDict, Field
 
-KEEP_PREVIOUS_S_DEFAULT = 300.0
 
 
 class RolloutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    keep_previous_s: float = Field(
-        default=KEEP_PREVIOUS_S_DEFAULT, ge=0, le=86_400,
+    keep_previous_s: float | None = Field(
+        default=None, ge=0, le=86_400,
         description="after a flip, the previous generation's replicas stay warm (running, "
                     "not routed) this long: a rollback inside it is a route flip; they count "
-                    "toward quotas and capacity meanwhile; 0 drains them at once")
+                    "toward quotas and capacity meanwhile; 0 drains them at once (default: "
+                    "GREENROOM_ROLLOUT_KEEP_PREVIOUS_S, 300)")
 
 
-def keep_previous_s(rollout: RolloutConfig | None) -> float:
-    return rollout.keep_previous_s if rollout is not None else KEEP_PREVIOUS_S_DEFAULT
+def keep_previous_s(rollout: RolloutConfig | None, default: float) -> float:
+    """The warm window of a deploy with `rollout`; `default`: the installation's setting."""
+    if rollout is None or rollout.keep_previous_s is None:
+        return default
+    return rollout.keep_previous_s
 
 
 class RollbackRequest(BaseModel):

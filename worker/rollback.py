@@ -60,7 +60,7 @@ async def rollback(ctx: WorkerContext, task: Task) -> None:
                                  "existed, or it started before revisions were recorded)")
         return
     config = DeploymentConfig.model_validate(pinned.config)
-    keep = keep_previous_s(config.rollout)
+    keep = keep_previous_s(config.rollout, ctx.settings.rollout_keep_previous_s)
     async with transaction(ctx.pool) as conn:
         flipped_from = await deployments.flip_to_warm(conn, model.id, target, pinned.config,
                                                       keep)

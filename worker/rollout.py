@@ -176,7 +176,8 @@ async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
         old = await deployments.switch(conn, model.id, generation, name,
                                        config.model_dump(mode="json"),
                                        name_hold_s=ctx.settings.deployment_name_hold_s,
-                                       keep_previous_s=keep_previous_s(config.rollout))
+                                       keep_previous_s=keep_previous_s(
+                                           config.rollout, ctx.settings.rollout_keep_previous_s))
     await publish_routes(ctx, model.id)
     return old
 
