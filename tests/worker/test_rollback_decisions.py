@@ -16,7 +16,7 @@ from schemas.tasks import DeploymentConfig, ReplicaState, TaskKind, TaskRequest,
 from service.domain import task_requests
 from tests.worker.decisions import a_model, active_generation, deploy, run, states
 from tests.worker.fake_runtime import FakeRuntime
-from worker import reconciler, warm
+from worker import reconciler, retention, warm
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
 
@@ -139,3 +139,25 @@ async def test_warm_replicas_count_toward_the_quota_and_the_refusal_says_so(
     assert "warm replica(s)" in (refused.detail or ""), refused.detail
     ended = await tasks.get(fake_ctx.pool, refused.id)
     assert ended is not None and ended.metadata["quota"]["quota"] == "replicas"
+
+
+async def test_an_uploaded_revisions_files_go_only_when_nothing_pins_them(
+        fake_ctx: WorkerContext) -> None:
+    model = await a_model(fake_ctx)
+    store = fake_ctx.settings.model_store_dir.resolve()
+    folders = {}
+    for number in (1, 2, 3):
+        folder = folders[number] = store / str(model.id) / str(number)
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        await revisions.insert(fake_ctx.pool, model.id, number, "upload",
+                               {"backend": "sentence-transformers", "location": str(folder)},
+                               f"sha256:{number}", 2)
+    # Generation 1 served r1 (a rollback target); r2 nothing pins; r3 is the newest.
+    await generations.pin(fake_ctx.pool, model.id, 1, 1, {})
+    await generations.mark_served(fake_ctx.pool, model.id, 1)
+    assert await retention.prune_revision_files(fake_ctx) == 1
+    assert folders[1].is_dir() and not folders[2].exists() and folders[3].is_dir()
+    gone = await revisions.get(fake_ctx.pool, model.id, 2)
+    assert gone is not None and gone.files_removed_at is not None
+    assert await retention.prune_revision_files(fake_ctx) == 0
