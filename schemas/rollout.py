@@ -5,7 +5,6 @@ unchanged."""
 from pydantic import BaseModel, ConfigDict, Field
 
 
-
 class RolloutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

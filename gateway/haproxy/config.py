@@ -159,6 +159,7 @@ backend python
     for i, port in enumerate(layout.gateways):
         text += f"    server gw{i} 127.0.0.1:{port}\n"
     for index in range(layout.slots):
+        revision = label(index, layout.revisions_map)
         text += f"""
 backend {slot_name(index)}
     balance leastconn
@@ -166,7 +167,7 @@ backend {slot_name(index)}
     http-request set-header {replica_auth.HEADER} {secret(index)}
     http-response set-header X-Greenroom-Replica %[srv_name,map({layout.replicas_map})]
     http-response set-header {GENERATION_HEADER} %[{label(index, layout.generations_map)}]
-    http-response set-header {REVISION_HEADER} %[{label(index, layout.revisions_map)}] if {{ {label(index, layout.revisions_map)} -m found }}
+    http-response set-header {REVISION_HEADER} %[{revision}] if {{ {revision} -m found }}
 """
         text += _json_error(502, "replica answered badly or closed the connection", "Backend")
         text += _json_error(503, "no replica of the deployment could take the request",
