@@ -81,10 +81,17 @@ async def test_pinned_revision_headers_and_a_rollback_flip_under_load(
     model_id = await hashing_model(NAME)
     spawn("worker")
     gateway = await _gateway(engine, spawn, http)
+    async with aiohttp.ClientSession() as anon:  # no token: HAProxy serves a public model itself
+        await _flow(engine, api, gateway, http, anon, pool, settings, model_id)
+
+
+async def _flow(engine: str, api: str, gateway: str, http: aiohttp.ClientSession,
+                anon: aiohttp.ClientSession, pool: asyncpg.Pool, settings: Settings,
+                model_id: UUID) -> None:
     first = await _deploy(http, api, WARM)
     assert first["metadata"]["revision"] == "r1"
-    await _until(lambda: _serves(http, gateway, "1"), 30, "generation 1 routed")
-    v1, headers = await _embed(http, gateway)
+    await _until(lambda: _serves(anon, gateway, "1"), 30, "generation 1 routed")
+    v1, headers = await _embed(anon, gateway)
     assert headers["X-Greenroom-Generation"] == "1" and headers["X-Greenroom-Revision"] == "r1"
     assert len(v1) == 384
 
@@ -109,7 +116,7 @@ async def test_pinned_revision_headers_and_a_rollback_flip_under_load(
                if r.id not in before]
     seen: set[str] = set()
     for _ in range(10):  # at once, so least-in-flight spreads them over both replicas
-        for vector, headers in await asyncio.gather(*(_embed(http, gateway)
+        for vector, headers in await asyncio.gather(*(_embed(anon, gateway)
                                                       for _ in range(16))):
             assert vector == v1, "a generation-1 replica served other vectors"
             assert headers["X-Greenroom-Revision"] == "r1"
@@ -120,8 +127,8 @@ async def test_pinned_revision_headers_and_a_rollback_flip_under_load(
 
     # Generation 2 runs revision r2; then roll back while 40 req/s flow.
     await _deploy(http, api, WARM)
-    await _until(lambda: _serves(http, gateway, "2"), 30, "generation 2 routed")
-    v2, headers = await _embed(http, gateway)
+    await _until(lambda: _serves(anon, gateway, "2"), 30, "generation 2 routed")
+    v2, headers = await _embed(anon, gateway)
     assert len(v2) == 64 and headers["X-Greenroom-Revision"] == "r2"
 
     stop = asyncio.Event()
@@ -134,7 +141,7 @@ async def test_pinned_revision_headers_and_a_rollback_flip_under_load(
         task = await resp.json()
     done = await wait_task(http, api, "rollback", task["task_id"])
     assert done["status"] == "done", done
-    await _until(lambda: _serves(http, gateway, "1"), 10, "generation 1 routed again")
+    await _until(lambda: _serves(anon, gateway, "1"), 10, "generation 1 routed again")
     await asyncio.sleep(1.5)
     stop.set()
     await running
@@ -145,7 +152,7 @@ async def test_pinned_revision_headers_and_a_rollback_flip_under_load(
     assert meta["mode"] == "flip" and meta["generation"] == 1
     assert meta["claim_to_flipped_ms"] <= 100, meta
     assert load.sent >= 100 and not load.failures, load.failures[:5]
-    vector, headers = await _embed(http, gateway)
+    vector, headers = await _embed(anon, gateway)
     assert vector == v1 and headers["X-Greenroom-Generation"] == "1"
 
 
