@@ -130,6 +130,13 @@ async def _flow(engine: str, api: str, gateway: str, http: aiohttp.ClientSession
     await _until(lambda: _serves(anon, gateway, "2"), 30, "generation 2 routed")
     v2, headers = await _embed(anon, gateway)
     assert len(v2) == 64 and headers["X-Greenroom-Revision"] == "r2"
+    async with http.get(f"{api}/api/v2/deploy/alice/{NAME}/status") as resp:
+        status = await resp.json()
+    assert (status["generation"], status["revision"], status["warm_generation"]) == (2, "r2", 1)
+    async with http.get(f"{api}/api/v2/models/alice/{NAME}/generations") as resp:
+        listed = await resp.json()
+    assert [(g["generation"], g["revision"], g["state"]) for g in listed] == [
+        (2, "r2", "serving"), (1, "r1", "warm")], listed
 
     stop = asyncio.Event()
     load = Load()
