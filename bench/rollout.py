@@ -83,11 +83,8 @@ class Stack:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in settings.model_dump(exclude_none=True).items():
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-        env[f"GREENROOM_{key.upper()}"] = str(raw)
-    return env
+    # backing's encoding: a list setting (allowed_images) as JSON, as Settings reads it back.
+    return dict(os.environ) | backing.settings_env(settings)
 
 
 @contextlib.contextmanager
@@ -138,8 +135,9 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
         with _processes(settings, tmp):
             api, gateway = f"http://{HOST}:{port}", f"http://{HOST}:{gateway_port}"
             async with aiohttp.ClientSession() as http:
-                await backing.wait_for_http(http, api + "/healthz")
-                await backing.wait_for_http(http, gateway + "/healthz")
+                # A shared machine may take a while to start them (imports, migrations).
+                await backing.wait_for_http(http, api + "/healthz", timeout_s=120)
+                await backing.wait_for_http(http, gateway + "/healthz", timeout_s=120)
             yield Stack(settings, pool, api, gateway, _owner_headers(settings, model.owner_id),
                         tmp, model.id)
     finally:

@@ -29,5 +29,6 @@ class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     generation: int | None = Field(
-        default=None, ge=1, description="the generation to go back to; default: the one "
-                                        "that served before the serving one")
+        default=None, ge=1, le=2**31 - 1,
+        description="the generation to go back to; default: the one that served before "
+                    "the serving one")

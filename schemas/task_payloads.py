@@ -95,7 +95,7 @@ class RollbackPayload(_Payload):
     """A rollback (issue 26): back to `generation` (None: the generation that served before
     the serving one, decided when the worker claims the task)."""
 
-    generation: int | None = Field(default=None, ge=1,
+    generation: int | None = Field(default=None, ge=1, le=2**31 - 1,
                                    description="the generation to go back to")
 
 
