@@ -13,6 +13,9 @@ _COLUMNS = "model_id, number, origin, source, digest, size_bytes, files_removed_
 # How many of a model's newest served generations stay rollback targets: their revisions'
 # files are kept (worker/retention.py).
 ROLLBACK_TARGETS = 5
+# The most revisions one model may have: a tenant changing its source in a loop cannot
+# grow the table without bound (each upload is bounded by the store quota as well).
+MAX_REVISIONS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,13 @@ async def insert(db: Executor, model_id: UUID, number: int, origin: str,
     revision = _revision(row)
     assert revision is not None
     return revision
+
+
+async def count(db: Executor, model_id: UUID) -> int:
+    async with translated():
+        found: int = await db.fetchval(
+            "SELECT count(*) FROM model_revisions WHERE model_id = $1", model_id)
+    return found
 
 
 async def latest(db: Executor, model_id: UUID) -> Revision | None:

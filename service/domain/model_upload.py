@@ -290,6 +290,9 @@ async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
     if allowance is not None and (declared_size or 1) > allowance.left_bytes:
         raise allowance.refuse(declared_size or 1)
     store_space.check_room(settings, store, declared_size or 0)
+    if await revisions.count(pool, model.id) >= revisions.MAX_REVISIONS:
+        raise Conflict(f"model {model.identifier} has {revisions.MAX_REVISIONS:,} revisions, "
+                       "the most one model may have; register a new model")
     await upload_lease.sweep_incoming(pool, store, settings.upload_lease_s)
     upload_id = uuid4().hex
     before = await upload_lease.claim(pool, settings, model, upload_id)

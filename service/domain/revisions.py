@@ -66,6 +66,13 @@ def _shown_config(config: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+async def check_room(pool: asyncpg.Pool, model: Model) -> None:
+    """409 once the model has `MAX_REVISIONS` revisions."""
+    if await revisions.count(pool, model.id) >= revisions.MAX_REVISIONS:
+        raise Conflict(f"model {model.identifier} has {revisions.MAX_REVISIONS:,} revisions, "
+                       "the most one model may have; register a new model")
+
+
 async def update(pool: asyncpg.Pool, settings: Settings, principal: Principal, model: Model,
                  body: ModelUpdate) -> Model:
     """Apply a PATCH: a new source becomes a new revision (the same source: no change)."""
@@ -77,6 +84,7 @@ async def update(pool: asyncpg.Pool, settings: Settings, principal: Principal, m
     await model_sources.check(pool, settings, body.source, owner_id, principal.is_admin)
     source = body.source.model_dump(exclude_none=True)
     if source != model.source:
+        await check_room(pool, model)
         await revisions.for_source(pool, model.id, source, source_digest(source))
         await models.update_source(pool, model.id, source)
     found = await models.get(pool, model.id)
