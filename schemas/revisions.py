@@ -36,7 +36,7 @@ class RevisionOut(BaseModel):
                                    "the revision and its files were removed")
 
 
-class GenerationOut(BaseModel):
+class PinnedGeneration(BaseModel):
     """A generation of a deployment: the revision and the config it pinned."""
 
     generation: int

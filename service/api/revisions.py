@@ -12,13 +12,17 @@ from edge.parsing import idempotency_key
 from edge.responses import json_response
 from edge.route_spec import RouteSpec
 from schemas.auth import ModelOut, Permission
-from schemas.revisions import GenerationOut, ModelUpdate, RevisionOut
+from schemas.revisions import ModelUpdate, PinnedGeneration, RevisionOut
 from schemas.rollout import RollbackRequest
 from schemas.tasks import TaskKind, TaskResponse
 from service.api.bazaar_v2 import MODEL, PREFIX
 from service.api.tasks import _LOCATED_TASK, _json, task_model
 from service.domain import catalog, revisions
 from service.keys import REDIS
+
+# A model as PATCH names it: an owner/name whose name is not one of a model's sub-resources,
+# so PATCH on /api/v2/models/{id}/upload (and the like) stays a 405, as before this route.
+PATCHED = "{model_id:[^/]+(?:/(?!(?:upload|permissions|revisions|generations)$)[^/]+)?}"
 
 
 async def list_revisions(request: web.Request) -> web.Response:
@@ -63,9 +67,9 @@ ROUTES = [
     RouteSpec("GET", f"/api/v2/models/{MODEL}/revisions", list_revisions, READ, None,
               list[RevisionOut], path_param("model_id"), summary="List a model's revisions"),
     RouteSpec("GET", f"/api/v2/models/{MODEL}/generations", list_generations, READ, None,
-              list[GenerationOut], path_param("model_id"),
+              list[PinnedGeneration], path_param("model_id"),
               summary="List a model's generations and their pinned revisions"),
-    RouteSpec("PATCH", f"/api/v2/models/{MODEL}", update_model, OWNER, ModelUpdate, ModelOut,
+    RouteSpec("PATCH", f"/api/v2/models/{PATCHED}", update_model, OWNER, ModelUpdate, ModelOut,
               path_param("model_id"), summary="Change a model (a new source: a new revision)"),
     RouteSpec("POST", f"{PREFIX}/{MODEL}/rollback", post_rollback, OWNER, RollbackRequest,
               TaskResponse, path_param("model_id"), 202, body_optional=True, replay_status=200,

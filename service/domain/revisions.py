@@ -17,7 +17,7 @@ from db.revisions import Revision
 from db.tasks import Task
 from schemas.auth import Principal
 from schemas.errors import Conflict, NotFound
-from schemas.revisions import GenerationOut, ModelUpdate, RevisionOut, source_digest
+from schemas.revisions import ModelUpdate, PinnedGeneration, RevisionOut, source_digest
 from schemas.rollout import RollbackRequest
 from schemas.settings import Settings
 from schemas.task_payloads import RollbackPayload
@@ -45,12 +45,12 @@ def _state(generation: Generation, active: int | None, previous: int | None) -> 
     return "retired" if generation.served_at is not None else "never_served"
 
 
-async def list_generations(pool: asyncpg.Pool, model: Model) -> list[GenerationOut]:
+async def list_generations(pool: asyncpg.Pool, model: Model) -> list[PinnedGeneration]:
     """The model's generations, newest first, each with its pinned revision and state."""
     deployment = await deployments.get(pool, model.id)
     active = deployment.active_generation if deployment else None
     previous = deployment.previous_generation if deployment else None
-    return [GenerationOut(generation=g.generation, revision=f"r{g.revision}", digest=g.digest,
+    return [PinnedGeneration(generation=g.generation, revision=f"r{g.revision}", digest=g.digest,
                           created=g.created_at, served_at=g.served_at,
                           rollback_of=g.rollback_of,
                           state=_state(g, active, previous),  # type: ignore[arg-type]
