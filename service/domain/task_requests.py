@@ -44,9 +44,12 @@ log = structlog.get_logger(__name__)
 ENQUEUE_TIMEOUT_S = 2.0
 
 
-def request_hash(kind: TaskKind, req: TaskRequest) -> str:
+def request_hash(kind: TaskKind, req: TaskRequest,
+                 payload: dict[str, Any] | None = None) -> str:
     body = {"kind": kind.value, "model": req.embedding_model_id,
             "config": req.config.model_dump(mode="json", exclude_unset=True)}
+    if payload is not None:  # a rollback's target generation is in its payload only
+        body["payload"] = payload
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -154,7 +157,8 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     the insert, the enqueue.
     """
     key = req.id or idempotency_key
-    digest = request_hash(kind, req)
+    digest = request_hash(kind, req, payload.stored()
+                          if kind == TaskKind.rollback and payload is not None else None)
     if key and (existing := await tasks.get_by_idempotency_key(pool, key, created_by)):
         return _same_request(existing, digest), False
     model = model or await resolve_model(pool, req.embedding_model_id)

@@ -2,9 +2,12 @@
 the same source), who may read and change them, the bound on how many one model may have,
 and a rollback refused with a 4xx when there is nothing to roll back to."""
 
+from uuid import UUID
+
 import aiohttp
 import asyncpg
 
+from db import deployments, generations, revisions
 from db.revisions import MAX_REVISIONS
 from tests.support.accounts import call, make_user
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
@@ -66,3 +69,35 @@ async def test_a_model_has_at_most_max_revisions(api: str, pool: asyncpg.Pool) -
         status, body = await call(http, "PATCH", f"{api}{MODEL}", headers=alice,
                                   json={"source": {"backend": "hashing", "dimension": 4}})
         assert status == 409 and "revisions" in body["message"], body
+
+
+async def test_a_rollback_is_idempotent_by_key_and_its_target_is_part_of_the_request(
+        api: str, pool: asyncpg.Pool) -> None:
+    _, alice = await make_user(pool, "alice")
+    async with aiohttp.ClientSession() as http:
+        status, model = await call(http, "POST", f"{api}/api/v2/models", headers=alice,
+                                   json={"name": "rev-api", "source": {"backend": "hashing"}})
+        assert status == 201, model
+        model_id = UUID(model["id"])
+        # Generation 1 served, generation 2 serves (as finished rollouts leave them).
+        revision = await revisions.latest(pool, model_id)
+        assert revision is not None
+        for _ in range(2):
+            _, generation = await deployments.begin_generation(pool, model_id, "rev-api")
+            await generations.pin(pool, model_id, generation, revision.number, {})
+            await deployments.switch(pool, model_id, generation, "rev-api", {})
+        url = f"{api}/api/v2/deploy/alice/rev-api/rollback"
+        keyed = alice | {"Idempotency-Key": "roll-1"}
+        status, first = await call(http, "POST", url, headers=keyed)
+        assert status == 202 and first["kind"] == "rollback", first
+        status, again = await call(http, "POST", url, headers=keyed)
+        assert status == 200 and again["task_id"] == first["task_id"], again
+        status, other = await call(http, "POST", url, headers=keyed, json={"generation": 1})
+        assert status == 422 and "idempotency key" in other["message"], other
+        status, missing = await call(http, "POST", url, headers=alice, json={"generation": 7})
+        assert status == 404, missing
+        status, serving = await call(http, "POST", url, headers=alice, json={"generation": 2})
+        assert status == 409 and "already serving" in serving["message"], serving
+        status, read = await call(http, "GET", f"{api}/rollback/{first['task_id']}",
+                                  headers=alice)
+        assert status == 200 and read["task_id"] == first["task_id"], read
