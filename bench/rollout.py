@@ -12,7 +12,13 @@ The API, the gateway and a worker run as their own processes; the load client ru
 so the three paths share one client, one replica and this machine's cores. A fresh
 database is created and dropped; the model's containers are removed at the end.
 
+Rollback (issue 26): POST /api/v2/deploy/{model}/rollback inside the warm window →
+first answer of the warm generation, against a route flip's own time in the same run (a
+redeploy's time from its replicas healthy to its first answer), and the worker's claim →
+flipped against its 100 ms limit.
+
     .venv/bin/python bench/rollout.py [--rollouts 3] [--requests 3000] [--concurrency 16]
+                                      [--no-data-plane]
 """
 
 import argparse
@@ -40,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.gateway import NGINX_CONF  # noqa: E402
-from db import replicas, tasks  # noqa: E402
+from db import deployments, replicas, tasks  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from launch import backing, image  # noqa: E402
 from schemas import replica_auth  # noqa: E402
@@ -77,11 +83,8 @@ class Stack:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in settings.model_dump(exclude_none=True).items():
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-        env[f"GREENROOM_{key.upper()}"] = str(raw)
-    return env
+    # backing's encoding: a list setting (allowed_images) as JSON, as Settings reads it back.
+    return dict(os.environ) | backing.settings_env(settings)
 
 
 @contextlib.contextmanager
@@ -132,8 +135,9 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
         with _processes(settings, tmp):
             api, gateway = f"http://{HOST}:{port}", f"http://{HOST}:{gateway_port}"
             async with aiohttp.ClientSession() as http:
-                await backing.wait_for_http(http, api + "/healthz")
-                await backing.wait_for_http(http, gateway + "/healthz")
+                # A shared machine may take a while to start them (imports, migrations).
+                await backing.wait_for_http(http, api + "/healthz", timeout_s=120)
+                await backing.wait_for_http(http, gateway + "/healthz", timeout_s=120)
             yield Stack(settings, pool, api, gateway, _owner_headers(settings, model.owner_id),
                         tmp, model.id)
     finally:
@@ -264,6 +268,58 @@ async def time_raw_starts(s: Stack, count: int) -> list[float]:
     finally:
         await runtime.close()
     return times
+
+
+async def time_rollbacks(s: Stack, count: int) -> list[tuple[float, float, float]]:
+    """Rollbacks inside the warm window (issue 26), each to the generation the last flip left
+    warm: (POST → first answer of that generation, claim → first answer, the worker's
+    claim → flipped), in seconds."""
+    found = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(count):
+            deployment = await deployments.get(s.pool, s.model_id)
+            assert deployment is not None and deployment.previous_generation is not None, \
+                "no warm generation: the deploys ran with keep_previous_s 0"
+            target = deployment.previous_generation
+            serving = {str(r.id) for r in await replicas.list_for_model(s.pool, s.model_id)
+                       if r.generation == deployment.active_generation}
+            started = time.perf_counter()
+            async with http.post(f"{s.api}/api/v2/deploy/bench/{NAME}/rollback",
+                                 json={"generation": target}, headers=s.headers) as resp:
+                assert resp.status == 202, await resp.text()
+                task_id = (await resp.json())["task_id"]
+            await _first_new_answer(http, s, serving)
+            first_answer_s = time.perf_counter() - started
+            await _wait_task(http, s, "rollback", task_id)
+            task = await tasks.get(s.pool, UUID(task_id))
+            assert task is not None and task.started_at is not None
+            assert task.metadata["mode"] == "flip", task.metadata
+            claim_s = (task.started_at - task.created_at).total_seconds()
+            found.append((first_answer_s, first_answer_s - claim_s,
+                          task.metadata["claim_to_flipped_ms"] / 1000))
+    return found
+
+
+def print_rollbacks(rollbacks: list[tuple[float, float, float]], rollouts: list[Rollout]) -> None:
+    """A rollback inside the window against a route flip's own time in the same run: a
+    redeploy's time from its replicas healthy to the first answer of the new generation
+    (the switch, the publish, the gateway's swap, the first answer)."""
+    flips = [r.first_answer_s - r.claim_s - r.phases.get("starting_replicas", 0.0)
+             - r.phases.get("health_checking", 0.0) for r in rollouts[1:]]
+    flip = _median(flips)
+    total = _median([r[0] for r in rollbacks])
+    claimed = _median([r[1] for r in rollbacks])
+    worker = _median([r[2] for r in rollbacks])
+    print(f"rollback inside the warm window, {len(rollbacks)} runs (medians); ratio = "
+          "measured / peer or limit")
+    print(f"  rollback  claim -> first answer of the warm generation {claimed * 1000:7.1f} ms"
+          f"   route flip's own time {flip * 1000:7.1f} ms   ratio {claimed / flip:5.2f}")
+    print(f"  rollback  POST -> first answer (queue and claim too)   {total * 1000:7.1f} ms"
+          f"   route flip's own time {flip * 1000:7.1f} ms   ratio {total / flip:5.2f}")
+    print(f"  rollback  claim -> flipped, in the worker              {worker * 1000:7.1f} ms"
+          f"   limit 100 ms   ratio {worker / 0.1:5.2f}")
+    print(f"  route flips (redeploys: healthy -> first answer), ms: "
+          f"{', '.join(f'{f * 1000:.0f}' for f in flips)}")
 
 
 # ---------------------------------------------------------------- data plane
@@ -401,12 +457,15 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
     image.build(image.TEST_TAG, with_model=False)
     async with stack(tmp) as s:
         times = await time_rollouts(s, 1 + args.rollouts)
+        rollbacks = await time_rollbacks(s, args.rollouts)
         limits = await time_raw_starts(s, args.rollouts)
-        runs = await data_plane(s, args)
+        runs = None if args.no_data_plane else await data_plane(s, args)
         async with aiohttp.ClientSession() as http:
             await _wait_task(http, s, "delete", await _post_task(http, s, "delete"))
     print_rollout(times, limits)
-    print_data_plane(runs, args)
+    print_rollbacks(rollbacks, times)
+    if runs is not None:
+        print_data_plane(runs, args)
 
 
 async def main() -> None:
@@ -415,6 +474,8 @@ async def main() -> None:
     parser.add_argument("--rollouts", type=int, default=3, help="redeploys timed")
     parser.add_argument("--requests", type=int, default=3000, help="per data-plane path")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--no-data-plane", action="store_true",
+                        help="rollouts and rollbacks only (no nginx needed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
         await _bench(args, Path(tmp))

@@ -11,7 +11,7 @@ from db.traffic import Candidate, split_of
 from schemas.tasks import DeploymentStatus
 
 _COLUMNS = """model_id, name, status, active_generation, last_generation, config, created_at,
-    updated_at, desired_replicas"""
+    updated_at, desired_replicas, previous_generation, previous_until"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,9 @@ class Deployment:
     created_at: datetime
     updated_at: datetime
     desired_replicas: int | None = None
+    # The generation before the serving one, kept warm for a rollback until `previous_until`.
+    previous_generation: int | None = None
+    previous_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class Route:
     scales_to_zero: bool = False
     # During a canary or shadow rollout: the candidate generation, its share, its replicas.
     candidate: Candidate | None = None
+    # The revision the generation pinned (None: a generation from before revisions).
+    revision: int | None = None
 
 
 def _deployment(row: Any) -> Deployment | None:
@@ -81,9 +86,12 @@ async def begin_generation(db: Executor, model_id: UUID, name: str) -> tuple[Dep
 
 
 async def switch(db: Executor, model_id: UUID, generation: int, name: str,
-                 config: dict[str, Any], *, name_hold_s: float = 0.0) -> list[UUID]:
+                 config: dict[str, Any], *, name_hold_s: float = 0.0,
+                 keep_previous_s: float = 0.0) -> list[UUID]:
     """Make `generation` the serving one; its replicas ready, every older live one draining.
     A serving deployment renamed keeps its old name held for it `name_hold_s` seconds.
+    With `keep_previous_s` > 0 the generation that served until now stays ready (warm, not
+    routed) for that long: a rollback to it inside the window is a route flip.
 
     Returns the ids of the replicas now draining. Call inside a transaction.
     """
@@ -97,24 +105,90 @@ async def switch(db: Executor, model_id: UUID, generation: int, name: str,
                        until = EXCLUDED.until""",
                 model_id, name, name_hold_s,
             )
-        await db.execute(
-            """UPDATE deployments SET active_generation = $2, status = 'complete', name = $3,
-                   config = $4, desired_replicas = NULL, updated_at = now()
-               WHERE model_id = $1""",
-            model_id, generation, name, config,
+        kept: int | None = await db.fetchval(
+            """UPDATE deployments d SET active_generation = $2, status = 'complete', name = $3,
+                   config = $4, desired_replicas = NULL, updated_at = now(),
+                   previous_generation = CASE WHEN $5::float8 > 0 AND old.active_generation <> $2
+                       THEN old.active_generation END,
+                   previous_until = CASE WHEN $5::float8 > 0 AND old.active_generation <> $2
+                       THEN now() + make_interval(secs => $5::float8) END
+               FROM (SELECT active_generation FROM deployments WHERE model_id = $1
+                     FOR UPDATE) old
+               WHERE d.model_id = $1 RETURNING d.previous_generation""",
+            model_id, generation, name, config, keep_previous_s,
         )
         await db.execute(
             """UPDATE replicas SET state = 'ready', updated_at = now()
                WHERE model_id = $1 AND generation = $2 AND state = 'starting'""",
             model_id, generation,
         )
+        await db.execute(
+            """UPDATE deployment_generations SET served_at = coalesce(served_at, now())
+               WHERE model_id = $1 AND generation = $2""", model_id, generation)
         rows = await db.fetch(
             """UPDATE replicas SET state = 'draining', updated_at = now()
                WHERE model_id = $1 AND generation <> $2 AND state IN ('starting', 'ready')
+                 AND generation IS DISTINCT FROM $3::int
                RETURNING id""",
-            model_id, generation,
+            model_id, generation, kept,
         )
     return [r["id"] for r in rows]
+
+
+async def flip_to_warm(db: Executor, model_id: UUID, generation: int, config: dict[str, Any],
+                       keep_previous_s: float) -> int | None:
+    """A rollback inside the window: make the warm previous `generation` the serving one in
+    one statement, keeping the generation that served until now warm in its place. Returns
+    that generation, or None when `generation` is no longer warm (the window closed, or
+    another task moved the deployment on): then a green deploy is needed."""
+    async with translated():
+        flipped: int | None = await db.fetchval(
+            """UPDATE deployments d SET active_generation = $2, config = $3,
+                   previous_generation = old.active_generation,
+                   previous_until = now() + make_interval(secs => $4::float8),
+                   status = 'complete', desired_replicas = NULL, updated_at = now()
+               FROM (SELECT active_generation FROM deployments WHERE model_id = $1
+                     FOR UPDATE) old
+               WHERE d.model_id = $1 AND d.previous_generation = $2
+                 AND d.previous_until > now() AND d.active_generation IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM replicas r WHERE r.model_id = $1
+                               AND r.generation = $2 AND r.state = 'ready')
+               RETURNING old.active_generation""",
+            model_id, generation, config, keep_previous_s)
+    return flipped
+
+
+async def expire_warm(db: Executor) -> list[tuple[UUID, list[UUID]]]:
+    """Deployments whose warm window closed: forget the previous generation and mark its
+    live replicas draining; (model, those replicas) each."""
+    async with translated():
+        ended = await db.fetch(
+            """UPDATE deployments d SET previous_generation = NULL, previous_until = NULL
+               FROM (SELECT model_id, previous_generation FROM deployments
+                     WHERE previous_until <= now() FOR UPDATE SKIP LOCKED) old
+               WHERE d.model_id = old.model_id
+               RETURNING d.model_id, old.previous_generation""")
+        out: list[tuple[UUID, list[UUID]]] = []
+        for row in ended:
+            ids = await db.fetch(
+                """UPDATE replicas r SET state = 'draining', updated_at = now()
+                   FROM deployments d WHERE d.model_id = r.model_id
+                     AND r.model_id = $1 AND r.generation = $2
+                     AND r.generation IS DISTINCT FROM d.active_generation
+                     AND r.state IN ('starting', 'ready') RETURNING r.id""",
+                row["model_id"], row["previous_generation"])
+            out.append((row["model_id"], [r["id"] for r in ids]))
+    return out
+
+
+async def kept_generations(db: Executor) -> dict[UUID, set[int]]:
+    """Every deployment's serving generation and, inside its window, the warm previous one:
+    the generations whose replicas nothing may take as orphans."""
+    async with translated():
+        rows = await db.fetch(
+            "SELECT model_id, active_generation, previous_generation FROM deployments")
+    return {r["model_id"]: {g for g in (r["active_generation"], r["previous_generation"])
+                            if g is not None} for r in rows}
 
 
 async def set_status(db: Executor, model_id: UUID, status: DeploymentStatus) -> None:
@@ -142,6 +216,7 @@ async def stop(db: Executor, model_id: UUID) -> list[UUID]:
     async with translated():
         await db.execute(
             """UPDATE deployments SET status = 'stopped', active_generation = NULL,
+                   previous_generation = NULL, previous_until = NULL,
                    updated_at = now() WHERE model_id = $1""",
             model_id,
         )
@@ -173,7 +248,14 @@ async def routes(db: Executor) -> list[Route]:
                                '{}') AS candidate_ids,
                       coalesce(array_agg(r.endpoint ORDER BY r.created_at)
                                FILTER (WHERE r.generation = (d.traffic->>'generation')::int),
-                               '{}') AS candidate_endpoints
+                               '{}') AS candidate_endpoints,
+                      (SELECT g.revision FROM deployment_generations g
+                       WHERE g.model_id = d.model_id AND g.generation = d.active_generation)
+                          AS revision,
+                      (SELECT g.revision FROM deployment_generations g
+                       WHERE g.model_id = d.model_id
+                         AND g.generation = ((d.traffic::text)::jsonb->>'generation')::int)
+                          AS candidate_revision
                FROM deployments d
                JOIN models m ON m.id = d.model_id
                JOIN users u ON u.id = m.owner_id
@@ -195,10 +277,10 @@ def _route(r: Any) -> Route:
     candidate = None
     if split is not None and split.generation != r["generation"]:
         candidate = Candidate(split, list(zip(r["candidate_ids"], r["candidate_endpoints"],
-                                              strict=True)))
+                                              strict=True)), r["candidate_revision"])
     return Route(r["model_id"], r["name"], r["identifier"], r["generation"], r["access_level"],
                  list(zip(r["ids"], r["endpoints"], strict=True)), r["scales_to_zero"],
-                 candidate)
+                 candidate, r["revision"])
 
 
 async def active_generations(db: Executor) -> dict[UUID, int | None]:

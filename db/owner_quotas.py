@@ -99,12 +99,32 @@ async def lock_owner_models(conn: asyncpg.Connection, owner_id: int) -> None:
 
 
 async def store_bytes(db: Executor, owner_id: int, exclude_model: UUID | None = None) -> int:
-    """Bytes the owner's uploaded models hold in the model store (but `exclude_model`'s)."""
+    """Bytes the owner's uploads hold in the model store: every uploaded revision whose files
+    are still there (issue 26: an upload no longer replaces the files a generation runs),
+    and a model uploaded before revisions by its recorded size. `exclude_model`, the model
+    being uploaded to: its newest revision is not counted unless its serving or warm
+    generation runs it (a revision nothing pins is removed by retention once superseded)."""
     async with translated():
         total: int = await db.fetchval(
-            "SELECT coalesce(sum(store_bytes), 0)::bigint FROM models "
-            "WHERE owner_id = $1 AND id IS DISTINCT FROM $2", owner_id, exclude_model)
-    return total
+            """SELECT (SELECT coalesce(sum(v.size_bytes), 0) FROM model_revisions v
+                       JOIN models m ON m.id = v.model_id
+                       LEFT JOIN deployments d ON d.model_id = v.model_id
+                       WHERE m.owner_id = $1 AND v.origin = 'upload'
+                         AND v.files_removed_at IS NULL
+                         AND NOT (v.model_id IS NOT DISTINCT FROM $2
+                                  AND v.number = (SELECT max(n.number) FROM model_revisions n
+                                                  WHERE n.model_id = v.model_id)
+                                  AND NOT EXISTS (
+                                      SELECT 1 FROM deployment_generations g
+                                      WHERE g.model_id = v.model_id AND g.revision = v.number
+                                        AND g.generation IN (d.active_generation,
+                                                             d.previous_generation))))
+                  + (SELECT coalesce(sum(m.store_bytes), 0) FROM models m
+                     WHERE m.owner_id = $1 AND m.id IS DISTINCT FROM $2
+                       AND NOT EXISTS (SELECT 1 FROM model_revisions v
+                                       WHERE v.model_id = m.id AND v.origin = 'upload'))
+               """, owner_id, exclude_model)
+    return int(total)
 
 
 async def count_models(db: Executor, owner_id: int) -> int:
@@ -230,3 +250,18 @@ async def owner_of(db: Executor, model_id: UUID) -> int | None:
         owner: int | None = await db.fetchval("SELECT owner_id FROM models WHERE id = $1",
                                               model_id)
     return owner
+
+
+async def warm_replicas(db: Executor, owner_id: int, assumed_mb: int) -> tuple[int, int]:
+    """(count, MB) of the owner's warm replicas: live replicas of a previous generation kept
+    for a rollback (issue 26). A replica without a recorded memory counts `assumed_mb`."""
+    async with translated():
+        row = await db.fetchrow(
+            """SELECT count(*) AS n, coalesce(sum(coalesce(r.memory_mb, $2)), 0) AS mb
+               FROM replicas r JOIN models m ON m.id = r.model_id
+               JOIN deployments d ON d.model_id = r.model_id
+               WHERE m.owner_id = $1 AND r.generation = d.previous_generation
+                 AND r.generation IS DISTINCT FROM d.active_generation
+                 AND r.state IN ('starting', 'ready', 'draining')""",
+            owner_id, assumed_mb)
+    return int(row["n"]), int(row["mb"])

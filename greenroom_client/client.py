@@ -162,6 +162,9 @@ class Client(_Common):
     def scale(self, model: str, replicas: int) -> TaskResponse:
         return self.call(ops.scale(model, replicas))
 
+    def rollback(self, model: str, generation: int | None = None) -> TaskResponse:
+        return self.call(ops.rollback(model, generation))
+
     def task(self, task_id: str, kind: TaskKind = TaskKind.deploy) -> TaskResponse:
         return self.call(ops.task(task_id, kind))
 
@@ -313,6 +316,9 @@ class AsyncClient(_Common):
 
     async def scale(self, model: str, replicas: int) -> TaskResponse:
         return await self.call(ops.scale(model, replicas))
+
+    async def rollback(self, model: str, generation: int | None = None) -> TaskResponse:
+        return await self.call(ops.rollback(model, generation))
 
     async def task(self, task_id: str, kind: TaskKind = TaskKind.deploy) -> TaskResponse:
         return await self.call(ops.task(task_id, kind))

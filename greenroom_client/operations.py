@@ -110,6 +110,12 @@ def scale(model: str, replicas: int) -> Op[TaskResponse]:
               _task_body(model, DeploymentConfig(replicas=replicas), None))
 
 
+def rollback(model: str, generation: int | None = None) -> Op[TaskResponse]:
+    """A rollback task: to `generation`, else the one that served before the serving one."""
+    body = {"generation": generation} if generation is not None else {}
+    return Op("POST", f"/api/v2/deploy/{_ref(model)}/rollback", TaskResponse, body)
+
+
 def task(task_id: str, kind: TaskKind = TaskKind.deploy) -> Op[TaskResponse]:
     return Op("GET", f"/{kind.value}/{quote(task_id, safe='')}", TaskResponse)
 

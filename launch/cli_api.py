@@ -244,6 +244,11 @@ def scale(gr: Client, args: argparse.Namespace, console: Console) -> int:
     return _follow(gr, task, args, console)
 
 
+def rollback(gr: Client, args: argparse.Namespace, console: Console) -> int:
+    """Back to generation --to (default: the one that served before the serving one)."""
+    return _follow(gr, gr.rollback(args.model, args.to), args, console)
+
+
 def _show_task(task: TaskResponse, console: Console) -> None:
     meta = task.metadata
     rows: list[list[Any]] = [
@@ -511,6 +516,13 @@ def add_commands(sub: Any, models: Any) -> None:
     cmd.add_argument("replicas", type=int)
     _task_options(cmd)
     cmd.set_defaults(api=scale)
+    cmd = sub.add_parser("rollback", parents=[common],
+                         help="go back to an earlier generation (a route flip while it is warm)")
+    cmd.add_argument("model")
+    cmd.add_argument("--to", type=int, metavar="N",
+                     help="the generation (default: the one before the serving one)")
+    _task_options(cmd)
+    cmd.set_defaults(api=rollback)
     cmd = sub.add_parser("status", parents=[common], help="a model's deployment and last task")
     cmd.add_argument("model")
     cmd.set_defaults(api=status)

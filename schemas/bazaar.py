@@ -36,6 +36,11 @@ class StatusResponse(BaseModel):
     warnings: list[str]
     replicas_current: int = Field(default=0, description="ready replicas serving now")
     replicas_desired: int = Field(default=0, description="replicas the last scale asked for")
+    generation: int | None = Field(default=None, description="the serving generation")
+    revision: str | None = Field(default=None,
+                                 description="the revision the serving generation pinned")
+    warm_generation: int | None = Field(
+        default=None, description="the previous generation, kept warm for a rollback")
 
 
 class ReplicaLogs(BaseModel):

@@ -162,3 +162,9 @@ async def read_reports(redis: Redis) -> list[GatewayReport]:
         except ValidationError:
             log.warning("gateway_report_unreadable")
     return reports
+
+
+# Every answer a replica gave, through either engine, names the generation and the revision
+# it pinned (issue 26).
+GENERATION_HEADER = "X-Greenroom-Generation"
+REVISION_HEADER = "X-Greenroom-Revision"

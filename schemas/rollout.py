@@ -12,7 +12,8 @@ at once when the new generation is healthy), `canary` (the new generation takes 
 percent of requests in turn, each for `step_s` and at least `min_requests`, judged
 against the serving generation by worker/canary.py) or `shadow` (`percent` of requests
 are also sent to the new generation for `duration_s`, its answers compared and
-discarded, then the green switch).
+discarded, then the green switch). After the flip the previous generation stays warm
+for `keep_previous_s`, so that a rollback inside that window is a route flip (issue 26).
 """
 
 from itertools import pairwise
@@ -107,6 +108,30 @@ class RolloutConfig(BaseModel):
     strategy: Literal["green", "canary", "shadow"] = "green"
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    keep_previous_s: float | None = Field(
+        default=None, ge=0, le=86_400,
+        description="after a flip, the previous generation's replicas stay warm (running, "
+                    "not routed) this long: a rollback inside it is a route flip; they count "
+                    "toward quotas and capacity meanwhile; 0 drains them at once (default: "
+                    "GREENROOM_ROLLOUT_KEEP_PREVIOUS_S, 300)")
+
+
+def keep_previous_s(rollout: RolloutConfig | None, default: float) -> float:
+    """The warm window of a deploy with `rollout`; `default`: the installation's setting."""
+    if rollout is None or rollout.keep_previous_s is None:
+        return default
+    return rollout.keep_previous_s
+
+
+class RollbackRequest(BaseModel):
+    """POST /api/v2/deploy/{model}/rollback; the body is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generation: int | None = Field(
+        default=None, ge=1, le=2**31 - 1,
+        description="the generation to go back to; default: the one that served before "
+                    "the serving one")
 
 
 class GenerationFigures(BaseModel):

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # A deployment renamed keeps its old name held for its model this long, so no other
     # model takes the URL its clients still call (review M10).
     deployment_name_hold_s: float = 24 * 3600.0
+    # After a flip the previous generation's replicas stay warm (running, not routed) this
+    # long, for a rollback that is a route flip (issue 26); a deploy's
+    # `config.rollout.keep_previous_s` overrides it. 0: drained at once, as before.
+    rollout_keep_previous_s: float = Field(default=300.0, ge=0, le=86_400)
 
     # A worker serves Prometheus metrics on this port (off when unset); `up` picks one.
     worker_metrics_port: int | None = None

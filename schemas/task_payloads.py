@@ -101,10 +101,19 @@ class EmbedPayload(_Payload):
     normalize: bool = Field(default=True, description="unit vectors (after `dimensions`)")
 
 
-TaskPayload = DeployPayload | DeletePayload | ScalePayload | EmbedPayload
+class RollbackPayload(_Payload):
+    """A rollback (issue 26): back to `generation` (None: the generation that served before
+    the serving one, decided when the worker claims the task)."""
+
+    generation: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                   description="the generation to go back to")
+
+
+TaskPayload = DeployPayload | DeletePayload | ScalePayload | EmbedPayload | RollbackPayload
 _BY_KIND: dict[TaskKind, type[TaskPayload]] = {
     TaskKind.deploy: DeployPayload, TaskKind.delete: DeletePayload,
     TaskKind.scale: ScalePayload, TaskKind.embed: EmbedPayload,
+    TaskKind.rollback: RollbackPayload,
 }
 
 

@@ -28,6 +28,7 @@ class TaskKind(StrEnum):
     delete = "delete"
     scale = "scale"
     embed = "embed"  # a bulk embedding job (issue 30: schemas/embed_jobs.py)
+    rollback = "rollback"
 
 
 class TaskStatus(StrEnum):
@@ -165,7 +166,9 @@ class DeploymentConfig(BaseModel):
         description="variant options for a model whose source.backend is onnx or auto")
     rollout: RolloutConfig = Field(
         default_factory=RolloutConfig,
-        description="how the new generation takes the traffic: green, canary or shadow")
+        description="how a redeploy judges the new generation (the compatibility gate), how "
+                    "traffic moves to it (green, canary or shadow), and how long the "
+                    "previous generation stays warm for a rollback")
 
     @field_validator("env")
     @classmethod

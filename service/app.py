@@ -24,6 +24,7 @@ from service.api import (
     health,
     quotas,
     registry,
+    revisions,
     scale,
     series,
     tasks,
@@ -86,7 +87,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
     docs.setup(app)
     # scale before bazaar_v2: POST {model}/scale is not a deploy of a model
     # named `<model>/scale`.
-    for surface in (registry, quotas, embed_jobs, scale, series, bazaar_v2, bazaar_v1):
+    # revisions before registry and bazaar_v2: GET {model}/revisions is not a model named
+    # `<model>/revisions`, POST {model}/rollback not a deploy of one.
+    for surface in (revisions, registry, quotas, embed_jobs, scale, series, bazaar_v2,
+                    bazaar_v1):
         register(app, surface.ROUTES)
     console.setup(app)
     return app

@@ -178,6 +178,8 @@ def process_settings(database_url: str, backing: dict[str, str], state_dir: Path
         runtime="process", deploy_timeout_s=60, drain_timeout_s=5, lease_s=6,
         reconcile_interval_s=0.5, routes_poll_s=0.5, stop_grace_s=5, log_level="info",
         secret_key=SecretStr(TEST_SECRET_KEY), cluster=TEST_CLUSTER,
+        # Tests that keep a previous generation warm (issue 26) ask in their deploy config.
+        rollout_keep_previous_s=0,
     )
 
 

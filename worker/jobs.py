@@ -17,7 +17,7 @@ from schemas import replica_auth, task_payloads, tracing
 from schemas import secrets as deployment_secrets
 from schemas.settings import Settings
 from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
-from worker import compatibility, embed_job, rollout
+from worker import compatibility, embed_job, rollback, rollout
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.lease import LeaseLost, held_lease
 from worker.log_redaction import redact, secret_values
@@ -180,6 +180,8 @@ async def _dispatch(ctx: WorkerContext, task: tasks.Task) -> None:
         # a slice of the job, well within this job's timeout; the rest in runs of their own
         await embed_job.run(ctx, task, min(ctx.settings.embed_slice_s,
                                            task_job_timeout_s(ctx.settings) / 2))
+    elif task.kind == TaskKind.rollback:
+        await rollback.rollback(ctx, task)
     else:
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.refused,
                            f"task kind {task.kind!r} is not supported by this worker")

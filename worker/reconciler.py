@@ -27,7 +27,7 @@ from schemas.queue import (
     retry_job_id,
 )
 from schemas.tasks import Phase, ReplicaState
-from worker import replica_lifecycle, retention, traffic_phase
+from worker import replica_lifecycle, retention, traffic_phase, warm
 from worker.context import WorkerContext
 from worker.repair import replace_crashed
 from worker.runtimes.base import ReplicaInfo, manages
@@ -88,13 +88,14 @@ async def _remove_task_replicas(ctx: WorkerContext, task: tasks.Task) -> None:
 
 
 def _orphaned(row: ReplicaBrief | None, busy: set[UUID],
-              active: dict[UUID, int | None]) -> bool:
-    """Nobody owns this replica: no row, a finished row, or a generation no task is making."""
+              kept: dict[UUID, set[int]]) -> bool:
+    """Nobody owns this replica: no row, a finished row, or a generation no task is making
+    that neither serves nor is kept warm for a rollback (worker/warm.py)."""
     if row is None or row.state in (ReplicaState.stopped, ReplicaState.failed):
         return True
     if row.model_id in busy:
         return False  # a task is working on this model; it owns its replicas
-    return row.generation != active.get(row.model_id)
+    return row.generation not in kept.get(row.model_id, set())
 
 
 async def remove_orphans(ctx: WorkerContext, found: list[ReplicaInfo]) -> int:
@@ -111,8 +112,8 @@ async def remove_orphans(ctx: WorkerContext, found: list[ReplicaInfo]) -> int:
     busy = await tasks.models_with_processing_task(ctx.pool)
     ids = [i.replica_id for i in found]
     rows = {r.id: r for r in await replicas.get_many_brief(ctx.pool, ids)}
-    active = await deployments.active_generations(ctx.pool)
-    orphans = [i for i in found if _orphaned(rows.get(i.replica_id), busy, active)]
+    kept = await deployments.kept_generations(ctx.pool)
+    orphans = [i for i in found if _orphaned(rows.get(i.replica_id), busy, kept)]
     for info in orphans:
         log.warning("orphan_replica_removed", replica=str(info.replica_id),
                     generation=info.generation)
@@ -169,6 +170,7 @@ async def reconcile_once(ctx: WorkerContext) -> None:
     actions.labels("release_expired_task").inc(await release_expired(ctx))
     busy = await tasks.models_with_processing_task(ctx.pool)
     actions.labels("replace_crashed_replica").inc(await replace_crashed(ctx, busy))
+    actions.labels("close_warm_window").inc(await warm.expire(ctx))
     found = await ctx.runtime.list()
     actions.labels("remove_orphan_replica").inc(await remove_orphans(ctx, found))
     actions.labels("forget_vanished_replica").inc(await forget_vanished(ctx, found))

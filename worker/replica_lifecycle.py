@@ -19,6 +19,7 @@ from schemas.tasks import DeploymentConfig, ReplicaState
 from schemas.tokens import issue_job_token
 from worker import auto_backend
 from worker.context import WorkerContext
+from worker.generations import pinned_model
 from worker.onnx_variant import replica_source
 from worker.runtimes.base import ReplicaSpec, RuntimeFailure, StartedReplica
 
@@ -75,7 +76,9 @@ async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID
     replaces (a runtime that restarts replicas itself takes that restart over).
 
     Raises the runtime's `RuntimeFailure` after marking the row `failed` with its reason.
+    Every start loads the revision its generation pinned (worker/generations.py).
     """
+    model = await pinned_model(ctx, model, generation)
     spec = ReplicaSpec(
         replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
         generation=generation, task_id=task_id,

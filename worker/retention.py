@@ -3,10 +3,13 @@ pruned every `retention_interval_s` (db/retention.py), and process replicas' log
 at each pass."""
 
 import asyncio
+import shutil
+from pathlib import Path
 
 import structlog
 
-from db import retention, series
+from db import retention, revisions, series
+from db.revisions import Revision
 from worker import embed_job
 from worker.context import WorkerContext
 from worker.runtimes.process import ProcessRuntime
@@ -27,9 +30,33 @@ async def prune(ctx: WorkerContext) -> dict[str, int]:
         "series": await series.prune(ctx.pool, settings.series_retention_h * 3600.0),
         "embed_jobs": await embed_job.prune(ctx),
     }
+    pruned["revision_files"] = await prune_revision_files(ctx)
     if any(pruned.values()):
         log.info("retention_pruned", **pruned)
     return pruned
+
+
+def _revision_folder(store: Path, revision: Revision) -> Path | None:
+    """The revision's own folder in the store, `<store>/<model>/<number>`; None for any
+    other location (never removed from here)."""
+    folder = store / str(revision.model_id) / str(revision.number)
+    location = revision.source.get("location")
+    return folder if isinstance(location, str) and Path(location) == folder else None
+
+
+async def prune_revision_files(ctx: WorkerContext) -> int:
+    """Remove uploaded revisions' files once no live generation, no warm one and no rollback
+    target pins them, nor is the revision its model's newest (db/revisions.py
+    `unused_uploads`); the row stays, saying when its files went."""
+    store = ctx.settings.model_store_dir.resolve()
+    removed = 0
+    for revision in await revisions.unused_uploads(ctx.pool):
+        folder = _revision_folder(store, revision)
+        if folder is not None:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        await revisions.mark_files_removed(ctx.pool, revision.model_id, revision.number)
+        removed += 1
+    return removed
 
 
 async def cap_replica_logs(ctx: WorkerContext) -> int:

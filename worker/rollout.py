@@ -8,6 +8,7 @@ route away, drains and removes every replica. Replicas start and stop through
 worker/replica_lifecycle.py.
 """
 
+import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from db.pool import transaction
 from db.tasks import Task
 from schemas.log_tail import with_log_tail
 from schemas.quotas import QuotaExceeded
+from schemas.rollout import keep_previous_s
 from schemas.task_payloads import DeployPayload
 from schemas.tasks import (
     DeploymentConfig,
@@ -34,7 +36,7 @@ from schemas.tasks import (
     model_id_shaped,
     replica_count,
 )
-from worker import auto_backend, compatibility, replica_lifecycle, traffic_phase
+from worker import auto_backend, compatibility, generations, replica_lifecycle, traffic_phase
 from worker.admission import capacity, quotas
 from worker.context import WorkerContext
 from worker.drain import min_wait_for, wait_drained
@@ -175,7 +177,9 @@ async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
     async with transaction(ctx.pool) as conn:
         old = await deployments.switch(conn, model.id, generation, name,
                                        config.model_dump(mode="json"),
-                                       name_hold_s=ctx.settings.deployment_name_hold_s)
+                                       name_hold_s=ctx.settings.deployment_name_hold_s,
+                                       keep_previous_s=keep_previous_s(
+                                           config.rollout, ctx.settings.rollout_keep_previous_s))
         await traffic.clear_split(conn, model.id)  # a canary's or shadow's split ends here
     await publish_routes(ctx, model.id)
     return old
@@ -211,7 +215,15 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     """Bring up a new generation beside the old, switch, drain and remove the old."""
     model = await models.get(ctx.pool, task.model_id)
     assert model is not None  # tasks reference models; a deleted model cascades its tasks
-    config = DeployPayload.model_validate(task.request).config
+    await deploy_generation(ctx, task, model, DeployPayload.model_validate(task.request).config)
+
+
+async def deploy_generation(ctx: WorkerContext, task: Task, model: Model,
+                            config: DeploymentConfig, revision: int | None = None,
+                            rollback_of: int | None = None) -> None:
+    """A green deploy of `model` with `config`, its new generation pinned to `revision`
+    (None: the model's current source); a rollback past its warm window passes the target
+    generation's pinned revision and config, and `rollback_of` names that generation."""
     count = replica_count(config, serving=await replicas.count_serving(ctx.pool, model.id))
     if count != replica_count(config):  # a redeploy keeps the count serving now
         config = config.model_copy(update={"replicas": count})
@@ -230,13 +242,20 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed,
                            f"deployment name {name!r} is taken by another model")
         return
+    pinned = await generations.pin(ctx, model, generation, config, revision, rollback_of)
+    model = dataclasses.replace(model, source=pinned.source)
     progress = Progress(ctx, task)
-    await progress.event("info", f"starting generation {generation}", generation)
+    await progress.note(generation=generation, revision=pinned.id)
+    await progress.event("info", f"starting generation {generation} (revision {pinned.id})",
+                         generation)
+    # A rollback asks for the target generation's vectors by name: the gate records how
+    # they compare with the serving ones but does not refuse them, and traffic moves at once.
+    judged = config if rollback_of is None else _as_rollback(config)
     try:
         await auto_backend.prepare(ctx, progress, model, config, generation)
         started = await bring_up(ctx, progress, model, generation, config)
-        await compatibility.gate(ctx, progress, model, generation, started, config)
-        handed = await traffic_phase.hand_over(ctx, progress, model.id, generation, config)
+        await compatibility.gate(ctx, progress, model, generation, started, judged)
+        handed = await traffic_phase.hand_over(ctx, progress, model.id, generation, judged)
         if handed is None:
             return  # a canary step failed: the candidate is gone, the task failed
         await progress.enter(Phase.switching, generation=generation)
@@ -250,12 +269,21 @@ async def deploy(ctx: WorkerContext, task: Task) -> None:
     await drain_and_remove(ctx, progress, generation, old)
     await progress.enter(None)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, {
-        "generation": generation, "deployment_name": name,
+        "generation": generation, "deployment_name": name, "revision": pinned.id,
+        "revision_digest": pinned.digest,
+        **({"rollback_of": rollback_of} if rollback_of is not None else {}),
         "endpoint": f"/serve/{name}/embed", "replicas": [r.endpoint for r in started],
         "replicas_current": len(started), "replicas_desired": replica_count(config),
         "timings": progress.timings, **handed,
     })
     log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)
+
+
+def _as_rollback(config: DeploymentConfig) -> DeploymentConfig:
+    """A rollback's own rollout: the gate in `new-space` (it records, never refuses), green."""
+    rollout = config.rollout.model_copy(update={"compatibility": "new-space",
+                                                "strategy": "green"})
+    return config.model_copy(update={"rollout": rollout})
 
 
 async def hand_back(ctx: WorkerContext, task: Task, phase: str | None, reason: str) -> str:
@@ -275,7 +303,7 @@ async def hand_back(ctx: WorkerContext, task: Task, phase: str | None, reason: s
         await traffic_phase.abandon(ctx, task.model_id)  # all traffic back, drained
     mine = await replica_lifecycle.starting_of_task(ctx, task.model_id, task.id)
     await replica_lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
-    if task.kind == TaskKind.deploy:
+    if task.kind in (TaskKind.deploy, TaskKind.rollback):
         await deployments.restore_after_failure(ctx.pool, task.model_id)
     detail = (f"interrupted {task.attempts} time(s), the last because {reason}; giving up "
               f"after {ctx.settings.max_attempts} attempts (GREENROOM_MAX_ATTEMPTS)")

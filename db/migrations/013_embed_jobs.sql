@@ -3,9 +3,9 @@
 -- sizes, its counts and the checkpoint a resumed run starts from.
 ALTER TABLE tasks DROP CONSTRAINT tasks_kind_check;
 ALTER TABLE tasks ADD CONSTRAINT tasks_kind_check
-    CHECK (kind IN ('deploy', 'delete', 'scale', 'embed'));
+    CHECK (kind IN ('deploy', 'delete', 'scale', 'rollback', 'embed'));
 -- An embed job runs beside the model's rollouts and scales, and beside its other jobs:
--- only those three kinds keep one processing task per model.
+-- only the other kinds keep one processing task per model.
 DROP INDEX tasks_one_processing_per_model;
 CREATE UNIQUE INDEX tasks_one_processing_per_model ON tasks (model_id)
     WHERE status = 'processing' AND kind <> 'embed';

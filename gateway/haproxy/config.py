@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas import replica_auth
+from schemas.gateway import GENERATION_HEADER, REVISION_HEADER
 
 # The TEI routes passed straight to a replica: (methods, path after /serve/{name}).
 DIRECT_POST = r"^/serve/[^/]+/?(embed|embed_all|tokenize|decode|v1/embeddings)?$"
@@ -78,6 +79,16 @@ class Layout:
         return self.folder / "replicas.map"
 
     @property
+    def generations_map(self) -> Path:
+        """Slot backend → the generation it serves (issue 26: X-Greenroom-Generation)."""
+        return self.folder / "generations.map"
+
+    @property
+    def revisions_map(self) -> Path:
+        """Slot backend → `r<revision>` its generation pinned (X-Greenroom-Revision)."""
+        return self.folder / "revisions.map"
+
+    @property
     def secrets_map(self) -> Path:
         """Slot backend → its generation's replica secret; filled only through the admin
         socket (the file stays empty, 0600)."""
@@ -97,6 +108,9 @@ def render(layout: Layout) -> str:
 
     def secret(index: int) -> str:
         return f"%[str({slot_name(index)}),map({layout.secrets_map})]"
+
+    def label(index: int, labels: Path) -> str:
+        return f"str({slot_name(index)}),map({labels})"
 
     text = f"""global
     master-worker
@@ -145,12 +159,15 @@ backend python
     for i, port in enumerate(layout.gateways):
         text += f"    server gw{i} 127.0.0.1:{port}\n"
     for index in range(layout.slots):
+        revision = label(index, layout.revisions_map)
         text += f"""
 backend {slot_name(index)}
     balance leastconn
     server-template s{index}_ 1-{layout.servers_per_slot} 127.0.0.1:9 disabled
     http-request set-header {replica_auth.HEADER} {secret(index)}
     http-response set-header X-Greenroom-Replica %[srv_name,map({layout.replicas_map})]
+    http-response set-header {GENERATION_HEADER} %[{label(index, layout.generations_map)}]
+    http-response set-header {REVISION_HEADER} %[{revision}] if {{ {revision} -m found }}
 """
         text += _json_error(502, "replica answered badly or closed the connection", "Backend")
         text += _json_error(503, "no replica of the deployment could take the request",
@@ -172,5 +189,7 @@ def write(layout: Layout) -> None:
     layout.direct_map.write_text("")
     layout.replicas_map.write_text("")
     layout.secrets_map.write_text("")
+    layout.generations_map.write_text("")
+    layout.revisions_map.write_text("")
     layout.secrets_map.chmod(0o600)
     layout.config.write_text(render(layout))

@@ -87,6 +87,7 @@ class Programmer:
         self._api, self._layout = api, layout
         self._secret_key = secret_key
         self._keyed: set[str] = set()  # slot backends with an entry in the secrets map
+        self._labelled: set[tuple[str, str]] = set()  # (map, slot) entries of the label maps
         self._slots = {slot_name(i): Slot(slot_name(i), list(reversed(server_names(i, layout))))
                        for i in range(layout.slots)}
         self._free = [slot_name(i) for i in reversed(range(layout.slots))]
@@ -138,6 +139,7 @@ class Programmer:
                     await self._unmap(key)
         else:
             await self._key(fresh, route)
+            await self._label(fresh, route)
             await self._fill(fresh, route)
             await self._point(route, fresh.backend)
             self._live[route.model_id] = fresh
@@ -169,6 +171,21 @@ class Programmer:
         except RuntimeApiError:
             raise RuntimeApiError(f"HAProxy refused the replica secret of {slot.backend}") from None
         self._keyed.add(slot.backend)
+
+    async def _label(self, slot: Slot, route: Route) -> None:
+        """The slot's answers name its generation and pinned revision (issue 26)."""
+        for labels, value in ((self._layout.generations_map, str(route.generation)),
+                              (self._layout.revisions_map,
+                               f"r{route.revision}" if route.revision is not None else None)):
+            key = (str(labels), slot.backend)
+            if value is None:
+                if key in self._labelled:
+                    await self._api.expect(f"del map {labels} {slot.backend}")
+                    self._labelled.discard(key)
+                continue
+            verb = "set" if key in self._labelled else "add"
+            await self._api.expect(f"{verb} map {labels} {slot.backend} {value}")
+            self._labelled.add(key)
 
     async def _fill(self, slot: Slot, route: Route) -> None:
         """A server for every replica of `route` in `slot`; drain those it no longer has."""

@@ -67,7 +67,10 @@ async def status(request: web.Request) -> web.Response:
     return json_response(StatusResponse(status=current.status,
                                         errors=current.errors, warnings=current.warnings,
                                         replicas_current=current.replicas_current,
-                                        replicas_desired=current.replicas_desired))
+                                        replicas_desired=current.replicas_desired,
+                                        generation=current.generation,
+                                        revision=current.revision,
+                                        warm_generation=current.warm_generation))
 
 
 async def logs(request: web.Request) -> web.Response:

@@ -15,7 +15,7 @@ import structlog
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
-from db import dependencies, deployments, events, models, replicas, tasks
+from db import dependencies, deployments, events, generations, models, replicas, tasks
 from db.deployments import Deployment
 from db.errors import UniqueViolation
 from db.models import Model
@@ -72,6 +72,10 @@ class DeployStatus:
     messages: list[str]
     replicas_current: int = 0
     replicas_desired: int = 0
+    # Issue 26: the serving generation, the revision it pinned, the warm previous one.
+    generation: int | None = None
+    revision: str | None = None
+    warm_generation: int | None = None
 
 
 async def _dependencies_to_start(pool: asyncpg.Pool, model: Model,
@@ -187,8 +191,13 @@ async def status(pool: asyncpg.Pool, model: Model,
     if deployment is not None and deployment.status == DeploymentStatus.degraded:
         warnings.append("deployment is degraded: not every replica is ready")
     current, desired = await replica_counts(pool, deployment)
+    generation = deployment.active_generation if deployment is not None else None
+    pinned = (await generations.get(pool, model.id, generation)
+              if generation is not None else None)
     return DeployStatus(_status_word(deployment, latest), errors, warnings,
-                        [e.message for e in recent], current, desired)
+                        [e.message for e in recent], current, desired, generation,
+                        f"r{pinned.revision}" if pinned is not None else None,
+                        deployment.previous_generation if deployment is not None else None)
 
 
 async def replica_counts(pool: asyncpg.Pool, deployment: Deployment | None) -> tuple[int, int]:

@@ -5,13 +5,14 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from db import dependencies, models, permissions, users
+from db import dependencies, models, permissions, revisions, users
 from db.errors import UniqueViolation
 from db.models import Model
 from edge.auth.permissions import permission_on
 from schemas.auth import GrantRequest, ModelOut, Permission, Principal
 from schemas.errors import Conflict, Invalid, NotFound
 from schemas.models import ModelCreate
+from schemas.revisions import source_digest
 from schemas.settings import Settings
 from service.domain import model_sources, quotas
 
@@ -46,6 +47,8 @@ async def register(pool: asyncpg.Pool, settings: Settings, principal: Principal,
                 dimension=body.source.dimension, access_level=body.access_level,
                 default_permission=body.default_permission)
             await dependencies.add(conn, model.id, dep_ids)
+            # Revision r1: the source it was registered with (issue 26).
+            await revisions.for_source(conn, model.id, model.source, source_digest(model.source))
     except UniqueViolation:
         raise Conflict(f"you already have a model named {body.name!r}") from None
     return model

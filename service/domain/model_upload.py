@@ -4,13 +4,16 @@ The archive is streamed to disk under a size bound, unpacked into a scratch fold
 member checked (no absolute paths, no `..`, no links, no devices, bounded count and size;
 tarfile's "data" filter as a second layer), the result checked for a model (config.json and
 safetensors weights; pickled weights, which run code when loaded, only if an administrator
-allows them), then moved into `<store>/<model id>/` in one rename. Whatever goes wrong, the
+allows them), then moved into `<store>/<model id>/<revision>/` in one rename: every upload is
+a new immutable revision (db/revisions.py), and the files a serving generation loads are never
+replaced. Whatever goes wrong, the
 scratch files are removed: a refused archive leaves nothing behind.
 """
 
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import lzma
 import os
@@ -26,7 +29,8 @@ from uuid import uuid4
 
 import asyncpg
 
-from db import models
+from db import models, revisions
+from db.errors import UniqueViolation
 from db.models import Model
 from schemas.errors import Conflict, GreenroomError, Invalid, TooLarge, UnsupportedType
 from schemas.file_modes import private_dir
@@ -217,21 +221,22 @@ def _check_modules(path: Path) -> None:
 
 
 def install(folder: Path, target: Path) -> None:
-    """Replace `target` with `folder` by renames (an old version is removed after)."""
-    old = target.with_name(f"{target.name}.old-{uuid4().hex[:8]}")
+    """Move `folder` to `target`, a new revision's folder, by one rename. Nothing is ever
+    replaced: a generation pinned to an older revision keeps loading its own files."""
+    target.parent.mkdir(mode=0o755, exist_ok=True)
     try:
+        # rename() onto an existing empty folder would succeed: refuse any existing target.
         if target.exists():
-            target.rename(old)
+            raise FileExistsError(target)
         folder.rename(target)
-    except OSError:  # another upload of this model got there between the two renames
-        raise Conflict("another upload of this model finished at the same moment; "
-                       "upload again if yours should win") from None
-    for path in [target, *target.rglob("*")]:
+    except OSError:  # another upload or change of source took this revision's number
+        raise Conflict("another upload or change of source of this model finished at the "
+                       "same moment; upload again if yours should win") from None
+    for path in [target.parent, target, *target.rglob("*")]:
         # Readable by a Docker replica's uid (10001): it enters the bind mount directly, while
         # on the host the store's 0700 root keeps every other user out (schemas/file_modes).
         with contextlib.suppress(OSError):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def scratch_dir(store: Path, upload_id: str) -> Path:
@@ -253,6 +258,19 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def folder_digest(folder: Path) -> str:
+    """The content digest of a revision's files: sha256 over each file's relative path and
+    bytes, in path order (the same files give the same digest wherever they lie)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
 async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
                  chunks: AsyncIterator[bytes], allow_pickled: bool,
                  declared_size: int | None = None) -> Model:
@@ -272,11 +290,15 @@ async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
     if allowance is not None and (declared_size or 1) > allowance.left_bytes:
         raise allowance.refuse(declared_size or 1)
     store_space.check_room(settings, store, declared_size or 0)
+    if await revisions.count(pool, model.id) >= revisions.MAX_REVISIONS:
+        raise Conflict(f"model {model.identifier} has {revisions.MAX_REVISIONS:,} revisions, "
+                       "the most one model may have; register a new model")
     await upload_lease.sweep_incoming(pool, store, settings.upload_lease_s)
     upload_id = uuid4().hex
     before = await upload_lease.claim(pool, settings, model, upload_id)
     lease = upload_lease.UploadLease(pool, model.id, upload_id, settings.upload_lease_s)
-    target = store / str(model.id)
+    number = await revisions.next_number(pool, model.id)
+    target = store / str(model.id) / str(number)
     try:
         async with upload_lease.renewed(lease):
             scratch = scratch_dir(store, upload_id)
@@ -285,17 +307,25 @@ async def upload(pool: asyncpg.Pool, settings: Settings, model: Model,
                 folder = await asyncio.to_thread(unpack, archive, scratch / "unpacked", limits)
                 weights = check_model(folder, limits)
                 size = await asyncio.to_thread(_folder_bytes, folder)
+                digest = await asyncio.to_thread(folder_digest, folder)
                 await lease.check()
                 await asyncio.to_thread(install, folder, target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+            # Weights make a hashing model a real one; a chosen torch or onnx backend stays.
+            backend = model.source.get("backend")
+            source = {**model.source, "location": str(target),
+                      "backend": (backend if backend in ("sentence-transformers", "onnx")
+                                  else "auto")}
+            try:
+                await revisions.insert(pool, model.id, number, "upload", source, digest, size)
+            except UniqueViolation:
+                shutil.rmtree(target, ignore_errors=True)
+                raise Conflict("another upload or change of source of this model finished "
+                               "at the same moment; upload again if yours should win") from None
     except BaseException:
         await asyncio.shield(models.end_upload(pool, model.id, upload_id, before))
         raise
-    # Weights make a hashing model a real one; a chosen torch or onnx backend stays.
-    backend = model.source.get("backend")
-    source = {**model.source, "location": str(target),
-              "backend": backend if backend in ("sentence-transformers", "onnx") else "auto"}
     await models.update_source(pool, model.id, source)
     await models.merge_metadata(pool, model.id, {"uploaded_weights": weights})
     await models.end_upload(pool, model.id, upload_id, "complete", size)

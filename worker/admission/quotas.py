@@ -11,7 +11,7 @@ from uuid import UUID
 from db import events, owner_quotas, replicas
 from db.models import Model
 from schemas import quotas
-from schemas.quotas import Use
+from schemas.quotas import QuotaExceeded, Use
 from schemas.tasks import DeploymentConfig, replica_count
 from worker.auto_backend import effective_backend
 from worker.context import WorkerContext
@@ -51,7 +51,18 @@ async def check_rollout(ctx: WorkerContext, model: Model, config: DeploymentConf
                                                ctx.settings.replica_memory_mb,
                                                ctx.settings.onnx_replica_memory_mb)
         wanted = wanted + Use(replicas=serving, memory_mb=serving * per_replica)
-    quotas.check(limits, others, wanted)
+    # Warm replicas (a previous generation kept for a rollback) hold memory until their
+    # window closes: they count, and the refusal says so.
+    count, memory_mb = await owner_quotas.warm_replicas(ctx.pool, model.owner_id,
+                                                        ctx.settings.replica_memory_mb)
+    try:
+        quotas.check(limits, others + Use(replicas=count, memory_mb=memory_mb), wanted)
+    except QuotaExceeded as exc:
+        if count:
+            exc.args = (f"{exc}; {count} warm replica(s) ({memory_mb:,} MB) of previous "
+                        "generations kept for a rollback count toward it until their window "
+                        "closes (config.rollout.keep_previous_s)",)
+        raise
 
 
 async def replica_room(ctx: WorkerContext, model: Model,

@@ -281,6 +281,27 @@ function logsPanel(identifier) {
   return { el: panel, dispose() { stopped = true; clearTimeout(timer); } };
 }
 
+// Issue 26: each generation's pinned revision and state, by generation number.
+async function pinnedGenerations(model) {
+  try {
+    const list = await get(`/api/v2/models/${ref(model)}/generations`);
+    return Object.fromEntries(list.map((g) => [g.generation, g]));
+  } catch (err) { return {}; }
+}
+
+function rollbackButton(d, generation, pinned) {
+  if (!canWrite(d.permission) || !pinned || generation === d.active_generation
+      || pinned.state === "never_served" || d.active_generation === null) return "";
+  const how = pinned.state === "warm" ? "a route flip: its replicas are warm"
+    : "a green deploy of its revision and config";
+  return h("button", { type: "button", class: "rollback", "data-generation": generation,
+    onclick: () => dialog(`Roll back ${d.name} to generation ${generation}`,
+      h("p", {}, `Revision ${pinned.revision}; ${how}.`), "Roll back", async () => {
+        const task = await post(`/api/v2/deploy/${ref(d.model)}/rollback`, { generation });
+        location.hash = `#/tasks/${task.task_id}`;
+      }, true) }, "Roll back…");
+}
+
 function deploymentView(identifier) {
   const head = h("div", {}, h("h1", {}, identifier), h("p", {}, "Loading…"));
   const sections = h("div", {});
@@ -331,14 +352,18 @@ function deploymentView(identifier) {
         h("dt", {}, "Your permission"), h("dd", {}, d.permission)),
       actions);
     const active = d.active_generation;
+    const pinned = await pinnedGenerations(d.model);
     replace(sections,
       h("section", {}, h("h2", {}, "Generations"),
         generationsChart(detail.generations, active, Date.now() / 1000), table("Generations",
-        ["Generation", "Replicas", "States", "Started", "Last change", "Task"],
+        ["Generation", "Revision", "Replicas", "States", "Started", "Last change", "Task", ""],
         detail.generations.map((g) => [
-          h("span", {}, String(g.generation), g.generation === active ? [" ", badge("serving")] : null),
+          h("span", {}, String(g.generation), g.generation === active ? [" ", badge("serving")]
+            : pinned[g.generation]?.state === "warm" ? [" ", badge("warm")] : null),
+          pinned[g.generation] ? pinned[g.generation].revision : "—",
           g.replicas, g.states.join(", "), when(g.started_at), when(g.last_change_at),
-          g.task_id ? link(`#/tasks/${g.task_id}`, shortId(g.task_id)) : "—"]))),
+          g.task_id ? link(`#/tasks/${g.task_id}`, shortId(g.task_id)) : "—",
+          rollbackButton(d, g.generation, pinned[g.generation])]))),
       h("section", {}, h("h2", {}, "Replicas"), table("Live replicas",
         ["Replica", "Generation", "State", "Endpoint", "Reported"],
         detail.replicas.map((r) => [shortId(r.id), r.generation, badge(r.state), r.endpoint || "—",
