@@ -27,6 +27,7 @@ from schemas.errors import (
     Invalid,
     Malformed,
     NotFound,
+    RateLimited,
     RetryLater,
     TooLarge,
     TooManyRequests,
@@ -78,6 +79,8 @@ def as_api_error(exc: GreenroomError) -> ApiError:
     headers: dict[str, str] = {}
     if isinstance(exc, RetryLater) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, RateLimited):
+        headers.update(exc.limits)
     if isinstance(exc, Unauthorized) and exc.challenge is not None:
         headers["WWW-Authenticate"] = exc.challenge
     return ApiError(status, exc.message, exc.detail, headers)

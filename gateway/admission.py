@@ -37,9 +37,8 @@ from aiohttp import web
 
 from db import api_keys
 from edge.auth.authentication import API_KEY_PREFIX, hash_api_key
-from edge.errors import ApiError
 from edge.keys import PG
-from schemas.errors import Invalid
+from schemas.errors import Invalid, RateLimited
 from schemas.lanes import (
     LANES,
     MAX_TIMEOUT_S,
@@ -185,10 +184,9 @@ class Admission:
                  if b is not None]
         wait = max(waits, default=0.0)
         if wait > 0:
-            raise ApiError(429, "this API key's rate limit for this model is used up; retry "
-                           "after Retry-After seconds", {"retry_after_s": math.ceil(wait)},
-                           {"Retry-After": str(math.ceil(wait))}
-                           | limit_headers(ticket.requests, ticket.tokens))
+            raise RateLimited("this API key's rate limit for this model is used up; retry "
+                              "after Retry-After seconds", {"retry_after_s": math.ceil(wait)},
+                              math.ceil(wait), limit_headers(ticket.requests, ticket.tokens))
         if ticket.requests is not None:
             ticket.requests.level -= 1
         return ticket

@@ -70,6 +70,16 @@ class TooManyRequests(RetryLater):
     """The caller used up an allowance (failed logins) for now."""
 
 
+class RateLimited(TooManyRequests):
+    """An API key used up its requests/s or tokens/s for a model (issue 29); `limits` are
+    the `x-ratelimit-*` headers its answer carries."""
+
+    def __init__(self, message: str, detail: Any = None, retry_after_s: int | None = None,
+                 limits: dict[str, str] | None = None) -> None:
+        super().__init__(message, detail, retry_after_s)
+        self.limits = limits or {}
+
+
 class Unavailable(RetryLater):
     """A part this request needs is not ready (a worker, a replica starting) or cannot be
     reached (Postgres: db.errors.DatabaseUnavailable)."""

@@ -32,9 +32,9 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 def parse_window(text: str | None) -> int:
     """`1h` → 3600; 422 for anything else than 30 s to 24 h."""
-    if text is None or text == "":
+    if text is None:
         return 3600
-    match = _WINDOW.fullmatch(text.strip())
+    match = _WINDOW.fullmatch(text)
     if match is None:
         raise Invalid("invalid request: window must be a duration such as 90s, 15m, 1h or 24h")
     seconds = int(match[1]) * _UNIT_S[match[2]]

@@ -80,7 +80,7 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
         spawn: Callable[..., Proc]) -> None:
     await register(console.pool, "alice", "minilm-like", ModelSource(**SLOW_START), "private")
     await register(console.pool, "alice", "broken",
-                   ModelSource(backend="sentence-transformers", location="/nonexistent/model"),
+                   ModelSource(backend="auto", location="/nonexistent/model"),
                    "private")
     page = await open_page(browser, console, None)
     await page.screenshot(path=artifacts / "01-login.png")

@@ -128,7 +128,7 @@ def test_a_window_is_read(text: str | None, seconds: int) -> None:
     assert series_domain.parse_window(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["25h", "0", "10s", "1d", "-1h", "1.5h", "h", "9" * 7])
+@pytest.mark.parametrize("text", ["25h", "0", "10s", "1d", "-1h", "1.5h", "h", "9" * 7, "", " 1h"])
 def test_a_bad_window_is_refused(text: str) -> None:
     with pytest.raises(Invalid):
         series_domain.parse_window(text)
