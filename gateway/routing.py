@@ -213,7 +213,8 @@ class Gateway:
                        span: Any, deadline: float | None, lane: str | None) -> web.Response:
         """Retry elsewhere only if the replica cannot connect (once written, a request is
         never sent again: review M6). Counted under the generation that took it."""
-        if not route.replicas and route.scales_to_zero and route.candidate is None:
+        if not route.replicas and route.scales_to_zero and (
+                route.candidate is None or not route.candidate.replicas):
             route = await self._hold(route, deadline)
         generation, replicas, tally = self._choose(route)
         tried: set[UUID] = set()

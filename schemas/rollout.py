@@ -19,7 +19,14 @@ for `keep_previous_s`, so that a rollback inside that window is a route flip (is
 from itertools import pairwise
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 # The same-space floors, fixed by issue 26 (clients and scripts count on them).
 MIN_MEAN_COSINE = 0.99
@@ -35,6 +42,10 @@ Compatibility = Literal["same-space", "new-space"]
 ProbeSentence = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROBE_CHARS,
                                                  pattern=r"\S")]
 MAX_STEPS = 20
+# The longest traffic phase a deploy may ask for (a canary's step deadlines summed, or a
+# shadow's duration): the worker's job timeout (worker/jobs.py task_job_timeout_s) covers
+# it, so a phase within its bound is never cut short by arq and retried (review 1).
+MAX_TRAFFIC_PHASE_S = 7200.0
 
 
 class CanaryConfig(BaseModel):
@@ -114,6 +125,25 @@ class RolloutConfig(BaseModel):
                     "not routed) this long: a rollback inside it is a route flip; they count "
                     "toward quotas and capacity meanwhile; 0 drains them at once (default: "
                     "GREENROOM_ROLLOUT_KEEP_PREVIOUS_S, 300)")
+
+    @model_validator(mode="after")
+    def _phase_bounded(self) -> "RolloutConfig":
+        if traffic_phase_s(self) > MAX_TRAFFIC_PHASE_S:
+            what = ("the canary's step deadlines (max_step_s, default 10 x step_s) sum to"
+                    if self.strategy == "canary" else "shadow.duration_s is")
+            raise ValueError(f"{what} {traffic_phase_s(self):g} s, past the "
+                             f"{MAX_TRAFFIC_PHASE_S:g} s a traffic phase may last")
+        return self
+
+
+def traffic_phase_s(rollout: RolloutConfig) -> float:
+    """The longest the traffic phase of `rollout` may last: every canary step to its
+    deadline, or the shadow's duration; 0 for a green rollout."""
+    if rollout.strategy == "canary":
+        return len(rollout.canary.steps) * rollout.canary.step_deadline_s
+    if rollout.strategy == "shadow":
+        return rollout.shadow.duration_s
+    return 0.0
 
 
 def keep_previous_s(rollout: RolloutConfig | None, default: float) -> float:

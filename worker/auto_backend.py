@@ -8,9 +8,12 @@ the worker never does), once per content of the model's files and variant, in th
 worker's cache (`Settings.onnx_cache_dir`); every later deploy of the same files finds it
 there. The export, its reference vectors and agreement records are then copied into the
 model's own folder of the store (`exports/<model id>/<fingerprint>/`, the folder its
-replicas may read: never the shared cache), and `exports/<model id>/auto.json` says what
-replicas of the model run. `resolved` reads it at every replica start (rollout, scale,
-repair, restore); no file, or files changed since, means torch.
+replicas may read: never the shared cache), and `exports/<model id>/auto-<generation>.json`
+says what replicas of that generation run: one decision per generation, so a new
+generation's preparing (which may be refused or fail later) never changes what the
+serving one starts (review 5). `resolved` reads it at every replica start (rollout, scale,
+repair, restore); no file, or files changed since, means torch. A generation prepared
+before decisions were kept per generation reads the model's `auto.json`.
 """
 
 import asyncio
@@ -69,31 +72,57 @@ def wanted_quantize(config: DeploymentConfig) -> str:
     return (config.onnx or OnnxOptions()).quantize
 
 
-def resolved(settings: Settings, model_id: UUID, source: dict[str, Any]) -> dict[str, Any]:
-    """An `auto` source as its replicas run it: `onnx` with its prepared export folder, or
-    `sentence-transformers`. Other sources unchanged."""
+def decision_file(generation: int | None) -> str:
+    """The file that records the decision generation `generation` runs by (None: the
+    model's, as kept before decisions were per generation)."""
+    return DECISION_FILE if generation is None else f"auto-{generation}.json"
+
+
+def _read_decision(settings: Settings, model_id: UUID,
+                   generation: int | None) -> dict[str, Any] | None:
+    """The decision `generation` runs by; None when none was recorded (or unreadable)."""
+    exports = model_exports(settings, model_id)
+    names = [decision_file(generation)] + ([DECISION_FILE] if generation is not None else [])
+    for name in names:
+        try:
+            found = json.loads((exports / name).read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+    return None
+
+
+def resolved(settings: Settings, model_id: UUID, source: dict[str, Any],
+             generation: int | None = None) -> dict[str, Any]:
+    """An `auto` source as the replicas of `generation` run it: `onnx` with its prepared
+    export folder, or `sentence-transformers`. Other sources unchanged."""
     if source.get("backend") != AUTO_BACKEND:
         return source
     exports = model_exports(settings, model_id)
-    try:
-        decision = json.loads((exports / DECISION_FILE).read_text())
-    except (OSError, ValueError):
-        decision = {}
+    decision = _read_decision(settings, model_id, generation) or {}
     entry = exports / str(decision.get("fingerprint"))
     if decision.get("backend") == ONNX and entry.is_dir():
         return {**source, "backend": ONNX, "export_entry": str(entry)}
     return {**source, "backend": TORCH}
 
 
-def effective_backend(settings: Settings, model: Model) -> str | None:
-    """The backend quotas and capacity count `model`'s replicas as: `auto` while it runs
-    (or is yet to be judged for) the worker's ONNX export, torch once it fell back."""
-    backend = model.source.get("backend")
+def effective_backend(settings: Settings, model: Model,
+                      generation: int | None = None) -> str | None:
+    """The backend quotas and capacity count the replicas of `model`'s `generation` as:
+    `auto` while it runs (or is yet to be judged for) the worker's ONNX export, torch once
+    it fell back."""
+    return backend_of(settings, model.id, model.source.get("backend"), generation)
+
+
+def backend_of(settings: Settings, model_id: UUID, backend: Any,
+               generation: int | None) -> str | None:
+    """`effective_backend` of a model known by its id and its source's `backend`."""
     if backend != AUTO_BACKEND:
         return str(backend) if backend is not None else None
-    try:
-        decision = json.loads((model_exports(settings, model.id) / DECISION_FILE).read_text())
-    except (OSError, ValueError):
+    decision = _read_decision(settings, model_id, generation)
+    if decision is None:
         return AUTO_BACKEND
     return AUTO_BACKEND if decision.get("backend") == ONNX else TORCH
 
@@ -115,10 +144,13 @@ async def _run_prepare(settings: Settings, location: str,
     try:
         out, err = await asyncio.wait_for(proc.communicate(), settings.onnx_prepare_timeout_s)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         return {"backend": TORCH, "reason": f"the ONNX export did not finish in "
                                             f"{settings.onnx_prepare_timeout_s:.0f} s"}
+    finally:  # timed out, or the task cancelled (the worker stops): the export goes too
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
     lines = out.decode(errors="replace").strip().splitlines()
     try:
         decision: dict[str, Any] = json.loads(lines[-1])
@@ -142,12 +174,12 @@ def _copy_entry(source: ExportEntry, target: Path, decision: dict[str, Any]) -> 
             os.replace(tmp, target / path.name)
 
 
-def _write_decision(exports: Path, decision: dict[str, Any]) -> None:
+def _write_decision(exports: Path, decision: dict[str, Any], name: str) -> None:
     exports.mkdir(parents=True, exist_ok=True)
-    tmp = exports / f".{DECISION_FILE}.tmp"
+    tmp = exports / f".{name}.tmp"
     tmp.write_text(json.dumps(decision, indent=2))
     os.chmod(tmp, 0o644)
-    os.replace(tmp, exports / DECISION_FILE)
+    os.replace(tmp, exports / name)
 
 
 def _find(settings: Settings, location: str, quantize: str) -> tuple[ExportEntry,
@@ -157,9 +189,10 @@ def _find(settings: Settings, location: str, quantize: str) -> tuple[ExportEntry
 
 
 async def decide(settings: Settings, model_id: UUID, location: str,
-                 quantize: str) -> dict[str, Any]:
+                 quantize: str, generation: int | None = None) -> dict[str, Any]:
     """Find or make the decision for these files and variant, and put it (and the export)
-    where the model's replicas read it. Adds `prepared_s` and `cached`."""
+    where the replicas of the model's `generation` read it. Adds `prepared_s` and
+    `cached`."""
     started = time.monotonic()
     try:
         entry, decision = await asyncio.to_thread(_find, settings, location, quantize)
@@ -181,7 +214,7 @@ async def decide(settings: Settings, model_id: UUID, location: str,
     except OSError as exc:  # a cache or store this worker cannot write
         decision = {"backend": TORCH, "reason": f"the export could not be kept: {exc}"}
     with contextlib.suppress(OSError):  # unwritten, replicas find no decision: torch
-        await asyncio.to_thread(_write_decision, exports, decision)
+        await asyncio.to_thread(_write_decision, exports, decision, decision_file(generation))
     return {**decision, "cached": cached, "prepared_s": round(time.monotonic() - started, 2)}
 
 
@@ -205,7 +238,8 @@ async def prepare(ctx: WorkerContext, progress: PhaseRecorder, model: Model,
         return
     await progress.enter(Phase.preparing, generation=generation)
     location = str(model.source.get("location") or DEFAULT_MODEL)
-    decision = await decide(ctx.settings, model.id, location, wanted_quantize(config))
+    decision = await decide(ctx.settings, model.id, location, wanted_quantize(config),
+                            generation)
     summary = {key: decision.get(key) for key in
                ("backend", "variant", "agreement", "reason", "int8_refused", "cached",
                 "prepared_s", "fingerprint")

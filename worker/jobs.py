@@ -15,6 +15,7 @@ from db import deployments, replicas, tasks
 from db.errors import UniqueViolation
 from schemas import replica_auth, task_payloads, tracing
 from schemas import secrets as deployment_secrets
+from schemas.rollout import MAX_TRAFFIC_PHASE_S
 from schemas.settings import Settings
 from schemas.tasks import MAX_DEPLOY_TIMEOUT_S, TaskKind, TaskStatus
 from worker import compatibility, embed_job, rollback, rollout
@@ -34,14 +35,16 @@ JOB_TIMEOUT_MARGIN_S = 120.0
 
 
 def task_job_timeout_s(settings: Settings) -> float:
-    """arq's limit on one run of a task job. It covers the longest deploy deadline a task may
-    ask for, the compatibility gate's bound, its drain, and a margin for starting and
+    """arq's limit on one run of a task job. It covers an `auto` model's preparing phase, the
+    longest deploy deadline a task may ask for, the compatibility gate's bound, the longest
+    canary or shadow phase (MAX_TRAFFIC_PHASE_S), its drain, and a margin for starting and
     stopping replicas, so a deploy within its own deadline is never cut short; a job cut
     short anyway is handed back, which counts as an attempt (`max_attempts`)."""
     if settings.job_timeout_s is not None:
         return settings.job_timeout_s
-    return (max(MAX_DEPLOY_TIMEOUT_S, settings.deploy_timeout_s) + settings.drain_timeout_s
-            + compatibility.EMBED_TIMEOUT_S + JOB_TIMEOUT_MARGIN_S)
+    return (settings.onnx_prepare_timeout_s
+            + max(MAX_DEPLOY_TIMEOUT_S, settings.deploy_timeout_s) + settings.drain_timeout_s
+            + compatibility.EMBED_TIMEOUT_S + MAX_TRAFFIC_PHASE_S + JOB_TIMEOUT_MARGIN_S)
 
 
 def arq_job(fn: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:

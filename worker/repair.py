@@ -81,7 +81,8 @@ async def _start_replacement(ctx: WorkerContext, dead: Replica) -> bool:
         await events.add(ctx.pool, model.id, "error", f"cannot replace replica: {exc}",
                          generation=dead.generation)
         return False
-    memory_mb = dead.memory_mb or replica_lifecycle.placed_memory_mb(ctx, model, config)
+    memory_mb = dead.memory_mb or replica_lifecycle.placed_memory_mb(
+        ctx, model, config, dead.generation)
     try:
         # Under the capacity lock, like a rollout's starts: neither takes the other's room.
         async with capacity.placing(ctx, memory_mb):

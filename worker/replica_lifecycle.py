@@ -62,9 +62,12 @@ def gateway_headers(ctx: WorkerContext, model_id: UUID, generation: int) -> dict
     return {replica_auth.HEADER: secret}
 
 
-def placed_memory_mb(ctx: WorkerContext, model: Model, config: DeploymentConfig) -> int:
-    """The memory each replica of this deployment is counted with (quotas, capacity)."""
-    return replica_memory_mb(config.memory, auto_backend.effective_backend(ctx.settings, model),
+def placed_memory_mb(ctx: WorkerContext, model: Model, config: DeploymentConfig,
+                     generation: int | None = None) -> int:
+    """The memory each replica of this deployment's `generation` is counted with (quotas,
+    capacity)."""
+    return replica_memory_mb(config.memory,
+                             auto_backend.effective_backend(ctx.settings, model, generation),
                              ctx.settings.replica_memory_mb, ctx.settings.onnx_replica_memory_mb)
 
 
@@ -83,7 +86,7 @@ async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID
         replica_id=uuid4(), model_id=model.id, model_identifier=model.identifier,
         generation=generation, task_id=task_id,
         source=replica_source(ctx.settings, auto_backend.resolved(
-            ctx.settings, model.id, model.source), config, model.id),
+            ctx.settings, model.id, model.source, generation), config, model.id),
         # What quotas and capacity count is what the runtime enforces.
         memory_mb=memory_mb, memory_requested=config.memory is not None, env=dict(env),
         cpus=config.cpus,

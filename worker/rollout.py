@@ -100,7 +100,7 @@ async def _start_replicas(ctx: WorkerContext, task: Task, model: Model, generati
         env = await replica_lifecycle.generation_env(ctx, model, generation, config)
     except replica_lifecycle.SecretsUnreadable as exc:
         raise RolloutFailed(str(exc)) from None
-    memory_mb = replica_lifecycle.placed_memory_mb(ctx, model, config)
+    memory_mb = replica_lifecycle.placed_memory_mb(ctx, model, config, generation)
     started: list[StartedReplica] = []
     for _ in range(replica_count(config)):
         try:
@@ -128,7 +128,8 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
     as it becomes healthy (a scale routes to it then)."""
     await progress.enter(Phase.starting_replicas, generation=generation,
                          replicas_wanted=replica_count(config), replicas_ready=0)
-    needed = replica_count(config) * replica_lifecycle.placed_memory_mb(ctx, model, config)
+    needed = replica_count(config) * replica_lifecycle.placed_memory_mb(ctx, model, config,
+                                                                        generation)
     try:
         async with capacity.placing(ctx, needed):
             started = await _start_replicas(ctx, progress.task, model, generation, config)
@@ -153,22 +154,29 @@ async def bring_up(ctx: WorkerContext, progress: Progress, model: Model, generat
         tail = await _log_tail(ctx, first.runtime_ref)
         raise RolloutFailed(with_log_tail(f"{first}", tail)) from None
     await record_agreement(ctx.pool, ctx.http, model.id,
-                           auto_backend.resolved(ctx.settings, model.id, model.source),
+                           auto_backend.resolved(ctx.settings, model.id, model.source,
+                                                 generation),
                            started[0].endpoint,
                            generation, replica_lifecycle.gateway_headers(ctx, model.id, generation))
     return started
 
 
-async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason: str) -> None:
+async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason: str,
+                status: TaskStatus = TaskStatus.failed,
+                metadata: dict[str, Any] | None = None) -> None:
     task = progress.task
+    # A failure after a canary or shadow routed to the candidate (the name taken at the
+    # switch, whose rollback restored the split; an unexpected error mid-phase): the
+    # serving generation takes all traffic back before the candidate goes (review 4).
+    await traffic_phase.abandon(ctx, task.model_id)
     green = [r.id for r in await replicas.list_for_model(ctx.pool, task.model_id)
              if r.generation == generation]
     await replica_lifecycle.remove(ctx, green, ReplicaState.failed, grace_s=0)
-    status = await deployments.restore_after_failure(ctx.pool, task.model_id)
+    deployment_status = await deployments.restore_after_failure(ctx.pool, task.model_id)
     await progress.event("error", f"generation {generation} failed: {reason}", generation)
-    await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed, reason,
-                       {"generation": generation, "deployment_status": status,
-                        "timings": progress.timings})
+    await tasks.finish(ctx.pool, task.id, ctx.worker_id, status, reason,
+                       {"generation": generation, "deployment_status": deployment_status,
+                        "timings": progress.timings, **(metadata or {})})
     log.warning("rollout_failed", task=str(task.id), generation=generation, reason=reason)
 
 
@@ -253,6 +261,10 @@ async def deploy_generation(ctx: WorkerContext, task: Task, model: Model,
     judged = config if rollback_of is None else _as_rollback(config)
     try:
         await auto_backend.prepare(ctx, progress, model, config, generation)
+        if model.source.get("backend") == auto_backend.AUTO_BACKEND:
+            # The quota again, at the memory this generation's replicas are placed with
+            # now that its backend is decided (an export that fell back runs torch: review 6).
+            await quotas.check_rollout(ctx, model, config, generation)
         started = await bring_up(ctx, progress, model, generation, config)
         await compatibility.gate(ctx, progress, model, generation, started, judged)
         handed = await traffic_phase.hand_over(ctx, progress, model.id, generation, judged)
@@ -260,10 +272,19 @@ async def deploy_generation(ctx: WorkerContext, task: Task, model: Model,
             return  # a canary step failed: the candidate is gone, the task failed
         await progress.enter(Phase.switching, generation=generation)
         old = await _switch(ctx, model, generation, name, config)
+    except QuotaExceeded as exc:
+        await _fail(ctx, progress, generation, str(exc), TaskStatus.refused,
+                    {"quota": exc.figures})
+        return
     except (RolloutFailed, UniqueViolation, compatibility.Refused) as exc:
         reason = (f"deployment name {name!r} is taken by another model"
                   if isinstance(exc, UniqueViolation) else str(exc))
         await _fail(ctx, progress, generation, reason)
+        return
+    except Exception as exc:  # a database or Redis error mid-rollout (review 4b)
+        log.exception("rollout_crashed", task=str(task.id), generation=generation)
+        await _fail(ctx, progress, generation,
+                    f"internal error: {type(exc).__name__}: {exc}")
         return
     await progress.event("info", f"generation {generation} is serving", generation)
     await drain_and_remove(ctx, progress, generation, old)
@@ -286,25 +307,58 @@ def _as_rollback(config: DeploymentConfig) -> DeploymentConfig:
     return config.model_copy(update={"rollout": rollout})
 
 
+async def _switched(ctx: WorkerContext, task: Task) -> bool:
+    """Whether a task draining has passed its switch: a deploy's (or rollback's) new
+    generation serves. A rejected canary drains its candidate before any switch (review 3);
+    a delete's drain always follows taking the route away."""
+    if task.kind not in (TaskKind.deploy, TaskKind.rollback):
+        return True
+    current = await tasks.get(ctx.pool, task.id)
+    generation = (current.metadata or {}).get("generation") if current else None
+    deployment = await deployments.get(ctx.pool, task.model_id)
+    return (generation is not None and deployment is not None
+            and deployment.active_generation == generation)
+
+
+async def _rejected_step(ctx: WorkerContext, task: Task) -> str | None:
+    """Why the task's canary was rejected, if a step of it failed (metadata.rollout)."""
+    current = await tasks.get(ctx.pool, task.id)
+    rollout = (current.metadata or {}).get("rollout") if current else None
+    steps = rollout.get("steps") if isinstance(rollout, dict) else None
+    if not steps or not isinstance(steps[-1], dict) or steps[-1].get("verdict") != "fail":
+        return None
+    failed = steps[-1]
+    return (f"canary step {failed.get('weight')} % failed: "
+            + "; ".join(str(r) for r in failed.get("reasons") or []))
+
+
 async def hand_back(ctx: WorkerContext, task: Task, phase: str | None, reason: str) -> str:
     """The worker is stopping mid-task: leave the model as it was, or finish what is safe.
 
     Past the switch the new generation already serves; the drain is left to the
-    reconciler and the task is done. Before it, the green replicas are removed and the
-    task goes back to pending for another worker, or fails once it has been run
-    `max_attempts` times (`reason` says why each run ended). A scale always goes back: its
-    retry drains and stops the replicas it left draining.
+    reconciler and the task is done. Before it (a rejected canary drains its candidate
+    before any switch), a split goes, the green replicas are removed and the task goes
+    back to pending for another worker, or fails once it has been run `max_attempts` times
+    (`reason` says why each run ended), or at once when its canary was rejected. A scale
+    always goes back: its retry drains and stops the replicas it left draining.
     """
-    if phase in (Phase.draining, Phase.removing) and task.kind != TaskKind.scale:
+    if phase in (Phase.draining, Phase.removing) and task.kind != TaskKind.scale \
+            and await _switched(ctx, task):
         await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None,
                            {"note": "worker stopped while draining; reconciler removes the rest"})
         return "done"
-    if phase in (Phase.canary, Phase.shadow):
-        await traffic_phase.abandon(ctx, task.model_id)  # all traffic back, drained
+    # A canary or shadow (or a switch that did not commit) leaves a split: all traffic
+    # back to the serving generation, the candidate drained, before it goes.
+    await traffic_phase.abandon(ctx, task.model_id)
     mine = await replica_lifecycle.starting_of_task(ctx, task.model_id, task.id)
     await replica_lifecycle.remove(ctx, mine, ReplicaState.failed, grace_s=0)
     if task.kind in (TaskKind.deploy, TaskKind.rollback):
         await deployments.restore_after_failure(ctx.pool, task.model_id)
+    rejected = await _rejected_step(ctx, task)
+    if rejected is not None:  # the canary was judged already: no retry judges it again
+        await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.failed,
+                           f"{rejected}; the worker stopped while removing the candidate")
+        return "failed"
     detail = (f"interrupted {task.attempts} time(s), the last because {reason}; giving up "
               f"after {ctx.settings.max_attempts} attempts (GREENROOM_MAX_ATTEMPTS)")
     return await tasks.hand_back(ctx.pool, task.id, ctx.worker_id, ctx.settings.max_attempts,

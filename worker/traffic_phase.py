@@ -190,6 +190,10 @@ async def _reject(ctx: WorkerContext, progress: Progressing, model_id: UUID, ser
                   candidate: int, steps: list[StepRecord]) -> None:
     """The candidate failed a step: weight 0 now, drain, remove, fail the task."""
     failed = steps[-1]
+    # Recorded first: a worker stopped while the candidate drains fails the task with it
+    # (worker/rollout.py hand_back) instead of retrying a canary already judged.
+    await progress.note(rollout={"strategy": "canary",
+                                 "steps": [s.model_dump() for s in steps]})
     await _route(ctx, model_id, None)
     reason = (f"canary step {failed.weight} % failed: " + "; ".join(failed.reasons))
     await progress.event("error", f"generation {candidate} stopped: {reason}", candidate)

@@ -8,7 +8,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import aiohttp
@@ -20,6 +20,7 @@ from db import deployments, replicas, traffic
 from db.deployments import Route
 from db.traffic import Candidate, Split
 from gateway.haproxy.programmer import Programmer
+from gateway.routing import Gateway
 from gateway.traffic import cosines, split
 from schemas.gateway import read_reports
 from schemas.queue import ROUTES_CHANNEL, RoutesChanged
@@ -50,6 +51,26 @@ def test_split_gives_the_candidate_its_weight_and_falls_back() -> None:
     assert split(_canary(100, replicas=[]), 0.0) == (1, [A])
     with pytest.raises(ValueError, match="percents"):
         Split(2, 101)
+
+
+async def test_a_stale_split_without_candidate_replicas_still_holds_at_zero() -> None:
+    """Review 4c: a deployment scaled to zero held a request only when no split existed; a
+    split left behind whose candidate has no replica answered 503 at once, and the
+    autoscaler never heard of the demand. Now the request waits (counted as held)."""
+    gateway = Gateway(cast(Any, None), cast(Any, None), poll_s=1.0)
+    route = Route(uuid4(), "z", "alice/z", 1, "public", [], scales_to_zero=True,
+                  candidate=Candidate(Split(2, 50), []))
+    gateway.lookup = lambda key: route  # type: ignore[method-assign]
+    forwarding = asyncio.create_task(gateway._forward(
+        route, "POST", "/embed", b"{}", {}, cast(Any, None), "span", None, None, None))
+    await asyncio.sleep(0.1)
+    try:
+        assert not forwarding.done(), forwarding
+        assert gateway.holds.counts() == {str(route.model_id): 1}
+    finally:
+        forwarding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forwarding
 
 
 def test_cosines_compare_embed_and_openai_answers() -> None:

@@ -91,6 +91,11 @@ def _rollout(rollout: dict[str, Any]) -> bytes:
     (_rollout({"probe": ["a sentence"] * 19}), 422),
     (_rollout({"probe": ["a sentence"] * 19 + ["x" * 501]}), 422),
     (_rollout({"probe": ["a sentence"] * 19 + ["   "]}), 422),
+    # A traffic phase longer than MAX_TRAFFIC_PHASE_S (review 1): four canary steps of
+    # 1800 s (each allowed 10x), or a shadow of a day.
+    (_rollout({"strategy": "canary", "canary": {"steps": [5, 25, 50, 100],
+                                                "step_s": 1800}}), 422),
+    (_rollout({"strategy": "shadow", "shadow": {"duration_s": 86_400}}), 422),
     (b'{"embedding_model_id": "nobody/nothing"}', 404),
     (b'{"embedding_model_id": "' + b"x" * (1024 * 1024 + 10) + b'"}', 413),
 ])

@@ -1,13 +1,17 @@
 """Issue 28: the `auto` backend's decision when ONNX cannot serve a model — torch, with the
 reason, for the replicas, quotas and capacity alike; and what it counts a replica as."""
 
+import asyncio
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
+
+import pytest
 
 from model_server.backends import resolve_model_dir
 from schemas.quotas import HASHING_MEMORY_MB, replica_memory_mb
@@ -125,3 +129,57 @@ def test_the_export_process_never_sees_the_workers_settings(monkeypatch: Any) ->
     env = auto_backend._prepare_env()
     assert not [k for k in env if k.startswith("GREENROOM_")], env
     assert env["HF_HUB_OFFLINE"] == "1" and env["PATH"] == os.environ["PATH"]
+
+
+async def test_each_generation_runs_by_its_own_decision(tmp_path: Path) -> None:
+    """Review 5: the decision was one file per model, rewritten by a new generation's
+    preparing before its gate or canary: a refused generation's fallback to torch made the
+    serving ONNX generation's next replicas torch. Now each generation has its own."""
+    settings, model_id = _settings(tmp_path), uuid4()
+    exports = auto_backend.model_exports(settings, model_id)
+    (exports / "abc123").mkdir(parents=True)  # generation 1's export, as prepare copies it
+    (exports / auto_backend.decision_file(1)).write_text(
+        json.dumps({"backend": "onnx", "fingerprint": "abc123"}))
+    source = {"backend": "auto"}
+    model: Any = SimpleNamespace(id=model_id, source=source)
+    # Generation 2's export cannot read its files: it falls back to torch.
+    decision = await auto_backend.decide(settings, model_id, str(tmp_path / "gone"), "none",
+                                         generation=2)
+    assert decision["backend"] == "sentence-transformers"
+    assert auto_backend.resolved(settings, model_id, source, 1) == {
+        "backend": "onnx", "export_entry": str(exports / "abc123")}
+    assert auto_backend.effective_backend(settings, model, 1) == "auto"
+    assert auto_backend.resolved(settings, model_id, source, 2)["backend"] == \
+        "sentence-transformers"
+    assert auto_backend.effective_backend(settings, model, 2) == "sentence-transformers"
+    # A generation prepared before decisions were per generation reads the model's file.
+    (exports / auto_backend.DECISION_FILE).write_text(json.dumps({"backend": "torch"}))
+    assert auto_backend.effective_backend(settings, model, 7) == "sentence-transformers"
+
+
+async def test_a_cancelled_preparing_kills_its_export_process(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Review 7: only the timeout killed the export; a task cancelled (the worker stops)
+    left it running. The command is swapped for a sleeper so it is still running when the
+    task is cancelled; the worker's own waiting and killing are what is tested."""
+    settings = _settings(tmp_path)
+    started: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def sleeper(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await spawn(sys.executable, "-c", "import time; time.sleep(60)", **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", sleeper)
+    preparing = asyncio.create_task(auto_backend._run_prepare(settings, "x", "none"))
+    for _ in range(200):
+        if started:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert started and started[0].returncode is None
+    preparing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await preparing
+    assert started[0].returncode is not None, "the export process outlived its task"

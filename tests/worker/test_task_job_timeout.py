@@ -11,8 +11,11 @@ from uuid import UUID
 
 import aiohttp
 import asyncpg
+import pytest
+from pydantic import ValidationError
 
 from db import replicas, tasks
+from schemas.rollout import MAX_TRAFFIC_PHASE_S, RolloutConfig, traffic_phase_s
 from schemas.settings import Settings
 from schemas.tasks import MAX_DEPLOY_TIMEOUT_S
 from tests.conftest import Proc
@@ -57,3 +60,33 @@ def test_the_default_job_timeout_covers_the_longest_deadline_a_task_may_ask(
         settings: Settings) -> None:
     timeout = task_job_timeout_s(settings.model_copy(update={"job_timeout_s": None}))
     assert timeout >= MAX_DEPLOY_TIMEOUT_S + settings.drain_timeout_s
+
+
+def test_the_job_timeout_covers_preparing_and_the_longest_traffic_phase(
+        settings: Settings) -> None:
+    """Review 1: an `auto` model's preparing and a canary or shadow phase run in the same
+    job as the deploy deadline; the longest of each a task may ask for fits the timeout."""
+    base = settings.model_copy(update={"job_timeout_s": None})
+    timeout = task_job_timeout_s(base)
+    assert timeout >= (base.onnx_prepare_timeout_s + MAX_DEPLOY_TIMEOUT_S
+                       + MAX_TRAFFIC_PHASE_S + base.drain_timeout_s)
+    slower = base.model_copy(update={"onnx_prepare_timeout_s": base.onnx_prepare_timeout_s
+                                     + 100})
+    assert task_job_timeout_s(slower) == timeout + 100
+    # The longest phases the schema accepts are within MAX_TRAFFIC_PHASE_S; one more is not.
+    steps = [5, 25, 50, 100]
+    canary = RolloutConfig.model_validate({"strategy": "canary", "canary": {
+        "steps": steps, "step_s": MAX_TRAFFIC_PHASE_S / len(steps) / 10}})
+    assert traffic_phase_s(canary) == MAX_TRAFFIC_PHASE_S
+    shadow = RolloutConfig.model_validate({"strategy": "shadow",
+                                           "shadow": {"duration_s": MAX_TRAFFIC_PHASE_S}})
+    assert traffic_phase_s(shadow) == MAX_TRAFFIC_PHASE_S
+    with pytest.raises(ValidationError, match="traffic phase"):
+        RolloutConfig.model_validate({"strategy": "canary", "canary": {
+            "steps": steps, "step_s": 1, "max_step_s": MAX_TRAFFIC_PHASE_S / 4 + 1}})
+    with pytest.raises(ValidationError, match="traffic phase"):
+        RolloutConfig.model_validate({"strategy": "shadow",
+                                      "shadow": {"duration_s": MAX_TRAFFIC_PHASE_S + 1}})
+    # Only the strategy that runs counts: a green rollout keeps its unused canary.
+    assert traffic_phase_s(RolloutConfig.model_validate(
+        {"canary": {"steps": steps, "step_s": 3600}})) == 0

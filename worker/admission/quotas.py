@@ -8,12 +8,12 @@ start more than the limit allows.
 
 from uuid import UUID
 
-from db import events, owner_quotas, replicas
+from db import deployments, events, owner_quotas, replicas
 from db.models import Model
 from schemas import quotas
 from schemas.quotas import QuotaExceeded, Use
 from schemas.tasks import DeploymentConfig, replica_count
-from worker.auto_backend import effective_backend
+from worker.auto_backend import AUTO_BACKEND, backend_of, effective_backend
 from worker.context import WorkerContext
 
 RUNNING = ["processing"]
@@ -27,27 +27,44 @@ async def _limits_and_others(ctx: WorkerContext, owner_id: int,
     stored = await owner_quotas.overrides(ctx.pool, owner_id)
     limits = quotas.limits_with(quotas.defaults(ctx.settings), stored)
     rows = await owner_quotas.claims(ctx.pool, owner_id, model_id, RUNNING)
-    others = quotas.total(
-        quotas.claimed(r.task_kind, r.task_config, r.deployed_config, r.backend,
-                       ctx.settings.replica_memory_mb, ctx.settings.onnx_replica_memory_mb)
-        for r in rows)
+    others = quotas.total([
+        quotas.claimed(r.task_kind, r.task_config, r.deployed_config,
+                       await _backend_of(ctx, r), ctx.settings.replica_memory_mb,
+                       ctx.settings.onnx_replica_memory_mb)
+        for r in rows])
     return limits, others
 
 
-async def check_rollout(ctx: WorkerContext, model: Model, config: DeploymentConfig) -> None:
-    """Raise QuotaExceeded if rolling `model` out with `config` passes a quota."""
+async def _backend_of(ctx: WorkerContext, claim: owner_quotas.Claim) -> str | None:
+    """What another model's replicas count as: an `auto` one that fell back to torch as
+    torch, by its serving generation's decision (review 6)."""
+    if claim.backend != AUTO_BACKEND:
+        return claim.backend
+    deployment = await deployments.get(ctx.pool, claim.model_id)
+    return backend_of(ctx.settings, claim.model_id, claim.backend,
+                      deployment.active_generation if deployment else None)
+
+
+async def check_rollout(ctx: WorkerContext, model: Model, config: DeploymentConfig,
+                        generation: int | None = None) -> None:
+    """Raise QuotaExceeded if rolling `model` out with `config` passes a quota. Checked
+    before the new generation exists (an `auto` model counted as ONNX unless it fell back
+    before) and again, with `generation`, once its preparing decided its backend (review 6)."""
     found = await _limits_and_others(ctx, model.owner_id, model.id)
     if found is None:
         return
     limits, others = found
-    backend = effective_backend(ctx.settings, model)
+    backend = effective_backend(ctx.settings, model, generation)
     wanted = quotas.demand(config, backend, ctx.settings.replica_memory_mb,
                            ctx.settings.onnx_replica_memory_mb)
     if config.rollout.strategy != "green":
         # A canary or shadow runs both generations for its whole traffic phase (a green
         # rollout only for its switch): the quota must hold the serving one's replicas too.
         serving = await replicas.count_serving(ctx.pool, model.id)
-        per_replica = quotas.replica_memory_mb(config.memory, backend,
+        deployment = await deployments.get(ctx.pool, model.id)
+        serving_backend = effective_backend(
+            ctx.settings, model, deployment.active_generation if deployment else None)
+        per_replica = quotas.replica_memory_mb(config.memory, serving_backend,
                                                ctx.settings.replica_memory_mb,
                                                ctx.settings.onnx_replica_memory_mb)
         wanted = wanted + Use(replicas=serving, memory_mb=serving * per_replica)
@@ -65,15 +82,16 @@ async def check_rollout(ctx: WorkerContext, model: Model, config: DeploymentConf
         raise
 
 
-async def replica_room(ctx: WorkerContext, model: Model,
-                       config: DeploymentConfig) -> int | None:
-    """How many replicas of `model` with `config` the owner's quota has room for beside
-    their other models; None for an administrator (no limit)."""
+async def replica_room(ctx: WorkerContext, model: Model, config: DeploymentConfig,
+                       generation: int | None = None) -> int | None:
+    """How many replicas of `model`'s `generation` with `config` the owner's quota has room
+    for beside their other models; None for an administrator (no limit)."""
     found = await _limits_and_others(ctx, model.owner_id, model.id)
     if found is None:
         return None
     limits, others = found
-    per_replica = quotas.replica_memory_mb(config.memory, effective_backend(ctx.settings, model),
+    per_replica = quotas.replica_memory_mb(config.memory,
+                                           effective_backend(ctx.settings, model, generation),
                                            ctx.settings.replica_memory_mb,
                                            ctx.settings.onnx_replica_memory_mb)
     return quotas.replica_room(limits, others, per_replica)
@@ -98,7 +116,7 @@ async def clamp_scale(ctx: WorkerContext, model: Model, config: DeploymentConfig
                       wanted: int, generation: int | None = None, keep: int = 0) -> int:
     """The autoscaler's entry point: `wanted` cut to the owner's quota but to no fewer than
     `keep` (`tasks.replica_count`), with a warning event when the quota held it back."""
-    room = await replica_room(ctx, model, config)
+    room = await replica_room(ctx, model, config, generation)
     if room is not None and room < wanted:
         await held_back(ctx, model, wanted, room, generation)
     return replica_count(config, scale_to=wanted, room=room, keep=keep)

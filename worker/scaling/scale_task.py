@@ -50,7 +50,8 @@ async def scale(ctx: WorkerContext, task: Task) -> None:
     generation = deployment.active_generation
     config = DeploymentConfig.model_validate(deployment.config)
     payload = ScalePayload.model_validate(task.request)
-    room = (await quotas.replica_room(ctx, model, config)) if payload.replicas > 0 else None
+    room = ((await quotas.replica_room(ctx, model, config, generation))
+            if payload.replicas > 0 else None)
     if room is not None and room < payload.replicas:
         await quotas.held_back(ctx, model, payload.replicas, room, generation)
         if not payload.autoscaler:  # the owner asked for it: refused, not cut
