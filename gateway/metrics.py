@@ -51,7 +51,7 @@ class GatewayMetrics:
             ["deployment"], registry=self.registry)
         # Issue 29: requests whose X-Request-Timeout passed while held for a replica.
         self.expired = Counter(
-            "greenroom_gateway_expired", "Requests dropped past their X-Request-Timeout while held",
+            "greenroom_gateway_expired", "Requests past their X-Request-Timeout (held, before forwarding, or dropped by the replica)",
             ["deployment"], registry=self.registry)
         self.registry.register(_InflightCollector(inflight))
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
