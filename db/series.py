@@ -72,9 +72,9 @@ async def read(db: Executor, model_id: UUID, since: datetime, limit: int) -> lis
 async def generation_replicas(db: Executor) -> list[GenerationReplicas]:
     """Every generation with a live replica, and every serving generation: its ready
     replicas (a canary's candidate's stay `starting` while they carry its share of the
-    traffic, worker/traffic_phase.py: those count as ready) and how many it should have (the serving generation: the count last asked for,
-    else its starting and ready ones; another: its starting and ready ones, 0 while it
-    drains)."""
+    traffic, worker/traffic_phase.py: those count as ready) and how many it should have
+    (the serving generation: the count last asked for, else its starting and ready ones;
+    another: its starting and ready ones, 0 while it drains)."""
     async with translated():
         rows: list[Any] = await db.fetch(
             """WITH candidate AS (

@@ -216,10 +216,7 @@ class Gateway:
         never sent again: review M6). Counted under the generation that took it."""
         if not route.replicas and route.scales_to_zero and route.candidate is None:
             route = await self._hold(route, deadline)
-        if deadline is not None and deadline <= time.monotonic():
-            self.metrics.expired.labels(route.name).inc()  # no replica's fault: not sent
-            raise UpstreamTimeout(f"the request's X-Request-Timeout passed before it reached "
-                                  f"a replica of {route.name!r}", {"deadline": "passed"})
+        self._unexpired(route, deadline)
         generation, replicas, tally = self._choose(route)
         tried: set[UUID] = set()
         forward_headers = self._headers(route, generation, headers, deadline, lane)
@@ -260,8 +257,6 @@ class Gateway:
             # A 504 to a request with a deadline is the replica dropping work the caller's
             # own X-Request-Timeout ran out on (model_server/lanes.py): expired, no error.
             expired = answer.status == 504 and deadline is not None
-            if expired:
-                metrics.expired.labels(deployment).inc()
             self._answered(route, replica_id, path, answer.status, elapsed, ids, span,
                            generation, expired)
             tally.observe(elapsed, answer.status >= 500 and not expired)
@@ -279,7 +274,9 @@ class Gateway:
                   expired: bool = False) -> None:
         """A replica answered: its series counters (issue 31), the request line, the span."""
         self.replica_latency.observe(replica_id, elapsed)
-        if status >= 500 and not expired:
+        if expired:
+            self.metrics.expired.labels(route.name).inc()
+        elif status >= 500:
             self.failed[replica_id] += 1
         if self.log_requests:
             self.request_log.add(request_id=ids.request_id, trace_id=ids.trace_id,
@@ -287,6 +284,14 @@ class Gateway:
                                  status=status, ms=round(elapsed * 1000.0, 2))
         if span is not None:
             tracing_span_done(span, replica_id, status, generation)
+
+    def _unexpired(self, route: Route, deadline: float | None) -> None:
+        """A request whose deadline passed before it was sent is the gateway's own 504
+        (counted expired): no replica sees it, none is blamed for it."""
+        if deadline is not None and deadline <= time.monotonic():
+            self.metrics.expired.labels(route.name).inc()
+            raise UpstreamTimeout(f"the request's X-Request-Timeout passed before it reached "
+                                  f"a replica of {route.name!r}", {"deadline": "passed"})
 
     def _choose(self, route: Route) -> tuple[int, list[tuple[UUID, str]], Tally]:
         """The generation that takes the request (the split's pick during a canary), its

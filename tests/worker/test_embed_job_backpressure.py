@@ -122,5 +122,5 @@ async def test_a_refused_secret_fails_the_job(server: Any) -> None:
     pool.headers[replica_auth.HEADER] = "wrong"
     batch = Batch([Item("x", text="one input")], 0)
     async with aiohttp.ClientSession() as http:
-        with pytest.raises(JobFailed, match="refused the worker's credentials .401"):
+        with pytest.raises(JobFailed, match=r"refused the worker's credentials \(401"):
             await embed_job.embed_batch(http, pool, batch, EmbedPayload(generation=1))
