@@ -105,6 +105,7 @@ async def switch(db: Executor, model_id: UUID, generation: int, name: str,
                        until = EXCLUDED.until""",
                 model_id, name, name_hold_s,
             )
+        config = stored_config(config)
         kept: int | None = await db.fetchval(
             """UPDATE deployments d SET active_generation = $2, status = 'complete', name = $3,
                    config = $4, desired_replicas = NULL, updated_at = now(),
@@ -135,12 +136,24 @@ async def switch(db: Executor, model_id: UUID, generation: int, name: str,
     return [r["id"] for r in rows]
 
 
+def stored_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What `deployments.config` keeps of a deploy's config: all but the rollout's probe
+    sentences (up to ~250 KB, and every gateway reload reads the column: review, Low). The
+    probe stays in the task's request and in the generation's pinned config, where the
+    compatibility gate (a rollback's included) reads it."""
+    rollout = config.get("rollout")
+    if not isinstance(rollout, dict) or "probe" not in rollout:
+        return config
+    return {**config, "rollout": {k: v for k, v in rollout.items() if k != "probe"}}
+
+
 async def flip_to_warm(db: Executor, model_id: UUID, generation: int, config: dict[str, Any],
                        keep_previous_s: float) -> int | None:
     """A rollback inside the window: make the warm previous `generation` the serving one in
     one statement, keeping the generation that served until now warm in its place. Returns
     that generation, or None when `generation` is no longer warm (the window closed, or
     another task moved the deployment on): then a green deploy is needed."""
+    config = stored_config(config)
     async with translated():
         flipped: int | None = await db.fetchval(
             """UPDATE deployments d SET active_generation = $2, config = $3,

@@ -146,7 +146,8 @@ async def claims(db: Executor, owner_id: int, exclude_model: UUID | None,
                newest AS (
                    SELECT DISTINCT ON (t.model_id) t.model_id, t.kind, t.request
                    FROM tasks t JOIN owned o ON o.id = t.model_id
-                   WHERE t.status = ANY($3::text[])
+                   -- an embed job claims nothing and must not hide a pending deploy
+                   WHERE t.status = ANY($3::text[]) AND t.kind <> 'embed'
                    ORDER BY t.model_id, t.created_at DESC)
                SELECT o.id AS model_id, o.backend, n.kind AS task_kind,
                       n.request -> 'config' AS task_config,
@@ -171,7 +172,7 @@ CLAIM_GROUPS = """owned AS (
     newest AS (
         SELECT DISTINCT ON (t.model_id) t.model_id, t.kind, t.request
         FROM tasks t JOIN owned o ON o.id = t.model_id
-        WHERE t.status = ANY({statuses}::text[])
+        WHERE t.status = ANY({statuses}::text[]) AND t.kind <> 'embed'
         ORDER BY t.model_id, t.created_at DESC),
     claim AS (
         SELECT o.backend, n.kind AS task_kind,

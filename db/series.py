@@ -71,17 +71,26 @@ async def read(db: Executor, model_id: UUID, since: datetime, limit: int) -> lis
 
 async def generation_replicas(db: Executor) -> list[GenerationReplicas]:
     """Every generation with a live replica, and every serving generation: its ready
-    replicas and how many it should have (the serving generation: the count last asked for,
-    else its starting and ready ones; another: its starting and ready ones, 0 while it
-    drains)."""
+    replicas (a canary's candidate's stay `starting` while they carry its share of the
+    traffic, worker/traffic_phase.py: those count as ready) and how many it should have
+    (the serving generation: the count last asked for, else its starting and ready ones;
+    another: its starting and ready ones, 0 while it drains)."""
     async with translated():
         rows: list[Any] = await db.fetch(
-            """WITH live AS (
-                   SELECT model_id, generation,
-                          count(*) FILTER (WHERE state = 'ready') AS ready,
-                          count(*) FILTER (WHERE state IN ('starting', 'ready')) AS wanted
-                   FROM replicas WHERE state IN ('starting', 'ready', 'draining')
-                   GROUP BY model_id, generation),
+            """WITH candidate AS (
+                   SELECT model_id, (traffic->>'generation')::int AS generation
+                   FROM deployments WHERE traffic IS NOT NULL),
+               live AS (
+                   SELECT r.model_id, r.generation,
+                          count(*) FILTER (WHERE r.state = 'ready'
+                                           OR r.state = 'starting' AND c.model_id IS NOT NULL
+                                              AND r.endpoint IS NOT NULL) AS ready,
+                          count(*) FILTER (WHERE r.state IN ('starting', 'ready')) AS wanted
+                   FROM replicas r
+                   LEFT JOIN candidate c
+                     ON c.model_id = r.model_id AND c.generation = r.generation
+                   WHERE r.state IN ('starting', 'ready', 'draining')
+                   GROUP BY r.model_id, r.generation),
                serving AS (
                    SELECT model_id, active_generation AS generation, desired_replicas
                    FROM deployments WHERE active_generation IS NOT NULL

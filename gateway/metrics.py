@@ -49,9 +49,11 @@ class GatewayMetrics:
             "greenroom_gateway_upstream_errors",
             "Replicas that could not be reached (each retried on another replica)",
             ["deployment"], registry=self.registry)
-        # Issue 29: requests whose X-Request-Timeout passed while held for a replica.
+        # Issue 29: requests whose X-Request-Timeout passed (review 9: not only while held).
         self.expired = Counter(
-            "greenroom_gateway_expired", "Requests dropped past their X-Request-Timeout while held",
+            "greenroom_gateway_expired",
+            "Requests past their X-Request-Timeout: while held, before forwarding, or at the "
+            "replica (its 504)",
             ["deployment"], registry=self.registry)
         self.registry.register(_InflightCollector(inflight))
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}

@@ -164,6 +164,7 @@ class Gateway:
         kept = {(r.model_id, r.candidate.split.generation) for r in candidates if r.candidate}
         self._secrets = {k: v for k, v in self._secrets.items()
                          if table.generations.get(str(k[0])) == k[1] or k in kept}
+        self.traffic.keep(kept | {(r.model_id, r.generation) for r in routes})
         self._report_now.set()
         self.holds.wake(self.lookup)
 
@@ -216,6 +217,7 @@ class Gateway:
         if not route.replicas and route.scales_to_zero and (
                 route.candidate is None or not route.candidate.replicas):
             route = await self._hold(route, deadline)
+        self._unexpired(route, deadline)
         generation, replicas, tally = self._choose(route)
         tried: set[UUID] = set()
         forward_headers = self._headers(route, generation, headers, deadline, lane)
@@ -253,8 +255,12 @@ class Gateway:
             elapsed = time.perf_counter() - started
             metrics.observe(deployment, answer.status, elapsed)
             self.latency.observe(route.model_id, elapsed)
-            self._answered(route, replica_id, path, answer.status, elapsed, ids, span)
-            tally.observe(elapsed, answer.status >= 500)
+            # A 504 to a request with a deadline is the replica dropping work the caller's
+            # own X-Request-Timeout ran out on (model_server/lanes.py): expired, no error.
+            expired = answer.status == 504 and deadline is not None
+            self._answered(route, replica_id, path, answer.status, elapsed, ids, span,
+                           generation, expired)
+            tally.observe(elapsed, answer.status >= 500 and not expired)
             if mirrors(route):
                 self._shadow(route, method, path, body, forward_headers, answer)
             return _response(answer, answered_by(route, generation, replica_id), ids)
@@ -265,17 +271,28 @@ class Gateway:
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
 
     def _answered(self, route: Route, replica_id: UUID, path: str, status: int,
-                  elapsed: float, ids: tracing.TraceIds, span: Any) -> None:
+                  elapsed: float, ids: tracing.TraceIds, span: Any, generation: int,
+                  expired: bool = False) -> None:
         """A replica answered: its series counters (issue 31), the request line, the span."""
         self.replica_latency.observe(replica_id, elapsed)
-        if status >= 500:
+        if expired:
+            self.metrics.expired.labels(route.name).inc()
+        elif status >= 500:
             self.failed[replica_id] += 1
         if self.log_requests:
             self.request_log.add(request_id=ids.request_id, trace_id=ids.trace_id,
                                  deployment=route.name, replica=str(replica_id), path=path,
                                  status=status, ms=round(elapsed * 1000.0, 2))
         if span is not None:
-            tracing_span_done(span, replica_id, status)
+            tracing_span_done(span, replica_id, status, generation)
+
+    def _unexpired(self, route: Route, deadline: float | None) -> None:
+        """A request whose deadline passed before it was sent is the gateway's own 504
+        (counted expired): no replica sees it, none is blamed for it."""
+        if deadline is not None and deadline <= time.monotonic():
+            self.metrics.expired.labels(route.name).inc()
+            raise UpstreamTimeout(f"the request's X-Request-Timeout passed before it reached "
+                                  f"a replica of {route.name!r}", {"deadline": "passed"})
 
     def _choose(self, route: Route) -> tuple[int, list[tuple[UUID, str]], Tally]:
         """The generation that takes the request (the split's pick during a canary), its
@@ -292,6 +309,8 @@ class Gateway:
         except Unavailable:
             if tried:  # every replica refused the connection: a failed request
                 tally.observe(time.perf_counter() - started, True)
+                for replica_id in tried:  # and the series' errors (served counted them)
+                    self.failed[replica_id] += 1
             raise
 
     def _shadow(self, route: Route, method: str, path: str, body: bytes | None,
@@ -322,11 +341,16 @@ class Gateway:
             answer = await self._upstream.request(endpoint, method, path, body, headers)
         except (ConnectFailed, UpstreamError, TimeoutError) as exc:
             tally.observe(time.perf_counter() - started, True)
+            self.failed[replica_id] += 1  # the series counts it served: a failed one
             log.info("shadow_failed", deployment=route.name, error=str(exc))
             return
         finally:
             self._release_shadow(replica_id)
-        tally.observe(time.perf_counter() - started, answer.status >= 500)
+        elapsed = time.perf_counter() - started
+        tally.observe(elapsed, answer.status >= 500)
+        self.replica_latency.observe(replica_id, elapsed)
+        if answer.status >= 500:
+            self.failed[replica_id] += 1
         if answer.status == served.status == 200 and path in COMPARED_PATHS:
             _compare(tally, served.body, answer.body)
 

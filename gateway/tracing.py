@@ -89,8 +89,11 @@ def traced(tracer: Any, ids: tracing.TraceIds, route: Route,
         yield ids, span_id, span
 
 
-def tracing_span_done(span: Any, replica_id: UUID, status: int) -> None:
+def tracing_span_done(span: Any, replica_id: UUID, status: int, generation: int) -> None:
+    """The answer's replica, status and generation (a canary's candidate's when it
+    answered, not the serving one `traced` began with)."""
     span.set_attribute("greenroom.replica", str(replica_id))
+    span.set_attribute("greenroom.generation", generation)
     span.set_attribute("http.response.status_code", status)
     if status >= 500:
         from opentelemetry.trace import StatusCode

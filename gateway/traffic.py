@@ -64,6 +64,13 @@ class TrafficTally:
             tally = self._tallies[(model_id, generation)] = Tally()
         return tally
 
+    def keep(self, live: set[tuple[UUID, int]]) -> None:
+        """Drop the counters of every generation not in `live` (serving or a candidate): a
+        generation replaced no longer grows the report (review finding 8). The canary judge
+        reads a vanished counter as a gateway that restarted (worker/canary.py `window`)."""
+        for key in [key for key in self._tallies if key not in live]:
+            del self._tallies[key]
+
     def report(self) -> dict[str, dict[str, GenerationTraffic]]:
         out: dict[str, dict[str, GenerationTraffic]] = {}
         for (model_id, generation), tally in self._tallies.items():

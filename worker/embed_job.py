@@ -13,6 +13,7 @@ long for the model) gets a result line with its reason instead of a vector.
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import time
@@ -41,9 +42,16 @@ log = structlog.get_logger(__name__)
 DAY_S = 86_400.0
 # A checkpoint is written at most this often (and when the job ends).
 CHECKPOINT_EVERY_S = 0.5
-# A batch a replica could not take (5xx, 429, a connection error) is tried again, on the
+# A batch a replica could not take (a 5xx, a connection error) is tried again, on the
 # next replica, this many times with a growing wait, before the job fails.
 RETRIES = 8
+# Back-pressure (429: the replica's batch lane is full; 503: not ready or shutting down) is
+# no failure: the batch waits (the replica's Retry-After when it sends one, else a growing
+# wait up to BACKPRESSURE_WAIT_S) without spending a try, and the job sends fewer batches at
+# once; only back-pressure on one batch for BACKPRESSURE_BUDGET_S in a row fails the job.
+BACKPRESSURE = (429, 503)
+BACKPRESSURE_WAIT_S = 2.0
+BACKPRESSURE_BUDGET_S = 300.0
 REQUEST_TIMEOUT_S = 120.0
 # The pinned generation has no ready replica: look again this often, this long.
 NO_REPLICA_WAIT_S = 30.0
@@ -128,6 +136,9 @@ class Replicas:
         self.ctx, self.job = ctx, job
         self.endpoints: list[str] = []
         self.turn = 0
+        # Batches the job may have in flight: `limit` at most, halved by each back-pressure
+        # answer, grown by one by each batch a replica took (additive increase).
+        self.limit = self.allowed = 1
         key = ctx.settings.secret_key
         self.headers: dict[str, str] = {PRIORITY_HEADER: BATCH_PRIORITY}
         if key is not None:
@@ -156,6 +167,12 @@ class Replicas:
         self.turn += 1
         return self.endpoints[self.turn % len(self.endpoints)]
 
+    def pressed(self) -> None:
+        self.allowed = max(1, self.allowed // 2)
+
+    def eased(self) -> None:
+        self.allowed = min(self.limit, self.allowed + 1)
+
 
 class Outcome:
     """What one request to a replica gave: its JSON answer and tokens, or why it refused
@@ -167,11 +184,14 @@ class Outcome:
 
 async def _post(http: aiohttp.ClientSession, pool: Replicas, texts: list[str],
                 normalize: bool) -> Outcome:
-    """One /embed request, tried on the next replica while the failure is theirs."""
+    """One /embed request, tried on the next replica while the failure is theirs; waited
+    out (no try spent) while the replicas push back."""
     body = orjson.dumps({"inputs": texts, "truncate": False, "normalize": normalize})
-    wait = 0.1
+    wait = pushed_wait = 0.1
+    pushed_since: float | None = None
     last = ""
-    for _ in range(RETRIES):
+    tries = 0
+    while tries < RETRIES:
         endpoint = pool.next()
         try:
             async with http.post(f"{endpoint}/embed", data=body, headers={
@@ -179,17 +199,44 @@ async def _post(http: aiohttp.ClientSession, pool: Replicas, texts: list[str],
                     timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as resp:
                 raw = await resp.read()
                 if resp.status == 200:
+                    pool.eased()
                     tokens = int(resp.headers.get(TOKENS_HEADER, "0") or 0)
                     return Outcome(raw, tokens, None)
-                if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                if resp.status in (401, 403):
+                    raise JobFailed(f"{endpoint} refused the worker's credentials "
+                                    f"({resp.status}: {_message(raw, resp.status)})")
+                if resp.status in BACKPRESSURE:
+                    pool.pressed()
+                    now = time.monotonic()
+                    pushed_since = now if pushed_since is None else pushed_since
+                    if now - pushed_since > BACKPRESSURE_BUDGET_S:
+                        raise JobFailed(f"the replicas pushed back ({resp.status}) on a batch "
+                                        f"for {BACKPRESSURE_BUDGET_S:g} s")
+                    await asyncio.sleep(_retry_after(resp.headers, pushed_wait))
+                    pushed_wait = min(pushed_wait * 2, BACKPRESSURE_WAIT_S)
+                    if resp.status == 503:  # not ready or shutting down: who is ready now
+                        await pool.refresh()
+                    continue
+                if 400 <= resp.status < 500 and resp.status != 408:
                     return Outcome(None, 0, _message(raw, resp.status))
                 last = f"{endpoint} answered {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             last = f"{endpoint}: {type(exc).__name__}"
+        tries += 1
+        pushed_since = None
         await asyncio.sleep(wait)
         wait = min(wait * 2, 5.0)
         await pool.refresh()
     raise JobFailed(f"the replicas could not embed a batch after {RETRIES} tries ({last})")
+
+
+def _retry_after(headers: Any, default: float) -> float:
+    """The answer's Retry-After in seconds (bounded), else `default`."""
+    try:
+        seconds = float(headers.get("Retry-After", ""))
+    except ValueError:  # none, or an HTTP date
+        return default
+    return min(max(seconds, 0.0), 30.0) if math.isfinite(seconds) else default
 
 
 def rows_of(raw: bytes, count: int, payload: EmbedPayload) -> list[bytes]:
@@ -342,6 +389,7 @@ async def _run(ctx: WorkerContext, job: EmbedJob, payload: EmbedPayload,
     progress = Progress(job.done, job.failed, job.tokens, job.input_offset, job.results_bytes,
                         job.dimension)
     window = max(1, len(pool.endpoints) * ctx.settings.embed_inflight_per_replica)
+    pool.limit = pool.allowed = window
     fd = os.open(results_path, os.O_RDWR | os.O_CREAT, 0o600)
     with os.fdopen(fd, "r+b") as out, source_path.open("rb") as source:
         out.truncate(progress.results_bytes)  # what a killed run wrote past its checkpoint
@@ -394,7 +442,8 @@ class _Flight:
     def fill(self, more: bool = True) -> bool:
         """Send batches up to the window (none when not `more`); False once nothing is left
         in flight."""
-        while (more and not self.exhausted and len(self.inflight) < self.window
+        while (more and not self.exhausted
+               and len(self.inflight) < min(self.window, self.pool.allowed)
                and self.sent - self.written < 4 * self.window):
             batch = next(self.reader, None)
             if batch is None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from db import events, models
+from db import deployments, events, generations, models
 from db.models import Model
 from schemas.models import ModelSource
 from schemas.tasks import ReplicaState, TaskStatus
@@ -227,3 +227,20 @@ async def test_a_generation_scaled_to_zero_skips_the_gate_and_says_so(
     assert gate["verdict"] == "skipped" and gate["compared_with"] == 1
     assert "compatibility gate skipped: generation 1 has no ready replica (scaled to zero): " \
            "nothing to compare with" in await _messages(fake_ctx, task)
+
+
+async def test_the_probe_stays_out_of_the_deployments_stored_config(
+        fake_ctx: WorkerContext) -> None:
+    """Review (Low): every gateway reload reads deployments.config; a deploy's probe (up to
+    ~250 KB) stays in its task's request and its generation's pinned config only."""
+    model, _ = await _serving(fake_ctx)
+    probe = [f"probe sentence number {i} about topic {i % 7}" for i in range(40)]
+    task = await deploy(fake_ctx, model, replicas=1, rollout={"probe": probe})
+    assert task.status == TaskStatus.done, task.detail
+    stored = await deployments.get(fake_ctx.pool, model.id)
+    assert stored is not None and stored.active_generation == 2
+    assert "probe" not in stored.config["rollout"]
+    assert stored.config["rollout"]["strategy"] == "green" and stored.config["replicas"] == 1
+    assert task.request["config"]["rollout"]["probe"] == probe
+    pinned = await generations.get(fake_ctx.pool, model.id, 2)
+    assert pinned is not None and pinned.config["rollout"]["probe"] == probe

@@ -7,10 +7,11 @@ Real Postgres and Redis; the replicas are the FakeRuntime's (no process)."""
 import asyncio
 import time
 from datetime import UTC, datetime
+from uuid import uuid4
 
 import pytest
 
-from db import replicas, series
+from db import deployments, replicas, series, traffic
 from schemas.errors import Invalid
 from schemas.gateway import LATENCY_BOUNDS_S, GatewayReport, Latency
 from schemas.queue import GATEWAY_KEY_PREFIX
@@ -159,3 +160,28 @@ async def test_with_an_otlp_endpoint_the_api_and_worker_send_a_span_per_task(
     named = {s.name: {a.key: a.value.string_value for a in s.attributes} for s in spans}
     assert named["accept deploy task"]["greenroom.task_id"] == str(task.id)
     assert named["deploy task"]["greenroom.task_id"] == str(task.id)
+
+
+async def test_a_canary_candidate_carrying_traffic_counts_its_replicas(
+        fake_ctx: WorkerContext) -> None:
+    """Review (Low): a candidate's replicas stay `starting` while they carry the canary's
+    share (worker/traffic_phase.py); the series counts them, not 0 of N."""
+    model = await a_model(fake_ctx, "canaried")
+    await deploy(fake_ctx, model, replicas=1)
+    _, candidate = await deployments.begin_generation(fake_ctx.pool, model.id, "canaried")
+    for n in range(2):
+        replica_id = uuid4()
+        await replicas.insert(fake_ctx.pool, replica_id=replica_id, model_id=model.id,
+                              generation=candidate, task_id=None, runtime="fake")
+        await replicas.set_started(fake_ctx.pool, replica_id, f"ref-{n}",
+                                   f"http://127.0.0.1:{9000 + n}")
+
+    def counted(rows: list[series.GenerationReplicas]) -> dict[int, tuple[int, int]]:
+        return {r.generation: (r.ready, r.desired) for r in rows if r.model_id == model.id}
+
+    before = counted(await series.generation_replicas(fake_ctx.pool))
+    assert before[candidate] == (0, 2), "healthy but no traffic yet: starting"
+    await traffic.set_split(fake_ctx.pool, model.id, traffic.Split(candidate, weight=25))
+    during = counted(await series.generation_replicas(fake_ctx.pool))
+    assert during[candidate] == (2, 2)
+    assert during[candidate - 1] == (1, 1), "the serving generation as before"
