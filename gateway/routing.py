@@ -355,6 +355,7 @@ class Gateway:
             _compare(tally, served.body, answer.body)
 
     def _release_shadow(self, replica_id: UUID) -> None:
+        """A request on `replica_id` ended (a mirrored one, or through `_release`)."""
         self.served[replica_id] += 1
         self.inflight[replica_id] -= 1
         if self.inflight[replica_id] <= 0:
@@ -417,12 +418,7 @@ class Gateway:
 
     def _release(self, replica_id: UUID, model_id: UUID) -> None:
         self.jumps.finished(model_id)
-        self.served[replica_id] += 1
-        self.inflight[replica_id] -= 1
-        if self.inflight[replica_id] <= 0:
-            del self.inflight[replica_id]
-            if replica_id not in self._table.active:
-                self._report_now.set()
+        self._release_shadow(replica_id)
 
     async def _watch(self) -> None:
         """Reload on every published change, and at least every poll interval."""
