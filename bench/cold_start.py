@@ -271,12 +271,34 @@ async def scale_to_zero(replica_start_s: float) -> None:
                                       "r.state = 'ready'", NAME):
                 assert time.monotonic() < deadline, "never went to zero"
                 await asyncio.sleep(0.5)
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             async with http.post(url, json={"inputs": SENTENCE}) as resp:
                 assert resp.status == 200, await resp.text()
             first = time.perf_counter() - started
+            await _wake_up_path(pool, wall)
         print(f"  first request at zero answered in {first:.2f} s; the replica's start "
               f"{replica_start_s:.2f} s: ratio {first / replica_start_s:.2f} (goal <= 2.0)")
+
+
+async def _wake_up_path(pool: Any, wall: float) -> None:
+    """Where the first request's wait went: the deployment's events and its new replica's
+    rows, as seconds after the request was sent (the database's clock is this machine's)."""
+    from bench.autoscale import NAME
+
+    rows = await pool.fetch(
+        "SELECT e.created_at, e.message FROM deployment_events e JOIN models m ON "
+        "m.id = e.model_id WHERE m.name = $1 AND e.created_at >= to_timestamp($2) "
+        "ORDER BY e.created_at", NAME, wall)
+    marks = [(r["created_at"].timestamp() - wall, str(r["message"])[:90]) for r in rows]
+    replica = await pool.fetchrow(
+        "SELECT r.created_at, r.updated_at FROM replicas r JOIN models m ON m.id = r.model_id "
+        "WHERE m.name = $1 AND r.created_at >= to_timestamp($2) ORDER BY r.created_at "
+        "LIMIT 1", NAME, wall)
+    if replica is not None:
+        marks += [(replica["created_at"].timestamp() - wall, "replica row created"),
+                  (replica["updated_at"].timestamp() - wall, "replica row last updated")]
+    for at, what in sorted(marks):
+        print(f"    +{at:5.2f} s  {what}")
 
 
 def _model_dir_in(image: str | None, container_dir: Path, host_dir: Path) -> Path:
