@@ -140,7 +140,7 @@ class OnnxBackend:
         # A spinning pool thread would take the core the event loop needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Without the arena (and so without its memory patterns) a batch's buffers are
-        # freed when it ends: the replica's memory stays near its weights (issue 28).
+        # freed when it ends: less memory, slower batches (config.py, issue 28).
         options.enable_cpu_mem_arena = settings.onnx_memory_arena
         options.enable_mem_pattern = settings.onnx_memory_arena
         try:
