@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     onnx_isa: Isa = "auto"
     onnx_min_mean_cosine: float = Field(default=0.98, ge=0, le=1)
     onnx_min_top1_agreement: float = Field(default=0.95, ge=0, le=1)
+    # ONNX Runtime's CPU memory arena keeps the largest batch's buffers for the replica's
+    # life (a MiniLM replica grew from ~0.2 to ~0.52 GB RSS after a few long batches). Off,
+    # each run's buffers go back to the C library and the replica stays near its weights,
+    # but batches of 32 ran at 0.53x the texts a second here (0.78x with glibc's mmap
+    # threshold raised): on by default, off for a host short of memory (issue 28).
+    onnx_memory_arena: bool = True
     # Test knobs (issue 14), off by default: every embedding request takes this long more
     # (asleep, not computing) and at most `test_concurrency` are served at once, the rest
     # wait. One replica's capacity is then test_concurrency / service time whatever the

@@ -79,7 +79,10 @@ async def load_and_warm(state: ModelState, loader: Loader) -> None:
     try:
         state.backend = await loader(settings)
         state.batcher = _start_batcher(state.backend, settings, state.metrics)
-        await state.batcher.embed([WARM_UP_TEXT] * settings.max_batch_size)
+        # One input proves the model runs and pays its first-run costs; a full batch would
+        # only fill buffers the onnx backend (no arena, issue 28) frees again, and delay
+        # readiness by a batch's compute.
+        await state.batcher.embed([WARM_UP_TEXT])
         release_freed_memory()
     except Exception as exc:
         state.failure = f"model failed to load: {exc}"
