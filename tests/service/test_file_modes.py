@@ -55,7 +55,10 @@ async def test_an_uploaded_model_is_out_of_other_local_users_reach(
     store = settings.model_store_dir.resolve()
     assert _mode(store) == 0o700
     assert _mode(store / ".incoming") == 0o700
-    config = store / model["id"] / "config.json"
+    # Each upload is a revision of its own: <store>/<model>/<number>/ (issue 26).
+    revision = Path(body["source"]["location"])
+    assert revision.parent == store / model["id"], revision
+    config = revision / "config.json"
     assert config.is_file()
     # The model's own folder stays readable by a container's uid once it is inside the mount.
     assert _mode(config) & 0o004 and _mode(config.parent) & 0o005 == 0o005

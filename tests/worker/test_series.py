@@ -124,12 +124,14 @@ async def test_the_reading_steps_long_windows_and_shows_events(fake_ctx: WorkerC
 
 
 @pytest.mark.parametrize("text, seconds", [(None, 3600), ("1h", 3600), ("15m", 900),
-                                           ("90s", 90), ("24h", 86400), ("600", 600)])
+                                           ("90s", 90), ("24h", 86400), ("600", 600),
+                                           ("25h", 86400), ("808373m", 86400), ("10s", 30),
+                                           ("0", 30)])
 def test_a_window_is_read(text: str | None, seconds: int) -> None:
     assert series_domain.parse_window(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["25h", "0", "10s", "1d", "-1h", "1.5h", "h", "9" * 7, "", " 1h"])
+@pytest.mark.parametrize("text", ["1d", "-1h", "1.5h", "h", "9" * 7, "", " 1h"])
 def test_a_bad_window_is_refused(text: str) -> None:
     with pytest.raises(Invalid):
         series_domain.parse_window(text)

@@ -74,7 +74,9 @@ async def test_uploaded_minilm_deploys_and_serves_on_docker(
 
     async with aiodocker.Docker() as docker:
         (data,) = await containers_of(docker, UUID(model["id"]))
-    folder = settings.model_store_dir.resolve() / model["id"]
+    # The uploaded revision's folder (<store>/<model>/<number>/, issue 26) read-only
+    folder = Path(body["source"]["location"])
+    assert folder.parent == settings.model_store_dir.resolve() / model["id"], folder
     # The model's files read-only, and its own exports folder: the ONNX export the worker
     # prepared (the `auto` backend, issue 28), never the rest of the store.
     exports = settings.model_store_dir.resolve() / "exports" / model["id"]
