@@ -161,8 +161,12 @@ async def _deploy_bundled(settings: Settings, base: str) -> tuple[str, dict[str,
     finally:
         await pool.close()
     headers = _owner_headers(settings, model.owner_id, owner.token_version if owner else 0)
+    # Every `up` deploys the bundled model again, unchanged: its previous generation (the one
+    # the last run left, restored by the reconciler) is an identical copy, no rollback target
+    # worth a warm replica for GREENROOM_ROLLOUT_KEEP_PREVIOUS_S (issue 26). It drains at once.
+    body = {"embedding_model_id": BUNDLED_REF, "config": {"rollout": {"keep_previous_s": 0}}}
     async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(f"{base}/deploy", json={"embedding_model_id": BUNDLED_REF}) as resp:
+        async with http.post(f"{base}/deploy", json=body) as resp:
             task = await _answer(resp)
         _say(f"deploy task {task['task_id']} accepted ({resp.status})")
         done = await _follow(http, f"{base}/deploy/{task['task_id']}", settings.deploy_timeout_s)

@@ -19,7 +19,7 @@ from uuid import UUID
 import aiohttp
 import pytest
 
-from db import deployments, replicas, tasks, users
+from db import replicas, tasks, users
 from schemas.models import ModelSource
 from schemas.tokens import issue_user_token
 from service.domain.accounts import hash_password
@@ -75,20 +75,33 @@ async def _embed(http: aiohttp.ClientSession, plane: Plane, name: str) -> str:
         return resp.headers["X-Greenroom-Replica"]
 
 
+async def _owned_generations(plane: Plane) -> dict[UUID, set[int]]:
+    """Each deployment's generations that own replicas: the active one and, while its warm
+    window is open (issue 26, `keep_previous_s`), the previous one kept for a rollback."""
+    rows = await plane.pool.fetch(
+        "SELECT model_id, active_generation, previous_generation, "
+        "previous_until > now() AS warm FROM deployments")
+    return {r["model_id"]: {g for g in (r["active_generation"],
+                                        r["previous_generation"] if r["warm"] else None)
+                            if g is not None} for r in rows}
+
+
 async def _unowned(plane: Plane) -> list[Any]:
-    """Running replica processes on either worker host that no ready row of an active
-    generation owns, and live rows of generations that are not active."""
-    active = await deployments.active_generations(plane.pool)
-    serving = {r.id for r in await replicas.list_serving(plane.pool)}
+    """Running replica processes on either worker host that no ready row of an owned
+    generation (active, or warm inside its window) owns, and live rows of generations that
+    are neither."""
+    owned = await _owned_generations(plane)
+    rows = await plane.pool.fetch("SELECT id, model_id, generation, state FROM replicas "
+                                  "WHERE state IN ('starting', 'ready', 'draining')")
+    kept = {r["id"] for r in rows if r["state"] == "ready"
+            and r["generation"] in owned.get(r["model_id"], set())}
     stray: list[Any] = []
     for name in ("w1", "w2"):
         for info in await ProcessRuntime(plane.settings[name]).list():
-            if info.running and (info.replica_id not in serving
-                                 or active.get(info.model_id) != info.generation):
+            if info.running and info.replica_id not in kept:
                 stray.append((name, info.generation, str(info.replica_id)))
-    rows = await plane.pool.fetch("SELECT model_id, generation, state FROM replicas "
-                                  "WHERE state IN ('starting', 'ready', 'draining')")
-    stray += [dict(r) for r in rows if active.get(r["model_id"]) != r["generation"]]
+    stray += [{k: r[k] for k in ("model_id", "generation", "state")} for r in rows
+              if r["generation"] not in owned.get(r["model_id"], set())]
     return stray
 
 
