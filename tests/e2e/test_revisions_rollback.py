@@ -46,7 +46,7 @@ async def _deploy(http: aiohttp.ClientSession, api: str, config: dict[str, Any])
         assert resp.status == 202, await resp.text()
         task = await resp.json()
     done = await wait_task(http, api, "deploy", task["task_id"])
-    assert done["status"] == "done", done
+    assert done["status"] == "done", (done.get("detail"), done)
     return done
 
 
@@ -125,8 +125,10 @@ async def _flow(engine: str, api: str, gateway: str, http: aiohttp.ClientSession
             break
     assert new_id in seen, "the replacement never answered"
 
-    # Generation 2 runs revision r2; then roll back while 40 req/s flow.
-    await _deploy(http, api, WARM)
+    # Generation 2 runs revision r2 (64 dimensions: another vector space, which the
+    # compatibility gate lets through only as new-space); then roll back under 40 req/s.
+    await _deploy(http, api, {**WARM, "rollout": {**WARM["rollout"],
+                                                  "compatibility": "new-space"}})
     await _until(lambda: _serves(anon, gateway, "2"), 30, "generation 2 routed")
     v2, headers = await _embed(anon, gateway)
     assert len(v2) == 64 and headers["X-Greenroom-Revision"] == "r2"
