@@ -57,7 +57,9 @@ async def test_the_task_page_draws_a_canary_step_by_step(
     task = await finished(task_id)
     stop.set()
     assert (await load).failures == []
-    assert task["status"] == "done", task
+    # The detail says why (a failed step's reasons, a refusing gate, the switch's error);
+    # the rollout record holds every step's figures.
+    assert task["status"] == "done", (task["detail"], task["metadata"].get("rollout"))
     await expect(page.locator("#task-status")).to_have_text("done", timeout=10_000)
     await expect(page.locator("#rollout-steps tbody tr")).to_have_count(3)
     verdicts = page.locator("#rollout-chart text.rollout-verdict")
