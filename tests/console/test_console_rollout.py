@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from playwright.async_api import expect
 
 from tests.conftest import start_gateway
@@ -18,6 +19,7 @@ CANARY = {"strategy": "canary", "canary": {"steps": [20, 50, 100], "step_s": 2,
                                            "min_requests": 20, "p99_slack_ms": 50}}
 
 
+@pytest.mark.serial  # paced load judged on p99: other tests on the cores fail its steps
 async def test_the_task_page_draws_a_canary_step_by_step(
         browser: Any, console: Console, spawn: Any, http: aiohttp.ClientSession,
         hashing_model: Any, artifacts: Path) -> None:
