@@ -93,9 +93,13 @@ async def test_the_page_draws_traffic_replicas_and_rollout_markers_live(
 
     body = await _until(both_generations, 30)
     series_url = f"{base}/api/v2/deployments/alice/charted/series"
-    for bad in ("25h", "1d", "-5m", "0"):
+    for bad in ("1d", "-5m", "", "1.5h"):
         status, refused = await call(http, "GET", f"{series_url}?window={bad}", headers=alice)
         assert status == 422 and "window" in refused["message"], (bad, refused)
+    # A window past 24 h or under 30 s is read as the nearer bound, and says so.
+    for given, read in (("25h", 86400), ("0", 30)):
+        status, clamped = await call(http, "GET", f"{series_url}?window={given}", headers=alice)
+        assert status == 200 and clamped["window_s"] == read, (given, clamped)
     _, stranger = await make_user(pool, "stranger", password=PASSWORDS["stranger"])
     status, _ = await call(http, "GET", series_url, headers=stranger)
     assert status == 200, "a public model's series: anyone who may read it"
