@@ -47,6 +47,7 @@ from pydantic import SecretStr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.processes import stack_processes  # noqa: E402
 from db import embed_jobs, replicas  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from launch import backing  # noqa: E402
@@ -86,22 +87,11 @@ class Stack:
 
 @contextlib.contextmanager
 def _processes(settings: Settings, tmp: Path) -> Iterator[None]:
-    procs = []
-    for module in ("service", "gateway.server", "worker"):
-        with (tmp / f"{module}.log").open("ab") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
-                                          env={**os.environ, **backing.settings_env(settings)},
-                                          stdout=log, stderr=subprocess.STDOUT))
+    """The stack's processes, and then the replicas the worker left running."""
     try:
-        yield
+        with stack_processes({**os.environ, **backing.settings_env(settings)}, tmp, 30.0):
+            yield
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         for pid in backing.replica_processes(settings.state_dir):
             with contextlib.suppress(OSError):
                 os.killpg(pid, 9)

@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.gateway import NGINX_CONF  # noqa: E402
+from bench.processes import stack_processes  # noqa: E402
 from db import deployments, replicas, tasks  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from launch import backing, image  # noqa: E402
@@ -87,27 +88,6 @@ def _env(settings: Settings) -> dict[str, str]:
     return dict(os.environ) | backing.settings_env(settings)
 
 
-@contextlib.contextmanager
-def _processes(settings: Settings, tmp: Path) -> Iterator[None]:
-    """The API, a gateway and one worker as their own processes, logging to files in `tmp`."""
-    procs = []
-    for module in ("service", "gateway.server", "worker"):
-        with (tmp / f"{module}.log").open("ab") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO,
-                                          env=_env(settings), stdout=log,
-                                          stderr=subprocess.STDOUT))
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 def _owner_headers(settings: Settings, user_id: int) -> dict[str, str]:
     """A bearer token of the model's owner: deploying needs owner permission."""
     assert settings.secret_key is not None
@@ -132,7 +112,7 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
     try:
         model = await register(pool, "bench", NAME, ModelSource(backend="hashing",
                                                                 dimension=384), "public")
-        with _processes(settings, tmp):
+        with stack_processes(_env(settings), tmp):
             api, gateway = f"http://{HOST}:{port}", f"http://{HOST}:{gateway_port}"
             async with aiohttp.ClientSession() as http:
                 # A shared machine may take a while to start them (imports, migrations).

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from pydantic import SecretStr  # noqa: E402
 
 from bench.gateway import HOST, gateway, replica, route  # noqa: E402
+from bench.processes import stack_processes  # noqa: E402
 from bench.rollout import _owner_headers  # noqa: E402
 from db import deployments, replicas, traffic  # noqa: E402
 from db.pool import create_pool  # noqa: E402
@@ -241,21 +242,8 @@ def _processes(settings: Settings, tmp: Path) -> Iterator[None]:
         value = getattr(settings, key)
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         env[f"GREENROOM_{key.upper()}"] = str(raw)
-    procs = []
-    for module in ("service", "gateway.server", "worker"):
-        with (tmp / f"{module}.log").open("ab") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env,
-                                          stdout=log, stderr=subprocess.STDOUT))
-    try:
+    with stack_processes(env, tmp):
         yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def _pct(samples: list[float], q: float) -> float:
