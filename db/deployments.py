@@ -276,8 +276,9 @@ async def routes(db: Executor) -> list[Route]:
                     AND (r.generation = d.active_generation AND r.state = 'ready'
                          -- a candidate's replicas are healthy but stay `starting` until
                          -- the switch (worker/traffic_phase.py)
+                         -- (one added in the phase only once healthy: 015)
                          OR r.generation = (d.traffic->>'generation')::int
-                            AND r.state IN ('starting', 'ready'))
+                            AND r.state IN ('starting', 'ready') AND NOT r.awaiting_health)
                WHERE d.active_generation IS NOT NULL
                GROUP BY d.model_id, d.name, u.username, m.name, d.active_generation,
                         m.access_level, d.config, d.traffic::text"""

@@ -10,7 +10,7 @@ from db.pool import Executor
 from schemas.tasks import LIVE_REPLICA_STATES, ReplicaState
 
 _COLUMNS = """id, model_id, generation, task_id, runtime, runtime_ref, endpoint, state,
-    reported_status, created_at, updated_at, memory_mb"""
+    reported_status, created_at, updated_at, memory_mb, awaiting_health"""
 LIVE_STATES = LIVE_REPLICA_STATES
 
 
@@ -28,6 +28,8 @@ class Replica:
     created_at: datetime
     updated_at: datetime
     memory_mb: int | None = None
+    # A candidate's replica added in its traffic phase, not routed until healthy (015).
+    awaiting_health: bool = False
 
 
 def _replicas(rows: list[Any]) -> list[Replica]:
@@ -35,14 +37,26 @@ def _replicas(rows: list[Any]) -> list[Replica]:
 
 
 async def insert(db: Executor, *, replica_id: UUID, model_id: UUID, generation: int,
-                 task_id: UUID | None, runtime: str, memory_mb: int | None = None) -> None:
-    """Record a replica before it is started, so a crash cannot leave an unknown one."""
+                 task_id: UUID | None, runtime: str, memory_mb: int | None = None,
+                 awaiting_health: bool = False) -> None:
+    """Record a replica before it is started, so a crash cannot leave an unknown one;
+    `awaiting_health`: not routed before `set_healthy` (a candidate's, added mid-phase)."""
     async with translated():
         await db.execute(
-            """INSERT INTO replicas (id, model_id, generation, task_id, runtime, memory_mb)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
-            replica_id, model_id, generation, task_id, runtime, memory_mb,
+            """INSERT INTO replicas (id, model_id, generation, task_id, runtime, memory_mb,
+                                     awaiting_health)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            replica_id, model_id, generation, task_id, runtime, memory_mb, awaiting_health,
         )
+
+
+async def set_healthy(db: Executor, replica_id: UUID) -> bool:
+    """A replica that awaited its health check answered: route it (if still starting)."""
+    async with translated():
+        result: str = await db.execute(
+            """UPDATE replicas SET awaiting_health = false, updated_at = now()
+               WHERE id = $1 AND state = 'starting' AND awaiting_health""", replica_id)
+    return result.endswith(" 1")
 
 
 async def set_started(db: Executor, replica_id: UUID, runtime_ref: str, endpoint: str) -> None:

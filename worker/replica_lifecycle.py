@@ -73,10 +73,13 @@ def placed_memory_mb(ctx: WorkerContext, model: Model, config: DeploymentConfig,
 
 async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID | None,
                 config: DeploymentConfig, env: dict[str, str], memory_mb: int,
-                replaces: str | None = None) -> tuple[UUID, StartedReplica]:
+                replaces: str | None = None,
+                awaiting_health: bool = False) -> tuple[UUID, StartedReplica]:
     """Record, start and record the endpoint of one replica (state `starting`); its id and
     what the runtime started. `replaces`: the runtime_ref of the crashed replica this one
     replaces (a runtime that restarts replicas itself takes that restart over).
+    `awaiting_health`: a candidate's replica added in its traffic phase, not routed until
+    `replicas.set_healthy` (worker/scaling/phase_scaling.py).
 
     Raises the runtime's `RuntimeFailure` after marking the row `failed` with its reason.
     Every start loads the revision its generation pinned (worker/generations.py).
@@ -94,7 +97,7 @@ async def start(ctx: WorkerContext, model: Model, generation: int, task_id: UUID
     )
     await replicas.insert(ctx.pool, replica_id=spec.replica_id, model_id=model.id,
                           generation=generation, task_id=task_id, runtime=ctx.runtime.name,
-                          memory_mb=memory_mb)
+                          memory_mb=memory_mb, awaiting_health=awaiting_health)
     try:
         replica = await ctx.runtime.start(spec)
     except RuntimeFailure as exc:

@@ -287,6 +287,11 @@ async def deploy_generation(ctx: WorkerContext, task: Task, model: Model,
                     f"internal error: {type(exc).__name__}: {exc}")
         return
     await progress.event("info", f"generation {generation} is serving", generation)
+    # A canary or shadow may have autoscaled the candidate on its share
+    # (worker/scaling/phase_scaling.py): the count it serves with is the one recorded.
+    running = await replicas.count_serving(ctx.pool, model.id)
+    if running != len(started):
+        await deployments.set_scaled_count(ctx.pool, model.id, generation, running or None)
     await drain_and_remove(ctx, progress, generation, old)
     await progress.enter(None)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, {
@@ -294,7 +299,7 @@ async def deploy_generation(ctx: WorkerContext, task: Task, model: Model,
         "revision_digest": pinned.digest,
         **({"rollback_of": rollback_of} if rollback_of is not None else {}),
         "endpoint": f"/serve/{name}/embed", "replicas": [r.endpoint for r in started],
-        "replicas_current": len(started), "replicas_desired": replica_count(config),
+        "replicas_current": running, "replicas_desired": replica_count(config),
         "timings": progress.timings, **handed,
     })
     log.info("rollout_done", task=str(task.id), model=str(model.id), generation=generation)

@@ -39,6 +39,7 @@ from worker import canary, replica_lifecycle
 from worker.context import WorkerContext
 from worker.drain import gateway_reports, min_wait_for, wait_drained
 from worker.publish import publish_routes
+from worker.scaling.phase_scaling import PhaseScaling
 
 log = structlog.get_logger(__name__)
 # How often the gateways write their reports (gateway/load_signal.py REPORT_INTERVAL_S; the
@@ -91,18 +92,34 @@ async def hand_over(ctx: WorkerContext, progress: Progressing, model_id: UUID, g
         await progress.event("info", f"{rollout.strategy}: nothing serves yet; green switch",
                              generation)
         return {"rollout": note}
-    if rollout.strategy == "shadow":
-        return {"rollout": await _shadow(ctx, progress, model_id, serving, generation,
-                                         rollout.shadow)}
-    steps = await _canary(ctx, progress, model_id, serving, generation, rollout.canary)
-    if steps[-1].verdict != "pass":
-        await _reject(ctx, progress, model_id, serving, generation, steps)
-        return None
-    return {"rollout": {"strategy": "canary", "steps": [s.model_dump() for s in steps]}}
+    # Each generation autoscaled on its own share (worker/scaling/phase_scaling.py); its
+    # resize is let finish before the switch, cancelled before a rejection or a stop.
+    scaling = await PhaseScaling.of(ctx, progress.task.id, model_id, serving, generation,
+                                    config)
+    passed = False
+    try:
+        if rollout.strategy == "shadow":
+            note = await _shadow(ctx, progress, model_id, serving, generation, rollout.shadow,
+                                 scaling)
+            passed = True
+            return {"rollout": note}
+        steps = await _canary(ctx, progress, model_id, serving, generation, rollout.canary,
+                              scaling)
+        passed = steps[-1].verdict == "pass"
+        if not passed:
+            if scaling is not None:
+                await scaling.stop()  # no replica added while the candidate goes
+            await _reject(ctx, progress, model_id, serving, generation, steps)
+            return None
+        return {"rollout": {"strategy": "canary", "steps": [s.model_dump() for s in steps]}}
+    finally:
+        if scaling is not None:
+            await scaling.close(cancel=not passed)
 
 
 async def _canary(ctx: WorkerContext, progress: Progressing, model_id: UUID, serving: int,
-                  candidate: int, config: CanaryConfig) -> list[StepRecord]:
+                  candidate: int, config: CanaryConfig, scaling: PhaseScaling | None
+                  ) -> list[StepRecord]:
     """Walk the steps; the last record is the failing one if any fails."""
     key = str(model_id)
     await progress.enter(Phase.canary, generation=candidate)
@@ -114,7 +131,7 @@ async def _canary(ctx: WorkerContext, progress: Progressing, model_id: UUID, ser
         await progress.event("info", f"canary: generation {candidate} takes {weight} %",
                              candidate)
         record = await _step(ctx, progress, model_id, serving, candidate, weight, config,
-                             baseline_from, done)
+                             baseline_from, done, scaling)
         done.append(record)
         if record.verdict != "pass":
             return done
@@ -123,8 +140,8 @@ async def _canary(ctx: WorkerContext, progress: Progressing, model_id: UUID, ser
 
 async def _step(ctx: WorkerContext, progress: Progressing, model_id: UUID, serving: int,
                 candidate: int, weight: int, config: CanaryConfig,
-                baseline_from: dict[str, GenerationTraffic], done: list[StepRecord]
-                ) -> StepRecord:
+                baseline_from: dict[str, GenerationTraffic], done: list[StepRecord],
+                scaling: PhaseScaling | None = None) -> StepRecord:
     """One step: judged every report interval until it passes (step_s elapsed, judged on
     min_requests), fails, or runs past its deadline without min_requests."""
     key = str(model_id)
@@ -138,6 +155,8 @@ async def _step(ctx: WorkerContext, progress: Progressing, model_id: UUID, servi
                             if elapsed < config.step_s else REPORT_INTERVAL_S)
         elapsed = time.monotonic() - began
         reports = await _reports(ctx)
+        if scaling is not None:
+            await scaling.tick(reports, f"canary {weight} %")
         serving_now = canary.totals(reports, key, serving)
         record = canary.judge(
             weight, serving, canary.window(serving_from, serving_now), candidate,
@@ -158,7 +177,8 @@ async def _step(ctx: WorkerContext, progress: Progressing, model_id: UUID, servi
 
 
 async def _shadow(ctx: WorkerContext, progress: Progressing, model_id: UUID, serving: int,
-                  candidate: int, config: ShadowConfig) -> dict[str, Any]:
+                  candidate: int, config: ShadowConfig, scaling: PhaseScaling | None
+                  ) -> dict[str, Any]:
     """Mirror `percent` of requests for `duration_s`; the figures it gathered."""
     key = str(model_id)
     await progress.enter(Phase.shadow, generation=candidate)
@@ -173,6 +193,8 @@ async def _shadow(ctx: WorkerContext, progress: Progressing, model_id: UUID, ser
     while (elapsed := time.monotonic() - began) < config.duration_s:
         await asyncio.sleep(max(0.05, min(REPORT_INTERVAL_S, config.duration_s - elapsed)))
         reports = await _reports(ctx)
+        if scaling is not None:
+            await scaling.tick(reports, f"shadow {config.percent:g} %")
         mirrored = canary.window(candidate_from, canary.totals(reports, key, candidate))
         served = canary.window(serving_from, canary.totals(reports, key, serving))
         note = {"strategy": "shadow", "percent": config.percent,

@@ -74,15 +74,16 @@ async def release_leases(ctx: WorkerContext, model_ids: list[UUID]) -> None:
 
 
 def demand(reports: list[GatewayReport], model_id: UUID, replica_ids: set[str],
-           now: float) -> tuple[float, bool]:
-    """Requests in flight to the model's replicas plus those held for it, on every gateway;
-    and whether a gateway's report says the model's load jumped."""
+           now: float, held: bool = True) -> tuple[float, bool]:
+    """Requests in flight to the model's replicas plus those held for it (unless `held`
+    is False: a canary's candidate, phase_scaling.py), on every gateway; and whether a
+    gateway's report says the model's load jumped."""
     total, jumped = 0, False
     for report in reports:
         if report.at < now - GATEWAY_TTL_S:
             continue
         total += sum(n for rid, n in report.inflight.items() if rid in replica_ids)
-        total += report.held.get(str(model_id), 0)
+        total += report.held.get(str(model_id), 0) if held else 0
         jumped = jumped or str(model_id) in report.jumped
     return float(total), jumped
 
