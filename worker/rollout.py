@@ -193,6 +193,16 @@ async def _switch(ctx: WorkerContext, model: Model, generation: int, name: str,
     return old
 
 
+async def _record_count(ctx: WorkerContext, model_id: UUID, generation: int,
+                        started: int) -> int:
+    """The switched generation's count: a canary or shadow may have autoscaled the
+    candidate on its share (worker/scaling/phase_scaling.py); quotas count what serves."""
+    running = await replicas.count_serving(ctx.pool, model_id)
+    if running != started:
+        await deployments.set_scaled_count(ctx.pool, model_id, generation, running or None)
+    return running
+
+
 async def drain_and_remove(ctx: WorkerContext, progress: Progress, generation: int | None,
                             old: list[UUID]) -> None:
     await progress.enter(Phase.draining)
@@ -287,11 +297,7 @@ async def deploy_generation(ctx: WorkerContext, task: Task, model: Model,
                     f"internal error: {type(exc).__name__}: {exc}")
         return
     await progress.event("info", f"generation {generation} is serving", generation)
-    # A canary or shadow may have autoscaled the candidate on its share
-    # (worker/scaling/phase_scaling.py): the count it serves with is the one recorded.
-    running = await replicas.count_serving(ctx.pool, model.id)
-    if running != len(started):
-        await deployments.set_scaled_count(ctx.pool, model.id, generation, running or None)
+    running = await _record_count(ctx, model.id, generation, len(started))
     await drain_and_remove(ctx, progress, generation, old)
     await progress.enter(None)
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, {
