@@ -127,6 +127,8 @@ async def _canary(ctx: WorkerContext, progress: Progressing, model_id: UUID, ser
     baseline_from = canary.totals(reports, key, serving)
     done: list[StepRecord] = []
     for weight in config.steps:
+        if scaling is not None:  # the replicas its new share needs, before it takes it
+            await scaling.before_step(weight, f"canary {weight} %")
         await _route(ctx, model_id, Split(candidate, weight))
         await progress.event("info", f"canary: generation {candidate} takes {weight} %",
                              candidate)

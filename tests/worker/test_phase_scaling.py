@@ -10,6 +10,7 @@ load: tests/worker/test_phase_scaling_load.py."""
 import asyncio
 import contextlib
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 from db import deployments, events, owner_quotas, replicas, tasks, traffic
 from db.models import Model
 from db.replicas import Replica
-from schemas.gateway import GatewayReport
+from schemas.gateway import TRAFFIC_BOUNDS_S, GatewayReport, GenerationTraffic, Latency
 from schemas.queue import GATEWAY_KEY_PREFIX, GATEWAY_TTL_S
 from schemas.tasks import DeploymentConfig, ReplicaState, TaskKind, TaskRequest, TaskStatus
 from service.domain import task_requests
@@ -74,6 +75,11 @@ class FakeGateway:
     def __init__(self, ctx: WorkerContext, model_id: UUID) -> None:
         self.ctx, self.model_id = ctx, model_id
         self.load: dict[int, int] = {}
+        # Or: this many in flight in all, split by the canary's weight (`load` unused).
+        self.total: int | None = None
+        # Every generation's answers, counted as a gateway counts them (all alike: 20 ms).
+        self.traffic: dict[int, GenerationTraffic] = {}
+        self.weights: list[int] = []  # the canary's weight at each sample
         # Routed replicas by generation, sampled while the phase's split is on.
         self.counts: list[dict[int, int]] = []
 
@@ -84,6 +90,10 @@ class FakeGateway:
             assert deployment is not None and deployment.active_generation is not None
             serving = deployment.active_generation
             rows = await replicas.list_for_model(self.ctx.pool, self.model_id)
+            split = await traffic.get_split(self.ctx.pool, self.model_id)
+            if self.total is not None and split is not None:
+                taken = round(self.total * split.weight / 100)
+                self.load = {serving: self.total - taken, split.generation: taken}
             inflight: dict[str, int] = {}
             counts: dict[int, int] = {}
             for generation in {r.generation for r in rows}:
@@ -92,13 +102,26 @@ class FakeGateway:
                 for i, replica in enumerate(mine):
                     share = self.load.get(generation, 0)
                     inflight[str(replica.id)] = share // len(mine) + (i < share % len(mine))
-            if await traffic.get_split(self.ctx.pool, self.model_id) is not None:
+            if split is not None:
                 self.counts.append(counts)
-            report = GatewayReport(gateway_id="fake", at=time.time(),
-                                   generations={str(self.model_id): serving},
-                                   inflight={k: v for k, v in inflight.items() if v})
+                self.weights.append(split.weight)
+            for generation, n in self.load.items():
+                self.traffic[generation] = self.traffic.get(generation, GenerationTraffic()) \
+                    + _answers(max(n, 1))  # a share under one in flight still answers
+            report = GatewayReport(
+                gateway_id="fake", at=time.time(), generations={str(self.model_id): serving},
+                inflight={k: v for k, v in inflight.items() if v},
+                traffic={str(self.model_id): {str(g): t for g, t in self.traffic.items()}})
             await self.ctx.redis.set(key, report.model_dump_json(), ex=GATEWAY_TTL_S)
             await asyncio.sleep(0.1)
+
+
+def _answers(count: int) -> GenerationTraffic:
+    """`count` answers of 20 ms each, as a gateway's counters."""
+    buckets = [0] * (len(TRAFFIC_BOUNDS_S) + 1)
+    buckets[bisect_left(TRAFFIC_BOUNDS_S, 0.02)] = count
+    return GenerationTraffic(requests=count, latency=Latency(count=count, sum_s=0.02 * count,
+                                                             buckets=buckets))
 
 
 @contextlib.asynccontextmanager
@@ -153,6 +176,36 @@ async def test_each_generation_follows_its_own_share_during_a_shadow(
                for m in said), said
     assert any(m.startswith("generation 1 (serving, shadow 50 %): scaled 2 → 1")
                for m in said), said
+
+
+async def test_a_canary_candidate_gets_the_replicas_of_its_next_share_before_it(
+        fake_ctx: WorkerContext, fake_runtime: FakeRuntime) -> None:
+    """4 in flight in all, split by weight. At 10 % the candidate's share wants its floor
+    (1, from the 2 it started with) while the serving one grows to 4; before the weight
+    rises to 100 % the candidate is scaled for that share (4) and the step waits for it,
+    so it never takes the whole load on the one replica its small share kept."""
+    model = await _serving_two(fake_ctx, "phase-canary")
+    config = DeploymentConfig.model_validate(KNOBS | {"rollout": {
+        "strategy": "canary", "canary": {"steps": [10, 100], "step_s": 3,
+                                         "min_requests": 5}}})
+    task, _ = await task_requests.accept(
+        fake_ctx.pool, fake_ctx.redis, TaskKind.deploy,
+        TaskRequest(embedding_model_id=model.identifier, config=config), None,
+        settings=fake_ctx.settings)
+    async with fake_gateway(fake_ctx, model.id) as gateway:
+        gateway.total = 4
+        ended = await run(fake_ctx, task)
+    assert ended.status == TaskStatus.done, (ended.detail, ended.metadata.get("rollout"))
+    at = list(zip(gateway.weights, gateway.counts, strict=True))
+    small = [c for w, c in at if w == 10]
+    whole = [c for w, c in at if w == 100]
+    assert min(c[2] for c in small) == 1, small
+    assert max(c[1] for c in small) == 4, small
+    assert whole and whole[0][2] == 4, ("the candidate had its replicas before", whole[:3])
+    said = [e.message for e in await events.list_recent(fake_ctx.pool, model.id, 100)]
+    assert any(m.startswith("generation 2 (candidate, before canary 100 %): scaled 1 → 4")
+               for m in said), said
+    assert ended.metadata["replicas_current"] == 4
 
 
 async def test_the_quota_counts_both_generations(

@@ -103,6 +103,10 @@ class Scaler:
         while self.samples and self.samples[0][0] < now - self.knobs.stable_window_s:
             self.samples.popleft()
 
+    def stable_mean(self, now: float) -> float:
+        """The mean in flight over the stable window (the latest sample before any)."""
+        return self._mean(now, self.knobs.stable_window_s) if self.samples else self.latest
+
     def _mean(self, now: float, window_s: float) -> float:
         values = [v for t, v in self.samples if t >= now - window_s]
         return sum(values) / len(values) if values else 0.0

@@ -203,6 +203,47 @@ class PhaseScaling:
         self.job = asyncio.create_task(self._resize(changes, ready))
         return targets
 
+    async def before_step(self, weight: int, share: str) -> None:
+        """Before a canary's weight rises to `weight`: the candidate gets the replicas that
+        share will need, and the step waits for them to be healthy. The need is projected
+        from the model's load (both generations' mean in flight over the stable window)
+        times the new weight; a step's share raised first and scaled after would overload
+        the candidate until its new replicas start, and the judge would stop it on p99
+        for what the autoscaler caused. Only ever up: the KPA brings it down in the step."""
+        g = self.generations[self.candidate]
+        if not g.config.autoscaling_enabled:
+            return
+        job, self.job = self.job, None
+        if job is not None:  # the counts the projection starts from must be settled
+            await job
+        now, knobs = time.time(), g.scaler.knobs
+        total = sum(x.scaler.stable_mean(now) for x in self.generations.values())
+        projected = total * weight / 100
+        floor, ceiling = bounds(knobs)
+        need = max(floor, min(ceiling, math.ceil(projected / (knobs.target * knobs.utilization))))
+        rows = await replicas.list_for_model(self.ctx.pool, self.model.id)
+        ready = {x.generation: routed(rows, x.generation, x.serving)
+                 for x in self.generations.values()}
+        have = len(ready[g.generation])
+        if need <= have:
+            return
+        running = {x: len(r) for x, r in ready.items()}
+        room = await self._room()
+        wanted = running | {g.generation: need}
+        targets = fit_to_room(wanted, running, room)
+        if targets != wanted and room is not None:
+            await quotas.held_back(self.ctx, self.model, sum(wanted.values()), room,
+                                   g.generation)
+        if targets[g.generation] <= have:
+            return
+        await events.add(self.ctx.pool, self.model.id, "info",
+                         f"generation {g.generation} (candidate, before {share}): scaled "
+                         f"{have} → {targets[g.generation]}: its share of {total:.1f} in "
+                         f"flight is {projected:.1f}, target {knobs.target:g} at "
+                         f"{knobs.utilization:.0%}", task_id=self.task_id,
+                         generation=g.generation)
+        await self._resize({g.generation: targets[g.generation]}, ready)
+
     def _role(self, generation: int) -> str:
         return "serving" if generation == self.serving else "candidate"
 
