@@ -212,10 +212,25 @@ class PhaseScaling:
         for what the autoscaler caused. Only ever up: the KPA brings it down in the step."""
         g = self.generations[self.candidate]
         if not g.config.autoscaling_enabled:
+            self._start_over()
             return
         job, self.job = self.job, None
         if job is not None:  # the counts the projection starts from must be settled
             await job
+        try:
+            await self._prepare(g, weight, share)
+        finally:
+            self._start_over()
+
+    def _start_over(self) -> None:
+        """A new step: each generation's scaler starts over. Its windows hold the load of
+        the share it had; decided on them, the candidate just scaled up for 100 % went back
+        to the one replica its 10 % had wanted (its scale-down delay remembered that). A
+        fresh scaler decides nothing for one panic window, then on the new share alone."""
+        for x in self.generations.values():
+            x.scaler = Scaler(x.scaler.knobs)
+
+    async def _prepare(self, g: _Generation, weight: int, share: str) -> None:
         now, knobs = time.time(), g.scaler.knobs
         total = sum(x.scaler.stable_mean(now) for x in self.generations.values())
         projected = total * weight / 100
