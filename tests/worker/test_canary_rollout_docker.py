@@ -1,20 +1,37 @@
 """Issue 27, must-show 2 on the Docker runtime: under 40 requests a second a good
-candidate walks every step with no failed request, and one answering 10 % errors (the
+candidate walks every step with no failed request; one answering 10 % errors (the
 test knob test_error_rate, passed to its container) is stopped at its first step, its
-container removed, the serving generation holding all traffic after."""
+container removed, the serving generation holding all traffic after; one ten times
+slower (test_service_time_ms) is stopped on p99; and a worker killed with SIGKILL
+mid-canary, whose candidate containers outlive it, leaves a consistent state: the next
+worker takes all traffic back to the serving generation, removes those containers and
+runs the task again to the end, no request failing and no weight ever but 0-100 %."""
 
+import asyncio
+import signal
+from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import aiodocker
 import aiohttp
 import asyncpg
 import pytest
 
-from db import traffic
+from db import tasks, traffic
+from tests.conftest import Proc
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
-from tests.support.autoscale import deploy, ready_count
-from tests.support.docker import containers_of, skip_without_engine
-from tests.worker.test_canary_rollout import CANARY, GOOD, SERVICE_MS, _candidate, _under_load
+from tests.support.autoscale import deploy, ready_count, wait_task
+from tests.support.docker import containers_of, remove_test_containers, skip_without_engine
+from tests.support.load import run_load
+from tests.worker.test_canary_rollout import (
+    CANARY,
+    GOOD,
+    RATE,
+    SERVICE_MS,
+    _candidate,
+    _under_load,
+)
 
 skip_without_engine()
 pytestmark = [pytest.mark.docker, pytest.mark.serial, pytest.mark.timeout(240)]
@@ -56,3 +73,85 @@ async def test_docker_ten_percent_errors_stopped_at_the_first_step(
     assert await ready_count(pool, model_id) == {1: 1}
     assert await containers_of(docker_api, model_id, generation=2) == []
     assert await traffic.get_split(pool, model_id) is None
+
+
+async def test_docker_ten_times_slower_stopped_on_p99(
+        docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        docker_api: aiodocker.Docker, hashing_model: Any) -> None:
+    model_id = await _serving(http, docker_stack, hashing_model, "dslow")
+    await _candidate(pool, model_id, test_service_time_ms=10 * SERVICE_MS)
+    task, during, after = await _under_load(http, docker_stack, gateway, "dslow",
+                                            {"rollout": CANARY})
+    assert task["status"] == "failed", task
+    steps = task["metadata"]["rollout"]["steps"]
+    assert [(s["weight"], s["verdict"]) for s in steps] == [(20, "fail")], steps
+    assert steps[0]["reasons"][0].startswith("p99 "), steps
+    assert during.failures == [] and after.failures == []
+    assert await ready_count(pool, model_id) == {1: 1}
+    assert await containers_of(docker_api, model_id, generation=2) == []
+
+
+async def test_docker_worker_killed_mid_canary_leaves_a_consistent_state(
+        api: str, gateway: str, spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+        pool: asyncpg.Pool, docker_image: str, docker_api: aiodocker.Docker,
+        hashing_model: Any) -> None:
+    try:
+        await _killed_mid_canary(api, gateway, spawn, http, pool, docker_image, docker_api,
+                                 hashing_model)
+    finally:
+        await remove_test_containers(pool, docker_api)
+
+
+async def _killed_mid_canary(api: str, gateway: str, spawn: Callable[..., Proc],
+                             http: aiohttp.ClientSession, pool: asyncpg.Pool,
+                             docker_image: str, docker_api: aiodocker.Docker,
+                             hashing_model: Any) -> None:
+    def worker() -> Proc:
+        return spawn("worker", runtime="docker", docker_image=docker_image)
+
+    killed = worker()
+    model_id = await _serving(http, api, hashing_model, "dkilled")
+    url = f"{gateway}/serve/dkilled/embed"
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(url, RATE, 150, concurrency=200, stop=stop))
+    weights: list[int | None] = []
+
+    async def watch() -> None:  # the candidate's weight; the serving one takes the rest
+        while True:
+            split = await traffic.get_split(pool, model_id)
+            weights.append(None if split is None else split.weight)
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    async with http.post(f"{api}/deploy", json={"embedding_model_id": "alice/dkilled",
+                                                "config": {"rollout": GOOD}}) as resp:
+        task_id = (await resp.json())["task_id"]
+    for _ in range(600):  # until the canary's first step routes
+        if weights and weights[-1] is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert weights[-1] == 20, weights[-5:]
+    await asyncio.sleep(0.5)
+    killed.popen.send_signal(signal.SIGKILL)
+    killed.popen.wait()
+    left = await containers_of(docker_api, model_id, generation=2)
+    assert left, "the killed worker's candidate containers outlive it"
+    worker()  # the next worker: its reconciler finds the expired lease
+    task = await wait_task(http, api, "deploy", task_id, timeout_s=150)
+    watcher.cancel()
+    stop.set()
+    done = await load
+    print(f"\n  killed at 20 %: the retry ended {task['status']}, generation "
+          f"{task['metadata'].get('generation')}; clients saw {len(done.failures)} failures "
+          f"of {done.sent}; weights seen {sorted({w for w in weights if w is not None})}")
+    assert task["status"] == "done", (task["detail"], task["metadata"].get("rollout"))
+    row = await tasks.get(pool, UUID(task_id))
+    assert row is not None and row.attempts == 2, row
+    generation = task["metadata"]["generation"]
+    assert generation == 3, "the retry makes a new generation; 2 is never reused"
+    assert [s["verdict"] for s in task["metadata"]["rollout"]["steps"]] == ["pass"] * 3
+    assert set(weights) <= {None, 20, 50, 100}, set(weights)
+    assert await ready_count(pool, model_id) == {3: 1}
+    assert await containers_of(docker_api, model_id, generation=2) == []
+    assert await traffic.get_split(pool, model_id) is None
+    assert done.failures == [], done.failures[:5]
