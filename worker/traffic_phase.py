@@ -14,6 +14,10 @@ Shadow: `percent` of requests are also sent to the candidate for `duration_s`, i
 answers compared (cosine) and discarded; then the green switch. The figures are in
 `metadata.rollout.shadow`.
 
+With autoscaling enabled, each generation is scaled on its own share during the phase
+(worker/scaling/phase_scaling.py, ticked at every judgement; before a step raises the
+candidate's weight it gets the replicas the new share needs).
+
 The split only ever names one weight, the candidate's; the serving generation takes the
 rest, so the weights always sum to 100 %. The candidate's replicas stay `starting` until
 the switch: a worker that stops or dies mid-phase (hand_back, the reconciler's expired

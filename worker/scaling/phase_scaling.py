@@ -27,6 +27,9 @@ What the decision obeys, beyond the KPA's own rules:
   waits while the phase ends: once a step failed (the candidate is rejected and
   drained), and from the last step's pass to the switch; the autoscaler takes over
   after the task.
+- Before a canary's step raises the candidate's weight, the candidate gets the replicas
+  the new share needs and the step waits for them (`before_step`); then every scaler
+  starts over, its windows having held the old share's load.
 
 Replicas it adds to the serving generation join the routing table as a scale's do
 (`ready` once healthy). A candidate's replicas stay `starting` until the switch and are
