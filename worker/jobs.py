@@ -24,6 +24,7 @@ from worker.lease import LeaseLost, held_lease
 from worker.log_redaction import redact, secret_values
 from worker.runtimes.base import RuntimeFailure
 from worker.scaling import scale_task
+from worker.scaling.phase_scaling import PhaseScaling
 
 log = structlog.get_logger(__name__)
 # Another task of the same model is processing: look again after this long.
@@ -174,7 +175,8 @@ async def _secrets_of(ctx: WorkerContext, model_id: UUID,
 
 async def _dispatch(ctx: WorkerContext, task: tasks.Task) -> None:
     if task.kind == TaskKind.deploy:
-        await rollout.deploy(ctx, task)
+        # A canary's or shadow's autoscaling, passed in: scaling imports rollout.
+        await rollout.deploy(ctx, task, PhaseScaling.of)
     elif task.kind == TaskKind.delete:
         await rollout.delete(ctx, task)
     elif task.kind == TaskKind.scale:

@@ -229,16 +229,20 @@ async def _name_refused(ctx: WorkerContext, task: Task, model: Model, name: str)
     return True
 
 
-async def deploy(ctx: WorkerContext, task: Task) -> None:
-    """Bring up a new generation beside the old, switch, drain and remove the old."""
+async def deploy(ctx: WorkerContext, task: Task,
+                 scaling_of: traffic_phase.ScalingOf | None = None) -> None:
+    """Bring up a new generation beside the old, switch, drain and remove the old;
+    `scaling_of` makes a canary's or shadow's autoscaling (worker/jobs.py passes it)."""
     model = await models.get(ctx.pool, task.model_id)
     assert model is not None  # tasks reference models; a deleted model cascades its tasks
-    await deploy_generation(ctx, task, model, DeployPayload.model_validate(task.request).config)
+    await deploy_generation(ctx, task, model, DeployPayload.model_validate(task.request).config,
+                            scaling_of=scaling_of)
 
 
 async def deploy_generation(ctx: WorkerContext, task: Task, model: Model,
                             config: DeploymentConfig, revision: int | None = None,
-                            rollback_of: int | None = None) -> None:
+                            rollback_of: int | None = None,
+                            scaling_of: traffic_phase.ScalingOf | None = None) -> None:
     """A green deploy of `model` with `config`, its new generation pinned to `revision`
     (None: the model's current source); a rollback past its warm window passes the target
     generation's pinned revision and config, and `rollback_of` names that generation."""
@@ -277,7 +281,8 @@ async def deploy_generation(ctx: WorkerContext, task: Task, model: Model,
             await quotas.check_rollout(ctx, model, config, generation)
         started = await bring_up(ctx, progress, model, generation, config)
         await compatibility.gate(ctx, progress, model, generation, started, judged)
-        handed = await traffic_phase.hand_over(ctx, progress, model.id, generation, judged)
+        handed = await traffic_phase.hand_over(ctx, progress, model.id, generation, judged,
+                                               scaling_of)
         if handed is None:
             return  # a canary step failed: the candidate is gone, the task failed
         await progress.enter(Phase.switching, generation=generation)

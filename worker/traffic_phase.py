@@ -27,6 +27,7 @@ removal to the usual path; the task is then retried from the start or fails.
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -43,7 +44,6 @@ from worker import canary, replica_lifecycle
 from worker.context import WorkerContext
 from worker.drain import gateway_reports, min_wait_for, wait_drained
 from worker.publish import publish_routes
-from worker.scaling.phase_scaling import PhaseScaling
 
 log = structlog.get_logger(__name__)
 # How often the gateways write their reports (gateway/load_signal.py REPORT_INTERVAL_S; the
@@ -64,6 +64,25 @@ class Progressing(Protocol):
     async def event(self, level: str, message: str, generation: int | None = None) -> None: ...
 
 
+class PhaseScaling(Protocol):
+    """What the phase uses of its autoscaling (worker/scaling/phase_scaling.py)."""
+
+    async def tick(self, reports: list[GatewayReport], share: str) -> object: ...
+
+    async def before_step(self, weight: int, share: str) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def close(self, cancel: bool) -> None: ...
+
+
+# Makes a phase's autoscaling, or None when neither generation autoscales: `PhaseScaling.of`
+# of worker/scaling/phase_scaling.py, passed in by worker/jobs.py (the scale task imports
+# worker/rollout.py, which imports this module, so this one does not import scaling).
+ScalingOf = Callable[[WorkerContext, UUID, UUID, int, int, DeploymentConfig],
+                     Awaitable[PhaseScaling | None]]
+
+
 async def _reports(ctx: WorkerContext) -> list[GatewayReport]:
     try:
         async with asyncio.timeout(2.0):
@@ -82,7 +101,8 @@ async def _route(ctx: WorkerContext, model_id: UUID, split: Split | None) -> Non
 
 
 async def hand_over(ctx: WorkerContext, progress: Progressing, model_id: UUID, generation: int,
-                    config: DeploymentConfig) -> dict[str, Any] | None:
+                    config: DeploymentConfig, scaling_of: ScalingOf | None = None
+                    ) -> dict[str, Any] | None:
     """Run the strategy's traffic phase for the healthy candidate `generation`. Returns
     what the task's metadata records of it ({} for green), or None when the candidate
     was rejected (the task is then finished, failed, and the candidate removed)."""
@@ -98,8 +118,8 @@ async def hand_over(ctx: WorkerContext, progress: Progressing, model_id: UUID, g
         return {"rollout": note}
     # Each generation autoscaled on its own share (worker/scaling/phase_scaling.py); its
     # resize is let finish before the switch, cancelled before a rejection or a stop.
-    scaling = await PhaseScaling.of(ctx, progress.task.id, model_id, serving, generation,
-                                    config)
+    scaling = (await scaling_of(ctx, progress.task.id, model_id, serving, generation, config)
+               if scaling_of is not None else None)
     passed = False
     try:
         if rollout.strategy == "shadow":
