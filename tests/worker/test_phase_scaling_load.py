@@ -1,5 +1,6 @@
 """Issue 27, item 3 on real replicas (process runtime, Python gateway): autoscaling during a
-canary scales each generation on its own share of a steady load.
+canary scales each generation on its own share of a steady load, and the worker's
+autoscaler loop makes no scale task meanwhile.
 
 12 requests a second at 200 ms each (2.4 in flight; one replica aims at 1.6) keep two
 replicas of the serving generation busy, and the candidate starts at that count. At 10 %
@@ -11,13 +12,14 @@ tests/worker/test_phase_scaling.py."""
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
-from db import events, replicas, traffic
+from db import events, replicas, tasks, traffic
 from tests.conftest import Proc
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from tests.support.autoscale import FAST_AUTOSCALING, KNOBS, deploy
@@ -74,4 +76,9 @@ async def test_the_candidate_replicas_follow_its_share_of_the_load(
     assert whole[-1][1] == 1, ("the serving generation went down to its floor", whole[-5:])
     assert all(s >= 1 for _, s in small + whole)
     assert task["metadata"]["replicas_current"] == 2
+    # The worker's autoscaler loop ran all along: it made no scale task while the deploy
+    # was open (the phase scaled both generations itself).
+    latest = await tasks.latest_for_model(pool, model_id, "scale")
+    assert latest is None or latest.created_at < datetime.fromisoformat(task["created_at"]), \
+        latest
     assert done.failures == [], done.failures[:5]
