@@ -116,7 +116,12 @@ class RolloutConfig(BaseModel):
     probe: list[ProbeSentence] | None = Field(
         default=None, min_length=MIN_PROBE_SENTENCES, max_length=MAX_PROBE_SENTENCES,
         description="sentences both generations embed (default: the bundled probe set)")
-    strategy: Literal["green", "canary", "shadow"] = "green"
+    strategy: Literal["green", "canary", "shadow"] = Field(
+        default="green",
+        description="how the new generation takes the traffic: green (all at once), canary "
+                    "(`canary.steps`, judged against the serving one) or shadow (mirrored, "
+                    "then green); with `autoscaling_enabled`, each generation is autoscaled "
+                    "on its own share during a canary or shadow, the quota counting both")
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     keep_previous_s: float | None = Field(

@@ -124,7 +124,11 @@ class DeploymentConfig(BaseModel):
     cpus: float | None = Field(
         default=None, gt=0, le=256,
         description="CPUs per replica on Docker and Swarm (default: the host's share)")
-    autoscaling_enabled: bool = False
+    autoscaling_enabled: bool = Field(
+        default=False,
+        description="scale between autoscaling_min and autoscaling_max by requests in flight"
+                    " (docs/autoscaling.md); during a canary or shadow, each generation on "
+                    "its own share")
     autoscaling_min: int = Field(
         default=1, ge=0, le=MAX_REPLICAS,
         description="fewest replicas; 0 (with autoscaling) scales an idle deployment to zero")
