@@ -132,6 +132,7 @@ class PhaseScaling:
         self.started: list[UUID] = []  # replicas a resize started (for a cancel's cleanup)
         self.draining: list[UUID] = []  # and those it drains
         self.last_wait: Wait | None = None
+        self.last_held: tuple[int, int] | None = None
 
     @classmethod
     async def of(cls, ctx: WorkerContext, task_id: UUID, model_id: UUID, serving: int,
@@ -187,8 +188,7 @@ class PhaseScaling:
         room = await self._room()
         targets = fit_to_room(wanted, running, room)
         if targets != wanted and room is not None:
-            await quotas.held_back(ctx, self.model, sum(wanted.values()), room,
-                                   self.candidate)
+            await self._held_back(sum(wanted.values()), room)
         changes = {g: n for g, n in targets.items() if n != running[g]}
         if not changes:
             return running
@@ -250,8 +250,7 @@ class PhaseScaling:
         wanted = running | {g.generation: need}
         targets = fit_to_room(wanted, running, room)
         if targets != wanted and room is not None:
-            await quotas.held_back(self.ctx, self.model, sum(wanted.values()), room,
-                                   g.generation)
+            await self._held_back(sum(wanted.values()), room)
         if targets[g.generation] <= have:
             return
         await events.add(self.ctx.pool, self.model.id, "info",
@@ -261,6 +260,13 @@ class PhaseScaling:
                          f"{knobs.utilization:.0%}", task_id=self.task_id,
                          generation=g.generation)
         await self._resize({g.generation: targets[g.generation]}, ready)
+
+    async def _held_back(self, wanted: int, room: int) -> None:
+        """The quota's warning event, once for each (wanted, room) in a row: a decision
+        held back is made again every tick."""
+        if self.last_held != (wanted, room):
+            await quotas.held_back(self.ctx, self.model, wanted, room, self.candidate)
+        self.last_held = (wanted, room)
 
     def _role(self, generation: int) -> str:
         return "serving" if generation == self.serving else "candidate"
