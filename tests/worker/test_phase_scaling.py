@@ -183,7 +183,9 @@ async def test_a_canary_candidate_gets_the_replicas_of_its_next_share_before_it(
     """4 in flight in all, split by weight. At 10 % the candidate's share wants its floor
     (1, from the 2 it started with) while the serving one grows to 4; before the weight
     rises to 100 % the candidate is scaled for that share (4) and the step waits for it,
-    so it never takes the whole load on the one replica its small share kept."""
+    so it never takes the whole load on the one replica its small share kept. The serving
+    generation, with no share at 100 %, keeps the 4 the whole load needs: a failing step
+    would give it all back at once."""
     model = await _serving_two(fake_ctx, "phase-canary")
     config = DeploymentConfig.model_validate(KNOBS | {"rollout": {
         "strategy": "canary", "canary": {"steps": [10, 100], "step_s": 3,
@@ -202,6 +204,7 @@ async def test_a_canary_candidate_gets_the_replicas_of_its_next_share_before_it(
     assert min(c[2] for c in small) == 1, small
     assert max(c[1] for c in small) == 4, small
     assert whole and whole[0][2] == 4, ("the candidate had its replicas before", whole[:3])
+    assert all(c[1] == 4 for c in whole), ("the serving one kept its replicas", whole)
     said = [e.message for e in await events.list_recent(fake_ctx.pool, model.id, 100)]
     assert any(m.startswith("generation 2 (candidate, before canary 100 %): scaled 1 → 4")
                for m in said), said

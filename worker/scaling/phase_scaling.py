@@ -6,12 +6,18 @@ task could not run beside the deploy (one task per model) and would race the pha
 own replica changes. Instead the traffic phase, the one task that owns the model's
 replicas until its switch, ticks a `PhaseScaling` every report interval: each generation
 whose config enables autoscaling has its own `kpa.Scaler`, fed with the requests in
-flight to that generation's replicas only (the gateways report in-flight counts per
-replica), so a candidate at 5 % is sized for its 5 % and the serving generation for the
-rest; a shadow's candidate for the share it mirrors.
+flight to that generation's replicas (the gateways report in-flight counts per replica),
+so a candidate at 5 % is sized for its 5 %, a shadow's candidate for the share it
+mirrors; the serving generation, below, for what it may have to take back.
 
 What the decision obeys, beyond the KPA's own rules:
 
+- In a canary the serving generation is sized for the whole load (both generations' in
+  flight), not for its share alone: a failing step (or a worker that stops) gives it the
+  candidate's share back at once, within one report interval, and it must hold it. So
+  its scale-down below what the whole load needs is the decision that waits, until the
+  switch (which drains it anyway); it still scales up as the load grows. In a shadow it
+  serves every request already: its own in flight is the whole load.
 - Each generation within its own config's [`autoscaling_min`, `autoscaling_max`], and at
   least 1: a generation at zero replicas gives its share to the other (gateway/traffic.py
   `split`), so a candidate scaled to zero could not be judged.
@@ -123,8 +129,11 @@ class PhaseScaling:
     one resize it may have running."""
 
     def __init__(self, ctx: WorkerContext, task_id: UUID, model: Model,
-                 generations: list[_Generation], share: str) -> None:
+                 generations: list[_Generation], share: str, takes_back: bool = True) -> None:
         self.ctx, self.task_id, self.model = ctx, task_id, model
+        # A canary: a failing step gives the serving generation the candidate's share back
+        # at once, so it is sized for the whole load (see the module's docstring).
+        self.takes_back = takes_back
         self.generations = {g.generation: g for g in generations}
         self.serving = next(g.generation for g in generations if g.serving)
         self.share = share  # e.g. "canary 20 %", for the events
@@ -149,7 +158,8 @@ class PhaseScaling:
         # Both are kept, autoscaled or not: the quota counts both generations' replicas.
         both = [_Generation(generation, generation == serving, cfg, Scaler(Knobs.of(cfg)))
                 for generation, cfg in ((serving, serving_config), (candidate, config))]
-        return cls(ctx, task_id, model, both, share="traffic phase")
+        return cls(ctx, task_id, model, both, share="traffic phase",
+                   takes_back=config.rollout.strategy == "canary")
 
     @property
     def candidate(self) -> int:
@@ -163,7 +173,8 @@ class PhaseScaling:
         rows = await replicas.list_for_model(ctx.pool, self.model.id)
         ready: dict[int, list[Replica]] = {}
         for g in self.generations.values():
-            mine = {str(r.id) for r in rows if r.generation == g.generation}
+            mine = {str(r.id) for r in rows if r.generation == g.generation
+                    or (g.serving and self.takes_back)}
             inflight, jumped = demand(reports, self.model.id, mine, now, held=g.serving)
             g.scaler.observe(now, inflight, True, jumped)
             ready[g.generation] = routed(rows, g.generation, g.serving)
@@ -235,7 +246,8 @@ class PhaseScaling:
 
     async def _prepare(self, g: _Generation, weight: int, share: str) -> None:
         now, knobs = time.time(), g.scaler.knobs
-        total = sum(x.scaler.stable_mean(now) for x in self.generations.values())
+        total = (self.generations[self.serving].scaler.stable_mean(now) if self.takes_back
+                 else sum(x.scaler.stable_mean(now) for x in self.generations.values()))
         projected = total * weight / 100
         floor, ceiling = bounds(knobs)
         need = max(floor, min(ceiling, math.ceil(projected / (knobs.target * knobs.utilization))))
