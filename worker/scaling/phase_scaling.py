@@ -34,7 +34,7 @@ What the decision obeys, beyond the KPA's own rules:
   drained), and from the last step's pass to the switch; the autoscaler takes over
   after the task.
 - Before a canary's step raises the candidate's weight, the candidate gets the replicas
-  the new share needs and the step waits for them (`before_step`); then every scaler
+  the new share needs and the step waits for them (`before_step`); then its scaler
   starts over, its windows having held the old share's load.
 
 Replicas it adds to the serving generation join the routing table as a scale's do
@@ -237,12 +237,14 @@ class PhaseScaling:
             self._start_over()
 
     def _start_over(self) -> None:
-        """A new step: each generation's scaler starts over. Its windows hold the load of
-        the share it had; decided on them, the candidate just scaled up for 100 % went back
-        to the one replica its 10 % had wanted (its scale-down delay remembered that). A
-        fresh scaler decides nothing for one panic window, then on the new share alone."""
+        """A new step: the candidate's scaler starts over. Its windows hold the load of the
+        share it had; decided on them, the candidate just scaled up for 100 % went back to
+        the one replica its 10 % had wanted (its scale-down delay remembered that). A fresh
+        scaler decides nothing for one panic window, then on the new share alone. The
+        serving generation's, fed with the whole load in a canary, goes on."""
         for x in self.generations.values():
-            x.scaler = Scaler(x.scaler.knobs)
+            if not (x.serving and self.takes_back):
+                x.scaler = Scaler(x.scaler.knobs)
 
     async def _prepare(self, g: _Generation, weight: int, share: str) -> None:
         now, knobs = time.time(), g.scaler.knobs
