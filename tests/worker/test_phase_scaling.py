@@ -261,3 +261,21 @@ async def test_a_stopped_phase_removes_the_replicas_its_resize_left_starting(
 
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def test_serving_replicas_a_killed_phase_left_draining_are_finished(
+        fake_ctx: WorkerContext, fake_runtime: FakeRuntime) -> None:
+    """A worker killed while the phase drained a serving replica leaves it `draining` and
+    running; the next phase (the retried deploy's) drains and stops it first."""
+    model = await _serving_two(fake_ctx, "phase-leftover")
+    rows = await replicas.list_for_model(fake_ctx.pool, model.id)
+    leftover = rows[-1]
+    assert await replicas.transition(fake_ctx.pool, leftover.id, ReplicaState.ready,
+                                     ReplicaState.draining)
+    async with fake_gateway(fake_ctx, model.id) as gateway:
+        gateway.load = {1: 1, 2: 1}
+        ended = await run(fake_ctx, await _shadow(fake_ctx, model, duration_s=2))
+    assert ended.status == TaskStatus.done, ended.detail
+    [row] = await replicas.get_many(fake_ctx.pool, [leftover.id])
+    assert row.state == ReplicaState.stopped
+    assert leftover.runtime_ref not in {r.ref for r in fake_runtime.running(model.id)}

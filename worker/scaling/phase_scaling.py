@@ -158,8 +158,16 @@ class PhaseScaling:
         # Both are kept, autoscaled or not: the quota counts both generations' replicas.
         both = [_Generation(generation, generation == serving, cfg, Scaler(Knobs.of(cfg)))
                 for generation, cfg in ((serving, serving_config), (candidate, config))]
-        return cls(ctx, task_id, model, both, share="traffic phase",
-                   takes_back=config.rollout.strategy == "canary")
+        scaling = cls(ctx, task_id, model, both, share="traffic phase",
+                      takes_back=config.rollout.strategy == "canary")
+        # Serving replicas left draining by a phase whose worker was killed mid-resize
+        # (nothing else drains the serving generation while a deploy holds the model): the
+        # first resize finishes them, as a scale task finishes a dead scale's.
+        left = [r for r in await replicas.list_for_model(ctx.pool, model_id)
+                if r.generation == serving and r.state == ReplicaState.draining]
+        if left:
+            scaling.job = asyncio.create_task(scaling._finish_draining([r.id for r in left]))
+        return scaling
 
     @property
     def candidate(self) -> int:
@@ -367,6 +375,14 @@ class PhaseScaling:
         await wait_drained(ctx.redis, self.model.id, self.serving, ids,
                            ctx.settings.drain_timeout_s, min_wait_for(ctx.settings.routes_poll_s))
         await replica_lifecycle.remove(ctx, ids, ReplicaState.stopped, ctx.settings.stop_grace_s)
+
+    async def _finish_draining(self, ids: list[UUID]) -> None:
+        self.draining += ids
+        await wait_drained(self.ctx.redis, self.model.id, self.serving, ids,
+                           self.ctx.settings.drain_timeout_s,
+                           min_wait_for(self.ctx.settings.routes_poll_s))
+        await replica_lifecycle.remove(self.ctx, ids, ReplicaState.stopped,
+                                       self.ctx.settings.stop_grace_s)
 
     async def _failed(self, generation: int, reason: str) -> None:
         await events.add(self.ctx.pool, self.model.id, "warning",
