@@ -2,7 +2,7 @@
 own share, and quotas count both (worker/scaling/phase_scaling.py).
 
 The pure parts first (which replicas take a generation's share, the quota's room shared
-by the two), then whole shadow rollouts on the FakeRuntime, driven by a fake gateway: a
+by the two), then whole shadows and a canary on the FakeRuntime, driven by a fake gateway: a
 loop in the test that writes the `GatewayReport`s a gateway would, with the requests in
 flight the test assigns to each generation's replicas. The same on real replicas under
 load: tests/worker/test_phase_scaling_load.py."""
@@ -28,9 +28,11 @@ from service.domain import task_requests
 from tests.worker.decisions import a_model, deploy, run
 from tests.worker.fake_runtime import FakeRuntime
 from worker.context import WorkerContext
+from worker.jobs import run_task
 from worker.scaling.kpa import Knobs
 from worker.scaling.phase_scaling import bounds, fit_to_room, routed
 
+pytestmark = pytest.mark.timeout(60)
 # Each in-flight request wants one replica (target 1 at 100 %), over short windows.
 KNOBS = {"autoscaling_enabled": True, "autoscaling_min": 1, "autoscaling_max": 4,
          "autoscaling_target_concurrency": 1, "autoscaling_target_utilization": 1.0,
@@ -237,8 +239,6 @@ async def test_a_stopped_phase_removes_the_replicas_its_resize_left_starting(
     async with fake_gateway(fake_ctx, model.id) as gateway:
         gateway.load = {1: 0, 2: 4}
         task = await _shadow(fake_ctx, model, duration_s=30)
-        from worker.jobs import run_task
-
         job = asyncio.create_task(run_task(fake_ctx, str(task.id)))
         for _ in range(400):
             rows = await replicas.list_for_model(fake_ctx.pool, model.id)
@@ -258,9 +258,6 @@ async def test_a_stopped_phase_removes_the_replicas_its_resize_left_starting(
     live = await replicas.list_for_model(fake_ctx.pool, model.id)
     assert {r.generation for r in live} == {1}, live
     assert all(r.state == ReplicaState.ready for r in live), live
-
-
-pytestmark = pytest.mark.timeout(60)
 
 
 async def test_serving_replicas_a_killed_phase_left_draining_are_finished(
