@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# `make test`: the suite in two phases (tests/support/scheduling.py says which test runs where).
+# `make test`: the suite in two phases that run side by side (tests/support/scheduling.py
+# says which test runs where):
 #   1. parallel: every test not marked `serial`, on $TEST_WORKERS pytest-xdist workers
-#      (--dist loadgroup keeps each xdist group on one worker);
-#   2. serial: the timing-sensitive `serial` tests, one at a time, after the first.
-# Both phases run even if the first fails; the run fails if either does. A phase that
-# runs no test (pytest's exit 5) fails the run too, unless arguments chose a part of
-# the suite (`make test PYTEST_ARGS=tests/service`) and the other phase ran tests.
+#      (--dist loadgroup keeps each xdist group on one worker), at the lowest CPU priority
+#      (nice 19; every process it starts inherits it);
+#   2. serial: the timing-sensitive `serial` tests, one at a time, at normal priority.
+# The serial tests wait on paced load and timers, using a fraction of a core; the parallel
+# ones keep both cores busy. Under nice 19 the parallel phase gets only the CPU the serial
+# test is not using: a serial test's processes preempt it as soon as they wake, so what
+# they measure is what they measured when they ran alone after the parallel phase
+# (SERIAL_AFTER=1 runs them so again, one phase after the other).
+# The serial phase's output is printed after the parallel phase's.
+# Both phases run even if one fails; the run fails if either does. A phase that runs no
+# test (pytest's exit 5) fails the run too, unless arguments chose a part of the suite
+# (`make test PYTEST_ARGS=tests/service`) and the other phase ran tests.
 # TEST_WORKERS=0 runs both phases in one process each, without xdist.
 set -u
 cd "$(dirname "$0")/.."
@@ -15,10 +23,33 @@ workers=${TEST_WORKERS:-4}
 pytest=("$python" -m pytest -q -p no:cacheprovider --durations=12)
 
 started=$(date +%s)
-"${pytest[@]}" -n "$workers" --dist loadgroup -m "not serial" "$@"
-parallel=$?
-"${pytest[@]}" -m serial "$@"
-serial=$?
+serial_log=$(mktemp --suffix=-greenroom-serial.log)
+run_serial() {
+    local began=$(date +%s)
+    "${pytest[@]}" -m serial "$@"
+    local code=$?
+    echo "serial phase: exit $code, $(( $(date +%s) - began )) s"
+    return $code
+}
+if [ "${SERIAL_AFTER:-0}" = 1 ]; then
+    nice -n 19 "${pytest[@]}" -n "$workers" --dist loadgroup -m "not serial" "$@"
+    parallel=$?
+    run_serial "$@"
+    serial=$?
+else
+    echo "make test: the serial phase runs beside this one at normal priority;" \
+         "its output follows this phase's (live: $serial_log)"
+    run_serial "$@" > "$serial_log" 2>&1 &
+    serial_pid=$!
+    nice -n 19 "${pytest[@]}" -n "$workers" --dist loadgroup -m "not serial" "$@"
+    parallel=$?
+    echo "parallel phase: exit $parallel, $(( $(date +%s) - started )) s"
+    wait "$serial_pid"
+    serial=$?
+    echo "================================ serial phase ================================"
+    cat "$serial_log"
+fi
+rm -f "$serial_log"
 
 verdict() {  # phase exit code → ok | failed, with exit 5 (no test) allowed only for a part
     if [ "$1" -eq 0 ] || { [ "$1" -eq 5 ] && [ $# -gt 1 ] && [ "$2" -eq 0 ]; }; then
