@@ -541,9 +541,7 @@ async def _run_matrix(world: World, http: aiohttp.ClientSession,
         for who in PRINCIPALS:
             path, kw = await sample(world, who)
             kw = _fill(kw, world)
-            async with http.request(spec.method, base + path,
-                                    headers=world.headers[who], **kw) as resp:
-                got, body = _outcome(resp.status), await resp.text()
+            got, body = await _request(http, spec.method, base + path, world.headers[who], kw)
             if (spec.method, _template(spec)) in RESTORE:
                 await _restore_accounts(world)
             want = expected(spec.access, who)
@@ -555,6 +553,21 @@ async def _run_matrix(world: World, http: aiohttp.ClientSession,
     print(f"authorisation matrix: {len(table)} routes x {len(PRINCIPALS)} callers = {rows} "
           f"requests, {len(mismatches)} unexpected")
     return mismatches
+
+
+async def _request(http: aiohttp.ClientSession, method: str, url: str,
+                   headers: dict[str, str], kw: dict[str, Any]) -> tuple[str, str]:
+    """One row's outcome and body. A login the password pool sheds (its 429 says when to
+    come back: hashes run slow on a loaded machine) is asked again after that wait, up to
+    five times: the matrix is about who may call a route, not about the machine's load."""
+    for _ in range(5):
+        async with http.request(method, url, headers=headers, **kw) as resp:
+            status, body = resp.status, await resp.text()
+            retry_after = resp.headers.get("Retry-After")
+        if status != 429 or retry_after is None or "logins in progress" not in body:
+            break
+        await asyncio.sleep(float(retry_after))
+    return _outcome(status), body
 
 
 def _fill(kw: dict[str, Any], world: World) -> dict[str, Any]:
