@@ -227,6 +227,9 @@ frontend canary
 backend {split_name(index)}
     balance roundrobin
     http-send-name-header {VIA_HEADER}
+    # Its server is HAProxy's own `canary` frontend: any idle connection may carry any
+    # request (the client's first one too, which `safe` sends on a new connection).
+    http-reuse always
     server-template c{index}_ 1-2 unix@{layout.split_socket}
 """
     text += f"""
