@@ -6,7 +6,8 @@ judge reads its report as it reads the Python gateway's. A good candidate walks 
 step to 100 % with no failed request, the weights read back from HAProxy's Runtime API
 summing to the split at every step; one answering 10 % errors (the hashing backend's test
 knob `test_error_rate`) is stopped at its first step, and the serving generation holds
-all traffic after. The Python gateways behind HAProxy carry none of the candidate's
+all traffic after; one ten times slower is stopped on p99 (the histogram from the
+`canary` frontend's log lines). The Python gateways behind HAProxy carry none of the candidate's
 requests: HAProxy itself split them."""
 
 import asyncio
@@ -32,7 +33,14 @@ from tests.conftest import Proc, start_gateway
 from tests.gateway.test_traffic_split import haproxy_api, split_weights
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from tests.support.autoscale import ready_count
-from tests.worker.test_canary_rollout import CANARY, GOOD, _candidate, _serving, _under_load
+from tests.worker.test_canary_rollout import (
+    CANARY,
+    GOOD,
+    SERVICE_MS,
+    _candidate,
+    _serving,
+    _under_load,
+)
 
 pytestmark = [pytest.mark.serial, pytest.mark.timeout(180),
               pytest.mark.skipif(find_haproxy(Settings()) is None,
@@ -159,3 +167,27 @@ async def test_a_candidate_with_ten_percent_errors_is_stopped_by_haproxy_counts(
     assert await ready_count(pool, model_id) == {1: 1}
     assert await traffic.get_split(pool, model_id) is None
     assert task["metadata"]["deployment_status"] == "complete"
+
+
+async def test_a_candidate_ten_times_slower_is_stopped_on_haproxy_p99(
+        api: str, haproxy: tuple[str, RuntimeApi], spawn: Callable[..., Proc],
+        http: aiohttp.ClientSession, pool: asyncpg.Pool, hashing_model: Any,
+        settings: Settings) -> None:
+    base, runtime = haproxy
+    model_id, _ = await _serving(http, api, hashing_model, spawn, "haslow")
+    await _candidate(pool, model_id, test_service_time_ms=10 * SERVICE_MS)
+    redis = Redis.from_url(settings.redis_url or "")
+    async with watching(runtime, redis, model_id) as seen:
+        task, during, after = await _under_load(http, api, base, "haslow", {"rollout": CANARY})
+    await redis.aclose()
+    assert task["status"] == "failed", task
+    steps = task["metadata"]["rollout"]["steps"]
+    print(f"\n  stopped at 20 %: serving {steps[0]['serving']}, candidate "
+          f"{steps[0]['candidate']}; weights {seen.weights}")
+    assert [(s["weight"], s["verdict"]) for s in steps] == [(20, "fail")], steps
+    assert steps[0]["reasons"][0].startswith("p99 "), steps
+    # Its p99 was HAProxy's: at least the candidate's service time, read from log lines.
+    assert steps[0]["candidate"]["p99_ms"] >= 10 * SERVICE_MS, steps
+    assert str(steps[0]["candidate"]["generation"]) not in seen.python, seen.python
+    assert during.failures == [] and after.failures == []
+    assert await ready_count(pool, model_id) == {1: 1}

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from db import deployments, replicas, traffic
 from db.deployments import Route
 from db.traffic import Candidate, Split
-from gateway.haproxy.config import split_servers
+from gateway.haproxy.config import VIA_HEADER, split_servers
 from gateway.haproxy.programmer import Programmer
 from gateway.haproxy.runtime_api import RuntimeApi, ServerStat
 from gateway.routing import Gateway
@@ -327,8 +327,11 @@ async def test_haproxy_splits_a_canary_by_server_weights_and_counts_per_generati
         assert sorted(weights.values()) == [30, 70] and sum(weights.values()) == 100, weights
         before = await _traffic(redis, model_id, haproxy=True)
         seen: Counter[tuple[str, int]] = Counter()
+        # Every request names the candidate's split server itself: HAProxy replaces the
+        # header with the server it picked (a client cannot choose its generation).
+        spoofed = {VIA_HEADER: min(weights, key=lambda server: weights[server])}
         for _ in range(100):
-            async with http.post(url, json={"inputs": "x"}) as resp:
+            async with http.post(url, json={"inputs": "x"}, headers=spoofed) as resp:
                 await resp.read()
                 seen[(resp.headers.get("X-Greenroom-Replica", ""), resp.status)] += 1
         to_candidate = sum(n for (rid, _), n in seen.items() if rid == str(candidate_id))
