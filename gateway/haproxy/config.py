@@ -217,10 +217,10 @@ frontend canary
     bind unix@{layout.split_socket} mode 600
     log unix@{layout.traffic_socket} len 128 format raw local0 info
     log-format "%b %Ta"
-    http-request set-var(txn.slot) req.hdr({VIA_HEADER}),map({layout.via_map})
-    http-request deny deny_status 503 unless {{ var(txn.slot) -m found }}
+    http-request set-var(txn.via) req.hdr({VIA_HEADER}),map({layout.via_map})
+    http-request deny deny_status 503 unless {{ var(txn.via) -m found }}
     http-request del-header {VIA_HEADER}
-    use_backend %[var(txn.slot)]
+    use_backend %[var(txn.via)]
 """
     for index in range(layout.slots):
         text += f"""
