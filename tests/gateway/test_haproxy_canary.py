@@ -78,13 +78,16 @@ async def _stable_weights(api: RuntimeApi, model_id: UUID) -> tuple[int, int] | 
 
 
 @contextlib.asynccontextmanager
-async def watching(api: RuntimeApi, redis: Redis, model_id: UUID) -> AsyncIterator[Seen]:
+async def watching(api: RuntimeApi | None, redis: Redis, model_id: UUID
+                   ) -> AsyncIterator[Seen]:
+    """What the gateways' reports (and, given `api`, HAProxy's weights) show while the
+    body runs, every 0.1 s."""
     seen = Seen()
 
     async def watch() -> None:
         while True:
             with contextlib.suppress(RuntimeApiError):
-                weights = await _stable_weights(api, model_id)
+                weights = None if api is None else await _stable_weights(api, model_id)
                 if weights is not None and (not seen.weights or seen.weights[-1] != weights):
                     seen.weights.append(weights)
             for report in await read_reports(redis):
