@@ -7,12 +7,15 @@ step to 100 % with no failed request, the weights read back from HAProxy's Runti
 summing to the split at every step; one answering 10 % errors (the hashing backend's test
 knob `test_error_rate`) is stopped at its first step, and the serving generation holds
 all traffic after; one ten times slower is stopped on p99 (the histogram from the
-`canary` frontend's log lines). The Python gateways behind HAProxy carry none of the candidate's
-requests: HAProxy itself split them."""
+`canary` frontend's log lines); a worker killed with SIGKILL mid-canary leaves HAProxy's
+weights summing to 100 % throughout and the serving generation all traffic after. The
+Python gateways behind HAProxy carry none of the candidate's requests: HAProxy itself
+split them."""
 
 import asyncio
 import contextlib
 import re
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +36,11 @@ from tests.conftest import Proc, start_gateway
 from tests.gateway.test_traffic_split import haproxy_api, split_weights
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
 from tests.support.autoscale import ready_count
+from tests.support.load import run_load
 from tests.worker.test_canary_rollout import (
     CANARY,
     GOOD,
+    RATE,
     SERVICE_MS,
     _candidate,
     _serving,
@@ -194,3 +199,52 @@ async def test_a_candidate_ten_times_slower_is_stopped_on_haproxy_p99(
     assert str(steps[0]["candidate"]["generation"]) not in seen.python, seen.python
     assert during.failures == [] and after.failures == []
     assert await ready_count(pool, model_id) == {1: 1}
+
+
+async def test_a_worker_killed_mid_canary_leaves_haproxy_on_the_serving_slot(
+        api: str, haproxy: tuple[str, RuntimeApi], spawn: Callable[..., Proc],
+        http: aiohttp.ClientSession, pool: asyncpg.Pool, hashing_model: Any,
+        settings: Settings) -> None:
+    base, runtime = haproxy
+    model_id, worker = await _serving(http, api, hashing_model, spawn, "hakilled")
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(f"{base}/serve/hakilled/embed", RATE, 120,
+                                        concurrency=200, stop=stop))
+    slow = {"strategy": "canary", "canary": {"steps": [20, 100], "step_s": 60,
+                                             "min_requests": 20}}
+    redis = Redis.from_url(settings.redis_url or "")
+    async with watching(runtime, redis, model_id) as seen:
+        async with http.post(f"{api}/deploy", json={"embedding_model_id": "alice/hakilled",
+                                                    "config": {"rollout": slow}}) as resp:
+            task_id = (await resp.json())["task_id"]
+        for _ in range(300):  # until HAProxy splits the canary's first step
+            if seen.weights:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        worker.popen.send_signal(signal.SIGKILL)
+        worker.popen.wait()
+        spawn("worker")  # the next worker: its reconciler finds the expired lease
+        for _ in range(300):
+            if await traffic.get_split(pool, model_id) is None:
+                break
+            await asyncio.sleep(0.1)
+        assert await traffic.get_split(pool, model_id) is None
+        back = False  # the controller's reload: the names back on the serving slot
+        for _ in range(50):
+            if back := not await split_weights(runtime, runtime.socket.parent, str(model_id)):
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        done = await load
+    await redis.aclose()
+    async with http.get(f"{api}/deploy/{task_id}") as resp:
+        task = await resp.json()
+    print(f"\n  killed mid-canary on HAProxy: weights {seen.weights}; clients saw "
+          f"{len(done.failures)} failures of {done.sent}")
+    assert seen.weights[:1] == [(80, 20)], seen.weights
+    assert all(sum(w) == 100 for w in seen.weights), seen.weights
+    # (The retried task may have begun its canary again since: not asserted on after.)
+    assert back, "HAProxy kept the split after the next worker took it away"
+    assert task["status"] in ("pending", "processing"), task
+    assert done.failures == [], done.failures[:5]
