@@ -25,7 +25,7 @@ from gateway.haproxy.programmer import Programmer
 from gateway.haproxy.runtime_api import RuntimeApi, ServerStat
 from gateway.routing import Gateway
 from gateway.traffic import cosines, split
-from schemas.gateway import read_reports
+from schemas.gateway import GENERATION_HEADER, read_reports
 from schemas.queue import ROUTES_CHANNEL, RoutesChanged
 from schemas.settings import Settings
 from schemas.tasks import ReplicaState
@@ -330,10 +330,16 @@ async def test_haproxy_splits_a_canary_by_server_weights_and_counts_per_generati
         # Every request names the candidate's split server itself: HAProxy replaces the
         # header with the server it picked (a client cannot choose its generation).
         spoofed = {VIA_HEADER: min(weights, key=lambda server: weights[server])}
+        labels: set[tuple[str, str]] = set()
         for _ in range(100):
             async with http.post(url, json={"inputs": "x"}, headers=spoofed) as resp:
                 await resp.read()
                 seen[(resp.headers.get("X-Greenroom-Replica", ""), resp.status)] += 1
+                labels.add((resp.headers.get("X-Greenroom-Replica", ""),
+                            resp.headers.get(GENERATION_HEADER, "")))
+        # Each answer names the generation that gave it (its slot's label, issue 26).
+        assert labels == {(str(serving_ids[0]), str(generation - 1)),
+                          (str(candidate_id), str(generation))}, labels
         to_candidate = sum(n for (rid, _), n in seen.items() if rid == str(candidate_id))
         failed = sum(n for (_, status), n in seen.items() if status == 500)
         assert abs(to_candidate - 30) <= 1, seen
