@@ -124,7 +124,7 @@ class Programmer:
         self._live: dict[UUID, Slot] = {}  # model → the slot its serving generation owns
         self._candidates: dict[UUID, Slot] = {}  # model → its canary candidate's slot
         self._weights: dict[str, tuple[str, int]] = {}  # split → (candidate slot, weight) set
-        self._mapped: dict[str, str] = {}  # direct map key → slot backend
+        self._mapped: dict[str, str] = {}  # direct map key → slot (or split) backend
         self._named: set[str] = set()  # servers with an entry in the replicas map
         self._base: dict[str, int] = {}  # server → its stot when given to its replica
         self._stot: dict[str, int] = {}  # server → stot at the last read
@@ -239,6 +239,7 @@ class Programmer:
             return
         del self._candidates[route.model_id]
         await self._retire(slot)
+
     def _take(self, route: Route) -> Slot | None:
         """A free slot with servers enough for `route`'s replicas, now its generation's."""
         ready = [b for b in self._free
