@@ -17,8 +17,9 @@ is the `canary` frontend on a unix socket in the folder, which sends each reques
 slot its server names (`http-send-name-header` → the `via` map): the secret and the
 labels a slot sets depend on the generation, and HAProxy sets request headers before it
 picks a server, so a generation's requests must pass through its own slot backend.
-The `canary` frontend logs one line per request (`slotK Ta`) to the controller's
-`traffic.sock`: the latency histogram per generation (gateway/haproxy/traffic.py).
+The `canary` frontend logs one line per request (`slotK Ta`) into the `traffic` ring,
+which HAProxy forwards over a stream to the controller's `traffic.sock`: the latency
+histogram per generation (gateway/haproxy/traffic.py).
 
 Why a fixed pool rather than reloads: after a reload, the old worker keeps serving its
 in-flight requests but the new worker's `scur` no longer counts them, so the drain
@@ -113,8 +114,8 @@ class Layout:
 
     @property
     def traffic_socket(self) -> Path:
-        """Where the `canary` frontend sends a log line per request (a datagram socket the
-        controller binds)."""
+        """Where the `traffic` ring forwards the `canary` frontend's log lines (a unix
+        stream socket the controller listens on)."""
         return self.folder / "traffic.sock"
 
     @property
@@ -155,8 +156,19 @@ def render(layout: Layout) -> str:
     master-worker
     stats socket {layout.admin_socket} mode 600 level admin expose-fd listeners
     stats timeout 10s
-{threads}    # HAProxy's own notices (servers changing state) on stderr; no per-request log lines.
+{threads}    # HAProxy's own notices (servers changing state) on stderr; no per-request log lines
+    # but the `canary` frontend's, into the `traffic` ring.
     log stderr format short local0 notice
+
+# The canary frontend's log lines, held in HAProxy's memory (1 MB: ~90,000 lines) and
+# forwarded over one stream to the controller: a controller busy for a moment slows the
+# stream, it does not drop lines (a datagram socket queues 10 here, net.unix.max_dgram_qlen).
+ring traffic
+    format raw
+    size 1048576
+    timeout connect 5s
+    timeout server 10s
+    server controller unix@{layout.traffic_socket}
 
 defaults
     mode http
@@ -215,7 +227,7 @@ backend {slot_name(index)}
     text += f"""
 frontend canary
     bind unix@{layout.split_socket} mode 600
-    log unix@{layout.traffic_socket} len 128 format raw local0 info
+    log ring@traffic len 128 format raw local0 info
     log-format "%b %Ta"
     http-request set-var(txn.via) req.hdr({VIA_HEADER}),map({layout.via_map})
     http-request deny deny_status 503 unless {{ var(txn.via) -m found }}

@@ -123,7 +123,7 @@ class Controller:
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
         self.programmer = Programmer(self.api, self.layout, secret_key=secret)
         self.traffic = HaproxyTraffic()
-        self._lines: asyncio.DatagramTransport | None = None
+        self._lines: asyncio.Server | None = None
         self._changed = asyncio.Event()
         self._procs: list[asyncio.subprocess.Process] = []
         self._haproxy: asyncio.subprocess.Process | None = None

@@ -10,14 +10,15 @@ so worker/canary.py reads both engines' reports alike.
   the generation it serves then: exact, whatever the load.
 - The latency histogram comes from a log line per request of the `canary` frontend
   (`slotK Ta`, gateway/haproxy/config.py), which every request of a deployment in a
-  canary passes on its way to its generation's slot, sent to a datagram socket the
-  controller binds (`traffic.sock`). HAProxy 2.6 keeps no histogram itself (`show stat`
-  has averages over the last 1,024 requests; the timer sample fetches came in 2.7), and
-  a line per request costs less than any stick-table scheme of buckets. `Ta` is in whole
-  milliseconds, truncated: a line's time is taken as the middle of its millisecond. A
-  line lost (the socket's queue full) leaves the histogram a sample, never a wrong count.
-  Only canary traffic is timed: a deployment served directly outside a canary costs no
-  log line (its requests and errors are still counted).
+  canary passes on its way to its generation's slot, held in HAProxy's `traffic` ring
+  and forwarded over a unix stream to the controller (`traffic.sock`). HAProxy 2.6 keeps
+  no histogram itself (`show stat` has averages over the last 1,024 requests; the timer
+  sample fetches came in 2.7), and a line per request costs less than any stick-table
+  scheme of buckets. `Ta` is in whole milliseconds, truncated: a line's time is taken as
+  the middle of its millisecond. A line is lost only when the ring (1 MB, ~90,000 lines)
+  overflows; the histogram is then a sample, never a wrong request or error count. Only
+  canary traffic is timed: a deployment served directly outside a canary costs no log
+  line (its requests and errors are still counted).
 """
 
 import asyncio
@@ -34,7 +35,6 @@ from gateway.traffic import TrafficTally
 from schemas.gateway import GenerationTraffic
 
 log = structlog.get_logger(__name__)
-_RECEIVE_BUFFER = 1 << 20  # bytes of log lines the socket may queue (~30,000 lines)
 
 Owners = dict[str, tuple[UUID, int]]  # slot backend → the (model, generation) it serves
 
@@ -76,25 +76,13 @@ class HaproxyTraffic:
         return self.tally.report()
 
 
-class _Lines(asyncio.DatagramProtocol):
-    def __init__(self, traffic: HaproxyTraffic, owners: Callable[[], Owners]) -> None:
-        self._traffic, self._owners = traffic, owners
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self._traffic.line(data, self._owners())
-
-    def error_received(self, exc: Exception) -> None:
-        log.warning("haproxy_traffic_log_error", error=str(exc))
-
-
 def bind(path: Path) -> socket.socket:
-    """The datagram socket HAProxy's `canary` frontend logs to (0600), bound before
-    HAProxy starts."""
+    """The stream socket the `traffic` ring forwards to (0600), bound before HAProxy
+    starts (HAProxy connects to it, and again should the stream close)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
         sock.bind(str(path))
         path.chmod(0o600)
         sock.setblocking(False)
@@ -105,8 +93,16 @@ def bind(path: Path) -> socket.socket:
 
 
 async def listen(sock: socket.socket, traffic: HaproxyTraffic, owners: Callable[[], Owners]
-                 ) -> asyncio.DatagramTransport:
-    """Fold every line `sock` receives into `traffic` (see `HaproxyTraffic.line`)."""
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: _Lines(traffic, owners), sock=sock)
-    return transport
+                 ) -> asyncio.Server:
+    """Fold every line HAProxy's ring sends on `sock` into `traffic` (`HaproxyTraffic.line`)."""
+
+    async def read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                traffic.line(line, owners())
+        except (OSError, ValueError) as exc:  # ValueError: a line past the reader's limit
+            log.warning("haproxy_traffic_log_error", error=str(exc))
+        finally:
+            writer.close()
+
+    return await asyncio.start_unix_server(read, sock=sock)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -263,6 +264,19 @@ def test_an_unreadable_split_is_no_split() -> None:
         assert split_of(bad) is None, bad
 
 
+async def _haproxy_traffic(redis: Redis, model_id: UUID) -> dict[str, Any]:
+    """Each generation's traffic in the HAProxy controller's first report written at least
+    0.2 s from now (what HAProxy finished by now is in it), rather than after a fixed
+    sleep: on a loaded machine a report may come late."""
+    wanted = time.time() + 0.2
+    for _ in range(150):
+        await asyncio.sleep(0.1)
+        for report in await read_reports(redis):
+            if report.gateway_id.startswith("haproxy-") and report.at >= wanted:
+                return dict(report.traffic.get(str(model_id), {}))
+    raise AssertionError("the HAProxy controller wrote no report for 15 s")
+
+
 async def haproxy_api(tmp_path: Path) -> RuntimeApi:
     """The admin socket of the `--engine haproxy` gateway this test started (its folder
     is in the controller's `haproxy_started` log line)."""
@@ -325,7 +339,7 @@ async def test_haproxy_splits_a_canary_by_server_weights_and_counts_per_generati
                 break
             await asyncio.sleep(0.1)
         assert sorted(weights.values()) == [30, 70] and sum(weights.values()) == 100, weights
-        before = await _traffic(redis, model_id, haproxy=True)
+        before = await _haproxy_traffic(redis, model_id)
         seen: Counter[tuple[str, int]] = Counter()
         # Every request names the candidate's split server itself: HAProxy replaces the
         # header with the server it picked (a client cannot choose its generation).
@@ -344,7 +358,7 @@ async def test_haproxy_splits_a_canary_by_server_weights_and_counts_per_generati
         failed = sum(n for (_, status), n in seen.items() if status == 500)
         assert abs(to_candidate - 30) <= 1, seen
         assert 0 < failed < to_candidate, seen
-        after = await _traffic(redis, model_id, haproxy=True)
+        after = await _haproxy_traffic(redis, model_id)
         served = after[str(generation - 1)].since(before[str(generation - 1)])
         tried = after[str(generation)].since(before.get(str(generation))
                                              or type(after[str(generation)])())
