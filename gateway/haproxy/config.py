@@ -160,9 +160,10 @@ def render(layout: Layout) -> str:
     # but the `canary` frontend's, into the `traffic` ring.
     log stderr format short local0 notice
 
-# The canary frontend's log lines, held in HAProxy's memory (1 MB: ~90,000 lines) and
-# forwarded over one stream to the controller: a controller busy for a moment slows the
-# stream, it does not drop lines (a datagram socket queues 10 here, net.unix.max_dgram_qlen).
+# The canary frontend's log lines, held in HAProxy's memory (1 MB: tens of thousands of
+# lines) and forwarded over one stream to the controller: a controller busy for a moment
+# slows the stream, it does not drop lines (a unix datagram socket queues only
+# net.unix.max_dgram_qlen lines, 10 on the machine it was measured on).
 ring traffic
     format raw
     size 1048576

@@ -15,10 +15,10 @@ so worker/canary.py reads both engines' reports alike.
   no histogram itself (`show stat` has averages over the last 1,024 requests; the timer
   sample fetches came in 2.7), and a line per request costs less than any stick-table
   scheme of buckets. `Ta` is in whole milliseconds, truncated: a line's time is taken as
-  the middle of its millisecond. A line is lost only when the ring (1 MB, ~90,000 lines)
-  overflows; the histogram is then a sample, never a wrong request or error count. Only
-  canary traffic is timed: a deployment served directly outside a canary costs no log
-  line (its requests and errors are still counted).
+  the middle of its millisecond. A line is lost only when the ring (1 MB: tens of
+  thousands of lines) overflows; the histogram is then a sample, never a wrong request
+  or error count. Only canary traffic is timed: a deployment served directly outside a
+  canary costs no log line (its requests and errors are still counted).
 """
 
 import asyncio
