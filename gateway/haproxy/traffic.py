@@ -36,6 +36,10 @@ from schemas.gateway import GenerationTraffic
 
 log = structlog.get_logger(__name__)
 
+# How often the controller reads the lines: the judge reads reports once a second.
+READ_PAUSE_S = 0.1
+_READ_BYTES = 1 << 18
+
 Owners = dict[str, tuple[UUID, int]]  # slot backend → the (model, generation) it serves
 
 
@@ -97,10 +101,18 @@ async def listen(sock: socket.socket, traffic: HaproxyTraffic, owners: Callable[
     """Fold every line HAProxy's ring sends on `sock` into `traffic` (`HaproxyTraffic.line`)."""
 
     async def read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        rest = b""
         try:
-            while line := await reader.readline():
-                traffic.line(line, owners())
-        except (OSError, ValueError) as exc:  # ValueError: a line past the reader's limit
+            while data := await reader.read(_READ_BYTES):
+                *lines, rest = (rest + data).split(b"\n")
+                known = owners()
+                for line in lines:
+                    traffic.line(line, known)
+                # Lines wait in the socket and HAProxy's ring meanwhile: one wakeup per
+                # READ_PAUSE_S rather than per request (a wakeup per line cost the canary's
+                # requests 0.07 ms of p50 on two cores, bench/traffic_split.py).
+                await asyncio.sleep(READ_PAUSE_S)
+        except OSError as exc:
             log.warning("haproxy_traffic_log_error", error=str(exc))
         finally:
             writer.close()

@@ -2,10 +2,12 @@
 fast: counter increases go to the generation a slot serves, log lines to its histogram.
 HAProxy itself feeds them in tests/gateway/test_traffic_split.py and test_haproxy_canary.py."""
 
+import asyncio
+from pathlib import Path
 from uuid import uuid4
 
 from gateway.haproxy.runtime_api import BackendStat
-from gateway.haproxy.traffic import HaproxyTraffic
+from gateway.haproxy.traffic import READ_PAUSE_S, HaproxyTraffic, bind, listen
 from schemas.gateway import TRAFFIC_BOUNDS_S
 
 MODEL = uuid4()
@@ -44,3 +46,30 @@ def test_log_lines_fill_the_histogram_of_their_slots_generation() -> None:
     assert len(serving.buckets) == len(TRAFFIC_BOUNDS_S) + 1
     # Lines are a histogram only: requests come from the counters.
     assert report["1"].requests == 0 and counts.lines == 7
+
+
+async def test_lines_split_across_reads_are_folded_whole(tmp_path: Path) -> None:
+    """The controller's side of the ring's stream (a real unix socket): a line cut in two
+    by the stream is read as one; lines are read in batches (READ_PAUSE_S apart)."""
+    counts = HaproxyTraffic()
+    owners = {"slot0": (MODEL, 1)}
+    path = tmp_path / "traffic.sock"
+    server = await listen(bind(path), counts, lambda: owners)
+    assert path.stat().st_mode & 0o777 == 0o600
+    try:
+        _, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b"slot0 1\nslot0 ")
+        await writer.drain()
+        await asyncio.sleep(READ_PAUSE_S * 2)
+        writer.write(b"30\nslot0 2\n")
+        await writer.drain()
+        for _ in range(50):
+            if counts.lines == 3:
+                break
+            await asyncio.sleep(READ_PAUSE_S)
+        writer.close()
+    finally:
+        server.close()
+    latency = counts.report({(MODEL, 1)})[str(MODEL)]["1"].latency
+    assert counts.lines == 3 and latency.count == 3
+    assert abs(latency.sum_s - (0.0015 + 0.0305 + 0.0025)) < 1e-9
