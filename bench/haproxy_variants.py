@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -152,6 +153,7 @@ def haproxy(tmp: Path, variant: str, upstream: str, slots: int) -> Iterator[tupl
     layout.config.write_text(configuration(variant, layout, upstream))
     layout.direct_map.write_text("bench slot0\n")
     layout.replicas_map.write_text("s0_1 bench-replica\n")
+    ring = _ring_reader(layout.traffic_socket)
     proc = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(layout.config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop = threading.Event()
@@ -174,6 +176,30 @@ def haproxy(tmp: Path, variant: str, upstream: str, slots: int) -> Iterator[tupl
         stop.set()
         proc.terminate()
         proc.wait(timeout=20)
+        ring.close()
+
+
+def _ring_reader(path: Path) -> socket.socket:
+    """The controller's end of the `traffic` ring (gateway/haproxy/traffic.py): accepted
+    and read, so the configuration runs as under the controller (HAProxy 2.6 retries a
+    ring server it cannot reach in a busy loop, most of a core)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+
+    def read(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            while conn.recv(65536):
+                pass
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=read, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener
 
 
 def _poll(path: Path, backends: list[str], stop: threading.Event) -> None:

@@ -17,7 +17,12 @@ processes, a hashing model deployed, and a redeploy with `strategy: canary`, ste
 under 60 requests a second: the task's `canary` phase
 time against 4 x 3 s.
 
-    .venv/bin/python bench/traffic_split.py [--requests 3000] [--step-s 3]
+`--engine haproxy`: the same through `greenroom gateway --engine haproxy`, which splits
+the canary by its server weights (the split backend and the `canary` frontend's hop to
+each generation's slot, docs/gateway.md) and counts per generation from its counters and
+log lines; the in-process routing step (the Python gateway's) is not measured then.
+
+    .venv/bin/python bench/traffic_split.py [--requests 3000] [--step-s 3] [--engine haproxy]
 """
 
 import argparse
@@ -32,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import uuid4
 
 import aiohttp
@@ -100,10 +105,19 @@ def routing_ns(gw: Gateway, key: str, n: int) -> float:
     return (time.perf_counter_ns() - started) / n
 
 
+async def _split_requests(stats: str) -> int:
+    """Requests HAProxy's split backends took (its stats page's CSV)."""
+    async with aiohttp.ClientSession() as http, http.get(stats + "/stats;csv") as resp:
+        rows = [row.split(",") for row in (await resp.text()).splitlines()]
+    return sum(int(row[7] or 0) for row in rows
+               if len(row) > 7 and row[0].startswith("split") and row[1] == "BACKEND")
+
+
 async def bench(args: argparse.Namespace, tmp: Path) -> None:
     port = free_port(HOST)
+    haproxy = args.engine == "haproxy"
     with replica(tmp, "hashing", port) as endpoint:
-        async with gateway(tmp, 1, with_haproxy=False) as planes:
+        async with gateway(tmp, 1, with_haproxy=haproxy) as planes:
             async with aiohttp.ClientSession() as http:
                 await backing.wait_for_http(http, endpoint + "/health", 60)
             await route(planes, "plain", endpoint)
@@ -119,30 +133,43 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
             await traffic.set_split(pool, model_id, Split(candidate, 50))
             redis = Redis.from_url(planes.redis_url)
             await redis.publish(ROUTES_CHANNEL, RoutesChanged(model_id).encode())
-            plain_url = f"{planes.gateway}/serve/plain/embed"
-            canary_url = f"{planes.gateway}/serve/canary/embed"
+            base = planes.haproxy if haproxy and planes.haproxy else planes.gateway
+            plain_url = f"{base}/serve/plain/embed"
+            canary_url = f"{base}/serve/canary/embed"
             async with aiohttp.ClientSession() as http:
                 await _until(http, plain_url)
                 await _until(http, canary_url, check=str(candidate_id))
                 for _ in range(200):  # warm both paths
                     await _timed(http, plain_url)
                     await _timed(http, canary_url)
+                split_before = (await _split_requests(planes.haproxy_stats)
+                                if planes.haproxy_stats else 0)
                 plain, canary = [], []
                 for _ in range(args.requests):
                     plain.append(await _timed(http, plain_url))
                     canary.append(await _timed(http, canary_url))
+            if haproxy:
+                assert planes.haproxy_stats is not None
+                split = await _split_requests(planes.haproxy_stats) - split_before
+                if split < args.requests:  # the canary went to the Python gateway instead
+                    raise SystemExit(f"HAProxy's split backends took {split} of "
+                                     f"{args.requests} canary requests")
             gw = Gateway(pool, redis, poll_s=3600)
             gw._table = Table.build(await deployments.routes(pool))
             plain_ns = routing_ns(gw, "plain", 200_000)
             canary_ns = routing_ns(gw, "canary", 200_000)
             await redis.aclose()
     added = _p50_ms(canary) - _p50_ms(plain)
-    print(f"requests one at a time, {args.requests} each, alternating, one gateway process:")
+    where = ("HAProxy (--engine haproxy; the canary split by its server weights)" if haproxy
+             else "one gateway process")
+    print(f"requests one at a time, {args.requests} each, alternating, {where}:")
     print(f"  plain  p50 {_p50_ms(plain):.3f} ms  p99 {_pct(plain, 0.99):.3f} ms")
     print(f"  canary p50 {_p50_ms(canary):.3f} ms  p99 {_pct(canary, 0.99):.3f} ms "
           "(50 % to the candidate)")
     print(f"  p50 added by weighted routing: {added:+.3f} ms; limit {LIMIT_MS} ms; "
           f"ratio {added / LIMIT_MS:+.2f}")
+    if haproxy:
+        return
     print(f"routing step in process: plain {plain_ns:.0f} ns, canary {canary_ns:.0f} ns "
           f"per request: {canary_ns - plain_ns:+.0f} ns "
           f"(ratio to the limit {(canary_ns - plain_ns) / (LIMIT_MS * 1e6):+.4f})")
@@ -185,7 +212,8 @@ async def _load(url: str, rate: float, stop: asyncio.Event) -> tuple[int, int]:
     return sent, failed
 
 
-async def canary_time(tmp: Path, step_s: float) -> None:
+async def canary_time(tmp: Path, step_s: float, engine: Literal["python", "haproxy"]
+                      ) -> None:
     keep: list[Any] = []
     admin = backing.postgres_admin_dsn(tmp, keep)
     dsn = await backing.create_database(admin, f"greenroom_bench_canary_{os.getpid()}")
@@ -193,7 +221,8 @@ async def canary_time(tmp: Path, step_s: float) -> None:
     settings = Settings(database_url=dsn, redis_url=backing.redis_url(tmp, keep),
                         secret_key=SecretStr(secrets.token_urlsafe(32)), runtime="process",
                         state_dir=tmp / "state", api_port=port, gateway_port=gateway_port,
-                        log_level="warning", drain_timeout_s=10, stop_grace_s=5)
+                        log_level="warning", drain_timeout_s=10, stop_grace_s=5,
+                        gateway_engine=engine)
     pool = await create_pool(dsn, max_size=4)
     try:
         model = await register(pool, "bench", "canary-time",
@@ -226,8 +255,8 @@ async def canary_time(tmp: Path, step_s: float) -> None:
     took = task["metadata"]["timings"]["canary"]
     waits = len(STEPS) * step_s
     print(f"a {len(STEPS)}-step canary ({STEPS}, step_s {step_s:g}) under {CANARY_RATE:g} "
-          f"req/s, process runtime: canary phase {took:.2f} s over the configured "
-          f"{waits:g} s: ratio {took / waits:.3f} (limit {TIME_LIMIT}); "
+          f"req/s, process runtime, {engine} gateway: canary phase {took:.2f} s over the "
+          f"configured {waits:g} s: ratio {took / waits:.3f} (limit {TIME_LIMIT}); "
           f"{failed} of {sent} requests failed")
     for step in task["metadata"]["rollout"]["steps"]:
         print(f"  {step['weight']:3d} %: {step['elapsed_s']:.2f} s, candidate "
@@ -256,11 +285,14 @@ async def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="per deployment")
     parser.add_argument("--step-s", type=float, default=3.0, help="each canary step")
+    parser.add_argument("--engine", choices=("python", "haproxy"), default="python",
+                        help="the gateway engine that splits")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
         await bench(args, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="greenroom-bench-") as tmp:
-        await canary_time(Path(tmp), args.step_s)
+        await canary_time(Path(tmp), args.step_s,
+                          "haproxy" if args.engine == "haproxy" else "python")
 
 
 if __name__ == "__main__":

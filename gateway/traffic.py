@@ -42,6 +42,11 @@ class Tally:
         self.requests += 1
         if failed:
             self.errors += 1
+        self.time(seconds)
+
+    def time(self, seconds: float) -> None:
+        """Into the latency histogram only (the HAProxy engine counts requests and errors
+        from HAProxy's counters, gateway/haproxy/traffic.py)."""
         self.buckets[bisect_left(TRAFFIC_BOUNDS_S, seconds)] += 1
         self.sum_s += seconds
 

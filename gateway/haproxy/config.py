@@ -10,6 +10,17 @@ unknown names) goes to the `python` backend: the Python gateway processes the co
 Each slot backend sets the replica secret of the generation it serves (the `secrets` map,
 schemas/replica_auth.py) on every request it passes on.
 
+A canary (issue 27) is split by server weights: each slot `slotK` has a `splitK` backend
+with two servers, `cK_1` (the serving generation, slotK) and `cK_2` (the candidate's
+slot, named in the `via` map), weighted `100 - w` and `w` (`set weight`). Their address
+is the `canary` frontend on a unix socket in the folder, which sends each request to the
+slot its server names (`http-send-name-header` → the `via` map): the secret and the
+labels a slot sets depend on the generation, and HAProxy sets request headers before it
+picks a server, so a generation's requests must pass through its own slot backend.
+The `canary` frontend logs one line per request (`slotK Ta`) into the `traffic` ring,
+which HAProxy forwards over a stream to the controller's `traffic.sock`: the latency
+histogram per generation (gateway/haproxy/traffic.py).
+
 Why a fixed pool rather than reloads: after a reload, the old worker keeps serving its
 in-flight requests but the new worker's `scur` no longer counts them, so the drain
 would see zeros too early; one worker for the controller's whole life keeps `scur` the
@@ -31,6 +42,9 @@ DIRECT_GET = r"^/serve/[^/]+/(health|info|metrics)$"
 # gateways (set, so a client's own value is replaced): they serve /metrics to loopback
 # callers only, and HAProxy itself calls from loopback (review M1).
 CLIENT_HEADER = "X-Greenroom-Client"
+# The split server a canary's request went through (`cK_1`, `cK_2`), set by HAProxy itself
+# (`http-send-name-header` replaces a client's own value) for the `canary` frontend.
+VIA_HEADER = "X-Greenroom-Via"
 
 
 def slot_name(index: int) -> str:
@@ -89,10 +103,36 @@ class Layout:
         return self.folder / "revisions.map"
 
     @property
+    def via_map(self) -> Path:
+        """Split server (`cK_1`, `cK_2`) → the slot backend its requests go to."""
+        return self.folder / "via.map"
+
+    @property
+    def split_socket(self) -> Path:
+        """The `canary` frontend: what the split backends' servers connect to."""
+        return self.folder / "split.sock"
+
+    @property
+    def traffic_socket(self) -> Path:
+        """Where the `traffic` ring forwards the `canary` frontend's log lines (a unix
+        stream socket the controller listens on)."""
+        return self.folder / "traffic.sock"
+
+    @property
     def secrets_map(self) -> Path:
         """Slot backend → its generation's replica secret; filled only through the admin
         socket (the file stays empty, 0600)."""
         return self.folder / "secrets.map"
+
+
+def split_name(index: int) -> str:
+    """The backend that splits slot `index`'s deployment with a candidate by weight."""
+    return f"split{index}"
+
+
+def split_servers(index: int) -> tuple[str, str]:
+    """`splitK`'s servers: the serving generation's (to slotK) and the candidate's."""
+    return f"c{index}_1", f"c{index}_2"
 
 
 def server_names(index: int, layout: Layout) -> list[str]:
@@ -116,8 +156,20 @@ def render(layout: Layout) -> str:
     master-worker
     stats socket {layout.admin_socket} mode 600 level admin expose-fd listeners
     stats timeout 10s
-{threads}    # HAProxy's own notices (servers changing state) on stderr; no per-request log lines.
+{threads}    # HAProxy's own notices (servers changing state) on stderr; no per-request log lines
+    # but the `canary` frontend's, into the `traffic` ring.
     log stderr format short local0 notice
+
+# The canary frontend's log lines, held in HAProxy's memory (1 MB: tens of thousands of
+# lines) and forwarded over one stream to the controller: a controller busy for a moment
+# slows the stream, it does not drop lines (a unix datagram socket queues only
+# net.unix.max_dgram_qlen lines, 10 on the machine it was measured on).
+ring traffic
+    format raw
+    size 1048576
+    timeout connect 5s
+    timeout server 10s
+    server controller unix@{layout.traffic_socket}
 
 defaults
     mode http
@@ -174,6 +226,26 @@ backend {slot_name(index)}
                             "Unhealthy")
         text += _json_error(504, "replica did not answer in time", "Backend")
     text += f"""
+frontend canary
+    bind unix@{layout.split_socket} mode 600
+    log ring@traffic len 128 format raw local0 info
+    log-format "%b %Ta"
+    http-request set-var(txn.via) req.hdr({VIA_HEADER}),map({layout.via_map})
+    http-request deny deny_status 503 unless {{ var(txn.via) -m found }}
+    http-request del-header {VIA_HEADER}
+    use_backend %[var(txn.via)]
+"""
+    for index in range(layout.slots):
+        text += f"""
+backend {split_name(index)}
+    balance roundrobin
+    http-send-name-header {VIA_HEADER}
+    # Its server is HAProxy's own `canary` frontend: any idle connection may carry any
+    # request (the client's first one too, which `safe` sends on a new connection).
+    http-reuse always
+    server-template c{index}_ 1-2 unix@{layout.split_socket}
+"""
+    text += f"""
 frontend stats
     bind 127.0.0.1:{layout.stats_port}
     http-request use-service prometheus-exporter if {{ path /metrics }}
@@ -191,5 +263,9 @@ def write(layout: Layout) -> None:
     layout.secrets_map.write_text("")
     layout.generations_map.write_text("")
     layout.revisions_map.write_text("")
+    # Both split servers of a slot name the slot itself until a canary names its candidate.
+    layout.via_map.write_text("".join(f"{server} {slot_name(index)}\n"
+                                      for index in range(layout.slots)
+                                      for server in split_servers(index)))
     layout.secrets_map.chmod(0o600)
     layout.config.write_text(render(layout))

@@ -11,6 +11,9 @@ as its in-flight count, `stot` as its finished count. The Python gateways report
 own traffic, so the drain and the autoscaler read both unchanged. A jump in a model's
 requests in flight (its serving slot's `scur`, read every LOAD_POLL_S) is reported at
 once and announced on LOAD_CHANNEL, by the Python gateway's rule (gateway/load_signal.py).
+The report's `traffic` (per generation: requests, errors, a latency histogram, for the
+canary judge) comes from the slots' counters read with the servers' rows and from the
+`canary` frontend's log lines (gateway/haproxy/traffic.py).
 """
 
 import asyncio
@@ -37,6 +40,7 @@ from db.pool import create_pool
 from gateway.haproxy.config import Layout, write
 from gateway.haproxy.programmer import Programmer
 from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError, ServerStat
+from gateway.haproxy.traffic import HaproxyTraffic, bind, listen
 from gateway.load_signal import HEARTBEAT_S, is_jump
 from schemas.gateway import GatewayReport
 from schemas.queue import (
@@ -75,7 +79,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
 def _folder(settings: Settings) -> Path:
     """Its own folder in the state dir; a short temporary one when sockets would not fit."""
     folder = (settings.state_dir / "haproxy" / str(settings.gateway_port)).resolve()
-    if len(str(folder / "master.sock")) > _SOCKET_PATH_MAX:
+    if len(str(folder / "traffic.sock")) > _SOCKET_PATH_MAX:  # its longest socket name
         folder = Path(tempfile.mkdtemp(prefix="greenroom-haproxy-"))
     return folder
 
@@ -118,6 +122,8 @@ class Controller:
         self.api = RuntimeApi(self.layout.admin_socket)
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
         self.programmer = Programmer(self.api, self.layout, secret_key=secret)
+        self.traffic = HaproxyTraffic()
+        self._lines: asyncio.Server | None = None
         self._changed = asyncio.Event()
         self._procs: list[asyncio.subprocess.Process] = []
         self._haproxy: asyncio.subprocess.Process | None = None
@@ -153,6 +159,8 @@ class Controller:
             self._procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.server", env=_gateway_env(self._settings, port)))
         write(self.layout)
+        self._lines = await listen(bind(self.layout.traffic_socket), self.traffic,
+                                   self.programmer.owners)
         self._haproxy = await asyncio.create_subprocess_exec(
             self._binary, "-W", "-db", "-f", str(self.layout.config),
             "-S", f"{self.layout.master_socket},mode,600",
@@ -226,7 +234,8 @@ class Controller:
             try:
                 if changed:
                     await self.programmer.apply(await self._routes(pool))
-                stats = await self.api.servers(self.programmer.in_use)
+                stats, totals = await self.api.rows(self.programmer.in_use)
+                self.traffic.count(self.programmer.owners(), totals)
                 await self.programmer.reap(stats)
             except (RuntimeApiError, DatabaseError) as exc:
                 log.warning("haproxy_sync_failed", error=str(exc))
@@ -245,7 +254,8 @@ class Controller:
             gateway_id=self.id, at=time.time(), generations=dict(self.programmer.generations),
             inflight={str(c.replica_id): c.current for c in carried if c.current > 0},
             requests={str(c.replica_id): c.total for c in carried},
-            jumped=sorted(str(m) for m in jumped or ()))
+            jumped=sorted(str(m) for m in jumped or ()),
+            traffic=self.traffic.report(set(self.programmer.owners().values())))
 
     async def _report(self, redis: Redis, stats: list[ServerStat], force: bool,
                       jumped: set[UUID] | None = None) -> None:
@@ -276,6 +286,8 @@ class Controller:
         self.api.close()
         if self._haproxy is not None:
             await _stop(self._haproxy, signal.SIGUSR1)
+        if self._lines is not None:
+            self._lines.close()
         await asyncio.gather(*(_stop(p, signal.SIGTERM) for p in self._procs))
         with contextlib.suppress(RedisError, OSError):
             await redis.delete(GATEWAY_KEY_PREFIX + self.id)

@@ -19,7 +19,8 @@ TIMEOUT_S = 5.0
 # In prompt mode every answer ends with an empty line and the prompt. `show stat` answers
 # are never empty (a header line at least), so this cannot end one early.
 _END = b"\n\n> "
-_COLUMNS = ("pxname", "svname", "scur", "stot", "qcur")  # of show stat's ~100, the ones read
+# Of show stat's ~100 columns, the ones read.
+_COLUMNS = ("pxname", "svname", "scur", "stot", "qcur", "hrsp_5xx")
 _SESSION_LIMIT = 1 << 22  # bytes one answer may hold (the whole pool's servers: ~0.2 MB)
 
 
@@ -36,6 +37,15 @@ class ServerStat:
     current: int  # scur: requests being served by it now
     total: int  # stot: requests it has served
     queued: int  # qcur
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStat:
+    """One backend's row of `show stat`: counters since HAProxy started."""
+
+    backend: str
+    requests: int  # stot: requests it took (those no server could take too)
+    errors: int  # hrsp_5xx: 5xx answers, HAProxy's own 502/503/504 among them
 
 
 class RuntimeApi:
@@ -73,13 +83,28 @@ class RuntimeApi:
         return [ServerStat(r["pxname"], r["svname"], int(r["scur"] or 0), int(r["stot"] or 0),
                            int(r["qcur"] or 0)) for r in rows if r.get("svname")]
 
+    async def rows(self, backends: Iterable[str]
+                   ) -> tuple[list[ServerStat], list[BackendStat]]:
+        """Every server of `backends` and their backend rows (`show stat <backend> 6 -1`),
+        in the one round trip `servers` takes."""
+        servers: list[ServerStat] = []
+        totals: list[BackendStat] = []
+        for r in await self._stat(backends, 6):
+            if r.get("svname") == "BACKEND":
+                totals.append(BackendStat(r["pxname"], int(r["stot"] or 0),
+                                          int(r.get("hrsp_5xx") or 0)))
+            elif r.get("svname"):
+                servers.append(ServerStat(r["pxname"], r["svname"], int(r["scur"] or 0),
+                                          int(r["stot"] or 0), int(r["qcur"] or 0)))
+        return servers, totals
+
     async def backends(self, names: Iterable[str]) -> dict[str, int]:
         """`scur` of the backends `names` (`show stat <backend> 2 -1`: one row each)."""
         return {r["pxname"]: int(r["scur"] or 0) for r in await self._stat(names, 2)
                 if r.get("pxname")}
 
     async def _stat(self, backends: Iterable[str], kind: int) -> list[dict[str, str]]:
-        """`show stat` rows of `kind` (2 backend, 4 servers) for just these backends, in one
+        """`show stat` rows of `kind` (2 backend, 4 servers, 6 both) for just these backends, in one
         round trip (written together on the kept session), with only the columns read.
         Only those backends: the whole pool's 64 backends and 1,024 servers cost HAProxy
         0.45 ms (backends) and 5 ms (servers) a read, time its one thread is not serving
