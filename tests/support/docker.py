@@ -196,17 +196,28 @@ async def docker_stack(api: str, gateway: str, spawn: Callable[..., Any], docker
     await remove_test_containers(pool, docker_api)
 
 
-@pytest.fixture(scope="session")
-def hog_image(docker_image: str) -> Iterator[str]:
-    """The test image with a model too big for a 128 MB limit (see HOG_MB)."""
-    created = subprocess.run(["docker", "create", docker_image], capture_output=True,
+def image_running(base: str, code: str, tag: str) -> str:
+    """Tag `tag`: the image `base` whose command runs the Python `code` instead (a test's
+    variant: a hog, a hostile model). Its inputs label is emptied: a commit keeps the
+    base's, and `image.build`'s reuse of an image of the same inputs under another tag
+    (another checkout's test image) would then find the variant and tag it as that
+    checkout's test image."""
+    created = subprocess.run(["docker", "create", base], capture_output=True,
                              text=True, check=True).stdout.strip()
     try:
-        cmd = json.dumps(["python", "-c", _HOG_CODE])
-        subprocess.run(["docker", "commit", "--change", f"CMD {cmd}", created, HOG_TAG],
+        cmd = json.dumps(["python", "-c", code])
+        subprocess.run(["docker", "commit", "--change", f"CMD {cmd}",
+                        "--change", f'LABEL {image.INPUTS_LABEL}=""', created, tag],
                        capture_output=True, check=True)
     finally:
         subprocess.run(["docker", "rm", "-f", created], capture_output=True, check=False)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def hog_image(docker_image: str) -> Iterator[str]:
+    """The test image with a model too big for a 128 MB limit (see HOG_MB)."""
+    image_running(docker_image, _HOG_CODE, HOG_TAG)
     yield HOG_TAG
     subprocess.run(["docker", "image", "rm", HOG_TAG], capture_output=True, check=False)
 

@@ -18,7 +18,13 @@ from schemas.settings import Settings
 from service.domain.registration import register
 from tests.conftest import TEST_CLUSTER, TEST_SECRET_KEY, bearer
 from tests.support.as_admin import admin_http  # noqa: F401  (as the administrator)
-from tests.support.docker import containers_of, deploy, skip_without_engine, wait_health
+from tests.support.docker import (
+    containers_of,
+    deploy,
+    image_running,
+    skip_without_engine,
+    wait_health,
+)
 from worker.runtimes.base import ReplicaSpec
 from worker.runtimes.docker import DockerRuntime, network_name
 
@@ -97,15 +103,8 @@ runpy.run_module("model_server", run_name="__main__")
 
 @pytest.fixture
 def snoop_image(docker_image: str) -> Iterator[str]:
-    tag = f"greenroom/model-server:test-snoop-{uuid4().hex[:8]}"
-    created = subprocess.run(["docker", "create", docker_image], capture_output=True,
-                             text=True, check=True).stdout.strip()
-    try:
-        cmd = json.dumps(["python", "-c", _SNOOP])
-        subprocess.run(["docker", "commit", "--change", f"CMD {cmd}", created, tag],
-                       capture_output=True, check=True)
-    finally:
-        subprocess.run(["docker", "rm", "-f", created], capture_output=True, check=False)
+    tag = image_running(docker_image, _SNOOP,
+                        f"greenroom/model-server:test-snoop-{uuid4().hex[:8]}")
     yield tag
     subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, check=False)
 
