@@ -7,6 +7,11 @@ import sys
 # structlog falls back to plain tracebacks when the import fails.
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
+from model_server.preload import begin  # noqa: E402
+
+# The onnx model loads on a thread while the server's own imports run (preload.py).
+preload = begin()
+
 from model_server.server import main  # noqa: E402
 
-raise SystemExit(main())
+raise SystemExit(main(preload))

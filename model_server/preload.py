@@ -1,0 +1,65 @@
+"""The onnx model's load, begun before the server's own imports (issue 28).
+
+`python -m model_server` reads its settings and, for the onnx backend, starts loading the
+session and tokenizer on a thread of its own; the main thread then imports aiohttp and the
+app (~0.3 s of a replica's start) while ONNX Runtime reads the weights and builds the
+session with the GIL released. The app's loader (`Preload.loader`) then waits for that
+load instead of starting one. Before the thread starts, this module has imported every
+Python module of the backend except onnxruntime and tokenizers, which only the thread
+imports: the two threads never import the same modules at once.
+
+The torch backend is loaded as before, after the server's imports (its 10 s import of
+torch would gain little, and shares many modules with the server's).
+"""
+
+import asyncio
+import concurrent.futures
+import threading
+
+from pydantic import ValidationError
+
+from model_server.backends import Embedder, SentenceTransformerBackend, resolve_model_dir
+from model_server.config import Settings
+from model_server.logs import configure_logging
+from model_server.onnx_backend import load_onnx
+
+
+def load_blocking(settings: Settings) -> Embedder:
+    """Load the configured model (onnx or sentence-transformers) on this thread."""
+    model_dir = resolve_model_dir(settings.model)
+    if settings.backend == "onnx":
+        return load_onnx(model_dir, settings)
+    return SentenceTransformerBackend.load(model_dir, settings.max_input_length,
+                                           settings.num_threads)
+
+
+class Preload:
+    """One load of the model on a thread, begun at once; `loader` is the app's `Loader`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._done: concurrent.futures.Future[Embedder] = concurrent.futures.Future()
+        threading.Thread(target=self._run, name="model-preload", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._done.set_result(load_blocking(self.settings))
+        except BaseException as exc:  # handed to the app's load, which reports it
+            self._done.set_exception(exc)
+
+    async def loader(self, settings: Settings) -> Embedder:
+        assert settings is self.settings, "a preload serves the settings it was begun with"
+        return await asyncio.wrap_future(self._done)
+
+
+def begin() -> Preload | None:
+    """Settings read and logging configured; for the onnx backend, its load begun. None
+    when the settings are invalid (the server reports them) or the backend is not onnx."""
+    try:
+        settings = Settings()
+    except ValidationError:
+        return None
+    configure_logging(settings.log_level)
+    if settings.backend != "onnx":
+        return None
+    return Preload(settings)
