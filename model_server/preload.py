@@ -15,13 +15,17 @@ torch would gain little, and shares many modules with the server's).
 import asyncio
 import concurrent.futures
 import threading
+import time
 
+import structlog
 from pydantic import ValidationError
 
 from model_server.backends import Embedder, SentenceTransformerBackend, resolve_model_dir
 from model_server.config import Settings
 from model_server.logs import configure_logging
 from model_server.onnx_backend import load_onnx
+
+log = structlog.get_logger("model_server")
 
 
 def load_blocking(settings: Settings) -> Embedder:
@@ -42,10 +46,14 @@ class Preload:
         threading.Thread(target=self._run, name="model-preload", daemon=True).start()
 
     def _run(self) -> None:
+        started = time.monotonic()
         try:
-            self._done.set_result(load_blocking(self.settings))
+            backend = load_blocking(self.settings)
         except BaseException as exc:  # handed to the app's load, which reports it
             self._done.set_exception(exc)
+            return
+        log.info("model_preloaded", seconds=round(time.monotonic() - started, 3))
+        self._done.set_result(backend)
 
     async def loader(self, settings: Settings) -> Embedder:
         assert settings is self.settings, "a preload serves the settings it was begun with"

@@ -234,6 +234,7 @@ async def test_a_replica_from_the_cache_starts_without_exporting(
     events = {json.loads(line)["event"] for line in server.log().splitlines()
               if line.startswith("{")}
     assert "model_ready" in events and not EXPORT_EVENTS & events
+    assert "model_preloaded" in events, "loaded on the preload thread (model_server/preload.py)"
 
 
 async def test_an_fp32_replica_maps_its_weights_file_instead_of_copying_it(
