@@ -8,8 +8,12 @@ load instead of starting one. Before the thread starts, this module has imported
 Python module of the backend except onnxruntime and tokenizers, which only the thread
 imports: the two threads never import the same modules at once.
 
-The torch backend is loaded as before, after the server's imports (its 10 s import of
-torch would gain little, and shares many modules with the server's).
+Only a replica of an export the worker prepared (`MODEL_SERVER_EXPORT_ENTRY`: the `auto`
+backend, the default deployment) preloads: its load needs nothing but onnxruntime and
+tokenizers. One that may have to export or measure first would import torch and
+transformers on the thread, beside the server's imports of many of the same modules, and
+the torch backend's 10 s import would gain little: both load as before, after the server's
+imports.
 """
 
 import asyncio
@@ -61,13 +65,14 @@ class Preload:
 
 
 def begin() -> Preload | None:
-    """Settings read and logging configured; for the onnx backend, its load begun. None
-    when the settings are invalid (the server reports them) or the backend is not onnx."""
+    """Settings read and logging configured; for an onnx replica of a prepared export, its
+    load begun. None when the settings are invalid (the server reports them) or the
+    replica does not preload (see the module's doc)."""
     try:
         settings = Settings()
     except ValidationError:
         return None
     configure_logging(settings.log_level)
-    if settings.backend != "onnx":
+    if settings.backend != "onnx" or settings.export_entry is None:
         return None
     return Preload(settings)
