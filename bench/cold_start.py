@@ -9,11 +9,13 @@ replaces, in interleaved rounds:
   (ONNX Runtime session and tokenizer; or the SentenceTransformer) and embeds one
   sentence, from spawn to exit;
 - the replica: `ProcessRuntime.start` (the process runtime's own start, as a worker does)
-  until /health answers, then one embedding; its RSS after it (/proc/<pid>/status);
+  until /health answers, then one embedding; its RSS after it (/proc/<pid>/smaps_rollup),
+  and, beside it, after the 117 agreement sentences (memory under varied text);
 - with `--scale-to-zero`, the whole stack (API, gateway, worker; bench/autoscale.py's) with
-  the default model deployed with autoscaling to zero: once idle at zero, the first
-  request's wait (held by the gateway through a cold start), against the replica's start
-  measured above (goal <= 2x);
+  the default model deployed with autoscaling to zero: the first request's wait at three
+  moments of going to zero (its scale-down's drain, which the request calls off; the
+  scale-down's removal of the replica; at rest), against the replica's start measured
+  above (goal <= 2x), with where each wait went;
 - with `--docker` (and the images there: `greenroom image build` and `--slim`), the same
   on the Docker runtime, the limit being the same script in a container of that image;
   and both images' sizes.
@@ -44,6 +46,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from model_server.agreement import agreement_set  # noqa: E402
 from model_server.backends import resolve_model_dir  # noqa: E402
 from model_server.config import DEFAULT_MODEL  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
@@ -125,8 +128,10 @@ def limit_s(backend: str, model_dir: Path, onnx_file: Path,
 
 
 async def replica(runtime: Runtime, http: aiohttp.ClientSession,
-                  source: dict[str, Any]) -> tuple[float, tuple[int, int] | None]:
-    """(start to healthy in s, RSS in MB after one embedding) of one replica."""
+                  source: dict[str, Any]) -> tuple[float, tuple[int, int] | None,
+                                                   tuple[int, int] | None]:
+    """(start to healthy in s, (RSS, private) MB after one embedding, and after the 117
+    agreement sentences in batches of 32: memory under varied text) of one replica."""
     spec = ReplicaSpec(replica_id=uuid4(), model_id=uuid4(), model_identifier="bench/minilm",
                        generation=1, task_id=None, source=source, memory_mb=2048)
     started = time.perf_counter()
@@ -137,7 +142,13 @@ async def replica(runtime: Runtime, http: aiohttp.ClientSession,
         async with http.post(f"{started_replica.endpoint}/embed",
                              json={"inputs": SENTENCE}) as resp:
             assert resp.status == 200, await resp.text()
-        return took, rss_mb(runtime, started_replica.runtime_ref)
+        first = rss_mb(runtime, started_replica.runtime_ref)
+        sentences = agreement_set().sentences
+        for i in range(0, len(sentences), 32):
+            async with http.post(f"{started_replica.endpoint}/embed",
+                                 json={"inputs": sentences[i:i + 32]}) as resp:
+                assert resp.status == 200, await resp.text()
+        return took, first, rss_mb(runtime, started_replica.runtime_ref)
     finally:
         await runtime.stop(started_replica.runtime_ref, 2)
         await runtime.remove(started_replica.runtime_ref)
@@ -175,12 +186,13 @@ async def run_runtime(name: str, runtime: Runtime, sources: dict[str, dict[str, 
         for _ in range(rounds):
             for backend, source in sources.items():
                 limits[backend].append(limit_s(backend, model_dir, onnx_file, images[backend]))
-                took, mb = await replica(runtime, http, source)
+                took, mb, varied = await replica(runtime, http, source)
                 starts[backend].append(took)
                 if mb is not None:
                     rss[backend].append(mb)
                 print(f"  {name} {backend:5}: limit {limits[backend][-1]:5.2f} s, replica "
-                      f"{took:5.2f} s, RSS and private MB {mb}", flush=True)
+                      f"{took:5.2f} s, RSS and private MB {mb} (after the 117 agreement "
+                      f"sentences: {varied})", flush=True)
 
 
 def report(name: str, limits: dict[str, list[float]], starts: dict[str, list[float]],
@@ -266,8 +278,11 @@ async def scale_to_zero(replica_start_s: float) -> None:
                   flush=True)
             url = f"{gateway}/serve/{NAME}/embed"
             firsts = {}
-            for when in ("during the scale-down", "at rest"):
-                await _at_zero(pool, settled=when == "at rest")
+            for when in ("during the scale-down's drain", "during its removal", "at rest"):
+                if not await _at_zero(pool, when):
+                    print(f"  first request at zero ({when}): the moment was not caught",
+                          flush=True)
+                    continue
                 started, wall = time.perf_counter(), time.time()
                 async with http.post(url, json={"inputs": SENTENCE}) as resp:
                     assert resp.status == 200, await resp.text()
@@ -278,24 +293,37 @@ async def scale_to_zero(replica_start_s: float) -> None:
                 await _wake_up_path(pool, wall)
 
 
-async def _at_zero(pool: Any, settled: bool) -> None:
-    """Until no replica of the deployment is ready: as soon as that (its scale-down task
-    still drains and stops the last one, and the autoscaler waits for that task), or
-    `settled`: once that task has finished and no replica is left running."""
+async def _at_zero(pool: Any, when: str) -> bool:
+    """Until the deployment is at zero, at one of three moments: its scale-down task's
+    drain (no replica ready, the last one still running: a request then calls the scale
+    to zero off), the task's removal (the replica being stopped: too late to call off), or
+    at rest (the task finished, no replica left). False if the removal was not caught."""
     from bench.autoscale import NAME
 
-    query = ("SELECT count(*) FROM replicas r JOIN models m ON m.id = r.model_id "
+    ready = ("SELECT count(*) FROM replicas r JOIN models m ON m.id = r.model_id "
              "WHERE m.name = $1 AND r.state = 'ready'")
-    if settled:
-        query = ("SELECT (SELECT count(*) FROM replicas r JOIN models m ON m.id = r.model_id "
-                 "WHERE m.name = $1 AND r.state IN ('starting', 'ready', 'draining')) + "
-                 "(SELECT count(*) FROM tasks t JOIN models m ON m.id = t.model_id "
-                 "WHERE m.name = $1 AND t.kind <> 'embed' "
-                 "AND t.status IN ('pending', 'processing'))")
+    removing = ("SELECT count(*) FROM tasks t JOIN models m ON m.id = t.model_id WHERE "
+                "m.name = $1 AND t.kind = 'scale' AND t.status = 'processing' "
+                "AND t.phase = 'removing'")
+    busy = ("SELECT (SELECT count(*) FROM replicas r JOIN models m ON m.id = r.model_id "
+            "WHERE m.name = $1 AND r.state IN ('starting', 'ready', 'draining')) + "
+            "(SELECT count(*) FROM tasks t JOIN models m ON m.id = t.model_id "
+            "WHERE m.name = $1 AND t.kind <> 'embed' "
+            "AND t.status IN ('pending', 'processing'))")
     deadline = time.monotonic() + 120
-    while await pool.fetchval(query, NAME):
+    while await pool.fetchval(ready, NAME):
         assert time.monotonic() < deadline, "never went to zero"
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.02 if when == "during its removal" else 0.2)
+    if when == "during its removal":
+        while not await pool.fetchval(removing, NAME):
+            if not await pool.fetchval(busy, NAME):
+                return False  # the task ended between two looks
+            await asyncio.sleep(0.01)
+    elif when == "at rest":
+        while await pool.fetchval(busy, NAME):
+            assert time.monotonic() < deadline, "never came to rest at zero"
+            await asyncio.sleep(0.2)
+    return True
 
 
 async def _wake_up_path(pool: Any, wall: float) -> None:

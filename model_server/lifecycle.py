@@ -9,13 +9,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from model_server.backends import (
-    HASHING_MAX_INPUT_LENGTH,
-    Embedder,
-    HashingEmbedder,
-    SentenceTransformerBackend,
-    resolve_model_dir,
-)
+from model_server.backends import HASHING_MAX_INPUT_LENGTH, Embedder, HashingEmbedder
 from model_server.batcher import Batcher
 from model_server.config import Settings
 from model_server.errors import NotReady
@@ -33,17 +27,9 @@ async def load_backend(settings: Settings) -> Embedder:
         await asyncio.sleep(settings.startup_delay_s)
         length = settings.max_input_length or HASHING_MAX_INPUT_LENGTH
         return HashingEmbedder(settings.dimension, length)
-    model_dir = resolve_model_dir(settings.model)
-    if settings.backend == "onnx":
-        from model_server.onnx_backend import load_onnx  # ONNX Runtime only when asked for
+    from model_server.preload import load_blocking  # ONNX Runtime or torch only when asked for
 
-        return await asyncio.to_thread(load_onnx, model_dir, settings)
-    return await asyncio.to_thread(
-        SentenceTransformerBackend.load,
-        model_dir,
-        settings.max_input_length,
-        settings.num_threads,
-    )
+    return await asyncio.to_thread(load_blocking, settings)
 
 
 @dataclass

@@ -18,7 +18,9 @@ from model_server.config import Isa, OptimizationLevel, Quantization, Settings
 from model_server.errors import BackendLoadError
 
 # Bump when the export or quantisation below changes, so old cache entries are not reused.
-EXPORTER_VERSION = "2"  # 2: signed 7-bit weights on AVX2/AVX-512 (was unsigned 8-bit)
+# 2: signed 7-bit weights on AVX2/AVX-512 (was unsigned 8-bit); 3: fp32 weights in a file
+# of their own beside the graph (`weights_file`), which ONNX Runtime maps (issue 28).
+EXPORTER_VERSION = "3"
 OPSET = 17
 # Where sentence-transformers (and Optimum) keep a model's ONNX file.
 MODEL_DIR_ONNX = ("onnx/model.onnx", "model.onnx")
@@ -128,8 +130,14 @@ def write_atomically(target: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
+def weights_file(graph: Path) -> Path:
+    """Where an export's weights are: beside its graph, named after it."""
+    return graph.with_name(graph.name + ".data")
+
+
 def export_fp32(transformer: Any, tokenizer: Any, target: Path) -> None:
-    """Trace the Hugging Face model (token ids in, token embeddings out) to ONNX."""
+    """Trace the Hugging Face model (token ids in, token embeddings out) to ONNX: the graph
+    in `target`, its weights in `weights_file(target)` (see `_weights_beside`)."""
     import torch
 
     sample = tokenizer(["an export sample", "a second, longer export sample"],
@@ -137,18 +145,38 @@ def export_fp32(transformer: Any, tokenizer: Any, target: Path) -> None:
     names = [name for name in TOKEN_INPUTS if name in sample]
     wrapper = _token_embeddings(transformer, names).eval()
     axes = {name: {0: "batch", 1: "sequence"} for name in [*names, "last_hidden_state"]}
-
-    def write(path: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        traced = Path(tmp) / "traced.onnx"
         with torch.inference_mode():
             torch.onnx.export(
-                wrapper, tuple(sample[name] for name in names), str(path), dynamo=False,
+                wrapper, tuple(sample[name] for name in names), str(traced), dynamo=False,
                 input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes,
                 opset_version=OPSET,
             )
-
-    write_atomically(target, write)
+        _weights_beside(traced, target, Path(tmp))
     # The exporter leaves modules in the mode it found the wrapper in; keep eval.
     transformer.eval()
+
+
+def _weights_beside(traced: Path, target: Path, staging: Path) -> None:
+    """The traced model as two files: the graph (`target`) and its weights beside it. A
+    weights file is memory-mapped by ONNX Runtime and read in place, where weights inside
+    the graph's file are copied onto the heap: a replica's session is ~37 MB smaller and
+    loads faster (the token-embedding table, 47 MB for MiniLM, is read only where a text's
+    tokens fall; the pages are the file's, clean, and shared by every replica of the
+    export on a host). The weights land first, the graph last: a reader that finds the
+    graph finds its weights."""
+    import onnx
+
+    model = onnx.load(str(traced))
+    staged = staging / target.name
+    weights = weights_file(target)
+    onnx.save_model(model, str(staged), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=weights.name, size_threshold=1024)
+    for name in (weights.name, target.name):
+        os.chmod(staging / name, 0o644)  # replicas may run as another user
+    os.replace(staging / weights.name, weights)
+    os.replace(staged, target)
 
 
 def _token_embeddings(model: Any, names: list[str]) -> Any:

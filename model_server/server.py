@@ -10,7 +10,9 @@ from pydantic import ValidationError
 
 from model_server.app import STATE, create_app
 from model_server.config import Settings
+from model_server.lifecycle import Loader, load_backend
 from model_server.logs import configure_logging
+from model_server.preload import Preload
 
 SHUTDOWN_TIMEOUT_S = 30.0
 EXIT_OK, EXIT_LOAD_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
@@ -18,8 +20,11 @@ EXIT_OK, EXIT_LOAD_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 log = structlog.get_logger("model_server")
 
 
-def main() -> int:
-    """Entry point of ``python -m model_server``; returns the exit status."""
+def main(preload: Preload | None = None) -> int:
+    """Entry point of ``python -m model_server``; returns the exit status. `preload`: the
+    model's load already begun with its settings (model_server/preload.py)."""
+    if preload is not None:
+        return asyncio.run(serve(preload.settings, preload.loader))
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -30,9 +35,9 @@ def main() -> int:
     return asyncio.run(serve(settings))
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, loader: Loader = load_backend) -> int:
     """Listen, load the model in the background, and shut down gracefully."""
-    app = create_app(settings)
+    app = create_app(settings, loader)
     # handler_cancellation: a caller that disconnects cancels its handler, which takes its
     # queued work out of the batcher's lane (issue 29) instead of computing it for nobody.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S,

@@ -66,6 +66,7 @@ async def test_auto_exports_once_and_replicas_serve_it_without_torch(
     # The export lies beside the model's files, in the folder its replicas read.
     copied = settings.model_store_dir / "exports" / str(model.id) / prepared["fingerprint"]
     assert (copied / "fp32.onnx").is_file()
+    assert (copied / "fp32.onnx.data").is_file(), "its weights beside it (issue 28)"
 
     name = task["metadata"]["deployment_name"]
     async with http.get(f"{gateway}/serve/{name}/info") as resp:

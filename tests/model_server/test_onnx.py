@@ -2,6 +2,7 @@
 cache, and the HTTP routes. The bundled model is exported once per session (onnx_store)."""
 
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,12 @@ def test_export_happens_once_and_is_reused(model_dir: Path, onnx_store: Store) -
     root, first_steps = onnx_store
     assert first_steps == EXPORT_STEPS
     files = {p: p.stat().st_mtime_ns for p in _session_exports(root, "[!.]*.*")}
-    assert sorted(p.suffix for p in files) == [".json", ".json", ".npy", ".onnx", ".onnx"]
+    assert sorted(p.suffix for p in files) == [".data", ".json", ".json", ".npy", ".onnx",
+                                               ".onnx"]
+    weights = next(p for p in files if p.suffix == ".data")
+    assert weights.name == "fp32.onnx.data", "fp32's weights beside its graph (issue 28)"
+    graph = weights.with_name("fp32.onnx")
+    assert graph.stat().st_size < 1_000_000 < 80_000_000 < weights.stat().st_size
     for quantize in ("none", "int8"):
         assert _load(model_dir, onnx_store, onnx_quantize=quantize).steps == []
     assert {p: p.stat().st_mtime_ns for p in files} == files
@@ -138,7 +144,11 @@ def test_a_model_directory_onnx_file_is_used_as_is(model_dir: Path, onnx_store: 
             (own / path.relative_to(model_dir)).parent.mkdir(parents=True, exist_ok=True)
             (own / path.relative_to(model_dir)).symlink_to(path)
     (own / "onnx").mkdir()
-    (own / "onnx" / "model.onnx").symlink_to(next((onnx_store[0] / "exports").rglob("fp32.onnx")))
+    # The graph and its weights beside it (fp32.onnx.data, the name the graph gives them),
+    # copied: ONNX Runtime reads no weights from outside the graph's own folder.
+    export = next((onnx_store[0] / "exports").rglob("fp32.onnx"))
+    shutil.copyfile(export, own / "onnx" / "model.onnx")
+    shutil.copyfile(export.with_name("fp32.onnx.data"), own / "onnx" / "fp32.onnx.data")
     backend = load_onnx(own, Settings(backend="onnx", export_dir=tmp_path / "exports"))
     assert backend.model_file == own / "onnx" / "model.onnx"
     assert backend.steps == ["referenced", "measured"]
@@ -224,6 +234,31 @@ async def test_a_replica_from_the_cache_starts_without_exporting(
     events = {json.loads(line)["event"] for line in server.log().splitlines()
               if line.startswith("{")}
     assert "model_ready" in events and not EXPORT_EVENTS & events
+
+
+async def test_an_fp32_replica_maps_its_weights_file_instead_of_copying_it(
+    onnx_store: Store, tmp_path: Path,
+) -> None:
+    """Issue 28: ONNX Runtime reads the export's weights file in place (a mapping of it),
+    so the session holds no heap copy of the 90 MB of weights. The replica is started as a
+    worker starts an `auto` one, naming its export's folder: it loads on the preload
+    thread, during the server's own imports (model_server/preload.py)."""
+    entry = next((onnx_store[0] / "exports").rglob("fp32.onnx")).parent
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="onnx",
+                          MODEL_SERVER_EXPORT_DIR=str(entry.parent),
+                          MODEL_SERVER_EXPORT_ENTRY=str(entry))
+    try:
+        async with aiohttp.ClientSession() as session:
+            await poll_health(session, server, within_s=60)
+            async with session.post(f"{server.url}/embed", json={"inputs": "hi"}) as response:
+                assert len((await response.json())[0]) == 384
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    finally:
+        server.stop()
+    assert "fp32.onnx.data" in maps, "the weights file is mapped"
+    events = {json.loads(line)["event"] for line in server.log().splitlines()
+              if line.startswith("{")}
+    assert "model_preloaded" in events and "model_ready" in events
 
 
 def test_pooling_modes() -> None:

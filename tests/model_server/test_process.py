@@ -113,6 +113,21 @@ async def test_a_missing_model_directory_exits_1_with_a_clear_log_line(tmp_path:
     assert f"model directory not found: {tmp_path / 'missing'}" in json.loads(failure)["error"]
 
 
+async def test_a_failed_preload_exits_1_with_the_same_log_line(tmp_path: Path) -> None:
+    """An onnx replica of a prepared export loads on the preload thread (issue 28): its
+    failure reaches the app's load and ends the server as any failed load does."""
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="onnx",
+                          MODEL_SERVER_MODEL=str(tmp_path / "missing"),
+                          MODEL_SERVER_EXPORT_ENTRY=str(tmp_path / "entry"))
+    try:
+        assert await _exit_code(server) == 1
+    finally:
+        server.stop()
+    failure = next(line for line in server.log().splitlines() if "model_load_failed" in line)
+    assert f"model directory not found: {tmp_path / 'missing'}" in json.loads(failure)["error"]
+    assert "model_preloaded" not in server.log()
+
+
 async def test_invalid_configuration_exits_2(tmp_path: Path) -> None:
     server = start_server(tmp_path, MODEL_SERVER_BACKEND="tensorflow")
     try:

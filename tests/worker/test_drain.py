@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from schemas.gateway import GatewayReport
 from schemas.queue import GATEWAY_KEY_PREFIX
-from worker.drain import wait_drained
+from worker.drain import drain_unless_held, wait_drained
 from worker.runtimes.process import free_port
 
 MODEL, OLD = uuid4(), uuid4()
@@ -23,10 +23,12 @@ async def redis(backing: dict[str, str], clean: None) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def _report(redis: Redis, generation: int, inflight: int, gateway: str = "g1") -> None:
+async def _report(redis: Redis, generation: int, inflight: int, gateway: str = "g1",
+                  held: int = 0) -> None:
     report = GatewayReport(gateway_id=gateway, at=time.time(),
                            generations={str(MODEL): generation},
-                           inflight={str(OLD): inflight} if inflight else {})
+                           inflight={str(OLD): inflight} if inflight else {},
+                           held={str(MODEL): held} if held else {})
     await redis.set(GATEWAY_KEY_PREFIX + gateway, report.model_dump_json(), ex=10)
 
 
@@ -73,3 +75,28 @@ async def test_unreadable_reports_wait_to_the_bound_instead_of_failing() -> None
     finally:
         await nobody.aclose()
     assert time.monotonic() - started >= 0.6
+
+
+async def test_a_request_held_for_the_model_calls_a_scale_to_zero_off(redis: Redis) -> None:
+    """The scale to zero's drain (issue 28): a request held for the model on any gateway
+    ends it at once, even with a request still in flight and the minimum wait not over."""
+    await _report(redis, generation=1, inflight=1, gateway="g1")
+    await _report(redis, generation=1, inflight=0, gateway="g2")
+    started = time.monotonic()
+    waiter = asyncio.create_task(drain_unless_held(redis, MODEL, 1, [OLD], timeout_s=10,
+                                                   min_wait_s=5))
+    await asyncio.sleep(0.3)
+    assert not waiter.done(), "nothing held yet: it drains"
+    await _report(redis, generation=1, inflight=0, gateway="g2", held=1)
+    assert await asyncio.wait_for(waiter, 2) == "held"
+    assert time.monotonic() - started < 5, "called off before the minimum wait"
+    assert await wait_drained(redis, MODEL, 1, [OLD], timeout_s=0.3) is False, \
+        "a drain that is not a scale to zero does not look at held requests"
+
+
+async def test_a_scale_to_zero_with_nothing_held_drains_as_any_drain(redis: Redis) -> None:
+    await _report(redis, generation=1, inflight=0, gateway="g1")
+    await _report(redis, generation=1, inflight=0, gateway="g2", held=0)
+    assert await drain_unless_held(redis, MODEL, 1, [OLD], timeout_s=5) == "drained"
+    await _report(redis, generation=1, inflight=2, gateway="g1")
+    assert await drain_unless_held(redis, MODEL, 1, [OLD], timeout_s=0.3) == "timed_out"

@@ -6,22 +6,34 @@ replicas leaving are taken out of the table first, drained, then stopped. The ta
 names a target count, not a step, so a retry after a dead worker (whose half-started
 replicas the reconciler removes; those that joined stay and count) lands on the same
 count: no double scale. Replicas a dead scale left draining are finished off by the next one.
+
+An autoscaler's scale to zero is called off by demand (issue 28): while its last replicas
+drain they still run, so when a gateway reports a request held for the model, the task
+puts them back (draining → ready, published) and ends with them serving; the held
+request is answered without a cold start. The task itself does this, the model's only
+open task, so "no two scaling tasks act at once" stays true: the autoscaler still decides
+nothing while it runs. Once the replicas are being stopped it is too late to call off;
+such a task, ending with requests held, wakes the autoscalers at once (LOAD_CHANNEL) so
+that the scale-up from zero is decided without waiting for the next tick.
 """
 
 from typing import Any
 from uuid import UUID
 
 import structlog
+from redis.exceptions import RedisError
 
 from db import deployments, models, replicas, tasks
 from db.models import Model
 from db.replicas import Replica
 from db.tasks import Task
+from schemas.queue import LOAD_CHANNEL
 from schemas.task_payloads import ScalePayload
 from schemas.tasks import DeploymentConfig, Phase, ReplicaState, TaskStatus, replica_count
 from worker import replica_lifecycle
 from worker.admission import quotas
 from worker.context import WorkerContext
+from worker.drain import drain_unless_held, gateway_reports, held_for, min_wait_for
 from worker.publish import publish_routes
 from worker.rollout import Progress, RolloutFailed, bring_up, drain_and_remove
 from worker.runtimes.base import StartedReplica
@@ -66,11 +78,16 @@ async def scale(ctx: WorkerContext, task: Task) -> None:
     before = len(ready)
     await progress.enter(None, generation=generation, replicas_current=before,
                          replicas_desired=wanted)
+    leaving = ready[wanted:] if wanted < before else []
     try:
         if wanted > before:
             await _add(ctx, progress, model, generation, config, wanted - before)
-        await _remove(ctx, progress, generation, ready[wanted:] if wanted < before else [],
-                      [r.id for r in leftover])
+        if wanted == 0 and payload.autoscaler and leaving:
+            if await _to_zero_unless_held(ctx, progress, generation, leaving,
+                                          [r.id for r in leftover]):
+                wanted = len(leaving)  # called off: they serve again
+        else:
+            await _remove(ctx, progress, generation, leaving, [r.id for r in leftover])
     except RolloutFailed as exc:
         await _fail(ctx, progress, generation, str(exc))
         return
@@ -119,6 +136,53 @@ async def _remove(ctx: WorkerContext, progress: Progress, generation: int,
     await drain_and_remove(ctx, progress, generation, ids)
 
 
+async def _to_zero_unless_held(ctx: WorkerContext, progress: Progress, generation: int,
+                               leaving: list[Replica], leftover: list[UUID]) -> bool:
+    """The autoscaler's scale to zero: out of the table, drained and stopped, unless a
+    request is held for the model while they drain; then they are put back (True)."""
+    model_id = progress.task.model_id
+    ids = [r.id for r in leaving if await replicas.transition(
+        ctx.pool, r.id, ReplicaState.ready, ReplicaState.draining)]
+    if not ids:
+        await _remove(ctx, progress, generation, [], leftover)
+        return False
+    await publish_routes(ctx, model_id)
+    await progress.enter(Phase.draining)
+    outcome = await drain_unless_held(ctx.redis, model_id, generation, ids + leftover,
+                                      ctx.settings.drain_timeout_s,
+                                      min_wait_for(ctx.settings.routes_poll_s))
+    if outcome == "held":
+        back = [i for i in ids if await replicas.transition(
+            ctx.pool, i, ReplicaState.draining, ReplicaState.ready)]
+        if back:
+            await publish_routes(ctx, model_id)
+            await progress.event("info", f"scale to zero called off: requests are held for "
+                                 f"the model; {len(back)} draining replica(s) serve again",
+                                 generation)
+            log.info("scale_to_zero_called_off", model=str(model_id), replicas=len(back))
+        rest = [i for i in ids if i not in back] + leftover
+        if rest:
+            await drain_and_remove(ctx, progress, generation, rest)
+        return bool(back)
+    if outcome == "timed_out":
+        await progress.event("warning", "drain timed out; removing replicas with requests "
+                             "in flight", generation)
+    await progress.enter(Phase.removing)
+    await replica_lifecycle.remove(ctx, ids + leftover, ReplicaState.stopped,
+                                   ctx.settings.stop_grace_s)
+    return False
+
+
+async def _wake_autoscalers_if_held(ctx: WorkerContext, model_id: UUID) -> None:
+    """A scale to zero ended while requests wait for the model: the autoscalers decide now
+    (they skipped the model while this task was open), not at their next tick."""
+    try:
+        if held_for(await gateway_reports(ctx.redis), model_id) > 0:
+            await ctx.redis.publish(LOAD_CHANNEL, f"scale-task:{model_id}")
+    except (RedisError, OSError) as exc:  # the next tick decides it
+        log.warning("autoscaler_wake_failed", model=str(model_id), error=str(exc))
+
+
 async def _fail(ctx: WorkerContext, progress: Progress, generation: int, reason: str) -> None:
     task = progress.task
     mine = await replica_lifecycle.starting_of_task(ctx, task.model_id, task.id)
@@ -146,3 +210,5 @@ async def _finish(ctx: WorkerContext, progress: Progress, generation: int, befor
                                 "timings": progress.timings}
     await tasks.finish(ctx.pool, task.id, ctx.worker_id, TaskStatus.done, None, metadata)
     log.info("scale_done", task=str(task.id), before=before, after=len(ready))
+    if not ready:
+        await _wake_autoscalers_if_held(ctx, task.model_id)
