@@ -108,6 +108,13 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
     }
     if spec.task_id is not None:  # the task that started it: its log lines name it
         env["MODEL_SERVER_TASK_ID"] = str(spec.task_id)
+    if spec.cpus is not None:
+        # The replica's compute threads: the CPUs it was given, rounded as the server reads
+        # a cgroup quota (model_server/config.py). A container's quota says so too; a
+        # process replica has no quota, and without this it ran one thread per host CPU
+        # beside its neighbours' (two replicas on two cores: four threads waiting on
+        # each other; issue 30's queries beside a job).
+        env["MODEL_SERVER_NUM_THREADS"] = str(max(1, int(spec.cpus + 0.5)))
     if source.get("location"):
         env["MODEL_SERVER_MODEL"] = str(source["location"])
     if source.get("dimension"):
