@@ -7,7 +7,11 @@ with 0.1 every tenth one does.
 
 Each embedding request holds one of `test_concurrency` slots (the rest queue) for the
 service time, asleep, before it is computed; so one replica serves at most
-concurrency / service time requests a second, and the sleep costs no CPU.
+concurrency / service time requests a second, and the sleep costs no CPU. A request whose
+X-Request-Timeout passes while it waits for a slot is answered 504 and counted in
+`model_server_expired_total`, as one whose deadline passes in the batcher's queue is
+(issue 29: work past its deadline is never computed, wherever it waits); the batcher
+counts its own timeout from when the request leaves the slot queue.
 """
 
 import asyncio
@@ -16,13 +20,18 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from model_server.config import Settings
+from model_server.errors import DeadlineExceeded
+from model_server.lanes import lane_of, timeout_of
+from model_server.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EMBED_PATHS = frozenset({"/", "/embed", "/embed_all", "/v1/embeddings"})
 
 
-def middlewares(settings: Settings) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
-    """The knob's middleware when a knob is set, else none (no cost on a real server)."""
+def middlewares(settings: Settings, metrics: Callable[[web.Request], Metrics]) -> list[
+        Callable[..., Awaitable[web.StreamResponse]]]:
+    """The knob's middleware when a knob is set, else none (no cost on a real server);
+    `metrics` finds the app's metrics from a request."""
     errors = [_error_rate(settings.test_error_rate)] if settings.test_error_rate else []
     if not settings.test_service_time_ms and settings.test_concurrency is None:
         return errors
@@ -36,9 +45,20 @@ def middlewares(settings: Settings) -> list[Callable[..., Awaitable[web.StreamRe
         if slots is None:
             await asyncio.sleep(delay)
             return await handler(request)
-        async with slots:
+        timeout_s = timeout_of(request.headers)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await slots.acquire()
+        except TimeoutError:
+            metrics(request).expired.labels(lane_of(request.headers)).inc()
+            raise DeadlineExceeded(
+                f"the request's {timeout_s:g} s (X-Request-Timeout) passed while it waited "
+                "for a slot", {"timeout_s": timeout_s}) from None
+        try:
             await asyncio.sleep(delay)
             return await handler(request)
+        finally:
+            slots.release()
 
     return [service_time, *errors]
 
