@@ -216,14 +216,15 @@ class Phase:
     batches: float = 0.0
     batched: float = 0.0
     client_cpu_s: float = 0.0  # this process's CPU time (the clients), what it took of the cores
+    replica_cpu_s: float = 0.0  # the server's CPU time (all its threads)
     start: float = 0.0  # the current round's start (monotonic)
 
     def add(self, seconds: float, bulk: Tally | None, queries: Tally | None,
-            before: tuple[float, float, float], after: tuple[float, float, float],
-            cpu_s: float) -> None:
+            start: "Snapshot", end: "Snapshot") -> None:
         until = self.start + seconds
         self.seconds += seconds
-        self.client_cpu_s += cpu_s
+        self.client_cpu_s += end.client_cpu_s - start.client_cpu_s
+        self.replica_cpu_s += end.replica_cpu_s - start.replica_cpu_s
         if bulk is not None:
             self.bulk += bulk.inputs_by(until)
             self.errors += bulk.errors
@@ -231,32 +232,54 @@ class Phase:
             self.interactive.latencies += queries.latencies
             self.interactive.inputs += queries.inputs_by(until)
             self.interactive.errors += queries.errors
-        self.batch_s += after[0] - before[0]
-        self.batches += after[1] - before[1]
-        self.batched += after[2] - before[2]
+        self.batch_s += end.batches[0] - start.batches[0]
+        self.batches += end.batches[1] - start.batches[1]
+        self.batched += end.batches[2] - start.batches[2]
 
 
 async def nothing() -> None:
     return None
 
 
-async def phase(session: aiohttp.ClientSession, url: str, seconds: float, queued: int,
-                lane: str | None, into: Phase) -> None:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process `pid` has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Snapshot:
+    """The server's counters at a phase's end: its batch totals and its CPU seconds."""
+    batches: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    replica_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+
+
+async def snapshot(session: aiohttp.ClientSession, url: str, pid: int,
+                   at: float | None = None) -> Snapshot:
+    if at is not None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+    return Snapshot(await batch_seconds(session, url), cpu_s(pid), time.process_time())
+
+
+async def phase(session: aiohttp.ClientSession, url: str, pid: int, seconds: float,
+                queued: int, lane: str | None, into: Phase) -> None:
     """`seconds` of the bulk client (queued > 0) and the interactive one in `lane` (if
-    any), at once; their figures added to `into`."""
-    before = await batch_seconds(session, url)
-    cpu, into.start = time.process_time(), time.monotonic()
+    any), at once; their figures added to `into`. The server's batches and CPU, and the
+    clients' CPU, are read at the phase's end (the requests queued then are answered
+    after it, before the next phase starts)."""
+    start = await snapshot(session, url, pid)
+    into.start = time.monotonic()
     until = into.start + seconds
-    loaded, queries = await asyncio.gather(
+    loaded, queries, end = await asyncio.gather(
         bulk(session, url, queued, until) if queued else nothing(),
-        interactive(session, url, lane, until) if lane else nothing())
-    cpu_s = time.process_time() - cpu
-    into.add(seconds, loaded, queries, before, await batch_seconds(session, url),
-             cpu_s * seconds / (time.monotonic() - into.start))
+        interactive(session, url, lane, until) if lane else nothing(),
+        snapshot(session, url, pid, until))
+    into.add(seconds, loaded, queries, start, end)
 
 
-async def phases(args: argparse.Namespace, url: str, session: aiohttp.ClientSession) -> dict[
-        str, Phase | float]:
+async def phases(args: argparse.Namespace, url: str, pid: int,
+                 session: aiohttp.ClientSession) -> dict[str, Phase | float]:
     """The four phases in turn, ``--rounds`` times (this machine's speed drifts over
     seconds: interleaved, a drift hits every phase alike), each ``--seconds`` long."""
     rng = random.Random(11)
@@ -266,11 +289,11 @@ async def phases(args: argparse.Namespace, url: str, session: aiohttp.ClientSess
     one_batch = []
     for round_ in range(args.rounds):
         one_batch.append(await full_batch_s(session, url, texts))
-        await phase(session, url, args.seconds, args.queued, None, out["capacity"])
-        await phase(session, url, args.seconds, 0, "interactive", out["unloaded"])
-        await phase(session, url, args.seconds, args.queued, "interactive", out["lanes"])
+        await phase(session, url, pid, args.seconds, args.queued, None, out["capacity"])
+        await phase(session, url, pid, args.seconds, 0, "interactive", out["unloaded"])
+        await phase(session, url, pid, args.seconds, args.queued, "interactive", out["lanes"])
         # First-come: the interactive client in the batch lane too, one queue for both.
-        await phase(session, url, args.seconds, args.queued, "batch", out["fifo"])
+        await phase(session, url, pid, args.seconds, args.queued, "batch", out["fifo"])
         print(f"round {round_ + 1}: one batch {1000 * one_batch[-1]:.0f} ms, capacity "
               f"{out['capacity'].bulk / out['capacity'].seconds:.0f} inputs/s, p99 unloaded "
               f"{out['unloaded'].interactive.p99_ms():.0f} ms, lanes "
@@ -302,7 +325,7 @@ async def run(args: argparse.Namespace) -> None:
             for port, url, extra in zip(ports, urls, extras, strict=True):
                 servers.append(start_server(port, args, extra))
                 await wait_healthy(session, url, 600)
-            figures = await phases(args, urls[0], session)
+            figures = await phases(args, urls[0], servers[0].pid, session)
             texts = corpus()
             # Interleaved (--corpus-rounds each): this machine's speed drifts over seconds.
             formed, arrival = [], []
@@ -369,6 +392,16 @@ def report(f: dict[str, Phase | float], formed: float, arrival: float,
           f"and interactive together {(bulk + queries) / capacity:.2f} (first-come "
           f"{(fifo_bulk + fifo_queries) / capacity:.2f}); bulk / (capacity - the "
           f"interactive inputs) {bulk / max(1e-9, capacity - queries):.2f}")
+    # Per CPU-second of the server (all its threads): what the lanes cost the bulk client
+    # with the neighbours' share of the cores taken out (their load moves the rates above).
+    per_cpu = cap.bulk / max(1e-9, cap.replica_cpu_s)
+    lanes_per_cpu = lanes.bulk / max(1e-9, lanes.replica_cpu_s)
+    queries_per_cpu = lanes.interactive.inputs / max(1e-9, lanes.replica_cpu_s)
+    print(f"  per CPU-second of the server: bulk alone {per_cpu:.1f} inputs; with lanes bulk "
+          f"{lanes_per_cpu:.1f} = {lanes_per_cpu / per_cpu:.2f} of it, with the interactive "
+          f"inputs {(lanes_per_cpu + queries_per_cpu) / per_cpu:.2f}; the server used "
+          f"{cap.replica_cpu_s / cap.seconds:.2f} of a core alone, "
+          f"{lanes.replica_cpu_s / lanes.seconds:.2f} with lanes")
     print(f"  the bench's clients (this process) took {cap.client_cpu_s / cap.seconds:.3f} "
           f"of a core beside bulk alone, {lanes.client_cpu_s / lanes.seconds:.3f} with lanes")
     if arrival:  # --corpus-rounds 0 leaves it out
