@@ -179,8 +179,12 @@ async def interactive(session: aiohttp.ClientSession, url: str, lane: str,
     return tally
 
 
-async def batch_seconds(session: aiohttp.ClientSession, url: str) -> tuple[float, float, float]:
-    """The server's batch compute seconds, batches and inputs batched so far."""
+Batches = tuple[float, float, float, float]
+
+
+async def batch_seconds(session: aiohttp.ClientSession, url: str) -> Batches:
+    """The server's batch compute seconds and batches timed, inputs batched and batches
+    sized so far (a batch still computing has its size observed, not its time)."""
     async with session.get(f"{url}/metrics") as response:
         text = await response.text()
 
@@ -189,7 +193,7 @@ async def batch_seconds(session: aiohttp.ClientSession, url: str) -> tuple[float
         return float(match.group(1)) if match else 0.0
     return (value("model_server_batch_duration_seconds_sum"),
             value("model_server_batch_duration_seconds_count"),
-            value("model_server_batch_size_sum"))
+            value("model_server_batch_size_sum"), value("model_server_batch_size_count"))
 
 
 async def full_batch_s(session: aiohttp.ClientSession, url: str, texts: list[str]) -> float:
@@ -215,6 +219,7 @@ class Phase:
     batch_s: float = 0.0
     batches: float = 0.0
     batched: float = 0.0
+    sized: float = 0.0
     client_cpu_s: float = 0.0  # this process's CPU time (the clients), what it took of the cores
     replica_cpu_s: float = 0.0  # the server's CPU time (all its threads)
     start: float = 0.0  # the current round's start (monotonic)
@@ -235,6 +240,7 @@ class Phase:
         self.batch_s += end.batches[0] - start.batches[0]
         self.batches += end.batches[1] - start.batches[1]
         self.batched += end.batches[2] - start.batches[2]
+        self.sized += end.batches[3] - start.batches[3]
 
 
 async def nothing() -> None:
@@ -250,7 +256,7 @@ def cpu_s(pid: int) -> float:
 @dataclass
 class Snapshot:
     """The server's counters at a phase's end: its batch totals and its CPU seconds."""
-    batches: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    batches: Batches = (0.0, 0.0, 0.0, 0.0)
     replica_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
 
@@ -356,8 +362,8 @@ def report(f: dict[str, Phase | float], formed: float, arrival: float,
         return p.bulk / p.seconds, p.interactive.inputs / p.seconds
 
     def batches(p: Phase) -> str:
-        count = max(1.0, p.batches)
-        return f"{p.batched / count:.1f} inputs, {1000 * p.batch_s / count:.0f} ms each"
+        return (f"{p.batched / max(1.0, p.sized):.1f} inputs, "
+                f"{1000 * p.batch_s / max(1.0, p.batches):.0f} ms each")
 
     print(describe())
     print(f"all-MiniLM-L6-v2 ({args.backend}), {args.threads} threads, batch {BATCH}, bulk "
