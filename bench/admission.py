@@ -363,7 +363,8 @@ def report(f: dict[str, Phase | float], formed: float, arrival: float,
 
     def batches(p: Phase) -> str:
         return (f"{p.batched / max(1.0, p.sized):.1f} inputs, "
-                f"{1000 * p.batch_s / max(1.0, p.batches):.0f} ms each")
+                f"{1000 * p.batch_s / max(1.0, p.batches):.0f} ms each, computing "
+                f"{p.batch_s / p.seconds:.2f} of the time")
 
     print(describe())
     print(f"all-MiniLM-L6-v2 ({args.backend}), {args.threads} threads, batch {BATCH}, bulk "
