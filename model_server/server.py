@@ -27,7 +27,13 @@ def main() -> int:
         log.error("invalid_configuration", error=str(exc).replace("\n", " "))
         return EXIT_BAD_CONFIG
     configure_logging(settings.log_level)
+    apply_process_settings(settings)
     return asyncio.run(serve(settings))
+
+
+def apply_process_settings(settings: Settings) -> None:
+    """What the settings ask of the interpreter itself: the GIL's switch interval."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
 
 
 async def serve(settings: Settings) -> int:
