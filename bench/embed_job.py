@@ -16,11 +16,15 @@ prints what it saw either way.
 The replicas run the hashing backend with the test knobs of a known capacity
 (model_server/simulated_capacity.py: `--service-ms` per request, `--slots` at once per
 replica), so the replicas, not this machine's shared cores, bound both figures;
-`--real` runs the bundled MiniLM instead (torch on the CPU; slow on 2 cores). The API, a
+`--real` runs the bundled MiniLM instead (backend `auto`: the ONNX export), each replica
+deployed with `cpus` 1 (`--cpus`: its compute threads), and prints the queries' p99
+during the job against issue 29's bound, idle p99 + 2 x one full batch's compute time
+(measured on an idle replica, and again with the batches' time during the job). The API, a
 gateway and one worker run as their own processes on the process runtime; a fresh
 database is created and dropped.
 
     .venv/bin/python bench/embed_job.py [--inputs 100000] [--replicas 2] [--batch 64]
+        [--real [--cpus 1]] [--query-seconds 5]
 """
 
 import argparse

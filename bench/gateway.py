@@ -5,16 +5,18 @@ Each path is driven by wrk (C, one thread) with TEI POST /embed of one short sen
 (c) `greenroom gateway` (GREENROOM_GATEWAY_PROCESSES processes on one port) routing to
 it by deployment name, (d) `greenroom gateway --engine haproxy` (HAProxy programmed by
 Greenroom, `--processes` threads; skipped when haproxy is not installed). Concurrency
-1, 16 and 64 on the hashing test backend, and 32 on the real all-MiniLM-L6-v2 replica,
-where the model's compute dominates and the gateway's share of throughput is what
-matters. The paths run in interleaved rounds so
+1, 16 and 64 on the hashing test backend, and 32 on the real all-MiniLM-L6-v2 replica
+(the default deployment's ONNX export on one compute thread; `--minilm-backend`,
+`--minilm-threads`), where the model's compute dominates and the gateway's share of
+throughput is what matters. The paths run in interleaved rounds so
 drift on a shared machine hits all alike; every figure is from this one run.
 
 The replica is a `python -m model_server` process, as the process runtime starts it;
 the routes are written to a fresh database as a finished rollout leaves them.
 
     .venv/bin/python bench/gateway.py [--seconds 3] [--rounds 2] [--processes 2] [--no-minilm]
-        [--no-haproxy]
+        [--no-haproxy] [--no-hashing] [--minilm-backend onnx|sentence-transformers]
+        [--minilm-threads N] [--minilm-rounds N]
 """
 
 import argparse
