@@ -108,13 +108,6 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
     }
     if spec.task_id is not None:  # the task that started it: its log lines name it
         env["MODEL_SERVER_TASK_ID"] = str(spec.task_id)
-    if spec.cpus is not None:
-        # The replica's compute threads: the CPUs it was given, rounded as the server reads
-        # a cgroup quota (model_server/config.py). A container's quota says so too; a
-        # process replica has no quota, and without this it ran one thread per host CPU
-        # beside its neighbours' (two replicas on two cores: four threads waiting on
-        # each other; issue 30's queries beside a job).
-        env["MODEL_SERVER_NUM_THREADS"] = str(max(1, int(spec.cpus + 0.5)))
     if source.get("location"):
         env["MODEL_SERVER_MODEL"] = str(source["location"])
     if source.get("dimension"):
@@ -129,6 +122,18 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
         env["MODEL_SERVER_TEST_ERROR_RATE"] = str(source["test_error_rate"])
     env |= onnx_env(source)
     return replica_env(env, spec.env)
+
+
+def compute_threads(cpus: float | None, host_cpus: int) -> int | None:
+    """A process replica's compute threads: the CPUs its deployment gave it, rounded as the
+    model server reads a container's CPU quota (model_server/config.py), at least one and
+    at most the host's; None (the server's default, a thread per CPU it may use) without.
+    A container reads its quota itself; a process replica has none, and ran a thread per
+    host CPU beside its neighbours' (two replicas on two cores: four threads waiting on
+    each other, issue 30's queries beside a job)."""
+    if cpus is None:
+        return None
+    return max(1, min(int(cpus + 0.5), max(1, host_cpus)))
 
 
 def endpoint_url(host: str, port: int) -> str:
