@@ -290,7 +290,9 @@ async def bench(args: argparse.Namespace, tmp: Path) -> float:
     texts = sentences(args.inputs)
     async with stack(tmp, args) as s, aiohttp.ClientSession() as http:
         await deploy(http, s, args.replicas, args.cpus)
-        one_batch = await full_batch_s(s, texts) if args.real else 0.0
+        # One full batch's compute time: measured on the real model; the simulated
+        # replica's is its service time (a request holds a slot that long, unpreempted).
+        one_batch = await full_batch_s(s, texts) if args.real else args.service_ms / 1000
         idle = await queries(s, args.query_seconds) if args.query_seconds > 0 else []
         in_flight = 2 * args.replicas * args.inflight
         # the direct load first on a slice (a warm-up), then on the whole corpus
@@ -324,10 +326,11 @@ async def bench(args: argparse.Namespace, tmp: Path) -> float:
         # Issue 29's goal for queries beside bulk work: p99 <= idle p99 + 2 x one full
         # batch's compute time (a running batch cannot be preempted).
         bound = pct(idle, 99) + 2000 * one_batch
-        print(f"goal: p99 during the job <= idle p99 + 2 x one full batch (idle, "
+        what = "idle" if args.real else "the service time"
+        print(f"goal: p99 during the job <= idle p99 + 2 x one full batch ({what}, "
               f"{1000 * one_batch:.0f} ms) = {bound:.1f} ms: ratio "
               f"{pct(beside, 99) / bound:.2f} (<= 1.00 meets)")
-        if during[1]:
+        if during[1] and args.real:
             loaded = 1000 * during[0] / during[1]
             print(f"  the replicas' batches during that job: {during[2] / during[1]:.1f} "
                   f"inputs, {loaded:.0f} ms each; the bound with that batch time "
