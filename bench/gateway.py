@@ -5,16 +5,18 @@ Each path is driven by wrk (C, one thread) with TEI POST /embed of one short sen
 (c) `greenroom gateway` (GREENROOM_GATEWAY_PROCESSES processes on one port) routing to
 it by deployment name, (d) `greenroom gateway --engine haproxy` (HAProxy programmed by
 Greenroom, `--processes` threads; skipped when haproxy is not installed). Concurrency
-1, 16 and 64 on the hashing test backend, and 32 on the real all-MiniLM-L6-v2 replica,
-where the model's compute dominates and the gateway's share of throughput is what
-matters. The paths run in interleaved rounds so
+1, 16 and 64 on the hashing test backend, and 32 on the real all-MiniLM-L6-v2 replica
+(the default deployment's ONNX export on one compute thread; `--minilm-backend`,
+`--minilm-threads`), where the model's compute dominates and the gateway's share of
+throughput is what matters. The paths run in interleaved rounds so
 drift on a shared machine hits all alike; every figure is from this one run.
 
 The replica is a `python -m model_server` process, as the process runtime starts it;
 the routes are written to a fresh database as a finished rollout leaves them.
 
     .venv/bin/python bench/gateway.py [--seconds 3] [--rounds 2] [--processes 2] [--no-minilm]
-        [--no-haproxy]
+        [--no-haproxy] [--no-hashing] [--minilm-backend onnx|sentence-transformers]
+        [--minilm-threads N] [--minilm-rounds N]
 """
 
 import argparse
@@ -39,6 +41,7 @@ from redis.asyncio import Redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import describe  # noqa: E402
 from db import deployments, replicas  # noqa: E402
 from db.pool import create_pool  # noqa: E402
 from gateway.haproxy.controller import find_haproxy  # noqa: E402
@@ -50,6 +53,8 @@ from service.domain.registration import register  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
+# ONNX exports are made once and reused (bench/model_server.py's cache).
+EXPORT_DIR = REPO / ".greenroom" / "bench-exports"
 SENTENCE = "a short sentence to embed, as a search query would be"
 NGINX_CONF = """worker_processes {workers};
 pid {tmp}/nginx.pid;
@@ -192,10 +197,12 @@ def _process(args: list[str], env: dict[str, str], log: Path,
 
 
 @contextlib.contextmanager
-def replica(tmp: Path, backend: str, port: int) -> Iterator[str]:
+def replica(tmp: Path, backend: str, port: int, threads: int | None = None) -> Iterator[str]:
     env = dict(os.environ, MODEL_SERVER_HOST=HOST, MODEL_SERVER_PORT=str(port),
                MODEL_SERVER_BACKEND=backend, MODEL_SERVER_DIMENSION="384",
-               MODEL_SERVER_LOG_LEVEL="WARNING")
+               MODEL_SERVER_LOG_LEVEL="WARNING", MODEL_SERVER_EXPORT_DIR=str(EXPORT_DIR))
+    if threads is not None:
+        env["MODEL_SERVER_NUM_THREADS"] = str(threads)
     base = f"http://{HOST}:{port}"
     with _process([sys.executable, "-m", "model_server"], env, tmp / f"replica-{port}.log",
                   base):
@@ -391,44 +398,54 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
     if not with_haproxy:
         print("haproxy: not measured (--no-haproxy, or haproxy is not installed)")
     async with gateway(tmp, args.processes, with_haproxy) as planes:
-        with replica(tmp, "hashing", free_port(HOST)) as hashing:
-            async with aiohttp.ClientSession() as http:
-                await backing.wait_for_http(http, hashing + "/health", 60)
-            await route(planes, "hashing", hashing)
-            await _until_routed(f"{planes.gateway}/serve/hashing/embed")
-            await _until_direct(planes, 1)
-            with nginx(hashing.removeprefix("http://"), tmp, args.processes) as proxy:
-                levels = [1, 16, 64]
-                runs = measure(_paths(planes, hashing, proxy, "hashing"), levels, args.seconds,
-                               args.rounds, script)
-        report(f"data plane, hashing replica (process), TEI POST /embed, wrk -t1, "
-               f"{args.rounds} x {args.seconds:g} s per path and level, interleaved; "
-               f"gateway processes {args.processes}, nginx workers {args.processes}, "
-               f"haproxy threads {args.processes}; load average {_load()}", runs, levels)
+        if not args.no_hashing:
+            await _hashing(args, tmp, planes, script)
         if args.no_minilm:
             return
-        with replica(tmp, "sentence-transformers", free_port(HOST)) as minilm:
-            async with aiohttp.ClientSession() as http:
-                await backing.wait_for_http(http, minilm + "/health", 300)
-            await route(planes, "minilm", minilm)
-            await _until_routed(f"{planes.gateway}/serve/minilm/embed")
-            await _until_direct(planes, 2)
-            with nginx(minilm.removeprefix("http://"), tmp, args.processes) as proxy:
-                runs = measure(_paths(planes, minilm, proxy, "minilm"), [32], args.seconds * 2,
-                               args.rounds, script)
-        report(f"data plane, all-MiniLM-L6-v2 replica (process), c=32; load average {_load()}",
-               runs, [32])
-        direct = runs[("direct", 32)]
-        for name in ("nginx", "gateway", "haproxy"):
-            if (name, 32) not in runs:
-                continue
-            run = runs[(name, 32)]
-            # Where the proxy and the replica share the cores, the proxy's CPU per request
-            # over the pair's is the throughput it takes; steadier than rates on a busy host.
-            proxy_s = run.haproxy_cpu_s if name == "haproxy" else run.proxy_cpu_s
-            cpu_share = proxy_s / (proxy_s + run.replica_cpu_s) if run.replica_cpu_s else 0.0
-            print(f"  {name}'s share of throughput: {1 - run.rate / direct.rate:6.1%} "
-                  f"(goal <= 3 %); its share of CPU per request: {cpu_share:5.1%}")
+        await _minilm(args, tmp, planes, script)
+
+
+async def _hashing(args: argparse.Namespace, tmp: Path, planes: Planes, script: Path) -> None:
+    with replica(tmp, "hashing", free_port(HOST)) as hashing:
+        async with aiohttp.ClientSession() as http:
+            await backing.wait_for_http(http, hashing + "/health", 60)
+        await route(planes, "hashing", hashing)
+        await _until_routed(f"{planes.gateway}/serve/hashing/embed")
+        await _until_direct(planes, 1)
+        with nginx(hashing.removeprefix("http://"), tmp, args.processes) as proxy:
+            levels = [1, 16, 64]
+            runs = measure(_paths(planes, hashing, proxy, "hashing"), levels, args.seconds,
+                           args.rounds, script)
+    report(f"data plane, hashing replica (process), TEI POST /embed, wrk -t1, "
+           f"{args.rounds} x {args.seconds:g} s per path and level, interleaved; "
+           f"gateway processes {args.processes}, nginx workers {args.processes}, "
+           f"haproxy threads {args.processes}; load average {_load()}", runs, levels)
+
+
+async def _minilm(args: argparse.Namespace, tmp: Path, planes: Planes, script: Path) -> None:
+    with replica(tmp, args.minilm_backend, free_port(HOST),
+                 args.minilm_threads or None) as minilm:
+        async with aiohttp.ClientSession() as http:
+            await backing.wait_for_http(http, minilm + "/health", 600)
+        await route(planes, "minilm", minilm)
+        await _until_routed(f"{planes.gateway}/serve/minilm/embed")
+        await _until_direct(planes, 1 if args.no_hashing else 2)
+        with nginx(minilm.removeprefix("http://"), tmp, args.processes) as proxy:
+            runs = measure(_paths(planes, minilm, proxy, "minilm"), [32], args.seconds * 2,
+                           args.minilm_rounds or args.rounds, script)
+    report(f"data plane, all-MiniLM-L6-v2 replica (process, {args.minilm_backend}, "
+           f"{args.minilm_threads or 'default'} threads), c=32; {describe()}", runs, [32])
+    direct = runs[("direct", 32)]
+    for name in ("nginx", "gateway", "haproxy"):
+        if (name, 32) not in runs:
+            continue
+        run = runs[(name, 32)]
+        # Where the proxy and the replica share the cores, the proxy's CPU per request
+        # over the pair's is the throughput it takes; steadier than rates on a busy host.
+        proxy_s = run.haproxy_cpu_s if name == "haproxy" else run.proxy_cpu_s
+        cpu_share = proxy_s / (proxy_s + run.replica_cpu_s) if run.replica_cpu_s else 0.0
+        print(f"  {name}'s share of throughput: {1 - run.rate / direct.rate:6.1%} "
+              f"(goal <= 3 %); its share of CPU per request: {cpu_share:5.1%}")
 
 
 def _load() -> str:
@@ -444,6 +461,15 @@ async def main() -> None:
                         help="gateway processes (and nginx workers)")
     parser.add_argument("--no-minilm", action="store_true", help="skip the real-model part")
     parser.add_argument("--no-haproxy", action="store_true", help="skip the HAProxy data plane")
+    parser.add_argument("--no-hashing", action="store_true", help="skip the hashing replica")
+    parser.add_argument("--minilm-backend", default="onnx",
+                        choices=["onnx", "sentence-transformers"],
+                        help="the real replica's backend (onnx: the default deployment's)")
+    parser.add_argument("--minilm-threads", type=int, default=1,
+                        help="the real replica's compute threads (0: its default, a thread "
+                             "per CPU, which wait on each other on busy shared cores)")
+    parser.add_argument("--minilm-rounds", type=int, default=0,
+                        help="rounds of the real-model part (0: --rounds)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")

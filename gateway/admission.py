@@ -12,6 +12,13 @@ is passed on to the replica, which drops the request's queued work when it passe
 Limits. An API key may carry `requests_per_s` and `tokens_per_s` (set at creation; unset,
 the gateway's GREENROOM_GATEWAY_KEY_REQUESTS_PER_S / _TOKENS_PER_S, unlimited when unset
 too), enforced per key and per model by token buckets holding one second of each. A
+session token (a user's login JWT) gets those default limits per user and per model (all
+of a user's sessions share the buckets) and the interactive lane, which its header may
+lower. No token (a public deployment's anonymous caller) and the platform's own tokens
+(a job's, an update's) get no limits, and the interactive lane unless the header lowers
+it; HAProxy, which serves public deployments' anonymous requests straight from its slots,
+passes the caller's `X-Greenroom-Priority` and `X-Request-Timeout` on unchanged, so such a
+request runs in the same lane either way. A
 request needs a whole request in its bucket and a token bucket not in debt; the tokens it
 cost are debited once the replica says (its `X-Greenroom-Tokens` answer header), so a big
 request may take the bucket into debt and the next waits until it is paid back. Past
@@ -36,7 +43,7 @@ from uuid import UUID
 from aiohttp import web
 
 from db import api_keys
-from edge.auth.authentication import API_KEY_PREFIX, hash_api_key
+from edge.auth.authentication import API_KEY_PREFIX, authenticate, hash_api_key
 from edge.keys import PG
 from schemas.errors import Invalid, RateLimited
 from schemas.lanes import (
@@ -80,6 +87,22 @@ class Bucket:
 class Limits:
     requests_per_s: float | None
     tokens_per_s: float | None
+
+
+# Whose buckets a request draws on: ("key", an API key's id) or ("user", a user's id, for
+# a session token).
+Subject = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What admission reads of a request's token: its buckets' owner, lane and limits
+    (None: the gateway's defaults)."""
+
+    subject: Subject
+    lane: Lane
+    requests_per_s: float | None = None
+    tokens_per_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -141,26 +164,27 @@ def asked_lane(headers: Mapping[str, str]) -> str | None:
 class Admission:
     def __init__(self, defaults: Limits, ttl_s: float = 1.0) -> None:
         self.defaults, self.ttl_s = defaults, ttl_s
-        self._keys: dict[str, tuple[float, api_keys.KeyTraits | None]] = {}
-        self._buckets: dict[tuple[int, UUID, str], Bucket] = {}
+        self._callers: dict[str, tuple[float, Caller | None]] = {}
+        self._buckets: dict[tuple[Subject, UUID, str], Bucket] = {}
 
     def clear(self) -> None:
         """An auth change (a key revoked): read keys again."""
-        self._keys = {}
+        self._callers = {}
 
-    async def _traits(self, request: web.Request) -> api_keys.KeyTraits | None:
+    async def _caller(self, request: web.Request) -> Caller | None:
+        """The request's caller, read at most once per `ttl_s` per token; None for no
+        token and for the platform's own tokens (no limits)."""
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        if not token.startswith(API_KEY_PREFIX):
-            return None  # a session token or none: interactive, no key limits
+        if not token:
+            return None  # anonymous: interactive unless the header lowers it, no limits
         now = time.monotonic()
-        hit = self._keys.get(token)
+        hit = self._callers.get(token)
         if hit is None or hit[0] <= now:
-            hit = (now + self.ttl_s, await api_keys.traits_for_key(request.app[PG],
-                                                                   hash_api_key(token)))
-            if len(self._keys) >= MAX_KEYS:
-                self._keys = {}
-            self._keys[token] = hit
+            hit = (now + self.ttl_s, await _read_caller(request, token))
+            if len(self._callers) >= MAX_KEYS:
+                self._callers = {}
+            self._callers[token] = hit
         return hit[1]
 
     async def admit(self, request: web.Request, model_id: UUID) -> Ticket:
@@ -169,37 +193,53 @@ class Admission:
         asked = asked_lane(request.headers)
         timeout_s = timeout_of(request.headers)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        traits = await self._traits(request)
-        key_lane: Lane = "batch" if traits is not None and traits.lane == "batch" \
-            else "interactive"
-        ticket = Ticket(effective_lane(key_lane, asked), deadline)
-        if traits is None:
+        caller = await self._caller(request)
+        ticket = Ticket(effective_lane(caller.lane if caller else "interactive", asked),
+                        deadline)
+        if caller is None:
             return ticket
         now = time.monotonic()
-        ticket.requests = self._bucket(traits.key_id, model_id, "requests", now,
-                                       traits.requests_per_s or self.defaults.requests_per_s)
-        ticket.tokens = self._bucket(traits.key_id, model_id, "tokens", now,
-                                     traits.tokens_per_s or self.defaults.tokens_per_s)
+        ticket.requests = self._bucket(caller.subject, model_id, "requests", now,
+                                       caller.requests_per_s or self.defaults.requests_per_s)
+        ticket.tokens = self._bucket(caller.subject, model_id, "tokens", now,
+                                     caller.tokens_per_s or self.defaults.tokens_per_s)
         waits = [b.wait_s(need) for b, need in ((ticket.requests, 1.0), (ticket.tokens, 1e-9))
                  if b is not None]
         wait = max(waits, default=0.0)
         if wait > 0:
-            raise RateLimited("this API key's rate limit for this model is used up; retry "
+            whose = "API key's" if caller.subject[0] == "key" else "user's"
+            raise RateLimited(f"this {whose} rate limit for this model is used up; retry "
                               "after Retry-After seconds", {"retry_after_s": math.ceil(wait)},
                               math.ceil(wait), limit_headers(ticket.requests, ticket.tokens))
         if ticket.requests is not None:
             ticket.requests.level -= 1
         return ticket
 
-    def _bucket(self, key_id: int, model_id: UUID, kind: str, now: float,
+    def _bucket(self, subject: Subject, model_id: UUID, kind: str, now: float,
                 rate: float | None) -> Bucket | None:
         if rate is None:
             return None
-        bucket = self._buckets.get((key_id, model_id, kind))
+        bucket = self._buckets.get((subject, model_id, kind))
         if bucket is None or bucket.rate != rate:
             if len(self._buckets) >= MAX_BUCKETS:
                 self._buckets = {}
-            bucket = self._buckets[key_id, model_id, kind] = Bucket(rate, max(rate, 1.0), now)
+            bucket = self._buckets[subject, model_id, kind] = Bucket(rate, max(rate, 1.0), now)
         bucket.refill(now)
         return bucket
 
+
+
+async def _read_caller(request: web.Request, token: str) -> Caller | None:
+    """An API key's lane and limits from its row; a session token's user (the principal
+    the access check resolved, cached by edge/auth/principal_cache.py)."""
+    if token.startswith(API_KEY_PREFIX):
+        traits = await api_keys.traits_for_key(request.app[PG], hash_api_key(token))
+        if traits is None:
+            return None
+        return Caller(("key", traits.key_id),
+                      "batch" if traits.lane == "batch" else "interactive",
+                      traits.requests_per_s, traits.tokens_per_s)
+    principal = await authenticate(request)
+    if principal.kind == "user" and principal.user_id is not None:
+        return Caller(("user", principal.user_id), "interactive")
+    return None  # a job's or an update's token: the platform's own calls

@@ -18,6 +18,7 @@ write), so a request is not written to a connection known to be dead.
 import asyncio
 import contextlib
 import functools
+import select
 import socket
 import time
 from collections.abc import Mapping
@@ -134,18 +135,12 @@ class _Connection(asyncio.Protocol):
         sock = self.transport.get_extra_info("socket") if self.transport else None
         if sock is None:
             return True
-        # The loop's socket object offers no recv(); a second object on the same descriptor,
-        # detached after one non-blocking peek, reads nothing and closes nothing.
-        probe = socket.socket(sock.family, sock.type, fileno=sock.fileno())
-        try:
-            probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        finally:
-            probe.detach()
-        return False  # an EOF, or bytes nobody asked for
+        # Readable now means an EOF, a reset or bytes nobody asked for. One poll of the
+        # descriptor, reading nothing: a peek through a second socket object on it cost
+        # about five times as much (object, recv, detach) on every request.
+        poller = select.poll()  # poll, not select: no limit on the descriptor's number
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
     def _length_ok(self, length: int | None) -> bool:
         """A Content-Length is named and within the cap; else the request fails now."""

@@ -68,7 +68,8 @@ def create_app(settings: Settings, loader: Loader = load_backend) -> web.Applica
     """The app; the model loads in the background once the app starts."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[http_middleware, *simulated_capacity.middlewares(settings)],
+        middlewares=[http_middleware,
+                     *simulated_capacity.middlewares(settings, lambda r: r.app[STATE].metrics)],
     )
     app[STATE] = ModelState(settings=settings, metrics=Metrics())
     app[LOADER] = loader

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # it (see docs/model-server.md). Unset: one pass per max_batch_size inputs, in arrival order.
     max_batch_tokens: int | None = Field(default=4096, gt=0)
     queue_limit: int = Field(default=2048, gt=0)
+    # How long the event loop's thread may hold the GIL while the compute thread wants it
+    # back between its native calls (Python's default: 5 ms). With queries beside bulk
+    # work the loop is busy, and at 5 ms a batch of 16 took 1.16-1.19x the wall time per
+    # input of a batch of 32 on the same CPU work; at 0.5 ms 0.98x (bench/admission.py).
+    gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
     # Lanes (issue 29, model_server/lanes.py): after this many batches in a row without
     # batch-lane work while some waits, the next batch takes the batch lane first, so the
     # batch lane's head waits at most batch_lane_every + 1 batches.

@@ -24,6 +24,7 @@ def main(preload: Preload | None = None) -> int:
     """Entry point of ``python -m model_server``; returns the exit status. `preload`: the
     model's load already begun with its settings (model_server/preload.py)."""
     if preload is not None:
+        apply_process_settings(preload.settings)
         return asyncio.run(serve(preload.settings, preload.loader))
     try:
         settings = Settings()
@@ -32,7 +33,13 @@ def main(preload: Preload | None = None) -> int:
         log.error("invalid_configuration", error=str(exc).replace("\n", " "))
         return EXIT_BAD_CONFIG
     configure_logging(settings.log_level)
+    apply_process_settings(settings)
     return asyncio.run(serve(settings))
+
+
+def apply_process_settings(settings: Settings) -> None:
+    """What the settings ask of the interpreter itself: the GIL's switch interval."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
 
 
 async def serve(settings: Settings, loader: Loader = load_backend) -> int:

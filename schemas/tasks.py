@@ -123,7 +123,8 @@ class DeploymentConfig(BaseModel):
     memory: int | None = Field(default=None, ge=128, le=65536, description="MB per replica")
     cpus: float | None = Field(
         default=None, gt=0, le=256,
-        description="CPUs per replica on Docker and Swarm (default: the host's share)")
+        description="CPUs per replica: its CPU limit on Docker and Swarm (default: the "
+                    "host's share), and its compute threads on every runtime")
     autoscaling_enabled: bool = Field(
         default=False,
         description="scale between autoscaling_min and autoscaling_max by requests in flight"

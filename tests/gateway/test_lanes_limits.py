@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,14 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from db import api_keys, deployments
+from db import api_keys, deployments, users
 from edge.auth.authentication import hash_api_key
 from schemas.gateway import GatewayReport
 from schemas.lanes import PRIORITY_HEADER, TIMEOUT_HEADER
 from schemas.queue import GATEWAY_KEY_PREFIX
 from schemas.settings import Settings
-from tests.conftest import Proc, start_gateway
+from schemas.tokens import issue_user_token
+from tests.conftest import TEST_SECRET_KEY, Proc, start_gateway
 
 from .test_gateway_answers import ENGINES, _start, _until_routed, hashing_replica, serve_from
 
@@ -107,6 +109,53 @@ async def test_lanes_reach_the_replica_and_per_key_limits_answer_429_with_their_
         assert second.status == 429
         assert int(second.headers["Retry-After"]) >= spent - 2
         assert second.headers["x-ratelimit-limit-tokens"] == "1"
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_token_gets_the_default_limits_per_user_and_model(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """Before, only API keys had buckets: a logged-in user's session token was unlimited.
+    Now a session gets the gateway's default limits per user and model (a user's sessions
+    share them); an anonymous caller of the public deployment gets none."""
+    model_id = await hashing_model("sessions")
+    alice = await pool.fetchval("SELECT id FROM users WHERE username = 'alice'")
+    bob = await users.create(pool, username="bob", password_hash="x")
+    # Two sessions of alice's (two logins: different expiries, so different tokens).
+    first, second = (issue_user_token(TEST_SECRET_KEY, alice, ttl=timedelta(hours=hours))
+                     for hours in (1, 2))
+    assert first != second
+    async with hashing_replica(http, tmp_path) as replica:
+        await serve_from(pool, model_id, "sessions", [replica])
+        # 0.2 requests/s, a bucket of one request: a second within 5 s is refused.
+        base = await start_gateway(spawn, http, gateway_key_requests_per_s=0.2)
+        url = f"{base}/serve/sessions/embed"
+        assert (await _until_routed(http, url, {"inputs": "warm"}))[0] == 200
+
+        async def embed(token: str | None, lane: str | None = None) -> aiohttp.ClientResponse:
+            headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+            if lane is not None:
+                headers[PRIORITY_HEADER] = lane
+            async with http.post(url, json={"inputs": "one two"}, headers=headers) as resp:
+                await resp.read()
+                return resp
+
+        before = await _lane_counts(http, replica)
+        ok = await embed(first, "batch")
+        assert ok.status == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "0.2"
+        assert ok.headers["x-ratelimit-remaining-requests"] == "0"
+        assert (await _lane_counts(http, replica))["batch"] - before.get("batch", 0) == 1
+        over = await embed(second)  # alice's other session draws on the same bucket
+        assert over.status == 429
+        assert 1 <= int(over.headers["Retry-After"]) <= 5
+        assert over.headers["x-ratelimit-remaining-requests"] == "0"
+        bobs = await embed(issue_user_token(TEST_SECRET_KEY, bob.id))
+        assert bobs.status == 200, "another user is not limited by alice's use"
+        # Anonymous callers of a public deployment: no buckets, no x-ratelimit headers.
+        anonymous = [await embed(None) for _ in range(3)]
+        assert [a.status for a in anonymous] == [200] * 3
+        assert "x-ratelimit-limit-requests" not in anonymous[-1].headers
 
 
 @pytest.mark.timeout(60)

@@ -1,12 +1,20 @@
 """The gateway's own client to replicas (gateway/upstream.py) against a real aiohttp server."""
 
 import asyncio
+import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
-from gateway.upstream import AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
+from gateway.upstream import (
+    AnswerTooLarge,
+    ConnectFailed,
+    Upstream,
+    UpstreamError,
+    _Connection,
+)
 from worker.runtimes.process import free_port
 
 
@@ -74,3 +82,23 @@ async def test_a_failed_connect_is_its_own_error_and_a_long_answer_is_refused(
         replica, "POST", "/embed", b"{}", {})
     assert small.status == 200
     upstream.close()
+
+
+async def test_quiet_tells_a_connection_the_replica_closed_before_the_loop_sees_it() -> None:
+    """A kept-alive connection whose EOF is in the kernel but not yet read by the loop is
+    not quiet (a request written to it would be lost); an open, silent one is."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: _Connection(1024), "127.0.0.1", port)
+    accepted, _ = server.accept()
+    try:
+        assert conn.quiet()
+        accepted.close()  # the replica closes it...
+        time.sleep(0.1)  # noqa: ASYNC251 ...and the loop does not run meanwhile (on purpose)
+        assert not conn.closed, "the loop has not seen the EOF yet"
+        assert not conn.quiet()
+    finally:
+        assert conn.transport is not None
+        conn.transport.close()
+        server.close()

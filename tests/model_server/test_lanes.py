@@ -73,9 +73,11 @@ async def test_an_interactive_request_is_computed_before_batch_work_queued_earli
     recorder.release.set()
     await asyncio.gather(first, query, *bulk)
     # The query first, then batch-lane inputs up to half a batch (mixed_batch_size): the
-    # head request spans batches, and the next batches are full.
+    # head request spans batches. The batch after a query's stays at half a batch (the
+    # next query would wait for it), and once a batch held no query they are full again.
     assert recorder.passes[1] == ["query", "b0.0"]
-    assert recorder.passes[2] == ["b0.1", "b0.2", "b0.3", "b1.0"]
+    assert recorder.passes[2] == ["b0.1", "b0.2"]
+    assert recorder.passes[3] == ["b0.3", "b1.0", "b1.1", "b1.2"]
     assert recorder.seen()[1:] == ["query"] + [f"b{i}.{j}" for i in range(3) for j in range(4)]
     reference = HashingEmbedder(16)
     for texts, task in zip(([f"b{i}.{j}" for j in range(4)] for i in range(3)), bulk,

@@ -53,3 +53,47 @@ async def test_error_rate_fails_that_share_evenly(make_client: Callable[..., Any
     # Exactly every tenth request fails; /health is untouched.
     assert [i for i, s in enumerate(statuses) if s != 200] == [9, 19, 29, 39]
     assert (await client.get("/health")).status == 200
+
+
+async def test_a_deadline_that_passes_while_waiting_for_a_slot_is_a_504_counted(
+        make_client: Callable[..., Any]) -> None:
+    """Before, a request queued for the knob's slots waited past its X-Request-Timeout
+    and was computed anyway; now it is dropped where it waits, as in the batcher."""
+    client = await make_client(hashing_settings(test_service_time_ms=1000, test_concurrency=1))
+    await wait_until_healthy(client)
+    holder = asyncio.create_task(client.post("/embed", json={"inputs": "first"}))
+    await asyncio.sleep(0.2)  # the first request holds the only slot for a second
+    started = time.perf_counter()
+    late = await client.post("/embed", json={"inputs": "second"},
+                             headers={"X-Request-Timeout": "0.2",
+                                      "X-Greenroom-Priority": "batch"})
+    body = await late.json()
+    assert late.status == 504, body
+    assert "X-Request-Timeout" in body["error"]
+    assert time.perf_counter() - started < 0.7
+    assert (await holder).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'model_server_expired_total{lane="batch"} 1.0' in metrics
+
+
+async def test_a_free_slot_goes_to_the_interactive_lane_first(
+        make_client: Callable[..., Any]) -> None:
+    """Before, the knob's slots were first come, first served: a query waited behind every
+    queued request of a bulk client, so a simulated replica could not show the lanes."""
+    client = await make_client(hashing_settings(test_service_time_ms=300, test_concurrency=1))
+    await wait_until_healthy(client)
+    done: list[str] = []
+
+    async def call(name: str, lane: str) -> None:
+        resp = await client.post("/embed", json={"inputs": name},
+                                 headers={"X-Greenroom-Priority": lane})
+        assert resp.status == 200, await resp.text()
+        done.append(name)
+
+    holder = asyncio.create_task(call("holder", "batch"))
+    await asyncio.sleep(0.1)  # it holds the only slot
+    bulk = [asyncio.create_task(call(f"bulk{i}", "batch")) for i in range(2)]
+    await asyncio.sleep(0.05)  # queued first
+    query = asyncio.create_task(call("query", "interactive"))
+    await asyncio.gather(holder, *bulk, query)
+    assert done == ["holder", "query", "bulk0", "bulk1"]

@@ -124,6 +124,18 @@ def model_server_env(spec: ReplicaSpec, host: str, port: int) -> dict[str, str]:
     return replica_env(env, spec.env)
 
 
+def compute_threads(cpus: float | None, host_cpus: int) -> int | None:
+    """A process replica's compute threads: the CPUs its deployment gave it, rounded as the
+    model server reads a container's CPU quota (model_server/config.py), at least one and
+    at most the host's; None (the server's default, a thread per CPU it may use) without.
+    A container reads its quota itself; a process replica has none, and ran a thread per
+    host CPU beside its neighbours' (two replicas on two cores: four threads waiting on
+    each other, issue 30's queries beside a job)."""
+    if cpus is None:
+        return None
+    return max(1, min(int(cpus + 0.5), max(1, host_cpus)))
+
+
 def endpoint_url(host: str, port: int) -> str:
     """A replica's endpoint, `http://host:port`; an IPv6 address goes in brackets."""
     try:

@@ -29,6 +29,7 @@ from worker.runtimes.base import (
     ReplicaSpec,
     RuntimeFailure,
     StartedReplica,
+    compute_threads,
     endpoint_url,
     model_server_env,
     parse_labels,
@@ -92,6 +93,9 @@ class ProcessRuntime:
         # Host values over the replica's env: the deployment's env never replaces them.
         env = {**model_server_env(spec, self._host, port), **host_env(home=folder),
                "GREENROOM_REPLICA_ID": ref}
+        threads = compute_threads(spec.cpus, os.cpu_count() or 1)
+        if threads is not None:
+            env["MODEL_SERVER_NUM_THREADS"] = str(threads)
         limit = self._memory_limit(ref, spec)
         proc = await self._spawn(folder, env, limit)
         endpoint = endpoint_url(self._advertised, port)
