@@ -111,8 +111,10 @@ async def test_deploy_canary_wait_shows_each_step_live(
                                         concurrency=100, stop=stop))
     done = await asyncio.to_thread(greenroom, "deploy", "admin/cli-canary", "--canary",
                                    "50,100", "--step", "1s", "--min-requests", "5",
-                                   # the shared test machine's jitter is tens of ms
-                                   "--p99-slack-ms", "50", "--wait")
+                                   # what is shown, not the judge, is tested here: in the
+                                   # parallel phase (nice 19) a hashing replica's p99 has
+                                   # reached 84 ms against 14 ms on the step before
+                                   "--p99-slack-ms", "500", "--wait")
     stop.set()
     assert (await load).failures == []
     out = done.stdout
