@@ -19,9 +19,9 @@ RUNTIME ?=
 up: $(STAMP)
 	$(BIN)/greenroom up $(if $(RUNTIME),--runtime $(RUNTIME))
 
-# Two phases side by side: the parallel one on TEST_WORKERS pytest-xdist workers at nice 19,
-# the timing-sensitive tests one at a time at normal priority (tests/run.sh;
-# tests/support/scheduling.py says which test runs where). SERIAL_AFTER=1: one after the other.
+# Two phases: the parallel one on TEST_WORKERS pytest-xdist workers at nice 19, then the
+# timing-sensitive tests one at a time (tests/run.sh; tests/support/scheduling.py says which
+# test runs where). SIDE_BY_SIDE=1: the two at once.
 # TEST_WORKERS=0 runs without xdist; PYTEST_ARGS chooses a part of the suite.
 TEST_WORKERS ?= 4
 test: $(STAMP)

@@ -3,8 +3,9 @@
 1. the parallel phase: every test not marked `serial`, spread over pytest-xdist workers
    (`-n`, `--dist loadgroup`): most tests wait on I/O (health checks, rollouts, drains),
    so several at once fit on two cores;
-2. the serial phase: the `serial` tests, one at a time, beside the parallel phase but at
-   normal CPU priority while the parallel phase runs at nice 19 (tests/run.sh).
+2. the serial phase: the `serial` tests, one at a time, once the parallel phase is over
+   (or beside it, at normal CPU priority while the parallel phase runs at nice 19, with
+   SIDE_BY_SIDE=1: tests/run.sh).
 
 `serial` marks timing-sensitive tests: they send paced load and assert on what it met
 (latency percentiles, a request rate, no request lost to a timeout), so other tests
