@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: the suite in two phases (tests/support/scheduling.py says which test runs where):
 #   1. parallel: every test not marked `serial`, on $TEST_WORKERS pytest-xdist workers
-#      (--dist loadgroup keeps each xdist group on one worker), at the lowest CPU priority
-#      (nice 19; every process it starts inherits it);
-#   2. serial: the timing-sensitive `serial` tests, one at a time, at normal priority,
-#      after the parallel phase.
+#      (--dist loadgroup keeps each xdist group on one worker);
+#   2. serial: the timing-sensitive `serial` tests, one at a time, after the parallel phase.
 # SIDE_BY_SIDE=1 runs the serial phase beside the parallel one instead, its output printed
-# after the parallel phase's: under nice 19 the parallel phase gets only the CPU the serial
-# test leaves. It took 1,129-1,157 s for 845 tests (one after the other: 1,189 s for 805), but the
+# after the parallel phase's, and the parallel phase at the lowest CPU priority (nice 19,
+# inherited by every process it starts): it gets only the CPU the serial test leaves. It took 1,129-1,157 s for 845 tests (one after the other: 1,189 s for 805), but the
 # serial tests' paced load keeps much of a core busy, and in one run of three the two-node
 # swarm test lost two requests to the contention; so it is not the default.
 # Both phases run even if one fails; the run fails if either does. A phase that runs no
@@ -31,7 +29,7 @@ run_serial() {
     return $code
 }
 if [ "${SIDE_BY_SIDE:-0}" != 1 ]; then
-    nice -n 19 "${pytest[@]}" -n "$workers" --dist loadgroup -m "not serial" "$@"
+    "${pytest[@]}" -n "$workers" --dist loadgroup -m "not serial" "$@"
     parallel=$?
     run_serial "$@"
     serial=$?
