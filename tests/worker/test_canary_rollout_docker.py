@@ -10,7 +10,7 @@ runs the task again to the end, no request failing and no weight ever but 0-100 
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -50,6 +50,19 @@ async def _serving(http: aiohttp.ClientSession, api: str, hashing_model: Any,
     return model_id
 
 
+async def _watched(settings: Settings, model_id: UUID,
+                   rollout: Awaitable[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any, Any]:
+    """`rollout`'s (task, during, after), and what the gateways' reports showed meanwhile
+    (which engine counted each generation)."""
+    redis = Redis.from_url(settings.redis_url or "")
+    try:
+        async with watching(None, redis, model_id) as seen:
+            task, during, after = await rollout
+    finally:
+        await redis.aclose()
+    return task, during, after, seen
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_docker_good_candidate_walks_every_step(
         docker_stack: str, gateway: str, http: aiohttp.ClientSession, pool: asyncpg.Pool,
@@ -58,11 +71,8 @@ async def test_docker_good_candidate_walks_every_step(
     if engine == "haproxy":
         gateway = await start_engine(spawn, http, engine)
     model_id = await _serving(http, docker_stack, hashing_model, "dgood")
-    redis = Redis.from_url(settings.redis_url or "")
-    async with watching(None, redis, model_id) as seen:
-        task, during, after = await _under_load(http, docker_stack, gateway, "dgood",
-                                                {"rollout": GOOD})
-    await redis.aclose()
+    task, during, after, seen = await _watched(settings, model_id, _under_load(
+        http, docker_stack, gateway, "dgood", {"rollout": GOOD}))
     if engine == "haproxy":  # HAProxy split and counted the candidate's requests itself
         assert seen.haproxy.get("2", (0, 0))[0] >= 20 and "2" not in seen.python, seen
     assert task["status"] == "done", (task["detail"], task["metadata"].get("rollout"))
@@ -81,11 +91,8 @@ async def test_docker_ten_percent_errors_stopped_at_the_first_step(
         gateway = await start_engine(spawn, http, engine)
     model_id = await _serving(http, docker_stack, hashing_model, "dflaky")
     await _candidate(pool, model_id, test_error_rate=0.1)
-    redis = Redis.from_url(settings.redis_url or "")
-    async with watching(None, redis, model_id) as seen:
-        task, during, after = await _under_load(http, docker_stack, gateway, "dflaky",
-                                                {"rollout": CANARY})
-    await redis.aclose()
+    task, during, after, seen = await _watched(settings, model_id, _under_load(
+        http, docker_stack, gateway, "dflaky", {"rollout": CANARY}))
     if engine == "haproxy":  # the judge stopped it on HAProxy's counts
         assert seen.haproxy.get("2", (0, 0))[1] > 0 and "2" not in seen.python, seen
     assert task["status"] == "failed", task
@@ -107,11 +114,8 @@ async def test_docker_ten_times_slower_stopped_on_p99(
         gateway = await start_engine(spawn, http, engine)
     model_id = await _serving(http, docker_stack, hashing_model, "dslow")
     await _candidate(pool, model_id, test_service_time_ms=10 * SERVICE_MS)
-    redis = Redis.from_url(settings.redis_url or "")
-    async with watching(None, redis, model_id) as seen:
-        task, during, after = await _under_load(http, docker_stack, gateway, "dslow",
-                                                {"rollout": CANARY})
-    await redis.aclose()
+    task, during, after, seen = await _watched(settings, model_id, _under_load(
+        http, docker_stack, gateway, "dslow", {"rollout": CANARY}))
     if engine == "haproxy":  # judged on HAProxy's own counts and latency lines
         assert seen.haproxy.get("2", (0, 0))[0] > 0 and "2" not in seen.python, seen
     assert task["status"] == "failed", task
