@@ -59,7 +59,7 @@ import tokenizers  # noqa: E402, F401
 from model_server.preload import begin  # noqa: E402
 from model_server.server import main  # noqa: E402
 
-ROOM_VARIABLE = "MODEL_SERVER_ZYGOTE_ROOM"
+ROOM_VARIABLE = "ZYGOTE_ENVIRON_ROOM"  # worker/runtimes/fork_server.py fills it
 READY_TIMEOUT_S = 10.0
 EXIT_CRASHED = 70  # a child that failed before its server ran (EX_SOFTWARE)
 _MAIN = str(Path(__file__).resolve().parent / "__main__.py")
