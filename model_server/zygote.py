@@ -61,7 +61,7 @@ from model_server.server import main  # noqa: E402
 
 ROOM_VARIABLE = "ZYGOTE_ENVIRON_ROOM"  # worker/runtimes/fork_server.py fills it
 READY_TIMEOUT_S = 10.0
-EXIT_CRASHED = 70  # a child that failed before its server ran (EX_SOFTWARE)
+EXIT_CRASHED = 1  # an exception out of the server's path: what an interpreter exits with
 _MAIN = str(Path(__file__).resolve().parent / "__main__.py")
 _LIBC = ctypes.CDLL(None)
 
@@ -116,6 +116,10 @@ def _child(request: dict[str, Any], ready_fd: int) -> None:
         os.close(ready_fd)
         preload = begin()
         code = main(preload)
+    except SystemExit as exc:  # as an interpreter would end
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
     except BaseException:  # reported in the replica's stderr.log
         traceback.print_exc()
     finally:

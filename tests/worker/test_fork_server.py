@@ -184,10 +184,10 @@ async def test_with_the_fork_server_off_replicas_are_spawned(settings: Settings)
     try:
         meta = _meta(settings, started)
         assert meta["started"] == "spawned"
+        async with aiohttp.ClientSession() as http:  # past its exec
+            await _serves(http, started)
         cmdline = Path(f"/proc/{meta['pid']}/cmdline").read_bytes().split(b"\0")
         assert cmdline[1:3] == [b"-m", b"model_server"]
-        async with aiohttp.ClientSession() as http:
-            await _serves(http, started)
         assert not (settings.state_dir / "zygote").exists(), "no zygote was started"
     finally:
         await runtime.remove(started.runtime_ref)
@@ -203,6 +203,8 @@ async def test_a_replica_whose_import_time_variables_differ_is_spawned(
     try:
         meta = _meta(settings, started)
         assert meta["started"] == "spawned"
+        async with aiohttp.ClientSession() as http:  # past its exec: its environ is its own
+            await _serves(http, started)
         assert _environ(int(str(meta["pid"])))["OMP_NUM_THREADS"] == "3"
     finally:
         await runtime.remove(started.runtime_ref)
@@ -236,7 +238,7 @@ async def test_a_forked_replica_runs_inside_its_memory_limit(
             pytest.skip("this host lets us make no cgroup")
     runtime = ProcessRuntime(settings.model_copy(update={"replica_cgroups": cgroups}))
     await _warm(runtime)
-    started = await runtime.start(_spec(memory_mb=300))
+    started = await runtime.start(_spec(memory_mb=512))
     try:
         meta = _meta(settings, started)
         assert meta["started"] == "forked"
@@ -247,9 +249,23 @@ async def test_a_forked_replica_runs_inside_its_memory_limit(
         else:
             limits = Path(f"/proc/{pid}/limits").read_text()
             line = next(x for x in limits.splitlines() if x.startswith("Max address space"))
-            assert line.split()[3:5] == [str(300 * 2**20)] * 2, line
+            assert line.split()[3:5] == [str(512 * 2**20)] * 2, line
         async with aiohttp.ClientSession() as http:
             await _serves(http, started)
+    finally:
+        await runtime.remove(started.runtime_ref)
+        await runtime.close()
+
+
+async def test_under_an_rlimit_below_the_zygote_s_size_a_replica_is_spawned(
+        settings: Settings) -> None:
+    """A child would start over (or at) such a limit, and fail in whatever it does next;
+    spawned, it fails as before, with the out-of-memory error the runtime reads."""
+    runtime = ProcessRuntime(settings)
+    await _warm(runtime)
+    started = await runtime.start(_spec(memory_mb=160))
+    try:
+        assert _meta(settings, started)["started"] == "spawned"
     finally:
         await runtime.remove(started.runtime_ref)
         await runtime.close()

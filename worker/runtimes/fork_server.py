@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from schemas.file_modes import private_append, private_dir
+from worker.runtimes import memory_limit
 from worker.runtimes.base import RuntimeFailure
 from worker.runtimes.environment import OFFLINE, host_env
 
@@ -48,6 +49,10 @@ IMPORT_TIME_PREFIXES = (
     "PYDANTIC", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "SSL_", "OPENSSL_",
     "MALLOC_", "GLIBC_",
 )
+# A forked replica starts at the zygote's size (~145 MB virtual, ~75 MB of data): under an
+# rlimit that leaves it less than this to grow in, it is spawned, and fails (or not) from
+# the start as before, with the out-of-memory error the runtime reads.
+RLIMIT_HEADROOM_BYTES = 128 * 2**20
 START_TIMEOUT_S = 60.0
 FORK_TIMEOUT_S = 15.0
 RETRY_AFTER_S = 30.0  # after a zygote failed or died, before starting another
@@ -184,12 +189,29 @@ class ForkServer:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
 
-    async def fork(self, folder: Path, env: dict[str, str]) -> ForkedChild | None:
-        """The replica forked into `folder` with exactly `env`; None: spawn it instead."""
+    def _too_small(self, limit: memory_limit.Limit | None) -> str | None:
+        """Why `limit` leaves a child of the zygote, at its size now, too little room."""
+        if limit is None or limit.kind not in ("rlimit", "rlimit-data"):
+            return None  # a cgroup counts the pages a replica touches, not the zygote's
+        field = "VmData" if limit.kind == "rlimit-data" else "VmSize"
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return "the zygote's size is unknown"
+        size = next((int(line.split()[1]) * 1024 for line in status.splitlines()
+                     if line.startswith(field + ":")), None)
+        if size is None or size + RLIMIT_HEADROOM_BYTES > limit.limit_bytes:
+            return f"its {limit.kind} limit leaves too little above the zygote's {field}"
+        return None
+
+    async def fork(self, folder: Path, env: dict[str, str],
+                   limit: memory_limit.Limit | None = None) -> ForkedChild | None:
+        """The replica forked into `folder` with exactly `env`, to run under `limit`;
+        None: spawn it instead."""
         self.begin()
         if self.state != "ready" or self._writer is None:
             return None
-        reason = refusal(self.env, env)
+        reason = refusal(self.env, env) or self._too_small(limit)
         if reason is not None:
             log.info("replica_not_forked", folder=str(folder), reason=reason)
             return None

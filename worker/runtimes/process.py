@@ -150,7 +150,7 @@ class ProcessRuntime:
         else spawned. Returns it and which ("forked" or "spawned")."""
         proc: Child | None = None
         if self._fork_server is not None:
-            proc = await self._fork_server.fork(folder, env)
+            proc = await self._fork_server.fork(folder, env, limit)
         how = "forked" if proc is not None else "spawned"
         if proc is None:
             proc = await self._spawn(folder, env, limit)
