@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cold_start import prepare, warm_zygote  # noqa: E402
 from model_server.config import DEFAULT_MODEL  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from worker import auto_backend  # noqa: E402
@@ -57,25 +57,20 @@ async def one(runtime: ProcessRuntime, http: aiohttp.ClientSession,
 
 async def bench(starts: int) -> None:
     cache = auto_backend.cache_dir(Settings())
-    out = subprocess.run([sys.executable, "-m", "model_server.onnx_prepare", DEFAULT_MODEL,
-                          str(cache)], cwd=REPO, capture_output=True, text=True, check=True)
-    entry = cache / json.loads(out.stdout.strip().splitlines()[-1])["fingerprint"]
-    sources = {"hashing": {"backend": "hashing", "dimension": 384},
-               "onnx": {"backend": "onnx", "location": DEFAULT_MODEL,
-                        "export_entry": str(entry), "export_dir": str(cache)}}
+    entry = cache / (await asyncio.to_thread(prepare, cache))["fingerprint"]
+    sources: dict[str, dict[str, Any]] = {
+        "hashing": {"backend": "hashing", "dimension": 384},
+        "onnx": {"backend": "onnx", "location": DEFAULT_MODEL, "export_entry": str(entry),
+                 "export_dir": str(cache)}}
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     with tempfile.TemporaryDirectory(prefix="greenroom-cpu-") as tmp:
         settings = Settings(state_dir=Path(tmp), replica_cgroups=False)
         forking = ProcessRuntime(settings)
         spawning = ProcessRuntime(settings.model_copy(update={"replica_fork_server": False}))
-        began = time.perf_counter()
-        forking.warm()
+        took = await warm_zygote(forking)
         server = forking._fork_server
-        assert server is not None
-        while server.state != "ready":
-            await asyncio.sleep(0.01)
-        assert server.pid is not None
-        print(f"zygote: ready {time.perf_counter() - began:.2f} s after it was begun, "
+        assert server is not None and server.pid is not None
+        print(f"zygote: ready {took:.2f} s after it was begun, "
               f"{cpu_s(server.pid):.2f} s of CPU (once per worker)", flush=True)
         async with aiohttp.ClientSession() as http:
             for backend, source in sources.items():
