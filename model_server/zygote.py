@@ -186,7 +186,13 @@ class Zygote:
             os.close(read_fd)
             _child(request, write_fd)
         os.close(write_fd)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # unwatched, it could not be reported: it must not run
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_fd)
+            raise
         self.children[pidfd] = (pid, request["folder"])
         self.selector.register(pidfd, selectors.EVENT_READ, pid)
         # The pid is the replica's once the child holds its environment and folder (or

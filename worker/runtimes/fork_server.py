@@ -54,7 +54,8 @@ IMPORT_TIME_PREFIXES = (
 # the start as before, with the out-of-memory error the runtime reads.
 RLIMIT_HEADROOM_BYTES = 128 * 2**20
 START_TIMEOUT_S = 60.0
-FORK_TIMEOUT_S = 15.0
+# The zygote answers within its own 10 s wait for the child (model_server/zygote.py).
+FORK_TIMEOUT_S = 30.0
 RETRY_AFTER_S = 30.0  # after a zygote failed or died, before starting another
 
 
@@ -119,12 +120,14 @@ class ForkServer:
         self._next_id = 0
         self._retry_at = 0.0
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def begin(self) -> None:
         """Start the zygote in the background unless one runs, starts, or failed lately."""
         loop = asyncio.get_running_loop()
         if self._closed or self.state in ("starting", "ready") or loop.time() < self._retry_at:
             return
+        self._loop = loop
         self.state = "starting"
         self._task = loop.create_task(self._run())
 
@@ -209,8 +212,9 @@ class ForkServer:
         """The replica forked into `folder` with exactly `env`, to run under `limit`;
         None: spawn it instead."""
         self.begin()
-        if self.state != "ready" or self._writer is None:
-            return None
+        if (self.state != "ready" or self._writer is None
+                or self._loop is not asyncio.get_running_loop()):
+            return None  # (a runtime used from another event loop spawns)
         reason = refusal(self.env, env) or self._too_small(limit)
         if reason is not None:
             log.info("replica_not_forked", folder=str(folder), reason=reason)
@@ -226,12 +230,16 @@ class ForkServer:
             async with asyncio.timeout(FORK_TIMEOUT_S):
                 await self._writer.drain()
                 answer = await reply
-        except (OSError, RuntimeFailure, TimeoutError) as exc:
+        except (OSError, RuntimeFailure) as exc:  # it went before answering: nothing forked
             self._replies.pop(request_id, None)
             log.warning("zygote_fork_failed", error=f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, TimeoutError):
-                await self.close()  # stuck: spawn from now on
             return None
+        except TimeoutError as exc:
+            # Stuck, and it may have forked: spawning beside that child could run two
+            # replicas in one folder. This start fails (a retry spawns), the zygote ends.
+            self._replies.pop(request_id, None)
+            await self.close()
+            raise RuntimeFailure("the zygote did not answer a fork in time") from exc
         if "pid" not in answer:
             log.warning("zygote_fork_refused", error=answer.get("error"))
             return None
