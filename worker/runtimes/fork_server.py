@@ -171,7 +171,10 @@ class ForkServer:
                 reply = self._replies.pop(int(message["id"]), None)
                 if reply is not None and not reply.done():
                     reply.set_result(message)
-        log.warning("zygote_exited", pid=self.pid)
+        if self._closed:
+            log.info("zygote_exited", pid=self.pid)
+        else:
+            log.warning("zygote_exited", pid=self.pid, folder=str(self._folder))
 
     def _lost(self) -> None:
         """The zygote is gone (or never came): spawn from now on, try again later."""
