@@ -14,7 +14,8 @@ replica. Each child becomes exactly what `python -m model_server` would have bee
   environment, and the bytes /proc/<pid>/environ shows (the zygote starts with room for
   them: ROOM_VARIABLE, which the worker fills and the zygote drops), so whatever
   identifies a replica by its environment (the runtime's pid checks, `greenroom stop`)
-  sees the replica's own and never the zygote's;
+  sees the replica's own and never the zygote's; its command line (/proc/<pid>/cmdline,
+  ps) reads `python -m model_server`, as a spawned replica's;
 - settings read from that environment, the model's load begun, the server run, and
   os._exit with the server's status (model_server/__main__.py's path).
 
@@ -66,11 +67,23 @@ _MAIN = str(Path(__file__).resolve().parent / "__main__.py")
 _LIBC = ctypes.CDLL(None)
 
 
+def _stat_span(first: int) -> tuple[int, int]:
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[first - 3]), int(fields[first - 2])
+
+
 def environ_room() -> tuple[int, int]:
     """(start, end) of this process's environment block, the bytes /proc/<pid>/environ
     reads (fields 50 and 51 of /proc/self/stat)."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[47]), int(fields[48])
+    return _stat_span(50)
+
+
+def rename_command_line(argv: list[str]) -> None:
+    """/proc/<pid>/cmdline (what ps shows) reads `argv`, written over the zygote's own
+    arguments, the rest zeroed; an `argv` longer than those is cut to fit."""
+    start, end = _stat_span(48)
+    block = b"".join(os.fsencode(arg) + b"\0" for arg in argv)[:end - start - 1]
+    ctypes.memmove(start, block + b"\0" * (end - start - len(block)), end - start)
 
 
 def replace_environ(env: dict[str, str]) -> None:
@@ -111,6 +124,8 @@ def _child(request: dict[str, Any], ready_fd: int) -> None:
         os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir(request["folder"])
         replace_environ(request["env"])
+        # As a spawned replica: `python -m model_server` for ps, its __main__ for Python.
+        rename_command_line([sys.executable, "-m", "model_server"])
         sys.argv = [_MAIN]
         os.write(ready_fd, b"1")
         os.close(ready_fd)

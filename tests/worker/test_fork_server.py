@@ -105,6 +105,9 @@ async def test_a_forked_replica_serves_with_exactly_its_own_environment(
         assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == zygote
         assert os.getsid(pid) == pid and os.getpgid(pid) == pid
         assert Path(os.readlink(f"/proc/{pid}/cwd")) == folder
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[:3] == [os.fsencode(sys.executable), b"-m", b"model_server"], cmdline
+        assert b"model_server.zygote" in Path(f"/proc/{zygote}/cmdline").read_bytes()
         assert len(os.listdir(f"/proc/{zygote}/task")) == 1
         for name in ("stdout.log", "stderr.log"):
             assert (folder / name).stat().st_mode & 0o777 == 0o600
