@@ -120,6 +120,19 @@ async def test_a_forked_replica_serves_with_exactly_its_own_environment(
         await runtime.close()
 
 
+async def test_the_first_replica_of_a_fresh_runtime_waits_for_its_zygote(
+        settings: Settings) -> None:
+    runtime = ProcessRuntime(settings)  # not warmed: the first start begins the zygote
+    started = await runtime.start(_spec())
+    try:
+        assert _meta(settings, started)["started"] == "forked"
+        async with aiohttp.ClientSession() as http:
+            await _serves(http, started)
+    finally:
+        await runtime.remove(started.runtime_ref)
+        await runtime.close()
+
+
 async def test_a_forked_replica_exit_code_is_recorded_on_stop_and_on_kill(
         settings: Settings) -> None:
     runtime = ProcessRuntime(settings)

@@ -6,7 +6,9 @@ held. One per runtime, started in the background (at the worker's start, or at i
 replica), with an environment built like a replica's host part (never the worker's: it
 holds the secret key and database URL). Whenever the zygote is not ready, has failed or
 died, or a replica's environment differs from the zygote's in a variable that libraries
-read at import time, `fork` answers None and the runtime spawns the replica as before.
+read at import time, `fork` answers None and the runtime spawns the replica as before. A
+replica asked for while the zygote is starting waits for it (at most START_WAIT_S): its
+start is the same imports a spawn would make, begun earlier.
 
 The zygote talks over one end of a socketpair (no name on disk) and exits at its end of
 file, when the worker closes it or dies; the replicas it forked run on in their own
@@ -54,6 +56,7 @@ IMPORT_TIME_PREFIXES = (
 # the start as before, with the out-of-memory error the runtime reads.
 RLIMIT_HEADROOM_BYTES = 128 * 2**20
 START_TIMEOUT_S = 60.0
+START_WAIT_S = 10.0  # how long a replica waits for a zygote still starting, then spawns
 # The zygote answers within its own 10 s wait for the child (model_server/zygote.py).
 FORK_TIMEOUT_S = 30.0
 RETRY_AFTER_S = 30.0  # after a zygote failed or died, before starting another
@@ -121,6 +124,7 @@ class ForkServer:
         self._retry_at = 0.0
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._settled: asyncio.Event | None = None  # set once the zygote is ready or gone
 
     def begin(self) -> None:
         """Start the zygote in the background unless one runs, starts, or failed lately."""
@@ -128,7 +132,9 @@ class ForkServer:
         if self._closed or self.state in ("starting", "ready") or loop.time() < self._retry_at:
             return
         self._loop = loop
+        self.env = zygote_env(self._folder)
         self.state = "starting"
+        self._settled = asyncio.Event()
         self._task = loop.create_task(self._run())
 
     async def _run(self) -> None:
@@ -141,7 +147,6 @@ class ForkServer:
 
     async def _serve(self) -> None:
         private_dir(self._folder)
-        self.env = zygote_env(self._folder)
         ours, theirs = socket.socketpair()
         try:
             with os.fdopen(private_append(self._folder / "zygote.log"), "ab") as out:
@@ -158,6 +163,8 @@ class ForkServer:
             raise RuntimeFailure(f"the zygote did not start (see {self._folder}/zygote.log)")
         self.pid = self._proc.pid
         self.state = "ready"
+        if self._settled is not None:
+            self._settled.set()
         log.info("zygote_ready", pid=self.pid, room=hello.get("room"))
         while line := await reader.readline():
             message = json.loads(line)
@@ -181,6 +188,8 @@ class ForkServer:
         if self.state != "off":
             self.state = "dead"
             self._retry_at = asyncio.get_running_loop().time() + RETRY_AFTER_S
+        if self._settled is not None:
+            self._settled.set()
         for reply in self._replies.values():
             if not reply.done():
                 reply.set_exception(RuntimeFailure("the zygote went"))
@@ -215,10 +224,21 @@ class ForkServer:
         """The replica forked into `folder` with exactly `env`, to run under `limit`;
         None: spawn it instead."""
         self.begin()
-        if (self.state != "ready" or self._writer is None
-                or self._loop is not asyncio.get_running_loop()):
-            return None  # (a runtime used from another event loop spawns)
-        reason = refusal(self.env, env) or self._too_small(limit)
+        if self._loop is not asyncio.get_running_loop():
+            return None  # a runtime used from another event loop spawns
+        reason = refusal(self.env, env) if self.env else None
+        if reason is not None:
+            log.info("replica_not_forked", folder=str(folder), reason=reason)
+            return None
+        if self.state == "starting" and self._settled is not None:
+            # The zygote's start is the imports a spawned replica would make now, begun
+            # earlier: waiting for it costs no more than spawning, and no second import.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_WAIT_S):
+                    await self._settled.wait()
+        if self.state != "ready" or self._writer is None:
+            return None
+        reason = self._too_small(limit)
         if reason is not None:
             log.info("replica_not_forked", folder=str(folder), reason=reason)
             return None
