@@ -23,8 +23,11 @@ Protocol, newline-delimited JSON on the socket the worker hands over as `--fd` (
 a socketpair: no name on disk, and end of file when the worker goes, which ends the
 zygote; the replicas it forked run on, as replicas outlive a worker):
   the zygote, once its imports are done: {"ready": true, "room": <bytes of environment>}
-  the worker: {"id": n, "folder": "/abs/folder", "stdout": path, "stderr": path,
-               "env": {...}}
+  the worker: {"id": n, "folder": "/abs/folder", "stdout": path, "stderr": path}, with
+              one file descriptor (SCM_RIGHTS): a pipe holding the replica's environment
+              ("NAME=value\\0" each) and closed. Only the child reads it: the zygote's
+              memory, which every later child inherits, never holds one replica's
+              environment (its job token, its deployment's decrypted secrets) for the next.
   the zygote: {"id": n, "pid": p} once the child holds its environment, or
               {"id": n, "error": "..."} (the worker then spawns the replica instead)
   the zygote, when a child exits: {"exited": p, "code": c}, after writing
@@ -100,14 +103,25 @@ def replace_environ(env: dict[str, str]) -> None:
     ctypes.memmove(start, block + b"\0" * (end - start - len(block)), end - start)
 
 
+def read_environ(fd: int) -> dict[str, str]:
+    """The environment the worker wrote into the pipe `fd` ("NAME=value\0" each), to EOF."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    pairs = (item.partition(b"=") for item in b"".join(chunks).split(b"\0") if item)
+    return {os.fsdecode(k): os.fsdecode(v) for k, _, v in pairs}
+
+
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def _child(request: dict[str, Any], ready_fd: int) -> None:
+def _child(request: dict[str, Any], env_fd: int, ready_fd: int) -> None:
     """In the forked child: become the replica, then run the server; never returns."""
     code = EXIT_CRASHED
     try:
+        env = read_environ(env_fd)
         os.setsid()
         # The handlers a fresh interpreter has (the zygote's own exit on either).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -123,7 +137,7 @@ def _child(request: dict[str, Any], ready_fd: int) -> None:
         os.closerange(3, ready_fd)
         os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir(request["folder"])
-        replace_environ(request["env"])
+        replace_environ(env)
         # As a spawned replica: `python -m model_server` for ps, its __main__ for Python.
         rename_command_line([sys.executable, "-m", "model_server"])
         sys.argv = [_MAIN]
@@ -153,6 +167,7 @@ class Zygote:
         self.selector.register(sock, selectors.EVENT_READ, None)
         self.children: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, folder)
         self.buffer = b""
+        self.fds: list[int] = []  # received with the requests, one each, in order
 
     def send(self, message: dict[str, Any]) -> None:
         self.sock.sendall(json.dumps(message).encode() + b"\n")
@@ -169,37 +184,38 @@ class Zygote:
                     self._reap(key.fd)
 
     def _read(self) -> bool:
-        data = self.sock.recv(1 << 16)
+        data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 16)
         if not data:
             return False  # the worker went
         self.buffer += data
+        self.fds += fds
         while b"\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\n", 1)
             request = json.loads(line)
+            env_fd = self.fds.pop(0) if self.fds else -1
             try:
-                reply = {"id": request["id"], "pid": self._fork(request)}
+                if env_fd < 0:
+                    raise ValueError("the request came without its environment's pipe")
+                reply = {"id": request["id"], "pid": self._fork(request, env_fd)}
             except Exception as exc:  # the worker spawns instead
                 reply = {"id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                if env_fd >= 0:
+                    os.close(env_fd)
             self.send(reply)
         return True
 
-    def _fork(self, request: dict[str, Any]) -> int:
+    def _fork(self, request: dict[str, Any], env_fd: int) -> int:
         threads = _threads()
         if threads != 1:
             raise RuntimeError(f"the zygote runs {threads} threads; a fork keeps one")
-        size = sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2
-                   for k, v in request["env"].items())
-        start, end = environ_room()
-        if size > end - start:
-            raise ValueError(f"the environment ({size} bytes) exceeds the room "
-                             f"({end - start} bytes)")
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            _child(request, write_fd)
+            _child(request, env_fd, write_fd)
         os.close(write_fd)
         try:
             pidfd = os.pidfd_open(pid)

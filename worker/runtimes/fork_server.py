@@ -17,6 +17,7 @@ sessions, as spawned ones do.
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ log = structlog.get_logger(__name__)
 # (/proc/<pid>/environ shows the replica's own). A replica with more is spawned instead.
 ROOM_VARIABLE = "ZYGOTE_ENVIRON_ROOM"
 ROOM_BYTES = 120_000  # under the kernel's 128 KiB for one variable
+PIPE_BYTES = 256 * 1024  # a pipe's size for an environment past 64 KiB (at most ROOM_BYTES)
 # The zygote must run one thread: numpy's OpenBLAS starts its pool at import otherwise.
 PINNED = {"OPENBLAS_NUM_THREADS": "1"}
 # Variables a library the zygote imports (Python itself, numpy and its BLAS, aiohttp and
@@ -89,6 +91,26 @@ def refusal(zygote: dict[str, str], replica: dict[str, str]) -> str | None:
     return None
 
 
+def environ_pipe(env: dict[str, str]) -> int:
+    """The read end of a pipe holding `env` ("NAME=value\\0" each), its write end closed:
+    what the zygote hands its child unread. The pipe is made big enough to hold it all."""
+    block = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_blocking(write_fd, False)  # what does not fit fails (BlockingIOError)
+        if len(block) > 65536:  # a pipe's default size
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        view = memoryview(block)
+        while view:
+            view = view[os.write(write_fd, view):]
+    except OSError:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
 class ChildLost(RuntimeFailure):
     """The zygote died: the exit code of the replica it forked cannot be known here."""
 
@@ -124,6 +146,7 @@ class ForkServer:
         self._retry_at = 0.0
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sender: socket.socket | None = None
         self._settled: asyncio.Event | None = None  # set once the zygote is ready or gone
 
     def begin(self) -> None:
@@ -156,6 +179,9 @@ class ForkServer:
                     stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
         finally:
             theirs.close()
+        # Requests go out on a duplicate (asyncio's writer sends no file descriptors), as
+        # non-blocking as the original: a request the socket cannot take now is spawned.
+        self._sender = ours.dup()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         async with asyncio.timeout(START_TIMEOUT_S):
             hello = json.loads(await reader.readline() or b"null")
@@ -200,6 +226,8 @@ class ForkServer:
         self._exits.clear()
         if self._writer is not None:
             self._writer.close()
+        if self._sender is not None:
+            self._sender.close()
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
@@ -236,7 +264,7 @@ class ForkServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(START_WAIT_S):
                     await self._settled.wait()
-        if self.state != "ready" or self._writer is None:
+        if self.state != "ready" or self._sender is None:
             return None
         reason = self._too_small(limit)
         if reason is not None:
@@ -246,12 +274,19 @@ class ForkServer:
         self._next_id += 1
         request_id = self._next_id
         reply = self._replies[request_id] = loop.create_future()
-        request = {"id": request_id, "folder": str(folder), "env": env,
+        request = {"id": request_id, "folder": str(folder),
                    "stdout": str(folder / "stdout.log"), "stderr": str(folder / "stderr.log")}
         try:
-            self._writer.write(json.dumps(request).encode() + b"\n")
+            env_fd = environ_pipe(env)
+            try:
+                line = json.dumps(request).encode() + b"\n"
+                sent = socket.send_fds(self._sender, [line], [env_fd])
+            finally:
+                os.close(env_fd)
+            if sent != len(line):  # half a line: the zygote never forks for it, and the
+                await self.close()  # stream is spoilt (it was not reading: stuck)
+                raise OSError("the request went out in part")
             async with asyncio.timeout(FORK_TIMEOUT_S):
-                await self._writer.drain()
                 answer = await reply
         except (OSError, RuntimeFailure) as exc:  # it went before answering: nothing forked
             self._replies.pop(request_id, None)
@@ -276,6 +311,8 @@ class ForkServer:
         self._closed = True
         if self._writer is not None:
             self._writer.close()
+        if self._sender is not None:
+            self._sender.close()
         if self._proc is not None and self._proc.returncode is None:
             try:
                 async with asyncio.timeout(2):
