@@ -22,7 +22,7 @@ from worker.runtimes import memory_limit
 from worker.runtimes.base import ReplicaSpec, StartedReplica, model_server_env
 from worker.runtimes.environment import host_env
 from worker.runtimes.fork_server import ROOM_VARIABLE, refusal, zygote_env
-from worker.runtimes.process import ProcessRuntime
+from worker.runtimes.process import ProcessRuntime, _pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -160,6 +160,27 @@ async def test_a_replica_s_environment_never_reaches_the_zygote_nor_the_next_rep
     finally:
         await runtime.remove_many([first.runtime_ref, second.runtime_ref], grace_s=0)
         await runtime.close()
+
+
+async def test_a_replica_is_known_by_its_environment_or_its_folder(tmp_path: Path) -> None:
+    """The runtime's pid check (pid reuse): a spawned replica's environment reads empty for
+    a moment after its exec began, when its folder is already its working directory."""
+    folder, elsewhere = tmp_path / "replica", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    ref = str(uuid4())
+    sleepers = [await asyncio.create_subprocess_exec("sleep", "30", cwd=cwd, env=env)
+                for cwd, env in ((folder, {}), (elsewhere, {}),
+                                 (elsewhere, {"GREENROOM_REPLICA_ID": ref}))]
+    try:
+        in_folder, stranger, named = (_pid_alive(p.pid, ref, folder) for p in sleepers)
+        assert in_folder and named and not stranger
+        assert not _pid_alive(sleepers[0].pid, ref, elsewhere)
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            await proc.wait()
+    assert not _pid_alive(sleepers[0].pid, ref, folder), "gone"
 
 
 async def test_the_first_replica_of_a_fresh_runtime_waits_for_its_zygote(
@@ -335,7 +356,7 @@ from pathlib import Path
 from uuid import uuid4
 from schemas.settings import Settings
 from worker.runtimes.base import ReplicaSpec
-from worker.runtimes.process import ProcessRuntime
+from worker.runtimes.process import ProcessRuntime, _pid_alive
 
 async def main():
     runtime = ProcessRuntime(Settings(state_dir=Path(sys.argv[1]), replica_cgroups=False))

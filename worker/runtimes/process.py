@@ -47,15 +47,25 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _pid_alive(pid: int, ref: str) -> bool:
-    """True if `pid` runs and is still replica `ref` (guards against pid reuse)."""
+def _pid_alive(pid: int, ref: str, folder: Path) -> bool:
+    """True if `pid` runs and is still replica `ref` (guards against pid reuse): its
+    environment names it (a forked replica's too: the zygote's child rewrites the block
+    /proc shows), or its working directory is the replica's `folder`. The second covers a
+    spawned replica's exec, whose environment reads empty for a moment after
+    `create_subprocess_exec` returned (seen under load), while its folder was set before."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
-    zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
-    return not zombie and f"GREENROOM_REPLICA_ID={ref}".encode() in environ
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        return False
+    with contextlib.suppress(OSError):
+        if f"GREENROOM_REPLICA_ID={ref}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+            return True
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == folder
+    except OSError:
+        return False
 
 
 class Child(Protocol):
@@ -231,7 +241,7 @@ class ProcessRuntime:
         if parsed is None:
             return None
         replica_id, model_id, generation = parsed
-        running = _pid_alive(int(meta["pid"]), ref)
+        running = _pid_alive(int(meta["pid"]), ref, self._dir(ref))
         code_file = self._dir(ref) / "exit_code"
         exit_code = None
         if not running and code_file.exists():
@@ -271,7 +281,7 @@ class ProcessRuntime:
         pid = int(meta["pid"])
         self._signal(pid, runtime_ref, signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + grace_s
-        while _pid_alive(pid, runtime_ref):
+        while _pid_alive(pid, runtime_ref, self._dir(runtime_ref)):
             if asyncio.get_running_loop().time() > deadline:
                 self._signal(pid, runtime_ref, signal.SIGKILL)
                 break
@@ -283,7 +293,7 @@ class ProcessRuntime:
                     await child.wait()
 
     def _signal(self, pid: int, ref: str, sig: signal.Signals) -> None:
-        if not _pid_alive(pid, ref):
+        if not _pid_alive(pid, ref, self._dir(ref)):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
