@@ -34,9 +34,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 # the rest at once); importing these starts no thread (numpy's OpenBLAS is kept to one),
 # checked before every fork.
 WARM_MODULES = ("service.server", "service.app", "gateway.server", "gateway.app",
-                "worker.settings", "worker.jobs", "launch.backing")
+                "worker.settings", "worker.jobs", "launch.backing", "launch.cli")
 START_TIMEOUT_S = 60.0
 
 
@@ -158,13 +161,16 @@ class _Server:
 _SERVER = _Server()
 
 
-def start(module: str, env: dict[str, str], log: Path,
-          cwd: Path = REPO) -> "ForkedProcess | subprocess.Popen[bytes]":
-    """`python -m module` with exactly `env`, output (stdout and stderr) appended to `log`:
-    forked from the warm server, or spawned where it cannot be."""
+def start(module: str, env: dict[str, str], log: Path, cwd: Path = REPO,
+          args: Sequence[str] = (), stderr: Path | None = None,
+          ) -> "ForkedProcess | subprocess.Popen[bytes]":
+    """`python -m module *args` with exactly `env`, its stdout appended to `log` (and its
+    stderr too, unless `stderr` names another file): forked from the warm server, or
+    spawned where it cannot be."""
     address = _SERVER.address() if os.environ.get("GREENROOM_TEST_FORK", "1") != "0" else None
     if address is not None:
-        request = {"module": module, "env": env, "log": str(log), "cwd": str(cwd)}
+        request = {"module": module, "args": list(args), "env": env, "cwd": str(cwd),
+                   "stdout": str(log), "stderr": str(stderr or log)}
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(address)
@@ -173,10 +179,27 @@ def start(module: str, env: dict[str, str], log: Path,
             return ForkedProcess(conn, int(reply["pid"]))
         except (OSError, ValueError, KeyError):
             conn.close()
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", module], env=env, cwd=cwd,
-                                stdout=out, stderr=subprocess.STDOUT,
+    with log.open("ab") as out, (stderr or log).open("ab") as err:
+        return subprocess.Popen([sys.executable, "-m", module, *args], env=env, cwd=cwd,
+                                stdout=out, stderr=err if stderr else subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
+
+
+def run(module: str, args: Sequence[str], env: dict[str, str], cwd: Path,
+        timeout: float) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run([python, "-m", module, *args], capture_output=True, text=True)`,
+    forked as `start` forks: a CLI command's exit code and its two outputs."""
+    with tempfile.TemporaryDirectory(prefix="greenroom-run-") as folder:
+        out, err = Path(folder, "stdout"), Path(folder, "stderr")
+        proc = start(module, env, out, cwd, args, stderr=err)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        return subprocess.CompletedProcess([module, *args], code, out.read_text(),
+                                           err.read_text())
 
 
 # ---- the server's side --------------------------------------------------------------
@@ -275,14 +298,18 @@ def _child(request: dict[str, Any], conn: socket.socket,
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
         os.close(devnull)
-        sys.argv = [request["module"]]
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            out = os.open(request[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.dup2(out, fd)
+            os.close(out)
+        sys.argv = [request["module"], *request["args"]]
+        # runpy's warning that a warm module (gateway.server, launch.cli) runs again as
+        # __main__: it does, in a namespace of its own, as `python -m` runs it.
+        warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                message=".*found in sys.modules after import of package")
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0
