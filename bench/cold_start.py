@@ -10,7 +10,13 @@ replaces, in interleaved rounds:
   sentence, from spawn to exit;
 - the replica: `ProcessRuntime.start` (the process runtime's own start, as a worker does)
   until /health answers, then one embedding; its RSS after it (/proc/<pid>/smaps_rollup),
-  and, beside it, after the 117 agreement sentences (memory under varied text);
+  and, beside it, after the 117 agreement sentences (memory under varied text). On the
+  process runtime the replica is forked from the runtime's zygote (model_server/zygote.py),
+  started and warm before the rounds as a worker's is before its first deploy (its own
+  start is outside the measured window); beside it, each round, the same replica spawned
+  as a fresh interpreter (GREENROOM_REPLICA_FORK_SERVER=false), and once, the first start
+  on a fresh runtime whose zygote was begun at the same moment (a worker whose first
+  deploy comes at once: that replica is spawned while the zygote warms);
 - with `--scale-to-zero`, the whole stack (API, gateway, worker; bench/autoscale.py's) with
   the default model deployed with autoscaling to zero: the first request's wait at three
   moments of going to zero (its scale-down's drain, which the request calls off; the
@@ -181,7 +187,8 @@ def image_mb(tag: str) -> str:
 async def run_runtime(name: str, runtime: Runtime, sources: dict[str, dict[str, Any]],
                       limits: dict[str, list[float]], starts: dict[str, list[float]],
                       rss: dict[str, list[tuple[int, int]]], rounds: int, model_dir: Path,
-                      onnx_file: Path, images: dict[str, str | None]) -> None:
+                      onnx_file: Path, images: dict[str, str | None],
+                      spawned: Runtime | None = None) -> None:
     async with aiohttp.ClientSession() as http:
         for _ in range(rounds):
             for backend, source in sources.items():
@@ -193,6 +200,36 @@ async def run_runtime(name: str, runtime: Runtime, sources: dict[str, dict[str, 
                 print(f"  {name} {backend:5}: limit {limits[backend][-1]:5.2f} s, replica "
                       f"{took:5.2f} s, RSS and private MB {mb} (after the 117 agreement "
                       f"sentences: {varied})", flush=True)
+                if spawned is not None and backend == "onnx":
+                    took, mb, _ = await replica(spawned, http, source)
+                    starts.setdefault("onnx spawned", []).append(took)
+                    print(f"  {name} onnx spawned (no zygote): replica {took:5.2f} s, RSS and "
+                          f"private MB {mb}", flush=True)
+
+
+async def warm_zygote(runtime: ProcessRuntime) -> float:
+    """Start the runtime's zygote and wait until it forks: seconds it took."""
+    started = time.perf_counter()
+    runtime.warm()
+    server = runtime._fork_server
+    assert server is not None
+    while server.state != "ready":
+        assert server.state == "starting", f"the zygote did not start: {server.state}"
+        await asyncio.sleep(0.02)
+    return time.perf_counter() - started
+
+
+async def first_start(settings: Settings, source: dict[str, Any]) -> None:
+    """The first replica of a fresh runtime whose zygote is begun at the same moment."""
+    runtime = ProcessRuntime(settings)
+    try:
+        async with aiohttp.ClientSession() as http:
+            runtime.warm()
+            took, _, _ = await replica(runtime, http, source)
+        print(f"  first start on a fresh runtime (zygote begun with it, so this replica is "
+              f"spawned): {took:.2f} s", flush=True)
+    finally:
+        await runtime.close()
 
 
 def report(name: str, limits: dict[str, list[float]], starts: dict[str, list[float]],
@@ -204,6 +241,10 @@ def report(name: str, limits: dict[str, list[float]], starts: dict[str, list[flo
         goal = f" (goal <= {START_GOAL[name]})" if backend == "onnx" else ""
         print(f"  {backend:5} start to healthy {med(starts[backend]):5.2f} s, limit "
               f"{med(limits[backend]):5.2f} s: ratio {ratio:.2f}{goal}")
+    if starts.get("onnx spawned"):
+        spawned = med(starts["onnx spawned"])
+        print(f"  onnx spawned without the zygote {spawned:5.2f} s: ratio "
+              f"{spawned / med(limits['onnx']):.2f}")
     for i, what in enumerate(("RSS", "private memory")):
         if rss["onnx"] and rss["torch"]:
             onnx, torch = (med(m[i] for m in rss[b]) for b in ("onnx", "torch"))
@@ -231,8 +272,13 @@ async def bench(args: argparse.Namespace) -> None:
         settings = Settings(state_dir=Path(tmp), replica_cgroups=False,
                             cluster=f"bench-{os.getpid()}",
                             docker_image_onnx=args.slim_image, docker_image=args.image)
+        process = ProcessRuntime(settings)
+        spawning = ProcessRuntime(settings.model_copy(update={"replica_fork_server": False}))
+        await first_start(settings, sources["onnx"])
+        print(f"  the zygote's own start (before the rounds, outside the measured window): "
+              f"{await warm_zygote(process):.2f} s", flush=True)
         runtimes: list[tuple[str, Runtime, dict[str, str | None]]] = [
-            ("process", ProcessRuntime(settings), {"onnx": None, "torch": None})]
+            ("process", process, {"onnx": None, "torch": None})]
         if args.docker:
             # In a container the model is the image's own package; the export is mounted.
             runtimes.append(("docker", DockerRuntime(settings),
@@ -244,7 +290,8 @@ async def bench(args: argparse.Namespace) -> None:
             container_dir = Path("/app/model") if name == "docker" else model_dir
             await run_runtime(name, runtime, sources, limits, starts, rss, args.rounds,
                               _model_dir_in(images["onnx"], container_dir, model_dir),
-                              entry / "fp32.onnx", images)
+                              entry / "fp32.onnx", images,
+                              spawning if name == "process" else None)
             report(name, limits, starts, rss)
             await runtime.close()
             if name == "process" and args.scale_to_zero:
@@ -252,6 +299,7 @@ async def bench(args: argparse.Namespace) -> None:
             if name == "process" and rss["onnx"] and rss["torch"]:
                 capacity(defaults, statistics.median(m[0] for m in rss["onnx"]),
                          statistics.median(m[0] for m in rss["torch"]))
+        await spawning.close()
     if args.docker:
         print(f"\nimages: {args.image} {image_mb(args.image)}, {args.slim_image} "
               f"{image_mb(args.slim_image)}")

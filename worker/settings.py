@@ -31,6 +31,7 @@ from worker import installation, metrics, reconciler, series
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.jobs import arq_job, replica_logs, run_task, task_job_timeout_s
 from worker.runtimes import create_runtime
+from worker.runtimes.process import ProcessRuntime
 from worker.scaling import autoscaler
 
 log = structlog.get_logger(__name__)
@@ -59,6 +60,8 @@ async def startup(arq_ctx: dict[str, Any]) -> None:
         f"{uuid4().hex[:6]}",
     )
     arq_ctx[CONTEXT_KEY] = ctx
+    if isinstance(ctx.runtime, ProcessRuntime):
+        ctx.runtime.warm()  # its zygote, in the background: the first deploy is forked too
     if settings.worker_metrics_port is not None:
         arq_ctx["metrics_server"] = await metrics.serve(ctx.metrics,
                                                         settings.worker_metrics_host,

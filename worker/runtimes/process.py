@@ -17,7 +17,7 @@ import socket
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -36,6 +36,7 @@ from worker.runtimes.base import (
     stop_and_remove_each,
 )
 from worker.runtimes.environment import host_env
+from worker.runtimes.fork_server import ChildLost, ForkServer
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,16 @@ def _pid_alive(pid: int, ref: str) -> bool:
         return False
     zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
     return not zombie and f"GREENROOM_REPLICA_ID={ref}".encode() in environ
+
+
+class Child(Protocol):
+    """A replica this runtime started: spawned (asyncio's process) or forked by the zygote."""
+
+    pid: int
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -78,8 +89,17 @@ class ProcessRuntime:
         self.local_host: str | None = self._advertised
         self._default_memory_mb = settings.replica_memory_mb
         self._cgroups = settings.replica_cgroups
-        self._children: dict[str, asyncio.subprocess.Process] = {}
+        self._children: dict[str, Child] = {}
         self._reapers: set[asyncio.Task[None]] = set()
+        # Replicas forked from a warm interpreter (worker/runtimes/fork_server.py).
+        self._fork_server = (ForkServer(settings.state_dir.resolve() / "zygote")
+                             if settings.replica_fork_server else None)
+
+    def warm(self) -> None:
+        """Start the fork server in the background (a worker's start does), so the first
+        replica is forked too; without it, the first replica is spawned and starts it."""
+        if self._fork_server is not None:
+            self._fork_server.begin()
 
     def _dir(self, ref: str) -> Path:
         return self._root / ref
@@ -97,19 +117,20 @@ class ProcessRuntime:
         if threads is not None:
             env["MODEL_SERVER_NUM_THREADS"] = str(threads)
         limit = self._memory_limit(ref, spec)
-        proc = await self._spawn(folder, env, limit)
+        proc, how = await self._start_process(folder, env, limit)
         endpoint = endpoint_url(self._advertised, port)
         memory = None if limit is None else {
             "kind": limit.kind, "limit_mb": limit.limit_bytes // 2**20,
             "cgroup": str(limit.cgroup) if limit.cgroup else None}
-        meta = {"pid": proc.pid, "endpoint": endpoint, "labels": spec.labels(), "memory": memory}
+        meta = {"pid": proc.pid, "endpoint": endpoint, "labels": spec.labels(), "memory": memory,
+                "started": how}
         (folder / "meta.json").write_text(json.dumps(meta))
         self._children[ref] = proc
         reaper = asyncio.create_task(self._reap(ref, proc))
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
         log.info("replica_started", runtime="process", replica=ref, pid=proc.pid,
-                 endpoint=endpoint, memory=memory)
+                 endpoint=endpoint, memory=memory, started=how)
         return StartedReplica(runtime_ref=ref, endpoint=endpoint)
 
     def _memory_limit(self, ref: str, spec: ReplicaSpec) -> memory_limit.Limit:
@@ -122,15 +143,37 @@ class ProcessRuntime:
             return memory_limit.Limit("rlimit-data", limit.limit_bytes)
         return limit
 
+    async def _start_process(self, folder: Path, env: dict[str, str],
+                             limit: memory_limit.Limit | None) -> tuple[Child, str]:
+        """`python -m model_server` in its own session (and so process group), working
+        directory `folder`, inside its memory limit: forked by the zygote where it can,
+        else spawned. Returns it and which ("forked" or "spawned")."""
+        proc: Child | None = None
+        if self._fork_server is not None:
+            proc = await self._fork_server.fork(folder, env, limit)
+        how = "forked" if proc is not None else "spawned"
+        if proc is None:
+            proc = await self._spawn(folder, env, limit)
+        if limit is not None:
+            try:
+                limit.apply(proc.pid)
+            except OSError as exc:  # no limit is no start: kill it rather than run it unbounded
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(ChildLost):
+                    await proc.wait()
+                memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
+                raise RuntimeFailure(f"could not apply the memory limit: {exc}") from exc
+        return proc, how
+
     async def _spawn(self, folder: Path, env: dict[str, str],
                      limit: memory_limit.Limit | None) -> asyncio.subprocess.Process:
-        """`python -m model_server` in its own session (and so process group), working
-        directory `folder`, inside its memory limit."""
+        """A fresh interpreter running `python -m model_server`."""
         # Owner-only: a model's output can carry its secrets (review L4).
         with (os.fdopen(private_append(folder / "stdout.log"), "ab") as out,
               os.fdopen(private_append(folder / "stderr.log"), "ab") as err):
             try:
-                proc = await asyncio.create_subprocess_exec(
+                return await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "model_server", stdout=out, stderr=err, env=env,
                     cwd=folder, start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
                 )
@@ -138,16 +181,6 @@ class ProcessRuntime:
                 if limit is not None:
                     memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
                 raise RuntimeFailure(f"could not start model server: {exc}") from exc
-        if limit is not None:
-            try:
-                limit.apply(proc.pid)
-            except OSError as exc:  # no limit is no start: kill it rather than run it unbounded
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-                memory_limit.release(str(limit.cgroup) if limit.cgroup else None)
-                raise RuntimeFailure(f"could not apply the memory limit: {exc}") from exc
-        return proc
 
     def cap_logs(self, max_bytes: int) -> int:
         """Cut each replica's stdout.log and stderr.log past `max_bytes` to its newest half
@@ -176,8 +209,12 @@ class ProcessRuntime:
                 os.close(fd)
         return cut
 
-    async def _reap(self, ref: str, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
+    async def _reap(self, ref: str, proc: Child) -> None:
+        try:
+            code = await proc.wait()
+        except ChildLost:  # its zygote died: it runs on unwatched, as after a worker crash
+            self._children.pop(ref, None)
+            return
         with contextlib.suppress(OSError):
             (self._dir(ref) / "exit_code").write_text(str(code))
         self._children.pop(ref, None)
@@ -221,7 +258,7 @@ class ProcessRuntime:
         child = self._children.get(runtime_ref)
         if info is not None and not info.running and info.exit_code is None and child:
             # Our own child just died: its reaper may not have recorded the code yet.
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, ChildLost):
                 async with asyncio.timeout(2):
                     code = await child.wait()
                 return dataclasses.replace(info, exit_code=code)
@@ -241,7 +278,7 @@ class ProcessRuntime:
             await asyncio.sleep(0.05)
         child = self._children.get(runtime_ref)
         if child is not None:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, ChildLost):
                 async with asyncio.timeout(2):
                     await child.wait()
 
@@ -280,3 +317,5 @@ class ProcessRuntime:
     async def close(self) -> None:
         for reaper in list(self._reapers):
             reaper.cancel()
+        if self._fork_server is not None:
+            await self._fork_server.close()
