@@ -54,8 +54,12 @@ def _pid_alive(pid: int, ref: str) -> bool:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
-    zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
-    return not zombie and f"GREENROOM_REPLICA_ID={ref}".encode() in environ
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        return False
+    # A process on its way out lets go of its memory, its environment with it, before it is
+    # a zombie: it still runs for whoever waits for its end (a replica whose zygote died has
+    # no parent here to wait on).
+    return not environ or f"GREENROOM_REPLICA_ID={ref}".encode() in environ
 
 
 class Child(Protocol):
