@@ -16,7 +16,7 @@ replaces, in interleaved rounds:
   start is outside the measured window); beside it, each round, the same replica spawned
   as a fresh interpreter (GREENROOM_REPLICA_FORK_SERVER=false), and once, the first start
   on a fresh runtime whose zygote was begun at the same moment (a worker whose first
-  deploy comes at once: that replica is spawned while the zygote warms);
+  deploy comes at once: that replica waits for the zygote, then is forked);
 - with `--scale-to-zero`, the whole stack (API, gateway, worker; bench/autoscale.py's) with
   the default model deployed with autoscaling to zero: the first request's wait at three
   moments of going to zero (its scale-down's drain, which the request calls off; the
@@ -226,8 +226,8 @@ async def first_start(settings: Settings, source: dict[str, Any]) -> None:
         async with aiohttp.ClientSession() as http:
             runtime.warm()
             took, _, _ = await replica(runtime, http, source)
-        print(f"  first start on a fresh runtime (zygote begun with it, so this replica is "
-              f"spawned): {took:.2f} s", flush=True)
+        print(f"  first start on a fresh runtime (its zygote begun at the same moment; the "
+              f"replica waits for it and is forked): {took:.2f} s", flush=True)
     finally:
         await runtime.close()
 

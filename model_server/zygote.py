@@ -14,7 +14,8 @@ replica. Each child becomes exactly what `python -m model_server` would have bee
   environment, and the bytes /proc/<pid>/environ shows (the zygote starts with room for
   them: ROOM_VARIABLE, which the worker fills and the zygote drops), so whatever
   identifies a replica by its environment (the runtime's pid checks, `greenroom stop`)
-  sees the replica's own and never the zygote's;
+  sees the replica's own and never the zygote's; its command line (/proc/<pid>/cmdline,
+  ps) reads `python -m model_server`, as a spawned replica's;
 - settings read from that environment, the model's load begun, the server run, and
   os._exit with the server's status (model_server/__main__.py's path).
 
@@ -22,8 +23,11 @@ Protocol, newline-delimited JSON on the socket the worker hands over as `--fd` (
 a socketpair: no name on disk, and end of file when the worker goes, which ends the
 zygote; the replicas it forked run on, as replicas outlive a worker):
   the zygote, once its imports are done: {"ready": true, "room": <bytes of environment>}
-  the worker: {"id": n, "folder": "/abs/folder", "stdout": path, "stderr": path,
-               "env": {...}}
+  the worker: {"id": n, "folder": "/abs/folder", "stdout": path, "stderr": path}, with
+              one file descriptor (SCM_RIGHTS): a pipe holding the replica's environment
+              ("NAME=value\\0" each) and closed. Only the child reads it: the zygote's
+              memory, which every later child inherits, never holds one replica's
+              environment (its job token, its deployment's decrypted secrets) for the next.
   the zygote: {"id": n, "pid": p} once the child holds its environment, or
               {"id": n, "error": "..."} (the worker then spawns the replica instead)
   the zygote, when a child exits: {"exited": p, "code": c}, after writing
@@ -66,11 +70,23 @@ _MAIN = str(Path(__file__).resolve().parent / "__main__.py")
 _LIBC = ctypes.CDLL(None)
 
 
+def _stat_span(first: int) -> tuple[int, int]:
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[first - 3]), int(fields[first - 2])
+
+
 def environ_room() -> tuple[int, int]:
     """(start, end) of this process's environment block, the bytes /proc/<pid>/environ
     reads (fields 50 and 51 of /proc/self/stat)."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[47]), int(fields[48])
+    return _stat_span(50)
+
+
+def rename_command_line(argv: list[str]) -> None:
+    """/proc/<pid>/cmdline (what ps shows) reads `argv`, written over the zygote's own
+    arguments, the rest zeroed; an `argv` longer than those is cut to fit."""
+    start, end = _stat_span(48)
+    block = b"".join(os.fsencode(arg) + b"\0" for arg in argv)[:end - start - 1]
+    ctypes.memmove(start, block + b"\0" * (end - start - len(block)), end - start)
 
 
 def replace_environ(env: dict[str, str]) -> None:
@@ -87,14 +103,25 @@ def replace_environ(env: dict[str, str]) -> None:
     ctypes.memmove(start, block + b"\0" * (end - start - len(block)), end - start)
 
 
+def read_environ(fd: int) -> dict[str, str]:
+    """The environment the worker wrote into the pipe `fd` ("NAME=value\0" each), to EOF."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    pairs = (item.partition(b"=") for item in b"".join(chunks).split(b"\0") if item)
+    return {os.fsdecode(k): os.fsdecode(v) for k, _, v in pairs}
+
+
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def _child(request: dict[str, Any], ready_fd: int) -> None:
+def _child(request: dict[str, Any], env_fd: int, ready_fd: int) -> None:
     """In the forked child: become the replica, then run the server; never returns."""
     code = EXIT_CRASHED
     try:
+        env = read_environ(env_fd)
         os.setsid()
         # The handlers a fresh interpreter has (the zygote's own exit on either).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -110,7 +137,9 @@ def _child(request: dict[str, Any], ready_fd: int) -> None:
         os.closerange(3, ready_fd)
         os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir(request["folder"])
-        replace_environ(request["env"])
+        replace_environ(env)
+        # As a spawned replica: `python -m model_server` for ps, its __main__ for Python.
+        rename_command_line([sys.executable, "-m", "model_server"])
         sys.argv = [_MAIN]
         os.write(ready_fd, b"1")
         os.close(ready_fd)
@@ -138,6 +167,7 @@ class Zygote:
         self.selector.register(sock, selectors.EVENT_READ, None)
         self.children: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, folder)
         self.buffer = b""
+        self.fds: list[int] = []  # received with the requests, one each, in order
 
     def send(self, message: dict[str, Any]) -> None:
         self.sock.sendall(json.dumps(message).encode() + b"\n")
@@ -154,37 +184,38 @@ class Zygote:
                     self._reap(key.fd)
 
     def _read(self) -> bool:
-        data = self.sock.recv(1 << 16)
+        data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 16)
         if not data:
             return False  # the worker went
         self.buffer += data
+        self.fds += fds
         while b"\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\n", 1)
             request = json.loads(line)
+            env_fd = self.fds.pop(0) if self.fds else -1
             try:
-                reply = {"id": request["id"], "pid": self._fork(request)}
+                if env_fd < 0:
+                    raise ValueError("the request came without its environment's pipe")
+                reply = {"id": request["id"], "pid": self._fork(request, env_fd)}
             except Exception as exc:  # the worker spawns instead
                 reply = {"id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                if env_fd >= 0:
+                    os.close(env_fd)
             self.send(reply)
         return True
 
-    def _fork(self, request: dict[str, Any]) -> int:
+    def _fork(self, request: dict[str, Any], env_fd: int) -> int:
         threads = _threads()
         if threads != 1:
             raise RuntimeError(f"the zygote runs {threads} threads; a fork keeps one")
-        size = sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2
-                   for k, v in request["env"].items())
-        start, end = environ_room()
-        if size > end - start:
-            raise ValueError(f"the environment ({size} bytes) exceeds the room "
-                             f"({end - start} bytes)")
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            _child(request, write_fd)
+            _child(request, env_fd, write_fd)
         os.close(write_fd)
         try:
             pidfd = os.pidfd_open(pid)

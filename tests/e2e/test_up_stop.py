@@ -80,8 +80,8 @@ def _ours(state_dir: Path) -> dict[int, str]:
 
 
 def _is_replica(pid: int) -> bool:
-    """A replica, spawned or forked (a forked one's command line is its zygote's, which
-    names model_server too): its environment names its replica id."""
+    """A replica, spawned or forked, and not the worker's zygote (model_server/zygote.py,
+    which names model_server too): its environment names its replica id."""
     try:
         return b"GREENROOM_REPLICA_ID=" in Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:

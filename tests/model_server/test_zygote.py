@@ -32,7 +32,7 @@ stop = threading.Event()
 thread = threading.Thread(target=stop.wait)
 thread.start()
 try:
-    zygote.Zygote(socket.socket())._fork({"env": {}, "folder": "/"})
+    zygote.Zygote(socket.socket())._fork({"folder": "/"}, -1)
     second_thread = None
 except RuntimeError as exc:
     second_thread = str(exc)

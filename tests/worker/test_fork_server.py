@@ -105,6 +105,9 @@ async def test_a_forked_replica_serves_with_exactly_its_own_environment(
         assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == zygote
         assert os.getsid(pid) == pid and os.getpgid(pid) == pid
         assert Path(os.readlink(f"/proc/{pid}/cwd")) == folder
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[:3] == [os.fsencode(sys.executable), b"-m", b"model_server"], cmdline
+        assert b"model_server.zygote" in Path(f"/proc/{zygote}/cmdline").read_bytes()
         assert len(os.listdir(f"/proc/{zygote}/task")) == 1
         for name in ("stdout.log", "stderr.log"):
             assert (folder / name).stat().st_mode & 0o777 == 0o600
@@ -112,6 +115,61 @@ async def test_a_forked_replica_serves_with_exactly_its_own_environment(
         assert info is not None and info.running
         _, stderr = await runtime.logs(started.runtime_ref)
         assert "server_started" in stderr
+    finally:
+        await runtime.remove(started.runtime_ref)
+        await runtime.close()
+
+
+def _memory_holds(pid: int, needle: bytes) -> bool:
+    """Does any writable mapping of `pid` (its heap, its anonymous memory) hold `needle`?"""
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            span, perms = line.split()[:2]
+            if not perms.startswith("rw"):
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            with contextlib.suppress(OSError, ValueError, OverflowError):
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+    return False
+
+
+async def test_a_replica_s_environment_never_reaches_the_zygote_nor_the_next_replica(
+        settings: Settings) -> None:
+    """Every child inherits the zygote's memory: one replica's environment (its job token,
+    its deployment's decrypted secrets) must never be in it. The zygote passes each child
+    a pipe it does not read."""
+    # Long, as a certificate or a key file put in an env var is, and so in memory of its
+    # own: a few bytes freed by Python's small-object allocator are soon written over.
+    secret = "deployment-secret-" + "".join(uuid4().hex for _ in range(128))
+    runtime = ProcessRuntime(settings)
+    zygote = await _warm(runtime)
+    first = await runtime.start(_spec({"MY_API_KEY": secret}))
+    second = await runtime.start(_spec())
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _serves(http, first)
+            await _serves(http, second)
+        first_pid, second_pid = (int(str(_meta(settings, r)["pid"])) for r in (first, second))
+        assert _meta(settings, second)["started"] == "forked"
+        assert _environ(first_pid)["MY_API_KEY"] == secret
+        assert _memory_holds(first_pid, secret.encode()), "the probe finds what is there"
+        assert not _memory_holds(zygote, secret.encode()), "the zygote read a replica's env"
+        assert not _memory_holds(second_pid, secret.encode()), "inherited by the next one"
+    finally:
+        await runtime.remove_many([first.runtime_ref, second.runtime_ref], grace_s=0)
+        await runtime.close()
+
+
+async def test_the_first_replica_of_a_fresh_runtime_waits_for_its_zygote(
+        settings: Settings) -> None:
+    runtime = ProcessRuntime(settings)  # not warmed: the first start begins the zygote
+    started = await runtime.start(_spec())
+    try:
+        assert _meta(settings, started)["started"] == "forked"
+        async with aiohttp.ClientSession() as http:
+            await _serves(http, started)
     finally:
         await runtime.remove(started.runtime_ref)
         await runtime.close()

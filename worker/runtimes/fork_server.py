@@ -6,7 +6,9 @@ held. One per runtime, started in the background (at the worker's start, or at i
 replica), with an environment built like a replica's host part (never the worker's: it
 holds the secret key and database URL). Whenever the zygote is not ready, has failed or
 died, or a replica's environment differs from the zygote's in a variable that libraries
-read at import time, `fork` answers None and the runtime spawns the replica as before.
+read at import time, `fork` answers None and the runtime spawns the replica as before. A
+replica asked for while the zygote is starting waits for it (at most START_WAIT_S): its
+start is the same imports a spawn would make, begun earlier.
 
 The zygote talks over one end of a socketpair (no name on disk) and exits at its end of
 file, when the worker closes it or dies; the replicas it forked run on in their own
@@ -15,6 +17,7 @@ sessions, as spawned ones do.
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -37,6 +40,7 @@ log = structlog.get_logger(__name__)
 # (/proc/<pid>/environ shows the replica's own). A replica with more is spawned instead.
 ROOM_VARIABLE = "ZYGOTE_ENVIRON_ROOM"
 ROOM_BYTES = 120_000  # under the kernel's 128 KiB for one variable
+PIPE_BYTES = 256 * 1024  # a pipe's size for an environment past 64 KiB (at most ROOM_BYTES)
 # The zygote must run one thread: numpy's OpenBLAS starts its pool at import otherwise.
 PINNED = {"OPENBLAS_NUM_THREADS": "1"}
 # Variables a library the zygote imports (Python itself, numpy and its BLAS, aiohttp and
@@ -54,6 +58,7 @@ IMPORT_TIME_PREFIXES = (
 # the start as before, with the out-of-memory error the runtime reads.
 RLIMIT_HEADROOM_BYTES = 128 * 2**20
 START_TIMEOUT_S = 60.0
+START_WAIT_S = 10.0  # how long a replica waits for a zygote still starting, then spawns
 # The zygote answers within its own 10 s wait for the child (model_server/zygote.py).
 FORK_TIMEOUT_S = 30.0
 RETRY_AFTER_S = 30.0  # after a zygote failed or died, before starting another
@@ -84,6 +89,26 @@ def refusal(zygote: dict[str, str], replica: dict[str, str]) -> str | None:
     if size > ROOM_BYTES:
         return f"its environment ({size} bytes) exceeds the zygote's room ({ROOM_BYTES})"
     return None
+
+
+def environ_pipe(env: dict[str, str]) -> int:
+    """The read end of a pipe holding `env` ("NAME=value\\0" each), its write end closed:
+    what the zygote hands its child unread. The pipe is made big enough to hold it all."""
+    block = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_blocking(write_fd, False)  # what does not fit fails (BlockingIOError)
+        if len(block) > 65536:  # a pipe's default size
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        view = memoryview(block)
+        while view:
+            view = view[os.write(write_fd, view):]
+    except OSError:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 class ChildLost(RuntimeFailure):
@@ -121,6 +146,8 @@ class ForkServer:
         self._retry_at = 0.0
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sender: socket.socket | None = None
+        self._settled: asyncio.Event | None = None  # set once the zygote is ready or gone
 
     def begin(self) -> None:
         """Start the zygote in the background unless one runs, starts, or failed lately."""
@@ -128,7 +155,9 @@ class ForkServer:
         if self._closed or self.state in ("starting", "ready") or loop.time() < self._retry_at:
             return
         self._loop = loop
+        self.env = zygote_env(self._folder)
         self.state = "starting"
+        self._settled = asyncio.Event()
         self._task = loop.create_task(self._run())
 
     async def _run(self) -> None:
@@ -141,7 +170,6 @@ class ForkServer:
 
     async def _serve(self) -> None:
         private_dir(self._folder)
-        self.env = zygote_env(self._folder)
         ours, theirs = socket.socketpair()
         try:
             with os.fdopen(private_append(self._folder / "zygote.log"), "ab") as out:
@@ -151,6 +179,9 @@ class ForkServer:
                     stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
         finally:
             theirs.close()
+        # Requests go out on a duplicate (asyncio's writer sends no file descriptors), as
+        # non-blocking as the original: a request the socket cannot take now is spawned.
+        self._sender = ours.dup()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         async with asyncio.timeout(START_TIMEOUT_S):
             hello = json.loads(await reader.readline() or b"null")
@@ -158,6 +189,8 @@ class ForkServer:
             raise RuntimeFailure(f"the zygote did not start (see {self._folder}/zygote.log)")
         self.pid = self._proc.pid
         self.state = "ready"
+        if self._settled is not None:
+            self._settled.set()
         log.info("zygote_ready", pid=self.pid, room=hello.get("room"))
         while line := await reader.readline():
             message = json.loads(line)
@@ -181,6 +214,8 @@ class ForkServer:
         if self.state != "off":
             self.state = "dead"
             self._retry_at = asyncio.get_running_loop().time() + RETRY_AFTER_S
+        if self._settled is not None:
+            self._settled.set()
         for reply in self._replies.values():
             if not reply.done():
                 reply.set_exception(RuntimeFailure("the zygote went"))
@@ -191,6 +226,8 @@ class ForkServer:
         self._exits.clear()
         if self._writer is not None:
             self._writer.close()
+        if self._sender is not None:
+            self._sender.close()
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
@@ -215,10 +252,21 @@ class ForkServer:
         """The replica forked into `folder` with exactly `env`, to run under `limit`;
         None: spawn it instead."""
         self.begin()
-        if (self.state != "ready" or self._writer is None
-                or self._loop is not asyncio.get_running_loop()):
-            return None  # (a runtime used from another event loop spawns)
-        reason = refusal(self.env, env) or self._too_small(limit)
+        if self._loop is not asyncio.get_running_loop():
+            return None  # a runtime used from another event loop spawns
+        reason = refusal(self.env, env) if self.env else None
+        if reason is not None:
+            log.info("replica_not_forked", folder=str(folder), reason=reason)
+            return None
+        if self.state == "starting" and self._settled is not None:
+            # The zygote's start is the imports a spawned replica would make now, begun
+            # earlier: waiting for it costs no more than spawning, and no second import.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_WAIT_S):
+                    await self._settled.wait()
+        if self.state != "ready" or self._sender is None:
+            return None
+        reason = self._too_small(limit)
         if reason is not None:
             log.info("replica_not_forked", folder=str(folder), reason=reason)
             return None
@@ -226,12 +274,19 @@ class ForkServer:
         self._next_id += 1
         request_id = self._next_id
         reply = self._replies[request_id] = loop.create_future()
-        request = {"id": request_id, "folder": str(folder), "env": env,
+        request = {"id": request_id, "folder": str(folder),
                    "stdout": str(folder / "stdout.log"), "stderr": str(folder / "stderr.log")}
         try:
-            self._writer.write(json.dumps(request).encode() + b"\n")
+            env_fd = environ_pipe(env)
+            try:
+                line = json.dumps(request).encode() + b"\n"
+                sent = socket.send_fds(self._sender, [line], [env_fd])
+            finally:
+                os.close(env_fd)
+            if sent != len(line):  # half a line: the zygote never forks for it, and the
+                await self.close()  # stream is spoilt (it was not reading: stuck)
+                raise OSError("the request went out in part")
             async with asyncio.timeout(FORK_TIMEOUT_S):
-                await self._writer.drain()
                 answer = await reply
         except (OSError, RuntimeFailure) as exc:  # it went before answering: nothing forked
             self._replies.pop(request_id, None)
@@ -256,6 +311,8 @@ class ForkServer:
         self._closed = True
         if self._writer is not None:
             self._writer.close()
+        if self._sender is not None:
+            self._sender.close()
         if self._proc is not None and self._proc.returncode is None:
             try:
                 async with asyncio.timeout(2):
