@@ -35,6 +35,8 @@ from edge.routes import ROUTE_TABLE, register
 from gateway import feedback, metrics_access
 from gateway.access import AccessCache
 from gateway.admission import Admission, Limits
+from gateway.dispatch import TEMPLATE as SERVE_TEMPLATE
+from gateway.dispatch import ServeIndex
 from gateway.hold import Holds
 from gateway.keys import ACCESS, ADMISSION, GATEWAY, GATEWAY_REDIS
 from gateway.routing import Gateway
@@ -171,11 +173,14 @@ OWN_ROUTES = [
 ]
 
 
-def _register_unguarded(app: web.Application, specs: list[RouteSpec]) -> None:
+def _register_unguarded(app: web.Application, specs: list[RouteSpec],
+                        index: ServeIndex) -> None:
     """Routes that check access themselves (cached), in the route table for the docs and the
-    authorisation matrix."""
+    authorisation matrix; those under /serve/{name} in `index` too."""
     for spec in specs:
-        app.router.add_route(spec.method, spec.path, spec.handler)
+        route = app.router.add_route(spec.method, spec.path, spec.handler)
+        if spec.path.startswith(SERVE_TEMPLATE):
+            index.add(spec.method, spec.path, route)
         app[ROUTE_TABLE].append(spec)
 
 
@@ -216,7 +221,9 @@ def create_gateway_app(settings: Settings | None = None) -> web.Application:
     app[ROUTE_TABLE] = []
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(principal_cache_ctx(GATEWAY_REDIS, settings.access_cache_ttl_s))
-    register(app, feedback.ROUTES)  # before /serve/{name}/{op} would shadow it
-    _register_unguarded(app, _data_plane_specs())
+    index = ServeIndex()  # first under /serve: one dict look-up for the data plane
+    app.router.register_resource(index)
+    register(app, feedback.ROUTES)
+    _register_unguarded(app, _data_plane_specs(), index)
     register(app, OWN_ROUTES)
     return app
