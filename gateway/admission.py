@@ -116,6 +116,8 @@ class Ticket:
 
     def settle(self, response: R) -> R:
         """Debit the tokens the replica reports and add the x-ratelimit-* headers."""
+        if self.requests is None and self.tokens is None:
+            return response  # unlimited: nothing to debit or show
         if self.tokens is not None:
             spent = response.headers.get(TOKENS_HEADER, "0")
             self.tokens.level -= float(spent) if spent.isdigit() else 0.0

@@ -93,9 +93,22 @@ def _model_of(raw: bytes) -> str:
     return model
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request's body. A small one is whole in aiohttp's buffer by the time the handler
+    runs, and is taken from it at once (`request.read()` loops, copies and checks the size
+    on each chunk); a larger one is read as before, both within `client_max_size` (413)."""
+    content = request.content
+    if not content.is_eof():
+        return await request.read()
+    body = content.read_nowait(-1)
+    if len(body) > request.client_max_size:
+        raise web.HTTPRequestEntityTooLarge(request.client_max_size, len(body))
+    return body
+
+
 async def openai_embeddings(request: web.Request) -> web.Response:
     """POST /v1/embeddings: `model` names the deployment (its name or owner/name)."""
-    raw = await request.read()
+    raw = await _body(request)
     route = await _allowed(request, _model_of(raw))
     ticket = await request.app[ADMISSION].admit(request, route.model_id)
     answer = await request.app[GATEWAY].forward(route, "POST", "/v1/embeddings", raw,
@@ -117,7 +130,7 @@ def _passthrough(method: str, path: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         route = await _allowed(request, request.match_info["name"])
         ticket = await request.app[ADMISSION].admit(request, route.model_id)
-        body = await request.read() if method == "POST" else None
+        body = await _body(request) if method == "POST" else None
         answer = await request.app[GATEWAY].forward(route, method, path, body,
                                                     request.headers, ticket.deadline,
                                                     ticket.lane)
