@@ -12,9 +12,14 @@ CPU each path's server process spends per request (from /proc), by layers:
   gateway   `greenroom gateway` routing to the replica by deployment name: all of it.
 
 So `forward - bare` is the upstream call and `gateway - forward` the gateway's own logic
-(auth decision, admission, routing pick, tracing ids, metrics, the request line).
+(auth decision, admission, routing pick, tracing ids, metrics, the request line). With
+`--before DIR` (a checkout of an earlier commit, e.g. `git archive <commit> | tar -x -C
+DIR`), that checkout's gateway is measured too, as `before`, on the same database and
+replica, in the same interleaved rounds: on a shared machine only a comparison within one
+run means anything.
 
     .venv/bin/python bench/gateway_split.py [--seconds 3] [--rounds 3] [--concurrency 16]
+        [--before DIR]
 """
 
 import argparse
@@ -82,7 +87,7 @@ def _serve(layer: str, port: int, upstream_url: str) -> None:
 async def _bench(args: argparse.Namespace, tmp: Path) -> None:
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT.format(sentence=SENTENCE))
-    async with gateway(tmp, 1, False) as planes:
+    async with gateway(tmp, 1, False, args.before) as planes:
         with replica(tmp, "hashing", free_port(HOST)) as direct:
             async with aiohttp.ClientSession() as http:
                 await backing.wait_for_http(http, direct + "/health", 60)
@@ -101,6 +106,9 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
                         await backing.wait_for_http(http, f"http://{HOST}:{port}/healthz")
                 for layer, port in ports.items():
                     paths[layer] = f"http://{HOST}:{port}/serve/hashing/embed"
+                if planes.before:
+                    paths["before"] = f"{planes.before}/serve/hashing/embed"
+                    await _until_routed(paths["before"])
                 paths["gateway"] = f"{planes.gateway}/serve/hashing/embed"
                 runs = measure(paths, [args.concurrency], args.seconds, args.rounds, script)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -113,6 +121,9 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
         replica_us = run.per_request_us(run.replica_cpu_s)
         print(f"  {name:8} {run.rate:7.0f} req/s   p50 {run.p50_ms:6.2f} ms   CPU/request: "
               f"server {cpu[name]:5.0f} us, replica {replica_us:5.0f} us")
+    if "before" in cpu:
+        print(f"  before: {cpu['before']:.0f} us, this checkout {cpu['gateway']:.0f} us "
+              f"({cpu['gateway'] / cpu['before'] - 1:+.0%})")
     print(f"  split: aiohttp server side {cpu['bare']:.0f} us, upstream call "
           f"{cpu['forward'] - cpu['bare']:.0f} us, gateway's own logic "
           f"{cpu['gateway'] - cpu['forward']:.0f} us (total {cpu['gateway']:.0f} us)")
@@ -124,6 +135,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--before", type=Path, help="an earlier checkout, measured beside")
     parser.add_argument("--serve", choices=["bare", "forward"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--replica", help=argparse.SUPPRESS)
