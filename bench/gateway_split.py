@@ -9,7 +9,11 @@ CPU each path's server process spends per request (from /proc), by layers:
             server side alone;
   forward   the same app forwarding the body to the replica with gateway/upstream.py and
             answering its bytes: server side + the upstream call;
-  gateway   `greenroom gateway` routing to the replica by deployment name: all of it.
+  gateway   `greenroom gateway` routing to the replica by deployment name: all of it;
+  raw       no aiohttp: an asyncio Protocol that finds the request's head and body by hand
+            and forwards the body as `forward` does (`--raw`): what a Python data plane
+            without aiohttp's server would start from (a sketch: no keep-alive rules,
+            pipelining, chunked bodies or errors).
 
 So `forward - bare` is the upstream call and `gateway - forward` the gateway's own logic
 (auth decision, admission, routing pick, tracing ids, metrics, the request line). With
@@ -24,6 +28,7 @@ run means anything.
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -45,6 +50,8 @@ from bench.gateway import (  # noqa: E402
     replica,
     route,
 )
+from gateway.server import _fast_loop  # noqa: E402
+from gateway.upstream import Upstream  # noqa: E402
 from launch import backing  # noqa: E402
 from worker.runtimes.process import free_port  # noqa: E402
 
@@ -55,8 +62,6 @@ def _serve(layer: str, port: int, upstream_url: str) -> None:
     """A layer's server process (see the module's doc)."""
     from aiohttp import web
 
-    from gateway.server import _fast_loop
-    from gateway.upstream import Upstream
 
     upstream = Upstream(60.0)
 
@@ -76,12 +81,63 @@ def _serve(layer: str, port: int, upstream_url: str) -> None:
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    if layer == "raw":
+        _fast_loop()
+        asyncio.run(_raw(port, upstream, upstream_url))
+        return
+
     app = web.Application()
     app.router.add_post("/serve/{name}/embed", bare if layer == "bare" else forward)
     app.router.add_get("/healthz", health)
     _fast_loop()
     web.run_app(app, host=HOST, port=port, print=None, access_log=None,
                 handler_cancellation=True)
+
+
+class _RawServer(asyncio.Protocol):
+    """The `raw` layer: one request at a time per connection, the body forwarded as is."""
+
+    def __init__(self, upstream: Upstream, url: str) -> None:
+        self.upstream, self.url = upstream, url
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buf[:end]).lower() + b"\r\n"
+        at = head.find(b"\r\ncontent-length:")
+        length = int(head[at + 17:head.index(b"\r\n", at + 2)]) if at >= 0 else 0
+        if len(self.buf) < end + 4 + length:
+            return
+        body = bytes(self.buf[end + 4:end + 4 + length])
+        del self.buf[:end + 4 + length]
+        asyncio.get_running_loop().create_task(self._forward(head.startswith(b"get"), body))
+
+    async def _forward(self, get: bool, body: bytes) -> None:
+        if get:
+            status, content_type, payload = 200, "text/plain", b"ok"
+        else:
+            answer = await self.upstream.request(self.url, "POST", "/embed", body,
+                                                 {"Content-Type": "application/json"})
+            status, content_type = answer.status, answer.content_type or "application/json"
+            payload = answer.body
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 %d OK\r\nContent-Type: %s\r\nContent-Length: %d"
+                             b"\r\n\r\n%s" % (status, content_type.encode(), len(payload),
+                                               payload))
+
+
+async def _raw(port: int, upstream: Upstream, url: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _RawServer(upstream, url), HOST, port)
+    async with server:
+        await server.serve_forever()
 
 
 async def _bench(args: argparse.Namespace, tmp: Path) -> None:
@@ -94,13 +150,14 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
             await route(planes, "hashing", direct)
             await _until_routed(f"{planes.gateway}/serve/hashing/embed")
             paths = {"direct": direct + "/embed"}
-            ports = {layer: free_port(HOST) for layer in ("bare", "forward")}
-            with (_process([sys.executable, __file__, "--serve", "bare", "--port",
-                            str(ports["bare"]), "--replica", direct], dict(os.environ),
-                           tmp / "bare.log", f"http://{HOST}:{ports['bare']}"),
-                  _process([sys.executable, __file__, "--serve", "forward", "--port",
-                            str(ports["forward"]), "--replica", direct], dict(os.environ),
-                           tmp / "forward.log", f"http://{HOST}:{ports['forward']}")):
+            layers = ("bare", "forward", "raw") if args.raw else ("bare", "forward")
+            ports = {layer: free_port(HOST) for layer in layers}
+            with contextlib.ExitStack() as stack:
+                for layer, port in ports.items():
+                    stack.enter_context(_process(
+                        [sys.executable, __file__, "--serve", layer, "--port", str(port),
+                         "--replica", direct], dict(os.environ), tmp / f"{layer}.log",
+                        f"http://{HOST}:{port}"))
                 async with aiohttp.ClientSession() as http:
                     for port in ports.values():
                         await backing.wait_for_http(http, f"http://{HOST}:{port}/healthz")
@@ -136,7 +193,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--before", type=Path, help="an earlier checkout, measured beside")
-    parser.add_argument("--serve", choices=["bare", "forward"], help=argparse.SUPPRESS)
+    parser.add_argument("--raw", action="store_true", help="measure the `raw` layer too")
+    parser.add_argument("--serve", choices=["bare", "forward", "raw"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--replica", help=argparse.SUPPRESS)
     args = parser.parse_args()
