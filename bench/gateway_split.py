@@ -22,8 +22,14 @@ DIR`), that checkout's gateway is measured too, as `before`, on the same databas
 replica, in the same interleaved rounds: on a shared machine only a comparison within one
 run means anything.
 
+At MiniLM's rate (about 150 requests a second, each waking the process alone) the same work
+costs several times what it does at thousands a second: run the replica as a slow one
+without compute, `MODEL_SERVER_TEST_SERVICE_TIME_MS=5 MODEL_SERVER_TEST_CONCURRENCY=1` in
+the environment with `--concurrency 32`. `bare` still runs at full speed then (it never
+waits for the replica), so compare `forward`, `raw` and `gateway` there.
+
     .venv/bin/python bench/gateway_split.py [--seconds 3] [--rounds 3] [--concurrency 16]
-        [--before DIR]
+        [--before DIR] [--raw]
 """
 
 import argparse
