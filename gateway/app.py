@@ -11,10 +11,11 @@ own shape: TEI's `error`/`error_type` under /serve, OpenAI's (as TEI serves it)
 `code`/`type` on /v1/embeddings.
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +27,7 @@ from edge.auth.authentication import authenticate, require_secret
 from edge.auth.locators import deployment_not_found
 from edge.auth.principal_cache import principal_cache_ctx
 from edge.auth.rules import INFERENCE, PUBLIC
-from edge.errors import error_middleware
+from edge.errors import as_api_error, error_middleware
 from edge.keys import PG, SERVING_ROUTES, SETTINGS
 from edge.metrics import exposition
 from edge.openapi import openapi_json
@@ -40,10 +41,11 @@ from gateway.dispatch import ServeIndex
 from gateway.hold import Holds
 from gateway.keys import ACCESS, ADMISSION, GATEWAY, GATEWAY_REDIS
 from gateway.routing import Gateway
-from schemas.errors import Invalid, Malformed, tei_error_type
+from schemas.errors import GreenroomError, Invalid, Malformed, tei_error_type
 from schemas.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger(__name__)
 
 # TEI's routes for embedding models, as a replica serves them: (method, path at the replica).
 TEI_POST = ("embed", "embed_all", "tokenize", "decode", "v1/embeddings")
@@ -56,10 +58,15 @@ TEI_GET = ("health", "info", "metrics")
 def surface_error(request: web.Request, status: int, message: str,
                   detail: Any = None) -> web.Response:
     """The error body, with TEI's fields under /serve and OpenAI's on /v1/embeddings."""
+    return error_at(request.path, status, message, detail)
+
+
+def error_at(path: str, status: int, message: str, detail: Any = None) -> web.Response:
+    """`surface_error` for a request to `path`."""
     body: dict[str, Any] = {"status_code": status, "message": message, "detail": detail}
-    if request.path.startswith("/serve/"):
+    if path.startswith("/serve/"):
         body |= {"error": message, "error_type": tei_error_type(status)}
-    elif request.path == "/v1/embeddings":
+    elif path == "/v1/embeddings":
         body |= {"code": status, "type": tei_error_type(status)}
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
@@ -114,6 +121,26 @@ async def openai_embeddings(request: web.Request) -> web.Response:
     answer = await request.app[GATEWAY].forward(route, "POST", "/v1/embeddings", raw,
                                                 request.headers, ticket.deadline, ticket.lane)
     return ticket.settle(answer)
+
+
+async def serve_anonymous(app: web.Application, route: Route, path: str, op: str,
+                          headers: Mapping[str, str], body: bytes) -> web.Response:
+    """What `_passthrough("POST", op)` answers a request to `path` without a token for the
+    public deployment `route` (gateway/front.py serves those without aiohttp's server):
+    the same ticket, forward and error body."""
+    try:
+        ticket = app[ADMISSION].anonymous(headers)
+        answer = await app[GATEWAY].forward(route, "POST", op, body, headers, ticket.deadline,
+                                            ticket.lane)
+        return ticket.settle(answer)
+    except GreenroomError as exc:
+        failure = as_api_error(exc)
+        response = error_at(path, failure.status, failure.message, failure.detail)
+        response.headers.update(failure.headers)
+        return response
+    except Exception:
+        log.exception("unhandled_error", path=path, method="POST")
+        return error_at(path, 500, "internal error")
 
 
 class EmbeddingsBody(BaseModel):
