@@ -5,7 +5,8 @@ Greenroom instead, with the Python gateways behind it (gateway/haproxy/).
 
 With `processes` > 1 this process serves too and starts the others, each its own gateway
 on the same port (SO_REUSEPORT: the kernel spreads connections over them), and stops
-them when it stops.
+them when it stops. Each serves through its front (gateway/front.py): anonymous requests
+for public deployments' TEI routes without aiohttp's server, the rest with aiohttp.
 """
 
 import asyncio
