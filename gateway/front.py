@@ -189,6 +189,9 @@ class Front(asyncio.Protocol):
             self._idle.cancel()
             self._idle = None
         buf = self._buf
+        if self._eof and not buf:
+            self._close()  # the caller sent all it will, and all of it is answered
+            return
         if not buf:
             self._idle = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._close)
             return
@@ -196,6 +199,8 @@ class Front(asyncio.Protocol):
         if end < 0:
             if len(buf) > MAX_HEAD:
                 self._hand_over()
+            elif self._eof:
+                self._close()  # half a request, and no more to come
             return
         request = parse(bytes(buf[:end]), self._fronts.lookup, self._fronts.max_body)
         if request is None:
@@ -203,6 +208,8 @@ class Front(asyncio.Protocol):
             return
         start = end + 4
         if len(buf) < start + request.length:
+            if self._eof:
+                self._close()
             return
         body = bytes(buf[start:start + request.length])
         del buf[:start + request.length]
@@ -220,10 +227,10 @@ class Front(asyncio.Protocol):
         if self._paused:
             self._paused = False
             self._transport.resume_reading()
-        if self._fronts.closing or self._eof:
+        if self._fronts.closing:
             self._close()
         else:
-            self._next()
+            self._next()  # a pipelined request, or an idle wait (or a close after EOF)
 
     def _hand_over(self) -> None:
         """The connection is aiohttp's from here: its protocol gets the bytes read so far."""

@@ -158,3 +158,18 @@ async def test_a_caller_that_goes_away_mid_request_leaves_the_gateway_serving(
             writer.close()
         answers = await _exchange(port, _request(path) * 3, 3)
         assert [status for status, _, _ in answers] == [200, 200, 200]
+
+
+@pytest.mark.timeout(120)
+async def test_a_caller_that_stops_sending_still_gets_every_answer_then_the_close(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """Two pipelined requests and the caller's half-close (EOF): both are answered, then
+    the gateway closes the connection (it does not wait 75 s for more)."""
+    async with _served(spawn, http, pool, hashing_model, tmp_path, "eof-front") as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request("/serve/eof-front/embed") * 2)
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(), 10)  # until the gateway closes
+        writer.close()
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 2, data[:300]
