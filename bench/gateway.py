@@ -9,13 +9,16 @@ Greenroom, `--processes` threads; skipped when haproxy is not installed). Concur
 (the default deployment's ONNX export on one compute thread; `--minilm-backend`,
 `--minilm-threads`), where the model's compute dominates and the gateway's share of
 throughput is what matters. The paths run in interleaved rounds so
-drift on a shared machine hits all alike; every figure is from this one run.
+drift on a shared machine hits all alike; every figure is from this one run. `--before
+DIR` (a checkout of an earlier commit: `git archive <commit> | tar -x -C DIR`) adds that
+checkout's Python gateway as the path `before`, for a before/after in the same rounds.
 
 The replica is a `python -m model_server` process, as the process runtime starts it;
 the routes are written to a fresh database as a finished rollout leaves them.
 
     .venv/bin/python bench/gateway.py [--seconds 3] [--rounds 2] [--processes 2] [--no-minilm]
         [--no-haproxy] [--no-hashing] [--minilm-backend onnx|sentence-transformers]
+        [--before DIR]
         [--minilm-threads N] [--minilm-rounds N]
 """
 
@@ -181,9 +184,9 @@ def _owner(url: str) -> int | None:
 
 @contextlib.contextmanager
 def _process(args: list[str], env: dict[str, str], log: Path,
-             base: str | None = None) -> Iterator[None]:
+             base: str | None = None, cwd: Path = REPO) -> Iterator[None]:
     with log.open("ab") as out:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     if base:
         PIDS[base] = proc.pid
     try:
@@ -236,11 +239,14 @@ class Planes:
     redis_url: str
     haproxy: str | None = None
     haproxy_stats: str | None = None
+    before: str | None = None  # an earlier checkout's Python gateway (`--before`)
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterator[Planes]:
-    """A fresh database and Redis, a Python gateway and (`with_haproxy`) an HAProxy one."""
+async def gateway(tmp: Path, processes: int, with_haproxy: bool,
+                  before: Path | None = None) -> AsyncIterator[Planes]:
+    """A fresh database and Redis, a Python gateway and (`with_haproxy`) an HAProxy one;
+    with `before` (a checkout's folder), that checkout's Python gateway beside them."""
     keep: list[Any] = []
     admin = backing.postgres_admin_dsn(tmp, keep)
     dsn = await backing.create_database(admin, f"greenroom_bench_gateway_{os.getpid()}")
@@ -265,6 +271,13 @@ async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterato
             stack.enter_context(_process([sys.executable, "-m", "gateway.server"], env,
                                          tmp / "gateway.log", f"http://{HOST}:{port}"))
             planes = Planes(f"http://{HOST}:{port}", pool, redis_url)
+            if before is not None:
+                bport = free_port(HOST)
+                planes.before = f"http://{HOST}:{bport}"
+                stack.enter_context(_process(
+                    [sys.executable, "-m", "gateway.server"],
+                    dict(env, GREENROOM_GATEWAY_PORT=str(bport), PYTHONPATH=str(before)),
+                    tmp / "before.log", planes.before, cwd=before))
             if with_haproxy:
                 stack.enter_context(_process([sys.executable, "-m", "gateway.server"], henv,
                                              tmp / "haproxy.log", f"http://{HOST}:{hport}"))
@@ -272,6 +285,8 @@ async def gateway(tmp: Path, processes: int, with_haproxy: bool) -> AsyncIterato
                 planes.haproxy_stats = f"http://{HOST}:{stats}"
             async with aiohttp.ClientSession() as http:
                 await backing.wait_for_http(http, planes.gateway + "/healthz")
+                if planes.before:
+                    await backing.wait_for_http(http, planes.before + "/healthz")
                 if planes.haproxy:
                     await backing.wait_for_http(http, planes.haproxy + "/healthz")
             yield planes
@@ -332,6 +347,8 @@ async def _until_direct(planes: Planes, count: int) -> None:
 def _paths(planes: Planes, direct: str, proxy: str, name: str) -> dict[str, str]:
     paths = {"direct": direct + "/embed", "nginx": proxy + "/embed",
              "gateway": f"{planes.gateway}/serve/{name}/embed"}
+    if planes.before:
+        paths["before"] = f"{planes.before}/serve/{name}/embed"
     if planes.haproxy:
         paths["haproxy"] = f"{planes.haproxy}/serve/{name}/embed"
     return paths
@@ -372,7 +389,7 @@ def _cpu(proxy_pid: int | None, replica_pid: int | None) -> tuple[float, float, 
 
 def report(title: str, runs: dict[tuple[str, int], Run], levels: list[int]) -> None:
     print(title)
-    planes = [n for n in ("gateway", "haproxy") if (n, levels[0]) in runs]
+    planes = [n for n in ("before", "gateway", "haproxy") if (n, levels[0]) in runs]
     for level in levels:
         direct, peer = runs[("direct", level)], runs[("nginx", level)]
         for name in ("direct", "nginx", *planes):
@@ -397,7 +414,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
     with_haproxy = not args.no_haproxy and find_haproxy(Settings()) is not None
     if not with_haproxy:
         print("haproxy: not measured (--no-haproxy, or haproxy is not installed)")
-    async with gateway(tmp, args.processes, with_haproxy) as planes:
+    async with gateway(tmp, args.processes, with_haproxy, args.before) as planes:
         if not args.no_hashing:
             await _hashing(args, tmp, planes, script)
         if args.no_minilm:
@@ -411,6 +428,8 @@ async def _hashing(args: argparse.Namespace, tmp: Path, planes: Planes, script: 
             await backing.wait_for_http(http, hashing + "/health", 60)
         await route(planes, "hashing", hashing)
         await _until_routed(f"{planes.gateway}/serve/hashing/embed")
+        if planes.before:
+            await _until_routed(f"{planes.before}/serve/hashing/embed")
         await _until_direct(planes, 1)
         with nginx(hashing.removeprefix("http://"), tmp, args.processes) as proxy:
             levels = [1, 16, 64]
@@ -429,6 +448,8 @@ async def _minilm(args: argparse.Namespace, tmp: Path, planes: Planes, script: P
             await backing.wait_for_http(http, minilm + "/health", 600)
         await route(planes, "minilm", minilm)
         await _until_routed(f"{planes.gateway}/serve/minilm/embed")
+        if planes.before:
+            await _until_routed(f"{planes.before}/serve/minilm/embed")
         await _until_direct(planes, 1 if args.no_hashing else 2)
         with nginx(minilm.removeprefix("http://"), tmp, args.processes) as proxy:
             runs = measure(_paths(planes, minilm, proxy, "minilm"), [32], args.seconds * 2,
@@ -436,7 +457,7 @@ async def _minilm(args: argparse.Namespace, tmp: Path, planes: Planes, script: P
     report(f"data plane, all-MiniLM-L6-v2 replica (process, {args.minilm_backend}, "
            f"{args.minilm_threads or 'default'} threads), c=32; {describe()}", runs, [32])
     direct = runs[("direct", 32)]
-    for name in ("nginx", "gateway", "haproxy"):
+    for name in ("nginx", "before", "gateway", "haproxy"):
         if (name, 32) not in runs:
             continue
         run = runs[(name, 32)]
@@ -462,6 +483,9 @@ async def main() -> None:
     parser.add_argument("--no-minilm", action="store_true", help="skip the real-model part")
     parser.add_argument("--no-haproxy", action="store_true", help="skip the HAProxy data plane")
     parser.add_argument("--no-hashing", action="store_true", help="skip the hashing replica")
+    parser.add_argument("--before", type=Path,
+                        help="an earlier checkout's folder: its Python gateway is measured "
+                             "too (`before`), in the same interleaved rounds")
     parser.add_argument("--minilm-backend", default="onnx",
                         choices=["onnx", "sentence-transformers"],
                         help="the real replica's backend (onnx: the default deployment's)")

@@ -116,6 +116,8 @@ class Ticket:
 
     def settle(self, response: R) -> R:
         """Debit the tokens the replica reports and add the x-ratelimit-* headers."""
+        if self.requests is None and self.tokens is None:
+            return response  # unlimited: nothing to debit or show
         if self.tokens is not None:
             spent = response.headers.get(TOKENS_HEADER, "0")
             self.tokens.level -= float(spent) if spent.isdigit() else 0.0
@@ -187,17 +189,22 @@ class Admission:
             self._callers[token] = hit
         return hit[1]
 
+    def anonymous(self, headers: Mapping[str, str]) -> Ticket:
+        """The ticket of a request without limits: the lane its header asks (interactive
+        unless lowered) and its deadline; 422 for a bad header."""
+        asked = asked_lane(headers)
+        timeout_s = timeout_of(headers)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        return Ticket(effective_lane("interactive", asked), deadline)
+
     async def admit(self, request: web.Request, model_id: UUID) -> Ticket:
         """The request's lane, deadline and buckets; 422 for a bad header, 429 past a limit.
         Call after the access check (the key is known good)."""
-        asked = asked_lane(request.headers)
-        timeout_s = timeout_of(request.headers)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        ticket = self.anonymous(request.headers)
         caller = await self._caller(request)
-        ticket = Ticket(effective_lane(caller.lane if caller else "interactive", asked),
-                        deadline)
         if caller is None:
             return ticket
+        ticket.lane = effective_lane(caller.lane, asked_lane(request.headers))
         now = time.monotonic()
         ticket.requests = self._bucket(caller.subject, model_id, "requests", now,
                                        caller.requests_per_s or self.defaults.requests_per_s)

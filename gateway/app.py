@@ -11,10 +11,11 @@ own shape: TEI's `error`/`error_type` under /serve, OpenAI's (as TEI serves it)
 `code`/`type` on /v1/embeddings.
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +27,7 @@ from edge.auth.authentication import authenticate, require_secret
 from edge.auth.locators import deployment_not_found
 from edge.auth.principal_cache import principal_cache_ctx
 from edge.auth.rules import INFERENCE, PUBLIC
-from edge.errors import error_middleware
+from edge.errors import as_api_error, error_middleware
 from edge.keys import PG, SERVING_ROUTES, SETTINGS
 from edge.metrics import exposition
 from edge.openapi import openapi_json
@@ -35,13 +36,16 @@ from edge.routes import ROUTE_TABLE, register
 from gateway import feedback, metrics_access
 from gateway.access import AccessCache
 from gateway.admission import Admission, Limits
+from gateway.dispatch import TEMPLATE as SERVE_TEMPLATE
+from gateway.dispatch import ServeIndex
 from gateway.hold import Holds
 from gateway.keys import ACCESS, ADMISSION, GATEWAY, GATEWAY_REDIS
 from gateway.routing import Gateway
-from schemas.errors import Invalid, Malformed, tei_error_type
+from schemas.errors import GreenroomError, Invalid, Malformed, tei_error_type
 from schemas.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger(__name__)
 
 # TEI's routes for embedding models, as a replica serves them: (method, path at the replica).
 TEI_POST = ("embed", "embed_all", "tokenize", "decode", "v1/embeddings")
@@ -54,10 +58,15 @@ TEI_GET = ("health", "info", "metrics")
 def surface_error(request: web.Request, status: int, message: str,
                   detail: Any = None) -> web.Response:
     """The error body, with TEI's fields under /serve and OpenAI's on /v1/embeddings."""
+    return error_at(request.path, status, message, detail)
+
+
+def error_at(path: str, status: int, message: str, detail: Any = None) -> web.Response:
+    """`surface_error` for a request to `path`."""
     body: dict[str, Any] = {"status_code": status, "message": message, "detail": detail}
-    if request.path.startswith("/serve/"):
+    if path.startswith("/serve/"):
         body |= {"error": message, "error_type": tei_error_type(status)}
-    elif request.path == "/v1/embeddings":
+    elif path == "/v1/embeddings":
         body |= {"code": status, "type": tei_error_type(status)}
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
@@ -91,14 +100,47 @@ def _model_of(raw: bytes) -> str:
     return model
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request's body. A small one is whole in aiohttp's buffer by the time the handler
+    runs, and is taken from it at once (`request.read()` loops, copies and checks the size
+    on each chunk); a larger one is read as before, both within `client_max_size` (413)."""
+    content = request.content
+    if not content.is_eof():
+        return await request.read()
+    body = content.read_nowait(-1)
+    if len(body) > request.client_max_size:
+        raise web.HTTPRequestEntityTooLarge(request.client_max_size, len(body))
+    return body
+
+
 async def openai_embeddings(request: web.Request) -> web.Response:
     """POST /v1/embeddings: `model` names the deployment (its name or owner/name)."""
-    raw = await request.read()
+    raw = await _body(request)
     route = await _allowed(request, _model_of(raw))
     ticket = await request.app[ADMISSION].admit(request, route.model_id)
     answer = await request.app[GATEWAY].forward(route, "POST", "/v1/embeddings", raw,
                                                 request.headers, ticket.deadline, ticket.lane)
     return ticket.settle(answer)
+
+
+async def serve_anonymous(app: web.Application, route: Route, path: str, op: str,
+                          headers: Mapping[str, str], body: bytes) -> web.Response:
+    """What `_passthrough("POST", op)` answers a request to `path` without a token for the
+    public deployment `route` (gateway/front.py serves those without aiohttp's server):
+    the same ticket, forward and error body."""
+    try:
+        ticket = app[ADMISSION].anonymous(headers)
+        answer = await app[GATEWAY].forward(route, "POST", op, body, headers, ticket.deadline,
+                                            ticket.lane)
+        return ticket.settle(answer)
+    except GreenroomError as exc:
+        failure = as_api_error(exc)
+        response = error_at(path, failure.status, failure.message, failure.detail)
+        response.headers.update(failure.headers)
+        return response
+    except Exception:
+        log.exception("unhandled_error", path=path, method="POST")
+        return error_at(path, 500, "internal error")
 
 
 class EmbeddingsBody(BaseModel):
@@ -115,7 +157,7 @@ def _passthrough(method: str, path: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         route = await _allowed(request, request.match_info["name"])
         ticket = await request.app[ADMISSION].admit(request, route.model_id)
-        body = await request.read() if method == "POST" else None
+        body = await _body(request) if method == "POST" else None
         answer = await request.app[GATEWAY].forward(route, method, path, body,
                                                     request.headers, ticket.deadline,
                                                     ticket.lane)
@@ -171,11 +213,14 @@ OWN_ROUTES = [
 ]
 
 
-def _register_unguarded(app: web.Application, specs: list[RouteSpec]) -> None:
+def _register_unguarded(app: web.Application, specs: list[RouteSpec],
+                        index: ServeIndex) -> None:
     """Routes that check access themselves (cached), in the route table for the docs and the
-    authorisation matrix."""
+    authorisation matrix; those under /serve/{name} in `index` too."""
     for spec in specs:
-        app.router.add_route(spec.method, spec.path, spec.handler)
+        route = app.router.add_route(spec.method, spec.path, spec.handler)
+        if spec.path.startswith(SERVE_TEMPLATE):
+            index.add(spec.method, spec.path, route)
         app[ROUTE_TABLE].append(spec)
 
 
@@ -216,7 +261,9 @@ def create_gateway_app(settings: Settings | None = None) -> web.Application:
     app[ROUTE_TABLE] = []
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(principal_cache_ctx(GATEWAY_REDIS, settings.access_cache_ttl_s))
-    register(app, feedback.ROUTES)  # before /serve/{name}/{op} would shadow it
-    _register_unguarded(app, _data_plane_specs())
+    index = ServeIndex()  # first under /serve: one dict look-up for the data plane
+    app.router.register_resource(index)
+    register(app, feedback.ROUTES)
+    _register_unguarded(app, _data_plane_specs(), index)
     register(app, OWN_ROUTES)
     return app

@@ -61,6 +61,7 @@ log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 3
 _FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 _ROUTES, _AUTH = ROUTES_CHANNEL.encode(), AUTH_CHANNEL.encode()
+REPLICA_HEADER = "X-Greenroom-Replica"
 
 
 def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
@@ -79,7 +80,7 @@ def answered_by(route: Route, generation: int, replica_id: UUID) -> dict[str, st
     revision = route.revision
     if route.candidate is not None and generation == route.candidate.split.generation:
         revision = route.candidate.revision
-    headers = {"X-Greenroom-Replica": str(replica_id), GENERATION_HEADER: str(generation)}
+    headers = {REPLICA_HEADER: str(replica_id), GENERATION_HEADER: str(generation)}
     if revision is not None:
         headers[REVISION_HEADER] = f"r{revision}"
     return headers
@@ -113,6 +114,8 @@ class Gateway:
         self._secrets: dict[tuple[UUID, int], str] = {}
         self._pool, self._redis, self._poll_s = pool, redis, poll_s
         self._table = Table({}, {}, frozenset())
+        # (replica, generation) -> the headers naming what answered (`_answered_by`).
+        self._named: dict[tuple[UUID, int], dict[str, str]] = {}
         self.inflight: Counter[UUID] = Counter()
         self.served: Counter[UUID] = Counter()
         self.latency = LatencyTally()  # per model, for the console
@@ -152,6 +155,7 @@ class Gateway:
 
     async def reload(self) -> None:
         self._table = table = Table.build(routes := await deployments.routes(self._pool))
+        self._named = {}
         stale = [rid for rid in self.served if rid not in table.active and rid not in self.inflight]
         for rid in stale:
             del self.served[rid]
@@ -248,7 +252,7 @@ class Gateway:
                 log.warning("replica_timed_out", deployment=deployment, replica=str(replica_id),
                             request_id=ids.request_id)
                 tally.observe(time.perf_counter() - started, True)
-                metrics.requests.labels(deployment, "504").inc()
+                metrics.count(deployment, 504)
                 raise UpstreamTimeout(f"replica of {route.name!r} did not answer in time") from None
             finally:
                 self._release(replica_id, route.model_id)
@@ -258,19 +262,29 @@ class Gateway:
             # A 504 to a request with a deadline is the replica dropping work the caller's
             # own X-Request-Timeout ran out on (model_server/lanes.py): expired, no error.
             expired = answer.status == 504 and deadline is not None
-            self._answered(route, replica_id, path, answer.status, elapsed, ids, span,
-                           generation, expired)
+            named = self._answered_by(route, generation, replica_id)
+            self._answered(route, replica_id, named[REPLICA_HEADER], path, answer.status,
+                           elapsed, ids, span, generation, expired)
             tally.observe(elapsed, answer.status >= 500 and not expired)
             if mirrors(route):
                 self._shadow(route, method, path, body, forward_headers, answer)
-            return _response(answer, answered_by(route, generation, replica_id), ids)
-        metrics.requests.labels(route.name, "502").inc()
+            return _response(answer, named, ids)
+        metrics.count(route.name, 502)
         for replica_id in tried:
             self.failed[replica_id] += 1
         tally.observe(time.perf_counter() - started, True)
         raise UpstreamUnreachable(f"no replica of deployment {route.name!r} could be reached")
 
-    def _answered(self, route: Route, replica_id: UUID, path: str, status: int,
+    def _answered_by(self, route: Route, generation: int, replica_id: UUID) -> dict[str, str]:
+        """`answered_by`'s headers, made once per replica and generation (a generation pins
+        its revision) until the next reload."""
+        key = (replica_id, generation)
+        named = self._named.get(key)
+        if named is None:
+            named = self._named[key] = answered_by(route, generation, replica_id)
+        return named
+
+    def _answered(self, route: Route, replica_id: UUID, replica: str, path: str, status: int,
                   elapsed: float, ids: tracing.TraceIds, span: Any, generation: int,
                   expired: bool = False) -> None:
         """A replica answered: its series counters (issue 31), the request line, the span."""
@@ -281,7 +295,7 @@ class Gateway:
             self.failed[replica_id] += 1
         if self.log_requests:
             self.request_log.add(request_id=ids.request_id, trace_id=ids.trace_id,
-                                 deployment=route.name, replica=str(replica_id), path=path,
+                                 deployment=route.name, replica=replica, path=path,
                                  status=status, ms=round(elapsed * 1000.0, 2))
         if span is not None:
             tracing_span_done(span, replica_id, status, generation)
@@ -400,7 +414,7 @@ class Gateway:
                     deployment=route.name, replica=str(replica_id), error=str(exc),
                     request_id=request_id)
         self.metrics.upstream_errors.labels(route.name).inc()
-        self.metrics.requests.labels(route.name, "502").inc()
+        self.metrics.count(route.name, 502)
         if too_large:
             raise UpstreamUnreachable(f"the replica's answer is too large for the gateway: {exc}"
                                       " (GREENROOM_GATEWAY_MAX_ANSWER_BYTES)") from None
@@ -481,13 +495,12 @@ class Gateway:
 
 
 def _response(answer: Answer, headers: dict[str, str], ids: tracing.TraceIds) -> web.Response:
-    out = web.Response(body=answer.body, status=answer.status,
-                       headers={**headers, tracing.REQUEST_ID: ids.request_id})
+    fields = {**headers, tracing.REQUEST_ID: ids.request_id}
     if answer.content_type:
-        out.headers["Content-Type"] = answer.content_type
+        fields["Content-Type"] = answer.content_type
     if answer.tokens is not None:
-        out.headers[TOKENS_HEADER] = answer.tokens
-    return out
+        fields[TOKENS_HEADER] = answer.tokens
+    return web.Response(body=answer.body, status=answer.status, headers=fields)
 
 
 def _compare(tally: Tally, served: bytes, shadow: bytes) -> None:

@@ -5,7 +5,8 @@ Greenroom instead, with the Python gateways behind it (gateway/haproxy/).
 
 With `processes` > 1 this process serves too and starts the others, each its own gateway
 on the same port (SO_REUSEPORT: the kernel spreads connections over them), and stops
-them when it stops.
+them when it stops. Each serves through its front (gateway/front.py): anonymous requests
+for public deployments' TEI routes without aiohttp's server, the rest with aiohttp.
 """
 
 import asyncio
@@ -13,11 +14,17 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from schemas.logs import configure_logging
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from db.deployments import Route
 
 
 def _start_peers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
@@ -64,7 +71,9 @@ def serve(settings: Settings, processes: int | None = None) -> None:
             settings = settings.model_copy(update={"gateway_processes": processes})
         serve_haproxy(settings)
         return
-    from gateway.app import create_gateway_app
+    from gateway import front
+    from gateway.app import create_gateway_app, serve_anonymous
+    from gateway.keys import GATEWAY
 
     _fast_loop()
     count = max(1, processes or settings.gateway_processes)
@@ -72,10 +81,17 @@ def serve(settings: Settings, processes: int | None = None) -> None:
     try:
         # handler_cancellation: a caller that disconnects cancels its handler, ending its
         # hold or closing its connection to the replica, which then drops its queued work
-        # (issue 29).
-        web.run_app(create_gateway_app(settings), host=settings.gateway_host,
-                    port=settings.gateway_port, reuse_port=True, print=None, access_log=None,
-                    handler_cancellation=True)
+        # (issue 29). The front (gateway/front.py) serves anonymous requests for public
+        # deployments' TEI routes itself, the same way, and hands aiohttp the rest.
+        app = create_gateway_app(settings)
+
+        def serve_one(route: "Route", path: str, op: str, headers: CIMultiDict[str],
+                      body: bytes) -> Coroutine[Any, Any, web.Response]:
+            return serve_anonymous(app, route, path, op, headers, body)
+
+        asyncio.run(front.run(app, settings.gateway_host, settings.gateway_port,
+                              settings.max_body_bytes, lambda: app[GATEWAY].lookup,
+                              serve_one))
     finally:
         _stop(peers)
 

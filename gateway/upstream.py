@@ -194,10 +194,11 @@ class Upstream:
         """One request, on a kept-alive connection or a fresh one; sent once (`headers` are
         ASCII: the caller keeps only such values)."""
         host, port, host_line = self._address(endpoint)
-        head = [f"{method} {path} HTTP/1.1\r\n".encode(), host_line]
-        head += [f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()]
-        head.append(b"Content-Length: %d\r\n\r\n" % len(body or b""))
-        data = b"".join(head) + (body or b"")
+        fields = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+        body = body or b""
+        data = b"".join((f"{method} {path} HTTP/1.1\r\n".encode(), host_line,
+                         fields.encode("latin-1"),
+                         b"Content-Length: %d\r\n\r\n" % len(body), body))
         conn = self._kept(endpoint) or await self._connect(host, port)
         return await self._exchange(endpoint, conn, data)
 

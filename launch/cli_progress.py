@@ -58,6 +58,7 @@ class Watcher:
         self._live: Live | None = None
         self._last: tuple[Any, ...] | None = None
         self._phase_started: float | None = None
+        self._shown: set[str] = set()  # the phases a line has named
         self.started = time.monotonic()
 
     def __enter__(self) -> "Watcher":
@@ -79,6 +80,7 @@ class Watcher:
             self._live.update(table(task, self._phase_started))
         elif key != self._last:
             elapsed = time.monotonic() - self.started
+            self._passed(task, elapsed)
             parts = [f"{elapsed:6.1f}s", str(task.status)]
             parts += [f"phase {task.phase}"] if task.phase else []
             parts += [_replicas(task)] if _replicas(task) else []
@@ -89,6 +91,19 @@ class Watcher:
                 if i >= len(before) or before[i] != line:
                     self.console.print(f"{elapsed:6.1f}s  {line}", highlight=False)
         self._last = key
+        if task.phase:
+            self._shown.add(task.phase)
+
+    def _passed(self, task: TaskResponse, elapsed: float) -> None:
+        """A line for each phase the task went through between two polls (a fast rollout
+        passes several), with its seconds, so no phase goes unseen."""
+        timings: dict[str, float] = task.metadata.get("timings", {})
+        phases = DEPLOY_PHASES if task.kind == "deploy" else DELETE_PHASES
+        for phase in phases:
+            if phase in timings and phase not in self._shown and phase != task.phase:
+                self.console.print(f"{elapsed:6.1f}s  phase {phase} took {timings[phase]:.2f}s",
+                                   highlight=False)
+                self._shown.add(phase)
 
     def finish(self, task: TaskResponse) -> None:
         if self._live is None:

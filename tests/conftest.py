@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,7 +26,7 @@ from schemas.models import ModelSource
 from schemas.settings import Settings
 from schemas.tokens import issue_user_token
 from service.domain.registration import register
-from tests.support import scheduling, services
+from tests.support import fork_server, scheduling, services
 from tests.support.services import settings_env, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
@@ -222,8 +221,9 @@ class Proc:
 
     def __init__(self, module: str, env: dict[str, str], log: Path) -> None:
         self.log = log
-        self.popen = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=REPO,
-                                      stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        # Forked from this pytest process's warm interpreter (tests/support/fork_server.py):
+        # as `python -m module`, without importing the project again.
+        self.popen = fork_server.start(module, env, log)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -7,7 +7,9 @@ each gateway's report from its previous tick; a replica's rate is the difference
 counters over the time between the two reports, summed over gateways, and the latency
 histograms' differences are merged the same way (so p50 and p99 are over every gateway's
 requests). Replicas are mapped to their generation from Postgres, and each generation's
-ready and desired replica counts are read there too.
+ready and desired replica counts are read there too; a bucket's replica count is at least
+the generation's replicas that answered in it (one drained and removed just before the tick
+served in its bucket).
 
 Safe in every worker at once: the ticks fall on the same bucket boundaries, every worker
 measures the same counters, and the write is an upsert keyed by (model, bucket,
@@ -44,6 +46,7 @@ class ReplicaWindow:
     errors_per_s: float = 0.0
     latency: Latency = field(default_factory=Latency)
     inflight: int = 0
+    serving: int = 0  # summed per generation: its replicas that answered in the window
 
 
 class Readings:
@@ -107,6 +110,7 @@ async def record_once(ctx: WorkerContext, readings: Readings, bucket: float) -> 
         total.errors_per_s += window.errors_per_s
         total.latency = total.latency + window.latency
         total.inflight += window.inflight
+        total.serving += window.requests_per_s > 0
     counts = {(g.model_id, g.generation): g for g in await series.generation_replicas(ctx.pool)}
     at = datetime.fromtimestamp(bucket, UTC)
     rows = []
@@ -118,7 +122,9 @@ async def record_once(ctx: WorkerContext, readings: Readings, bucket: float) -> 
             requests_per_s=round(traffic.requests_per_s, 3),
             errors_per_s=round(traffic.errors_per_s, 3),
             latency_buckets=list(traffic.latency.buckets) if traffic.latency.count else [],
-            replicas=replicas.ready if replicas else 0,
+            # A generation removed before this tick still served in its bucket: its
+            # replicas that answered count, so traffic never shows beside zero replicas.
+            replicas=max(replicas.ready if replicas else 0, traffic.serving),
             desired=replicas.desired if replicas else 0, inflight=traffic.inflight))
     await series.upsert(ctx.pool, rows)
     return len(rows)

@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from greenroom_client import Client
 from schemas.models import ModelSource
 from schemas.tasks import TaskResponse
+from tests.support import fork_server
 from tests.support.load import run_load
 from tests.support.shared_api import module_api, shared_api  # noqa: F401  (one API per module)
 from worker.runtimes.process import free_port
@@ -30,10 +30,9 @@ def greenroom(stack: str, gateway: str, tmp_path: Path) -> Any:
 
     def run(*args: str, api_url: str | None = None,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path,
-                              env=env | ({"GREENROOM_API_URL": api_url} if api_url else {})
-                              | (extra_env or {}),
-                              capture_output=True, text=True, timeout=120, check=False)
+        return fork_server.run("launch.cli", args, cwd=tmp_path, timeout=120,
+                               env=env | ({"GREENROOM_API_URL": api_url} if api_url else {})
+                               | (extra_env or {}))
     return run
 
 
@@ -186,8 +185,7 @@ def test_local_commands_without_a_stack_give_one_clear_line(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     env |= {"GREENROOM_NEW_PASSWORD": "password-123"}
     for args in (["users", "create", "alice", "--admin"], ["migrate"]):
-        done = subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        done = fork_server.run("launch.cli", args, env, tmp_path, timeout=60)
         assert done.returncode == 1
         [line] = done.stderr.strip().splitlines()
         assert "GREENROOM_DATABASE_URL is not set; run it in the folder where `greenroom up` " \

@@ -5,7 +5,6 @@ run as a user runs it; then `--format npy`, and `embed-jobs list`."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.client.test_cli import _login
+from tests.support import fork_server
 
 INPUTS = 500
 
@@ -24,9 +24,7 @@ def greenroom(stack: str, gateway: str, tmp_path: Path) -> Any:
             "GREENROOM_STATE_DIR": str(tmp_path / "cli")}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=120,
-                              check=False)
+        return fork_server.run("launch.cli", args, env, tmp_path, timeout=120)
     return run
 
 

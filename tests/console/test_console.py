@@ -91,7 +91,8 @@ async def test_owner_deploys_redeploys_sees_a_failure_and_deletes(
     await expect(page.get_by_role("alert").first).to_contain_text("password", timeout=20_000)
     await page.get_by_label("Password").fill("alice-password-1")
     await page.get_by_role("button", name="Log in").click()
-    await expect(page.get_by_text("No deployments yet")).to_be_visible()
+    # The right one's hash too (and, under load, the alert of the first stays until then).
+    await expect(page.get_by_text("No deployments yet")).to_be_visible(timeout=20_000)
     await page.evaluate("window.__sameDocument = true")
     await expect(page.locator("#live")).to_have_attribute("data-state", "live")
 

@@ -41,12 +41,13 @@ async def _deployed(http: aiohttp.ClientSession, console: Console) -> None:
 async def test_the_console_lists_embed_jobs_with_their_progress(
         browser: Any, console: Console, http: aiohttp.ClientSession) -> None:
     await _deployed(http, console)
+    # Signed in first: on a loaded machine the sign-in alone can outlast the job (~5 s).
+    page = await open_page(browser, console, "alice")
     corpus = "".join(json.dumps({"id": n, "text": f"text {n}"}) + "\n" for n in range(INPUTS))
     status, job = await call(http, "POST", f"{console.base}/api/v2/embed-jobs?model=alice/corpus",
                              data=corpus, headers={**console.headers["alice"],
                                                    "Content-Type": "application/x-ndjson"})
     assert status == 202, job
-    page = await open_page(browser, console, "alice")
     await page.get_by_role("link", name="Embed jobs").click()
     await page.get_by_role("heading", name="Embed jobs").wait_for()
     row = page.get_by_role("row").filter(has_text=job["id"][:8])

@@ -79,6 +79,15 @@ def _ours(state_dir: Path) -> dict[int, str]:
     return found
 
 
+def _is_replica(pid: int) -> bool:
+    """A replica, spawned or forked, and not the worker's zygote (model_server/zygote.py,
+    which names model_server too): its environment names its replica id."""
+    try:
+        return b"GREENROOM_REPLICA_ID=" in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
 def _dsn(state_dir: Path) -> str:
     """The embedded Postgres's address, read from its pid file (holding no pgserver handle,
     which would keep the server alive past `up`)."""
@@ -164,9 +173,7 @@ def test_ctrl_c_stops_everything_and_the_next_up_restores_the_deployments(
         up.until("running; Ctrl-C stops everything", 240)
         asyncio.run(_deploy_three(base, _dsn(state)))
         before = _ours(state)
-        # The worker's zygote (model_server/zygote.py) is not a replica: its children are.
-        replicas = [pid for pid, cmd in before.items()
-                    if "model_server" in cmd and "-m model_server.zygote " not in cmd]
+        replicas = [pid for pid in before if _is_replica(pid)]
         assert len(replicas) == 4, before  # the bundled model and the three
 
         # A child that dies is started again (launch/supervise.py): the gateway, SIGKILLed.

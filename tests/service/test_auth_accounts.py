@@ -151,6 +151,10 @@ async def test_model_registry_and_grants(api: str, anon_http: aiohttp.ClientSess
                                headers=owner, json={"username": "friend", "permission": "read",
                                                     "expires_at": until})
     assert status == 200 and grant["permission"] == "read"
+    status, missing = await call(http, "PUT", f"{api}{V2}/models/owner1/base/permissions",
+                                 headers=owner, json={"username": "nobody", "permission": "read"})
+    assert (status, missing["message"]) == (404, "user 'nobody' not found"), \
+        "a grant to no such user: 404 naming the user (tests/fuzz/schemathesis.toml)"
     status, _ = await call(http, "GET", f"{api}{V2}/models/owner1/base", headers=friend)
     assert status == 200
     visible = await _visible(http, api, friend)

@@ -134,16 +134,18 @@ async def test_the_hash_pool_refuses_past_its_queue_and_counts_until_the_thread_
 
 
 async def test_the_hash_pool_refuses_a_login_whose_wait_would_pass_its_bound() -> None:
-    """On a busy host (hashes of 2 s, as seen under CI's fuzzing) the third login in line
-    would wait 6 s, past MAX_WAIT_S: 429 at once, not a client's timeout."""
+    """On a busy host (hashes of 2.45 s; 2 s were seen under CI's fuzzing) the third login
+    in line would wait 7.35 s, past MAX_WAIT_S: 429 at once, not a client's timeout. (The
+    mean sits just under MAX_WAIT_S / 2, so the first two are taken, and above the hashes
+    measured here even at load 10, about 2.1 s, so it must come down.)"""
     passwords = Passwords(threads=1, queue=100)
-    passwords.mean_hash_s = 2.0
+    passwords.mean_hash_s = 2.45
     stored = hash_password("right")
     try:
         results = await asyncio.gather(*(passwords.verify(stored, f"guess{i}")
                                          for i in range(5)), return_exceptions=True)
         assert results[:2] == [False, False], results
         assert all(isinstance(r, TooManyRequests) for r in results[2:]), results
-        assert passwords.mean_hash_s < 2.0, "the mean follows the hashes measured"
+        assert passwords.mean_hash_s < 2.45, "the mean follows the hashes measured"
     finally:
         passwords.close()

@@ -134,19 +134,25 @@ async def test_docker_worker_killed_mid_canary_leaves_a_consistent_state(
         hashing_model: Any, engine: str) -> None:
     if engine == "haproxy":  # the load goes through HAProxy's split
         gateway = await start_engine(spawn, http, engine)
+    workers: list[Proc] = []
     try:
         await _killed_mid_canary(api, gateway, spawn, http, pool, docker_image, docker_api,
-                                 hashing_model)
+                                 hashing_model, workers)
     finally:
+        # The workers first: a live one's repair would start a replica for a container
+        # removed under it, after this cleanup (a generation-3 container was left so).
+        for proc in workers:
+            proc.stop()
         await remove_test_containers(pool, docker_api)
 
 
 async def _killed_mid_canary(api: str, gateway: str, spawn: Callable[..., Proc],
                              http: aiohttp.ClientSession, pool: asyncpg.Pool,
                              docker_image: str, docker_api: aiodocker.Docker,
-                             hashing_model: Any) -> None:
+                             hashing_model: Any, workers: list[Proc]) -> None:
     def worker() -> Proc:
-        return spawn("worker", runtime="docker", docker_image=docker_image)
+        workers.append(spawn("worker", runtime="docker", docker_image=docker_image))
+        return workers[-1]
 
     killed = worker()
     model_id = await _serving(http, api, hashing_model, "dkilled")

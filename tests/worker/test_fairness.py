@@ -59,7 +59,10 @@ async def test_a_queue_of_twenty_does_not_starve_another_users_deploy(
     _, ben_h = await make_user(pool, "ben")
     await owner_quotas.set_overrides(pool, anna.id, {"max_deployments": QUEUED,
                                                      "max_replicas": QUEUED})
-    spawn("worker", rollouts_per_user=per_user)
+    # Replicas spawned, as when this bound was set: a forked hashing replica starts in
+    # ~0.06 s, so a rollout (~0.8 s) is no longer than a loaded worker's claim of a task,
+    # and "less than one rollout" would measure the claim, not the queue's fairness.
+    spawn("worker", rollouts_per_user=per_user, replica_fork_server=False)
     await eventually(lambda: _workers(anon_http, api), 60, "a live worker")
 
     stop = asyncio.Event()

@@ -163,14 +163,15 @@ async def test_a_replica_s_environment_never_reaches_the_zygote_nor_the_next_rep
 
 
 async def test_a_replica_is_known_by_its_environment_or_its_folder(tmp_path: Path) -> None:
-    """The runtime's pid check (pid reuse): a spawned replica's environment reads empty for
-    a moment after its exec began, when its folder is already its working directory."""
+    """The runtime's pid check (pid reuse): the replica's id in its environment, or its
+    folder as working directory (set before a spawned replica's exec, whose environment
+    reads empty or not yet its own for a moment). Another process is neither."""
     folder, elsewhere = tmp_path / "replica", tmp_path / "elsewhere"
     folder.mkdir()
     elsewhere.mkdir()
     ref = str(uuid4())
     sleepers = [await asyncio.create_subprocess_exec("sleep", "30", cwd=cwd, env=env)
-                for cwd, env in ((folder, {}), (elsewhere, {}),
+                for cwd, env in ((folder, {"OTHER": "1"}), (elsewhere, {"OTHER": "1"}),
                                  (elsewhere, {"GREENROOM_REPLICA_ID": ref}))]
     try:
         in_folder, stranger, named = (_pid_alive(p.pid, ref, folder) for p in sleepers)

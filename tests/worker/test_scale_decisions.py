@@ -5,6 +5,8 @@ replicas and under load: tests/worker/test_scale_task.py."""
 
 import time
 
+import pytest
+
 from db import deployments, events, tasks
 from db.models import Model
 from db.tasks import Task
@@ -112,6 +114,34 @@ async def test_a_request_held_during_the_scale_to_zero_calls_it_off(
     assert len(fake_runtime.replicas) == 1, "no replica was started"
     said = [e.message for e in await events.list_for_task(fake_ctx.pool, task.id)]
     assert any("scale to zero called off" in m for m in said), said
+    deployment = await deployments.get(fake_ctx.pool, model.id)
+    assert deployment is not None and deployment.desired_replicas == 1
+
+
+async def test_a_request_held_once_the_replica_is_stopping_starts_one_in_the_same_task(
+        fake_ctx: WorkerContext, fake_runtime: FakeRuntime,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 28: a request that arrives while the last replica is being stopped (too late
+    to call off) gets a replica started by the scale task itself, not by a later decision
+    and a new task."""
+    model = await a_model(fake_ctx)
+    await deploy(fake_ctx, model, **TO_ZERO)
+    stopped = await ready_refs(fake_ctx, model.id, 1)
+    stop = fake_runtime.stop
+
+    async def stop_as_a_request_arrives(runtime_ref: str, grace_s: float) -> None:
+        await _gateway_holds(fake_ctx, model, held=1)
+        await stop(runtime_ref, grace_s)
+
+    monkeypatch.setattr(fake_runtime, "stop", stop_as_a_request_arrives)
+    task = await _autoscaler_scales_to_zero(fake_ctx, model)
+    assert task.status == TaskStatus.done, task.detail
+    assert task.metadata["replicas_current"] == 1
+    serving = await ready_refs(fake_ctx, model.id, 1)
+    assert serving and serving.isdisjoint(stopped), "the old one stopped, a new one serves"
+    assert {r.ref for r in fake_runtime.running(model.id)} == serving
+    said = [e.message for e in await events.list_for_task(fake_ctx.pool, task.id)]
+    assert any("one replica started again" in m for m in said), said
     deployment = await deployments.get(fake_ctx.pool, model.id)
     assert deployment is not None and deployment.desired_replicas == 1
 

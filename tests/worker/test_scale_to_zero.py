@@ -79,6 +79,11 @@ async def test_idle_goes_to_zero_then_a_held_request_is_served_after_a_cold_star
                                    serving) == "draining"
 
     await _poll(draining, 40, "the scale to zero's drain")
+    # The request must come once the gateway has taken the replica out of its table (it is
+    # then held); under load the gateway's reload lags the database, and a request sent at
+    # once went to the draining replica itself, calling nothing off. The drain lasts at
+    # least a routes poll (2 s, worker/drain.py `min_wait_for`) past this point.
+    await asyncio.sleep(1.0)
     status, body, _, warm = await _embed(url)
     assert status == 200, body
     assert await pool.fetchval("SELECT state FROM replicas WHERE id = $1", serving) == "ready"

@@ -15,6 +15,7 @@ from db import deployments, replicas, series, traffic
 from schemas.errors import Invalid
 from schemas.gateway import LATENCY_BOUNDS_S, GatewayReport, Latency
 from schemas.queue import GATEWAY_KEY_PREFIX
+from schemas.tasks import ReplicaState
 from service.domain import series as series_domain
 from tests.worker.decisions import a_model, deploy, scale
 from worker import retention
@@ -83,6 +84,30 @@ async def test_buckets_sum_the_gateways_and_merge_their_histograms(
     await record_once(fake_ctx, other, bucket)
     (row,) = await series.read(fake_ctx.pool, model.id, datetime.fromtimestamp(0, UTC), 100)
     assert row.requests_per_s == pytest.approx(10.0), "the later measure of the bucket wins"
+
+
+async def test_a_generation_drained_before_the_tick_shows_the_replicas_that_served(
+        fake_ctx: WorkerContext) -> None:
+    """Traffic in a bucket never shows beside zero replicas: a generation whose replicas
+    were drained and removed between its last requests and the tick counts the replicas
+    that answered in the bucket."""
+    model = await a_model(fake_ctx, "drained")
+    await deploy(fake_ctx, model, replicas=2)
+    live = await replicas.list_for_model(fake_ctx.pool, model.id)
+    r1, r2 = (str(r.id) for r in live)
+    t0 = time.time() - 4.0
+    await _publish(fake_ctx, _report("g1", t0, r1, 10, 0, _histogram()))
+    await _publish(fake_ctx, _report("g2", t0, r2, 10, 0, _histogram()))
+    readings = Readings()
+    bucket = bucket_of(time.time(), 10.0)
+    assert await record_once(fake_ctx, readings, bucket) == 0
+    await _publish(fake_ctx, _report("g1", t0 + 2.0, r1, 30, 0, _histogram(ms25=20)))
+    await _publish(fake_ctx, _report("g2", t0 + 2.0, r2, 20, 0, _histogram(ms25=10)))
+    await replicas.set_state(fake_ctx.pool, [r.id for r in live], ReplicaState.stopped)
+    assert await record_once(fake_ctx, readings, bucket) == 1
+    (row,) = await series.read(fake_ctx.pool, model.id, datetime.fromtimestamp(0, UTC), 100)
+    assert row.requests_per_s == pytest.approx(15.0)
+    assert (row.replicas, row.desired) == (2, 0), "both answered in the bucket; none is wanted"
 
 
 async def test_the_reading_steps_long_windows_and_shows_events(fake_ctx: WorkerContext) -> None:

@@ -50,18 +50,21 @@ def free_port(host: str) -> int:
 def _pid_alive(pid: int, ref: str, folder: Path) -> bool:
     """True if `pid` runs and is still replica `ref` (guards against pid reuse): its
     environment names it (a forked replica's too: the zygote's child rewrites the block
-    /proc shows), or its working directory is the replica's `folder`. The second covers a
-    spawned replica's exec, whose environment reads empty for a moment after
-    `create_subprocess_exec` returned (seen under load), while its folder was set before."""
+    /proc shows), or its working directory is the replica's `folder` (a spawned replica's
+    folder is set before its exec, whose environment reads empty for a moment after
+    `create_subprocess_exec` returned: seen under load), or it is on its way out."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
     if stat.rsplit(")", 1)[1].split()[0] == "Z":
         return False
-    with contextlib.suppress(OSError):
-        if f"GREENROOM_REPLICA_ID={ref}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
-            return True
+    # A process on its way out lets go of its memory, its environment with it, before it is
+    # a zombie: it still runs for whoever waits for its end (a replica whose zygote died has
+    # no parent here to wait on).
+    if not environ or f"GREENROOM_REPLICA_ID={ref}".encode() in environ:
+        return True
     try:
         return Path(os.readlink(f"/proc/{pid}/cwd")) == folder
     except OSError:

@@ -12,9 +12,12 @@ drain they still run, so when a gateway reports a request held for the model, th
 puts them back (draining → ready, published) and ends with them serving; the held
 request is answered without a cold start. The task itself does this, the model's only
 open task, so "no two scaling tasks act at once" stays true: the autoscaler still decides
-nothing while it runs. Once the replicas are being stopped it is too late to call off;
-such a task, ending with requests held, wakes the autoscalers at once (LOAD_CHANNEL) so
-that the scale-up from zero is decided without waiting for the next tick.
+nothing while it runs. Once the replicas are being stopped it is too late to call off; a
+request held by the time they are stopped makes the task start one replica itself (a
+cold start, but without the autoscaler's decision, a new task and its claim before it).
+An owner's scale to zero is never undone; such a task, ending with requests held, wakes
+the autoscalers at once (LOAD_CHANNEL) so that the scale-up from zero is decided without
+waiting for the next tick.
 """
 
 from typing import Any
@@ -86,6 +89,14 @@ async def scale(ctx: WorkerContext, task: Task) -> None:
             if await _to_zero_unless_held(ctx, progress, generation, leaving,
                                           [r.id for r in leftover]):
                 wanted = len(leaving)  # called off: they serve again
+            elif await _held(ctx, task.model_id) and await _room_for_one(ctx, model, config,
+                                                                          generation):
+                # Too late to call off (they were being stopped), but a request waits:
+                # this task, still the model's only one, starts a replica at once.
+                await progress.event("info", "requests were held while the last replicas "
+                                     "stopped: one replica started again", generation)
+                await _add(ctx, progress, model, generation, config, 1)
+                wanted = 1
         else:
             await _remove(ctx, progress, generation, leaving, [r.id for r in leftover])
     except RolloutFailed as exc:
@@ -171,6 +182,22 @@ async def _to_zero_unless_held(ctx: WorkerContext, progress: Progress, generatio
     await replica_lifecycle.remove(ctx, ids + leftover, ReplicaState.stopped,
                                    ctx.settings.stop_grace_s)
     return False
+
+
+async def _held(ctx: WorkerContext, model_id: UUID) -> bool:
+    """A gateway holds a request for the model (False when the reports cannot be read:
+    the autoscalers, woken at the task's end, decide then)."""
+    try:
+        return held_for(await gateway_reports(ctx.redis), model_id) > 0
+    except (RedisError, OSError) as exc:
+        log.warning("held_requests_unread", model=str(model_id), error=str(exc))
+        return False
+
+
+async def _room_for_one(ctx: WorkerContext, model: Model, config: DeploymentConfig,
+                        generation: int) -> bool:
+    room = await quotas.replica_room(ctx, model, config, generation)
+    return room is None or room >= 1
 
 
 async def _wake_autoscalers_if_held(ctx: WorkerContext, model_id: UUID) -> None:
