@@ -55,11 +55,14 @@ def _pid_alive(pid: int, ref: str, folder: Path) -> bool:
     `create_subprocess_exec` returned: seen under load), or it is on its way out."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
     if stat.rsplit(")", 1)[1].split()[0] == "Z":
         return False
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # its memory going as it exits
+        environ = b""
     # A process on its way out lets go of its memory, its environment with it, before it is
     # a zombie: it still runs for whoever waits for its end (a replica whose zygote died has
     # no parent here to wait on).
@@ -69,6 +72,11 @@ def _pid_alive(pid: int, ref: str, folder: Path) -> bool:
         return Path(os.readlink(f"/proc/{pid}/cwd")) == folder
     except OSError:
         return False
+
+
+# After SIGKILL, how long `stop` waits for the process to be gone: a replica whose zygote
+# died (or one started by an earlier worker) has no parent here to wait on.
+KILLED_WAIT_S = 2.0
 
 
 class Child(Protocol):
@@ -284,10 +292,14 @@ class ProcessRuntime:
         pid = int(meta["pid"])
         self._signal(pid, runtime_ref, signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + grace_s
+        killed_at: float | None = None
         while _pid_alive(pid, runtime_ref, self._dir(runtime_ref)):
-            if asyncio.get_running_loop().time() > deadline:
+            now = asyncio.get_running_loop().time()
+            if killed_at is None and now > deadline:
                 self._signal(pid, runtime_ref, signal.SIGKILL)
-                break
+                killed_at = now
+            elif killed_at is not None and now > killed_at + KILLED_WAIT_S:
+                break  # stuck in the kernel: its end shows in `inspect` later
             await asyncio.sleep(0.05)
         child = self._children.get(runtime_ref)
         if child is not None:
