@@ -17,6 +17,11 @@ DELETE_PHASES = [Phase.switching.value, Phase.draining.value, Phase.removing.val
 TRAFFIC_PHASES = {Phase.canary.value, Phase.shadow.value}  # shown only when a task has one
 
 
+def _phases(task: TaskResponse) -> list[str]:
+    """The phases a task of its kind goes through, in order."""
+    return DEPLOY_PHASES if task.kind == "deploy" else DELETE_PHASES
+
+
 def _replicas(task: TaskResponse) -> str:
     meta: dict[str, Any] = task.metadata
     wanted = meta.get("replicas_wanted")
@@ -36,8 +41,7 @@ def table(task: TaskResponse, phase_started: float | None = None) -> Table:
     view.add_column("phase")
     view.add_column("seconds", justify="right")
     timings: dict[str, float] = task.metadata.get("timings", {})
-    phases = DEPLOY_PHASES if task.kind == "deploy" else DELETE_PHASES
-    for phase in phases:
+    for phase in _phases(task):
         if phase in TRAFFIC_PHASES and phase not in timings and task.phase != phase:
             continue
         if phase in timings:
@@ -98,8 +102,7 @@ class Watcher:
         """A line for each phase the task went through between two polls (a fast rollout
         passes several), with its seconds, so no phase goes unseen."""
         timings: dict[str, float] = task.metadata.get("timings", {})
-        phases = DEPLOY_PHASES if task.kind == "deploy" else DELETE_PHASES
-        for phase in phases:
+        for phase in _phases(task):
             if phase in timings and phase not in self._shown and phase != task.phase:
                 self.console.print(f"{elapsed:6.1f}s  phase {phase} took {timings[phase]:.2f}s",
                                    highlight=False)

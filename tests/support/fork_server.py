@@ -123,6 +123,7 @@ class _Server:
         self.path: str | None = None
         self.failed = False
         self.lock = threading.Lock()
+        atexit.register(self.close)  # once, whichever server runs at exit
 
     def address(self) -> str | None:
         with self.lock:
@@ -140,7 +141,6 @@ class _Server:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.fork_server",
                                       self.path], cwd=REPO, stdin=subprocess.PIPE, env=env)
-        atexit.register(self.close)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not os.path.exists(self.path):
             if self.proc.poll() is not None or time.monotonic() > deadline:

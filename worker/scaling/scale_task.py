@@ -203,9 +203,10 @@ async def _room_for_one(ctx: WorkerContext, model: Model, config: DeploymentConf
 async def _wake_autoscalers_if_held(ctx: WorkerContext, model_id: UUID) -> None:
     """A scale to zero ended while requests wait for the model: the autoscalers decide now
     (they skipped the model while this task was open), not at their next tick."""
+    if not await _held(ctx, model_id):
+        return
     try:
-        if held_for(await gateway_reports(ctx.redis), model_id) > 0:
-            await ctx.redis.publish(LOAD_CHANNEL, f"scale-task:{model_id}")
+        await ctx.redis.publish(LOAD_CHANNEL, f"scale-task:{model_id}")
     except (RedisError, OSError) as exc:  # the next tick decides it
         log.warning("autoscaler_wake_failed", model=str(model_id), error=str(exc))
 
