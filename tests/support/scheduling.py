@@ -1,22 +1,27 @@
-"""Where each test runs under `make test`, which runs the suite in two phases:
+"""Where each test runs under `make test`, which runs the suite in three phases at once
+(tests/run.sh):
 
 1. the parallel phase: every test not marked `serial`, spread over pytest-xdist workers
-   (`-n`, `--dist loadgroup`): most tests wait on I/O (health checks, rollouts, drains),
-   so several at once fit on two cores;
-2. the serial phase: the `serial` tests, one at a time, once the parallel phase is over
-   (or beside it, at normal CPU priority while the parallel phase runs at nice 19, with
-   SIDE_BY_SIDE=1: tests/run.sh).
+   (`-n`, `--dist loadgroup`) at nice 19: most tests wait on I/O (health checks,
+   rollouts, drains), so several at once fit on two cores, and together they are
+   CPU-bound;
+2. two serial lanes, each one test at a time at normal priority: `docker` (the `serial`
+   tests on the Docker Engine: this module marks them `docker`) and `process` (the other
+   `serial` tests). SERIAL_AFTER=1 runs the lanes after the parallel phase instead, alone.
 
 `serial` marks timing-sensitive tests: they send paced load and assert on what it met
-(latency percentiles, a request rate, no request lost to a timeout), so other tests
-sharing the cores would change what they measure. Every test of SERIAL_MODULES is one;
-elsewhere a test says so itself (`@pytest.mark.serial`).
+(latency percentiles, a request rate, no request lost to a timeout), so they must not wait
+behind the CPU-bound tests: at normal priority they preempt the parallel phase's processes
+(nice 19) whenever they wake. They use little CPU themselves (paced load and timers:
+together about half a core), so one test of each lane at a time leaves each its share.
+Every test of SERIAL_MODULES is one; elsewhere a test says so itself
+(`@pytest.mark.serial`).
 
 In the parallel phase tests of one xdist group run on one worker, one after another:
 
 - `docker`: every test on the Docker Engine (the `docker_image` fixture, or the `docker`
-  marker): one worker builds the test images, and the containers of two rollouts do not
-  compete for the cores;
+  marker; such a test is marked `docker` here, which picks its serial lane): one worker
+  builds the test images, and the containers of two rollouts do not compete for the cores;
 - `browser`: the tests that drive the session's Chromium (the `browser` fixture);
 - `onnx`: every test of a module where one uses `onnx_store` (the bundled model's ONNX
   export, minutes of CPU, made once per run): the worker that exports runs them all, so
@@ -44,8 +49,8 @@ DOCKER_FIXTURES = {"docker_image", "model_image"}
 
 
 def assign(items: list[pytest.Item]) -> None:
-    """Mark the `serial` tests, put the parallel ones that must share a worker in groups,
-    and move the tests that wait for another group's export to the end."""
+    """Mark the `serial` tests and the Docker ones, put the parallel ones that must share a
+    worker in groups, and move the tests that wait for another group's export to the end."""
     by_module: dict[str, list[pytest.Item]] = {}
     for item in items:
         by_module.setdefault(_module(item), []).append(item)
@@ -55,7 +60,10 @@ def assign(items: list[pytest.Item]) -> None:
     for module, tests in by_module.items():
         shared = _module_group(module, tests)
         for item in tests:
-            group = _own_group(item) or shared
+            own = _own_group(item)
+            if own == "docker" and not item.get_closest_marker("docker"):
+                item.add_marker(pytest.mark.docker)  # its serial lane, if it is `serial`
+            group = own or shared
             if group is not None:
                 item.add_marker(pytest.mark.xdist_group(group))
             if group != "onnx" and "onnx_store" in _fixtures(item):
