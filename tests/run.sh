@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# `make test`: the suite in three phases at once (tests/support/scheduling.py says which test
+# `make test`: the suite in two phases at once (tests/support/scheduling.py says which test
 # runs where):
 #   - parallel: every test not marked `serial`, on $TEST_WORKERS pytest-xdist workers
 #     (--dist loadgroup keeps each xdist group on one worker), at the lowest CPU priority
-#     (nice 19, inherited by every process it starts): it is CPU-bound and takes what the
-#     serial lanes leave;
-#   - two serial lanes at normal priority, each one test at a time: `process` (the
-#     timing-sensitive tests on model-server processes) and `docker` (those on the Docker
-#     Engine and the swarm). They wait on paced load, step timers and scale-down delays
-#     (together about half a core), and preempt the parallel phase when they wake.
-# Each lane's output follows the parallel phase's. SERIAL_AFTER=1 runs the serial lanes
-# after the parallel phase instead, one after the other, alone on the cores (to tell a
-# timing failure from contention; about twice as long).
-# Every phase runs even if another fails; the run fails if any does. A phase that runs no
+#     (nice 19, inherited by every process it starts), on a Postgres of its own started at
+#     that priority (tests/support/phase_postgres.py), its replicas' containers at the
+#     least CPU weight: it is CPU-bound and takes what the serial phase leaves;
+#   - serial: the timing-sensitive tests, one at a time at normal priority, those on the
+#     Docker Engine last (by then the parallel phase is over). They wait on paced load, step
+#     timers and scale-down delays, and preempt the parallel phase when they wake.
+# The serial phase's output follows the parallel phase's. SERIAL_AFTER=1 runs the serial
+# phase after the parallel one instead, alone on the cores (to tell a timing failure from
+# contention).
+# Both phases run even if one fails; the run fails if either does. A phase that runs no
 # test (pytest's exit 5) fails the run too, unless arguments chose a part of the suite
-# (`make test PYTEST_ARGS=tests/service`) and another phase ran tests.
+# (`make test PYTEST_ARGS=tests/service`) and the other phase ran tests.
 # TEST_WORKERS=0 runs the parallel phase in one process, without xdist.
 set -u
 cd "$(dirname "$0")/.."
@@ -22,36 +22,26 @@ python=.venv/bin/python
 workers=${TEST_WORKERS:-4}
 # --durations: what CI prints about the slowest tests, to keep the suite under its budget.
 pytest=("$python" -m pytest -q -p no:cacheprovider --durations=12)
-lanes=(process docker)
 
 started=$(date +%s)
-logs=()
-run_lane() {  # run_lane LANE ARGS...: one serial lane's tests, one at a time
-    local lane=$1 began=$(date +%s)
-    shift
-    local marks="serial and not docker"
-    [ "$lane" = docker ] && marks="serial and docker"
-    "${pytest[@]}" -m "$marks" "$@"
+run_serial() {
+    local began=$(date +%s)
+    "${pytest[@]}" -m serial "$@"
     local code=$?
-    echo "serial lane $lane: exit $code, $(( $(date +%s) - began )) s"
+    echo "serial phase: exit $code, $(( $(date +%s) - began )) s"
     return $code
 }
-codes=()
 if [ "${SERIAL_AFTER:-0}" = 1 ]; then
     "${pytest[@]}" -n "$workers" --dist loadgroup -m "not serial" "$@"
-    codes+=($?)
-    for lane in "${lanes[@]}"; do
-        echo "================================ serial lane $lane ================================"
-        run_lane "$lane" "$@"
-        codes+=($?)
-    done
+    parallel=$?
+    run_serial "$@"
+    serial=$?
 else
-    # The parallel phase's own Postgres, at its priority (tests/support/phase_postgres.py),
-    # unless a database was given: the machine's then serves the serial lanes alone.
-    # Its replicas' containers get the least CPU weight (Docker's CpuShares 2 against the
-    # lanes' 1024): every container sits in one cgroup beside the others, whatever the nice
-    # of the test that asked for it.
+    # Docker's CpuShares 2 for the phase's containers (1024 for the serial tests'): every
+    # container sits in the Engine's cgroup, whatever the nice of the test that asked.
     phase_env=(GREENROOM_REPLICA_CPU_SHARES=2)
+    # The phase's own Postgres, unless a database was given: the machine's then serves the
+    # serial tests alone, and the phase's queries run at its priority.
     if [ -z "${GREENROOM_TEST_DATABASE_URL:-}" ]; then
         pg_dir=$(mktemp -d --suffix=-greenroom-phase-pg)
         coproc PHASE_PG { exec nice -n 19 "$python" -m tests.support.phase_postgres "$pg_dir/pg" 2>"$pg_dir/log"; }
@@ -60,49 +50,42 @@ else
             phase_env+=(GREENROOM_TEST_DATABASE_URL="$phase_dsn")
         else
             echo "make test: no Postgres of the parallel phase's own ($(tail -n 1 "$pg_dir/log"));" \
-                 "it shares the machine's with the serial lanes"
+                 "it shares the machine's with the serial phase"
         fi
     fi
-    pids=()
-    for lane in "${lanes[@]}"; do
-        log=$(mktemp --suffix="-greenroom-$lane.log")
-        logs+=("$log")
-        run_lane "$lane" "$@" > "$log" 2>&1 &
-        pids+=($!)
-    done
-    echo "make test: the serial lanes (${lanes[*]}) run beside this phase at normal" \
-         "priority; their output follows this phase's (live: ${logs[*]})"
+    serial_log=$(mktemp --suffix=-greenroom-serial.log)
+    run_serial "$@" > "$serial_log" 2>&1 &
+    serial_pid=$!
+    echo "make test: the serial phase runs beside this one at normal priority;" \
+         "its output follows this phase's (live: $serial_log)"
     env "${phase_env[@]}" nice -n 19 "${pytest[@]}" -n "$workers" --dist loadgroup \
         -m "not serial" "$@"
-    codes+=($?)
+    parallel=$?
     if [ -n "${pg_pid:-}" ]; then  # its stdin closes: it stops the cluster
         eval "exec $pg_in>&-"
         wait "$pg_pid"
         rm -rf "$pg_dir"
     fi
-    echo "parallel phase: exit ${codes[0]}, $(( $(date +%s) - started )) s"
-    for i in "${!lanes[@]}"; do
-        wait "${pids[$i]}"
-        codes+=($?)
-        echo "================================ serial lane ${lanes[$i]} ================================"
-        cat "${logs[$i]}"
-        rm -f "${logs[$i]}"
-    done
+    echo "parallel phase: exit $parallel, $(( $(date +%s) - started )) s"
+    wait "$serial_pid"
+    serial=$?
+    echo "================================ serial phase ================================"
+    cat "$serial_log"
+    rm -f "$serial_log"
 fi
 
-# A phase's exit code → ok | failed: exit 5 (no test) is allowed only for a part of the
-# suite, and only if another phase ran tests.
-any_ran=0
-for code in "${codes[@]}"; do [ "$code" -eq 0 ] && any_ran=1; done
-verdicts=() failed=0
-for code in "${codes[@]}"; do
-    if [ "$code" -eq 0 ] || { [ "$code" -eq 5 ] && [ $# -gt 0 ] && [ "$any_ran" = 1 ]; }; then
-        verdicts+=("exit $code (ok)")
+verdict() {  # phase exit code → ok | failed, with exit 5 (no test) allowed only for a part
+    if [ "$1" -eq 0 ] || { [ "$1" -eq 5 ] && [ $# -gt 1 ] && [ "$2" -eq 0 ]; }; then
+        echo ok
     else
-        verdicts+=("exit $code (failed)")
-        failed=1
+        echo failed
     fi
-done
-echo "make test: parallel phase ${verdicts[0]}, serial lane process ${verdicts[1]}," \
-     "serial lane docker ${verdicts[2]}, $(( $(date +%s) - started )) s in all"
-[ "$failed" = 0 ]
+}
+if [ $# -gt 0 ]; then  # a part of the suite: one phase may have nothing to run
+    p=$(verdict "$parallel" "$serial") s=$(verdict "$serial" "$parallel")
+else
+    p=$(verdict "$parallel") s=$(verdict "$serial")
+fi
+echo "make test: parallel phase exit $parallel ($p), serial phase exit $serial ($s)," \
+     "$(( $(date +%s) - started )) s in all"
+[ "$p" = ok ] && [ "$s" = ok ]

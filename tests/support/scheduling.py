@@ -1,26 +1,27 @@
-"""Where each test runs under `make test`, which runs the suite in three phases at once
+"""Where each test runs under `make test`, which runs the suite in two phases at once
 (tests/run.sh):
 
 1. the parallel phase: every test not marked `serial`, spread over pytest-xdist workers
    (`-n`, `--dist loadgroup`) at nice 19: most tests wait on I/O (health checks,
    rollouts, drains), so several at once fit on two cores, and together they are
    CPU-bound;
-2. two serial lanes, each one test at a time at normal priority: `docker` (the `serial`
-   tests on the Docker Engine: this module marks them `docker`) and `process` (the other
-   `serial` tests). SERIAL_AFTER=1 runs the lanes after the parallel phase instead, alone.
+2. the serial phase, beside it at normal priority: the `serial` tests, one at a time;
+   those on the Docker Engine last (this module marks them `docker`), the swarm's last of
+   all, so that they run once the parallel phase is over. SERIAL_AFTER=1 runs the serial
+   phase after the parallel one instead, alone.
 
 `serial` marks timing-sensitive tests: they send paced load and assert on what it met
 (latency percentiles, a request rate, no request lost to a timeout), so they must not wait
 behind the CPU-bound tests: at normal priority they preempt the parallel phase's processes
-(nice 19) whenever they wake. They use little CPU themselves (paced load and timers:
-together about half a core), so one test of each lane at a time leaves each its share.
-Every test of SERIAL_MODULES is one; elsewhere a test says so itself
-(`@pytest.mark.serial`).
+(nice 19) whenever they wake. They use little CPU themselves (paced load and timers).
+Two serial tests at once, or a serial test on the Engine beside the parallel phase's
+containers, disturbed each other's p99s (see docs/development.md). Every test of
+SERIAL_MODULES is one; elsewhere a test says so itself (`@pytest.mark.serial`).
 
 In the parallel phase tests of one xdist group run on one worker, one after another:
 
 - `docker`: every test on the Docker Engine (the `docker_image` fixture, or the `docker`
-  marker; such a test is marked `docker` here, which picks its serial lane): one worker
+  marker; such a test is marked `docker` here): one worker
   builds the test images, and the containers of two rollouts do not compete for the cores;
 - `browser`: the tests that drive the session's Chromium (the `browser` fixture);
 - `onnx`: every test of a module where one uses `onnx_store` (the bundled model's ONNX
@@ -68,8 +69,17 @@ def assign(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.xdist_group(group))
             if group != "onnx" and "onnx_store" in _fixtures(item):
                 waits_for_export.add(item)
-    # Stable: every other test keeps its place (each xdist worker sorts alike).
-    items.sort(key=lambda item: item in waits_for_export)
+    # Stable: every other test keeps its place (each xdist worker sorts alike). The serial
+    # tests on the Docker Engine go last, the swarm's last of all: by then the parallel
+    # phase is over, and they have the cores (and the Engine) to themselves.
+    items.sort(key=lambda item: (item in waits_for_export, _serial_rank(item)))
+
+
+def _serial_rank(item: pytest.Item) -> int:
+    """0 for most tests; 1 for a serial test on the Docker Engine, 2 on the swarm."""
+    if not (item.get_closest_marker("serial") and item.get_closest_marker("docker")):
+        return 0
+    return 2 if _module(item).startswith("tests/multihost/") else 1
 
 
 def _own_group(item: pytest.Item) -> str | None:
