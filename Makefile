@@ -19,9 +19,9 @@ RUNTIME ?=
 up: $(STAMP)
 	$(BIN)/greenroom up $(if $(RUNTIME),--runtime $(RUNTIME))
 
-# Three phases at once: the parallel one on TEST_WORKERS pytest-xdist workers (nice 19) and
-# two lanes of timing-sensitive tests, one at a time each (tests/run.sh; scheduling.py says which
-# test runs where). SERIAL_AFTER=1: the lanes after the parallel phase, alone.
+# Two phases: the parallel one on TEST_WORKERS pytest-xdist workers, then the
+# timing-sensitive tests one at a time (tests/run.sh; tests/support/scheduling.py says which
+# test runs where). SIDE_BY_SIDE=1: the two at once, the first at nice 19.
 # TEST_WORKERS=0 runs without xdist; PYTEST_ARGS chooses a part of the suite.
 TEST_WORKERS ?= 4
 test: $(STAMP)

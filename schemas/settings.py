@@ -115,11 +115,6 @@ class Settings(BaseSettings):
     # CPUs a replica's container may use (Docker and Swarm) when its deployment sets no
     # `cpus`; unset: the engine's CPUs times `capacity_share`, at least one.
     replica_cpus: float | None = None
-    # Docker runtime: the replicas' CPU weight (the Engine's CpuShares, 2 to 262144) against
-    # other containers when the cores are contended; unset: the Engine's default (1024).
-    # Lower it where replicas share a host with work that must come first. Swarm services
-    # have no such weight.
-    replica_cpu_shares: int | None = Field(default=None, ge=2, le=262144)
     # Process runtime: limit memory with a cgroup per replica where the host allows it;
     # false: RLIMIT_AS only (virtual memory; MiniLM needs about 1.6 GB of it for 0.55 GB RSS).
     replica_cgroups: bool = True

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# `make test`: the suite in two phases at once (tests/support/scheduling.py says which test
-# runs where):
-#   - parallel: every test not marked `serial`, on $TEST_WORKERS pytest-xdist workers
-#     (--dist loadgroup keeps each xdist group on one worker), at the lowest CPU priority
-#     (nice 19, inherited by every process it starts), on a Postgres of its own started at
-#     that priority (tests/support/phase_postgres.py), its replicas' containers at the
-#     least CPU weight: it is CPU-bound and takes what the serial phase leaves;
-#   - serial: the timing-sensitive tests, one at a time at normal priority, those on the
-#     Docker Engine last (by then the parallel phase is over). They wait on paced load, step
-#     timers and scale-down delays, and preempt the parallel phase when they wake.
-# The serial phase's output follows the parallel phase's. SERIAL_AFTER=1 runs the serial
-# phase after the parallel one instead, alone on the cores (to tell a timing failure from
-# contention).
+# `make test`: the suite in two phases (tests/support/scheduling.py says which test runs
+# where):
+#   1. parallel: every test not marked `serial`, on $TEST_WORKERS pytest-xdist workers
+#      (--dist loadgroup keeps each xdist group on one worker);
+#   2. serial: the timing-sensitive tests, one at a time, alone on the cores, those on the
+#      Docker Engine last.
+# SIDE_BY_SIDE=1 runs the serial phase beside the parallel one instead, at normal priority,
+# its output printed after the parallel phase's, and the parallel phase at the lowest CPU
+# priority (nice 19, inherited by every process it starts) on a Postgres of its own
+# started at that priority (tests/support/phase_postgres.py): it takes what the serial
+# phase leaves. On this 2-core machine that took 427-670 s for 869 tests, but a
+# timing-sensitive test failed beside it in four runs of five (a good canary's p99 over
+# 1.5x the serving one's, a panic scale-up, a swarm request lost; docs/development.md), so
+# it is not the default.
 # Both phases run even if one fails; the run fails if either does. A phase that runs no
 # test (pytest's exit 5) fails the run too, unless arguments chose a part of the suite
 # (`make test PYTEST_ARGS=tests/service`) and the other phase ran tests.
@@ -31,15 +32,13 @@ run_serial() {
     echo "serial phase: exit $code, $(( $(date +%s) - began )) s"
     return $code
 }
-if [ "${SERIAL_AFTER:-0}" = 1 ]; then
+if [ "${SIDE_BY_SIDE:-0}" != 1 ]; then
     "${pytest[@]}" -n "$workers" --dist loadgroup -m "not serial" "$@"
     parallel=$?
     run_serial "$@"
     serial=$?
 else
-    # Docker's CpuShares 2 for the phase's containers (1024 for the serial tests'): every
-    # container sits in the Engine's cgroup, whatever the nice of the test that asked.
-    phase_env=(GREENROOM_REPLICA_CPU_SHARES=2)
+    phase_env=()
     # The phase's own Postgres, unless a database was given: the machine's then serves the
     # serial tests alone, and the phase's queries run at its priority.
     if [ -z "${GREENROOM_TEST_DATABASE_URL:-}" ]; then

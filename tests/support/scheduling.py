@@ -1,22 +1,19 @@
-"""Where each test runs under `make test`, which runs the suite in two phases at once
+"""Where each test runs under `make test`, which runs the suite in two phases
 (tests/run.sh):
 
 1. the parallel phase: every test not marked `serial`, spread over pytest-xdist workers
-   (`-n`, `--dist loadgroup`) at nice 19: most tests wait on I/O (health checks,
-   rollouts, drains), so several at once fit on two cores, and together they are
-   CPU-bound;
-2. the serial phase, beside it at normal priority: the `serial` tests, one at a time;
-   those on the Docker Engine last (this module marks them `docker`), the swarm's last of
-   all, so that they run once the parallel phase is over. SERIAL_AFTER=1 runs the serial
-   phase after the parallel one instead, alone.
+   (`-n`, `--dist loadgroup`): most tests wait on I/O (health checks, rollouts, drains),
+   so several at once fit on two cores;
+2. the serial phase: the `serial` tests, one at a time, once the parallel phase is over
+   (or beside it, at normal CPU priority while the parallel phase runs at nice 19, with
+   SIDE_BY_SIDE=1: tests/run.sh). Those on the Docker Engine run last (this module marks
+   them `docker`), the swarm's last of all: beside the parallel phase, they then start
+   once it is over.
 
 `serial` marks timing-sensitive tests: they send paced load and assert on what it met
-(latency percentiles, a request rate, no request lost to a timeout), so they must not wait
-behind the CPU-bound tests: at normal priority they preempt the parallel phase's processes
-(nice 19) whenever they wake. They use little CPU themselves (paced load and timers).
-Two serial tests at once, or a serial test on the Engine beside the parallel phase's
-containers, disturbed each other's p99s (see docs/development.md). Every test of
-SERIAL_MODULES is one; elsewhere a test says so itself (`@pytest.mark.serial`).
+(latency percentiles, a request rate, no request lost to a timeout), so other tests
+sharing the cores would change what they measure. Every test of SERIAL_MODULES is one;
+elsewhere a test says so itself (`@pytest.mark.serial`).
 
 In the parallel phase tests of one xdist group run on one worker, one after another:
 

@@ -18,7 +18,7 @@ from tests.support.docker import deploy, skip_without_engine
 from tests.worker.test_autoscale_load import scale_cycle
 
 skip_without_engine()
-# Paced load with a p99 check: it runs in the docker serial lane (tests/run.sh).
+# Paced load with a p99 check: it runs in the serial phase, alone on the cores.
 pytestmark = [pytest.mark.docker, pytest.mark.serial]
 LOAD_S = 45  # the most the load runs
 

@@ -47,7 +47,7 @@ def _replica(tmp_path: Path, **source: object) -> ReplicaSpec:
 def _settings() -> Settings:
     return Settings(runtime="docker", docker_image="greenroom/model-server:t", cluster="c1",
                     installation_id="inst-1", replica_host="127.0.0.2", stop_grace_s=7,
-                    replica_pids_limit=300, replica_cpu_shares=None)
+                    replica_pids_limit=300)
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_spec_is_built_once_from_the_replica_and_the_settings(
     assert spec.env["MODEL_SERVER_PORT"] == "8080" and spec.env["MINE"] == "kept"
     assert "GREENROOM_SECRET_KEY" not in spec.env
     assert spec.memory_bytes == 512 * MB and spec.nano_cpus == 1_500_000_000
-    assert spec.pids_limit == 300 and spec.stop_grace_s == 7 and spec.cpu_shares is None
+    assert spec.pids_limit == 300 and spec.stop_grace_s == 7
     assert spec.read_only_rootfs and spec.no_new_privileges and spec.cap_drop == ("ALL",)
 
 
@@ -100,20 +100,6 @@ def test_to_docker_is_the_engines_create_body(spec: ContainerSpec, tmp_path: Pat
             "Binds": [f"{model}:/model:ro", f"{exports}:{exports}:rw"],
         },
     }
-
-
-def test_a_cpu_weight_reaches_dockers_body_only(tmp_path: Path) -> None:
-    """`replica_cpu_shares` is the Engine's CpuShares; unset, the body leaves it to the
-    Engine (above); a Swarm service has no such weight, so its template is unchanged."""
-    settings = _settings().model_copy(update={"replica_cpu_shares": 2})
-    weighted = container_spec(_replica(tmp_path), settings, runtime="docker", own_labels=OWN,
-                              network="n", engine_cpus=4)
-    assert weighted.cpu_shares == 2 and to_docker(weighted)["HostConfig"]["CpuShares"] == 2
-    plain = container_spec(_replica(tmp_path), _settings(), runtime="docker", own_labels=OWN,
-                           network="n", engine_cpus=4)
-    assert to_swarm(weighted) == to_swarm(plain)
-    with pytest.raises(ValueError):
-        Settings(replica_cpu_shares=1)
 
 
 def test_to_swarm_is_the_services_task_template(spec: ContainerSpec, tmp_path: Path) -> None:

@@ -54,8 +54,6 @@ class ContainerSpec:
     binds: tuple[Bind, ...]
     memory_bytes: int
     nano_cpus: int
-    # The Engine's CpuShares (Docker only; None: the Engine's default).
-    cpu_shares: int | None
     pids_limit: int
     # The installation's own network (a bridge on Docker, an overlay on Swarm).
     network: str
@@ -121,7 +119,6 @@ def container_spec(spec: ReplicaSpec, settings: Settings, *, runtime: str,
         binds=binds,
         memory_bytes=(spec.memory_mb or settings.replica_memory_mb) * 2**20,
         nano_cpus=int(cpu_limit(spec.cpus, settings, engine_cpus) * 1e9),
-        cpu_shares=settings.replica_cpu_shares,
         pids_limit=settings.replica_pids_limit,
         network=network,
         publish_host=settings.replica_host,
@@ -156,8 +153,6 @@ def to_docker(spec: ContainerSpec) -> dict[str, Any]:
         "PidsLimit": spec.pids_limit,
         "Binds": [f"{b.source}:{b.target}:{'ro' if b.read_only else 'rw'}" for b in spec.binds],
     }
-    if spec.cpu_shares is not None:
-        host_config["CpuShares"] = spec.cpu_shares
     # No StopTimeout: the runtime's stop passes its grace (`stop_grace_s`) on each call.
     return {
         "Image": spec.image,
