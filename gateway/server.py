@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.children import die_with_parent
 from schemas.logs import configure_logging
 from schemas.settings import Settings
 
@@ -38,7 +39,8 @@ def _start_peers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]
                         ("REDIS_URL", settings.redis_url), ("SECRET_KEY", secret)):
         if value:
             env[f"GREENROOM_{name}"] = value
-    return [subprocess.Popen([sys.executable, "-m", "gateway.server"], env=env)
+    return [subprocess.Popen([sys.executable, "-m", "gateway.server"], env=env,
+                             preexec_fn=die_with_parent())
             for _ in range(count)]
 
 

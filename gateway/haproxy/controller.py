@@ -37,6 +37,7 @@ from db import deployments
 from db.deployments import Route
 from db.errors import DatabaseError
 from db.pool import create_pool
+from gateway.children import die_with_parent
 from gateway.haproxy.config import Layout, write
 from gateway.haproxy.programmer import Programmer
 from gateway.haproxy.runtime_api import RuntimeApi, RuntimeApiError, ServerStat
@@ -157,14 +158,15 @@ class Controller:
     async def _start(self) -> None:
         for port in self.layout.gateways:
             self._procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.server", env=_gateway_env(self._settings, port)))
+                sys.executable, "-m", "gateway.server", env=_gateway_env(self._settings, port),
+                preexec_fn=die_with_parent()))
         write(self.layout)
         self._lines = await listen(bind(self.layout.traffic_socket), self.traffic,
                                    self.programmer.owners)
         self._haproxy = await asyncio.create_subprocess_exec(
             self._binary, "-W", "-db", "-f", str(self.layout.config),
             "-S", f"{self.layout.master_socket},mode,600",
-            "-p", str(self.layout.folder / "haproxy.pid"))
+            "-p", str(self.layout.folder / "haproxy.pid"), preexec_fn=die_with_parent())
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(RuntimeApiError):
