@@ -18,8 +18,8 @@ elsewhere a test says so itself (`@pytest.mark.serial`).
 In the parallel phase tests of one xdist group run on one worker, one after another:
 
 - `docker`: every test on the Docker Engine (the `docker_image` fixture, or the `docker`
-  marker; such a test is marked `docker` here): one worker
-  builds the test images, and the containers of two rollouts do not compete for the cores;
+  marker; such a test is marked `docker` here): one worker builds the test images, and
+  the containers of two rollouts do not compete for the cores;
 - `browser`: the tests that drive the session's Chromium (the `browser` fixture);
 - `onnx`: every test of a module where one uses `onnx_store` (the bundled model's ONNX
   export, minutes of CPU, made once per run): the worker that exports runs them all, so
@@ -60,15 +60,15 @@ def assign(items: list[pytest.Item]) -> None:
         for item in tests:
             own = _own_group(item)
             if own == "docker" and not item.get_closest_marker("docker"):
-                item.add_marker(pytest.mark.docker)  # its serial lane, if it is `serial`
+                item.add_marker(pytest.mark.docker)  # its place in the serial phase, if serial
             group = own or shared
             if group is not None:
                 item.add_marker(pytest.mark.xdist_group(group))
             if group != "onnx" and "onnx_store" in _fixtures(item):
                 waits_for_export.add(item)
     # Stable: every other test keeps its place (each xdist worker sorts alike). The serial
-    # tests on the Docker Engine go last, the swarm's last of all: by then the parallel
-    # phase is over, and they have the cores (and the Engine) to themselves.
+    # tests on the Docker Engine go last, the swarm's last of all: beside the parallel
+    # phase (SIDE_BY_SIDE=1) they then start once it is over, with the Engine to themselves.
     items.sort(key=lambda item: (item in waits_for_export, _serial_rank(item)))
 
 
