@@ -44,8 +44,9 @@ else
     if [ -z "${GREENROOM_TEST_DATABASE_URL:-}" ]; then
         pg_dir=$(mktemp -d --suffix=-greenroom-phase-pg)
         coproc PHASE_PG { exec nice -n 19 "$python" -m tests.support.phase_postgres "$pg_dir/pg" 2>"$pg_dir/log"; }
-        pg_pid=$PHASE_PG_PID pg_in=${PHASE_PG[1]}
-        if read -r -t 120 phase_dsn <&"${PHASE_PG[0]}" && [ -n "$phase_dsn" ]; then
+        # (bash unsets both once the coprocess exits: a failed start leaves them empty)
+        pg_pid=${PHASE_PG_PID:-} pg_in=${PHASE_PG[1]:-} pg_out=${PHASE_PG[0]:-}
+        if [ -n "$pg_out" ] && read -r -t 120 phase_dsn <&"$pg_out" && [ -n "$phase_dsn" ]; then
             phase_env+=(GREENROOM_TEST_DATABASE_URL="$phase_dsn")
         else
             echo "make test: no Postgres of the parallel phase's own ($(tail -n 1 "$pg_dir/log"));" \
@@ -60,9 +61,9 @@ else
     env "${phase_env[@]}" nice -n 19 "${pytest[@]}" -n "$workers" --dist loadgroup \
         -m "not serial" "$@"
     parallel=$?
-    if [ -n "${pg_pid:-}" ]; then  # its stdin closes: it stops the cluster
-        eval "exec $pg_in>&-"
-        wait "$pg_pid"
+    if [ -n "${pg_dir:-}" ]; then  # its stdin closes: it stops the cluster
+        [ -n "$pg_in" ] && eval "exec $pg_in>&-"
+        [ -n "$pg_pid" ] && wait "$pg_pid"
         rm -rf "$pg_dir"
     fi
     echo "parallel phase: exit $parallel, $(( $(date +%s) - started )) s"
