@@ -49,6 +49,7 @@ from bench.gateway import (  # noqa: E402
     HOST,
     SENTENCE,
     WRK_SCRIPT,
+    _load,
     _process,
     _until_routed,
     gateway,
@@ -174,9 +175,8 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
                     await _until_routed(paths["before"])
                 paths["gateway"] = f"{planes.gateway}/serve/hashing/embed"
                 runs = measure(paths, [args.concurrency], args.seconds, args.rounds, script)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"gateway CPU split, hashing replica, TEI POST /embed, wrk -t1 -c{args.concurrency}, "
-          f"{args.rounds} x {args.seconds:g} s per path, interleaved; load average {load}")
+          f"{args.rounds} x {args.seconds:g} s per path, interleaved; load average {_load()}")
     cpu = {}
     for name in paths:
         run = runs[(name, args.concurrency)]

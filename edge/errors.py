@@ -8,6 +8,7 @@ place that says which HTTP status each kind is. Handlers and this web layer may 
 a `render` that adds the fields of TEI's and OpenAI's error shapes.
 """
 
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,8 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The answer to a failure: (request, status, message, detail) -> the error body's response.
 Render = Callable[[web.Request, int, str, Any], web.Response]
+# The same, bound to one request: (status, message, detail) -> the response.
+RenderAt = Callable[[int, str, Any], web.Response]
 
 
 class ApiError(Exception):
@@ -93,8 +96,7 @@ def json_error(request: web.Request, status: int, message: str,
     return web.json_response(body, status=status)
 
 
-def _from_http_exception(request: web.Request, exc: web.HTTPException,
-                         render: Render) -> web.StreamResponse:
+def _from_http_exception(exc: web.HTTPException, render: RenderAt) -> web.Response:
     if exc.status < 400:
         return exc  # redirects and the like pass through
     if exc.content_type == "application/json" and exc.text:
@@ -107,7 +109,7 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException,
     message = exc.reason
     if exc.status == 413:
         message = "request body is too large"
-    return with_allow(render(request, exc.status, message, None), exc)
+    return with_allow(render(exc.status, message, None), exc)
 
 
 def with_allow(response: web.Response, exc: web.HTTPException) -> web.Response:
@@ -128,25 +130,28 @@ def request_id_of(request: web.Request) -> str:
     return given if given and HEADER_VALUE.fullmatch(given) else uuid4().hex
 
 
-def _answer(request: web.Request, exc: Exception, render: Render,
-            request_id: str | None) -> web.StreamResponse:
-    """The response to a failure of the handler."""
+def answer_failure(exc: Exception, render: RenderAt, path: str, method: str,
+                   request_id: str | None) -> web.Response:
+    """The response to a failure of the handler of `method path`, as `render` (its error
+    body, bound to the request) makes it: a domain error's status and headers, an HTTP
+    exception's, 503 for Redis down, else a 500 logged with its stack. Called from inside
+    the `except` that caught `exc` (the log line takes its traceback from there)."""
     if isinstance(exc, GreenroomError):
         if isinstance(exc, DatabaseError):  # db.errors.DatabaseUnavailable: a 503
-            log.warning("database_unavailable", path=request.path)
+            log.warning("database_unavailable", path=path)
         exc = as_api_error(exc)
     if isinstance(exc, ApiError):
-        response = render(request, exc.status, exc.message, exc.detail)
+        response = render(exc.status, exc.message, exc.detail)
         response.headers.update(exc.headers)  # Retry-After, WWW-Authenticate
         return response
     if isinstance(exc, web.HTTPException):
-        return _from_http_exception(request, exc, render)
+        return _from_http_exception(exc, render)
     if isinstance(exc, RedisError):
-        log.warning("redis_unavailable", path=request.path)
-        return render(request, 503, "queue unavailable, try again shortly", None)
-    log.exception("unhandled_error", path=request.path, method=request.method)
+        log.warning("redis_unavailable", path=path)
+        return render(503, "queue unavailable, try again shortly", None)
+    log.exception("unhandled_error", path=path, method=method)
     detail = {"request_id": request_id} if request_id is not None else None
-    return render(request, 500, "internal error", detail)
+    return render(500, "internal error", detail)
 
 
 def error_middleware(render: Render = json_error, *, request_ids: bool = True) -> Middleware:
@@ -160,13 +165,15 @@ def error_middleware(render: Render = json_error, *, request_ids: bool = True) -
             try:
                 return await handler(request)
             except Exception as exc:
-                return _answer(request, exc, render, None)
+                return answer_failure(exc, functools.partial(render, request), request.path,
+                                      request.method, None)
         request_id = request_id_of(request)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             response = await handler(request)
         except Exception as exc:
-            response = _answer(request, exc, render, request_id)
+            response = answer_failure(exc, functools.partial(render, request), request.path,
+                                      request.method, request_id)
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
         response.headers["X-Request-Id"] = request_id

@@ -163,6 +163,12 @@ def asked_lane(headers: Mapping[str, str]) -> str | None:
     return lane
 
 
+def _deadline(headers: Mapping[str, str]) -> float | None:
+    """When the request's X-Request-Timeout runs out (time.monotonic()); 422 if malformed."""
+    timeout_s = timeout_of(headers)
+    return None if timeout_s is None else time.monotonic() + timeout_s
+
+
 class Admission:
     def __init__(self, defaults: Limits, ttl_s: float = 1.0) -> None:
         self.defaults, self.ttl_s = defaults, ttl_s
@@ -192,19 +198,17 @@ class Admission:
     def anonymous(self, headers: Mapping[str, str]) -> Ticket:
         """The ticket of a request without limits: the lane its header asks (interactive
         unless lowered) and its deadline; 422 for a bad header."""
-        asked = asked_lane(headers)
-        timeout_s = timeout_of(headers)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        return Ticket(effective_lane("interactive", asked), deadline)
+        return Ticket(effective_lane("interactive", asked_lane(headers)), _deadline(headers))
 
     async def admit(self, request: web.Request, model_id: UUID) -> Ticket:
         """The request's lane, deadline and buckets; 422 for a bad header, 429 past a limit.
         Call after the access check (the key is known good)."""
-        ticket = self.anonymous(request.headers)
+        asked, deadline = asked_lane(request.headers), _deadline(request.headers)
         caller = await self._caller(request)
+        ticket = Ticket(effective_lane(caller.lane if caller else "interactive", asked),
+                        deadline)
         if caller is None:
             return ticket
-        ticket.lane = effective_lane(caller.lane, asked_lane(request.headers))
         now = time.monotonic()
         ticket.requests = self._bucket(caller.subject, model_id, "requests", now,
                                        caller.requests_per_s or self.defaults.requests_per_s)

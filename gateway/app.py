@@ -11,11 +11,11 @@ own shape: TEI's `error`/`error_type` under /serve, OpenAI's (as TEI serves it)
 `code`/`type` on /v1/embeddings.
 """
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,7 @@ from edge.auth.authentication import authenticate, require_secret
 from edge.auth.locators import deployment_not_found
 from edge.auth.principal_cache import principal_cache_ctx
 from edge.auth.rules import INFERENCE, PUBLIC
-from edge.errors import as_api_error, error_middleware
+from edge.errors import answer_failure, error_middleware
 from edge.keys import PG, SERVING_ROUTES, SETTINGS
 from edge.metrics import exposition
 from edge.openapi import openapi_json
@@ -41,11 +41,10 @@ from gateway.dispatch import ServeIndex
 from gateway.hold import Holds
 from gateway.keys import ACCESS, ADMISSION, GATEWAY, GATEWAY_REDIS
 from gateway.routing import Gateway
-from schemas.errors import GreenroomError, Invalid, Malformed, tei_error_type
+from schemas.errors import Invalid, Malformed, tei_error_type
 from schemas.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-log = structlog.get_logger(__name__)
 
 # TEI's routes for embedding models, as a replica serves them: (method, path at the replica).
 TEI_POST = ("embed", "embed_all", "tokenize", "decode", "v1/embeddings")
@@ -127,20 +126,14 @@ async def serve_anonymous(app: web.Application, route: Route, path: str, op: str
                           headers: Mapping[str, str], body: bytes) -> web.Response:
     """What `_passthrough("POST", op)` answers a request to `path` without a token for the
     public deployment `route` (gateway/front.py serves those without aiohttp's server):
-    the same ticket, forward and error body."""
+    the same ticket, forward and error body (the gateway's error middleware's)."""
     try:
         ticket = app[ADMISSION].anonymous(headers)
         answer = await app[GATEWAY].forward(route, "POST", op, body, headers, ticket.deadline,
                                             ticket.lane)
         return ticket.settle(answer)
-    except GreenroomError as exc:
-        failure = as_api_error(exc)
-        response = error_at(path, failure.status, failure.message, failure.detail)
-        response.headers.update(failure.headers)
-        return response
-    except Exception:
-        log.exception("unhandled_error", path=path, method="POST")
-        return error_at(path, 500, "internal error")
+    except Exception as exc:
+        return answer_failure(exc, functools.partial(error_at, path), path, "POST", None)
 
 
 class EmbeddingsBody(BaseModel):
