@@ -44,7 +44,14 @@ from gateway.traffic import (
     mirrors,
     split,
 )
-from gateway.upstream import Answer, AnswerTooLarge, ConnectFailed, Upstream, UpstreamError
+from gateway.upstream import (
+    Answer,
+    AnswerTooLarge,
+    ConnectFailed,
+    NotTaken,
+    Upstream,
+    UpstreamError,
+)
 from schemas import replica_auth, tracing
 from schemas.errors import Unavailable, UpstreamTimeout, UpstreamUnreachable
 from schemas.gateway import GENERATION_HEADER, REVISION_HEADER, GatewayReport
@@ -216,8 +223,9 @@ class Gateway:
     async def _forward(self, route: Route, method: str, path: str, body: bytes | None,
                        headers: Mapping[str, str], ids: tracing.TraceIds, span_id: str,
                        span: Any, deadline: float | None, lane: str | None) -> web.Response:
-        """Retry elsewhere only if the replica cannot connect (once written, a request is
-        never sent again: review M6). Counted under the generation that took it."""
+        """Retry elsewhere only a request no replica read: a failed connect, or one its
+        kernel reset unread (once read, a request is never sent again: review M6). Counted
+        under the generation that took it."""
         if not route.replicas and route.scales_to_zero and (
                 route.candidate is None or not route.candidate.replicas):
             route = await self._hold(route, deadline)
@@ -237,7 +245,7 @@ class Gateway:
             try:
                 answer = await self._upstream.request(endpoint, method, path, body,
                                                       forward_headers)
-            except ConnectFailed as exc:
+            except (ConnectFailed, NotTaken) as exc:  # the replica never read it
                 log.warning("replica_unreachable", replica=str(replica_id), error=str(exc),
                             request_id=ids.request_id)
                 metrics.upstream_errors.labels(deployment).inc()

@@ -8,8 +8,13 @@ server answers: a Content-Length body, keep-alive unless `Connection: close`. An
 else (a chunked answer) is an UpstreamError, as is a connection that fails or closes.
 
 Review M6: an answer longer than `max_answer_bytes` is refused from its head, before any of
-its body is buffered; only a failure to connect (`ConnectFailed`: no byte of the request
-reached the replica) may be retried elsewhere, never a request once written. A kept-alive
+its body is buffered; only a request the replica's process never read may be retried
+elsewhere: a failed connect (`ConnectFailed`), or one its kernel reset unread (`NotTaken`:
+an RST before any byte of the answer, which Linux sends only when the socket is closed
+with the request still unread, as for a connection waiting in the accept queue of a
+replica that stops listening, or a kept-alive one it closed as the request crossed). A
+replica that read the request and then closed (the FIN of a process that died on it) is
+never sent it again. A kept-alive
 connection is not reused after `MAX_IDLE_S`, well inside the model server's keep-alive
 (aiohttp's 75 s), nor once the replica has closed it (`quiet`, checked just before the
 write), so a request is not written to a connection known to be dead.
@@ -18,6 +23,7 @@ write), so a request is not written to a connection known to be dead.
 import asyncio
 import contextlib
 import functools
+import os
 import select
 import socket
 import time
@@ -29,6 +35,10 @@ from urllib.parse import urlsplit
 MAX_IDLE_PER_ENDPOINT = 256
 MAX_HEAD_BYTES = 64 * 1024
 MAX_IDLE_S = 30.0
+# After an EOF with no answer, how long the reset that follows a request written to an
+# already-closed socket may take to arrive (about one round trip): waited only then.
+RESET_SETTLE_S = 0.02
+_RESET = (ConnectionResetError, BrokenPipeError)
 
 
 class UpstreamError(ConnectionError):
@@ -38,6 +48,11 @@ class UpstreamError(ConnectionError):
 class ConnectFailed(UpstreamError):
     """No connection to the replica: nothing of the request reached it, so another replica
     may take it."""
+
+
+class NotTaken(UpstreamError):
+    """The replica's kernel reset the connection before any byte of the answer: its process
+    never read the request whole, so another replica may take it."""
 
 
 class AnswerTooLarge(UpstreamError):
@@ -75,7 +90,27 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(UpstreamError(f"connection closed: {exc or 'by peer'}"))
+            kind = NotTaken if isinstance(exc, _RESET) and self._unanswered() else UpstreamError
+            self.waiter.set_exception(kind(f"connection closed: {exc or 'by peer'}"))
+
+    def eof_received(self) -> bool | None:
+        """The replica closed its side. With a request pending and no byte of its answer
+        here, stay half-open a round trip: a reset that follows tells the request was
+        written to a socket already closed, unread (`NotTaken`)."""
+        if self.waiter is None or self.waiter.done() or not self._unanswered():
+            return None  # the transport closes; connection_lost fails any pending request
+        self.closed = True
+        asyncio.get_running_loop().call_later(RESET_SETTLE_S, self._judge_eof)
+        return True
+
+    def _judge_eof(self) -> None:
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if sock is not None else 0
+        kind = NotTaken if error else UpstreamError
+        self._fail(f"connection closed: {os.strerror(error) if error else 'by peer'}", kind)
+
+    def _unanswered(self) -> bool:
+        return self._head is None and not self._buf
 
     def data_received(self, data: bytes) -> None:
         self._buf += data

@@ -5,6 +5,8 @@ review L2: an X-Request-Id that is not ASCII is replaced, never a 500."""
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,50 @@ async def test_a_replica_refusing_connections_is_still_retried_on_another(
             status, body = await _until_routed(http, f"{base}/serve/half-up/embed",
                                                {"inputs": "x"})
             assert status == 200, body
+
+
+class FakeResettingReplica:
+    """A fake replica (this test's own): it takes each connection and resets it (an RST,
+    SO_LINGER 0) without reading the request, as a replica's kernel does to connections
+    still in its accept queue when it stops listening."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        await asyncio.sleep(0.02)  # the request has reached this side
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.resets += 1
+        writer.transport.abort()
+
+
+@pytest.mark.timeout(120)
+async def test_a_request_a_replica_reset_unread_is_sent_to_another(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """The two-node swarm's drain ended one request in 502 (CI, stop 37): a replica that
+    stopped listening reset a connection the gateway had just opened. A reset before any
+    byte of the answer means the replica never read the request: it goes to another."""
+    model_id = await hashing_model("resetting")
+    fakes = [FakeResettingReplica() for _ in range(2)]
+    servers, urls = [], []
+    for fake in fakes:
+        port = free_port("127.0.0.1")
+        servers.append(await asyncio.start_server(fake.handle, "127.0.0.1", port))
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        async with hashing_replica(http, tmp_path) as replica:
+            await serve_from(pool, model_id, "resetting", [*urls, replica])
+            base = await start_gateway(spawn, http)
+            for _ in range(10):
+                status, body = await _until_routed(http, f"{base}/serve/resetting/embed",
+                                                   {"inputs": "x"})
+                assert status == 200, body
+    finally:
+        for server in servers:
+            server.close()
+    assert sum(fake.resets for fake in fakes) > 0, "no request met a resetting replica"
 
 
 async def test_an_answer_over_the_gateway_cap_is_a_logged_502_not_buffered(

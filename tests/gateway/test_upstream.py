@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ from aiohttp import web
 from gateway.upstream import (
     AnswerTooLarge,
     ConnectFailed,
+    NotTaken,
     Upstream,
     UpstreamError,
     _Connection,
@@ -102,3 +104,53 @@ async def test_quiet_tells_a_connection_the_replica_closed_before_the_loop_sees_
         assert conn.transport is not None
         conn.transport.close()
         server.close()
+
+
+REQUEST = b"POST /embed HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def _pending_request(replica_side: str) -> BaseException:
+    """A request written on a connection whose replica side then does `replica_side`; the
+    error its waiter ends with."""
+    server = socket.create_server(("127.0.0.1", 0))
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: _Connection(1024), "127.0.0.1",
+                                           server.getsockname()[1])
+    accepted, _ = server.accept()
+    conn.waiter = loop.create_future()
+    assert conn.transport is not None
+    if replica_side == "closes as the request crosses":  # its FIN, then our request
+        accepted.close()
+        conn.transport.write(REQUEST)
+    else:
+        conn.transport.write(REQUEST)
+        time.sleep(0.05)  # noqa: ASYNC251 the request is in the replica's kernel
+        if replica_side == "reads it and closes":
+            accepted.recv(len(REQUEST))
+        elif replica_side == "resets it unread":
+            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        accepted.close()  # "closes it unread" too: Linux resets a socket with unread bytes
+    try:
+        await asyncio.wait_for(conn.waiter, 2)
+    except (UpstreamError, TimeoutError) as exc:  # what the test looks at
+        return exc
+    finally:
+        conn.transport.close()
+        server.close()
+    raise AssertionError("the request did not fail")
+
+
+@pytest.mark.parametrize("replica_side", ["resets it unread", "closes it unread",
+                                          "closes as the request crosses"])
+async def test_a_request_the_replica_never_read_is_not_taken(replica_side: str) -> None:
+    """The replica's kernel reset the request before its process read it (after an EOF
+    too, when its close crossed the request): `NotTaken`, which routing sends elsewhere."""
+    error = await _pending_request(replica_side)
+    assert isinstance(error, NotTaken), repr(error)
+
+
+async def test_a_request_the_replica_read_and_then_closed_on_is_not_retryable() -> None:
+    """Review M6: a replica that read the request and died (its FIN, no reset) failed on it;
+    the request is not offered to another replica."""
+    error = await _pending_request("reads it and closes")
+    assert isinstance(error, UpstreamError) and not isinstance(error, NotTaken), repr(error)

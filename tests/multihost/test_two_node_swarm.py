@@ -115,7 +115,7 @@ async def test_two_node_swarm(swarm_plane: SwarmPlane) -> None:
         assert new_generation != generation
         assert set(where_after) == {n1, n2}, where_after
         redeploy_rate = redeploy.sent / redeploy.elapsed_s
-        assert redeploy.failures == [], redeploy.failures[:5]
+        assert redeploy.failures == [], (redeploy.failures[:5], _failed_answers(plane))
         assert redeploy_rate >= 50, redeploy_rate
 
         # Drain n2 mid-load: its replicas move to n1, the table follows.
@@ -141,4 +141,10 @@ async def test_two_node_swarm(swarm_plane: SwarmPlane) -> None:
           f"{drain.sent} requests at {drain.sent / drain.elapsed_s:.0f} req/s, "
           f"{len(drain.failures)} failed {drain.failures[:3]}")
     assert set(after) == {n1}, after
-    assert drain.failures == [], drain.failures[:5]
+    assert drain.failures == [], (drain.failures[:5], _failed_answers(plane))
+
+
+def _failed_answers(plane: Plane) -> list[str]:
+    """The gateway's own lines on the requests replicas failed: what a failure shows."""
+    text = (plane.folder / "gateway.log").read_text(errors="replace")
+    return [line for line in text.splitlines() if "replica_failed_answer" in line][:5]
