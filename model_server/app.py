@@ -302,13 +302,20 @@ OPEN_PATHS = frozenset({"/health", "/metrics"})
 async def http_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count and time every request, and map every failure to a JSON error body, never a
     stack trace. One middleware rather than two: each layer costs the event loop."""
-    metrics = request.app[STATE].metrics
+    state = request.app[STATE]
+    metrics = state.metrics
     started = time.perf_counter()
     metrics.handling += 1
     try:
         response = await _answer(request, handler)
     finally:
         metrics.handling -= 1
+    if state.stopping:
+        # Once the server is stopping, each answer ends its connection and says so: a
+        # client never writes its next request to a connection this server is about to
+        # close (aiohttp's shutdown reads such a request and drops it unanswered, and the
+        # gateway then fails it: a request a replica read is never sent again).
+        response.force_close()
     elapsed = time.perf_counter() - started
     metrics.observe_request(_route_label(request), response.status, elapsed)
     request_id = request.headers.get("X-Request-Id")

@@ -43,6 +43,7 @@ class ModelState:
     ready: bool = False
     failure: str | None = None
     failed: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: bool = False  # SIGTERM came: every answer says `Connection: close`
 
     def require_ready(self) -> tuple[Embedder, Batcher]:
         if not self.ready or self.backend is None or self.batcher is None:

@@ -10,11 +10,15 @@ from pydantic import ValidationError
 
 from model_server.app import STATE, create_app
 from model_server.config import Settings
-from model_server.lifecycle import Loader, load_backend
+from model_server.lifecycle import Loader, ModelState, load_backend
 from model_server.logs import configure_logging
 from model_server.preload import Preload
 
 SHUTDOWN_TIMEOUT_S = 30.0
+# After SIGTERM, how long kept-alive connections are still served (each answer closing its
+# connection) before aiohttp's shutdown closes the rest: a request written on one just as
+# the answer before it left, without `Connection: close`, is answered, not dropped.
+DRAIN_S = 0.5
 EXIT_OK, EXIT_LOAD_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 log = structlog.get_logger("model_server")
@@ -67,9 +71,23 @@ async def serve(settings: Settings, loader: Loader = load_backend) -> int:
     )
     reason = await _until_stopped(app[STATE].failed)
     log.info("shutdown_started", reason=reason)
+    await _drain(runner, app[STATE])
     await runner.cleanup()
     log.info("shutdown_complete", reason=reason)
     return EXIT_LOAD_FAILED if reason == "model_load_failed" else EXIT_OK
+
+
+async def _drain(runner: web.AppRunner, state: ModelState) -> None:
+    """Stop listening (a new connection is refused: the gateway sends its request to
+    another replica), then serve the open connections for up to DRAIN_S, each answer
+    saying `Connection: close`, until their clients have closed them all."""
+    state.stopping = True
+    for site in list(runner.sites):
+        await site.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_S
+    while runner.server is not None and runner.server.connections and loop.time() < deadline:
+        await asyncio.sleep(0.02)
 
 
 async def _until_stopped(failed: asyncio.Event) -> str:

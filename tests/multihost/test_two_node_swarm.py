@@ -145,6 +145,9 @@ async def test_two_node_swarm(swarm_plane: SwarmPlane) -> None:
 
 
 def _failed_answers(plane: Plane) -> list[str]:
-    """The gateway's own lines on the requests replicas failed: what a failure shows."""
+    """The gateway's own lines on the requests replicas failed (printed whole: an assertion
+    message is cut short): what a failure shows."""
     text = (plane.folder / "gateway.log").read_text(errors="replace")
-    return [line for line in text.splitlines() if "replica_failed_answer" in line][:5]
+    lines = [line for line in text.splitlines() if "replica_failed_answer" in line][:5]
+    print("\n".join(["gateway:", *lines]) if lines else "")
+    return lines
