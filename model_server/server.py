@@ -18,7 +18,7 @@ SHUTDOWN_TIMEOUT_S = 30.0
 # After SIGTERM, how long kept-alive connections are still served (each answer closing its
 # connection) before aiohttp's shutdown closes the rest: a request written on one just as
 # the answer before it left, without `Connection: close`, is answered, not dropped.
-DRAIN_S = 0.5
+DRAIN_S, DRAIN_POLL_S = 0.5, 0.02
 EXIT_OK, EXIT_LOAD_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 log = structlog.get_logger("model_server")
@@ -84,10 +84,10 @@ async def _drain(runner: web.AppRunner, state: ModelState) -> None:
     state.stopping = True
     for site in list(runner.sites):
         await site.stop()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DRAIN_S
-    while runner.server is not None and runner.server.connections and loop.time() < deadline:
-        await asyncio.sleep(0.02)
+    for _ in range(round(DRAIN_S / DRAIN_POLL_S)):
+        if runner.server is None or not runner.server.connections:
+            return
+        await asyncio.sleep(DRAIN_POLL_S)
 
 
 async def _until_stopped(failed: asyncio.Event) -> str:
