@@ -53,15 +53,11 @@ else
                  "it shares the machine's with the serial phase"
         fi
     fi
-    # Two serial lanes: the tests on the Docker Engine in one, the others in the other.
     serial_log=$(mktemp --suffix=-greenroom-serial.log)
-    docker_log=$(mktemp --suffix=-greenroom-serial-docker.log)
-    run_serial -m "serial and not docker" "$@" > "$serial_log" 2>&1 &
+    run_serial "$@" > "$serial_log" 2>&1 &
     serial_pid=$!
-    run_serial -m "serial and docker" "$@" > "$docker_log" 2>&1 &
-    docker_pid=$!
-    echo "make test: the serial phase runs beside this one at normal priority, in two lanes;" \
-         "their output follows this phase's (live: $serial_log, $docker_log)"
+    echo "make test: the serial phase runs beside this one at normal priority;" \
+         "its output follows this phase's (live: $serial_log)"
     env "${phase_env[@]}" nice -n 19 "${pytest[@]}" -n "$workers" --dist loadgroup \
         -m "not serial" "$@"
     parallel=$?
@@ -73,17 +69,9 @@ else
     echo "parallel phase: exit $parallel, $(( $(date +%s) - started )) s"
     wait "$serial_pid"
     serial=$?
-    wait "$docker_pid"
-    docker=$?
-    echo "========================= serial phase, not on Docker ========================="
+    echo "================================ serial phase ================================"
     cat "$serial_log"
-    echo "=========================== serial phase, on Docker ==========================="
-    cat "$docker_log"
-    rm -f "$serial_log" "$docker_log"
-    # One exit code for both lanes: 5 (no test) only if neither ran one.
-    if [ "$serial" -eq 5 ] || { [ "$docker" -ne 0 ] && [ "$docker" -ne 5 ]; }; then
-        serial=$docker
-    fi
+    rm -f "$serial_log"
 fi
 
 verdict() {  # phase exit code → ok | failed, with exit 5 (no test) allowed only for a part
