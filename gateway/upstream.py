@@ -104,8 +104,13 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _judge_eof(self) -> None:
+        if self.waiter is None or self.waiter.done():
+            return  # the request ended meanwhile (its timeout), which closed the transport
         sock = self.transport.get_extra_info("socket") if self.transport else None
-        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if sock is not None else 0
+        error = 0
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         kind = NotTaken if error else UpstreamError
         self._fail(f"connection closed: {os.strerror(error) if error else 'by peer'}", kind)
 
