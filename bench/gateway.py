@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,7 @@ class Run:
 
     requests: int = 0
     seconds: float = 0.0
+    rates: list[float] = field(default_factory=list)  # each round's, in order
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
     proxy_cpu_s: float = 0.0  # the proxy's process tree (none for the direct path)
@@ -370,6 +372,7 @@ def measure(paths: dict[str, str], levels: list[int], seconds: float, rounds: in
                 run = runs.setdefault((name, level), Run())
                 run.requests += requests
                 run.seconds += elapsed
+                run.rates.append(requests / elapsed if elapsed else 0.0)
                 run.p50.append(p50)
                 run.p99.append(p99)
                 run.proxy_cpu_s += after[0] - before[0]
@@ -465,8 +468,14 @@ async def _minilm(args: argparse.Namespace, tmp: Path, planes: Planes, script: P
         # over the pair's is the throughput it takes; steadier than rates on a busy host.
         proxy_s = run.haproxy_cpu_s if name == "haproxy" else run.proxy_cpu_s
         cpu_share = proxy_s / (proxy_s + run.replica_cpu_s) if run.replica_cpu_s else 0.0
+        # Each round's share against the direct path's run just before it: a drift of the
+        # machine's speed across the rounds (other sessions' load) cancels out.
+        shares = sorted(1 - ours / theirs for ours, theirs in zip(run.rates, direct.rates,
+                                                                     strict=True) if theirs)
         print(f"  {name}'s share of throughput: {1 - run.rate / direct.rate:6.1%} "
-              f"(goal <= 3 %); its share of CPU per request: {cpu_share:5.1%}")
+              f"(goal <= 3 %); its share of CPU per request: {cpu_share:5.1%}; "
+              f"round by round: median {statistics.median(shares):.1%}, "
+              f"{shares[0]:.1%} to {shares[-1]:.1%} over {len(shares)} rounds")
 
 
 def _load() -> str:
