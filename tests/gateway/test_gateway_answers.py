@@ -143,12 +143,20 @@ async def test_a_replica_refusing_connections_is_still_retried_on_another(
         hashing_model: Any, clean: None, tmp_path: Path) -> None:
     """What stays retried on the Python gateway: a failed connect (nothing was sent)."""
     model_id = await hashing_model("half-up")
+    closed = [f"http://127.0.0.1:{free_port('127.0.0.1')}" for _ in range(2)]
+    await _served_beside(spawn, http, pool, tmp_path, model_id, "half-up", closed)
+
+
+async def _served_beside(spawn: Callable[..., Proc], http: aiohttp.ClientSession,
+                         pool: asyncpg.Pool, tmp_path: Path, model_id: UUID, name: str,
+                         others: list[str]) -> None:
+    """Ten requests through a gateway to `name`, served from `others` and one real replica:
+    each is answered 200 (the real replica takes what the others do not)."""
     async with hashing_replica(http, tmp_path) as replica:
-        closed = [f"http://127.0.0.1:{free_port('127.0.0.1')}" for _ in range(2)]
-        await serve_from(pool, model_id, "half-up", [*closed, replica])
+        await serve_from(pool, model_id, name, [*others, replica])
         base = await start_gateway(spawn, http)
         for _ in range(10):
-            status, body = await _until_routed(http, f"{base}/serve/half-up/embed",
+            status, body = await _until_routed(http, f"{base}/serve/{name}/embed",
                                                {"inputs": "x"})
             assert status == 200, body
 
@@ -184,13 +192,7 @@ async def test_a_request_a_replica_reset_unread_is_sent_to_another(
         servers.append(await asyncio.start_server(fake.handle, "127.0.0.1", port))
         urls.append(f"http://127.0.0.1:{port}")
     try:
-        async with hashing_replica(http, tmp_path) as replica:
-            await serve_from(pool, model_id, "resetting", [*urls, replica])
-            base = await start_gateway(spawn, http)
-            for _ in range(10):
-                status, body = await _until_routed(http, f"{base}/serve/resetting/embed",
-                                                   {"inputs": "x"})
-                assert status == 200, body
+        await _served_beside(spawn, http, pool, tmp_path, model_id, "resetting", urls)
     finally:
         for server in servers:
             server.close()
