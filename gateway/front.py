@@ -16,7 +16,9 @@ so far, for good: aiohttp then answers exactly as before.
 What a served request keeps: keep-alive (and pipelined requests, answered in order), the
 caller's disconnect cancelling its forward (as `handler_cancellation`: the replica's
 connection closes and it drops the queued work), an idle connection closed after
-`KEEPALIVE_S` as aiohttp does, and on shutdown the requests in flight finish first.
+`KEEPALIVE_S` as aiohttp does, and on shutdown the requests in flight finish first, each
+answer from then on saying `Connection: close`, and what comes on an open connection for
+`DRAIN_S` more is still answered so.
 """
 
 import asyncio
@@ -41,6 +43,9 @@ FAST_OPS = frozenset({"", "/", "/embed", "/embed_all", "/tokenize", "/decode",
 PREFIX = "/serve/"
 MAX_HEAD = 16 * 1024  # past it without a head's end: aiohttp's to answer
 KEEPALIVE_S = 75.0  # aiohttp's keepalive_timeout
+# On SIGTERM, how long the open connections are still answered (each answer its
+# connection's last), as the model server does (model_server/server.py).
+DRAIN_S, DRAIN_POLL_S = 0.5, 0.02
 _NAME = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,255}")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # after the CRLFs are taken out
 # Headers whose presence makes a request aiohttp's: a token (access, limits), the body's
@@ -120,8 +125,9 @@ def _fields(lines: list[str]) -> tuple[CIMultiDict[str], int] | None:
     return None if length is None else (headers, length)
 
 
-def wire(response: web.Response) -> bytes:
-    """The response as aiohttp would write it (Content-Length, Date, Server)."""
+def wire(response: web.Response, close: bool = False) -> bytes:
+    """The response as aiohttp would write it (Content-Length, Date, Server; `Connection:
+    close` when it is the connection's last)."""
     body = response.body
     assert isinstance(body, bytes)
     status = response.status
@@ -129,6 +135,8 @@ def wire(response: web.Response) -> bytes:
     lines += [f"{k}: {v}\r\n" for k, v in response.headers.items()]
     if "Content-Type" not in response.headers:
         lines.append("Content-Type: application/octet-stream\r\n")
+    if close:
+        lines.append("Connection: close\r\n")
     lines.append(f"Content-Length: {len(body)}\r\nDate: {_date()}\r\n"
                  f"Server: {SERVER_SOFTWARE}\r\n\r\n")
     return "".join(lines).encode("latin-1") + body
@@ -223,11 +231,12 @@ class Front(asyncio.Protocol):
             self._task = None
         if self._transport is None or self._transport.is_closing():
             return
-        self._transport.write(wire(response))
+        closing = self._fronts.closing  # the gateway is stopping: this answer is the last
+        self._transport.write(wire(response, closing))
         if self._paused:
             self._paused = False
             self._transport.resume_reading()
-        if self._fronts.closing:
+        if closing:
             self._close()
         else:
             self._next()  # a pipelined request, or an idle wait (or a close after EOF)
@@ -275,6 +284,16 @@ class Fronts:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def drain(self, seconds: float) -> None:
+        """For up to `seconds`, answer what comes on the open connections, each answer
+        saying `Connection: close` and ending its connection, until their clients are gone:
+        a request written just as the gateway stopped is answered, not reset."""
+        self.closing = True
+        for _ in range(round(seconds / DRAIN_POLL_S)):
+            if not self.open:
+                return
+            await asyncio.sleep(DRAIN_POLL_S)
 
     async def shutdown(self, timeout_s: float) -> None:
         """Close idle connections; let the requests in flight finish (up to `timeout_s`)."""
@@ -325,5 +344,6 @@ async def run(app: web.Application, host: str, port: int, max_body: int,
         await stop.wait()
     finally:
         await site.stop()
+        await fronts.drain(DRAIN_S)
         await fronts.shutdown(shutdown_timeout_s)
         await runner.cleanup()

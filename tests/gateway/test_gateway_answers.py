@@ -5,6 +5,7 @@ review L2: an X-Request-Id that is not ASCII is replaced, never a 500."""
 
 import asyncio
 import contextlib
+import signal
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -19,8 +20,10 @@ import pytest
 from db import deployments, replicas
 from gateway.haproxy.controller import find_haproxy
 from schemas.settings import Settings
-from tests.conftest import Proc, start_gateway
+from tests.conftest import START_TIMEOUT_S, Proc, start_gateway
 from tests.model_server.conftest import poll_health, start_server
+from tests.support.raw_http import ask
+from tests.support.services import wait_for_http
 from worker.runtimes.process import free_port
 
 NO_HAPROXY = pytest.mark.skipif(find_haproxy(Settings()) is None,
@@ -259,3 +262,37 @@ async def test_a_non_ascii_request_id_is_replaced_not_a_500(
         async with http.post(f"{base}/v1/embeddings", json={"model": "rid", "input": "x"},
                              headers={"X-Request-Id": "€", "Accept": "€"}) as resp:
             assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.timeout(120)
+async def test_a_stopping_gateway_answers_kept_alive_callers_each_saying_close(
+        spawn: Callable[..., Proc], http: aiohttp.ClientSession, pool: asyncpg.Pool,
+        hashing_model: Any, clean: None, tmp_path: Path) -> None:
+    """As a replica does (model_server/server.py): from SIGTERM on, the front's answers say
+    `Connection: close`, and a request on an idle kept-alive connection in the next moment
+    is answered so, not reset (gateway/front.py `Fronts.drain`)."""
+    model_id = await hashing_model("stopping")
+    server = start_server(tmp_path, MODEL_SERVER_BACKEND="hashing", MODEL_SERVER_DIMENSION="8",
+                          MODEL_SERVER_TEST_SERVICE_TIME_MS="300")
+    try:
+        await poll_health(http, server)
+        await serve_from(pool, model_id, "stopping", [server.url])
+        port = free_port("127.0.0.1")
+        gateway = spawn("gateway.server", gateway_port=port)
+        await wait_for_http(http, f"http://127.0.0.1:{port}/healthz", timeout_s=START_TIMEOUT_S)
+        path = "/serve/stopping/embed"
+        await _until_routed(http, f"http://127.0.0.1:{port}{path}", {"inputs": "x"})
+        busy = await asyncio.open_connection("127.0.0.1", port)
+        idle = await asyncio.open_connection("127.0.0.1", port)
+        assert "200 OK" in await (await ask(*idle, path, "first"))  # kept alive, then idle
+        in_flight = await ask(*busy, path, "in flight")
+        await asyncio.sleep(0.1)
+        gateway.kill(signal.SIGTERM)
+        head = await in_flight
+        assert head.startswith("HTTP/1.1 200") and "Connection: close" in head, head
+        late = await (await ask(*idle, path, "on the idle connection, after SIGTERM"))
+        assert late.startswith("HTTP/1.1 200") and "Connection: close" in late, late
+        for _, writer in (busy, idle):
+            writer.close()
+    finally:
+        server.stop()

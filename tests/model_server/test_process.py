@@ -10,6 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.raw_http import ask
+
 from .conftest import HOST, ServerProcess, poll_health, start_server
 
 # The SIGTERM test ends the shared replica, so it comes last in this module.
@@ -173,28 +175,6 @@ async def test_sigterm_while_loading_exits_0_promptly(tmp_path: Path) -> None:
         server.stop()
 
 
-async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-               text: str) -> asyncio.Task[str]:
-    """Write one keep-alive POST /embed on an open connection; a task that reads the head
-    of its answer ('' if the connection closed with none)."""
-    body = json.dumps({"inputs": text}).encode()
-    writer.write(b"POST /embed HTTP/1.1\r\nHost: replica\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-    await writer.drain()
-
-    async def head() -> str:
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return ""
-        length = next(int(line.split(":")[1]) for line in raw.decode().split("\r\n")
-                      if line.lower().startswith("content-length:"))
-        await reader.readexactly(length)
-        return raw.decode()
-
-    return asyncio.create_task(head())
-
-
 async def test_sigterm_answers_kept_alive_connections_each_saying_close(tmp_path: Path) -> None:
     """The two-node swarm's drain failed requests (stop 37): at SIGTERM, the answer to a
     request in flight kept its connection alive, and aiohttp's shutdown then read the
@@ -208,13 +188,13 @@ async def test_sigterm_answers_kept_alive_connections_each_saying_close(tmp_path
             await poll_health(session, server)
         busy = await asyncio.open_connection(HOST, server.port)
         idle = await asyncio.open_connection(HOST, server.port)
-        assert "200 OK" in await (await _ask(*idle, "first"))  # kept alive, then idle
-        in_flight = await _ask(*busy, "in flight")
+        assert "200 OK" in await (await ask(*idle, "/embed", "first"))  # kept alive, then idle
+        in_flight = await ask(*busy, "/embed", "in flight")
         await asyncio.sleep(0.1)
         server.terminate()
         head = await in_flight
         assert head.startswith("HTTP/1.1 200") and "Connection: close" in head, head
-        late = await (await _ask(*idle, "on the idle connection, after SIGTERM"))
+        late = await (await ask(*idle, "/embed", "on the idle connection, after SIGTERM"))
         assert late.startswith("HTTP/1.1 200") and "Connection: close" in late, late
         await _until_refused(server.port)
         for _, writer in (busy, idle):
