@@ -18,8 +18,8 @@ is split by HAProxy's server weights: the candidate gets a slot of its own, fill
 new generation's is; the serving slot's `splitK` backend weighs its two servers
 `100 - weight` (`cK_1`, to the serving slot) and `weight` (`cK_2`, which the `via` map
 points at the candidate's slot), and the deployment's names point at `splitK`
-(gateway/haproxy/config.py). Each step's new weight is two `set weight` commands. When
-the route names no candidate again, the names go back to the serving slot and the
+(gateway/haproxy/config.py). Each step's new weight is two `set weight` commands, sent in
+one line. When the route names no candidate again, the names go back to the serving slot and the
 candidate's slot drains; after a green switch the candidate's slot is the serving one.
 What each generation carried is counted per slot (gateway/haproxy/traffic.py).
 
@@ -225,8 +225,11 @@ class Programmer:
         if self._weights.get(split, ("", 0))[0] != candidate.backend:
             await self._api.expect(f"set map {self._layout.via_map} {second} "
                                    f"{candidate.backend}")
-        await self._api.expect(f"set weight {split}/{first} {100 - weight}")
-        await self._api.expect(f"set weight {split}/{second} {weight}")
+        # Both weights in one line of the runtime API (its commands run back to back): one
+        # reader of the weights never finds them a whole round trip apart, half set (a test
+        # read the pair as (0, 50) between two commands on a busy machine).
+        await self._api.expect(f"set weight {split}/{first} {100 - weight}; "
+                               f"set weight {split}/{second} {weight}")
         self._weights[split] = (candidate.backend, weight)
 
     async def _settle(self, route: Route) -> None:
