@@ -90,7 +90,7 @@ async def test_haproxy_weighs_a_canary_across_two_slots_and_settles_after(
         tmp_path: Path) -> None:
     """The HAProxy engine splits a canary itself (recording fake of the Runtime API; the
     real HAProxy below): the candidate gets its own slot, slot0's split backend weighs its
-    two servers 100 - w and w, the names point at it; a step is two `set weight`; a
+    two servers 100 - w and w, the names point at it; a step is two `set weight` in one line; a
     failed canary puts the names back on the serving slot before the candidate's drains;
     a green switch makes the candidate's slot the serving one. A shadow stays with the
     Python gateways (HAProxy 2.6 cannot mirror)."""
@@ -112,7 +112,7 @@ async def test_haproxy_weighs_a_canary_across_two_slots_and_settles_after(
         "set server slot1/s1_1 addr 127.0.0.1 port 2",
         f"add map {tmp_path / 'replicas.map'} s1_1 {B[0]}",
         "set server slot1/s1_1 state ready",
-        f"set map {via} c0_2 slot1", "set weight split0/c0_1 95", "set weight split0/c0_2 5",
+        f"set map {via} c0_2 slot1", "set weight split0/c0_1 95; set weight split0/c0_2 5",
         f"set map {direct} m split0", f"set map {direct} {first.model_id} split0",
     ]
     assert programmer.owners() == {"slot0": (first.model_id, 1), "slot1": (first.model_id, 2)}
@@ -120,7 +120,7 @@ async def test_haproxy_weighs_a_canary_across_two_slots_and_settles_after(
     await programmer.apply([at(1, 5)])  # a routes read that changed nothing: no command
     assert api.sent == []
     await programmer.apply([at(1, 50)])
-    assert api.sent == ["set weight split0/c0_1 50", "set weight split0/c0_2 50"]
+    assert api.sent == ["set weight split0/c0_1 50; set weight split0/c0_2 50"]
 
     # The step failed: the split is gone; the names go back first, then the drain.
     api.sent.clear()
@@ -131,7 +131,7 @@ async def test_haproxy_weighs_a_canary_across_two_slots_and_settles_after(
 
     # Another canary, to 100 %, then the green switch: its slot serves, slot0 drains.
     await programmer.apply([at(1, 100)])
-    assert "set weight split0/c0_1 0" in api.sent and "set weight split0/c0_2 100" in api.sent
+    assert "set weight split0/c0_1 0; set weight split0/c0_2 100" in api.sent
     candidate_slot = programmer.owners()
     api.sent.clear()
     await programmer.apply([at(2, None)])
